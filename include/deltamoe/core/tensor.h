@@ -1,0 +1,122 @@
+// Tensor: a typed, strided view into reference-counted, 64-byte aligned storage.
+//
+// Ownership: storage is shared (std::shared_ptr); copying a Tensor is cheap and aliases the
+// same bytes. A Tensor may also wrap external memory it does not own (an mmapped file): the
+// caller keeps that memory alive, optionally by passing a keep-alive handle.
+// Thread-safety: a Tensor is a value; concurrent reads are fine, concurrent writes to the
+// same elements are the caller's business.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "deltamoe/core/dtype.h"
+#include "deltamoe/core/error.h"
+
+namespace deltamoe {
+
+/// Alignment of every buffer deltamoe allocates, in bytes (one cache line, one zmm register).
+inline constexpr size_t kAlignment = 64;
+
+/// Aligned heap buffer. Not copyable; owned through shared_ptr by Tensors.
+class Storage {
+ public:
+  /// Allocates `bytes` (rounded up to kAlignment), zero-filled.
+  explicit Storage(size_t bytes);
+  /// Wraps external memory without owning it; `keep_alive` is held until destruction.
+  Storage(void* data, size_t bytes, std::shared_ptr<const void> keep_alive);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+  bool owned_ = false;
+  std::shared_ptr<const void> keep_alive_;
+};
+
+using Shape = std::vector<int64_t>;
+
+/// Returns "[2, 3, 4]".
+std::string shape_str(const Shape& shape);
+/// Product of the extents (1 for a scalar); throws Error("tensor") on negative or overflow.
+int64_t shape_numel(const Shape& shape);
+
+class Tensor {
+ public:
+  /// An empty tensor (no storage, numel 0, f32).
+  Tensor() = default;
+  /// New contiguous zero-filled tensor.
+  Tensor(Shape shape, DType dtype = DType::f32);
+  /// Wraps external memory (not owned; `keep_alive` keeps it valid). Contiguous.
+  static Tensor wrap(void* data, Shape shape, DType dtype,
+                     std::shared_ptr<const void> keep_alive = nullptr);
+  /// Copies `values` into a new f32 tensor of `shape` (sizes must agree).
+  static Tensor from(const std::vector<float>& values, Shape shape);
+
+  DType dtype() const { return dtype_; }
+  const Shape& shape() const { return shape_; }
+  const Shape& strides() const { return strides_; }  // in elements
+  int64_t dim() const { return static_cast<int64_t>(shape_.size()); }
+  /// Extent of dimension `d` (negative counts from the end).
+  int64_t size(int64_t d) const;
+  int64_t numel() const { return numel_; }
+  size_t nbytes() const { return static_cast<size_t>(numel_) * dtype_size(dtype_); }
+  bool defined() const { return storage_ != nullptr; }
+  bool is_contiguous() const;
+
+  /// Pointer to the first element. T must match dtype (float for f32, int32_t for i32,
+  /// uint16_t for bf16/f16); checked.
+  template <typename T>
+  T* data() const {
+    check_type(sizeof(T), type_tag<T>());
+    return reinterpret_cast<T*>(raw());
+  }
+  /// Untyped pointer to the first element.
+  void* raw() const;
+
+  /// View of rows [begin, end) along dimension 0.
+  Tensor slice(int64_t begin, int64_t end) const;
+  /// View with a new shape; the tensor must be contiguous. One extent may be -1.
+  Tensor reshape(Shape shape) const;
+  /// View with dimensions a and b swapped (not contiguous afterwards).
+  Tensor transpose(int64_t a, int64_t b) const;
+  /// Deep copy into new contiguous storage.
+  Tensor clone() const;
+  /// Converts to another dtype (new storage; same dtype still copies).
+  Tensor to(DType dtype) const;
+  /// Copies element values into a vector of float (any dtype, any strides).
+  std::vector<float> to_vector() const;
+  /// Element at a multi-index, as float (slow; for tests and debugging).
+  float at(std::initializer_list<int64_t> index) const;
+  /// Fills every element with `value`.
+  void fill(float value);
+
+  const std::shared_ptr<Storage>& storage() const { return storage_; }
+
+ private:
+  template <typename T>
+  static int type_tag();
+  void check_type(size_t elem_size, int tag) const;
+
+  std::shared_ptr<Storage> storage_;
+  DType dtype_ = DType::f32;
+  Shape shape_;
+  Shape strides_;
+  int64_t offset_ = 0;  // in elements
+  int64_t numel_ = 0;
+};
+
+/// Row-major contiguous strides for `shape`.
+Shape contiguous_strides(const Shape& shape);
+
+}  // namespace deltamoe

@@ -1,0 +1,86 @@
+// CPU kernels: GEMM (OpenBLAS and our own packed kernels), activations, softmax, top-k.
+//
+// Conventions: row-major; leading dimensions in elements; all pointers are caller-owned.
+// Functions whose name ends in `_st` are single-threaded and safe to call concurrently on
+// disjoint outputs (the MoE layer parallelises across experts and tiles itself). The others
+// use up to num_threads() threads (core/parallel.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "deltamoe/core/dtype.h"
+#include "deltamoe/core/tensor.h"
+
+namespace deltamoe::kernels {
+
+/// C[M,N] = alpha * op(A) * op(B) + beta * C through OpenBLAS (cblas_sgemm), row-major.
+/// op(A) is A[M,K] (or A[K,M] transposed when trans_a). Uses OpenBLAS's own threads.
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+           int64_t ldc);
+
+/// A weight matrix W[N,K] (PyTorch Linear layout: out_features x in_features) packed once for
+/// y = x · Wᵀ by our own kernels. Immutable after packing; share freely across threads.
+/// dtype f32 keeps f32 weights; dtype bf16 stores bf16 weights (half the bytes) and the
+/// kernels accumulate in f32 (AVX-512 BF16 `vdpbf16ps` when the CPU has it, else a portable
+/// loop that converts to f32).
+class PackedLinear {
+ public:
+  PackedLinear() = default;
+  /// Packs `w` (any dtype, shape [N, K]) into `dtype` (f32 or bf16). Throws Error("kernels")
+  /// on bad shapes or dtype.
+  PackedLinear(const Tensor& w, DType dtype);
+
+  int64_t out_features() const { return n_; }
+  int64_t in_features() const { return k_; }
+  DType dtype() const { return dtype_; }
+  /// Bytes of packed weights (what a decode step must read from memory).
+  size_t weight_bytes() const;
+  /// Opaque packed data (layout private to kernels/cpu).
+  const void* data() const { return data_ ? data_->data() : nullptr; }
+  int64_t panel() const { return panel_; }
+
+ private:
+  int64_t n_ = 0, k_ = 0;
+  int64_t panel_ = 0;  // output columns per packed panel
+  DType dtype_ = DType::f32;
+  std::shared_ptr<Storage> data_;
+};
+
+/// y[m, n_begin:n_end] = x[m, K] · W[n_begin:n_end, :]ᵀ (+ y if accumulate). Single-threaded.
+/// x is f32 with leading dimension ldx; y is f32 with leading dimension ldy.
+/// n_begin must be a multiple of w.panel() (or 0); n_end may be anything ≤ N.
+void linear_st(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, int64_t n_begin,
+               int64_t n_end, float* y, int64_t ldy, bool accumulate = false);
+
+/// y[m, N] = x[m, K] · Wᵀ, parallel over rows and output panels.
+void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float* y, int64_t ldy,
+            bool accumulate = false);
+
+/// Naive triple loop y = x · Wᵀ with W[N,K] f32 (the test reference; slow).
+void linear_naive(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y);
+
+// ---- element-wise and row-wise ops (single-threaded; n elements or rows of length d) ----
+
+/// SiLU: y = x · sigmoid(x).
+void silu_st(const float* x, float* y, int64_t n);
+/// GELU, tanh approximation (as PyTorch's approximate="tanh").
+void gelu_tanh_st(const float* x, float* y, int64_t n);
+/// GELU, exact (erf), as PyTorch's default nn.GELU().
+void gelu_st(const float* x, float* y, int64_t n);
+/// SwiGLU combine: out[i] = silu(gate[i]) * up[i].
+void swiglu_st(const float* gate, const float* up, float* out, int64_t n);
+/// y += alpha * x.
+void axpy_st(float alpha, const float* x, float* y, int64_t n);
+/// Row-wise numerically stable softmax of x[rows, d] into y (may alias x).
+void softmax_rows_st(const float* x, float* y, int64_t rows, int64_t d);
+/// Indices and values of the k largest entries of x[d], sorted by value descending; ties go
+/// to the lower index (matches torch.topk on distinct values, deterministic on ties).
+void topk_st(const float* x, int64_t d, int64_t k, int32_t* idx, float* val);
+
+/// Which implementation linear_st uses for a dtype on this CPU ("avx512", "avx512_bf16",
+/// "avx2", "portable").
+const char* linear_impl_name(DType dtype);
+
+}  // namespace deltamoe::kernels

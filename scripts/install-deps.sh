@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs every Debian package deltamoe's build, tests and demos need. Idempotent.
+set -euo pipefail
+PKGS=(
+  build-essential cmake pkg-config git
+  libopenblas-dev          # BLAS (SGEMM baseline and large GEMMs)
+  libcli11-dev             # CLI parsing
+  nlohmann-json3-dev       # JSON (graphs, configs, safetensors headers)
+  zlib1g-dev               # gzip (.json.gz graphs, IDX data)
+  libgtest-dev libgmock-dev googletest  # tests
+  libbenchmark-dev         # micro benchmarks
+  coinor-libcbc-dev        # exact ILP scheduler
+  libcpp-httplib-dev       # HTTP server
+  dataset-fashion-mnist    # training data (installs under /usr/share/datasets/fashion-mnist)
+)
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PKGS[@]} packages already installed" >&2
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2

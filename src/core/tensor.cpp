@@ -1,0 +1,243 @@
+#include "deltamoe/core/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+
+namespace deltamoe {
+
+Storage::Storage(size_t bytes) : bytes_(bytes), owned_(true) {
+  const size_t rounded = ((bytes + kAlignment - 1) / kAlignment) * kAlignment;
+  data_ = std::aligned_alloc(kAlignment, rounded == 0 ? kAlignment : rounded);
+  if (data_ == nullptr) fail("tensor", "out of memory allocating ", bytes, " bytes");
+  std::memset(data_, 0, rounded == 0 ? kAlignment : rounded);
+}
+
+Storage::Storage(void* data, size_t bytes, std::shared_ptr<const void> keep_alive)
+    : data_(data), bytes_(bytes), owned_(false), keep_alive_(std::move(keep_alive)) {}
+
+Storage::~Storage() {
+  if (owned_) std::free(data_);
+}
+
+std::string shape_str(const Shape& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+int64_t shape_numel(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    DELTAMOE_CHECK(d >= 0, "tensor", "negative extent in shape ", shape_str(shape));
+    if (d != 0 && n > std::numeric_limits<int64_t>::max() / d)
+      fail("tensor", "shape ", shape_str(shape), " overflows int64");
+    n *= d;
+  }
+  return n;
+}
+
+Shape contiguous_strides(const Shape& shape) {
+  Shape strides(shape.size());
+  int64_t s = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    strides[i] = s;
+    s *= shape[i] == 0 ? 1 : shape[i];
+  }
+  return strides;
+}
+
+Tensor::Tensor(Shape shape, DType dtype)
+    : dtype_(dtype), shape_(std::move(shape)), strides_(contiguous_strides(shape_)) {
+  numel_ = shape_numel(shape_);
+  storage_ = std::make_shared<Storage>(static_cast<size_t>(numel_) * dtype_size(dtype_));
+}
+
+Tensor Tensor::wrap(void* data, Shape shape, DType dtype, std::shared_ptr<const void> keep_alive) {
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.strides_ = contiguous_strides(t.shape_);
+  t.numel_ = shape_numel(t.shape_);
+  t.storage_ = std::make_shared<Storage>(data, static_cast<size_t>(t.numel_) * dtype_size(dtype),
+                                         std::move(keep_alive));
+  return t;
+}
+
+Tensor Tensor::from(const std::vector<float>& values, Shape shape) {
+  Tensor t(std::move(shape), DType::f32);
+  DELTAMOE_CHECK(static_cast<int64_t>(values.size()) == t.numel(), "tensor", values.size(),
+                 " values do not fill shape ", shape_str(t.shape()));
+  std::memcpy(t.raw(), values.data(), values.size() * sizeof(float));
+  return t;
+}
+
+int64_t Tensor::size(int64_t d) const {
+  const int64_t nd = dim();
+  if (d < 0) d += nd;
+  DELTAMOE_CHECK(d >= 0 && d < nd, "tensor", "dimension ", d, " out of range for shape ",
+                 shape_str(shape_));
+  return shape_[static_cast<size_t>(d)];
+}
+
+bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape_); }
+
+void* Tensor::raw() const {
+  if (!storage_) return nullptr;
+  return static_cast<char*>(storage_->data()) + offset_ * static_cast<int64_t>(dtype_size(dtype_));
+}
+
+template <>
+int Tensor::type_tag<float>() { return 0; }
+template <>
+int Tensor::type_tag<int32_t>() { return 1; }
+template <>
+int Tensor::type_tag<uint16_t>() { return 2; }
+template <>
+int Tensor::type_tag<const float>() { return 0; }
+template <>
+int Tensor::type_tag<const int32_t>() { return 1; }
+template <>
+int Tensor::type_tag<const uint16_t>() { return 2; }
+
+void Tensor::check_type(size_t elem_size, int tag) const {
+  const int want = dtype_ == DType::f32 ? 0 : dtype_ == DType::i32 ? 1 : 2;
+  if (tag != want || elem_size != dtype_size(dtype_))
+    fail("tensor", "data<T>() with the wrong element type for a ", dtype_name(dtype_), " tensor");
+}
+
+Tensor Tensor::slice(int64_t begin, int64_t end) const {
+  DELTAMOE_CHECK(dim() >= 1, "tensor", "slice of a scalar");
+  DELTAMOE_CHECK(0 <= begin && begin <= end && end <= shape_[0], "tensor", "slice [", begin, ", ",
+                 end, ") out of range for shape ", shape_str(shape_));
+  Tensor t = *this;
+  t.shape_[0] = end - begin;
+  t.offset_ = offset_ + begin * strides_[0];
+  t.numel_ = shape_numel(t.shape_);
+  return t;
+}
+
+Tensor Tensor::reshape(Shape shape) const {
+  DELTAMOE_CHECK(is_contiguous(), "tensor", "reshape of a non-contiguous tensor");
+  int64_t known = 1;
+  int infer = -1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] == -1) {
+      DELTAMOE_CHECK(infer < 0, "tensor", "reshape with more than one -1");
+      infer = static_cast<int>(i);
+    } else {
+      DELTAMOE_CHECK(shape[i] >= 0, "tensor", "negative extent in reshape");
+      known *= shape[i];
+    }
+  }
+  if (infer >= 0) {
+    DELTAMOE_CHECK(known > 0 && numel_ % known == 0, "tensor", "cannot reshape ",
+                   shape_str(shape_), " to ", shape_str(shape));
+    shape[static_cast<size_t>(infer)] = numel_ / known;
+  }
+  DELTAMOE_CHECK(shape_numel(shape) == numel_, "tensor", "cannot reshape ", shape_str(shape_),
+                 " to ", shape_str(shape));
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  t.strides_ = contiguous_strides(t.shape_);
+  return t;
+}
+
+Tensor Tensor::transpose(int64_t a, int64_t b) const {
+  const int64_t nd = dim();
+  if (a < 0) a += nd;
+  if (b < 0) b += nd;
+  DELTAMOE_CHECK(a >= 0 && a < nd && b >= 0 && b < nd, "tensor", "transpose dims out of range");
+  Tensor t = *this;
+  std::swap(t.shape_[static_cast<size_t>(a)], t.shape_[static_cast<size_t>(b)]);
+  std::swap(t.strides_[static_cast<size_t>(a)], t.strides_[static_cast<size_t>(b)]);
+  return t;
+}
+
+namespace {
+float load_as_float(const void* base, DType dt, int64_t i) {
+  switch (dt) {
+    case DType::f32: return static_cast<const float*>(base)[i];
+    case DType::i32: return static_cast<float>(static_cast<const int32_t*>(base)[i]);
+    case DType::bf16: return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::f16: return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+  }
+  return 0;
+}
+void store_from_float(void* base, DType dt, int64_t i, float v) {
+  switch (dt) {
+    case DType::f32: static_cast<float*>(base)[i] = v; break;
+    case DType::i32: static_cast<int32_t*>(base)[i] = static_cast<int32_t>(v); break;
+    case DType::bf16: static_cast<uint16_t*>(base)[i] = f32_to_bf16(v); break;
+    case DType::f16: static_cast<uint16_t*>(base)[i] = f32_to_f16(v); break;
+  }
+}
+// Calls f(linear_index, storage_offset) for every element in row-major order.
+template <typename F>
+void for_each_offset(const Shape& shape, const Shape& strides, F&& f) {
+  const int64_t n = shape_numel(shape);
+  if (n == 0) return;
+  std::vector<int64_t> idx(shape.size(), 0);
+  int64_t off = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    f(i, off);
+    for (size_t d = shape.size(); d-- > 0;) {
+      if (++idx[d] < shape[d]) {
+        off += strides[d];
+        break;
+      }
+      off -= strides[d] * (shape[d] - 1);
+      idx[d] = 0;
+    }
+  }
+}
+}  // namespace
+
+Tensor Tensor::clone() const { return to(dtype_); }
+
+Tensor Tensor::to(DType dtype) const {
+  Tensor out(shape_, dtype);
+  if (!storage_) return out;
+  if (dtype == dtype_ && is_contiguous()) {
+    std::memcpy(out.raw(), raw(), nbytes());
+    return out;
+  }
+  const void* src = raw();
+  void* dst = out.raw();
+  for_each_offset(shape_, strides_, [&](int64_t i, int64_t off) {
+    store_from_float(dst, dtype, i, load_as_float(src, dtype_, off));
+  });
+  return out;
+}
+
+std::vector<float> Tensor::to_vector() const {
+  std::vector<float> v(static_cast<size_t>(numel_));
+  if (!storage_) return v;
+  const void* src = raw();
+  for_each_offset(shape_, strides_,
+                  [&](int64_t i, int64_t off) { v[static_cast<size_t>(i)] = load_as_float(src, dtype_, off); });
+  return v;
+}
+
+float Tensor::at(std::initializer_list<int64_t> index) const {
+  DELTAMOE_CHECK(static_cast<int64_t>(index.size()) == dim(), "tensor", "at() with ",
+                 index.size(), " indices on a ", dim(), "-d tensor");
+  int64_t off = 0;
+  size_t d = 0;
+  for (int64_t i : index) {
+    DELTAMOE_CHECK(i >= 0 && i < shape_[d], "tensor", "index ", i, " out of range in dim ", d);
+    off += i * strides_[d++];
+  }
+  return load_as_float(raw(), dtype_, off);
+}
+
+void Tensor::fill(float value) {
+  void* dst = raw();
+  for_each_offset(shape_, strides_, [&](int64_t, int64_t off) { store_from_float(dst, dtype_, off, value); });
+}
+
+}  // namespace deltamoe

@@ -1,0 +1,43 @@
+// Subcommand registry for the deltamoe CLI.
+//
+// Each tools/cmd_*.cpp file defines its subcommand and registers it with a static
+// CommandRegistrar, so adding a subcommand touches no shared file:
+//
+//   static deltamoe::cli::CommandRegistrar reg("schedule", "Order a graph for least peak memory",
+//       [](CLI::App& app) { ...add options...; return [=]() -> int { ...run...; return 0; }; });
+//
+// The setup function adds options to its CLI::App and returns the action to run when the
+// subcommand is chosen. Actions throw deltamoe::Error for bad input; main() prints the one-line
+// message to stderr and exits with status 1 (2 for usage errors, 3 for internal errors).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace deltamoe::cli {
+
+using Action = std::function<int()>;
+using Setup = std::function<Action(CLI::App&)>;
+
+struct Command {
+  std::string name;
+  std::string description;
+  Setup setup;
+};
+
+/// All registered subcommands (in registration order; main sorts them by name).
+std::vector<Command>& commands();
+
+struct CommandRegistrar {
+  CommandRegistrar(std::string name, std::string description, Setup setup) {
+    commands().push_back({std::move(name), std::move(description), std::move(setup)});
+  }
+};
+
+/// Writes `text` to `path` atomically: a temp file beside it, then rename. "-" means stdout.
+/// Throws Error("io") when the file cannot be written.
+void write_file_atomic(const std::string& path, const std::string& text);
+
+}  // namespace deltamoe::cli

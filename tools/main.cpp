@@ -1,0 +1,81 @@
+// deltamoe: one CLI for training, evaluation, serving, scheduling and benchmarks.
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+
+#include <unistd.h>
+
+#include "command.h"
+#include "deltamoe/core/error.h"
+
+namespace deltamoe::cli {
+
+std::vector<Command>& commands() {
+  static std::vector<Command> registry;
+  return registry;
+}
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  if (path == "-") {
+    std::cout << text;
+    return;
+  }
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fail("io", "cannot open '", tmp, "' for writing");
+    out << text;
+    out.flush();
+    if (!out) {
+      std::filesystem::remove(tmp);
+      fail("io", "write to '", tmp, "' failed");
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp);
+    fail("io", "cannot rename '", tmp, "' to '", path, "': ", ec.message());
+  }
+}
+
+}  // namespace deltamoe::cli
+
+int main(int argc, char** argv) {
+  using namespace deltamoe::cli;
+  CLI::App app{"deltamoe: a Mixture-of-Experts engine (train, eval, serve, schedule, bench)"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "deltamoe 0.1.0");
+  auto& cmds = commands();
+  std::sort(cmds.begin(), cmds.end(), [](const Command& a, const Command& b) { return a.name < b.name; });
+  std::map<CLI::App*, Action> actions;
+  std::vector<std::pair<CLI::App*, Setup*>> subs;
+  for (auto& c : cmds) subs.emplace_back(app.add_subcommand(c.name, c.description), &c.setup);
+  for (auto& [sub, setup] : subs) actions[sub] = (*setup)(*sub);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  } catch (const deltamoe::Error& e) {  // thrown by option validators
+    std::cerr << "deltamoe: " << e.what() << "\n";
+    return 2;
+  }
+  try {
+    for (auto& [sub, action] : actions) {
+      if (sub->parsed()) return action();
+    }
+  } catch (const deltamoe::Error& e) {
+    std::cerr << "deltamoe: error: " << e.what() << "\n";
+    return 1;
+  } catch (const deltamoe::InternalError& e) {
+    std::cerr << "deltamoe: internal error (please report): " << e.what() << "\n";
+    return 3;
+  } catch (const std::exception& e) {
+    std::cerr << "deltamoe: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
