@@ -1,0 +1,105 @@
+// Peak-memory scheduling algorithms over memgraph Graphs (all in dense node indices).
+//
+// Files (one concept each): baselines (program/BFS/DFS/LPMF/XLA list), bounds (lower
+// bounds), sp (series-parallel recognition, decomposition, SP-optimal order), ilp (exact
+// ILP on CBC; stub when not built), exact (best-first search over down-sets), local search,
+// placement (offsets), fusion (fusion scoring), and schedule() which picks per graph.
+// Thread-safety: every function is pure over its arguments; call concurrently on different
+// graphs freely.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "deltamoe/sched/memgraph.h"
+
+namespace deltamoe::sched {
+
+// ---------------------------------------------------------------- baselines (baselines.cpp)
+/// Kahn's algorithm with a heap keyed by the sorted program positions of each node's
+/// predecessors (PyTorch Inductor's BFS variant).
+Order bfs_order(const Graph& g);
+/// Post-order DFS from nodes sorted by (own output bytes + input bytes), visiting unmet
+/// dependencies in the same key order (PyTorch Inductor's DFS variant).
+Order dfs_order(const Graph& g);
+/// Inductor's LPMF "least peak memory first" (see RESEARCH.md §3), O(n log n) with heaps.
+Order lpmf_order(const Graph& g);
+/// XLA's list scheduler: priority (bytes freed − bytes defined, then user count).
+Order xla_list_order(const Graph& g);
+
+// ---------------------------------------------------------------- lower bounds (bounds.cpp)
+struct LowerBound {
+  uint64_t bytes = 0;
+  std::string kind;  // "initial-live", "node-working-set", "outputs", "cut", "ilp", "exact"...
+};
+/// The strongest cheap bound: max of the initial live set, each node's working set
+/// (inputs' buffers + own + workspace) and the total of outputs; says which one won.
+LowerBound simple_lower_bound(const Graph& g);
+
+// ------------------------------------------------------------- series-parallel (sp.cpp)
+struct SpAnalysis {
+  bool is_series_parallel = false;  // of the reduced graph (see docs/design.md, sched section)
+  double sp_fraction = 0.0;         // share of nodes inside maximal SP pieces, 0..1
+  int32_t sync_vertices_added = 0;  // SP-ization cost when not SP
+  std::string notes;
+};
+/// Recognises SP structure (Valdes–Tarjan–Lawler reductions on the transitive reduction).
+SpAnalysis analyze_sp(const Graph& g);
+/// Optimal order for an SP graph in the memgraph memory model (Kayaaslan et al. 2018 on the
+/// decomposition tree, Liu's hill–valley merge); nullopt when the graph is not SP.
+std::optional<Order> sp_optimal_order(const Graph& g);
+/// Order from the SP-ized graph (always valid for g; optimal for the SP-ized graph).
+Order sp_ized_order(const Graph& g);
+
+// ----------------------------------------------------------------- exact methods
+struct ExactResult {
+  std::optional<Order> order;   // best order found (nullopt if none within the limit)
+  uint64_t lower_bound = 0;     // proven lower bound on the optimum peak
+  bool proven_optimal = false;  // order's peak == lower_bound
+  std::string status;           // solver status in words
+};
+/// Exact ILP on COIN-OR CBC (ilp_cbc.cpp; ilp_nocbc.cpp throws Error("sched") saying the
+/// solver was not built). `warm_start` seeds the incumbent; time limit in seconds.
+ExactResult ilp_schedule(const Graph& g, double time_limit_s, const Order* warm_start);
+/// True when the ILP solver was built in.
+bool ilp_available();
+/// Best-first search over down-sets (exact.cpp) with an incumbent upper bound; stops at the
+/// time or state limit and reports the best bound proven.
+ExactResult exact_search(const Graph& g, double time_limit_s, const Order* incumbent);
+/// Local search improving `start` (never returns anything worse than start).
+Order local_search(const Graph& g, const Order& start, double time_limit_s);
+
+// ----------------------------------------------------------------- placement (placement.cpp)
+struct Placement {
+  std::vector<uint64_t> offsets;  // per node (dense index); buffers of views = their base's
+  uint64_t arena_bytes = 0;
+  double fragmentation = 0.0;     // arena / peak − 1
+};
+/// Best-fit offset assignment over buffer lifetimes of `order`, largest first (TF Lite's
+/// greedy-by-size); persistent buffers are not placed.
+Placement place_buffers(const Graph& g, const Order& order);
+
+// ----------------------------------------------------------------- the driver (schedule.cpp)
+struct ScheduleOptions {
+  std::string algo = "auto";   // auto|sp|ilp|exact|lpmf|bfs|dfs|xla|program
+  double time_limit_s = 10.0;  // total for exact methods
+  bool use_ilp = true;         // auto may use the ILP
+};
+struct ScheduleResult {
+  Order order;
+  uint64_t peak = 0;
+  LowerBound lower_bound;
+  double gap = 0.0;             // peak / lower_bound − 1
+  bool proven_optimal = false;
+  std::string algorithm;        // what produced the order
+  std::string notes;            // what auto did, in words
+  SpAnalysis sp;
+  Placement placement;
+  double seconds = 0.0;
+};
+/// Runs the chosen algorithm; the result is never worse than the best baseline.
+ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt);
+
+}  // namespace deltamoe::sched
