@@ -1,0 +1,206 @@
+// MoE layer vs the naive per-token reference (and, in MoeGolden, vs PyTorch).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "deltamoe/core/parallel.h"
+#include "deltamoe/moe/moe_layer.h"
+
+using namespace deltamoe;
+using namespace deltamoe::moe;
+
+namespace {
+
+Tensor random_input(int64_t t, int64_t h, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  Tensor x({t, h});
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = d(rng);
+  return x;
+}
+
+float max_abs_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  const auto va = a.to_vector(), vb = b.to_vector();
+  float m = 0;
+  for (size_t i = 0; i < va.size(); ++i) m = std::max(m, std::abs(va[i] - vb[i]));
+  return m;
+}
+
+float max_abs(const Tensor& a) {
+  float m = 0;
+  for (float v : a.to_vector()) m = std::max(m, std::abs(v));
+  return m;
+}
+
+// A policy with a per-token number of experts: token t uses (t % 3) + 1 experts, chosen as
+// the top ones; a few tokens use none (t % 7 == 6) to cover empty rows.
+class VariableKPolicy : public RoutingPolicy {
+ public:
+  std::string name() const override { return "variable-k(test)"; }
+  bool renormalize() const override { return false; }
+  void route(const float* logits, const float*, int64_t tokens, int64_t experts,
+             RoutingResult& out) const override {
+    out.clear();
+    TopKRouting all(experts, false);
+    RoutingResult full;
+    std::vector<float> dummy(static_cast<size_t>(tokens * experts), 0.5f);
+    all.route(logits, dummy.data(), tokens, experts, full);
+    for (int64_t t = 0; t < tokens; ++t) {
+      const int64_t k = (t % 7 == 6) ? 0 : std::min<int64_t>(experts, t % 3 + 1);
+      for (int64_t j = 0; j < k; ++j) {
+        out.expert_ids.push_back(full.expert_ids[t * experts + j]);
+        out.weights.push_back(0.25f + 0.5f * static_cast<float>(j));
+      }
+      out.offsets.push_back(static_cast<int32_t>(out.expert_ids.size()));
+    }
+  }
+};
+
+// Sends every token to one fixed expert (an expert with all tokens, the others with none).
+class OneExpertPolicy : public RoutingPolicy {
+ public:
+  explicit OneExpertPolicy(int32_t e) : e_(e) {}
+  std::string name() const override { return "one-expert(test)"; }
+  bool renormalize() const override { return true; }
+  void route(const float*, const float* probs, int64_t tokens, int64_t experts,
+             RoutingResult& out) const override {
+    out.clear();
+    for (int64_t t = 0; t < tokens; ++t) {
+      out.expert_ids.push_back(e_);
+      out.offsets.push_back(static_cast<int32_t>(t + 1));
+    }
+    assign_weights(probs, experts, true, out);
+  }
+
+ private:
+  int32_t e_;
+};
+
+struct Case {
+  ExpertKind kind;
+  int64_t tokens, hidden, inter, experts, k;
+  bool renorm;
+};
+
+}  // namespace
+
+class MoeVsNaive : public ::testing::TestWithParam<Case> {};
+
+TEST_P(MoeVsNaive, F32MatchesReference) {
+  const Case c = GetParam();
+  set_num_threads(2);
+  const auto w = MoeWeights::random(c.kind, c.experts, c.hidden, c.inter, 42 + c.tokens, 0,
+                                    c.kind == ExpertKind::gelu_mlp);
+  const MoeLayer layer(w, DType::f32);
+  const TopKRouting policy(c.k, c.renorm);
+  const Tensor x = random_input(c.tokens, c.hidden, 7 + c.experts);
+  MoeStats s1, s2;
+  const Tensor y = layer.forward(x, policy, &s1);
+  const Tensor ref = moe_forward_naive(w, x, policy, &s2);
+  EXPECT_LE(max_abs_diff(y, ref), 1e-4f * std::max(1.0f, max_abs(ref)));
+  EXPECT_EQ(s1.tokens_per_expert, s2.tokens_per_expert);
+  int64_t total = 0;
+  for (int64_t n : s1.tokens_per_expert) total += n;
+  EXPECT_EQ(total, c.tokens * c.k);  // dropless
+  EXPECT_DOUBLE_EQ(s1.mean_experts(), c.tokens ? static_cast<double>(c.k) : 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, MoeVsNaive,
+    ::testing::Values(Case{ExpertKind::swiglu, 1, 64, 48, 8, 2, true},
+                      Case{ExpertKind::swiglu, 16, 64, 48, 8, 2, true},
+                      Case{ExpertKind::swiglu, 37, 96, 80, 8, 3, false},
+                      Case{ExpertKind::swiglu, 128, 128, 200, 16, 4, true},
+                      Case{ExpertKind::swiglu, 5, 33, 17, 32, 8, true},   // most experts get 0-1 tokens
+                      Case{ExpertKind::swiglu, 64, 256, 128, 4, 4, true},  // every expert gets all tokens
+                      Case{ExpertKind::swiglu, 3, 1024, 512, 32, 8, true},  // default-size experts
+                      Case{ExpertKind::gelu_mlp, 1, 64, 48, 8, 1, true},
+                      Case{ExpertKind::gelu_mlp, 50, 100, 70, 8, 2, true},
+                      Case{ExpertKind::gelu_mlp, 200, 64, 256, 8, 8, false},
+                      Case{ExpertKind::swiglu, 0, 64, 48, 8, 2, true}));
+
+TEST(Moe, Bf16WeightsMatchReferenceOnRoundedWeights) {
+  set_num_threads(2);
+  auto w = MoeWeights::random(ExpertKind::swiglu, 8, 128, 96, 3);
+  // The reference sees the same bf16-rounded expert weights; activations are rounded to bf16
+  // inside the kernel, so the tolerance is that of bf16 inputs with f32 accumulation.
+  for (auto* v : {&w.w1, &w.w2, &w.w3})
+    for (auto& t : *v) t = t.to(DType::bf16).to(DType::f32);
+  const MoeLayer layer(w, DType::bf16);
+  const TopKRouting policy(2, true);
+  const Tensor x = random_input(40, 128, 9);
+  const Tensor ref = moe_forward_naive(w, x, policy);
+  EXPECT_LE(max_abs_diff(layer.forward(x, policy), ref), 2e-2f * max_abs(ref));
+}
+
+TEST(Moe, VariableExpertsPerTokenIncludingNone) {
+  set_num_threads(2);
+  const auto w = MoeWeights::random(ExpertKind::swiglu, 8, 64, 40, 5);
+  const MoeLayer layer(w, DType::f32);
+  const VariableKPolicy policy;
+  const Tensor x = random_input(29, 64, 11);
+  MoeStats s;
+  const Tensor y = layer.forward(x, policy, &s);
+  const Tensor ref = moe_forward_naive(w, x, policy);
+  EXPECT_LE(max_abs_diff(y, ref), 1e-4f * std::max(1.0f, max_abs(ref)));
+  EXPECT_EQ(s.routing.experts_of(6), 0);
+  EXPECT_EQ(s.routing.experts_of(2), 3);
+  for (int64_t c = 0; c < 64; ++c) EXPECT_EQ(y.at({6, c}), 0.0f);  // a token with no expert
+}
+
+TEST(Moe, AllTokensToOneExpert) {
+  set_num_threads(2);
+  const auto w = MoeWeights::random(ExpertKind::swiglu, 8, 64, 40, 6);
+  const MoeLayer layer(w, DType::f32);
+  const OneExpertPolicy policy(5);
+  const Tensor x = random_input(300, 64, 12);
+  MoeStats s;
+  const Tensor y = layer.forward(x, policy, &s);
+  EXPECT_EQ(s.tokens_per_expert[5], 300);
+  EXPECT_EQ(s.tokens_per_expert[0], 0);
+  EXPECT_LE(max_abs_diff(y, moe_forward_naive(w, x, policy)), 1e-4f * std::max(1.0f, max_abs(y)));
+}
+
+TEST(Moe, SingleThreadEqualsMultiThreadBitwise) {
+  const auto w = MoeWeights::random(ExpertKind::swiglu, 16, 128, 64, 8);
+  const MoeLayer layer(w, DType::f32);
+  const TopKRouting policy(4, true);
+  const Tensor x = random_input(77, 128, 13);
+  set_num_threads(1);
+  const auto a = layer.forward(x, policy).to_vector();
+  set_num_threads(2);
+  const auto b = layer.forward(x, policy).to_vector();
+  EXPECT_EQ(a, b);
+}
+
+TEST(Moe, BadInputsGiveClearErrors) {
+  const auto w = MoeWeights::random(ExpertKind::swiglu, 4, 32, 16, 1);
+  const MoeLayer layer(w, DType::f32);
+  EXPECT_THROW(layer.forward(Tensor({3, 31}), TopKRouting(2, true)), Error);
+  EXPECT_THROW(layer.forward(Tensor({3, 32}), TopKRouting(5, true)), Error);
+  EXPECT_THROW(TopKRouting(0, true), Error);
+  EXPECT_THROW(MoeLayer(w, DType::i32), Error);
+  auto bad = w;
+  bad.w2[2] = Tensor({32, 17});
+  try {
+    bad.validate();
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("w2[2]"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Routing, TopKRenormalisesAndBreaksTiesLow) {
+  const float logits[] = {1.0f, 3.0f, 3.0f, 0.0f};
+  const float probs[] = {0.1f, 0.4f, 0.4f, 0.1f};
+  RoutingResult r;
+  TopKRouting(2, true).route(logits, probs, 1, 4, r);
+  ASSERT_EQ(r.expert_ids, (std::vector<int32_t>{1, 2}));
+  EXPECT_FLOAT_EQ(r.weights[0], 0.5f);
+  TopKRouting(3, false).route(logits, probs, 1, 4, r);
+  EXPECT_EQ(r.expert_ids, (std::vector<int32_t>{1, 2, 0}));
+  EXPECT_FLOAT_EQ(r.weights[2], 0.1f);
+}
