@@ -1,0 +1,244 @@
+// `deltamoe bench moe-layer`: our MoE layer against the naive loop, a same-FLOP SGEMM and the
+// machine's ceilings, all measured in one run.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <map>
+#include <sstream>
+
+#include "command.h"
+#include "deltamoe/core/parallel.h"
+#include "deltamoe/kernels/cpu.h"
+#include "deltamoe/kernels/cpu_features.h"
+#include "deltamoe/moe/moe_layer.h"
+#include "roofline.h"
+
+namespace deltamoe::cli {
+namespace {
+
+using json = nlohmann::json;
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Median seconds of fn() over at least `min_reps` runs and `min_seconds` of total time.
+template <typename F>
+double time_median(F&& fn, int min_reps, double min_seconds, int warmup = 1) {
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<double> times;
+  const double start = now_s();
+  while (static_cast<int>(times.size()) < min_reps || now_s() - start < min_seconds) {
+    const double t0 = now_s();
+    fn();
+    times.push_back(now_s() - t0);
+    if (times.size() >= 1000) break;
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+struct MoeBenchOptions {
+  std::vector<int64_t> tokens{1, 16, 128, 512};
+  int64_t hidden = 1024, inter = 512, experts = 32, top_k = 8;
+  std::string dtype = "f32";
+  std::string expert = "swiglu";
+  int threads = 2;
+  bool json_out = false;
+  bool skip_naive = false;
+  double min_seconds = 0.5;
+  uint64_t seed = 1;
+  std::string torch_json;
+};
+
+Tensor random_tokens(int64_t t, int64_t h, std::mt19937_64& rng) {
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  Tensor x({t, h});
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = d(rng);
+  return x;
+}
+
+// PyTorch times from python/bench_moe_torch.py's JSON, keyed by (tokens, dtype).
+std::map<std::pair<int64_t, std::string>, double> load_torch_times(const std::string& path) {
+  std::map<std::pair<int64_t, std::string>, double> out;
+  if (path.empty()) return out;
+  std::ifstream in(path);
+  DELTAMOE_CHECK(in.good(), "bench", "cannot read --torch-json file '", path, "'");
+  json j;
+  try {
+    j = json::parse(in);
+    for (const auto& r : j.at("results"))
+      out[{r.at("tokens").get<int64_t>(), r.at("dtype").get<std::string>()}] = r.at("time_ms").get<double>();
+  } catch (const json::exception& e) {
+    fail("bench", path, ": not the JSON of python/bench_moe_torch.py (", e.what(), ")");
+  }
+  return out;
+}
+
+int run_moe_bench(const MoeBenchOptions& o) {
+  set_num_threads(o.threads);
+  const DType dtype = parse_dtype(o.dtype);
+  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "bench", "--dtype must be f32 or bf16");
+  DELTAMOE_CHECK(o.expert == "swiglu" || o.expert == "gelu", "bench", "--expert must be swiglu or gelu");
+  DELTAMOE_CHECK(o.top_k >= 1 && o.top_k <= o.experts, "bench", "--top-k must be in 1..--experts");
+  const auto kind = o.expert == "swiglu" ? moe::ExpertKind::swiglu : moe::ExpertKind::gelu_mlp;
+  const auto torch_ms = load_torch_times(o.torch_json);
+  const auto& cpu = cpu_features();
+
+  std::cerr << "bench moe-layer: H=" << o.hidden << " I=" << o.inter << " E=" << o.experts
+            << " K=" << o.top_k << " dtype=" << o.dtype << " threads=" << o.threads << " on "
+            << cpu.model_name << "\n";
+  std::cerr << "  measuring machine ceilings...\n";
+  const double bw0 = measure_read_bandwidth_gbps(o.threads);
+  const double fma_peak = measure_fma_peak_gflops(o.threads);
+  const double bf16_peak = measure_bf16_dot_peak_gflops(o.threads);
+  std::cerr << "  building weights (" << o.experts << " experts)...\n";
+  const auto weights = moe::MoeWeights::random(kind, o.experts, o.hidden, o.inter, o.seed);
+  const moe::MoeLayer layer(weights, dtype);
+  const moe::TopKRouting policy(o.top_k, true);
+  std::mt19937_64 rng(o.seed + 1);
+
+  json rows = json::array();
+  for (int64_t t : o.tokens) {
+    DELTAMOE_CHECK(t >= 1, "bench", "--tokens values must be >= 1");
+    std::cerr << "  tokens=" << t << ": layer" << std::flush;
+    // A pool of different inputs so decode touches different experts each time (the same
+    // 8 experts every time would sit in L3 and flatter the bandwidth figure).
+    const int pool = t == 1 ? 64 : 4;
+    std::vector<Tensor> xs;
+    for (int i = 0; i < pool; ++i) xs.push_back(random_tokens(t, o.hidden, rng));
+    int next = 0;
+    moe::MoeStats stats;
+    const double layer_s = time_median([&] { layer.forward(xs[next++ % pool], policy, &stats); },
+                                       5, o.min_seconds);
+    const double routed = static_cast<double>(t * o.top_k);
+    const double flops = layer.expert_flops(t * o.top_k) + 2.0 * t * o.hidden * o.experts;
+
+    // Same-FLOP SGEMM: [T·k, H] × [H, 3I] (2I for GELU experts): the GEMM work of the layer
+    // without routing, as one call to OpenBLAS.
+    std::cerr << ", sgemm" << std::flush;
+    const int64_t gm = t * o.top_k, gn = (kind == moe::ExpertKind::swiglu ? 3 : 2) * o.inter;
+    std::vector<float> a(static_cast<size_t>(gm * o.hidden), 0.5f), b(static_cast<size_t>(o.hidden * gn), 0.25f),
+        c(static_cast<size_t>(gm * gn));
+    const double sgemm_s = time_median([&] {
+      kernels::sgemm(false, false, gm, gn, o.hidden, 1.0f, a.data(), o.hidden, b.data(), gn, 0.0f, c.data(), gn);
+    }, 5, o.min_seconds);
+    const double sgemm_gflops = 2.0 * gm * gn * o.hidden / sgemm_s / 1e9;
+
+    double naive_s = 0;
+    if (!o.skip_naive) {
+      std::cerr << ", naive" << std::flush;
+      naive_s = time_median([&] { moe::moe_forward_naive(weights, xs[0], policy); }, 1, 0.0, 0);
+    }
+    double bw = bw0;
+    if (t == 1) bw = std::max(bw0, measure_read_bandwidth_gbps(o.threads));  // beside the decode
+    std::cerr << "\n";
+
+    const double gflops = flops / layer_s / 1e9;
+    json r = {{"tokens", t},
+              {"time_ms", layer_s * 1e3},
+              {"gflops", gflops},
+              {"routed_pairs", static_cast<int64_t>(routed)},
+              {"sgemm_same_flops_time_ms", sgemm_s * 1e3},
+              {"sgemm_same_flops_gflops", sgemm_gflops},
+              {"frac_of_sgemm", gflops / sgemm_gflops},
+              {"experts_active", std::count_if(stats.tokens_per_expert.begin(), stats.tokens_per_expert.end(),
+                                               [](int64_t n) { return n > 0; })}};
+    if (!o.skip_naive) {
+      r["naive_time_ms"] = naive_s * 1e3;
+      r["speedup_vs_naive"] = naive_s / layer_s;
+    }
+    if (dtype == DType::bf16 && bf16_peak > 0) r["frac_of_bf16_dot_peak"] = gflops / bf16_peak;
+    if (t == 1) {
+      // Decode is bound by reading the k active experts' weights (+ the router).
+      const double bytes = static_cast<double>(o.top_k) * static_cast<double>(layer.expert_weight_bytes()) +
+                           4.0 * static_cast<double>(o.experts * o.hidden);
+      r["active_weight_bytes"] = bytes;
+      r["bandwidth_gbps"] = bw;
+      r["achieved_gbps"] = bytes / layer_s / 1e9;
+      r["frac_of_bandwidth_roofline"] = bytes / layer_s / 1e9 / bw;
+    }
+    auto it = torch_ms.find({t, o.dtype});
+    if (it != torch_ms.end()) {
+      r["torch_time_ms"] = it->second;
+      r["speedup_vs_torch"] = it->second / (layer_s * 1e3);
+    }
+    rows.push_back(r);
+  }
+
+  json out = {{"benchmark", "moe-layer"},
+              {"cpu", cpu.model_name},
+              {"threads", o.threads},
+              {"hidden", o.hidden},
+              {"inter", o.inter},
+              {"experts", o.experts},
+              {"top_k", o.top_k},
+              {"dtype", o.dtype},
+              {"expert", o.expert},
+              {"kernel", kernels::linear_impl_name(dtype)},
+              {"bandwidth_gbps", bw0},
+              {"fma_peak_gflops", fma_peak},
+              {"bf16_dot_peak_gflops", bf16_peak},
+              {"results", rows}};
+  if (o.json_out) {
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("MoE layer forward: H=%lld I=%lld E=%lld top-%lld, %s experts, %s weights, %d threads\n",
+              static_cast<long long>(o.hidden), static_cast<long long>(o.inter),
+              static_cast<long long>(o.experts), static_cast<long long>(o.top_k), o.expert.c_str(),
+              o.dtype.c_str(), o.threads);
+  std::printf("CPU: %s   kernel: %s   read bandwidth %.1f GB/s   FMA peak %.0f GFLOP/s   BF16 dot peak %.0f GFLOP/s\n\n",
+              cpu.model_name.c_str(), kernels::linear_impl_name(dtype), bw0, fma_peak, bf16_peak);
+  std::printf("%8s %10s %9s %12s %12s %14s %10s %12s\n", "tokens", "time_ms", "GFLOP/s", "vs naive",
+              "SGEMM GF/s", "frac of SGEMM", "vs torch", "BW roofline");
+  for (const auto& r : rows) {
+    std::printf("%8lld %10.3f %9.1f %11.1fx %12.1f %13.0f%% ", static_cast<long long>(r["tokens"].get<int64_t>()),
+                r["time_ms"].get<double>(), r["gflops"].get<double>(),
+                r.contains("speedup_vs_naive") ? r["speedup_vs_naive"].get<double>() : 0.0,
+                r["sgemm_same_flops_gflops"].get<double>(), 100 * r["frac_of_sgemm"].get<double>());
+    if (r.contains("speedup_vs_torch"))
+      std::printf("%9.2fx ", r["speedup_vs_torch"].get<double>());
+    else
+      std::printf("%10s ", "-");
+    if (r.contains("frac_of_bandwidth_roofline"))
+      std::printf("%11.0f%%", 100 * r["frac_of_bandwidth_roofline"].get<double>());
+    else
+      std::printf("%12s", "-");
+    std::printf("\n");
+  }
+  std::printf("\nGFLOP/s counts the expert GEMMs and the router. 'frac of SGEMM': against one OpenBLAS SGEMM\n"
+              "of the same FLOPs ([T*k, H] x [H, 3I]) timed in this run. 'BW roofline': bytes of the k active\n"
+              "experts' weights / time, over the read bandwidth measured in this run. --json for machine output.\n");
+  return 0;
+}
+
+CommandRegistrar reg("bench", "Benchmarks (moe-layer: the MoE layer vs naive, SGEMM and rooflines)",
+  [](CLI::App& app) -> Action {
+    auto o = std::make_shared<MoeBenchOptions>();
+    auto what = std::make_shared<std::string>("moe-layer");
+    app.add_option("what", *what, "What to benchmark")->check(CLI::IsMember({"moe-layer"}));
+    app.add_option("--tokens", o->tokens, "Token counts to measure (several allowed)")->delimiter(',');
+    app.add_option("--hidden", o->hidden, "Hidden size H")->check(CLI::PositiveNumber);
+    app.add_option("--inter", o->inter, "Expert intermediate size I")->check(CLI::PositiveNumber);
+    app.add_option("--experts", o->experts, "Number of experts E")->check(CLI::PositiveNumber);
+    app.add_option("--top-k", o->top_k, "Experts per token K")->check(CLI::PositiveNumber);
+    app.add_option("--dtype", o->dtype, "Expert weight dtype: f32 or bf16 (f32 accumulation)")
+        ->check(CLI::IsMember({"f32", "bf16"}));
+    app.add_option("--expert", o->expert, "Expert kind: swiglu (Mixtral) or gelu (MLP)")
+        ->check(CLI::IsMember({"swiglu", "gelu"}));
+    app.add_option("--threads", o->threads, "Threads")->check(CLI::Range(1, 1024));
+    app.add_option("--min-seconds", o->min_seconds, "Minimum timing time per measurement");
+    app.add_option("--seed", o->seed, "Seed for weights and inputs");
+    app.add_option("--torch-json", o->torch_json, "JSON from python/bench_moe_torch.py to compare with");
+    app.add_flag("--skip-naive", o->skip_naive, "Do not time the naive loop (it is slow at 512 tokens)");
+    app.add_flag("--json", o->json_out, "Print one JSON object on stdout (logs go to stderr)");
+    return [o, what] { return run_moe_bench(*o); };
+  });
+
+}  // namespace
+}  // namespace deltamoe::cli

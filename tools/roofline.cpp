@@ -1,0 +1,138 @@
+#include "roofline.h"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "deltamoe/kernels/cpu_features.h"
+
+namespace deltamoe::cli {
+
+namespace {
+// Horizontal sum through memory: GCC 12's _mm512_reduce_add_ps trips -Wuninitialized.
+__attribute__((target("avx512f"))) double hsum(__m512 v) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  double s = 0;
+  for (float x : lanes) s += x;
+  return s;
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+__attribute__((target("avx512f"))) double sum_avx512(const float* p, size_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
+    a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
+    a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+  }
+  double s = hsum(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+double sum_portable(const float* p, size_t n) {
+  float a[8] = {0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) a[j] += p[i + j];
+  double s = 0;
+  for (float v : a) s += v;
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+__attribute__((target("avx512f,avx512bf16"))) double bf16_loop(int64_t iters) {
+  __m512 acc[12];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  const __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80);  // bf16 1.0
+  const __m512bh y = (__m512bh)_mm512_set1_epi16(0x0001);  // tiny: no overflow
+  for (int64_t i = 0; i < iters; ++i)
+    for (auto& a : acc) a = _mm512_dpbf16_ps(a, x, y);
+  __m512 s = acc[0];
+  for (int j = 1; j < 12; ++j) s = _mm512_add_ps(s, acc[j]);
+  return hsum(s);
+}
+
+__attribute__((target("avx512f"))) double fma_loop(int64_t iters) {
+  __m512 acc[12];
+  for (int j = 0; j < 12; ++j) acc[j] = _mm512_set1_ps(static_cast<float>(j));
+  const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
+  for (int64_t i = 0; i < iters; ++i)
+    for (auto& a : acc) a = _mm512_fmadd_ps(a, x, y);
+  __m512 s = acc[0];
+  for (int j = 1; j < 12; ++j) s = _mm512_add_ps(s, acc[j]);
+  return hsum(s);
+}
+
+template <typename F>
+double best_rate(int threads, double flops_per_iter, F&& body) {
+  const int64_t iters = 20'000'000;
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    double total = 0;
+    const double t0 = now_s();
+#pragma omp parallel num_threads(threads)
+    {
+      const double v = body(iters);
+#pragma omp atomic
+      total += v;
+    }
+    volatile double sink = total;
+    (void)sink;
+    const double dt = now_s() - t0;
+    best = std::max(best, flops_per_iter * static_cast<double>(iters) * threads / dt / 1e9);
+  }
+  return best;
+}
+}  // namespace
+
+double measure_read_bandwidth_gbps(int threads, size_t bytes, int repeats) {
+  const size_t n = bytes / sizeof(float);
+  float* buf = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
+  const bool avx512 = cpu_features().avx512f;
+  // First touch from the threads that will read, so pages are spread as they will be read.
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (size_t i = 0; i < n; ++i) buf[i] = 1.0f;
+  double best = 0;
+  double total = 0;
+  for (int rep = 0; rep < repeats; ++rep) {
+    const double t0 = now_s();
+#pragma omp parallel num_threads(threads)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const size_t b = (n / 64 * t / nt) * 64, e = (n / 64 * (t + 1) / nt) * 64;
+      const double s = avx512 ? sum_avx512(buf + b, e - b) : sum_portable(buf + b, e - b);
+#pragma omp atomic
+      total += s;
+    }
+    const double dt = now_s() - t0;
+    best = std::max(best, static_cast<double>(n / 64 * 64) * sizeof(float) / dt / 1e9);
+  }
+  std::free(buf);
+  volatile double sink = total;  // keeps the reads from being optimised away
+  (void)sink;
+  return best;
+}
+
+double measure_bf16_dot_peak_gflops(int threads) {
+  if (!cpu_features().avx512_bf16) return 0.0;
+  return best_rate(threads, 12.0 * 64.0, [](int64_t it) { return bf16_loop(it); });
+}
+
+double measure_fma_peak_gflops(int threads) {
+  if (!cpu_features().avx512f) return 0.0;
+  return best_rate(threads, 12.0 * 32.0, [](int64_t it) { return fma_loop(it); });
+}
+
+}  // namespace deltamoe::cli

@@ -1,0 +1,20 @@
+// Machine ceilings measured in the same run as a benchmark (these machines are noisy, so a
+// ratio is only meaningful against a ceiling measured beside it).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace deltamoe::cli {
+
+/// DRAM read bandwidth in GB/s (1e9 bytes/s): best of `repeats` passes summing a buffer of
+/// `bytes` (large enough to miss every cache) on `threads` threads.
+double measure_read_bandwidth_gbps(int threads, size_t bytes = size_t{512} << 20, int repeats = 3);
+/// Peak of `vdpbf16ps` in GFLOP/s (64 flops per instruction) on `threads` threads, from a
+/// register-only loop; 0 when the CPU has no AVX-512 BF16.
+double measure_bf16_dot_peak_gflops(int threads);
+/// Peak of f32 FMA (`vfmadd` on zmm, 32 flops per instruction) in GFLOP/s; AVX2 when no
+/// AVX-512.
+double measure_fma_peak_gflops(int threads);
+
+}  // namespace deltamoe::cli
