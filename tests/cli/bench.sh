@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# deltamoe bench moe-layer: JSON output shape and error handling (no timing assertions).
+set -euo pipefail
+bin="$1"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+out=$("$bin" bench moe-layer --tokens 1,3 --hidden 64 --inter 32 --experts 4 --top-k 2 \
+      --min-seconds 0 --json 2>/dev/null)
+for key in '"benchmark": "moe-layer"' '"time_ms"' '"gflops"' '"speedup_vs_naive"' \
+           '"frac_of_sgemm"' '"frac_of_bandwidth_roofline"' '"bandwidth_gbps"'; do
+  grep -q "$key" <<<"$out" || { echo "missing $key in: $out"; exit 1; }
+done
+# Exactly one JSON object on stdout: the first character is '{' and the last is '}'.
+[ "${out:0:1}" = "{" ] && [ "${out: -1}" = "}" ] || { echo "stdout is not one JSON object"; exit 1; }
+# Bad input: a clear one-line error and a non-zero exit.
+if "$bin" bench moe-layer --top-k 9 --experts 4 --hidden 8 --inter 8 --tokens 1 2>"$tmp/err.txt" >/dev/null; then
+  echo "top-k > experts was accepted"; exit 1
+fi
+grep -q "\[bench\]" "$tmp/err.txt" || { echo "error message lacks component: $(cat "$tmp/err.txt")"; exit 1; }
+if "$bin" bench moe-layer --dtype f64 2>/dev/null; then echo "--dtype f64 accepted"; exit 1; fi
+echo "bench cli: ok"
