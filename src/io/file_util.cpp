@@ -71,9 +71,15 @@ std::string quote_name(std::string_view s) {
 }
 
 std::string one_line(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  // Library messages quote input bytes verbatim (nlohmann's "last read: ..."); keep them
+  // printable ASCII and short so the error stays one readable, valid-UTF-8 line.
+  constexpr size_t kMax = 240;
+  std::string out(s.substr(0, kMax));
+  for (char& c : out) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u >= 0x7f) c = u >= 0x80 ? '?' : ' ';
+  }
+  if (s.size() > kMax) out += "...";
   return out;
 }
 

@@ -33,7 +33,8 @@ class AtomicFile {
 /// so that file-controlled names cannot break the one-line error format.
 std::string quote_name(std::string_view s);
 
-/// Replaces newlines and other control characters by spaces (for wrapped library messages).
+/// Replaces control characters by spaces and non-ASCII bytes by '?', and shortens very long
+/// text (for wrapping messages of other libraries, which may quote raw input bytes).
 std::string one_line(std::string_view s);
 
 }  // namespace deltamoe::io::detail

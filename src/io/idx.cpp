@@ -25,6 +25,16 @@ struct GzCloser {
 };
 using GzPtr = std::unique_ptr<gzFile_s, GzCloser>;
 
+// zlib's message for a gzdopen'ed file starts with "<fd:N>: "; the caller names the path.
+std::string zlib_message(const char* msg) {
+  std::string_view m(msg == nullptr ? "unknown error" : msg);
+  if (m.rfind("<fd:", 0) == 0) {
+    const size_t colon = m.find(": ");
+    if (colon != std::string_view::npos) m.remove_prefix(colon + 2);
+  }
+  return detail::one_line(m);
+}
+
 // Reads up to `len` bytes; returns the count (short only at end of data). Throws on a zlib
 // error (corrupt or truncated gzip stream, CRC mismatch).
 size_t gz_read_some(gzFile f, uint8_t* out, size_t len, const std::string& path, bool gzip) {
@@ -36,7 +46,7 @@ size_t gz_read_some(gzFile f, uint8_t* out, size_t len, const std::string& path,
       int errnum = 0;
       const char* msg = gzerror(f, &errnum);
       fail(kComponent, path, ": ", gzip ? "corrupt gzip stream: " : "read error: ",
-           errnum == Z_ERRNO ? std::strerror(errno) : detail::one_line(msg));
+           errnum == Z_ERRNO ? std::strerror(errno) : zlib_message(msg));
     }
     if (n == 0) break;
     got += static_cast<size_t>(n);
@@ -47,7 +57,7 @@ size_t gz_read_some(gzFile f, uint8_t* out, size_t len, const std::string& path,
   const char* msg = gzerror(f, &errnum);
   if (errnum != Z_OK && errnum != Z_STREAM_END)
     fail(kComponent, path, ": ", gzip ? "corrupt gzip stream: " : "read error: ",
-         detail::one_line(msg));
+         zlib_message(msg));
   return got;
 }
 
