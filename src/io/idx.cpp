@@ -161,7 +161,7 @@ void write_idx(const std::string& path, const std::vector<int64_t>& dims,
   }
   if (total != data.size())
     bad(data.size(), " bytes do not match dimensions ", shape_str(dims));
-  bytes.append(reinterpret_cast<const char*>(data.data()), data.size());
+  if (!data.empty()) bytes.append(reinterpret_cast<const char*>(data.data()), data.size());
 
   if (gzip) {
     z_stream zs{};

@@ -141,7 +141,9 @@ TEST(FuzzIdx, RandomMutationsNeverCrash) {
                          static_cast<uint8_t>(file[1]) != 0x8b;
       if (plain) {
         ASSERT_EQ(file.size(), 4 + 4 * a.dims.size() + n) << "iteration " << it;
-        ASSERT_EQ(std::memcmp(a.data.data(), file.data() + (file.size() - n), n), 0);
+        if (n > 0) {
+          ASSERT_EQ(std::memcmp(a.data.data(), file.data() + (file.size() - n), n), 0);
+        }
       }
     } catch (const Error& e) {
       ++rejected;
