@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <sstream>
 #include <string>
 
 #include "deltamoe/io/idx.h"
@@ -325,8 +326,13 @@ TEST(Safetensors, GoldenMoeFileHasExpectedKeys) {
   const std::string path = DELTAMOE_SOURCE_DIR "/tests/golden/moe_golden.safetensors";
   if (!fs::exists(path)) GTEST_SKIP() << path << " not generated";
   const auto f = SafetensorsFile::open(path);
-  for (const std::string c : {"swiglu", "gelu"}) {
-    const auto& md = f.metadata();
+  const auto& md = f.metadata();
+  std::vector<std::string> cases;
+  std::stringstream list(md.at("cases"));
+  for (std::string c; std::getline(list, c, ',');) cases.push_back(c);
+  EXPECT_EQ(cases, std::vector<std::string>({"swiglu", "gelu", "swiglu_k3"}));
+  for (const std::string& c : cases) {
+    const bool swiglu = md.at(c + ".expert_kind") == "swiglu";
     const int64_t t = std::stoll(md.at(c + ".tokens")), h = std::stoll(md.at(c + ".hidden"));
     const int64_t i = std::stoll(md.at(c + ".inter")), e = std::stoll(md.at(c + ".experts"));
     const int64_t k = std::stoll(md.at(c + ".top_k"));
@@ -340,7 +346,7 @@ TEST(Safetensors, GoldenMoeFileHasExpectedKeys) {
       const std::string s = std::to_string(x);
       EXPECT_EQ(f.get(c + ".w1." + s).shape(), Shape({i, h}));
       EXPECT_EQ(f.get(c + ".w2." + s).shape(), Shape({h, i}));
-      if (c == "swiglu") {
+      if (swiglu) {
         EXPECT_EQ(f.get(c + ".w3." + s).shape(), Shape({i, h}));
       } else {
         EXPECT_EQ(f.get(c + ".b1." + s).shape(), Shape({i}));
@@ -360,6 +366,8 @@ TEST(Safetensors, GoldenMoeFileHasExpectedKeys) {
         }
         const int32_t ex = idx.data<int32_t>()[r * k + j];
         EXPECT_TRUE(ex >= 0 && ex < e);
+        EXPECT_EQ(md.at(c + ".empty_experts").find(std::to_string(ex)), std::string::npos)
+            << c << ": token " << r << " routed to an expert listed as empty";
       }
       if (md.at(c + ".renormalize") == "true") {
         EXPECT_NEAR(sum, 1.0f, 1e-5f);
