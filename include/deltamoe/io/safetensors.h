@@ -41,7 +41,9 @@ struct SafetensorsEntry {
 /// Tensor returned by get() share it, so tensors stay valid after the SafetensorsFile is
 /// destroyed; the file is unmapped when the last of them goes.
 /// The mapping is PROT_READ: tensors returned by get() that alias it are read-only (writing
-/// through them faults). clone() a tensor before modifying it.
+/// through them faults). clone() a tensor before modifying it. As with any mapping, a file
+/// truncated by another process while mapped makes later reads of the lost pages fault
+/// (SIGBUS); write files atomically (as write_safetensors does) instead of in place.
 /// Thread-safety: all methods are const and safe to call concurrently.
 class SafetensorsFile {
  public:
