@@ -4,11 +4,12 @@
 // (kMr = 12 gives 24 accumulators + 2 weight registers of the 32 zmm). Per k it loads the
 // panel's 32 weights (two aligned zmm loads) once and uses each in kMr FMAs against a
 // broadcast x[r, k], so it issues 2·kMr FMAs per 2 + kMr loads: FMA-bound, with 24 independent
-// dependency chains (> FMA latency 4 × 1 zmm FMA/cycle on Zen 4). x is read in place through
-// row pointers (no packing: the MoE layer calls us on narrow column blocks, where a packed
-// copy of x would cost a noticeable fraction of the FMAs).
-// Cache blocking: rows in blocks of kMc (x block in L2), K in slices of kKc so the
-// kKc x 32 weight sliver (16 KiB f32) is reused from L1 by every row block.
+// dependency chains (> FMA latency 4 × 1 zmm FMA/cycle on Zen 4). x is read through row
+// pointers, not packed k-major: the MoE layer calls us on narrow column blocks, where a
+// transposed copy of x would cost a noticeable fraction of the FMAs (a straight row copy,
+// done below to fix the stride, costs ~1/N of them).
+// Cache blocking: rows in blocks of kMc (x block in L2), K in slices of kKc; the
+// kKc x 32 weight sliver is reused from L1/L2 by every row block.
 // Only these functions carry the AVX-512 target attribute; they run only when
 // cpu_features() says the CPU has the extensions.
 #include <immintrin.h>
@@ -28,8 +29,18 @@ namespace deltamoe::kernels {
 namespace {
 
 constexpr int kMr = 12;         // rows per microkernel call
-constexpr int64_t kMc = 144;    // rows per L2 block (multiple of kMr)
-constexpr int64_t kKc = 128;    // k per L1 sliver (f32); bf16 uses kKc k-pairs (also 16 KiB)
+// Blocking, measured on Zen 4 (docs/kernels.md): slicing K finely to keep the weight sliver
+// in L1 lost more to re-loading the accumulators than it gained (L2 feeds 2 zmm per k
+// easily), so K is sliced only past 512 (f32: 64 KiB sliver in L2).
+#ifndef DM_TUNE_MC  // overridable only for tuning experiments
+#define DM_TUNE_MC 192
+#define DM_TUNE_KC 512
+#define DM_TUNE_COPY 4
+#endif
+constexpr int64_t kMc = DM_TUNE_MC;  // rows per block: x block (768 KiB at K=1024) in L2
+constexpr int64_t kKc = DM_TUNE_KC;  // k per slice (f32); bf16 uses kKc k-pairs
+
+constexpr int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 struct Masks {
   __mmask16 lo, hi;
@@ -229,8 +240,22 @@ DM_AVX512 void convert_rows_bf16(const float* x, int64_t rows, int64_t ldx, int6
 DM_AVX512 void linear_f32_avx512(const LinearArgs& a) {
   const int64_t k_dim = a.w->in_features();
   const float* w_all = static_cast<const float*>(a.w->data());
+  // x rows are re-strided into scratch (a plain row copy, ~1/N of the FMA work) with a
+  // stride that is not a multiple of 4 KiB: the microkernel reads up to 12 rows at once and
+  // with ldx = 1024 floats they would all map to one L1 set (8 ways) and evict each other.
+  const bool copy_x = a.m > DM_TUNE_COPY;
+  const int64_t ldp = copy_x ? round_up(k_dim, 16) + 16 : a.ldx;
+  float* xs = copy_x ? static_cast<float*>(thread_scratch(
+                           static_cast<size_t>(std::min(kMc, a.m) * ldp) * sizeof(float)))
+                     : nullptr;
   for (int64_t rb = 0; rb < a.m; rb += kMc) {
     const int64_t rows = std::min(kMc, a.m - rb);
+    const float* xb = a.x + rb * a.ldx;
+    if (copy_x) {
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(xs + r * ldp, xb + r * a.ldx, static_cast<size_t>(k_dim) * sizeof(float));
+      xb = xs;
+    }
     // One row block: weights are not reused across row blocks, so no K slicing.
     const int64_t kc_max = rows <= kMr ? k_dim : kKc;
     for (int64_t n0 = a.n_begin; n0 < a.n_end; n0 += kPanel) {
@@ -240,7 +265,7 @@ DM_AVX512 void linear_f32_avx512(const LinearArgs& a) {
         const int64_t kc = std::min(kc_max, k_dim - k0);
         const bool load_c = a.accumulate || k0 > 0;
         for_row_blocks(rows, [&](int64_t r0, int64_t mr) {
-          kMicroF32[mr - 1](a.x + (rb + r0) * a.ldx + k0, a.ldx, wp + k0 * kPanel, kc,
+          kMicroF32[mr - 1](xb + r0 * ldp + k0, ldp, wp + k0 * kPanel, kc,
                             a.y + (rb + r0) * a.ldy + n0, a.ldy, mk, load_c);
         });
       }
@@ -251,7 +276,8 @@ DM_AVX512 void linear_f32_avx512(const LinearArgs& a) {
 DM_AVX512 void linear_bf16_avx512(const LinearArgs& a) {
   const int64_t k_dim = a.w->in_features();
   const int64_t k2 = (k_dim + 1) / 2;
-  const int64_t ldxb = (k2 + 15) / 16 * 16;
+  // +16 words: a row stride that is a multiple of 4 KiB would put all rows in one L1 set.
+  const int64_t ldxb = round_up(k2, 16) + 16;
   const uint16_t* w_all = static_cast<const uint16_t*>(a.w->data());
   uint32_t* xb = static_cast<uint32_t*>(
       thread_scratch(static_cast<size_t>(std::min(kMc, a.m) * ldxb) * sizeof(uint32_t)));
