@@ -72,6 +72,10 @@ std::shared_ptr<const ServeModel> make_random_model(const RandomModelConfig& con
 /// reference both use it, so their routing inputs are identical.
 void softmax_row(const float* logits, float* probs, int64_t d);
 
+/// Loads a trained checkpoint (safetensors + its JSON config) as a serving model. Throws
+/// Error("serve") naming the path on any problem.
+std::shared_ptr<const ServeModel> load_serve_model(const std::string& path);
+
 /// Reference forward pass of `model` one sample at a time, with no queues: probs[n, C] and the
 /// experts of each sample (CSR in `routing`). Used by tests and by `deltamoe serve --check`.
 void reference_forward(const ServeModel& model, const moe::RoutingPolicy& policy, const float* x,
