@@ -112,10 +112,11 @@ HttpServer::HttpServer(std::shared_ptr<moe::ExpertQueueRuntime> runtime, ServerC
   // Errors httplib produces itself (413 for oversized bodies, 404, 400 on broken HTTP) get a
   // JSON reason like ours.
   svr.set_error_handler([impl](const httplib::Request&, httplib::Response& res) {
-    if (res.body.empty()) {
-      const char* reason = res.status == 413 ? "body too large" : res.status == 404 ? "no such endpoint" : "bad request";
-      res.set_content(error_json(reason), "application/json");
-    }
+    // httplib calls this for every status >= 400, ours included; those already have a body
+    // and were counted.
+    if (!res.body.empty()) return;
+    const char* reason = res.status == 413 ? "body too large" : res.status == 404 ? "no such endpoint" : "bad request";
+    res.set_content(error_json(reason), "application/json");
     impl->count(res.status, 0.0, false);
   });
   svr.set_exception_handler([impl](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
