@@ -120,7 +120,14 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{ExpertKind::gelu_mlp, 1, 64, 48, 8, 1, true},
                       Case{ExpertKind::gelu_mlp, 50, 100, 70, 8, 2, true},
                       Case{ExpertKind::gelu_mlp, 200, 64, 256, 8, 8, false},
-                      Case{ExpertKind::swiglu, 0, 64, 48, 8, 2, true}));
+                      Case{ExpertKind::swiglu, 0, 64, 48, 8, 2, true}),
+    [](const ::testing::TestParamInfo<Case>& info) {
+      const Case& c = info.param;
+      return std::string(c.kind == ExpertKind::swiglu ? "swiglu" : "gelu") + "_T" +
+             std::to_string(c.tokens) + "_H" + std::to_string(c.hidden) + "_I" +
+             std::to_string(c.inter) + "_E" + std::to_string(c.experts) + "_k" +
+             std::to_string(c.k) + (c.renorm ? "_renorm" : "");
+    });
 
 TEST(Moe, Bf16WeightsMatchReferenceOnRoundedWeights) {
   set_num_threads(2);
@@ -267,7 +274,9 @@ TEST(MoeGolden, MatchesPyTorchMixtralBlock) {
     const Tensor yb = MoeLayer(g.weights, DType::bf16).forward(g.x, policy);
     EXPECT_LE(max_abs_diff(yb, g.y), 1e-2f * std::max(1.0f, max_abs(g.y)));
     const std::string empty = f.metadata().at(c + ".empty_experts");
-    if (!empty.empty()) EXPECT_EQ(stats.tokens_per_expert[std::stoi(empty)], 0);
+    if (!empty.empty()) {
+      EXPECT_EQ(stats.tokens_per_expert[std::stoi(empty)], 0);
+    }
     ++cases;
   }
   EXPECT_EQ(cases, 3);
