@@ -244,9 +244,34 @@ int run_table(bool json, double budget_s) {
       }
     }
   }
+  // Decode from DRAM: cycle through 96 MiB (f32) / 48 MiB (bf16) of 1024x1024 matrices,
+  // more than the 32 MiB L3, so every call streams its weights from memory.
+  double dram_gbs[2][2] = {};  // [dtype][threads-1]
+  for (int d = 0; d < 2; ++d) {
+    const auto dtype = d == 0 ? deltamoe::DType::f32 : deltamoe::DType::bf16;
+    std::vector<dk::PackedLinear> mats;
+    for (int i = 0; i < 24; ++i) mats.emplace_back(deltamoe::Tensor::from(w, {n, k}), dtype);
+    for (int threads : {1, 2}) {
+      deltamoe::set_num_threads(threads);
+      size_t next = 0;
+      const double t = best_call_s([&] {
+        const dk::PackedLinear& p = mats[next++ % mats.size()];
+        if (threads == 1) dk::linear_st(x.data(), 1, k, p, 0, n, y.data(), n);
+        else dk::linear(x.data(), 1, k, p, y.data(), n);
+      }, budget_s);
+      dram_gbs[d][threads - 1] = mats[0].weight_bytes() / t * 1e-9;
+    }
+  }
+  if (!json)
+    std::printf("decode m=1 from DRAM, weight GB/s (best call): f32 %.1f (1 thr) %.1f (2 thr), "
+                "bf16 %.1f (1 thr) %.1f (2 thr)\n",
+                dram_gbs[0][0], dram_gbs[0][1], dram_gbs[1][0], dram_gbs[1][1]);
   deltamoe::set_num_threads(0);
   if (json)
-    std::printf("{\"k\":%lld,\"n\":%lld,\"impl_f32\":\"%s\",\"impl_bf16\":\"%s\",\"rows\":[%s]}\n",
+    std::printf("{\"dram_gemv_f32_weight_gbs\":[%.1f,%.1f],\"dram_gemv_bf16_weight_gbs\":[%.1f,%.1f],",
+                dram_gbs[0][0], dram_gbs[0][1], dram_gbs[1][0], dram_gbs[1][1]);
+  if (json)
+    std::printf("\"k\":%lld,\"n\":%lld,\"impl_f32\":\"%s\",\"impl_bf16\":\"%s\",\"rows\":[%s]}\n",
                 static_cast<long long>(k), static_cast<long long>(n),
                 dk::linear_impl_name(deltamoe::DType::f32),
                 dk::linear_impl_name(deltamoe::DType::bf16), rows_json.c_str());
