@@ -23,6 +23,7 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
     app.add_option("--concurrency", lc->concurrency, "Closed loop: outstanding requests; HTTP open loop: sender threads");
     app.add_option("--images", lc->images_per_request, "Images per request");
     app.add_flag("!--arrays", lc->base64, "Send images as JSON arrays instead of base64");
+    app.add_flag("!--no-keep-alive", lc->keep_alive, "HTTP: a new connection per request");
     app.add_option("--slo-ms", lc->slo_ms, "Latency objective for slo_attainment");
     app.add_option("--grace", lc->grace_s, "Seconds to wait for answers after --duration");
     app.add_option("--load-seed", lc->seed, "Seed of arrivals and images");

@@ -289,7 +289,7 @@ LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
 
   auto sender = [&](int id) {
     httplib::Client client(host, port);
-    client.set_keep_alive(true);
+    client.set_keep_alive(c.keep_alive);
     client.set_tcp_nodelay(true);
     client.set_connection_timeout(5);
     client.set_read_timeout(static_cast<time_t>(std::ceil(c.grace_s)));
@@ -315,7 +315,7 @@ LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
       std::lock_guard<std::mutex> lk(mu);
       ++r.sent;
       if (!res) {
-        ++r.errors["transport"];
+        ++r.errors["transport:" + httplib::to_string(res.error())];
       } else if (res->status == 200) {
         ++r.ok;
         r.latency_us.push_back(lat);

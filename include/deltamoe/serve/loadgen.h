@@ -21,6 +21,7 @@ struct LoadConfig {
   int concurrency = 64;             // closed loop: outstanding; open loop over HTTP: sender threads
   int64_t images_per_request = 1;
   bool base64 = true;               // HTTP bodies as images_b64 (else arrays of numbers)
+  bool keep_alive = true;           // HTTP: reuse connections (else one connection per request)
   uint64_t seed = 1;
   double slo_ms = 5.0;              // for SLO attainment
   double grace_s = 30.0;            // after duration: wait this long for answers, then give up
