@@ -204,3 +204,71 @@ TEST(Routing, TopKRenormalisesAndBreaksTiesLow) {
   EXPECT_EQ(r.expert_ids, (std::vector<int32_t>{1, 2, 0}));
   EXPECT_FLOAT_EQ(r.weights[2], 0.1f);
 }
+
+// ---- golden tensors from PyTorch (python/make_golden_moe.py) ----
+
+#include "deltamoe/io/safetensors.h"
+
+namespace {
+struct Golden {
+  MoeWeights weights;
+  Tensor x, y, topk_idx, topk_w;
+  int64_t k;
+  bool renorm;
+};
+
+Golden load_golden(const io::SafetensorsFile& f, const std::string& c) {
+  const auto& md = f.metadata();
+  Golden g;
+  const int64_t experts = std::stoll(md.at(c + ".experts"));
+  g.k = std::stoll(md.at(c + ".top_k"));
+  g.renorm = md.at(c + ".renormalize") == "true";
+  g.weights.kind = md.at(c + ".expert_kind") == "swiglu" ? ExpertKind::swiglu : ExpertKind::gelu_mlp;
+  g.weights.router = f.get(c + ".router").clone();
+  for (int64_t e = 0; e < experts; ++e) {
+    const std::string s = "." + std::to_string(e);
+    g.weights.w1.push_back(f.get(c + ".w1" + s).clone());
+    g.weights.w2.push_back(f.get(c + ".w2" + s).clone());
+    if (g.weights.kind == ExpertKind::swiglu) {
+      g.weights.w3.push_back(f.get(c + ".w3" + s).clone());
+    } else {
+      g.weights.b1.push_back(f.get(c + ".b1" + s).clone());
+      g.weights.b2.push_back(f.get(c + ".b2" + s).clone());
+    }
+  }
+  g.x = f.get(c + ".x").clone();
+  g.y = f.get(c + ".y").clone();
+  g.topk_idx = f.get(c + ".topk_idx").to(DType::f32);
+  g.topk_w = f.get(c + ".topk_w").clone();
+  return g;
+}
+}  // namespace
+
+TEST(MoeGolden, MatchesPyTorchMixtralBlock) {
+  const auto f = io::SafetensorsFile::open(std::string(DELTAMOE_SOURCE_DIR) + "/tests/golden/moe_golden.safetensors");
+  set_num_threads(2);
+  int cases = 0;
+  for (const std::string c : {"swiglu", "gelu", "swiglu_k3"}) {
+    SCOPED_TRACE(c);
+    const Golden g = load_golden(f, c);
+    const TopKRouting policy(g.k, g.renorm);
+    MoeStats stats;
+    const Tensor y = MoeLayer(g.weights, DType::f32).forward(g.x, policy, &stats);
+    EXPECT_LE(max_abs_diff(y, g.y), 1e-4f);  // the bound for f32
+    EXPECT_LE(max_abs_diff(moe_forward_naive(g.weights, g.x, policy), g.y), 1e-4f);
+    // Same experts and weights, token by token, as torch.topk.
+    const auto idx = g.topk_idx.to_vector(), w = g.topk_w.to_vector();
+    ASSERT_EQ(stats.routing.expert_ids.size(), idx.size());
+    for (size_t j = 0; j < idx.size(); ++j) {
+      EXPECT_EQ(stats.routing.expert_ids[j], static_cast<int32_t>(idx[j])) << "pair " << j;
+      EXPECT_NEAR(stats.routing.weights[j], w[j], 1e-6f) << "pair " << j;
+    }
+    // bf16 weights: within bf16 rounding of the f32 golden output.
+    const Tensor yb = MoeLayer(g.weights, DType::bf16).forward(g.x, policy);
+    EXPECT_LE(max_abs_diff(yb, g.y), 1e-2f * std::max(1.0f, max_abs(g.y)));
+    const std::string empty = f.metadata().at(c + ".empty_experts");
+    if (!empty.empty()) EXPECT_EQ(stats.tokens_per_expert[std::stoi(empty)], 0);
+    ++cases;
+  }
+  EXPECT_EQ(cases, 3);
+}
