@@ -15,6 +15,7 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
     auto url = std::make_shared<std::string>();
     auto in_process = std::make_shared<bool>(false);
     auto json = std::make_shared<bool>(false);
+    auto latencies_out = std::make_shared<std::string>();
     app.add_option("--url", *url, "Server URL, loopback only (http://127.0.0.1:PORT)");
     app.add_flag("--in-process", *in_process, "Drive a runtime in this process (no HTTP); takes the serve options");
     app.add_option("--rate", lc->rate_rps, "Open loop: mean Poisson arrival rate, requests/s");
@@ -28,8 +29,9 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
     app.add_option("--grace", lc->grace_s, "Seconds to wait for answers after --duration");
     app.add_option("--load-seed", lc->seed, "Seed of arrivals and images");
     app.add_flag("--json", *json, "Print one JSON object on stdout");
+    app.add_option("--latencies-out", *latencies_out, "Write every answered request's latency (ms), one per line");
     opts->add(app);
-    return [opts, lc, url, in_process, json]() {
+    return [opts, lc, url, in_process, json, latencies_out]() {
       deltamoe::serve::LoadResult r;
       std::string extra = "{}";
       if (*in_process) {
@@ -48,6 +50,11 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
         r = deltamoe::serve::run_http_load(*url, *lc);
       }
       const std::string out = deltamoe::serve::load_result_json(r, *lc, extra);
+      if (!latencies_out->empty()) {
+        std::string text;
+        for (double v : r.latency_us) text += std::to_string(v / 1000.0) + "\n";
+        deltamoe::cli::write_file_atomic(*latencies_out, text);
+      }
       if (*json) {
         std::cout << out << std::endl;
       } else {

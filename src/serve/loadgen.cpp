@@ -125,7 +125,7 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
 
 std::string runtime_stats_json(const moe::RuntimeStats& s) {
   nlohmann::json j;
-  double expert_batches = 0, expert_samples = 0, timeouts = 0, flushes = 0;
+  double expert_batches = 0, expert_samples = 0, expert_busy = 0, timeouts = 0, flushes = 0;
   for (size_t q = 0; q < s.queues.size(); ++q) {
     const auto& qs = s.queues[q];
     const double f = static_cast<double>(qs.flushes[0] + qs.flushes[1] + qs.flushes[2]);
@@ -133,12 +133,15 @@ std::string runtime_stats_json(const moe::RuntimeStats& s) {
     timeouts += static_cast<double>(qs.flushes[1]);
     if (q == 0) {
       j["mean_batch_stem"] = f > 0 ? static_cast<double>(qs.samples) / f : 0.0;
+      j["mean_stem_service_ms"] = f > 0 ? qs.busy_us / f / 1000.0 : 0.0;
     } else {
       expert_batches += f;
       expert_samples += static_cast<double>(qs.samples);
+      expert_busy += qs.busy_us;
     }
   }
   j["mean_batch_expert"] = expert_batches > 0 ? expert_samples / expert_batches : 0.0;
+  j["mean_expert_service_ms"] = expert_batches > 0 ? expert_busy / expert_batches / 1000.0 : 0.0;
   j["timeout_flush_share"] = flushes > 0 ? timeouts / flushes : 0.0;
   j["batches"] = flushes;
   j["samples_done"] = s.samples_done;
