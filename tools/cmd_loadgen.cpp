@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "command.h"
+#include "deltamoe/io/idx.h"
 #include "deltamoe/serve/loadgen.h"
 #include "serve_cli.h"
 
@@ -16,6 +17,7 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
     auto in_process = std::make_shared<bool>(false);
     auto json = std::make_shared<bool>(false);
     auto latencies_out = std::make_shared<std::string>();
+    auto images_idx = std::make_shared<std::string>();
     app.add_option("--url", *url, "Server URL, loopback only (http://127.0.0.1:PORT)");
     app.add_flag("--in-process", *in_process, "Drive a runtime in this process (no HTTP); takes the serve options");
     app.add_option("--rate", lc->rate_rps, "Open loop: mean Poisson arrival rate, requests/s");
@@ -28,10 +30,19 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
     app.add_option("--slo-ms", lc->slo_ms, "Latency objective for slo_attainment");
     app.add_option("--grace", lc->grace_s, "Seconds to wait for answers after --duration");
     app.add_option("--load-seed", lc->seed, "Seed of arrivals and images");
+    app.add_option("--images-idx", *images_idx,
+                   "Send images from this IDX file (e.g. " + std::string(deltamoe::io::kFashionMnistDir) +
+                       "/t10k-images-idx3-ubyte.gz; first 1024); default synthetic");
     app.add_flag("--json", *json, "Print one JSON object on stdout");
     app.add_option("--latencies-out", *latencies_out, "Write every answered request's latency (ms), one per line");
     opts->add(app);
-    return [opts, lc, url, in_process, json, latencies_out]() {
+    return [opts, lc, url, in_process, json, latencies_out, images_idx]() {
+      if (!images_idx->empty()) {
+        const auto idx = deltamoe::io::read_idx(*images_idx, 3);
+        DELTAMOE_CHECK(idx.dims[1] * idx.dims[2] == 784, "loadgen", *images_idx, ": images are not 28x28");
+        const size_t n = std::min<size_t>(1024, static_cast<size_t>(idx.dims[0]));
+        lc->image_pool.assign(idx.data.begin(), idx.data.begin() + static_cast<std::ptrdiff_t>(n * 784));
+      }
       deltamoe::serve::LoadResult r;
       std::string extra = "{}";
       if (*in_process) {

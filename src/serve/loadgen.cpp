@@ -74,6 +74,22 @@ std::vector<float> synthetic_images(int64_t n, uint64_t seed) {
   return x;
 }
 
+namespace {
+
+// `count` images of 784 pixels from the configured pool (cycled) or synthetic ones.
+std::vector<float> request_images(const LoadConfig& c, int64_t count) {
+  if (c.image_pool.empty()) return synthetic_images(count, c.seed);
+  const int64_t pool = static_cast<int64_t>(c.image_pool.size()) / 784;
+  DELTAMOE_CHECK(pool >= 1 && static_cast<int64_t>(c.image_pool.size()) == pool * 784, "loadgen",
+                 "image pool must hold whole 784-pixel images");
+  std::vector<float> out(static_cast<size_t>(count * 784));
+  for (int64_t i = 0; i < count; ++i)
+    std::copy_n(c.image_pool.data() + (i % pool) * 784, 784, out.data() + i * 784);
+  return out;
+}
+
+}  // namespace
+
 std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std::string& extra_json) {
   nlohmann::json j;
   j["mode"] = r.mode;
@@ -115,6 +131,7 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
       qs += r.queue_us[i];
       cs += r.compute_us[i];
     }
+    j["mean_experts"] = r.experts_sum / static_cast<double>(r.queue_us.size());
     j["mean_queue_ms"] = qs / static_cast<double>(r.queue_us.size()) / 1000.0;
     j["mean_compute_ms"] = cs / static_cast<double>(r.queue_us.size()) / 1000.0;
   }
@@ -159,8 +176,8 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
   r.transport = "in-process";
   r.offered_rps = c.rate_rps;
   r.duration_s = c.duration_s;
-  const int64_t pool = 64;
-  const auto images = synthetic_images(pool * c.images_per_request, c.seed);
+  const int64_t pool = c.image_pool.empty() ? 64 : std::max<int64_t>(1, static_cast<int64_t>(c.image_pool.size()) / 784 / c.images_per_request);
+  const auto images = request_images(c, pool * c.images_per_request);
   const int64_t stride = 784 * c.images_per_request;
   std::mutex mu;
   std::condition_variable cv;
@@ -176,6 +193,7 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
     for (const auto& s : res.results) {
       r.queue_us.push_back(static_cast<double>(s.queue_us));
       r.compute_us.push_back(static_cast<double>(s.compute_us));
+      r.experts_sum += static_cast<double>(s.experts.size());
     }
     --outstanding;
     cv.notify_all();
@@ -260,8 +278,8 @@ LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
   DELTAMOE_CHECK(port > 0 && port < 65536, "loadgen", "bad port ", port);
 
   // Pre-encoded bodies, so the client spends its time sending, not formatting.
-  const int64_t pool = 64;
-  const auto images = synthetic_images(pool * c.images_per_request, c.seed);
+  const int64_t pool = c.image_pool.empty() ? 64 : std::max<int64_t>(1, static_cast<int64_t>(c.image_pool.size()) / 784 / c.images_per_request);
+  const auto images = request_images(c, pool * c.images_per_request);
   std::vector<std::string> bodies;
   for (int64_t b = 0; b < pool; ++b) {
     nlohmann::json list = nlohmann::json::array();
