@@ -80,7 +80,7 @@ def row(sweep, policy, method, mode, b, t, adaptive, load, j):
     for k in ["offered_rps", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "max_ms",
               "slo_attainment", "requests_sent", "requests_ok", "requests_error", "mean_batch_stem",
               "mean_batch_expert", "timeout_flush_share", "mean_queue_ms", "mean_compute_ms",
-              "mean_stem_service_ms", "mean_expert_service_ms", "final_batch_limit", "mean_experts"]:
+              "mean_stem_service_ms", "mean_expert_service_ms", "final_batch_limit", "mean_experts", "mean_expert_rows_per_call"]:
         r[k] = j.get(k, "")
     return r
 

@@ -159,6 +159,8 @@ std::string runtime_stats_json(const moe::RuntimeStats& s) {
   }
   j["mean_batch_expert"] = expert_batches > 0 ? expert_samples / expert_batches : 0.0;
   j["mean_expert_service_ms"] = expert_batches > 0 ? expert_busy / expert_batches / 1000.0 : 0.0;
+  j["mean_expert_rows_per_call"] =
+      s.expert_calls > 0 ? static_cast<double>(s.expert_rows) / static_cast<double>(s.expert_calls) : 0.0;
   j["timeout_flush_share"] = flushes > 0 ? timeouts / flushes : 0.0;
   j["batches"] = flushes;
   j["samples_done"] = s.samples_done;
