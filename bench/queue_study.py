@@ -86,6 +86,9 @@ def row(sweep, policy, method, mode, b, t, adaptive, load, j):
 
 
 def in_process(args):
+    out = subprocess.run([args.bin, "loadgen", "--model-curve"], capture_output=True, text=True, timeout=300)
+    curve = json.loads(out.stdout)
+    write_csv(os.path.join(args.out, "model_curve.csv"), curve["curve"])
     closed, opened = [], []
     os.makedirs(os.path.join(args.out, "latencies"), exist_ok=True)
     d = str(args.duration)

@@ -2,6 +2,7 @@
 """Plots for the per-expert queue study (bench/queue_study.py output directory).
 
 Writes into the same directory:
+  model_curve.png             per-sample time of each model call vs rows per call
   closed_loop_throughput.png  closed-loop throughput vs B, per-expert vs whole-model, per policy
   p99_vs_load.png             p99 latency vs offered load for each method
   frontier.png                throughput vs p99 (every open-loop run), per method
@@ -38,6 +39,24 @@ def f(x):
 
 
 def main(d):
+    curve = read(os.path.join(d, "model_curve.csv"))
+    if curve:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, label in [("stem_us_per_sample", "stem (784->256) + router"),
+                           ("expert_us_per_sample", "one expert (256->256->256)"),
+                           ("head_us_per_sample", "head")]:
+            ax.plot([f(r["batch"]) for r in curve], [f(r[key]) for r in curve], "o-", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("rows per call (batch)")
+        ax.set_ylabel("us per sample (one thread)")
+        ax.set_title("model service curve")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(d, "model_curve.png"), dpi=110)
+        plt.close(fig)
+
     closed = read(os.path.join(d, "closed_loop.csv"))
     opened = read(os.path.join(d, "open_loop.csv"))
     policies = sorted({r["policy"] for r in closed + opened})
