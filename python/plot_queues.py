@@ -167,5 +167,60 @@ def main(d):
         plt.close(fig)
 
 
+def tables(d):
+    """Markdown tables of the study's numbers (printed to stdout, pasted into the report)."""
+    closed = read(os.path.join(d, "closed_loop.csv"))
+    opened = read(os.path.join(d, "open_loop.csv"))
+    policies = list(dict.fromkeys(r["policy"] for r in closed + opened))
+    for pol in policies:
+        rs = [r for r in closed if r["policy"] == pol]
+        bs = sorted({int(f(r["B"])) for r in rs})
+        print(f"\nClosed loop, {pol} (samples/s; mean expert GEMM rows per call in brackets)\n")
+        print("| mode | " + " | ".join(f"B={b}" for b in bs) + " |")
+        print("|---|" + "---|" * len(bs))
+        for mode in ["per-expert", "whole-model"]:
+            cells = []
+            for b in bs:
+                m = [r for r in rs if r["mode"] == mode and int(f(r["B"])) == b]
+                cells.append(f"{f(m[0]['throughput_rps']):.0f} ({f(m[0]['mean_expert_rows_per_call']):.1f})" if m else "")
+            print(f"| {mode} | " + " | ".join(cells) + " |")
+        load = [r for r in opened if r["policy"] == pol and r["sweep"] == "load"]
+        loads = sorted({f(r["load"]) for r in load})
+        print(f"\nOpen loop, {pol}: p99 ms / SLO(5 ms) attainment / mean expert rows per call\n")
+        print("| method | " + " | ".join(f"{100 * x:.0f}%" for x in loads) + " |")
+        print("|---|" + "---|" * len(loads))
+        for m in dict.fromkeys(r["method"] for r in load):
+            cells = []
+            for x in loads:
+                q = [r for r in load if r["method"] == m and f(r["load"]) == x]
+                cells.append(f"{f(q[0]['p99_ms']):.2f} / {f(q[0]['slo_attainment']):.2f} / "
+                             f"{f(q[0]['mean_expert_rows_per_call']):.1f}" if q else "")
+            print(f"| {m} | " + " | ".join(cells) + " |")
+        bt = [r for r in opened if r["policy"] == pol and r["sweep"] == "bt"]
+        if bt:
+            ts = sorted({int(f(r["T_us"])) for r in bt}, key=lambda t: 1e18 if t < 0 else t)
+            print(f"\nPer-expert queues at 70% load, {pol}: p99 ms [mean expert batch, timeout-flush share, "
+                  f"p99 <= T + 2 x service?]\n")
+            print("| B | " + " | ".join("T=inf" if t < 0 else f"T={t}us" for t in ts) + " |")
+            print("|---|" + "---|" * len(ts))
+            for b in sorted({int(f(r["B"])) for r in bt}):
+                cells = []
+                for t in ts:
+                    q = [r for r in bt if int(f(r["B"])) == b and int(f(r["T_us"])) == t]
+                    if not q:
+                        cells.append("")
+                        continue
+                    q = q[0]
+                    service = f(q["mean_stem_service_ms"]) + f(q["mean_expert_service_ms"])
+                    bound = (t / 1000.0 if t >= 0 else float("inf")) + 2 * service
+                    ok = "yes" if f(q["p99_ms"]) <= bound else "no"
+                    cells.append(f"{f(q['p99_ms']):.2f} [{f(q['mean_batch_expert']):.1f}, "
+                                 f"{f(q['timeout_flush_share']):.2f}, {ok}]")
+                print(f"| {b} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "docs/experiments/expert-queues")
+    if len(sys.argv) > 2 and sys.argv[2] == "--tables":
+        tables(sys.argv[1])
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "docs/experiments/expert-queues")
