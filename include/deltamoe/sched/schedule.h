@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "deltamoe/sched/memgraph.h"
@@ -72,13 +73,21 @@ ExactResult exact_search(const Graph& g, double time_limit_s, const Order* incum
 Order local_search(const Graph& g, const Order& start, double time_limit_s);
 
 // ----------------------------------------------------------------- placement (placement.cpp)
+/// Offset of something that takes no arena space (persistent buffers, absent workspaces).
+inline constexpr uint64_t kNotPlaced = ~uint64_t{0};
 struct Placement {
-  std::vector<uint64_t> offsets;  // per node (dense index); buffers of views = their base's
+  std::vector<uint64_t> offsets;  // per node (dense index); buffers of views = their base's;
+                                  // kNotPlaced for persistent buffers, 0 for empty ones
+  std::vector<uint64_t> workspace_offsets;  // per node; kNotPlaced when workspace is 0
   uint64_t arena_bytes = 0;
-  double fragmentation = 0.0;     // arena / peak − 1
+  uint64_t peak_bytes = 0;        // the simulator's peak of the same order (workspace included)
+  double fragmentation = 0.0;     // arena / peak − 1 (0 when the peak is 0)
 };
 /// Best-fit offset assignment over buffer lifetimes of `order`, largest first (TF Lite's
-/// greedy-by-size); persistent buffers are not placed.
+/// greedy-by-size); persistent buffers are not placed. A buffer lives from its producer's
+/// step (freeable inputs: from the start) to its last reader's step (outputs: to the end);
+/// a workspace lives during its node's step. Buffers live at the same step never overlap, so
+/// arena_bytes >= peak_bytes. Throws Error("memgraph") if `order` is not valid.
 Placement place_buffers(const Graph& g, const Order& order);
 
 // ----------------------------------------------------------------- the driver (schedule.cpp)
@@ -98,6 +107,8 @@ struct ScheduleResult {
   SpAnalysis sp;
   Placement placement;
   double seconds = 0.0;
+  /// Peak of each baseline order, in the order program, bfs, dfs, lpmf, xla.
+  std::vector<std::pair<std::string, uint64_t>> baseline_peaks;
 };
 /// Runs the chosen algorithm; the result is never worse than the best baseline.
 ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt);
