@@ -63,7 +63,8 @@ void gen_layered(Builder& b, int32_t n) {
         const auto& src = (prev2 && b.coin(0.25)) ? *prev2 : prev;
         ins.push_back(src[b.uniform(0, static_cast<int64_t>(src.size()) - 1)]);
       }
-      const std::string name = "n" + std::to_string(count);
+      std::string name = "n";
+      name += std::to_string(count);  // (not "n" + ...: GCC 12 -Wrestrict false positive)
       int32_t v;
       if (b.coin(0.1)) v = b.add(name, "view", {ins[0]}, 0, ins[0]);
       else v = b.add(name, "op", ins, b.rand_size(), -1, b.coin(0.1) ? b.rand_size() / 4 : 0);

@@ -58,11 +58,17 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
   r.lower_bound = simple_lower_bound(g);
   r.sp = analyze_sp(g);
 
-  Candidate best{"", {}, ~uint64_t{0}};
-  bool sp_exact = false;         // best came from sp_optimal_order on an SP graph
+  // The best baseline is the incumbent; a method is credited only when strictly better.
+  Candidate best = floor;
+  bool sp_exact = false;         // sp_optimal_order ran on an SP graph
+  uint64_t sp_peak = 0;          // ... and its order's peak
   bool search_proven = false;    // an exact method proved its order optimal
+  uint64_t search_peak = 0;      // ... and its order's peak
+  std::string search_kind;       // "ilp" or "exact"
   auto consider = [&](const std::string& name, Order order) -> bool {
     const uint64_t peak = simulate(g, order).peak;  // validates the order too
+    if (name == "sp") sp_peak = peak;
+    if (name == "ilp" || name == "exact") search_peak = peak;
     if (peak < best.peak) {
       best = {name, std::move(order), peak};
       return true;
@@ -96,13 +102,15 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
     ExactResult e = ilp_schedule(g, budget(1.0), &floor.order);
     if (e.order) consider("ilp", std::move(*e.order));
     take_bound(e, "ilp");
-    search_proven = e.proven_optimal;
+    search_proven = e.proven_optimal && e.order;
+    search_kind = "ilp";
     notes << "ilp: " << e.status;
   } else if (algo == "exact") {
     ExactResult e = exact_search(g, budget(1.0), &floor.order);
     if (e.order) consider("exact", std::move(*e.order));
     take_bound(e, "exact");
-    search_proven = e.proven_optimal;
+    search_proven = e.proven_optimal && e.order;
+    search_kind = "exact";
     notes << "exact search: " << e.status;
   } else {  // auto
     // Each step is guarded: a failing optional method is reported, the floor still holds.
@@ -130,11 +138,11 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
       const bool ilp_ok = opt.use_ilp && n <= 300 && ilp_available();
       if (ilp_ok && budget(1.0) > 0) {
         guarded("ilp", [&] {
-          const Order& inc = best.peak < floor.peak ? best.order : floor.order;
+          const Order inc = best.order;
           ExactResult e = ilp_schedule(g, budget(0.5), &inc);
           if (e.order) consider("ilp", std::move(*e.order));
           take_bound(e, "ilp");
-          search_proven = search_proven || (e.proven_optimal && e.order);
+          if (e.proven_optimal && e.order) search_proven = true, search_kind = "ilp";
           notes << "ilp: " << e.status << "; ";
         });
       } else if (!opt.use_ilp) {
@@ -146,46 +154,47 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
       }
       if (!search_proven && budget(1.0) > 0) {
         guarded("exact search", [&] {
-          const Order& inc = best.peak < floor.peak ? best.order : floor.order;
+          const Order inc = best.order;
           ExactResult e = exact_search(g, budget(0.6), &inc);
           if (e.order) consider("exact", std::move(*e.order));
           take_bound(e, "exact");
-          search_proven = search_proven || (e.proven_optimal && e.order);
+          if (e.proven_optimal && e.order) search_proven = true, search_kind = "exact";
           notes << "exact search: " << e.status << "; ";
         });
       }
       if (!search_proven && budget(1.0) > 0) {
         guarded("local search", [&] {
-          const Order& start = best.peak < floor.peak ? best.order : floor.order;
-          const uint64_t before = std::min(best.peak, floor.peak);
+          const Order start = best.order;
+          const uint64_t before = best.peak;
           if (consider("local-search", local_search(g, start, budget(0.9))))
             notes << "local search improved " << before << " -> " << best.peak << " bytes; ";
         });
       }
     }
   }
-  // The floor: nothing the driver returns is worse than the best baseline (except when a
-  // specific baseline was asked for).
-  if (!is_baseline(algo) && floor.peak <= best.peak) {
-    if (best.peak != ~uint64_t{0} && floor.peak < best.peak) {
-      notes << "best baseline (" << floor.name << ", " << floor.peak << " bytes) beats "
-            << best.name << " (" << best.peak << " bytes): kept the baseline; ";
-      if (sp_exact) notes << "the SP-optimal order was not optimal here, the SP mapping is inexact; ";
-      sp_exact = false;
-      search_proven = false;
-    }
-    if (best.peak == ~uint64_t{0} || floor.peak < best.peak) best = floor;
+  // best started as the best baseline, so nothing returned is worse than it (a specific
+  // baseline asked for is returned as is).
+  if (sp_exact && sp_peak > best.peak) {
+    notes << "; the SP-optimal order (" << sp_peak << " bytes) lost to " << best.name << " (" << best.peak
+          << " bytes): the SP mapping is inexact here";
+    sp_exact = false;
   }
+  if (search_proven && search_peak != best.peak) search_proven = false;
   r.order = std::move(best.order);
   r.peak = best.peak;
   r.algorithm = best.name;
-  if (sp_exact && r.algorithm == "sp" && r.peak > r.lower_bound.bytes)
-    r.lower_bound = {r.peak, "sp-optimal"};
-  if (search_proven && r.peak > r.lower_bound.bytes) {
-    // The exact method proved optimality of an order with this peak.
-    r.lower_bound = {r.peak, algo == "ilp" || r.algorithm == "ilp" ? "ilp" : "exact"};
+  // An SP-optimal order, or an order an exact method proved optimal, with this same peak
+  // makes the peak itself a proven lower bound.
+  if (sp_exact && r.peak > r.lower_bound.bytes) r.lower_bound = {r.peak, "sp-optimal"};
+  if (search_proven && r.peak > r.lower_bound.bytes) r.lower_bound = {r.peak, search_kind};
+  if (r.lower_bound.bytes > r.peak) {
+    // Only an external method's bound can do this (the simple bounds hold for every order):
+    // report it and fall back to the bound that is known to hold.
+    notes << "; discarded the " << r.lower_bound.kind << " bound " << r.lower_bound.bytes
+          << ": above the peak " << r.peak << " of a valid order";
+    r.lower_bound = simple_lower_bound(g);
   }
-  DELTAMOE_ASSERT(r.lower_bound.bytes <= r.peak, "lower bound ", r.lower_bound.bytes, " (",
+  DELTAMOE_ASSERT(r.lower_bound.bytes <= r.peak, "simple lower bound ", r.lower_bound.bytes, " (",
                   r.lower_bound.kind, ") above the peak ", r.peak, " of ", r.algorithm);
   r.proven_optimal = r.peak == r.lower_bound.bytes;
   r.gap = r.lower_bound.bytes ? static_cast<double>(r.peak) / static_cast<double>(r.lower_bound.bytes) - 1.0

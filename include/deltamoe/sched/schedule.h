@@ -82,13 +82,22 @@ struct Placement {
   uint64_t arena_bytes = 0;
   uint64_t peak_bytes = 0;        // the simulator's peak of the same order (workspace included)
   double fragmentation = 0.0;     // arena / peak − 1 (0 when the peak is 0)
+  std::string method;             // "greedy-by-size" or "online-best-fit"
+};
+enum class PlacementMethod {
+  kAuto,          // greedy-by-size unless lifetimes overlap too much (> 5e6 overlapping pairs)
+  kGreedyBySize,  // offline: largest first, best fit among overlapping placed buffers
+  kOnlineBestFit  // walk the order like an allocator: best-fit free block, coalescing; O(n log n)
 };
 /// Best-fit offset assignment over buffer lifetimes of `order`, largest first (TF Lite's
 /// greedy-by-size); persistent buffers are not placed. A buffer lives from its producer's
 /// step (freeable inputs: from the start) to its last reader's step (outputs: to the end);
 /// a workspace lives during its node's step. Buffers live at the same step never overlap, so
 /// arena_bytes >= peak_bytes. Throws Error("memgraph") if `order` is not valid.
-Placement place_buffers(const Graph& g, const Order& order);
+/// greedy-by-size costs O(overlapping pairs · log n), so kAuto switches to the online
+/// best-fit allocator on graphs with very long-lived buffers (e.g. 10^5-node training graphs).
+Placement place_buffers(const Graph& g, const Order& order,
+                        PlacementMethod method = PlacementMethod::kAuto);
 
 // ----------------------------------------------------------------- the driver (schedule.cpp)
 struct ScheduleOptions {
