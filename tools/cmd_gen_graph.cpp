@@ -110,9 +110,9 @@ std::pair<int32_t, int32_t> gen_sp_rec(Builder& b, int32_t n, int32_t entry) {
 void gen_sp(Builder& b, int32_t n) { b.g.is_output[gen_sp_rec(b, n, -1).second] = 1; }
 
 // A transformer-like training step: forward, loss, backward with saved activations;
-// parameters persistent, their gradients outputs. About 45 nodes per layer.
+// parameters persistent, their gradients outputs. About 38 nodes per layer.
 void gen_transformer(Builder& b, int32_t n) {
-  const int32_t layers = std::max<int32_t>(1, n / 45);
+  const int32_t layers = std::max<int32_t>(1, n / 38);
   const uint64_t tokens = static_cast<uint64_t>(b.uniform(2, 16)) * 128;
   const uint64_t hidden = static_cast<uint64_t>(b.uniform(2, 8)) * 128;
   const uint64_t heads = 8;
