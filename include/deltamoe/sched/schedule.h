@@ -102,7 +102,7 @@ Placement place_buffers(const Graph& g, const Order& order,
 // ----------------------------------------------------------------- the driver (schedule.cpp)
 struct ScheduleOptions {
   std::string algo = "auto";   // auto|sp|ilp|exact|lpmf|bfs|dfs|xla|program
-  double time_limit_s = 10.0;  // total for exact methods
+  double time_limit_s = 10.0;  // seconds for the whole call, search included
   bool use_ilp = true;         // auto may use the ILP
 };
 struct ScheduleResult {
@@ -119,7 +119,12 @@ struct ScheduleResult {
   /// Peak of each baseline order, in the order program, bfs, dfs, lpmf, xla.
   std::vector<std::pair<std::string, uint64_t>> baseline_peaks;
 };
-/// Runs the chosen algorithm; the result is never worse than the best baseline.
+/// Runs every baseline, then the chosen algorithm (see docs/sched.md for what auto does);
+/// the result is never worse than the best baseline, except that a baseline asked for by
+/// name is returned as is. `time_limit_s` bounds the whole call: search methods get what is
+/// left after the baselines. Throws Error("sched") for an unknown algorithm or a negative
+/// limit, and for `ilp` when CBC is not built; in auto mode a failing method is noted and
+/// skipped.
 ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt);
 
 }  // namespace deltamoe::sched
