@@ -37,6 +37,15 @@ done
 [ "$(jget "$tmp/views.json" "d['program_peak_bytes']")" = 64 ] || { echo "views program peak"; cat "$tmp/views.json"; exit 1; }
 [ "$(jget "$tmp/views.json" "(d['peak_bytes'], d['proven_optimal'])")" = "(64, True)" ] || { echo "views best peak"; cat "$tmp/views.json"; exit 1; }
 
+# Every rule at once, program order (hand-computed): x and y live from the start (107);
+# a needs 107 + 40 + workspace 10 = 157; y, read by nobody, is freed after its own step;
+# b needs 140 + 30 = 170 (a is kept by its views' reader c, x by b); s, an output view,
+# keeps b to the end: final 50. The persistent w counts nowhere.
+"$bin" schedule "$data/model_features.json" --algo program --json >"$tmp/mf.json" 2>/dev/null
+[ "$(jget "$tmp/mf.json" "d['peak_bytes']")" = 170 ] || { echo "model_features program peak"; cat "$tmp/mf.json"; exit 1; }
+"$bin" schedule "$data/model_features.json" --json >"$tmp/mf_auto.json" 2>/dev/null
+[ "$(jget "$tmp/mf_auto.json" "d['peak_bytes'] <= 170 and d['lower_bound_bytes'] <= d['peak_bytes']")" = True ] || { echo "model_features auto"; exit 1; }
+
 # Several graphs: {"graphs": [...]}; generated .json.gz works; fusion report.
 "$bin" gen-graph --kind transformer --nodes 200 --seed 2 --out "$tmp/t.json.gz" 2>/dev/null
 "$bin" gen-graph --kind layered --nodes 300 --seed 2 --out "$tmp/l.json.gz" 2>/dev/null
