@@ -5,6 +5,8 @@
 //    own(v) and workspace(v) (a freeable input's own buffer is live at its step);
 //  - outputs: after the last step every output buffer is live, and the last step's need is
 //    at least what stays live after it.
+#include <algorithm>
+
 #include "deltamoe/sched/schedule.h"
 
 namespace deltamoe::sched {
@@ -26,6 +28,65 @@ LowerBound simple_lower_bound(const Graph& g) {
   if (working > lb.bytes) lb = {working, "node-working-set"};
   if (outputs > lb.bytes) lb = {outputs, "outputs"};
   return lb;
+}
+
+}  // namespace deltamoe::sched
+
+namespace deltamoe::sched {
+
+LowerBound must_live_lower_bound(const Graph& g, int32_t max_nodes) {
+  LowerBound best = simple_lower_bound(g);
+  const int32_t n = g.size();
+  if (n == 0 || n > max_nodes) return best;
+  const size_t words = (static_cast<size_t>(n) + 63) / 64;
+  // anc[v]: strict ancestors of v (program order is topological, so one forward pass).
+  std::vector<uint64_t> anc(static_cast<size_t>(n) * words, 0);
+  auto row = [&](int32_t v) { return anc.data() + static_cast<size_t>(v) * words; };
+  auto has = [&](int32_t v, int32_t u) { return (row(v)[u >> 6] >> (u & 63)) & 1; };
+  for (int32_t v = 0; v < n; ++v) {
+    uint64_t* r = row(v);
+    for (int32_t u : g.nodes[v].inputs) {
+      const uint64_t* ru = row(u);
+      for (size_t w = 0; w < words; ++w) r[w] |= ru[w];
+      r[u >> 6] |= uint64_t{1} << (u & 63);
+    }
+  }
+  std::vector<uint64_t> live(n, 0);  // bytes necessarily live at each node's step
+  std::vector<uint64_t> set(words);
+  for (int32_t b = 0; b < n; ++b) {
+    if (g.nodes[b].view_of != -1) continue;
+    const uint64_t bytes = g.buffer_bytes(b);
+    if (bytes == 0) continue;
+    const bool free_input = g.is_free_input(b);
+    std::fill(set.begin(), set.end(), 0);
+    if (g.buffer_output[b]) {
+      if (free_input) {
+        for (int32_t v = 0; v < n; ++v) live[v] += bytes;
+        continue;
+      }
+      std::fill(set.begin(), set.end(), ~uint64_t{0});  // filtered to descendants below
+    } else {
+      // Steps at or before some reader: the reader itself and its ancestors.
+      for (int32_t r : g.buffer_readers[b]) {
+        const uint64_t* rr = row(r);
+        for (size_t w = 0; w < words; ++w) set[w] |= rr[w];
+        set[r >> 6] |= uint64_t{1} << (r & 63);
+      }
+    }
+    for (size_t w = 0; w < words; ++w) {
+      for (uint64_t bits = set[w]; bits; bits &= bits - 1) {
+        const int32_t v = static_cast<int32_t>(w * 64 + static_cast<size_t>(__builtin_ctzll(bits)));
+        if (v >= n) break;
+        // Made before v in every order: b is an ancestor of v (freeable inputs always are).
+        if (free_input || has(v, b)) live[v] += bytes;
+      }
+    }
+  }
+  for (int32_t v = 0; v < n; ++v) {
+    const uint64_t need = live[v] + g.own(v) + g.nodes[v].workspace;
+    if (need > best.bytes) best = {need, "must-live"};
+  }
+  return best;
 }
 
 }  // namespace deltamoe::sched

@@ -55,7 +55,8 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
     if (baselines[i].peak < baselines[best_base].peak) best_base = i;
   }
   const Candidate& floor = baselines[best_base];
-  r.lower_bound = simple_lower_bound(g);
+  const LowerBound cheap_bound = must_live_lower_bound(g);  // holds for every order
+  r.lower_bound = cheap_bound;
   r.sp = analyze_sp(g);
 
   // The best baseline is the incumbent; a method is credited only when strictly better.
@@ -192,9 +193,9 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
     // report it and fall back to the bound that is known to hold.
     notes << "; discarded the " << r.lower_bound.kind << " bound " << r.lower_bound.bytes
           << ": above the peak " << r.peak << " of a valid order";
-    r.lower_bound = simple_lower_bound(g);
+    r.lower_bound = cheap_bound;
   }
-  DELTAMOE_ASSERT(r.lower_bound.bytes <= r.peak, "simple lower bound ", r.lower_bound.bytes, " (",
+  DELTAMOE_ASSERT(r.lower_bound.bytes <= r.peak, "lower bound ", r.lower_bound.bytes, " (",
                   r.lower_bound.kind, ") above the peak ", r.peak, " of ", r.algorithm);
   r.proven_optimal = r.peak == r.lower_bound.bytes;
   r.gap = r.lower_bound.bytes ? static_cast<double>(r.peak) / static_cast<double>(r.lower_bound.bytes) - 1.0

@@ -38,6 +38,12 @@ struct LowerBound {
 /// The strongest cheap bound: max of the initial live set, each node's working set
 /// (inputs' buffers + own + workspace) and the total of outputs; says which one won.
 LowerBound simple_lower_bound(const Graph& g);
+/// The "must-live" bound: at v's step every buffer made by an ancestor of v (or a freeable
+/// input) that is an output or has a reader among v and v's descendants is live, whatever
+/// the order; the bound is the largest such set's bytes + own(v) + workspace(v), at least
+/// simple_lower_bound(). Uses ancestor bitsets: O(n²/8) bytes, so graphs above `max_nodes`
+/// get simple_lower_bound() instead. Kind "must-live" when it is stronger.
+LowerBound must_live_lower_bound(const Graph& g, int32_t max_nodes = 12000);
 
 // ------------------------------------------------------------- series-parallel (sp.cpp)
 struct SpAnalysis {
