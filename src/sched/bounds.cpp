@@ -42,13 +42,23 @@ LowerBound must_live_lower_bound(const Graph& g, int32_t max_nodes) {
   // anc[v]: strict ancestors of v (program order is topological, so one forward pass).
   std::vector<uint64_t> anc(static_cast<size_t>(n) * words, 0);
   auto row = [&](int32_t v) { return anc.data() + static_cast<size_t>(v) * words; };
-  auto has = [&](int32_t v, int32_t u) { return (row(v)[u >> 6] >> (u & 63)) & 1; };
   for (int32_t v = 0; v < n; ++v) {
     uint64_t* r = row(v);
     for (int32_t u : g.nodes[v].inputs) {
       const uint64_t* ru = row(u);
       for (size_t w = 0; w < words; ++w) r[w] |= ru[w];
       r[u >> 6] |= uint64_t{1} << (u & 63);
+    }
+  }
+  // desc[v]: strict descendants of v (one backward pass).
+  std::vector<uint64_t> desc(static_cast<size_t>(n) * words, 0);
+  auto drow = [&](int32_t v) { return desc.data() + static_cast<size_t>(v) * words; };
+  for (int32_t v = n - 1; v >= 0; --v) {
+    uint64_t* r = drow(v);
+    for (int32_t s : g.users[v]) {
+      const uint64_t* rs = drow(s);
+      for (size_t w = 0; w < words; ++w) r[w] |= rs[w];
+      r[s >> 6] |= uint64_t{1} << (s & 63);
     }
   }
   std::vector<uint64_t> live(n, 0);  // bytes necessarily live at each node's step
@@ -58,28 +68,30 @@ LowerBound must_live_lower_bound(const Graph& g, int32_t max_nodes) {
     const uint64_t bytes = g.buffer_bytes(b);
     if (bytes == 0) continue;
     const bool free_input = g.is_free_input(b);
-    std::fill(set.begin(), set.end(), 0);
+    // Steps where b is necessarily live: after b in every order (descendants of b; every
+    // step for a freeable input) and, unless b is an output, at or before one of its readers
+    // (a reader or one of its ancestors).
+    const uint64_t* after = drow(b);
     if (g.buffer_output[b]) {
       if (free_input) {
         for (int32_t v = 0; v < n; ++v) live[v] += bytes;
-        continue;
+      } else {
+        for (size_t w = 0; w < words; ++w) set[w] = after[w];
       }
-      std::fill(set.begin(), set.end(), ~uint64_t{0});  // filtered to descendants below
     } else {
-      // Steps at or before some reader: the reader itself and its ancestors.
+      std::fill(set.begin(), set.end(), 0);
       for (int32_t r : g.buffer_readers[b]) {
         const uint64_t* rr = row(r);
         for (size_t w = 0; w < words; ++w) set[w] |= rr[w];
         set[r >> 6] |= uint64_t{1} << (r & 63);
       }
+      if (!free_input)
+        for (size_t w = 0; w < words; ++w) set[w] &= after[w];
     }
+    if (g.buffer_output[b] && free_input) continue;
     for (size_t w = 0; w < words; ++w) {
-      for (uint64_t bits = set[w]; bits; bits &= bits - 1) {
-        const int32_t v = static_cast<int32_t>(w * 64 + static_cast<size_t>(__builtin_ctzll(bits)));
-        if (v >= n) break;
-        // Made before v in every order: b is an ancestor of v (freeable inputs always are).
-        if (free_input || has(v, b)) live[v] += bytes;
-      }
+      for (uint64_t bits = set[w]; bits; bits &= bits - 1)
+        live[w * 64 + static_cast<size_t>(__builtin_ctzll(bits))] += bytes;
     }
   }
   for (int32_t v = 0; v < n; ++v) {

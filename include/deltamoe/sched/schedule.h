@@ -41,8 +41,8 @@ LowerBound simple_lower_bound(const Graph& g);
 /// The "must-live" bound: at v's step every buffer made by an ancestor of v (or a freeable
 /// input) that is an output or has a reader among v and v's descendants is live, whatever
 /// the order; the bound is the largest such set's bytes + own(v) + workspace(v), at least
-/// simple_lower_bound(). Uses ancestor bitsets: O(n²/8) bytes, so graphs above `max_nodes`
-/// get simple_lower_bound() instead. Kind "must-live" when it is stronger.
+/// simple_lower_bound(). Uses ancestor and descendant bitsets (n²/4 bytes), so graphs above
+/// `max_nodes` get simple_lower_bound() instead. Kind "must-live" when it is stronger.
 LowerBound must_live_lower_bound(const Graph& g, int32_t max_nodes = 12000);
 
 // ------------------------------------------------------------- series-parallel (sp.cpp)
