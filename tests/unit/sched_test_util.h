@@ -19,11 +19,13 @@ inline Graph random_graph(int32_t n, uint64_t seed, uint64_t max_size = 50) {
   auto uni = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   auto coin = [&](double p) { return std::uniform_real_distribution<double>(0, 1)(rng) < p; };
   Graph g;
-  g.name = "random-" + std::to_string(seed);
+  g.name = "random-";
+  g.name += std::to_string(seed);  // (not "a" + ...: GCC 12 -Wrestrict false positive)
   for (int32_t i = 0; i < n; ++i) {
     Node nd;
     nd.id = 10 * i + 3;  // non-dense ids
-    nd.name = "n" + std::to_string(i);
+    nd.name = "n";
+    nd.name += std::to_string(i);
     if (i == 0 || coin(0.2)) {
       nd.op = coin(0.3) ? "param" : "input";
       nd.size = static_cast<uint64_t>(uni(0, static_cast<int64_t>(max_size)));
