@@ -1,0 +1,295 @@
+// The memgraph -> series-parallel mapping and the SP entry points of schedule.h.
+// Model and proofs: docs/sched.md, section "Series-parallel"; summary in sp.h.
+#include <algorithm>
+#include <sstream>
+
+#include "deltamoe/core/error.h"
+#include "deltamoe/sched/schedule.h"
+#include "deltamoe/sched/sp.h"
+
+namespace deltamoe::sched {
+namespace sp {
+
+namespace {
+
+constexpr const char* kComp = "sched";
+
+// The memory model's per-buffer facts, computed here from the nodes alone (same rules as
+// GRAPH_FORMAT.md and simulate(): views read their base, outputs/persistent mark the base).
+struct BufferFacts {
+  std::vector<int32_t> base;
+  std::vector<char> held, persistent;
+  std::vector<std::vector<int32_t>> readers;  // per base: distinct reader nodes
+  std::vector<std::vector<int32_t>> preds;    // per node: distinct input nodes (incl. view_of)
+  std::vector<uint64_t> own, bytes;
+  std::vector<char> free_input;
+};
+
+BufferFacts buffer_facts(const Graph& g) {
+  const int32_t n = g.size();
+  BufferFacts f;
+  f.base.assign(n, -1);
+  f.held.assign(n, 0);
+  f.persistent.assign(n, 0);
+  f.readers.assign(n, {});
+  f.preds.assign(n, {});
+  f.own.assign(n, 0);
+  f.bytes.assign(n, 0);
+  f.free_input.assign(n, 0);
+  for (int32_t v = 0; v < n; ++v) {
+    const int32_t w = g.nodes[v].view_of;
+    DELTAMOE_CHECK(w < v, kComp, "node id ", g.nodes[v].id, " is a view of a later node (graph not finalized?)");
+    f.base[v] = w < 0 ? v : f.base[w];
+  }
+  std::vector<int32_t> stamp(n, -1), bstamp(n, -1);
+  for (int32_t v = 0; v < n; ++v) {
+    auto add = [&](int32_t x) {
+      DELTAMOE_CHECK(x >= 0 && x < v, kComp, "node id ", g.nodes[v].id, " reads a node that is not earlier");
+      if (stamp[x] != v) {
+        stamp[x] = v;
+        f.preds[v].push_back(x);
+      }
+      const int32_t b = f.base[x];
+      if (bstamp[b] != v) {
+        bstamp[b] = v;
+        f.readers[b].push_back(v);
+      }
+    };
+    for (int32_t x : g.nodes[v].inputs) add(x);
+    if (g.nodes[v].view_of >= 0) add(g.nodes[v].view_of);
+    if (v < static_cast<int32_t>(g.is_output.size()) && g.is_output[v]) f.held[f.base[v]] = 1;
+    if (v < static_cast<int32_t>(g.is_persistent.size()) && g.is_persistent[v]) f.persistent[f.base[v]] = 1;
+  }
+  for (int32_t v = 0; v < n; ++v) {
+    const Node& nd = g.nodes[v];
+    const bool view = nd.view_of >= 0;
+    f.free_input[v] = nd.op == "input" && nd.inputs.empty() && !view && !f.persistent[v];
+    f.own[v] = (view || f.persistent[v] || f.free_input[v]) ? 0 : nd.size;
+    f.bytes[v] = (view || f.persistent[v]) ? 0 : nd.size;
+  }
+  return f;
+}
+
+// Sinks of a subtree (leaves without a successor inside it) or its sources.
+void ends(const SpTree& t, int32_t root, bool sinks, std::vector<int32_t>* out) {
+  out->clear();
+  std::vector<int32_t> st{root};
+  while (!st.empty()) {
+    const int32_t x = st.back();
+    st.pop_back();
+    const auto& nd = t.nodes[x];
+    if (nd.kind == SpTree::Kind::kLeaf) {
+      out->push_back(nd.item);
+    } else if (nd.kind == SpTree::Kind::kSeries) {
+      st.push_back(sinks ? nd.right : nd.left);
+    } else {
+      st.push_back(nd.left);
+      st.push_back(nd.right);
+    }
+  }
+}
+
+}  // namespace
+
+SpDetail analyze(const Graph& g) {
+  const int32_t n = g.size();
+  SpDetail r;
+  const BufferFacts f = buffer_facts(g);
+  {
+    constexpr uint64_t kLimit = uint64_t{1} << 62;
+    uint64_t total = 0;
+    for (int32_t v = 0; v < n; ++v) {
+      const uint64_t add = g.nodes[v].size + std::min<uint64_t>(g.nodes[v].workspace, kLimit);
+      DELTAMOE_CHECK(g.nodes[v].size < kLimit && add < kLimit - total, kComp, "graph '", g.name,
+                     "': sizes and workspaces total 2^62 bytes or more (node id ", g.nodes[v].id, ")");
+      total += add;
+    }
+  }
+
+  // 1. Glue nodes that need no memory to run and have at most one representative predecessor.
+  std::vector<int32_t> rep(n, -1), node_of;  // rep: structure vertex or -1 (the start)
+  std::vector<int64_t> p;                    // per structure vertex: own + workspace
+  Dag h;
+  std::vector<int32_t> reps;
+  for (int32_t v = 0; v < n; ++v) {
+    reps.clear();
+    for (int32_t x : f.preds[v])
+      if (rep[x] >= 0) reps.push_back(rep[x]);
+    std::sort(reps.begin(), reps.end());
+    reps.erase(std::unique(reps.begin(), reps.end()), reps.end());
+    const uint64_t need = f.own[v] + g.nodes[v].workspace;
+    if (need == 0 && reps.size() <= 1) {
+      rep[v] = reps.empty() ? -1 : reps[0];
+      continue;
+    }
+    rep[v] = h.n++;
+    node_of.push_back(v);
+    p.push_back(static_cast<int64_t>(need));
+    h.succ.emplace_back();
+    for (int32_t u : reps) h.succ[u].push_back(rep[v]);
+  }
+  r.structure_nodes = h.n;
+  r.glued_nodes = n - h.n;
+
+  // 2. Recognise the structure.
+  Recognition rec1 = recognize(h);
+  std::vector<int32_t> pos1, pos2;
+  linear_extensions(rec1.tree, &pos1, &pos2);
+
+  // 3. Where each buffer is released.
+  int64_t initial = 0, start_release = 0;
+  std::vector<int64_t> release(h.n, 0);
+  struct OrBuffer {
+    int64_t bytes;
+    std::vector<int32_t> readers;  // maximal reader vertices
+  };
+  std::vector<OrBuffer> ors;
+  std::vector<int32_t> rr;
+  for (int32_t b = 0; b < n; ++b) {
+    if (f.base[b] != b) continue;
+    if (f.free_input[b]) initial += static_cast<int64_t>(f.bytes[b]);
+    if (f.held[b] || f.bytes[b] == 0) continue;
+    const int64_t bytes = static_cast<int64_t>(f.bytes[b]);
+    rr.clear();
+    if (f.readers[b].empty()) {
+      if (rep[b] >= 0) rr.push_back(rep[b]);
+    } else {
+      for (int32_t x : f.readers[b])
+        if (rep[x] >= 0) rr.push_back(rep[x]);
+    }
+    std::sort(rr.begin(), rr.end());
+    rr.erase(std::unique(rr.begin(), rr.end()), rr.end());
+    if (rr.empty()) {
+      start_release += bytes;
+      continue;
+    }
+    if (rr.size() > 1) {
+      // Maximal elements: scan by decreasing pos1; an element is maximal iff no kept
+      // element (all later in pos1) is also later in pos2.
+      std::sort(rr.begin(), rr.end(), [&](int32_t x, int32_t y) { return pos1[x] > pos1[y]; });
+      std::vector<int32_t> maximal;
+      int32_t best2 = -1;
+      for (int32_t x : rr)
+        if (pos2[x] > best2) {
+          maximal.push_back(x);
+          best2 = pos2[x];
+        }
+      rr.swap(maximal);
+    }
+    if (rr.size() == 1) {
+      release[rr[0]] += bytes;
+    } else {
+      ors.push_back({bytes, rr});
+    }
+  }
+  r.or_buffers = static_cast<int32_t>(ors.size());
+
+  // 4. The event poset: the structure's tree, plus one release item per OR buffer.
+  SpTree tree;
+  std::vector<ItemCost> cost;
+  std::vector<int32_t> item_vertex;  // item -> structure vertex, or -1
+  bool exact = rec1.is_sp;
+  int32_t sync = rec1.sync_vertices_added;
+  if (ors.empty()) {
+    tree = std::move(rec1.tree);
+    for (int32_t v = 0; v < h.n; ++v) {
+      cost.push_back({p[v], -release[v] - static_cast<int64_t>(g.nodes[node_of[v]].workspace)});
+      item_vertex.push_back(v);
+    }
+  } else {
+    // DAG of the tree's poset: the leaves in pos1 order, a zero-cost junction vertex between
+    // the sinks of every series node's first part and the sources of its second part.
+    Dag d;
+    std::vector<int32_t> dag_of_vertex(h.n, -1);
+    std::vector<std::pair<int32_t, int32_t>> series_junction;  // (tree node, dag vertex)
+    std::vector<std::pair<int32_t, int32_t>> st{{rec1.tree.root, 0}};
+    while (!st.empty()) {
+      auto [x, state] = st.back();
+      st.pop_back();
+      const auto& nd = rec1.tree.nodes[x];
+      if (nd.kind == SpTree::Kind::kLeaf) {
+        dag_of_vertex[nd.item] = d.n++;
+        item_vertex.push_back(nd.item);
+        cost.push_back({p[nd.item], -release[nd.item] - static_cast<int64_t>(g.nodes[node_of[nd.item]].workspace)});
+      } else if (state == 0) {
+        st.push_back({x, 1});
+        st.push_back({nd.left, 0});
+      } else if (state == 1) {
+        if (nd.kind == SpTree::Kind::kSeries) {
+          series_junction.push_back({x, d.n++});
+          item_vertex.push_back(-1);
+          cost.push_back({0, 0});
+        }
+        st.push_back({nd.right, 0});
+      }
+    }
+    d.succ.assign(d.n + ors.size(), {});
+    std::vector<int32_t> buf;
+    for (auto [x, z] : series_junction) {
+      ends(rec1.tree, rec1.tree.nodes[x].left, true, &buf);
+      for (int32_t v : buf) d.succ[dag_of_vertex[v]].push_back(z);
+      ends(rec1.tree, rec1.tree.nodes[x].right, false, &buf);
+      for (int32_t v : buf) d.succ[z].push_back(dag_of_vertex[v]);
+    }
+    for (const OrBuffer& o : ors) {
+      const int32_t item = d.n++;
+      for (int32_t v : o.readers) d.succ[dag_of_vertex[v]].push_back(item);
+      item_vertex.push_back(-1);
+      cost.push_back({-o.bytes, 0});
+    }
+    Recognition rec2 = recognize(d, /*reduced=*/true);
+    exact = exact && rec2.is_sp;
+    sync += rec2.sync_vertices_added;
+    tree = std::move(rec2.tree);
+  }
+
+  // 5. Sequence and expand (glued nodes right after their representative).
+  int64_t max_prefix = 0;
+  const std::vector<int32_t> items = sp_sequence(tree, cost, &max_prefix);
+  std::vector<std::vector<int32_t>> glued_after(h.n);
+  for (int32_t v = 0; v < n; ++v) {
+    if (rep[v] < 0) r.order.push_back(v);
+    else if (node_of[rep[v]] != v) glued_after[rep[v]].push_back(v);
+  }
+  for (int32_t it : items) {
+    const int32_t hv = item_vertex[it];
+    if (hv < 0) continue;
+    r.order.push_back(node_of[hv]);
+    for (int32_t v : glued_after[hv]) r.order.push_back(v);
+  }
+  DELTAMOE_ASSERT(static_cast<int32_t>(r.order.size()) == n, "SP order lost nodes");
+  r.model_peak = static_cast<uint64_t>(std::max(initial, initial - start_release + max_prefix));
+
+  // 6. Summary.
+  int64_t in_sp = 0;
+  for (int32_t v = 0; v < n; ++v)
+    if (rep[v] < 0 || rec1.is_sp || rec1.piece_size[rep[v]] >= 2) ++in_sp;
+  r.structure_sp = rec1.is_sp;
+  r.exact = exact;
+  r.summary.is_series_parallel = rec1.is_sp;
+  r.summary.sp_fraction = n == 0 ? 1.0 : static_cast<double>(in_sp) / n;
+  r.summary.sync_vertices_added = sync;
+  std::ostringstream os;
+  os << "structure " << h.n << " of " << n << " nodes (" << r.glued_nodes << " glued), "
+     << (rec1.is_sp ? "series-parallel" : "not series-parallel") << ", " << ors.size()
+     << " buffers with several last readers; "
+     << (exact ? "SP order proven optimal"
+               : (rec1.is_sp ? "release items break SP: order optimal only for the SP-ized poset"
+                             : "order optimal only for the SP-ized poset"));
+  r.summary.notes = os.str();
+  return r;
+}
+
+}  // namespace sp
+
+SpAnalysis analyze_sp(const Graph& g) { return sp::analyze(g).summary; }
+
+std::optional<Order> sp_optimal_order(const Graph& g) {
+  sp::SpDetail d = sp::analyze(g);
+  if (!d.exact) return std::nullopt;
+  return std::move(d.order);
+}
+
+Order sp_ized_order(const Graph& g) { return sp::analyze(g).order; }
+
+}  // namespace deltamoe::sched
