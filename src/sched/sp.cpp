@@ -89,6 +89,31 @@ void ends(const SpTree& t, int32_t root, bool sinks, std::vector<int32_t>* out) 
   }
 }
 
+// The memory model of GRAPH_FORMAT.md, step by step (same rules as simulate()).
+uint64_t true_peak(const Graph& g, const BufferFacts& f, const Order& order) {
+  const int32_t n = g.size();
+  std::vector<int32_t> remaining(n, 0), stamp(n, -1);
+  uint64_t live = 0;
+  for (int32_t b = 0; b < n; ++b) {
+    if (f.base[b] != b) continue;
+    remaining[b] = static_cast<int32_t>(f.readers[b].size());
+    if (f.free_input[b]) live += f.bytes[b];
+  }
+  uint64_t peak = live;
+  for (int32_t v : order) {
+    peak = std::max(peak, live + f.own[v] + g.nodes[v].workspace);
+    live += f.own[v];
+    for (int32_t x : f.preds[v]) {
+      const int32_t b = f.base[x];
+      if (stamp[b] == v) continue;
+      stamp[b] = v;
+      if (--remaining[b] == 0 && !f.held[b]) live -= f.bytes[b];
+    }
+    if (f.base[v] == v && f.readers[v].empty() && !f.held[v]) live -= f.bytes[v];
+  }
+  return peak;
+}
+
 }  // namespace
 
 SpDetail analyze(const Graph& g) {
@@ -184,23 +209,59 @@ SpDetail analyze(const Graph& g) {
   }
   r.or_buffers = static_cast<int32_t>(ors.size());
 
-  // 4. The event poset: the structure's tree, plus one release item per OR buffer.
-  SpTree tree;
-  std::vector<ItemCost> cost;
-  std::vector<int32_t> item_vertex;  // item -> structure vertex, or -1
-  bool exact = rec1.is_sp;
-  int32_t sync = rec1.sync_vertices_added;
-  if (ors.empty()) {
-    tree = std::move(rec1.tree);
-    for (int32_t v = 0; v < h.n; ++v) {
-      cost.push_back({p[v], -release[v] - static_cast<int64_t>(g.nodes[node_of[v]].workspace)});
-      item_vertex.push_back(v);
+  // Glued nodes run right after their representative (or first, in program order).
+  std::vector<std::vector<int32_t>> glued_after(h.n);
+  std::vector<int32_t> glued_first;
+  for (int32_t v = 0; v < n; ++v) {
+    if (rep[v] < 0) glued_first.push_back(v);
+    else if (node_of[rep[v]] != v) glued_after[rep[v]].push_back(v);
+  }
+  auto expand = [&](const std::vector<int32_t>& items, const std::vector<int32_t>& item_vertex) {
+    Order o = glued_first;
+    o.reserve(n);
+    for (int32_t it : items) {
+      const int32_t hv = item_vertex.empty() ? it : item_vertex[it];
+      if (hv < 0) continue;
+      o.push_back(node_of[hv]);
+      for (int32_t v : glued_after[hv]) o.push_back(v);
     }
+    DELTAMOE_ASSERT(static_cast<int32_t>(o.size()) == n, "SP order lost nodes");
+    return o;
+  };
+  auto vertex_cost = [&](const std::vector<int64_t>& rel, int32_t v) {
+    return ItemCost{p[v], -rel[v] - static_cast<int64_t>(g.nodes[node_of[v]].workspace)};
+  };
+  auto model_peak = [&](int64_t max_prefix) {
+    return static_cast<uint64_t>(std::max(initial, initial - start_release + max_prefix));
+  };
+  uint64_t best_peak = UINT64_MAX, lower = 0;
+  bool exact = false;
+  int32_t sync = rec1.sync_vertices_added;
+  auto consider = [&](Order o) {
+    const uint64_t pk = true_peak(g, f, o);
+    if (pk < best_peak) {
+      best_peak = pk;
+      r.order = std::move(o);
+    }
+  };
+
+  if (ors.empty()) {
+    // Every release has a fixed place: the event model is exact for the (SP-ized) poset.
+    std::vector<ItemCost> cost(h.n);
+    for (int32_t v = 0; v < h.n; ++v) cost[v] = vertex_cost(release, v);
+    int64_t mp = 0;
+    const std::vector<int32_t> items = sp_sequence(rec1.tree, cost, &mp);
+    consider(expand(items, {}));
+    DELTAMOE_ASSERT(best_peak <= model_peak(mp), "SP event model under-counts");
+    exact = rec1.is_sp;
+    lower = exact ? model_peak(mp) : 0;
   } else {
-    // DAG of the tree's poset: the leaves in pos1 order, a zero-cost junction vertex between
-    // the sinks of every series node's first part and the sources of its second part.
+    // (a) Release items: DAG of the tree's poset (leaves in pos1 order, a zero-cost vertex
+    // between the sinks of each series node's first part and the sources of its second
+    // part) plus one item per OR buffer after its maximal readers. Exact when still SP.
     Dag d;
-    std::vector<int32_t> dag_of_vertex(h.n, -1);
+    std::vector<int32_t> dag_of_vertex(h.n, -1), item_vertex;
+    std::vector<ItemCost> cost;
     std::vector<std::pair<int32_t, int32_t>> series_junction;  // (tree node, dag vertex)
     std::vector<std::pair<int32_t, int32_t>> st{{rec1.tree.root, 0}};
     while (!st.empty()) {
@@ -210,11 +271,11 @@ SpDetail analyze(const Graph& g) {
       if (nd.kind == SpTree::Kind::kLeaf) {
         dag_of_vertex[nd.item] = d.n++;
         item_vertex.push_back(nd.item);
-        cost.push_back({p[nd.item], -release[nd.item] - static_cast<int64_t>(g.nodes[node_of[nd.item]].workspace)});
+        cost.push_back(vertex_cost(release, nd.item));
       } else if (state == 0) {
         st.push_back({x, 1});
         st.push_back({nd.left, 0});
-      } else if (state == 1) {
+      } else {
         if (nd.kind == SpTree::Kind::kSeries) {
           series_junction.push_back({x, d.n++});
           item_vertex.push_back(-1);
@@ -237,30 +298,47 @@ SpDetail analyze(const Graph& g) {
       item_vertex.push_back(-1);
       cost.push_back({-o.bytes, 0});
     }
-    Recognition rec2 = recognize(d, /*reduced=*/true);
-    exact = exact && rec2.is_sp;
+    const Recognition rec2 = recognize(d, /*reduced=*/true);
     sync += rec2.sync_vertices_added;
-    tree = std::move(rec2.tree);
+    int64_t mp = 0;
+    const std::vector<int32_t> items = sp_sequence(rec2.tree, cost, &mp);
+    consider(expand(items, item_vertex));
+    if (rec1.is_sp && rec2.is_sp) {
+      exact = true;
+      lower = model_peak(mp);
+    }
+    // (b) Relaxations: release each OR buffer at one chosen maximal reader. Buffers are then
+    // never freed later than in reality, so each optimum is a lower bound of the true
+    // optimum (of the SP-ized poset when the structure is not SP); its order is valid, and
+    // when its true peak meets the bound it is optimal.
+    if (!exact) {
+      std::vector<ItemCost> rcost(h.n);
+      for (int strategy = 0; strategy < 3; ++strategy) {
+        std::vector<int64_t> rel = release;
+        for (const OrBuffer& o : ors) {
+          int32_t pick = o.readers[0];
+          for (int32_t v : o.readers) {
+            const bool better = strategy == 0   ? pos1[v] > pos1[pick]
+                                : strategy == 1 ? pos1[v] < pos1[pick]
+                                                : pos2[v] > pos2[pick];
+            if (better) pick = v;
+          }
+          rel[pick] += o.bytes;
+        }
+        for (int32_t v = 0; v < h.n; ++v) rcost[v] = vertex_cost(rel, v);
+        int64_t rmp = 0;
+        const std::vector<int32_t> ritems = sp_sequence(rec1.tree, rcost, &rmp);
+        lower = std::max(lower, model_peak(rmp));
+        consider(expand(ritems, {}));
+      }
+      exact = rec1.is_sp && best_peak == lower;
+      if (!rec1.is_sp) lower = 0;  // bounds of the SP-ized poset only
+    }
   }
+  r.peak = best_peak;
+  r.lower_bound = lower;
 
-  // 5. Sequence and expand (glued nodes right after their representative).
-  int64_t max_prefix = 0;
-  const std::vector<int32_t> items = sp_sequence(tree, cost, &max_prefix);
-  std::vector<std::vector<int32_t>> glued_after(h.n);
-  for (int32_t v = 0; v < n; ++v) {
-    if (rep[v] < 0) r.order.push_back(v);
-    else if (node_of[rep[v]] != v) glued_after[rep[v]].push_back(v);
-  }
-  for (int32_t it : items) {
-    const int32_t hv = item_vertex[it];
-    if (hv < 0) continue;
-    r.order.push_back(node_of[hv]);
-    for (int32_t v : glued_after[hv]) r.order.push_back(v);
-  }
-  DELTAMOE_ASSERT(static_cast<int32_t>(r.order.size()) == n, "SP order lost nodes");
-  r.model_peak = static_cast<uint64_t>(std::max(initial, initial - start_release + max_prefix));
-
-  // 6. Summary.
+  // Summary.
   int64_t in_sp = 0;
   for (int32_t v = 0; v < n; ++v)
     if (rep[v] < 0 || rec1.is_sp || rec1.piece_size[rep[v]] >= 2) ++in_sp;
@@ -272,10 +350,14 @@ SpDetail analyze(const Graph& g) {
   std::ostringstream os;
   os << "structure " << h.n << " of " << n << " nodes (" << r.glued_nodes << " glued), "
      << (rec1.is_sp ? "series-parallel" : "not series-parallel") << ", " << ors.size()
-     << " buffers with several last readers; "
-     << (exact ? "SP order proven optimal"
-               : (rec1.is_sp ? "release items break SP: order optimal only for the SP-ized poset"
-                             : "order optimal only for the SP-ized poset"));
+     << " buffers with several last readers; ";
+  if (exact) {
+    os << "SP order proven optimal";
+  } else if (rec1.is_sp) {
+    os << "SP lower bound " << lower << " below the best SP order's peak " << best_peak;
+  } else {
+    os << "order optimal only for the SP-ized poset";
+  }
   r.summary.notes = os.str();
   return r;
 }

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdint>
 #include <numeric>
 #include <random>
@@ -352,8 +354,9 @@ TEST(SchedSp, RecognitionMatchesBruteForceNFreeTest) {
     if (expect_sp) {  // and exactly the DAG's order when SP
       for (int32_t u = 0; u < n; ++u)
         for (int32_t v = 0; v < n; ++v)
-          if (u != v)
+          if (u != v) {
             ASSERT_EQ(pos1[u] < pos1[v] && pos2[u] < pos2[v], ((below[v] >> u) & 1) != 0);
+          }
     }
   }
   EXPECT_GT(sp_count, 300);
@@ -418,7 +421,8 @@ TEST(SchedSp, HandBuiltFanOutTakesTheCheapBranchFirst) {
 // views, inputs, parameters, outputs and workspaces, in shuffled program order.
 TEST(SchedSp, OptimalOnRandomSpGraphsAgainstBruteForce) {
   std::mt19937 rng(12345);
-  int exact = 0, total = 0;
+  int exact = 0, total = 0, inexact_optimal = 0;
+  double inexact_gap = 0;
   for (int trial = 0; trial < 4000; ++trial) {
     const int32_t n = std::uniform_int_distribution<int32_t>(1, 10)(rng);
     // Every fourth graph is an in-tree with single-reader buffers: always in the exact class.
@@ -433,24 +437,32 @@ TEST(SchedSp, OptimalOnRandomSpGraphsAgainstBruteForce) {
     ASSERT_TRUE(valid_order(m, d.order)) << "trial " << trial;
     const uint64_t peak = sim_peak(m, d.order);
     const uint64_t opt = brute_force_optimum(m);
-    ASSERT_LE(peak, d.model_peak) << "trial " << trial;  // the model never under-counts
+    ASSERT_EQ(peak, d.peak) << "trial " << trial;
+    ASSERT_LE(d.lower_bound, opt) << "trial " << trial;  // the bound is a proven bound
     ASSERT_GE(peak, opt);
     ++total;
-    if (tree) ASSERT_TRUE(d.exact) << "trial " << trial;  // unique last readers: always exact
+    if (tree) {  // unique last readers: always exact
+      ASSERT_TRUE(d.exact) << "trial " << trial;
+    }
     const std::optional<ds::Order> o = ds::sp_optimal_order(g);
     ASSERT_EQ(o.has_value(), d.exact);
     if (d.exact) {
       ++exact;
-      ASSERT_EQ(d.model_peak, peak) << "trial " << trial;
+      ASSERT_EQ(d.lower_bound, peak) << "trial " << trial;
       ASSERT_EQ(peak, opt) << "trial " << trial << " n=" << n;
       ASSERT_EQ(sim_peak(m, *o), opt);
+    } else {
+      inexact_optimal += peak == opt;
+      inexact_gap += static_cast<double>(peak) / std::max<uint64_t>(opt, 1) - 1;
     }
   }
   // Most random graphs are in the exact class; the rest have a buffer freed by whichever of
   // two parallel readers runs last in a shape the mapping does not cover.
   EXPECT_GT(exact, total / 2);
   RecordProperty("exact_share_percent", std::to_string(100 * exact / total));
-  std::printf("exact SP model on %d of %d random SP graphs\n", exact, total);
+  std::printf("exact SP model on %d of %d random SP graphs; the others: %d optimal anyway, "
+              "mean gap %.2f%%\n", exact, total, inexact_optimal,
+              100.0 * inexact_gap / std::max(1, total - exact));
 }
 
 TEST(SchedSp, ShuffledProgramOrderGivesTheSameOptimum) {
@@ -483,7 +495,7 @@ TEST(SchedSp, ShuffledProgramOrderGivesTheSameOptimum) {
     const ds::Graph g2 = make_graph(s2);
     const sp::SpDetail d2 = sp::analyze(g2);
     ASSERT_TRUE(d2.exact);
-    EXPECT_EQ(d1.model_peak, d2.model_peak);
+    EXPECT_EQ(d1.peak, d2.peak);
     EXPECT_EQ(sim_peak(model_of(g2), d2.order), brute_force_optimum(model_of(g2)));
   }
 }
@@ -506,8 +518,9 @@ TEST(SchedSp, RandomNonSpGraphsGetValidOrders) {
     const sp::SpDetail d = sp::analyze(g);
     ASSERT_TRUE(valid_order(m, d.order)) << "trial " << trial;
     const uint64_t peak = sim_peak(m, d.order);
-    ASSERT_LE(peak, d.model_peak);
+    ASSERT_EQ(peak, d.peak);
     const uint64_t opt = brute_force_optimum(m);
+    ASSERT_LE(d.lower_bound, opt);
     ASSERT_GE(peak, opt);
     if (d.exact) {
       ASSERT_EQ(peak, opt) << "trial " << trial;
@@ -572,14 +585,44 @@ TEST(SchedSp, TenThousandNodeGraphsComplete) {
     EXPECT_TRUE(d.structure_sp) << "kind " << kind;
     ASSERT_TRUE(valid_order(m, d.order));
     const uint64_t peak = sim_peak(m, d.order);
-    EXPECT_LE(peak, d.model_peak);
+    EXPECT_EQ(peak, d.peak);
     if (d.exact) {
-      EXPECT_EQ(peak, d.model_peak);
+      EXPECT_EQ(peak, d.lower_bound);
     }
     ds::Order program(g.size());
     std::iota(program.begin(), program.end(), 0);
     if (d.exact) {
       EXPECT_LE(peak, sim_peak(m, program));
     }
+  }
+}
+
+// Not a test: prints how long analyze() takes on 10^5-node graphs (run with
+// --gtest_also_run_disabled_tests --gtest_filter='*Measure*'). No timing is asserted.
+TEST(SchedSp, DISABLED_Measure100k) {
+  const char* names[] = {"chain_skip", "wide_fan", "nested_diamonds", "fwd_bwd_chain"};
+  for (int kind = 0; kind < 4; ++kind) {
+    Spec s;
+    if (kind < 3) {
+      s = big_graph(kind, 100000);
+    } else {  // forward chain whose activations are all read again by a backward chain
+      const int32_t half = 50000;
+      std::vector<int32_t> fwd;
+      int32_t prev = s.add({}, 100, 0, -1, "input");
+      for (int32_t i = 0; i < half; ++i) fwd.push_back(prev = s.add({prev}, 1 + i % 17));
+      int32_t grad = s.add({prev}, 3);
+      for (int32_t i = half - 1; i > 0; --i) grad = s.add({grad, fwd[i - 1]}, 1 + i % 13);
+      s.out.back() = 1;
+    }
+    const ds::Graph g = make_graph(s);
+    const auto t0 = std::chrono::steady_clock::now();
+    const sp::SpDetail d = sp::analyze(g);
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const Model m = model_of(g);
+    ASSERT_TRUE(valid_order(m, d.order));
+    std::printf("{\"graph\": \"%s\", \"nodes\": %d, \"sp\": %d, \"exact\": %d, \"seconds\": %.3f, "
+                "\"peak_bytes\": %llu}\n",
+                names[kind], g.size(), d.structure_sp ? 1 : 0, d.exact ? 1 : 0, sec,
+                static_cast<unsigned long long>(sim_peak(m, d.order)));
   }
 }

@@ -101,10 +101,13 @@ struct SpDetail {
   int32_t glued_nodes = 0;
   int32_t or_buffers = 0;       // buffers whose readers have several maximal elements
   bool structure_sp = false;    // the poset of the kept nodes is SP
-  bool exact = false;           // the event poset with release items is SP: order is optimal
-  Order order;                  // the order found (always valid for the graph)
-  uint64_t model_peak = 0;      // peak of `order` by the event model (== simulate() when
-                                // exact; an upper bound of it otherwise)
+  bool exact = false;           // `order` is proven optimal (peak == lower_bound)
+  Order order;                  // the best order found (always valid for the graph)
+  uint64_t peak = 0;            // peak of `order` in the memory model (== simulate())
+  /// Proven lower bound on the optimum peak (0 when the structure is not SP): the exact
+  /// optimum when the release items keep the poset SP, else the best optimum of the
+  /// relaxations that free each multi-reader buffer at one chosen last reader.
+  uint64_t lower_bound = 0;
 };
 
 /// Runs the whole pipeline (mapping, recognition, SP-ization when needed, sequencing).
