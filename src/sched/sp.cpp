@@ -313,14 +313,20 @@ SpDetail analyze(const Graph& g) {
     // when its true peak meets the bound it is optimal.
     if (!exact) {
       std::vector<ItemCost> rcost(h.n);
-      for (int strategy = 0; strategy < 3; ++strategy) {
+      // Strategies: the reader last in pos1, first in pos1, last in pos2, then (a few
+      // rounds) the reader that runs last in the best order so far.
+      std::vector<int32_t> at(n, 0);
+      for (int strategy = 0; strategy < 8 && !(rec1.is_sp && best_peak == lower); ++strategy) {
+        if (strategy >= 3)
+          for (int32_t t = 0; t < n; ++t) at[r.order[t]] = t;
         std::vector<int64_t> rel = release;
         for (const OrBuffer& o : ors) {
           int32_t pick = o.readers[0];
           for (int32_t v : o.readers) {
             const bool better = strategy == 0   ? pos1[v] > pos1[pick]
                                 : strategy == 1 ? pos1[v] < pos1[pick]
-                                                : pos2[v] > pos2[pick];
+                                : strategy == 2 ? pos2[v] > pos2[pick]
+                                                : at[node_of[v]] > at[node_of[pick]];
             if (better) pick = v;
           }
           rel[pick] += o.bytes;
