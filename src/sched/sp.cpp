@@ -114,6 +114,32 @@ uint64_t true_peak(const Graph& g, const BufferFacts& f, const Order& order) {
   return peak;
 }
 
+// `d` with vertices renumbered in a topological order (Kahn); old_of_new[k] is the old id
+// of new vertex k. False when `d` has a cycle.
+bool renumber_topologically(const Dag& d, Dag* out, std::vector<int32_t>* old_of_new) {
+  std::vector<int32_t> indeg(d.n, 0), new_of_old(d.n, -1);
+  for (int32_t u = 0; u < d.n; ++u)
+    for (int32_t v : d.succ[u]) ++indeg[v];
+  old_of_new->clear();
+  std::vector<int32_t> ready;
+  for (int32_t u = d.n - 1; u >= 0; --u)
+    if (indeg[u] == 0) ready.push_back(u);
+  while (!ready.empty()) {
+    const int32_t u = ready.back();
+    ready.pop_back();
+    new_of_old[u] = static_cast<int32_t>(old_of_new->size());
+    old_of_new->push_back(u);
+    for (int32_t v : d.succ[u])
+      if (--indeg[v] == 0) ready.push_back(v);
+  }
+  if (static_cast<int32_t>(old_of_new->size()) != d.n) return false;
+  out->n = d.n;
+  out->succ.assign(d.n, {});
+  for (int32_t u = 0; u < d.n; ++u)
+    for (int32_t v : d.succ[u]) out->succ[new_of_old[u]].push_back(new_of_old[v]);
+  return true;
+}
+
 }  // namespace
 
 SpDetail analyze(const Graph& g) {
@@ -306,6 +332,37 @@ SpDetail analyze(const Graph& g) {
     if (rec1.is_sp && rec2.is_sp) {
       exact = true;
       lower = model_peak(mp);
+    } else {
+      // (a') Barrier variants: each release item also precedes its readers' successors
+      // ("all readers, then the release, then the rest"): fewer orders, often SP (a fork
+      // into branch heads becomes heads ; release ; branches). With every barrier the DAG
+      // may get a cycle (two forks feeding each other's branches); the second variant keeps
+      // only barriers to vertices after all the item's readers in the DAG's numbering (a
+      // linear extension), which is acyclic by construction.
+      const int32_t base_n = d.n - static_cast<int32_t>(ors.size());
+      for (int variant = 0; variant < 2; ++variant) {
+        Dag b = d;
+        for (int32_t i = 0; i < static_cast<int32_t>(ors.size()); ++i) {
+          const int32_t item = base_n + i;
+          int32_t last = -1;
+          for (int32_t v : ors[i].readers) last = std::max(last, dag_of_vertex[v]);
+          for (int32_t v : ors[i].readers)
+            for (int32_t sv : d.succ[dag_of_vertex[v]])
+              if (sv < base_n && (variant == 0 || sv > last)) b.succ[item].push_back(sv);
+        }
+        std::vector<int32_t> old_of_new;
+        Dag bt;
+        if (!renumber_topologically(b, &bt, &old_of_new)) continue;
+        std::vector<ItemCost> bcost(bt.n);
+        std::vector<int32_t> bvertex(bt.n);
+        for (int32_t k = 0; k < bt.n; ++k) {
+          bcost[k] = cost[old_of_new[k]];
+          bvertex[k] = item_vertex[old_of_new[k]];
+        }
+        const Recognition rec3 = recognize(bt);
+        int64_t bmp = 0;
+        consider(expand(sp_sequence(rec3.tree, bcost, &bmp), bvertex));
+      }
     }
     // (b) Relaxations: release each OR buffer at one chosen maximal reader. Buffers are then
     // never freed later than in reality, so each optimum is a lower bound of the true
