@@ -184,56 +184,7 @@ SpDetail analyze(const Graph& g) {
 
   // 2. Recognise the structure.
   Recognition rec1 = recognize(h);
-  std::vector<int32_t> pos1, pos2;
-  linear_extensions(rec1.tree, &pos1, &pos2);
-
-  // 3. Where each buffer is released.
-  int64_t initial = 0, start_release = 0;
-  std::vector<int64_t> release(h.n, 0);
-  struct OrBuffer {
-    int64_t bytes;
-    std::vector<int32_t> readers;  // maximal reader vertices
-  };
-  std::vector<OrBuffer> ors;
-  std::vector<int32_t> rr;
-  for (int32_t b = 0; b < n; ++b) {
-    if (f.base[b] != b) continue;
-    if (f.free_input[b]) initial += static_cast<int64_t>(f.bytes[b]);
-    if (f.held[b] || f.bytes[b] == 0) continue;
-    const int64_t bytes = static_cast<int64_t>(f.bytes[b]);
-    rr.clear();
-    if (f.readers[b].empty()) {
-      if (rep[b] >= 0) rr.push_back(rep[b]);
-    } else {
-      for (int32_t x : f.readers[b])
-        if (rep[x] >= 0) rr.push_back(rep[x]);
-    }
-    std::sort(rr.begin(), rr.end());
-    rr.erase(std::unique(rr.begin(), rr.end()), rr.end());
-    if (rr.empty()) {
-      start_release += bytes;
-      continue;
-    }
-    if (rr.size() > 1) {
-      // Maximal elements: scan by decreasing pos1; an element is maximal iff no kept
-      // element (all later in pos1) is also later in pos2.
-      std::sort(rr.begin(), rr.end(), [&](int32_t x, int32_t y) { return pos1[x] > pos1[y]; });
-      std::vector<int32_t> maximal;
-      int32_t best2 = -1;
-      for (int32_t x : rr)
-        if (pos2[x] > best2) {
-          maximal.push_back(x);
-          best2 = pos2[x];
-        }
-      rr.swap(maximal);
-    }
-    if (rr.size() == 1) {
-      release[rr[0]] += bytes;
-    } else {
-      ors.push_back({bytes, rr});
-    }
-  }
-  r.or_buffers = static_cast<int32_t>(ors.size());
+  int64_t initial = 0, start_release = 0;  // freeable inputs; released before any event
 
   // Glued nodes run right after their representative (or first, in program order).
   std::vector<std::vector<int32_t>> glued_after(h.n);
@@ -263,6 +214,10 @@ SpDetail analyze(const Graph& g) {
   uint64_t best_peak = UINT64_MAX, lower = 0;
   bool exact = false;
   int32_t sync = rec1.sync_vertices_added;
+  struct OrBuffer {
+    int64_t bytes;
+    std::vector<int32_t> readers;  // maximal reader vertices
+  };
   auto consider = [&](Order o) {
     const uint64_t pk = true_peak(g, f, o);
     if (pk < best_peak) {
@@ -271,133 +226,196 @@ SpDetail analyze(const Graph& g) {
     }
   };
 
-  if (ors.empty()) {
-    // Every release has a fixed place: the event model is exact for the (SP-ized) poset.
-    std::vector<ItemCost> cost(h.n);
-    for (int32_t v = 0; v < h.n; ++v) cost[v] = vertex_cost(release, v);
-    int64_t mp = 0;
-    const std::vector<int32_t> items = sp_sequence(rec1.tree, cost, &mp);
-    consider(expand(items, {}));
-    DELTAMOE_ASSERT(best_peak <= model_peak(mp), "SP event model under-counts");
-    exact = rec1.is_sp;
-    lower = exact ? model_peak(mp) : 0;
-  } else {
-    // (a) Release items: DAG of the tree's poset (leaves in pos1 order, a zero-cost vertex
-    // between the sinks of each series node's first part and the sources of its second
-    // part) plus one item per OR buffer after its maximal readers. Exact when still SP.
-    Dag d;
-    std::vector<int32_t> dag_of_vertex(h.n, -1), item_vertex;
-    std::vector<ItemCost> cost;
-    std::vector<std::pair<int32_t, int32_t>> series_junction;  // (tree node, dag vertex)
-    std::vector<std::pair<int32_t, int32_t>> st{{rec1.tree.root, 0}};
-    while (!st.empty()) {
-      auto [x, state] = st.back();
-      st.pop_back();
-      const auto& nd = rec1.tree.nodes[x];
-      if (nd.kind == SpTree::Kind::kLeaf) {
-        dag_of_vertex[nd.item] = d.n++;
-        item_vertex.push_back(nd.item);
-        cost.push_back(vertex_cost(release, nd.item));
-      } else if (state == 0) {
-        st.push_back({x, 1});
-        st.push_back({nd.left, 0});
+  // The structure's tree (two SP-izations when it is not SP); every candidate order is
+  // simulated exactly and the best is kept.
+  const int32_t default_root = rec1.tree.root;
+  for (int sp_variant = 0; sp_variant < 2; ++sp_variant) {
+    if (sp_variant == 1 && rec1.alt_root < 0) break;
+    const int32_t root = sp_variant == 0 ? default_root : rec1.alt_root;
+    rec1.tree.root = root;
+    std::vector<int32_t> pos1, pos2;
+    linear_extensions(rec1.tree, &pos1, &pos2);
+
+    // 3. Where each buffer is released.
+    initial = 0;
+    start_release = 0;
+    std::vector<int64_t> release(h.n, 0);
+    std::vector<OrBuffer> ors;
+    std::vector<int32_t> rr;
+    for (int32_t b = 0; b < n; ++b) {
+      if (f.base[b] != b) continue;
+      if (f.free_input[b]) initial += static_cast<int64_t>(f.bytes[b]);
+      if (f.held[b] || f.bytes[b] == 0) continue;
+      const int64_t bytes = static_cast<int64_t>(f.bytes[b]);
+      rr.clear();
+      if (f.readers[b].empty()) {
+        if (rep[b] >= 0) rr.push_back(rep[b]);
       } else {
-        if (nd.kind == SpTree::Kind::kSeries) {
-          series_junction.push_back({x, d.n++});
-          item_vertex.push_back(-1);
-          cost.push_back({0, 0});
-        }
-        st.push_back({nd.right, 0});
+        for (int32_t x : f.readers[b])
+          if (rep[x] >= 0) rr.push_back(rep[x]);
       }
-    }
-    d.succ.assign(d.n + ors.size(), {});
-    std::vector<int32_t> buf;
-    for (auto [x, z] : series_junction) {
-      ends(rec1.tree, rec1.tree.nodes[x].left, true, &buf);
-      for (int32_t v : buf) d.succ[dag_of_vertex[v]].push_back(z);
-      ends(rec1.tree, rec1.tree.nodes[x].right, false, &buf);
-      for (int32_t v : buf) d.succ[z].push_back(dag_of_vertex[v]);
-    }
-    for (const OrBuffer& o : ors) {
-      const int32_t item = d.n++;
-      for (int32_t v : o.readers) d.succ[dag_of_vertex[v]].push_back(item);
-      item_vertex.push_back(-1);
-      cost.push_back({-o.bytes, 0});
-    }
-    const Recognition rec2 = recognize(d, /*reduced=*/true);
-    sync += rec2.sync_vertices_added;
-    int64_t mp = 0;
-    const std::vector<int32_t> items = sp_sequence(rec2.tree, cost, &mp);
-    consider(expand(items, item_vertex));
-    if (rec1.is_sp && rec2.is_sp) {
-      exact = true;
-      lower = model_peak(mp);
-    } else {
-      // (a') Barrier variants: each release item also precedes its readers' successors
-      // ("all readers, then the release, then the rest"): fewer orders, often SP (a fork
-      // into branch heads becomes heads ; release ; branches). With every barrier the DAG
-      // may get a cycle (two forks feeding each other's branches); the second variant keeps
-      // only barriers to vertices after all the item's readers in the DAG's numbering (a
-      // linear extension), which is acyclic by construction.
-      const int32_t base_n = d.n - static_cast<int32_t>(ors.size());
-      for (int variant = 0; variant < 2; ++variant) {
-        Dag b = d;
-        for (int32_t i = 0; i < static_cast<int32_t>(ors.size()); ++i) {
-          const int32_t item = base_n + i;
-          int32_t last = -1;
-          for (int32_t v : ors[i].readers) last = std::max(last, dag_of_vertex[v]);
-          for (int32_t v : ors[i].readers)
-            for (int32_t sv : d.succ[dag_of_vertex[v]])
-              if (sv < base_n && (variant == 0 || sv > last)) b.succ[item].push_back(sv);
-        }
-        std::vector<int32_t> old_of_new;
-        Dag bt;
-        if (!renumber_topologically(b, &bt, &old_of_new)) continue;
-        std::vector<ItemCost> bcost(bt.n);
-        std::vector<int32_t> bvertex(bt.n);
-        for (int32_t k = 0; k < bt.n; ++k) {
-          bcost[k] = cost[old_of_new[k]];
-          bvertex[k] = item_vertex[old_of_new[k]];
-        }
-        const Recognition rec3 = recognize(bt);
-        int64_t bmp = 0;
-        consider(expand(sp_sequence(rec3.tree, bcost, &bmp), bvertex));
+      std::sort(rr.begin(), rr.end());
+      rr.erase(std::unique(rr.begin(), rr.end()), rr.end());
+      if (rr.empty()) {
+        start_release += bytes;
+        continue;
       }
-    }
-    // (b) Relaxations: release each OR buffer at one chosen maximal reader. Buffers are then
-    // never freed later than in reality, so each optimum is a lower bound of the true
-    // optimum (of the SP-ized poset when the structure is not SP); its order is valid, and
-    // when its true peak meets the bound it is optimal.
-    if (!exact) {
-      std::vector<ItemCost> rcost(h.n);
-      // Strategies: the reader last in pos1, first in pos1, last in pos2, then (a few
-      // rounds) the reader that runs last in the best order so far.
-      std::vector<int32_t> at(n, 0);
-      for (int strategy = 0; strategy < 8 && !(rec1.is_sp && best_peak == lower); ++strategy) {
-        if (strategy >= 3)
-          for (int32_t t = 0; t < n; ++t) at[r.order[t]] = t;
-        std::vector<int64_t> rel = release;
-        for (const OrBuffer& o : ors) {
-          int32_t pick = o.readers[0];
-          for (int32_t v : o.readers) {
-            const bool better = strategy == 0   ? pos1[v] > pos1[pick]
-                                : strategy == 1 ? pos1[v] < pos1[pick]
-                                : strategy == 2 ? pos2[v] > pos2[pick]
-                                                : at[node_of[v]] > at[node_of[pick]];
-            if (better) pick = v;
+      if (rr.size() > 1) {
+        // Maximal elements: scan by decreasing pos1; an element is maximal iff no kept
+        // element (all later in pos1) is also later in pos2.
+        std::sort(rr.begin(), rr.end(), [&](int32_t x, int32_t y) { return pos1[x] > pos1[y]; });
+        std::vector<int32_t> maximal;
+        int32_t best2 = -1;
+        for (int32_t x : rr)
+          if (pos2[x] > best2) {
+            maximal.push_back(x);
+            best2 = pos2[x];
           }
-          rel[pick] += o.bytes;
-        }
-        for (int32_t v = 0; v < h.n; ++v) rcost[v] = vertex_cost(rel, v);
-        int64_t rmp = 0;
-        const std::vector<int32_t> ritems = sp_sequence(rec1.tree, rcost, &rmp);
-        lower = std::max(lower, model_peak(rmp));
-        consider(expand(ritems, {}));
+        rr.swap(maximal);
       }
-      exact = rec1.is_sp && best_peak == lower;
-      if (!rec1.is_sp) lower = 0;  // bounds of the SP-ized poset only
+      if (rr.size() == 1) {
+        release[rr[0]] += bytes;
+      } else {
+        ors.push_back({bytes, rr});
+      }
+    }
+    r.or_buffers = static_cast<int32_t>(ors.size());
+
+
+
+    if (ors.empty()) {
+      // Every release has a fixed place: the event model is exact for the (SP-ized) poset.
+      std::vector<ItemCost> cost(h.n);
+      for (int32_t v = 0; v < h.n; ++v) cost[v] = vertex_cost(release, v);
+      int64_t mp = 0;
+      const std::vector<int32_t> items = sp_sequence(rec1.tree, cost, &mp);
+      consider(expand(items, {}));
+      DELTAMOE_ASSERT(best_peak <= model_peak(mp), "SP event model under-counts");
+      exact = rec1.is_sp;
+      lower = exact ? model_peak(mp) : 0;
+    } else {
+      // (a) Release items: DAG of the tree's poset (leaves in pos1 order, a zero-cost vertex
+      // between the sinks of each series node's first part and the sources of its second
+      // part) plus one item per OR buffer after its maximal readers. Exact when still SP.
+      Dag d;
+      std::vector<int32_t> dag_of_vertex(h.n, -1), item_vertex;
+      std::vector<ItemCost> cost;
+      std::vector<std::pair<int32_t, int32_t>> series_junction;  // (tree node, dag vertex)
+      std::vector<std::pair<int32_t, int32_t>> st{{rec1.tree.root, 0}};
+      while (!st.empty()) {
+        auto [x, state] = st.back();
+        st.pop_back();
+        const auto& nd = rec1.tree.nodes[x];
+        if (nd.kind == SpTree::Kind::kLeaf) {
+          dag_of_vertex[nd.item] = d.n++;
+          item_vertex.push_back(nd.item);
+          cost.push_back(vertex_cost(release, nd.item));
+        } else if (state == 0) {
+          st.push_back({x, 1});
+          st.push_back({nd.left, 0});
+        } else {
+          if (nd.kind == SpTree::Kind::kSeries) {
+            series_junction.push_back({x, d.n++});
+            item_vertex.push_back(-1);
+            cost.push_back({0, 0});
+          }
+          st.push_back({nd.right, 0});
+        }
+      }
+      d.succ.assign(d.n + ors.size(), {});
+      std::vector<int32_t> buf;
+      for (auto [x, z] : series_junction) {
+        ends(rec1.tree, rec1.tree.nodes[x].left, true, &buf);
+        for (int32_t v : buf) d.succ[dag_of_vertex[v]].push_back(z);
+        ends(rec1.tree, rec1.tree.nodes[x].right, false, &buf);
+        for (int32_t v : buf) d.succ[z].push_back(dag_of_vertex[v]);
+      }
+      for (const OrBuffer& o : ors) {
+        const int32_t item = d.n++;
+        for (int32_t v : o.readers) d.succ[dag_of_vertex[v]].push_back(item);
+        item_vertex.push_back(-1);
+        cost.push_back({-o.bytes, 0});
+      }
+      Recognition rec2 = recognize(d, /*reduced=*/true);
+      if (sp_variant == 0) sync += rec2.sync_vertices_added;
+      int64_t mp = 0;
+      const int32_t root2 = rec2.tree.root;
+      for (int variant2 = 0; variant2 < 2; ++variant2) {
+        if (variant2 == 1 && rec2.alt_root < 0) break;
+        rec2.tree.root = variant2 == 0 ? root2 : rec2.alt_root;
+        consider(expand(sp_sequence(rec2.tree, cost, &mp), item_vertex));
+      }
+      if (rec1.is_sp && rec2.is_sp) {
+        exact = true;
+        lower = model_peak(mp);
+      } else {
+        // (a') Barrier variants: each release item also precedes its readers' successors
+        // ("all readers, then the release, then the rest"): fewer orders, often SP (a fork
+        // into branch heads becomes heads ; release ; branches). With every barrier the DAG
+        // may get a cycle (two forks feeding each other's branches); the second variant keeps
+        // only barriers to vertices after all the item's readers in the DAG's numbering (a
+        // linear extension), which is acyclic by construction.
+        const int32_t base_n = d.n - static_cast<int32_t>(ors.size());
+        for (int variant = 0; variant < 2; ++variant) {
+          Dag b = d;
+          for (int32_t i = 0; i < static_cast<int32_t>(ors.size()); ++i) {
+            const int32_t item = base_n + i;
+            int32_t last = -1;
+            for (int32_t v : ors[i].readers) last = std::max(last, dag_of_vertex[v]);
+            for (int32_t v : ors[i].readers)
+              for (int32_t sv : d.succ[dag_of_vertex[v]])
+                if (sv < base_n && (variant == 0 || sv > last)) b.succ[item].push_back(sv);
+          }
+          std::vector<int32_t> old_of_new;
+          Dag bt;
+          if (!renumber_topologically(b, &bt, &old_of_new)) continue;
+          std::vector<ItemCost> bcost(bt.n);
+          std::vector<int32_t> bvertex(bt.n);
+          for (int32_t k = 0; k < bt.n; ++k) {
+            bcost[k] = cost[old_of_new[k]];
+            bvertex[k] = item_vertex[old_of_new[k]];
+          }
+          const Recognition rec3 = recognize(bt);
+          int64_t bmp = 0;
+          consider(expand(sp_sequence(rec3.tree, bcost, &bmp), bvertex));
+        }
+      }
+      // (b) Relaxations: release each OR buffer at one chosen maximal reader. Buffers are then
+      // never freed later than in reality, so each optimum is a lower bound of the true
+      // optimum (of the SP-ized poset when the structure is not SP); its order is valid, and
+      // when its true peak meets the bound it is optimal.
+      if (!exact) {
+        std::vector<ItemCost> rcost(h.n);
+        // Strategies: the reader last in pos1, first in pos1, last in pos2, then (a few
+        // rounds) the reader that runs last in the best order so far.
+        std::vector<int32_t> at(n, 0);
+        for (int strategy = 0; strategy < 8 && !(rec1.is_sp && best_peak == lower); ++strategy) {
+          if (strategy >= 3)
+            for (int32_t t = 0; t < n; ++t) at[r.order[t]] = t;
+          std::vector<int64_t> rel = release;
+          for (const OrBuffer& o : ors) {
+            int32_t pick = o.readers[0];
+            for (int32_t v : o.readers) {
+              const bool better = strategy == 0   ? pos1[v] > pos1[pick]
+                                  : strategy == 1 ? pos1[v] < pos1[pick]
+                                  : strategy == 2 ? pos2[v] > pos2[pick]
+                                                  : at[node_of[v]] > at[node_of[pick]];
+              if (better) pick = v;
+            }
+            rel[pick] += o.bytes;
+          }
+          for (int32_t v = 0; v < h.n; ++v) rcost[v] = vertex_cost(rel, v);
+          int64_t rmp = 0;
+          const std::vector<int32_t> ritems = sp_sequence(rec1.tree, rcost, &rmp);
+          lower = std::max(lower, model_peak(rmp));
+          consider(expand(ritems, {}));
+        }
+        exact = rec1.is_sp && best_peak == lower;
+        if (!rec1.is_sp) lower = 0;  // bounds of the SP-ized poset only
+      }
     }
   }
+  rec1.tree.root = default_root;
   r.peak = best_peak;
   r.lower_bound = lower;
 
@@ -412,7 +430,7 @@ SpDetail analyze(const Graph& g) {
   r.summary.sync_vertices_added = sync;
   std::ostringstream os;
   os << "structure " << h.n << " of " << n << " nodes (" << r.glued_nodes << " glued), "
-     << (rec1.is_sp ? "series-parallel" : "not series-parallel") << ", " << ors.size()
+     << (rec1.is_sp ? "series-parallel" : "not series-parallel") << ", " << r.or_buffers
      << " buffers with several last readers; ";
   if (exact) {
     os << "SP order proven optimal";

@@ -325,19 +325,27 @@ Recognition recognize(const Dag& dag, bool reduced) {
     }
   }
   DELTAMOE_ASSERT(queue.size() == static_cast<size_t>(nj), "junction multigraph has a cycle");
-  std::vector<int32_t> bundle(max_level + 1, -1);
-  for (int32_t e : alive) {
-    const int32_t l = level[red.edge(e).from];
-    bundle[l] = rec.tree.join(SpTree::Kind::kParallel, bundle[l], red.edge(e).tree);
+  // Two bundlings: ALAP (an edge runs in the bundle just before its head's level) and ASAP
+  // (in its tail's level). ALAP tends to keep buffers shorter-lived; both are returned.
+  for (int alap = 1; alap >= 0; --alap) {
+    std::vector<int32_t> bundle(max_level + 1, -1);
+    for (int32_t e : alive) {
+      const int32_t l = alap ? level[red.edge(e).to] - 1 : level[red.edge(e).from];
+      bundle[l] = rec.tree.join(SpTree::Kind::kParallel, bundle[l], red.edge(e).tree);
+    }
+    int32_t root = -1, nonempty = 0;
+    for (int32_t l = 0; l <= max_level; ++l) {
+      if (bundle[l] < 0) continue;
+      ++nonempty;
+      root = rec.tree.join(SpTree::Kind::kSeries, root, bundle[l]);
+    }
+    if (alap) {
+      rec.tree.root = root;
+      rec.sync_vertices_added = std::max(0, nonempty - 1);
+    } else {
+      rec.alt_root = root;
+    }
   }
-  int32_t root = -1, nonempty = 0;
-  for (int32_t l = 0; l <= max_level; ++l) {
-    if (bundle[l] < 0) continue;
-    ++nonempty;
-    root = rec.tree.join(SpTree::Kind::kSeries, root, bundle[l]);
-  }
-  rec.tree.root = root;
-  rec.sync_vertices_added = std::max(0, nonempty - 1);
   return rec;
 }
 

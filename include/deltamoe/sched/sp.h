@@ -70,12 +70,17 @@ struct Recognition {
   /// reductions stop (== n for every vertex when is_sp).
   std::vector<int32_t> piece_size;
   int32_t sync_vertices_added = 0;  // synchronisation points the SP-ization introduced
+  /// When not SP: the root (in `tree`) of a second SP-ization (ASAP bundling; `tree.root`
+  /// is the ALAP one). -1 when SP.
+  int32_t alt_root = -1;
 };
 
 /// Recognises vertex series-parallel structure (Valdes–Tarjan–Lawler): transitive reduction
 /// (skipped when `reduced`), the line-digraph junction form, series/parallel reductions.
 /// When stuck the residual pieces are put on longest-path levels (a synchronisation point
 /// per level) so a decomposition tree is always returned; its poset contains the DAG's.
+/// Pieces go to the level just before their head (ALAP, `tree.root`) or at their tail
+/// (ASAP, `alt_root`).
 Recognition recognize(const Dag& dag, bool reduced = false);
 
 /// Two linear extensions of the tree's poset (parallel branches left-right, then
