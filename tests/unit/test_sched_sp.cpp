@@ -600,11 +600,20 @@ TEST(SchedSp, TenThousandNodeGraphsComplete) {
 // Not a test: prints how long analyze() takes on 10^5-node graphs (run with
 // --gtest_also_run_disabled_tests --gtest_filter='*Measure*'). No timing is asserted.
 TEST(SchedSp, DISABLED_Measure100k) {
-  const char* names[] = {"chain_skip", "wide_fan", "nested_diamonds", "fwd_bwd_chain"};
-  for (int kind = 0; kind < 4; ++kind) {
+  const char* names[] = {"chain_skip", "wide_fan", "nested_diamonds", "fwd_bwd_chain", "ladder_not_sp"};
+  for (int kind = 0; kind < 5; ++kind) {
     Spec s;
     if (kind < 3) {
       s = big_graph(kind, 100000);
+    } else if (kind == 4) {  // two chains with rungs a_i -> b_{i+1}: an N at every rung
+      int32_t a = s.add({}, 100, 0, -1, "input"), b = s.add({a}, 7);
+      for (int32_t i = 0; i < 49999; ++i) {
+        const int32_t na = s.add({a}, 1 + i % 11);
+        b = s.add({b, a}, 1 + i % 5);
+        a = na;
+      }
+      s.add({a, b}, 1);
+      s.out.back() = 1;
     } else {  // forward chain whose activations are all read again by a backward chain
       const int32_t half = 50000;
       std::vector<int32_t> fwd;
