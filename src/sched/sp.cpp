@@ -356,7 +356,11 @@ SpDetail analyze(const Graph& g) {
         // only barriers to vertices after all the item's readers in the DAG's numbering (a
         // linear extension), which is acyclic by construction.
         const int32_t base_n = d.n - static_cast<int32_t>(ors.size());
+        // The second variant only when the first has a cycle or the graph is small (each
+        // costs a transitive reduction).
+        bool first_ok = false;
         for (int variant = 0; variant < 2; ++variant) {
+          if (variant == 1 && first_ok && h.n > 20000) break;
           Dag b = d;
           for (int32_t i = 0; i < static_cast<int32_t>(ors.size()); ++i) {
             const int32_t item = base_n + i;
@@ -369,6 +373,7 @@ SpDetail analyze(const Graph& g) {
           std::vector<int32_t> old_of_new;
           Dag bt;
           if (!renumber_topologically(b, &bt, &old_of_new)) continue;
+          first_ok = first_ok || variant == 0;
           std::vector<ItemCost> bcost(bt.n);
           std::vector<int32_t> bvertex(bt.n);
           for (int32_t k = 0; k < bt.n; ++k) {
@@ -445,14 +450,56 @@ SpDetail analyze(const Graph& g) {
 
 }  // namespace sp
 
-SpAnalysis analyze_sp(const Graph& g) { return sp::analyze(g).summary; }
+namespace {
 
-std::optional<Order> sp_optimal_order(const Graph& g) {
-  sp::SpDetail d = sp::analyze(g);
-  if (!d.exact) return std::nullopt;
-  return std::move(d.order);
+// The three entry points below are usually called back to back on one graph (the driver
+// asks for the analysis, then an order); one analysis per thread is remembered, keyed by
+// the graph's address and a fingerprint of everything analyze() reads.
+uint64_t fingerprint(const Graph& g) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](uint64_t x) {
+    h ^= x;
+    h *= 1099511628211ull;
+  };
+  mix(static_cast<uint64_t>(g.size()));
+  for (int32_t v = 0; v < g.size(); ++v) {
+    const Node& nd = g.nodes[v];
+    mix(nd.size);
+    mix(nd.workspace);
+    mix(static_cast<uint64_t>(static_cast<int64_t>(nd.view_of)));
+    mix(nd.op == "input" ? 1 : 0);
+    mix((v < static_cast<int32_t>(g.is_output.size()) && g.is_output[v] ? 2 : 0) |
+        (v < static_cast<int32_t>(g.is_persistent.size()) && g.is_persistent[v] ? 4 : 0));
+    mix(nd.inputs.size());
+    for (int32_t x : nd.inputs) mix(static_cast<uint64_t>(x));
+  }
+  return h;
 }
 
-Order sp_ized_order(const Graph& g) { return sp::analyze(g).order; }
+const sp::SpDetail& cached_analysis(const Graph& g) {
+  thread_local const Graph* last_graph = nullptr;
+  thread_local uint64_t last_print = 0;
+  thread_local sp::SpDetail last;
+  const uint64_t print = fingerprint(g);
+  if (last_graph != &g || last_print != print) {
+    last_graph = nullptr;  // stays invalid if analyze throws
+    last = sp::analyze(g);
+    last_graph = &g;
+    last_print = print;
+  }
+  return last;
+}
+
+}  // namespace
+
+SpAnalysis analyze_sp(const Graph& g) { return cached_analysis(g).summary; }
+
+std::optional<Order> sp_optimal_order(const Graph& g) {
+  const sp::SpDetail& d = cached_analysis(g);
+  if (!d.exact) return std::nullopt;
+  return d.order;
+}
+
+Order sp_ized_order(const Graph& g) { return cached_analysis(g).order; }
 
 }  // namespace deltamoe::sched

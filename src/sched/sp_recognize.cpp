@@ -64,9 +64,12 @@ struct UnionFind {
 // The two-terminal multigraph under series/parallel reduction.
 class Reducer {
  public:
-  Reducer(int32_t n_junctions, int32_t src, int32_t snk, SpTree* tree)
+  Reducer(int32_t n_junctions, int32_t src, int32_t snk, SpTree* tree, size_t edge_hint)
       : in_(n_junctions), out_(n_junctions), indeg_(n_junctions, 0), outdeg_(n_junctions, 0),
-        src_(src), snk_(snk), nj_(n_junctions), tree_(tree) {}
+        src_(src), snk_(snk), nj_(n_junctions), tree_(tree) {
+    edges_.reserve(edge_hint);
+    parallel_.reserve(edge_hint);
+  }
 
   void add_edge(int32_t from, int32_t to, int32_t subtree) {
     const uint64_t key = static_cast<uint64_t>(from) * static_cast<uint64_t>(nj_) + to;
@@ -193,8 +196,9 @@ std::vector<std::vector<int32_t>> transitive_reduction(const Dag& dag, size_t me
   words = std::clamp<size_t>(words, 1, max_words);
   const int64_t chunk = static_cast<int64_t>(words) * 64;
   std::vector<uint64_t> reach(static_cast<size_t>(n) * words);
-  std::vector<std::vector<char>> transitive(n);
-  for (int32_t u = 0; u < n; ++u) transitive[u].assign(s[u].size(), 0);
+  std::vector<size_t> first_edge(static_cast<size_t>(n) + 1, 0);
+  for (int32_t u = 0; u < n; ++u) first_edge[u + 1] = first_edge[u] + s[u].size();
+  std::vector<char> transitive(first_edge[n], 0);
   for (int64_t c0 = 0; c0 < n; c0 += chunk) {
     const int64_t c1 = std::min<int64_t>(n, c0 + chunk);
     for (int64_t u = c1 - 1; u >= 0; --u) {
@@ -206,7 +210,7 @@ std::vector<std::vector<int32_t>> transitive_reduction(const Dag& dag, size_t me
         if (w >= c1) break;
         if (w >= c0) {
           const int64_t bit = w - c0;
-          if ((acc[bit >> 6] >> (bit & 63)) & 1) transitive[u][k] = 1;
+          if ((acc[bit >> 6] >> (bit & 63)) & 1) transitive[first_edge[u] + k] = 1;
         }
         const uint64_t* rw = &reach[static_cast<size_t>(w) * words];
         for (size_t i = 0; i < words; ++i) acc[i] |= rw[i];
@@ -218,11 +222,10 @@ std::vector<std::vector<int32_t>> transitive_reduction(const Dag& dag, size_t me
     }
   }
   for (int32_t u = 0; u < n; ++u) {
-    std::vector<int32_t> kept;
-    kept.reserve(s[u].size());
+    size_t w = 0;
     for (size_t k = 0; k < s[u].size(); ++k)
-      if (!transitive[u][k]) kept.push_back(s[u][k]);
-    s[u] = std::move(kept);
+      if (!transitive[first_edge[u] + k]) s[u][w++] = s[u][k];
+    s[u].resize(w);
   }
   return s;
 }
@@ -279,7 +282,10 @@ Recognition recognize(const Dag& dag, bool reduced) {
       junction[e] = nj++;
     }
   }
-  Reducer red(nj, junction[src_end], junction[snk_end], &rec.tree);
+  size_t n_edges = static_cast<size_t>(n);
+  for (int32_t u = 0; u < n; ++u) n_edges += tr[u].size();
+  rec.tree.nodes.reserve(3 * static_cast<size_t>(n));
+  Reducer red(nj, junction[src_end], junction[snk_end], &rec.tree, n_edges);
   for (int32_t v = 0; v < n; ++v) red.add_edge(junction[2 * v], junction[2 * v + 1], rec.tree.leaf(v));
   for (int32_t u = 0; u < n; ++u)
     for (int32_t v : tr[u])
