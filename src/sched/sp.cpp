@@ -415,6 +415,45 @@ SpDetail analyze(const Graph& g) {
           lower = std::max(lower, model_peak(rmp));
           consider(expand(ritems, {}));
         }
+        // (c) Few OR buffers: enumerate which maximal reader runs last for each. Every
+        // order has one such choice; under it the buffer is released at that reader, which
+        // must follow the others (extra edges). The true optimum is the minimum over the
+        // feasible choices of their optima, so the minimum of their exact optima (or of
+        // their relaxation bounds where the constrained poset is not SP) is a lower bound.
+        uint64_t combos = 1;
+        for (const OrBuffer& o : ors) {
+          combos *= o.readers.size();
+          if (combos > 32) break;
+        }
+        if (rec1.is_sp && best_peak != lower && combos <= 32 && h.n <= 5000) {
+          uint64_t enum_lower = UINT64_MAX;
+          for (uint64_t c = 0; c < combos; ++c) {
+            Dag q = h;
+            std::vector<int64_t> rel = release;
+            uint64_t rest = c;
+            for (const OrBuffer& o : ors) {
+              const int32_t j = o.readers[rest % o.readers.size()];
+              rest /= o.readers.size();
+              for (int32_t v : o.readers)
+                if (v != j) q.succ[v].push_back(j);
+              rel[j] += o.bytes;
+            }
+            Dag qt;
+            std::vector<int32_t> old_of_new;
+            if (!renumber_topologically(q, &qt, &old_of_new)) continue;  // no order has it
+            std::vector<ItemCost> qcost(qt.n);
+            for (int32_t k = 0; k < qt.n; ++k) qcost[k] = vertex_cost(rel, old_of_new[k]);
+            const Recognition rq = recognize(qt);
+            int64_t qmp = 0;
+            consider(expand(sp_sequence(rq.tree, qcost, &qmp), old_of_new));
+            if (!rq.is_sp) {  // bound: the same release without the extra edges
+              for (int32_t v = 0; v < h.n; ++v) rcost[v] = vertex_cost(rel, v);
+              sp_sequence(rec1.tree, rcost, &qmp);
+            }
+            enum_lower = std::min(enum_lower, model_peak(qmp));
+          }
+          if (enum_lower != UINT64_MAX) lower = std::max(lower, enum_lower);
+        }
         exact = rec1.is_sp && best_peak == lower;
         if (!rec1.is_sp) lower = 0;  // bounds of the SP-ized poset only
       }
