@@ -420,12 +420,14 @@ SpDetail analyze(const Graph& g) {
         // must follow the others (extra edges). The true optimum is the minimum over the
         // feasible choices of their optima, so the minimum of their exact optima (or of
         // their relaxation bounds where the constrained poset is not SP) is a lower bound.
+        // Budget: combinations x structure nodes <= 160,000 (32 at 5,000 nodes).
+        const uint64_t max_combos = std::min<uint64_t>(1024, 160000 / std::max(1, h.n));
         uint64_t combos = 1;
         for (const OrBuffer& o : ors) {
           combos *= o.readers.size();
-          if (combos > 32) break;
+          if (combos > max_combos) break;
         }
-        if (rec1.is_sp && best_peak != lower && combos <= 32 && h.n <= 5000) {
+        if (rec1.is_sp && best_peak != lower && combos <= max_combos) {
           uint64_t enum_lower = UINT64_MAX;
           for (uint64_t c = 0; c < combos; ++c) {
             Dag q = h;
