@@ -474,6 +474,8 @@ SpDetail analyze(const Graph& g) {
   r.summary.is_series_parallel = rec1.is_sp;
   r.summary.sp_fraction = n == 0 ? 1.0 : static_cast<double>(in_sp) / n;
   r.summary.sync_vertices_added = sync;
+  r.summary.lower_bound = lower;
+  r.summary.proven_optimal = exact;
   std::ostringstream os;
   os << "structure " << h.n << " of " << n << " nodes (" << r.glued_nodes << " glued), "
      << (rec1.is_sp ? "series-parallel" : "not series-parallel") << ", " << r.or_buffers

@@ -447,6 +447,9 @@ TEST(SchedSp, OptimalOnRandomSpGraphsAgainstBruteForce) {
     }
     const std::optional<ds::Order> o = ds::sp_optimal_order(g);
     ASSERT_EQ(o.has_value(), d.exact);
+    const ds::SpAnalysis an = ds::analyze_sp(g);
+    ASSERT_EQ(an.proven_optimal, d.exact);
+    ASSERT_EQ(an.lower_bound, d.lower_bound);
     if (d.exact) {
       ++exact;
       ASSERT_EQ(d.lower_bound, peak) << "trial " << trial;
