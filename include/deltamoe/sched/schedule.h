@@ -51,6 +51,10 @@ struct SpAnalysis {
   double sp_fraction = 0.0;         // share of nodes inside maximal SP pieces, 0..1
   int32_t sync_vertices_added = 0;  // SP-ization cost when not SP
   std::string notes;
+  /// Proven lower bound on the optimum peak, bytes (0 when none; see docs/sched.md,
+  /// "Series-parallel": exact SP optimum or relaxation bound). Kind name: "sp".
+  uint64_t lower_bound = 0;
+  bool proven_optimal = false;  // sp_optimal_order(g) returns an order (peak == lower_bound)
 };
 /// Recognises SP structure (Valdes–Tarjan–Lawler reductions on the transitive reduction).
 SpAnalysis analyze_sp(const Graph& g);
