@@ -79,7 +79,8 @@ bool linear_impl_supported(LinearImpl impl, DType dtype) {
     case LinearImpl::portable: return true;
     case LinearImpl::avx2: return f.avx2 && f.fma;
     case LinearImpl::avx512:
-      return dtype == DType::bf16 ? (f.avx512f && f.avx512bw && f.avx512_bf16) : f.avx512f;
+      // The kernels are compiled for F+BW+VL(+BF16), so require what the compiler may use.
+      return f.avx512f && f.avx512bw && f.avx512vl && (dtype != DType::bf16 || f.avx512_bf16);
   }
   return false;
 }
