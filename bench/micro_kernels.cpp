@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "deltamoe/core/parallel.h"
@@ -209,22 +210,34 @@ int run_table(bool json, double budget_s) {
   if (!json)
     std::printf("%7s %3s %10s %10s %10s %10s %8s   (GFLOP/s, best call; K=N=1024)\n", "m",
                 "thr", "linear_f32", "linear_bf16", "sgemm_nt", "sgemm_nn", "f32/blas");
+  // Variant-major order with a pause between variants: libgomp's and OpenBLAS's idle worker
+  // threads spin for a while after each call, and interleaving the two libraries call by
+  // call makes each one's spinners steal the other's cores.
+  const int64_t cells = static_cast<int64_t>(ms.size());
+  std::vector<double> t[2][4];  // [threads-1][f32, bf16, sgemm_nt, sgemm_nn] -> seconds per m
   for (int threads : {1, 2}) {
     deltamoe::set_num_threads(threads);
-    for (int64_t m : ms) {
-      auto ours = [&](const dk::PackedLinear& p) {
-        return best_call_s([&] {
-          if (threads == 1) dk::linear_st(x.data(), m, k, p, 0, n, y.data(), n);
-          else dk::linear(x.data(), m, k, p, y.data(), n);
-        }, budget_s);
-      };
-      const double tf = ours(pf), tb = ours(pb);
-      const double tnt = best_call_s([&] {
-        dk::sgemm(false, true, m, n, k, 1.0f, x.data(), k, w.data(), k, 0.0f, y.data(), n);
-      }, budget_s);
-      const double tnn = best_call_s([&] {
-        dk::sgemm(false, false, m, n, k, 1.0f, x.data(), k, wt.data(), n, 0.0f, y.data(), n);
-      }, budget_s);
+    for (int v = 0; v < 4; ++v) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      for (int64_t m : ms) {
+        t[threads - 1][v].push_back(best_call_s([&] {
+          if (v >= 2) {
+            if (v == 2) dk::sgemm(false, true, m, n, k, 1.0f, x.data(), k, w.data(), k, 0.0f, y.data(), n);
+            else dk::sgemm(false, false, m, n, k, 1.0f, x.data(), k, wt.data(), n, 0.0f, y.data(), n);
+          } else {
+            const dk::PackedLinear& p = v == 0 ? pf : pb;
+            if (threads == 1) dk::linear_st(x.data(), m, k, p, 0, n, y.data(), n);
+            else dk::linear(x.data(), m, k, p, y.data(), n);
+          }
+        }, budget_s));
+      }
+    }
+  }
+  for (int threads : {1, 2}) {
+    for (int64_t i = 0; i < cells; ++i) {
+      const int64_t m = ms[static_cast<size_t>(i)];
+      const auto& tt = t[threads - 1];
+      const double tf = tt[0][i], tb = tt[1][i], tnt = tt[2][i], tnn = tt[3][i];
       const double fl = 2.0 * m * n * k * 1e-9;
       const double blas = std::max(fl / tnt, fl / tnn);
       if (json) {

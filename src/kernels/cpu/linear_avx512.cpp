@@ -21,7 +21,7 @@
 
 #include "kernels/cpu/linear_impl.h"
 
-#define DM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define DM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define DM_INLINE __attribute__((always_inline)) inline
 
 namespace deltamoe::kernels {
