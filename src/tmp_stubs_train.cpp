@@ -81,3 +81,103 @@ void topk_st(const float* x, int64_t d, int64_t k, int32_t* idx, float* val) {
 const char* linear_impl_name(DType) { return "tmp-cblas"; }
 
 }  // namespace deltamoe::kernels
+
+// ---- TEMPORARY data and checkpoint I/O for the classifier, replaced by deltamoe::io ----
+#include <zlib.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "models/data_shim.h"
+
+namespace deltamoe::models::detail {
+namespace {
+std::vector<uint8_t> read_gz(const std::string& path) {
+  DELTAMOE_CHECK(std::filesystem::exists(path), "data", path,
+                 " not found (install the Debian package dataset-fashion-mnist)");
+  gzFile f = gzopen(path.c_str(), "rb");
+  DELTAMOE_CHECK(f != nullptr, "data", "cannot open ", path);
+  std::vector<uint8_t> out;
+  uint8_t buf[1 << 16];
+  int n;
+  while ((n = gzread(f, buf, sizeof buf)) > 0) out.insert(out.end(), buf, buf + n);
+  gzclose(f);
+  DELTAMOE_CHECK(n == 0, "data", "corrupt gzip file ", path);
+  return out;
+}
+uint32_t be32(const uint8_t* p) {
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
+}
+Split read_split(const std::string& img, const std::string& lab) {
+  auto ib = read_gz(img), lb = read_gz(lab);
+  DELTAMOE_CHECK(ib.size() >= 16 && be32(ib.data()) == 0x803, "data", "bad IDX images file ", img);
+  DELTAMOE_CHECK(lb.size() >= 8 && be32(lb.data()) == 0x801, "data", "bad IDX labels file ", lab);
+  const int64_t n = be32(ib.data() + 4), r = be32(ib.data() + 8), c = be32(ib.data() + 12);
+  DELTAMOE_CHECK(static_cast<int64_t>(ib.size()) == 16 + n * r * c && be32(lb.data() + 4) == n &&
+                     static_cast<int64_t>(lb.size()) == 8 + n,
+                 "data", "size mismatch in ", img, " / ", lab);
+  Split s;
+  s.images = Tensor({n, r * c});
+  for (int64_t i = 0; i < n * r * c; ++i) s.images.data<float>()[i] = ib[16 + i] / 255.0f;
+  s.labels.assign(lb.begin() + 8, lb.end());
+  return s;
+}
+}  // namespace
+
+Data load_data(const std::string& dir) {
+  Data d;
+  d.train = read_split(dir + "/train-images-idx3-ubyte.gz", dir + "/train-labels-idx1-ubyte.gz");
+  d.test = read_split(dir + "/t10k-images-idx3-ubyte.gz", dir + "/t10k-labels-idx1-ubyte.gz");
+  return d;
+}
+
+void save_tensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors) {
+  nlohmann::json h = nlohmann::json::object();
+  uint64_t off = 0;
+  for (const auto& [name, t] : tensors) {
+    h[name] = {{"dtype", "F32"}, {"shape", t.shape()}, {"data_offsets", {off, off + t.nbytes()}}};
+    off += t.nbytes();
+  }
+  std::string hs = h.dump();
+  while (hs.size() % 8) hs += ' ';
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    DELTAMOE_CHECK(f.good(), "io", "cannot write ", tmp);
+    const uint64_t n = hs.size();
+    f.write(reinterpret_cast<const char*>(&n), 8);
+    f.write(hs.data(), static_cast<std::streamsize>(hs.size()));
+    for (const auto& [name, t] : tensors) f.write(static_cast<const char*>(t.raw()), static_cast<std::streamsize>(t.nbytes()));
+    DELTAMOE_CHECK(f.good(), "io", "write failed: ", tmp);
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+std::map<std::string, Tensor> load_tensors(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  DELTAMOE_CHECK(f.good(), "safetensors", "cannot open ", path);
+  uint64_t n = 0;
+  f.read(reinterpret_cast<char*>(&n), 8);
+  DELTAMOE_CHECK(f.good() && n < 100000000, "safetensors", path, ": bad header length");
+  std::string hs(n, ' ');
+  f.read(hs.data(), static_cast<std::streamsize>(n));
+  auto h = nlohmann::json::parse(hs);
+  std::vector<char> data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::map<std::string, Tensor> out;
+  for (auto& [name, e] : h.items()) {
+    if (name == "__metadata__") continue;
+    DELTAMOE_CHECK(e["dtype"] == "F32", "safetensors", path, ": tensor '", name, "' is not F32");
+    Shape shape = e["shape"].get<Shape>();
+    const uint64_t b = e["data_offsets"][0], en = e["data_offsets"][1];
+    Tensor t(shape);
+    DELTAMOE_CHECK(en <= data.size() && en - b == t.nbytes(), "safetensors", path, ": tensor '", name, "' out of range");
+    std::memcpy(t.raw(), data.data() + b, t.nbytes());
+    out[name] = t;
+  }
+  return out;
+}
+
+}  // namespace deltamoe::models::detail

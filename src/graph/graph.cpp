@@ -160,7 +160,7 @@ static Tensor map_unary(const Tensor& x, F f) {
   Tensor y(x.shape());
   const float* xp = x.data<float>();
   float* yp = y.data<float>();
-  parallel_for(x.numel(), kGrain, [&](int64_t b, int64_t e) {
+  for_range(x.numel(), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) yp[i] = f(xp[i]);
   });
   return y;
@@ -408,7 +408,7 @@ Var Graph::layer_norm(Var x, Var gamma, Var beta, float eps) {
   const float *xp = xv.data<float>(), *g = value(gamma).data<float>(), *b = value(beta).data<float>();
   float* yp = y.data<float>();
   float* sp = stats.data<float>();
-  parallel_for(rows, 64, [&](int64_t r0, int64_t r1) {
+  for_range(rows, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = xp + r * d;
       float mu = 0.0f;

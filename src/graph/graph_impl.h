@@ -5,6 +5,15 @@
 
 namespace deltamoe::graph {
 
+/// Runs fn(0, n) on the calling thread. The element-wise ops are memory-bound and short;
+/// opening OpenMP regions for them left OpenMP threads spin-waiting against OpenBLAS's own
+/// threads, which made a training step 10x slower on a loaded 2-core machine. The GEMMs
+/// (OpenBLAS threads) carry the parallelism instead.
+template <typename F>
+inline void for_range(int64_t n, F&& fn) {
+  if (n > 0) fn(int64_t{0}, n);
+}
+
 float gelu_fwd(float x);
 /// d gelu / dx.
 float gelu_grad(float x);

@@ -78,7 +78,7 @@ void Graph::vjp(int32_t id) {
       float* dx = grad_of(in[0]).data<float>();
       const Op op = n.op;
       const float s = n.fa;
-      parallel_for(dy.numel(), 16384, [&](int64_t b, int64_t e) {
+      for_range(dy.numel(), [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) {
           float d = 0.0f;
           switch (op) {
@@ -223,7 +223,7 @@ void Graph::vjp(int32_t id) {
       if (wants(nodes_, in[0])) {
         float* dx = grad_of(in[0]).data<float>();
         // dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)), ĝ = dy·γ
-        parallel_for(rows, 64, [&](int64_t r0, int64_t r1) {
+        for_range(rows, [&](int64_t r0, int64_t r1) {
           for (int64_t r = r0; r < r1; ++r) {
             const float mu = st[2 * r], rstd = st[2 * r + 1];
             float m1 = 0.0f, m2 = 0.0f;

@@ -25,8 +25,9 @@ struct Parameter {
 
 class ParameterSet {
  public:
-  /// Adds a zero-initialised parameter; throws Error("nn") if the name exists.
-  Tensor& add(const std::string& name, Shape shape);
+  /// Adds a zero-initialised parameter; throws Error("nn") if the name exists. Returns a
+  /// handle aliasing the parameter's storage (Tensor copies share bytes).
+  Tensor add(const std::string& name, Shape shape);
   /// The parameter's value; throws Error("nn") naming it if absent.
   Tensor& get(const std::string& name);
   const Tensor& get(const std::string& name) const;
