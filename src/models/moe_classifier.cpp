@@ -155,12 +155,28 @@ void MoeClassifier::reset_policies() {
 }
 
 void MoeClassifier::set_policy(const moe::PolicySpec& spec) {
-  auto probe = moe::make_policy(spec, config_.experts);
-  DELTAMOE_CHECK(config_.experts + probe->extra_logits() == config_.router_outputs(), "model",
-                 "policy ", probe->name(), " needs ", config_.experts + probe->extra_logits(),
-                 " router outputs but the model has ", config_.router_outputs());
-  policies_.clear();
-  for (int64_t l = 0; l < config_.layers; ++l) policies_.push_back(moe::make_policy(spec, config_.experts));
+  set_layer_policies(std::vector<moe::PolicySpec>(static_cast<size_t>(config_.layers), spec));
+}
+
+void MoeClassifier::set_layer_policies(const std::vector<moe::PolicySpec>& specs) {
+  DELTAMOE_CHECK(static_cast<int64_t>(specs.size()) == config_.layers, "model", specs.size(),
+                 " policies for ", config_.layers, " layers");
+  std::vector<std::unique_ptr<moe::RoutingPolicy>> next;
+  for (const auto& s : specs) {
+    auto p = moe::make_policy(s, config_.experts);
+    DELTAMOE_CHECK(config_.experts + p->extra_logits() == config_.router_outputs(), "model", "policy ",
+                   p->name(), " needs ", config_.experts + p->extra_logits(),
+                   " router outputs but the model has ", config_.router_outputs());
+    next.push_back(std::move(p));
+  }
+  policies_ = std::move(next);
+}
+
+void MoeClassifier::freeze_policies() {
+  std::vector<moe::PolicySpec> specs;
+  for (int64_t l = 0; l < config_.layers; ++l)
+    specs.push_back(moe::current_spec(config_.routing, *policies_[static_cast<size_t>(l)]));
+  config_.layer_routing = specs;
 }
 
 void MoeClassifier::save(const std::string& path) const {
@@ -263,7 +279,7 @@ Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
     lr.null_offsets.clear();
     lr.null_cols.clear();
   }
-  if (opt.training)
+  if (opt.training || opt.adapt)
     if (auto* ad = dynamic_cast<moe::AdaptivePolicy*>(&pol)) ad->observe(pp, tokens, e_count, outs, lr.routing);
 
   const auto& rr = lr.routing;

@@ -134,6 +134,7 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
     summary.epochs.push_back(es);
   }
   summary.seconds = std::chrono::duration<double>(Clock::now() - t_all).count();
+  model.freeze_policies();
   return summary;
 }
 
@@ -193,6 +194,27 @@ EvalResult evaluate(MoeClassifier& model, const Tensor& x, const std::vector<int
   r.seconds = seconds;
   r.samples_per_s = static_cast<double>(n) / seconds;
   return r;
+}
+
+void calibrate_policy(MoeClassifier& model, const moe::PolicySpec& spec, const Tensor& x, int passes,
+                      int64_t batch) {
+  model.set_policy(spec);
+  if (spec.target_k <= 0) return;
+  ForwardOptions fo;
+  fo.adapt = true;
+  for (int pass = 0; pass < passes; ++pass)
+    for (int64_t b = 0; b + batch <= x.size(0); b += batch) {
+      graph::Graph g(false);
+      model.forward(g, x.slice(b, b + batch), fo);
+    }
+  // Freeze: rebuild each layer's policy from its adapted state without the controller.
+  std::vector<moe::PolicySpec> adapted;
+  for (int64_t l = 0; l < model.config().layers; ++l) {
+    moe::PolicySpec s = moe::current_spec(spec, model.policy(l));
+    s.target_k = 0;
+    adapted.push_back(s);
+  }
+  model.set_layer_policies(adapted);
 }
 
 }  // namespace deltamoe::models

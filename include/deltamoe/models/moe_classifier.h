@@ -73,6 +73,7 @@ struct LayerRouting {
 
 struct ForwardOptions {
   bool training = false;        // noise on, adaptive policies observe the batch
+  bool adapt = false;           // adaptive policies observe the batch (calibration, no noise)
   double balance_alpha = 0.0;   // Switch loss weight α
   double entropy_beta = 0.0;    // router entropy weight β
   double noisy_weight = 0.0;    // importance + load loss weight (noisy gating)
@@ -106,8 +107,13 @@ class MoeClassifier {
   /// Replaces every layer's policy (inference with another rule). The router must have the
   /// outputs the policy needs (E + nulls); throws Error("model") otherwise.
   void set_policy(const moe::PolicySpec& spec);
+  /// One policy per layer (specs.size() == layers), e.g. calibrated per-layer thresholds.
+  void set_layer_policies(const std::vector<moe::PolicySpec>& specs);
   /// Restores the per-layer policies saved in the config (layer_routing, else routing).
   void reset_policies();
+  /// Records each layer's current adapted policy state (p, thresholds, null bias) in the
+  /// config's layer_routing, so reset_policies() and save() keep it. train() calls it.
+  void freeze_policies();
 
   /// Builds the forward pass for images x[N, side²] (f32) into g.
   ForwardOut forward(graph::Graph& g, const Tensor& x, const ForwardOptions& opt);
@@ -175,6 +181,12 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
 EvalResult evaluate(MoeClassifier& model, const Tensor& x, const std::vector<int32_t>& y,
                     int64_t batch = 1000,
                     const std::vector<std::vector<int32_t>>* forced_k = nullptr);
+
+/// Sets every layer's policy to `spec` and, when spec.target_k > 0, runs the policies'
+/// controllers over x (no gradients, `passes` passes in batches of `batch`) so the mean K
+/// meets the target; the controllers are then frozen (target_k cleared) for inference.
+void calibrate_policy(MoeClassifier& model, const moe::PolicySpec& spec, const Tensor& x,
+                      int passes = 3, int64_t batch = 256);
 
 /// Rows [begin, end) of a [N, d] tensor as a new contiguous tensor.
 Tensor take_rows(const Tensor& x, int64_t begin, int64_t end);

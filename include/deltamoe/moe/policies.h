@@ -44,7 +44,7 @@ class TopPRouting : public AdaptivePolicy {
   double p() const { return p_; }
   void set_p(double p);
   /// Turns the controller on, starting from the current p.
-  void enable_controller(double target_k, double kp = 0.02, double ki = 0.002,
+  void enable_controller(double target_k, double kp = 0.1, double ki = 0.01,
                          double p_min = 0.05, double p_max = 0.999);
   bool controlled() const { return control_; }
   double target_k() const { return target_k_; }
