@@ -120,7 +120,14 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{ExpertKind::gelu_mlp, 1, 64, 48, 8, 1, true},
                       Case{ExpertKind::gelu_mlp, 50, 100, 70, 8, 2, true},
                       Case{ExpertKind::gelu_mlp, 200, 64, 256, 8, 8, false},
-                      Case{ExpertKind::swiglu, 0, 64, 48, 8, 2, true}));
+                      Case{ExpertKind::swiglu, 0, 64, 48, 8, 2, true}),
+    [](const ::testing::TestParamInfo<Case>& info) {
+      const Case& c = info.param;
+      return std::string(c.kind == ExpertKind::swiglu ? "swiglu" : "gelu") + "_T" +
+             std::to_string(c.tokens) + "_H" + std::to_string(c.hidden) + "_I" +
+             std::to_string(c.inter) + "_E" + std::to_string(c.experts) + "_k" +
+             std::to_string(c.k) + (c.renorm ? "_renorm" : "");
+    });
 
 TEST(Moe, Bf16WeightsMatchReferenceOnRoundedWeights) {
   set_num_threads(2);
@@ -203,4 +210,74 @@ TEST(Routing, TopKRenormalisesAndBreaksTiesLow) {
   TopKRouting(3, false).route(logits, probs, 1, 4, r);
   EXPECT_EQ(r.expert_ids, (std::vector<int32_t>{1, 2, 0}));
   EXPECT_FLOAT_EQ(r.weights[2], 0.1f);
+}
+
+// ---- golden tensors from PyTorch (python/make_golden_moe.py) ----
+
+#include "deltamoe/io/safetensors.h"
+
+namespace {
+struct Golden {
+  MoeWeights weights;
+  Tensor x, y, topk_idx, topk_w;
+  int64_t k;
+  bool renorm;
+};
+
+Golden load_golden(const io::SafetensorsFile& f, const std::string& c) {
+  const auto& md = f.metadata();
+  Golden g;
+  const int64_t experts = std::stoll(md.at(c + ".experts"));
+  g.k = std::stoll(md.at(c + ".top_k"));
+  g.renorm = md.at(c + ".renormalize") == "true";
+  g.weights.kind = md.at(c + ".expert_kind") == "swiglu" ? ExpertKind::swiglu : ExpertKind::gelu_mlp;
+  g.weights.router = f.get(c + ".router").clone();
+  for (int64_t e = 0; e < experts; ++e) {
+    const std::string s = "." + std::to_string(e);
+    g.weights.w1.push_back(f.get(c + ".w1" + s).clone());
+    g.weights.w2.push_back(f.get(c + ".w2" + s).clone());
+    if (g.weights.kind == ExpertKind::swiglu) {
+      g.weights.w3.push_back(f.get(c + ".w3" + s).clone());
+    } else {
+      g.weights.b1.push_back(f.get(c + ".b1" + s).clone());
+      g.weights.b2.push_back(f.get(c + ".b2" + s).clone());
+    }
+  }
+  g.x = f.get(c + ".x").clone();
+  g.y = f.get(c + ".y").clone();
+  g.topk_idx = f.get(c + ".topk_idx").to(DType::f32);
+  g.topk_w = f.get(c + ".topk_w").clone();
+  return g;
+}
+}  // namespace
+
+TEST(MoeGolden, MatchesPyTorchMixtralBlock) {
+  const auto f = io::SafetensorsFile::open(std::string(DELTAMOE_SOURCE_DIR) + "/tests/golden/moe_golden.safetensors");
+  set_num_threads(2);
+  int cases = 0;
+  for (const std::string c : {"swiglu", "gelu", "swiglu_k3"}) {
+    SCOPED_TRACE(c);
+    const Golden g = load_golden(f, c);
+    const TopKRouting policy(g.k, g.renorm);
+    MoeStats stats;
+    const Tensor y = MoeLayer(g.weights, DType::f32).forward(g.x, policy, &stats);
+    EXPECT_LE(max_abs_diff(y, g.y), 1e-4f);  // the bound for f32
+    EXPECT_LE(max_abs_diff(moe_forward_naive(g.weights, g.x, policy), g.y), 1e-4f);
+    // Same experts and weights, token by token, as torch.topk.
+    const auto idx = g.topk_idx.to_vector(), w = g.topk_w.to_vector();
+    ASSERT_EQ(stats.routing.expert_ids.size(), idx.size());
+    for (size_t j = 0; j < idx.size(); ++j) {
+      EXPECT_EQ(stats.routing.expert_ids[j], static_cast<int32_t>(idx[j])) << "pair " << j;
+      EXPECT_NEAR(stats.routing.weights[j], w[j], 1e-6f) << "pair " << j;
+    }
+    // bf16 weights: within bf16 rounding of the f32 golden output.
+    const Tensor yb = MoeLayer(g.weights, DType::bf16).forward(g.x, policy);
+    EXPECT_LE(max_abs_diff(yb, g.y), 1e-2f * std::max(1.0f, max_abs(g.y)));
+    const std::string empty = f.metadata().at(c + ".empty_experts");
+    if (!empty.empty()) {
+      EXPECT_EQ(stats.tokens_per_expert[std::stoi(empty)], 0);
+    }
+    ++cases;
+  }
+  EXPECT_EQ(cases, 3);
 }

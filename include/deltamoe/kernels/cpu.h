@@ -37,8 +37,10 @@ class PackedLinear {
   DType dtype() const { return dtype_; }
   /// Bytes of packed weights (what a decode step must read from memory).
   size_t weight_bytes() const;
-  /// Opaque packed data (layout private to kernels/cpu).
+  /// Opaque packed data (layout private to kernels/cpu, see docs/kernels.md).
   const void* data() const { return data_ ? data_->data() : nullptr; }
+  /// Output columns per packed panel: column ranges passed to linear_st must start on a
+  /// multiple of it. 32 for both dtypes and every shape (callers may probe it once).
   int64_t panel() const { return panel_; }
 
  private:
@@ -49,12 +51,20 @@ class PackedLinear {
 };
 
 /// y[m, n_begin:n_end] = x[m, K] · W[n_begin:n_end, :]ᵀ (+ y if accumulate). Single-threaded.
-/// x is f32 with leading dimension ldx; y is f32 with leading dimension ldy.
-/// n_begin must be a multiple of w.panel() (or 0); n_end may be anything ≤ N.
+/// x is f32 with leading dimension ldx; y is f32 with leading dimension ldy, and `y` points at
+/// column 0: row r's outputs go to y[r*ldy + n_begin .. r*ldy + n_end) (so a caller may pass
+/// `buf - n_begin` with ldy = n_end - n_begin to get a compact block). Only those cells are
+/// written. n_begin must be a multiple of w.panel() (or 0); n_end may be anything ≤ N.
+/// bf16 weights: x is rounded to bf16 (nearest even) and products accumulate in f32.
+/// Thread-safe: concurrent calls on disjoint outputs are fine (scratch is per thread).
+/// Throws Error("kernels") on bad ranges or leading dimensions.
 void linear_st(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, int64_t n_begin,
                int64_t n_end, float* y, int64_t ldy, bool accumulate = false);
 
-/// y[m, N] = x[m, K] · Wᵀ, parallel over rows and output panels.
+/// y[m, N] = x[m, K] · Wᵀ (+ y if accumulate), on up to num_threads() threads: split over
+/// output panels (each thread streams only its share of the weights), and over rows only when
+/// there are fewer panels than threads. Small products (< 1 MFLOP) run on the calling thread.
+/// Results do not depend on the thread count (each output is computed by one microkernel).
 void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float* y, int64_t ldy,
             bool accumulate = false);
 

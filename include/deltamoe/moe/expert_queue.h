@@ -1,0 +1,218 @@
+// Per-expert queues: the serving runtime that trades latency for throughput with a batch size B.
+//
+// A request carries n samples. Admitted samples enter the stem queue; a stem batch computes
+// h and the routing, and each sample then waits in the queue of every expert it was routed to.
+// A queue runs its samples as one batch (one model call, i.e. one GEMM per layer) when it holds
+// B samples or when its oldest sample has waited T microseconds. A sample whose experts are all
+// done is combined (in routing order) and its class probabilities computed; when every sample
+// of a request is done, the request's callback runs.
+//
+// Modes (the baselines share this harness, so they are measured the same way):
+//   per_expert   the above (stem queue and E expert queues, each flushed by B/T);
+//   whole_model  Triton-style dynamic batching: requests batched before routing (by B/T),
+//                and the whole model runs on the batch (each expert once, on the batch's rows);
+//   B = 1        either mode with max_batch 1 (no batching).
+// Adaptive B (Clipper-style AIMD): one B shared by every queue grows by `aimd_increase` after
+// each group of finished samples that all met the latency target, and shrinks by the factor
+// `aimd_decrease` when one missed it (at most once per target interval, so one slow burst
+// does not collapse B to 1).
+//
+// Guarantees: admission is bounded (max_inflight_samples); an admitted sample is never
+// dropped; shutdown(drain) flushes every queue regardless of B and T and waits for all
+// admitted samples. Row-independent models give the same answers whatever the batching.
+// Thread-safety: submit(), stats() and shutdown() may be called from any thread. Callbacks
+// run on a worker thread (or inside step() in manual mode); they must not block for long and
+// may call submit().
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "deltamoe/moe/routing.h"
+#include "deltamoe/serve/model.h"
+
+namespace deltamoe::moe {
+
+/// Source of time in microseconds. The runtime reads time only through it, so tests can
+/// drive timeouts with a ManualClock.
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual int64_t now_us() const = 0;
+};
+
+/// std::chrono::steady_clock in microseconds.
+class SteadyClock final : public Clock {
+ public:
+  int64_t now_us() const override;
+};
+
+/// A clock that moves only when told to (thread-safe).
+class ManualClock final : public Clock {
+ public:
+  int64_t now_us() const override { return now_.load(); }
+  void advance_us(int64_t us) { now_.fetch_add(us); }
+  void set_us(int64_t us) { now_.store(us); }
+
+ private:
+  std::atomic<int64_t> now_{0};
+};
+
+enum class BatchingMode { per_expert, whole_model };
+
+/// Parses "per-expert" / "whole-model"; throws Error("queue").
+BatchingMode parse_batching_mode(const std::string& s);
+const char* batching_mode_name(BatchingMode m);
+
+/// Why a queue ran a batch.
+enum class FlushReason { size = 0, timeout = 1, drain = 2 };
+
+struct QueueConfig {
+  BatchingMode mode = BatchingMode::per_expert;
+  /// B: samples per batch (the largest batch; a full queue flushes at once). ≥ 1.
+  int64_t max_batch = 32;
+  /// T: the oldest sample of a queue waits at most this long, in µs. 0 = flush whenever a
+  /// worker is free (work-conserving); negative = infinity (flush only when full or draining).
+  int64_t timeout_us = 200;
+  /// Admission bound: samples admitted but not finished. submit() rejects beyond it.
+  int64_t max_inflight_samples = 4096;
+  /// Largest number of samples in one request.
+  int64_t max_request_samples = 256;
+  /// Worker threads running batches. 0 = manual mode: nothing runs until step() is called.
+  int workers = 2;
+  /// Adaptive B (AIMD against latency_target_us); max_batch is then the upper bound.
+  bool adaptive = false;
+  double latency_target_us = 5000.0;
+  double aimd_increase = 1.0;
+  double aimd_decrease = 0.75;
+  /// Clock; null means SteadyClock.
+  std::shared_ptr<const Clock> clock;
+};
+
+/// One sample's answer.
+struct SampleResult {
+  int32_t predicted = -1;
+  std::vector<float> probs;       // C entries
+  std::vector<int32_t> experts;   // real experts used, routing order
+  int64_t latency_us = 0;         // admission → done
+  int64_t queue_us = 0;           // time spent waiting in queues
+  int64_t compute_us = 0;         // time in the batches that computed it (batch wall time)
+};
+
+/// A request's answer; results[i] is sample i.
+struct RequestResult {
+  std::vector<SampleResult> results;
+};
+
+using Callback = std::function<void(RequestResult&&)>;
+
+/// Fixed-bucket histogram (cumulative on export, like Prometheus).
+struct Histogram {
+  std::vector<double> bounds;    // upper bounds, ascending (+Inf implied)
+  std::vector<uint64_t> counts;  // bounds.size() + 1 (last: above every bound)
+  double sum = 0.0;
+  uint64_t count = 0;
+  explicit Histogram(std::vector<double> b = {}) : bounds(std::move(b)), counts(bounds.size() + 1) {}
+  void observe(double v);
+  /// Quantile estimate (upper bound of the bucket holding it; 0 when empty).
+  double quantile(double q) const;
+};
+
+/// Counters of one queue (queue 0 is the stem/model queue, 1 + e is expert e).
+struct QueueStats {
+  std::string name;
+  int64_t depth = 0;               // samples waiting now
+  int64_t current_batch_limit = 0; // B now (adaptive mode changes it)
+  uint64_t flushes[3] = {0, 0, 0}; // by FlushReason
+  uint64_t samples = 0;            // samples run
+  Histogram batch_sizes{{1, 2, 4, 8, 16, 32, 64, 128, 256, 512}};
+  double busy_us = 0.0;            // wall time spent running its batches
+};
+
+struct RuntimeStats {
+  uint64_t requests_admitted = 0, requests_rejected = 0, requests_done = 0;
+  uint64_t samples_admitted = 0, samples_done = 0;
+  int64_t inflight_samples = 0;
+  double queue_us_sum = 0.0, compute_us_sum = 0.0;  // over finished samples
+  Histogram latency_us{{50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000,
+                        500000, 1000000}};
+  std::vector<QueueStats> queues;
+};
+
+/// The runtime. Holds a shared reference to the model and owns the policy.
+class ExpertQueueRuntime {
+ public:
+  /// Starts config.workers worker threads. Throws Error("queue") on a bad config.
+  ExpertQueueRuntime(std::shared_ptr<const serve::ServeModel> model,
+                     std::shared_ptr<const RoutingPolicy> policy, QueueConfig config);
+  /// Drains (as shutdown()) and joins the workers.
+  ~ExpertQueueRuntime();
+  ExpertQueueRuntime(const ExpertQueueRuntime&) = delete;
+  ExpertQueueRuntime& operator=(const ExpertQueueRuntime&) = delete;
+
+  /// Admits n samples x[n, input_dim] (pixels 0..255; copied) and returns true, or returns
+  /// false without side effects when admitting them would exceed max_inflight_samples or the
+  /// runtime is shutting down. Throws Error("queue") when n is 0 or above max_request_samples.
+  /// `done` runs exactly once per admitted request.
+  bool submit(const float* x, int64_t n, Callback done);
+  /// Convenience: submit and wait. Throws Error("queue") when rejected.
+  RequestResult run(const float* x, int64_t n);
+
+  /// Manual mode (workers == 0): runs one ready batch, if any, on the calling thread.
+  /// Returns whether it ran one. Also usable with workers (it then competes with them).
+  bool step();
+  /// Manual mode: steps until no queue is ready. Returns the number of batches run.
+  int64_t run_ready();
+
+  /// Stops admitting, flushes every queue (ignoring B and T), waits until every admitted
+  /// sample is done (in manual mode it runs them on the calling thread), then stops the
+  /// workers. Idempotent.
+  void shutdown();
+  bool accepting() const;
+
+  RuntimeStats stats() const;
+  const QueueConfig& config() const { return config_; }
+  const serve::ServeModel& model() const { return *model_; }
+  const RoutingPolicy& policy() const { return *policy_; }
+
+ private:
+  struct Request;
+  struct Sample;
+  struct Entry;
+  struct Queue;
+  struct Batch;
+
+  bool take_batch_locked(int64_t now, Batch& out);
+  int64_t next_deadline_locked() const;
+  void run_batch(Batch& batch);
+  void run_stem(Batch& batch, bool whole_model);
+  void run_expert(Batch& batch);
+  void finish_samples(std::vector<Sample*>& done);
+  void worker_loop();
+
+  std::shared_ptr<const serve::ServeModel> model_;
+  std::shared_ptr<const RoutingPolicy> policy_;
+  QueueConfig config_;
+  std::shared_ptr<const Clock> clock_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;       // workers: work or deadline
+  std::condition_variable idle_cv_;  // drain: inflight reached 0
+  std::vector<std::unique_ptr<Queue>> queues_;
+  bool accepting_ = true, draining_ = false, stopping_ = false;
+  RuntimeStats stats_;
+  double batch_limit_ = 1.0;      // B now (fixed unless adaptive)
+  int64_t last_decrease_us_ = 0;  // adaptive: time of the last multiplicative decrease
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace deltamoe::moe

@@ -1,0 +1,56 @@
+// The HTTP API's pure parts: request body parsing, response JSON, Prometheus text, base64.
+// No sockets here, so all of it is unit- and fuzz-tested directly.
+//
+// POST /v1/classify bodies (JSON object, exactly one of):
+//   {"images": [[784 numbers in 0..255], ...]}
+//   {"images_b64": ["base64 of 784 raw bytes", ...]}
+// Response: {"classes": [c, ...], "probabilities": [[C floats], ...],
+//            "experts_used": [[e, ...], ...], "latency_us": [..]}
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "deltamoe/moe/expert_queue.h"
+
+namespace deltamoe::serve {
+
+/// Images decoded from a classify body: pixels[count × dim], values in 0..255.
+struct ParsedImages {
+  std::vector<float> pixels;
+  int64_t count = 0;
+};
+
+/// Parses a classify body for images of `dim` pixels, at most `max_images` of them.
+/// Throws Error("request") with a one-line reason (the server sends it back with 400) on any
+/// malformed body: not JSON, wrong keys, wrong lengths, values outside 0..255, bad base64.
+/// Never crashes on arbitrary bytes (fuzz-tested).
+ParsedImages parse_classify_body(std::string_view body, int64_t dim, int64_t max_images);
+
+/// The response JSON of one finished request.
+std::string classify_response_json(const moe::RequestResult& result);
+
+/// {"error": reason} (one line).
+std::string error_json(std::string_view reason);
+
+/// Standard base64 (RFC 4648, with padding). decode throws Error("request") on bad input.
+std::string base64_encode(std::string_view bytes);
+std::string base64_decode(std::string_view text);
+
+/// HTTP-level counters the server keeps next to the runtime's.
+struct HttpCounters {
+  std::map<int, uint64_t> responses_by_status;
+  moe::Histogram request_seconds{{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                  0.1, 0.25, 0.5, 1.0, 2.5}};
+  bool ready = true;
+};
+
+/// Prometheus text exposition (format 0.0.4) of the runtime and HTTP counters: request counts
+/// by status, request latency histogram (seconds), sample latency histogram, per-queue depth,
+/// batch limit, realised batch sizes, flushes by reason, in-flight samples.
+std::string render_prometheus(const moe::RuntimeStats& rt, const HttpCounters& http);
+
+}  // namespace deltamoe::serve

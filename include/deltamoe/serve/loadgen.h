@@ -1,0 +1,60 @@
+// Load generator: open-loop Poisson arrivals (latency measured from each request's SCHEDULED
+// send time, so a slow server cannot hide its queueing by slowing the client: no coordinated
+// omission) and closed-loop max-throughput mode; over HTTP (loopback only) or in-process
+// against an ExpertQueueRuntime (no HTTP, the runtime alone).
+// Thread-safety: each run_* call is self-contained; do not run two against one runtime.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "deltamoe/moe/expert_queue.h"
+
+namespace deltamoe::serve {
+
+struct LoadConfig {
+  double rate_rps = 100.0;          // open loop: mean arrival rate (requests/s)
+  double duration_s = 5.0;          // arrivals are scheduled over this long (≤ 600)
+  bool closed_loop = false;         // closed loop: `concurrency` requests always outstanding
+  int concurrency = 64;             // closed loop: outstanding; open loop over HTTP: sender threads
+  int64_t images_per_request = 1;
+  bool base64 = true;               // HTTP bodies as images_b64 (else arrays of numbers)
+  uint64_t seed = 1;
+  double slo_ms = 5.0;              // for SLO attainment
+  double grace_s = 30.0;            // after duration: wait this long for answers, then give up
+};
+
+struct LoadResult {
+  std::string mode;       // "open-loop" / "closed-loop"
+  std::string transport;  // "http" / "in-process"
+  double offered_rps = 0.0;
+  double duration_s = 0.0, wall_s = 0.0;
+  int64_t sent = 0, ok = 0, not_sent = 0;
+  std::map<std::string, int64_t> errors;  // by HTTP status ("503") or "transport"
+  std::vector<double> latency_us;         // answered requests, from scheduled send time
+  std::vector<double> queue_us, compute_us;  // in-process only, per sample
+};
+
+/// Summary JSON (one object): counts, throughput_rps, p50/p95/p99/mean/max latency in ms,
+/// slo_attainment (share of sent requests answered within slo_ms), errors by status.
+std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std::string& extra_json = "{}");
+
+/// Runtime counters as a JSON object: mean realised batch per queue kind, share of timeout
+/// flushes, mean queue and compute time per sample.
+std::string runtime_stats_json(const moe::RuntimeStats& s);
+
+/// Deterministic synthetic 28×28 images (blobs and strokes on a dark background), n × 784.
+std::vector<float> synthetic_images(int64_t n, uint64_t seed);
+
+/// Runs load against the runtime in this process. Open loop submits from one thread on the
+/// Poisson schedule; closed loop resubmits from each completion. Rejections count as "503".
+/// Calls runtime.shutdown() at the end (drains what is still queued).
+LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig& config);
+
+/// Runs load against `url` (http://127.0.0.1:PORT or http://localhost:PORT; anything else is
+/// refused with Error("loadgen")), POSTing to /v1/classify.
+LoadResult run_http_load(const std::string& url, const LoadConfig& config);
+
+}  // namespace deltamoe::serve

@@ -1,0 +1,86 @@
+#include "io/file_util.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "deltamoe/core/error.h"
+
+namespace deltamoe::io::detail {
+
+namespace {
+// Two writers in one process (threads) must not pick the same temporary name.
+std::atomic<uint64_t> g_tmp_counter{0};
+}  // namespace
+
+AtomicFile::AtomicFile(std::string path, std::string component)
+    : path_(std::move(path)), component_(std::move(component)) {
+  tmp_ = path_ + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(g_tmp_counter++);
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail(component_, path_, ": cannot create '", tmp_, "': ", std::strerror(errno));
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(tmp_.c_str());
+}
+
+void AtomicFile::write(const void* data, size_t bytes) {
+  const char* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    const ssize_t n = ::write(fd_, p, bytes);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail(component_, path_, ": write failed: ", std::strerror(errno));
+    }
+    p += n;
+    bytes -= static_cast<size_t>(n);
+  }
+}
+
+void AtomicFile::commit() {
+  // fsync before rename: otherwise a crash can leave the new name pointing at empty data.
+  if (::fsync(fd_) != 0) fail(component_, path_, ": fsync failed: ", std::strerror(errno));
+  const int rc = ::close(fd_);
+  fd_ = -1;
+  if (rc != 0) fail(component_, path_, ": close failed: ", std::strerror(errno));
+  if (std::rename(tmp_.c_str(), path_.c_str()) != 0)
+    fail(component_, path_, ": cannot rename '", tmp_, "' onto it: ", std::strerror(errno));
+  committed_ = true;
+}
+
+std::string quote_name(std::string_view s) {
+  constexpr size_t kMax = 120;
+  std::string out = "'";
+  for (size_t i = 0; i < s.size() && i < kMax; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
+      out += static_cast<char>(c);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    }
+  }
+  if (s.size() > kMax) out += "...";
+  return out + "'";
+}
+
+std::string one_line(std::string_view s) {
+  // Library messages quote input bytes verbatim (nlohmann's "last read: ..."); keep them
+  // printable ASCII and short so the error stays one readable, valid-UTF-8 line.
+  constexpr size_t kMax = 240;
+  std::string out(s.substr(0, kMax));
+  for (char& c : out) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u >= 0x7f) c = u >= 0x80 ? '?' : ' ';
+  }
+  if (s.size() > kMax) out += "...";
+  return out;
+}
+
+}  // namespace deltamoe::io::detail

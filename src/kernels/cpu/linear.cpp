@@ -1,0 +1,252 @@
+// PackedLinear packing, implementation dispatch, the threaded linear(), the portable kernels
+// and the OpenBLAS wrapper. The ISA-specific kernels live in linear_avx2.cpp and
+// linear_avx512.cpp; the layout is described in linear_impl.h.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "deltamoe/core/parallel.h"
+#include "deltamoe/kernels/cpu.h"
+#include "deltamoe/kernels/cpu_features.h"
+#include "kernels/cpu/linear_impl.h"
+
+namespace deltamoe::kernels {
+
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+           int64_t ldc) {
+  DELTAMOE_CHECK(m >= 0 && n >= 0 && k >= 0, "kernels", "sgemm: negative size m=", m, " n=", n,
+                 " k=", k);
+  DELTAMOE_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX && lda <= INT32_MAX &&
+                     ldb <= INT32_MAX && ldc <= INT32_MAX,
+                 "kernels", "sgemm: sizes exceed the 32-bit BLAS interface");
+  DELTAMOE_CHECK(ldc >= std::max<int64_t>(1, n), "kernels", "sgemm: ldc=", ldc, " < n=", n);
+  DELTAMOE_CHECK(lda >= std::max<int64_t>(1, trans_a ? m : k), "kernels", "sgemm: lda=", lda,
+                 " too small");
+  DELTAMOE_CHECK(ldb >= std::max<int64_t>(1, trans_b ? k : n), "kernels", "sgemm: ldb=", ldb,
+                 " too small");
+  if (m == 0 || n == 0) return;
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
+              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
+              c, static_cast<int>(ldc));
+}
+
+// ---------------------------------------------------------------- packing
+
+PackedLinear::PackedLinear(const Tensor& w, DType dtype) : panel_(kPanel), dtype_(dtype) {
+  DELTAMOE_CHECK(w.dim() == 2, "kernels", "PackedLinear: weight must be 2-D [N, K], got ",
+                 shape_str(w.shape()));
+  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "kernels",
+                 "PackedLinear: dtype must be f32 or bf16, not ", dtype_name(dtype));
+  n_ = w.size(0);
+  k_ = w.size(1);
+  DELTAMOE_CHECK(n_ > 0 && k_ > 0, "kernels", "PackedLinear: empty weight ",
+                 shape_str(w.shape()));
+  const Tensor wf = (w.dtype() == DType::f32 && w.is_contiguous()) ? w : w.to(DType::f32);
+  const float* src = wf.data<float>();
+  const int64_t panels = (n_ + kPanel - 1) / kPanel;
+  if (dtype == DType::f32) {
+    data_ = std::make_shared<Storage>(static_cast<size_t>(panels * k_ * kPanel) * 4);
+    float* dst = static_cast<float*>(data_->data());
+    for (int64_t n = 0; n < n_; ++n) {
+      float* col = dst + (n / kPanel) * k_ * kPanel + n % kPanel;
+      const float* row = src + n * k_;
+      for (int64_t k = 0; k < k_; ++k) col[k * kPanel] = row[k];
+    }
+  } else {
+    const int64_t k2 = (k_ + 1) / 2;
+    data_ = std::make_shared<Storage>(static_cast<size_t>(panels * k2 * kPanel * 2) * 2);
+    uint16_t* dst = static_cast<uint16_t*>(data_->data());
+    for (int64_t n = 0; n < n_; ++n) {
+      uint16_t* col = dst + ((n / kPanel) * k2 * kPanel + n % kPanel) * 2;
+      const float* row = src + n * k_;
+      for (int64_t k = 0; k < k_; ++k) col[(k / 2) * kPanel * 2 + (k & 1)] = f32_to_bf16(row[k]);
+    }
+  }
+}
+
+size_t PackedLinear::weight_bytes() const { return data_ ? data_->bytes() : 0; }
+
+// ---------------------------------------------------------------- dispatch
+
+bool linear_impl_supported(LinearImpl impl, DType dtype) {
+  const CpuFeatures& f = cpu_features();
+  switch (impl) {
+    case LinearImpl::portable: return true;
+    case LinearImpl::avx2: return f.avx2 && f.fma;
+    case LinearImpl::avx512:
+      return dtype == DType::bf16 ? (f.avx512f && f.avx512bw && f.avx512_bf16) : f.avx512f;
+  }
+  return false;
+}
+
+LinearImpl best_linear_impl(DType dtype) {
+  if (linear_impl_supported(LinearImpl::avx512, dtype)) return LinearImpl::avx512;
+  if (linear_impl_supported(LinearImpl::avx2, dtype)) return LinearImpl::avx2;
+  return LinearImpl::portable;
+}
+
+const char* linear_impl_name(LinearImpl impl, DType dtype) {
+  switch (impl) {
+    case LinearImpl::portable: return "portable";
+    case LinearImpl::avx2: return "avx2";
+    case LinearImpl::avx512: return dtype == DType::bf16 ? "avx512_bf16" : "avx512";
+  }
+  return "unknown";
+}
+
+const char* linear_impl_name(DType dtype) { return linear_impl_name(best_linear_impl(dtype), dtype); }
+
+namespace {
+void check_linear_args(const float* x, int64_t m, int64_t ldx, const PackedLinear& w,
+                       int64_t n_begin, int64_t n_end, const float* y, int64_t ldy) {
+  DELTAMOE_CHECK(w.data() != nullptr, "kernels", "linear: weight is not packed");
+  DELTAMOE_CHECK(m >= 0, "kernels", "linear: negative row count ", m);
+  DELTAMOE_CHECK(0 <= n_begin && n_begin <= n_end && n_end <= w.out_features(), "kernels",
+                 "linear: column range [", n_begin, ", ", n_end, ") outside [0, ",
+                 w.out_features(), ")");
+  DELTAMOE_CHECK(n_begin % kPanel == 0, "kernels", "linear: n_begin=", n_begin,
+                 " is not a multiple of the panel width ", kPanel);
+  DELTAMOE_CHECK(m <= 1 || ldx >= w.in_features(), "kernels", "linear: ldx=", ldx,
+                 " < in_features=", w.in_features());
+  DELTAMOE_CHECK(m <= 1 || ldy >= n_end - n_begin, "kernels", "linear: ldy=", ldy,
+                 " < column range width ", n_end - n_begin);
+  DELTAMOE_CHECK(m == 0 || n_begin == n_end || (x != nullptr && y != nullptr), "kernels",
+                 "linear: null x or y");
+}
+
+void run_impl(LinearImpl impl, const LinearArgs& a) {
+  const bool bf = a.w->dtype() == DType::bf16;
+  switch (impl) {
+    case LinearImpl::portable: bf ? linear_bf16_portable(a) : linear_f32_portable(a); return;
+    case LinearImpl::avx2: bf ? linear_bf16_avx2(a) : linear_f32_avx2(a); return;
+    case LinearImpl::avx512: bf ? linear_bf16_avx512(a) : linear_f32_avx512(a); return;
+  }
+}
+}  // namespace
+
+void linear_st_impl(LinearImpl impl, const float* x, int64_t m, int64_t ldx,
+                    const PackedLinear& w, int64_t n_begin, int64_t n_end, float* y,
+                    int64_t ldy, bool accumulate) {
+  check_linear_args(x, m, ldx, w, n_begin, n_end, y, ldy);
+  DELTAMOE_CHECK(linear_impl_supported(impl, w.dtype()), "kernels", "linear: implementation ",
+                 linear_impl_name(impl, w.dtype()), " is not supported on this CPU");
+  if (m == 0 || n_begin == n_end) return;
+  run_impl(impl, LinearArgs{x, m, ldx, &w, n_begin, n_end, y, ldy, accumulate});
+}
+
+void linear_st(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, int64_t n_begin,
+               int64_t n_end, float* y, int64_t ldy, bool accumulate) {
+  check_linear_args(x, m, ldx, w, n_begin, n_end, y, ldy);
+  if (m == 0 || n_begin == n_end) return;
+  run_impl(best_linear_impl(w.dtype()), LinearArgs{x, m, ldx, &w, n_begin, n_end, y, ldy, accumulate});
+}
+
+void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float* y, int64_t ldy,
+            bool accumulate) {
+  const int64_t n = w.out_features(), k = w.in_features();
+  check_linear_args(x, m, ldx, w, 0, n, y, ldy);
+  if (m == 0) return;
+  const LinearImpl impl = best_linear_impl(w.dtype());
+  const int64_t panels = (n + kPanel - 1) / kPanel;
+  const int threads = num_threads();
+  // Below ~1 MFLOP a fork-join costs more than it saves.
+  if (threads <= 1 || 2.0 * static_cast<double>(m) * n * k < 1e6) {
+    run_impl(impl, LinearArgs{x, m, ldx, &w, 0, n, y, ldy, accumulate});
+    return;
+  }
+  // Split columns first: each thread then streams only its share of the weights (what
+  // bounds small m) and keeps its panels in its own L2. Rows are split only when there are
+  // fewer panels than threads.
+  const int64_t col_chunks = std::min<int64_t>(threads, panels);
+  const int64_t row_chunks = std::min<int64_t>((threads + col_chunks - 1) / col_chunks, m);
+  parallel_for(col_chunks * row_chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t c = t % col_chunks, r = t / col_chunks;
+      const int64_t nb = std::min(n, panels * c / col_chunks * kPanel);
+      const int64_t ne = std::min(n, panels * (c + 1) / col_chunks * kPanel);
+      const int64_t rb = m * r / row_chunks, re = m * (r + 1) / row_chunks;
+      if (nb == ne || rb == re) continue;
+      run_impl(impl, LinearArgs{x + rb * ldx, re - rb, ldx, &w, nb, ne, y + rb * ldy, ldy,
+                                accumulate});
+    }
+  });
+}
+
+void linear_naive(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y) {
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (int64_t c = 0; c < k; ++c) s += static_cast<double>(x[r * k + c]) * w[j * k + c];
+      y[r * n + j] = static_cast<float>(s);
+    }
+}
+
+// ---------------------------------------------------------------- scratch
+
+void* thread_scratch(size_t bytes) {
+  struct Buffer {
+    void* p = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(p); }
+  };
+  thread_local Buffer buf;
+  if (buf.size < bytes) {
+    std::free(buf.p);
+    const size_t size = (std::max<size_t>(bytes, 4096) + 63) / 64 * 64;
+    buf.p = std::aligned_alloc(64, size);
+    if (buf.p == nullptr) throw std::bad_alloc();
+    buf.size = size;
+  }
+  return buf.p;
+}
+
+// ---------------------------------------------------------------- portable kernels
+
+namespace {
+// Rows of x per block in the portable kernels (acc is kRows x kPanel floats on the stack).
+constexpr int64_t kRows = 4;
+
+template <bool kBf16>
+void linear_portable(const LinearArgs& a) {
+  const int64_t k_dim = a.w->in_features();
+  const int64_t k2 = (k_dim + 1) / 2;
+  for (int64_t n0 = a.n_begin; n0 < a.n_end; n0 += kPanel) {
+    const int64_t cols = std::min(kPanel, a.n_end - n0);
+    const int64_t p = n0 / kPanel;
+    for (int64_t r0 = 0; r0 < a.m; r0 += kRows) {
+      const int64_t rows = std::min(kRows, a.m - r0);
+      float acc[kRows][kPanel] = {};
+      for (int64_t k = 0; k < k_dim; ++k) {
+        float wk[kPanel];
+        if constexpr (kBf16) {
+          const uint16_t* wp = static_cast<const uint16_t*>(a.w->data()) +
+                               ((p * k2 + k / 2) * kPanel) * 2 + (k & 1);
+          for (int64_t c = 0; c < kPanel; ++c) wk[c] = bf16_to_f32(wp[2 * c]);
+        } else {
+          const float* wp = static_cast<const float*>(a.w->data()) + (p * k_dim + k) * kPanel;
+          for (int64_t c = 0; c < kPanel; ++c) wk[c] = wp[c];
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          float xv = a.x[(r0 + r) * a.ldx + k];
+          if constexpr (kBf16) xv = bf16_to_f32(f32_to_bf16(xv));
+          for (int64_t c = 0; c < kPanel; ++c) acc[r][c] += xv * wk[c];
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        float* yr = a.y + (r0 + r) * a.ldy + n0;
+        for (int64_t c = 0; c < cols; ++c) yr[c] = a.accumulate ? yr[c] + acc[r][c] : acc[r][c];
+      }
+    }
+  }
+}
+}  // namespace
+
+void linear_f32_portable(const LinearArgs& a) { linear_portable<false>(a); }
+void linear_bf16_portable(const LinearArgs& a) { linear_portable<true>(a); }
+
+}  // namespace deltamoe::kernels

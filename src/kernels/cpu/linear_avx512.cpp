@@ -1,0 +1,303 @@
+// AVX-512 kernels for y = x · Wᵀ on the packed layout of linear_impl.h.
+//
+// Microkernel: kMr rows of x times one 32-column panel = 2 zmm accumulators per row
+// (kMr = 12 gives 24 accumulators + 2 weight registers of the 32 zmm). Per k it loads the
+// panel's 32 weights (two aligned zmm loads) once and uses each in kMr FMAs against a
+// broadcast x[r, k], so it issues 2·kMr FMAs per 2 + kMr loads: FMA-bound, with 24 independent
+// dependency chains (> FMA latency 4 × 1 zmm FMA/cycle on Zen 4). x is read through row
+// pointers, not packed k-major: the MoE layer calls us on narrow column blocks, where a
+// transposed copy of x would cost a noticeable fraction of the FMAs (a straight row copy,
+// done below to fix the stride, costs ~1/N of them).
+// Cache blocking: rows in blocks of kMc (x block in L2), K in slices of kKc; the
+// kKc x 32 weight sliver is reused from L1/L2 by every row block.
+// Only these functions carry the AVX-512 target attribute; they run only when
+// cpu_features() says the CPU has the extensions.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <utility>
+
+#include "kernels/cpu/linear_impl.h"
+
+#define DM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define DM_INLINE __attribute__((always_inline)) inline
+
+namespace deltamoe::kernels {
+
+namespace {
+
+constexpr int kMr = 12;         // rows per microkernel call
+// Blocking, measured on Zen 4 (docs/kernels.md): slicing K finely to keep the weight sliver
+// in L1 lost more to re-loading the accumulators than it gained (L2 feeds 2 zmm per k
+// easily), so K is sliced only past 512 (f32: 64 KiB sliver in L2).
+#ifndef DM_TUNE_MC  // overridable only for tuning experiments
+#define DM_TUNE_MC 192
+#define DM_TUNE_KC 512
+#define DM_TUNE_COPY 4
+#endif
+constexpr int64_t kMc = DM_TUNE_MC;  // rows per block: x block (768 KiB at K=1024) in L2
+constexpr int64_t kKc = DM_TUNE_KC;  // k per slice (f32); bf16 uses kKc k-pairs
+
+constexpr int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+struct Masks {
+  __mmask16 lo, hi;
+};
+
+Masks column_masks(int64_t cols) {
+  if (cols >= 32) return {0xFFFF, 0xFFFF};
+  if (cols >= 16) return {0xFFFF, static_cast<__mmask16>((1u << (cols - 16)) - 1)};
+  return {static_cast<__mmask16>((1u << cols) - 1), 0};
+}
+
+// Independent accumulator sets for tiny MR, so the k loop is not bound by FMA latency
+// (1 row = 2 chains otherwise; decode is m = 1).
+template <int MR>
+constexpr int kSets = MR == 1 ? 4 : (MR == 2 ? 2 : 1);
+
+// f32: y[0:MR, 0:32] (+)= x[0:MR, 0:kc] · w_sliverᵀ. x row r at x + r*ldx; w at 32 floats per k.
+template <int MR>
+DM_AVX512 DM_INLINE void micro_f32(const float* x, int64_t ldx, const float* w, int64_t kc,
+                                   float* y, int64_t ldy, Masks mk, bool load_c) {
+  constexpr int S = kSets<MR>;
+  __m512 c0[S][MR], c1[S][MR];
+#pragma GCC unroll 16
+  for (int s = 0; s < S; ++s)
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) c0[s][r] = c1[s][r] = _mm512_setzero_ps();
+  if (load_c) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      c0[0][r] = _mm512_maskz_loadu_ps(mk.lo, y + r * ldy);
+      c1[0][r] = _mm512_maskz_loadu_ps(mk.hi, y + r * ldy + 16);
+    }
+  }
+  int64_t k = 0;
+  if constexpr (S > 1) {
+    for (; k + S <= kc; k += S) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + 32 * 24), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w + 32 * 24 + 16), _MM_HINT_T0);
+#pragma GCC unroll 4
+      for (int s = 0; s < S; ++s) {
+        const __m512 w0 = _mm512_load_ps(w + 32 * s), w1 = _mm512_load_ps(w + 32 * s + 16);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+          const __m512 b = _mm512_set1_ps(x[r * ldx + k + s]);
+          c0[s][r] = _mm512_fmadd_ps(b, w0, c0[s][r]);
+          c1[s][r] = _mm512_fmadd_ps(b, w1, c1[s][r]);
+        }
+      }
+      w += 32 * S;
+    }
+  }
+  for (; k < kc; ++k) {
+    const __m512 w0 = _mm512_load_ps(w), w1 = _mm512_load_ps(w + 16);
+    w += 32;
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512 b = _mm512_set1_ps(x[r * ldx + k]);
+      c0[0][r] = _mm512_fmadd_ps(b, w0, c0[0][r]);
+      c1[0][r] = _mm512_fmadd_ps(b, w1, c1[0][r]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    __m512 a0 = c0[0][r], a1 = c1[0][r];
+#pragma GCC unroll 4
+    for (int s = 1; s < S; ++s) {
+      a0 = _mm512_add_ps(a0, c0[s][r]);
+      a1 = _mm512_add_ps(a1, c1[s][r]);
+    }
+    _mm512_mask_storeu_ps(y + r * ldy, mk.lo, a0);
+    _mm512_mask_storeu_ps(y + r * ldy + 16, mk.hi, a1);
+  }
+}
+
+// bf16: x as bf16 pairs (uint32 per k-pair), row r at xb + r*ldxb; w: 64 bf16 per k-pair.
+template <int MR>
+DM_AVX512 DM_INLINE void micro_bf16(const uint32_t* xb, int64_t ldxb, const uint16_t* w,
+                                    int64_t k2c, float* y, int64_t ldy, Masks mk, bool load_c) {
+  constexpr int S = kSets<MR>;
+  __m512 c0[S][MR], c1[S][MR];
+#pragma GCC unroll 16
+  for (int s = 0; s < S; ++s)
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) c0[s][r] = c1[s][r] = _mm512_setzero_ps();
+  if (load_c) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      c0[0][r] = _mm512_maskz_loadu_ps(mk.lo, y + r * ldy);
+      c1[0][r] = _mm512_maskz_loadu_ps(mk.hi, y + r * ldy + 16);
+    }
+  }
+  int64_t k = 0;
+  if constexpr (S > 1) {
+    for (; k + S <= k2c; k += S) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + 64 * 24), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w + 64 * 24 + 32), _MM_HINT_T0);
+#pragma GCC unroll 4
+      for (int s = 0; s < S; ++s) {
+        const __m512bh w0 = (__m512bh)_mm512_load_si512(w + 64 * s);
+        const __m512bh w1 = (__m512bh)_mm512_load_si512(w + 64 * s + 32);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+          const __m512bh b = (__m512bh)_mm512_set1_epi32(static_cast<int>(xb[r * ldxb + k + s]));
+          c0[s][r] = _mm512_dpbf16_ps(c0[s][r], b, w0);
+          c1[s][r] = _mm512_dpbf16_ps(c1[s][r], b, w1);
+        }
+      }
+      w += 64 * S;
+    }
+  }
+  for (; k < k2c; ++k) {
+    const __m512bh w0 = (__m512bh)_mm512_load_si512(w);
+    const __m512bh w1 = (__m512bh)_mm512_load_si512(w + 32);
+    w += 64;
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh b = (__m512bh)_mm512_set1_epi32(static_cast<int>(xb[r * ldxb + k]));
+      c0[0][r] = _mm512_dpbf16_ps(c0[0][r], b, w0);
+      c1[0][r] = _mm512_dpbf16_ps(c1[0][r], b, w1);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    __m512 a0 = c0[0][r], a1 = c1[0][r];
+#pragma GCC unroll 4
+    for (int s = 1; s < S; ++s) {
+      a0 = _mm512_add_ps(a0, c0[s][r]);
+      a1 = _mm512_add_ps(a1, c1[s][r]);
+    }
+    _mm512_mask_storeu_ps(y + r * ldy, mk.lo, a0);
+    _mm512_mask_storeu_ps(y + r * ldy + 16, mk.hi, a1);
+  }
+}
+
+template <int MR>
+DM_AVX512 void micro_f32_call(const float* x, int64_t ldx, const float* w, int64_t kc, float* y,
+                              int64_t ldy, Masks mk, bool load_c) {
+  micro_f32<MR>(x, ldx, w, kc, y, ldy, mk, load_c);
+}
+template <int MR>
+DM_AVX512 void micro_bf16_call(const uint32_t* xb, int64_t ldxb, const uint16_t* w, int64_t k2c,
+                               float* y, int64_t ldy, Masks mk, bool load_c) {
+  micro_bf16<MR>(xb, ldxb, w, k2c, y, ldy, mk, load_c);
+}
+
+using MicroF32 = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, Masks,
+                          bool);
+using MicroBf16 = void (*)(const uint32_t*, int64_t, const uint16_t*, int64_t, float*, int64_t,
+                           Masks, bool);
+
+template <int... I>
+constexpr auto make_f32_table(std::integer_sequence<int, I...>) {
+  return std::array<MicroF32, sizeof...(I)>{&micro_f32_call<I + 1>...};
+}
+template <int... I>
+constexpr auto make_bf16_table(std::integer_sequence<int, I...>) {
+  return std::array<MicroBf16, sizeof...(I)>{&micro_bf16_call<I + 1>...};
+}
+constexpr auto kMicroF32 = make_f32_table(std::make_integer_sequence<int, kMr>{});
+constexpr auto kMicroBf16 = make_bf16_table(std::make_integer_sequence<int, kMr>{});
+
+// Splits `rows` into ceil(rows / kMr) blocks of near-equal size (16 rows -> 8 + 8, not
+// 12 + 4: a 4-row block has too few accumulators to hide FMA latency as well).
+template <typename F>
+void for_row_blocks(int64_t rows, F&& f) {
+  const int64_t blocks = (rows + kMr - 1) / kMr;
+  int64_t r = 0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t e = rows * (b + 1) / blocks;
+    f(r, e - r);
+    r = e;
+  }
+}
+
+// Converts rows x[0:rows, 0:k] to bf16 pairs (round to nearest even), row stride ldxb words;
+// the odd tail element and the padding up to ldxb are zero.
+DM_AVX512 void convert_rows_bf16(const float* x, int64_t rows, int64_t ldx, int64_t k,
+                                 uint32_t* xb, int64_t ldxb) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = x + r * ldx;
+    uint32_t* dst = xb + r * ldxb;
+    for (int64_t c = 0; c < 2 * ldxb; c += 32) {
+      const int64_t left = std::clamp<int64_t>(k - c, 0, 32);
+      const __mmask16 m_lo = static_cast<__mmask16>(left >= 16 ? 0xFFFF : (1u << left) - 1);
+      const __mmask16 m_hi =
+          static_cast<__mmask16>(left >= 32 ? 0xFFFF : (left <= 16 ? 0 : (1u << (left - 16)) - 1));
+      const __m512 lo = _mm512_maskz_loadu_ps(m_lo, src + c);
+      const __m512 hi = _mm512_maskz_loadu_ps(m_hi, src + c + 16);
+      const __m512bh v = _mm512_cvtne2ps_pbh(hi, lo);  // lo in elements 0..15
+      _mm512_store_si512(dst + c / 2, (__m512i)v);
+    }
+  }
+}
+
+}  // namespace
+
+DM_AVX512 void linear_f32_avx512(const LinearArgs& a) {
+  const int64_t k_dim = a.w->in_features();
+  const float* w_all = static_cast<const float*>(a.w->data());
+  // x rows are re-strided into scratch (a plain row copy, ~1/N of the FMA work) with a
+  // stride that is not a multiple of 4 KiB: the microkernel reads up to 12 rows at once and
+  // with ldx = 1024 floats they would all map to one L1 set (8 ways) and evict each other.
+  const bool copy_x = a.m > DM_TUNE_COPY;
+  const int64_t ldp = copy_x ? round_up(k_dim, 16) + 16 : a.ldx;
+  float* xs = copy_x ? static_cast<float*>(thread_scratch(
+                           static_cast<size_t>(std::min(kMc, a.m) * ldp) * sizeof(float)))
+                     : nullptr;
+  for (int64_t rb = 0; rb < a.m; rb += kMc) {
+    const int64_t rows = std::min(kMc, a.m - rb);
+    const float* xb = a.x + rb * a.ldx;
+    if (copy_x) {
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(xs + r * ldp, xb + r * a.ldx, static_cast<size_t>(k_dim) * sizeof(float));
+      xb = xs;
+    }
+    // One row block: weights are not reused across row blocks, so no K slicing.
+    const int64_t kc_max = rows <= kMr ? k_dim : kKc;
+    for (int64_t n0 = a.n_begin; n0 < a.n_end; n0 += kPanel) {
+      const Masks mk = column_masks(a.n_end - n0);
+      const float* wp = w_all + (n0 / kPanel) * k_dim * kPanel;
+      for (int64_t k0 = 0; k0 < k_dim; k0 += kc_max) {
+        const int64_t kc = std::min(kc_max, k_dim - k0);
+        const bool load_c = a.accumulate || k0 > 0;
+        for_row_blocks(rows, [&](int64_t r0, int64_t mr) {
+          kMicroF32[mr - 1](xb + r0 * ldp + k0, ldp, wp + k0 * kPanel, kc,
+                            a.y + (rb + r0) * a.ldy + n0, a.ldy, mk, load_c);
+        });
+      }
+    }
+  }
+}
+
+DM_AVX512 void linear_bf16_avx512(const LinearArgs& a) {
+  const int64_t k_dim = a.w->in_features();
+  const int64_t k2 = (k_dim + 1) / 2;
+  // +16 words: a row stride that is a multiple of 4 KiB would put all rows in one L1 set.
+  const int64_t ldxb = round_up(k2, 16) + 16;
+  const uint16_t* w_all = static_cast<const uint16_t*>(a.w->data());
+  uint32_t* xb = static_cast<uint32_t*>(
+      thread_scratch(static_cast<size_t>(std::min(kMc, a.m) * ldxb) * sizeof(uint32_t)));
+  for (int64_t rb = 0; rb < a.m; rb += kMc) {
+    const int64_t rows = std::min(kMc, a.m - rb);
+    convert_rows_bf16(a.x + rb * a.ldx, rows, a.ldx, k_dim, xb, ldxb);
+    const int64_t kc_max = rows <= kMr ? k2 : kKc;
+    for (int64_t n0 = a.n_begin; n0 < a.n_end; n0 += kPanel) {
+      const Masks mk = column_masks(a.n_end - n0);
+      const uint16_t* wp = w_all + (n0 / kPanel) * k2 * kPanel * 2;
+      for (int64_t k0 = 0; k0 < k2; k0 += kc_max) {
+        const int64_t kc = std::min(kc_max, k2 - k0);
+        const bool load_c = a.accumulate || k0 > 0;
+        for_row_blocks(rows, [&](int64_t r0, int64_t mr) {
+          kMicroBf16[mr - 1](xb + r0 * ldxb + k0, ldxb, wp + k0 * kPanel * 2, kc,
+                             a.y + (rb + r0) * a.ldy + n0, a.ldy, mk, load_c);
+        });
+      }
+    }
+  }
+}
+
+}  // namespace deltamoe::kernels

@@ -1,0 +1,193 @@
+// Body parsing, response JSON and Prometheus text for the HTTP API.
+#include "deltamoe/serve/http_api.h"
+
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "deltamoe/core/error.h"
+
+namespace deltamoe::serve {
+
+namespace {
+
+int b64_value(unsigned char c) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == '+') return 62;
+  if (c == '/') return 63;
+  return -1;
+}
+
+}  // namespace
+
+std::string base64_encode(std::string_view bytes) {
+  static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 3 <= bytes.size(); i += 3) {
+    const uint32_t v = (static_cast<unsigned char>(bytes[i]) << 16) |
+                       (static_cast<unsigned char>(bytes[i + 1]) << 8) | static_cast<unsigned char>(bytes[i + 2]);
+    for (int s = 18; s >= 0; s -= 6) out += alphabet[(v >> s) & 63];
+  }
+  const size_t rest = bytes.size() - i;
+  if (rest > 0) {
+    uint32_t v = static_cast<unsigned char>(bytes[i]) << 16;
+    if (rest == 2) v |= static_cast<unsigned char>(bytes[i + 1]) << 8;
+    out += alphabet[(v >> 18) & 63];
+    out += alphabet[(v >> 12) & 63];
+    out += rest == 2 ? alphabet[(v >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
+std::string base64_decode(std::string_view text) {
+  DELTAMOE_CHECK(text.size() % 4 == 0, "request", "base64 length ", text.size(), " is not a multiple of 4");
+  std::string out;
+  out.reserve(text.size() / 4 * 3);
+  for (size_t i = 0; i < text.size(); i += 4) {
+    int v[4];
+    int pad = 0;
+    for (int j = 0; j < 4; ++j) {
+      const unsigned char c = static_cast<unsigned char>(text[i + j]);
+      if (c == '=' && i + 4 == text.size() && j >= 2) {
+        v[j] = 0;
+        ++pad;
+        continue;
+      }
+      DELTAMOE_CHECK(pad == 0, "request", "base64 padding in the middle at offset ", i + j);
+      v[j] = b64_value(c);
+      DELTAMOE_CHECK(v[j] >= 0, "request", "bad base64 character at offset ", i + j);
+    }
+    const uint32_t w = (v[0] << 18) | (v[1] << 12) | (v[2] << 6) | v[3];
+    out += static_cast<char>((w >> 16) & 255);
+    if (pad < 2) out += static_cast<char>((w >> 8) & 255);
+    if (pad < 1) out += static_cast<char>(w & 255);
+  }
+  return out;
+}
+
+ParsedImages parse_classify_body(std::string_view body, int64_t dim, int64_t max_images) {
+  using nlohmann::json;
+  const json doc = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
+  DELTAMOE_CHECK(!doc.is_discarded(), "request", "body is not valid JSON");
+  DELTAMOE_CHECK(doc.is_object(), "request", "body must be a JSON object");
+  const bool has_arrays = doc.contains("images"), has_b64 = doc.contains("images_b64");
+  DELTAMOE_CHECK(has_arrays != has_b64, "request", "body needs exactly one of \"images\" and \"images_b64\"");
+  const json& list = has_arrays ? doc["images"] : doc["images_b64"];
+  const char* key = has_arrays ? "images" : "images_b64";
+  DELTAMOE_CHECK(list.is_array(), "request", "\"", key, "\" must be an array");
+  DELTAMOE_CHECK(!list.empty(), "request", "\"", key, "\" is empty");
+  DELTAMOE_CHECK(static_cast<int64_t>(list.size()) <= max_images, "request", "too many images: ",
+                 list.size(), " > ", max_images);
+  ParsedImages out;
+  out.count = static_cast<int64_t>(list.size());
+  out.pixels.reserve(static_cast<size_t>(out.count * dim));
+  for (size_t i = 0; i < list.size(); ++i) {
+    const json& img = list[i];
+    if (has_arrays) {
+      DELTAMOE_CHECK(img.is_array(), "request", "images[", i, "] must be an array of ", dim, " numbers");
+      DELTAMOE_CHECK(static_cast<int64_t>(img.size()) == dim, "request", "images[", i, "] has ", img.size(),
+                     " values, expected ", dim);
+      for (size_t j = 0; j < img.size(); ++j) {
+        const json& v = img[j];
+        DELTAMOE_CHECK(v.is_number(), "request", "images[", i, "][", j, "] is not a number");
+        const double x = v.get<double>();
+        DELTAMOE_CHECK(std::isfinite(x) && x >= 0.0 && x <= 255.0, "request", "images[", i, "][", j,
+                       "] = ", x, " is outside 0..255");
+        out.pixels.push_back(static_cast<float>(x));
+      }
+    } else {
+      DELTAMOE_CHECK(img.is_string(), "request", "images_b64[", i, "] must be a string");
+      const std::string raw = base64_decode(img.get_ref<const std::string&>());
+      DELTAMOE_CHECK(static_cast<int64_t>(raw.size()) == dim, "request", "images_b64[", i, "] decodes to ",
+                     raw.size(), " bytes, expected ", dim);
+      for (char c : raw) out.pixels.push_back(static_cast<float>(static_cast<unsigned char>(c)));
+    }
+  }
+  return out;
+}
+
+std::string classify_response_json(const moe::RequestResult& result) {
+  nlohmann::json classes = nlohmann::json::array(), probs = nlohmann::json::array(),
+                 experts = nlohmann::json::array(), latency = nlohmann::json::array();
+  for (const auto& r : result.results) {
+    classes.push_back(r.predicted);
+    probs.push_back(r.probs);
+    experts.push_back(r.experts);
+    latency.push_back(r.latency_us);
+  }
+  nlohmann::json out = {{"classes", classes}, {"probabilities", probs}, {"experts_used", experts},
+                        {"latency_us", latency}};
+  return out.dump();
+}
+
+std::string error_json(std::string_view reason) {
+  return nlohmann::json({{"error", std::string(reason)}}).dump(-1, ' ', false,
+                                                               nlohmann::json::error_handler_t::replace);
+}
+
+namespace {
+
+void histogram_text(std::ostringstream& os, const std::string& name, const std::string& labels,
+                    const moe::Histogram& h, double scale) {
+  uint64_t cum = 0;
+  const std::string sep = labels.empty() ? "" : ",";
+  for (size_t i = 0; i < h.bounds.size(); ++i) {
+    cum += h.counts[i];
+    os << name << "_bucket{" << labels << sep << "le=\"" << h.bounds[i] * scale << "\"} " << cum << "\n";
+  }
+  cum += h.counts.back();
+  os << name << "_bucket{" << labels << sep << "le=\"+Inf\"} " << cum << "\n";
+  os << name << "_sum" << (labels.empty() ? "" : "{" + labels + "}") << " " << h.sum * scale << "\n";
+  os << name << "_count" << (labels.empty() ? "" : "{" + labels + "}") << " " << h.count << "\n";
+}
+
+}  // namespace
+
+std::string render_prometheus(const moe::RuntimeStats& rt, const HttpCounters& http) {
+  std::ostringstream os;
+  os << "# HELP deltamoe_http_requests_total HTTP responses by status code.\n"
+     << "# TYPE deltamoe_http_requests_total counter\n";
+  for (const auto& [code, n] : http.responses_by_status)
+    os << "deltamoe_http_requests_total{code=\"" << code << "\"} " << n << "\n";
+  os << "# HELP deltamoe_http_request_duration_seconds Time from request read to response, classify only.\n"
+     << "# TYPE deltamoe_http_request_duration_seconds histogram\n";
+  histogram_text(os, "deltamoe_http_request_duration_seconds", "", http.request_seconds, 1.0);
+  os << "# HELP deltamoe_sample_latency_seconds Admission to answer, per sample, in the runtime.\n"
+     << "# TYPE deltamoe_sample_latency_seconds histogram\n";
+  histogram_text(os, "deltamoe_sample_latency_seconds", "", rt.latency_us, 1e-6);
+  os << "# TYPE deltamoe_requests_admitted_total counter\ndeltamoe_requests_admitted_total "
+     << rt.requests_admitted << "\n"
+     << "# TYPE deltamoe_requests_rejected_total counter\ndeltamoe_requests_rejected_total "
+     << rt.requests_rejected << "\n"
+     << "# TYPE deltamoe_samples_done_total counter\ndeltamoe_samples_done_total " << rt.samples_done << "\n"
+     << "# TYPE deltamoe_inflight_samples gauge\ndeltamoe_inflight_samples " << rt.inflight_samples << "\n"
+     << "# TYPE deltamoe_ready gauge\ndeltamoe_ready " << (http.ready ? 1 : 0) << "\n";
+  os << "# HELP deltamoe_queue_depth Samples waiting in a queue (stem/model or expertN).\n"
+     << "# TYPE deltamoe_queue_depth gauge\n";
+  for (const auto& q : rt.queues) os << "deltamoe_queue_depth{queue=\"" << q.name << "\"} " << q.depth << "\n";
+  os << "# TYPE deltamoe_queue_batch_limit gauge\n";
+  for (const auto& q : rt.queues)
+    os << "deltamoe_queue_batch_limit{queue=\"" << q.name << "\"} " << q.current_batch_limit << "\n";
+  os << "# HELP deltamoe_queue_flushes_total Batches run, by why the queue flushed.\n"
+     << "# TYPE deltamoe_queue_flushes_total counter\n";
+  static const char* reasons[3] = {"size", "timeout", "drain"};
+  for (const auto& q : rt.queues)
+    for (int r = 0; r < 3; ++r)
+      os << "deltamoe_queue_flushes_total{queue=\"" << q.name << "\",reason=\"" << reasons[r] << "\"} "
+         << q.flushes[r] << "\n";
+  os << "# HELP deltamoe_queue_batch_size Realised batch sizes.\n# TYPE deltamoe_queue_batch_size histogram\n";
+  for (const auto& q : rt.queues)
+    histogram_text(os, "deltamoe_queue_batch_size", "queue=\"" + q.name + "\"", q.batch_sizes, 1.0);
+  os << "# TYPE deltamoe_queue_busy_seconds_total counter\n";
+  for (const auto& q : rt.queues)
+    os << "deltamoe_queue_busy_seconds_total{queue=\"" << q.name << "\"} " << q.busy_us * 1e-6 << "\n";
+  return os.str();
+}
+
+}  // namespace deltamoe::serve

@@ -1,0 +1,342 @@
+// Load generator (see loadgen.h). Arrival times are drawn up front, so the schedule does not
+// depend on how fast the server answers.
+#include "deltamoe/serve/loadgen.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "deltamoe/core/error.h"
+#include "deltamoe/serve/http_api.h"
+
+#ifdef DELTAMOE_HAVE_HTTPLIB
+#include <httplib.h>
+#endif
+
+namespace deltamoe::serve {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double us_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::micro>(b - a).count();
+}
+
+std::vector<double> poisson_schedule_us(double rate, double duration_s, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::exponential_distribution<double> gap(rate);
+  std::vector<double> t;
+  for (double s = gap(rng); s < duration_s; s += gap(rng)) t.push_back(s * 1e6);
+  return t;
+}
+
+void check_config(const LoadConfig& c) {
+  DELTAMOE_CHECK(c.duration_s > 0 && c.duration_s <= 600, "loadgen", "--duration must be in (0, 600] s");
+  DELTAMOE_CHECK(c.closed_loop || (c.rate_rps > 0 && c.rate_rps * c.duration_s <= 5e7), "loadgen",
+                 "--rate must be > 0 (and rate × duration ≤ 5e7)");
+  DELTAMOE_CHECK(c.concurrency >= 1 && c.concurrency <= 4096, "loadgen", "--concurrency must be in 1..4096");
+  DELTAMOE_CHECK(c.images_per_request >= 1, "loadgen", "--images must be >= 1");
+}
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t i = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size()))) - 1;
+  return v[std::min(i, v.size() - 1)];
+}
+
+}  // namespace
+
+std::vector<float> synthetic_images(int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(n * 784), 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    float* img = x.data() + i * 784;
+    const int blobs = 1 + static_cast<int>(u(rng) * 3);
+    for (int b = 0; b < blobs; ++b) {
+      const float cx = 4 + u(rng) * 20, cy = 4 + u(rng) * 20, r = 2 + u(rng) * 8, v = 120 + u(rng) * 135;
+      for (int y = 0; y < 28; ++y)
+        for (int xx = 0; xx < 28; ++xx) {
+          const float d2 = (xx - cx) * (xx - cx) + (y - cy) * (y - cy);
+          if (d2 < r * r) img[y * 28 + xx] = std::min(255.0f, img[y * 28 + xx] + v * (1 - d2 / (r * r + 1)));
+        }
+    }
+    for (int p = 0; p < 784; ++p) img[p] = std::round(std::min(255.0f, img[p] + u(rng) * 8));
+  }
+  return x;
+}
+
+std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std::string& extra_json) {
+  nlohmann::json j;
+  j["mode"] = r.mode;
+  j["transport"] = r.transport;
+  if (r.mode == "open-loop") j["offered_rps"] = r.offered_rps;
+  else j["concurrency"] = c.concurrency;
+  j["images_per_request"] = c.images_per_request;
+  j["duration_s"] = r.duration_s;
+  j["wall_s"] = r.wall_s;
+  j["requests_sent"] = r.sent;
+  j["requests_ok"] = r.ok;
+  j["requests_not_sent"] = r.not_sent;
+  nlohmann::json errors = nlohmann::json::object();
+  int64_t n_errors = 0;
+  for (const auto& [k, v] : r.errors) {
+    errors[k] = v;
+    n_errors += v;
+  }
+  j["errors"] = errors;
+  j["requests_error"] = n_errors;
+  j["throughput_rps"] = r.wall_s > 0 ? static_cast<double>(r.ok) / r.wall_s : 0.0;
+  j["samples_per_s"] = r.wall_s > 0 ? static_cast<double>(r.ok * c.images_per_request) / r.wall_s : 0.0;
+  for (const auto& [name, q] : {std::pair{"p50", 0.5}, {"p95", 0.95}, {"p99", 0.99}, {"p999", 0.999}})
+    j[std::string(name) + "_ms"] = percentile(r.latency_us, q) / 1000.0;
+  double sum = 0.0, mx = 0.0;
+  int64_t within = 0;
+  for (double v : r.latency_us) {
+    sum += v;
+    mx = std::max(mx, v);
+    if (v <= c.slo_ms * 1000.0) ++within;
+  }
+  j["mean_ms"] = r.latency_us.empty() ? 0.0 : sum / static_cast<double>(r.latency_us.size()) / 1000.0;
+  j["max_ms"] = mx / 1000.0;
+  j["slo_ms"] = c.slo_ms;
+  j["slo_attainment"] = r.sent > 0 ? static_cast<double>(within) / static_cast<double>(r.sent) : 0.0;
+  if (!r.queue_us.empty()) {
+    double qs = 0, cs = 0;
+    for (size_t i = 0; i < r.queue_us.size(); ++i) {
+      qs += r.queue_us[i];
+      cs += r.compute_us[i];
+    }
+    j["mean_queue_ms"] = qs / static_cast<double>(r.queue_us.size()) / 1000.0;
+    j["mean_compute_ms"] = cs / static_cast<double>(r.queue_us.size()) / 1000.0;
+  }
+  const auto extra = nlohmann::json::parse(extra_json);
+  for (auto it = extra.begin(); it != extra.end(); ++it) j[it.key()] = it.value();
+  return j.dump();
+}
+
+std::string runtime_stats_json(const moe::RuntimeStats& s) {
+  nlohmann::json j;
+  double expert_batches = 0, expert_samples = 0, timeouts = 0, flushes = 0;
+  for (size_t q = 0; q < s.queues.size(); ++q) {
+    const auto& qs = s.queues[q];
+    const double f = static_cast<double>(qs.flushes[0] + qs.flushes[1] + qs.flushes[2]);
+    flushes += f;
+    timeouts += static_cast<double>(qs.flushes[1]);
+    if (q == 0) {
+      j["mean_batch_stem"] = f > 0 ? static_cast<double>(qs.samples) / f : 0.0;
+    } else {
+      expert_batches += f;
+      expert_samples += static_cast<double>(qs.samples);
+    }
+  }
+  j["mean_batch_expert"] = expert_batches > 0 ? expert_samples / expert_batches : 0.0;
+  j["timeout_flush_share"] = flushes > 0 ? timeouts / flushes : 0.0;
+  j["batches"] = flushes;
+  j["samples_done"] = s.samples_done;
+  j["final_batch_limit"] = s.queues.empty() ? 0 : s.queues[0].current_batch_limit;
+  const double done = static_cast<double>(std::max<uint64_t>(1, s.samples_done));
+  j["runtime_mean_queue_ms"] = s.queue_us_sum / done / 1000.0;
+  j["runtime_mean_compute_ms"] = s.compute_us_sum / done / 1000.0;
+  return j.dump();
+}
+
+LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig& c) {
+  check_config(c);
+  LoadResult r;
+  r.mode = c.closed_loop ? "closed-loop" : "open-loop";
+  r.transport = "in-process";
+  r.offered_rps = c.rate_rps;
+  r.duration_s = c.duration_s;
+  const int64_t pool = 64;
+  const auto images = synthetic_images(pool * c.images_per_request, c.seed);
+  const int64_t stride = 784 * c.images_per_request;
+  std::mutex mu;
+  std::condition_variable cv;
+  int64_t outstanding = 0;
+  const auto start = Clock::now();
+  const auto end = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.duration_s));
+
+  auto record = [&](Clock::time_point scheduled, moe::RequestResult&& res) {
+    const auto now = Clock::now();
+    std::lock_guard<std::mutex> lk(mu);
+    ++r.ok;
+    r.latency_us.push_back(us_between(scheduled, now));
+    for (const auto& s : res.results) {
+      r.queue_us.push_back(static_cast<double>(s.queue_us));
+      r.compute_us.push_back(static_cast<double>(s.compute_us));
+    }
+    --outstanding;
+    cv.notify_all();
+  };
+
+  if (c.closed_loop) {
+    // Each completion resubmits (from the worker thread) until the duration is over.
+    std::atomic<int64_t> next{0};
+    std::function<void()> launch = [&] {
+      const int64_t k = next.fetch_add(1);
+      const auto scheduled = Clock::now();
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        ++outstanding;
+        ++r.sent;
+      }
+      const bool ok = runtime.submit(images.data() + (k % pool) * stride, c.images_per_request,
+                                     [&, scheduled](moe::RequestResult&& res) {
+                                       // Relaunch before recording, so `outstanding` only
+                                       // reaches 0 once no more launches can follow.
+                                       if (Clock::now() < end) launch();
+                                       record(scheduled, std::move(res));
+                                     });
+      if (!ok) {
+        std::lock_guard<std::mutex> lk(mu);
+        --outstanding;
+        ++r.errors["503"];
+        cv.notify_all();
+      }
+    };
+    for (int i = 0; i < c.concurrency; ++i) launch();
+    std::unique_lock<std::mutex> lk(mu);
+    cv.wait(lk, [&] { return outstanding == 0; });
+  } else {
+    const auto schedule = poisson_schedule_us(c.rate_rps, c.duration_s, c.seed);
+    for (size_t k = 0; k < schedule.size(); ++k) {
+      const auto scheduled = start + std::chrono::microseconds(static_cast<int64_t>(schedule[k]));
+      std::this_thread::sleep_until(scheduled);
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        ++outstanding;
+        ++r.sent;
+      }
+      const bool ok = runtime.submit(images.data() + static_cast<int64_t>(k % pool) * stride, c.images_per_request,
+                                     [&, scheduled](moe::RequestResult&& res) { record(scheduled, std::move(res)); });
+      if (!ok) {
+        std::lock_guard<std::mutex> lk(mu);
+        --outstanding;
+        ++r.errors["503"];
+      }
+    }
+  }
+  runtime.shutdown();  // drains what B/T still hold (T = ∞), so every admitted request is counted
+  {
+    std::unique_lock<std::mutex> lk(mu);
+    cv.wait(lk, [&] { return outstanding == 0; });
+  }
+  r.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+  return r;
+}
+
+#ifdef DELTAMOE_HAVE_HTTPLIB
+
+LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
+  check_config(c);
+  const std::string prefix = "http://";
+  DELTAMOE_CHECK(url.rfind(prefix, 0) == 0, "loadgen", "--url must start with http:// (got '", url, "')");
+  std::string host_port = url.substr(prefix.size());
+  while (!host_port.empty() && host_port.back() == '/') host_port.pop_back();
+  const auto colon = host_port.rfind(':');
+  const std::string host = colon == std::string::npos ? host_port : host_port.substr(0, colon);
+  DELTAMOE_CHECK(host == "127.0.0.1" || host == "localhost", "loadgen",
+                 "only loopback targets are allowed (127.0.0.1 or localhost), got '", host, "'");
+  int port = 80;
+  if (colon != std::string::npos) {
+    try {
+      port = std::stoi(host_port.substr(colon + 1));
+    } catch (const std::exception&) {
+      fail("loadgen", "bad port in --url '", url, "'");
+    }
+  }
+  DELTAMOE_CHECK(port > 0 && port < 65536, "loadgen", "bad port ", port);
+
+  // Pre-encoded bodies, so the client spends its time sending, not formatting.
+  const int64_t pool = 64;
+  const auto images = synthetic_images(pool * c.images_per_request, c.seed);
+  std::vector<std::string> bodies;
+  for (int64_t b = 0; b < pool; ++b) {
+    nlohmann::json list = nlohmann::json::array();
+    for (int64_t i = 0; i < c.images_per_request; ++i) {
+      const float* img = images.data() + (b * c.images_per_request + i) * 784;
+      if (c.base64) {
+        std::string raw(784, '\0');
+        for (int p = 0; p < 784; ++p) raw[p] = static_cast<char>(static_cast<uint8_t>(img[p]));
+        list.push_back(base64_encode(raw));
+      } else {
+        list.push_back(std::vector<int>(img, img + 784));
+      }
+    }
+    bodies.push_back(nlohmann::json({{c.base64 ? "images_b64" : "images", list}}).dump());
+  }
+
+  LoadResult r;
+  r.mode = c.closed_loop ? "closed-loop" : "open-loop";
+  r.transport = "http";
+  r.offered_rps = c.rate_rps;
+  r.duration_s = c.duration_s;
+  const auto schedule = c.closed_loop ? std::vector<double>{} : poisson_schedule_us(c.rate_rps, c.duration_s, c.seed);
+  std::mutex mu;
+  std::atomic<size_t> next{0};
+  const auto start = Clock::now();
+  const auto end = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.duration_s));
+  const auto give_up = end + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.grace_s));
+
+  auto sender = [&](int id) {
+    httplib::Client client(host, port);
+    client.set_keep_alive(true);
+    client.set_tcp_nodelay(true);
+    client.set_connection_timeout(5);
+    client.set_read_timeout(static_cast<time_t>(std::ceil(c.grace_s)));
+    for (;;) {
+      const size_t k = next.fetch_add(1);
+      Clock::time_point scheduled;
+      if (c.closed_loop) {
+        scheduled = Clock::now();
+        if (scheduled >= end) return;
+      } else {
+        if (k >= schedule.size()) return;
+        scheduled = start + std::chrono::microseconds(static_cast<int64_t>(schedule[k]));
+        if (Clock::now() >= give_up) {  // the client fell too far behind: say so, don't hang
+          std::lock_guard<std::mutex> lk(mu);
+          ++r.not_sent;
+          continue;
+        }
+        std::this_thread::sleep_until(scheduled);
+      }
+      auto res = client.Post("/v1/classify", bodies[(k + static_cast<size_t>(id)) % bodies.size()],
+                             "application/json");
+      const double lat = us_between(scheduled, Clock::now());
+      std::lock_guard<std::mutex> lk(mu);
+      ++r.sent;
+      if (!res) {
+        ++r.errors["transport"];
+      } else if (res->status == 200) {
+        ++r.ok;
+        r.latency_us.push_back(lat);
+      } else {
+        ++r.errors[std::to_string(res->status)];
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int i = 0; i < c.concurrency; ++i) threads.emplace_back(sender, i);
+  for (auto& t : threads) t.join();
+  r.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+  return r;
+}
+
+#else
+
+LoadResult run_http_load(const std::string&, const LoadConfig&) {
+  fail("loadgen", "deltamoe was built without cpp-httplib (install libcpp-httplib-dev and reconfigure)");
+}
+
+#endif
+
+}  // namespace deltamoe::serve

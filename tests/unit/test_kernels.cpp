@@ -1,0 +1,356 @@
+// Tests for kernels/cpu: every linear implementation this CPU supports against the naive
+// reference (f32) or a naive reference on bf16-rounded inputs (bf16), sgemm against a naive
+// GEMM, and every element-wise op against a scalar double-precision reference.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "deltamoe/core/error.h"
+#include "deltamoe/core/parallel.h"
+#include "deltamoe/kernels/cpu.h"
+#include "deltamoe/kernels/cpu_features.h"
+#include "kernels/cpu/linear_impl.h"
+#include "kernels/cpu/ops_impl.h"
+
+namespace deltamoe::kernels {
+namespace {
+
+std::vector<float> random_vec(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+float round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
+
+std::vector<LinearImpl> supported_impls(DType dtype) {
+  std::vector<LinearImpl> out;
+  for (LinearImpl impl : {LinearImpl::portable, LinearImpl::avx2, LinearImpl::avx512})
+    if (linear_impl_supported(impl, dtype)) out.push_back(impl);
+  return out;
+}
+
+struct Shape3 {
+  int64_t m, n, k;
+};
+
+// Checks linear_st_impl on x[m, k] (leading dim ldx) and W[n, k] for columns [nb, ne) of y
+// (leading dim ldy), optionally accumulating, against a double-precision naive product
+// on the same (possibly bf16-rounded) inputs. Cells outside the range must be untouched.
+void check_linear(LinearImpl impl, DType dtype, Shape3 s, int64_t ldx, int64_t ldy, int64_t nb,
+                  int64_t ne, bool accumulate, uint32_t seed) {
+  SCOPED_TRACE(std::string(linear_impl_name(impl, dtype)) + " m=" + std::to_string(s.m) +
+               " n=" + std::to_string(s.n) + " k=" + std::to_string(s.k) + " ldx=" +
+               std::to_string(ldx) + " ldy=" + std::to_string(ldy) + " cols=[" +
+               std::to_string(nb) + "," + std::to_string(ne) + ") acc=" +
+               std::to_string(accumulate));
+  const std::vector<float> x = random_vec(static_cast<size_t>(s.m * ldx), seed);
+  const std::vector<float> w = random_vec(static_cast<size_t>(s.n * s.k), seed + 1);
+  const std::vector<float> y0 = random_vec(static_cast<size_t>(s.m * ldy), seed + 2);
+  const PackedLinear packed(Tensor::from(w, {s.n, s.k}), dtype);
+  std::vector<float> y = y0;
+  linear_st_impl(impl, x.data(), s.m, ldx, packed, nb, ne, y.data(), ldy, accumulate);
+  const bool bf = dtype == DType::bf16;
+  double max_err = 0.0;
+  for (int64_t r = 0; r < s.m; ++r) {
+    for (int64_t j = 0; j < ldy; ++j) {
+      const float got = y[r * ldy + j];
+      if (j < nb || j >= ne) {
+        ASSERT_EQ(got, y0[r * ldy + j]) << "wrote outside the column range at " << r << "," << j;
+        continue;
+      }
+      double ref = accumulate ? y0[r * ldy + j] : 0.0, scale = std::abs(ref);
+      for (int64_t c = 0; c < s.k; ++c) {
+        double xv = x[r * ldx + c], wv = w[j * s.k + c];
+        if (bf) {
+          xv = round_bf16(static_cast<float>(xv));
+          wv = round_bf16(static_cast<float>(wv));
+        }
+        ref += xv * wv;
+        scale += std::abs(xv * wv);
+      }
+      // Error relative to sum|x·w|: f32 accumulation of k products stays far below
+      // k·eps (measured ~2e-7); bf16 products are exact in f32, so the same bound holds.
+      const double err = std::abs(got - ref) / std::max(scale, 1e-30);
+      max_err = std::max(max_err, err);
+    }
+  }
+  EXPECT_LE(max_err, 2e-6);
+}
+
+TEST(Linear, PackedShapeAndBytes) {
+  const PackedLinear f(Tensor({70, 33}, DType::f32), DType::f32);
+  EXPECT_EQ(f.out_features(), 70);
+  EXPECT_EQ(f.in_features(), 33);
+  EXPECT_EQ(f.panel(), kPanel);
+  EXPECT_EQ(f.weight_bytes(), size_t{3 * 32 * 33 * 4});  // 3 panels, zero padded
+  const PackedLinear b(Tensor({70, 33}, DType::f32), DType::bf16);
+  EXPECT_EQ(b.weight_bytes(), size_t{3 * 32 * 34 * 2});  // K padded to even
+  EXPECT_THROW(PackedLinear(Tensor({4}, DType::f32), DType::f32), Error);
+  EXPECT_THROW(PackedLinear(Tensor({4, 4}, DType::f32), DType::i32), Error);
+}
+
+TEST(Linear, MatchesNaiveEveryImplF32AndBf16) {
+  const std::vector<Shape3> shapes = {{1, 32, 16},  {2, 70, 33},   {3, 100, 64}, {7, 31, 5},
+                                      {16, 64, 1},  {33, 96, 129}, {1, 512, 300},
+                                      {128, 40, 260}, {13, 33, 257}, {150, 65, 20}};
+  uint32_t seed = 1;
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (LinearImpl impl : supported_impls(dtype)) {
+      for (const Shape3& s : shapes) {
+        check_linear(impl, dtype, s, s.k, s.n, 0, s.n, false, seed++);
+        // Wider leading dimensions, accumulate, and a sub-range of columns.
+        check_linear(impl, dtype, s, s.k + 3, s.n + 5, 0, s.n, true, seed++);
+        if (s.n > kPanel)
+          check_linear(impl, dtype, s, s.k, s.n, kPanel, std::min(s.n, 2 * kPanel + 7), true,
+                       seed++);
+      }
+    }
+  }
+}
+
+TEST(Linear, AllImplsAgreeWithPublicEntryPoints) {
+  // linear (threaded) and linear_st (best impl) agree with each impl to rounding.
+  const int64_t m = 37, n = 200, k = 96;
+  const auto x = random_vec(static_cast<size_t>(m * k), 7);
+  const auto w = random_vec(static_cast<size_t>(n * k), 8);
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    const PackedLinear packed(Tensor::from(w, {n, k}), dtype);
+    std::vector<float> a(static_cast<size_t>(m * n)), b(a.size()), c(a.size());
+    linear_st(x.data(), m, k, packed, 0, n, a.data(), n);
+    for (int threads : {1, 2, 3}) {
+      set_num_threads(threads);
+      linear(x.data(), m, k, packed, b.data(), n);
+      for (size_t i = 0; i < a.size(); ++i) ASSERT_FLOAT_EQ(a[i], b[i]) << "threads " << threads;
+    }
+    set_num_threads(0);
+    for (LinearImpl impl : supported_impls(dtype)) {
+      linear_st_impl(impl, x.data(), m, k, packed, 0, n, c.data(), n, false);
+      for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], c[i], 1e-4f);
+    }
+  }
+}
+
+TEST(Linear, LinearNaiveIsAProduct) {
+  const float x[] = {1, 2, 3, 4, 5, 6};  // [2, 3]
+  const float w[] = {1, 0, 0, 0, 1, 1};  // [2, 3]
+  float y[4];
+  linear_naive(x, 2, 3, w, 2, y);
+  EXPECT_EQ(y[0], 1);
+  EXPECT_EQ(y[1], 5);
+  EXPECT_EQ(y[2], 4);
+  EXPECT_EQ(y[3], 11);
+}
+
+TEST(Linear, RejectsBadArguments) {
+  const PackedLinear p(Tensor({64, 8}, DType::f32), DType::f32);
+  std::vector<float> x(64 * 8), y(64 * 64);
+  EXPECT_THROW(linear_st(x.data(), 2, 8, p, 16, 64, y.data(), 64), Error);  // unaligned begin
+  EXPECT_THROW(linear_st(x.data(), 2, 8, p, 0, 65, y.data(), 64), Error);   // past N
+  EXPECT_THROW(linear_st(x.data(), 2, 4, p, 0, 64, y.data(), 64), Error);   // ldx < K
+  EXPECT_THROW(linear_st(x.data(), 2, 8, PackedLinear(), 0, 0, y.data(), 64), Error);
+  EXPECT_NO_THROW(linear_st(x.data(), 0, 8, p, 0, 64, y.data(), 64));
+}
+
+TEST(Linear, ImplNameMatchesCpu) {
+  const std::string f32 = linear_impl_name(DType::f32);
+  const std::string bf = linear_impl_name(DType::bf16);
+  if (cpu_features().avx512f) {
+    EXPECT_EQ(f32, "avx512");
+  } else {
+    EXPECT_TRUE(f32 == "avx2" || f32 == "portable") << f32;
+  }
+  if (cpu_features().avx512_bf16) {
+    EXPECT_EQ(bf, "avx512_bf16");
+  }
+}
+
+// ------------------------------------------------------------------------- sgemm
+
+TEST(Sgemm, MatchesNaiveWithTransposes) {
+  const int64_t m = 13, n = 17, k = 9;
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      const int64_t lda = (ta ? m : k) + 2, ldb = (tb ? k : n) + 1, ldc = n + 3;
+      const auto a = random_vec(static_cast<size_t>((ta ? k : m) * lda), 11);
+      const auto b = random_vec(static_cast<size_t>((tb ? n : k) * ldb), 12);
+      const auto c0 = random_vec(static_cast<size_t>(m * ldc), 13);
+      auto c = c0;
+      sgemm(ta, tb, m, n, k, 0.5f, a.data(), lda, b.data(), ldb, 2.0f, c.data(), ldc);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          double s = 0;
+          for (int64_t p = 0; p < k; ++p)
+            s += static_cast<double>(ta ? a[p * lda + i] : a[i * lda + p]) *
+                 (tb ? b[j * ldb + p] : b[p * ldb + j]);
+          ASSERT_NEAR(c[i * ldc + j], 0.5 * s + 2.0 * c0[i * ldc + j], 1e-5) << ta << tb;
+        }
+    }
+  }
+  float dummy = 0;
+  EXPECT_THROW(sgemm(false, false, 2, 2, 2, 1, &dummy, 1, &dummy, 2, 0, &dummy, 2), Error);
+}
+
+// ------------------------------------------------------------------------- ops
+
+// Values spanning the interesting range, including large magnitudes and exact zeros.
+std::vector<float> op_inputs() {
+  std::vector<float> v = random_vec(1000, 21, -12.0f, 12.0f);
+  for (float e : {0.0f, -0.0f, 1e-8f, -1e-8f, 20.0f, -20.0f, 80.0f, -80.0f, 88.0f, -87.0f})
+    v.push_back(e);
+  return v;  // 1010 elements: not a multiple of 16, exercises the tails
+}
+
+double silu_ref(double x) { return x / (1.0 + std::exp(-x)); }
+
+template <typename F, typename R>
+void expect_close_rel(const std::vector<float>& x, F f, R ref, double rel, double abs_floor,
+                      const char* what) {
+  std::vector<float> y(x.size());
+  f(x.data(), y.data(), static_cast<int64_t>(x.size()));
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double r = ref(static_cast<double>(x[i]));
+    ASSERT_NEAR(y[i], r, rel * std::abs(r) + abs_floor) << what << " x=" << x[i];
+  }
+}
+
+TEST(Ops, ExpApproximationAccurate) {
+  if (!ops::avx512_supported()) GTEST_SKIP() << "no AVX-512";
+  std::vector<float> x = random_vec(4000, 31, -87.0f, 88.0f);
+  x.push_back(0.0f);
+  expect_close_rel(x, ops::exp_avx512, [](double v) { return std::exp(v); }, 1e-6, 0.0, "exp");
+  // Overflow and underflow saturate instead of producing garbage; NaN stays NaN.
+  const float special[] = {200.0f, -200.0f, INFINITY, -INFINITY, NAN};
+  float out[5];
+  ops::exp_avx512(special, out, 5);
+  EXPECT_EQ(out[0], INFINITY);
+  EXPECT_EQ(out[1], 0.0f);
+  EXPECT_EQ(out[2], INFINITY);
+  EXPECT_EQ(out[3], 0.0f);
+  EXPECT_TRUE(std::isnan(out[4]));
+}
+
+TEST(Ops, SiluAndSwigluBothPaths) {
+  const auto x = op_inputs();
+  const auto up = random_vec(x.size(), 22, -3.0f, 3.0f);
+  using Fn = void (*)(const float*, float*, int64_t);
+  std::vector<std::pair<Fn, const char*>> silus = {{ops::silu_scalar, "scalar"}, {silu_st, "st"}};
+  if (ops::avx512_supported()) silus.push_back({ops::silu_avx512, "avx512"});
+  for (auto [fn, name] : silus) expect_close_rel(x, fn, silu_ref, 2e-6, 1e-30, name);
+
+  using Sw = void (*)(const float*, const float*, float*, int64_t);
+  std::vector<Sw> swiglus = {ops::swiglu_scalar, swiglu_st};
+  if (ops::avx512_supported()) swiglus.push_back(ops::swiglu_avx512);
+  for (Sw fn : swiglus) {
+    std::vector<float> out(x.size());
+    fn(x.data(), up.data(), out.data(), static_cast<int64_t>(x.size()));
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double r = silu_ref(x[i]) * up[i];
+      ASSERT_NEAR(out[i], r, 3e-6 * std::abs(r) + 1e-30) << "x=" << x[i];
+    }
+  }
+}
+
+TEST(Ops, GeluExactAndTanh) {
+  const auto x = op_inputs();
+  expect_close_rel(
+      x, gelu_st, [](double v) { return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))); }, 1e-6,
+      1e-7, "gelu");
+  const auto tanh_ref = [](double v) {
+    return 0.5 * v * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+  };
+  expect_close_rel(x, gelu_tanh_st, tanh_ref, 3e-6, 1e-7, "gelu_tanh_st");
+  expect_close_rel(x, ops::gelu_tanh_scalar, tanh_ref, 3e-6, 1e-7, "gelu_tanh_scalar");
+  if (ops::avx512_supported())
+    expect_close_rel(x, ops::gelu_tanh_avx512, tanh_ref, 3e-6, 1e-7, "gelu_tanh_avx512");
+  // The two GELUs differ by < 1e-3 everywhere (a sanity check of the constants).
+  std::vector<float> a(x.size()), b(x.size());
+  gelu_st(x.data(), a.data(), static_cast<int64_t>(x.size()));
+  gelu_tanh_st(x.data(), b.data(), static_cast<int64_t>(x.size()));
+  for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-3);
+}
+
+TEST(Ops, AxpyBothPaths) {
+  const auto x = random_vec(77, 41);
+  const auto y0 = random_vec(77, 42);
+  using Fn = void (*)(float, const float*, float*, int64_t);
+  std::vector<Fn> fns = {ops::axpy_scalar, axpy_st};
+  if (ops::avx512_supported()) fns.push_back(ops::axpy_avx512);
+  for (Fn fn : fns) {
+    auto y = y0;
+    fn(-1.5f, x.data(), y.data(), 77);
+    for (size_t i = 0; i < y.size(); ++i) ASSERT_FLOAT_EQ(y[i], y0[i] - 1.5f * x[i]);
+  }
+}
+
+TEST(Ops, SoftmaxRowsStableAndInPlace) {
+  const int64_t rows = 5, d = 37;
+  auto x = random_vec(static_cast<size_t>(rows * d), 51, -5.0f, 5.0f);
+  for (int64_t i = 0; i < d; ++i) x[static_cast<size_t>(4 * d + i)] += 1000.0f;  // naive exp overflows
+  using Fn = void (*)(const float*, float*, int64_t, int64_t);
+  std::vector<Fn> fns = {ops::softmax_rows_scalar, softmax_rows_st};
+  if (ops::avx512_supported()) fns.push_back(ops::softmax_rows_avx512);
+  for (Fn fn : fns) {
+    std::vector<float> y(x.size());
+    fn(x.data(), y.data(), rows, d);
+    for (int64_t r = 0; r < rows; ++r) {
+      double mx = -1e300, z = 0, sum = 0;
+      for (int64_t i = 0; i < d; ++i) mx = std::max<double>(mx, x[r * d + i]);
+      for (int64_t i = 0; i < d; ++i) z += std::exp(x[r * d + i] - mx);
+      for (int64_t i = 0; i < d; ++i) {
+        const double ref = std::exp(x[r * d + i] - mx) / z;
+        ASSERT_NEAR(y[r * d + i], ref, 2e-6 * ref + 1e-9);
+        sum += y[r * d + i];
+      }
+      EXPECT_NEAR(sum, 1.0, 1e-5);
+    }
+    auto inplace = x;  // aliasing x and y is allowed
+    fn(inplace.data(), inplace.data(), rows, d);
+    for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(inplace[i], y[i]);
+  }
+  // A fully masked row is uniform, not NaN.
+  const float masked[3] = {-INFINITY, -INFINITY, -INFINITY};
+  float out[3];
+  softmax_rows_st(masked, out, 1, 3);
+  for (float v : out) EXPECT_FLOAT_EQ(v, 1.0f / 3.0f);
+}
+
+TEST(Ops, TopkMatchesPartialSortWithTies) {
+  std::mt19937 rng(61);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t d = 1 + static_cast<int64_t>(rng() % 70);
+    const int64_t k = 1 + static_cast<int64_t>(rng() % d);
+    std::vector<float> x(static_cast<size_t>(d));
+    // Few distinct values: many ties.
+    for (auto& v : x) v = static_cast<float>(static_cast<int>(rng() % 7)) - 3.0f;
+    std::vector<int32_t> ref(static_cast<size_t>(d));
+    std::iota(ref.begin(), ref.end(), 0);
+    std::partial_sort(ref.begin(), ref.begin() + k, ref.end(), [&](int32_t a, int32_t b) {
+      return x[a] > x[b] || (x[a] == x[b] && a < b);
+    });
+    std::vector<int32_t> idx(static_cast<size_t>(k));
+    std::vector<float> val(static_cast<size_t>(k));
+    topk_st(x.data(), d, k, idx.data(), val.data());
+    for (int64_t i = 0; i < k; ++i) {
+      ASSERT_EQ(idx[i], ref[i]) << "trial " << trial << " rank " << i;
+      ASSERT_EQ(val[i], x[ref[i]]);
+    }
+  }
+  const float with_nan[] = {NAN, 1.0f, -2.0f};
+  int32_t idx[2];
+  float val[2];
+  topk_st(with_nan, 3, 2, idx, val);
+  EXPECT_EQ(idx[0], 1);
+  EXPECT_EQ(idx[1], 2);
+  EXPECT_THROW(topk_st(with_nan, 3, 4, idx, val), Error);
+}
+
+}  // namespace
+}  // namespace deltamoe::kernels

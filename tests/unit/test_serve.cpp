@@ -1,0 +1,333 @@
+// HTTP API: body parser (valid forms, every kind of bad body, random mutations never crash
+// and are either valid or a clean Error), base64, Prometheus text, and the server itself on
+// a loopback port (200, 400, 413, 503 + Retry-After, nothing lost, drain answers held work).
+// No timing assertions: waits poll a condition with a generous deadline.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <random>
+#include <thread>
+
+#include "deltamoe/core/error.h"
+#include "deltamoe/serve/http_api.h"
+#include "deltamoe/serve/http_server.h"
+#include "deltamoe/serve/loadgen.h"
+
+#ifdef DELTAMOE_HAVE_HTTPLIB
+#include <httplib.h>
+#endif
+
+using namespace deltamoe;
+using namespace deltamoe::serve;
+
+namespace {
+
+std::string arrays_body(int64_t n, int value = 7) {
+  std::string s = "{\"images\": [";
+  for (int64_t i = 0; i < n; ++i) {
+    s += i ? ",[" : "[";
+    for (int p = 0; p < 784; ++p) s += (p ? "," : "") + std::to_string((value + p + i) % 256);
+    s += "]";
+  }
+  return s + "]}";
+}
+
+std::string b64_body(int64_t n) {
+  std::string s = "{\"images_b64\": [";
+  for (int64_t i = 0; i < n; ++i) {
+    std::string raw(784, '\0');
+    for (int p = 0; p < 784; ++p) raw[p] = static_cast<char>((p * 3 + i) % 256);
+    s += (i ? ",\"" : "\"") + base64_encode(raw) + "\"";
+  }
+  return s + "]}";
+}
+
+std::string reason_of(std::string_view body) {
+  try {
+    parse_classify_body(body, 784, 8);
+  } catch (const deltamoe::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(Base64, RoundTripsAndRejectsGarbage) {
+  std::mt19937_64 rng(1);
+  for (size_t len = 0; len < 40; ++len) {
+    std::string s(len, '\0');
+    for (char& c : s) c = static_cast<char>(rng() & 255);
+    EXPECT_EQ(base64_decode(base64_encode(s)), s);
+  }
+  EXPECT_EQ(base64_encode("Man"), "TWFu");
+  EXPECT_EQ(base64_encode("Ma"), "TWE=");
+  EXPECT_EQ(base64_encode("M"), "TQ==");
+  EXPECT_THROW(base64_decode("TWF"), deltamoe::Error);
+  EXPECT_THROW(base64_decode("TW=u"), deltamoe::Error);
+  EXPECT_THROW(base64_decode("T!Fu"), deltamoe::Error);
+  EXPECT_THROW(base64_decode("====") , deltamoe::Error);
+}
+
+TEST(ClassifyBody, ParsesBothForms) {
+  const auto a = parse_classify_body(arrays_body(3), 784, 8);
+  EXPECT_EQ(a.count, 3);
+  ASSERT_EQ(a.pixels.size(), 3u * 784);
+  EXPECT_EQ(a.pixels[0], 7.0f);
+  EXPECT_EQ(a.pixels[784 + 1], 9.0f);
+  const auto b = parse_classify_body(b64_body(2), 784, 8);
+  EXPECT_EQ(b.count, 2);
+  EXPECT_EQ(b.pixels[784 + 5], static_cast<float>((5 * 3 + 1) % 256));
+  // Fractional values in range are pixels too.
+  std::string frac = arrays_body(1);
+  frac.replace(frac.find("[7,"), 3, "[7.5,");
+  EXPECT_EQ(parse_classify_body(frac, 784, 8).pixels[0], 7.5f);
+}
+
+TEST(ClassifyBody, RejectsBadBodiesWithAReason) {
+  EXPECT_NE(reason_of("").find("not valid JSON"), std::string::npos);
+  EXPECT_NE(reason_of("[1,2]").find("JSON object"), std::string::npos);
+  EXPECT_NE(reason_of("{}").find("exactly one"), std::string::npos);
+  EXPECT_NE(reason_of("{\"images\": [], \"images_b64\": []}").find("exactly one"), std::string::npos);
+  EXPECT_NE(reason_of("{\"images\": 3}").find("must be an array"), std::string::npos);
+  EXPECT_NE(reason_of("{\"images\": []}").find("empty"), std::string::npos);
+  EXPECT_NE(reason_of(arrays_body(9)).find("too many images"), std::string::npos);
+  EXPECT_NE(reason_of("{\"images\": [[1,2,3]]}").find("has 3 values"), std::string::npos);
+  std::string neg = arrays_body(1);
+  neg.replace(neg.find("[7,"), 3, "[-1,");
+  EXPECT_NE(reason_of(neg).find("outside 0..255"), std::string::npos);
+  std::string big = arrays_body(1);
+  big.replace(big.find("[7,"), 3, "[256,");
+  EXPECT_NE(reason_of(big).find("outside 0..255"), std::string::npos);
+  std::string str = arrays_body(1);
+  str.replace(str.find("[7,"), 3, "[\"7\",");
+  EXPECT_NE(reason_of(str).find("not a number"), std::string::npos);
+  EXPECT_NE(reason_of("{\"images_b64\": [\"TWFu\"]}").find("decodes to 3 bytes"), std::string::npos);
+  EXPECT_NE(reason_of("{\"images_b64\": [\"@@@@\"]}").find("bad base64"), std::string::npos);
+  EXPECT_NE(reason_of("{\"images_b64\": [5]}").find("must be a string"), std::string::npos);
+  for (const char* body : {"", "{}", "[1,2]"}) EXPECT_EQ(reason_of(body).rfind("[request]", 0), 0u);
+}
+
+// Random byte mutations of valid bodies: the parser either accepts (then the images are
+// well-formed) or throws deltamoe::Error; nothing else may escape, and it never crashes.
+TEST(ClassifyBody, FuzzedMutationsNeverCrash) {
+  std::mt19937_64 rng(42);
+  const std::vector<std::string> seeds = {arrays_body(1), arrays_body(2), b64_body(1), b64_body(3),
+                                          "{\"images\": [[1]]}", "{\"images_b64\": [\"\"]}"};
+  int accepted = 0, rejected = 0;
+  for (int iter = 0; iter < 3000; ++iter) {
+    std::string s = seeds[rng() % seeds.size()];
+    const int edits = 1 + static_cast<int>(rng() % 8);
+    for (int e = 0; e < edits && !s.empty(); ++e) {
+      const size_t pos = rng() % s.size();
+      switch (rng() % 5) {
+        case 0: s[pos] = static_cast<char>(rng() & 255); break;
+        case 1: s.erase(pos, 1 + rng() % 16); break;
+        case 2: s.insert(pos, 1, "[]{},:\"0-e.9\\"[rng() % 13]); break;
+        case 3: s.resize(pos); break;
+        default: s.insert(pos, s.substr(rng() % s.size(), rng() % 64)); break;
+      }
+    }
+    try {
+      const auto p = parse_classify_body(s, 784, 8);
+      ASSERT_GE(p.count, 1);
+      ASSERT_LE(p.count, 8);
+      ASSERT_EQ(p.pixels.size(), static_cast<size_t>(p.count * 784));
+      for (float v : p.pixels) ASSERT_TRUE(v >= 0.0f && v <= 255.0f);
+      ++accepted;
+    } catch (const deltamoe::Error&) {
+      ++rejected;
+    }
+  }
+  EXPECT_GT(rejected, 2000);
+  EXPECT_EQ(accepted + rejected, 3000);
+}
+
+TEST(ClassifyResponse, HasClassesProbabilitiesExperts) {
+  moe::RequestResult r;
+  r.results.resize(2);
+  r.results[0].predicted = 3;
+  r.results[0].probs = {0.1f, 0.9f};
+  r.results[0].experts = {4, 1};
+  r.results[1].predicted = 0;
+  r.results[1].probs = {1.0f, 0.0f};
+  const auto j = nlohmann::json::parse(classify_response_json(r));
+  EXPECT_EQ(j["classes"], nlohmann::json({3, 0}));
+  EXPECT_EQ(j["experts_used"][0], nlohmann::json({4, 1}));
+  EXPECT_TRUE(j["experts_used"][1].empty());
+  EXPECT_EQ(j["probabilities"].size(), 2u);
+}
+
+TEST(Prometheus, ExposesTheCounters) {
+  moe::QueueConfig c;
+  c.workers = 0;
+  c.timeout_us = 0;
+  auto rt = std::make_shared<moe::ExpertQueueRuntime>(make_random_model(), make_routing("top-k:2"), c);
+  const auto x = synthetic_images(3, 1);
+  rt->submit(x.data(), 3, nullptr);
+  rt->run_ready();
+  HttpCounters h;
+  h.responses_by_status[200] = 5;
+  h.responses_by_status[503] = 2;
+  h.request_seconds.observe(0.002);
+  const std::string text = render_prometheus(rt->stats(), h);
+  for (const char* needle :
+       {"deltamoe_http_requests_total{code=\"200\"} 5", "deltamoe_http_requests_total{code=\"503\"} 2",
+        "deltamoe_http_request_duration_seconds_bucket{le=\"+Inf\"} 1", "deltamoe_queue_depth{queue=\"expert7\"} 0",
+        "deltamoe_queue_flushes_total{queue=\"stem\",reason=\"timeout\"} 1",
+        "deltamoe_queue_batch_size_count{queue=\"stem\"} 1", "deltamoe_sample_latency_seconds_count 3",
+        "deltamoe_samples_done_total 3", "# TYPE deltamoe_queue_batch_size histogram"})
+    EXPECT_NE(text.find(needle), std::string::npos) << needle << "\n" << text;
+  // Every non-comment line is "name{labels} value" or "name value".
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    EXPECT_EQ(line.rfind("deltamoe_", 0), 0u) << line;
+    EXPECT_NE(line.find(' '), std::string::npos) << line;
+  }
+}
+
+#ifdef DELTAMOE_HAVE_HTTPLIB
+
+namespace {
+
+template <typename F>
+bool eventually(F cond) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST(HttpServer, AnswersClassifyHealthzMetricsAndErrors) {
+  moe::QueueConfig c;
+  c.max_batch = 4;
+  c.timeout_us = 100;
+  auto model = make_random_model();
+  auto policy = std::shared_ptr<const moe::RoutingPolicy>(make_routing("top-k:2"));
+  auto rt = std::make_shared<moe::ExpertQueueRuntime>(model, policy, c);
+  ServerConfig sc;
+  sc.port = 0;
+  sc.threads = 8;
+  sc.max_body_bytes = 64 << 10;
+  sc.max_images = 4;
+  HttpServer server(rt, sc);
+  server.start();
+  httplib::Client cli("127.0.0.1", server.port());
+  cli.set_read_timeout(30);
+
+  auto ok = cli.Post("/v1/classify", b64_body(2), "application/json");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+  const auto j = nlohmann::json::parse(ok->body);
+  ASSERT_EQ(j["classes"].size(), 2u);
+  // The answer is the model's: compare with the one-sample reference.
+  const auto parsed = parse_classify_body(b64_body(2), 784, 4);
+  std::vector<float> ref(20);
+  reference_forward(*model, *policy, parsed.pixels.data(), 2, ref.data());
+  for (int s = 0; s < 2; ++s) {
+    for (int k = 0; k < 10; ++k) EXPECT_NEAR(j["probabilities"][s][k].get<float>(), ref[s * 10 + k], 1e-6);
+    EXPECT_EQ(j["experts_used"][s].size(), 2u);
+  }
+
+  auto bad = cli.Post("/v1/classify", "{\"images\": [[1, 2]]}", "application/json");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400);
+  EXPECT_NE(bad->body.find("has 2 values"), std::string::npos);
+  auto too_many = cli.Post("/v1/classify", b64_body(5), "application/json");
+  ASSERT_TRUE(too_many);
+  EXPECT_EQ(too_many->status, 400);
+  auto huge = cli.Post("/v1/classify", std::string(100 << 10, ' '), "application/json");
+  ASSERT_TRUE(huge);
+  EXPECT_EQ(huge->status, 413);
+
+  auto health = cli.Get("/healthz");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  EXPECT_NE(health->body.find("\"ok\""), std::string::npos);
+  auto metrics = cli.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("deltamoe_http_requests_total{code=\"413\"} 1"), std::string::npos);
+  EXPECT_NE(metrics->body.find("deltamoe_http_request_duration_seconds_count 3"), std::string::npos);
+  EXPECT_NE(metrics->body.find("deltamoe_http_requests_total{code=\"200\"} 2"), std::string::npos);
+  EXPECT_NE(metrics->body.find("deltamoe_http_requests_total{code=\"400\"} 2"), std::string::npos);
+  EXPECT_NE(metrics->body.find("deltamoe_samples_done_total 2"), std::string::npos);
+  server.stop();
+}
+
+// Full queues: B and T that never flush by themselves (T = ∞) hold the first request; the
+// admission bound is then reached and further requests get 503 with Retry-After; stopping
+// drains, so the held request is answered 200. Every request gets 200 or 503.
+TEST(HttpServer, FullQueuesGive503AndDrainAnswersTheAdmitted) {
+  moe::QueueConfig c;
+  c.max_batch = 256;
+  c.timeout_us = -1;
+  c.max_inflight_samples = 2;
+  c.max_request_samples = 2;
+  auto rt = std::make_shared<moe::ExpertQueueRuntime>(make_random_model(), make_routing("top-k:2"), c);
+  ServerConfig sc;
+  sc.port = 0;
+  sc.threads = 4;
+  auto server = std::make_unique<HttpServer>(rt, sc);
+  server->start();
+  const int port = server->port();
+  auto held = std::async(std::launch::async, [port] {
+    httplib::Client cli("127.0.0.1", port);
+    cli.set_read_timeout(60);
+    auto r = cli.Post("/v1/classify", b64_body(2), "application/json");
+    return r ? r->status : -1;
+  });
+  ASSERT_TRUE(eventually([&] { return rt->stats().inflight_samples == 2; }));
+  httplib::Client cli("127.0.0.1", port);
+  auto full = cli.Post("/v1/classify", b64_body(1), "application/json");
+  ASSERT_TRUE(full);
+  EXPECT_EQ(full->status, 503);
+  EXPECT_EQ(full->get_header_value("Retry-After"), "1");
+  EXPECT_FALSE(held.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+  server->stop();
+  EXPECT_EQ(held.get(), 200);
+  const auto st = rt->stats();
+  EXPECT_EQ(st.requests_admitted, 1u);
+  EXPECT_EQ(st.requests_done, 1u);
+  EXPECT_EQ(st.requests_rejected, 1u);
+}
+
+TEST(Loadgen, RefusesNonLoopbackTargets) {
+  LoadConfig c;
+  c.duration_s = 0.1;
+  EXPECT_THROW(run_http_load("http://example.com:80", c), deltamoe::Error);
+  EXPECT_THROW(run_http_load("http://10.0.0.1:8080", c), deltamoe::Error);
+  EXPECT_THROW(run_http_load("ftp://127.0.0.1:8080", c), deltamoe::Error);
+}
+
+TEST(Loadgen, InProcessOpenAndClosedLoopAccountForEveryRequest) {
+  for (bool closed : {false, true}) {
+    moe::QueueConfig c;
+    c.max_batch = 8;
+    c.timeout_us = 200;
+    moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-p:0.5"), c);
+    LoadConfig lc;
+    lc.closed_loop = closed;
+    lc.concurrency = 16;
+    lc.rate_rps = 400;
+    lc.duration_s = 0.25;
+    const auto r = run_inprocess_load(rt, lc);
+    int64_t errors = 0;
+    for (const auto& [k, v] : r.errors) errors += v;
+    EXPECT_GT(r.sent, 0);
+    EXPECT_EQ(r.ok + errors, r.sent);
+    EXPECT_EQ(static_cast<int64_t>(r.latency_us.size()), r.ok);
+    const auto j = nlohmann::json::parse(load_result_json(r, lc, runtime_stats_json(rt.stats())));
+    for (const char* key : {"p50_ms", "p99_ms", "throughput_rps", "mean_batch_expert", "timeout_flush_share"})
+      EXPECT_TRUE(j.contains(key)) << key;
+  }
+}
+
+#endif

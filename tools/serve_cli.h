@@ -1,0 +1,70 @@
+// Options shared by `deltamoe serve` and `deltamoe loadgen --in-process`: the model, routing
+// policy and queue settings, and how to build a runtime from them.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "deltamoe/core/error.h"
+#include "deltamoe/moe/expert_queue.h"
+#include "deltamoe/serve/model.h"
+
+namespace deltamoe::cli {
+
+struct RuntimeOptions {
+  std::string model_path;
+  bool random_model = false;
+  uint64_t seed = 1;
+  std::string routing = "top-k:2";
+  std::string mode = "per-expert";
+  int64_t queue_size = 32;
+  int64_t queue_timeout_us = 200;
+  bool adaptive = false;
+  double latency_target_us = 5000.0;
+  int64_t max_inflight = 2048;
+  int64_t max_request_samples = 64;
+  int workers = 2;
+
+  void add(CLI::App& app) {
+    app.add_option("--model", model_path, "Trained checkpoint (safetensors)");
+    app.add_flag("--random-model", random_model, "Use the built-in random-weights model (the default)");
+    app.add_option("--seed", seed, "Random model seed");
+    app.add_option("--routing", routing, "Routing policy: top-k:K, top-k-raw:K, top-p:P");
+    app.add_option("--mode", mode, "per-expert (queues per expert) or whole-model (batch before routing)");
+    app.add_option("--queue-size", queue_size, "B: samples per batch")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+    app.add_option("--queue-timeout-us", queue_timeout_us,
+                   "T: max wait of a queue's oldest sample in us (0 = flush when a worker is free, -1 = infinity)");
+    app.add_flag("--adaptive", adaptive, "Adapt B by AIMD against --latency-target-us (B is then the cap)");
+    app.add_option("--latency-target-us", latency_target_us, "Latency target for --adaptive");
+    app.add_option("--max-inflight", max_inflight, "Admission bound in samples (beyond it: 503)");
+    app.add_option("--max-request-images", max_request_samples, "Most images in one request");
+    app.add_option("--workers", workers, "Worker threads running batches")->check(CLI::Range(1, 256));
+  }
+
+  std::shared_ptr<moe::ExpertQueueRuntime> build() const {
+    std::shared_ptr<const serve::ServeModel> model;
+    if (!model_path.empty()) {
+      DELTAMOE_CHECK(!random_model, "serve", "give --model or --random-model, not both");
+      model = serve::load_serve_model(model_path);
+    } else {
+      serve::RandomModelConfig rc;
+      rc.seed = seed;
+      model = serve::make_random_model(rc);
+    }
+    moe::QueueConfig qc;
+    qc.mode = moe::parse_batching_mode(mode);
+    qc.max_batch = queue_size;
+    qc.timeout_us = queue_timeout_us < 0 ? -1 : queue_timeout_us;
+    qc.adaptive = adaptive;
+    qc.latency_target_us = latency_target_us;
+    qc.max_inflight_samples = max_inflight;
+    qc.max_request_samples = max_request_samples;
+    qc.workers = workers;
+    std::shared_ptr<const moe::RoutingPolicy> policy = serve::make_routing(routing);
+    return std::make_shared<moe::ExpertQueueRuntime>(model, policy, qc);
+  }
+};
+
+}  // namespace deltamoe::cli
