@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "command.h"
+#include "train_common.h"
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/models/moe_classifier.h"
 #include "models/data_shim.h"
@@ -44,6 +45,7 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_flag("--json", o->json, "print one JSON object on stdout");
       return [o]() {
         set_num_threads(o->threads);
+        cli::keep_freed_memory();
         auto model = models::MoeClassifier::load(o->model);
         const auto data = models::detail::load_data(o->data_dir);
         if (!o->routing.empty()) {

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "command.h"
+#include "train_common.h"
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/models/moe_classifier.h"
 #include "models/data_shim.h"
@@ -111,9 +112,10 @@ double measure_samples_per_s(models::MoeClassifier& m, const models::detail::Dat
 int run_sweep(const SweepOptions& in) {
   SweepOptions o = in;
   if (o.seeds <= 0) o.seeds = o.quick ? 2 : 3;
-  if (o.epochs <= 0) o.epochs = o.quick ? 2 : 4;
-  if (o.quick && o.max_train == 0) o.max_train = 12000;
+  if (o.epochs <= 0) o.epochs = o.quick ? 2 : 3;
+  if (o.quick && o.max_train == 0) o.max_train = 8000;
   set_num_threads(o.threads);
+  cli::keep_freed_memory();
   std::filesystem::create_directories(o.out_dir);
   std::filesystem::create_directories(o.work_dir);
   const auto t_start = Clock::now();
@@ -261,13 +263,13 @@ deltamoe::cli::CommandRegistrar reg(
     "sweep", "Run the delta-MoE experiments (E1-E3) and write the report with plots",
     [](CLI::App& app) -> deltamoe::cli::Action {
       auto o = std::make_shared<SweepOptions>();
-      app.add_flag("--quick", o->quick, "small version for CI (2 seeds, 2 epochs on 12k images)");
+      app.add_flag("--quick", o->quick, "small version for CI (2 seeds, 2 epochs on 8k images)");
       app.add_option("--out-dir", o->out_dir, "where the CSVs, PNGs and delta-moe.md go");
       app.add_option("--work-dir", o->work_dir, "where trained models are cached (resumable)");
       app.add_option("--data-dir", o->data_dir, "Fashion-MNIST directory");
       app.add_option("--seeds", o->seeds, "seeds per configuration (default 3; quick 2)");
-      app.add_option("--epochs", o->epochs, "training epochs (default 4; quick 2)");
-      app.add_option("--max-train", o->max_train, "training images (default all 55k; quick 12k)");
+      app.add_option("--epochs", o->epochs, "training epochs (default 3; quick 2)");
+      app.add_option("--max-train", o->max_train, "training images (default all 55k; quick 8k)");
       app.add_option("--threads", o->threads, "threads (1 keeps timings stable on a shared machine)");
       app.add_flag("--no-plots", o->no_plots, "skip python/plot_delta_moe.py");
       app.add_flag("--json", o->json, "print one JSON summary on stdout");

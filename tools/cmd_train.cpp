@@ -25,6 +25,7 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_flag("--no-test", o->no_test, "skip the test-set evaluation at the end");
       return [o]() {
         set_num_threads(o->threads);
+        cli::keep_freed_memory();
         const auto data = models::detail::load_data(o->data_dir);
         models::MoeClassifier model(cli::make_config(*o), o->seed);
         models::TrainOptions to = cli::make_train_options(*o);

@@ -1,6 +1,8 @@
 // Options shared by `deltamoe train`, `eval` and `sweep` (model shape, routing, data).
 #pragma once
 
+#include <malloc.h>
+
 #include <cmath>
 #include <string>
 
@@ -39,6 +41,14 @@ struct TrainCliOptions {
   std::string out;
   bool json = false, no_progress = false, no_test = false;
 };
+
+/// Keeps freed blocks in the heap instead of returning them to the kernel: every graph op
+/// allocates its output, and with glibc's default mmap threshold each large tensor cost fresh
+/// zeroed pages (page faults were 13% of an evaluation pass).
+inline void keep_freed_memory() {
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
 
 inline void add_train_options(CLI::App& app, TrainCliOptions& o) {
   app.add_option("--routing", o.routing, "top-k | top-p | threshold | null-experts")
