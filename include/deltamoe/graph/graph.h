@@ -79,7 +79,7 @@ class Graph {
   Var mul(Var a, Var b);
   /// s · a.
   Var scale(Var a, float s);
-  /// y[i,:] = a[i,:] + b[i mod G,:] for a[N·G... any rows, d] and b[G, d] (position embedding).
+  /// y[i,:] = a[i,:] + b[i mod G,:] for a[N·G, d] and b[G, d] (position embedding per token).
   Var add_rows_tiled(Var a, Var b);
   /// Σ of all elements → [1].
   Var sum(Var a);
