@@ -65,12 +65,32 @@ models::MoeClassifierConfig config_for(const Run& r) {
   return c;
 }
 
+// Training rows of an earlier invocation (out_dir/delta-moe-train.csv), by "name,seed", so a
+// re-run that reuses cached models still reports how they were trained.
+std::map<std::string, std::vector<std::string>> previous_train_rows(const std::string& path) {
+  std::map<std::string, std::vector<std::string>> rows;
+  std::ifstream f(path);
+  std::string line;
+  if (!std::getline(f, line)) return rows;
+  while (std::getline(f, line)) {
+    std::vector<std::string> cells;
+    std::stringstream ss(line);
+    std::string cell;
+    while (std::getline(ss, cell, ',')) cells.push_back(cell);
+    if (cells.size() == 9) rows[cells[0] + "," + cells[4]] = cells;
+  }
+  return rows;
+}
+
 // Trains (or loads from the work directory, so an interrupted sweep resumes).
 models::MoeClassifier get_model(const Run& r, const SweepOptions& o, const models::detail::Data& d,
-                                Csv& train_csv) {
+                                Csv& train_csv,
+                                const std::map<std::string, std::vector<std::string>>& previous) {
   const std::string path = o.work_dir + "/" + r.name + "_s" + std::to_string(r.seed) + ".safetensors";
   if (std::filesystem::exists(path) && std::filesystem::exists(std::filesystem::path(path).replace_extension(".json"))) {
     std::fprintf(stderr, "[sweep] reuse %s\n", path.c_str());
+    auto it = previous.find(r.name + "," + std::to_string(r.seed));
+    if (it != previous.end()) train_csv.row(it->second);
     return models::MoeClassifier::load(path);
   }
   models::MoeClassifier m(config_for(r), static_cast<uint64_t>(r.seed));
@@ -99,14 +119,11 @@ std::vector<int32_t> correct_vector(const models::EvalResult& r, const std::vect
   return c;
 }
 
-// Best of `reps` timed passes over the test set, after one warm-up batch.
-double measure_samples_per_s(models::MoeClassifier& m, const models::detail::Data& d, int reps) {
+// One timed pass over the test set after a warm-up batch (caches, BLAS buffers).
+double measure_samples_per_s(models::MoeClassifier& m, const models::detail::Data& d) {
   const Tensor warm = d.test.images.slice(0, 1000);
   models::evaluate(m, warm, std::vector<int32_t>(d.test.labels.begin(), d.test.labels.begin() + 1000));
-  double best = 0;
-  for (int i = 0; i < reps; ++i)
-    best = std::max(best, models::evaluate(m, d.test.images, d.test.labels).samples_per_s);
-  return best;
+  return models::evaluate(m, d.test.images, d.test.labels).samples_per_s;
 }
 
 int run_sweep(const SweepOptions& in) {
@@ -120,6 +137,7 @@ int run_sweep(const SweepOptions& in) {
   std::filesystem::create_directories(o.work_dir);
   const auto t_start = Clock::now();
   const auto d = models::detail::load_data(o.data_dir);
+  const auto previous = previous_train_rows(o.out_dir + "/delta-moe-train.csv");
   const auto& ty = d.test.labels;
 
   const std::vector<int> train_ks = {1, 2, 4};
@@ -148,7 +166,7 @@ int run_sweep(const SweepOptions& in) {
         const bool in_e1 = std::find(train_ks.begin(), train_ks.end(), k) != train_ks.end();
         if (!bal && !in_e1) continue;
         Run r{"top-k_k" + std::to_string(k) + (bal ? "_bal" : "_nobal"), "top-k", double(k), bal, seed};
-        auto m = get_model(r, o, d, train_csv);
+        auto m = get_model(r, o, d, train_csv, previous);
         const auto native = models::evaluate(m, d.test.images, ty);
         // E2: load at the trained k.
         if (in_e1)
@@ -186,12 +204,19 @@ int run_sweep(const SweepOptions& in) {
     for (const auto& meth : methods)
       for (double kt : targets) {
         Run r{meth + "_K" + fmt(kt), meth, kt, true, seed};
-        timed.emplace_back(r, get_model(r, o, d, train_csv));
+        timed.emplace_back(r, get_model(r, o, d, train_csv, previous));
       }
-    // ---- evaluation of E3 (timed back to back, so load on the machine affects all alike)
-    for (auto& [r, m] : timed) {
+    // ---- timing: round robin over the seed's models, best pass per model, so a change of
+    // load on the (shared) machine during the measurement hits every model alike.
+    std::vector<double> best_sps(timed.size(), 0.0);
+    for (int rep = 0; rep < (o.quick ? 2 : 5); ++rep)
+      for (size_t i = 0; i < timed.size(); ++i)
+        best_sps[i] = std::max(best_sps[i], measure_samples_per_s(timed[i].second, d));
+    // ---- evaluation of E3
+    for (size_t ti = 0; ti < timed.size(); ++ti) {
+      auto& [r, m] = timed[ti];
       const auto native = models::evaluate(m, d.test.images, ty);
-      const double sps = measure_samples_per_s(m, d, o.quick ? 1 : 3);
+      const double sps = best_sps[ti];
       std::string shuffled = "", mb = "", mc = "", mp = "";
       if (r.method != "top-k") {
         // Shuffled-K control: the same per-token budgets, assigned to random tokens.

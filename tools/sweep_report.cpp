@@ -300,8 +300,8 @@ nlohmann::json write_report(const std::string& dir, const ReportInputs& in, cons
   // ---------------- E3
   md << "## E3: delta policies against fixed top-k at equal cost\n\n"
      << "Expert FLOPs are those of the expert FFNs actually computed (4·256·256 per token-expert, "
-        "both layers). samples/s: best of 3 timed passes over the test set in batches of 1000, "
-        "single thread, all models of a seed timed back to back. Δ vs top-2 and the speed ratio "
+        "both layers). samples/s: best of 5 timed passes over the test set in batches of 1000, "
+        "single thread, the models of a seed timed round robin. Δ vs top-2 and the speed ratio "
         "are paired by seed. shuffled-K: the same model with the same K histogram assigned to "
         "random test samples (top-K experts each).\n\n"
      << "| policy | K* / k | accuracy (%) | avg K | expert MFLOP/sample | samples/s | × top-2 "
