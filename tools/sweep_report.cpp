@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 #include <sstream>
@@ -366,6 +368,9 @@ nlohmann::json write_report(const std::string& dir, const ReportInputs& in, cons
           "`delta-moe-e3-k-hist.csv`, `delta-moe-train.csv`. Plots: `python3 python/plot_delta_moe.py "
           "--dir docs/experiments`.\n";
   }
+  // Hand-written notes (longer runs, caveats) kept beside the CSVs survive a re-run.
+  std::ifstream notes(dir + "/delta-moe-notes.md");
+  if (notes) md << "\n" << std::string(std::istreambuf_iterator<char>(notes), std::istreambuf_iterator<char>());
   write_file_atomic(dir + "/delta-moe.md", md.str());
   return verdict;
 }
