@@ -1,0 +1,152 @@
+// Graph IR with reverse-mode autodiff, for training.
+//
+// A Graph is a tape of nodes built eagerly: each op computes its value when it is added
+// (the executor is the order of construction, which is a valid topological order), and
+// backward() walks the tape in reverse calling one VJP per op. MoE routing depends on the
+// data, so the graph is rebuilt for every batch; building it is cheap next to the GEMMs.
+//
+// Values are f32 tensors, contiguous, row-major. Matrices are [rows, cols]; vectors [n];
+// scalars [1]. Parameters are leaves whose value and gradient alias caller-owned tensors
+// (nn::Parameter): backward() accumulates into the gradient, the optimizer reads it.
+// Index lists given to ops (rows, cols, offsets) are copied into the node.
+//
+// Determinism: every op's forward and VJP gives bit-identical results for the same inputs
+// at a fixed thread count (parallel loops split work statically and never reduce across
+// threads in a data-dependent order; OpenBLAS is deterministic at a fixed thread count).
+// Thread-safety: a Graph is used by one thread at a time; ops parallelise internally.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "deltamoe/core/tensor.h"
+
+namespace deltamoe::graph {
+
+/// Handle to a node of a Graph (its index on the tape). id < 0 means "none".
+struct Var {
+  int32_t id = -1;
+  bool valid() const { return id >= 0; }
+};
+
+enum class Op : int32_t {
+  input, param, linear, relu, gelu, silu, softplus, add, mul, scale, add_rows_tiled,
+  sum, mean, mean_cols, mean_groups, softmax, log_softmax, cross_entropy, layer_norm,
+  gather_rows, gate_weights, scatter_add_rows, dot_const, cv_squared, scatter_cols, noisy_load,
+};
+
+/// Name of an op ("linear", ...).
+const char* op_name(Op op);
+
+struct Node {
+  Op op = Op::input;
+  std::vector<int32_t> inputs;
+  Tensor value;
+  Tensor grad;            // allocated lazily during backward (params: aliases the param's)
+  bool requires_grad = false;
+  // Op attributes (meaning per op; see the op's builder below).
+  std::vector<int32_t> ia, ib, ic, id;
+  float fa = 0.0f;
+  int64_t na = 0;
+  Tensor saved;           // per-op saved intermediates (layer norm: mean and rstd)
+};
+
+class Graph {
+ public:
+  /// `grad_enabled` false builds an inference tape: no node requires grad, backward() fails.
+  explicit Graph(bool grad_enabled = true) : grad_enabled_(grad_enabled) {}
+
+  // ---- leaves ----
+  /// A constant (no gradient). The tensor is aliased, not copied.
+  Var input(const Tensor& value);
+  /// A trainable leaf: value and grad alias the given tensors (same shape, f32, contiguous);
+  /// backward() adds into `grad`.
+  Var param(const Tensor& value, const Tensor& grad);
+
+  // ---- dense ops ----
+  /// y[N,M] = x[N,K] · w[M,K]ᵀ (+ b[M] when b is valid). PyTorch Linear layout.
+  Var linear(Var x, Var w, Var b = {});
+  Var relu(Var x);
+  /// Exact GELU, 0.5·x·(1 + erf(x/√2)) (PyTorch's default).
+  Var gelu(Var x);
+  Var silu(Var x);
+  /// log(1 + eˣ), computed stably.
+  Var softplus(Var x);
+  /// Element-wise a + b (same shape).
+  Var add(Var a, Var b);
+  /// Element-wise a · b (same shape).
+  Var mul(Var a, Var b);
+  /// s · a.
+  Var scale(Var a, float s);
+  /// y[i,:] = a[i,:] + b[i mod G,:] for a[N·G, d] and b[G, d] (position embedding per token).
+  Var add_rows_tiled(Var a, Var b);
+  /// Σ of all elements → [1].
+  Var sum(Var a);
+  /// Mean of all elements → [1].
+  Var mean(Var a);
+  /// Column means of a[N,d] → [d].
+  Var mean_cols(Var a);
+  /// Mean over consecutive groups of `group` rows: a[N·group, d] → [N, d] (token pooling).
+  Var mean_groups(Var a, int64_t group);
+  /// Row-wise softmax of a[N,d].
+  Var softmax(Var a);
+  /// Row-wise log-softmax of a[N,d].
+  Var log_softmax(Var a);
+  /// Mean over rows of −log softmax(logits)[i, labels[i]] → [1]. labels in [0, d).
+  Var cross_entropy(Var logits, const std::vector<int32_t>& labels);
+  /// Row-wise layer norm of x[N,d] with gamma[d], beta[d]: (x−μ)/√(σ²+eps)·γ + β.
+  Var layer_norm(Var x, Var gamma, Var beta, float eps = 1e-5f);
+
+  // ---- MoE dispatch / combine ----
+  /// y[j,:] = x[rows[j],:] → [rows.size(), d] (dispatch: the tokens routed to one expert).
+  Var gather_rows(Var x, const std::vector<int32_t>& rows);
+  /// Gate weights of a routing in CSR form. For token t, entries j in [offsets[t],
+  /// offsets[t+1]) pick w[j] = p[t, cols[j]]; when `renormalize`, w[j] is divided by
+  /// Σ_{c ∈ cols[t] ∪ extra_cols[t]} p[t, c], where extra_cols (CSR by extra_offsets; may be
+  /// empty vectors meaning none) lists further columns counted in the denominator only (the
+  /// null experts AdaMoE chose). p is [T, C]; result [cols.size()]. Gradient flows into p.
+  Var gate_weights(Var p, const std::vector<int32_t>& offsets, const std::vector<int32_t>& cols,
+                   bool renormalize, const std::vector<int32_t>& extra_offsets = {},
+                   const std::vector<int32_t>& extra_cols = {});
+  /// Combine: y = base (or zeros[n_rows, d] when base is invalid), then for each j,
+  /// y[rows[j],:] += w[w_index[j]] · vals[j,:]. vals is [rows.size(), d]; w a vector.
+  /// Gradient flows into base, vals and w.
+  Var scatter_add_rows(Var base, Var vals, Var w, const std::vector<int32_t>& rows,
+                       const std::vector<int32_t>& w_index, int64_t n_rows);
+  /// Σ_i a[i]·c[i] → [1], with c a constant vector of a's size (Switch loss: Σ_e f_e·P_e).
+  Var dot_const(Var a, const std::vector<float>& c);
+  /// Squared coefficient of variation of a vector: var(a)/(mean(a)² + 1e-10) → [1]
+  /// (population variance; Shazeer's importance and load losses).
+  Var cv_squared(Var a);
+  /// y[c] = Σ_{j: cols[j]=c} w[j] → [n] (importance: summed gate weights per expert).
+  Var scatter_cols(Var w, const std::vector<int32_t>& cols, int64_t n);
+  /// Shazeer's smooth load estimate: load[c] = Σ_t Φ((clean[t,c] − thr[t,c]) / std[t,c]),
+  /// thr[t,c] = the k-th largest noisy[t,:] if noisy[t,c] is outside the top k, else the
+  /// (k+1)-th. Gradient flows into clean and std; noisy (the sampled logits) and the
+  /// thresholds are treated as constants. All three are [T, C], C > k.
+  Var noisy_load(Var clean, Var noisy, Var std_dev, int64_t k);
+
+  // ---- execution ----
+  /// Reverse pass from scalar `loss` ([1]): seeds d loss = 1 and runs every node's VJP.
+  void backward(Var loss);
+  /// The node's value (a view; valid while the graph lives or longer: storage is shared).
+  const Tensor& value(Var v) const { return node(v).value; }
+  /// Gradient of the last backward() w.r.t. v (undefined tensor if none flowed).
+  const Tensor& grad(Var v) const { return node(v).grad; }
+  float scalar(Var v) const;
+  const Node& node(Var v) const;
+  int64_t size() const { return static_cast<int64_t>(nodes_.size()); }
+  bool grad_enabled() const { return grad_enabled_; }
+
+ private:
+  Var push(Node n);
+  Node& mut(Var v);
+  Tensor& grad_of(int32_t id);  // allocates zeros on first use
+  void vjp(int32_t id);
+
+  bool grad_enabled_;
+  std::vector<Node> nodes_;
+};
+
+}  // namespace deltamoe::graph

@@ -1,0 +1,365 @@
+#include "deltamoe/models/moe_classifier.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "models/data_shim.h"
+
+namespace deltamoe::models {
+
+using graph::Var;
+
+// ---------------------------------------------------------------- config
+
+int64_t MoeClassifierConfig::tokens_per_sample() const {
+  if (stem == "fc") return 1;
+  const int64_t per_side = input_side / patch;
+  return per_side * per_side;
+}
+
+int64_t MoeClassifierConfig::router_outputs() const {
+  if (routing.kind == "null-experts") return experts + (routing.nulls > 0 ? routing.nulls : experts);
+  return experts;
+}
+
+void MoeClassifierConfig::validate() const {
+  DELTAMOE_CHECK(stem == "fc" || stem == "patch", "model", "stem must be fc or patch, got '", stem, "'");
+  DELTAMOE_CHECK(stem == "fc" || (patch > 0 && input_side % patch == 0), "model", "patch ", patch,
+                 " does not divide the image side ", input_side);
+  DELTAMOE_CHECK(hidden > 0 && inter > 0 && experts >= 1 && layers >= 1 && classes >= 2, "model",
+                 "bad sizes: hidden ", hidden, " inter ", inter, " experts ", experts, " layers ",
+                 layers, " classes ", classes);
+  DELTAMOE_CHECK(activation == "gelu" || activation == "relu", "model",
+                 "activation must be gelu or relu, got '", activation, "'");
+  DELTAMOE_CHECK(layer_routing.empty() || static_cast<int64_t>(layer_routing.size()) == layers,
+                 "model", "layer_routing has ", layer_routing.size(), " entries for ", layers, " layers");
+}
+
+nlohmann::json policy_to_json(const moe::PolicySpec& s) {
+  nlohmann::json j = {{"kind", s.kind}, {"k", s.k}, {"p", s.p}, {"target_k", s.target_k},
+                      {"nulls", s.nulls}, {"null_bias", s.null_bias}, {"renormalize", s.renormalize}};
+  j["thresholds"] = s.thresholds;
+  return j;
+}
+
+moe::PolicySpec policy_from_json(const nlohmann::json& j) {
+  moe::PolicySpec s;
+  s.kind = j.value("kind", s.kind);
+  s.k = j.value("k", s.k);
+  s.p = j.value("p", s.p);
+  s.target_k = j.value("target_k", s.target_k);
+  s.nulls = j.value("nulls", s.nulls);
+  s.null_bias = j.value("null_bias", s.null_bias);
+  s.renormalize = j.value("renormalize", s.renormalize);
+  if (j.contains("thresholds")) s.thresholds = j["thresholds"].get<std::vector<float>>();
+  return s;
+}
+
+nlohmann::json MoeClassifierConfig::to_json() const {
+  nlohmann::json j = {{"format", "deltamoe-moe-classifier-v1"},
+                      {"stem", stem}, {"input_side", input_side}, {"patch", patch},
+                      {"hidden", hidden}, {"inter", inter}, {"experts", experts},
+                      {"layers", layers}, {"classes", classes}, {"activation", activation},
+                      {"residual", residual}, {"noisy_gating", noisy_gating},
+                      {"router_outputs", router_outputs()},
+                      {"tokens_per_sample", tokens_per_sample()}};
+  j["routing"] = policy_to_json(routing);
+  j["layer_routing"] = nlohmann::json::array();
+  for (const auto& s : layer_routing) j["layer_routing"].push_back(policy_to_json(s));
+  return j;
+}
+
+MoeClassifierConfig MoeClassifierConfig::from_json(const nlohmann::json& j) {
+  MoeClassifierConfig c;
+  try {
+    c.stem = j.value("stem", c.stem);
+    c.input_side = j.value("input_side", c.input_side);
+    c.patch = j.value("patch", c.patch);
+    c.hidden = j.at("hidden").get<int64_t>();
+    c.inter = j.at("inter").get<int64_t>();
+    c.experts = j.at("experts").get<int64_t>();
+    c.layers = j.at("layers").get<int64_t>();
+    c.classes = j.value("classes", c.classes);
+    c.activation = j.value("activation", c.activation);
+    c.residual = j.value("residual", c.residual);
+    c.noisy_gating = j.value("noisy_gating", c.noisy_gating);
+    if (j.contains("routing")) c.routing = policy_from_json(j["routing"]);
+    if (j.contains("layer_routing"))
+      for (const auto& s : j["layer_routing"]) c.layer_routing.push_back(policy_from_json(s));
+  } catch (const nlohmann::json::exception& e) {
+    fail("model", "bad classifier config: ", e.what());
+  }
+  c.validate();
+  return c;
+}
+
+// ---------------------------------------------------------------- model
+
+namespace {
+std::string lp(int64_t l, const std::string& rest) { return "moe." + std::to_string(l) + "." + rest; }
+std::string ep(int64_t l, int64_t e, const std::string& rest) {
+  return lp(l, "experts." + std::to_string(e) + "." + rest);
+}
+std::string json_path_for(const std::string& path) {
+  std::filesystem::path p(path);
+  p.replace_extension(".json");
+  return p.string();
+}
+}  // namespace
+
+MoeClassifier::MoeClassifier(MoeClassifierConfig config, uint64_t seed) : config_(std::move(config)) {
+  config_.validate();
+  const auto& c = config_;
+  std::mt19937_64 rng(seed);
+  const int64_t in = c.stem == "fc" ? c.input_side * c.input_side : c.patch * c.patch;
+  Tensor sw = params_.add("stem.weight", {c.hidden, in});
+  Tensor sb = params_.add("stem.bias", {c.hidden});
+  nn::init_linear(sw, &sb, rng);
+  if (c.stem == "patch") {
+    Tensor pos = params_.add("stem.pos", {c.tokens_per_sample(), c.hidden});
+    nn::init_normal(pos, 0.02f, rng);
+  }
+  const int64_t outs = c.router_outputs();
+  for (int64_t l = 0; l < c.layers; ++l) {
+    params_.add(lp(l, "norm.weight"), {c.hidden}).fill(1.0f);
+    params_.add(lp(l, "norm.bias"), {c.hidden});
+    Tensor rw = params_.add(lp(l, "router.weight"), {outs, c.hidden});
+    nn::init_linear(rw, nullptr, rng);
+    if (c.noisy_gating) params_.add(lp(l, "noise.weight"), {outs, c.hidden});  // zero: noise starts at softplus(0)
+    for (int64_t e = 0; e < c.experts; ++e) {
+      Tensor w1 = params_.add(ep(l, e, "fc1.weight"), {c.inter, c.hidden});
+      Tensor b1 = params_.add(ep(l, e, "fc1.bias"), {c.inter});
+      nn::init_linear(w1, &b1, rng);
+      Tensor w2 = params_.add(ep(l, e, "fc2.weight"), {c.hidden, c.inter});
+      Tensor b2 = params_.add(ep(l, e, "fc2.bias"), {c.hidden});
+      nn::init_linear(w2, &b2, rng);
+    }
+  }
+  params_.add("head.norm.weight", {c.hidden}).fill(1.0f);
+  params_.add("head.norm.bias", {c.hidden});
+  Tensor hw = params_.add("head.weight", {c.classes, c.hidden});
+  Tensor hb = params_.add("head.bias", {c.classes});
+  nn::init_linear(hw, &hb, rng);
+  reset_policies();
+}
+
+void MoeClassifier::reset_policies() {
+  policies_.clear();
+  for (int64_t l = 0; l < config_.layers; ++l) {
+    const moe::PolicySpec& s =
+        config_.layer_routing.empty() ? config_.routing : config_.layer_routing[static_cast<size_t>(l)];
+    policies_.push_back(moe::make_policy(s, config_.experts));
+  }
+}
+
+void MoeClassifier::set_policy(const moe::PolicySpec& spec) {
+  set_layer_policies(std::vector<moe::PolicySpec>(static_cast<size_t>(config_.layers), spec));
+}
+
+void MoeClassifier::set_layer_policies(const std::vector<moe::PolicySpec>& specs) {
+  DELTAMOE_CHECK(static_cast<int64_t>(specs.size()) == config_.layers, "model", specs.size(),
+                 " policies for ", config_.layers, " layers");
+  std::vector<std::unique_ptr<moe::RoutingPolicy>> next;
+  for (const auto& s : specs) {
+    auto p = moe::make_policy(s, config_.experts);
+    DELTAMOE_CHECK(config_.experts + p->extra_logits() == config_.router_outputs(), "model", "policy ",
+                   p->name(), " needs ", config_.experts + p->extra_logits(),
+                   " router outputs but the model has ", config_.router_outputs());
+    next.push_back(std::move(p));
+  }
+  policies_ = std::move(next);
+}
+
+void MoeClassifier::freeze_policies() {
+  std::vector<moe::PolicySpec> specs;
+  for (int64_t l = 0; l < config_.layers; ++l)
+    specs.push_back(moe::current_spec(config_.routing, *policies_[static_cast<size_t>(l)]));
+  config_.layer_routing = specs;
+}
+
+void MoeClassifier::save(const std::string& path) const {
+  MoeClassifierConfig c = config_;
+  c.layer_routing.clear();
+  for (int64_t l = 0; l < c.layers; ++l)
+    c.layer_routing.push_back(moe::current_spec(c.routing, *policies_[static_cast<size_t>(l)]));
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const auto& p : params_.params()) tensors.emplace_back(p.name, p.value);
+  detail::save_tensors(path, tensors);
+  const std::string jp = json_path_for(path);
+  const std::string tmp = jp + ".tmp";
+  {
+    std::FILE* f = std::fopen(tmp.c_str(), "wb");
+    DELTAMOE_CHECK(f != nullptr, "model", "cannot write ", tmp);
+    const std::string text = c.to_json().dump(2) + "\n";
+    const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+    DELTAMOE_CHECK(std::fclose(f) == 0 && ok, "model", "cannot write ", tmp);
+  }
+  std::filesystem::rename(tmp, jp);
+}
+
+MoeClassifier MoeClassifier::load(const std::string& path) {
+  const std::string jp = json_path_for(path);
+  DELTAMOE_CHECK(std::filesystem::exists(jp), "model", "config ", jp, " not found (a checkpoint is ",
+                 path, " plus its .json beside it)");
+  nlohmann::json j;
+  try {
+    std::ifstream f(jp);
+    j = nlohmann::json::parse(f);
+  } catch (const nlohmann::json::exception& e) {
+    fail("model", jp, ": ", e.what());
+  }
+  MoeClassifier m(MoeClassifierConfig::from_json(j), 0);
+  auto tensors = detail::load_tensors(path);
+  for (auto& p : m.params_.params()) {
+    auto it = tensors.find(p.name);
+    DELTAMOE_CHECK(it != tensors.end(), "model", path, ": missing tensor '", p.name, "'");
+    DELTAMOE_CHECK(it->second.shape() == p.value.shape(), "model", path, ": tensor '", p.name,
+                   "' has shape ", shape_str(it->second.shape()), ", expected ",
+                   shape_str(p.value.shape()));
+    const auto v = it->second.to_vector();
+    std::copy(v.begin(), v.end(), p.value.data<float>());
+  }
+  return m;
+}
+
+Tensor MoeClassifier::patchify(const Tensor& x) const {
+  const int64_t n = x.size(0), side = config_.input_side, ps = config_.patch, per = side / ps;
+  Tensor out({n * per * per, ps * ps});
+  const float* xp = x.data<float>();
+  float* op = out.data<float>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t py = 0; py < per; ++py)
+      for (int64_t px = 0; px < per; ++px) {
+        float* dst = op + ((i * per + py) * per + px) * ps * ps;
+        for (int64_t y = 0; y < ps; ++y)
+          for (int64_t xx = 0; xx < ps; ++xx)
+            dst[y * ps + xx] = xp[i * side * side + (py * ps + y) * side + px * ps + xx];
+      }
+  return out;
+}
+
+Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
+                             const ForwardOptions& opt, LayerRouting& lr, std::vector<Var>& aux) {
+  const auto& c = config_;
+  const int64_t e_count = c.experts, outs = c.router_outputs();
+  Var u = g.layer_norm(h, params_.bind(g, lp(l, "norm.weight")), params_.bind(g, lp(l, "norm.bias")));
+  Var clean = g.linear(u, params_.bind(g, lp(l, "router.weight")));
+  Var z = clean;
+  Var noise_std;
+  if (c.noisy_gating && opt.training) {
+    // Shazeer 2017: z = clean + ε·(softplus(u·W_noise) + 0.01), ε ~ N(0, 1).
+    DELTAMOE_CHECK(opt.rng != nullptr, "model", "noisy gating needs a random source in training");
+    Var raw = g.linear(u, params_.bind(g, lp(l, "noise.weight")));
+    Tensor floor_eps({tokens, outs});
+    floor_eps.fill(0.01f);
+    noise_std = g.add(g.softplus(raw), g.input(floor_eps));
+    Tensor eps({tokens, outs});
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (int64_t i = 0; i < eps.numel(); ++i) eps.data<float>()[i] = nd(*opt.rng);
+    z = g.add(clean, g.mul(noise_std, g.input(eps)));
+  }
+  Var p = g.softmax(z);
+  const float* zp = g.value(z).data<float>();
+  const float* pp = g.value(p).data<float>();
+  moe::RoutingPolicy& pol = *policies_[static_cast<size_t>(l)];
+  if (opt.forced_k && !opt.forced_k->empty()) {
+    forced_policy_.set_ks((*opt.forced_k)[static_cast<size_t>(l)]);
+    if (outs == e_count) {
+      forced_policy_.route(zp, pp, tokens, e_count, lr.routing);
+    } else {
+      // Null-expert router: forced budgets choose among the real experts only.
+      std::vector<float> zr(static_cast<size_t>(tokens * e_count)), pr(zr.size());
+      for (int64_t t = 0; t < tokens; ++t)
+        for (int64_t e = 0; e < e_count; ++e) {
+          zr[static_cast<size_t>(t * e_count + e)] = zp[t * outs + e];
+          pr[static_cast<size_t>(t * e_count + e)] = pp[t * outs + e];
+        }
+      forced_policy_.route(zr.data(), pr.data(), tokens, e_count, lr.routing);
+    }
+    lr.null_offsets.clear();
+    lr.null_cols.clear();
+  } else if (auto* ne = dynamic_cast<moe::NullExpertsRouting*>(&pol)) {
+    ne->route_with_nulls(zp, pp, tokens, e_count, lr.routing, lr.null_offsets, lr.null_cols);
+  } else {
+    DELTAMOE_CHECK(pol.extra_logits() == 0 && outs == e_count, "model", "policy ", pol.name(),
+                   " does not match a router with ", outs, " outputs");
+    pol.route(zp, pp, tokens, e_count, lr.routing);
+    lr.null_offsets.clear();
+    lr.null_cols.clear();
+  }
+  if (opt.training || opt.adapt)
+    if (auto* ad = dynamic_cast<moe::AdaptivePolicy*>(&pol)) ad->observe(pp, tokens, e_count, outs, lr.routing);
+
+  const auto& rr = lr.routing;
+  Var w = g.gate_weights(p, rr.offsets, rr.expert_ids, pol.renormalize(), lr.null_offsets, lr.null_cols);
+
+  // Dispatch: the (token, entry) pairs of each expert, in token order.
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(e_count)), widx(static_cast<size_t>(e_count));
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int32_t j = rr.offsets[t]; j < rr.offsets[t + 1]; ++j) {
+      rows[static_cast<size_t>(rr.expert_ids[j])].push_back(static_cast<int32_t>(t));
+      widx[static_cast<size_t>(rr.expert_ids[j])].push_back(j);
+    }
+  Var y;
+  for (int64_t e = 0; e < e_count; ++e) {
+    if (rows[static_cast<size_t>(e)].empty()) continue;
+    Var xe = g.gather_rows(u, rows[static_cast<size_t>(e)]);
+    Var a = g.linear(xe, params_.bind(g, ep(l, e, "fc1.weight")), params_.bind(g, ep(l, e, "fc1.bias")));
+    a = c.activation == "gelu" ? g.gelu(a) : g.relu(a);
+    Var o = g.linear(a, params_.bind(g, ep(l, e, "fc2.weight")), params_.bind(g, ep(l, e, "fc2.bias")));
+    y = g.scatter_add_rows(y, o, w, rows[static_cast<size_t>(e)], widx[static_cast<size_t>(e)], tokens);
+  }
+
+  if (g.grad_enabled()) {
+    if (opt.balance_alpha > 0) {
+      // Switch: f_c = share of all assignments (nulls included) to output c, constant.
+      std::vector<float> f(static_cast<size_t>(outs), 0.0f);
+      for (int32_t id : rr.expert_ids) f[static_cast<size_t>(id)] += 1.0f;
+      for (int32_t id : lr.null_cols) f[static_cast<size_t>(id)] += 1.0f;
+      const float total = static_cast<float>(rr.expert_ids.size() + lr.null_cols.size());
+      for (float& v : f) v /= total;
+      aux.push_back(g.scale(g.dot_const(g.mean_cols(p), f),
+                            static_cast<float>(opt.balance_alpha * static_cast<double>(outs))));
+    }
+    if (opt.entropy_beta > 0) {
+      // mean_t H(p_t) = −(1/T)·Σ p·log p
+      Var ent = g.sum(g.mul(p, g.log_softmax(z)));
+      aux.push_back(g.scale(ent, static_cast<float>(-opt.entropy_beta / static_cast<double>(tokens))));
+    }
+    if (noise_std.valid() && opt.noisy_weight > 0) {
+      Var importance = g.scatter_cols(w, rr.expert_ids, e_count);
+      const int64_t k = std::clamp<int64_t>(c.routing.k, 1, outs - 1);
+      Var load = g.noisy_load(clean, z, noise_std, k);
+      aux.push_back(g.scale(g.add(g.cv_squared(importance), g.cv_squared(load)),
+                            static_cast<float>(opt.noisy_weight)));
+    }
+  }
+  return c.residual ? g.add(h, y) : y;
+}
+
+ForwardOut MoeClassifier::forward(graph::Graph& g, const Tensor& x, const ForwardOptions& opt) {
+  const auto& c = config_;
+  DELTAMOE_CHECK(x.dim() == 2 && x.size(1) == c.input_side * c.input_side, "model", "input ",
+                 shape_str(x.shape()), " is not [N, ", c.input_side * c.input_side, "]");
+  const int64_t n = x.size(0), tps = c.tokens_per_sample(), tokens = n * tps;
+  ForwardOut out;
+  Var h;
+  if (c.stem == "fc") {
+    h = g.gelu(g.linear(g.input(x), params_.bind(g, "stem.weight"), params_.bind(g, "stem.bias")));
+  } else {
+    h = g.gelu(g.linear(g.input(patchify(x)), params_.bind(g, "stem.weight"), params_.bind(g, "stem.bias")));
+    h = g.add_rows_tiled(h, params_.bind(g, "stem.pos"));
+  }
+  std::vector<Var> aux;
+  out.layers.resize(static_cast<size_t>(c.layers));
+  for (int64_t l = 0; l < c.layers; ++l) h = moe_layer(g, l, h, tokens, opt, out.layers[static_cast<size_t>(l)], aux);
+  h = g.layer_norm(h, params_.bind(g, "head.norm.weight"), params_.bind(g, "head.norm.bias"));
+  if (tps > 1) h = g.mean_groups(h, tps);
+  out.logits = g.linear(h, params_.bind(g, "head.weight"), params_.bind(g, "head.bias"));
+  for (Var a : aux) out.aux_loss = out.aux_loss.valid() ? g.add(out.aux_loss, a) : a;
+  return out;
+}
+
+}  // namespace deltamoe::models

@@ -1,0 +1,104 @@
+// `deltamoe eval`: evaluate a trained MoE classifier on the Fashion-MNIST test set, with its
+// own routing or another policy.
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "command.h"
+#include "train_common.h"
+#include "deltamoe/core/parallel.h"
+#include "deltamoe/models/moe_classifier.h"
+#include "models/data_shim.h"
+
+namespace {
+
+using namespace deltamoe;
+
+struct EvalCliOptions {
+  std::string model, routing, predictions_out, data_dir = "/usr/share/datasets/fashion-mnist";
+  int64_t k = 0, nulls = 0, batch = 1000;
+  double p = 0, target_k = 0;
+  float null_bias = 0;
+  int threads = 2;
+  bool json = false;
+};
+
+deltamoe::cli::CommandRegistrar reg(
+    "eval", "Evaluate a trained MoE classifier on the test set (accuracy, experts used, speed)",
+    [](CLI::App& app) -> deltamoe::cli::Action {
+      auto o = std::make_shared<EvalCliOptions>();
+      app.add_option("--model", o->model, "checkpoint M.safetensors (with M.json beside it)")->required();
+      app.add_option("--routing", o->routing, "override: top-k | top-p | threshold | null-experts")
+          ->check(CLI::IsMember({"top-k", "top-p", "threshold", "null-experts"}));
+      app.add_option("--k", o->k, "top-k / null-experts k");
+      app.add_option("--p", o->p, "top-p threshold");
+      app.add_option("--target-k", o->target_k,
+                     "calibrate the policy's threshold on the validation split to this mean K");
+      app.add_option("--nulls", o->nulls, "null experts (must match the model's router)");
+      app.add_option("--null-bias", o->null_bias, "null-experts selection bias");
+      app.add_option("--batch", o->batch, "evaluation batch size");
+      app.add_option("--threads", o->threads, "threads");
+      app.add_option("--data-dir", o->data_dir, "Fashion-MNIST directory");
+      app.add_option("--predictions-out", o->predictions_out,
+                     "CSV index,label,predicted,experts_used for every test sample");
+      app.add_flag("--json", o->json, "print one JSON object on stdout");
+      return [o]() {
+        set_num_threads(o->threads);
+        cli::keep_freed_memory();
+        auto model = models::MoeClassifier::load(o->model);
+        const auto data = models::detail::load_data(o->data_dir);
+        if (!o->routing.empty()) {
+          moe::PolicySpec s;
+          s.kind = o->routing;
+          s.k = o->k > 0 ? o->k : 2;
+          if (o->p > 0) s.p = o->p;
+          s.target_k = o->target_k;
+          s.nulls = o->nulls > 0 ? o->nulls : model.config().router_outputs() - model.config().experts;
+          s.null_bias = o->null_bias;
+          if (s.kind == "null-experts" && o->k <= 0 && o->target_k > 0)
+            s.k = static_cast<int64_t>(o->target_k) + 1;
+          const int64_t n = data.train.images.size(0);
+          models::calibrate_policy(model, s, data.train.images.slice(n - 5000, n));
+        }
+        // Warm-up pass (page faults, BLAS buffers) so samples/s measures steady state.
+        models::evaluate(model, data.test.images.slice(0, std::min<int64_t>(o->batch, 1000)),
+                         std::vector<int32_t>(data.test.labels.begin(),
+                                              data.test.labels.begin() + std::min<int64_t>(o->batch, 1000)),
+                         o->batch);
+        const auto r = models::evaluate(model, data.test.images, data.test.labels, o->batch);
+        if (!o->predictions_out.empty()) {
+          std::ostringstream csv;
+          csv << "index,label,predicted,experts_used\n";
+          for (size_t i = 0; i < r.predicted.size(); ++i)
+            csv << i << ',' << data.test.labels[i] << ',' << r.predicted[i] << ','
+                << r.experts_used[i] << '\n';
+          cli::write_file_atomic(o->predictions_out, csv.str());
+        }
+        nlohmann::json j;
+        j["model"] = o->model;
+        j["policy"] = model.policy(0).name();
+        j["accuracy"] = r.accuracy;
+        j["avg_experts"] = r.avg_experts;
+        j["expert_flops_per_sample"] = r.expert_flops_per_sample;
+        j["samples_per_s"] = r.samples_per_s;
+        j["time_ms"] = r.seconds * 1e3;
+        j["samples"] = r.predicted.size();
+        j["threads"] = o->threads;
+        j["load"] = nlohmann::json::array();
+        for (const auto& layer : r.load) {
+          int64_t tot = 0;
+          for (int64_t v : layer) tot += v;
+          nlohmann::json shares = nlohmann::json::array();
+          for (int64_t v : layer) shares.push_back(tot ? static_cast<double>(v) / static_cast<double>(tot) : 0.0);
+          j["load"].push_back({{"tokens_per_expert", layer}, {"share", shares}});
+        }
+        std::fprintf(stderr, "%s: accuracy %.2f%%, avg experts %.3f, %.3g expert FLOPs/sample, %.0f samples/s\n",
+                     model.policy(0).name().c_str(), 100.0 * r.accuracy, r.avg_experts,
+                     r.expert_flops_per_sample, r.samples_per_s);
+        if (o->json) std::cout << j.dump() << "\n";
+        return 0;
+      };
+    });
+
+}  // namespace

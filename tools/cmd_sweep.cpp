@@ -1,0 +1,304 @@
+// `deltamoe sweep`: the delta-MoE experiments E1-E3 (see docs/experiments/delta-moe.md).
+// Trains every configuration for each seed, evaluates on the test set, writes CSVs, calls
+// python/plot_delta_moe.py for the PNGs and writes the report with tables and a verdict.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <numeric>
+#include <random>
+#include <sstream>
+
+#include "command.h"
+#include "train_common.h"
+#include "deltamoe/core/parallel.h"
+#include "deltamoe/models/moe_classifier.h"
+#include "models/data_shim.h"
+#include "sweep_report.h"
+
+namespace {
+
+using namespace deltamoe;
+using namespace deltamoe::cli::sweep;
+using Clock = std::chrono::steady_clock;
+
+struct SweepOptions {
+  bool quick = false;
+  std::string out_dir = "docs/experiments";
+  std::string work_dir = "/tmp/deltamoe-sweep";
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  int seeds = 0, epochs = 0, threads = 1;
+  int64_t max_train = 0;
+  bool no_plots = false, json = false;
+};
+
+struct Run {
+  std::string name;    // e.g. "top-k_k2_bal" or "top-p_K1.5"
+  std::string method;  // top-k | top-p | threshold | null-experts
+  double budget = 0;   // k (top-k) or K* (delta)
+  bool balance = true;
+  int seed = 1;
+};
+
+std::string fmt(double v, int prec = 4) {
+  std::ostringstream os;
+  os.precision(prec);
+  os << v;
+  return os.str();
+}
+
+models::MoeClassifierConfig config_for(const Run& r) {
+  models::MoeClassifierConfig c;
+  c.layers = 2;
+  c.routing.kind = r.method;
+  if (r.method == "top-k") {
+    c.routing.k = static_cast<int64_t>(r.budget);
+  } else {
+    c.routing.target_k = r.budget;
+    c.routing.p = 0.5;
+    c.routing.k = r.method == "null-experts" ? static_cast<int64_t>(std::floor(r.budget)) + 1 : 2;
+  }
+  return c;
+}
+
+// Training rows of an earlier invocation (out_dir/delta-moe-train.csv), by "name,seed", so a
+// re-run that reuses cached models still reports how they were trained.
+std::map<std::string, std::vector<std::string>> previous_train_rows(const std::string& path) {
+  std::map<std::string, std::vector<std::string>> rows;
+  std::ifstream f(path);
+  std::string line;
+  if (!std::getline(f, line)) return rows;
+  while (std::getline(f, line)) {
+    std::vector<std::string> cells;
+    std::stringstream ss(line);
+    std::string cell;
+    while (std::getline(ss, cell, ',')) cells.push_back(cell);
+    if (cells.size() == 9) rows[cells[0] + "," + cells[4]] = cells;
+  }
+  return rows;
+}
+
+// Trains (or loads from the work directory, so an interrupted sweep resumes).
+models::MoeClassifier get_model(const Run& r, const SweepOptions& o, const models::detail::Data& d,
+                                Csv& train_csv,
+                                const std::map<std::string, std::vector<std::string>>& previous) {
+  const std::string path = o.work_dir + "/" + r.name + "_s" + std::to_string(r.seed) + ".safetensors";
+  if (std::filesystem::exists(path) && std::filesystem::exists(std::filesystem::path(path).replace_extension(".json"))) {
+    std::fprintf(stderr, "[sweep] reuse %s\n", path.c_str());
+    auto it = previous.find(r.name + "," + std::to_string(r.seed));
+    if (it != previous.end()) train_csv.row(it->second);
+    return models::MoeClassifier::load(path);
+  }
+  models::MoeClassifier m(config_for(r), static_cast<uint64_t>(r.seed));
+  models::TrainOptions t;
+  t.epochs = o.epochs;
+  t.seed = static_cast<uint64_t>(r.seed);
+  t.balance_alpha = r.balance ? 0.01 : 0.0;
+  t.entropy_beta = r.method == "top-p" ? 1e-4 : 0.0;
+  t.max_train = o.max_train;
+  t.val_size = 5000;
+  const auto t0 = Clock::now();
+  const auto s = models::train(m, d.train.images, d.train.labels, t);
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::fprintf(stderr, "[sweep] trained %s seed %d in %.1f s: val %.2f%%, train K %.3f\n", r.name.c_str(),
+               r.seed, secs, 100.0 * s.epochs.back().val_accuracy, s.epochs.back().avg_experts);
+  train_csv.row({r.name, r.method, fmt(r.budget), r.balance ? "1" : "0", std::to_string(r.seed),
+                 fmt(s.epochs.back().val_accuracy), fmt(s.epochs.back().avg_experts), fmt(secs),
+                 fmt(s.epochs.back().samples_per_s)});
+  m.save(path);
+  return m;
+}
+
+std::vector<int32_t> correct_vector(const models::EvalResult& r, const std::vector<int32_t>& y) {
+  std::vector<int32_t> c(y.size());
+  for (size_t i = 0; i < y.size(); ++i) c[i] = r.predicted[i] == y[i];
+  return c;
+}
+
+// One timed pass over the test set after a warm-up batch (caches, BLAS buffers).
+double measure_samples_per_s(models::MoeClassifier& m, const models::detail::Data& d) {
+  const Tensor warm = d.test.images.slice(0, 1000);
+  models::evaluate(m, warm, std::vector<int32_t>(d.test.labels.begin(), d.test.labels.begin() + 1000));
+  return models::evaluate(m, d.test.images, d.test.labels).samples_per_s;
+}
+
+int run_sweep(const SweepOptions& in) {
+  SweepOptions o = in;
+  if (o.seeds <= 0) o.seeds = o.quick ? 2 : 3;
+  if (o.epochs <= 0) o.epochs = o.quick ? 2 : 3;
+  if (o.quick && o.max_train == 0) o.max_train = 8000;
+  set_num_threads(o.threads);
+  cli::keep_freed_memory();
+  std::filesystem::create_directories(o.out_dir);
+  std::filesystem::create_directories(o.work_dir);
+  const auto t_start = Clock::now();
+  const auto d = models::detail::load_data(o.data_dir);
+  const auto previous = previous_train_rows(o.out_dir + "/delta-moe-train.csv");
+  const auto& ty = d.test.labels;
+
+  const std::vector<int> train_ks = {1, 2, 4};
+  const std::vector<int> fixed_ks = {1, 2, 3, 4};
+  const std::vector<std::string> methods = {"top-p", "threshold", "null-experts"};
+  const std::vector<double> targets = {1.25, 1.5, 2.0, 3.0};
+  const int64_t experts = 8;
+
+  Csv train_csv({"name", "method", "budget", "balance", "seed", "val_accuracy", "train_avg_experts",
+                 "train_seconds", "train_samples_per_s"});
+  Csv e1({"seed", "k_train", "k_eval", "accuracy", "avg_experts", "expert_flops_per_sample"});
+  Csv e2_sum({"seed", "k", "balance", "layer", "max_over_mean", "cv", "accuracy"});
+  Csv e2_load({"seed", "k", "balance", "layer", "expert", "share"});
+  Csv e2_class({"k", "balance", "class", "expert", "count"});
+  Csv e3({"seed", "method", "budget", "accuracy", "avg_experts", "expert_flops_per_sample",
+          "samples_per_s", "shuffled_accuracy", "mcnemar_b", "mcnemar_c", "mcnemar_p"});
+  Csv e3_class({"seed", "method", "budget", "class", "avg_experts", "accuracy"});
+  Csv e3_hist({"seed", "method", "budget", "k", "fraction"});
+
+  for (int seed = 1; seed <= o.seeds; ++seed) {
+    // ---- fixed top-k models (E1, E2, E3 baselines)
+    std::map<int, std::vector<int32_t>> correct_topk;
+    std::vector<std::pair<Run, models::MoeClassifier>> timed;
+    for (int k : fixed_ks)
+      for (bool bal : {true, false}) {
+        const bool in_e1 = std::find(train_ks.begin(), train_ks.end(), k) != train_ks.end();
+        if (!bal && !in_e1) continue;
+        Run r{"top-k_k" + std::to_string(k) + (bal ? "_bal" : "_nobal"), "top-k", double(k), bal, seed};
+        auto m = get_model(r, o, d, train_csv, previous);
+        const auto native = models::evaluate(m, d.test.images, ty);
+        // E2: load at the trained k.
+        if (in_e1)
+          for (int64_t l = 0; l < m.config().layers; ++l) {
+            const auto& ld = native.load[static_cast<size_t>(l)];
+            const LoadStats st = load_stats(ld);
+            e2_sum.row({std::to_string(seed), std::to_string(k), bal ? "1" : "0", std::to_string(l),
+                        fmt(st.max_over_mean), fmt(st.cv), fmt(native.accuracy)});
+            for (int64_t e = 0; e < experts; ++e)
+              e2_load.row({std::to_string(seed), std::to_string(k), bal ? "1" : "0", std::to_string(l),
+                           std::to_string(e), fmt(st.share[static_cast<size_t>(e)])});
+          }
+        if (in_e1 && seed == 1)
+          for (size_t c = 0; c < native.class_expert.size(); ++c)
+            for (int64_t e = 0; e < experts; ++e)
+              e2_class.row({std::to_string(k), bal ? "1" : "0", std::to_string(c), std::to_string(e),
+                            std::to_string(native.class_expert[c][static_cast<size_t>(e)])});
+        if (!bal) continue;
+        // E1: evaluate at every k.
+        if (in_e1)
+          for (int ke = 1; ke <= experts; ++ke) {
+            moe::PolicySpec s;
+            s.kind = "top-k";
+            s.k = ke;
+            m.set_policy(s);
+            const auto r1 = models::evaluate(m, d.test.images, ty);
+            e1.row({std::to_string(seed), std::to_string(k), std::to_string(ke), fmt(r1.accuracy),
+                    fmt(r1.avg_experts), fmt(r1.expert_flops_per_sample)});
+          }
+        m.reset_policies();
+        correct_topk[k] = correct_vector(native, ty);
+        timed.emplace_back(r, std::move(m));
+      }
+    // ---- delta policies (E3)
+    for (const auto& meth : methods)
+      for (double kt : targets) {
+        Run r{meth + "_K" + fmt(kt), meth, kt, true, seed};
+        timed.emplace_back(r, get_model(r, o, d, train_csv, previous));
+      }
+    // ---- timing: round robin over the seed's models, best pass per model, so a change of
+    // load on the (shared) machine during the measurement hits every model alike.
+    std::vector<double> best_sps(timed.size(), 0.0);
+    for (int rep = 0; rep < (o.quick ? 2 : 5); ++rep)
+      for (size_t i = 0; i < timed.size(); ++i)
+        best_sps[i] = std::max(best_sps[i], measure_samples_per_s(timed[i].second, d));
+    // ---- evaluation of E3
+    for (size_t ti = 0; ti < timed.size(); ++ti) {
+      auto& [r, m] = timed[ti];
+      const auto native = models::evaluate(m, d.test.images, ty);
+      const double sps = best_sps[ti];
+      std::string shuffled = "", mb = "", mc = "", mp = "";
+      if (r.method != "top-k") {
+        // Shuffled-K control: the same per-token budgets, assigned to random tokens.
+        std::vector<std::vector<int32_t>> ks = native.token_k;
+        std::mt19937_64 rng(static_cast<uint64_t>(1000 + seed));
+        for (auto& layer : ks) std::shuffle(layer.begin(), layer.end(), rng);
+        shuffled = fmt(models::evaluate(m, d.test.images, ty, 1000, &ks).accuracy);
+        const auto mn = mcnemar(correct_topk.at(2), correct_vector(native, ty));
+        mb = std::to_string(mn.b);
+        mc = std::to_string(mn.c);
+        mp = fmt(mn.p_value);
+        // K by class and the K histogram.
+        std::vector<double> ksum(10, 0), kcnt(10, 0), kcor(10, 0);
+        for (size_t i = 0; i < ty.size(); ++i) {
+          ksum[static_cast<size_t>(ty[i])] += native.experts_used[i];
+          kcnt[static_cast<size_t>(ty[i])] += 1;
+          kcor[static_cast<size_t>(ty[i])] += native.predicted[i] == ty[i];
+        }
+        for (int c = 0; c < 10; ++c)
+          e3_class.row({std::to_string(seed), r.method, fmt(r.budget), std::to_string(c),
+                        fmt(ksum[c] / kcnt[c]), fmt(kcor[c] / kcnt[c])});
+        std::vector<double> hist(static_cast<size_t>(experts) + 1, 0);
+        double tot = 0;
+        for (const auto& layer : native.token_k)
+          for (int32_t k : layer) {
+            hist[static_cast<size_t>(k)] += 1;
+            tot += 1;
+          }
+        for (int64_t k = 1; k <= experts; ++k)
+          e3_hist.row({std::to_string(seed), r.method, fmt(r.budget), std::to_string(k),
+                       fmt(hist[static_cast<size_t>(k)] / tot)});
+      }
+      e3.row({std::to_string(seed), r.method, fmt(r.budget), fmt(native.accuracy), fmt(native.avg_experts),
+              fmt(native.expert_flops_per_sample), fmt(sps), shuffled, mb, mc, mp});
+      std::fprintf(stderr, "[sweep] seed %d %-16s acc %.2f%% K %.3f %.0f samples/s %s\n", seed,
+                   r.name.c_str(), 100.0 * native.accuracy, native.avg_experts, sps,
+                   shuffled.empty() ? "" : ("shuffled-K acc " + shuffled).c_str());
+    }
+  }
+
+  const std::string dir = o.out_dir;
+  train_csv.write(dir + "/delta-moe-train.csv");
+  e1.write(dir + "/delta-moe-e1.csv");
+  e2_sum.write(dir + "/delta-moe-e2-summary.csv");
+  e2_load.write(dir + "/delta-moe-e2-load.csv");
+  e2_class.write(dir + "/delta-moe-e2-class-expert.csv");
+  e3.write(dir + "/delta-moe-e3.csv");
+  e3_class.write(dir + "/delta-moe-e3-k-by-class.csv");
+  e3_hist.write(dir + "/delta-moe-e3-k-hist.csv");
+  const double secs = std::chrono::duration<double>(Clock::now() - t_start).count();
+
+  bool plots = false;
+  if (!o.no_plots) {
+    const std::string cmd = "python3 " + std::string(DELTAMOE_SOURCE_DIR) + "/python/plot_delta_moe.py --dir '" + dir + "'";
+    plots = std::system(cmd.c_str()) == 0;
+    if (!plots) std::fprintf(stderr, "[sweep] plotting failed (python3 with matplotlib needed): %s\n", cmd.c_str());
+  }
+  ReportInputs ri{o.quick, o.seeds, o.epochs, o.max_train, o.threads, secs, plots};
+  const nlohmann::json verdict = write_report(dir, ri, e1, e2_sum, e3, e3_class, train_csv);
+  nlohmann::json j = verdict;
+  j["time_s"] = secs;
+  j["out_dir"] = dir;
+  std::fprintf(stderr, "[sweep] done in %.0f s; report %s/delta-moe.md\n", secs, dir.c_str());
+  if (o.json) std::cout << j.dump() << "\n";
+  return 0;
+}
+
+deltamoe::cli::CommandRegistrar reg(
+    "sweep", "Run the delta-MoE experiments (E1-E3) and write the report with plots",
+    [](CLI::App& app) -> deltamoe::cli::Action {
+      auto o = std::make_shared<SweepOptions>();
+      app.add_flag("--quick", o->quick, "small version for CI (2 seeds, 2 epochs on 8k images)");
+      app.add_option("--out-dir", o->out_dir, "where the CSVs, PNGs and delta-moe.md go");
+      app.add_option("--work-dir", o->work_dir, "where trained models are cached (resumable)");
+      app.add_option("--data-dir", o->data_dir, "Fashion-MNIST directory");
+      app.add_option("--seeds", o->seeds, "seeds per configuration (default 3; quick 2)");
+      app.add_option("--epochs", o->epochs, "training epochs (default 3; quick 2)");
+      app.add_option("--max-train", o->max_train, "training images (default all 55k; quick 8k)");
+      app.add_option("--threads", o->threads, "threads (1 keeps timings stable on a shared machine)");
+      app.add_flag("--no-plots", o->no_plots, "skip python/plot_delta_moe.py");
+      app.add_flag("--json", o->json, "print one JSON summary on stdout");
+      return [o]() { return run_sweep(*o); };
+    });
+
+}  // namespace

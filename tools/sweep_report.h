@@ -1,0 +1,64 @@
+// Helpers of `deltamoe sweep`: CSV tables, load statistics, McNemar's test, confidence
+// intervals, and the Markdown report with its verdict.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace deltamoe::cli::sweep {
+
+/// A table of strings with a header; written atomically as CSV.
+class Csv {
+ public:
+  explicit Csv(std::vector<std::string> header) : header_(std::move(header)) {}
+  void row(std::vector<std::string> cells);
+  void write(const std::string& path) const;
+  const std::vector<std::vector<std::string>>& rows() const { return rows_; }
+  /// Column index of `name` (throws Error("sweep") if absent).
+  size_t col(const std::string& name) const;
+
+ private:
+  std::vector<std::string> header_;
+  std::vector<std::vector<std::string>> rows_;
+};
+
+struct LoadStats {
+  std::vector<double> share;  // per expert, sums to 1
+  double max_over_mean = 0;   // max share / mean share
+  double cv = 0;              // std/mean of the shares (population)
+};
+LoadStats load_stats(const std::vector<int64_t>& tokens_per_expert);
+
+struct McNemar {
+  int64_t b = 0;  // first right, second wrong
+  int64_t c = 0;  // first wrong, second right
+  double p_value = 1.0;  // chi² with continuity correction, 1 d.o.f.
+};
+/// Paired test on per-sample correctness (1/0) of two classifiers on the same samples.
+McNemar mcnemar(const std::vector<int32_t>& first, const std::vector<int32_t>& second);
+McNemar mcnemar_counts(int64_t b, int64_t c);
+
+/// Mean and the half-width of its 95% t-interval (0 for one value).
+struct MeanCi {
+  double mean = 0, half = 0;
+  int n = 0;
+};
+MeanCi mean_ci(const std::vector<double>& v);
+
+struct ReportInputs {
+  bool quick;
+  int seeds, epochs;
+  int64_t max_train;
+  int threads;
+  double seconds;
+  bool plots;
+};
+
+/// Writes `dir`/delta-moe.md (tables, plots, verdict) and returns the verdict as JSON.
+nlohmann::json write_report(const std::string& dir, const ReportInputs& in, const Csv& e1,
+                            const Csv& e2, const Csv& e3, const Csv& e3_class, const Csv& train);
+
+}  // namespace deltamoe::cli::sweep
