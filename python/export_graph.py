@@ -309,7 +309,7 @@ def export_eager(name, ac):
 
 def export_compiled(name):
     """torch.compile's AOT forward/backward graphs (min-cut partitioner), joined."""
-    from functorch.compile import min_cut_rematerialization_partition
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
     from torch._dynamo.backends.common import aot_autograd
     ctor, mk_input, kind = MODELS[name]
     torch.manual_seed(0)
@@ -322,7 +322,7 @@ def export_compiled(name):
     def grab(key):
         def compiler(gm, example_inputs):
             captured[key].append(gm)
-            return gm.forward
+            return make_boxed_func(gm.forward)
         return compiler
 
     backend = aot_autograd(fw_compiler=grab("fw"), bw_compiler=grab("bw"),
@@ -392,11 +392,16 @@ def main():
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--no-ac", action="store_true")
     ap.add_argument("--compiled", action="store_true")
+    ap.add_argument("--compiled-only", action="store_true", help="only the torch.compile graphs")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     torch.set_num_threads(1)
     for name in a.models.split(","):
-        variants = [("eager", False)] + ([] if a.no_ac else [("eager", True)]) + ([("compiled", None)] if a.compiled else [])
+        variants = [("eager", False)] + ([] if a.no_ac else [("eager", True)])
+        if a.compiled_only:
+            variants = []
+        if a.compiled or a.compiled_only:
+            variants.append(("compiled", None))
         for kind, ac in variants:
             t0 = time.time()
             try:

@@ -25,10 +25,13 @@
 //    already at most another segment's proven optimum are not searched at all.
 //  * Incumbent. Only states with f < the best known peak are kept; when none is left, the
 //    best known order is optimal.
-// Lower bound h(S): the bytes that are never freed and already allocated, plus for some node
+// Lower bound h(S): the per-node cut bound of node_bounds() for not-yet-run nodes v, with its
+// never-freed share raised to the never-freed bytes S already allocated (both sets are
+// allocated by the time v runs, so the larger of the two is live then); the bytes that are never freed and already allocated, plus for some node
 // v not in S (the largest few by this measure are tried) alloc(v) + ws(v) + its freeable
 // input buffers, which all are live when v runs; and L(S) + the least alloc + ws over the
-// ready nodes (the next step must run one of them).
+// ready nodes (the next step must run one of them); and all never-freed bytes (the last step
+// needs them).
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -68,6 +71,9 @@ class Search {
       if (b.alloc >= 0 && b.never_freed) nf_alloc_[b.alloc] += b.bytes;
     }
     nf_initial_ = m.initial - freeable_initial;
+    // The last step needs every never-freed byte (all are allocated by then).
+    nf_total_ = nf_initial_;
+    for (uint64_t x : nf_alloc_) nf_total_ += x;
     for (int32_t v = 0; v < m.n; ++v) {
       cost_[v] = m.alloc[v] + m.ws[v];
       c_[v] = cost_[v];
@@ -78,6 +84,15 @@ class Search {
     for (int32_t v = 0; v < m.n; ++v) by_c_[v] = v;
     std::sort(by_c_.begin(), by_c_.end(), [&](int32_t a, int32_t b) { return c_[a] > c_[b]; });
     if (by_c_.size() > 48) by_c_.resize(48);
+    lbv_ = node_bounds(m, 30000, &nfv_);
+    by_lb_.resize(m.n);
+    for (int32_t v = 0; v < m.n; ++v) by_lb_[v] = v;
+    by_rest_ = by_lb_;
+    std::sort(by_lb_.begin(), by_lb_.end(), [&](int32_t a, int32_t b) { return lbv_[a] > lbv_[b]; });
+    if (by_lb_.size() > 48) by_lb_.resize(48);
+    std::sort(by_rest_.begin(), by_rest_.end(),
+              [&](int32_t a, int32_t b) { return lbv_[a] - nfv_[a] > lbv_[b] - nfv_[b]; });
+    if (by_rest_.size() > 48) by_rest_.resize(48);
     table_.assign(1024, -1);
   }
 
@@ -196,10 +211,20 @@ class Search {
 
   uint64_t bound(const std::vector<uint64_t>& bits, uint64_t live, uint64_t nf,
                  const std::vector<int32_t>& ready) const {
-    uint64_t h = 0;
+    uint64_t h = nf_total_;
     for (int32_t v : by_c_)
       if (!has(bits, v)) {
-        h = nf + c_[v];
+        h = std::max(h, nf + c_[v]);
+        break;
+      }
+    for (int32_t v : by_lb_)
+      if (!has(bits, v)) {
+        h = std::max(h, lbv_[v] - nfv_[v] + std::max(nfv_[v], nf));
+        break;
+      }
+    for (int32_t v : by_rest_)
+      if (!has(bits, v)) {
+        h = std::max(h, lbv_[v] - nfv_[v] + std::max(nfv_[v], nf));
         break;
       }
     if (!ready.empty()) {
@@ -310,8 +335,10 @@ class Search {
   SearchLimits lim_;
   size_t words_;
   std::vector<uint64_t> zob_, cost_, c_, nf_alloc_;
-  uint64_t nf_initial_ = 0;
-  std::vector<int32_t> by_c_;
+  uint64_t nf_initial_ = 0, nf_total_ = 0;
+  std::vector<int32_t> by_c_, by_lb_, by_rest_;
+  std::vector<uint64_t> nfv_;  // never-freed share of lbv_
+  std::vector<uint64_t> lbv_;  // node_bounds(): need at v's step in every order
   std::vector<State> states_;
   std::vector<uint64_t> bitsets_;
   std::vector<int32_t> arena_, table_;

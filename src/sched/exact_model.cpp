@@ -212,6 +212,71 @@ void count_relatives(const Model& m, const std::vector<char>& mask, std::vector<
   }
 }
 
+std::vector<uint64_t> node_bounds(const Model& m, int32_t max_n, std::vector<uint64_t>* nf_part) {
+  const int32_t n = m.n;
+  std::vector<uint64_t> lb(n, 0);
+  std::vector<uint64_t> nfp_local;
+  std::vector<uint64_t>& nfp = nf_part ? *nf_part : nfp_local;
+  nfp.assign(n, 0);
+  uint64_t nf_initial = m.initial;
+  for (const ModelBuffer& b : m.buffers)
+    if (b.alloc == -1 && !b.never_freed) nf_initial -= b.bytes;
+  for (int32_t v = 0; v < n; ++v) {
+    lb[v] = nf_initial + m.alloc[v] + m.ws[v];
+    nfp[v] = nf_initial;
+  }
+  if (n > max_n) {
+    for (int32_t v = 0; v < n; ++v)
+      for (int32_t b : m.reads[v])
+        if (m.buffers[b].alloc != v) lb[v] += m.buffers[b].bytes;
+    return lb;
+  }
+  const size_t words = (static_cast<size_t>(n) + 63) / 64;
+  std::vector<uint64_t> anc(n * words, 0), desc(n * words, 0);
+  const std::vector<int32_t> topo = topo_order(m);
+  auto set = [&](std::vector<uint64_t>& bs, int32_t row, int32_t col) {
+    bs[row * words + (col >> 6)] |= uint64_t{1} << (col & 63);
+  };
+  for (int32_t v : topo)
+    for (int32_t u : m.preds[v]) {
+      for (size_t w = 0; w < words; ++w) anc[v * words + w] |= anc[u * words + w];
+      set(anc, v, u);
+    }
+  for (int32_t k = n - 1; k >= 0; --k) {
+    const int32_t v = topo[k];
+    for (int32_t s : m.succs[v]) {
+      for (size_t w = 0; w < words; ++w) desc[v * words + w] |= desc[s * words + w];
+      set(desc, v, s);
+    }
+  }
+  std::vector<uint64_t> r(words);
+  for (const ModelBuffer& b : m.buffers) {
+    if (b.never_freed) {
+      std::fill(r.begin(), r.end(), ~uint64_t{0});
+    } else {
+      std::fill(r.begin(), r.end(), 0);
+      for (int32_t x : b.readers) {
+        for (size_t w = 0; w < words; ++w) r[w] |= anc[x * words + w];
+        r[x >> 6] |= uint64_t{1} << (x & 63);
+      }
+    }
+    if (b.alloc >= 0)
+      for (size_t w = 0; w < words; ++w) r[w] &= desc[b.alloc * words + w];
+    for (size_t w = 0; w < words; ++w) {
+      uint64_t bits = r[w];
+      while (bits) {
+        const int32_t v = static_cast<int32_t>(w * 64 + std::countr_zero(bits));
+        bits &= bits - 1;
+        if (v < n && !(b.never_freed && b.alloc == -1)) {
+          lb[v] += b.bytes;
+          if (b.never_freed) nfp[v] += b.bytes;
+        }
+      }
+    }
+  }
+  return lb;
+}
+
 std::vector<std::vector<int32_t>> split_segments(const Model& m) {
   const int32_t n = m.n;
   std::vector<char> heavy(n);

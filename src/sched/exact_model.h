@@ -59,6 +59,14 @@ void count_relatives(const Model& m, const std::vector<char>& mask, std::vector<
 /// topological list of nodes; concatenating optimal orders of the segments is optimal.
 std::vector<std::vector<int32_t>> split_segments(const Model& m);
 
+/// Per node v, a lower bound on the need at v's step in every order: alloc(v) + ws(v) + the
+/// bytes of every buffer allocated by a strict ancestor of v (or initially live) and read by v
+/// or by a descendant of v (or never freed). Reachability bitsets, O(n^2/64) time and bits;
+/// above `max_n` nodes only v's own inputs are counted.
+/// If `nf_part` is given, it receives per node the never-freed share of that bound.
+std::vector<uint64_t> node_bounds(const Model& m, int32_t max_n = 30000,
+                                  std::vector<uint64_t>* nf_part = nullptr);
+
 /// A topological order of m (Kahn's, smallest index first).
 std::vector<int32_t> topo_order(const Model& m);
 

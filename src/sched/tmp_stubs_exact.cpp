@@ -60,3 +60,46 @@ void check_order(const Graph& g, const Order& order) {
 }
 
 }  // namespace deltamoe::sched
+
+// TEMPORARY: a minimal reader for local experiments (the real one is sched-base's).
+#include <zlib.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+namespace deltamoe::sched {
+Graph read_memgraph(const std::string& path) {
+  std::string text;
+  {
+    gzFile f = gzopen(path.c_str(), "rb");
+    DELTAMOE_CHECK(f, "memgraph", "cannot open ", path);
+    char buf[1 << 16];
+    int k;
+    while ((k = gzread(f, buf, sizeof buf)) > 0) text.append(buf, k);
+    gzclose(f);
+  }
+  const auto j = nlohmann::json::parse(text);
+  Graph g;
+  g.name = j.value("name", "");
+  std::unordered_map<int64_t, int32_t> idx;
+  for (const auto& jn : j["nodes"]) idx[jn["id"].get<int64_t>()] = static_cast<int32_t>(idx.size());
+  for (const auto& jn : j["nodes"]) {
+    Node nd;
+    nd.id = jn["id"];
+    nd.name = jn.value("name", "");
+    nd.op = jn.value("op", "");
+    for (const auto& i : jn["inputs"]) nd.inputs.push_back(idx.at(i.get<int64_t>()));
+    nd.size = jn.value("size", uint64_t{0});
+    nd.workspace = jn.value("workspace", uint64_t{0});
+    if (jn.contains("view_of") && !jn["view_of"].is_null()) nd.view_of = idx.at(jn["view_of"].get<int64_t>());
+    g.nodes.push_back(nd);
+  }
+  g.is_output.assign(g.nodes.size(), 0);
+  g.is_persistent.assign(g.nodes.size(), 0);
+  for (const auto& i : j["outputs"]) g.is_output[idx.at(i.get<int64_t>())] = 1;
+  for (const auto& i : j["persistent"]) g.is_persistent[idx.at(i.get<int64_t>())] = 1;
+  g.finalize();
+  return g;
+}
+}  // namespace deltamoe::sched
