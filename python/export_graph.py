@@ -370,7 +370,8 @@ def export_compiled(name):
         if i < n_saved and i < n_bw_in - 1 and saved[i] is not None:
             bw_ph.append(saved[i])
         else:
-            bw_ph.append(b.add(node.name, "tangent", [], tensor_bytes(node.meta.get("val"))))
+            # The tangent (d loss / d loss) exists once the loss does.
+            bw_ph.append(b.add(node.name, "tangent", [fw_outs[0]], tensor_bytes(node.meta.get("val"))))
     grads = b.add_fx(bw, bw_ph, prefix="bw_")
     b.outputs += [fw_outs[0]] + [g for g in grads if g is not None]
     return b.to_json()

@@ -84,7 +84,7 @@ class Search {
     for (int32_t v = 0; v < m.n; ++v) by_c_[v] = v;
     std::sort(by_c_.begin(), by_c_.end(), [&](int32_t a, int32_t b) { return c_[a] > c_[b]; });
     if (by_c_.size() > 48) by_c_.resize(48);
-    lbv_ = node_bounds(m, 30000, &nfv_);
+    lbv_ = node_bounds(m, 12000, &nfv_);
     by_lb_.resize(m.n);
     for (int32_t v = 0; v < m.n; ++v) by_lb_[v] = v;
     by_rest_ = by_lb_;
@@ -374,13 +374,20 @@ ExactResult exact_search(const Graph& g, double time_limit_s, const Order* incum
   for (const auto& s : segs)
     for (size_t i = 0; i < s.size(); ++i) local[s[i]] = static_cast<int32_t>(i);
   for (int32_t v : inc) seg_order[seg_of[v]].push_back(local[v]);
-  std::vector<Model> subs;
-  std::vector<uint64_t> ub(segs.size());
-  std::vector<char> done(m.n, 0);
-  for (size_t k = 0; k < segs.size(); ++k) {
-    subs.push_back(sub_model(m, segs[k], done));
-    for (int32_t v : segs[k]) done[v] = 1;
-    ub[k] = model_peak(subs[k], seg_order[k]);
+  // Incumbent peak of each segment from one profile of the concatenated incumbent (sub-models
+  // are built only for the segments that get searched: building all would cost
+  // O(segments x buffers) on long chains).
+  std::vector<uint64_t> ub(segs.size(), 0);
+  {
+    Order cat;
+    cat.reserve(m.n);
+    for (size_t k = 0; k < segs.size(); ++k)
+      for (int32_t i : seg_order[k]) cat.push_back(segs[k][i]);
+    std::vector<uint64_t> need;
+    model_profile(m, cat, need);
+    size_t t = 0;
+    for (size_t k = 0; k < segs.size(); ++k)
+      for (size_t i = 0; i < segs[k].size(); ++i, ++t) ub[k] = std::max(ub[k], need[t]);
   }
   std::vector<size_t> by_ub(segs.size());
   for (size_t k = 0; k < segs.size(); ++k) by_ub[k] = k;
@@ -394,7 +401,11 @@ ExactResult exact_search(const Graph& g, double time_limit_s, const Order* incum
     SearchLimits lim;
     lim.deadline = deadline;
     lim.stop_at = lb;
-    SearchOutcome o = search_model(subs[k], seg_order[k], lim);
+    std::vector<char> done(m.n, 0);
+    for (size_t j = 0; j < k; ++j)
+      for (int32_t v : segs[j]) done[v] = 1;
+    const Model sub = sub_model(m, segs[k], done);
+    SearchOutcome o = search_model(sub, seg_order[k], lim);
     ++searched;
     expanded += o.expanded;
     DELTAMOE_ASSERT(o.peak <= ub[k], "search returned a worse order");
@@ -407,7 +418,12 @@ ExactResult exact_search(const Graph& g, double time_limit_s, const Order* incum
   order.reserve(m.n);
   for (size_t k = 0; k < segs.size(); ++k)
     for (int32_t i : seg_order[k]) order.push_back(segs[k][i]);
-  const uint64_t peak = model_peak(m, order);
+  uint64_t peak = model_peak(m, order);
+  const uint64_t inc_peak = model_peak(m, inc);
+  if (peak > inc_peak) {  // cannot happen (see split_segments); keep the promise regardless
+    order = inc;
+    peak = inc_peak;
+  }
   ExactResult r;
   r.order = order;
   r.lower_bound = std::min(lb, peak);

@@ -64,7 +64,7 @@ std::vector<std::vector<int32_t>> split_segments(const Model& m);
 /// or by a descendant of v (or never freed). Reachability bitsets, O(n^2/64) time and bits;
 /// above `max_n` nodes only v's own inputs are counted.
 /// If `nf_part` is given, it receives per node the never-freed share of that bound.
-std::vector<uint64_t> node_bounds(const Model& m, int32_t max_n = 30000,
+std::vector<uint64_t> node_bounds(const Model& m, int32_t max_n = 12000,
                                   std::vector<uint64_t>* nf_part = nullptr);
 
 /// A topological order of m (Kahn's, smallest index first).
