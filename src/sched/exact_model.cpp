@@ -190,15 +190,24 @@ void count_relatives(const Model& m, const std::vector<char>& mask, std::vector<
   desc.assign(n, 0);
   constexpr int32_t kWords = 64;  // 4096 columns per pass
   std::vector<uint64_t> bits(static_cast<size_t>(n) * kWords);
+  std::vector<int32_t> tpos(n), col_pos;  // topological position of each node / column
+  for (int32_t k = 0; k < n; ++k) tpos[topo[k]] = k;
+  for (int32_t v : topo)
+    if (col[v] >= 0) col_pos.push_back(tpos[v]);
   for (int32_t c0 = 0; c0 < cols; c0 += 64 * kWords) {
     const int32_t words = std::min(kWords, (cols - c0 + 63) / 64);
+    const int32_t c1 = std::min(cols, c0 + 64 * words) - 1;
     auto row = [&](int32_t v) { return bits.data() + static_cast<size_t>(v) * kWords; };
+    // Ancestors in this block exist only at or after the block's first column in topological
+    // order, descendants only at or before its last: rows outside stay zero and are skipped.
     for (int pass = 0; pass < 2; ++pass) {
-      std::fill(bits.begin(), bits.end(), 0);
-      for (int32_t k = 0; k < n; ++k) {
-        const int32_t v = pass == 0 ? topo[k] : topo[n - 1 - k];
+      const int32_t lo = pass == 0 ? col_pos[c0] : 0, hi = pass == 0 ? n - 1 : col_pos[c1];
+      for (int32_t k = pass == 0 ? lo : hi; pass == 0 ? k <= hi : k >= lo; k += pass == 0 ? 1 : -1) {
+        const int32_t v = topo[k];
         uint64_t* rv = row(v);
+        std::fill(rv, rv + words, 0);
         for (int32_t u : pass == 0 ? m.preds[v] : m.succs[v]) {
+          if (tpos[u] < lo || tpos[u] > hi) continue;
           const uint64_t* ru = row(u);
           for (int32_t w = 0; w < words; ++w) rv[w] |= ru[w];
           const int32_t c = col[u] - c0;
