@@ -1,12 +1,44 @@
 // `deltamoe loadgen`: open-loop Poisson or closed-loop load, over loopback HTTP or in-process.
+#include <algorithm>
+#include <chrono>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "command.h"
+#include "deltamoe/core/parallel.h"
+#include "deltamoe/io/idx.h"
 #include "deltamoe/serve/loadgen.h"
 #include "serve_cli.h"
 
 namespace {
+
+// Per-sample time of each model call at batch size m, single-threaded (a worker's view): the
+// service curve that decides how much batching can buy on this machine.
+std::string model_curve_json(const deltamoe::cli::RuntimeOptions& opts) {
+  using clk = std::chrono::steady_clock;
+  deltamoe::set_blas_threads(1);
+  const auto model = opts.build_model();
+  const int64_t d = model->hidden(), r = model->router_outputs(), c = model->classes();
+  nlohmann::json rows = nlohmann::json::array();
+  const auto x0 = deltamoe::serve::synthetic_images(256, 1);
+  for (int64_t m = 1; m <= 256; m *= 2) {
+    std::vector<float> h(static_cast<size_t>(m * d)), lg(static_cast<size_t>(m * r)), y(static_cast<size_t>(m * d)),
+        p(static_cast<size_t>(m * c));
+    const int iters = static_cast<int>(std::max<int64_t>(20, 4096 / m));
+    auto time_us = [&](auto&& fn) {
+      fn(0);  // warm-up
+      const auto t0 = clk::now();
+      for (int i = 0; i < iters; ++i) fn(i);
+      return std::chrono::duration<double, std::micro>(clk::now() - t0).count() / iters / static_cast<double>(m);
+    };
+    const double stem = time_us([&](int) { model->stem(x0.data(), m, h.data(), lg.data()); });
+    const double expert = time_us([&](int i) { model->expert(i % model->experts(), h.data(), m, y.data()); });
+    const double head = time_us([&](int) { model->head(h.data(), m, p.data()); });
+    rows.push_back({{"batch", m}, {"stem_us_per_sample", stem}, {"expert_us_per_sample", expert},
+                    {"head_us_per_sample", head}});
+  }
+  return nlohmann::json({{"model", model->name()}, {"curve", rows}}).dump();
+}
 
 deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serve (loopback HTTP or in-process)",
   [](CLI::App& app) -> deltamoe::cli::Action {
@@ -15,6 +47,9 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
     auto url = std::make_shared<std::string>();
     auto in_process = std::make_shared<bool>(false);
     auto json = std::make_shared<bool>(false);
+    auto latencies_out = std::make_shared<std::string>();
+    auto images_idx = std::make_shared<std::string>();
+    auto model_curve = std::make_shared<bool>(false);
     app.add_option("--url", *url, "Server URL, loopback only (http://127.0.0.1:PORT)");
     app.add_flag("--in-process", *in_process, "Drive a runtime in this process (no HTTP); takes the serve options");
     app.add_option("--rate", lc->rate_rps, "Open loop: mean Poisson arrival rate, requests/s");
@@ -23,12 +58,29 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
     app.add_option("--concurrency", lc->concurrency, "Closed loop: outstanding requests; HTTP open loop: sender threads");
     app.add_option("--images", lc->images_per_request, "Images per request");
     app.add_flag("!--arrays", lc->base64, "Send images as JSON arrays instead of base64");
+    app.add_flag("!--no-keep-alive", lc->keep_alive, "HTTP: a new connection per request");
     app.add_option("--slo-ms", lc->slo_ms, "Latency objective for slo_attainment");
     app.add_option("--grace", lc->grace_s, "Seconds to wait for answers after --duration");
     app.add_option("--load-seed", lc->seed, "Seed of arrivals and images");
+    app.add_option("--images-idx", *images_idx,
+                   "Send images from this IDX file (e.g. " + std::string(deltamoe::io::kFashionMnistDir) +
+                       "/t10k-images-idx3-ubyte.gz; first 1024); default synthetic");
+    app.add_flag("--model-curve", *model_curve,
+                 "Instead of load: time the model's calls alone at batch sizes 1..256 (per-sample us)");
     app.add_flag("--json", *json, "Print one JSON object on stdout");
+    app.add_option("--latencies-out", *latencies_out, "Write every answered request's latency (ms), one per line");
     opts->add(app);
-    return [opts, lc, url, in_process, json]() {
+    return [opts, lc, url, in_process, json, latencies_out, images_idx, model_curve]() {
+      if (*model_curve) {
+        std::cout << model_curve_json(*opts) << std::endl;
+        return 0;
+      }
+      if (!images_idx->empty()) {
+        const auto idx = deltamoe::io::read_idx(*images_idx, 3);
+        DELTAMOE_CHECK(idx.dims[1] * idx.dims[2] == 784, "loadgen", *images_idx, ": images are not 28x28");
+        const size_t n = std::min<size_t>(1024, static_cast<size_t>(idx.dims[0]));
+        lc->image_pool.assign(idx.data.begin(), idx.data.begin() + static_cast<std::ptrdiff_t>(n * 784));
+      }
       deltamoe::serve::LoadResult r;
       std::string extra = "{}";
       if (*in_process) {
@@ -47,6 +99,11 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
         r = deltamoe::serve::run_http_load(*url, *lc);
       }
       const std::string out = deltamoe::serve::load_result_json(r, *lc, extra);
+      if (!latencies_out->empty()) {
+        std::string text;
+        for (double v : r.latency_us) text += std::to_string(v / 1000.0) + "\n";
+        deltamoe::cli::write_file_atomic(*latencies_out, text);
+      }
       if (*json) {
         std::cout << out << std::endl;
       } else {

@@ -43,16 +43,18 @@ struct RuntimeOptions {
     app.add_option("--workers", workers, "Worker threads running batches")->check(CLI::Range(1, 256));
   }
 
-  std::shared_ptr<moe::ExpertQueueRuntime> build() const {
-    std::shared_ptr<const serve::ServeModel> model;
+  std::shared_ptr<const serve::ServeModel> build_model() const {
     if (!model_path.empty()) {
       DELTAMOE_CHECK(!random_model, "serve", "give --model or --random-model, not both");
-      model = serve::load_serve_model(model_path);
-    } else {
-      serve::RandomModelConfig rc;
-      rc.seed = seed;
-      model = serve::make_random_model(rc);
+      return serve::load_serve_model(model_path);
     }
+    serve::RandomModelConfig rc;
+    rc.seed = seed;
+    return serve::make_random_model(rc);
+  }
+
+  std::shared_ptr<moe::ExpertQueueRuntime> build() const {
+    std::shared_ptr<const serve::ServeModel> model = build_model();
     moe::QueueConfig qc;
     qc.mode = moe::parse_batching_mode(mode);
     qc.max_batch = queue_size;

@@ -312,6 +312,13 @@ void ExpertQueueRuntime::run_stem(Batch& batch, bool whole_model) {
         std::copy_n(ye.data() + i * d, d, list[i].first->outs.data() + list[i].second * d);
     }
     const int64_t t1 = clock_->now_us();
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      for (const auto& list : rows) {
+        stats_.expert_calls += list.empty() ? 0 : 1;
+        stats_.expert_rows += list.size();
+      }
+    }
     for (const Entry& en : batch.entries) {
       en.sample->stem_us = t1 - t0;
       en.sample->remaining = 0;
@@ -355,6 +362,8 @@ void ExpertQueueRuntime::run_expert(Batch& batch) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     queues_[batch.queue]->stats.busy_us += static_cast<double>(t1 - t0);
+    ++stats_.expert_calls;
+    stats_.expert_rows += static_cast<uint64_t>(m);
     for (const Entry& en : batch.entries) {
       Sample* s = en.sample;
       s->expert_us = std::max(s->expert_us, t1 - t0);

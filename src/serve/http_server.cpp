@@ -1,6 +1,8 @@
 // HTTP front end on cpp-httplib (built only when CMake found it; a stub otherwise).
 #include "deltamoe/serve/http_server.h"
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <future>
 #include <nlohmann/json.hpp>
@@ -17,10 +19,23 @@ namespace deltamoe::serve {
 
 bool http_available() { return true; }
 
+namespace {
+
+// Debian's cpp-httplib is compiled with a listen backlog of 5: a burst of new connections
+// then overflows the accept queue, and clients see resets and read errors under load.
+// Calling listen() again on the bound socket raises the backlog (POSIX allows it; Linux
+// applies the new value).
+class Server final : public httplib::Server {
+ public:
+  bool raise_backlog(int backlog) { return ::listen(svr_sock_, backlog) == 0; }
+};
+
+}  // namespace
+
 struct HttpServer::Impl {
   std::shared_ptr<moe::ExpertQueueRuntime> runtime;
   ServerConfig config;
-  httplib::Server server;
+  Server server;
   std::thread thread;
   mutable std::mutex mu;
   HttpCounters counters;
@@ -85,7 +100,7 @@ HttpServer::HttpServer(std::shared_ptr<moe::ExpertQueueRuntime> runtime, ServerC
   const int threads = impl->config.threads;
   svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   svr.set_payload_max_length(impl->config.max_body_bytes);
-  svr.set_keep_alive_max_count(1000);
+  svr.set_keep_alive_max_count(1000000);
   svr.set_tcp_nodelay(true);  // else Nagle + delayed ACK add ~40 ms to small responses
   svr.Post("/v1/classify", [impl](const httplib::Request& req, httplib::Response& res) { impl->classify(req, res); });
   svr.Get("/healthz", [impl](const httplib::Request&, httplib::Response& res) {
@@ -144,6 +159,7 @@ void HttpServer::start() {
                    impl_->config.host, ":", impl_->config.port, " (in use?)");
     port_ = impl_->config.port;
   }
+  DELTAMOE_CHECK(svr.raise_backlog(4096), "serve", "cannot set the listen backlog");
   impl_->thread = std::thread([this] { impl_->server.listen_after_bind(); });
 }
 

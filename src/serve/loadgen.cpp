@@ -74,6 +74,22 @@ std::vector<float> synthetic_images(int64_t n, uint64_t seed) {
   return x;
 }
 
+namespace {
+
+// `count` images of 784 pixels from the configured pool (cycled) or synthetic ones.
+std::vector<float> request_images(const LoadConfig& c, int64_t count) {
+  if (c.image_pool.empty()) return synthetic_images(count, c.seed);
+  const int64_t pool = static_cast<int64_t>(c.image_pool.size()) / 784;
+  DELTAMOE_CHECK(pool >= 1 && static_cast<int64_t>(c.image_pool.size()) == pool * 784, "loadgen",
+                 "image pool must hold whole 784-pixel images");
+  std::vector<float> out(static_cast<size_t>(count * 784));
+  for (int64_t i = 0; i < count; ++i)
+    std::copy_n(c.image_pool.data() + (i % pool) * 784, 784, out.data() + i * 784);
+  return out;
+}
+
+}  // namespace
+
 std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std::string& extra_json) {
   nlohmann::json j;
   j["mode"] = r.mode;
@@ -115,6 +131,7 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
       qs += r.queue_us[i];
       cs += r.compute_us[i];
     }
+    j["mean_experts"] = r.experts_sum / static_cast<double>(r.queue_us.size());
     j["mean_queue_ms"] = qs / static_cast<double>(r.queue_us.size()) / 1000.0;
     j["mean_compute_ms"] = cs / static_cast<double>(r.queue_us.size()) / 1000.0;
   }
@@ -125,7 +142,7 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
 
 std::string runtime_stats_json(const moe::RuntimeStats& s) {
   nlohmann::json j;
-  double expert_batches = 0, expert_samples = 0, timeouts = 0, flushes = 0;
+  double expert_batches = 0, expert_samples = 0, expert_busy = 0, timeouts = 0, flushes = 0;
   for (size_t q = 0; q < s.queues.size(); ++q) {
     const auto& qs = s.queues[q];
     const double f = static_cast<double>(qs.flushes[0] + qs.flushes[1] + qs.flushes[2]);
@@ -133,12 +150,17 @@ std::string runtime_stats_json(const moe::RuntimeStats& s) {
     timeouts += static_cast<double>(qs.flushes[1]);
     if (q == 0) {
       j["mean_batch_stem"] = f > 0 ? static_cast<double>(qs.samples) / f : 0.0;
+      j["mean_stem_service_ms"] = f > 0 ? qs.busy_us / f / 1000.0 : 0.0;
     } else {
       expert_batches += f;
       expert_samples += static_cast<double>(qs.samples);
+      expert_busy += qs.busy_us;
     }
   }
   j["mean_batch_expert"] = expert_batches > 0 ? expert_samples / expert_batches : 0.0;
+  j["mean_expert_service_ms"] = expert_batches > 0 ? expert_busy / expert_batches / 1000.0 : 0.0;
+  j["mean_expert_rows_per_call"] =
+      s.expert_calls > 0 ? static_cast<double>(s.expert_rows) / static_cast<double>(s.expert_calls) : 0.0;
   j["timeout_flush_share"] = flushes > 0 ? timeouts / flushes : 0.0;
   j["batches"] = flushes;
   j["samples_done"] = s.samples_done;
@@ -156,8 +178,8 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
   r.transport = "in-process";
   r.offered_rps = c.rate_rps;
   r.duration_s = c.duration_s;
-  const int64_t pool = 64;
-  const auto images = synthetic_images(pool * c.images_per_request, c.seed);
+  const int64_t pool = c.image_pool.empty() ? 64 : std::max<int64_t>(1, static_cast<int64_t>(c.image_pool.size()) / 784 / c.images_per_request);
+  const auto images = request_images(c, pool * c.images_per_request);
   const int64_t stride = 784 * c.images_per_request;
   std::mutex mu;
   std::condition_variable cv;
@@ -173,9 +195,11 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
     for (const auto& s : res.results) {
       r.queue_us.push_back(static_cast<double>(s.queue_us));
       r.compute_us.push_back(static_cast<double>(s.compute_us));
+      r.experts_sum += static_cast<double>(s.experts.size());
     }
-    --outstanding;
-    cv.notify_all();
+    // Wake the waiting thread only when it can finish: a wake-up per answer would cost a
+    // context switch per request and distort the measurement.
+    if (--outstanding == 0) cv.notify_all();
   };
 
   if (c.closed_loop) {
@@ -257,8 +281,8 @@ LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
   DELTAMOE_CHECK(port > 0 && port < 65536, "loadgen", "bad port ", port);
 
   // Pre-encoded bodies, so the client spends its time sending, not formatting.
-  const int64_t pool = 64;
-  const auto images = synthetic_images(pool * c.images_per_request, c.seed);
+  const int64_t pool = c.image_pool.empty() ? 64 : std::max<int64_t>(1, static_cast<int64_t>(c.image_pool.size()) / 784 / c.images_per_request);
+  const auto images = request_images(c, pool * c.images_per_request);
   std::vector<std::string> bodies;
   for (int64_t b = 0; b < pool; ++b) {
     nlohmann::json list = nlohmann::json::array();
@@ -289,7 +313,7 @@ LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
 
   auto sender = [&](int id) {
     httplib::Client client(host, port);
-    client.set_keep_alive(true);
+    client.set_keep_alive(c.keep_alive);
     client.set_tcp_nodelay(true);
     client.set_connection_timeout(5);
     client.set_read_timeout(static_cast<time_t>(std::ceil(c.grace_s)));
@@ -315,7 +339,7 @@ LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
       std::lock_guard<std::mutex> lk(mu);
       ++r.sent;
       if (!res) {
-        ++r.errors["transport"];
+        ++r.errors["transport:" + httplib::to_string(res.error())];
       } else if (res->status == 200) {
         ++r.ok;
         r.latency_us.push_back(lat);

@@ -1,8 +1,6 @@
 // The built-in random serving model, the one-sample-at-a-time reference, routing specs.
 #include "deltamoe/serve/model.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -11,6 +9,8 @@
 #include <vector>
 
 #include "deltamoe/core/error.h"
+#include "deltamoe/core/tensor.h"
+#include "deltamoe/kernels/cpu.h"
 
 namespace deltamoe::serve {
 
@@ -24,28 +24,16 @@ void ServeModel::combine(const float* h, const float* const* outs, const float* 
 
 namespace {
 
-// y[m, N] = x[m, K] · Wᵀ + b with W[N, K] row-major. A single row goes through sgemv: sgemm
-// would repack the whole weight matrix for one row, which would make B = 1 look slower than
-// it need be.
-void linear(const float* x, int64_t m, const std::vector<float>& w, const std::vector<float>& b,
-            int64_t n, int64_t k, float* y) {
-  for (int64_t r = 0; r < m; ++r) std::copy(b.begin(), b.end(), y + r * n);
-  if (m == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(n), static_cast<int>(k), 1.0f,
-                w.data(), static_cast<int>(k), x, 1, 1.0f, y, 1);
-  } else {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-                static_cast<int>(k), 1.0f, x, static_cast<int>(k), w.data(), static_cast<int>(k),
-                1.0f, y, static_cast<int>(n));
-  }
-}
-
 void gelu_inplace(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678f));
 }
 
+// y[m, N] = x[m, K] · Wᵀ + b through the engine's packed kernels (weights packed once, so a
+// single row pays no packing cost: B = 1 is not handicapped). The kernel computes each row
+// independently of the others, which is what makes batched and unbatched answers agree.
 struct Layer {
   std::vector<float> w, b;
+  kernels::PackedLinear packed;
   int64_t out = 0, in = 0;
   void init(int64_t out_features, int64_t in_features, std::mt19937_64& rng) {
     out = out_features;
@@ -57,7 +45,11 @@ struct Layer {
     for (float& v : w) v = u(rng);
     for (float& v : b) v = u(rng);
   }
-  void apply(const float* x, int64_t m, float* y) const { linear(x, m, w, b, out, in, y); }
+  void pack() { packed = kernels::PackedLinear(Tensor::wrap(w.data(), {out, in}, DType::f32), DType::f32); }
+  void apply(const float* x, int64_t m, float* y) const {
+    for (int64_t r = 0; r < m; ++r) std::copy(b.begin(), b.end(), y + r * out);
+    kernels::linear_st(x, m, in, packed, 0, out, y, out, /*accumulate=*/true);
+  }
 };
 
 class RandomModel final : public ServeModel {
@@ -78,6 +70,11 @@ class RandomModel final : public ServeModel {
     // A larger router scale makes the random router confident enough that top-p picks a
     // varying number of experts, as a trained one does.
     for (float& v : router_.w) v *= 4.0f;
+    for (Layer* l : {&stem_, &router_, &head_}) l->pack();
+    for (int64_t e = 0; e < c.experts; ++e) {
+      fc1_[e].pack();
+      fc2_[e].pack();
+    }
   }
   std::string name() const override {
     std::ostringstream os;

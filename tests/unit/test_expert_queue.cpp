@@ -77,6 +77,8 @@ TEST(ExpertQueue, FlushesBySize) {
   EXPECT_EQ(st.queues[0].flushes[static_cast<int>(FlushReason::timeout)], 0u);
   EXPECT_EQ(st.queues[0].batch_sizes.count, 1u);
   EXPECT_EQ(st.queues[0].batch_sizes.sum, 4.0);
+  EXPECT_EQ(st.expert_rows, 8u);  // whole-model: 4 samples × top-2, one call per used expert
+  EXPECT_LE(st.expert_calls, 4u);
 }
 
 TEST(ExpertQueue, FlushesByTimeout) {
@@ -130,6 +132,7 @@ TEST(ExpertQueue, PerExpertQueuesFlushIndependently) {
   }
   EXPECT_EQ(timeouts, static_cast<uint64_t>(waiting));
   EXPECT_EQ(routed, 16u);  // top-1: each sample visits one expert queue
+  EXPECT_EQ(st.expert_rows, 16u);
   EXPECT_EQ(st.samples_done, 16u);
   EXPECT_EQ(st.inflight_samples, 0);
 }

@@ -138,6 +138,28 @@ TEST(Linear, AllImplsAgreeWithPublicEntryPoints) {
   }
 }
 
+TEST(Linear, ThreadCountDoesNotChangeResults) {
+  // One panel (N <= 32) makes linear split rows; results must stay bitwise identical.
+  for (int64_t m : {3, 7, 40}) {
+    const int64_t n = 20, k = 4000;
+    const auto x = random_vec(static_cast<size_t>(m * k), 71);
+    const auto w = random_vec(static_cast<size_t>(n * k), 72);
+    for (DType dtype : {DType::f32, DType::bf16}) {
+      const PackedLinear packed(Tensor::from(w, {n, k}), dtype);
+      std::vector<float> a(static_cast<size_t>(m * n)), b(a.size());
+      linear_st(x.data(), m, k, packed, 0, n, a.data(), n);
+      for (int threads : {2, 3, 4}) {
+        set_num_threads(threads);
+        std::fill(b.begin(), b.end(), 0.0f);
+        linear(x.data(), m, k, packed, b.data(), n);
+        for (size_t i = 0; i < a.size(); ++i)
+          ASSERT_EQ(a[i], b[i]) << "m=" << m << " threads=" << threads << " at " << i;
+      }
+      set_num_threads(0);
+    }
+  }
+}
+
 TEST(Linear, LinearNaiveIsAProduct) {
   const float x[] = {1, 2, 3, 4, 5, 6};  // [2, 3]
   const float w[] = {1, 0, 0, 0, 1, 1};  // [2, 3]

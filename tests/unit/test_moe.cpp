@@ -121,8 +121,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{ExpertKind::gelu_mlp, 50, 100, 70, 8, 2, true},
                       Case{ExpertKind::gelu_mlp, 200, 64, 256, 8, 8, false},
                       Case{ExpertKind::swiglu, 0, 64, 48, 8, 2, true}),
-    [](const ::testing::TestParamInfo<Case>& info) {
-      const Case& c = info.param;
+    [](const ::testing::TestParamInfo<Case>& param_info) {
+      const Case& c = param_info.param;
       return std::string(c.kind == ExpertKind::swiglu ? "swiglu" : "gelu") + "_T" +
              std::to_string(c.tokens) + "_H" + std::to_string(c.hidden) + "_I" +
              std::to_string(c.inter) + "_E" + std::to_string(c.experts) + "_k" +

@@ -4,6 +4,7 @@
 // No timing assertions: waits poll a condition with a generous deadline.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <future>
 #include <nlohmann/json.hpp>
@@ -297,6 +298,23 @@ TEST(HttpServer, FullQueuesGive503AndDrainAnswersTheAdmitted) {
   EXPECT_EQ(st.requests_admitted, 1u);
   EXPECT_EQ(st.requests_done, 1u);
   EXPECT_EQ(st.requests_rejected, 1u);
+}
+
+// T = ∞ and B = 256: nothing flushes until the final drain, so the first request's latency
+// spans (at least) the time from its scheduled send to the last scheduled arrival. With the
+// seeded schedule (rate 200/s over 0.5 s) that is well over 0.2 s whatever the machine does.
+TEST(Loadgen, OpenLoopLatencyIncludesTimeHeldInQueues) {
+  moe::QueueConfig c;
+  c.max_batch = 256;
+  c.timeout_us = -1;
+  moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-k:2"), c);
+  LoadConfig lc;
+  lc.rate_rps = 200;
+  lc.duration_s = 0.5;
+  const auto r = run_inprocess_load(rt, lc);
+  ASSERT_GT(r.ok, 20);
+  EXPECT_EQ(r.ok, r.sent);
+  EXPECT_GT(*std::max_element(r.latency_us.begin(), r.latency_us.end()), 0.2e6);
 }
 
 TEST(Loadgen, RefusesNonLoopbackTargets) {

@@ -143,6 +143,7 @@ struct RuntimeStats {
   uint64_t samples_admitted = 0, samples_done = 0;
   int64_t inflight_samples = 0;
   double queue_us_sum = 0.0, compute_us_sum = 0.0;  // over finished samples
+  uint64_t expert_calls = 0, expert_rows = 0;       // model.expert() calls and rows, both modes
   Histogram latency_us{{50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000,
                         500000, 1000000}};
   std::vector<QueueStats> queues;

@@ -33,14 +33,34 @@ struct Graph {
   // ---- derived by finalize() ----
   std::vector<std::vector<int32_t>> users;  // dense indices of the nodes that read each node
   std::vector<int32_t> base;                // buffer owner: follows view_of transitively
+  /// Per node: the distinct buffers (bases) it reads, in first-seen order of its inputs.
+  std::vector<std::vector<int32_t>> input_buffers;
+  /// Per node: for a base, the distinct nodes that read its buffer directly or through any
+  /// view of it (views themselves are readers); empty for views. "Last reader has run"
+  /// in the memory model means every node of this list has run.
+  std::vector<std::vector<int32_t>> buffer_readers;
+  /// Per node (meaningful for bases): the buffer is never freed because the base or one of
+  /// its views is listed in "outputs".
+  std::vector<char> buffer_output;
+  /// Per node (meaningful for bases): the buffer is persistent (excluded from the peak)
+  /// because the base or one of its views is listed in "persistent".
+  std::vector<char> buffer_persistent;
   /// Checks every rule of GRAPH_FORMAT.md (ids, inputs, program order, views, sizes) and
-  /// fills users/base. Throws Error("memgraph") with a one-line reason.
-  void finalize();
+  /// fills the derived fields. Throws Error("memgraph") with a one-line reason.
+  /// Normalises hand-built graphs: is_output/is_persistent are resized to the node count,
+  /// inputs are de-duplicated, a view's view_of is added to its inputs when missing, and when
+  /// every id is 0 the ids become the dense indices. `source` names the graph in errors.
+  void finalize(const std::string& source = "<graph>");
   int32_t size() const { return static_cast<int32_t>(nodes.size()); }
   /// own(v) of the memory model: size unless persistent, a freeable input or a view.
   uint64_t own(int32_t v) const;
   /// True for a freeable graph input (op == "input", no inputs, not persistent).
   bool is_free_input(int32_t v) const;
+  /// Bytes the buffer owned by base `b` occupies while live: 0 for persistent buffers and
+  /// views, size(b) otherwise (freeable inputs included; they are live from the start).
+  uint64_t buffer_bytes(int32_t b) const;
+  /// Index of the node with file id `id`, or -1 (linear scan; for tools and tests).
+  int32_t index_of(int64_t id) const;
 };
 
 /// Parses memgraph-v1 JSON text; `source` names the file in error messages.
@@ -69,6 +89,10 @@ struct SimResult {
 /// Runs the memory model of GRAPH_FORMAT.md over `order` exactly. Throws Error("memgraph")
 /// if `order` is not a topological permutation of all nodes.
 SimResult simulate(const Graph& g, const Order& order);
+
+/// The need of every step of `order` (live + own + workspace, bytes; same rules as
+/// simulate()): profile[t] is the memory while order[t] runs. Validates the order.
+std::vector<uint64_t> memory_profile(const Graph& g, const Order& order);
 
 /// Checks that `order` is a permutation of all nodes with every node after its inputs;
 /// throws Error("memgraph") naming the first offending node otherwise.

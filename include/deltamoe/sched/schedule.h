@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "deltamoe/sched/memgraph.h"
@@ -37,6 +38,12 @@ struct LowerBound {
 /// The strongest cheap bound: max of the initial live set, each node's working set
 /// (inputs' buffers + own + workspace) and the total of outputs; says which one won.
 LowerBound simple_lower_bound(const Graph& g);
+/// The "must-live" bound: at v's step every buffer made by an ancestor of v (or a freeable
+/// input) that is an output or has a reader among v and v's descendants is live, whatever
+/// the order; the bound is the largest such set's bytes + own(v) + workspace(v), at least
+/// simple_lower_bound(). Uses ancestor and descendant bitsets (n²/4 bytes), so graphs above
+/// `max_nodes` get simple_lower_bound() instead. Kind "must-live" when it is stronger.
+LowerBound must_live_lower_bound(const Graph& g, int32_t max_nodes = 12000);
 
 // ------------------------------------------------------------- series-parallel (sp.cpp)
 struct SpAnalysis {
@@ -44,6 +51,10 @@ struct SpAnalysis {
   double sp_fraction = 0.0;         // share of nodes inside maximal SP pieces, 0..1
   int32_t sync_vertices_added = 0;  // SP-ization cost when not SP
   std::string notes;
+  /// Proven lower bound on the optimum peak, bytes (0 when none; see docs/sched.md,
+  /// "Series-parallel": exact SP optimum or relaxation bound). Kind name: "sp".
+  uint64_t lower_bound = 0;
+  bool proven_optimal = false;  // sp_optimal_order(g) returns an order (peak == lower_bound)
 };
 /// Recognises SP structure (Valdes–Tarjan–Lawler reductions on the transitive reduction).
 SpAnalysis analyze_sp(const Graph& g);
@@ -72,19 +83,36 @@ ExactResult exact_search(const Graph& g, double time_limit_s, const Order* incum
 Order local_search(const Graph& g, const Order& start, double time_limit_s);
 
 // ----------------------------------------------------------------- placement (placement.cpp)
+/// Offset of something that takes no arena space (persistent buffers, absent workspaces).
+inline constexpr uint64_t kNotPlaced = ~uint64_t{0};
 struct Placement {
-  std::vector<uint64_t> offsets;  // per node (dense index); buffers of views = their base's
+  std::vector<uint64_t> offsets;  // per node (dense index); buffers of views = their base's;
+                                  // kNotPlaced for persistent buffers, 0 for empty ones
+  std::vector<uint64_t> workspace_offsets;  // per node; kNotPlaced when workspace is 0
   uint64_t arena_bytes = 0;
-  double fragmentation = 0.0;     // arena / peak − 1
+  uint64_t peak_bytes = 0;        // the simulator's peak of the same order (workspace included)
+  double fragmentation = 0.0;     // arena / peak − 1 (0 when the peak is 0)
+  std::string method;             // "greedy-by-size" or "online-best-fit"
+};
+enum class PlacementMethod {
+  kAuto,          // greedy-by-size unless lifetimes overlap too much (> 5e6 overlapping pairs)
+  kGreedyBySize,  // offline: largest first, best fit among overlapping placed buffers
+  kOnlineBestFit  // walk the order like an allocator: best-fit free block, coalescing; O(n log n)
 };
 /// Best-fit offset assignment over buffer lifetimes of `order`, largest first (TF Lite's
-/// greedy-by-size); persistent buffers are not placed.
-Placement place_buffers(const Graph& g, const Order& order);
+/// greedy-by-size); persistent buffers are not placed. A buffer lives from its producer's
+/// step (freeable inputs: from the start) to its last reader's step (outputs: to the end);
+/// a workspace lives during its node's step. Buffers live at the same step never overlap, so
+/// arena_bytes >= peak_bytes. Throws Error("memgraph") if `order` is not valid.
+/// greedy-by-size costs O(overlapping pairs · log n), so kAuto switches to the online
+/// best-fit allocator on graphs with very long-lived buffers (e.g. 10^5-node training graphs).
+Placement place_buffers(const Graph& g, const Order& order,
+                        PlacementMethod method = PlacementMethod::kAuto);
 
 // ----------------------------------------------------------------- the driver (schedule.cpp)
 struct ScheduleOptions {
   std::string algo = "auto";   // auto|sp|ilp|exact|lpmf|bfs|dfs|xla|program
-  double time_limit_s = 10.0;  // total for exact methods
+  double time_limit_s = 10.0;  // seconds for the whole call, search included
   bool use_ilp = true;         // auto may use the ILP
 };
 struct ScheduleResult {
@@ -98,8 +126,15 @@ struct ScheduleResult {
   SpAnalysis sp;
   Placement placement;
   double seconds = 0.0;
+  /// Peak of each baseline order, in the order program, bfs, dfs, lpmf, xla.
+  std::vector<std::pair<std::string, uint64_t>> baseline_peaks;
 };
-/// Runs the chosen algorithm; the result is never worse than the best baseline.
+/// Runs every baseline, then the chosen algorithm (see docs/sched.md for what auto does);
+/// the result is never worse than the best baseline, except that a baseline asked for by
+/// name is returned as is. `time_limit_s` bounds the whole call: search methods get what is
+/// left after the baselines. Throws Error("sched") for an unknown algorithm or a negative
+/// limit, and for `ilp` when CBC is not built; in auto mode a failing method is noted and
+/// skipped.
 ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt);
 
 }  // namespace deltamoe::sched

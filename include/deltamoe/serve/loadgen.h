@@ -21,9 +21,12 @@ struct LoadConfig {
   int concurrency = 64;             // closed loop: outstanding; open loop over HTTP: sender threads
   int64_t images_per_request = 1;
   bool base64 = true;               // HTTP bodies as images_b64 (else arrays of numbers)
+  bool keep_alive = true;           // HTTP: reuse connections (else one connection per request)
   uint64_t seed = 1;
   double slo_ms = 5.0;              // for SLO attainment
   double grace_s = 30.0;            // after duration: wait this long for answers, then give up
+  /// Images to send, n × 784 pixels 0..255 (e.g. Fashion-MNIST); empty = synthetic_images.
+  std::vector<float> image_pool;
 };
 
 struct LoadResult {
@@ -35,6 +38,7 @@ struct LoadResult {
   std::map<std::string, int64_t> errors;  // by HTTP status ("503") or "transport"
   std::vector<double> latency_us;         // answered requests, from scheduled send time
   std::vector<double> queue_us, compute_us;  // in-process only, per sample
+  double experts_sum = 0.0;                  // in-process only: real experts over all samples
 };
 
 /// Summary JSON (one object): counts, throughput_rps, p50/p95/p99/mean/max latency in ms,

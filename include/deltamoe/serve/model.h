@@ -64,8 +64,8 @@ struct RandomModelConfig {
 };
 
 /// A model with deterministic random weights (uniform ±1/sqrt(fan_in), like nn.Linear), so
-/// the server runs and is tested without a trained checkpoint. GEMMs go through OpenBLAS
-/// (sgemm, or sgemv for a single row so that B = 1 pays no packing cost).
+/// the server runs and is tested without a trained checkpoint. GEMMs go through the engine's
+/// packed f32 kernels (kernels::linear_st), weights packed once.
 std::shared_ptr<const ServeModel> make_random_model(const RandomModelConfig& config = {});
 
 /// Numerically stable softmax of logits[d] into probs[d] (may alias). The runtime and the

@@ -79,7 +79,8 @@ bool linear_impl_supported(LinearImpl impl, DType dtype) {
     case LinearImpl::portable: return true;
     case LinearImpl::avx2: return f.avx2 && f.fma;
     case LinearImpl::avx512:
-      return dtype == DType::bf16 ? (f.avx512f && f.avx512bw && f.avx512_bf16) : f.avx512f;
+      // The kernels are compiled for F+BW+VL(+BF16), so require what the compiler may use.
+      return f.avx512f && f.avx512bw && f.avx512vl && (dtype != DType::bf16 || f.avx512_bf16);
   }
   return false;
 }
@@ -162,8 +163,11 @@ void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float
   // Split columns first: each thread then streams only its share of the weights (what
   // bounds small m) and keeps its panels in its own L2. Rows are split only when there are
   // fewer panels than threads.
+  // Row chunks keep >= 3 rows: the kernels sum k in a different order for 1-2 rows (split
+  // accumulators), and results must not depend on the thread count.
   const int64_t col_chunks = std::min<int64_t>(threads, panels);
-  const int64_t row_chunks = std::min<int64_t>((threads + col_chunks - 1) / col_chunks, m);
+  const int64_t row_chunks =
+      std::clamp<int64_t>((threads + col_chunks - 1) / col_chunks, 1, std::max<int64_t>(1, m / 3));
   parallel_for(col_chunks * row_chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t c = t % col_chunks, r = t / col_chunks;

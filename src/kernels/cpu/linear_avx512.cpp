@@ -21,7 +21,7 @@
 
 #include "kernels/cpu/linear_impl.h"
 
-#define DM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define DM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define DM_INLINE __attribute__((always_inline)) inline
 
 namespace deltamoe::kernels {
@@ -52,6 +52,14 @@ Masks column_masks(int64_t cols) {
   return {static_cast<__mmask16>((1u << cols) - 1), 0};
 }
 
+#ifndef DM_TUNE_PF
+#define DM_TUNE_PF 16
+#endif
+// Software prefetch distance, in k steps (128 bytes of weights each), for the tiny-MR
+// kernels that stream weights from memory (decode). 8..24 steps measured alike within the
+// noise of the shared test machine; 48+ was slower.
+constexpr int kPrefetchK = DM_TUNE_PF;
+
 // Independent accumulator sets for tiny MR, so the k loop is not bound by FMA latency
 // (1 row = 2 chains otherwise; decode is m = 1).
 template <int MR>
@@ -77,10 +85,10 @@ DM_AVX512 DM_INLINE void micro_f32(const float* x, int64_t ldx, const float* w, 
   int64_t k = 0;
   if constexpr (S > 1) {
     for (; k + S <= kc; k += S) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + 32 * 24), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w + 32 * 24 + 16), _MM_HINT_T0);
 #pragma GCC unroll 4
       for (int s = 0; s < S; ++s) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + 32 * (kPrefetchK + s)), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + 32 * (kPrefetchK + s) + 16), _MM_HINT_T0);
         const __m512 w0 = _mm512_load_ps(w + 32 * s), w1 = _mm512_load_ps(w + 32 * s + 16);
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) {
@@ -135,10 +143,10 @@ DM_AVX512 DM_INLINE void micro_bf16(const uint32_t* xb, int64_t ldxb, const uint
   int64_t k = 0;
   if constexpr (S > 1) {
     for (; k + S <= k2c; k += S) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + 64 * 24), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w + 64 * 24 + 32), _MM_HINT_T0);
 #pragma GCC unroll 4
       for (int s = 0; s < S; ++s) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + 64 * (kPrefetchK + s)), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + 64 * (kPrefetchK + s) + 32), _MM_HINT_T0);
         const __m512bh w0 = (__m512bh)_mm512_load_si512(w + 64 * s);
         const __m512bh w1 = (__m512bh)_mm512_load_si512(w + 64 * s + 32);
 #pragma GCC unroll 16

@@ -12,7 +12,7 @@
 
 #include "kernels/cpu/ops_impl.h"
 
-#define DM_AVX512 __attribute__((target("avx512f,avx512dq")))
+#define DM_AVX512 __attribute__((target("avx512f")))
 #define DM_INLINE __attribute__((always_inline)) inline
 
 namespace deltamoe::kernels::ops {

@@ -1,0 +1,211 @@
+// The schedule() driver: runs every baseline (the floor), then the chosen or automatically
+// picked algorithm, keeps the best order, attaches the strongest proven lower bound and places
+// the buffers. See docs/sched.md for what `auto` does and why.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <sstream>
+
+#include "deltamoe/core/error.h"
+#include "deltamoe/sched/schedule.h"
+
+namespace deltamoe::sched {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+bool is_baseline(const std::string& a) {
+  return a == "program" || a == "bfs" || a == "dfs" || a == "lpmf" || a == "xla";
+}
+
+struct Candidate {
+  std::string name;
+  Order order;
+  uint64_t peak = 0;
+};
+
+}  // namespace
+
+ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
+  const auto t0 = Clock::now();
+  const std::string& algo = opt.algo;
+  DELTAMOE_CHECK(algo == "auto" || algo == "sp" || algo == "ilp" || algo == "exact" || is_baseline(algo),
+                 "sched", "unknown algorithm '", algo, "' (auto|sp|ilp|exact|lpmf|bfs|dfs|xla|program)");
+  DELTAMOE_CHECK(opt.time_limit_s >= 0 && std::isfinite(opt.time_limit_s), "sched",
+                 "time limit must be a finite number of seconds >= 0, got ", opt.time_limit_s);
+  ScheduleResult r;
+  std::ostringstream notes;
+  const int32_t n = g.size();
+
+  std::vector<Candidate> baselines;
+  baselines.push_back({"program", program_order(g), 0});
+  baselines.push_back({"bfs", bfs_order(g), 0});
+  baselines.push_back({"dfs", dfs_order(g), 0});
+  baselines.push_back({"lpmf", lpmf_order(g), 0});
+  baselines.push_back({"xla", xla_list_order(g), 0});
+  size_t best_base = 0;
+  for (size_t i = 0; i < baselines.size(); ++i) {
+    baselines[i].peak = simulate(g, baselines[i].order).peak;
+    r.baseline_peaks.emplace_back(baselines[i].name, baselines[i].peak);
+    if (baselines[i].peak < baselines[best_base].peak) best_base = i;
+  }
+  const Candidate& floor = baselines[best_base];
+  const LowerBound cheap_bound = must_live_lower_bound(g);  // holds for every order
+  r.lower_bound = cheap_bound;
+  r.sp = analyze_sp(g);
+
+  // The best baseline is the incumbent; a method is credited only when strictly better.
+  Candidate best = floor;
+  bool sp_exact = false;         // sp_optimal_order ran on an SP graph
+  uint64_t sp_peak = 0;          // ... and its order's peak
+  bool search_proven = false;    // an exact method proved its order optimal
+  uint64_t search_peak = 0;      // ... and its order's peak
+  std::string search_kind;       // "ilp" or "exact"
+  auto consider = [&](const std::string& name, Order order) -> bool {
+    const uint64_t peak = simulate(g, order).peak;  // validates the order too
+    if (name == "sp") sp_peak = peak;
+    if (name == "ilp" || name == "exact") search_peak = peak;
+    if (peak < best.peak) {
+      best = {name, std::move(order), peak};
+      return true;
+    }
+    return false;
+  };
+  auto take_bound = [&](const ExactResult& e, const std::string& kind) {
+    if (e.lower_bound > r.lower_bound.bytes) r.lower_bound = {e.lower_bound, kind};
+  };
+  // Seconds left for search, keeping a margin for placement and reporting.
+  auto budget = [&](double share) {
+    const double left = opt.time_limit_s - since(t0);
+    return std::max(0.0, left * share - 0.01);
+  };
+
+  if (is_baseline(algo)) {
+    for (const Candidate& c : baselines)
+      if (c.name == algo) best = c;
+    notes << "baseline " << algo << " as requested";
+  } else if (algo == "sp") {
+    if (auto o = sp_optimal_order(g)) {
+      consider("sp", std::move(*o));
+      sp_exact = true;
+      notes << "series-parallel graph: SP-optimal order";
+    } else {
+      consider("sp-ized", sp_ized_order(g));
+      notes << "not series-parallel: order of the SP-ized graph";
+    }
+  } else if (algo == "ilp") {
+    DELTAMOE_CHECK(ilp_available(), "sched", "the ILP solver (COIN-OR CBC) was not built in");
+    ExactResult e = ilp_schedule(g, budget(1.0), &floor.order);
+    if (e.order) consider("ilp", std::move(*e.order));
+    take_bound(e, "ilp");
+    search_proven = e.proven_optimal && e.order;
+    search_kind = "ilp";
+    notes << "ilp: " << e.status;
+  } else if (algo == "exact") {
+    ExactResult e = exact_search(g, budget(1.0), &floor.order);
+    if (e.order) consider("exact", std::move(*e.order));
+    take_bound(e, "exact");
+    search_proven = e.proven_optimal && e.order;
+    search_kind = "exact";
+    notes << "exact search: " << e.status;
+  } else {  // auto
+    // Each step is guarded: a failing optional method is reported, the floor still holds.
+    auto guarded = [&](const char* what, auto&& fn) {
+      try {
+        fn();
+      } catch (const std::exception& e) {
+        notes << what << " failed (" << e.what() << "); ";
+      }
+    };
+    if (r.sp.is_series_parallel) {
+      guarded("sp", [&] {
+        if (auto o = sp_optimal_order(g)) {
+          consider("sp", std::move(*o));
+          sp_exact = true;
+          notes << "series-parallel: SP-optimal order; ";
+        }
+      });
+    }
+    if (!sp_exact) {
+      notes << "not series-parallel (SP fraction " << r.sp.sp_fraction << "); ";
+      guarded("sp-ized", [&] {
+        if (budget(1.0) > 0) consider("sp-ized", sp_ized_order(g));
+      });
+      const bool ilp_ok = opt.use_ilp && n <= 300 && ilp_available();
+      if (ilp_ok && budget(1.0) > 0) {
+        guarded("ilp", [&] {
+          const Order inc = best.order;
+          ExactResult e = ilp_schedule(g, budget(0.5), &inc);
+          if (e.order) consider("ilp", std::move(*e.order));
+          take_bound(e, "ilp");
+          if (e.proven_optimal && e.order) search_proven = true, search_kind = "ilp";
+          notes << "ilp: " << e.status << "; ";
+        });
+      } else if (!opt.use_ilp) {
+        notes << "ilp off; ";
+      } else if (n > 300) {
+        notes << "ilp skipped (" << n << " nodes > 300); ";
+      } else if (!ilp_available()) {
+        notes << "ilp not built; ";
+      }
+      if (!search_proven && budget(1.0) > 0) {
+        guarded("exact search", [&] {
+          const Order inc = best.order;
+          ExactResult e = exact_search(g, budget(0.6), &inc);
+          if (e.order) consider("exact", std::move(*e.order));
+          take_bound(e, "exact");
+          if (e.proven_optimal && e.order) search_proven = true, search_kind = "exact";
+          notes << "exact search: " << e.status << "; ";
+        });
+      }
+      if (!search_proven && budget(1.0) > 0) {
+        guarded("local search", [&] {
+          const Order start = best.order;
+          const uint64_t before = best.peak;
+          if (consider("local-search", local_search(g, start, budget(0.9))))
+            notes << "local search improved " << before << " -> " << best.peak << " bytes; ";
+        });
+      }
+    }
+  }
+  // best started as the best baseline, so nothing returned is worse than it (a specific
+  // baseline asked for is returned as is).
+  if (sp_exact && sp_peak > best.peak) {
+    notes << "; the SP-optimal order (" << sp_peak << " bytes) lost to " << best.name << " (" << best.peak
+          << " bytes): the SP mapping is inexact here";
+    sp_exact = false;
+  }
+  if (search_proven && search_peak != best.peak) search_proven = false;
+  r.order = std::move(best.order);
+  r.peak = best.peak;
+  r.algorithm = best.name;
+  // An SP-optimal order, or an order an exact method proved optimal, with this same peak
+  // makes the peak itself a proven lower bound.
+  if (sp_exact && r.peak > r.lower_bound.bytes) r.lower_bound = {r.peak, "sp-optimal"};
+  if (search_proven && r.peak > r.lower_bound.bytes) r.lower_bound = {r.peak, search_kind};
+  if (r.lower_bound.bytes > r.peak) {
+    // Only an external method's bound can do this (the simple bounds hold for every order):
+    // report it and fall back to the bound that is known to hold.
+    notes << "; discarded the " << r.lower_bound.kind << " bound " << r.lower_bound.bytes
+          << ": above the peak " << r.peak << " of a valid order";
+    r.lower_bound = cheap_bound;
+  }
+  DELTAMOE_ASSERT(r.lower_bound.bytes <= r.peak, "lower bound ", r.lower_bound.bytes, " (",
+                  r.lower_bound.kind, ") above the peak ", r.peak, " of ", r.algorithm);
+  r.proven_optimal = r.peak == r.lower_bound.bytes;
+  r.gap = r.lower_bound.bytes ? static_cast<double>(r.peak) / static_cast<double>(r.lower_bound.bytes) - 1.0
+                              : (r.peak ? INFINITY : 0.0);
+  r.placement = place_buffers(g, r.order);
+  std::string s = notes.str();
+  while (!s.empty() && (s.back() == ' ' || s.back() == ';')) s.pop_back();
+  r.notes = s;
+  r.seconds = since(t0);
+  return r;
+}
+
+}  // namespace deltamoe::sched

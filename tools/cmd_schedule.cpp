@@ -1,0 +1,209 @@
+// `deltamoe schedule`: order memgraph-v1 graphs for least peak memory.
+#include <cmath>
+#include <iomanip>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "command.h"
+#include "deltamoe/core/error.h"
+#include "deltamoe/sched/fusion.h"
+#include "deltamoe/sched/schedule.h"
+
+namespace {
+
+using nlohmann::ordered_json;
+using namespace deltamoe::sched;
+
+const char* kAlgoHelp =
+    "Algorithm (default auto):\n"
+    "  auto     every baseline, then the SP-optimal order when the graph is series-parallel;\n"
+    "           otherwise the SP-ized order, the ILP (<= 300 nodes, unless --no-ilp), exact\n"
+    "           best-first search and local search within --time-limit; never worse than\n"
+    "           the best baseline\n"
+    "  sp       SP-optimal order (Kayaaslan et al. 2018); SP-ized order if not SP\n"
+    "  ilp      exact ILP on COIN-OR CBC (when built), warm-started from the best baseline\n"
+    "  exact    best-first search over down-sets with a proven lower bound\n"
+    "  lpmf     PyTorch Inductor's least-peak-memory-first greedy\n"
+    "  bfs      Inductor's BFS: Kahn, earliest-executed predecessors first\n"
+    "  dfs      Inductor's DFS: post-order, smallest (output + input bytes) first\n"
+    "  xla      XLA's list scheduler: most (bytes freed - bytes defined) first\n"
+    "  program  the order of the file";
+
+std::string human_bytes(uint64_t b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024.0 && u < 5) {
+    v /= 1024.0;
+    ++u;
+  }
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(u ? 2 : 0) << v << " " << units[u];
+  return os.str();
+}
+
+ordered_json fusion_json(const Graph& g, const FusionReport& rep) {
+  uint64_t saved_all = 0, saved_safe = 0;
+  int64_t raise = 0, lower = 0;
+  for (const auto& c : rep.candidates) {
+    saved_all += c.traffic_saved_bytes;
+    if (c.peak_delta > 0) ++raise;
+    else saved_safe += c.traffic_saved_bytes;
+    if (c.peak_delta < 0) ++lower;
+  }
+  std::vector<FusionCandidate> top = rep.candidates;
+  std::stable_sort(top.begin(), top.end(), [](const FusionCandidate& a, const FusionCandidate& b) {
+    return a.traffic_saved_bytes > b.traffic_saved_bytes;
+  });
+  if (top.size() > 20) top.resize(20);
+  ordered_json pairs = ordered_json::array();
+  for (const auto& c : top) {
+    pairs.push_back({{"producer", g.nodes[c.producer].id},
+                     {"producer_name", g.nodes[c.producer].name},
+                     {"consumer", g.nodes[c.consumer].id},
+                     {"consumer_name", g.nodes[c.consumer].name},
+                     {"traffic_saved_bytes", c.traffic_saved_bytes},
+                     {"fused_peak_bytes", c.fused_peak},
+                     {"peak_delta_bytes", c.peak_delta}});
+  }
+  return {{"candidates", rep.candidates.size()},
+          {"raise_peak", raise},
+          {"lower_peak", lower},
+          {"traffic_saved_bytes_all", saved_all},
+          {"traffic_saved_bytes_not_raising_peak", saved_safe},
+          {"top_by_traffic", pairs}};
+}
+
+ordered_json result_json(const std::string& path, const Graph& g, const ScheduleResult& r) {
+  ordered_json j;
+  j["file"] = path;
+  j["name"] = g.name;
+  j["nodes"] = g.size();
+  j["algorithm"] = r.algorithm;
+  j["peak_bytes"] = r.peak;
+  j["lower_bound_bytes"] = r.lower_bound.bytes;
+  j["lower_bound_kind"] = r.lower_bound.kind;
+  j["gap"] = std::isfinite(r.gap) ? ordered_json(r.gap) : ordered_json(nullptr);
+  j["proven_optimal"] = r.proven_optimal;
+  j["is_series_parallel"] = r.sp.is_series_parallel;
+  j["sp_fraction"] = r.sp.sp_fraction;
+  j["arena_bytes"] = r.placement.arena_bytes;
+  j["fragmentation"] = r.placement.fragmentation;
+  j["seconds"] = r.seconds;
+  for (const auto& [name, peak] : r.baseline_peaks) j[name + "_peak_bytes"] = peak;
+  j["notes"] = r.notes;
+  return j;
+}
+
+void print_human(std::ostream& os, const std::string& path, const Graph& g, const ScheduleResult& r,
+                 const FusionReport* fus) {
+  os << path << (g.name.empty() ? "" : "  (" + g.name + ")") << ": " << g.size() << " nodes\n";
+  auto row = [&](const std::string& k, const std::string& v) {
+    os << "  " << std::left << std::setw(18) << k << v << "\n";
+  };
+  auto bytes = [](uint64_t b) { return human_bytes(b) + "  (" + std::to_string(b) + " B)"; };
+  row("algorithm", r.algorithm);
+  row("peak", bytes(r.peak));
+  row("lower bound", bytes(r.lower_bound.bytes) + "  [" + r.lower_bound.kind + "]");
+  std::ostringstream gap;
+  if (std::isfinite(r.gap)) gap << std::fixed << std::setprecision(2) << 100.0 * r.gap << " %";
+  else gap << "n/a";
+  row("gap", gap.str() + (r.proven_optimal ? "  (proven optimal)" : ""));
+  std::ostringstream sp;
+  sp << (r.sp.is_series_parallel ? "yes" : "no") << ", SP fraction " << std::fixed << std::setprecision(3)
+     << r.sp.sp_fraction;
+  row("series-parallel", sp.str());
+  std::ostringstream ar;
+  ar << human_bytes(r.placement.arena_bytes) << ", fragmentation " << std::fixed << std::setprecision(2)
+     << 100.0 * r.placement.fragmentation << " %";
+  row("arena", ar.str());
+  std::ostringstream sec;
+  sec << std::fixed << std::setprecision(3) << r.seconds << " s";
+  row("time", sec.str());
+  for (const auto& [name, peak] : r.baseline_peaks) {
+    std::ostringstream v;
+    v << bytes(peak);
+    if (r.peak) v << "  x" << std::fixed << std::setprecision(3) << static_cast<double>(peak) / static_cast<double>(r.peak);
+    row("  " + name, v.str());
+  }
+  if (!r.notes.empty()) row("notes", r.notes);
+  if (fus) {
+    const ordered_json fj = fusion_json(g, *fus);
+    os << "  fusion: " << fj["candidates"].get<size_t>() << " candidate pairs, "
+       << fj["raise_peak"].get<int64_t>() << " raise the peak, " << fj["lower_peak"].get<int64_t>()
+       << " lower it; traffic saved " << human_bytes(fj["traffic_saved_bytes_all"].get<uint64_t>())
+       << " (" << human_bytes(fj["traffic_saved_bytes_not_raising_peak"].get<uint64_t>())
+       << " without raising the peak)\n";
+    for (const auto& p : fj["top_by_traffic"]) {
+      if (&p - &fj["top_by_traffic"][0] >= 10) break;
+      os << "    " << p["producer_name"].get<std::string>() << " -> " << p["consumer_name"].get<std::string>()
+         << ": saves " << human_bytes(p["traffic_saved_bytes"].get<uint64_t>()) << ", peak "
+         << (p["peak_delta_bytes"].get<int64_t>() >= 0 ? "+" : "-")
+         << human_bytes(static_cast<uint64_t>(std::llabs(p["peak_delta_bytes"].get<int64_t>()))) << "\n";
+    }
+  }
+}
+
+deltamoe::cli::CommandRegistrar reg(
+    "schedule", "Order computation graphs (memgraph-v1) for least peak memory",
+    [](CLI::App& app) -> deltamoe::cli::Action {
+      struct Opts {
+        std::vector<std::string> graphs;
+        std::string algo = "auto";
+        double time_limit = 10.0;
+        bool no_ilp = false, json = false, fusion = false;
+        std::string order_out;
+      };
+      auto o = std::make_shared<Opts>();
+      app.add_option("graphs", o->graphs, "memgraph-v1 files (.json or .json.gz)")->required();
+      app.add_option("--algo", o->algo, kAlgoHelp)
+          ->check(CLI::IsMember({"auto", "sp", "ilp", "exact", "lpmf", "bfs", "dfs", "xla", "program"}));
+      app.add_option("--time-limit", o->time_limit,
+                     "Seconds per graph for the whole run including search (default 10)")
+          ->check(CLI::Range(0.0, 1e9));
+      app.add_flag("--no-ilp", o->no_ilp, "Never use the ILP in auto");
+      app.add_flag("--json", o->json, "Print one JSON object on stdout (a \"graphs\" array for several)");
+      app.add_option("--order-out", o->order_out,
+                     "Write the order as JSON {\"order\": [node ids]} (one graph only)");
+      app.add_flag("--fusion-report", o->fusion,
+                   "Score producer->consumer fusions: peak change and traffic saved");
+      return [o]() -> int {
+        DELTAMOE_CHECK(o->order_out.empty() || o->graphs.size() == 1, "schedule",
+                       "--order-out takes exactly one graph, got ", o->graphs.size());
+        ScheduleOptions opt;
+        opt.algo = o->algo;
+        opt.time_limit_s = o->time_limit;
+        opt.use_ilp = !o->no_ilp;
+        ordered_json all = ordered_json::array();
+        for (const std::string& path : o->graphs) {
+          const Graph g = read_memgraph(path);
+          const ScheduleResult r = schedule(g, opt);
+          std::optional<FusionReport> fus;
+          if (o->fusion) fus = fusion_report(g, r.order);
+          if (!o->order_out.empty()) {
+            std::string text = "{\"order\": [";
+            for (size_t i = 0; i < r.order.size(); ++i) {
+              if (i) text += ", ";
+              text += std::to_string(g.nodes[r.order[i]].id);
+            }
+            text += "]}\n";
+            deltamoe::cli::write_file_atomic(o->order_out, text);
+          }
+          if (o->json) {
+            ordered_json j = result_json(path, g, r);
+            if (fus) j["fusion"] = fusion_json(g, *fus);
+            all.push_back(std::move(j));
+          } else {
+            print_human(std::cout, path, g, r, fus ? &*fus : nullptr);
+          }
+        }
+        if (o->json) {
+          if (all.size() == 1) std::cout << all[0].dump(2) << "\n";
+          else std::cout << ordered_json{{"graphs", all}}.dump(2) << "\n";
+        }
+        return 0;
+      };
+    });
+
+}  // namespace
