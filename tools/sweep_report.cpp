@@ -316,8 +316,7 @@ nlohmann::json write_report(const std::string& dir, const ReportInputs& in, cons
        << f(mean_ci(a.k).mean, 3) << " | " << f(fl / 1e6, 3) << " | " << f(mean_ci(a.sps).mean, 0)
        << " | " << f(mean_ci(a.ratio).mean, 2) << " | " << f(100 * mean_ci(a.dacc).mean, 2) << " ± "
        << f(100 * mean_ci(a.dacc).half, 2) << " | "
-       << (cfg.method == "top-k" && cfg.budget == 2 ? std::string("–")
-                                                     : f(mcnemar_counts(a.b, a.c).p_value, 3))
+       << (cfg.method == "top-k" ? std::string("–") : f(mcnemar_counts(a.b, a.c).p_value, 3))
        << " | " << (cfg.method == "top-k" ? std::string("–") : f(100 * (acc.mean - interp(fl)), 2))
        << " | " << (a.sh.empty() ? std::string("–") : f(100 * mean_ci(a.sh).mean, 2)) << " |\n";
   }
