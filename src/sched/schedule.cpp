@@ -58,6 +58,10 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
   const LowerBound cheap_bound = must_live_lower_bound(g);  // holds for every order
   r.lower_bound = cheap_bound;
   r.sp = analyze_sp(g);
+  // The SP pipeline's bound (exact SP optimum or the best of its relaxations) is proven for
+  // every order of g, and on SP-like graphs often well above the must-live bound.
+  if (r.sp.lower_bound > r.lower_bound.bytes) r.lower_bound = {r.sp.lower_bound, "sp"};
+  const LowerBound proven_bound = r.lower_bound;  // fallback if an external bound misbehaves
 
   // The best baseline is the incumbent; a method is credited only when strictly better.
   Candidate best = floor;
@@ -132,9 +136,15 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
       });
     }
     if (!sp_exact) {
-      notes << "not series-parallel (SP fraction " << r.sp.sp_fraction << "); ";
+      if (r.sp.is_series_parallel)
+        notes << "series-parallel, but the SP order is not proven optimal (SP bound " << r.sp.lower_bound
+              << " bytes); ";
+      else
+        notes << "not series-parallel (SP fraction " << r.sp.sp_fraction << "); ";
+      // Cheap (the analysis above already built it) and much better than every baseline on
+      // SP-like graphs, so it runs even with no search budget.
       guarded("sp-ized", [&] {
-        if (budget(1.0) > 0) consider("sp-ized", sp_ized_order(g));
+        if (consider("sp-ized", sp_ized_order(g))) notes << "SP-ized order beats the baselines; ";
       });
       const bool ilp_ok = opt.use_ilp && n <= 300 && ilp_available();
       if (ilp_ok && budget(1.0) > 0) {
@@ -193,7 +203,7 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
     // report it and fall back to the bound that is known to hold.
     notes << "; discarded the " << r.lower_bound.kind << " bound " << r.lower_bound.bytes
           << ": above the peak " << r.peak << " of a valid order";
-    r.lower_bound = cheap_bound;
+    r.lower_bound = proven_bound.bytes <= r.peak ? proven_bound : cheap_bound;
   }
   DELTAMOE_ASSERT(r.lower_bound.bytes <= r.peak, "lower bound ", r.lower_bound.bytes, " (",
                   r.lower_bound.kind, ") above the peak ", r.peak, " of ", r.algorithm);
