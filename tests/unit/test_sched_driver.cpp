@@ -43,9 +43,12 @@ TEST(ScheduleDriver, BoundIsTheStrongestProvenOneAndNeverAboveTheOptimum) {
       EXPECT_GE(r.lower_bound.bytes, sp.lower_bound) << "seed " << seed;
       EXPECT_GE(r.lower_bound.bytes, must_live_lower_bound(g).bytes) << "seed " << seed;
       EXPECT_LE(r.lower_bound.bytes, opt_peak) << "seed " << seed << " " << r.lower_bound.kind;
-      if (sp.lower_bound > must_live_lower_bound(g).bytes && !r.proven_optimal && tl == 0.0)
+      if (sp.lower_bound > must_live_lower_bound(g).bytes && !r.proven_optimal && tl == 0.0) {
         EXPECT_EQ(r.lower_bound.kind, "sp") << "seed " << seed;
-      if (r.proven_optimal) EXPECT_EQ(r.peak, opt_peak) << "seed " << seed;
+      }
+      if (r.proven_optimal) {
+        EXPECT_EQ(r.peak, opt_peak) << "seed " << seed;
+      }
     }
   }
 }
