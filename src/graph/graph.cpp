@@ -1,6 +1,7 @@
 // Graph builders: each op checks its inputs, computes its value eagerly and records what its
 // VJP (src/graph/vjp.cpp) needs.
 #include "deltamoe/graph/graph.h"
+#include "deltamoe/kernels/cpu.h"
 
 #include <cblas.h>
 
@@ -325,16 +326,7 @@ Var Graph::softmax(Var a) {
   Tensor y(av.shape());
   const float* ap = av.data<float>();
   float* yp = y.data<float>();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* x = ap + r * d;
-    float* o = yp + r * d;
-    float m = -std::numeric_limits<float>::infinity();
-    for (int64_t c = 0; c < d; ++c) m = std::max(m, x[c]);
-    float s = 0.0f;
-    for (int64_t c = 0; c < d; ++c) s += (o[c] = std::exp(x[c] - m));
-    const float inv = 1.0f / s;
-    for (int64_t c = 0; c < d; ++c) o[c] *= inv;
-  }
+  kernels::softmax_rows_st(ap, yp, rows, d);  // the tested, vectorised kernel
   Node n;
   n.op = Op::softmax;
   n.inputs = {a.id};
