@@ -2,6 +2,7 @@
 // VJP (src/graph/vjp.cpp) needs.
 #include "deltamoe/graph/graph.h"
 #include "deltamoe/kernels/cpu.h"
+#include "deltamoe/kernels/cpu_features.h"
 
 #include <cblas.h>
 
@@ -63,6 +64,24 @@ float gelu_grad(float x) {
   const float cdf = 0.5f * (1.0f + std::erf(x * 0.70710678118654752f));
   const float pdf = 0.39894228040143268f * std::exp(-0.5f * x * x);
   return cdf + x * pdf;
+}
+void gelu_forward(const float* x, float* y, int64_t n) {
+  if (n <= 0) return;
+  static const bool avx512 = cpu_features().avx512f;
+  if (avx512) {
+    gelu_fwd_avx512(x, y, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) y[i] = gelu_fwd(x[i]);
+}
+void gelu_backward(const float* x, const float* dy, float* dx, int64_t n) {
+  if (n <= 0) return;
+  static const bool avx512 = cpu_features().avx512f;
+  if (avx512) {
+    gelu_bwd_avx512(x, dy, dx, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * gelu_grad(x[i]);
 }
 float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 float softplus_fwd(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
@@ -178,7 +197,10 @@ Var Graph::gelu(Var x) {
   Node n;
   n.op = Op::gelu;
   n.inputs = {x.id};
-  n.value = map_unary(value(x), gelu_fwd);
+  const Tensor& xv = value(x);
+  Tensor y(xv.shape());
+  gelu_forward(xv.data<float>(), y.data<float>(), xv.numel());
+  n.value = std::move(y);
   return push(std::move(n));
 }
 Var Graph::silu(Var x) {

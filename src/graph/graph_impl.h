@@ -15,6 +15,13 @@ inline void for_range(int64_t n, F&& fn) {
 }
 
 float gelu_fwd(float x);
+/// y[i] = gelu(x[i]) for n elements (AVX-512 when the CPU has it, else gelu_fwd).
+void gelu_forward(const float* x, float* y, int64_t n);
+/// dx[i] += dy[i]·gelu'(x[i]) for n elements (AVX-512 when the CPU has it, else gelu_grad).
+void gelu_backward(const float* x, const float* dy, float* dx, int64_t n);
+/// The AVX-512 bodies of the two above (src/graph/act_avx512.cpp); call only on AVX-512 CPUs.
+void gelu_fwd_avx512(const float* x, float* y, int64_t n);
+void gelu_bwd_avx512(const float* x, const float* dy, float* dx, int64_t n);
 /// d gelu / dx.
 float gelu_grad(float x);
 float sigmoid(float x);

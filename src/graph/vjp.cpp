@@ -68,8 +68,13 @@ void Graph::vjp(int32_t id) {
       return;
     }
 
+    case Op::gelu: {
+      if (!wants(nodes_, in[0])) return;
+      gelu_backward(val(0).data<float>(), g, grad_of(in[0]).data<float>(), dy.numel());
+      return;
+    }
+
     case Op::relu:
-    case Op::gelu:
     case Op::silu:
     case Op::softplus:
     case Op::scale: {
@@ -83,7 +88,6 @@ void Graph::vjp(int32_t id) {
           float d = 0.0f;
           switch (op) {
             case Op::relu: d = x[i] > 0.0f ? 1.0f : 0.0f; break;
-            case Op::gelu: d = gelu_grad(x[i]); break;
             case Op::silu: {
               const float sg = sigmoid(x[i]);
               d = sg * (1.0f + x[i] * (1.0f - sg));

@@ -98,6 +98,30 @@ TEST(GraphGrad, GeluMatchesErfFormula) {
     EXPECT_NEAR(y[i], 0.5 * xs[i] * (1.0 + std::erf(xs[i] / std::sqrt(2.0))), 1e-6);
 }
 
+TEST(GraphGrad, GeluVectorisedMatchesErfOnARange) {
+  // 1001 points (not a multiple of 16: exercises the masked tail) over [-10, 10]; values and
+  // the gradient dy·(Φ(x) + x·φ(x)) against double-precision formulas.
+  const int64_t n = 1001;
+  Tensor x({n}), dyt({n});
+  for (int64_t i = 0; i < n; ++i) {
+    x.data<float>()[i] = -10.0f + 20.0f * static_cast<float>(i) / static_cast<float>(n - 1);
+    dyt.data<float>()[i] = 0.5f + 0.001f * static_cast<float>(i);
+  }
+  Tensor dx({n});
+  Graph g(true);
+  Var xv = g.param(x, dx);
+  Var y = g.gelu(xv);
+  g.backward(g.sum(g.mul(y, g.input(dyt))));
+  const auto yv = g.value(y).to_vector();
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = x.data<float>()[i];
+    const double cdf = 0.5 * (1.0 + std::erf(v / std::sqrt(2.0)));
+    const double pdf = std::exp(-0.5 * v * v) / std::sqrt(2.0 * M_PI);
+    EXPECT_NEAR(yv[static_cast<size_t>(i)], v * cdf, 2e-6 * std::max(1.0, std::abs(v))) << v;
+    EXPECT_NEAR(dx.data<float>()[i], dyt.data<float>()[i] * (cdf + v * pdf), 2e-6) << v;
+  }
+}
+
 TEST(GraphGrad, AddMulTiled) {
   check_grad({rand_tensor({3, 4}, 5), rand_tensor({3, 4}, 6)},
              [](Graph& g, const std::vector<Var>& v) { return g.add(v[0], v[1]); });
