@@ -21,6 +21,7 @@ struct EvalCliOptions {
   double p = 0, target_k = 0;
   float null_bias = 0;
   int threads = 2;
+  int repeat = 1;
   bool json = false;
 };
 
@@ -39,6 +40,7 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_option("--null-bias", o->null_bias, "null-experts selection bias");
       app.add_option("--batch", o->batch, "evaluation batch size");
       app.add_option("--threads", o->threads, "threads");
+      app.add_option("--repeat", o->repeat, "timed passes over the test set; samples/s is the best (default 1)");
       app.add_option("--data-dir", o->data_dir, "Fashion-MNIST directory");
       app.add_option("--predictions-out", o->predictions_out,
                      "CSV index,label,predicted,experts_used for every test sample");
@@ -66,7 +68,14 @@ deltamoe::cli::CommandRegistrar reg(
                          std::vector<int32_t>(data.test.labels.begin(),
                                               data.test.labels.begin() + std::min<int64_t>(o->batch, 1000)),
                          o->batch);
-        const auto r = models::evaluate(model, data.test.images, data.test.labels, o->batch);
+        auto r = models::evaluate(model, data.test.images, data.test.labels, o->batch);
+        for (int rep = 1; rep < o->repeat; ++rep) {
+          const auto again = models::evaluate(model, data.test.images, data.test.labels, o->batch);
+          if (again.seconds < r.seconds) {
+            r.seconds = again.seconds;
+            r.samples_per_s = again.samples_per_s;
+          }
+        }
         if (!o->predictions_out.empty()) {
           std::ostringstream csv;
           csv << "index,label,predicted,experts_used\n";
@@ -85,6 +94,7 @@ deltamoe::cli::CommandRegistrar reg(
         j["time_ms"] = r.seconds * 1e3;
         j["samples"] = r.predicted.size();
         j["threads"] = o->threads;
+        j["timed_passes"] = std::max(1, o->repeat);
         j["load"] = nlohmann::json::array();
         for (const auto& layer : r.load) {
           int64_t tot = 0;

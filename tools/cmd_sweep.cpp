@@ -1,6 +1,11 @@
 // `deltamoe sweep`: the delta-MoE experiments E1-E3 (see docs/experiments/delta-moe.md).
 // Trains every configuration for each seed, evaluates on the test set, writes CSVs, calls
 // python/plot_delta_moe.py for the PNGs and writes the report with tables and a verdict.
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -32,9 +37,30 @@ struct SweepOptions {
   std::string work_dir = "/tmp/deltamoe-sweep";
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   int seeds = 0, epochs = 0, threads = 1;
+  int jobs = 2;            // trainings at a time (child processes of this binary, 1 thread each)
   int64_t max_train = 0;
+  // The training recipe (the same for every configuration; see docs/training.md).
+  int64_t batch = 256;
+  float lr = 2e-3f;
+  int64_t warmup = 0;
+  bool augment_flip = false;
+  int64_t augment_shift = 0;
   bool no_plots = false, json = false;
 };
+
+std::string recipe_text(const SweepOptions& o) {
+  std::ostringstream os;
+  os << "Adam (lr " << o.lr << ", cosine decay";
+  if (o.warmup > 0) os << ", " << o.warmup << " warm-up steps";
+  os << "), batch " << o.batch;
+  if (o.augment_flip || o.augment_shift > 0) {
+    os << ", augmentation:";
+    if (o.augment_flip) os << " left-right flips";
+    if (o.augment_flip && o.augment_shift > 0) os << " and";
+    if (o.augment_shift > 0) os << " shifts of up to " << o.augment_shift << " px";
+  }
+  return os.str();
+}
 
 struct Run {
   std::string name;    // e.g. "top-k_k2_bal" or "top-p_K1.5"
@@ -82,11 +108,132 @@ std::map<std::string, std::vector<std::string>> previous_train_rows(const std::s
   return rows;
 }
 
+std::string model_path(const Run& r, const SweepOptions& o) {
+  return o.work_dir + "/" + r.name + "_s" + std::to_string(r.seed) + ".safetensors";
+}
+
+models::TrainOptions train_options_for(const Run& r, const SweepOptions& o) {
+  models::TrainOptions t;
+  t.epochs = o.epochs;
+  t.batch = o.batch;
+  t.lr = o.lr;
+  t.warmup_steps = o.warmup;
+  t.augment_flip = o.augment_flip;
+  t.augment_shift = o.augment_shift;
+  t.seed = static_cast<uint64_t>(r.seed);
+  t.balance_alpha = r.balance ? 0.01 : 0.0;
+  t.entropy_beta = r.method == "top-p" ? 1e-4 : 0.0;
+  t.max_train = o.max_train;
+  t.val_size = 5000;
+  return t;
+}
+
+// `deltamoe train` arguments that give the same model as get_model's in-process training
+// (config_for + train_options_for; tests/cli/train_eval.sh checks the two agree).
+std::vector<std::string> train_args(const Run& r, const SweepOptions& o) {
+  const auto c = config_for(r);
+  const auto t = train_options_for(r, o);
+  std::vector<std::string> a = {"train", "--routing", r.method, "--layers", std::to_string(c.layers),
+                                "--p", fmt(c.routing.p, 17), "--epochs", std::to_string(t.epochs),
+                                "--batch", std::to_string(t.batch), "--lr", fmt(t.lr, 9),
+                                "--warmup", std::to_string(t.warmup_steps),
+                                "--seed", std::to_string(t.seed), "--balance-alpha", fmt(t.balance_alpha, 17),
+                                "--entropy-beta", fmt(t.entropy_beta, 17),
+                                "--max-train", std::to_string(t.max_train), "--val-size", std::to_string(t.val_size),
+                                "--augment-shift", std::to_string(t.augment_shift),
+                                "--threads", "1", "--data-dir", o.data_dir, "--out", model_path(r, o),
+                                "--json", "--no-test", "--no-progress"};
+  if (t.augment_flip) a.push_back("--augment-flip");
+  if (r.method == "top-k") {
+    a.insert(a.end(), {"--k", std::to_string(c.routing.k)});
+  } else {
+    a.insert(a.end(), {"--target-k", fmt(c.routing.target_k, 17), "--k", std::to_string(c.routing.k)});
+  }
+  return a;
+}
+
+// Relative training cost of a run (stem + router + head ≈ 1.6 expert-equivalents per layer
+// pair, plus K experts per layer): longest first keeps the two job slots evenly loaded.
+double run_cost(const Run& r) { return 1.6 + 2.0 * r.budget; }
+
+// Trains every run whose model is not in the work directory yet, `o.jobs` at a time, each in
+// a child process `deltamoe train ... --threads 1` of this same binary (processes rather than
+// threads: OpenBLAS, malloc arenas and page faults of one training never touch the other's).
+// Returns the training CSV row of each run trained, by "name,seed".
+std::map<std::string, std::vector<std::string>> train_parallel(const std::vector<Run>& runs,
+                                                               const SweepOptions& o) {
+  std::map<std::string, std::vector<std::string>> rows;
+  std::vector<Run> todo;
+  for (const Run& r : runs) {
+    const std::string path = model_path(r, o);
+    if (!std::filesystem::exists(path) || !std::filesystem::exists(std::filesystem::path(path).replace_extension(".json")))
+      todo.push_back(r);
+  }
+  std::stable_sort(todo.begin(), todo.end(), [](const Run& a, const Run& b) { return run_cost(a) > run_cost(b); });
+  std::vector<char> exe(4096, 0);
+  const ssize_t len = readlink("/proc/self/exe", exe.data(), exe.size() - 1);
+  DELTAMOE_CHECK(len > 0, "sweep", "cannot find this binary (/proc/self/exe) to start trainings");
+  struct Child {
+    Run run;
+    Clock::time_point start;
+  };
+  std::map<pid_t, Child> live;
+  size_t next = 0;
+  auto start_one = [&](const Run& r) {
+    const std::string base = o.work_dir + "/" + r.name + "_s" + std::to_string(r.seed);
+    std::vector<std::string> args = train_args(r, o);
+    args.insert(args.begin(), std::string(exe.data()));
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, (base + ".train.json").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, (base + ".train.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t pid = 0;
+    const int rc = posix_spawn(&pid, exe.data(), &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    DELTAMOE_CHECK(rc == 0, "sweep", "cannot start a training process for ", r.name, " (error ", rc, ")");
+    live[pid] = Child{r, Clock::now()};
+  };
+  const auto t0 = Clock::now();
+  while (next < todo.size() || !live.empty()) {
+    while (next < todo.size() && static_cast<int>(live.size()) < std::max(1, o.jobs)) start_one(todo[next++]);
+    int status = 0;
+    const pid_t pid = waitpid(-1, &status, 0);
+    if (pid < 0) fail("sweep", "waitpid failed while trainings were running");
+    auto it = live.find(pid);
+    if (it == live.end()) continue;
+    const Child c = it->second;
+    live.erase(it);
+    const std::string base = o.work_dir + "/" + c.run.name + "_s" + std::to_string(c.run.seed);
+    DELTAMOE_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "sweep", "training ", c.run.name,
+                   " seed ", c.run.seed, " failed; its log is ", base, ".train.log");
+    const double secs = std::chrono::duration<double>(Clock::now() - c.start).count();
+    nlohmann::json j;
+    try {
+      std::ifstream f(base + ".train.json");
+      j = nlohmann::json::parse(f);
+    } catch (const nlohmann::json::exception& e) {
+      fail("sweep", base, ".train.json: ", e.what());
+    }
+    const auto& last = j.at("epochs").back();
+    const double val = j.at("val_accuracy").get<double>(), k = j.at("train_avg_experts").get<double>();
+    std::fprintf(stderr, "[sweep] trained %s seed %d in %.1f s: val %.2f%%, train K %.3f (%zu/%zu, %.0f s elapsed)\n",
+                 c.run.name.c_str(), c.run.seed, secs, 100.0 * val, k, todo.size() - next - live.size(),
+                 todo.size(), std::chrono::duration<double>(Clock::now() - t0).count());
+    rows[c.run.name + "," + std::to_string(c.run.seed)] =
+        {c.run.name, c.run.method, fmt(c.run.budget), c.run.balance ? "1" : "0", std::to_string(c.run.seed),
+         fmt(val), fmt(k), fmt(secs), fmt(last.at("samples_per_s").get<double>())};
+  }
+  return rows;
+}
+
 // Trains (or loads from the work directory, so an interrupted sweep resumes).
 models::MoeClassifier get_model(const Run& r, const SweepOptions& o, const models::detail::Data& d,
                                 Csv& train_csv,
                                 const std::map<std::string, std::vector<std::string>>& previous) {
-  const std::string path = o.work_dir + "/" + r.name + "_s" + std::to_string(r.seed) + ".safetensors";
+  const std::string path = model_path(r, o);
   if (std::filesystem::exists(path) && std::filesystem::exists(std::filesystem::path(path).replace_extension(".json"))) {
     std::fprintf(stderr, "[sweep] reuse %s\n", path.c_str());
     auto it = previous.find(r.name + "," + std::to_string(r.seed));
@@ -94,13 +241,7 @@ models::MoeClassifier get_model(const Run& r, const SweepOptions& o, const model
     return models::MoeClassifier::load(path);
   }
   models::MoeClassifier m(config_for(r), static_cast<uint64_t>(r.seed));
-  models::TrainOptions t;
-  t.epochs = o.epochs;
-  t.seed = static_cast<uint64_t>(r.seed);
-  t.balance_alpha = r.balance ? 0.01 : 0.0;
-  t.entropy_beta = r.method == "top-p" ? 1e-4 : 0.0;
-  t.max_train = o.max_train;
-  t.val_size = 5000;
+  const models::TrainOptions t = train_options_for(r, o);
   const auto t0 = Clock::now();
   const auto s = models::train(m, d.train.images, d.train.labels, t);
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -137,7 +278,7 @@ int run_sweep(const SweepOptions& in) {
   std::filesystem::create_directories(o.work_dir);
   const auto t_start = Clock::now();
   const auto d = models::detail::load_data(o.data_dir);
-  const auto previous = previous_train_rows(o.out_dir + "/delta-moe-train.csv");
+  auto previous = previous_train_rows(o.out_dir + "/delta-moe-train.csv");
   const auto& ty = d.test.labels;
 
   const std::vector<int> train_ks = {1, 2, 4};
@@ -157,6 +298,27 @@ int run_sweep(const SweepOptions& in) {
   Csv e3_class({"seed", "method", "budget", "class", "avg_experts", "accuracy"});
   Csv e3_hist({"seed", "method", "budget", "k", "fraction"});
 
+  // Every run of the sweep, in the order the report visits them.
+  auto top_k_run = [](int k, bool bal, int seed) {
+    return Run{"top-k_k" + std::to_string(k) + (bal ? "_bal" : "_nobal"), "top-k", double(k), bal, seed};
+  };
+  auto delta_run = [](const std::string& meth, double kt, int seed) {
+    return Run{meth + "_K" + fmt(kt), meth, kt, true, seed};
+  };
+  if (o.jobs > 1) {
+    std::vector<Run> runs;
+    for (int seed = 1; seed <= o.seeds; ++seed) {
+      for (int k : fixed_ks)
+        for (bool bal : {true, false})
+          if (bal || std::find(train_ks.begin(), train_ks.end(), k) != train_ks.end())
+            runs.push_back(top_k_run(k, bal, seed));
+      for (const auto& meth : methods)
+        for (double kt : targets) runs.push_back(delta_run(meth, kt, seed));
+    }
+    // The freshly trained runs' rows replace those of an earlier invocation.
+    for (auto& [key, row] : train_parallel(runs, o)) previous[key] = row;
+  }
+
   for (int seed = 1; seed <= o.seeds; ++seed) {
     // ---- fixed top-k models (E1, E2, E3 baselines)
     std::map<int, std::vector<int32_t>> correct_topk;
@@ -165,7 +327,7 @@ int run_sweep(const SweepOptions& in) {
       for (bool bal : {true, false}) {
         const bool in_e1 = std::find(train_ks.begin(), train_ks.end(), k) != train_ks.end();
         if (!bal && !in_e1) continue;
-        Run r{"top-k_k" + std::to_string(k) + (bal ? "_bal" : "_nobal"), "top-k", double(k), bal, seed};
+        const Run r = top_k_run(k, bal, seed);
         auto m = get_model(r, o, d, train_csv, previous);
         const auto native = models::evaluate(m, d.test.images, ty);
         // E2: load at the trained k.
@@ -203,7 +365,7 @@ int run_sweep(const SweepOptions& in) {
     // ---- delta policies (E3)
     for (const auto& meth : methods)
       for (double kt : targets) {
-        Run r{meth + "_K" + fmt(kt), meth, kt, true, seed};
+        const Run r = delta_run(meth, kt, seed);
         timed.emplace_back(r, get_model(r, o, d, train_csv, previous));
       }
     // ---- timing: round robin over the seed's models, best pass per model, so a change of
@@ -274,7 +436,7 @@ int run_sweep(const SweepOptions& in) {
     plots = std::system(cmd.c_str()) == 0;
     if (!plots) std::fprintf(stderr, "[sweep] plotting failed (python3 with matplotlib needed): %s\n", cmd.c_str());
   }
-  ReportInputs ri{o.quick, o.seeds, o.epochs, o.max_train, o.threads, secs, plots};
+  ReportInputs ri{o.quick, o.seeds, o.epochs, o.max_train, o.threads, secs, plots, o.jobs, recipe_text(o)};
   const nlohmann::json verdict = write_report(dir, ri, e1, e2_sum, e3, e3_class, train_csv);
   nlohmann::json j = verdict;
   j["time_s"] = secs;
@@ -295,7 +457,13 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_option("--seeds", o->seeds, "seeds per configuration (default 3; quick 2)");
       app.add_option("--epochs", o->epochs, "training epochs (default 3; quick 2)");
       app.add_option("--max-train", o->max_train, "training images (default all 55k; quick 8k)");
-      app.add_option("--threads", o->threads, "threads (1 keeps timings stable on a shared machine)");
+      app.add_option("--threads", o->threads, "threads of the evaluation and timing (1 keeps timings stable)");
+      app.add_option("--jobs", o->jobs, "trainings at a time, each a 1-thread child process (default 2; 1: in this process)");
+      app.add_option("--batch", o->batch, "training batch size (default 256)");
+      app.add_option("--lr", o->lr, "Adam learning rate, cosine decay (default 2e-3)");
+      app.add_option("--warmup", o->warmup, "linear learning-rate warm-up steps (default 0)");
+      app.add_flag("--augment-flip", o->augment_flip, "mirror training images left-right with probability 1/2");
+      app.add_option("--augment-shift", o->augment_shift, "shift training images by up to this many pixels");
       app.add_flag("--no-plots", o->no_plots, "skip python/plot_delta_moe.py");
       app.add_flag("--json", o->json, "print one JSON summary on stdout");
       return [o]() { return run_sweep(*o); };

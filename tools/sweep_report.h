@@ -55,6 +55,8 @@ struct ReportInputs {
   int threads;
   double seconds;
   bool plots;
+  int jobs = 1;            // trainings run concurrently (child processes, 1 thread each)
+  std::string recipe;      // optimiser, schedule and batch, as the report states them
 };
 
 /// Writes `dir`/delta-moe.md (tables, plots, verdict) and returns the verdict as JSON.

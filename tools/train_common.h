@@ -31,10 +31,15 @@ struct TrainCliOptions {
   int epochs = 10;
   int64_t batch = 128;
   float lr = 1e-3f;
+  float weight_decay = 0.0f;
   uint64_t seed = 1;
   double balance_alpha = 0.01;
   double entropy_beta = -1;  // -1: 1e-4 for top-p, else 0
   int64_t max_train = 0, val_size = 5000;
+  bool augment_flip = false;
+  int64_t augment_shift = 0;
+  int64_t warmup = 0;
+  double dropout = 0.0;
   int threads = 2;
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   // output
@@ -70,11 +75,16 @@ inline void add_train_options(CLI::App& app, TrainCliOptions& o) {
   app.add_option("--epochs", o.epochs, "training epochs");
   app.add_option("--batch", o.batch, "batch size");
   app.add_option("--lr", o.lr, "Adam learning rate (cosine decay)");
+  app.add_option("--weight-decay", o.weight_decay, "decoupled (AdamW) weight decay");
   app.add_option("--seed", o.seed, "seed (init, data order, noise)");
   app.add_option("--balance-alpha", o.balance_alpha, "Switch load-balancing loss weight");
   app.add_option("--entropy-beta", o.entropy_beta, "router entropy weight (default 1e-4 for top-p)");
   app.add_option("--max-train", o.max_train, "use only this many training images");
   app.add_option("--val-size", o.val_size, "held-out validation images (end of the train set)");
+  app.add_flag("--augment-flip", o.augment_flip, "mirror training images left-right with probability 1/2");
+  app.add_option("--augment-shift", o.augment_shift, "shift training images by up to this many pixels");
+  app.add_option("--warmup", o.warmup, "linear learning-rate warm-up steps");
+  app.add_option("--dropout", o.dropout, "dropout rate on the stem and MoE layer outputs (training)");
   app.add_option("--threads", o.threads, "threads");
   app.add_option("--data-dir", o.data_dir, "Fashion-MNIST directory");
 }
@@ -112,11 +122,16 @@ inline models::TrainOptions make_train_options(const TrainCliOptions& o) {
   t.epochs = o.epochs;
   t.batch = o.batch;
   t.lr = o.lr;
+  t.weight_decay = o.weight_decay;
   t.seed = o.seed;
   t.balance_alpha = o.balance_alpha;
   t.entropy_beta = o.entropy_beta >= 0 ? o.entropy_beta : (o.routing == "top-p" ? 1e-4 : 0.0);
   t.max_train = o.max_train;
   t.val_size = o.val_size;
+  t.augment_flip = o.augment_flip;
+  t.augment_shift = o.augment_shift;
+  t.warmup_steps = o.warmup;
+  t.dropout = o.dropout;
   return t;
 }
 

@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <memory>
 
 #include "deltamoe/core/parallel.h"
 #include "graph/graph_impl.h"
@@ -65,6 +67,44 @@ float gelu_grad(float x) {
   const float pdf = 0.39894228040143268f * std::exp(-0.5f * x * x);
   return cdf + x * pdf;
 }
+Tensor uninit_tensor(const Shape& shape) {
+  const int64_t n = shape_numel(shape);
+  const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes);
+  DELTAMOE_CHECK(p != nullptr, "graph", "out of memory allocating ", shape_str(shape));
+  std::shared_ptr<const void> keep(p, [](const void* q) { std::free(const_cast<void*>(q)); });
+  return Tensor::wrap(p, shape, DType::f32, std::move(keep));
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void layer_norm_rows(
+    const float* __restrict x, const float* __restrict gamma, const float* __restrict beta,
+    float* __restrict y, float* __restrict stats, int64_t rows, int64_t d, float eps) {
+  constexpr int kLanes = 16;
+  const int64_t dv = d / kLanes * kLanes;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * d;
+    float acc[kLanes] = {};
+    for (int64_t c = 0; c < dv; c += kLanes)
+      for (int l = 0; l < kLanes; ++l) acc[l] += xr[c + l];
+    float sum = 0.0f;
+    for (int l = 0; l < kLanes; ++l) sum += acc[l];
+    for (int64_t c = dv; c < d; ++c) sum += xr[c];
+    const float mu = sum / static_cast<float>(d);
+    float acc2[kLanes] = {};
+    for (int64_t c = 0; c < dv; c += kLanes)
+      for (int l = 0; l < kLanes; ++l) acc2[l] += (xr[c + l] - mu) * (xr[c + l] - mu);
+    float var = 0.0f;
+    for (int l = 0; l < kLanes; ++l) var += acc2[l];
+    for (int64_t c = dv; c < d; ++c) var += (xr[c] - mu) * (xr[c] - mu);
+    var /= static_cast<float>(d);
+    const float rstd = 1.0f / std::sqrt(var + eps);
+    float* yr = y + r * d;
+    for (int64_t c = 0; c < d; ++c) yr[c] = (xr[c] - mu) * rstd * gamma[c] + beta[c];
+    stats[2 * r] = mu;
+    stats[2 * r + 1] = rstd;
+  }
+}
+
 void gelu_forward(const float* x, float* y, int64_t n) {
   if (n <= 0) return;
   static const bool avx512 = cpu_features().avx512f;
@@ -155,7 +195,7 @@ Var Graph::linear(Var x, Var w, Var b) {
                  "linear: x ", shape_str(xv.shape()), " and w ", shape_str(wv.shape()),
                  " do not agree");
   const int64_t rows = xv.size(0), in = xv.size(1), out = wv.size(0);
-  Tensor y({rows, out});
+  Tensor y = uninit_tensor({rows, out});
   gemm(false, true, rows, out, in, 1.0f, xv.data<float>(), in, wv.data<float>(), in, 0.0f,
        y.data<float>(), out);
   Node n;
@@ -165,8 +205,8 @@ Var Graph::linear(Var x, Var w, Var b) {
     const Tensor& bv = value(b);
     DELTAMOE_CHECK(bv.numel() == out, "graph", "linear: bias ", shape_str(bv.shape()),
                    " for ", out, " outputs");
-    const float* bp = bv.data<float>();
-    float* yp = y.data<float>();
+    const float* __restrict bp = bv.data<float>();
+    float* __restrict yp = y.data<float>();
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < out; ++c) yp[r * out + c] += bp[c];
     n.inputs.push_back(b.id);
@@ -177,7 +217,7 @@ Var Graph::linear(Var x, Var w, Var b) {
 
 template <typename F>
 static Tensor map_unary(const Tensor& x, F f) {
-  Tensor y(x.shape());
+  Tensor y = uninit_tensor(x.shape());
   const float* xp = x.data<float>();
   float* yp = y.data<float>();
   for_range(x.numel(), [&](int64_t b, int64_t e) {
@@ -198,7 +238,7 @@ Var Graph::gelu(Var x) {
   n.op = Op::gelu;
   n.inputs = {x.id};
   const Tensor& xv = value(x);
-  Tensor y(xv.shape());
+  Tensor y = uninit_tensor(xv.shape());
   gelu_forward(xv.data<float>(), y.data<float>(), xv.numel());
   n.value = std::move(y);
   return push(std::move(n));
@@ -223,7 +263,7 @@ Var Graph::add(Var a, Var b) {
   const Tensor& bv = value(b);
   DELTAMOE_CHECK(av.shape() == bv.shape(), "graph", "add: shapes ", shape_str(av.shape()), " and ",
                  shape_str(bv.shape()));
-  Tensor y(av.shape());
+  Tensor y = uninit_tensor(av.shape());
   const float *ap = av.data<float>(), *bp = bv.data<float>();
   float* yp = y.data<float>();
   for (int64_t i = 0; i < y.numel(); ++i) yp[i] = ap[i] + bp[i];
@@ -239,7 +279,7 @@ Var Graph::mul(Var a, Var b) {
   const Tensor& bv = value(b);
   DELTAMOE_CHECK(av.shape() == bv.shape(), "graph", "mul: shapes ", shape_str(av.shape()), " and ",
                  shape_str(bv.shape()));
-  Tensor y(av.shape());
+  Tensor y = uninit_tensor(av.shape());
   const float *ap = av.data<float>(), *bp = bv.data<float>();
   float* yp = y.data<float>();
   for (int64_t i = 0; i < y.numel(); ++i) yp[i] = ap[i] * bp[i];
@@ -266,7 +306,7 @@ Var Graph::add_rows_tiled(Var a, Var b) {
                      bv.size(0) > 0 && av.size(0) % bv.size(0) == 0,
                  "graph", "add_rows_tiled: a ", shape_str(av.shape()), " b ", shape_str(bv.shape()));
   const int64_t rows = av.size(0), d = av.size(1), g = bv.size(0);
-  Tensor y(av.shape());
+  Tensor y = uninit_tensor(av.shape());
   const float *ap = av.data<float>(), *bp = bv.data<float>();
   float* yp = y.data<float>();
   for (int64_t r = 0; r < rows; ++r)
@@ -345,7 +385,7 @@ Var Graph::softmax(Var a) {
   const Tensor& av = value(a);
   DELTAMOE_CHECK(av.dim() == 2, "graph", "softmax of ", shape_str(av.shape()));
   const int64_t rows = av.size(0), d = av.size(1);
-  Tensor y(av.shape());
+  Tensor y = uninit_tensor(av.shape());
   const float* ap = av.data<float>();
   float* yp = y.data<float>();
   kernels::softmax_rows_st(ap, yp, rows, d);  // the tested, vectorised kernel
@@ -360,7 +400,7 @@ Var Graph::log_softmax(Var a) {
   const Tensor& av = value(a);
   DELTAMOE_CHECK(av.dim() == 2, "graph", "log_softmax of ", shape_str(av.shape()));
   const int64_t rows = av.size(0), d = av.size(1);
-  Tensor y(av.shape());
+  Tensor y = uninit_tensor(av.shape());
   const float* ap = av.data<float>();
   float* yp = y.data<float>();
   for (int64_t r = 0; r < rows; ++r) {
@@ -417,26 +457,12 @@ Var Graph::layer_norm(Var x, Var gamma, Var beta, float eps) {
                  "graph", "layer_norm: x ", shape_str(xv.shape()), " gamma ",
                  shape_str(value(gamma).shape()), " beta ", shape_str(value(beta).shape()));
   const int64_t rows = xv.size(0), d = xv.size(1);
-  Tensor y(xv.shape());
+  Tensor y = uninit_tensor(xv.shape());
   Tensor stats({rows, 2});  // mean, rstd
   const float *xp = xv.data<float>(), *g = value(gamma).data<float>(), *b = value(beta).data<float>();
   float* yp = y.data<float>();
   float* sp = stats.data<float>();
-  for_range(rows, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = xp + r * d;
-      float mu = 0.0f;
-      for (int64_t c = 0; c < d; ++c) mu += xr[c];
-      mu /= static_cast<float>(d);
-      float var = 0.0f;
-      for (int64_t c = 0; c < d; ++c) var += (xr[c] - mu) * (xr[c] - mu);
-      var /= static_cast<float>(d);
-      const float rstd = 1.0f / std::sqrt(var + eps);
-      for (int64_t c = 0; c < d; ++c) yp[r * d + c] = (xr[c] - mu) * rstd * g[c] + b[c];
-      sp[2 * r] = mu;
-      sp[2 * r + 1] = rstd;
-    }
-  });
+  layer_norm_rows(xp, g, b, yp, sp, rows, d, eps);
   Node n;
   n.op = Op::layer_norm;
   n.inputs = {x.id, gamma.id, beta.id};
@@ -450,7 +476,7 @@ Var Graph::gather_rows(Var x, const std::vector<int32_t>& rows) {
   const Tensor& xv = value(x);
   DELTAMOE_CHECK(xv.dim() == 2, "graph", "gather_rows of ", shape_str(xv.shape()));
   const int64_t n_in = xv.size(0), d = xv.size(1), m = static_cast<int64_t>(rows.size());
-  Tensor y({m, d});
+  Tensor y = uninit_tensor({m, d});
   const float* xp = xv.data<float>();
   float* yp = y.data<float>();
   for (int64_t j = 0; j < m; ++j) {
@@ -514,7 +540,7 @@ Var Graph::gate_weights(Var p, const std::vector<int32_t>& offsets, const std::v
 }
 
 Var Graph::scatter_add_rows(Var base, Var vals, Var w, const std::vector<int32_t>& rows,
-                            const std::vector<int32_t>& w_index, int64_t n_rows) {
+                            const std::vector<int32_t>& w_index, int64_t n_rows, bool reuse_base) {
   const Tensor& vv = value(vals);
   const Tensor& wv = value(w);
   const int64_t m = static_cast<int64_t>(rows.size());
@@ -527,7 +553,7 @@ Var Graph::scatter_add_rows(Var base, Var vals, Var w, const std::vector<int32_t
     const Tensor& bv = value(base);
     DELTAMOE_CHECK(bv.dim() == 2 && bv.size(0) == n_rows && bv.size(1) == d, "graph",
                    "scatter_add_rows: base ", shape_str(bv.shape()), " vs [", n_rows, ", ", d, "]");
-    y = bv.clone();
+    y = reuse_base ? bv : bv.clone();
   } else {
     y = Tensor({n_rows, d});
   }

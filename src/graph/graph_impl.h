@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "deltamoe/core/tensor.h"
+
 namespace deltamoe::graph {
 
 /// Runs fn(0, n) on the calling thread. The element-wise ops are memory-bound and short;
@@ -14,6 +16,13 @@ inline void for_range(int64_t n, F&& fn) {
   if (n > 0) fn(int64_t{0}, n);
 }
 
+/// An f32 tensor whose contents are undefined (not zero-filled), 64-byte aligned: for op
+/// outputs that are overwritten entirely (zero-filling them was 4-9% of a step).
+Tensor uninit_tensor(const Shape& shape);
+/// Row-wise layer norm forward of x[rows, d] into y, with the per-row mean and rstd in
+/// stats[2·r], stats[2·r+1] (lane-wise partial sums, vectorised; deterministic).
+void layer_norm_rows(const float* x, const float* gamma, const float* beta, float* y, float* stats,
+                     int64_t rows, int64_t d, float eps);
 float gelu_fwd(float x);
 /// y[i] = gelu(x[i]) for n elements (AVX-512 when the CPU has it, else gelu_fwd).
 void gelu_forward(const float* x, float* y, int64_t n);

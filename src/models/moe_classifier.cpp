@@ -309,7 +309,9 @@ Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
     Var a = g.linear(xe, params_.bind(g, ep(l, e, "fc1.weight")), params_.bind(g, ep(l, e, "fc1.bias")));
     a = c.activation == "gelu" ? g.gelu(a) : g.relu(a);
     Var o = g.linear(a, params_.bind(g, ep(l, e, "fc2.weight")), params_.bind(g, ep(l, e, "fc2.bias")));
-    y = g.scatter_add_rows(y, o, w, rows[static_cast<size_t>(e)], widx[static_cast<size_t>(e)], tokens);
+    // y is the running sum, read by nothing else: accumulate in place.
+    y = g.scatter_add_rows(y, o, w, rows[static_cast<size_t>(e)], widx[static_cast<size_t>(e)], tokens,
+                           /*reuse_base=*/true);
   }
 
   if (g.grad_enabled()) {
@@ -339,6 +341,26 @@ Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
   return c.residual ? g.add(h, y) : y;
 }
 
+namespace {
+// Inverted dropout as a product with a constant mask (0 or 1/(1 − rate)); the mask comes from
+// the training generator, so runs stay deterministic.
+Var dropout(graph::Graph& g, Var h, double rate, std::mt19937_64& rng) {
+  const Tensor& hv = g.value(h);
+  Tensor mask(hv.shape());
+  float* m = mask.data<float>();
+  const float keep = static_cast<float>(1.0 / (1.0 - rate));
+  // 24-bit uniforms from each 64-bit draw, two per draw.
+  const uint64_t cut = static_cast<uint64_t>(rate * static_cast<double>(1u << 24));
+  const int64_t n = mask.numel();
+  for (int64_t i = 0; i < n; i += 2) {
+    const uint64_t r = rng();
+    m[i] = (r & 0xFFFFFFu) >= cut ? keep : 0.0f;
+    if (i + 1 < n) m[i + 1] = ((r >> 32) & 0xFFFFFFu) >= cut ? keep : 0.0f;
+  }
+  return g.mul(h, g.input(mask));
+}
+}  // namespace
+
 ForwardOut MoeClassifier::forward(graph::Graph& g, const Tensor& x, const ForwardOptions& opt) {
   const auto& c = config_;
   DELTAMOE_CHECK(x.dim() == 2 && x.size(1) == c.input_side * c.input_side, "model", "input ",
@@ -353,8 +375,15 @@ ForwardOut MoeClassifier::forward(graph::Graph& g, const Tensor& x, const Forwar
     h = g.add_rows_tiled(h, params_.bind(g, "stem.pos"));
   }
   std::vector<Var> aux;
+  const bool drop = opt.training && opt.dropout > 0.0;
+  DELTAMOE_CHECK(!drop || (opt.rng != nullptr && opt.dropout < 1.0), "model", "dropout ", opt.dropout,
+                 " needs a rate below 1 and a random source");
+  if (drop) h = dropout(g, h, opt.dropout, *opt.rng);
   out.layers.resize(static_cast<size_t>(c.layers));
-  for (int64_t l = 0; l < c.layers; ++l) h = moe_layer(g, l, h, tokens, opt, out.layers[static_cast<size_t>(l)], aux);
+  for (int64_t l = 0; l < c.layers; ++l) {
+    h = moe_layer(g, l, h, tokens, opt, out.layers[static_cast<size_t>(l)], aux);
+    if (drop) h = dropout(g, h, opt.dropout, *opt.rng);
+  }
   h = g.layer_norm(h, params_.bind(g, "head.norm.weight"), params_.bind(g, "head.norm.bias"));
   if (tps > 1) h = g.mean_groups(h, tps);
   out.logits = g.linear(h, params_.bind(g, "head.weight"), params_.bind(g, "head.bias"));

@@ -32,6 +32,21 @@ Tensor gather(const Tensor& x, const std::vector<int64_t>& idx, int64_t begin, i
   return out;
 }
 
+// In place: mirror left-right (flip) and shift by (dx, dy) whole pixels, zeros shifted in.
+void augment_image(float* img, int64_t side, bool flip, int64_t dx, int64_t dy, std::vector<float>& tmp) {
+  tmp.assign(img, img + side * side);
+  for (int64_t y = 0; y < side; ++y)
+    for (int64_t x = 0; x < side; ++x) {
+      const int64_t sy = y - dy, sx0 = x - dx;
+      float v = 0.0f;
+      if (sy >= 0 && sy < side && sx0 >= 0 && sx0 < side) {
+        const int64_t sx = flip ? side - 1 - sx0 : sx0;
+        v = tmp[static_cast<size_t>(sy * side + sx)];
+      }
+      img[y * side + x] = v;
+    }
+}
+
 int32_t argmax_row(const float* row, int64_t d) {
   return static_cast<int32_t>(std::max_element(row, row + d) - row);
 }
@@ -64,6 +79,12 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
   nn::Adam adam(model.params(), ao);
   model.params().zero_grad();
   std::mt19937_64 rng(opt.seed);
+  std::mt19937_64 aug_rng(opt.seed ^ 0x9e3779b97f4a7c15ULL);  // augmentation only
+  const int64_t side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(train_x.size(1)))));
+  const bool augment = opt.augment_flip || opt.augment_shift > 0;
+  DELTAMOE_CHECK(!augment || side * side == train_x.size(1), "train", "augmentation needs square images, got ",
+                 train_x.size(1), " pixels");
+  std::vector<float> aug_tmp;
   std::vector<int64_t> order(static_cast<size_t>(n_train));
   std::iota(order.begin(), order.end(), 0);
   const int64_t steps_per_epoch = n_train / opt.batch;  // drop the ragged last batch
@@ -76,6 +97,7 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
   fo.entropy_beta = opt.entropy_beta;
   fo.noisy_weight = opt.noisy_weight;
   fo.rng = &rng;
+  fo.dropout = opt.dropout;
 
   TrainSummary summary;
   const auto t_all = Clock::now();
@@ -90,6 +112,15 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
     for (int64_t s = 0; s < steps_per_epoch; ++s, ++step) {
       const int64_t b = s * opt.batch, e = b + opt.batch;
       Tensor xb = gather(train_x, order, b, e);
+      if (augment) {
+        std::uniform_int_distribution<int64_t> shift(-opt.augment_shift, opt.augment_shift);
+        for (int64_t i = 0; i < opt.batch; ++i) {
+          const bool flip = opt.augment_flip && (aug_rng() & 1u);
+          const int64_t dx = opt.augment_shift > 0 ? shift(aug_rng) : 0;
+          const int64_t dy = opt.augment_shift > 0 ? shift(aug_rng) : 0;
+          if (flip || dx != 0 || dy != 0) augment_image(xb.data<float>() + i * side * side, side, flip, dx, dy, aug_tmp);
+        }
+      }
       std::vector<int32_t> yb(static_cast<size_t>(opt.batch));
       for (int64_t i = b; i < e; ++i) yb[static_cast<size_t>(i - b)] = train_y[static_cast<size_t>(order[static_cast<size_t>(i)])];
       graph::Graph g(true);
@@ -97,10 +128,12 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
       graph::Var loss = g.cross_entropy(out.logits, yb);
       if (out.aux_loss.valid()) loss = g.add(loss, out.aux_loss);
       g.backward(loss);
-      const float lr_scale =
+      float lr_scale =
           opt.cosine ? 0.5f * (1.0f + std::cos(static_cast<float>(M_PI) * static_cast<float>(step) /
                                                static_cast<float>(total_steps)))
                      : 1.0f;
+      if (step < opt.warmup_steps)
+        lr_scale *= static_cast<float>(step + 1) / static_cast<float>(opt.warmup_steps);
       adam.step(lr_scale);
       const float lv = g.scalar(loss);
       DELTAMOE_CHECK(std::isfinite(lv), "train", "loss became ", lv, " at epoch ", epoch, " step ", s);

@@ -111,9 +111,11 @@ class Graph {
                    const std::vector<int32_t>& extra_cols = {});
   /// Combine: y = base (or zeros[n_rows, d] when base is invalid), then for each j,
   /// y[rows[j],:] += w[w_index[j]] · vals[j,:]. vals is [rows.size(), d]; w a vector.
-  /// Gradient flows into base, vals and w.
+  /// Gradient flows into base, vals and w. `reuse_base`: the result takes over base's storage
+  /// instead of copying it (base's value then reads as the result); only for a base that no
+  /// other op reads, such as the running sum of an MoE combine (saves E copies per layer).
   Var scatter_add_rows(Var base, Var vals, Var w, const std::vector<int32_t>& rows,
-                       const std::vector<int32_t>& w_index, int64_t n_rows);
+                       const std::vector<int32_t>& w_index, int64_t n_rows, bool reuse_base = false);
   /// Σ_i a[i]·c[i] → [1], with c a constant vector of a's size (Switch loss: Σ_e f_e·P_e).
   Var dot_const(Var a, const std::vector<float>& c);
   /// Squared coefficient of variation of a vector: var(a)/(mean(a)² + 1e-10) → [1]

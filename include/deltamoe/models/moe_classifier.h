@@ -77,7 +77,10 @@ struct ForwardOptions {
   double balance_alpha = 0.0;   // Switch loss weight α
   double entropy_beta = 0.0;    // router entropy weight β
   double noisy_weight = 0.0;    // importance + load loss weight (noisy gating)
-  std::mt19937_64* rng = nullptr;  // noise source (noisy gating, training)
+  std::mt19937_64* rng = nullptr;  // noise source (noisy gating, dropout; training)
+  /// Training only: dropout rate on the stem output and on each MoE layer's output (inverted
+  /// dropout: kept units scaled by 1/(1 − rate)). 0 = none.
+  double dropout = 0.0;
   /// Per layer: force token budgets (PerTokenKRouting control). Empty = use the policies.
   const std::vector<std::vector<int32_t>>* forced_k = nullptr;
 };
@@ -145,6 +148,14 @@ struct TrainOptions {
   int64_t val_size = 5000;        // the last val_size training images are held out
   int64_t max_train = 0;          // > 0: use only the first max_train training images
   bool progress = false;          // progress bar on stderr
+  // Augmentation of the training batches (square images only; off by default): each image is
+  // mirrored left-right with probability 1/2 when augment_flip, and shifted by whole pixels
+  // (dx, dy uniform in [−augment_shift, augment_shift], zeros shifted in). Drawn from its
+  // own generator seeded by `seed`, so runs stay deterministic.
+  bool augment_flip = false;
+  int64_t augment_shift = 0;
+  int64_t warmup_steps = 0;       // linear learning-rate warm-up over the first steps
+  double dropout = 0.0;           // see ForwardOptions::dropout
 };
 
 struct EpochStats {
