@@ -40,6 +40,7 @@ struct TrainCliOptions {
   int64_t augment_shift = 0;
   int64_t warmup = 0;
   double dropout = 0.0;
+  float label_smoothing = 0.0f;
   int threads = 2;
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   // output
@@ -85,6 +86,7 @@ inline void add_train_options(CLI::App& app, TrainCliOptions& o) {
   app.add_option("--augment-shift", o.augment_shift, "shift training images by up to this many pixels");
   app.add_option("--warmup", o.warmup, "linear learning-rate warm-up steps");
   app.add_option("--dropout", o.dropout, "dropout rate on the stem and MoE layer outputs (training)");
+  app.add_option("--label-smoothing", o.label_smoothing, "cross-entropy label smoothing ε");
   app.add_option("--threads", o.threads, "threads");
   app.add_option("--data-dir", o.data_dir, "Fashion-MNIST directory");
 }
@@ -132,6 +134,7 @@ inline models::TrainOptions make_train_options(const TrainCliOptions& o) {
   t.augment_shift = o.augment_shift;
   t.warmup_steps = o.warmup;
   t.dropout = o.dropout;
+  t.label_smoothing = o.label_smoothing;
   return t;
 }
 

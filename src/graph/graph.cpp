@@ -419,7 +419,7 @@ Var Graph::log_softmax(Var a) {
   return push(std::move(n));
 }
 
-Var Graph::cross_entropy(Var logits, const std::vector<int32_t>& labels) {
+Var Graph::cross_entropy(Var logits, const std::vector<int32_t>& labels, float smoothing) {
   const Tensor& lv = value(logits);
   DELTAMOE_CHECK(lv.dim() == 2 && lv.size(0) == static_cast<int64_t>(labels.size()) && lv.size(0) > 0,
                  "graph", "cross_entropy: logits ", shape_str(lv.shape()), " with ", labels.size(),
@@ -439,12 +439,23 @@ Var Graph::cross_entropy(Var logits, const std::vector<int32_t>& labels) {
     float s = 0.0f;
     for (int64_t c = 0; c < d; ++c) s += (pp[r * d + c] = std::exp(x[c] - m));
     for (int64_t c = 0; c < d; ++c) pp[r * d + c] /= s;
-    loss += static_cast<double>(m + std::log(s) - x[y]);
+    const float lse = m + std::log(s);
+    double row = static_cast<double>(lse - x[y]);
+    if (smoothing > 0.0f) {
+      double mean_nll = 0.0;  // mean over classes of −log p_c
+      for (int64_t c = 0; c < d; ++c) mean_nll += static_cast<double>(lse - x[c]);
+      mean_nll /= static_cast<double>(d);
+      row = (1.0 - smoothing) * row + smoothing * mean_nll;
+    }
+    loss += row;
   }
   Node n;
+  DELTAMOE_CHECK(smoothing >= 0.0f && smoothing < 1.0f, "graph", "cross_entropy: label smoothing ",
+                 smoothing, " outside [0, 1)");
   n.op = Op::cross_entropy;
   n.inputs = {logits.id};
   n.ia = labels;
+  n.fa = smoothing;
   n.saved = std::move(probs);
   n.value = Tensor::from({static_cast<float>(loss / static_cast<double>(rows))}, {1});
   return push(std::move(n));

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "graph/graph_impl.h"
 #include "models/data_shim.h"
 
 namespace deltamoe::models {
@@ -295,23 +296,27 @@ Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
   const auto& rr = lr.routing;
   Var w = g.gate_weights(p, rr.offsets, rr.expert_ids, pol.renormalize(), lr.null_offsets, lr.null_cols);
 
-  // Dispatch: the (token, entry) pairs of each expert, in token order.
-  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(e_count)), widx(static_cast<size_t>(e_count));
-  for (int64_t t = 0; t < tokens; ++t)
-    for (int32_t j = rr.offsets[t]; j < rr.offsets[t + 1]; ++j) {
-      rows[static_cast<size_t>(rr.expert_ids[j])].push_back(static_cast<int32_t>(t));
-      widx[static_cast<size_t>(rr.expert_ids[j])].push_back(j);
-    }
   Var y;
-  for (int64_t e = 0; e < e_count; ++e) {
-    if (rows[static_cast<size_t>(e)].empty()) continue;
-    Var xe = g.gather_rows(u, rows[static_cast<size_t>(e)]);
-    Var a = g.linear(xe, params_.bind(g, ep(l, e, "fc1.weight")), params_.bind(g, ep(l, e, "fc1.bias")));
-    a = c.activation == "gelu" ? g.gelu(a) : g.relu(a);
-    Var o = g.linear(a, params_.bind(g, ep(l, e, "fc2.weight")), params_.bind(g, ep(l, e, "fc2.bias")));
-    // y is the running sum, read by nothing else: accumulate in place.
-    y = g.scatter_add_rows(y, o, w, rows[static_cast<size_t>(e)], widx[static_cast<size_t>(e)], tokens,
-                           /*reuse_base=*/true);
+  if (opt.packed != nullptr && !g.grad_enabled()) {
+    y = g.input(experts_packed(l, g.value(u), rr, g.value(w).data<float>(), *opt.packed));
+  } else {
+    // Dispatch: the (token, entry) pairs of each expert, in token order.
+    std::vector<std::vector<int32_t>> rows(static_cast<size_t>(e_count)), widx(static_cast<size_t>(e_count));
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int32_t j = rr.offsets[t]; j < rr.offsets[t + 1]; ++j) {
+        rows[static_cast<size_t>(rr.expert_ids[j])].push_back(static_cast<int32_t>(t));
+        widx[static_cast<size_t>(rr.expert_ids[j])].push_back(j);
+      }
+    for (int64_t e = 0; e < e_count; ++e) {
+      if (rows[static_cast<size_t>(e)].empty()) continue;
+      Var xe = g.gather_rows(u, rows[static_cast<size_t>(e)]);
+      Var a = g.linear(xe, params_.bind(g, ep(l, e, "fc1.weight")), params_.bind(g, ep(l, e, "fc1.bias")));
+      a = c.activation == "gelu" ? g.gelu(a) : g.relu(a);
+      Var o = g.linear(a, params_.bind(g, ep(l, e, "fc2.weight")), params_.bind(g, ep(l, e, "fc2.bias")));
+      // y is the running sum, read by nothing else: accumulate in place.
+      y = g.scatter_add_rows(y, o, w, rows[static_cast<size_t>(e)], widx[static_cast<size_t>(e)], tokens,
+                             /*reuse_base=*/true);
+    }
   }
 
   if (g.grad_enabled()) {
@@ -361,6 +366,93 @@ Var dropout(graph::Graph& g, Var h, double rate, std::mt19937_64& rng) {
 }
 }  // namespace
 
+PackedWeights MoeClassifier::pack_weights() const {
+  const auto& c = config_;
+  PackedWeights pw;
+  pw.stem = kernels::PackedLinear(params_.get("stem.weight"), DType::f32);
+  pw.head = kernels::PackedLinear(params_.get("head.weight"), DType::f32);
+  pw.fc1.resize(static_cast<size_t>(c.layers));
+  pw.fc2.resize(static_cast<size_t>(c.layers));
+  for (int64_t l = 0; l < c.layers; ++l)
+    for (int64_t e = 0; e < c.experts; ++e) {
+      pw.fc1[static_cast<size_t>(l)].emplace_back(params_.get(ep(l, e, "fc1.weight")), DType::f32);
+      pw.fc2[static_cast<size_t>(l)].emplace_back(params_.get(ep(l, e, "fc2.weight")), DType::f32);
+    }
+  return pw;
+}
+
+Tensor MoeClassifier::linear_packed(const Tensor& x, const kernels::PackedLinear& w,
+                                    const std::string& bias, bool gelu) const {
+  const int64_t n = x.size(0), out = w.out_features();
+  Tensor y = graph::uninit_tensor({n, out});
+  kernels::linear(x.data<float>(), n, x.size(1), w, y.data<float>(), out);
+  const float* __restrict b = params_.get(bias).data<float>();
+  float* __restrict yp = y.data<float>();
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < out; ++j) yp[r * out + j] += b[j];
+  if (gelu) graph::gelu_forward(yp, yp, n * out);
+  return y;
+}
+
+Tensor MoeClassifier::experts_packed(int64_t l, const Tensor& u, const moe::RoutingResult& rr,
+                                     const float* w, const PackedWeights& pw) const {
+  const auto& c = config_;
+  const int64_t tokens = u.size(0), hdim = c.hidden, idim = c.inter, e_count = c.experts;
+  const int64_t pairs = static_cast<int64_t>(rr.expert_ids.size());
+  // Counting sort of the (token, entry) pairs by expert, token order inside an expert.
+  std::vector<int64_t> start(static_cast<size_t>(e_count) + 1, 0);
+  for (int32_t id : rr.expert_ids) ++start[static_cast<size_t>(id) + 1];
+  for (int64_t e = 0; e < e_count; ++e) start[static_cast<size_t>(e) + 1] += start[static_cast<size_t>(e)];
+  std::vector<int64_t> fill(start.begin(), start.end() - 1);
+  std::vector<int32_t> token_of(static_cast<size_t>(pairs)), entry_of(static_cast<size_t>(pairs));
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int32_t j = rr.offsets[t]; j < rr.offsets[t + 1]; ++j) {
+      const int64_t slot = fill[static_cast<size_t>(rr.expert_ids[j])]++;
+      token_of[static_cast<size_t>(slot)] = static_cast<int32_t>(t);
+      entry_of[static_cast<size_t>(slot)] = j;
+    }
+  // Gather, then per expert: fc1 (+ bias, activation) and fc2 on its contiguous rows.
+  Tensor xg = graph::uninit_tensor({std::max<int64_t>(pairs, 1), hdim});
+  Tensor act = graph::uninit_tensor({std::max<int64_t>(pairs, 1), idim});
+  Tensor og = graph::uninit_tensor({std::max<int64_t>(pairs, 1), hdim});
+  const float* up = u.data<float>();
+  float* xp = xg.data<float>();
+  for (int64_t s = 0; s < pairs; ++s)
+    std::copy(up + token_of[static_cast<size_t>(s)] * hdim, up + (token_of[static_cast<size_t>(s)] + 1) * hdim,
+              xp + s * hdim);
+  const bool gelu = c.activation == "gelu";
+  for (int64_t e = 0; e < e_count; ++e) {
+    const int64_t b = start[static_cast<size_t>(e)], m = start[static_cast<size_t>(e) + 1] - b;
+    if (m == 0) continue;
+    float* __restrict a = act.data<float>() + b * idim;
+    kernels::linear(xp + b * hdim, m, hdim, pw.fc1[static_cast<size_t>(l)][static_cast<size_t>(e)], a, idim);
+    const float* __restrict b1 = params_.get(ep(l, e, "fc1.bias")).data<float>();
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < idim; ++j) a[r * idim + j] += b1[j];
+    if (gelu) {
+      graph::gelu_forward(a, a, m * idim);
+    } else {
+      for (int64_t i = 0; i < m * idim; ++i) a[i] = a[i] > 0.0f ? a[i] : 0.0f;
+    }
+    kernels::linear(a, m, idim, pw.fc2[static_cast<size_t>(l)][static_cast<size_t>(e)],
+                    og.data<float>() + b * hdim, hdim);
+  }
+  // Combine in the graph path's order (expert by expert, token order inside one):
+  // y[t] += w·(fc2(a) + b2).
+  Tensor y({tokens, hdim});
+  float* __restrict yp = y.data<float>();
+  const float* __restrict op = og.data<float>();
+  for (int64_t e = 0; e < e_count; ++e) {
+    const float* __restrict b2 = params_.get(ep(l, e, "fc2.bias")).data<float>();
+    for (int64_t s = start[static_cast<size_t>(e)]; s < start[static_cast<size_t>(e) + 1]; ++s) {
+      const float ws = w[entry_of[static_cast<size_t>(s)]];
+      float* __restrict yr = yp + static_cast<int64_t>(token_of[static_cast<size_t>(s)]) * hdim;
+      for (int64_t j = 0; j < hdim; ++j) yr[j] += ws * (op[s * hdim + j] + b2[j]);
+    }
+  }
+  return y;
+}
+
 ForwardOut MoeClassifier::forward(graph::Graph& g, const Tensor& x, const ForwardOptions& opt) {
   const auto& c = config_;
   DELTAMOE_CHECK(x.dim() == 2 && x.size(1) == c.input_side * c.input_side, "model", "input ",
@@ -368,7 +460,11 @@ ForwardOut MoeClassifier::forward(graph::Graph& g, const Tensor& x, const Forwar
   const int64_t n = x.size(0), tps = c.tokens_per_sample(), tokens = n * tps;
   ForwardOut out;
   Var h;
-  if (c.stem == "fc") {
+  const bool packed = opt.packed != nullptr && !g.grad_enabled();
+  if (packed) {
+    h = g.input(linear_packed(c.stem == "fc" ? x : patchify(x), opt.packed->stem, "stem.bias", true));
+    if (c.stem == "patch") h = g.add_rows_tiled(h, params_.bind(g, "stem.pos"));
+  } else if (c.stem == "fc") {
     h = g.gelu(g.linear(g.input(x), params_.bind(g, "stem.weight"), params_.bind(g, "stem.bias")));
   } else {
     h = g.gelu(g.linear(g.input(patchify(x)), params_.bind(g, "stem.weight"), params_.bind(g, "stem.bias")));
@@ -386,7 +482,8 @@ ForwardOut MoeClassifier::forward(graph::Graph& g, const Tensor& x, const Forwar
   }
   h = g.layer_norm(h, params_.bind(g, "head.norm.weight"), params_.bind(g, "head.norm.bias"));
   if (tps > 1) h = g.mean_groups(h, tps);
-  out.logits = g.linear(h, params_.bind(g, "head.weight"), params_.bind(g, "head.bias"));
+  out.logits = packed ? g.input(linear_packed(g.value(h), opt.packed->head, "head.bias", false))
+                     : g.linear(h, params_.bind(g, "head.weight"), params_.bind(g, "head.bias"));
   for (Var a : aux) out.aux_loss = out.aux_loss.valid() ? g.add(out.aux_loss, a) : a;
   return out;
 }

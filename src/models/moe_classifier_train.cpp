@@ -125,7 +125,7 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
       for (int64_t i = b; i < e; ++i) yb[static_cast<size_t>(i - b)] = train_y[static_cast<size_t>(order[static_cast<size_t>(i)])];
       graph::Graph g(true);
       ForwardOut out = model.forward(g, xb, fo);
-      graph::Var loss = g.cross_entropy(out.logits, yb);
+      graph::Var loss = g.cross_entropy(out.logits, yb, opt.label_smoothing);
       if (out.aux_loss.valid()) loss = g.add(loss, out.aux_loss);
       g.backward(loss);
       float lr_scale =
@@ -185,6 +185,9 @@ EvalResult evaluate(MoeClassifier& model, const Tensor& x, const std::vector<int
   r.class_expert.assign(static_cast<size_t>(c.classes), std::vector<int64_t>(static_cast<size_t>(c.experts)));
   int64_t correct = 0, routed = 0;
   double seconds = 0;
+  // Packed once per call (a few ms, outside the timed forward passes): the weights may have
+  // changed since the last evaluation (training evaluates after every epoch).
+  const PackedWeights packed = model.pack_weights();
   for (int64_t b = 0; b < n; b += batch) {
     const int64_t e = std::min(n, b + batch);
     Tensor xb = x.slice(b, e);
@@ -194,6 +197,7 @@ EvalResult evaluate(MoeClassifier& model, const Tensor& x, const std::vector<int
         fk.emplace_back(layer.begin() + b * tps, layer.begin() + e * tps);
     ForwardOptions fo;
     fo.forced_k = forced_k ? &fk : nullptr;
+    fo.packed = &packed;
     const auto t0 = Clock::now();
     graph::Graph g(false);
     ForwardOut out = model.forward(g, xb, fo);

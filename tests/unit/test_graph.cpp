@@ -153,6 +153,9 @@ TEST(GraphGrad, SoftmaxFamily) {
              [](Graph& g, const std::vector<Var>& v) { return g.log_softmax(v[0]); });
   check_grad({rand_tensor({4, 5}, 14, -2.0f, 2.0f)},
              [](Graph& g, const std::vector<Var>& v) { return g.cross_entropy(v[0], {0, 4, 2, 2}); });
+  check_grad({rand_tensor({4, 5}, 14, -2.0f, 2.0f)}, [](Graph& g, const std::vector<Var>& v) {
+    return g.cross_entropy(v[0], {0, 4, 2, 2}, 0.1f);
+  });
 }
 
 TEST(GraphGrad, CrossEntropyValue) {
@@ -162,6 +165,25 @@ TEST(GraphGrad, CrossEntropyValue) {
   const double e1 = -std::log(std::exp(3.0) / (std::exp(1.0) + std::exp(2.0) + std::exp(3.0)));
   const double e2 = std::log(3.0);
   EXPECT_NEAR(ce, (e1 + e2) / 2, 1e-6);
+}
+
+TEST(GraphGrad, CrossEntropyLabelSmoothingValue) {
+  // Target (1 − ε)·onehot + ε/d: loss = Σ_c −q_c·log p_c, averaged over rows.
+  const double eps = 0.2;
+  const std::vector<float> lv = {1.0f, 2.0f, 3.0f, 0.5f, -1.0f, 0.0f};
+  const std::vector<int32_t> labels = {2, 0};
+  Graph g(false);
+  const float ce = g.scalar(g.cross_entropy(g.input(Tensor::from(lv, {2, 3})), labels, static_cast<float>(eps)));
+  double want = 0.0;
+  for (int r = 0; r < 2; ++r) {
+    double z = 0.0;
+    for (int c = 0; c < 3; ++c) z += std::exp(static_cast<double>(lv[static_cast<size_t>(r * 3 + c)]));
+    for (int c = 0; c < 3; ++c) {
+      const double q = (c == labels[static_cast<size_t>(r)] ? 1.0 - eps : 0.0) + eps / 3.0;
+      want -= q * (lv[static_cast<size_t>(r * 3 + c)] - std::log(z));
+    }
+  }
+  EXPECT_NEAR(ce, want / 2.0, 1e-6);
 }
 
 TEST(GraphGrad, LayerNorm) {

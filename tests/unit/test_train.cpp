@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <random>
 
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/models/moe_classifier.h"
@@ -137,4 +138,62 @@ TEST(Train, MissingDataNamesPackage) {
     EXPECT_NE(msg.find("/nonexistent/fmnist"), std::string::npos) << msg;
     EXPECT_NE(msg.find("dataset-fashion-mnist"), std::string::npos) << msg;
   }
+}
+
+// The packed inference path (evaluate()'s) against the graph path: same routing, logits
+// within f32 summation-order error, for every policy, both stems, relu and gelu; random
+// inputs, no data set needed. Also the training options that change the loss (dropout,
+// label smoothing, augmentation) keep runs deterministic.
+TEST(Train, PackedForwardMatchesGraphForward) {
+  set_num_threads(1);
+  struct Case {
+    std::string kind, stem, act;
+    double target_k;
+  };
+  for (const Case& cs : {Case{"top-k", "fc", "gelu", 0}, Case{"threshold", "fc", "gelu", 1.5},
+                         Case{"top-p", "patch", "relu", 1.5}, Case{"null-experts", "fc", "gelu", 1.5}}) {
+    MoeClassifierConfig c = small_config(cs.kind, cs.target_k);
+    c.layers = 2;
+    c.stem = cs.stem;
+    c.activation = cs.act;
+    c.inter = 40;  // not a multiple of the 32-column panel
+    MoeClassifier m(c, 3);
+    Tensor x({37, 784});
+    std::mt19937_64 rng(11);
+    std::uniform_real_distribution<float> u(0.0f, 1.0f);
+    for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = u(rng);
+    const PackedWeights pw = m.pack_weights();
+    graph::Graph g1(false), g2(false);
+    ForwardOptions plain, fast;
+    fast.packed = &pw;
+    const ForwardOut a = m.forward(g1, x, plain);
+    const ForwardOut b = m.forward(g2, x, fast);
+    for (size_t l = 0; l < a.layers.size(); ++l) {
+      EXPECT_EQ(a.layers[l].routing.offsets, b.layers[l].routing.offsets) << cs.kind;
+      EXPECT_EQ(a.layers[l].routing.expert_ids, b.layers[l].routing.expert_ids) << cs.kind;
+    }
+    const auto la = g1.value(a.logits).to_vector(), lb = g2.value(b.logits).to_vector();
+    ASSERT_EQ(la.size(), lb.size());
+    for (size_t i = 0; i < la.size(); ++i) EXPECT_NEAR(la[i], lb[i], 1e-4f) << cs.kind << " " << i;
+  }
+}
+
+TEST(Train, RegularisedRunsAreDeterministic) {
+  if (!have_data()) GTEST_SKIP() << "Fashion-MNIST not installed";
+  set_num_threads(1);
+  auto run = [](bool regularise) {
+    MoeClassifier m(small_config("top-k"), 1);
+    TrainOptions o = small_options(1024, 1);
+    if (regularise) {
+      o.dropout = 0.1;
+      o.label_smoothing = 0.1f;
+      o.augment_flip = true;
+      o.augment_shift = 1;
+      o.warmup_steps = 4;
+    }
+    return train(m, data().train.images, data().train.labels, o).step_losses;
+  };
+  const auto a = run(true), b = run(true), c = run(false);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
 }

@@ -94,7 +94,9 @@ class Graph {
   /// Row-wise log-softmax of a[N,d].
   Var log_softmax(Var a);
   /// Mean over rows of −log softmax(logits)[i, labels[i]] → [1]. labels in [0, d).
-  Var cross_entropy(Var logits, const std::vector<int32_t>& labels);
+  /// With label smoothing ε > 0 the target is (1 − ε)·onehot + ε/d (PyTorch's
+  /// label_smoothing): −(1 − ε)·log p_y − (ε/d)·Σ_c log p_c per row.
+  Var cross_entropy(Var logits, const std::vector<int32_t>& labels, float smoothing = 0.0f);
   /// Row-wise layer norm of x[N,d] with gamma[d], beta[d]: (x−μ)/√(σ²+eps)·γ + β.
   Var layer_norm(Var x, Var gamma, Var beta, float eps = 1e-5f);
 

@@ -31,6 +31,7 @@
 
 #include "deltamoe/core/tensor.h"
 #include "deltamoe/graph/graph.h"
+#include "deltamoe/kernels/cpu.h"
 #include "deltamoe/moe/policies.h"
 #include "deltamoe/nn/nn.h"
 
@@ -71,6 +72,14 @@ struct LayerRouting {
   std::vector<int32_t> null_offsets, null_cols;  // null experts chosen (null-experts only)
 };
 
+/// Inference copies of the classifier's linear weights in the engine's packed f32 layout
+/// (kernels::PackedLinear), made by MoeClassifier::pack_weights() for a grad-free forward.
+/// A snapshot: stale once the parameters change (evaluate() packs afresh on every call).
+struct PackedWeights {
+  kernels::PackedLinear stem, head;
+  std::vector<std::vector<kernels::PackedLinear>> fc1, fc2;  // [layer][expert]
+};
+
 struct ForwardOptions {
   bool training = false;        // noise on, adaptive policies observe the batch
   bool adapt = false;           // adaptive policies observe the batch (calibration, no noise)
@@ -83,6 +92,10 @@ struct ForwardOptions {
   double dropout = 0.0;
   /// Per layer: force token budgets (PerTokenKRouting control). Empty = use the policies.
   const std::vector<std::vector<int32_t>>* forced_k = nullptr;
+  /// Grad-free graphs only: run the stem, the experts and the head through these packed
+  /// weights (kernels::linear; one GEMM per expert over its gathered tokens, bias and GELU
+  /// fused) instead of graph ops. Same routing and, up to f32 summation order, same logits.
+  const PackedWeights* packed = nullptr;
 };
 
 struct ForwardOut {
@@ -118,12 +131,20 @@ class MoeClassifier {
   /// config's layer_routing, so reset_policies() and save() keep it. train() calls it.
   void freeze_policies();
 
+  /// Packs the stem, expert and head weights for ForwardOptions::packed.
+  PackedWeights pack_weights() const;
   /// Builds the forward pass for images x[N, side²] (f32) into g.
   ForwardOut forward(graph::Graph& g, const Tensor& x, const ForwardOptions& opt);
 
  private:
   graph::Var moe_layer(graph::Graph& g, int64_t l, graph::Var h, int64_t tokens,
                        const ForwardOptions& opt, LayerRouting& lr, std::vector<graph::Var>& aux);
+  /// Expert FFNs and the weighted combine of one layer through packed weights (no graph ops).
+  Tensor experts_packed(int64_t l, const Tensor& u, const moe::RoutingResult& rr, const float* w,
+                        const PackedWeights& pw) const;
+  /// y[n, out] = x · Wᵀ + b (then GELU when `gelu`) through a packed weight.
+  Tensor linear_packed(const Tensor& x, const kernels::PackedLinear& w, const std::string& bias,
+                       bool gelu) const;
   /// x[N, side²] → patches [N·T, patch²] (row-major patches, row-major pixels inside).
   Tensor patchify(const Tensor& x) const;
 
@@ -156,6 +177,7 @@ struct TrainOptions {
   int64_t augment_shift = 0;
   int64_t warmup_steps = 0;       // linear learning-rate warm-up over the first steps
   double dropout = 0.0;           // see ForwardOptions::dropout
+  float label_smoothing = 0.0f;   // cross-entropy target (1 − ε)·onehot + ε/classes
 };
 
 struct EpochStats {
