@@ -43,16 +43,30 @@ struct SweepOptions {
   int64_t batch = 256;
   float lr = 2e-3f;
   int64_t warmup = 0;
+  double dropout = 0.1;
+  float label_smoothing = 0.0f;
   bool augment_flip = false;
   int64_t augment_shift = 0;
   bool no_plots = false, json = false;
 };
+
+// Names the training recipe, so models cached in the work directory by a sweep with another
+// recipe (epochs, batch, lr, ...) are never reused: each recipe gets its own subdirectory.
+std::string recipe_tag(const SweepOptions& o) {
+  std::ostringstream os;
+  os << "e" << o.epochs << "_b" << o.batch << "_lr" << o.lr << "_w" << o.warmup << "_d" << o.dropout
+     << "_ls" << o.label_smoothing << "_f" << (o.augment_flip ? 1 : 0) << "_s" << o.augment_shift << "_n"
+     << o.max_train;
+  return os.str();
+}
 
 std::string recipe_text(const SweepOptions& o) {
   std::ostringstream os;
   os << "Adam (lr " << o.lr << ", cosine decay";
   if (o.warmup > 0) os << ", " << o.warmup << " warm-up steps";
   os << "), batch " << o.batch;
+  if (o.dropout > 0) os << ", dropout " << o.dropout << " on the stem and MoE outputs";
+  if (o.label_smoothing > 0) os << ", label smoothing " << o.label_smoothing;
   if (o.augment_flip || o.augment_shift > 0) {
     os << ", augmentation:";
     if (o.augment_flip) os << " left-right flips";
@@ -120,6 +134,8 @@ models::TrainOptions train_options_for(const Run& r, const SweepOptions& o) {
   t.warmup_steps = o.warmup;
   t.augment_flip = o.augment_flip;
   t.augment_shift = o.augment_shift;
+  t.dropout = o.dropout;
+  t.label_smoothing = o.label_smoothing;
   t.seed = static_cast<uint64_t>(r.seed);
   t.balance_alpha = r.balance ? 0.01 : 0.0;
   t.entropy_beta = r.method == "top-p" ? 1e-4 : 0.0;
@@ -129,7 +145,7 @@ models::TrainOptions train_options_for(const Run& r, const SweepOptions& o) {
 }
 
 // `deltamoe train` arguments that give the same model as get_model's in-process training
-// (config_for + train_options_for; tests/cli/train_eval.sh checks the two agree).
+// (config_for + train_options_for): `sweep --jobs 1` and `--jobs 2` give the same models.
 std::vector<std::string> train_args(const Run& r, const SweepOptions& o) {
   const auto c = config_for(r);
   const auto t = train_options_for(r, o);
@@ -141,6 +157,7 @@ std::vector<std::string> train_args(const Run& r, const SweepOptions& o) {
                                 "--entropy-beta", fmt(t.entropy_beta, 17),
                                 "--max-train", std::to_string(t.max_train), "--val-size", std::to_string(t.val_size),
                                 "--augment-shift", std::to_string(t.augment_shift),
+                                "--dropout", fmt(t.dropout, 17), "--label-smoothing", fmt(t.label_smoothing, 9),
                                 "--threads", "1", "--data-dir", o.data_dir, "--out", model_path(r, o),
                                 "--json", "--no-test", "--no-progress"};
   if (t.augment_flip) a.push_back("--augment-flip");
@@ -178,7 +195,7 @@ std::map<std::string, std::vector<std::string>> train_parallel(const std::vector
     Clock::time_point start;
   };
   std::map<pid_t, Child> live;
-  size_t next = 0;
+  size_t next = 0, done = 0;
   auto start_one = [&](const Run& r) {
     const std::string base = o.work_dir + "/" + r.name + "_s" + std::to_string(r.seed);
     std::vector<std::string> args = train_args(r, o);
@@ -206,6 +223,7 @@ std::map<std::string, std::vector<std::string>> train_parallel(const std::vector
     if (it == live.end()) continue;
     const Child c = it->second;
     live.erase(it);
+    ++done;
     const std::string base = o.work_dir + "/" + c.run.name + "_s" + std::to_string(c.run.seed);
     DELTAMOE_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "sweep", "training ", c.run.name,
                    " seed ", c.run.seed, " failed; its log is ", base, ".train.log");
@@ -220,7 +238,7 @@ std::map<std::string, std::vector<std::string>> train_parallel(const std::vector
     const auto& last = j.at("epochs").back();
     const double val = j.at("val_accuracy").get<double>(), k = j.at("train_avg_experts").get<double>();
     std::fprintf(stderr, "[sweep] trained %s seed %d in %.1f s: val %.2f%%, train K %.3f (%zu/%zu, %.0f s elapsed)\n",
-                 c.run.name.c_str(), c.run.seed, secs, 100.0 * val, k, todo.size() - next - live.size(),
+                 c.run.name.c_str(), c.run.seed, secs, 100.0 * val, k, done,
                  todo.size(), std::chrono::duration<double>(Clock::now() - t0).count());
     rows[c.run.name + "," + std::to_string(c.run.seed)] =
         {c.run.name, c.run.method, fmt(c.run.budget), c.run.balance ? "1" : "0", std::to_string(c.run.seed),
@@ -270,8 +288,9 @@ double measure_samples_per_s(models::MoeClassifier& m, const models::detail::Dat
 int run_sweep(const SweepOptions& in) {
   SweepOptions o = in;
   if (o.seeds <= 0) o.seeds = o.quick ? 2 : 3;
-  if (o.epochs <= 0) o.epochs = o.quick ? 2 : 3;
+  if (o.epochs <= 0) o.epochs = o.quick ? 3 : 12;
   if (o.quick && o.max_train == 0) o.max_train = 8000;
+  o.work_dir += "/" + recipe_tag(o);
   set_num_threads(o.threads);
   cli::keep_freed_memory();
   std::filesystem::create_directories(o.out_dir);
@@ -450,18 +469,20 @@ deltamoe::cli::CommandRegistrar reg(
     "sweep", "Run the delta-MoE experiments (E1-E3) and write the report with plots",
     [](CLI::App& app) -> deltamoe::cli::Action {
       auto o = std::make_shared<SweepOptions>();
-      app.add_flag("--quick", o->quick, "small version for CI (2 seeds, 2 epochs on 8k images)");
+      app.add_flag("--quick", o->quick, "small version for CI (2 seeds, 3 epochs on 8k images)");
       app.add_option("--out-dir", o->out_dir, "where the CSVs, PNGs and delta-moe.md go");
-      app.add_option("--work-dir", o->work_dir, "where trained models are cached (resumable)");
+      app.add_option("--work-dir", o->work_dir, "where trained models are cached (resumable; one subdirectory per recipe)");
       app.add_option("--data-dir", o->data_dir, "Fashion-MNIST directory");
       app.add_option("--seeds", o->seeds, "seeds per configuration (default 3; quick 2)");
-      app.add_option("--epochs", o->epochs, "training epochs (default 3; quick 2)");
+      app.add_option("--epochs", o->epochs, "training epochs (default 12; quick 3)");
       app.add_option("--max-train", o->max_train, "training images (default all 55k; quick 8k)");
       app.add_option("--threads", o->threads, "threads of the evaluation and timing (1 keeps timings stable)");
       app.add_option("--jobs", o->jobs, "trainings at a time, each a 1-thread child process (default 2; 1: in this process)");
       app.add_option("--batch", o->batch, "training batch size (default 256)");
       app.add_option("--lr", o->lr, "Adam learning rate, cosine decay (default 2e-3)");
       app.add_option("--warmup", o->warmup, "linear learning-rate warm-up steps (default 0)");
+      app.add_option("--dropout", o->dropout, "dropout on the stem and MoE outputs (default 0.1)");
+      app.add_option("--label-smoothing", o->label_smoothing, "cross-entropy label smoothing (default 0)");
       app.add_flag("--augment-flip", o->augment_flip, "mirror training images left-right with probability 1/2");
       app.add_option("--augment-shift", o->augment_shift, "shift training images by up to this many pixels");
       app.add_flag("--no-plots", o->no_plots, "skip python/plot_delta_moe.py");
