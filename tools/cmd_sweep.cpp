@@ -2,6 +2,7 @@
 // Trains every configuration for each seed, evaluates on the test set, writes CSVs, calls
 // python/plot_delta_moe.py for the PNGs and writes the report with tables and a verdict.
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -225,8 +226,14 @@ std::map<std::string, std::vector<std::string>> train_parallel(const std::vector
     live.erase(it);
     ++done;
     const std::string base = o.work_dir + "/" + c.run.name + "_s" + std::to_string(c.run.seed);
-    DELTAMOE_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "sweep", "training ", c.run.name,
-                   " seed ", c.run.seed, " failed; its log is ", base, ".train.log");
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      // Stop the other trainings this sweep started (by pid) before reporting the failure.
+      for (const auto& [other, ch] : live) {
+        kill(other, SIGTERM);
+        waitpid(other, nullptr, 0);
+      }
+      fail("sweep", "training ", c.run.name, " seed ", c.run.seed, " failed; its log is ", base, ".train.log");
+    }
     const double secs = std::chrono::duration<double>(Clock::now() - c.start).count();
     nlohmann::json j;
     try {
