@@ -9,6 +9,7 @@
 #include <random>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include "command.h"
 #include "deltamoe/core/parallel.h"
@@ -128,6 +129,9 @@ int run_moe_bench(const MoeBenchOptions& o) {
       kernels::sgemm(false, false, gm, gn, o.hidden, 1.0f, a.data(), o.hidden, b.data(), gn, 0.0f, c.data(), gn);
     }, 5, o.min_seconds);
     const double sgemm_gflops = 2.0 * gm * gn * o.hidden / sgemm_s / 1e9;
+    // OpenBLAS's pthreads keep spinning (sched_yield) for tens of ms after a call; let them
+    // go to sleep so they do not steal a core from the next measurement.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
 
     double naive_s = 0;
     if (!o.skip_naive) {

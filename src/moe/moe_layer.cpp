@@ -90,7 +90,7 @@ MoeLayer::MoeLayer(const MoeWeights& weights, DType dtype)
   hidden_ = weights.hidden();
   inter_ = weights.inter();
   router_outputs_ = weights.router.size(0);
-  router_ = weights.router.to(DType::f32);
+  router_ = std::make_unique<kernels::PackedLinear>(weights.router, DType::f32);
   const int64_t h = hidden_, i = inter_;
   for (int64_t e = 0; e < experts_; ++e) {
     if (kind_ == ExpertKind::swiglu) {
@@ -150,8 +150,7 @@ Tensor MoeLayer::forward(const Tensor& x_in, const RoutingPolicy& policy, MoeSta
   // 1. Router logits and softmax.
   std::vector<float> logits(static_cast<size_t>(t_count * r_out));
   std::vector<float> probs(logits.size());
-  kernels::sgemm(false, true, t_count, r_out, h, 1.0f, xp, h, router_.data<float>(), h, 0.0f,
-                 logits.data(), r_out);
+  kernels::linear(xp, t_count, h, *router_, logits.data(), r_out);
   kernels::softmax_rows_st(logits.data(), probs.data(), t_count, r_out);
 
   // 2. Routing.
