@@ -50,13 +50,23 @@ struct Task {
 };
 
 // Splits each active expert's `n` output columns into column blocks (multiples of `align`)
-// so that there are enough tasks to balance `threads` threads.
-std::vector<Task> make_tasks(const std::vector<int64_t>& counts, int64_t n, int64_t align, int threads) {
-  int64_t active = 0;
-  for (int64_t c : counts) active += c > 0;
+// so that there are enough tasks to balance `threads` threads. When every expert has only a
+// few rows (decode), a task costs about the bytes of weights it streams, and the threads
+// finish together only if the last tasks are short: blocks then hold at most
+// `max_block_bytes` of weights (`bytes_per_col` per output column).
+std::vector<Task> make_tasks(const std::vector<int64_t>& counts, int64_t n, int64_t align, int threads,
+                             int64_t bytes_per_col) {
+  int64_t active = 0, max_rows = 0;
+  for (int64_t c : counts) {
+    active += c > 0;
+    max_rows = std::max(max_rows, c);
+  }
   std::vector<Task> tasks;
   if (active == 0) return tasks;
-  const int64_t want_per_expert = std::max<int64_t>(1, (8 * threads + active - 1) / active);
+  constexpr int64_t kMaxBlockBytes = 512 << 10;
+  int64_t want_per_expert = std::max<int64_t>(1, (8 * threads + active - 1) / active);
+  if (max_rows <= 16 && threads > 1)
+    want_per_expert = std::max(want_per_expert, (n * bytes_per_col + kMaxBlockBytes - 1) / kMaxBlockBytes);
   int64_t block = (n + want_per_expert - 1) / want_per_expert;
   block = std::max(align, ((block + align - 1) / align) * align);
   for (size_t e = 0; e < counts.size(); ++e) {
@@ -206,7 +216,8 @@ Tensor MoeLayer::forward(const Tensor& x_in, const RoutingPolicy& policy, MoeSta
   const int64_t panel13 = w13_[0].panel();
   const int64_t q = swiglu ? interleave_block(panel13) : panel13;
   const int64_t align13 = swiglu ? 2 * q : q;
-  const auto tasks_a = make_tasks(counts, n13, align13, threads);
+  const auto tasks_a = make_tasks(counts, n13, align13, threads,
+                                  static_cast<int64_t>(w13_[0].weight_bytes()) / n13);
   const int64_t max_block = tasks_a.empty() ? 0 : [&] {
     int64_t m = 0;
     for (const auto& tk : tasks_a) m = std::max(m, (tk.n_end - tk.n_begin) * counts[tk.expert]);
@@ -216,7 +227,8 @@ Tensor MoeLayer::forward(const Tensor& x_in, const RoutingPolicy& policy, MoeSta
   // down-projection tasks, handed out in that order from one counter. A down task waits only
   // for its own expert's up tasks (a per-expert countdown), not for a barrier after all of
   // them, so at decode each thread streams weights without pausing between the two phases.
-  const auto tasks_b = make_tasks(counts, h, w2_[0].panel(), threads);
+  const auto tasks_b = make_tasks(counts, h, w2_[0].panel(), threads,
+                                  static_cast<int64_t>(w2_[0].weight_bytes()) / h);
   const size_t n_a = tasks_a.size(), n_all = n_a + tasks_b.size();
   std::unique_ptr<std::atomic<int32_t>[]> pending_up(new std::atomic<int32_t>[static_cast<size_t>(experts_)]);
   for (int64_t e = 0; e < experts_; ++e) pending_up[e].store(0, std::memory_order_relaxed);

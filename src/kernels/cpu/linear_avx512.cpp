@@ -59,6 +59,10 @@ Masks column_masks(int64_t cols) {
 // kernels that stream weights from memory (decode). 8..24 steps measured alike within the
 // noise of the shared test machine; 48+ was slower.
 constexpr int kPrefetchK = DM_TUNE_PF;
+#ifndef DM_TUNE_PF_BF16
+#define DM_TUNE_PF_BF16 16
+#endif
+constexpr int kPrefetchKBf16 = DM_TUNE_PF_BF16;
 
 // Independent accumulator sets for tiny MR, so the k loop is not bound by FMA latency
 // (1 row = 2 chains otherwise; decode is m = 1).
@@ -145,8 +149,8 @@ DM_AVX512 DM_INLINE void micro_bf16(const uint32_t* xb, int64_t ldxb, const uint
     for (; k + S <= k2c; k += S) {
 #pragma GCC unroll 4
       for (int s = 0; s < S; ++s) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + 64 * (kPrefetchK + s)), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(w + 64 * (kPrefetchK + s) + 32), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + 64 * (kPrefetchKBf16 + s)), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + 64 * (kPrefetchKBf16 + s) + 32), _MM_HINT_T0);
         const __m512bh w0 = (__m512bh)_mm512_load_si512(w + 64 * s);
         const __m512bh w1 = (__m512bh)_mm512_load_si512(w + 64 * s + 32);
 #pragma GCC unroll 16
