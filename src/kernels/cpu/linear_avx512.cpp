@@ -53,14 +53,16 @@ Masks column_masks(int64_t cols) {
 }
 
 #ifndef DM_TUNE_PF
-#define DM_TUNE_PF 16
+#define DM_TUNE_PF 64
 #endif
 // Software prefetch distance, in k steps (128 bytes of weights each), for the tiny-MR
-// kernels that stream weights from memory (decode). 8..24 steps measured alike within the
-// noise of the shared test machine; 48+ was slower.
+// kernels that stream weights from memory (decode). With weights on 2 MiB pages (Storage),
+// 64 steps (8 KiB ahead) streamed fastest in bench/micro_kernels BM_gemv_dram (single
+// thread, bf16: 26 GB/s at 64 vs 20 GB/s at 16; f32 a few % better; 96 and 128 slower).
+// On 4 KiB pages the best distance had been 8..24 steps.
 constexpr int kPrefetchK = DM_TUNE_PF;
 #ifndef DM_TUNE_PF_BF16
-#define DM_TUNE_PF_BF16 16
+#define DM_TUNE_PF_BF16 64
 #endif
 constexpr int kPrefetchKBf16 = DM_TUNE_PF_BF16;
 
