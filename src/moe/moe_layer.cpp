@@ -63,7 +63,7 @@ std::vector<Task> make_tasks(const std::vector<int64_t>& counts, int64_t n, int6
   }
   std::vector<Task> tasks;
   if (active == 0) return tasks;
-  constexpr int64_t kMaxBlockBytes = 512 << 10;
+  constexpr int64_t kMaxBlockBytes = 1 << 20;
   int64_t want_per_expert = std::max<int64_t>(1, (8 * threads + active - 1) / active);
   if (max_rows <= 16 && threads > 1)
     want_per_expert = std::max(want_per_expert, (n * bytes_per_col + kMaxBlockBytes - 1) / kMaxBlockBytes);
