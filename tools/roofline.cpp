@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "deltamoe/core/tensor.h"
 #include "deltamoe/kernels/cpu_features.h"
 
 namespace deltamoe::cli {
@@ -99,7 +100,10 @@ double best_rate(int threads, double flops_per_iter, F&& body) {
 
 double measure_read_bandwidth_gbps(int threads, size_t bytes, int repeats) {
   const size_t n = bytes / sizeof(float);
-  float* buf = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
+  // Allocated like the weights it is compared with (Storage: 2 MiB pages where possible), so
+  // the roofline and the layer see the same TLB and prefetch behaviour.
+  Storage storage(n * sizeof(float));
+  float* buf = static_cast<float*>(storage.data());
   const bool avx512 = cpu_features().avx512f;
   // First touch from the threads that will read, so pages are spread as they will be read.
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -119,7 +123,6 @@ double measure_read_bandwidth_gbps(int threads, size_t bytes, int repeats) {
     const double dt = now_s() - t0;
     best = std::max(best, static_cast<double>(n / 64 * 64) * sizeof(float) / dt / 1e9);
   }
-  std::free(buf);
   volatile double sink = total;  // keeps the reads from being optimised away
   (void)sink;
   return best;

@@ -6,6 +6,7 @@
 // columns lets all threads stream at once. Tasks are handed out dynamically since experts
 // receive very different row counts.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -20,17 +21,23 @@ namespace deltamoe::moe {
 
 namespace {
 
-// Uninitialised aligned scratch (zero-filling 16 MB per call would be wasted bandwidth).
-struct Scratch {
-  explicit Scratch(size_t n)
-      : p(static_cast<float*>(std::aligned_alloc(kAlignment, std::max<size_t>(kAlignment, ((n * 4 + kAlignment - 1) / kAlignment) * kAlignment)))) {
-    if (!p) fail("moe", "out of memory allocating ", n * 4, " bytes of scratch");
+// Per-thread workspace reused across forward calls (grow-only). A fresh allocation per call
+// of the 40 MB a 512-token layer needs would come from mmap and be page-faulted and zeroed by
+// the kernel every time, about 7% of the layer's time; keeping it costs that memory once per
+// calling thread. Uninitialised on purpose: every byte read is written first in the call.
+struct Workspace {
+  std::unique_ptr<Storage> owned[3];
+  float* get(int slot, size_t floats) {
+    if (!owned[slot] || owned[slot]->bytes() < floats * 4)
+      owned[slot] = std::make_unique<Storage>(std::max<size_t>(floats * 4, kAlignment));
+    return static_cast<float*>(owned[slot]->data());
   }
-  ~Scratch() { std::free(p); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  float* p;
 };
+
+Workspace& thread_workspace() {
+  thread_local Workspace ws;
+  return ws;
+}
 
 // Rows per interleave block of the fused [w1; w3] matrix: block j holds w1 rows
 // [jQ, jQ+q) then w3 rows [jQ, jQ+q), so one contiguous column range yields both the gate
@@ -43,13 +50,23 @@ struct Task {
 };
 
 // Splits each active expert's `n` output columns into column blocks (multiples of `align`)
-// so that there are enough tasks to balance `threads` threads.
-std::vector<Task> make_tasks(const std::vector<int64_t>& counts, int64_t n, int64_t align, int threads) {
-  int64_t active = 0;
-  for (int64_t c : counts) active += c > 0;
+// so that there are enough tasks to balance `threads` threads. When every expert has only a
+// few rows (decode), a task costs about the bytes of weights it streams, and the threads
+// finish together only if the last tasks are short: blocks then hold at most
+// `max_block_bytes` of weights (`bytes_per_col` per output column).
+std::vector<Task> make_tasks(const std::vector<int64_t>& counts, int64_t n, int64_t align, int threads,
+                             int64_t bytes_per_col) {
+  int64_t active = 0, max_rows = 0;
+  for (int64_t c : counts) {
+    active += c > 0;
+    max_rows = std::max(max_rows, c);
+  }
   std::vector<Task> tasks;
   if (active == 0) return tasks;
-  const int64_t want_per_expert = std::max<int64_t>(1, (8 * threads + active - 1) / active);
+  constexpr int64_t kMaxBlockBytes = 1 << 20;
+  int64_t want_per_expert = std::max<int64_t>(1, (8 * threads + active - 1) / active);
+  if (max_rows <= 16 && threads > 1)
+    want_per_expert = std::max(want_per_expert, (n * bytes_per_col + kMaxBlockBytes - 1) / kMaxBlockBytes);
   int64_t block = (n + want_per_expert - 1) / want_per_expert;
   block = std::max(align, ((block + align - 1) / align) * align);
   for (size_t e = 0; e < counts.size(); ++e) {
@@ -62,6 +79,12 @@ std::vector<Task> make_tasks(const std::vector<int64_t>& counts, int64_t n, int6
     return counts[a.expert] * (a.n_end - a.n_begin) > counts[b.expert] * (b.n_end - b.n_begin);
   });
   return tasks;
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
 }
 
 float gelu_scalar(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); }
@@ -77,7 +100,7 @@ MoeLayer::MoeLayer(const MoeWeights& weights, DType dtype)
   hidden_ = weights.hidden();
   inter_ = weights.inter();
   router_outputs_ = weights.router.size(0);
-  router_ = weights.router.to(DType::f32);
+  router_ = std::make_unique<kernels::PackedLinear>(weights.router, DType::f32);
   const int64_t h = hidden_, i = inter_;
   for (int64_t e = 0; e < experts_; ++e) {
     if (kind_ == ExpertKind::swiglu) {
@@ -137,8 +160,7 @@ Tensor MoeLayer::forward(const Tensor& x_in, const RoutingPolicy& policy, MoeSta
   // 1. Router logits and softmax.
   std::vector<float> logits(static_cast<size_t>(t_count * r_out));
   std::vector<float> probs(logits.size());
-  kernels::sgemm(false, true, t_count, r_out, h, 1.0f, xp, h, router_.data<float>(), h, 0.0f,
-                 logits.data(), r_out);
+  kernels::linear(xp, t_count, h, *router_, logits.data(), r_out);
   kernels::softmax_rows_st(logits.data(), probs.data(), t_count, r_out);
 
   // 2. Routing.
@@ -171,9 +193,13 @@ Tensor MoeLayer::forward(const Tensor& x_in, const RoutingPolicy& policy, MoeSta
   if (routed == 0) return y;
 
   const bool swiglu = kind_ == ExpertKind::swiglu;
-  Scratch xs(static_cast<size_t>(routed * h));
-  Scratch act(static_cast<size_t>(routed * i));
-  Scratch out(static_cast<size_t>(routed * h));
+  Workspace& ws = thread_workspace();
+  struct Span {
+    float* p;
+  };
+  const Span xs{t_count > 1 ? ws.get(0, static_cast<size_t>(routed * h)) : nullptr};
+  const Span act{ws.get(1, static_cast<size_t>(routed * i))};
+  const Span out{ws.get(2, static_cast<size_t>(routed * h))};
   // Gathering one row per token is only worth it when an expert has several rows; for a
   // single token every expert reads x directly.
   const bool gather = t_count > 1;
@@ -185,67 +211,85 @@ Tensor MoeLayer::forward(const Tensor& x_in, const RoutingPolicy& policy, MoeSta
   }
   auto rows_of = [&](int64_t e) { return gather ? xs.p + offsets[e] * h : xp; };
 
-  // 4a. Up projection (+ activation) per (expert, column block).
+  // Tasks: up projection (+ activation) and down projection per (expert, column block).
   const int64_t n13 = swiglu ? 2 * i : i;
   const int64_t panel13 = w13_[0].panel();
   const int64_t q = swiglu ? interleave_block(panel13) : panel13;
   const int64_t align13 = swiglu ? 2 * q : q;
-  const auto tasks_a = make_tasks(counts, n13, align13, threads);
+  const auto tasks_a = make_tasks(counts, n13, align13, threads,
+                                  static_cast<int64_t>(w13_[0].weight_bytes()) / n13);
   const int64_t max_block = tasks_a.empty() ? 0 : [&] {
     int64_t m = 0;
     for (const auto& tk : tasks_a) m = std::max(m, (tk.n_end - tk.n_begin) * counts[tk.expert]);
     return m;
   }();
-  {
-    BlasThreadsGuard single_blas(1);
-#pragma omp parallel num_threads(threads)
-    {
-      std::vector<float> tmp(static_cast<size_t>(swiglu ? max_block : 0));
-#pragma omp for schedule(dynamic, 1)
-      for (size_t ti = 0; ti < tasks_a.size(); ++ti) {
-        const Task& tk = tasks_a[ti];
-        const int64_t e = tk.expert, m = counts[e];
-        const float* xe = rows_of(e);
-        float* ae = act.p + offsets[e] * i;
-        const int64_t width = tk.n_end - tk.n_begin;
-        if (swiglu) {
-          kernels::linear_st(xe, m, h, w13_[e], tk.n_begin, tk.n_end, tmp.data() - tk.n_begin, width);
-          // tmp holds [m, width] laid out as interleave blocks of (gate q | up q).
-          for (int64_t b = tk.n_begin; b < tk.n_end;) {
-            const int64_t col = b / 2;  // first output column of this block
-            const int64_t qq = std::min(q, i - col);
-            for (int64_t r = 0; r < m; ++r) {
-              const float* row = tmp.data() + r * width + (b - tk.n_begin);
-              kernels::swiglu_st(row, row + qq, ae + r * i + col, qq);
-            }
-            b += 2 * qq;
-          }
-        } else {
-          kernels::linear_st(xe, m, h, w13_[e], tk.n_begin, tk.n_end, ae, i);
-          const float* bias = b1_.empty() ? nullptr : b1_[e].data<float>();
-          for (int64_t r = 0; r < m; ++r) {
-            float* row = ae + r * i;
-            for (int64_t c = tk.n_begin; c < tk.n_end; ++c) {
-              const float v = row[c] + (bias ? bias[c] : 0.0f);
-              row[c] = gelu_scalar(v);
-            }
-          }
+  // 4. Expert FFNs in one parallel region: the up-projection tasks of every expert, then the
+  // down-projection tasks, handed out in that order from one counter. A down task waits only
+  // for its own expert's up tasks (a per-expert countdown), not for a barrier after all of
+  // them, so at decode each thread streams weights without pausing between the two phases.
+  const auto tasks_b = make_tasks(counts, h, w2_[0].panel(), threads,
+                                  static_cast<int64_t>(w2_[0].weight_bytes()) / h);
+  const size_t n_a = tasks_a.size(), n_all = n_a + tasks_b.size();
+  std::unique_ptr<std::atomic<int32_t>[]> pending_up(new std::atomic<int32_t>[static_cast<size_t>(experts_)]);
+  for (int64_t e = 0; e < experts_; ++e) pending_up[e].store(0, std::memory_order_relaxed);
+  for (const Task& tk : tasks_a) pending_up[tk.expert].fetch_add(1, std::memory_order_relaxed);
+  std::atomic<size_t> next_task{0};
+
+  auto run_up = [&](const Task& tk, float* tmp) {
+    const int64_t e = tk.expert, m = counts[e];
+    const float* xe = rows_of(e);
+    float* ae = act.p + offsets[e] * i;
+    const int64_t width = tk.n_end - tk.n_begin;
+    if (swiglu) {
+      kernels::linear_st(xe, m, h, w13_[e], tk.n_begin, tk.n_end, tmp - tk.n_begin, width);
+      // tmp holds [m, width] laid out as interleave blocks of (gate q | up q).
+      for (int64_t b = tk.n_begin; b < tk.n_end;) {
+        const int64_t col = b / 2;  // first output column of this block
+        const int64_t qq = std::min(q, i - col);
+        for (int64_t r = 0; r < m; ++r) {
+          const float* row = tmp + r * width + (b - tk.n_begin);
+          kernels::swiglu_st(row, row + qq, ae + r * i + col, qq);
+        }
+        b += 2 * qq;
+      }
+    } else {
+      kernels::linear_st(xe, m, h, w13_[e], tk.n_begin, tk.n_end, ae, i);
+      const float* bias = b1_.empty() ? nullptr : b1_[e].data<float>();
+      for (int64_t r = 0; r < m; ++r) {
+        float* row = ae + r * i;
+        for (int64_t c = tk.n_begin; c < tk.n_end; ++c) {
+          const float v = row[c] + (bias ? bias[c] : 0.0f);
+          row[c] = gelu_scalar(v);
         }
       }
     }
-
-    // 4b. Down projection per (expert, column block).
-    const auto tasks_b = make_tasks(counts, h, w2_[0].panel(), threads);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (size_t ti = 0; ti < tasks_b.size(); ++ti) {
-      const Task& tk = tasks_b[ti];
-      const int64_t e = tk.expert, m = counts[e];
-      float* oe = out.p + offsets[e] * h;
-      kernels::linear_st(act.p + offsets[e] * i, m, i, w2_[e], tk.n_begin, tk.n_end, oe, h);
-      if (!b2_.empty()) {
-        const float* bias = b2_[e].data<float>();
-        for (int64_t r = 0; r < m; ++r)
-          for (int64_t c = tk.n_begin; c < tk.n_end; ++c) oe[r * h + c] += bias[c];
+  };
+  auto run_down = [&](const Task& tk) {
+    const int64_t e = tk.expert, m = counts[e];
+    float* oe = out.p + offsets[e] * h;
+    kernels::linear_st(act.p + offsets[e] * i, m, i, w2_[e], tk.n_begin, tk.n_end, oe, h);
+    if (!b2_.empty()) {
+      const float* bias = b2_[e].data<float>();
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t c = tk.n_begin; c < tk.n_end; ++c) oe[r * h + c] += bias[c];
+    }
+  };
+  const int region_threads = static_cast<int>(std::min<size_t>(static_cast<size_t>(threads), std::max<size_t>(1, n_all)));
+#pragma omp parallel num_threads(region_threads)
+  {
+    std::vector<float> tmp(static_cast<size_t>(swiglu ? max_block : 0));
+    for (;;) {
+      const size_t ti = next_task.fetch_add(1, std::memory_order_relaxed);
+      if (ti >= n_all) break;
+      if (ti < n_a) {
+        run_up(tasks_a[ti], tmp.data());
+        pending_up[tasks_a[ti].expert].fetch_sub(1, std::memory_order_release);
+      } else {
+        const Task& tk = tasks_b[ti - n_a];
+        // Every up task was handed out before any down task, to a thread that finishes it
+        // without waiting, so this wait always ends.
+        while (pending_up[tk.expert].load(std::memory_order_acquire) != 0) cpu_relax();
+        run_down(tk);
       }
     }
   }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "deltamoe/core/tensor.h"
@@ -69,7 +70,9 @@ class MoeLayer {
   ExpertKind kind_;
   DType dtype_;
   int64_t experts_, hidden_, inter_, router_outputs_;
-  Tensor router_;  // [E+M, H] f32
+  // [E+M, H] f32, packed for our own kernel: OpenBLAS would run a prefill-sized router GEMM
+  // on its own pthreads, which then spin beside the OpenMP workers of the expert phase.
+  std::unique_ptr<kernels::PackedLinear> router_;
   std::vector<kernels::PackedLinear> w13_;  // swiglu: [2I, H] rows interleaved by panel; gelu: [I, H]
   std::vector<kernels::PackedLinear> w2_;   // [H, I]
   std::vector<Tensor> b1_, b2_;

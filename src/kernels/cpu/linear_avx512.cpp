@@ -53,12 +53,20 @@ Masks column_masks(int64_t cols) {
 }
 
 #ifndef DM_TUNE_PF
-#define DM_TUNE_PF 16
+#define DM_TUNE_PF 0
 #endif
 // Software prefetch distance, in k steps (128 bytes of weights each), for the tiny-MR
-// kernels that stream weights from memory (decode). 8..24 steps measured alike within the
-// noise of the shared test machine; 48+ was slower.
+// kernels that stream weights from memory (decode); 0 = none. With the weights on 2 MiB
+// pages (Storage) the hardware prefetchers stream a whole expert without restarting at
+// every 4 KiB page, and software prefetch only adds instructions: bench/micro_kernels
+// BM_gemv_dram, single thread, bf16 ~60-65 us per 2 MiB matrix without it vs ~72 us at 64
+// steps and ~100 us at 16 steps (f32: 130-140 us either way). On 4 KiB pages 8..24 steps
+// had been best.
 constexpr int kPrefetchK = DM_TUNE_PF;
+#ifndef DM_TUNE_PF_BF16
+#define DM_TUNE_PF_BF16 0
+#endif
+constexpr int kPrefetchKBf16 = DM_TUNE_PF_BF16;
 
 // Independent accumulator sets for tiny MR, so the k loop is not bound by FMA latency
 // (1 row = 2 chains otherwise; decode is m = 1).
@@ -87,8 +95,10 @@ DM_AVX512 DM_INLINE void micro_f32(const float* x, int64_t ldx, const float* w, 
     for (; k + S <= kc; k += S) {
 #pragma GCC unroll 4
       for (int s = 0; s < S; ++s) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + 32 * (kPrefetchK + s)), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(w + 32 * (kPrefetchK + s) + 16), _MM_HINT_T0);
+        if constexpr (kPrefetchK > 0) {
+          _mm_prefetch(reinterpret_cast<const char*>(w + 32 * (kPrefetchK + s)), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w + 32 * (kPrefetchK + s) + 16), _MM_HINT_T0);
+        }
         const __m512 w0 = _mm512_load_ps(w + 32 * s), w1 = _mm512_load_ps(w + 32 * s + 16);
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) {
@@ -145,8 +155,10 @@ DM_AVX512 DM_INLINE void micro_bf16(const uint32_t* xb, int64_t ldxb, const uint
     for (; k + S <= k2c; k += S) {
 #pragma GCC unroll 4
       for (int s = 0; s < S; ++s) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + 64 * (kPrefetchK + s)), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(w + 64 * (kPrefetchK + s) + 32), _MM_HINT_T0);
+        if constexpr (kPrefetchKBf16 > 0) {
+          _mm_prefetch(reinterpret_cast<const char*>(w + 64 * (kPrefetchKBf16 + s)), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w + 64 * (kPrefetchKBf16 + s) + 32), _MM_HINT_T0);
+        }
         const __m512bh w0 = (__m512bh)_mm512_load_si512(w + 64 * s);
         const __m512bh w1 = (__m512bh)_mm512_load_si512(w + 64 * s + 32);
 #pragma GCC unroll 16
