@@ -23,6 +23,11 @@ bool is_baseline(const std::string& a) {
   return a == "program" || a == "bfs" || a == "dfs" || a == "lpmf" || a == "xla";
 }
 
+// "ilp: <status>", or the status alone when it already says "ilp skipped: ...".
+std::string ilp_note(const std::string& status) {
+  return status.rfind("ilp ", 0) == 0 ? status : "ilp: " + status;
+}
+
 struct Candidate {
   std::string name;
   Order order;
@@ -109,7 +114,7 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
     take_bound(e, "ilp");
     search_proven = e.proven_optimal && e.order;
     search_kind = "ilp";
-    notes << "ilp: " << e.status;
+    notes << ilp_note(e.status);
   } else if (algo == "exact") {
     ExactResult e = exact_search(g, budget(1.0), &floor.order);
     if (e.order) consider("exact", std::move(*e.order));
@@ -147,14 +152,18 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
         if (consider("sp-ized", sp_ized_order(g))) notes << "SP-ized order beats the baselines; ";
       });
       const bool ilp_ok = opt.use_ilp && n <= 300 && ilp_available();
-      if (ilp_ok && budget(1.0) > 0) {
+      // The cheap bounds may already prove the best order so far optimal: no search then.
+      const bool proven_already = best.peak == r.lower_bound.bytes;
+      if (proven_already) {
+        notes << "best order so far meets the " << r.lower_bound.kind << " bound: no search; ";
+      } else if (ilp_ok && budget(1.0) > 0) {
         guarded("ilp", [&] {
           const Order inc = best.order;
           ExactResult e = ilp_schedule(g, budget(0.5), &inc);
           if (e.order) consider("ilp", std::move(*e.order));
           take_bound(e, "ilp");
           if (e.proven_optimal && e.order) search_proven = true, search_kind = "ilp";
-          notes << "ilp: " << e.status << "; ";
+          notes << ilp_note(e.status) << "; ";
         });
       } else if (!opt.use_ilp) {
         notes << "ilp off; ";
@@ -163,7 +172,7 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
       } else if (!ilp_available()) {
         notes << "ilp not built; ";
       }
-      if (!search_proven && budget(1.0) > 0) {
+      if (!search_proven && !proven_already && budget(1.0) > 0) {
         guarded("exact search", [&] {
           const Order inc = best.order;
           ExactResult e = exact_search(g, budget(0.6), &inc);
@@ -173,7 +182,7 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
           notes << "exact search: " << e.status << "; ";
         });
       }
-      if (!search_proven && budget(1.0) > 0) {
+      if (!search_proven && !proven_already && budget(1.0) > 0) {
         guarded("local search", [&] {
           const Order start = best.order;
           const uint64_t before = best.peak;
