@@ -126,6 +126,9 @@ struct ScheduleResult {
   SpAnalysis sp;
   Placement placement;
   double seconds = 0.0;
+  /// Wall seconds of each phase that ran, in order ("baselines", "bounds", "sp", "ilp",
+  /// "exact", "local", "placement"...).
+  std::vector<std::pair<std::string, double>> phase_seconds;
   /// Peak of each baseline order, in the order program, bfs, dfs, lpmf, xla.
   std::vector<std::pair<std::string, uint64_t>> baseline_peaks;
 };
