@@ -15,6 +15,11 @@
 // ws(v)·(D[v,t] - D[v,t-1]). Then  sum_b bytes(b)·L[b,t] + ... <= P  for all t; minimise P.
 // Bytes are divided by their gcd so the optimum is an integer and the solver's best bound can
 // be rounded up to a proven lower bound.
+//
+// Time limit (docs/sched.md, "ILP and the time limit"): the model's size is counted first and
+// the ILP skipped when it could not be built in a fraction of the limit; the model is handed to
+// CBC in one Cbc_loadProblem; the solve runs in a forked child killed at the deadline, because
+// CBC's root LP and MIP-start completion never check the clock.
 #include <coin/Cbc_C_Interface.h>
 #include <poll.h>
 #include <sys/wait.h>
