@@ -134,10 +134,11 @@ struct ScheduleResult {
 };
 /// Runs every baseline, then the chosen algorithm (see docs/sched.md for what auto does);
 /// the result is never worse than the best baseline, except that a baseline asked for by
-/// name is returned as is. `time_limit_s` bounds the whole call: search methods get what is
-/// left after the baselines. Throws Error("sched") for an unknown algorithm or a negative
-/// limit, and for `ilp` when CBC is not built; in auto mode a failing method is noted and
-/// skipped.
+/// name is returned as is. `time_limit_s` bounds the whole call: search stops at 90% of it
+/// minus 1.5x the measured placement time, so the call ends within the limit unless the fixed
+/// phases before any search (baselines, bounds, SP analysis) alone exceed it. Throws
+/// Error("sched") for an unknown algorithm or a negative limit, and for `ilp` when CBC is not
+/// built; in auto mode a failing method is noted and skipped.
 ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt);
 
 }  // namespace deltamoe::sched
