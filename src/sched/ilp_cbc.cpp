@@ -15,11 +15,26 @@
 // ws(v)·(D[v,t] - D[v,t-1]). Then  sum_b bytes(b)·L[b,t] + ... <= P  for all t; minimise P.
 // Bytes are divided by their gcd so the optimum is an integer and the solver's best bound can
 // be rounded up to a proven lower bound.
+//
+// Time limit (docs/sched.md, "ILP and the time limit"): the model's size is counted first and
+// the ILP skipped when it could not be built in a fraction of the limit; the model is handed to
+// CBC in one Cbc_loadProblem; the solve runs in a forked child killed at the deadline, because
+// CBC's root LP and MIP-start completion never check the clock.
 #include <coin/Cbc_C_Interface.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <limits>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <string>
@@ -32,26 +47,36 @@ namespace deltamoe::sched {
 namespace {
 
 using detail::Model;
+constexpr double kInf = std::numeric_limits<double>::max();
+// The model is built (and copied into CBC) at several million nonzeros per second on the
+// reference machine (docs/sched.md, "ILP and the time limit"); allowing 1e6 per second of the
+// limit keeps the build within ~20% of it. Above 2e7 nonzeros (~1 GB in CBC) it is never built.
+constexpr double kIlpNonzerosPerSecond = 1e6;
+constexpr int64_t kIlpMaxNonzeros = 20'000'000;
 
-// A linear expression over columns plus a constant.
+// A linear expression over columns plus a constant (duplicates merged when emitted).
 struct Expr {
   std::vector<int> cols;
   std::vector<double> coefs;
   double constant = 0;
   void add(int c, double k) {
-    for (size_t i = 0; i < cols.size(); ++i)
-      if (cols[i] == c) {
-        coefs[i] += k;
-        return;
-      }
     cols.push_back(c);
     coefs.push_back(k);
   }
 };
 
+// The model's size, counted from the windows alone (no allocation), so a model too big to
+// build and solve within the time limit is skipped before any work.
+struct IlpSize {
+  int64_t binaries = 0;    // D columns
+  int64_t continuous = 0;  // L columns (+ P)
+  int64_t rows = 0;
+  int64_t nonzeros = 0;    // upper bound
+};
+
 class IlpBuilder {
  public:
-  IlpBuilder(const Model& m, double unit) : m_(m), unit_(unit), cbc_(Cbc_newModel()) {
+  IlpBuilder(const Model& m, double unit) : m_(m), unit_(unit) {
     std::vector<int32_t> anc, desc;
     detail::count_relatives(m, {}, anc, desc);
     asap_.resize(m.n);
@@ -63,11 +88,41 @@ class IlpBuilder {
       DELTAMOE_ASSERT(asap_[v] <= alap_[v], "empty window");
     }
   }
-  ~IlpBuilder() { Cbc_deleteModel(cbc_); }
-  IlpBuilder(const IlpBuilder&) = delete;
-  IlpBuilder& operator=(const IlpBuilder&) = delete;
 
-  Cbc_Model* cbc() { return cbc_; }
+  IlpSize size() const {
+    IlpSize s;
+    const int32_t n = m_.n;
+    s.continuous = 1;
+    for (int32_t v = 0; v < n; ++v) {
+      const int64_t w = alap_[v] - asap_[v];
+      s.binaries += w;
+      s.rows += std::max<int64_t>(0, w - 1);
+      s.nonzeros += 2 * std::max<int64_t>(0, w - 1) + w;  // monotone rows + step rows
+      for (int32_t u : m_.preds[v]) {
+        (void)u;
+        s.rows += w;
+        s.nonzeros += 2 * w;
+      }
+      if (m_.ws[v]) s.nonzeros += 2 * w;
+    }
+    s.rows += 2 * static_cast<int64_t>(n) + 1;
+    for (const auto& b : m_.buffers) {
+      if (b.never_freed) {
+        if (b.alloc >= 0) s.nonzeros += alap_[b.alloc] - asap_[b.alloc];
+        continue;
+      }
+      const int32_t start = b.alloc < 0 ? 0 : asap_[b.alloc];
+      int32_t end = 0;
+      for (int32_t r : b.readers) end = std::max(end, alap_[r]);
+      const int64_t span = std::max<int64_t>(0, std::min(end, n - 1) - start + 1);
+      s.continuous += span;
+      s.rows += span * static_cast<int64_t>(b.readers.size());
+      s.nonzeros += span * (1 + 3 * static_cast<int64_t>(b.readers.size()));
+    }
+    s.nonzeros += n;  // P in the memory rows
+    return s;
+  }
+
   int peak_col() const { return pcol_; }
 
   // D(v,t) as an expression (a constant outside the window).
@@ -82,10 +137,9 @@ class IlpBuilder {
 
   void build() {
     const int32_t n = m_.n;
-    pcol_ = new_col("P", 0, 1e30, 1.0, false);
+    pcol_ = new_col(0, 1e30, 1.0, false);
     for (int32_t v = 0; v < n; ++v)
-      for (int32_t t = asap_[v]; t < alap_[v]; ++t)
-        dcol_[v].push_back(new_col("d" + std::to_string(v) + "_" + std::to_string(t), 0, 1, 0, true));
+      for (int32_t t = asap_[v]; t < alap_[v]; ++t) dcol_[v].push_back(new_col(0, 1, 0, true));
     for (int32_t v = 0; v < n; ++v)
       for (int32_t t = asap_[v] + 1; t < alap_[v]; ++t) {
         Expr e;
@@ -108,7 +162,6 @@ class IlpBuilder {
         }
     // Memory per step.
     std::vector<Expr> mem(n);
-    for (int32_t t = 0; t < n; ++t) mem[t].constant = 0;
     for (size_t bi = 0; bi < m_.buffers.size(); ++bi) {
       const auto& b = m_.buffers[bi];
       const double bytes = static_cast<double>(b.bytes) / unit_;
@@ -125,13 +178,12 @@ class IlpBuilder {
       int32_t end = 0;  // last step it can be live
       for (int32_t r : b.readers) end = std::max(end, alap_[r]);
       for (int32_t t = start; t <= end && t < n; ++t) {
-        // Constant cases first: counted surely or never.
         Expr base;
         if (b.alloc < 0)
           base.constant = 1;
         else
           add_d(base, b.alloc, t, 1);
-        const int col = new_col("l" + std::to_string(bi) + "_" + std::to_string(t), 0, 1, 0, false);
+        const int col = new_col(0, 1, 0, false);
         lcols_.push_back({static_cast<int32_t>(bi), t, col});
         for (int32_t r : b.readers) {
           Expr e = base;
@@ -160,11 +212,34 @@ class IlpBuilder {
     row(init, 'G', static_cast<double>(m_.initial) / unit_);
   }
 
+  // Hands the whole model to CBC at once (column-major), which is linear in its size; adding
+  // rows one by one (Cbc_addRow) re-packs the matrix each time and was quadratic.
+  void load(Cbc_Model* cbc) const {
+    const int ncols = static_cast<int>(col_lb_.size());
+    const int nrows = static_cast<int>(row_lb_.size());
+    std::vector<CoinBigIndex> start(ncols + 1, 0);
+    for (int c : row_idx_) ++start[c + 1];
+    for (int c = 0; c < ncols; ++c) start[c + 1] += start[c];
+    std::vector<int> index(row_idx_.size());
+    std::vector<double> value(row_idx_.size());
+    std::vector<CoinBigIndex> fill(start.begin(), start.end() - 1);
+    for (int r = 0; r < nrows; ++r)
+      for (size_t k = row_start_[r]; k < row_start_[r + 1]; ++k) {
+        const CoinBigIndex at = fill[row_idx_[k]]++;
+        index[at] = r;
+        value[at] = row_val_[k];
+      }
+    Cbc_loadProblem(cbc, ncols, nrows, start.data(), index.data(), value.data(), col_lb_.data(),
+                    col_ub_.data(), col_obj_.data(), row_lb_.data(), row_ub_.data());
+    for (int c = 0; c < ncols; ++c)
+      if (col_int_[c]) Cbc_setInteger(cbc, c);
+  }
+
   // Column values of the solution that runs `order`, for the MIP start.
-  void mip_start(const std::vector<int32_t>& order, uint64_t peak) {
+  void mip_start(Cbc_Model* cbc, const std::vector<int32_t>& order, uint64_t peak) const {
     std::vector<int32_t> pos(m_.n);
     for (int32_t t = 0; t < m_.n; ++t) pos[order[t]] = t;
-    std::vector<double> val(names_.size(), 0.0);
+    std::vector<double> val(col_lb_.size(), 0.0);
     val[pcol_] = static_cast<double>(peak) / unit_;
     for (int32_t v = 0; v < m_.n; ++v)
       for (int32_t t = asap_[v]; t < alap_[v]; ++t) val[dcol_[v][t - asap_[v]]] = t >= pos[v] ? 1 : 0;
@@ -175,9 +250,9 @@ class IlpBuilder {
       for (int32_t r : b.readers) pending = pending || pos[r] > lc.t - 1;
       val[lc.col] = alloc && pending ? 1 : 0;
     }
-    std::vector<const char*> nm(names_.size());
-    for (size_t i = 0; i < names_.size(); ++i) nm[i] = names_[i].c_str();
-    Cbc_setMIPStart(cbc_, static_cast<int>(nm.size()), nm.data(), val.data());
+    std::vector<int> idx(val.size());
+    std::iota(idx.begin(), idx.end(), 0);
+    Cbc_setMIPStartI(cbc, static_cast<int>(idx.size()), idx.data(), val.data());
   }
 
   std::vector<int32_t> extract(const double* sol) const {
@@ -198,15 +273,32 @@ class IlpBuilder {
   }
 
  private:
-  int new_col(const std::string& name, double lo, double hi, double obj, bool integer) {
-    Cbc_addCol(cbc_, name.c_str(), lo, hi, obj, integer ? 1 : 0, 0, nullptr, nullptr);
-    names_.push_back(name);
-    return static_cast<int>(names_.size()) - 1;
+  int new_col(double lo, double hi, double obj, bool integer) {
+    col_lb_.push_back(lo);
+    col_ub_.push_back(hi);
+    col_obj_.push_back(obj);
+    col_int_.push_back(integer ? 1 : 0);
+    return static_cast<int>(col_lb_.size()) - 1;
   }
   void row(const Expr& e, char sense, double rhs) {
     if (e.cols.empty()) return;
-    Cbc_addRow(cbc_, "", static_cast<int>(e.cols.size()), e.cols.data(), e.coefs.data(), sense,
-               rhs - e.constant);
+    // Merge duplicate columns (sort a permutation by column).
+    std::vector<size_t> p(e.cols.size());
+    std::iota(p.begin(), p.end(), size_t{0});
+    std::sort(p.begin(), p.end(), [&](size_t a, size_t b) { return e.cols[a] < e.cols[b]; });
+    const size_t first = row_idx_.size();
+    for (size_t i : p) {
+      if (row_idx_.size() > first && row_idx_.back() == e.cols[i])
+        row_val_.back() += e.coefs[i];
+      else {
+        row_idx_.push_back(e.cols[i]);
+        row_val_.push_back(e.coefs[i]);
+      }
+    }
+    row_start_.push_back(row_idx_.size());
+    const double r = rhs - e.constant;
+    row_lb_.push_back(sense == 'L' ? -kInf : r);
+    row_ub_.push_back(sense == 'G' ? kInf : r);
   }
 
   struct LCol {
@@ -215,22 +307,172 @@ class IlpBuilder {
   };
   const Model& m_;
   double unit_;
-  Cbc_Model* cbc_;
   std::vector<int32_t> asap_, alap_;
   std::vector<std::vector<int>> dcol_;
   std::vector<LCol> lcols_;
-  std::vector<std::string> names_;
   int pcol_ = -1;
+  std::vector<double> col_lb_, col_ub_, col_obj_;
+  std::vector<char> col_int_;
+  std::vector<size_t> row_start_{0};
+  std::vector<int> row_idx_;
+  std::vector<double> row_val_, row_lb_, row_ub_;
 };
 
 // CbcMain keeps global state: one solve at a time.
 std::mutex g_cbc_mutex;
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string seconds_text(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3g", s);
+  return buf;
+}
+
+struct CbcDeleter {
+  void operator()(Cbc_Model* m) const { Cbc_deleteModel(m); }
+};
+using CbcPtr = std::unique_ptr<Cbc_Model, CbcDeleter>;
+
+// The largest model (constraint nonzeros) the ILP builds within `seconds`: beyond it, the
+// build alone would eat a large share of the limit (or the memory).
+int64_t ilp_max_nonzeros(double seconds) {
+  return std::min<int64_t>(kIlpMaxNonzeros, static_cast<int64_t>(kIlpNonzerosPerSecond * std::min(seconds, 1e6)) + 2000);
+}
+
+// What one CBC solve returns (read from the solving process).
+struct SolveOutcome {
+  bool killed = false;         // the deadline passed before CBC answered
+  std::string phase;           // when killed: where CBC was, as far as is known
+  bool optimal = false;
+  bool seconds_limit = false;  // CBC stopped at its own time limit
+  double bound = 0, objective = 0;
+  int nodes = 0;
+  std::vector<int32_t> order;  // the best solution's order (empty if none)
+};
+
+std::chrono::steady_clock::duration seconds_duration(double s) {
+  return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
+}
+
+SolveOutcome read_cbc(Cbc_Model* cbc, const IlpBuilder& ilp) {
+  SolveOutcome o;
+  o.optimal = Cbc_isProvenOptimal(cbc) != 0;
+  o.seconds_limit = Cbc_isSecondsLimitReached(cbc) != 0;
+  o.bound = Cbc_getBestPossibleObjValue(cbc);
+  o.objective = Cbc_getObjValue(cbc);
+  o.nodes = Cbc_getNodeCount(cbc);
+  // Cbc_bestSolution is null when preprocessing alone solved the model; the column solution
+  // is then the optimum.
+  const double* sol = Cbc_bestSolution(cbc);
+  if (!sol && o.optimal) sol = Cbc_getColSolution(cbc);
+  if (sol) o.order = ilp.extract(sol);
+  return o;
+}
+
+// Solves in-process (CbcMain keeps global state: one solve at a time).
+SolveOutcome solve_here(Cbc_Model* cbc, const IlpBuilder& ilp) {
+  std::lock_guard<std::mutex> lock(g_cbc_mutex);
+  Cbc_solve(cbc);
+  return read_cbc(cbc, ilp);
+}
+
+bool write_all(int fd, const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n) {
+    const ssize_t k = ::write(fd, c, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return false;
+    c += k;
+    n -= static_cast<size_t>(k);
+  }
+  return true;
+}
+
+// CBC's root LP, preprocessing and MIP-start completion never look at the clock, and on models
+// of a few ten thousand rows they take minutes. So the solve runs in a forked child process
+// that sends its outcome back through a pipe; at `deadline` the parent kills it and answers
+// without it. (glibc's fork makes malloc usable in the child; the child only solves and
+// writes, then _exit()s.) If fork fails, the solve runs here under CBC's own limit.
+SolveOutcome solve_with_deadline(Cbc_Model* cbc, const IlpBuilder& ilp, Clock::time_point deadline) {
+  int fds[2];
+  if (::pipe(fds) != 0) return solve_here(cbc, ilp);
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return solve_here(cbc, ilp);
+  }
+  if (pid == 0) {  // child
+    ::close(fds[0]);
+    Cbc_solve(cbc);
+    const SolveOutcome o = read_cbc(cbc, ilp);
+    const uint8_t flags = static_cast<uint8_t>((o.optimal ? 1 : 0) | (o.seconds_limit ? 2 : 0));
+    const uint64_t count = o.order.size();
+    const bool ok = write_all(fds[1], &flags, 1) && write_all(fds[1], &o.bound, sizeof o.bound) &&
+                    write_all(fds[1], &o.objective, sizeof o.objective) &&
+                    write_all(fds[1], &o.nodes, sizeof o.nodes) && write_all(fds[1], &count, sizeof count) &&
+                    write_all(fds[1], o.order.data(), count * sizeof(int32_t));
+    ::_exit(ok ? 0 : 1);
+  }
+  ::close(fds[1]);
+  std::vector<char> data;
+  bool eof = false;
+  char buf[65536];
+  while (!eof) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) break;
+    pollfd p{fds[0], POLLIN, 0};
+    const int pr = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1000)));
+    if (pr < 0 && errno == EINTR) continue;
+    if (pr < 0) break;
+    if (pr == 0) continue;
+    const ssize_t k = ::read(fds[0], buf, sizeof buf);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) {
+      eof = true;
+      break;
+    }
+    data.insert(data.end(), buf, buf + k);
+  }
+  ::close(fds[0]);
+  if (!eof) ::kill(pid, SIGKILL);
+  int wstatus = 0;
+  while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+  }
+  SolveOutcome o;
+  const size_t head = 1 + 2 * sizeof(double) + sizeof(int) + sizeof(uint64_t);
+  if (!eof || data.size() < head) {
+    o.killed = true;
+    o.phase = eof ? "a solver crash" : "its root LP, preprocessing or MIP-start completion";
+    return o;
+  }
+  const char* c = data.data();
+  const uint8_t flags = static_cast<uint8_t>(*c++);
+  o.optimal = flags & 1;
+  o.seconds_limit = flags & 2;
+  std::memcpy(&o.bound, c, sizeof o.bound);
+  c += sizeof o.bound;
+  std::memcpy(&o.objective, c, sizeof o.objective);
+  c += sizeof o.objective;
+  std::memcpy(&o.nodes, c, sizeof o.nodes);
+  c += sizeof o.nodes;
+  uint64_t count = 0;
+  std::memcpy(&count, c, sizeof count);
+  c += sizeof count;
+  DELTAMOE_ASSERT(data.size() == head + count * sizeof(int32_t), "short answer from the CBC process");
+  o.order.resize(count);
+  std::memcpy(o.order.data(), c, count * sizeof(int32_t));
+  return o;
+}
 
 }  // namespace
 
 bool ilp_available() { return true; }
 
 ExactResult ilp_schedule(const Graph& g, double time_limit_s, const Order* warm_start) {
+  const auto t0 = Clock::now();
   const Model m = detail::build_model(g);
   ExactResult r;
   if (warm_start) check_order(g, *warm_start);
@@ -241,41 +483,63 @@ ExactResult ilp_schedule(const Graph& g, double time_limit_s, const Order* warm_
     r.status = "optimal (empty graph)";
     return r;
   }
+  uint64_t warm_peak = 0;
+  if (warm_start) warm_peak = detail::model_peak(m, *warm_start);
+  // Whatever happens below, the warm start and the initial live set stand.
+  auto fallback = [&](const std::string& why) {
+    if (warm_start) r.order = *warm_start;
+    r.lower_bound = std::min(m.initial, warm_start ? warm_peak : m.initial);
+    r.proven_optimal = warm_start && r.lower_bound == warm_peak;
+    r.status = why;
+    return r;
+  };
   uint64_t unit = 0;
   for (const auto& b : m.buffers) unit = std::gcd(unit, b.bytes);
   for (uint64_t w : m.ws) unit = std::gcd(unit, w);
   if (unit == 0) unit = 1;
   IlpBuilder ilp(m, static_cast<double>(unit));
+  const IlpSize size = ilp.size();
+  const double limit = std::max(0.0, time_limit_s);
+  const int64_t max_nz = ilp_max_nonzeros(limit);
+  if (size.nonzeros > max_nz)
+    return fallback("ilp skipped: " + std::to_string(size.binaries) + " binaries, " +
+                    std::to_string(size.nonzeros) + " nonzeros > limit " + std::to_string(max_nz) +
+                    " for " + seconds_text(limit) + " s");
   ilp.build();
-  Cbc_Model* cbc = ilp.cbc();
-  uint64_t warm_peak = 0;
-  if (warm_start) {
-    warm_peak = detail::model_peak(m, *warm_start);
-    ilp.mip_start(*warm_start, warm_peak);
-  }
-  Cbc_setObjSense(cbc, 1);
-  Cbc_setLogLevel(cbc, 0);
-  Cbc_setParameter(cbc, "log", "0");
-  Cbc_setParameter(cbc, "slog", "0");
-  Cbc_setMaximumSeconds(cbc, std::max(0.01, time_limit_s));
-  Cbc_setAllowableGap(cbc, 0.5);  // the objective is an integer number of units
-  Cbc_setAllowableFractionGap(cbc, 0.0);
-  {
-    std::lock_guard<std::mutex> lock(g_cbc_mutex);
-    Cbc_solve(cbc);
-  }
-  const bool optimal = Cbc_isProvenOptimal(cbc) != 0;
-  // Cbc_bestSolution is null when preprocessing alone solved the model; the column solution
-  // is then the optimum.
-  const double* sol = Cbc_bestSolution(cbc);
-  if (!sol && optimal) sol = Cbc_getColSolution(cbc);
+  CbcPtr cbc(Cbc_newModel());
+  ilp.load(cbc.get());
+  if (warm_start) ilp.mip_start(cbc.get(), *warm_start, warm_peak);
+  const double build_s = since(t0);
+  const std::string sizes = std::to_string(size.binaries) + " binaries, " + std::to_string(size.nonzeros) +
+                            " nonzeros (bound), " +
+                            std::to_string(Cbc_getNumCols(cbc.get())) + " columns, " +
+                            std::to_string(Cbc_getNumRows(cbc.get())) + " rows, built in " +
+                            seconds_text(build_s) + " s";
+  const double left = limit - build_s;
+  if (left < 0.05) return fallback("time limit (before the solve; " + sizes + ")");
+  Cbc_setObjSense(cbc.get(), 1);
+  Cbc_setLogLevel(cbc.get(), 0);
+  Cbc_setParameter(cbc.get(), "log", "0");
+  Cbc_setParameter(cbc.get(), "slog", "0");
+  // Wall-clock seconds (CBC counts CPU seconds by default). CBC checks its limit only between
+  // branch-and-bound steps, so it gets most of what is left and the hard deadline below the rest.
+  Cbc_setParameter(cbc.get(), "timeMode", "elapsed");
+  const double cbc_s = std::max(0.02, 0.85 * left - 0.02);
+  Cbc_setMaximumSeconds(cbc.get(), cbc_s);
+  Cbc_setParameter(cbc.get(), "sec", seconds_text(cbc_s).c_str());
+  Cbc_setAllowableGap(cbc.get(), 0.5);  // the objective is an integer number of units
+  Cbc_setAllowableFractionGap(cbc.get(), 0.0);
+  const SolveOutcome out = solve_with_deadline(cbc.get(), ilp, t0 + seconds_duration(limit));
   Order best;
   uint64_t best_peak = UINT64_MAX;
-  if (sol) {
-    best = ilp.extract(sol);
-    bool valid = true;
-    std::vector<int32_t> pos(m.n);
-    for (int32_t t = 0; t < m.n; ++t) pos[best[t]] = t;
+  if (!out.order.empty()) {
+    best = out.order;
+    bool valid = static_cast<int32_t>(best.size()) == m.n;
+    std::vector<int32_t> pos(m.n, -1);
+    for (int32_t t = 0; t < m.n && valid; ++t) {
+      valid = best[t] >= 0 && best[t] < m.n && pos[best[t]] < 0;
+      if (valid) pos[best[t]] = t;
+    }
     for (int32_t v = 0; v < m.n && valid; ++v)
       for (int32_t u : m.preds[v]) valid = valid && pos[u] < pos[v];
     DELTAMOE_ASSERT(valid, "ILP solution is not a topological order");
@@ -285,21 +549,32 @@ ExactResult ilp_schedule(const Graph& g, double time_limit_s, const Order* warm_
     best = *warm_start;
     best_peak = warm_peak;
   }
-  const double bound = Cbc_getBestPossibleObjValue(cbc);
+  if (out.killed) {
+    if (warm_start || !best.empty()) {
+      r.order = best;
+      r.proven_optimal = m.initial == best_peak;
+    }
+    r.lower_bound = best.empty() ? m.initial : std::min(m.initial, best_peak);
+    r.status = "time limit (CBC stopped at the deadline before its own time check, in " + out.phase + "; " +
+               sizes + ", " + seconds_text(since(t0)) + " s)";
+    return r;
+  }
+  const bool optimal = out.optimal;
+  const double bound = out.bound;
   uint64_t lb = m.initial;
-  if (std::isfinite(bound) && bound > 0)
+  if (std::isfinite(bound) && bound > 0 && bound < 1e29)
     lb = std::max(lb, static_cast<uint64_t>(std::ceil(bound - 1e-6)) * unit);
-  if (optimal && !best.empty()) lb = std::max(lb, std::min(best_peak, static_cast<uint64_t>(std::llround(Cbc_getObjValue(cbc))) * unit));
+  if (optimal && !best.empty())
+    lb = std::max(lb, std::min(best_peak, static_cast<uint64_t>(std::llround(out.objective)) * unit));
   if (!best.empty()) {
     r.order = best;
     lb = std::min(lb, best_peak);
     r.proven_optimal = lb == best_peak;
   }
   r.lower_bound = lb;
-  r.status = std::string(optimal ? "optimal" : Cbc_isSecondsLimitReached(cbc) ? "time limit" : "stopped") +
-             " (CBC, " + std::to_string(Cbc_getNumCols(cbc)) + " columns, " +
-             std::to_string(Cbc_getNumRows(cbc)) + " rows, " + std::to_string(Cbc_getNodeCount(cbc)) +
-             " nodes)";
+  const bool timed_out = out.seconds_limit || (!optimal && since(t0) >= limit);
+  r.status = std::string(optimal ? "optimal" : timed_out ? "time limit" : "stopped") + " (CBC, " + sizes +
+             ", " + std::to_string(out.nodes) + " nodes, " + seconds_text(since(t0)) + " s)";
   return r;
 }
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <sstream>
 
 #include "deltamoe/core/error.h"
@@ -15,12 +16,25 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Search ends by this share of --time-limit, minus the placement reserve: the rest is margin
+// for the steps that cannot be interrupted (one window of local search, the final checks) and
+// for timer noise, so the whole call ends within the limit (docs/sched.md, "Time limit").
+constexpr double kSearchShare = 0.9;
+// The final placement is reserved this many times the measured time of placing the best
+// order before search (placement time depends on lifetimes, which search changes a little).
+constexpr double kPlacementReserve = 1.5;
+
 double since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
 bool is_baseline(const std::string& a) {
   return a == "program" || a == "bfs" || a == "dfs" || a == "lpmf" || a == "xla";
+}
+
+// "ilp: <status>", or the status alone when it already says "ilp skipped: ...".
+std::string ilp_note(const std::string& status) {
+  return status.rfind("ilp ", 0) == 0 ? status : "ilp: " + status;
 }
 
 struct Candidate {
@@ -42,6 +56,12 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
   std::ostringstream notes;
   const int32_t n = g.size();
 
+  auto phase_t = Clock::now();
+  auto phase = [&](const char* name) {  // closes the phase that ran since the last call
+    const auto now = Clock::now();
+    r.phase_seconds.emplace_back(name, std::chrono::duration<double>(now - phase_t).count());
+    phase_t = now;
+  };
   std::vector<Candidate> baselines;
   baselines.push_back({"program", program_order(g), 0});
   baselines.push_back({"bfs", bfs_order(g), 0});
@@ -55,9 +75,12 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
     if (baselines[i].peak < baselines[best_base].peak) best_base = i;
   }
   const Candidate& floor = baselines[best_base];
+  phase("baselines");
   const LowerBound cheap_bound = must_live_lower_bound(g);  // holds for every order
   r.lower_bound = cheap_bound;
+  phase("bound");
   r.sp = analyze_sp(g);
+  phase("sp-analysis");
   // The SP pipeline's bound (exact SP optimum or the best of its relaxations) is proven for
   // every order of g, and on SP-like graphs often well above the must-live bound.
   if (r.sp.lower_bound > r.lower_bound.bytes) r.lower_bound = {r.sp.lower_bound, "sp"};
@@ -83,10 +106,27 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
   auto take_bound = [&](const ExactResult& e, const std::string& kind) {
     if (e.lower_bound > r.lower_bound.bytes) r.lower_bound = {e.lower_bound, kind};
   };
-  // Seconds left for search, keeping a margin for placement and reporting.
+  // Search must end early enough for the final placement and a safety margin: the fixed
+  // phases above already ran, search stops at `search_end` seconds after t0. Before the first
+  // search the current best order is placed (its time is the estimate for the final placement,
+  // and when search does not improve the order that placement is the final one).
+  double search_end = opt.time_limit_s * kSearchShare;
+  std::optional<Placement> early;
+  Order early_order;
+  auto reserve_placement = [&] {
+    if (early) return;
+    const auto tp = Clock::now();
+    early = place_buffers(g, best.order);
+    early_order = best.order;
+    const double took = since(tp);
+    phase("placement-estimate");
+    search_end = std::min(search_end, opt.time_limit_s * kSearchShare - kPlacementReserve * took - 0.005);
+  };
+  // Seconds left for search (a share of what remains until search_end).
   auto budget = [&](double share) {
-    const double left = opt.time_limit_s - since(t0);
-    return std::max(0.0, left * share - 0.01);
+    reserve_placement();
+    const double left = search_end - since(t0);
+    return std::max(0.0, left * share - 0.002);
   };
 
   if (is_baseline(algo)) {
@@ -109,7 +149,7 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
     take_bound(e, "ilp");
     search_proven = e.proven_optimal && e.order;
     search_kind = "ilp";
-    notes << "ilp: " << e.status;
+    notes << ilp_note(e.status);
   } else if (algo == "exact") {
     ExactResult e = exact_search(g, budget(1.0), &floor.order);
     if (e.order) consider("exact", std::move(*e.order));
@@ -146,16 +186,22 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
       guarded("sp-ized", [&] {
         if (consider("sp-ized", sp_ized_order(g))) notes << "SP-ized order beats the baselines; ";
       });
+      phase("sp-ized");
       const bool ilp_ok = opt.use_ilp && n <= 300 && ilp_available();
-      if (ilp_ok && budget(1.0) > 0) {
+      // The cheap bounds may already prove the best order so far optimal: no search then.
+      const bool proven_already = best.peak == r.lower_bound.bytes;
+      if (proven_already) {
+        notes << "best order so far meets the " << r.lower_bound.kind << " bound: no search; ";
+      } else if (ilp_ok && budget(1.0) > 0) {
         guarded("ilp", [&] {
           const Order inc = best.order;
           ExactResult e = ilp_schedule(g, budget(0.5), &inc);
           if (e.order) consider("ilp", std::move(*e.order));
           take_bound(e, "ilp");
           if (e.proven_optimal && e.order) search_proven = true, search_kind = "ilp";
-          notes << "ilp: " << e.status << "; ";
+          notes << ilp_note(e.status) << "; ";
         });
+        phase("ilp");
       } else if (!opt.use_ilp) {
         notes << "ilp off; ";
       } else if (n > 300) {
@@ -163,7 +209,7 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
       } else if (!ilp_available()) {
         notes << "ilp not built; ";
       }
-      if (!search_proven && budget(1.0) > 0) {
+      if (!search_proven && !proven_already && budget(1.0) > 0) {
         guarded("exact search", [&] {
           const Order inc = best.order;
           ExactResult e = exact_search(g, budget(0.6), &inc);
@@ -172,14 +218,16 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
           if (e.proven_optimal && e.order) search_proven = true, search_kind = "exact";
           notes << "exact search: " << e.status << "; ";
         });
+        phase("exact");
       }
-      if (!search_proven && budget(1.0) > 0) {
+      if (!search_proven && !proven_already && budget(1.0) > 0) {
         guarded("local search", [&] {
           const Order start = best.order;
           const uint64_t before = best.peak;
-          if (consider("local-search", local_search(g, start, budget(0.9))))
+          if (consider("local-search", local_search(g, start, budget(1.0))))
             notes << "local search improved " << before << " -> " << best.peak << " bytes; ";
         });
+        phase("local-search");
       }
     }
   }
@@ -210,7 +258,13 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
   r.proven_optimal = r.peak == r.lower_bound.bytes;
   r.gap = r.lower_bound.bytes ? static_cast<double>(r.peak) / static_cast<double>(r.lower_bound.bytes) - 1.0
                               : (r.peak ? INFINITY : 0.0);
-  r.placement = place_buffers(g, r.order);
+  if (algo != "auto") phase(algo.c_str());
+  if (early && early_order == r.order) {
+    r.placement = std::move(*early);
+  } else {
+    r.placement = place_buffers(g, r.order);
+    phase("placement");
+  }
   std::string s = notes.str();
   while (!s.empty() && (s.back() == ' ' || s.back() == ';')) s.pop_back();
   r.notes = s;

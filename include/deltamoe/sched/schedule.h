@@ -126,15 +126,19 @@ struct ScheduleResult {
   SpAnalysis sp;
   Placement placement;
   double seconds = 0.0;
+  /// Wall seconds of each phase that ran, in order ("baselines", "bounds", "sp", "ilp",
+  /// "exact", "local", "placement"...).
+  std::vector<std::pair<std::string, double>> phase_seconds;
   /// Peak of each baseline order, in the order program, bfs, dfs, lpmf, xla.
   std::vector<std::pair<std::string, uint64_t>> baseline_peaks;
 };
 /// Runs every baseline, then the chosen algorithm (see docs/sched.md for what auto does);
 /// the result is never worse than the best baseline, except that a baseline asked for by
-/// name is returned as is. `time_limit_s` bounds the whole call: search methods get what is
-/// left after the baselines. Throws Error("sched") for an unknown algorithm or a negative
-/// limit, and for `ilp` when CBC is not built; in auto mode a failing method is noted and
-/// skipped.
+/// name is returned as is. `time_limit_s` bounds the whole call: search stops at 90% of it
+/// minus 1.5x the measured placement time, so the call ends within the limit unless the fixed
+/// phases before any search (baselines, bounds, SP analysis) alone exceed it. Throws
+/// Error("sched") for an unknown algorithm or a negative limit, and for `ilp` when CBC is not
+/// built; in auto mode a failing method is noted and skipped.
 ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt);
 
 }  // namespace deltamoe::sched
