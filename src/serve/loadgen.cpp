@@ -195,7 +195,7 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
     for (const auto& s : res.results) {
       r.queue_us.push_back(static_cast<double>(s.queue_us));
       r.compute_us.push_back(static_cast<double>(s.compute_us));
-      r.experts_sum += static_cast<double>(s.experts.size());
+      r.experts_sum += s.mean_experts();
     }
     // Wake the waiting thread only when it can finish: a wake-up per answer would cost a
     // context switch per request and distort the measurement.
