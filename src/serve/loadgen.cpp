@@ -228,8 +228,10 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
       }
     };
     for (int i = 0; i < c.concurrency; ++i) launch();
+    // Wait for the duration only: with T = ∞ the queues can hold every outstanding request
+    // short of B (a closed loop then sends nothing more); the drain below runs them.
     std::unique_lock<std::mutex> lk(mu);
-    cv.wait(lk, [&] { return outstanding == 0; });
+    cv.wait_until(lk, end, [&] { return outstanding == 0; });
   } else {
     const auto schedule = poisson_schedule_us(c.rate_rps, c.duration_s, c.seed);
     for (size_t k = 0; k < schedule.size(); ++k) {
