@@ -20,7 +20,7 @@ n=12
 body='{"images_b64": ['
 for i in $(seq 0 $((n - 1))); do
   [ "$i" -gt 0 ] && body+=','
-  body+="\"$(tail -c +$((i * 784 + 1)) "$tmp/images.raw" | head -c 784 | base64 -w0)\""
+  body+="\"$(dd if="$tmp/images.raw" bs=784 skip="$i" count=1 status=none | base64 -w0)\""
 done
 body+=']}'
 model_args=(--model "$tmp/m.safetensors")
