@@ -172,6 +172,10 @@ def tables(d):
     closed = read(os.path.join(d, "closed_loop.csv"))
     opened = read(os.path.join(d, "open_loop.csv"))
     policies = list(dict.fromkeys(r["policy"] for r in closed + opened))
+    layers = 1
+    if os.path.exists(os.path.join(d, "model.json")):
+        import json
+        layers = json.load(open(os.path.join(d, "model.json"))).get("layers", 1)
     for pol in policies:
         rs = [r for r in closed if r["policy"] == pol]
         bs = sorted({int(f(r["B"])) for r in rs})
@@ -199,8 +203,9 @@ def tables(d):
         bt = [r for r in opened if r["policy"] == pol and r["sweep"] == "bt"]
         if bt:
             ts = sorted({int(f(r["T_us"])) for r in bt}, key=lambda t: 1e18 if t < 0 else t)
-            print(f"\nPer-expert queues at 70% load, {pol}: p99 ms [mean expert batch, timeout-flush share, "
-                  f"p99 <= T + 2 x service?]\n")
+            print(f"\nPer-expert queues at 70% of each configuration's own capacity, {pol}: p99 ms [capacity "
+                  f"samples/s, mean expert batch, timeout-flush share, service ms = stem batch + {layers} x expert "
+                  f"batch, p99 <= T + 2 x service?]\n")
             print("| B | " + " | ".join("T=inf" if t < 0 else f"T={t}us" for t in ts) + " |")
             print("|---|" + "---|" * len(ts))
             for b in sorted({int(f(r["B"])) for r in bt}):
@@ -211,11 +216,12 @@ def tables(d):
                         cells.append("")
                         continue
                     q = q[0]
-                    service = f(q["mean_stem_service_ms"]) + f(q["mean_expert_service_ms"])
+                    service = f(q["mean_stem_service_ms"]) + layers * f(q["mean_expert_service_ms"])
                     bound = (t / 1000.0 if t >= 0 else float("inf")) + 2 * service
                     ok = "yes" if f(q["p99_ms"]) <= bound else "no"
-                    cells.append(f"{f(q['p99_ms']):.2f} [{f(q['mean_batch_expert']):.1f}, "
-                                 f"{f(q['timeout_flush_share']):.2f}, {ok}]")
+                    cap = f(q["capacity_rps"]) if q.get("capacity_rps") else 0.0
+                    cells.append(f"{f(q['p99_ms']):.2f} [{cap:.0f}, {f(q['mean_batch_expert']):.1f}, "
+                                 f"{f(q['timeout_flush_share']):.2f}, {service:.2f}, {ok}]")
                 print(f"| {b} | " + " | ".join(cells) + " |")
 
 

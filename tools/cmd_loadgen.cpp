@@ -22,8 +22,8 @@ std::string model_curve_json(const deltamoe::cli::RuntimeOptions& opts) {
   nlohmann::json rows = nlohmann::json::array();
   const auto x0 = deltamoe::serve::synthetic_images(256, 1);
   for (int64_t m = 1; m <= 256; m *= 2) {
-    std::vector<float> h(static_cast<size_t>(m * d)), lg(static_cast<size_t>(m * r)), y(static_cast<size_t>(m * d)),
-        p(static_cast<size_t>(m * c));
+    std::vector<float> h(static_cast<size_t>(m * d)), u(static_cast<size_t>(m * d)), lg(static_cast<size_t>(m * r)),
+        y(static_cast<size_t>(m * d)), p(static_cast<size_t>(m * c));
     const int iters = static_cast<int>(std::max<int64_t>(20, 4096 / m));
     auto time_us = [&](auto&& fn) {
       fn(0);  // warm-up
@@ -31,13 +31,15 @@ std::string model_curve_json(const deltamoe::cli::RuntimeOptions& opts) {
       for (int i = 0; i < iters; ++i) fn(i);
       return std::chrono::duration<double, std::micro>(clk::now() - t0).count() / iters / static_cast<double>(m);
     };
-    const double stem = time_us([&](int) { model->stem(x0.data(), m, h.data(), lg.data()); });
-    const double expert = time_us([&](int i) { model->expert(i % model->experts(), h.data(), m, y.data()); });
+    const double stem = time_us([&](int) { model->stem(x0.data(), m, h.data()); });
+    const double gate = time_us([&](int i) { model->gate(i % model->layers(), h.data(), m, u.data(), lg.data()); });
+    const double expert =
+        time_us([&](int i) { model->expert(i % model->layers(), i % model->experts(), u.data(), m, y.data()); });
     const double head = time_us([&](int) { model->head(h.data(), m, p.data()); });
-    rows.push_back({{"batch", m}, {"stem_us_per_sample", stem}, {"expert_us_per_sample", expert},
-                    {"head_us_per_sample", head}});
+    rows.push_back({{"batch", m}, {"stem_us_per_sample", stem}, {"gate_us_per_sample", gate},
+                    {"expert_us_per_sample", expert}, {"head_us_per_sample", head}});
   }
-  return nlohmann::json({{"model", model->name()}, {"curve", rows}}).dump();
+  return nlohmann::json({{"model", model->name()}, {"layers", model->layers()}, {"curve", rows}}).dump();
 }
 
 deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serve (loopback HTTP or in-process)",

@@ -17,7 +17,7 @@ struct RuntimeOptions {
   std::string model_path;
   bool random_model = false;
   uint64_t seed = 1;
-  std::string routing = "top-k:2";
+  std::string routing;  // empty: the model's own (checkpoint), top-k:2 for the random model
   std::string mode = "per-expert";
   int64_t queue_size = 32;
   int64_t queue_timeout_us = 200;
@@ -28,10 +28,12 @@ struct RuntimeOptions {
   int workers = 2;
 
   void add(CLI::App& app) {
-    app.add_option("--model", model_path, "Trained checkpoint (safetensors)");
-    app.add_flag("--random-model", random_model, "Use the built-in random-weights model (the default)");
+    app.add_option("--model", model_path, "Checkpoint written by `deltamoe train` (M.safetensors, M.json beside it)");
+    app.add_flag("--random-model", random_model, "Use the built-in random-weights model (the default without --model)");
     app.add_option("--seed", seed, "Random model seed");
-    app.add_option("--routing", routing, "Routing policy: top-k:K, top-k-raw:K, top-p:P");
+    app.add_option("--routing", routing,
+                   "Routing policy: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA], null-experts:K:M "
+                   "(default: the policy the model was trained with)");
     app.add_option("--mode", mode, "per-expert (queues per expert) or whole-model (batch before routing)");
     app.add_option("--queue-size", queue_size, "B: samples per batch")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
     app.add_option("--queue-timeout-us", queue_timeout_us,
@@ -64,8 +66,13 @@ struct RuntimeOptions {
     qc.max_inflight_samples = max_inflight;
     qc.max_request_samples = max_request_samples;
     qc.workers = workers;
-    std::shared_ptr<const moe::RoutingPolicy> policy = serve::make_routing(routing);
-    return std::make_shared<moe::ExpertQueueRuntime>(model, policy, qc);
+    return std::make_shared<moe::ExpertQueueRuntime>(model, policies(*model), qc);
+  }
+
+  /// The --routing policy in every layer, or the model's own per-layer policies.
+  std::vector<std::shared_ptr<const moe::RoutingPolicy>> policies(const serve::ServeModel& model) const {
+    if (routing.empty()) return model.default_policies();
+    return {std::shared_ptr<const moe::RoutingPolicy>(serve::make_routing(routing, model.experts()))};
   }
 };
 

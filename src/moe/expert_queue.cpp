@@ -1,8 +1,9 @@
 // Per-expert queue runtime (see expert_queue.h for the model of operation).
 //
 // One mutex guards every queue, the counters and the per-sample expert countdown. Batches run
-// outside it. With a handful of workers on a few cores the lock is held for microseconds per
-// batch, far below a batch's compute time, so a finer-grained scheme would buy nothing here.
+// outside it, and each batch takes it about twice (take, then hand results on), so the lock
+// costs O(1) per batch, not per sample. Model calls use per-thread scratch buffers; a sample's
+// own buffers are allocated once at admission and reused across layers.
 #include "deltamoe/moe/expert_queue.h"
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
+#include "deltamoe/kernels/cpu.h"
 
 namespace deltamoe::moe {
 
@@ -25,6 +27,13 @@ BatchingMode parse_batching_mode(const std::string& s) {
   if (s == "per-expert") return BatchingMode::per_expert;
   if (s == "whole-model") return BatchingMode::whole_model;
   fail("queue", "unknown batching mode '", s, "' (known: per-expert, whole-model)");
+}
+
+double SampleResult::mean_experts() const {
+  if (experts.empty()) return 0.0;
+  double s = 0.0;
+  for (const auto& l : experts) s += static_cast<double>(l.size());
+  return s / static_cast<double>(experts.size());
 }
 
 const char* batching_mode_name(BatchingMode m) {
@@ -60,19 +69,22 @@ struct ExpertQueueRuntime::Sample {
   Request* req = nullptr;
   int64_t index = 0;
   int64_t t_admit = 0;
-  std::vector<float> h;     // D
-  std::vector<int32_t> experts;
+  int64_t layer = 0;        // MoE layer it is in
+  std::vector<float> h;     // D: residual state entering `layer`
+  std::vector<float> u;     // D: the experts' input of `layer`
+  std::vector<int32_t> experts;  // of `layer`, routing order
   std::vector<float> weights;
   std::vector<float> outs;  // k × D, slot j = experts[j]
-  int64_t remaining = 0;    // experts not done (under mu_)
-  int64_t stem_us = 0;      // duration of its stem batch
-  int64_t expert_us = 0;    // longest of its expert batches (under mu_)
+  std::vector<std::vector<int32_t>> used;  // per finished layer
+  int64_t remaining = 0;    // experts of `layer` not done (under mu_)
+  int64_t compute_us = 0;   // batch wall time on its critical path
+  int64_t layer_us = 0;     // longest expert batch of `layer` (under mu_)
 };
 
 struct ExpertQueueRuntime::Entry {
   Sample* sample;
-  int32_t slot;    // index into sample->experts (expert queues); unused in the stem queue
-  int64_t t_enq;
+  int32_t slot;      // index into sample->experts (expert queues); unused in the stem queue
+  int64_t deadline;  // admission + T (INT64_MAX when T = ∞)
 };
 
 struct ExpertQueueRuntime::Queue {
@@ -86,11 +98,31 @@ struct ExpertQueueRuntime::Batch {
   FlushReason reason = FlushReason::size;
 };
 
+namespace {
+// Per-thread scratch, grown on demand and kept (no allocation per batch in steady state).
+float* scratch(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+thread_local std::vector<float> t_x, t_h, t_u, t_logits, t_probs, t_out, t_rows;
+thread_local std::vector<float> t_h2;
+}  // namespace
+
 ExpertQueueRuntime::ExpertQueueRuntime(std::shared_ptr<const serve::ServeModel> model,
-                                       std::shared_ptr<const RoutingPolicy> policy,
+                                       std::vector<std::shared_ptr<const RoutingPolicy>> policies,
                                        QueueConfig config)
-    : model_(std::move(model)), policy_(std::move(policy)), config_(std::move(config)) {
-  DELTAMOE_CHECK(model_ && policy_, "queue", "runtime needs a model and a routing policy");
+    : model_(std::move(model)), policies_(std::move(policies)), config_(std::move(config)) {
+  DELTAMOE_CHECK(model_ && !policies_.empty(), "queue", "runtime needs a model and a routing policy");
+  const int64_t layers = model_->layers();
+  DELTAMOE_CHECK(policies_.size() == 1 || static_cast<int64_t>(policies_.size()) == layers, "queue",
+                 policies_.size(), " routing policies for a model with ", layers, " MoE layers");
+  if (policies_.size() == 1) policies_.assign(static_cast<size_t>(layers), policies_[0]);
+  for (const auto& p : policies_) {
+    DELTAMOE_CHECK(p != nullptr, "queue", "null routing policy");
+    DELTAMOE_CHECK(p->extra_logits() == model_->router_outputs() - model_->experts(), "queue", "policy ",
+                   p->name(), " expects ", p->extra_logits(), " null experts, model has ",
+                   model_->router_outputs() - model_->experts());
+  }
   DELTAMOE_CHECK(config_.max_batch >= 1, "queue", "queue size B must be >= 1, got ", config_.max_batch);
   DELTAMOE_CHECK(config_.max_inflight_samples >= config_.max_request_samples &&
                      config_.max_request_samples >= 1,
@@ -100,15 +132,18 @@ ExpertQueueRuntime::ExpertQueueRuntime(std::shared_ptr<const serve::ServeModel> 
   DELTAMOE_CHECK(!config_.adaptive || (config_.latency_target_us > 0 && config_.aimd_increase > 0 &&
                                        config_.aimd_decrease > 0 && config_.aimd_decrease < 1),
                  "queue", "adaptive B needs a latency target > 0, increase > 0, 0 < decrease < 1");
-  DELTAMOE_CHECK(policy_->extra_logits() == model_->router_outputs() - model_->experts(), "queue",
-                 "policy ", policy_->name(), " expects ", policy_->extra_logits(),
-                 " null experts, model has ", model_->router_outputs() - model_->experts());
   clock_ = config_.clock ? config_.clock : std::make_shared<SteadyClock>();
   batch_limit_ = config_.adaptive ? 1.0 : static_cast<double>(config_.max_batch);
-  const size_t nq = config_.mode == BatchingMode::per_expert ? 1 + static_cast<size_t>(model_->experts()) : 1;
+  const int64_t e_count = model_->experts();
+  const size_t nq = config_.mode == BatchingMode::per_expert ? 1 + static_cast<size_t>(layers * e_count) : 1;
   for (size_t q = 0; q < nq; ++q) {
     auto queue = std::make_unique<Queue>();
-    queue->stats.name = q == 0 ? (nq == 1 ? "model" : "stem") : "expert" + std::to_string(q - 1);
+    if (q == 0) {
+      queue->stats.name = nq == 1 ? "model" : "stem";
+    } else {
+      const int64_t l = static_cast<int64_t>(q - 1) / e_count, e = static_cast<int64_t>(q - 1) % e_count;
+      queue->stats.name = (layers > 1 ? "layer" + std::to_string(l) + "_" : std::string()) + "expert" + std::to_string(e);
+    }
     queues_.push_back(std::move(queue));
   }
   // Each batch is one single-threaded call chain; the workers are the parallelism, so BLAS
@@ -127,38 +162,48 @@ bool ExpertQueueRuntime::accepting() const {
 bool ExpertQueueRuntime::submit(const float* x, int64_t n, Callback done) {
   DELTAMOE_CHECK(n >= 1 && n <= config_.max_request_samples, "queue", "a request carries 1..",
                  config_.max_request_samples, " samples, got ", n);
-  const int64_t in = model_->input_dim();
-  auto req = std::make_unique<Request>();
+  const int64_t in = model_->input_dim(), d = model_->hidden();
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (!accepting_ || stats_.inflight_samples + n > config_.max_inflight_samples) {
       ++stats_.requests_rejected;
       return false;
     }
-    // Reserve the slots now, so that the copy below happens outside the lock.
+    // Reserve the slots now, so that the allocations below happen outside the lock.
     stats_.inflight_samples += n;
   }
+  auto req = std::make_unique<Request>();
   req->x.assign(x, x + n * in);
   req->done = std::move(done);
   req->remaining = n;
   req->result.results.resize(static_cast<size_t>(n));
-  std::vector<Sample*> samples;
   const int64_t now = clock_->now_us();
+  const int64_t deadline = config_.timeout_us >= 0 ? now + config_.timeout_us : INT64_MAX;
+  std::vector<Sample*> samples(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     auto* s = new Sample;
     s->req = req.get();
     s->index = i;
     s->t_admit = now;
-    samples.push_back(s);
+    s->h.resize(static_cast<size_t>(d));
+    s->u.resize(static_cast<size_t>(d));
+    s->used.reserve(static_cast<size_t>(model_->layers()));
+    samples[static_cast<size_t>(i)] = s;
   }
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lk(mu_);
     ++stats_.requests_admitted;
     stats_.samples_admitted += static_cast<uint64_t>(n);
-    for (Sample* s : samples) queues_[0]->items.push_back({s, 0, now});
+    auto& items = queues_[0]->items;
+    const bool was_empty = items.empty();
+    for (Sample* s : samples) items.push_back({s, 0, deadline});
+    // Wake a worker when the queue became ready (full, or T = 0) or got a new deadline.
+    wake = was_empty || static_cast<int64_t>(items.size()) >= std::max<int64_t>(1, static_cast<int64_t>(batch_limit_)) ||
+           config_.timeout_us == 0 || draining_;
   }
   req.release();  // owned by its samples now; deleted when the last one finishes
-  cv_.notify_one();
+  if (wake) cv_.notify_one();
   return true;
 }
 
@@ -189,14 +234,15 @@ bool ExpertQueueRuntime::take_batch_locked(int64_t now, Batch& out) {
   for (size_t q = 0; q < queues_.size(); ++q) {
     const auto& items = queues_[q]->items;
     if (items.empty()) continue;
-    const int64_t oldest = items.front().t_enq;
+    const int64_t oldest = items.front().deadline;
     FlushReason reason;
     if (static_cast<int64_t>(items.size()) >= limit) reason = FlushReason::size;
-    else if (config_.timeout_us >= 0 && now - oldest >= config_.timeout_us) reason = FlushReason::timeout;
+    else if (now >= oldest) reason = FlushReason::timeout;
     else if (draining_) reason = FlushReason::drain;
     else continue;
-    // Among ready queues, the one whose oldest sample has waited longest goes first.
-    if (oldest < best_t) {
+    // Among ready queues, the one with the earliest deadline goes first; ties (T = ∞) go to
+    // the later stage, which finishes samples and frees admission slots.
+    if (best == SIZE_MAX || oldest < best_t || (oldest == best_t && q > best)) {
       best = q;
       best_t = oldest;
       best_reason = reason;
@@ -216,10 +262,9 @@ bool ExpertQueueRuntime::take_batch_locked(int64_t now, Batch& out) {
 }
 
 int64_t ExpertQueueRuntime::next_deadline_locked() const {
-  if (config_.timeout_us < 0) return INT64_MAX;
   int64_t deadline = INT64_MAX;
   for (const auto& q : queues_)
-    if (!q->items.empty()) deadline = std::min(deadline, q->items.front().t_enq + config_.timeout_us);
+    if (!q->items.empty()) deadline = std::min(deadline, q->items.front().deadline);
   return deadline;
 }
 
@@ -241,8 +286,8 @@ int64_t ExpertQueueRuntime::run_ready() {
 
 void ExpertQueueRuntime::worker_loop() {
   std::unique_lock<std::mutex> lk(mu_);
+  Batch batch;
   for (;;) {
-    Batch batch;
     if (take_batch_locked(clock_->now_us(), batch)) {
       lk.unlock();
       run_batch(batch);
@@ -261,101 +306,89 @@ void ExpertQueueRuntime::worker_loop() {
 }
 
 void ExpertQueueRuntime::run_batch(Batch& batch) {
-  if (batch.queue == 0) run_stem(batch, config_.mode == BatchingMode::whole_model);
+  if (batch.queue == 0) run_stem(batch);
   else run_expert(batch);
 }
 
-void ExpertQueueRuntime::run_stem(Batch& batch, bool whole_model) {
+void ExpertQueueRuntime::run_stem(Batch& batch) {
   const int64_t t0 = clock_->now_us();
   const int64_t m = static_cast<int64_t>(batch.entries.size());
-  const int64_t in = model_->input_dim(), d = model_->hidden(), r = model_->router_outputs();
-  std::vector<float> xs(static_cast<size_t>(m * in)), h(static_cast<size_t>(m * d)),
-      logits(static_cast<size_t>(m * r)), probs(static_cast<size_t>(m * r));
-  for (int64_t i = 0; i < m; ++i) {
-    const Sample* s = batch.entries[i].sample;
-    std::copy_n(s->req->x.data() + s->index * in, in, xs.data() + i * in);
-  }
-  model_->stem(xs.data(), m, h.data(), logits.data());
-  for (int64_t i = 0; i < m; ++i) serve::softmax_row(logits.data() + i * r, probs.data() + i * r, r);
-  RoutingResult routing;
-  policy_->route(logits.data(), probs.data(), m, r, routing);
-  DELTAMOE_ASSERT(routing.tokens() == m);
+  const int64_t in = model_->input_dim(), d = model_->hidden();
+  float* xs = scratch(t_x, m * in);
+  float* h = scratch(t_h, m * d);
+  std::vector<Sample*> samples(static_cast<size_t>(m));
   for (int64_t i = 0; i < m; ++i) {
     Sample* s = batch.entries[i].sample;
-    s->h.assign(h.begin() + i * d, h.begin() + (i + 1) * d);
+    samples[static_cast<size_t>(i)] = s;
+    std::copy_n(s->req->x.data() + s->index * in, in, xs + i * in);
+  }
+  model_->stem(xs, m, h);
+  if (config_.mode == BatchingMode::whole_model) run_whole(samples, h, t0);
+  else route_layer(samples, h, 0, t0);
+}
+
+void ExpertQueueRuntime::route_layer(std::vector<Sample*>& samples, const float* h, int64_t layer,
+                                     int64_t t_start) {
+  const int64_t m = static_cast<int64_t>(samples.size());
+  const int64_t d = model_->hidden(), r = model_->router_outputs(), e_count = model_->experts();
+  float* u = scratch(t_u, m * d);
+  float* logits = scratch(t_logits, m * r);
+  float* probs = scratch(t_probs, m * r);
+  model_->gate(layer, h, m, u, logits);
+  kernels::softmax_rows_st(logits, probs, m, r);
+  thread_local RoutingResult routing;
+  policies_[static_cast<size_t>(layer)]->route(logits, probs, m, e_count, routing);
+  DELTAMOE_ASSERT(routing.tokens() == m);
+  for (int64_t i = 0; i < m; ++i) {
+    Sample* s = samples[static_cast<size_t>(i)];
+    s->layer = layer;
+    std::copy_n(h + i * d, d, s->h.data());
+    std::copy_n(u + i * d, d, s->u.data());
     const int32_t b = routing.offsets[i], e = routing.offsets[i + 1];
     s->experts.assign(routing.expert_ids.begin() + b, routing.expert_ids.begin() + e);
     s->weights.assign(routing.weights.begin() + b, routing.weights.begin() + e);
     for (int32_t ex : s->experts)
-      DELTAMOE_CHECK(ex >= 0 && ex < model_->experts(), "queue", "policy chose expert ", ex);
-    s->outs.assign(static_cast<size_t>((e - b) * d), 0.0f);
+      DELTAMOE_CHECK(ex >= 0 && ex < e_count, "queue", "policy chose expert ", ex);
+    s->outs.resize(static_cast<size_t>((e - b) * d));
     s->remaining = e - b;
+    s->layer_us = 0;
   }
-  std::vector<Sample*> done;
-  if (whole_model) {
-    // Each expert once over the batch's rows routed to it, in batch order.
-    const int64_t experts = model_->experts();
-    std::vector<std::vector<std::pair<Sample*, int32_t>>> rows(static_cast<size_t>(experts));
-    for (const Entry& en : batch.entries)
-      for (size_t j = 0; j < en.sample->experts.size(); ++j)
-        rows[en.sample->experts[j]].push_back({en.sample, static_cast<int32_t>(j)});
-    std::vector<float> xe, ye;
-    for (int64_t ex = 0; ex < experts; ++ex) {
-      const auto& list = rows[ex];
-      if (list.empty()) continue;
-      const int64_t me = static_cast<int64_t>(list.size());
-      xe.resize(static_cast<size_t>(me * d));
-      ye.resize(static_cast<size_t>(me * d));
-      for (int64_t i = 0; i < me; ++i) std::copy_n(list[i].first->h.data(), d, xe.data() + i * d);
-      model_->expert(ex, xe.data(), me, ye.data());
-      for (int64_t i = 0; i < me; ++i)
-        std::copy_n(ye.data() + i * d, d, list[i].first->outs.data() + list[i].second * d);
-    }
-    const int64_t t1 = clock_->now_us();
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      for (const auto& list : rows) {
-        stats_.expert_calls += list.empty() ? 0 : 1;
-        stats_.expert_rows += list.size();
-      }
-    }
-    for (const Entry& en : batch.entries) {
-      en.sample->stem_us = t1 - t0;
-      en.sample->remaining = 0;
-      done.push_back(en.sample);
-    }
-  } else {
-    const int64_t t1 = clock_->now_us();
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      for (const Entry& en : batch.entries) {
-        Sample* s = en.sample;
-        s->stem_us = t1 - t0;
-        if (s->experts.empty()) done.push_back(s);
-        for (size_t j = 0; j < s->experts.size(); ++j)
-          queues_[1 + static_cast<size_t>(s->experts[j])]->items.push_back({s, static_cast<int32_t>(j), t1});
-      }
-      queues_[0]->stats.busy_us += static_cast<double>(t1 - t0);
-    }
-    cv_.notify_all();
-  }
-  if (whole_model) {
+  const int64_t t1 = clock_->now_us();
+  std::vector<Sample*> none_routed;
+  bool wake = false;
+  {
     std::lock_guard<std::mutex> lk(mu_);
-    queues_[0]->stats.busy_us += static_cast<double>(clock_->now_us() - t0);
+    const int64_t limit = std::max<int64_t>(1, static_cast<int64_t>(batch_limit_));
+    if (layer == 0) queues_[0]->stats.busy_us += static_cast<double>(t1 - t_start);
+    for (Sample* s : samples) {
+      s->compute_us += t1 - t_start;
+      if (s->experts.empty()) none_routed.push_back(s);
+      const int64_t deadline = config_.timeout_us >= 0 ? s->t_admit + config_.timeout_us : INT64_MAX;
+      for (size_t j = 0; j < s->experts.size(); ++j) {
+        auto& items = queues_[1 + static_cast<size_t>(layer * e_count + s->experts[j])]->items;
+        wake = wake || items.empty() || static_cast<int64_t>(items.size()) + 1 == limit;
+        items.push_back({s, static_cast<int32_t>(j), deadline});
+      }
+    }
+    wake = wake || config_.timeout_us == 0 || draining_;
   }
-  if (!done.empty()) finish_samples(done);
+  if (wake) cv_.notify_one();
+  if (!none_routed.empty()) advance(none_routed, layer, t1);
 }
 
 void ExpertQueueRuntime::run_expert(Batch& batch) {
   const int64_t t0 = clock_->now_us();
-  const int64_t ex = static_cast<int64_t>(batch.queue) - 1;
+  const int64_t e_count = model_->experts();
+  const int64_t layer = static_cast<int64_t>(batch.queue - 1) / e_count;
+  const int64_t ex = static_cast<int64_t>(batch.queue - 1) % e_count;
   const int64_t m = static_cast<int64_t>(batch.entries.size()), d = model_->hidden();
-  std::vector<float> xs(static_cast<size_t>(m * d)), ys(static_cast<size_t>(m * d));
-  for (int64_t i = 0; i < m; ++i) std::copy_n(batch.entries[i].sample->h.data(), d, xs.data() + i * d);
-  model_->expert(ex, xs.data(), m, ys.data());
+  float* xs = scratch(t_rows, m * d);
+  float* ys = scratch(t_out, m * d);
+  for (int64_t i = 0; i < m; ++i) std::copy_n(batch.entries[i].sample->u.data(), d, xs + i * d);
+  model_->expert(layer, ex, xs, m, ys);
   for (int64_t i = 0; i < m; ++i) {
     const Entry& en = batch.entries[i];
-    std::copy_n(ys.data() + i * d, d, en.sample->outs.data() + en.slot * d);
+    std::copy_n(ys + i * d, d, en.sample->outs.data() + en.slot * d);
   }
   const int64_t t1 = clock_->now_us();
   std::vector<Sample*> done;
@@ -366,36 +399,111 @@ void ExpertQueueRuntime::run_expert(Batch& batch) {
     stats_.expert_rows += static_cast<uint64_t>(m);
     for (const Entry& en : batch.entries) {
       Sample* s = en.sample;
-      s->expert_us = std::max(s->expert_us, t1 - t0);
+      s->layer_us = std::max(s->layer_us, t1 - t0);
       if (--s->remaining == 0) done.push_back(s);
     }
   }
-  if (!done.empty()) finish_samples(done);
+  if (!done.empty()) advance(done, layer, t1);
 }
 
-void ExpertQueueRuntime::finish_samples(std::vector<Sample*>& done) {
-  const int64_t t0 = clock_->now_us();
-  const int64_t n = static_cast<int64_t>(done.size()), d = model_->hidden(), c = model_->classes();
-  std::vector<float> comb(static_cast<size_t>(n * d)), probs(static_cast<size_t>(n * c));
+void ExpertQueueRuntime::advance(std::vector<Sample*>& samples, int64_t layer, int64_t t_start) {
+  const int64_t n = static_cast<int64_t>(samples.size()), d = model_->hidden();
+  float* h = scratch(t_h2, n * d);
   std::vector<const float*> ptrs;
   for (int64_t i = 0; i < n; ++i) {
-    const Sample* s = done[i];
+    Sample* s = samples[static_cast<size_t>(i)];
     const int64_t k = static_cast<int64_t>(s->experts.size());
     ptrs.resize(static_cast<size_t>(k));
     for (int64_t j = 0; j < k; ++j) ptrs[j] = s->outs.data() + j * d;
-    model_->combine(s->h.data(), ptrs.data(), s->weights.data(), k, comb.data() + i * d);
+    model_->combine(layer, s->h.data(), ptrs.data(), s->experts.data(), s->weights.data(), k, h + i * d);
+    s->used.push_back(s->experts);
+    s->compute_us += s->layer_us;
   }
-  model_->head(comb.data(), n, probs.data());
+  if (layer + 1 < model_->layers()) {
+    // route_layer uses t_h2's neighbours only (t_u, t_logits, t_probs), so h stays valid.
+    route_layer(samples, h, layer + 1, t_start);
+    return;
+  }
+  float* probs = scratch(t_probs, n * model_->classes());
+  model_->head(h, n, probs);
+  finish_samples(samples, probs, t_start);
+}
+
+void ExpertQueueRuntime::run_whole(std::vector<Sample*>& samples, float* h, int64_t t_start) {
+  const int64_t m = static_cast<int64_t>(samples.size());
+  const int64_t d = model_->hidden(), r = model_->router_outputs(), e_count = model_->experts();
+  float* u = scratch(t_u, m * d);
+  float* logits = scratch(t_logits, m * r);
+  float* probs = scratch(t_probs, m * r);
+  float* next = scratch(t_h2, m * d);
+  RoutingResult routing;
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(e_count)), slots(static_cast<size_t>(e_count));
+  std::vector<float> outs;
+  std::vector<const float*> ptrs;
+  uint64_t calls = 0, row_count = 0;
+  for (int64_t layer = 0; layer < model_->layers(); ++layer) {
+    model_->gate(layer, h, m, u, logits);
+    kernels::softmax_rows_st(logits, probs, m, r);
+    policies_[static_cast<size_t>(layer)]->route(logits, probs, m, e_count, routing);
+    for (auto& v : rows) v.clear();
+    for (auto& v : slots) v.clear();
+    for (int64_t i = 0; i < m; ++i)
+      for (int32_t j = routing.offsets[i]; j < routing.offsets[i + 1]; ++j) {
+        const int32_t ex = routing.expert_ids[j];
+        DELTAMOE_CHECK(ex >= 0 && ex < e_count, "queue", "policy chose expert ", ex);
+        rows[ex].push_back(static_cast<int32_t>(i));
+        slots[ex].push_back(j);
+      }
+    // outs[j] = output of routing entry j (CSR order), each expert once over its rows.
+    outs.resize(routing.expert_ids.size() * static_cast<size_t>(d));
+    for (int64_t ex = 0; ex < e_count; ++ex) {
+      const auto& list = rows[ex];
+      if (list.empty()) continue;
+      const int64_t me = static_cast<int64_t>(list.size());
+      float* xe = scratch(t_rows, me * d);
+      float* ye = scratch(t_out, me * d);
+      for (int64_t i = 0; i < me; ++i) std::copy_n(u + list[i] * d, d, xe + i * d);
+      model_->expert(layer, ex, xe, me, ye);
+      for (int64_t i = 0; i < me; ++i) std::copy_n(ye + i * d, d, outs.data() + slots[ex][i] * d);
+      ++calls;
+      row_count += static_cast<uint64_t>(me);
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      const int32_t b = routing.offsets[i], k = routing.offsets[i + 1] - b;
+      ptrs.resize(static_cast<size_t>(k));
+      for (int32_t j = 0; j < k; ++j) ptrs[j] = outs.data() + (b + j) * d;
+      model_->combine(layer, h + i * d, ptrs.data(), routing.expert_ids.data() + b, routing.weights.data() + b, k,
+                      next + i * d);
+      samples[static_cast<size_t>(i)]->used.emplace_back(routing.expert_ids.begin() + b,
+                                                         routing.expert_ids.begin() + b + k);
+    }
+    std::copy_n(next, m * d, h);
+  }
+  float* cls = scratch(t_out, m * model_->classes());
+  model_->head(h, m, cls);
+  const int64_t t1 = clock_->now_us();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.expert_calls += calls;
+    stats_.expert_rows += row_count;
+    queues_[0]->stats.busy_us += static_cast<double>(t1 - t_start);
+  }
+  for (Sample* s : samples) s->compute_us = t1 - t_start;
+  finish_samples(samples, cls, t1);
+}
+
+void ExpertQueueRuntime::finish_samples(std::vector<Sample*>& done, const float* probs, int64_t t_start) {
+  const int64_t n = static_cast<int64_t>(done.size()), c = model_->classes();
   const int64_t t1 = clock_->now_us();
   bool missed = false;
   for (int64_t i = 0; i < n; ++i) {
-    const Sample* s = done[i];
+    Sample* s = done[i];
     SampleResult& out = s->req->result.results[s->index];
-    out.probs.assign(probs.begin() + i * c, probs.begin() + (i + 1) * c);
+    out.probs.assign(probs + i * c, probs + (i + 1) * c);
     out.predicted = static_cast<int32_t>(std::max_element(out.probs.begin(), out.probs.end()) - out.probs.begin());
-    out.experts = s->experts;
+    out.experts = std::move(s->used);
     out.latency_us = t1 - s->t_admit;
-    out.compute_us = std::min(out.latency_us, s->stem_us + s->expert_us + (t1 - t0));
+    out.compute_us = std::min(out.latency_us, s->compute_us + (t1 - t_start));
     out.queue_us = out.latency_us - out.compute_us;
     missed = missed || static_cast<double>(out.latency_us) > config_.latency_target_us;
   }

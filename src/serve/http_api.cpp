@@ -114,14 +114,17 @@ ParsedImages parse_classify_body(std::string_view body, int64_t dim, int64_t max
 
 std::string classify_response_json(const moe::RequestResult& result) {
   nlohmann::json classes = nlohmann::json::array(), probs = nlohmann::json::array(),
-                 experts = nlohmann::json::array(), latency = nlohmann::json::array();
+                 experts = nlohmann::json::array(), mean_experts = nlohmann::json::array(),
+                 latency = nlohmann::json::array();
   for (const auto& r : result.results) {
     classes.push_back(r.predicted);
     probs.push_back(r.probs);
     experts.push_back(r.experts);
+    mean_experts.push_back(r.mean_experts());
     latency.push_back(r.latency_us);
   }
   nlohmann::json out = {{"classes", classes}, {"probabilities", probs}, {"experts_used", experts},
+                        {"mean_experts", mean_experts},
                         {"latency_us", latency}};
   return out.dump();
 }

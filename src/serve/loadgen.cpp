@@ -195,7 +195,7 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
     for (const auto& s : res.results) {
       r.queue_us.push_back(static_cast<double>(s.queue_us));
       r.compute_us.push_back(static_cast<double>(s.compute_us));
-      r.experts_sum += static_cast<double>(s.experts.size());
+      r.experts_sum += s.mean_experts();
     }
     // Wake the waiting thread only when it can finish: a wake-up per answer would cost a
     // context switch per request and distort the measurement.
@@ -228,8 +228,10 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
       }
     };
     for (int i = 0; i < c.concurrency; ++i) launch();
+    // Wait for the duration only: with T = ∞ the queues can hold every outstanding request
+    // short of B (a closed loop then sends nothing more); the drain below runs them.
     std::unique_lock<std::mutex> lk(mu);
-    cv.wait(lk, [&] { return outstanding == 0; });
+    cv.wait_until(lk, end, [&] { return outstanding == 0; });
   } else {
     const auto schedule = poisson_schedule_us(c.rate_rps, c.duration_s, c.seed);
     for (size_t k = 0; k < schedule.size(); ++k) {

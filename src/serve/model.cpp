@@ -3,78 +3,62 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 #include <random>
 #include <sstream>
 #include <vector>
 
 #include "deltamoe/core/error.h"
-#include "deltamoe/core/tensor.h"
-#include "deltamoe/kernels/cpu.h"
+#include "deltamoe/moe/policies.h"
+#include "serve/layers.h"
 
 namespace deltamoe::serve {
 
-void ServeModel::combine(const float* h, const float* const* outs, const float* w, int64_t k,
-                         float* c) const {
+void ServeModel::combine(int64_t /*l*/, const float* h, const float* const* outs, const int32_t* /*ids*/,
+                         const float* w, int64_t k, float* h_out) const {
   const int64_t d = hidden();
-  std::copy(h, h + d, c);
+  std::copy(h, h + d, h_out);
   for (int64_t j = 0; j < k; ++j)
-    for (int64_t i = 0; i < d; ++i) c[i] += w[j] * outs[j][i];
+    for (int64_t i = 0; i < d; ++i) h_out[i] += w[j] * outs[j][i];
 }
 
 namespace {
 
-void gelu_inplace(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678f));
+using detail::PackedLayer;
+
+std::vector<float> uniform(int64_t n, float bound, std::mt19937_64& rng) {
+  std::uniform_real_distribution<float> u(-bound, bound);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = u(rng);
+  return v;
 }
 
-// y[m, N] = x[m, K] · Wᵀ + b through the engine's packed kernels (weights packed once, so a
-// single row pays no packing cost: B = 1 is not handicapped). The kernel computes each row
-// independently of the others, which is what makes batched and unbatched answers agree.
-struct Layer {
-  std::vector<float> w, b;
-  kernels::PackedLinear packed;
-  int64_t out = 0, in = 0;
-  void init(int64_t out_features, int64_t in_features, std::mt19937_64& rng) {
-    out = out_features;
-    in = in_features;
-    const float bound = 1.0f / std::sqrt(static_cast<float>(in));
-    std::uniform_real_distribution<float> u(-bound, bound);
-    w.resize(static_cast<size_t>(out * in));
-    b.resize(static_cast<size_t>(out));
-    for (float& v : w) v = u(rng);
-    for (float& v : b) v = u(rng);
-  }
-  void pack() { packed = kernels::PackedLinear(Tensor::wrap(w.data(), {out, in}, DType::f32), DType::f32); }
-  void apply(const float* x, int64_t m, float* y) const {
-    for (int64_t r = 0; r < m; ++r) std::copy(b.begin(), b.end(), y + r * out);
-    kernels::linear_st(x, m, in, packed, 0, out, y, out, /*accumulate=*/true);
-  }
-};
+// nn.Linear-style init (uniform ±1/sqrt(fan_in)) of an out×in layer, weights scaled by `scale`.
+void init_layer(PackedLayer& l, int64_t out, int64_t in, std::mt19937_64& rng, float scale = 1.0f) {
+  const float bound = 1.0f / std::sqrt(static_cast<float>(in));
+  auto w = uniform(out * in, bound, rng);
+  auto b = uniform(out, bound, rng);
+  for (float& v : w) v *= scale;
+  l.set(std::move(w), std::move(b), out, in);
+}
 
+// One MoE layer, residual, experts read h directly: x → relu(stem) → h + Σ w·expert(h) → head.
 class RandomModel final : public ServeModel {
  public:
   explicit RandomModel(const RandomModelConfig& c) : cfg_(c) {
     DELTAMOE_CHECK(c.input_dim > 0 && c.hidden > 0 && c.inter > 0 && c.experts > 0 && c.classes > 1,
                    "serve", "random model needs positive shapes");
     std::mt19937_64 rng(c.seed);
-    stem_.init(c.hidden, c.input_dim, rng);
-    router_.init(c.experts, c.hidden, rng);
+    init_layer(stem_, c.hidden, c.input_dim, rng);
+    // A larger router scale makes the random router confident enough that top-p picks a
+    // varying number of experts, as a trained one does.
+    init_layer(router_, c.experts, c.hidden, rng, 4.0f);
     fc1_.resize(static_cast<size_t>(c.experts));
     fc2_.resize(static_cast<size_t>(c.experts));
     for (int64_t e = 0; e < c.experts; ++e) {
-      fc1_[e].init(c.inter, c.hidden, rng);
-      fc2_[e].init(c.hidden, c.inter, rng);
+      init_layer(fc1_[e], c.inter, c.hidden, rng);
+      init_layer(fc2_[e], c.hidden, c.inter, rng);
     }
-    head_.init(c.classes, c.hidden, rng);
-    // A larger router scale makes the random router confident enough that top-p picks a
-    // varying number of experts, as a trained one does.
-    for (float& v : router_.w) v *= 4.0f;
-    for (Layer* l : {&stem_, &router_, &head_}) l->pack();
-    for (int64_t e = 0; e < c.experts; ++e) {
-      fc1_[e].pack();
-      fc2_[e].pack();
-    }
+    init_layer(head_, c.classes, c.hidden, rng);
   }
   std::string name() const override {
     std::ostringstream os;
@@ -86,130 +70,149 @@ class RandomModel final : public ServeModel {
   int64_t hidden() const override { return cfg_.hidden; }
   int64_t experts() const override { return cfg_.experts; }
   int64_t classes() const override { return cfg_.classes; }
+  std::vector<std::shared_ptr<const moe::RoutingPolicy>> default_policies() const override {
+    return {std::make_shared<moe::TopKRouting>(2, true)};
+  }
 
-  void stem(const float* x, int64_t n, float* h, float* logits) const override {
+  void stem(const float* x, int64_t n, float* h) const override {
     std::vector<float> xs(x, x + n * cfg_.input_dim);
     for (float& v : xs) v *= (1.0f / 255.0f);
     stem_.apply(xs.data(), n, h);
     for (int64_t i = 0; i < n * cfg_.hidden; ++i) h[i] = std::max(h[i], 0.0f);
+  }
+  void gate(int64_t /*l*/, const float* h, int64_t n, float* u, float* logits) const override {
+    std::copy(h, h + n * cfg_.hidden, u);
     router_.apply(h, n, logits);
   }
-  void expert(int64_t e, const float* rows, int64_t m, float* out) const override {
+  void expert(int64_t /*l*/, int64_t e, const float* rows, int64_t m, float* out) const override {
     DELTAMOE_ASSERT(e >= 0 && e < cfg_.experts);
     std::vector<float> mid(static_cast<size_t>(m * cfg_.inter));
     fc1_[e].apply(rows, m, mid.data());
-    gelu_inplace(mid.data(), m * cfg_.inter);
+    detail::gelu_inplace(mid.data(), m * cfg_.inter);
     fc2_[e].apply(mid.data(), m, out);
   }
-  void head(const float* c, int64_t n, float* probs) const override {
+  void head(const float* h, int64_t n, float* probs) const override {
     std::vector<float> z(static_cast<size_t>(n * cfg_.classes));
-    head_.apply(c, n, z.data());
+    head_.apply(h, n, z.data());
     for (int64_t r = 0; r < n; ++r)
       softmax_row(z.data() + r * cfg_.classes, probs + r * cfg_.classes, cfg_.classes);
   }
 
  private:
   RandomModelConfig cfg_;
-  Layer stem_, router_, head_;
-  std::vector<Layer> fc1_, fc2_;
+  PackedLayer stem_, router_, head_;
+  std::vector<PackedLayer> fc1_, fc2_;
 };
 
-// Top-p (Huang et al. 2024): the smallest set of experts, by descending probability, whose
-// probabilities sum to at least p; weights renormalised over the set. Serve-local until the
-// training issue's policies land in moe/policies.h.
-class TopPRouting final : public moe::RoutingPolicy {
- public:
-  explicit TopPRouting(double p) : p_(p) {
-    DELTAMOE_CHECK(p > 0.0 && p <= 1.0, "serve", "top-p needs 0 < p <= 1, got ", p);
+double parse_number(const std::string& value, const std::string& spec) {
+  try {
+    size_t used = 0;
+    const double v = std::stod(value, &used);
+    DELTAMOE_CHECK(used == value.size(), "serve", "bad number '", value, "' in routing spec '", spec, "'");
+    return v;
+  } catch (const std::logic_error&) {
+    fail("serve", "bad number '", value, "' in routing spec '", spec, "'");
   }
-  std::string name() const override { return "top-p(p=" + std::to_string(p_) + ")"; }
-  bool renormalize() const override { return true; }
-  void route(const float* /*logits*/, const float* probs, int64_t tokens, int64_t experts,
-             moe::RoutingResult& out) const override {
-    out.clear();
-    std::vector<int32_t> order(static_cast<size_t>(experts));
-    for (int64_t t = 0; t < tokens; ++t) {
-      const float* p = probs + t * experts;
-      std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return p[a] > p[b]; });
-      double sum = 0.0;
-      for (int64_t j = 0; j < experts; ++j) {
-        out.expert_ids.push_back(order[j]);
-        sum += p[order[j]];
-        if (sum >= p_) break;
-      }
-      out.offsets.push_back(static_cast<int32_t>(out.expert_ids.size()));
-    }
-    moe::assign_weights(probs, experts, true, out);
-  }
-
- private:
-  double p_;
-};
+}
 
 }  // namespace
 
-void softmax_row(const float* x, float* y, int64_t d) {
-  const float mx = *std::max_element(x, x + d);
-  float s = 0.0f;
-  for (int64_t i = 0; i < d; ++i) s += (y[i] = std::exp(x[i] - mx));
-  for (int64_t i = 0; i < d; ++i) y[i] /= s;
-}
+void softmax_row(const float* x, float* y, int64_t d) { kernels::softmax_rows_st(x, y, 1, d); }
 
 std::shared_ptr<const ServeModel> make_random_model(const RandomModelConfig& config) {
   return std::make_shared<RandomModel>(config);
 }
 
-std::unique_ptr<moe::RoutingPolicy> make_routing(const std::string& spec) {
-  const auto colon = spec.find(':');
-  DELTAMOE_CHECK(colon != std::string::npos, "serve", "routing spec '", spec,
-                 "' needs the form NAME:VALUE (top-k:2, top-k-raw:2, top-p:0.5)");
-  const std::string kind = spec.substr(0, colon), value = spec.substr(colon + 1);
-  double v = 0.0;
-  try {
-    size_t used = 0;
-    v = std::stod(value, &used);
-    DELTAMOE_CHECK(used == value.size(), "serve", "bad number '", value, "' in routing spec");
-  } catch (const std::logic_error&) {
-    fail("serve", "bad number '", value, "' in routing spec '", spec, "'");
+std::unique_ptr<moe::RoutingPolicy> make_routing(const std::string& spec, int64_t experts) {
+  std::vector<std::string> parts;
+  for (size_t b = 0;;) {
+    const size_t c = spec.find(':', b);
+    parts.push_back(spec.substr(b, c == std::string::npos ? std::string::npos : c - b));
+    if (c == std::string::npos) break;
+    b = c + 1;
   }
+  const std::string& kind = parts[0];
+  const auto need = [&](size_t lo, size_t hi, const char* form) {
+    DELTAMOE_CHECK(parts.size() >= lo && parts.size() <= hi, "serve", "routing spec '", spec,
+                   "' needs the form ", form);
+  };
+  const auto integer = [&](const std::string& v, const char* what) {
+    const double x = parse_number(v, spec);
+    DELTAMOE_CHECK(x >= 1 && x == std::floor(x), "serve", what, " needs an integer >= 1, got ", v);
+    return static_cast<int64_t>(x);
+  };
+  moe::PolicySpec s;
+  s.kind = kind;
   if (kind == "top-k" || kind == "top-k-raw") {
-    DELTAMOE_CHECK(v >= 1 && v == std::floor(v), "serve", "top-k needs an integer k >= 1, got ", value);
-    return std::make_unique<moe::TopKRouting>(static_cast<int64_t>(v), kind == "top-k");
+    need(2, 2, "top-k:K");
+    s.kind = "top-k";
+    s.k = integer(parts[1], "top-k");
+    s.renormalize = kind == "top-k";
+  } else if (kind == "top-p") {
+    need(2, 2, "top-p:P");
+    s.p = parse_number(parts[1], spec);
+    DELTAMOE_CHECK(s.p > 0.0 && s.p <= 1.0, "serve", "top-p needs 0 < p <= 1, got ", parts[1]);
+  } else if (kind == "threshold") {
+    need(1, 2, "threshold or threshold:THETA");
+    const double theta = parts.size() == 2 ? parse_number(parts[1], spec) : 1.0 / static_cast<double>(experts);
+    s.thresholds.assign(static_cast<size_t>(experts), static_cast<float>(theta));
+  } else if (kind == "null-experts") {
+    need(3, 3, "null-experts:K:M (M null experts, as the model was trained with)");
+    s.k = integer(parts[1], "null-experts k");
+    s.nulls = integer(parts[2], "null-experts M");
+  } else {
+    fail("serve", "unknown routing policy '", kind,
+         "' (known: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA], null-experts:K:M)");
   }
-  if (kind == "top-p") return std::make_unique<TopPRouting>(v);
-  fail("serve", "unknown routing policy '", kind, "' (known: top-k, top-k-raw, top-p)");
+  try {
+    return moe::make_policy(s, experts);
+  } catch (const Error& e) {
+    fail("serve", "routing spec '", spec, "': ", e.what());
+  }
 }
 
-void reference_forward(const ServeModel& model, const moe::RoutingPolicy& policy, const float* x,
-                       int64_t n, float* probs, moe::RoutingResult* routing) {
+void reference_forward(const ServeModel& model,
+                       const std::vector<std::shared_ptr<const moe::RoutingPolicy>>& policies,
+                       const float* x, int64_t n, float* probs, std::vector<moe::RoutingResult>* routing) {
   const int64_t d = model.hidden(), r = model.router_outputs(), e_count = model.experts();
-  const int64_t in = model.input_dim(), c = model.classes();
-  std::vector<float> h(static_cast<size_t>(d)), logits(static_cast<size_t>(r)),
-      p(static_cast<size_t>(r)), comb(static_cast<size_t>(d));
+  const int64_t in = model.input_dim(), c = model.classes(), layers = model.layers();
+  DELTAMOE_CHECK(policies.size() == 1 || static_cast<int64_t>(policies.size()) == layers, "serve",
+                 policies.size(), " policies for ", layers, " layers");
+  std::vector<float> h(static_cast<size_t>(d)), u(static_cast<size_t>(d)), next(static_cast<size_t>(d)),
+      logits(static_cast<size_t>(r)), p(static_cast<size_t>(r));
   moe::RoutingResult one;
-  if (routing) routing->clear();
+  if (routing) {
+    routing->assign(static_cast<size_t>(layers), moe::RoutingResult{});
+    for (auto& rr : *routing) rr.clear();
+  }
   for (int64_t s = 0; s < n; ++s) {
-    model.stem(x + s * in, 1, h.data(), logits.data());
-    softmax_row(logits.data(), p.data(), r);
-    policy.route(logits.data(), p.data(), 1, r, one);
-    const int64_t k = one.experts_of(0);
-    std::vector<std::vector<float>> outs(static_cast<size_t>(k), std::vector<float>(static_cast<size_t>(d)));
-    std::vector<const float*> ptrs;
-    for (int64_t j = 0; j < k; ++j) {
-      DELTAMOE_CHECK(one.expert_ids[j] < e_count, "serve", "policy chose expert ", one.expert_ids[j]);
-      model.expert(one.expert_ids[j], h.data(), 1, outs[j].data());
-      ptrs.push_back(outs[j].data());
-    }
-    model.combine(h.data(), ptrs.data(), one.weights.data(), k, comb.data());
-    model.head(comb.data(), 1, probs + s * c);
-    if (routing) {
+    model.stem(x + s * in, 1, h.data());
+    for (int64_t l = 0; l < layers; ++l) {
+      const auto& policy = *policies[policies.size() == 1 ? 0 : static_cast<size_t>(l)];
+      model.gate(l, h.data(), 1, u.data(), logits.data());
+      softmax_row(logits.data(), p.data(), r);
+      policy.route(logits.data(), p.data(), 1, e_count, one);
+      const int64_t k = one.experts_of(0);
+      std::vector<std::vector<float>> outs(static_cast<size_t>(k), std::vector<float>(static_cast<size_t>(d)));
+      std::vector<const float*> ptrs;
       for (int64_t j = 0; j < k; ++j) {
-        routing->expert_ids.push_back(one.expert_ids[j]);
-        routing->weights.push_back(one.weights[j]);
+        DELTAMOE_CHECK(one.expert_ids[j] >= 0 && one.expert_ids[j] < e_count, "serve", "policy chose expert ",
+                       one.expert_ids[j]);
+        model.expert(l, one.expert_ids[j], u.data(), 1, outs[j].data());
+        ptrs.push_back(outs[j].data());
       }
-      routing->offsets.push_back(static_cast<int32_t>(routing->expert_ids.size()));
+      model.combine(l, h.data(), ptrs.data(), one.expert_ids.data(), one.weights.data(), k, next.data());
+      h.swap(next);
+      if (routing) {
+        auto& rr = (*routing)[static_cast<size_t>(l)];
+        for (int64_t j = 0; j < k; ++j) {
+          rr.expert_ids.push_back(one.expert_ids[j]);
+          rr.weights.push_back(one.weights[j]);
+        }
+        rr.offsets.push_back(static_cast<int32_t>(rr.expert_ids.size()));
+      }
     }
+    model.head(h.data(), 1, probs + s * c);
   }
 }
 

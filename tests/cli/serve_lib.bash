@@ -1,10 +1,12 @@
 # Shared helpers for the serve_*.sh CLI tests (sourced; named .bash so that CTest, which runs
 # every tests/cli/*.sh, does not run it as a test).
-# start_server ARGS...: starts `deltamoe serve` on a free loopback port, sets $pid and $port.
+# start_server ARGS...: starts `deltamoe serve` on a free loopback port, sets $pid and $port;
+# the model is ${model_args[@]} (default --random-model).
+model_args=(--random-model)
 # http METHOD PATH [BODY]: raw HTTP/1.1 over bash's /dev/tcp; prints the full response.
 start_server() {
   rm -f "$tmp/port"
-  "$bin" serve --random-model --port 0 --port-file "$tmp/port" "$@" 2>"$tmp/server.log" &
+  "$bin" serve ${model_args[@]+"${model_args[@]}"} --port 0 --port-file "$tmp/port" "$@" 2>"$tmp/server.log" &
   pid=$!
   for _ in $(seq 300); do [ -s "$tmp/port" ] && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   [ -s "$tmp/port" ] || { echo "server did not start: $(cat "$tmp/server.log")"; exit 1; }

@@ -8,8 +8,12 @@
 #include <cmath>
 #include <random>
 #include <thread>
+#include <unistd.h>
+
+#include <filesystem>
 
 #include "deltamoe/core/error.h"
+#include "deltamoe/models/moe_classifier.h"
 #include "deltamoe/moe/expert_queue.h"
 
 using namespace deltamoe;
@@ -31,6 +35,34 @@ std::shared_ptr<const serve::ServeModel> small_model() {
   c.inter = 48;
   c.experts = 4;
   return serve::make_random_model(c);
+}
+
+// A checkpoint in `deltamoe train`'s format (random init, nothing trained): 2 MoE layers of
+// 4 GELU experts, LayerNorm, with `routing`. Router weights are scaled up so that routing
+// decisions are far from ties (a trained router is confident; an untrained one is near
+// uniform, where f32 rounding differences between two code paths could flip a choice).
+std::string write_checkpoint(const std::string& name, const moe::PolicySpec& routing, bool residual = false) {
+  models::MoeClassifierConfig c;
+  c.hidden = 32;
+  c.inter = 48;
+  c.experts = 4;
+  c.layers = 2;
+  c.residual = residual;
+  c.routing = routing;
+  models::MoeClassifier m(c, 7);
+  for (int64_t l = 0; l < 2; ++l) {
+    Tensor& w = m.params().get("moe." + std::to_string(l) + ".router.weight");
+    for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] *= 8.0f;
+  }
+  const auto path = (std::filesystem::temp_directory_path() /
+                     (name + "_" + std::to_string(::getpid()) + ".safetensors")).string();
+  m.save(path);
+  return path;
+}
+
+void remove_checkpoint(const std::string& path) {
+  std::filesystem::remove(path);
+  std::filesystem::remove(std::filesystem::path(path).replace_extension(".json"));
 }
 
 struct Collector {
@@ -142,14 +174,24 @@ TEST(ExpertQueue, PerExpertQueuesFlushIndependently) {
 // rounding of a 784- or 256-long dot product is ~1e-7 relative), and experts and classes
 // must be identical.
 TEST(ExpertQueue, BatchedMatchesUnbatched) {
-  auto model = serve::make_random_model();
-  const int64_t n = 96;
-  const auto x = random_images(n, 4);
-  for (const char* spec : {"top-k:2", "top-p:0.6"}) {
-    auto policy = std::shared_ptr<const RoutingPolicy>(serve::make_routing(spec));
+  moe::PolicySpec topk;
+  const std::string ckpt = write_checkpoint("eq_batched", topk, /*residual=*/true);
+  struct Case { std::shared_ptr<const serve::ServeModel> model; const char* spec; };
+  const auto random = serve::make_random_model();
+  const auto trained = serve::load_serve_model(ckpt);
+  remove_checkpoint(ckpt);
+  ASSERT_EQ(trained->layers(), 2);
+  for (const Case& cs : {Case{random, "top-k:2"}, Case{random, "top-p:0.6"}, Case{trained, "top-k:2"},
+                         Case{trained, "top-p:0.6"}, Case{trained, "threshold"}}) {
+    const auto& model = cs.model;
+    const char* spec = cs.spec;
+    const int64_t n = 96, layers = model->layers();
+    const auto x = random_images(n, 4);
+    auto policy = std::shared_ptr<const RoutingPolicy>(serve::make_routing(spec, model->experts()));
     std::vector<float> ref(static_cast<size_t>(n * 10));
-    RoutingResult ref_routing;
-    serve::reference_forward(*model, *policy, x.data(), n, ref.data(), &ref_routing);
+    std::vector<RoutingResult> ref_routing;
+    serve::reference_forward(*model, {policy}, x.data(), n, ref.data(), &ref_routing);
+    ASSERT_EQ(static_cast<int64_t>(ref_routing.size()), layers);
     struct Setup { BatchingMode mode; int64_t b; int64_t t; int workers; };
     for (const Setup& s : {Setup{BatchingMode::per_expert, 1, 0, 2}, Setup{BatchingMode::per_expert, 16, 0, 2},
                            Setup{BatchingMode::per_expert, 64, -1, 2}, Setup{BatchingMode::whole_model, 32, 200, 1},
@@ -183,16 +225,82 @@ TEST(ExpertQueue, BatchedMatchesUnbatched) {
           ASSERT_EQ(sr.probs.size(), 10u);
           for (int64_t c2 = 0; c2 < 10; ++c2)
             max_diff = std::max(max_diff, static_cast<double>(std::abs(sr.probs[c2] - ref[i * 10 + c2])));
-          const int32_t b = ref_routing.offsets[i], e = ref_routing.offsets[i + 1];
-          EXPECT_EQ(sr.experts, std::vector<int32_t>(ref_routing.expert_ids.begin() + b,
-                                                     ref_routing.expert_ids.begin() + e))
-              << spec << " sample " << i;
+          ASSERT_EQ(static_cast<int64_t>(sr.experts.size()), layers);
+          for (int64_t l = 0; l < layers; ++l) {
+            const auto& rr = ref_routing[static_cast<size_t>(l)];
+            const int32_t b = rr.offsets[i], e = rr.offsets[i + 1];
+            EXPECT_EQ(sr.experts[l], std::vector<int32_t>(rr.expert_ids.begin() + b, rr.expert_ids.begin() + e))
+                << spec << " sample " << i << " layer " << l;
+          }
           ++checked;
         }
       EXPECT_EQ(checked, n);
-      std::printf("%s %s B=%lld: max |p - p_ref| = %.3g\n", spec, batching_mode_name(s.mode),
-                  static_cast<long long>(s.b), max_diff);
+      std::printf("%s %s %s B=%lld: max |p - p_ref| = %.3g\n", model->name().c_str(), spec,
+                  batching_mode_name(s.mode), static_cast<long long>(s.b), max_diff);
       EXPECT_LE(max_diff, 1e-6) << spec << " mode " << batching_mode_name(s.mode) << " B=" << s.b;
+    }
+  }
+}
+
+// The server's model and `deltamoe eval`'s (models::evaluate on the training graph) agree on
+// a checkpoint: same predictions and the same experts per sample, for the trained routing
+// and for overrides, including null experts and per-layer adapted thresholds.
+TEST(ExpertQueue, TrainedCheckpointMatchesEvaluate) {
+  struct Case { moe::PolicySpec trained; std::vector<std::string> overrides; };
+  moe::PolicySpec topk, nulls, thr;
+  nulls.kind = "null-experts";
+  nulls.k = 2;
+  nulls.nulls = 4;
+  thr.kind = "threshold";
+  thr.thresholds = {0.2f, 0.3f, 0.25f, 0.35f};
+  for (const Case& cs : {Case{topk, {"", "top-k:1", "top-p:0.5", "threshold"}}, Case{nulls, {"", "null-experts:3:4"}},
+                         Case{thr, {""}}}) {
+    const std::string ckpt = write_checkpoint("eq_eval", cs.trained);
+    auto model = serve::load_serve_model(ckpt);
+    auto ref = models::MoeClassifier::load(ckpt);
+    remove_checkpoint(ckpt);
+    const int64_t n = 48;
+    const auto x = random_images(n, 11);
+    Tensor xt({n, 784});
+    for (int64_t i = 0; i < n * 784; ++i) xt.data<float>()[i] = x[static_cast<size_t>(i)] * (1.0f / 255.0f);
+    const std::vector<int32_t> labels(static_cast<size_t>(n), 0);
+    for (const std::string& spec : cs.overrides) {
+      std::vector<std::shared_ptr<const RoutingPolicy>> policies = model->default_policies();
+      ref.reset_policies();
+      if (!spec.empty()) {
+        policies = {std::shared_ptr<const RoutingPolicy>(serve::make_routing(spec, model->experts()))};
+        const auto colon = spec.find(':');
+        moe::PolicySpec ps;
+        ps.kind = spec.substr(0, colon);
+        if (ps.kind == "top-k") ps.k = std::stoi(spec.substr(colon + 1));
+        if (ps.kind == "top-p") ps.p = std::stod(spec.substr(colon + 1));
+        if (ps.kind == "null-experts") {
+          ps.k = 3;
+          ps.nulls = 4;
+        }
+        ref.set_policy(ps);
+      }
+      const auto ev = models::evaluate(ref, xt, labels, 16);
+      QueueConfig c;
+      c.mode = BatchingMode::per_expert;
+      c.max_batch = 8;
+      c.timeout_us = 0;
+      c.workers = 1;
+      ExpertQueueRuntime rt(model, policies, c);
+      const auto res = rt.run(x.data(), n);
+      int64_t diff_class = 0, diff_experts = 0;
+      double k_sum = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const auto& sr = res.results[static_cast<size_t>(i)];
+        diff_class += sr.predicted != ev.predicted[static_cast<size_t>(i)];
+        diff_experts += std::abs(sr.mean_experts() - ev.experts_used[static_cast<size_t>(i)]) > 1e-6;
+        k_sum += sr.mean_experts();
+      }
+      EXPECT_EQ(diff_class, 0) << cs.trained.kind << " / " << spec;
+      EXPECT_EQ(diff_experts, 0) << cs.trained.kind << " / " << spec;
+      EXPECT_NEAR(k_sum / n, ev.avg_experts, 1e-9) << cs.trained.kind << " / " << spec;
+      std::printf("checkpoint %s, routing '%s': mean experts %.3f (eval %.3f)\n", cs.trained.kind.c_str(),
+                  spec.c_str(), k_sum / n, ev.avg_experts);
     }
   }
 }
@@ -203,8 +311,10 @@ TEST(ExpertQueue, TopPUsesAVaryingNumberOfExperts) {
   const int64_t n = 64;
   const auto x = random_images(n, 5);
   std::vector<float> probs(static_cast<size_t>(n * 10));
-  RoutingResult r;
-  serve::reference_forward(*model, *policy, x.data(), n, probs.data(), &r);
+  std::vector<RoutingResult> rs;
+  serve::reference_forward(*model, {std::shared_ptr<const RoutingPolicy>(std::move(policy))}, x.data(), n,
+                           probs.data(), &rs);
+  const RoutingResult& r = rs[0];
   int32_t lo = 99, hi = 0;
   for (int64_t t = 0; t < n; ++t) {
     lo = std::min(lo, r.experts_of(t));

@@ -152,13 +152,14 @@ TEST(ClassifyResponse, HasClassesProbabilitiesExperts) {
   r.results.resize(2);
   r.results[0].predicted = 3;
   r.results[0].probs = {0.1f, 0.9f};
-  r.results[0].experts = {4, 1};
+  r.results[0].experts = {{4, 1}, {2}};
   r.results[1].predicted = 0;
   r.results[1].probs = {1.0f, 0.0f};
   const auto j = nlohmann::json::parse(classify_response_json(r));
   EXPECT_EQ(j["classes"], nlohmann::json({3, 0}));
-  EXPECT_EQ(j["experts_used"][0], nlohmann::json({4, 1}));
+  EXPECT_EQ(j["experts_used"][0], nlohmann::json::parse("[[4, 1], [2]]"));
   EXPECT_TRUE(j["experts_used"][1].empty());
+  EXPECT_DOUBLE_EQ(j["mean_experts"][0].get<double>(), 1.5);
   EXPECT_EQ(j["probabilities"].size(), 2u);
 }
 
@@ -232,10 +233,11 @@ TEST(HttpServer, AnswersClassifyHealthzMetricsAndErrors) {
   // The answer is the model's: compare with the one-sample reference.
   const auto parsed = parse_classify_body(b64_body(2), 784, 4);
   std::vector<float> ref(20);
-  reference_forward(*model, *policy, parsed.pixels.data(), 2, ref.data());
+  reference_forward(*model, {policy}, parsed.pixels.data(), 2, ref.data());
   for (int s = 0; s < 2; ++s) {
     for (int k = 0; k < 10; ++k) EXPECT_NEAR(j["probabilities"][s][k].get<float>(), ref[s * 10 + k], 1e-6);
-    EXPECT_EQ(j["experts_used"][s].size(), 2u);
+    ASSERT_EQ(j["experts_used"][s].size(), 1u);  // one MoE layer
+    EXPECT_EQ(j["experts_used"][s][0].size(), 2u);
   }
 
   auto bad = cli.Post("/v1/classify", "{\"images\": [[1, 2]]}", "application/json");

@@ -1,11 +1,14 @@
 // Per-expert queues: the serving runtime that trades latency for throughput with a batch size B.
 //
 // A request carries n samples. Admitted samples enter the stem queue; a stem batch computes
-// h and the routing, and each sample then waits in the queue of every expert it was routed to.
-// A queue runs its samples as one batch (one model call, i.e. one GEMM per layer) when it holds
-// B samples or when its oldest sample has waited T microseconds. A sample whose experts are all
-// done is combined (in routing order) and its class probabilities computed; when every sample
-// of a request is done, the request's callback runs.
+// h, layer 0's router input and the routing, and each sample then waits in the queue of every
+// layer-0 expert it was routed to. A queue runs its samples as one batch (one model call, i.e.
+// one GEMM per weight matrix, over all its rows) when it holds B samples or when its oldest
+// sample's deadline, admission + T, has passed (T bounds a sample's total queueing, not each
+// stage's, so a two-layer model does not wait 3·T). The samples whose experts of layer l are
+// all done in one batch are combined and, as one batch, go through layer l+1's router into its
+// expert queues, or through the head; when every sample of a request is done, the request's
+// callback runs.
 //
 // Modes (the baselines share this harness, so they are measured the same way):
 //   per_expert   the above (stem queue and E expert queues, each flushed by B/T);
@@ -102,7 +105,9 @@ struct QueueConfig {
 struct SampleResult {
   int32_t predicted = -1;
   std::vector<float> probs;       // C entries
-  std::vector<int32_t> experts;   // real experts used, routing order
+  std::vector<std::vector<int32_t>> experts;  // per layer: real experts used, routing order
+  /// Mean number of real experts per layer (what `deltamoe eval` reports as experts_used).
+  double mean_experts() const;
   int64_t latency_us = 0;         // admission → done
   int64_t queue_us = 0;           // time spent waiting in queues
   int64_t compute_us = 0;         // time in the batches that computed it (batch wall time)
@@ -127,7 +132,7 @@ struct Histogram {
   double quantile(double q) const;
 };
 
-/// Counters of one queue (queue 0 is the stem/model queue, 1 + e is expert e).
+/// Counters of one queue (queue 0 is the stem/model queue, 1 + l·E + e is expert e of layer l).
 struct QueueStats {
   std::string name;
   int64_t depth = 0;               // samples waiting now
@@ -149,12 +154,18 @@ struct RuntimeStats {
   std::vector<QueueStats> queues;
 };
 
-/// The runtime. Holds a shared reference to the model and owns the policy.
+/// The runtime. Holds shared references to the model and its routing policies.
 class ExpertQueueRuntime {
  public:
-  /// Starts config.workers worker threads. Throws Error("queue") on a bad config.
+  /// One policy per MoE layer (or one for every layer). Starts config.workers worker threads.
+  /// Throws Error("queue") on a bad config or a policy that does not fit the model's router.
   ExpertQueueRuntime(std::shared_ptr<const serve::ServeModel> model,
-                     std::shared_ptr<const RoutingPolicy> policy, QueueConfig config);
+                     std::vector<std::shared_ptr<const RoutingPolicy>> policies, QueueConfig config);
+  /// The same policy in every layer.
+  ExpertQueueRuntime(std::shared_ptr<const serve::ServeModel> model,
+                     std::shared_ptr<const RoutingPolicy> policy, QueueConfig config)
+      : ExpertQueueRuntime(std::move(model), std::vector<std::shared_ptr<const RoutingPolicy>>{std::move(policy)},
+                           std::move(config)) {}
   /// Drains (as shutdown()) and joins the workers.
   ~ExpertQueueRuntime();
   ExpertQueueRuntime(const ExpertQueueRuntime&) = delete;
@@ -183,7 +194,9 @@ class ExpertQueueRuntime {
   RuntimeStats stats() const;
   const QueueConfig& config() const { return config_; }
   const serve::ServeModel& model() const { return *model_; }
-  const RoutingPolicy& policy() const { return *policy_; }
+  /// Layer 0's policy (every layer's, unless the model was trained with per-layer ones).
+  const RoutingPolicy& policy() const { return *policies_[0]; }
+  const RoutingPolicy& policy(int64_t layer) const { return *policies_[static_cast<size_t>(layer)]; }
 
  private:
   struct Request;
@@ -195,13 +208,20 @@ class ExpertQueueRuntime {
   bool take_batch_locked(int64_t now, Batch& out);
   int64_t next_deadline_locked() const;
   void run_batch(Batch& batch);
-  void run_stem(Batch& batch, bool whole_model);
+  void run_stem(Batch& batch);
   void run_expert(Batch& batch);
-  void finish_samples(std::vector<Sample*>& done);
+  /// Layer `layer`'s router for the samples (their states in rows of h, [n, D]) and, per
+  /// expert mode, their entry into that layer's expert queues.
+  void route_layer(std::vector<Sample*>& samples, const float* h, int64_t layer, int64_t t_start);
+  /// Combines layer `layer` of the samples (all their experts done) and moves them on.
+  void advance(std::vector<Sample*>& samples, int64_t layer, int64_t t_start);
+  /// The whole model on a batch (whole_model mode).
+  void run_whole(std::vector<Sample*>& samples, float* h, int64_t t_start);
+  void finish_samples(std::vector<Sample*>& done, const float* probs, int64_t t_start);
   void worker_loop();
 
   std::shared_ptr<const serve::ServeModel> model_;
-  std::shared_ptr<const RoutingPolicy> policy_;
+  std::vector<std::shared_ptr<const RoutingPolicy>> policies_;  // one per layer
   QueueConfig config_;
   std::shared_ptr<const Clock> clock_;
 

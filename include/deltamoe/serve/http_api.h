@@ -30,7 +30,9 @@ struct ParsedImages {
 /// Never crashes on arbitrary bytes (fuzz-tested).
 ParsedImages parse_classify_body(std::string_view body, int64_t dim, int64_t max_images);
 
-/// The response JSON of one finished request.
+/// The response JSON of one finished request: {"classes": [c], "probabilities": [[C floats]],
+/// "experts_used": [[[ids of layer 0], [ids of layer 1], ...]] (per image, per MoE layer, in
+/// routing order), "mean_experts": [mean experts per layer], "latency_us": [...]}.
 std::string classify_response_json(const moe::RequestResult& result);
 
 /// {"error": reason} (one line).

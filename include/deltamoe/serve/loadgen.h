@@ -38,7 +38,7 @@ struct LoadResult {
   std::map<std::string, int64_t> errors;  // by HTTP status ("503") or "transport"
   std::vector<double> latency_us;         // answered requests, from scheduled send time
   std::vector<double> queue_us, compute_us;  // in-process only, per sample
-  double experts_sum = 0.0;                  // in-process only: real experts over all samples
+  double experts_sum = 0.0;                  // in-process only: Σ over samples of mean experts per layer
 };
 
 /// Summary JSON (one object): counts, throughput_rps, p50/p95/p99/mean/max latency in ms,
