@@ -128,6 +128,33 @@ double measure_read_bandwidth_gbps(int threads, size_t bytes, int repeats) {
   return best;
 }
 
+StreamProbe::StreamProbe(size_t buffer_bytes)
+    : storage_(buffer_bytes), buf_(static_cast<float*>(storage_.data())), n_(buffer_bytes / sizeof(float)) {
+  for (size_t i = 0; i < n_; ++i) buf_[i] = 1.0f;
+}
+
+double StreamProbe::time_pass_s(size_t bytes, int threads) {
+  const size_t n = std::min(n_, bytes / sizeof(float)) / 64 * 64;
+  if (offset_ + n > n_) offset_ = 0;
+  const float* base = buf_ + offset_;
+  offset_ += n;
+  const bool avx512 = cpu_features().avx512f;
+  double total = 0;
+  const double t0 = now_s();
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const size_t b = (n / 64 * t / nt) * 64, e = (n / 64 * (t + 1) / nt) * 64;
+    const double s = avx512 ? sum_avx512(base + b, e - b) : sum_portable(base + b, e - b);
+#pragma omp atomic
+    total += s;
+  }
+  const double dt = now_s() - t0;
+  volatile double sink = total;
+  (void)sink;
+  return dt;
+}
+
 double measure_bf16_dot_peak_gflops(int threads) {
   if (!cpu_features().avx512_bf16) return 0.0;
   return best_rate(threads, 12.0 * 64.0, [](int64_t it) { return bf16_loop(it); });

@@ -5,11 +5,33 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "deltamoe/core/tensor.h"
+
 namespace deltamoe::cli {
 
 /// DRAM read bandwidth in GB/s (1e9 bytes/s): best of `repeats` passes summing a buffer of
 /// `bytes` (large enough to miss every cache) on `threads` threads.
 double measure_read_bandwidth_gbps(int threads, size_t bytes = size_t{512} << 20, int repeats = 3);
+/// Times single read passes of a given size over fresh (not cached) memory, for comparing a
+/// memory-bound step with a plain stream of the same bytes measured right beside it.
+/// Not thread-safe; one per benchmark.
+class StreamProbe {
+ public:
+  /// Allocates and touches `buffer_bytes` (should be many times the last-level cache).
+  explicit StreamProbe(size_t buffer_bytes = size_t{512} << 20);
+  StreamProbe(const StreamProbe&) = delete;
+  StreamProbe& operator=(const StreamProbe&) = delete;
+  /// Seconds to read the next `bytes` of the buffer (wrapping around) on `threads` threads,
+  /// each reading a contiguous share, as one parallel region.
+  double time_pass_s(size_t bytes, int threads);
+
+ private:
+  Storage storage_;  // 2 MiB pages, like the weights
+  float* buf_;
+  size_t n_;  // floats
+  size_t offset_ = 0;
+};
+
 /// Peak of `vdpbf16ps` in GFLOP/s (64 flops per instruction) on `threads` threads, from a
 /// register-only loop; 0 when the CPU has no AVX-512 BF16.
 double measure_bf16_dot_peak_gflops(int threads);
