@@ -98,33 +98,35 @@ double best_rate(int threads, double flops_per_iter, F&& body) {
 }
 }  // namespace
 
-double measure_read_bandwidth_gbps(int threads, size_t bytes, int repeats) {
-  const size_t n = bytes / sizeof(float);
-  // Allocated like the weights it is compared with (Storage: 2 MiB pages where possible), so
-  // the roofline and the layer see the same TLB and prefetch behaviour.
-  Storage storage(n * sizeof(float));
-  float* buf = static_cast<float*>(storage.data());
+namespace {
+// Seconds to sum p[0, n) (n a multiple of 64) on `threads` threads, each a contiguous share.
+double timed_parallel_sum_s(const float* p, size_t n, int threads) {
   const bool avx512 = cpu_features().avx512f;
-  // First touch from the threads that will read, so pages are spread as they will be read.
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (size_t i = 0; i < n; ++i) buf[i] = 1.0f;
-  double best = 0;
   double total = 0;
-  for (int rep = 0; rep < repeats; ++rep) {
-    const double t0 = now_s();
+  const double t0 = now_s();
 #pragma omp parallel num_threads(threads)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const size_t b = (n / 64 * t / nt) * 64, e = (n / 64 * (t + 1) / nt) * 64;
-      const double s = avx512 ? sum_avx512(buf + b, e - b) : sum_portable(buf + b, e - b);
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const size_t b = (n / 64 * t / nt) * 64, e = (n / 64 * (t + 1) / nt) * 64;
+    const double s = avx512 ? sum_avx512(p + b, e - b) : sum_portable(p + b, e - b);
 #pragma omp atomic
-      total += s;
-    }
-    const double dt = now_s() - t0;
-    best = std::max(best, static_cast<double>(n / 64 * 64) * sizeof(float) / dt / 1e9);
+    total += s;
   }
+  const double dt = now_s() - t0;
   volatile double sink = total;  // keeps the reads from being optimised away
   (void)sink;
+  return dt;
+}
+}  // namespace
+
+double measure_read_bandwidth_gbps(int threads, size_t bytes, int repeats) {
+  // Allocated like the weights it is compared with (Storage: 2 MiB pages where possible), so
+  // the roofline and the layer see the same TLB and prefetch behaviour.
+  StreamProbe probe(bytes);
+  const size_t n = bytes / sizeof(float) / 64 * 64;
+  double best = 0;
+  for (int rep = 0; rep < repeats; ++rep)
+    best = std::max(best, static_cast<double>(n * sizeof(float)) / probe.time_pass_s(n * sizeof(float), threads) / 1e9);
   return best;
 }
 
@@ -138,21 +140,7 @@ double StreamProbe::time_pass_s(size_t bytes, int threads) {
   if (offset_ + n > n_) offset_ = 0;
   const float* base = buf_ + offset_;
   offset_ += n;
-  const bool avx512 = cpu_features().avx512f;
-  double total = 0;
-  const double t0 = now_s();
-#pragma omp parallel num_threads(threads)
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const size_t b = (n / 64 * t / nt) * 64, e = (n / 64 * (t + 1) / nt) * 64;
-    const double s = avx512 ? sum_avx512(base + b, e - b) : sum_portable(base + b, e - b);
-#pragma omp atomic
-    total += s;
-  }
-  const double dt = now_s() - t0;
-  volatile double sink = total;
-  (void)sink;
-  return dt;
+  return timed_parallel_sum_s(base, n, threads);
 }
 
 double measure_bf16_dot_peak_gflops(int threads) {
