@@ -115,7 +115,8 @@ Exported build(const Graph& g, Var loss, const ExportOptions& opt) {
     }
     label[i] = std::string(op_name(n.op)) + "#" + std::to_string(i);
     std::vector<int32_t> ins;
-    for (int32_t x : n.inputs) ins.push_back(fwd[static_cast<size_t>(x)]);
+    for (int32_t x : n.inputs)
+      if (x >= 0) ins.push_back(fwd[static_cast<size_t>(x)]);  // scatter_add_rows: no base = -1
     fwd[i] = add(label[i], op_name(n.op), std::move(ins), fwd_bytes(n), -1);
   }
 
