@@ -61,12 +61,6 @@ constexpr int64_t kGrain = 16384;
 
 }  // namespace
 
-float gelu_fwd(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
-float gelu_grad(float x) {
-  const float cdf = 0.5f * (1.0f + std::erf(x * 0.70710678118654752f));
-  const float pdf = 0.39894228040143268f * std::exp(-0.5f * x * x);
-  return cdf + x * pdf;
-}
 Tensor uninit_tensor(const Shape& shape) {
   const int64_t n = shape_numel(shape);
   const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
@@ -105,23 +99,9 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void layer_norm_row
   }
 }
 
-void gelu_forward(const float* x, float* y, int64_t n) {
-  if (n <= 0) return;
-  static const bool avx512 = cpu_features().avx512f;
-  if (avx512) {
-    gelu_fwd_avx512(x, y, n);
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) y[i] = gelu_fwd(x[i]);
-}
+void gelu_forward(const float* x, float* y, int64_t n) { kernels::gelu_st(x, y, n); }
 void gelu_backward(const float* x, const float* dy, float* dx, int64_t n) {
-  if (n <= 0) return;
-  static const bool avx512 = cpu_features().avx512f;
-  if (avx512) {
-    gelu_bwd_avx512(x, dy, dx, n);
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * gelu_grad(x[i]);
+  kernels::gelu_grad_acc_st(x, dy, dx, n);
 }
 float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 float softplus_fwd(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }

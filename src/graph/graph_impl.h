@@ -23,16 +23,10 @@ Tensor uninit_tensor(const Shape& shape);
 /// stats[2·r], stats[2·r+1] (lane-wise partial sums, vectorised; deterministic).
 void layer_norm_rows(const float* x, const float* gamma, const float* beta, float* y, float* stats,
                      int64_t rows, int64_t d, float eps);
-float gelu_fwd(float x);
-/// y[i] = gelu(x[i]) for n elements (AVX-512 when the CPU has it, else gelu_fwd).
+/// y[i] = gelu(x[i]) for n elements (kernels::gelu_st).
 void gelu_forward(const float* x, float* y, int64_t n);
-/// dx[i] += dy[i]·gelu'(x[i]) for n elements (AVX-512 when the CPU has it, else gelu_grad).
+/// dx[i] += dy[i]·gelu'(x[i]) for n elements (kernels::gelu_grad_acc_st).
 void gelu_backward(const float* x, const float* dy, float* dx, int64_t n);
-/// The AVX-512 bodies of the two above (src/graph/act_avx512.cpp); call only on AVX-512 CPUs.
-void gelu_fwd_avx512(const float* x, float* y, int64_t n);
-void gelu_bwd_avx512(const float* x, const float* dy, float* dx, int64_t n);
-/// d gelu / dx.
-float gelu_grad(float x);
 float sigmoid(float x);
 float softplus_fwd(float x);
 float normal_cdf(float x);

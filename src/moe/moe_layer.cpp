@@ -87,7 +87,6 @@ inline void cpu_relax() {
 #endif
 }
 
-float gelu_scalar(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); }
 
 }  // namespace
 
@@ -256,11 +255,10 @@ Tensor MoeLayer::forward(const Tensor& x_in, const RoutingPolicy& policy, MoeSta
       kernels::linear_st(xe, m, h, w13_[e], tk.n_begin, tk.n_end, ae, i);
       const float* bias = b1_.empty() ? nullptr : b1_[e].data<float>();
       for (int64_t r = 0; r < m; ++r) {
-        float* row = ae + r * i;
-        for (int64_t c = tk.n_begin; c < tk.n_end; ++c) {
-          const float v = row[c] + (bias ? bias[c] : 0.0f);
-          row[c] = gelu_scalar(v);
-        }
+        float* row = ae + r * i + tk.n_begin;
+        if (bias)
+          for (int64_t c = 0; c < tk.n_end - tk.n_begin; ++c) row[c] += bias[tk.n_begin + c];
+        kernels::gelu_st(row, row, tk.n_end - tk.n_begin);
       }
     }
   };

@@ -77,8 +77,12 @@ void linear_naive(const float* x, int64_t m, int64_t k, const float* w, int64_t 
 void silu_st(const float* x, float* y, int64_t n);
 /// GELU, tanh approximation (as PyTorch's approximate="tanh").
 void gelu_tanh_st(const float* x, float* y, int64_t n);
-/// GELU, exact (erf), as PyTorch's default nn.GELU().
+/// GELU, exact (erf), as PyTorch's default nn.GELU(); x == y allowed. On AVX-512 erf is
+/// Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7), elsewhere std::erf.
 void gelu_st(const float* x, float* y, int64_t n);
+/// GELU's vector-Jacobian product, accumulated: dx[i] += dy[i] · GELU'(x[i]) with
+/// GELU'(x) = Φ(x) + x·φ(x) (same erf as gelu_st).
+void gelu_grad_acc_st(const float* x, const float* dy, float* dx, int64_t n);
 /// SwiGLU combine: out[i] = silu(gate[i]) * up[i].
 void swiglu_st(const float* gate, const float* up, float* out, int64_t n);
 /// y += alpha * x.

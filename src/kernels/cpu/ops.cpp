@@ -66,11 +66,28 @@ void gelu_tanh_st(const float* x, float* y, int64_t n) {
 }
 
 void gelu_st(const float* x, float* y, int64_t n) {
-  // erf has no cheap accurate vector form here; GELU-erf is not on a hot path of the
-  // engine (the MoE layer fuses its own activation), so std::erf keeps it exact.
+  if (n <= 0) return;
+  if (ops::avx512_supported()) {
+    ops::gelu_avx512(x, y, n);
+    return;
+  }
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
     y[i] = 0.5f * v * (1.0f + std::erf(v * 0.7071067811865476f));
+  }
+}
+
+void gelu_grad_acc_st(const float* x, const float* dy, float* dx, int64_t n) {
+  if (n <= 0) return;
+  if (ops::avx512_supported()) {
+    ops::gelu_grad_acc_avx512(x, dy, dx, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float cdf = 0.5f * (1.0f + std::erf(v * 0.7071067811865476f));
+    const float pdf = 0.3989422804014327f * std::exp(-0.5f * v * v);
+    dx[i] += dy[i] * (cdf + v * pdf);
   }
 }
 

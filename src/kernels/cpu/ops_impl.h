@@ -23,5 +23,9 @@ void gelu_tanh_avx512(const float* x, float* y, int64_t n);
 void swiglu_avx512(const float* gate, const float* up, float* out, int64_t n);
 void axpy_avx512(float alpha, const float* x, float* y, int64_t n);
 void softmax_rows_avx512(const float* x, float* y, int64_t rows, int64_t d);
+/// Exact GELU and dx += dy·GELU'(x) with erf from Abramowitz & Stegun 7.1.26 (|error| ≤
+/// 1.5e-7), in place allowed (x == y).
+void gelu_avx512(const float* x, float* y, int64_t n);
+void gelu_grad_acc_avx512(const float* x, const float* dy, float* dx, int64_t n);
 
 }  // namespace deltamoe::kernels::ops
