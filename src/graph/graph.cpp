@@ -70,35 +70,6 @@ Tensor uninit_tensor(const Shape& shape) {
   return Tensor::wrap(p, shape, DType::f32, std::move(keep));
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void layer_norm_rows(
-    const float* __restrict x, const float* __restrict gamma, const float* __restrict beta,
-    float* __restrict y, float* __restrict stats, int64_t rows, int64_t d, float eps) {
-  constexpr int kLanes = 16;
-  const int64_t dv = d / kLanes * kLanes;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * d;
-    float acc[kLanes] = {};
-    for (int64_t c = 0; c < dv; c += kLanes)
-      for (int l = 0; l < kLanes; ++l) acc[l] += xr[c + l];
-    float sum = 0.0f;
-    for (int l = 0; l < kLanes; ++l) sum += acc[l];
-    for (int64_t c = dv; c < d; ++c) sum += xr[c];
-    const float mu = sum / static_cast<float>(d);
-    float acc2[kLanes] = {};
-    for (int64_t c = 0; c < dv; c += kLanes)
-      for (int l = 0; l < kLanes; ++l) acc2[l] += (xr[c + l] - mu) * (xr[c + l] - mu);
-    float var = 0.0f;
-    for (int l = 0; l < kLanes; ++l) var += acc2[l];
-    for (int64_t c = dv; c < d; ++c) var += (xr[c] - mu) * (xr[c] - mu);
-    var /= static_cast<float>(d);
-    const float rstd = 1.0f / std::sqrt(var + eps);
-    float* yr = y + r * d;
-    for (int64_t c = 0; c < d; ++c) yr[c] = (xr[c] - mu) * rstd * gamma[c] + beta[c];
-    stats[2 * r] = mu;
-    stats[2 * r + 1] = rstd;
-  }
-}
-
 void gelu_forward(const float* x, float* y, int64_t n) { kernels::gelu_st(x, y, n); }
 void gelu_backward(const float* x, const float* dy, float* dx, int64_t n) {
   kernels::gelu_grad_acc_st(x, dy, dx, n);
@@ -453,7 +424,7 @@ Var Graph::layer_norm(Var x, Var gamma, Var beta, float eps) {
   const float *xp = xv.data<float>(), *g = value(gamma).data<float>(), *b = value(beta).data<float>();
   float* yp = y.data<float>();
   float* sp = stats.data<float>();
-  layer_norm_rows(xp, g, b, yp, sp, rows, d, eps);
+  kernels::layer_norm_rows_st(xp, g, b, yp, sp, rows, d, eps);
   Node n;
   n.op = Op::layer_norm;
   n.inputs = {x.id, gamma.id, beta.id};

@@ -19,10 +19,6 @@ inline void for_range(int64_t n, F&& fn) {
 /// An f32 tensor whose contents are undefined (not zero-filled), 64-byte aligned: for op
 /// outputs that are overwritten entirely (zero-filling them was 4-9% of a step).
 Tensor uninit_tensor(const Shape& shape);
-/// Row-wise layer norm forward of x[rows, d] into y, with the per-row mean and rstd in
-/// stats[2·r], stats[2·r+1] (lane-wise partial sums, vectorised; deterministic).
-void layer_norm_rows(const float* x, const float* gamma, const float* beta, float* y, float* stats,
-                     int64_t rows, int64_t d, float eps);
 /// y[i] = gelu(x[i]) for n elements (kernels::gelu_st).
 void gelu_forward(const float* x, float* y, int64_t n);
 /// dx[i] += dy[i]·gelu'(x[i]) for n elements (kernels::gelu_grad_acc_st).

@@ -36,17 +36,7 @@ void gelu_inplace(float* x, int64_t n) { kernels::gelu_st(x, x, n); }
 
 void layer_norm_rows(const float* x, int64_t rows, int64_t d, const float* gamma, const float* beta,
                      float* y, float eps) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * d;
-    float mu = 0.0f;
-    for (int64_t c = 0; c < d; ++c) mu += xr[c];
-    mu /= static_cast<float>(d);
-    float var = 0.0f;
-    for (int64_t c = 0; c < d; ++c) var += (xr[c] - mu) * (xr[c] - mu);
-    var /= static_cast<float>(d);
-    const float rstd = 1.0f / std::sqrt(var + eps);
-    for (int64_t c = 0; c < d; ++c) y[r * d + c] = (xr[c] - mu) * rstd * gamma[c] + beta[c];
-  }
+  kernels::layer_norm_rows_st(x, gamma, beta, y, nullptr, rows, d, eps);
 }
 
 }  // namespace deltamoe::serve::detail

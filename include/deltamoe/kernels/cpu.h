@@ -83,6 +83,11 @@ void gelu_st(const float* x, float* y, int64_t n);
 /// GELU's vector-Jacobian product, accumulated: dx[i] += dy[i] · GELU'(x[i]) with
 /// GELU'(x) = Φ(x) + x·φ(x) (same erf as gelu_st).
 void gelu_grad_acc_st(const float* x, const float* dy, float* dx, int64_t n);
+/// Row-wise layer norm: y[r, :] = (x[r, :] − mean) · rstd · gamma + beta over rows of d
+/// floats, rstd = 1/sqrt(var + eps) (biased variance). If `stats` is not null, writes mean and
+/// rstd of row r to stats[2r], stats[2r+1] (for the backward pass). x and y must not overlap.
+void layer_norm_rows_st(const float* x, const float* gamma, const float* beta, float* y,
+                        float* stats, int64_t rows, int64_t d, float eps);
 /// SwiGLU combine: out[i] = silu(gate[i]) * up[i].
 void swiglu_st(const float* gate, const float* up, float* out, int64_t n);
 /// y += alpha * x.

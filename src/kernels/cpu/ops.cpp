@@ -65,6 +65,40 @@ void gelu_tanh_st(const float* x, float* y, int64_t n) {
   ops::avx512_supported() ? ops::gelu_tanh_avx512(x, y, n) : ops::gelu_tanh_scalar(x, y, n);
 }
 
+// Lane-wise partial sums (16 lanes, then a fixed-order reduction): vectorised by the compiler
+// for each target clone and deterministic for a given clone.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void layer_norm_rows_st(
+    const float* __restrict x, const float* __restrict gamma, const float* __restrict beta,
+    float* __restrict y, float* __restrict stats, int64_t rows, int64_t d, float eps) {
+  constexpr int kLanes = 16;
+  const int64_t dv = d / kLanes * kLanes;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * d;
+    float acc[kLanes] = {};
+    for (int64_t c = 0; c < dv; c += kLanes)
+      for (int l = 0; l < kLanes; ++l) acc[l] += xr[c + l];
+    float sum = 0.0f;
+    for (int l = 0; l < kLanes; ++l) sum += acc[l];
+    for (int64_t c = dv; c < d; ++c) sum += xr[c];
+    const float mu = sum / static_cast<float>(d);
+    float acc2[kLanes] = {};
+    for (int64_t c = 0; c < dv; c += kLanes)
+      for (int l = 0; l < kLanes; ++l) acc2[l] += (xr[c + l] - mu) * (xr[c + l] - mu);
+    float var = 0.0f;
+    for (int l = 0; l < kLanes; ++l) var += acc2[l];
+    for (int64_t c = dv; c < d; ++c) var += (xr[c] - mu) * (xr[c] - mu);
+    var /= static_cast<float>(d);
+    const float rstd = 1.0f / std::sqrt(var + eps);
+    float* yr = y + r * d;
+    for (int64_t c = 0; c < d; ++c) yr[c] = (xr[c] - mu) * rstd * gamma[c] + beta[c];
+    if (stats) {
+      stats[2 * r] = mu;
+      stats[2 * r + 1] = rstd;
+    }
+  }
+}
+
+
 void gelu_st(const float* x, float* y, int64_t n) {
   if (n <= 0) return;
   if (ops::avx512_supported()) {
