@@ -119,20 +119,17 @@ double timed_parallel_sum_s(const float* p, size_t n, int threads) {
 }
 }  // namespace
 
-double measure_read_bandwidth_gbps(int threads, size_t bytes, int repeats) {
-  // Allocated like the weights it is compared with (Storage: 2 MiB pages where possible), so
-  // the roofline and the layer see the same TLB and prefetch behaviour.
-  StreamProbe probe(bytes);
-  const size_t n = bytes / sizeof(float) / 64 * 64;
-  double best = 0;
-  for (int rep = 0; rep < repeats; ++rep)
-    best = std::max(best, static_cast<double>(n * sizeof(float)) / probe.time_pass_s(n * sizeof(float), threads) / 1e9);
-  return best;
-}
-
 StreamProbe::StreamProbe(size_t buffer_bytes)
     : storage_(buffer_bytes), buf_(static_cast<float*>(storage_.data())), n_(buffer_bytes / sizeof(float)) {
   for (size_t i = 0; i < n_; ++i) buf_[i] = 1.0f;
+}
+
+double StreamProbe::best_pass_gbps(int threads, int repeats) {
+  const size_t bytes = n_ / 64 * 64 * sizeof(float);
+  double best = 0;
+  for (int rep = 0; rep < repeats; ++rep)
+    best = std::max(best, static_cast<double>(bytes) / time_pass_s(bytes, threads) / 1e9);
+  return best;
 }
 
 double StreamProbe::time_pass_s(size_t bytes, int threads) {

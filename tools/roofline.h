@@ -9,9 +9,6 @@
 
 namespace deltamoe::cli {
 
-/// DRAM read bandwidth in GB/s (1e9 bytes/s): best of `repeats` passes summing a buffer of
-/// `bytes` (large enough to miss every cache) on `threads` threads.
-double measure_read_bandwidth_gbps(int threads, size_t bytes = size_t{512} << 20, int repeats = 3);
 /// Times single read passes of a given size over fresh (not cached) memory, for comparing a
 /// memory-bound step with a plain stream of the same bytes measured right beside it.
 /// Not thread-safe; one per benchmark.
@@ -24,6 +21,9 @@ class StreamProbe {
   /// Seconds to read the next `bytes` of the buffer (wrapping around) on `threads` threads,
   /// each reading a contiguous share, as one parallel region.
   double time_pass_s(size_t bytes, int threads);
+  /// DRAM read bandwidth in GB/s (1e9 bytes/s): the best of `repeats` passes over the whole
+  /// buffer on `threads` threads.
+  double best_pass_gbps(int threads, int repeats = 3);
 
  private:
   Storage storage_;  // 2 MiB pages, like the weights

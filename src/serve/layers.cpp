@@ -31,12 +31,4 @@ void PackedLayer::apply(const float* x, int64_t m, float* y) const {
   kernels::linear_st(x, m, in, packed, 0, out, y, out, /*accumulate=*/true);
 }
 
-
-void gelu_inplace(float* x, int64_t n) { kernels::gelu_st(x, x, n); }
-
-void layer_norm_rows(const float* x, int64_t rows, int64_t d, const float* gamma, const float* beta,
-                     float* y, float eps) {
-  kernels::layer_norm_rows_st(x, gamma, beta, y, nullptr, rows, d, eps);
-}
-
 }  // namespace deltamoe::serve::detail

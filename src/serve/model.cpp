@@ -9,6 +9,7 @@
 
 #include "deltamoe/core/error.h"
 #include "deltamoe/moe/policies.h"
+#include "deltamoe/kernels/cpu.h"
 #include "serve/layers.h"
 
 namespace deltamoe::serve {
@@ -88,7 +89,7 @@ class RandomModel final : public ServeModel {
     DELTAMOE_ASSERT(e >= 0 && e < cfg_.experts);
     std::vector<float> mid(static_cast<size_t>(m * cfg_.inter));
     fc1_[e].apply(rows, m, mid.data());
-    detail::gelu_inplace(mid.data(), m * cfg_.inter);
+    kernels::gelu_st(mid.data(), mid.data(), m * cfg_.inter);
     fc2_[e].apply(mid.data(), m, out);
   }
   void head(const float* h, int64_t n, float* probs) const override {

@@ -13,6 +13,7 @@
 #include "deltamoe/models/moe_classifier.h"
 #include "deltamoe/moe/policies.h"
 #include "deltamoe/serve/model.h"
+#include "deltamoe/kernels/cpu.h"
 #include "serve/layers.h"
 
 namespace deltamoe::serve {
@@ -80,11 +81,11 @@ class TrainedModel final : public ServeModel {
     // The same scaling as the IDX loader the model was trained on (io::load_fashion_mnist).
     for (int64_t i = 0; i < n * in; ++i) xs[i] = x[i] * (1.0f / 255.0f);
     stem_.apply(xs.data(), n, h);
-    detail::gelu_inplace(h, n * cfg_.hidden);
+    kernels::gelu_st(h, h, n * cfg_.hidden);
   }
   void gate(int64_t l, const float* h, int64_t n, float* u, float* logits) const override {
     const Layer& ly = layers_[static_cast<size_t>(l)];
-    detail::layer_norm_rows(h, n, cfg_.hidden, ly.norm_w.data(), ly.norm_b.data(), u);
+    kernels::layer_norm_rows_st(h, ly.norm_w.data(), ly.norm_b.data(), u, nullptr, n, cfg_.hidden, 1e-5f);
     ly.router.apply(u, n, logits);
   }
   void expert(int64_t l, int64_t e, const float* rows, int64_t m, float* out) const override {
@@ -94,7 +95,7 @@ class TrainedModel final : public ServeModel {
     mid.resize(static_cast<size_t>(m * cfg_.inter));
     ly.fc1[e].apply(rows, m, mid.data());
     if (cfg_.activation == "gelu") {
-      detail::gelu_inplace(mid.data(), m * cfg_.inter);
+      kernels::gelu_st(mid.data(), mid.data(), m * cfg_.inter);
     } else {
       for (float& v : mid) v = std::max(v, 0.0f);
     }
@@ -120,7 +121,7 @@ class TrainedModel final : public ServeModel {
   }
   void head(const float* h, int64_t n, float* probs) const override {
     std::vector<float> u(static_cast<size_t>(n * cfg_.hidden)), z(static_cast<size_t>(n * cfg_.classes));
-    detail::layer_norm_rows(h, n, cfg_.hidden, head_norm_w_.data(), head_norm_b_.data(), u.data());
+    kernels::layer_norm_rows_st(h, head_norm_w_.data(), head_norm_b_.data(), u.data(), nullptr, n, cfg_.hidden, 1e-5f);
     head_.apply(u.data(), n, z.data());
     kernels::softmax_rows_st(z.data(), probs, n, cfg_.classes);
   }
