@@ -46,6 +46,7 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
   [](CLI::App& app) -> deltamoe::cli::Action {
     auto opts = std::make_shared<deltamoe::cli::RuntimeOptions>();
     auto lc = std::make_shared<deltamoe::serve::LoadConfig>();
+    lc->warmup_s = 0.25;
     auto url = std::make_shared<std::string>();
     auto in_process = std::make_shared<bool>(false);
     auto json = std::make_shared<bool>(false);
@@ -63,6 +64,14 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
     app.add_flag("!--no-keep-alive", lc->keep_alive, "HTTP: a new connection per request");
     app.add_option("--slo-ms", lc->slo_ms, "Latency objective for slo_attainment");
     app.add_option("--grace", lc->grace_s, "Seconds to wait for answers after --duration");
+    app.add_option("--warmup", lc->warmup_s,
+                   "In-process: seconds of the same load before the measured --duration (not counted; "
+                   "default 0.25)")
+        ->check(CLI::Range(0.0, 60.0));
+    app.add_option("--sender-tick-us", lc->sender_tick_us,
+                   "In-process open loop: the sender wakes at most this often and sends what is due "
+                   "(lateness counts in latency; each wake costs CPU the workers need)")
+        ->check(CLI::Range(int64_t{0}, int64_t{10000}));
     app.add_option("--load-seed", lc->seed, "Seed of arrivals and images");
     app.add_option("--images-idx", *images_idx,
                    "Send images from this IDX file (e.g. " + std::string(deltamoe::io::kFashionMnistDir) +
@@ -95,6 +104,11 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
         ej["queue_size"] = opts->queue_size;
         ej["queue_timeout_us"] = opts->queue_timeout_us;
         ej["adaptive"] = opts->adaptive;
+        // Share of the workers' time spent running batches (the rest: waiting, locking).
+        double busy_us = 0.0;
+        for (const auto& q : runtime->stats().queues) busy_us += q.busy_us;
+        const double worker_us = r.wall_s * 1e6 * static_cast<double>(runtime->config().workers);
+        ej["worker_busy_share"] = worker_us > 0 ? busy_us / worker_us : 0.0;
         extra = ej.dump();
       } else {
         DELTAMOE_CHECK(!url->empty(), "loadgen", "give --url http://127.0.0.1:PORT or --in-process");

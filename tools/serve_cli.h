@@ -26,6 +26,7 @@ struct RuntimeOptions {
   int64_t max_inflight = 2048;
   int64_t max_request_samples = 64;
   int workers = 2;
+  int64_t split_min_rows = 16;
 
   void add(CLI::App& app) {
     app.add_option("--model", model_path, "Checkpoint written by `deltamoe train` (M.safetensors, M.json beside it)");
@@ -43,6 +44,9 @@ struct RuntimeOptions {
     app.add_option("--max-inflight", max_inflight, "Admission bound in samples (beyond it: 503)");
     app.add_option("--max-request-images", max_request_samples, "Most images in one request");
     app.add_option("--workers", workers, "Worker threads running batches")->check(CLI::Range(1, 256));
+    app.add_option("--split-min-rows", split_min_rows,
+                   "Share a flushed batch with idle workers when each part keeps at least this many samples (0 = never)")
+        ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
   }
 
   std::shared_ptr<const serve::ServeModel> build_model() const {
@@ -66,6 +70,7 @@ struct RuntimeOptions {
     qc.max_inflight_samples = max_inflight;
     qc.max_request_samples = max_request_samples;
     qc.workers = workers;
+    qc.split_min_rows = split_min_rows;
     return std::make_shared<moe::ExpertQueueRuntime>(model, policies(*model), qc);
   }
 

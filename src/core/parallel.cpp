@@ -3,6 +3,13 @@
 #include <algorithm>
 #include <thread>
 
+#ifdef __linux__
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 extern "C" {
 void openblas_set_num_threads(int num_threads);
 int openblas_get_num_threads(void);
@@ -36,6 +43,25 @@ BlasThreadsGuard::BlasThreadsGuard(int threads) : previous_(openblas_get_num_thr
 }
 BlasThreadsGuard::~BlasThreadsGuard() {
   if (openblas_get_num_threads() != previous_) openblas_set_num_threads(previous_);
+}
+
+bool set_thread_timer_slack_ns(int64_t ns) {
+#ifdef __linux__
+  return prctl(PR_SET_TIMERSLACK, static_cast<unsigned long>(std::max<int64_t>(1, ns)), 0, 0, 0) == 0;
+#else
+  (void)ns;
+  return false;
+#endif
+}
+
+bool try_raise_thread_priority() {
+#ifdef __linux__
+  // On Linux nice is per thread (PRIO_PROCESS with a thread id).
+  const auto tid = static_cast<id_t>(syscall(SYS_gettid));
+  return setpriority(PRIO_PROCESS, tid, -10) == 0;
+#else
+  return false;
+#endif
 }
 
 }  // namespace deltamoe

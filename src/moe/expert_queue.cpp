@@ -90,6 +90,10 @@ struct ExpertQueueRuntime::Entry {
 struct ExpertQueueRuntime::Queue {
   std::deque<Entry> items;
   QueueStats stats;
+  // Samples at the front that must run now whatever B and T say: the rest of a flush that
+  // was split between workers, waiting for the next free one.
+  int64_t forced = 0;
+  FlushReason forced_reason = FlushReason::size;
 };
 
 struct ExpertQueueRuntime::Batch {
@@ -152,7 +156,11 @@ ExpertQueueRuntime::ExpertQueueRuntime(std::shared_ptr<const serve::ServeModel> 
   for (int w = 0; w < config_.workers; ++w) workers_.emplace_back([this] { worker_loop(); });
 }
 
-ExpertQueueRuntime::~ExpertQueueRuntime() { shutdown(); }
+ExpertQueueRuntime::~ExpertQueueRuntime() {
+  shutdown();
+  for (Sample* s : sample_pool_) delete s;
+  for (Request* r : request_pool_) delete r;
+}
 
 bool ExpertQueueRuntime::accepting() const {
   std::lock_guard<std::mutex> lk(mu_);
@@ -172,23 +180,44 @@ bool ExpertQueueRuntime::submit(const float* x, int64_t n, Callback done) {
     // Reserve the slots now, so that the allocations below happen outside the lock.
     stats_.inflight_samples += n;
   }
-  auto req = std::make_unique<Request>();
+  // Samples and requests come from pools: allocated by the submitting thread and freed by a
+  // worker, fresh ones would cost a handful of cross-thread mallocs each (glibc handles that
+  // pattern badly), and a sample's buffers keep their capacity across uses.
+  thread_local std::vector<Sample*> samples;
+  samples.assign(static_cast<size_t>(n), nullptr);
+  Request* req = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(pool_mu_);
+    for (int64_t i = 0; i < n && !sample_pool_.empty(); ++i) {
+      samples[static_cast<size_t>(i)] = sample_pool_.back();
+      sample_pool_.pop_back();
+    }
+    if (!request_pool_.empty()) {
+      req = request_pool_.back();
+      request_pool_.pop_back();
+    }
+  }
+  if (req == nullptr) req = new Request;
   req->x.assign(x, x + n * in);
   req->done = std::move(done);
   req->remaining = n;
   req->result.results.resize(static_cast<size_t>(n));
   const int64_t now = clock_->now_us();
   const int64_t deadline = config_.timeout_us >= 0 ? now + config_.timeout_us : INT64_MAX;
-  std::vector<Sample*> samples(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
-    auto* s = new Sample;
-    s->req = req.get();
+    Sample*& s = samples[static_cast<size_t>(i)];
+    if (s == nullptr) s = new Sample;
+    s->req = req;
     s->index = i;
     s->t_admit = now;
+    s->layer = 0;
     s->h.resize(static_cast<size_t>(d));
     s->u.resize(static_cast<size_t>(d));
+    s->used.clear();
     s->used.reserve(static_cast<size_t>(model_->layers()));
-    samples[static_cast<size_t>(i)] = s;
+    s->remaining = 0;
+    s->compute_us = 0;
+    s->layer_us = 0;
   }
   bool wake = false;
   {
@@ -202,7 +231,6 @@ bool ExpertQueueRuntime::submit(const float* x, int64_t n, Callback done) {
     wake = was_empty || static_cast<int64_t>(items.size()) >= std::max<int64_t>(1, static_cast<int64_t>(batch_limit_)) ||
            config_.timeout_us == 0 || draining_;
   }
-  req.release();  // owned by its samples now; deleted when the last one finishes
   if (wake) cv_.notify_one();
   return true;
 }
@@ -232,11 +260,13 @@ bool ExpertQueueRuntime::take_batch_locked(int64_t now, Batch& out) {
   int64_t best_t = INT64_MAX;
   FlushReason best_reason = FlushReason::size;
   for (size_t q = 0; q < queues_.size(); ++q) {
-    const auto& items = queues_[q]->items;
+    const auto& queue = *queues_[q];
+    const auto& items = queue.items;
     if (items.empty()) continue;
     const int64_t oldest = items.front().deadline;
     FlushReason reason;
-    if (static_cast<int64_t>(items.size()) >= limit) reason = FlushReason::size;
+    if (queue.forced > 0) reason = queue.forced_reason;
+    else if (static_cast<int64_t>(items.size()) >= limit) reason = FlushReason::size;
     else if (now >= oldest) reason = FlushReason::timeout;
     else if (draining_) reason = FlushReason::drain;
     else continue;
@@ -250,14 +280,35 @@ bool ExpertQueueRuntime::take_batch_locked(int64_t now, Batch& out) {
   }
   if (best == SIZE_MAX) return false;
   Queue& queue = *queues_[best];
-  const int64_t take = std::min<int64_t>(limit, static_cast<int64_t>(queue.items.size()));
+  int64_t take = std::min<int64_t>(queue.forced > 0 ? queue.forced : limit, static_cast<int64_t>(queue.items.size()));
+  const bool continuing = queue.forced > 0;
+  queue.forced = std::max<int64_t>(0, queue.forced - take);
+  // Share a fresh flush with the idle workers: this one takes the first part, the rest stays
+  // at the front marked as forced, and one idle worker is woken per remaining part.
+  int parts = 1;
+  if (!continuing && config_.split_min_rows > 0 && idle_workers_ > 0) {
+    parts = static_cast<int>(std::min<int64_t>(1 + idle_workers_, take / config_.split_min_rows));
+    parts = std::max(parts, 1);
+  }
+  if (parts > 1) {
+    const int64_t first = (take + parts - 1) / parts;
+    queue.forced = take - first;
+    queue.forced_reason = best_reason;
+    take = first;
+    ++queue.stats.splits;
+    for (int p = 1; p < parts; ++p) cv_.notify_one();
+  }
   out.queue = best;
   out.reason = best_reason;
   out.entries.assign(queue.items.begin(), queue.items.begin() + take);
   queue.items.erase(queue.items.begin(), queue.items.begin() + take);
-  ++queue.stats.flushes[static_cast<int>(best_reason)];
+  // A split flush counts once, with all its samples, in the flush and batch-size counters.
+  if (!continuing) {
+    ++queue.stats.flushes[static_cast<int>(best_reason)];
+    queue.stats.batch_sizes.observe(static_cast<double>(take + queue.forced));
+  }
   queue.stats.samples += static_cast<uint64_t>(take);
-  queue.stats.batch_sizes.observe(static_cast<double>(take));
+  ++queue.stats.runs;
   return true;
 }
 
@@ -285,6 +336,8 @@ int64_t ExpertQueueRuntime::run_ready() {
 }
 
 void ExpertQueueRuntime::worker_loop() {
+  // Queue timeouts are tens to hundreds of µs; the default 50 µs timer slack would add to each.
+  set_thread_timer_slack_ns(1000);
   std::unique_lock<std::mutex> lk(mu_);
   Batch batch;
   for (;;) {
@@ -296,12 +349,14 @@ void ExpertQueueRuntime::worker_loop() {
     }
     if (stopping_) return;
     const int64_t deadline = next_deadline_locked();
+    ++idle_workers_;
     if (deadline == INT64_MAX) {
       cv_.wait(lk);
     } else {
       const int64_t wait = std::max<int64_t>(1, deadline - clock_->now_us());
       cv_.wait_for(lk, std::chrono::microseconds(wait));
     }
+    --idle_workers_;
   }
 }
 
@@ -532,10 +587,22 @@ void ExpertQueueRuntime::finish_samples(std::vector<Sample*>& done, const float*
       }
     }
   }
-  for (Sample* s : done) delete s;
   for (Request* r : finished) {
     if (r->done) r->done(std::move(r->result));
-    delete r;
+    r->done = nullptr;  // releases what the callback captured
+    r->result.results.clear();
+  }
+  {
+    std::lock_guard<std::mutex> lk(pool_mu_);
+    const size_t cap = static_cast<size_t>(config_.max_inflight_samples);
+    for (Sample* s : done) {
+      if (sample_pool_.size() < cap) sample_pool_.push_back(s);
+      else delete s;
+    }
+    for (Request* r : finished) {
+      if (request_pool_.size() < cap) request_pool_.push_back(r);
+      else delete r;
+    }
   }
   if (idle) idle_cv_.notify_all();
 }

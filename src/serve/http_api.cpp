@@ -187,6 +187,10 @@ std::string render_prometheus(const moe::RuntimeStats& rt, const HttpCounters& h
   os << "# HELP deltamoe_queue_batch_size Realised batch sizes.\n# TYPE deltamoe_queue_batch_size histogram\n";
   for (const auto& q : rt.queues)
     histogram_text(os, "deltamoe_queue_batch_size", "queue=\"" + q.name + "\"", q.batch_sizes, 1.0);
+  os << "# HELP deltamoe_queue_split_flushes_total Flushes shared between idle workers.\n"
+     << "# TYPE deltamoe_queue_split_flushes_total counter\n";
+  for (const auto& q : rt.queues)
+    os << "deltamoe_queue_split_flushes_total{queue=\"" << q.name << "\"} " << q.splits << "\n";
   os << "# TYPE deltamoe_queue_busy_seconds_total counter\n";
   for (const auto& q : rt.queues)
     os << "deltamoe_queue_busy_seconds_total{queue=\"" << q.name << "\"} " << q.busy_us * 1e-6 << "\n";

@@ -11,8 +11,10 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
+#include <time.h>
 
 #include "deltamoe/core/error.h"
+#include "deltamoe/core/parallel.h"
 #include "deltamoe/serve/http_api.h"
 
 #ifdef DELTAMOE_HAVE_HTTPLIB
@@ -24,6 +26,13 @@ namespace deltamoe::serve {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// CPU time of the calling thread (0 where unsupported).
+double thread_cpu_seconds() {
+  timespec ts{};
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0.0;
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
 
 double us_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::micro>(b - a).count();
@@ -99,6 +108,8 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
   j["images_per_request"] = c.images_per_request;
   j["duration_s"] = r.duration_s;
   j["wall_s"] = r.wall_s;
+  j["warmup_s"] = r.warmup_s;
+  j["warmup_requests"] = r.warmup_requests;
   j["requests_sent"] = r.sent;
   j["requests_ok"] = r.ok;
   j["requests_not_sent"] = r.not_sent;
@@ -135,6 +146,29 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
     j["mean_queue_ms"] = qs / static_cast<double>(r.queue_us.size()) / 1000.0;
     j["mean_compute_ms"] = cs / static_cast<double>(r.queue_us.size()) / 1000.0;
   }
+  // Where the latency comes from: the runtime's own (admission → done) and the client's lag
+  // in sending (a late send counts in the latency above, as it must: no coordinated omission).
+  if (!r.server_latency_us.empty()) {
+    j["server_p50_ms"] = percentile(r.server_latency_us, 0.5) / 1000.0;
+    const double p99 = percentile(r.server_latency_us, 0.99);
+    j["server_p99_ms"] = p99 / 1000.0;
+    // The slowest 1 %: how much of their time was queueing and how much compute.
+    double tq = 0, tc = 0, tn = 0;
+    for (size_t i = 0; i < r.server_latency_us.size(); ++i)
+      if (r.server_latency_us[i] >= p99) {
+        tq += r.queue_us[i];
+        tc += r.compute_us[i];
+        ++tn;
+      }
+    j["tail_queue_ms"] = tn > 0 ? tq / tn / 1000.0 : 0.0;
+    j["tail_compute_ms"] = tn > 0 ? tc / tn / 1000.0 : 0.0;
+  }
+  if (!r.send_lag_us.empty()) {
+    j["sender_priority_raised"] = r.sender_priority_raised;
+    j["sender_cpu_share"] = r.wall_s > 0 ? r.sender_cpu_s / r.wall_s : 0.0;
+    j["send_lag_p50_ms"] = percentile(r.send_lag_us, 0.5) / 1000.0;
+    j["send_lag_p99_ms"] = percentile(r.send_lag_us, 0.99) / 1000.0;
+  }
   const auto extra = nlohmann::json::parse(extra_json);
   for (auto it = extra.begin(); it != extra.end(); ++it) j[it.key()] = it.value();
   return j.dump();
@@ -142,23 +176,27 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
 
 std::string runtime_stats_json(const moe::RuntimeStats& s) {
   nlohmann::json j;
-  double expert_batches = 0, expert_samples = 0, expert_busy = 0, timeouts = 0, flushes = 0;
+  double expert_batches = 0, expert_samples = 0, expert_busy = 0, expert_runs = 0, timeouts = 0, flushes = 0,
+         splits = 0;
   for (size_t q = 0; q < s.queues.size(); ++q) {
     const auto& qs = s.queues[q];
     const double f = static_cast<double>(qs.flushes[0] + qs.flushes[1] + qs.flushes[2]);
     flushes += f;
     timeouts += static_cast<double>(qs.flushes[1]);
+    splits += static_cast<double>(qs.splits);
     if (q == 0) {
       j["mean_batch_stem"] = f > 0 ? static_cast<double>(qs.samples) / f : 0.0;
-      j["mean_stem_service_ms"] = f > 0 ? qs.busy_us / f / 1000.0 : 0.0;
+      j["mean_stem_service_ms"] = qs.runs > 0 ? qs.busy_us / static_cast<double>(qs.runs) / 1000.0 : 0.0;
     } else {
       expert_batches += f;
       expert_samples += static_cast<double>(qs.samples);
       expert_busy += qs.busy_us;
+      expert_runs += static_cast<double>(qs.runs);
     }
   }
   j["mean_batch_expert"] = expert_batches > 0 ? expert_samples / expert_batches : 0.0;
-  j["mean_expert_service_ms"] = expert_batches > 0 ? expert_busy / expert_batches / 1000.0 : 0.0;
+  j["mean_expert_service_ms"] = expert_runs > 0 ? expert_busy / expert_runs / 1000.0 : 0.0;
+  j["split_flush_share"] = flushes > 0 ? splits / flushes : 0.0;
   j["mean_expert_rows_per_call"] =
       s.expert_calls > 0 ? static_cast<double>(s.expert_rows) / static_cast<double>(s.expert_calls) : 0.0;
   j["timeout_flush_share"] = flushes > 0 ? timeouts / flushes : 0.0;
@@ -185,16 +223,27 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
   std::condition_variable cv;
   int64_t outstanding = 0;
   const auto start = Clock::now();
-  const auto end = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.duration_s));
+  // Requests scheduled before `measured_from` warm the runtime up (first-touch of its pools
+  // and buffers, caches, the CPU's clock); they are served like any other but not counted.
+  const auto measured_from =
+      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.warmup_s));
+  const auto end = measured_from + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.duration_s));
+  r.warmup_s = c.warmup_s;
 
   auto record = [&](Clock::time_point scheduled, moe::RequestResult&& res) {
     const auto now = Clock::now();
     std::lock_guard<std::mutex> lk(mu);
+    if (scheduled < measured_from) {
+      ++r.warmup_requests;
+      if (--outstanding == 0) cv.notify_all();
+      return;
+    }
     ++r.ok;
     r.latency_us.push_back(us_between(scheduled, now));
     for (const auto& s : res.results) {
       r.queue_us.push_back(static_cast<double>(s.queue_us));
       r.compute_us.push_back(static_cast<double>(s.compute_us));
+      r.server_latency_us.push_back(static_cast<double>(s.latency_us));
       r.experts_sum += s.mean_experts();
     }
     // Wake the waiting thread only when it can finish: a wake-up per answer would cost a
@@ -211,7 +260,7 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
       {
         std::lock_guard<std::mutex> lk(mu);
         ++outstanding;
-        ++r.sent;
+        if (scheduled >= measured_from) ++r.sent;
       }
       const bool ok = runtime.submit(images.data() + (k % pool) * stride, c.images_per_request,
                                      [&, scheduled](moe::RequestResult&& res) {
@@ -223,7 +272,7 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
       if (!ok) {
         std::lock_guard<std::mutex> lk(mu);
         --outstanding;
-        ++r.errors["503"];
+        if (scheduled >= measured_from) ++r.errors["503"];
         cv.notify_all();
       }
     };
@@ -233,30 +282,55 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
     std::unique_lock<std::mutex> lk(mu);
     cv.wait_until(lk, end, [&] { return outstanding == 0; });
   } else {
-    const auto schedule = poisson_schedule_us(c.rate_rps, c.duration_s, c.seed);
-    for (size_t k = 0; k < schedule.size(); ++k) {
-      const auto scheduled = start + std::chrono::microseconds(static_cast<int64_t>(schedule[k]));
-      std::this_thread::sleep_until(scheduled);
-      {
-        std::lock_guard<std::mutex> lk(mu);
-        ++outstanding;
-        ++r.sent;
+    const auto schedule = poisson_schedule_us(c.rate_rps, c.warmup_s + c.duration_s, c.seed);
+    // The sender is its own thread, woken precisely (1 µs timer slack) and, where allowed,
+    // ahead of the runtime's workers: with as many workers as cores, a sender at equal
+    // priority waits for a CPU behind the batches it is measuring, and its lag, which is
+    // counted in the latency, would be the client's doing, not the server's.
+    std::thread sender([&] {
+      set_thread_timer_slack_ns(1000);
+      r.sender_priority_raised = try_raise_thread_priority();
+      double sender_cpu_at_measure = -1.0;
+      // Wake at most every sender_tick_us and send everything due: a timed wake-up costs
+      // ~10 µs of CPU in a VM, so one per request (tens of thousands per second) would take a
+      // good part of a core from the workers. A request sent late counts its lag in its
+      // latency (≤ the tick plus scheduling).
+      const auto kMinWakeGap = std::chrono::microseconds(std::max<int64_t>(0, c.sender_tick_us));
+      auto last_wake = start - kMinWakeGap;
+      for (size_t k = 0; k < schedule.size(); ++k) {
+        const auto scheduled = start + std::chrono::microseconds(static_cast<int64_t>(schedule[k]));
+        if (Clock::now() < scheduled) {
+          std::this_thread::sleep_until(std::max(scheduled, last_wake + kMinWakeGap));
+          last_wake = Clock::now();
+        }
+        const bool measured = scheduled >= measured_from;
+        if (measured && sender_cpu_at_measure < 0) sender_cpu_at_measure = thread_cpu_seconds();
+        {
+          std::lock_guard<std::mutex> lk(mu);
+          ++outstanding;
+          if (measured) {
+            ++r.sent;
+            r.send_lag_us.push_back(us_between(scheduled, Clock::now()));
+          }
+        }
+        const bool ok = runtime.submit(images.data() + static_cast<int64_t>(k % pool) * stride, c.images_per_request,
+                                       [&, scheduled](moe::RequestResult&& res) { record(scheduled, std::move(res)); });
+        if (!ok) {
+          std::lock_guard<std::mutex> lk(mu);
+          --outstanding;
+          if (measured) ++r.errors["503"];
+        }
       }
-      const bool ok = runtime.submit(images.data() + static_cast<int64_t>(k % pool) * stride, c.images_per_request,
-                                     [&, scheduled](moe::RequestResult&& res) { record(scheduled, std::move(res)); });
-      if (!ok) {
-        std::lock_guard<std::mutex> lk(mu);
-        --outstanding;
-        ++r.errors["503"];
-      }
-    }
+      r.sender_cpu_s = thread_cpu_seconds() - sender_cpu_at_measure;
+    });
+    sender.join();
   }
   runtime.shutdown();  // drains what B/T still hold (T = ∞), so every admitted request is counted
   {
     std::unique_lock<std::mutex> lk(mu);
     cv.wait(lk, [&] { return outstanding == 0; });
   }
-  r.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+  r.wall_s = std::chrono::duration<double>(Clock::now() - measured_from).count();
   return r;
 }
 

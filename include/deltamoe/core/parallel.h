@@ -38,6 +38,17 @@ class BlasThreadsGuard {
 void set_blas_threads(int n);
 int blas_threads();
 
+/// Sets the calling thread's timer slack to `ns` nanoseconds (Linux; elsewhere a no-op), so
+/// timed waits of latency-sensitive threads (queue timeouts, a load generator's schedule)
+/// wake within microseconds instead of the default 50 µs. Returns whether it was applied.
+bool set_thread_timer_slack_ns(int64_t ns);
+
+/// Raises the calling thread's scheduling priority (nice −10) where the process may do so
+/// (CAP_SYS_NICE, e.g. root); returns false and changes nothing otherwise. Used by the
+/// in-process load generator, whose sender must not wait for a CPU behind the workers it is
+/// measuring on a machine with as many cores as workers.
+bool try_raise_thread_priority();
+
 }  // namespace deltamoe
 
 #include <algorithm>

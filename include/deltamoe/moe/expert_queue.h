@@ -92,6 +92,11 @@ struct QueueConfig {
   int64_t max_request_samples = 256;
   /// Worker threads running batches. 0 = manual mode: nothing runs until step() is called.
   int workers = 2;
+  /// Split a flushed batch between idle workers when every part keeps at least this many
+  /// samples (0 = never split). A batch of m rows on one worker leaves the others idle for
+  /// its whole service time; split in two, its samples finish in about half the time, at the
+  /// cost of one more pass over the weights (small once parts hold a few dozen rows).
+  int64_t split_min_rows = 16;
   /// Adaptive B (AIMD against latency_target_us); max_batch is then the upper bound.
   bool adaptive = false;
   double latency_target_us = 5000.0;
@@ -138,9 +143,11 @@ struct QueueStats {
   int64_t depth = 0;               // samples waiting now
   int64_t current_batch_limit = 0; // B now (adaptive mode changes it)
   uint64_t flushes[3] = {0, 0, 0}; // by FlushReason
+  uint64_t splits = 0;             // flushes shared with idle workers (split_min_rows)
+  uint64_t runs = 0;               // batches run (a split flush runs as several)
   uint64_t samples = 0;            // samples run
   Histogram batch_sizes{{1, 2, 4, 8, 16, 32, 64, 128, 256, 512}};
-  double busy_us = 0.0;            // wall time spent running its batches
+  double busy_us = 0.0;            // wall time spent running its batches (summed over runs)
 };
 
 struct RuntimeStats {
@@ -232,8 +239,13 @@ class ExpertQueueRuntime {
   bool accepting_ = true, draining_ = false, stopping_ = false;
   RuntimeStats stats_;
   double batch_limit_ = 1.0;      // B now (fixed unless adaptive)
+  int idle_workers_ = 0;          // workers waiting on cv_ (under mu_)
   int64_t last_decrease_us_ = 0;  // adaptive: time of the last multiplicative decrease
   std::vector<std::thread> workers_;
+  // Finished samples and requests, reused by submit() (at most max_inflight_samples each).
+  std::mutex pool_mu_;
+  std::vector<Sample*> sample_pool_;
+  std::vector<Request*> request_pool_;
 };
 
 }  // namespace deltamoe::moe

@@ -25,6 +25,8 @@ struct LoadConfig {
   uint64_t seed = 1;
   double slo_ms = 5.0;              // for SLO attainment
   double grace_s = 30.0;            // after duration: wait this long for answers, then give up
+  double warmup_s = 0.0;            // in-process: load before the measured window, not counted
+  int64_t sender_tick_us = 50;      // in-process open loop: the sender wakes at most this often
   /// Images to send, n × 784 pixels 0..255 (e.g. Fashion-MNIST); empty = synthetic_images.
   std::vector<float> image_pool;
 };
@@ -39,6 +41,12 @@ struct LoadResult {
   std::vector<double> latency_us;         // answered requests, from scheduled send time
   std::vector<double> queue_us, compute_us;  // in-process only, per sample
   double experts_sum = 0.0;                  // in-process only: Σ over samples of mean experts per layer
+  std::vector<double> server_latency_us;     // in-process only, per sample: admission → done
+  std::vector<double> send_lag_us;           // in-process open loop: actual submit − scheduled time
+  bool sender_priority_raised = false;       // in-process open loop: sender ran at nice −10
+  double warmup_s = 0.0;
+  int64_t warmup_requests = 0;               // answered during the warm-up, not counted
+  double sender_cpu_s = 0.0;                 // in-process open loop: the sender thread's CPU time
 };
 
 /// Summary JSON (one object): counts, throughput_rps, p50/p95/p99/mean/max latency in ms,
