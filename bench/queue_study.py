@@ -2,17 +2,24 @@
 """Per-expert queue study (issue 5): drives `deltamoe loadgen --in-process` and `deltamoe serve`
 over a reduced grid and writes CSVs + latency samples for python/plot_queues.py.
 
-Model: a trained checkpoint (--model; trained for one epoch with top-2 when missing).
+Models: a trained checkpoint (--model; trained for one epoch with top-2 when missing), and a
+wide one (--wide-model: hidden 512, experts 512->2048->512, 8 MB of f32 weights per expert,
+trained for 3 epochs when missing, ~3 min) whose experts stream from DRAM at B = 1.
 Sweeps (per routing policy, fixed top-k and delta top-p):
-  closed   closed-loop max throughput, per-expert and whole-model, B in {1,4,16,64,256}, T = inf
-           (every batch has exactly B samples: the pure effect of B)
-  bt       open loop at 70% of that configuration's capacity, per-expert, B x T grid
-  load     open loop at 10..90% of each method's capacity for six methods (B=1, whole-model x2,
-           per-expert x2, adaptive); latencies of the 70% runs are kept for CDFs
-  overload HTTP on loopback at 2x the HTTP capacity for 30 s, server RSS sampled, then recovery
+  closed       closed-loop max throughput, per-expert and whole-model, B in {1,4,16,64,256},
+               T = inf (every batch has exactly B samples: the pure effect of B), 2 workers
+  closed-wide  the same on the wide model
+  bt           open loop at 70% of that configuration's capacity, per-expert, B x T grid,
+               --latency-workers workers (default 1: the in-process client, 0.2-0.3 of a core,
+               gets the other core); p99 checked against T + 2 x the wave service time
+  bt2          three of those with 2 workers (server and client share both cores)
+  load         open loop at 10..90% of each method's capacity for six methods (B=1, whole-model x2,
+               per-expert x2, adaptive), --latency-workers; latencies of the 70% runs kept for CDFs
+  overload     HTTP on loopback at 2x the HTTP capacity for 30 s, server RSS sampled, then recovery
 
-Capacity of a configuration (mode, B, T, policy) = its own closed-loop throughput (1024
-requests of one image outstanding), measured just before its open-loop runs.
+Capacity of a configuration (mode, B, T, policy, workers) = its own closed-loop throughput
+(1024 requests of one image outstanding), measured just before its open-loop runs. Every
+in-process run has a 0.25 s warm-up that is not counted.
 Usage: python3 bench/queue_study.py --bin build/deltamoe --out docs/experiments/expert-queues
 """
 import argparse
@@ -32,6 +39,7 @@ ALL_B = [1, 4, 16, 64, 256]
 BT_B = [1, 16, 64]
 BT_T = [0, 200, 1000, -1]
 LOADS = [0.1, 0.3, 0.5, 0.7, 0.9]
+BT2 = [(16, 200), (64, 200), (64, 1000)]
 METHODS = [  # name, mode, B, T, adaptive
     ("no-batching B=1", "whole-model", 1, 0, False),
     ("whole-model B=16 T=200", "whole-model", 16, 200, False),
@@ -42,8 +50,9 @@ METHODS = [  # name, mode, B, T, adaptive
 ]
 
 
-def loadgen(args, extra, timeout=120):
-    cmd = [args.bin, "loadgen", "--json", "--workers", "2", "--max-inflight", "4096", "--model", args.model] + extra
+def loadgen(args, extra, timeout=120, workers=2, model=None):
+    cmd = [args.bin, "loadgen", "--json", "--workers", str(workers), "--max-inflight", "4096",
+           "--model", model or args.model] + extra
     if args.images_idx:
         cmd += ["--images-idx", args.images_idx]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -85,8 +94,17 @@ def row(sweep, policy, method, mode, b, t, adaptive, load, j):
     for k in ["offered_rps", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "max_ms",
               "slo_attainment", "requests_sent", "requests_ok", "requests_error", "mean_batch_stem",
               "mean_batch_expert", "timeout_flush_share", "mean_queue_ms", "mean_compute_ms",
-              "mean_stem_service_ms", "mean_expert_service_ms", "final_batch_limit", "mean_experts", "mean_expert_rows_per_call"]:
+              "mean_stem_service_ms", "mean_expert_service_ms", "final_batch_limit", "mean_experts",
+              "mean_expert_rows_per_call", "workers", "wave_service_ms", "server_p50_ms", "server_p99_ms",
+              "tail_queue_ms", "tail_compute_ms", "send_lag_p99_ms", "sender_cpu_share", "worker_busy_share",
+              "split_flush_share"]:
         r[k] = j.get(k, "")
+    if sweep.startswith("bt") and j.get("wave_service_ms") is not None:
+        # The latency target: p99 <= T + 2 x the batch service time (for this multi-stage
+        # pipeline, the wave service time: a stem batch through every stage).
+        bound = float("inf") if t < 0 else t / 1000.0 + 2 * j["wave_service_ms"]
+        r["bound_ms"] = "inf" if t < 0 else round(bound, 4)
+        r["meets_bound"] = j["p99_ms"] <= bound
     return r
 
 
@@ -96,16 +114,27 @@ def in_process(args):
     curve = json.loads(out.stdout)
     write_csv(os.path.join(args.out, "model_curve.csv"), curve["curve"])
     with open(os.path.join(args.out, "model.json"), "w") as f:
-        json.dump({"model": curve["model"], "layers": curve.get("layers", 1), "path": args.model}, f, indent=1)
+        json.dump({"model": curve["model"], "layers": curve.get("layers", 1), "path": args.model,
+                   "latency_workers": args.latency_workers}, f, indent=1)
     closed, opened = [], []
     os.makedirs(os.path.join(args.out, "latencies"), exist_ok=True)
     d = str(args.duration)
+    lw = args.latency_workers
     capacity = {}
 
-    def cap_of(policy, mode, b, t, adaptive=False):
-        j = loadgen(args, runtime_args(mode, b, t, adaptive, policy) +
-                    ["--closed-loop", "--concurrency", "1024", "--duration", d])
-        return j
+    def cap_of(policy, mode, b, t, adaptive=False, workers=2):
+        return loadgen(args, runtime_args(mode, b, t, adaptive, policy) +
+                       ["--closed-loop", "--concurrency", "1024", "--duration", d], workers=workers)
+
+    def bt_run(sweep, policy, b, t, workers):
+        c = cap_of(policy, "per-expert", b, t, workers=workers)["throughput_rps"]
+        j = loadgen(args, runtime_args("per-expert", b, t, False, policy) +
+                    ["--rate", f"{0.7 * c:.1f}", "--duration", d], workers=workers)
+        r = row(sweep, policy, f"per-expert B={b} T={t}", "per-expert", b, t, False, 0.7, j)
+        r["capacity_rps"] = c
+        print(f"{sweep} {policy} B={b} T={t} workers={workers}: capacity {c:.0f}/s, p99 {j['p99_ms']:.2f} ms "
+              f"(bound {r.get('bound_ms')})", file=sys.stderr)
+        return r
 
     for policy in POLICIES:
         best = 0.0
@@ -117,17 +146,16 @@ def in_process(args):
                 print(f"closed {policy} {mode} B={b}: {j['throughput_rps']:.0f}/s", file=sys.stderr)
         capacity[policy] = {"best_closed_loop_rps": best}
         write_csv(os.path.join(args.out, "closed_loop.csv"), closed)
+        # Latency sweeps: `lw` workers (default 1, so that the in-process client, which costs
+        # 0.2-0.3 of a core, has the other core of a 2-core machine to itself).
         for b in BT_B:
             for t in BT_T:
-                c = cap_of(policy, "per-expert", b, t)["throughput_rps"]
-                j = loadgen(args, runtime_args("per-expert", b, t, False, policy) +
-                            ["--rate", f"{0.7 * c:.1f}", "--duration", d])
-                r = row("bt", policy, f"per-expert B={b} T={t}", "per-expert", b, t, False, 0.7, j)
-                r["capacity_rps"] = c
-                opened.append(r)
-                print(f"bt {policy} B={b} T={t}: capacity {c:.0f}/s, p99 {j['p99_ms']:.2f} ms", file=sys.stderr)
+                opened.append(bt_run("bt", policy, b, t, lw))
+        if policy == POLICIES[0] and lw != 2:
+            for b, t in BT2:  # the same check with 2 workers sharing both cores with the client
+                opened.append(bt_run("bt2", policy, b, t, 2))
         for name, mode, b, t, adaptive in METHODS:
-            c = cap_of(policy, mode, b, t, adaptive)["throughput_rps"]
+            c = cap_of(policy, mode, b, t, adaptive, workers=lw)["throughput_rps"]
             capacity[policy][name] = c
             for load in LOADS:
                 extra = ["--rate", f"{load * c:.1f}", "--duration", d]
@@ -135,7 +163,7 @@ def in_process(args):
                     safe = name.replace(" ", "_").replace("<=", "le").replace("=", "")
                     extra += ["--latencies-out",
                               os.path.join(args.out, "latencies", f"{policy.replace(':', '')}_{safe}.txt")]
-                j = loadgen(args, runtime_args(mode, b, t, adaptive, policy) + extra)
+                j = loadgen(args, runtime_args(mode, b, t, adaptive, policy) + extra, workers=lw)
                 r = row("load", policy, name, mode, b, t, adaptive, load, j)
                 r["capacity_rps"] = c
                 opened.append(r)
@@ -144,6 +172,30 @@ def in_process(args):
             write_csv(os.path.join(args.out, "open_loop.csv"), opened)
     with open(os.path.join(args.out, "capacity.json"), "w") as f:
         json.dump(capacity, f, indent=1)
+
+
+def wide(args):
+    """Closed-loop throughput vs B on the wide model, whose experts (8 MB of f32 weights each)
+    do not fit in the cache: at B = 1 every expert call streams its weights from DRAM."""
+    if not os.path.exists(args.wide_model):
+        os.makedirs(os.path.dirname(args.wide_model) or ".", exist_ok=True)
+        print("training the wide model (hidden 512, inter 2048, 3 epochs) ...", file=sys.stderr)
+        subprocess.run([args.bin, "train", "--routing", "top-k", "--k", "2", "--epochs", "3", "--lr", "1e-3",
+                        "--hidden", "512", "--inter", "2048", "--threads", "2", "--no-progress",
+                        "--out", args.wide_model], check=True, stdout=subprocess.DEVNULL)
+    out = subprocess.run([args.bin, "loadgen", "--model-curve", "--model", args.wide_model], capture_output=True,
+                         text=True, timeout=600)
+    write_csv(os.path.join(args.out, "model_curve_wide.csv"), json.loads(out.stdout)["curve"])
+    rows = []
+    for policy in POLICIES:
+        for mode in ["per-expert", "whole-model"]:
+            for b in ALL_B:
+                j = loadgen(args, runtime_args(mode, b, -1, False, policy) +
+                            ["--closed-loop", "--concurrency", "1024", "--duration", str(args.duration)],
+                            model=args.wide_model, timeout=300)
+                rows.append(row("closed-wide", policy, f"{mode} B={b}", mode, b, -1, False, "", j))
+                print(f"wide {policy} {mode} B={b}: {j['throughput_rps']:.0f}/s", file=sys.stderr)
+    write_csv(os.path.join(args.out, "closed_loop_wide.csv"), rows)
 
 
 def rss_kib(pid):
@@ -218,6 +270,11 @@ def main():
     ap.add_argument("--duration", type=float, default=1.5, help="seconds per in-process run")
     ap.add_argument("--overload-s", type=float, default=30.0)
     ap.add_argument("--skip-overload", action="store_true")
+    ap.add_argument("--latency-workers", type=int, default=1,
+                    help="workers in the open-loop latency sweeps (1: the in-process client gets the other core)")
+    ap.add_argument("--wide-model", default="out/queue-study/wide-top2.safetensors",
+                    help="wide checkpoint (8 MB experts) for the B=1 vs B=64 throughput; trained when missing")
+    ap.add_argument("--skip-wide", action="store_true")
     ap.add_argument("--only-overload", action="store_true")
     ap.add_argument("--images-idx", default="/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
                     help="images to send (IDX); '' for synthetic ones")
@@ -225,7 +282,8 @@ def main():
     args = ap.parse_args()
     if args.quick:
         global ALL_B, BT_B, BT_T, LOADS, METHODS
-        ALL_B, BT_B, BT_T, LOADS = [1, 64], [1, 64], [0, -1], [0.3, 0.7]
+        global BT2
+        ALL_B, BT_B, BT_T, LOADS, BT2 = [1, 64], [1, 64], [0, -1], [0.3, 0.7], [(64, 200)]
         METHODS = METHODS[:2] + METHODS[4:]
         args.duration = min(args.duration, 0.3)
         args.overload_s = min(args.overload_s, 3.0)
@@ -237,6 +295,8 @@ def main():
                         "--no-progress", "--out", args.model], check=True, stdout=subprocess.DEVNULL)
     if not args.only_overload:
         in_process(args)
+        if not args.skip_wide:
+            wide(args)
     if not args.skip_overload:
         overload(args)
     print(f"study done in {time.time() - t0:.0f} s", file=sys.stderr)

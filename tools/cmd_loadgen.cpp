@@ -104,11 +104,22 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
         ej["queue_size"] = opts->queue_size;
         ej["queue_timeout_us"] = opts->queue_timeout_us;
         ej["adaptive"] = opts->adaptive;
-        // Share of the workers' time spent running batches (the rest: waiting, locking).
+        // Share of the workers' time spent running batches (the rest: waiting, locking); the
+        // runtime's counters include the warm-up.
+        const auto st = runtime->stats();
+        const double workers = static_cast<double>(runtime->config().workers);
         double busy_us = 0.0;
-        for (const auto& q : runtime->stats().queues) busy_us += q.busy_us;
-        const double worker_us = r.wall_s * 1e6 * static_cast<double>(runtime->config().workers);
+        for (const auto& q : st.queues) busy_us += q.busy_us;
+        const double worker_us = (r.wall_s + r.warmup_s) * 1e6 * workers;
         ej["worker_busy_share"] = worker_us > 0 ? busy_us / worker_us : 0.0;
+        // Wave service time: one stem batch of the realised size through every stage when the
+        // workers have nothing else to do (its expert batches shared among the workers). The
+        // latency target's "batch service time" for a multi-stage pipeline.
+        const double stem_runs = ej.value("stem_runs", 0.0), expert_runs = ej.value("expert_runs", 0.0);
+        ej["wave_service_ms"] = ej.value("mean_stem_service_ms", 0.0) +
+                                (stem_runs > 0 ? expert_runs / stem_runs : 0.0) *
+                                    ej.value("mean_expert_service_ms", 0.0) / workers;
+        ej["workers"] = runtime->config().workers;
         extra = ej.dump();
       } else {
         DELTAMOE_CHECK(!url->empty(), "loadgen", "give --url http://127.0.0.1:PORT or --in-process");

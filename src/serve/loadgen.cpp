@@ -196,6 +196,8 @@ std::string runtime_stats_json(const moe::RuntimeStats& s) {
   }
   j["mean_batch_expert"] = expert_batches > 0 ? expert_samples / expert_batches : 0.0;
   j["mean_expert_service_ms"] = expert_runs > 0 ? expert_busy / expert_runs / 1000.0 : 0.0;
+  j["stem_runs"] = s.queues.empty() ? 0 : s.queues[0].runs;
+  j["expert_runs"] = expert_runs;
   j["split_flush_share"] = flushes > 0 ? splits / flushes : 0.0;
   j["mean_expert_rows_per_call"] =
       s.expert_calls > 0 ? static_cast<double>(s.expert_rows) / static_cast<double>(s.expert_calls) : 0.0;
@@ -229,6 +231,19 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
       start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.warmup_s));
   const auto end = measured_from + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.duration_s));
   r.warmup_s = c.warmup_s;
+  // Reserve the result vectors: growing them inside `record`, which runs on the runtime's
+  // worker threads, would stall a worker for each reallocation (fresh pages, a copy) and
+  // show up as the server's tail latency.
+  {
+    const double expected = c.closed_loop ? 2.0e5 * c.duration_s : c.rate_rps * c.duration_s * 1.2 + 1024;
+    const auto n = static_cast<size_t>(std::min(expected, 5e7));
+    const auto ns = n * static_cast<size_t>(c.images_per_request);
+    r.latency_us.reserve(n);
+    r.send_lag_us.reserve(n);
+    r.queue_us.reserve(ns);
+    r.compute_us.reserve(ns);
+    r.server_latency_us.reserve(ns);
+  }
 
   auto record = [&](Clock::time_point scheduled, moe::RequestResult&& res) {
     const auto now = Clock::now();

@@ -192,15 +192,18 @@ TEST(ExpertQueue, BatchedMatchesUnbatched) {
     std::vector<RoutingResult> ref_routing;
     serve::reference_forward(*model, {policy}, x.data(), n, ref.data(), &ref_routing);
     ASSERT_EQ(static_cast<int64_t>(ref_routing.size()), layers);
-    struct Setup { BatchingMode mode; int64_t b; int64_t t; int workers; };
+    // split = 1: every flush is shared with whichever workers are idle at that moment.
+    struct Setup { BatchingMode mode; int64_t b; int64_t t; int workers; int64_t split = 16; };
     for (const Setup& s : {Setup{BatchingMode::per_expert, 1, 0, 2}, Setup{BatchingMode::per_expert, 16, 0, 2},
                            Setup{BatchingMode::per_expert, 64, -1, 2}, Setup{BatchingMode::whole_model, 32, 200, 1},
-                           Setup{BatchingMode::whole_model, 96, -1, 0}}) {
+                           Setup{BatchingMode::whole_model, 96, -1, 0}, Setup{BatchingMode::per_expert, 64, -1, 2, 1},
+                           Setup{BatchingMode::whole_model, 96, -1, 3, 1}}) {
       QueueConfig c;
       c.mode = s.mode;
       c.max_batch = s.b;
       c.timeout_us = s.t;
       c.workers = s.workers;
+      c.split_min_rows = s.split;
       ExpertQueueRuntime rt(model, policy, c);
       Collector col;
       // Samples arrive as requests of 1..5 so that batches mix requests.
@@ -235,8 +238,21 @@ TEST(ExpertQueue, BatchedMatchesUnbatched) {
           ++checked;
         }
       EXPECT_EQ(checked, n);
-      std::printf("%s %s %s B=%lld: max |p - p_ref| = %.3g\n", model->name().c_str(), spec,
-                  batching_mode_name(s.mode), static_cast<long long>(s.b), max_diff);
+      // A split flush counts once, with all its samples; its parts count as runs.
+      uint64_t samples = 0, flushes = 0, sizes = 0, runs = 0, splits = 0;
+      for (const auto& q : rt.stats().queues) {
+        samples += q.samples;
+        flushes += q.flushes[0] + q.flushes[1] + q.flushes[2];
+        sizes += q.batch_sizes.count;
+        runs += q.runs;
+        splits += q.splits;
+      }
+      EXPECT_EQ(sizes, flushes);
+      EXPECT_GE(runs, flushes + splits);
+      EXPECT_GE(samples, static_cast<uint64_t>(n));
+      std::printf("%s %s %s B=%lld split=%lld: max |p - p_ref| = %.3g (%llu split flushes)\n",
+                  model->name().c_str(), spec, batching_mode_name(s.mode), static_cast<long long>(s.b),
+                  static_cast<long long>(s.split), max_diff, static_cast<unsigned long long>(splits));
       EXPECT_LE(max_diff, 1e-6) << spec << " mode " << batching_mode_name(s.mode) << " B=" << s.b;
     }
   }
