@@ -293,10 +293,21 @@ def main():
         os.makedirs(os.path.dirname(args.model) or ".", exist_ok=True)
         subprocess.run([args.bin, "train", "--routing", "top-k", "--k", "2", "--epochs", "1", "--threads", "2",
                         "--no-progress", "--out", args.model], check=True, stdout=subprocess.DEVNULL)
+    def probe(tag):
+        out = subprocess.run([args.bin, "loadgen", "--stall-probe", "--workers", "2", "--duration", "3", "--json"],
+                             capture_output=True, text=True, timeout=60, check=True)
+        j = json.loads(out.stdout)
+        print(f"stall probe ({tag}): {j}", file=sys.stderr)
+        return j
+
+    stalls = {"before": probe("before")}
     if not args.only_overload:
         in_process(args)
         if not args.skip_wide:
             wide(args)
+    stalls["after"] = probe("after")
+    with open(os.path.join(args.out, "stall_probe.json"), "w") as f:
+        json.dump(stalls, f, indent=1)
     if not args.skip_overload:
         overload(args)
     print(f"study done in {time.time() - t0:.0f} s", file=sys.stderr)

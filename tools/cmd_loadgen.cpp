@@ -2,15 +2,69 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <thread>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 #include "command.h"
+#include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/io/idx.h"
 #include "deltamoe/serve/loadgen.h"
 #include "serve_cli.h"
 
 namespace {
+
+// The machine's own stall floor: `threads` threads spin reading the clock for `seconds` and
+// record every gap between two reads. On a VM whose host preempts the vCPUs, a thread that
+// never blocks still loses the CPU for milliseconds at a time; a request in flight during
+// such a gap waits for it, whatever the server does, so this bounds how low p99 can go here.
+std::string stall_probe_json(int threads, double seconds) {
+  using clk = std::chrono::steady_clock;
+  struct Gaps {
+    int64_t over_100us = 0, over_1ms = 0, over_5ms = 0;
+    double max_us = 0.0, lost_us = 0.0;  // lost: time in gaps > 100 µs
+  };
+  std::vector<Gaps> per(static_cast<size_t>(threads));
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&per, t, seconds] {
+      Gaps& g = per[static_cast<size_t>(t)];
+      const auto start = clk::now(), stop = start + std::chrono::duration_cast<clk::duration>(
+                                                        std::chrono::duration<double>(seconds));
+      for (auto last = start, now = start; now < stop; last = now) {
+        now = clk::now();
+        const double us = std::chrono::duration<double, std::micro>(now - last).count();
+        if (us > 100) {
+          ++g.over_100us;
+          g.lost_us += us;
+        }
+        if (us > 1000) ++g.over_1ms;
+        if (us > 5000) ++g.over_5ms;
+        g.max_us = std::max(g.max_us, us);
+      }
+    });
+  for (auto& th : pool) th.join();
+  nlohmann::json j;
+  Gaps all;
+  for (const Gaps& g : per) {
+    all.over_100us += g.over_100us;
+    all.over_1ms += g.over_1ms;
+    all.over_5ms += g.over_5ms;
+    all.max_us = std::max(all.max_us, g.max_us);
+    all.lost_us += g.lost_us;
+  }
+  const double thread_s = seconds * threads;
+  j["mode"] = "stall-probe";
+  j["threads"] = threads;
+  j["duration_s"] = seconds;
+  j["gaps_over_100us_per_s"] = static_cast<double>(all.over_100us) / thread_s;
+  j["gaps_over_1ms_per_s"] = static_cast<double>(all.over_1ms) / thread_s;
+  j["gaps_over_5ms_per_s"] = static_cast<double>(all.over_5ms) / thread_s;
+  j["max_gap_ms"] = all.max_us / 1000.0;
+  j["lost_share"] = all.lost_us / 1e6 / thread_s;
+  return j.dump();
+}
 
 // Per-sample time of each model call at batch size m, single-threaded (a worker's view): the
 // service curve that decides how much batching can buy on this machine.
@@ -53,6 +107,7 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
     auto latencies_out = std::make_shared<std::string>();
     auto images_idx = std::make_shared<std::string>();
     auto model_curve = std::make_shared<bool>(false);
+    auto stall_probe = std::make_shared<bool>(false);
     app.add_option("--url", *url, "Server URL, loopback only (http://127.0.0.1:PORT)");
     app.add_flag("--in-process", *in_process, "Drive a runtime in this process (no HTTP); takes the serve options");
     app.add_option("--rate", lc->rate_rps, "Open loop: mean Poisson arrival rate, requests/s");
@@ -76,12 +131,20 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
     app.add_option("--images-idx", *images_idx,
                    "Send images from this IDX file (e.g. " + std::string(deltamoe::io::kFashionMnistDir) +
                        "/t10k-images-idx3-ubyte.gz; first 1024); default synthetic");
+    app.add_flag("--stall-probe", *stall_probe,
+                 "Instead of load: spin --workers threads for --duration s and report the gaps between clock "
+                 "reads (the machine's own stall floor under any server)");
     app.add_flag("--model-curve", *model_curve,
                  "Instead of load: time the model's calls alone at batch sizes 1..256 (per-sample us)");
     app.add_flag("--json", *json, "Print one JSON object on stdout");
     app.add_option("--latencies-out", *latencies_out, "Write every answered request's latency (ms), one per line");
     opts->add(app);
-    return [opts, lc, url, in_process, json, latencies_out, images_idx, model_curve]() {
+    return [opts, lc, url, in_process, json, latencies_out, images_idx, model_curve, stall_probe]() {
+      if (*stall_probe) {
+        DELTAMOE_CHECK(lc->duration_s > 0 && lc->duration_s <= 600, "loadgen", "--duration must be in (0, 600] s");
+        std::cout << stall_probe_json(opts->workers, lc->duration_s) << std::endl;
+        return 0;
+      }
       if (*model_curve) {
         std::cout << model_curve_json(*opts) << std::endl;
         return 0;

@@ -27,6 +27,7 @@ struct RuntimeOptions {
   int64_t max_request_samples = 64;
   int workers = 2;
   int64_t split_min_rows = 16;
+  int64_t spin_us = 0;
 
   void add(CLI::App& app) {
     app.add_option("--model", model_path, "Checkpoint written by `deltamoe train` (M.safetensors, M.json beside it)");
@@ -47,6 +48,9 @@ struct RuntimeOptions {
     app.add_option("--split-min-rows", split_min_rows,
                    "Share a flushed batch with idle workers when each part keeps at least this many samples (0 = never)")
         ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+    app.add_option("--spin-us", spin_us,
+                   "An idle worker polls this long (us) before blocking; wakes faster on VMs, costs idle CPU (0 = off)")
+        ->check(CLI::Range(int64_t{0}, int64_t{100000}));
   }
 
   std::shared_ptr<const serve::ServeModel> build_model() const {
@@ -71,6 +75,7 @@ struct RuntimeOptions {
     qc.max_request_samples = max_request_samples;
     qc.workers = workers;
     qc.split_min_rows = split_min_rows;
+    qc.spin_us = spin_us;
     return std::make_shared<moe::ExpertQueueRuntime>(model, policies(*model), qc);
   }
 

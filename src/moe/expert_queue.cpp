@@ -103,6 +103,12 @@ struct ExpertQueueRuntime::Batch {
 };
 
 namespace {
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 // Per-thread scratch, grown on demand and kept (no allocation per batch in steady state).
 float* scratch(std::vector<float>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
@@ -227,6 +233,7 @@ bool ExpertQueueRuntime::submit(const float* x, int64_t n, Callback done) {
     auto& items = queues_[0]->items;
     const bool was_empty = items.empty();
     for (Sample* s : samples) items.push_back({s, 0, deadline});
+    work_seq_.fetch_add(1, std::memory_order_relaxed);
     // Wake a worker when the queue became ready (full, or T = 0) or got a new deadline.
     wake = was_empty || static_cast<int64_t>(items.size()) >= std::max<int64_t>(1, static_cast<int64_t>(batch_limit_)) ||
            config_.timeout_us == 0 || draining_;
@@ -296,6 +303,7 @@ bool ExpertQueueRuntime::take_batch_locked(int64_t now, Batch& out) {
     queue.forced_reason = best_reason;
     take = first;
     ++queue.stats.splits;
+    work_seq_.fetch_add(1, std::memory_order_relaxed);
     for (int p = 1; p < parts; ++p) cv_.notify_one();
   }
   out.queue = best;
@@ -349,6 +357,32 @@ void ExpertQueueRuntime::worker_loop() {
     }
     if (stopping_) return;
     const int64_t deadline = next_deadline_locked();
+    if (config_.spin_us > 0 && !draining_) {
+      // Poll (without the lock) until new work is announced, a deadline passes or the spin
+      // time is up; then look again under the lock.
+      const uint64_t seen = work_seq_.load(std::memory_order_relaxed);
+      ++idle_workers_;  // a spinning worker can take part of a split flush
+      lk.unlock();
+      const int64_t t0 = clock_->now_us(), stop = std::min(deadline, t0 + config_.spin_us);
+      bool changed = false;
+      for (int64_t now = t0; now < stop; now = clock_->now_us()) {
+        for (int i = 0; i < 64 && !changed; ++i) {
+          changed = work_seq_.load(std::memory_order_relaxed) != seen;
+          cpu_relax();
+        }
+        if (changed) break;
+      }
+      lk.lock();
+      --idle_workers_;
+      if (changed || clock_->now_us() >= deadline) continue;
+      if (take_batch_locked(clock_->now_us(), batch)) {
+        lk.unlock();
+        run_batch(batch);
+        lk.lock();
+        continue;
+      }
+      if (stopping_) return;
+    }
     ++idle_workers_;
     if (deadline == INT64_MAX) {
       cv_.wait(lk);
@@ -426,6 +460,7 @@ void ExpertQueueRuntime::route_layer(std::vector<Sample*>& samples, const float*
       }
     }
     wake = wake || config_.timeout_us == 0 || draining_;
+    work_seq_.fetch_add(1, std::memory_order_relaxed);
   }
   if (wake) cv_.notify_one();
   if (!none_routed.empty()) advance(none_routed, layer, t1);

@@ -121,8 +121,10 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
   }
   j["errors"] = errors;
   j["requests_error"] = n_errors;
-  j["throughput_rps"] = r.wall_s > 0 ? static_cast<double>(r.ok) / r.wall_s : 0.0;
-  j["samples_per_s"] = r.wall_s > 0 ? static_cast<double>(r.ok * c.images_per_request) / r.wall_s : 0.0;
+  const double answered = static_cast<double>(r.window_ok >= 0 ? r.window_ok : r.ok);
+  const double span = r.window_ok >= 0 ? r.duration_s : r.wall_s;
+  j["throughput_rps"] = span > 0 ? answered / span : 0.0;
+  j["samples_per_s"] = span > 0 ? answered * static_cast<double>(c.images_per_request) / span : 0.0;
   for (const auto& [name, q] : {std::pair{"p50", 0.5}, {"p95", 0.95}, {"p99", 0.99}, {"p999", 0.999}})
     j[std::string(name) + "_ms"] = percentile(r.latency_us, q) / 1000.0;
   double sum = 0.0, mx = 0.0;
@@ -245,9 +247,11 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
     r.server_latency_us.reserve(ns);
   }
 
+  r.window_ok = 0;
   auto record = [&](Clock::time_point scheduled, moe::RequestResult&& res) {
     const auto now = Clock::now();
     std::lock_guard<std::mutex> lk(mu);
+    if (now >= measured_from && now < end) ++r.window_ok;
     if (scheduled < measured_from) {
       ++r.warmup_requests;
       if (--outstanding == 0) cv.notify_all();

@@ -97,6 +97,11 @@ struct QueueConfig {
   /// its whole service time; split in two, its samples finish in about half the time, at the
   /// cost of one more pass over the weights (small once parts hold a few dozen rows).
   int64_t split_min_rows = 16;
+  /// A worker with nothing to run polls for new work this long (µs) before it blocks. Waking a
+  /// blocked thread can take milliseconds on a virtual machine whose idle vCPU the host has
+  /// descheduled; polling keeps the vCPU running at the cost of CPU time when idle. 0 = block
+  /// at once.
+  int64_t spin_us = 0;
   /// Adaptive B (AIMD against latency_target_us); max_batch is then the upper bound.
   bool adaptive = false;
   double latency_target_us = 5000.0;
@@ -240,6 +245,7 @@ class ExpertQueueRuntime {
   RuntimeStats stats_;
   double batch_limit_ = 1.0;      // B now (fixed unless adaptive)
   int idle_workers_ = 0;          // workers waiting on cv_ (under mu_)
+  std::atomic<uint64_t> work_seq_{0};  // bumped whenever work may have become ready (spin_us)
   int64_t last_decrease_us_ = 0;  // adaptive: time of the last multiplicative decrease
   std::vector<std::thread> workers_;
   // Finished samples and requests, reused by submit() (at most max_inflight_samples each).
