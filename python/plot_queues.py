@@ -2,8 +2,8 @@
 """Plots for the per-expert queue study (bench/queue_study.py output directory).
 
 Writes into the same directory:
-  model_curve.png             per-sample time of each model call vs rows per call
-  closed_loop_throughput.png  closed-loop throughput vs B, per-expert vs whole-model, per policy
+  model_curve.png             per-sample time of each model call vs rows per call (small and wide model)
+  closed_loop_throughput.png  closed-loop throughput vs B, per-expert vs whole-model, per policy and model
   p99_vs_load.png             p99 latency vs offered load for each method
   frontier.png                throughput vs p99 (every open-loop run), per method
   latency_cdf.png             latency CDFs at 70% load
@@ -39,20 +39,23 @@ def f(x):
 
 
 def main(d):
-    curve = read(os.path.join(d, "model_curve.csv"))
-    if curve:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key, label in [("stem_us_per_sample", "stem (784->256) + router"),
-                           ("expert_us_per_sample", "one expert (256->256->256)"),
-                           ("head_us_per_sample", "head")]:
-            ax.plot([f(r["batch"]) for r in curve], [f(r[key]) for r in curve], "o-", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("rows per call (batch)")
-        ax.set_ylabel("us per sample (one thread)")
-        ax.set_title("model service curve")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    curves = [(name, read(os.path.join(d, fn))) for name, fn in
+              [("small (D=256, 256 KiB per expert matrix)", "model_curve.csv"),
+               ("wide (D=512, I=2048, 4 MiB per expert matrix)", "model_curve_wide.csv")]]
+    curves = [(n, c) for n, c in curves if c]
+    if curves:
+        fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
+        for ax, (name, curve) in zip(axes[0], curves):
+            for key, label in [("stem_us_per_sample", "stem"), ("gate_us_per_sample", "LayerNorm + router"),
+                               ("expert_us_per_sample", "one expert"), ("head_us_per_sample", "head")]:
+                ax.plot([f(r["batch"]) for r in curve], [f(r[key]) for r in curve], "o-", label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("rows per call (batch)")
+            ax.set_ylabel("us per sample (one thread)")
+            ax.set_title(f"model service curve: {name}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(d, "model_curve.png"), dpi=110)
         plt.close(fig)
@@ -61,18 +64,23 @@ def main(d):
     opened = read(os.path.join(d, "open_loop.csv"))
     policies = sorted({r["policy"] for r in closed + opened})
 
-    if closed:
-        fig, axes = plt.subplots(1, len(policies), figsize=(5 * len(policies), 4), squeeze=False)
-        for ax, pol in zip(axes[0], policies):
-            for mode in ["per-expert", "whole-model"]:
-                rs = sorted([r for r in closed if r["policy"] == pol and r["mode"] == mode], key=lambda r: f(r["B"]))
-                ax.plot([f(r["B"]) for r in rs], [f(r["throughput_rps"]) for r in rs], "o-", label=mode)
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("B (samples per batch)")
-            ax.set_ylabel("closed-loop throughput (samples/s)")
-            ax.set_title(pol)
-            ax.grid(alpha=0.3)
-            ax.legend()
+    wide = read(os.path.join(d, "closed_loop_wide.csv"))
+    sets = [(n, rows) for n, rows in [("small model", closed), ("wide model", wide)] if rows]
+    if sets:
+        fig, axes = plt.subplots(len(sets), len(policies), figsize=(5 * len(policies), 4 * len(sets)), squeeze=False)
+        for row_axes, (name, rows) in zip(axes, sets):
+            for ax, pol in zip(row_axes, policies):
+                for mode in ["per-expert", "whole-model"]:
+                    rs = sorted([r for r in rows if r["policy"] == pol and r["mode"] == mode and f(r["throughput_rps"]) > 0],
+                                key=lambda r: f(r["B"]))
+                    ax.plot([f(r["B"]) for r in rs], [f(r["throughput_rps"]) for r in rs], "o-", label=mode)
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xlabel("B (samples per batch), T = inf")
+                ax.set_ylabel("closed-loop samples/s (2 workers)")
+                ax.set_title(f"{name}, {pol}")
+                ax.grid(alpha=0.3)
+                ax.legend()
         fig.tight_layout()
         fig.savefig(os.path.join(d, "closed_loop_throughput.png"), dpi=110)
         plt.close(fig)
@@ -176,18 +184,27 @@ def tables(d):
     if os.path.exists(os.path.join(d, "model.json")):
         import json
         layers = json.load(open(os.path.join(d, "model.json"))).get("layers", 1)
+    wide = read(os.path.join(d, "closed_loop_wide.csv"))
+    for name, rows_all in [("small model", closed), ("wide model", wide)]:
+        for pol in policies:
+            rs = [r for r in rows_all if r["policy"] == pol]
+            if not rs:
+                continue
+            bs = sorted({int(f(r["B"])) for r in rs})
+            print(f"\nClosed loop, {name}, {pol} (samples/s, 2 workers, T = inf; mean expert GEMM rows per call "
+                  f"in brackets; B=64 / B=1 in the last column)\n")
+            print("| mode | " + " | ".join(f"B={b}" for b in bs) + " | B=64 / B=1 |")
+            print("|---|" + "---|" * (len(bs) + 1))
+            for mode in ["per-expert", "whole-model"]:
+                cells, tp = [], {}
+                for b in bs:
+                    m = [r for r in rs if r["mode"] == mode and int(f(r["B"])) == b]
+                    if m:
+                        tp[b] = f(m[0]["throughput_rps"])
+                    cells.append(f"{tp[b]:.0f} ({f(m[0]['mean_expert_rows_per_call']):.1f})" if m else "")
+                ratio = f"{tp[64] / tp[1]:.1f}x" if tp.get(1) and tp.get(64) else ""
+                print(f"| {mode} | " + " | ".join(cells) + f" | {ratio} |")
     for pol in policies:
-        rs = [r for r in closed if r["policy"] == pol]
-        bs = sorted({int(f(r["B"])) for r in rs})
-        print(f"\nClosed loop, {pol} (samples/s; mean expert GEMM rows per call in brackets)\n")
-        print("| mode | " + " | ".join(f"B={b}" for b in bs) + " |")
-        print("|---|" + "---|" * len(bs))
-        for mode in ["per-expert", "whole-model"]:
-            cells = []
-            for b in bs:
-                m = [r for r in rs if r["mode"] == mode and int(f(r["B"])) == b]
-                cells.append(f"{f(m[0]['throughput_rps']):.0f} ({f(m[0]['mean_expert_rows_per_call']):.1f})" if m else "")
-            print(f"| {mode} | " + " | ".join(cells) + " |")
         load = [r for r in opened if r["policy"] == pol and r["sweep"] == "load"]
         loads = sorted({f(r["load"]) for r in load})
         print(f"\nOpen loop, {pol}: p99 ms / SLO(5 ms) attainment / mean expert rows per call\n")
@@ -200,12 +217,15 @@ def tables(d):
                 cells.append(f"{f(q[0]['p99_ms']):.2f} / {f(q[0]['slo_attainment']):.2f} / "
                              f"{f(q[0]['mean_expert_rows_per_call']):.1f}" if q else "")
             print(f"| {m} | " + " | ".join(cells) + " |")
-        bt = [r for r in opened if r["policy"] == pol and r["sweep"] == "bt"]
-        if bt:
+        for sweep in ["bt", "bt2"]:
+            bt = [r for r in opened if r["policy"] == pol and r["sweep"] == sweep]
+            if not bt:
+                continue
+            workers = bt[0].get("workers", "")
             ts = sorted({int(f(r["T_us"])) for r in bt}, key=lambda t: 1e18 if t < 0 else t)
-            print(f"\nPer-expert queues at 70% of each configuration's own capacity, {pol}: p99 ms [capacity "
-                  f"samples/s, mean expert batch, timeout-flush share, service ms = stem batch + {layers} x expert "
-                  f"batch, p99 <= T + 2 x service?]\n")
+            print(f"\nPer-expert queues at 70% of each configuration's own capacity, {pol}, {workers} worker(s): "
+                  f"p99 ms (server-side p99) [capacity samples/s, mean expert batch, wave service ms, "
+                  f"bound T + 2 x wave, p99 <= bound?]\n")
             print("| B | " + " | ".join("T=inf" if t < 0 else f"T={t}us" for t in ts) + " |")
             print("|---|" + "---|" * len(ts))
             for b in sorted({int(f(r["B"])) for r in bt}):
@@ -216,12 +236,11 @@ def tables(d):
                         cells.append("")
                         continue
                     q = q[0]
-                    service = f(q["mean_stem_service_ms"]) + layers * f(q["mean_expert_service_ms"])
-                    bound = (t / 1000.0 if t >= 0 else float("inf")) + 2 * service
-                    ok = "yes" if f(q["p99_ms"]) <= bound else "no"
+                    ok = "yes" if str(q.get("meets_bound")) == "True" else "no"
                     cap = f(q["capacity_rps"]) if q.get("capacity_rps") else 0.0
-                    cells.append(f"{f(q['p99_ms']):.2f} [{cap:.0f}, {f(q['mean_batch_expert']):.1f}, "
-                                 f"{f(q['timeout_flush_share']):.2f}, {service:.2f}, {ok}]")
+                    cells.append(f"{f(q['p99_ms']):.2f} ({f(q['server_p99_ms']):.2f}) [{cap:.0f}, "
+                                 f"{f(q['mean_batch_expert']):.1f}, {f(q['wave_service_ms']):.2f}, "
+                                 f"{q['bound_ms'] if q['bound_ms'] == 'inf' else format(f(q['bound_ms']), '.2f')}, {ok}]")
                 print(f"| {b} | " + " | ".join(cells) + " |")
 
 

@@ -319,6 +319,35 @@ TEST(Loadgen, OpenLoopLatencyIncludesTimeHeldInQueues) {
   EXPECT_GT(*std::max_element(r.latency_us.begin(), r.latency_us.end()), 0.2e6);
 }
 
+// With a warm-up, requests sent before the measured window are served but not counted: every
+// request the runtime answered is either a warm-up one or a counted one, and the window's
+// answers (which give the throughput) are a subset of all answers.
+TEST(Loadgen, WarmupRequestsAreServedButNotCounted) {
+  for (bool closed : {false, true}) {
+    moe::QueueConfig c;
+    c.max_batch = 8;
+    c.timeout_us = 200;
+    moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-k:2"), c);
+    LoadConfig lc;
+    lc.closed_loop = closed;
+    lc.concurrency = 8;
+    lc.rate_rps = 400;
+    lc.duration_s = 0.2;
+    lc.warmup_s = 0.1;
+    const auto r = run_inprocess_load(rt, lc);
+    const auto st = rt.stats();
+    EXPECT_TRUE(r.errors.empty());
+    EXPECT_GT(r.warmup_requests, 0);
+    EXPECT_EQ(r.ok, r.sent);
+    EXPECT_EQ(static_cast<uint64_t>(r.ok + r.warmup_requests), st.requests_done);
+    EXPECT_GE(r.window_ok, 0);
+    EXPECT_LE(r.window_ok, r.ok + r.warmup_requests);
+    const auto j = nlohmann::json::parse(load_result_json(r, lc));
+    EXPECT_DOUBLE_EQ(j["throughput_rps"].get<double>(), static_cast<double>(r.window_ok) / lc.duration_s);
+    EXPECT_EQ(j["warmup_requests"].get<int64_t>(), r.warmup_requests);
+  }
+}
+
 TEST(Loadgen, RefusesNonLoopbackTargets) {
   LoadConfig c;
   c.duration_s = 0.1;
