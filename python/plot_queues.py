@@ -236,6 +236,9 @@ def tables(d):
                         cells.append("")
                         continue
                     q = q[0]
+                    if q.get("note"):
+                        cells.append("no capacity (a queue never fills)")
+                        continue
                     ok = "yes" if str(q.get("meets_bound")) == "True" else "no"
                     cap = f(q["capacity_rps"]) if q.get("capacity_rps") else 0.0
                     cells.append(f"{f(q['p99_ms']):.2f} ({f(q['server_p99_ms']):.2f}) [{cap:.0f}, "
