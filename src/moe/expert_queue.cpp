@@ -168,6 +168,12 @@ ExpertQueueRuntime::~ExpertQueueRuntime() {
   for (Request* r : request_pool_) delete r;
 }
 
+bool ExpertQueueRuntime::reject_if_full() {
+  if (inflight_hint_.load(std::memory_order_relaxed) < config_.max_inflight_samples) return false;
+  fast_rejected_.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
 bool ExpertQueueRuntime::accepting() const {
   std::lock_guard<std::mutex> lk(mu_);
   return accepting_;
@@ -185,6 +191,7 @@ bool ExpertQueueRuntime::submit(const float* x, int64_t n, Callback done) {
     }
     // Reserve the slots now, so that the allocations below happen outside the lock.
     stats_.inflight_samples += n;
+    inflight_hint_.store(stats_.inflight_samples, std::memory_order_relaxed);
   }
   // Samples and requests come from pools: allocated by the submitting thread and freed by a
   // worker, fresh ones would cost a handful of cross-thread mallocs each (glibc handles that
@@ -611,6 +618,7 @@ void ExpertQueueRuntime::finish_samples(std::vector<Sample*>& done, const float*
     stats_.samples_done += static_cast<uint64_t>(n);
     stats_.requests_done += finished.size();
     stats_.inflight_samples -= n;
+    inflight_hint_.store(stats_.inflight_samples, std::memory_order_relaxed);
     idle = stats_.inflight_samples == 0;
     if (config_.adaptive) {
       const double cap = static_cast<double>(config_.max_batch);
@@ -667,6 +675,7 @@ void ExpertQueueRuntime::shutdown() {
 RuntimeStats ExpertQueueRuntime::stats() const {
   std::lock_guard<std::mutex> lk(mu_);
   RuntimeStats s = stats_;
+  s.requests_rejected += fast_rejected_.load(std::memory_order_relaxed);
   for (const auto& q : queues_) {
     QueueStats qs = q->stats;
     qs.depth = static_cast<int64_t>(q->items.size());

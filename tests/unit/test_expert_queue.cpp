@@ -348,13 +348,19 @@ TEST(ExpertQueue, AdmissionIsBoundedAndNothingIsLost) {
   Collector col;
   const auto x = random_images(4, 6);
   EXPECT_TRUE(rt.submit(x.data(), 4, col.cb()));
+  EXPECT_FALSE(rt.reject_if_full());  // 4 of 8: a front end goes on to parse and submit
   EXPECT_TRUE(rt.submit(x.data(), 3, col.cb()));
+  EXPECT_FALSE(rt.reject_if_full());  // 7 of 8: one more sample fits
   EXPECT_FALSE(rt.submit(x.data(), 2, col.cb()));  // 7 + 2 > 8
   EXPECT_TRUE(rt.submit(x.data(), 1, col.cb()));
   EXPECT_FALSE(rt.submit(x.data(), 1, col.cb()));
   EXPECT_THROW(rt.submit(x.data(), 5, col.cb()), deltamoe::Error);  // above max_request_samples
   EXPECT_EQ(rt.stats().requests_rejected, 2u);
+  EXPECT_TRUE(rt.reject_if_full());  // 8 of 8: turned away before parsing, and counted
+  EXPECT_EQ(rt.stats().requests_rejected, 3u);
+  rt.run_ready();
   rt.shutdown();
+  EXPECT_FALSE(rt.reject_if_full());  // drained: nothing in flight
   EXPECT_EQ(col.calls, 3);
   EXPECT_FALSE(rt.submit(x.data(), 1, col.cb()));  // closed
   const auto st = rt.stats();

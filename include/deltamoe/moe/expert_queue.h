@@ -202,6 +202,11 @@ class ExpertQueueRuntime {
   /// workers. Idempotent.
   void shutdown();
   bool accepting() const;
+  /// When no sample can be admitted now (admitted samples at max_inflight_samples), counts a
+  /// rejected request and returns true; otherwise returns false and changes nothing. Lock-free
+  /// and possibly a moment stale: a front end calls it to turn a request away before paying
+  /// to parse it, and submit() still decides for the rest. Thread-safe.
+  bool reject_if_full();
 
   RuntimeStats stats() const;
   const QueueConfig& config() const { return config_; }
@@ -245,7 +250,9 @@ class ExpertQueueRuntime {
   RuntimeStats stats_;
   double batch_limit_ = 1.0;      // B now (fixed unless adaptive)
   int idle_workers_ = 0;          // workers waiting on cv_ (under mu_)
-  std::atomic<uint64_t> work_seq_{0};  // bumped whenever work may have become ready (spin_us)
+  std::atomic<uint64_t> work_seq_{0};
+  std::atomic<int64_t> inflight_hint_{0};  // stats_.inflight_samples, readable without mu_
+  std::atomic<uint64_t> fast_rejected_{0};  // requests turned away by reject_if_full()  // bumped whenever work may have become ready (spin_us)
   int64_t last_decrease_us_ = 0;  // adaptive: time of the last multiplicative decrease
   std::vector<std::thread> workers_;
   // Finished samples and requests, reused by submit() (at most max_inflight_samples each).
