@@ -28,6 +28,7 @@ struct RuntimeOptions {
   int workers = 2;
   int64_t split_min_rows = 16;
   int64_t spin_us = 0;
+  bool group_layers = true;
 
   void add(CLI::App& app) {
     app.add_option("--model", model_path, "Checkpoint written by `deltamoe train` (M.safetensors, M.json beside it)");
@@ -48,6 +49,9 @@ struct RuntimeOptions {
     app.add_option("--split-min-rows", split_min_rows,
                    "Share a flushed batch with idle workers when each part keeps at least this many samples (0 = never)")
         ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+    app.add_flag("--group-layers,!--no-group-layers", group_layers,
+                 "A worker that takes an expert queue while no other is idle also takes the layer's other ready "
+                 "queues (default on)");
     app.add_option("--spin-us", spin_us,
                    "An idle worker polls this long (us) before blocking; wakes faster on VMs, costs idle CPU (0 = off)")
         ->check(CLI::Range(int64_t{0}, int64_t{100000}));
@@ -76,6 +80,7 @@ struct RuntimeOptions {
     qc.workers = workers;
     qc.split_min_rows = split_min_rows;
     qc.spin_us = spin_us;
+    qc.group_layers = group_layers;
     return std::make_shared<moe::ExpertQueueRuntime>(model, policies(*model), qc);
   }
 

@@ -100,6 +100,15 @@ struct ExpertQueueRuntime::Batch {
   size_t queue = 0;
   std::vector<Entry> entries;
   FlushReason reason = FlushReason::size;
+  // Grouped layer flush: more ready queues of the same layer, run by the same worker before
+  // the finished samples move on together (the first `n_more` are in use; the vector keeps
+  // its capacity across batches).
+  struct More {
+    size_t queue = 0;
+    std::vector<Entry> entries;
+  };
+  std::vector<More> more;
+  size_t n_more = 0;
 };
 
 namespace {
@@ -269,6 +278,7 @@ RequestResult ExpertQueueRuntime::run(const float* x, int64_t n) {
 }
 
 bool ExpertQueueRuntime::take_batch_locked(int64_t now, Batch& out) {
+  out.n_more = 0;
   const int64_t limit = std::max<int64_t>(1, static_cast<int64_t>(batch_limit_));
   size_t best = SIZE_MAX;
   int64_t best_t = INT64_MAX;
@@ -324,6 +334,33 @@ bool ExpertQueueRuntime::take_batch_locked(int64_t now, Batch& out) {
   }
   queue.stats.samples += static_cast<uint64_t>(take);
   ++queue.stats.runs;
+  // Grouped layer flush: with no idle worker to share them with, take every other ready queue
+  // of the same layer too. The layer's finished samples then reach the next layer's queues
+  // together, as one routing call, instead of trickling in and being flushed (their deadline
+  // has passed) a few rows at a time.
+  if (best > 0 && parts == 1 && !continuing && config_.group_layers && idle_workers_ == 0) {
+    const int64_t e_count = model_->experts();
+    const size_t first_q = 1 + static_cast<size_t>((static_cast<int64_t>(best) - 1) / e_count * e_count);
+    for (size_t q = first_q; q < first_q + static_cast<size_t>(e_count); ++q) {
+      Queue& other = *queues_[q];
+      if (q == best || other.items.empty() || other.forced > 0) continue;
+      FlushReason reason;
+      if (static_cast<int64_t>(other.items.size()) >= limit) reason = FlushReason::size;
+      else if (now >= other.items.front().deadline) reason = FlushReason::timeout;
+      else if (draining_) reason = FlushReason::drain;
+      else continue;
+      const int64_t n = std::min<int64_t>(limit, static_cast<int64_t>(other.items.size()));
+      if (out.more.size() <= out.n_more) out.more.emplace_back();
+      Batch::More& m = out.more[out.n_more++];
+      m.queue = q;
+      m.entries.assign(other.items.begin(), other.items.begin() + n);
+      other.items.erase(other.items.begin(), other.items.begin() + n);
+      ++other.stats.flushes[static_cast<int>(reason)];
+      other.stats.batch_sizes.observe(static_cast<double>(n));
+      other.stats.samples += static_cast<uint64_t>(n);
+      ++other.stats.runs;
+    }
+  }
   return true;
 }
 
@@ -402,8 +439,21 @@ void ExpertQueueRuntime::worker_loop() {
 }
 
 void ExpertQueueRuntime::run_batch(Batch& batch) {
-  if (batch.queue == 0) run_stem(batch);
-  else run_expert(batch);
+  if (batch.queue == 0) {
+    run_stem(batch);
+    return;
+  }
+  // Expert batches: the first queue, then the grouped ones; samples whose experts of the
+  // layer are all done move on together.
+  thread_local std::vector<Sample*> done;
+  done.clear();
+  run_expert(batch.queue, batch.entries, done);
+  for (size_t i = 0; i < batch.n_more; ++i) run_expert(batch.more[i].queue, batch.more[i].entries, done);
+  if (!done.empty()) {
+    const int64_t layer = static_cast<int64_t>(batch.queue - 1) / model_->experts();
+    std::vector<Sample*> ready(done.begin(), done.end());
+    advance(ready, layer, clock_->now_us());
+  }
 }
 
 void ExpertQueueRuntime::run_stem(Batch& batch) {
@@ -473,34 +523,30 @@ void ExpertQueueRuntime::route_layer(std::vector<Sample*>& samples, const float*
   if (!none_routed.empty()) advance(none_routed, layer, t1);
 }
 
-void ExpertQueueRuntime::run_expert(Batch& batch) {
+void ExpertQueueRuntime::run_expert(size_t queue, const std::vector<Entry>& entries, std::vector<Sample*>& done) {
   const int64_t t0 = clock_->now_us();
   const int64_t e_count = model_->experts();
-  const int64_t layer = static_cast<int64_t>(batch.queue - 1) / e_count;
-  const int64_t ex = static_cast<int64_t>(batch.queue - 1) % e_count;
-  const int64_t m = static_cast<int64_t>(batch.entries.size()), d = model_->hidden();
+  const int64_t layer = static_cast<int64_t>(queue - 1) / e_count;
+  const int64_t ex = static_cast<int64_t>(queue - 1) % e_count;
+  const int64_t m = static_cast<int64_t>(entries.size()), d = model_->hidden();
   float* xs = scratch(t_rows, m * d);
   float* ys = scratch(t_out, m * d);
-  for (int64_t i = 0; i < m; ++i) std::copy_n(batch.entries[i].sample->u.data(), d, xs + i * d);
+  for (int64_t i = 0; i < m; ++i) std::copy_n(entries[i].sample->u.data(), d, xs + i * d);
   model_->expert(layer, ex, xs, m, ys);
   for (int64_t i = 0; i < m; ++i) {
-    const Entry& en = batch.entries[i];
+    const Entry& en = entries[i];
     std::copy_n(ys + i * d, d, en.sample->outs.data() + en.slot * d);
   }
   const int64_t t1 = clock_->now_us();
-  std::vector<Sample*> done;
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    queues_[batch.queue]->stats.busy_us += static_cast<double>(t1 - t0);
-    ++stats_.expert_calls;
-    stats_.expert_rows += static_cast<uint64_t>(m);
-    for (const Entry& en : batch.entries) {
-      Sample* s = en.sample;
-      s->layer_us = std::max(s->layer_us, t1 - t0);
-      if (--s->remaining == 0) done.push_back(s);
-    }
+  std::lock_guard<std::mutex> lk(mu_);
+  queues_[queue]->stats.busy_us += static_cast<double>(t1 - t0);
+  ++stats_.expert_calls;
+  stats_.expert_rows += static_cast<uint64_t>(m);
+  for (const Entry& en : entries) {
+    Sample* s = en.sample;
+    s->layer_us = std::max(s->layer_us, t1 - t0);
+    if (--s->remaining == 0) done.push_back(s);
   }
-  if (!done.empty()) advance(done, layer, t1);
 }
 
 void ExpertQueueRuntime::advance(std::vector<Sample*>& samples, int64_t layer, int64_t t_start) {

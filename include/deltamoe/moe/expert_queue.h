@@ -102,6 +102,10 @@ struct QueueConfig {
   /// descheduled; polling keeps the vCPU running at the cost of CPU time when idle. 0 = block
   /// at once.
   int64_t spin_us = 0;
+  /// Grouped layer flush: a worker that takes an expert queue while no other worker is idle
+  /// also takes every other ready queue of that layer, so the layer's samples move on to the
+  /// next layer together (in full batches) instead of a few at a time.
+  bool group_layers = true;
   /// Adaptive B (AIMD against latency_target_us); max_batch is then the upper bound.
   bool adaptive = false;
   double latency_target_us = 5000.0;
@@ -226,7 +230,9 @@ class ExpertQueueRuntime {
   int64_t next_deadline_locked() const;
   void run_batch(Batch& batch);
   void run_stem(Batch& batch);
-  void run_expert(Batch& batch);
+  /// Runs one expert queue's entries as one call; appends the samples whose experts of the
+  /// layer are now all done to `done`.
+  void run_expert(size_t queue, const std::vector<Entry>& entries, std::vector<Sample*>& done);
   /// Layer `layer`'s router for the samples (their states in rows of h, [n, D]) and, per
   /// expert mode, their entry into that layer's expert queues.
   void route_layer(std::vector<Sample*>& samples, const float* h, int64_t layer, int64_t t_start);
