@@ -173,6 +173,33 @@ TEST(ExpertQueue, PerExpertQueuesFlushIndependently) {
 // order may differ from sgemv's, so equality is to 1e-6 (probabilities are in [0, 1]; f32
 // rounding of a 784- or 256-long dot product is ~1e-7 relative), and experts and classes
 // must be identical.
+// Grouped layer flush: once the stem batch has routed its samples (T = 0, so every non-empty
+// expert queue is ready), one step runs every expert queue of the layer and finishes the
+// request; without grouping it takes one step per expert queue used. Manual mode, so no
+// timing is involved.
+TEST(ExpertQueue, GroupedLayerFlushRunsTheWholeLayerInOneStep) {
+  for (bool group : {true, false}) {
+    auto clock = std::make_shared<ManualClock>();
+    QueueConfig c = manual(8, 0, clock, BatchingMode::per_expert);
+    c.group_layers = group;
+    ExpertQueueRuntime rt(small_model(), serve::make_routing("top-k:2"), c);
+    Collector col;
+    const auto x = random_images(8, 11);
+    ASSERT_TRUE(rt.submit(x.data(), 8, col.cb()));
+    ASSERT_TRUE(rt.step());  // the stem batch: 8 samples into the expert queues
+    int64_t used = 0;
+    for (size_t q = 1; q < rt.stats().queues.size(); ++q) used += rt.stats().queues[q].depth > 0;
+    ASSERT_GE(used, 2);  // top-2: at least two experts have work
+    const int64_t steps = rt.run_ready();
+    EXPECT_EQ(steps, group ? 1 : used) << (group ? "grouped" : "ungrouped");
+    EXPECT_EQ(col.calls, 1);
+    const auto st = rt.stats();
+    EXPECT_EQ(st.expert_calls, static_cast<uint64_t>(used));  // one call per expert either way
+    EXPECT_EQ(st.expert_rows, 16u);
+    EXPECT_EQ(st.samples_done, 8u);
+  }
+}
+
 TEST(ExpertQueue, BatchedMatchesUnbatched) {
   moe::PolicySpec topk;
   const std::string ckpt = write_checkpoint("eq_batched", topk, /*residual=*/true);
