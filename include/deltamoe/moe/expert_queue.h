@@ -20,6 +20,11 @@
 // `aimd_decrease` when one missed it (at most once per target interval, so one slow burst
 // does not collapse B to 1).
 //
+// Workers: among ready queues a worker takes the one with the earliest deadline. A flush is
+// split among idle workers when its parts keep split_min_rows samples; a worker with no idle
+// peer that takes an expert queue also takes the layer's other ready queues (group_layers),
+// so the layer's samples move on together. Samples and requests are pooled.
+//
 // Guarantees: admission is bounded (max_inflight_samples); an admitted sample is never
 // dropped; shutdown(drain) flushes every queue regardless of B and T and waits for all
 // admitted samples. Row-independent models give the same answers whatever the batching.
