@@ -21,6 +21,9 @@ deltamoe::cli::CommandRegistrar reg("serve", "Serve an MoE classifier over HTTP 
     app.add_option("--port", sc->port, "Port (0 = any free port, see --port-file)")->check(CLI::Range(0, 65535));
     app.add_option("--port-file", *port_file, "Write the bound port to this file once listening");
     app.add_option("--http-threads", sc->threads, "Connection threads (bounds requests in flight over HTTP)");
+    app.add_option("--max-inflight-requests", sc->max_inflight_requests,
+                   "Requests admitted at once over HTTP, beyond it 503 (default: half of --http-threads)")
+        ->check(CLI::NonNegativeNumber);
     app.add_option("--max-body-bytes", sc->max_body_bytes, "Larger bodies get 413");
     app.add_option("--retry-after-s", sc->retry_after_s, "Retry-After seconds sent with 503");
     return [opts, sc, port_file]() {
@@ -45,8 +48,11 @@ deltamoe::cli::CommandRegistrar reg("serve", "Serve an MoE classifier over HTTP 
       std::cerr << "serve: signal " << sig << ", draining" << std::endl;
       server.stop();
       const auto st = runtime->stats();
+      const auto http = server.counters();
+      const auto n503 = http.responses_by_status.count(503) ? http.responses_by_status.at(503) : 0;
       std::cerr << "serve: drained; requests admitted " << st.requests_admitted << ", answered "
-                << st.requests_done << ", rejected " << st.requests_rejected << std::endl;
+                << st.requests_done << ", rejected by the runtime " << st.requests_rejected
+                << ", 503 responses in all " << n503 << std::endl;
       return st.requests_admitted == st.requests_done ? 0 : 3;
     };
   });

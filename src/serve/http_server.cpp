@@ -3,6 +3,8 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <nlohmann/json.hpp>
@@ -40,6 +42,8 @@ struct HttpServer::Impl {
   mutable std::mutex mu;
   HttpCounters counters;
   std::atomic<bool> ready{true};
+  std::atomic<int> inflight_requests{0};
+  int max_inflight_requests = 1;
   bool stopped = false;
 
   void count(int status, double seconds, bool timed) {
@@ -72,6 +76,16 @@ struct HttpServer::Impl {
       count(503, elapsed(), true);
       return;
     }
+    if (inflight_requests.fetch_add(1) >= max_inflight_requests) {
+      inflight_requests.fetch_sub(1);
+      reply_error(res, 503, "too many requests in flight, retry later");
+      count(503, elapsed(), true);
+      return;
+    }
+    struct Release {
+      std::atomic<int>& n;
+      ~Release() { n.fetch_sub(1); }
+    } release{inflight_requests};
     ParsedImages images;
     try {
       images = parse_classify_body(req.body, runtime->model().input_dim(),
@@ -101,9 +115,12 @@ HttpServer::HttpServer(std::shared_ptr<moe::ExpertQueueRuntime> runtime, ServerC
     : impl_(std::make_unique<Impl>()) {
   DELTAMOE_CHECK(runtime, "serve", "server needs a runtime");
   DELTAMOE_CHECK(config.threads >= 1, "serve", "--http-threads must be >= 1");
+  DELTAMOE_CHECK(config.max_inflight_requests >= 0, "serve", "--max-inflight-requests must be >= 0");
   impl_->runtime = std::move(runtime);
   impl_->config = std::move(config);
   Impl* impl = impl_.get();
+  impl->max_inflight_requests = impl->config.max_inflight_requests > 0 ? impl->config.max_inflight_requests
+                                                                        : std::max(1, impl->config.threads / 2);
   auto& svr = impl->server;
   const int threads = impl->config.threads;
   svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };

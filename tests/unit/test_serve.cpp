@@ -268,6 +268,44 @@ TEST(HttpServer, AnswersClassifyHealthzMetricsAndErrors) {
 // Full queues: B and T that never flush by themselves (T = ∞) hold the first request; the
 // admission bound is then reached and further requests get 503 with Retry-After; stopping
 // drains, so the held request is answered 200. Every request gets 200 or 503.
+// The HTTP bound on requests in flight: with one request held (T = inf) and the bound at 1,
+// the next request gets 503 although the runtime itself has room; the held one is answered
+// 200 at drain, and the runtime never saw the rejected one.
+TEST(HttpServer, RequestBoundGives503BeforeTheRuntimeIsFull) {
+  moe::QueueConfig c;
+  c.max_batch = 256;
+  c.timeout_us = -1;
+  c.max_inflight_samples = 64;
+  c.max_request_samples = 2;
+  auto rt = std::make_shared<moe::ExpertQueueRuntime>(make_random_model(), make_routing("top-k:2"), c);
+  ServerConfig sc;
+  sc.port = 0;
+  sc.threads = 4;
+  sc.max_inflight_requests = 1;
+  auto server = std::make_unique<HttpServer>(rt, sc);
+  server->start();
+  const int port = server->port();
+  auto held = std::async(std::launch::async, [port] {
+    httplib::Client cli("127.0.0.1", port);
+    cli.set_read_timeout(60);
+    auto r = cli.Post("/v1/classify", b64_body(1), "application/json");
+    return r ? r->status : -1;
+  });
+  ASSERT_TRUE(eventually([&] { return rt->stats().inflight_samples == 1; }));
+  httplib::Client cli("127.0.0.1", port);
+  auto busy = cli.Post("/v1/classify", b64_body(1), "application/json");
+  ASSERT_TRUE(busy);
+  EXPECT_EQ(busy->status, 503);
+  EXPECT_EQ(busy->get_header_value("Retry-After"), "1");
+  EXPECT_NE(busy->body.find("too many requests"), std::string::npos) << busy->body;
+  server->stop();
+  EXPECT_EQ(held.get(), 200);
+  const auto st = rt->stats();
+  EXPECT_EQ(st.requests_admitted, 1u);
+  EXPECT_EQ(st.requests_rejected, 0u);
+  EXPECT_EQ(server->counters().responses_by_status.at(503), 1u);
+}
+
 TEST(HttpServer, FullQueuesGive503AndDrainAnswersTheAdmitted) {
   moe::QueueConfig c;
   c.max_batch = 256;

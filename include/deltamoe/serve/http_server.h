@@ -26,6 +26,12 @@ struct ServerConfig {
   /// the requests in flight over HTTP; keep it at or above max_inflight_samples / images per
   /// request if batches are to fill.
   int threads = 256;
+  /// Classify requests admitted at once over HTTP; beyond it, 503 with Retry-After. 0 means
+  /// threads / 2. A handler thread holds its request until it is answered, so without this
+  /// bound one-image requests could never reach the runtime's admission bound (max_inflight
+  /// samples > threads): the excess would wait, unanswered, in the TCP backlog. Keeping it
+  /// below `threads` leaves threads free to turn requests away.
+  int max_inflight_requests = 0;
   size_t max_body_bytes = 4 << 20;
   int64_t max_images = 64;
   int retry_after_s = 1;
