@@ -1,9 +1,12 @@
 // `deltamoe train`: train an MoE classifier on Fashion-MNIST with a routing policy.
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
+#include <system_error>
 #include <nlohmann/json.hpp>
 
 #include "command.h"
+#include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/models/moe_classifier.h"
 #include "models/data_shim.h"
@@ -24,6 +27,14 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_flag("--no-progress", o->no_progress, "no progress bar on stderr");
       app.add_flag("--no-test", o->no_test, "skip the test-set evaluation at the end");
       return [o]() {
+        // Create the checkpoint's directory before training, so that a bad --out fails now
+        // with a clear message and not after the epochs have run.
+        const auto dir = std::filesystem::path(o->out).parent_path();
+        if (!dir.empty()) {
+          std::error_code ec;
+          std::filesystem::create_directories(dir, ec);
+          DELTAMOE_CHECK(!ec, "train", "cannot create the directory of --out '", o->out, "': ", ec.message());
+        }
         set_num_threads(o->threads);
         cli::keep_freed_memory();
         const auto data = models::detail::load_data(o->data_dir);

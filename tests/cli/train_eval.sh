@@ -21,6 +21,15 @@ for key in '"test_accuracy"' '"test_avg_experts"' '"val_accuracy"' '"epochs"' '"
   grep -q "$key" <<<"$out" || { echo "train: missing $key"; exit 1; }
 done
 [ -s "$tmp/m.safetensors" ] && [ -s "$tmp/m.json" ] || { echo "checkpoint pair missing"; exit 1; }
+# --out in a directory that does not exist yet (the README's out/demo/... on a fresh clone).
+"$bin" train --routing top-k --k 1 "${small[@]}" --no-test --out "$tmp/new/dir/m.safetensors" >/dev/null 2>&1 ||
+  { echo "train into a new directory failed"; exit 1; }
+[ -s "$tmp/new/dir/m.safetensors" ] || { echo "train did not create --out's directory"; exit 1; }
+# A directory that cannot be created fails at once, naming --out.
+if "$bin" train "${small[@]}" --out /dev/null/sub/m.safetensors 2>"$tmp/err.txt" >/dev/null; then
+  echo "train under /dev/null succeeded"; exit 1
+fi
+grep -q "directory of --out '/dev/null/sub/m.safetensors'" "$tmp/err.txt" || { echo "bad --out message: $(cat "$tmp/err.txt")"; exit 1; }
 grep -q '"thresholds"' "$tmp/m.json" || { echo "adapted thresholds not saved"; exit 1; }
 
 ev=$("$bin" eval --model "$tmp/m.safetensors" --threads 1 --json --predictions-out "$tmp/p.csv" 2>/dev/null)
