@@ -277,6 +277,19 @@ RequestResult ExpertQueueRuntime::run(const float* x, int64_t n) {
   return future.get();
 }
 
+// Whether a queue may flush now and why: the rest of a split flush, full (B), its oldest
+// sample's deadline passed (T), or draining.
+bool ExpertQueueRuntime::ready_locked(const Queue& queue, int64_t now, int64_t limit, FlushReason& reason) const {
+  const auto& items = queue.items;
+  if (items.empty()) return false;
+  if (queue.forced > 0) reason = queue.forced_reason;
+  else if (static_cast<int64_t>(items.size()) >= limit) reason = FlushReason::size;
+  else if (now >= items.front().deadline) reason = FlushReason::timeout;
+  else if (draining_) reason = FlushReason::drain;
+  else return false;
+  return true;
+}
+
 bool ExpertQueueRuntime::take_batch_locked(int64_t now, Batch& out) {
   out.n_more = 0;
   const int64_t limit = std::max<int64_t>(1, static_cast<int64_t>(batch_limit_));
@@ -284,16 +297,9 @@ bool ExpertQueueRuntime::take_batch_locked(int64_t now, Batch& out) {
   int64_t best_t = INT64_MAX;
   FlushReason best_reason = FlushReason::size;
   for (size_t q = 0; q < queues_.size(); ++q) {
-    const auto& queue = *queues_[q];
-    const auto& items = queue.items;
-    if (items.empty()) continue;
-    const int64_t oldest = items.front().deadline;
     FlushReason reason;
-    if (queue.forced > 0) reason = queue.forced_reason;
-    else if (static_cast<int64_t>(items.size()) >= limit) reason = FlushReason::size;
-    else if (now >= oldest) reason = FlushReason::timeout;
-    else if (draining_) reason = FlushReason::drain;
-    else continue;
+    if (!ready_locked(*queues_[q], now, limit, reason)) continue;
+    const int64_t oldest = queues_[q]->items.front().deadline;
     // Among ready queues, the one with the earliest deadline goes first; ties (T = ∞) go to
     // the later stage, which finishes samples and frees admission slots.
     if (best == SIZE_MAX || oldest < best_t || (oldest == best_t && q > best)) {
@@ -343,12 +349,8 @@ bool ExpertQueueRuntime::take_batch_locked(int64_t now, Batch& out) {
     const size_t first_q = 1 + static_cast<size_t>((static_cast<int64_t>(best) - 1) / e_count * e_count);
     for (size_t q = first_q; q < first_q + static_cast<size_t>(e_count); ++q) {
       Queue& other = *queues_[q];
-      if (q == best || other.items.empty() || other.forced > 0) continue;
       FlushReason reason;
-      if (static_cast<int64_t>(other.items.size()) >= limit) reason = FlushReason::size;
-      else if (now >= other.items.front().deadline) reason = FlushReason::timeout;
-      else if (draining_) reason = FlushReason::drain;
-      else continue;
+      if (q == best || other.forced > 0 || !ready_locked(other, now, limit, reason)) continue;
       const int64_t n = std::min<int64_t>(limit, static_cast<int64_t>(other.items.size()));
       if (out.more.size() <= out.n_more) out.more.emplace_back();
       Batch::More& m = out.more[out.n_more++];
@@ -392,40 +394,29 @@ void ExpertQueueRuntime::worker_loop() {
   set_thread_timer_slack_ns(1000);
   std::unique_lock<std::mutex> lk(mu_);
   Batch batch;
+  bool spun = false;  // this idle period already polled: block next
   for (;;) {
     if (take_batch_locked(clock_->now_us(), batch)) {
       lk.unlock();
       run_batch(batch);
       lk.lock();
+      spun = false;
       continue;
     }
     if (stopping_) return;
     const int64_t deadline = next_deadline_locked();
-    if (config_.spin_us > 0 && !draining_) {
+    if (config_.spin_us > 0 && !draining_ && !spun) {
       // Poll (without the lock) until new work is announced, a deadline passes or the spin
       // time is up; then look again under the lock.
+      spun = true;
       const uint64_t seen = work_seq_.load(std::memory_order_relaxed);
       ++idle_workers_;  // a spinning worker can take part of a split flush
       lk.unlock();
-      const int64_t t0 = clock_->now_us(), stop = std::min(deadline, t0 + config_.spin_us);
-      bool changed = false;
-      for (int64_t now = t0; now < stop; now = clock_->now_us()) {
-        for (int i = 0; i < 64 && !changed; ++i) {
-          changed = work_seq_.load(std::memory_order_relaxed) != seen;
-          cpu_relax();
-        }
-        if (changed) break;
-      }
+      const int64_t stop = std::min(deadline, clock_->now_us() + config_.spin_us);
+      while (work_seq_.load(std::memory_order_relaxed) == seen && clock_->now_us() < stop) cpu_relax();
       lk.lock();
       --idle_workers_;
-      if (changed || clock_->now_us() >= deadline) continue;
-      if (take_batch_locked(clock_->now_us(), batch)) {
-        lk.unlock();
-        run_batch(batch);
-        lk.lock();
-        continue;
-      }
-      if (stopping_) return;
+      continue;
     }
     ++idle_workers_;
     if (deadline == INT64_MAX) {
@@ -435,6 +426,7 @@ void ExpertQueueRuntime::worker_loop() {
       cv_.wait_for(lk, std::chrono::microseconds(wait));
     }
     --idle_workers_;
+    spun = false;
   }
 }
 
@@ -451,8 +443,12 @@ void ExpertQueueRuntime::run_batch(Batch& batch) {
   for (size_t i = 0; i < batch.n_more; ++i) run_expert(batch.more[i].queue, batch.more[i].entries, done);
   if (!done.empty()) {
     const int64_t layer = static_cast<int64_t>(batch.queue - 1) / model_->experts();
-    std::vector<Sample*> ready(done.begin(), done.end());
+    // Moved out (no copy, no allocation) in case advance() ever runs a batch on this thread.
+    std::vector<Sample*> ready;
+    ready.swap(done);
     advance(ready, layer, clock_->now_us());
+    ready.clear();
+    done.swap(ready);  // keep the capacity for the next batch
   }
 }
 

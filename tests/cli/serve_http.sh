@@ -4,10 +4,7 @@
 set -euo pipefail
 bin="$1"
 src="$2"
-tmp=$(mktemp -d)
-pid=""
-trap '[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
-source "$src/tests/cli/serve_lib.bash"
+source "$src/tests/cli/serve_lib.bash"  # sets $tmp (removed at exit) and $pid
 
 start_server --queue-size 4 --queue-timeout-us 200 --max-body-bytes 8000 --max-request-images 4
 r=$(http GET /healthz)

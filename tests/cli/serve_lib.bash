@@ -1,5 +1,10 @@
 # Shared helpers for the serve_*.sh CLI tests (sourced; named .bash so that CTest, which runs
 # every tests/cli/*.sh, does not run it as a test).
+# Sourcing it (after setting $bin and $src) creates the scratch directory $tmp and an EXIT trap
+# that kills a still-running server ($pid) and removes $tmp.
+tmp=$(mktemp -d)
+pid=""
+trap '[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
 # start_server ARGS...: starts `deltamoe serve` on a free loopback port, sets $pid and $port;
 # the model is ${model_args[@]} (default --random-model).
 model_args=(--random-model)

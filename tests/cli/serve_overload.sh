@@ -5,10 +5,7 @@
 set -euo pipefail
 bin="$1"
 src="$2"
-tmp=$(mktemp -d)
-pid=""
-trap '[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
-source "$src/tests/cli/serve_lib.bash"
+source "$src/tests/cli/serve_lib.bash"  # sets $tmp (removed at exit) and $pid
 
 start_server --queue-size 16 --queue-timeout-us 500 --max-inflight 8 --max-request-images 4 --workers 1 --http-threads 64
 heavy=$(timeout 120 "$bin" loadgen --url "http://127.0.0.1:$port" --rate 20000 --duration 2 --concurrency 48 --json)

@@ -5,10 +5,7 @@
 set -euo pipefail
 bin="$1"
 src="$2"
-tmp=$(mktemp -d)
-pid=""
-trap '[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
-source "$src/tests/cli/serve_lib.bash"
+source "$src/tests/cli/serve_lib.bash"  # sets $tmp (removed at exit) and $pid
 data=/usr/share/datasets/fashion-mnist
 if [ ! -e "$data/t10k-images-idx3-ubyte.gz" ]; then echo "serve trained: data not installed, skipped"; exit 0; fi
 

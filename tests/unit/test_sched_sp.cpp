@@ -418,19 +418,27 @@ TEST(SchedSp, HandBuiltFanOutTakesTheCheapBranchFirst) {
   EXPECT_EQ(opt, 1u + 2u + 50u);
 }
 
-// The target: thousands of random SP graphs with n <= 10, multi-reader buffers,
-// views, inputs, parameters, outputs and workspaces, in shuffled program order.
-TEST(SchedSp, OptimalOnRandomSpGraphsAgainstBruteForce) {
+// The 4,000 random SP graphs (n <= 10; multi-reader buffers, views, inputs, parameters,
+// outputs and workspaces, in shuffled program order) both tests below run on: calls
+// fn(trial, n, tree, g, m). Every fourth graph is an in-tree with single-reader buffers.
+template <typename F>
+void for_each_random_sp_graph(F&& fn) {
   std::mt19937 rng(12345);
-  int exact = 0, total = 0, inexact_optimal = 0;
-  double inexact_gap = 0;
   for (int trial = 0; trial < 4000; ++trial) {
     const int32_t n = std::uniform_int_distribution<int32_t>(1, 10)(rng);
-    // Every fourth graph is an in-tree with single-reader buffers: always in the exact class.
     const bool tree = trial % 4 == 0;
     const Spec s = decorate(tree ? random_in_tree(n, rng) : random_sp_preds(n, rng), rng, tree);
     const ds::Graph g = make_graph(s);
-    const Model m = model_of(g);
+    fn(trial, n, tree, g, model_of(g));
+    if (::testing::Test::HasFatalFailure()) return;  // an ASSERT failed inside fn: stop here
+  }
+}
+
+// The target: thousands of random SP graphs against brute force.
+TEST(SchedSp, OptimalOnRandomSpGraphsAgainstBruteForce) {
+  int exact = 0, total = 0, inexact_optimal = 0;
+  double inexact_gap = 0;
+  for_each_random_sp_graph([&](int trial, int32_t n, bool tree, const ds::Graph& g, const Model& m) {
     const sp::SpDetail d = sp::analyze(g);
     ASSERT_TRUE(d.structure_sp) << "trial " << trial;
     ASSERT_TRUE(d.summary.is_series_parallel);
@@ -459,7 +467,7 @@ TEST(SchedSp, OptimalOnRandomSpGraphsAgainstBruteForce) {
       inexact_optimal += peak == opt;
       inexact_gap += static_cast<double>(peak) / std::max<uint64_t>(opt, 1) - 1;
     }
-  }
+  });
   // Most random graphs are in the exact class; the rest have a buffer freed by whichever of
   // two parallel readers runs last in a shape the mapping does not cover.
   EXPECT_GT(exact, total / 2);
@@ -471,18 +479,12 @@ TEST(SchedSp, OptimalOnRandomSpGraphsAgainstBruteForce) {
 
 // The driver-level claim (docs/sched.md, "What is claimed"): `schedule --algo auto` returns a
 // proven-optimal order on every SP graph of this size, and the order that claims optimality
-// is checked against the brute-force optimum on every graph. Same 4,000 graphs as above (same
-// seed and draws). Where the SP mapping is inexact (a buffer read by several parallel
-// branches), the proof comes from the exact methods the driver runs next.
+// is checked against the brute-force optimum on every graph. Same 4,000 graphs as above.
+// Where the SP mapping is inexact (a buffer read by several parallel branches), the proof
+// comes from the exact methods the driver runs next.
 TEST(SchedSp, AutoIsProvenOptimalOnEveryRandomSpGraph) {
-  std::mt19937 rng(12345);
   int by_sp = 0, by_other = 0;
-  for (int trial = 0; trial < 4000; ++trial) {
-    const int32_t n = std::uniform_int_distribution<int32_t>(1, 10)(rng);
-    const bool tree = trial % 4 == 0;
-    const Spec s = decorate(tree ? random_in_tree(n, rng) : random_sp_preds(n, rng), rng, tree);
-    const ds::Graph g = make_graph(s);
-    const Model m = model_of(g);
+  for_each_random_sp_graph([&](int trial, int32_t n, bool, const ds::Graph& g, const Model& m) {
     ds::ScheduleOptions opt;  // auto, ILP allowed, the default 10 s (used: milliseconds)
     const ds::ScheduleResult r = ds::schedule(g, opt);
     ASSERT_TRUE(r.sp.is_series_parallel) << "trial " << trial;
@@ -493,7 +495,7 @@ TEST(SchedSp, AutoIsProvenOptimalOnEveryRandomSpGraph) {
     ASSERT_EQ(r.peak, opt_peak) << "trial " << trial << " n=" << n << ": " << r.notes;
     ASSERT_EQ(r.lower_bound.bytes, opt_peak) << "trial " << trial << " " << r.lower_bound.kind;
     (r.sp.proven_optimal ? by_sp : by_other)++;
-  }
+  });
   EXPECT_GT(by_other, 0);  // the fallback path was exercised
   std::printf("auto: 4000 of 4000 random SP graphs proven optimal (%d with the SP order proven "
               "by the SP pipeline, %d by the driver's other bounds and exact methods)\n", by_sp, by_other);

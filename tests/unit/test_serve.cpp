@@ -265,79 +265,76 @@ TEST(HttpServer, AnswersClassifyHealthzMetricsAndErrors) {
   server.stop();
 }
 
-// Full queues: B and T that never flush by themselves (T = ∞) hold the first request; the
-// admission bound is then reached and further requests get 503 with Retry-After; stopping
-// drains, so the held request is answered 200. Every request gets 200 or 503.
-// The HTTP bound on requests in flight: with one request held (T = inf) and the bound at 1,
-// the next request gets 503 although the runtime itself has room; the held one is answered
-// 200 at drain, and the runtime never saw the rejected one.
+// A server whose runtime never flushes by itself (B = 256, T = ∞) with one request of
+// `held_images` images already admitted and held; a second request then meets the bounds.
+struct HeldRequestServer {
+  std::shared_ptr<moe::ExpertQueueRuntime> rt;
+  std::unique_ptr<HttpServer> server;
+  std::future<int> held;  // the held request's HTTP status, available after stop()
+
+  HeldRequestServer(int64_t max_inflight_samples, int max_inflight_requests, int64_t held_images) {
+    moe::QueueConfig c;
+    c.max_batch = 256;
+    c.timeout_us = -1;
+    c.max_inflight_samples = max_inflight_samples;
+    c.max_request_samples = 2;
+    rt = std::make_shared<moe::ExpertQueueRuntime>(make_random_model(), make_routing("top-k:2"), c);
+    ServerConfig sc;
+    sc.port = 0;
+    sc.threads = 4;
+    sc.max_inflight_requests = max_inflight_requests;
+    server = std::make_unique<HttpServer>(rt, sc);
+    server->start();
+    const int port = server->port();
+    held = std::async(std::launch::async, [port, held_images] {
+      httplib::Client cli("127.0.0.1", port);
+      cli.set_read_timeout(60);
+      auto r = cli.Post("/v1/classify", b64_body(held_images), "application/json");
+      return r ? r->status : -1;
+    });
+  }
+  httplib::Result post_one() {
+    httplib::Client cli("127.0.0.1", server->port());
+    return cli.Post("/v1/classify", b64_body(1), "application/json");
+  }
+};
+
+// Full queues: the held request fills the admission bound, further requests get 503 with
+// Retry-After; stopping drains, so the held request is answered 200. Every request gets 200
+// or 503.
+TEST(HttpServer, FullQueuesGive503AndDrainAnswersTheAdmitted) {
+  HeldRequestServer h(/*max_inflight_samples=*/2, /*max_inflight_requests=*/0, /*held_images=*/2);
+  ASSERT_TRUE(eventually([&] { return h.rt->stats().inflight_samples == 2; }));
+  auto full = h.post_one();
+  ASSERT_TRUE(full);
+  EXPECT_EQ(full->status, 503);
+  EXPECT_EQ(full->get_header_value("Retry-After"), "1");
+  EXPECT_FALSE(h.held.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+  h.server->stop();
+  EXPECT_EQ(h.held.get(), 200);
+  const auto st = h.rt->stats();
+  EXPECT_EQ(st.requests_admitted, 1u);
+  EXPECT_EQ(st.requests_done, 1u);
+  EXPECT_EQ(st.requests_rejected, 1u);
+}
+
+// The HTTP bound on requests in flight: with one request held and the bound at 1, the next
+// request gets 503 although the runtime itself has room; the held one is answered 200 at
+// drain, and the runtime never saw the rejected one.
 TEST(HttpServer, RequestBoundGives503BeforeTheRuntimeIsFull) {
-  moe::QueueConfig c;
-  c.max_batch = 256;
-  c.timeout_us = -1;
-  c.max_inflight_samples = 64;
-  c.max_request_samples = 2;
-  auto rt = std::make_shared<moe::ExpertQueueRuntime>(make_random_model(), make_routing("top-k:2"), c);
-  ServerConfig sc;
-  sc.port = 0;
-  sc.threads = 4;
-  sc.max_inflight_requests = 1;
-  auto server = std::make_unique<HttpServer>(rt, sc);
-  server->start();
-  const int port = server->port();
-  auto held = std::async(std::launch::async, [port] {
-    httplib::Client cli("127.0.0.1", port);
-    cli.set_read_timeout(60);
-    auto r = cli.Post("/v1/classify", b64_body(1), "application/json");
-    return r ? r->status : -1;
-  });
-  ASSERT_TRUE(eventually([&] { return rt->stats().inflight_samples == 1; }));
-  httplib::Client cli("127.0.0.1", port);
-  auto busy = cli.Post("/v1/classify", b64_body(1), "application/json");
+  HeldRequestServer h(/*max_inflight_samples=*/64, /*max_inflight_requests=*/1, /*held_images=*/1);
+  ASSERT_TRUE(eventually([&] { return h.rt->stats().inflight_samples == 1; }));
+  auto busy = h.post_one();
   ASSERT_TRUE(busy);
   EXPECT_EQ(busy->status, 503);
   EXPECT_EQ(busy->get_header_value("Retry-After"), "1");
   EXPECT_NE(busy->body.find("too many requests"), std::string::npos) << busy->body;
-  server->stop();
-  EXPECT_EQ(held.get(), 200);
-  const auto st = rt->stats();
+  h.server->stop();
+  EXPECT_EQ(h.held.get(), 200);
+  const auto st = h.rt->stats();
   EXPECT_EQ(st.requests_admitted, 1u);
   EXPECT_EQ(st.requests_rejected, 0u);
-  EXPECT_EQ(server->counters().responses_by_status.at(503), 1u);
-}
-
-TEST(HttpServer, FullQueuesGive503AndDrainAnswersTheAdmitted) {
-  moe::QueueConfig c;
-  c.max_batch = 256;
-  c.timeout_us = -1;
-  c.max_inflight_samples = 2;
-  c.max_request_samples = 2;
-  auto rt = std::make_shared<moe::ExpertQueueRuntime>(make_random_model(), make_routing("top-k:2"), c);
-  ServerConfig sc;
-  sc.port = 0;
-  sc.threads = 4;
-  auto server = std::make_unique<HttpServer>(rt, sc);
-  server->start();
-  const int port = server->port();
-  auto held = std::async(std::launch::async, [port] {
-    httplib::Client cli("127.0.0.1", port);
-    cli.set_read_timeout(60);
-    auto r = cli.Post("/v1/classify", b64_body(2), "application/json");
-    return r ? r->status : -1;
-  });
-  ASSERT_TRUE(eventually([&] { return rt->stats().inflight_samples == 2; }));
-  httplib::Client cli("127.0.0.1", port);
-  auto full = cli.Post("/v1/classify", b64_body(1), "application/json");
-  ASSERT_TRUE(full);
-  EXPECT_EQ(full->status, 503);
-  EXPECT_EQ(full->get_header_value("Retry-After"), "1");
-  EXPECT_FALSE(held.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
-  server->stop();
-  EXPECT_EQ(held.get(), 200);
-  const auto st = rt->stats();
-  EXPECT_EQ(st.requests_admitted, 1u);
-  EXPECT_EQ(st.requests_done, 1u);
-  EXPECT_EQ(st.requests_rejected, 1u);
+  EXPECT_EQ(h.server->counters().responses_by_status.at(503), 1u);
 }
 
 // T = ∞ and B = 256: nothing flushes until the final drain, so the first request's latency

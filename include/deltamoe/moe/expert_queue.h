@@ -231,6 +231,7 @@ class ExpertQueueRuntime {
   struct Queue;
   struct Batch;
 
+  bool ready_locked(const Queue& queue, int64_t now, int64_t limit, FlushReason& reason) const;
   bool take_batch_locked(int64_t now, Batch& out);
   int64_t next_deadline_locked() const;
   void run_batch(Batch& batch);
