@@ -4,8 +4,10 @@
   ratio   closed-loop samples/s at B = 64 over B = 1 (per-expert, T = inf, 2 workers), on the
           small and the wide model, both policies; B = 1 and B = 64 alternate, --repeats times
   p99     at 70 % of each configuration's own closed-loop capacity (1 worker, the client on the
-          other core): p99 against T + 2 x the wave service time, --repeats times, for T = 1 ms
-          (where an ideal queue can meet the bound, see bench/queue_sim.py) and T = 200 us
+          other core): p99 against T + 2 x the wave service time, --repeats times, for T = 200 us
+          (where even an ideal queue misses the bound, see bench/queue_sim.py), T = 1 ms (where
+          the ideal meets it by 20-35 %, less than this VM's stalls) and T = 2 and 5 ms (where the
+          margin is larger than most stalls)
 
 A stall probe runs before and after (the VM's own floor under any p99). Medians are what the
 report quotes. Writes one JSON object to --out and prints a summary on stderr.
@@ -46,13 +48,14 @@ def main():
     ap.add_argument("--out", default="docs/experiments/expert-queues/targets.json")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--duration", type=float, default=2.0)
+    ap.add_argument("--only", choices=["ratio", "p99"], help="run one of the two targets")
     args = ap.parse_args()
     for m in (args.model, args.wide_model):
         if not os.path.exists(m):
             sys.exit(f"queue_targets: {m} is missing (bench/queue_study.py trains it)")
     d = str(args.duration)
     result = {"stall_probe_before": probe(args), "ratio": [], "p99": []}
-    for name, model in [("small", args.model), ("wide", args.wide_model)]:
+    for name, model in [("small", args.model), ("wide", args.wide_model)] if args.only != "p99" else []:
         for policy in ["top-k:2", "top-p:0.6"]:
             ratios, tps = [], {1: [], 64: []}
             for _ in range(args.repeats):
@@ -67,19 +70,22 @@ def main():
             result["ratio"].append(r)
             print(f"ratio {name} {policy}: {', '.join(f'{x:.1f}' for x in ratios)} (median {r['median_ratio']:.1f}x)",
                   file=sys.stderr)
-    for policy in ["top-k:2", "top-p:0.6"]:
-        for b, t in [(16, 1000), (64, 1000), (128, 1000), (16, 200), (64, 200)]:
-            p99s, bounds, meets = [], [], []
+    cells = [(16, 200), (64, 200), (16, 1000), (64, 1000), (128, 1000), (64, 2000), (64, 5000), (256, 5000)]
+    for policy in ["top-k:2", "top-p:0.6"] if args.only != "ratio" else []:
+        for b, t in cells:
+            p99s, bounds, meets, p50s = [], [], [], []
             for _ in range(args.repeats):
                 base = ["--routing", policy, "--mode", "per-expert", "--queue-size", str(b), "--queue-timeout-us", str(t)]
                 cap = run(args, base + ["--closed-loop", "--concurrency", "1024", "--duration", d], args.model, 1)
                 j = run(args, base + ["--rate", f"{0.7 * cap['throughput_rps']:.1f}", "--duration", d], args.model, 1)
                 bound = t / 1000.0 + 2 * j["wave_service_ms"]
                 p99s.append(j["p99_ms"])
+                p50s.append(j["p50_ms"])
                 bounds.append(bound)
                 meets.append(j["p99_ms"] <= bound)
             r = {"policy": policy, "B": b, "T_us": t, "p99_ms": p99s, "bound_ms": bounds, "meets": meets,
-                 "median_p99_ms": statistics.median(p99s), "median_bound_ms": statistics.median(bounds)}
+                 "p50_ms": p50s, "median_p99_ms": statistics.median(p99s),
+                 "median_bound_ms": statistics.median(bounds)}
             r["median_meets"] = r["median_p99_ms"] <= r["median_bound_ms"]
             result["p99"].append(r)
             print(f"p99 {policy} B={b} T={t}: {', '.join(f'{x:.2f}' for x in p99s)} ms, bound "
