@@ -161,19 +161,23 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
         DELTAMOE_CHECK(url->empty(), "loadgen", "give --url or --in-process, not both");
         auto runtime = opts->build();
         r = deltamoe::serve::run_inprocess_load(*runtime, *lc);
-        auto ej = nlohmann::json::parse(deltamoe::serve::runtime_stats_json(runtime->stats()));
+        // The runtime's counters over the measured window only: the warm-up's batches and the
+        // final drain's partial ones (T = ∞) would otherwise pull the mean batch and service
+        // time down.
+        const auto st =
+            deltamoe::serve::runtime_stats_between(r.stats_at_window_start, r.stats_at_window_end);
+        auto ej = nlohmann::json::parse(deltamoe::serve::runtime_stats_json(st));
         ej["routing"] = runtime->policy().name();
         ej["batching"] = deltamoe::moe::batching_mode_name(runtime->config().mode);
         ej["queue_size"] = opts->queue_size;
         ej["queue_timeout_us"] = opts->queue_timeout_us;
         ej["adaptive"] = opts->adaptive;
-        // Share of the workers' time spent running batches (the rest: waiting, locking); the
-        // runtime's counters include the warm-up.
-        const auto st = runtime->stats();
+        // Share of the workers' time in the window spent running batches (the rest: waiting,
+        // locking).
         const double workers = static_cast<double>(runtime->config().workers);
         double busy_us = 0.0;
         for (const auto& q : st.queues) busy_us += q.busy_us;
-        const double worker_us = (r.wall_s + r.warmup_s) * 1e6 * workers;
+        const double worker_us = lc->duration_s * 1e6 * workers;
         ej["worker_busy_share"] = worker_us > 0 ? busy_us / worker_us : 0.0;
         // Wave service time: one stem batch of the realised size through every stage when the
         // workers have nothing else to do (its expert batches shared among the workers). The

@@ -213,6 +213,44 @@ std::string runtime_stats_json(const moe::RuntimeStats& s) {
   return j.dump();
 }
 
+namespace {
+
+void subtract(moe::Histogram& h, const moe::Histogram& begin) {
+  DELTAMOE_CHECK(h.counts.size() == begin.counts.size(), "loadgen", "histograms with different buckets");
+  for (size_t i = 0; i < h.counts.size(); ++i) h.counts[i] -= begin.counts[i];
+  h.sum -= begin.sum;
+  h.count -= begin.count;
+}
+
+}  // namespace
+
+moe::RuntimeStats runtime_stats_between(const moe::RuntimeStats& begin, const moe::RuntimeStats& end) {
+  DELTAMOE_CHECK(begin.queues.size() == end.queues.size(), "loadgen", "runtime snapshots with ",
+                 begin.queues.size(), " and ", end.queues.size(), " queues");
+  moe::RuntimeStats d = end;
+  d.requests_admitted -= begin.requests_admitted;
+  d.requests_rejected -= begin.requests_rejected;
+  d.requests_done -= begin.requests_done;
+  d.samples_admitted -= begin.samples_admitted;
+  d.samples_done -= begin.samples_done;
+  d.queue_us_sum -= begin.queue_us_sum;
+  d.compute_us_sum -= begin.compute_us_sum;
+  d.expert_calls -= begin.expert_calls;
+  d.expert_rows -= begin.expert_rows;
+  subtract(d.latency_us, begin.latency_us);
+  for (size_t q = 0; q < d.queues.size(); ++q) {
+    auto& dq = d.queues[q];
+    const auto& bq = begin.queues[q];
+    for (int k = 0; k < 3; ++k) dq.flushes[k] -= bq.flushes[k];
+    dq.splits -= bq.splits;
+    dq.runs -= bq.runs;
+    dq.samples -= bq.samples;
+    dq.busy_us -= bq.busy_us;
+    subtract(dq.batch_sizes, bq.batch_sizes);
+  }
+  return d;
+}
+
 LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig& c) {
   check_config(c);
   LoadResult r;
@@ -298,8 +336,13 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
     for (int i = 0; i < c.concurrency; ++i) launch();
     // Wait for the duration only: with T = ∞ the queues can hold every outstanding request
     // short of B (a closed loop then sends nothing more); the drain below runs them.
-    std::unique_lock<std::mutex> lk(mu);
-    cv.wait_until(lk, end, [&] { return outstanding == 0; });
+    std::this_thread::sleep_until(measured_from);
+    r.stats_at_window_start = runtime.stats();
+    {
+      std::unique_lock<std::mutex> lk(mu);
+      cv.wait_until(lk, end, [&] { return outstanding == 0; });
+    }
+    r.stats_at_window_end = runtime.stats();
   } else {
     const auto schedule = poisson_schedule_us(c.rate_rps, c.warmup_s + c.duration_s, c.seed);
     // The sender is its own thread, woken precisely (1 µs timer slack) and, where allowed,
@@ -342,6 +385,10 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
       }
       r.sender_cpu_s = thread_cpu_seconds() - sender_cpu_at_measure;
     });
+    std::this_thread::sleep_until(measured_from);
+    r.stats_at_window_start = runtime.stats();
+    std::this_thread::sleep_until(end);
+    r.stats_at_window_end = runtime.stats();
     sender.join();
   }
   runtime.shutdown();  // drains what B/T still hold (T = ∞), so every admitted request is counted

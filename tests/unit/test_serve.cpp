@@ -383,6 +383,44 @@ TEST(Loadgen, WarmupRequestsAreServedButNotCounted) {
   }
 }
 
+// With one worker, B = 8 and T = ∞, every batch run inside the measured window is a full one
+// of 8 rows; only the final drain runs partial batches. The window's counters must therefore
+// show exactly 8 rows per expert call, and they must add up to the whole run's minus the
+// warm-up's and the drain's.
+TEST(Loadgen, RuntimeCountersCoverTheMeasuredWindowOnly) {
+  moe::QueueConfig c;
+  c.max_batch = 8;
+  c.timeout_us = -1;
+  c.workers = 1;
+  moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-k:2"), c);
+  LoadConfig lc;
+  lc.closed_loop = true;
+  lc.concurrency = 256;
+  lc.duration_s = 0.2;
+  lc.warmup_s = 0.05;
+  const auto r = run_inprocess_load(rt, lc);
+  const auto whole = rt.stats();
+  const auto w = runtime_stats_between(r.stats_at_window_start, r.stats_at_window_end);
+  ASSERT_GT(w.expert_calls, 0u);
+  EXPECT_EQ(w.expert_rows, 8 * w.expert_calls);
+  EXPECT_LT(w.samples_done, whole.samples_done);
+  EXPECT_EQ(w.samples_done + r.stats_at_window_start.samples_done + (whole.samples_done - r.stats_at_window_end.samples_done),
+            whole.samples_done);
+  uint64_t window_flushes = 0;
+  for (const auto& q : w.queues) {
+    window_flushes += q.flushes[0] + q.flushes[1] + q.flushes[2];
+    EXPECT_EQ(q.flushes[1], 0u) << q.name;  // T = ∞: no timeouts
+    EXPECT_EQ(q.batch_sizes.count, q.runs) << q.name;
+  }
+  EXPECT_GT(window_flushes, 0u);
+  const auto j = nlohmann::json::parse(runtime_stats_json(w));
+  EXPECT_DOUBLE_EQ(j["mean_expert_rows_per_call"].get<double>(), 8.0);
+  // The whole run includes the drain's partial batches.
+  EXPECT_LT(static_cast<double>(whole.expert_rows) / static_cast<double>(whole.expert_calls), 8.0);
+  moe::RuntimeStats other;
+  EXPECT_THROW(runtime_stats_between(other, whole), deltamoe::Error);
+}
+
 TEST(Loadgen, RefusesNonLoopbackTargets) {
   LoadConfig c;
   c.duration_s = 0.1;

@@ -52,6 +52,9 @@ struct LoadResult {
   /// tail and the final drain would understate it when latencies approach the duration.
   int64_t window_ok = -1;
   double sender_cpu_s = 0.0;                 // in-process open loop: the sender thread's CPU time
+  /// In-process: the runtime's counters when the measured window opened and when it closed
+  /// (see runtime_stats_between); empty `queues` where not taken (HTTP).
+  moe::RuntimeStats stats_at_window_start, stats_at_window_end;
 };
 
 /// Summary JSON (one object): counts, throughput_rps, p50/p95/p99/mean/max latency in ms,
@@ -62,12 +65,20 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
 /// flushes, mean queue and compute time per sample.
 std::string runtime_stats_json(const moe::RuntimeStats& s);
 
+/// The runtime's activity between two snapshots of one runtime (`begin` taken first): every
+/// counter, sum and histogram is end − begin; gauges (queue depth, current B, samples in
+/// flight) are end's. The loadgen reports the measured window this way, so batches of the
+/// warm-up and of the final drain (partial ones, with T = ∞) do not count. Throws
+/// Error("loadgen") if the two come from runtimes with different queues.
+moe::RuntimeStats runtime_stats_between(const moe::RuntimeStats& begin, const moe::RuntimeStats& end);
+
 /// Deterministic synthetic 28×28 images (blobs and strokes on a dark background), n × 784.
 std::vector<float> synthetic_images(int64_t n, uint64_t seed);
 
 /// Runs load against the runtime in this process. Open loop submits from one thread on the
 /// Poisson schedule; closed loop resubmits from each completion. Rejections count as "503".
-/// Calls runtime.shutdown() at the end (drains what is still queued).
+/// Calls runtime.shutdown() at the end (drains what is still queued). Snapshots the runtime's
+/// counters when the measured window opens and closes (LoadResult::stats_at_window_*).
 LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig& config);
 
 /// Runs load against `url` (http://127.0.0.1:PORT or http://localhost:PORT; anything else is
