@@ -55,6 +55,26 @@ std::string reason_of(std::string_view body) {
   return "";
 }
 
+// Queue settings of the loadgen tests: batch limit B, timeout in µs (−1: ∞), worker threads.
+moe::QueueConfig queue_config(int64_t max_batch, int64_t timeout_us, int workers = 2) {
+  moe::QueueConfig c;
+  c.max_batch = max_batch;
+  c.timeout_us = timeout_us;
+  c.workers = workers;
+  return c;
+}
+
+// In-process load: closed loop with `concurrency` requests, or open loop at `rate_rps`.
+LoadConfig load_config(bool closed_loop, int concurrency, double rate_rps, double duration_s, double warmup_s) {
+  LoadConfig lc;
+  lc.closed_loop = closed_loop;
+  lc.concurrency = concurrency;
+  lc.rate_rps = rate_rps;
+  lc.duration_s = duration_s;
+  lc.warmup_s = warmup_s;
+  return lc;
+}
+
 }  // namespace
 
 TEST(Base64, RoundTripsAndRejectsGarbage) {
@@ -341,13 +361,8 @@ TEST(HttpServer, RequestBoundGives503BeforeTheRuntimeIsFull) {
 // spans (at least) the time from its scheduled send to the last scheduled arrival. With the
 // seeded schedule (rate 200/s over 0.5 s) that is well over 0.2 s whatever the machine does.
 TEST(Loadgen, OpenLoopLatencyIncludesTimeHeldInQueues) {
-  moe::QueueConfig c;
-  c.max_batch = 256;
-  c.timeout_us = -1;
-  moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-k:2"), c);
-  LoadConfig lc;
-  lc.rate_rps = 200;
-  lc.duration_s = 0.5;
+  moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-k:2"), queue_config(256, -1));
+  const LoadConfig lc = load_config(false, LoadConfig{}.concurrency, 200, 0.5, LoadConfig{}.warmup_s);
   const auto r = run_inprocess_load(rt, lc);
   ASSERT_GT(r.ok, 20);
   EXPECT_EQ(r.ok, r.sent);
@@ -359,16 +374,8 @@ TEST(Loadgen, OpenLoopLatencyIncludesTimeHeldInQueues) {
 // answers (which give the throughput) are a subset of all answers.
 TEST(Loadgen, WarmupRequestsAreServedButNotCounted) {
   for (bool closed : {false, true}) {
-    moe::QueueConfig c;
-    c.max_batch = 8;
-    c.timeout_us = 200;
-    moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-k:2"), c);
-    LoadConfig lc;
-    lc.closed_loop = closed;
-    lc.concurrency = 8;
-    lc.rate_rps = 400;
-    lc.duration_s = 0.2;
-    lc.warmup_s = 0.1;
+    moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-k:2"), queue_config(8, 200));
+    const LoadConfig lc = load_config(closed, 8, 400, 0.2, 0.1);
     const auto r = run_inprocess_load(rt, lc);
     const auto st = rt.stats();
     EXPECT_TRUE(r.errors.empty());
@@ -388,16 +395,8 @@ TEST(Loadgen, WarmupRequestsAreServedButNotCounted) {
 // show exactly 8 rows per expert call, and they must add up to the whole run's minus the
 // warm-up's and the drain's.
 TEST(Loadgen, RuntimeCountersCoverTheMeasuredWindowOnly) {
-  moe::QueueConfig c;
-  c.max_batch = 8;
-  c.timeout_us = -1;
-  c.workers = 1;
-  moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-k:2"), c);
-  LoadConfig lc;
-  lc.closed_loop = true;
-  lc.concurrency = 256;
-  lc.duration_s = 0.2;
-  lc.warmup_s = 0.05;
+  moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-k:2"), queue_config(8, -1, 1));
+  const LoadConfig lc = load_config(true, 256, 0, 0.2, 0.05);
   const auto r = run_inprocess_load(rt, lc);
   const auto whole = rt.stats();
   const auto w = runtime_stats_between(r.stats_at_window_start, r.stats_at_window_end);
@@ -431,15 +430,8 @@ TEST(Loadgen, RefusesNonLoopbackTargets) {
 
 TEST(Loadgen, InProcessOpenAndClosedLoopAccountForEveryRequest) {
   for (bool closed : {false, true}) {
-    moe::QueueConfig c;
-    c.max_batch = 8;
-    c.timeout_us = 200;
-    moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-p:0.5"), c);
-    LoadConfig lc;
-    lc.closed_loop = closed;
-    lc.concurrency = 16;
-    lc.rate_rps = 400;
-    lc.duration_s = 0.25;
+    moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-p:0.5"), queue_config(8, 200));
+    const LoadConfig lc = load_config(closed, 16, 400, 0.25, LoadConfig{}.warmup_s);
     const auto r = run_inprocess_load(rt, lc);
     int64_t errors = 0;
     for (const auto& [k, v] : r.errors) errors += v;
