@@ -12,6 +12,7 @@
 A stall probe runs before and after (the VM's own floor under any p99). Medians are what the
 report quotes. Writes one JSON object to --out and prints a summary on stderr.
 Usage: python3 bench/queue_targets.py --bin build/deltamoe --out docs/experiments/expert-queues/targets.json
+       python3 bench/queue_targets.py --table RUN.json [--compare OLDER.json]   (markdown tables of a run)
 """
 import argparse
 import json
@@ -40,6 +41,44 @@ def probe(args):
     return json.loads(out.stdout)
 
 
+def fmt_t(t_us):
+    return f"{t_us} us" if t_us < 1000 else f"{t_us // 1000} ms"
+
+
+def print_tables(path, compare):
+    """The report's markdown tables for one saved run; with `compare`, that run's bounds beside."""
+    with open(path) as f:
+        j = json.load(f)
+    older = {}
+    if compare:
+        with open(compare) as f:
+            older = {(r["policy"], r["B"], r["T_us"]): r["median_bound_ms"] for r in json.load(f)["p99"]}
+    if j.get("ratio"):
+        print("| model | policy | B=1 samples/s | B=64 samples/s | B=64 / B=1 | median |")
+        print("|---|---|---|---|---|---|")
+        for r in j["ratio"]:
+            print(f"| {r['model']} | {r['policy']} | {', '.join(f'{x:.0f}' for x in r['b1_samples_per_s'])} | "
+                  f"{', '.join(f'{x:.0f}' for x in r['b64_samples_per_s'])} | "
+                  f"{', '.join(f'{x:.1f}' for x in r['ratios'])} | {r['median_ratio']:.1f}x |")
+        print()
+    if j.get("p99"):
+        extra_h, extra_l = (" older run's bound |", "---|") if older else ("", "")
+        print("| policy | B | T | p99 ms (runs) | median p99 | bound ms (median) |" + extra_h +
+              " runs meeting | median meets |")
+        print("|---|---|---|---|---|---|" + extra_l + "---|---|")
+        for r in j["p99"]:
+            key = (r["policy"], r["B"], r["T_us"])
+            extra = f" {older[key]:.2f} |" if key in older else (" - |" if older else "")
+            print(f"| {r['policy']} | {r['B']} | {fmt_t(r['T_us'])} | {', '.join(f'{x:.2f}' for x in r['p99_ms'])} | "
+                  f"{r['median_p99_ms']:.2f} | {r['median_bound_ms']:.2f} |{extra} {sum(r['meets'])} of "
+                  f"{len(r['meets'])} | {'**yes**' if r['median_meets'] else 'no'} |")
+    for k in ("stall_probe_before", "stall_probe_after"):
+        if k in j:
+            p = j[k]
+            print(f"\n{k}: {p['gaps_over_1ms_per_s']:.1f} gaps > 1 ms per s, longest {p['max_gap_ms']:.1f} ms, "
+                  f"{100 * p['lost_share']:.1f} % lost")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default="build/deltamoe")
@@ -49,7 +88,12 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--only", choices=["ratio", "p99"], help="run one of the two targets")
+    ap.add_argument("--table", metavar="RUN.json", help="print a saved run as markdown tables (runs nothing)")
+    ap.add_argument("--compare", metavar="OLDER.json", help="with --table: an older run's bounds beside")
     args = ap.parse_args()
+    if args.table:
+        print_tables(args.table, args.compare)
+        return
     for m in (args.model, args.wide_model):
         if not os.path.exists(m):
             sys.exit(f"queue_targets: {m} is missing (bench/queue_study.py trains it)")
