@@ -21,6 +21,7 @@ Capacity of a configuration (mode, B, T, policy, workers) = its own closed-loop 
 (1024 requests of one image outstanding), measured just before its open-loop runs. Every
 in-process run has a 0.25 s warm-up that is not counted.
 Usage: python3 bench/queue_study.py --bin build/deltamoe --out docs/experiments/expert-queues
+       (a part: --sweeps load --methods adaptive,"per-expert B=64" --skip-wide --skip-overload --out DIR)
 """
 import argparse
 import csv
@@ -147,23 +148,25 @@ def in_process(args):
 
     for policy in POLICIES:
         best = 0.0
-        for mode in ["per-expert", "whole-model"]:
+        for mode in ["per-expert", "whole-model"] if "closed" in args.sweeps else []:
             for b in ALL_B:
                 j = cap_of(policy, mode, b, -1)
                 closed.append(row("closed", policy, f"{mode} B={b}", mode, b, -1, False, "", j))
                 best = max(best, j["throughput_rps"])
                 print(f"closed {policy} {mode} B={b}: {j['throughput_rps']:.0f}/s", file=sys.stderr)
-        capacity[policy] = {"best_closed_loop_rps": best}
+        capacity[policy] = {"best_closed_loop_rps": best} if best > 0 else {}
         write_csv(os.path.join(args.out, "closed_loop.csv"), closed)
         # Latency sweeps: `lw` workers (default 1, so that the in-process client, which costs
         # 0.2-0.3 of a core, has the other core of a 2-core machine to itself).
-        for b in BT_B:
+        for b in BT_B if "bt" in args.sweeps else []:
             for t in BT_T:
                 opened.append(bt_run("bt", policy, b, t, lw))
-        if policy == POLICIES[0] and lw != 2:
+        if policy == POLICIES[0] and lw != 2 and "bt" in args.sweeps:
             for b, t in BT2:  # the same check with 2 workers sharing both cores with the client
                 opened.append(bt_run("bt2", policy, b, t, 2))
-        for name, mode, b, t, adaptive in METHODS:
+        for name, mode, b, t, adaptive in METHODS if "load" in args.sweeps else []:
+            if args.methods and not any(m in name for m in args.methods.split(",")):
+                continue
             c = cap_of(policy, mode, b, t, adaptive, workers=lw)["throughput_rps"]
             capacity[policy][name] = c
             for load in LOADS:
@@ -288,7 +291,14 @@ def main():
     ap.add_argument("--images-idx", default="/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
                     help="images to send (IDX); '' for synthetic ones")
     ap.add_argument("--quick", action="store_true", help="tiny grid, for a smoke test of the pipeline")
+    ap.add_argument("--sweeps", default="closed,bt,load",
+                    help="in-process sweeps to run, comma-separated among closed, bt, load (default: all)")
+    ap.add_argument("--methods", default="",
+                    help="load sweep: only the methods whose name contains one of these comma-separated strings")
     args = ap.parse_args()
+    bad = set(args.sweeps.split(",")) - {"closed", "bt", "load"}
+    if bad:
+        sys.exit(f"queue_study: unknown --sweeps {','.join(sorted(bad))} (closed, bt, load)")
     if args.quick:
         global ALL_B, BT_B, BT_T, LOADS, METHODS
         global BT2

@@ -1,6 +1,6 @@
 // Per-expert queue runtime: flushing by size and by timeout (driven by a manual clock, so no
 // test depends on timing), answers identical to the one-sample reference whatever the
-// batching, bounded admission with nothing lost, drain, adaptive B.
+// batching, bounded admission with nothing lost, drain, adaptive B (Clipper's AIMD).
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -88,6 +88,42 @@ QueueConfig manual(int64_t b, int64_t t, std::shared_ptr<ManualClock> clock,
   c.clock = std::move(clock);
   return c;
 }
+
+// The small model, but every stem call advances the manual clock by stem_us: a batch that
+// "takes" that long, so batch processing time can be set apart from time spent queueing.
+class ClockedModel final : public serve::ServeModel {
+ public:
+  ClockedModel(std::shared_ptr<const serve::ServeModel> m, std::shared_ptr<ManualClock> clock)
+      : m_(std::move(m)), clock_(std::move(clock)) {}
+  std::atomic<int64_t> stem_us{0};
+  std::string name() const override { return "clocked " + m_->name(); }
+  int64_t input_dim() const override { return m_->input_dim(); }
+  int64_t hidden() const override { return m_->hidden(); }
+  int64_t layers() const override { return m_->layers(); }
+  int64_t experts() const override { return m_->experts(); }
+  int64_t router_outputs() const override { return m_->router_outputs(); }
+  int64_t classes() const override { return m_->classes(); }
+  std::vector<std::shared_ptr<const moe::RoutingPolicy>> default_policies() const override {
+    return m_->default_policies();
+  }
+  void stem(const float* x, int64_t n, float* h) const override {
+    clock_->advance_us(stem_us.load());
+    m_->stem(x, n, h);
+  }
+  void gate(int64_t l, const float* h, int64_t n, float* u, float* logits) const override { m_->gate(l, h, n, u, logits); }
+  void expert(int64_t l, int64_t e, const float* rows, int64_t m, float* out) const override {
+    m_->expert(l, e, rows, m, out);
+  }
+  void combine(int64_t l, const float* h, const float* const* outs, const int32_t* ids, const float* w, int64_t k,
+               float* h_out) const override {
+    m_->combine(l, h, outs, ids, w, k, h_out);
+  }
+  void head(const float* h, int64_t n, float* probs) const override { m_->head(h, n, probs); }
+
+ private:
+  std::shared_ptr<const serve::ServeModel> m_;
+  std::shared_ptr<ManualClock> clock_;
+};
 
 }  // namespace
 
@@ -445,35 +481,49 @@ TEST(ExpertQueue, ConcurrentClientsEveryRequestAnsweredOnce) {
   EXPECT_EQ(st.samples_done, st.samples_admitted);
 }
 
-TEST(ExpertQueue, AdaptiveBatchGrowsUnderTargetAndShrinksAboveIt) {
+// Clipper's AIMD: B follows the time the batches take to process, not the time samples wait.
+TEST(ExpertQueue, AdaptiveBatchFollowsBatchProcessingTimeNotQueueing) {
   auto clock = std::make_shared<ManualClock>();
   QueueConfig c = manual(64, 0, clock);
   c.adaptive = true;
   c.latency_target_us = 1000;
   c.aimd_increase = 2;
   c.aimd_decrease = 0.5;
-  ExpertQueueRuntime rt(small_model(), serve::make_routing("top-k:2"), c);
+  auto model = std::make_shared<ClockedModel>(small_model(), clock);
+  ExpertQueueRuntime rt(model, serve::make_routing("top-k:2"), c);
   const auto x = random_images(1, 9);
   Collector col;
-  EXPECT_EQ(rt.stats().queues[0].current_batch_limit, 1);
-  for (int i = 0; i < 5; ++i) {  // latency 0 < target: +2 each time
+  const auto limit = [&] { return rt.stats().queues[0].current_batch_limit; };
+  EXPECT_EQ(limit(), 1);
+  for (int i = 0; i < 5; ++i) {  // processing 0 < target: +2 each time
     ASSERT_TRUE(rt.submit(x.data(), 1, col.cb()));
     ASSERT_TRUE(rt.step());
   }
-  EXPECT_EQ(rt.stats().queues[0].current_batch_limit, 11);
-  ASSERT_TRUE(rt.submit(x.data(), 1, col.cb()));
-  clock->advance_us(5000);  // this sample misses the target
-  ASSERT_TRUE(rt.step());
-  EXPECT_EQ(rt.stats().queues[0].current_batch_limit, 5);
+  EXPECT_EQ(limit(), 11);
+  // 5 ms in the queue, 0 processing: a met target (the old end-to-end rule shrank B here).
   ASSERT_TRUE(rt.submit(x.data(), 1, col.cb()));
   clock->advance_us(5000);
   ASSERT_TRUE(rt.step());
-  EXPECT_EQ(rt.stats().queues[0].current_batch_limit, 2);
+  EXPECT_EQ(limit(), 13);
+  {
+    std::lock_guard<std::mutex> lk(col.mu);
+    EXPECT_GE(col.results.back().results[0].latency_us, 5000);
+    EXPECT_EQ(col.results.back().results[0].compute_us, 0);
+  }
+  // A batch that takes 5 ms to process misses the 1 ms target: B halves.
+  model->stem_us = 5000;
+  ASSERT_TRUE(rt.submit(x.data(), 1, col.cb()));
+  ASSERT_TRUE(rt.step());
+  EXPECT_EQ(limit(), 6);
+  ASSERT_TRUE(rt.submit(x.data(), 1, col.cb()));
+  ASSERT_TRUE(rt.step());
+  EXPECT_EQ(limit(), 3);
+  model->stem_us = 0;
   for (int i = 0; i < 100; ++i) {
     ASSERT_TRUE(rt.submit(x.data(), 1, col.cb()));
     rt.run_ready();
   }
-  EXPECT_EQ(rt.stats().queues[0].current_batch_limit, 64);  // capped at B
+  EXPECT_EQ(limit(), 64);  // capped at B
 }
 
 TEST(ExpertQueue, BadConfigAndSpecsThrow) {

@@ -16,9 +16,13 @@
 //                and the whole model runs on the batch (each expert once, on the batch's rows);
 //   B = 1        either mode with max_batch 1 (no batching).
 // Adaptive B (Clipper-style AIMD): one B shared by every queue grows by `aimd_increase` after
-// each group of finished samples that all met the latency target, and shrinks by the factor
-// `aimd_decrease` when one missed it (at most once per target interval, so one slow burst
-// does not collapse B to 1).
+// each group of finished samples whose batch processing time all met the latency target, and
+// shrinks by the factor `aimd_decrease` when one missed it (at most once per target interval,
+// so one slow burst does not collapse B to 1). As in Clipper, "processing time" is the wall
+// time of the batches on the sample's path (SampleResult::compute_us), not its end-to-end
+// latency: queueing grows with load whatever B is, and shrinking B for it would cut
+// throughput when load is highest. B thus settles at the largest batch whose processing fits
+// the target; T bounds the wait to form one.
 //
 // Workers: among ready queues a worker takes the one with the earliest deadline. A flush is
 // split among idle workers when its parts keep split_min_rows samples; a worker with no idle
@@ -111,7 +115,8 @@ struct QueueConfig {
   /// also takes every other ready queue of that layer, so the layer's samples move on to the
   /// next layer together (in full batches) instead of a few at a time.
   bool group_layers = true;
-  /// Adaptive B (AIMD against latency_target_us); max_batch is then the upper bound.
+  /// Adaptive B (AIMD: batch processing time against latency_target_us, see above);
+  /// max_batch is then the upper bound.
   bool adaptive = false;
   double latency_target_us = 5000.0;
   double aimd_increase = 1.0;
