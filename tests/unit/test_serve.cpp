@@ -282,6 +282,20 @@ TEST(HttpServer, AnswersClassifyHealthzMetricsAndErrors) {
   EXPECT_NE(metrics->body.find("deltamoe_http_requests_total{code=\"200\"} 2"), std::string::npos);
   EXPECT_NE(metrics->body.find("deltamoe_http_requests_total{code=\"400\"} 2"), std::string::npos);
   EXPECT_NE(metrics->body.find("deltamoe_samples_done_total 2"), std::string::npos);
+
+  // The HTTP loadgen: every request answered 200, and its throughput counts the answers that
+  // arrived inside the measured window (a subset of all), as in-process.
+  LoadConfig lc;
+  lc.rate_rps = 200;
+  lc.duration_s = 0.3;
+  lc.concurrency = 4;
+  const auto r = run_http_load("http://127.0.0.1:" + std::to_string(server.port()), lc);
+  EXPECT_TRUE(r.errors.empty());
+  EXPECT_EQ(r.ok, r.sent);
+  EXPECT_GT(r.window_ok, 0);
+  EXPECT_LE(r.window_ok, r.ok);
+  const auto lj = nlohmann::json::parse(load_result_json(r, lc));
+  EXPECT_DOUBLE_EQ(lj["throughput_rps"].get<double>(), static_cast<double>(r.window_ok) / lc.duration_s);
   server.stop();
 }
 

@@ -46,10 +46,11 @@ struct LoadResult {
   bool sender_priority_raised = false;       // in-process open loop: sender ran at nice −10
   double warmup_s = 0.0;
   int64_t warmup_requests = 0;               // answered during the warm-up, not counted
-  /// In-process: requests answered inside the measured window [warm-up end, warm-up end +
-  /// duration], whenever they were sent; −1 where not tracked (HTTP). Throughput is this over
-  /// the duration: counting answered requests over a wall time that includes the warm-up's
-  /// tail and the final drain would understate it when latencies approach the duration.
+  /// Requests answered (200) inside the measured window [warm-up end, warm-up end +
+  /// duration] (HTTP: [start, start + duration]), whenever they were sent; −1 where not
+  /// tracked. Throughput is this over the duration: counting answered requests over a wall
+  /// time that includes the warm-up's tail and the final drain (or the client's backlog)
+  /// would understate it when latencies approach the duration.
   int64_t window_ok = -1;
   double sender_cpu_s = 0.0;                 // in-process open loop: the sender thread's CPU time
   /// In-process: the runtime's counters when the measured window opened and when it closed
