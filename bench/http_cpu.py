@@ -8,9 +8,9 @@ for --duration seconds and reads the CPU time both processes used meanwhile (the
 with the server, so a goodput figure at overload is only meaningful beside these shares.
 
 Prints one JSON object on stdout: {"rows": [{rate_rps, connections, server_cores, client_cores,
-ok_per_s (answered 200 over the loadgen's wall time, which runs past --duration while
-the client works off a backlog), rejected_503_per_s, loadgen_wall_s, p50_ms,
-server_cpu_us_per_request}, ...], "server": {...}}.
+ok_per_s (200s that arrived inside the --duration window, over its length: the loadgen's
+throughput_rps), rejected_503_per_s (over the loadgen's wall time, which runs past --duration
+while the client works off a backlog), loadgen_wall_s, p50_ms, server_cpu_us_per_request}, ...], "server": {...}}.
 Usage: python3 bench/http_cpu.py --bin build/deltamoe [--model M] [--rates 3000,10000,20000]
        [--connections 16,256] [--duration 5]
 """
