@@ -4,7 +4,9 @@
   ratio   closed-loop samples/s at B = 64 over B = 1 (per-expert, T = inf, 2 workers), on the
           small and the wide model, both policies; B = 1 and B = 64 alternate, --repeats times
   p99     at 70 % of each configuration's own closed-loop capacity (1 worker, the client on the
-          other core): p99 against T + 2 x the wave service time, --repeats times, for T = 200 us
+          other core): p99 against T + 2 x the wave service time (of the realised batches; and,
+          as a second reading, of full batches of B: T + 2 x S(B), measured in a closed loop
+          with T = inf), --repeats times, for T = 200 us
           (where even an ideal queue misses the bound, see bench/queue_sim.py), T = 1 ms (where
           the ideal meets it by 20-35 %, less than this VM's stalls) and T = 2 and 5 ms (where the
           margin is larger than most stalls)
@@ -62,13 +64,19 @@ def print_tables(path, compare):
                   f"{', '.join(f'{x:.1f}' for x in r['ratios'])} | {r['median_ratio']:.1f}x |")
         print()
     if j.get("p99"):
+        full = any("full_batch_bound_ms" in r for r in j["p99"])
         extra_h, extra_l = (" older run's bound |", "---|") if older else ("", "")
+        if full:
+            extra_h, extra_l = extra_h + " full-batch bound ms | median meets it |", extra_l + "---|---|"
         print("| policy | B | T | p99 ms (runs) | median p99 | bound ms (median) |" + extra_h +
               " runs meeting | median meets |")
         print("|---|---|---|---|---|---|" + extra_l + "---|---|")
         for r in j["p99"]:
             key = (r["policy"], r["B"], r["T_us"])
             extra = f" {older[key]:.2f} |" if key in older else (" - |" if older else "")
+            if full:
+                extra += (f" {r['full_batch_bound_ms']:.2f} | {'**yes**' if r['median_meets_full_batch_bound'] else 'no'} |"
+                          if "full_batch_bound_ms" in r else " - | - |")
             print(f"| {r['policy']} | {r['B']} | {fmt_t(r['T_us'])} | {', '.join(f'{x:.2f}' for x in r['p99_ms'])} | "
                   f"{r['median_p99_ms']:.2f} | {r['median_bound_ms']:.2f} |{extra} {sum(r['meets'])} of "
                   f"{len(r['meets'])} | {'**yes**' if r['median_meets'] else 'no'} |")
@@ -116,6 +124,18 @@ def main():
                   file=sys.stderr)
     cells = [(16, 200), (64, 200), (16, 1000), (64, 1000), (128, 1000), (64, 2000), (64, 5000), (256, 5000)]
     for policy in ["top-k:2", "top-p:0.6"] if args.only != "ratio" else []:
+        # The other reading of "the batch service time": that of a *full* batch of B, S(B), as
+        # in the worst-case argument behind the formula (wait T, one batch ahead, then one's
+        # own). Measured as the wave service of a closed loop with T = inf (every batch full;
+        # the window counters leave out the drain's partial ones), 1 worker.
+        full = {}
+        for b in sorted({b for b, _ in cells}):
+            j = run(args, ["--routing", policy, "--mode", "per-expert", "--queue-size", str(b), "--queue-timeout-us",
+                           "-1", "--closed-loop", "--concurrency", "4096", "--duration", d], args.model, 1)
+            full[b] = j["wave_service_ms"]
+            print(f"full-batch wave service {policy} B={b}: {full[b]:.3f} ms (mean stem batch "
+                  f"{j.get('mean_batch_stem', 0):.1f})", file=sys.stderr)
+        result.setdefault("full_batch_wave_service_ms", {})[policy] = {str(b): v for b, v in full.items()}
         for b, t in cells:
             p99s, bounds, meets, p50s = [], [], [], []
             for _ in range(args.repeats):
@@ -131,6 +151,8 @@ def main():
                  "p50_ms": p50s, "median_p99_ms": statistics.median(p99s),
                  "median_bound_ms": statistics.median(bounds)}
             r["median_meets"] = r["median_p99_ms"] <= r["median_bound_ms"]
+            r["full_batch_bound_ms"] = t / 1000.0 + 2 * full[b]
+            r["median_meets_full_batch_bound"] = r["median_p99_ms"] <= r["full_batch_bound_ms"]
             result["p99"].append(r)
             print(f"p99 {policy} B={b} T={t}: {', '.join(f'{x:.2f}' for x in p99s)} ms, bound "
                   f"{r['median_bound_ms']:.2f} ms (median {'meets' if r['median_meets'] else 'misses'})",
