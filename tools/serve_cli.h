@@ -41,8 +41,12 @@ struct RuntimeOptions {
     app.add_option("--queue-size", queue_size, "B: samples per batch")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
     app.add_option("--queue-timeout-us", queue_timeout_us,
                    "T: max wait of a queue's oldest sample in us (0 = flush when a worker is free, -1 = infinity)");
-    app.add_flag("--adaptive", adaptive, "Adapt B by AIMD against --latency-target-us (B is then the cap)");
-    app.add_option("--latency-target-us", latency_target_us, "Latency target for --adaptive");
+    app.add_flag("--adaptive", adaptive,
+                 "Adapt B by AIMD (Clipper): grow while each sample's batch processing time meets "
+                 "--latency-target-us, shrink when one misses it (B is then the cap; T still bounds the wait)");
+    app.add_option("--latency-target-us", latency_target_us,
+                   "Batch processing time target for --adaptive, in microseconds (queueing excluded)")
+        ->capture_default_str();
     app.add_option("--max-inflight", max_inflight, "Admission bound in samples (beyond it: 503)");
     app.add_option("--max-request-images", max_request_samples, "Most images in one request");
     app.add_option("--workers", workers, "Worker threads running batches")->check(CLI::Range(1, 256));
