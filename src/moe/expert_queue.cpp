@@ -329,17 +329,22 @@ bool ExpertQueueRuntime::take_batch_locked(int64_t now, Batch& out) {
     work_seq_.fetch_add(1, std::memory_order_relaxed);
     for (int p = 1; p < parts; ++p) cv_.notify_one();
   }
+  // Moves a queue's first n entries into `entries` and counts the run; a flush (counted once
+  // with all its samples, `flushed`, even when split) unless this is the rest of a split one.
+  const auto move_front = [](Queue& from, int64_t n, FlushReason reason, bool count_flush, int64_t flushed,
+                             std::vector<Entry>& entries) {
+    entries.assign(from.items.begin(), from.items.begin() + n);
+    from.items.erase(from.items.begin(), from.items.begin() + n);
+    if (count_flush) {
+      ++from.stats.flushes[static_cast<int>(reason)];
+      from.stats.batch_sizes.observe(static_cast<double>(flushed));
+    }
+    from.stats.samples += static_cast<uint64_t>(n);
+    ++from.stats.runs;
+  };
   out.queue = best;
   out.reason = best_reason;
-  out.entries.assign(queue.items.begin(), queue.items.begin() + take);
-  queue.items.erase(queue.items.begin(), queue.items.begin() + take);
-  // A split flush counts once, with all its samples, in the flush and batch-size counters.
-  if (!continuing) {
-    ++queue.stats.flushes[static_cast<int>(best_reason)];
-    queue.stats.batch_sizes.observe(static_cast<double>(take + queue.forced));
-  }
-  queue.stats.samples += static_cast<uint64_t>(take);
-  ++queue.stats.runs;
+  move_front(queue, take, best_reason, !continuing, take + queue.forced, out.entries);
   // Grouped layer flush: with no idle worker to share them with, take every other ready queue
   // of the same layer too. The layer's finished samples then reach the next layer's queues
   // together, as one routing call, instead of trickling in and being flushed (their deadline
@@ -355,12 +360,7 @@ bool ExpertQueueRuntime::take_batch_locked(int64_t now, Batch& out) {
       if (out.more.size() <= out.n_more) out.more.emplace_back();
       Batch::More& m = out.more[out.n_more++];
       m.queue = q;
-      m.entries.assign(other.items.begin(), other.items.begin() + n);
-      other.items.erase(other.items.begin(), other.items.begin() + n);
-      ++other.stats.flushes[static_cast<int>(reason)];
-      other.stats.batch_sizes.observe(static_cast<double>(n));
-      other.stats.samples += static_cast<uint64_t>(n);
-      ++other.stats.runs;
+      move_front(other, n, reason, true, n, m.entries);
     }
   }
   return true;
@@ -441,15 +441,7 @@ void ExpertQueueRuntime::run_batch(Batch& batch) {
   done.clear();
   run_expert(batch.queue, batch.entries, done);
   for (size_t i = 0; i < batch.n_more; ++i) run_expert(batch.more[i].queue, batch.more[i].entries, done);
-  if (!done.empty()) {
-    const int64_t layer = static_cast<int64_t>(batch.queue - 1) / model_->experts();
-    // Moved out (no copy, no allocation) in case advance() ever runs a batch on this thread.
-    std::vector<Sample*> ready;
-    ready.swap(done);
-    advance(ready, layer, clock_->now_us());
-    ready.clear();
-    done.swap(ready);  // keep the capacity for the next batch
-  }
+  if (!done.empty()) advance(done, static_cast<int64_t>(batch.queue - 1) / model_->experts(), clock_->now_us());
 }
 
 void ExpertQueueRuntime::run_stem(Batch& batch) {

@@ -267,9 +267,9 @@ class ExpertQueueRuntime {
   RuntimeStats stats_;
   double batch_limit_ = 1.0;      // B now (fixed unless adaptive)
   int idle_workers_ = 0;          // workers waiting on cv_ (under mu_)
-  std::atomic<uint64_t> work_seq_{0};
+  std::atomic<uint64_t> work_seq_{0};      // bumped whenever work may have become ready (spin_us)
   std::atomic<int64_t> inflight_hint_{0};  // stats_.inflight_samples, readable without mu_
-  std::atomic<uint64_t> fast_rejected_{0};  // requests turned away by reject_if_full()  // bumped whenever work may have become ready (spin_us)
+  std::atomic<uint64_t> fast_rejected_{0};  // requests turned away by reject_if_full()
   int64_t last_decrease_us_ = 0;  // adaptive: time of the last multiplicative decrease
   std::vector<std::thread> workers_;
   // Finished samples and requests, reused by submit() (at most max_inflight_samples each).

@@ -98,7 +98,6 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void layer_norm_row
   }
 }
 
-
 void gelu_st(const float* x, float* y, int64_t n) {
   if (n <= 0) return;
   if (ops::avx512_supported()) {
