@@ -205,10 +205,6 @@ TEST(ExpertQueue, PerExpertQueuesFlushIndependently) {
   EXPECT_EQ(st.inflight_samples, 0);
 }
 
-// Reference: one sample at a time (GEMV path). Batched answers use sgemm, whose summation
-// order may differ from sgemv's, so equality is to 1e-6 (probabilities are in [0, 1]; f32
-// rounding of a 784- or 256-long dot product is ~1e-7 relative), and experts and classes
-// must be identical.
 // Grouped layer flush: once the stem batch has routed its samples (T = 0, so every non-empty
 // expert queue is ready), one step runs every expert queue of the layer and finishes the
 // request; without grouping it takes one step per expert queue used. Manual mode, so no
@@ -236,6 +232,10 @@ TEST(ExpertQueue, GroupedLayerFlushRunsTheWholeLayerInOneStep) {
   }
 }
 
+// Reference: one sample at a time (GEMV path). Batched answers use sgemm, whose summation
+// order may differ from sgemv's, so equality is to 1e-6 (probabilities are in [0, 1]; f32
+// rounding of a 784- or 256-long dot product is ~1e-7 relative), and experts and classes
+// must be identical.
 TEST(ExpertQueue, BatchedMatchesUnbatched) {
   moe::PolicySpec topk;
   const std::string ckpt = write_checkpoint("eq_batched", topk, /*residual=*/true);

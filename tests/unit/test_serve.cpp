@@ -327,9 +327,21 @@ struct HeldRequestServer {
       return r ? r->status : -1;
     });
   }
-  httplib::Result post_one() {
+  // Posts one image, which a bound must turn away: 503 with Retry-After. Returns the body.
+  std::string post_one_expecting_503() {
     httplib::Client cli("127.0.0.1", server->port());
-    return cli.Post("/v1/classify", b64_body(1), "application/json");
+    auto r = cli.Post("/v1/classify", b64_body(1), "application/json");
+    EXPECT_TRUE(r);
+    if (!r) return "";
+    EXPECT_EQ(r->status, 503);
+    EXPECT_EQ(r->get_header_value("Retry-After"), "1");
+    return r->body;
+  }
+  // Stops the server (which drains): the held request must then be answered 200.
+  moe::RuntimeStats stop_expecting_held_200() {
+    server->stop();
+    EXPECT_EQ(held.get(), 200);
+    return rt->stats();
   }
 };
 
@@ -339,14 +351,9 @@ struct HeldRequestServer {
 TEST(HttpServer, FullQueuesGive503AndDrainAnswersTheAdmitted) {
   HeldRequestServer h(/*max_inflight_samples=*/2, /*max_inflight_requests=*/0, /*held_images=*/2);
   ASSERT_TRUE(eventually([&] { return h.rt->stats().inflight_samples == 2; }));
-  auto full = h.post_one();
-  ASSERT_TRUE(full);
-  EXPECT_EQ(full->status, 503);
-  EXPECT_EQ(full->get_header_value("Retry-After"), "1");
+  h.post_one_expecting_503();
   EXPECT_FALSE(h.held.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
-  h.server->stop();
-  EXPECT_EQ(h.held.get(), 200);
-  const auto st = h.rt->stats();
+  const auto st = h.stop_expecting_held_200();
   EXPECT_EQ(st.requests_admitted, 1u);
   EXPECT_EQ(st.requests_done, 1u);
   EXPECT_EQ(st.requests_rejected, 1u);
@@ -358,14 +365,9 @@ TEST(HttpServer, FullQueuesGive503AndDrainAnswersTheAdmitted) {
 TEST(HttpServer, RequestBoundGives503BeforeTheRuntimeIsFull) {
   HeldRequestServer h(/*max_inflight_samples=*/64, /*max_inflight_requests=*/1, /*held_images=*/1);
   ASSERT_TRUE(eventually([&] { return h.rt->stats().inflight_samples == 1; }));
-  auto busy = h.post_one();
-  ASSERT_TRUE(busy);
-  EXPECT_EQ(busy->status, 503);
-  EXPECT_EQ(busy->get_header_value("Retry-After"), "1");
-  EXPECT_NE(busy->body.find("too many requests"), std::string::npos) << busy->body;
-  h.server->stop();
-  EXPECT_EQ(h.held.get(), 200);
-  const auto st = h.rt->stats();
+  const std::string body = h.post_one_expecting_503();
+  EXPECT_NE(body.find("too many requests"), std::string::npos) << body;
+  const auto st = h.stop_expecting_held_200();
   EXPECT_EQ(st.requests_admitted, 1u);
   EXPECT_EQ(st.requests_rejected, 0u);
   EXPECT_EQ(h.server->counters().responses_by_status.at(503), 1u);
