@@ -21,8 +21,9 @@ import resource
 import signal
 import subprocess
 import sys
-import tempfile
 import time
+
+from queue_common import start_server
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -43,20 +44,10 @@ def main():
     args = ap.parse_args()
     if not os.path.exists(args.model):
         sys.exit(f"http_cpu: {args.model} is missing (bench/queue_study.py trains it)")
-    tmp = tempfile.mkdtemp()
-    port_file = os.path.join(tmp, "port")
-    server_cmd = [args.bin, "serve", "--model", args.model, "--port", "0", "--port-file", port_file,
-                  "--routing", "top-k:2", "--queue-size", "16", "--queue-timeout-us", "200"]
-    server = subprocess.Popen(server_cmd, stderr=open(os.path.join(tmp, "server.log"), "w"))
+    serve_args = ["--model", args.model, "--routing", "top-k:2", "--queue-size", "16", "--queue-timeout-us", "200"]
+    server, url, _ = start_server(args.bin, serve_args)
     rows = []
     try:
-        for _ in range(300):
-            if os.path.exists(port_file) and open(port_file).read().strip():
-                break
-            if server.poll() is not None:
-                sys.exit(f"http_cpu: the server exited ({server.returncode}); see {tmp}/server.log")
-            time.sleep(0.1)
-        url = f"http://127.0.0.1:{open(port_file).read().strip()}"
         for conns in [int(c) for c in args.connections.split(",")]:
             for rate in [float(r) for r in args.rates.split(",")]:
                 s0, t0 = proc_cpu_s(server.pid), time.monotonic()
@@ -88,7 +79,7 @@ def main():
                 server.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 server.kill()
-    print(json.dumps({"server": {"command": " ".join(server_cmd[1:])}, "duration_s": args.duration, "rows": rows}))
+    print(json.dumps({"server": {"command": "serve " + " ".join(serve_args)}, "duration_s": args.duration, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -30,9 +30,10 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+
+from queue_common import loadgen as common_loadgen, stall_probe, start_server
 
 # top-p:0.6 on the top-2-trained model: a varying number of experts per sample and layer.
 POLICIES = ["top-k:2", "top-p:0.6"]
@@ -52,17 +53,7 @@ METHODS = [  # name, mode, B, T, adaptive
 
 
 def loadgen(args, extra, timeout=120, workers=2, model=None):
-    cmd = [args.bin, "loadgen", "--json", "--workers", str(workers), "--max-inflight", "4096",
-           "--model", model or args.model] + extra
-    if args.images_idx:
-        cmd += ["--images-idx", args.images_idx]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:  # logged and retried once (see the report: one unexplained failure)
-        print(f"RETRY after rc {out.returncode}: {' '.join(cmd)}: {out.stderr.strip()}", file=sys.stderr)
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed (rc {out.returncode}): {out.stderr.strip()}")
-    return json.loads(out.stdout)
+    return common_loadgen(args.bin, extra, model or args.model, workers, args.images_idx, timeout)
 
 
 def runtime_args(mode, b, t, adaptive, policy):
@@ -222,18 +213,10 @@ def rss_kib(pid):
 
 
 def overload(args):
-    tmp = tempfile.mkdtemp()
-    port_file = os.path.join(tmp, "port")
-    server = subprocess.Popen([args.bin, "serve", "--model", args.model, "--port", "0", "--port-file", port_file,
-                               "--routing", "top-k:2", "--queue-size", "16", "--queue-timeout-us", "200",
-                               "--max-inflight", "128", "--http-threads", "320"],
-                              stderr=open(os.path.join(tmp, "server.log"), "w"))
+    server, url, _ = start_server(args.bin, ["--model", args.model, "--routing", "top-k:2", "--queue-size", "16",
+                                             "--queue-timeout-us", "200", "--max-inflight", "128",
+                                             "--http-threads", "320"])
     try:
-        for _ in range(300):
-            if os.path.exists(port_file) and open(port_file).read().strip():
-                break
-            time.sleep(0.1)
-        url = f"http://127.0.0.1:{open(port_file).read().strip()}"
         cap = json.loads(subprocess.run([args.bin, "loadgen", "--url", url, "--closed-loop", "--concurrency", "64",
                                          "--duration", "5", "--json"], capture_output=True, text=True,
                                         timeout=120).stdout)
@@ -313,9 +296,7 @@ def main():
         subprocess.run([args.bin, "train", "--routing", "top-k", "--k", "2", "--epochs", "1", "--threads", "2",
                         "--no-progress", "--out", args.model], check=True, stdout=subprocess.DEVNULL)
     def probe(tag):
-        out = subprocess.run([args.bin, "loadgen", "--stall-probe", "--workers", "2", "--duration", "3", "--json"],
-                             capture_output=True, text=True, timeout=60, check=True)
-        j = json.loads(out.stdout)
+        j = stall_probe(args.bin)
         print(f"stall probe ({tag}): {j}", file=sys.stderr)
         return j
 

@@ -20,27 +20,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
-IMAGES = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+from queue_common import loadgen, stall_probe
 
 
 def run(args, extra, model, workers):
-    cmd = [args.bin, "loadgen", "--json", "--in-process", "--model", model, "--workers", str(workers),
-           "--max-inflight", "4096"] + extra
-    if os.path.exists(IMAGES):
-        cmd += ["--images-idx", IMAGES]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: {out.stderr.strip()}")
-    return json.loads(out.stdout)
-
-
-def probe(args):
-    out = subprocess.run([args.bin, "loadgen", "--stall-probe", "--workers", "2", "--duration", "3", "--json"],
-                         capture_output=True, text=True, timeout=60, check=True)
-    return json.loads(out.stdout)
+    return loadgen(args.bin, ["--in-process"] + extra, model, workers)
 
 
 def fmt_t(t_us):
@@ -106,7 +92,7 @@ def main():
         if not os.path.exists(m):
             sys.exit(f"queue_targets: {m} is missing (bench/queue_study.py trains it)")
     d = str(args.duration)
-    result = {"stall_probe_before": probe(args), "ratio": [], "p99": []}
+    result = {"stall_probe_before": stall_probe(args.bin), "ratio": [], "p99": []}
     for name, model in [("small", args.model), ("wide", args.wide_model)] if args.only != "p99" else []:
         for policy in ["top-k:2", "top-p:0.6"]:
             ratios, tps = [], {1: [], 64: []}
@@ -157,7 +143,7 @@ def main():
             print(f"p99 {policy} B={b} T={t}: {', '.join(f'{x:.2f}' for x in p99s)} ms, bound "
                   f"{r['median_bound_ms']:.2f} ms (median {'meets' if r['median_meets'] else 'misses'})",
                   file=sys.stderr)
-    result["stall_probe_after"] = probe(args)
+    result["stall_probe_after"] = stall_probe(args.bin)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, indent=1)
