@@ -15,7 +15,7 @@
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/kernels/cpu.h"
 #include "deltamoe/kernels/cpu_features.h"
-#include "deltamoe/moe/moe_layer.h"
+#include "deltamoe/moe/moe_block.h"
 #include "roofline.h"
 
 namespace deltamoe::cli {
@@ -129,7 +129,7 @@ int run_moe_bench(const MoeBenchOptions& o) {
   const double bf16_peak = measure_bf16_dot_peak_gflops(o.threads);
   std::cerr << "  building weights (" << o.experts << " experts)...\n";
   const auto weights = moe::MoeWeights::random(kind, o.experts, o.hidden, o.inter, o.seed);
-  const moe::MoeLayer layer(weights, dtype);
+  const moe::MoeBlock layer(weights, dtype);
   const moe::TopKRouting policy(o.top_k, true);
   std::mt19937_64 rng(o.seed + 1);
 

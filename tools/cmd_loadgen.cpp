@@ -168,7 +168,7 @@ deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serv
             deltamoe::serve::runtime_stats_between(r.stats_at_window_start, r.stats_at_window_end);
         auto ej = nlohmann::json::parse(deltamoe::serve::runtime_stats_json(st));
         ej["routing"] = runtime->policy().name();
-        ej["batching"] = deltamoe::moe::batching_mode_name(runtime->config().mode);
+        ej["batching"] = deltamoe::serve::batching_mode_name(runtime->config().mode);
         ej["queue_size"] = opts->queue_size;
         ej["queue_timeout_us"] = opts->queue_timeout_us;
         ej["adaptive"] = opts->adaptive;

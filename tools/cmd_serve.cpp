@@ -39,7 +39,7 @@ deltamoe::cli::CommandRegistrar reg("serve", "Serve an MoE classifier over HTTP 
       deltamoe::serve::HttpServer server(runtime, *sc);
       server.start();
       std::cerr << "serve: " << runtime->model().name() << ", " << runtime->policy().name() << ", "
-                << deltamoe::moe::batching_mode_name(runtime->config().mode) << " B=" << opts->queue_size
+                << deltamoe::serve::batching_mode_name(runtime->config().mode) << " B=" << opts->queue_size
                 << " T=" << opts->queue_timeout_us << "us" << (opts->adaptive ? " adaptive" : "")
                 << ", listening on http://" << sc->host << ":" << server.port() << std::endl;
       if (!port_file->empty()) deltamoe::cli::write_file_atomic(*port_file, std::to_string(server.port()) + "\n");

@@ -8,7 +8,8 @@
 #include <string>
 
 #include "deltamoe/core/error.h"
-#include "deltamoe/moe/expert_queue.h"
+#include "deltamoe/moe/policies.h"
+#include "deltamoe/serve/expert_queue.h"
 #include "deltamoe/serve/model.h"
 
 namespace deltamoe::cli {
@@ -71,10 +72,10 @@ struct RuntimeOptions {
     return serve::make_random_model(rc);
   }
 
-  std::shared_ptr<moe::ExpertQueueRuntime> build() const {
+  std::shared_ptr<serve::ExpertQueueRuntime> build() const {
     std::shared_ptr<const serve::ServeModel> model = build_model();
-    moe::QueueConfig qc;
-    qc.mode = moe::parse_batching_mode(mode);
+    serve::QueueConfig qc;
+    qc.mode = serve::parse_batching_mode(mode);
     qc.max_batch = queue_size;
     qc.timeout_us = queue_timeout_us < 0 ? -1 : queue_timeout_us;
     qc.adaptive = adaptive;
@@ -85,13 +86,13 @@ struct RuntimeOptions {
     qc.split_min_rows = split_min_rows;
     qc.spin_us = spin_us;
     qc.group_layers = group_layers;
-    return std::make_shared<moe::ExpertQueueRuntime>(model, policies(*model), qc);
+    return std::make_shared<serve::ExpertQueueRuntime>(model, policies(*model), qc);
   }
 
   /// The --routing policy in every layer, or the model's own per-layer policies.
   std::vector<std::shared_ptr<const moe::RoutingPolicy>> policies(const serve::ServeModel& model) const {
     if (routing.empty()) return model.default_policies();
-    return {std::shared_ptr<const moe::RoutingPolicy>(serve::make_routing(routing, model.experts()))};
+    return {std::shared_ptr<const moe::RoutingPolicy>(moe::make_policy(routing, model.experts()))};
   }
 };
 

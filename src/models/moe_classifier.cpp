@@ -21,12 +21,14 @@ int64_t MoeClassifierConfig::tokens_per_sample() const {
 }
 
 int64_t MoeClassifierConfig::router_outputs() const {
-  if (routing.kind == "null-experts") return experts + (routing.nulls > 0 ? routing.nulls : experts);
+  if (routing.kind == "null-experts")
+    return experts + (routing.nulls > 0 ? routing.nulls : experts);
   return experts;
 }
 
 void MoeClassifierConfig::validate() const {
-  DELTAMOE_CHECK(stem == "fc" || stem == "patch", "model", "stem must be fc or patch, got '", stem, "'");
+  DELTAMOE_CHECK(stem == "fc" || stem == "patch", "model", "stem must be fc or patch, got '", stem,
+                 "'");
   DELTAMOE_CHECK(stem == "fc" || (patch > 0 && input_side % patch == 0), "model", "patch ", patch,
                  " does not divide the image side ", input_side);
   DELTAMOE_CHECK(hidden > 0 && inter > 0 && experts >= 1 && layers >= 1 && classes >= 2, "model",
@@ -35,12 +37,18 @@ void MoeClassifierConfig::validate() const {
   DELTAMOE_CHECK(activation == "gelu" || activation == "relu", "model",
                  "activation must be gelu or relu, got '", activation, "'");
   DELTAMOE_CHECK(layer_routing.empty() || static_cast<int64_t>(layer_routing.size()) == layers,
-                 "model", "layer_routing has ", layer_routing.size(), " entries for ", layers, " layers");
+                 "model", "layer_routing has ", layer_routing.size(), " entries for ", layers,
+                 " layers");
 }
 
 nlohmann::json policy_to_json(const moe::PolicySpec& s) {
-  nlohmann::json j = {{"kind", s.kind}, {"k", s.k}, {"p", s.p}, {"target_k", s.target_k},
-                      {"nulls", s.nulls}, {"null_bias", s.null_bias}, {"renormalize", s.renormalize}};
+  nlohmann::json j = {{"kind", s.kind},
+                      {"k", s.k},
+                      {"p", s.p},
+                      {"target_k", s.target_k},
+                      {"nulls", s.nulls},
+                      {"null_bias", s.null_bias},
+                      {"renormalize", s.renormalize}};
   j["thresholds"] = s.thresholds;
   return j;
 }
@@ -60,10 +68,17 @@ moe::PolicySpec policy_from_json(const nlohmann::json& j) {
 
 nlohmann::json MoeClassifierConfig::to_json() const {
   nlohmann::json j = {{"format", "deltamoe-moe-classifier-v1"},
-                      {"stem", stem}, {"input_side", input_side}, {"patch", patch},
-                      {"hidden", hidden}, {"inter", inter}, {"experts", experts},
-                      {"layers", layers}, {"classes", classes}, {"activation", activation},
-                      {"residual", residual}, {"noisy_gating", noisy_gating},
+                      {"stem", stem},
+                      {"input_side", input_side},
+                      {"patch", patch},
+                      {"hidden", hidden},
+                      {"inter", inter},
+                      {"experts", experts},
+                      {"layers", layers},
+                      {"classes", classes},
+                      {"activation", activation},
+                      {"residual", residual},
+                      {"noisy_gating", noisy_gating},
                       {"router_outputs", router_outputs()},
                       {"tokens_per_sample", tokens_per_sample()}};
   j["routing"] = policy_to_json(routing);
@@ -99,7 +114,9 @@ MoeClassifierConfig MoeClassifierConfig::from_json(const nlohmann::json& j) {
 // ---------------------------------------------------------------- model
 
 namespace {
-std::string lp(int64_t l, const std::string& rest) { return "moe." + std::to_string(l) + "." + rest; }
+std::string lp(int64_t l, const std::string& rest) {
+  return "moe." + std::to_string(l) + "." + rest;
+}
 std::string ep(int64_t l, int64_t e, const std::string& rest) {
   return lp(l, "experts." + std::to_string(e) + "." + rest);
 }
@@ -110,7 +127,8 @@ std::string json_path_for(const std::string& path) {
 }
 }  // namespace
 
-MoeClassifier::MoeClassifier(MoeClassifierConfig config, uint64_t seed) : config_(std::move(config)) {
+MoeClassifier::MoeClassifier(MoeClassifierConfig config, uint64_t seed)
+    : config_(std::move(config)) {
   config_.validate();
   const auto& c = config_;
   std::mt19937_64 rng(seed);
@@ -128,7 +146,8 @@ MoeClassifier::MoeClassifier(MoeClassifierConfig config, uint64_t seed) : config
     params_.add(lp(l, "norm.bias"), {c.hidden});
     Tensor rw = params_.add(lp(l, "router.weight"), {outs, c.hidden});
     nn::init_linear(rw, nullptr, rng);
-    if (c.noisy_gating) params_.add(lp(l, "noise.weight"), {outs, c.hidden});  // zero: noise starts at softplus(0)
+    if (c.noisy_gating)
+      params_.add(lp(l, "noise.weight"), {outs, c.hidden});  // zero: noise starts at softplus(0)
     for (int64_t e = 0; e < c.experts; ++e) {
       Tensor w1 = params_.add(ep(l, e, "fc1.weight"), {c.inter, c.hidden});
       Tensor b1 = params_.add(ep(l, e, "fc1.bias"), {c.inter});
@@ -149,8 +168,9 @@ MoeClassifier::MoeClassifier(MoeClassifierConfig config, uint64_t seed) : config
 void MoeClassifier::reset_policies() {
   policies_.clear();
   for (int64_t l = 0; l < config_.layers; ++l) {
-    const moe::PolicySpec& s =
-        config_.layer_routing.empty() ? config_.routing : config_.layer_routing[static_cast<size_t>(l)];
+    const moe::PolicySpec& s = config_.layer_routing.empty()
+                                   ? config_.routing
+                                   : config_.layer_routing[static_cast<size_t>(l)];
     policies_.push_back(moe::make_policy(s, config_.experts));
   }
 }
@@ -165,8 +185,8 @@ void MoeClassifier::set_layer_policies(const std::vector<moe::PolicySpec>& specs
   std::vector<std::unique_ptr<moe::RoutingPolicy>> next;
   for (const auto& s : specs) {
     auto p = moe::make_policy(s, config_.experts);
-    DELTAMOE_CHECK(config_.experts + p->extra_logits() == config_.router_outputs(), "model", "policy ",
-                   p->name(), " needs ", config_.experts + p->extra_logits(),
+    DELTAMOE_CHECK(config_.experts + p->extra_logits() == config_.router_outputs(), "model",
+                   "policy ", p->name(), " needs ", config_.experts + p->extra_logits(),
                    " router outputs but the model has ", config_.router_outputs());
     next.push_back(std::move(p));
   }
@@ -202,8 +222,8 @@ void MoeClassifier::save(const std::string& path) const {
 
 MoeClassifier MoeClassifier::load(const std::string& path) {
   const std::string jp = json_path_for(path);
-  DELTAMOE_CHECK(std::filesystem::exists(jp), "model", "config ", jp, " not found (a checkpoint is ",
-                 path, " plus its .json beside it)");
+  DELTAMOE_CHECK(std::filesystem::exists(jp), "model", "config ", jp,
+                 " not found (a checkpoint is ", path, " plus its .json beside it)");
   nlohmann::json j;
   try {
     std::ifstream f(jp);
@@ -245,7 +265,8 @@ Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
                              const ForwardOptions& opt, LayerRouting& lr, std::vector<Var>& aux) {
   const auto& c = config_;
   const int64_t e_count = c.experts, outs = c.router_outputs();
-  Var u = g.layer_norm(h, params_.bind(g, lp(l, "norm.weight")), params_.bind(g, lp(l, "norm.bias")));
+  Var u =
+      g.layer_norm(h, params_.bind(g, lp(l, "norm.weight")), params_.bind(g, lp(l, "norm.bias")));
   Var clean = g.linear(u, params_.bind(g, lp(l, "router.weight")));
   Var z = clean;
   Var noise_std;
@@ -291,17 +312,24 @@ Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
     lr.null_cols.clear();
   }
   if (opt.training || opt.adapt)
-    if (auto* ad = dynamic_cast<moe::AdaptivePolicy*>(&pol)) ad->observe(pp, tokens, e_count, outs, lr.routing);
+    if (auto* ad = dynamic_cast<moe::AdaptivePolicy*>(&pol))
+      ad->observe(pp, tokens, e_count, outs, lr.routing);
 
   const auto& rr = lr.routing;
-  Var w = g.gate_weights(p, rr.offsets, rr.expert_ids, pol.renormalize(), lr.null_offsets, lr.null_cols);
+  Var w = g.gate_weights(p, rr.offsets, rr.expert_ids, pol.renormalize(), lr.null_offsets,
+                         lr.null_cols);
 
   Var y;
   if (opt.packed != nullptr && !g.grad_enabled()) {
-    y = g.input(experts_packed(l, g.value(u), rr, g.value(w).data<float>(), *opt.packed));
+    const Tensor& uv = g.value(u);
+    Tensor yv({tokens, c.hidden});
+    opt.packed->blocks[static_cast<size_t>(l)].apply(uv.data<float>(), tokens, rr, yv.data<float>(),
+                                                     g.value(w).data<float>());
+    y = g.input(yv);
   } else {
     // Dispatch: the (token, entry) pairs of each expert, in token order.
-    std::vector<std::vector<int32_t>> rows(static_cast<size_t>(e_count)), widx(static_cast<size_t>(e_count));
+    std::vector<std::vector<int32_t>> rows(static_cast<size_t>(e_count)),
+        widx(static_cast<size_t>(e_count));
     for (int64_t t = 0; t < tokens; ++t)
       for (int32_t j = rr.offsets[t]; j < rr.offsets[t + 1]; ++j) {
         rows[static_cast<size_t>(rr.expert_ids[j])].push_back(static_cast<int32_t>(t));
@@ -310,11 +338,14 @@ Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
     for (int64_t e = 0; e < e_count; ++e) {
       if (rows[static_cast<size_t>(e)].empty()) continue;
       Var xe = g.gather_rows(u, rows[static_cast<size_t>(e)]);
-      Var a = g.linear(xe, params_.bind(g, ep(l, e, "fc1.weight")), params_.bind(g, ep(l, e, "fc1.bias")));
+      Var a = g.linear(xe, params_.bind(g, ep(l, e, "fc1.weight")),
+                       params_.bind(g, ep(l, e, "fc1.bias")));
       a = c.activation == "gelu" ? g.gelu(a) : g.relu(a);
-      Var o = g.linear(a, params_.bind(g, ep(l, e, "fc2.weight")), params_.bind(g, ep(l, e, "fc2.bias")));
+      Var o = g.linear(a, params_.bind(g, ep(l, e, "fc2.weight")),
+                       params_.bind(g, ep(l, e, "fc2.bias")));
       // y is the running sum, read by nothing else: accumulate in place.
-      y = g.scatter_add_rows(y, o, w, rows[static_cast<size_t>(e)], widx[static_cast<size_t>(e)], tokens,
+      y = g.scatter_add_rows(y, o, w, rows[static_cast<size_t>(e)], widx[static_cast<size_t>(e)],
+                             tokens,
                              /*reuse_base=*/true);
     }
   }
@@ -333,7 +364,8 @@ Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
     if (opt.entropy_beta > 0) {
       // mean_t H(p_t) = −(1/T)·Σ p·log p
       Var ent = g.sum(g.mul(p, g.log_softmax(z)));
-      aux.push_back(g.scale(ent, static_cast<float>(-opt.entropy_beta / static_cast<double>(tokens))));
+      aux.push_back(
+          g.scale(ent, static_cast<float>(-opt.entropy_beta / static_cast<double>(tokens))));
     }
     if (noise_std.valid() && opt.noisy_weight > 0) {
       Var importance = g.scatter_cols(w, rr.expert_ids, e_count);
@@ -366,18 +398,25 @@ Var dropout(graph::Graph& g, Var h, double rate, std::mt19937_64& rng) {
 }
 }  // namespace
 
-PackedWeights MoeClassifier::pack_weights() const {
+moe::MoeWeights MoeClassifier::moe_weights(int64_t l) const {
   const auto& c = config_;
+  moe::MoeWeights w;
+  w.kind = c.activation == "gelu" ? moe::ExpertKind::gelu_mlp : moe::ExpertKind::relu_mlp;
+  w.router = params_.get(lp(l, "router.weight"));
+  for (int64_t e = 0; e < c.experts; ++e) {
+    w.w1.push_back(params_.get(ep(l, e, "fc1.weight")));
+    w.b1.push_back(params_.get(ep(l, e, "fc1.bias")));
+    w.w2.push_back(params_.get(ep(l, e, "fc2.weight")));
+    w.b2.push_back(params_.get(ep(l, e, "fc2.bias")));
+  }
+  return w;
+}
+
+PackedWeights MoeClassifier::pack_weights() const {
   PackedWeights pw;
   pw.stem = kernels::PackedLinear(params_.get("stem.weight"), DType::f32);
   pw.head = kernels::PackedLinear(params_.get("head.weight"), DType::f32);
-  pw.fc1.resize(static_cast<size_t>(c.layers));
-  pw.fc2.resize(static_cast<size_t>(c.layers));
-  for (int64_t l = 0; l < c.layers; ++l)
-    for (int64_t e = 0; e < c.experts; ++e) {
-      pw.fc1[static_cast<size_t>(l)].emplace_back(params_.get(ep(l, e, "fc1.weight")), DType::f32);
-      pw.fc2[static_cast<size_t>(l)].emplace_back(params_.get(ep(l, e, "fc2.weight")), DType::f32);
-    }
+  for (int64_t l = 0; l < config_.layers; ++l) pw.blocks.emplace_back(moe_weights(l), DType::f32);
   return pw;
 }
 
@@ -394,65 +433,6 @@ Tensor MoeClassifier::linear_packed(const Tensor& x, const kernels::PackedLinear
   return y;
 }
 
-Tensor MoeClassifier::experts_packed(int64_t l, const Tensor& u, const moe::RoutingResult& rr,
-                                     const float* w, const PackedWeights& pw) const {
-  const auto& c = config_;
-  const int64_t tokens = u.size(0), hdim = c.hidden, idim = c.inter, e_count = c.experts;
-  const int64_t pairs = static_cast<int64_t>(rr.expert_ids.size());
-  // Counting sort of the (token, entry) pairs by expert, token order inside an expert.
-  std::vector<int64_t> start(static_cast<size_t>(e_count) + 1, 0);
-  for (int32_t id : rr.expert_ids) ++start[static_cast<size_t>(id) + 1];
-  for (int64_t e = 0; e < e_count; ++e) start[static_cast<size_t>(e) + 1] += start[static_cast<size_t>(e)];
-  std::vector<int64_t> fill(start.begin(), start.end() - 1);
-  std::vector<int32_t> token_of(static_cast<size_t>(pairs)), entry_of(static_cast<size_t>(pairs));
-  for (int64_t t = 0; t < tokens; ++t)
-    for (int32_t j = rr.offsets[t]; j < rr.offsets[t + 1]; ++j) {
-      const int64_t slot = fill[static_cast<size_t>(rr.expert_ids[j])]++;
-      token_of[static_cast<size_t>(slot)] = static_cast<int32_t>(t);
-      entry_of[static_cast<size_t>(slot)] = j;
-    }
-  // Gather, then per expert: fc1 (+ bias, activation) and fc2 on its contiguous rows.
-  Tensor xg = graph::uninit_tensor({std::max<int64_t>(pairs, 1), hdim});
-  Tensor act = graph::uninit_tensor({std::max<int64_t>(pairs, 1), idim});
-  Tensor og = graph::uninit_tensor({std::max<int64_t>(pairs, 1), hdim});
-  const float* up = u.data<float>();
-  float* xp = xg.data<float>();
-  for (int64_t s = 0; s < pairs; ++s)
-    std::copy(up + token_of[static_cast<size_t>(s)] * hdim, up + (token_of[static_cast<size_t>(s)] + 1) * hdim,
-              xp + s * hdim);
-  const bool gelu = c.activation == "gelu";
-  for (int64_t e = 0; e < e_count; ++e) {
-    const int64_t b = start[static_cast<size_t>(e)], m = start[static_cast<size_t>(e) + 1] - b;
-    if (m == 0) continue;
-    float* __restrict a = act.data<float>() + b * idim;
-    kernels::linear(xp + b * hdim, m, hdim, pw.fc1[static_cast<size_t>(l)][static_cast<size_t>(e)], a, idim);
-    const float* __restrict b1 = params_.get(ep(l, e, "fc1.bias")).data<float>();
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t j = 0; j < idim; ++j) a[r * idim + j] += b1[j];
-    if (gelu) {
-      graph::gelu_forward(a, a, m * idim);
-    } else {
-      for (int64_t i = 0; i < m * idim; ++i) a[i] = a[i] > 0.0f ? a[i] : 0.0f;
-    }
-    kernels::linear(a, m, idim, pw.fc2[static_cast<size_t>(l)][static_cast<size_t>(e)],
-                    og.data<float>() + b * hdim, hdim);
-  }
-  // Combine in the graph path's order (expert by expert, token order inside one):
-  // y[t] += w·(fc2(a) + b2).
-  Tensor y({tokens, hdim});
-  float* __restrict yp = y.data<float>();
-  const float* __restrict op = og.data<float>();
-  for (int64_t e = 0; e < e_count; ++e) {
-    const float* __restrict b2 = params_.get(ep(l, e, "fc2.bias")).data<float>();
-    for (int64_t s = start[static_cast<size_t>(e)]; s < start[static_cast<size_t>(e) + 1]; ++s) {
-      const float ws = w[entry_of[static_cast<size_t>(s)]];
-      float* __restrict yr = yp + static_cast<int64_t>(token_of[static_cast<size_t>(s)]) * hdim;
-      for (int64_t j = 0; j < hdim; ++j) yr[j] += ws * (op[s * hdim + j] + b2[j]);
-    }
-  }
-  return y;
-}
-
 ForwardOut MoeClassifier::forward(graph::Graph& g, const Tensor& x, const ForwardOptions& opt) {
   const auto& c = config_;
   DELTAMOE_CHECK(x.dim() == 2 && x.size(1) == c.input_side * c.input_side, "model", "input ",
@@ -462,18 +442,20 @@ ForwardOut MoeClassifier::forward(graph::Graph& g, const Tensor& x, const Forwar
   Var h;
   const bool packed = opt.packed != nullptr && !g.grad_enabled();
   if (packed) {
-    h = g.input(linear_packed(c.stem == "fc" ? x : patchify(x), opt.packed->stem, "stem.bias", true));
+    h = g.input(
+        linear_packed(c.stem == "fc" ? x : patchify(x), opt.packed->stem, "stem.bias", true));
     if (c.stem == "patch") h = g.add_rows_tiled(h, params_.bind(g, "stem.pos"));
   } else if (c.stem == "fc") {
     h = g.gelu(g.linear(g.input(x), params_.bind(g, "stem.weight"), params_.bind(g, "stem.bias")));
   } else {
-    h = g.gelu(g.linear(g.input(patchify(x)), params_.bind(g, "stem.weight"), params_.bind(g, "stem.bias")));
+    h = g.gelu(g.linear(g.input(patchify(x)), params_.bind(g, "stem.weight"),
+                        params_.bind(g, "stem.bias")));
     h = g.add_rows_tiled(h, params_.bind(g, "stem.pos"));
   }
   std::vector<Var> aux;
   const bool drop = opt.training && opt.dropout > 0.0;
-  DELTAMOE_CHECK(!drop || (opt.rng != nullptr && opt.dropout < 1.0), "model", "dropout ", opt.dropout,
-                 " needs a rate below 1 and a random source");
+  DELTAMOE_CHECK(!drop || (opt.rng != nullptr && opt.dropout < 1.0), "model", "dropout ",
+                 opt.dropout, " needs a rate below 1 and a random source");
   if (drop) h = dropout(g, h, opt.dropout, *opt.rng);
   out.layers.resize(static_cast<size_t>(c.layers));
   for (int64_t l = 0; l < c.layers; ++l) {
@@ -483,7 +465,7 @@ ForwardOut MoeClassifier::forward(graph::Graph& g, const Tensor& x, const Forwar
   h = g.layer_norm(h, params_.bind(g, "head.norm.weight"), params_.bind(g, "head.norm.bias"));
   if (tps > 1) h = g.mean_groups(h, tps);
   out.logits = packed ? g.input(linear_packed(g.value(h), opt.packed->head, "head.bias", false))
-                     : g.linear(h, params_.bind(g, "head.weight"), params_.bind(g, "head.bias"));
+                      : g.linear(h, params_.bind(g, "head.weight"), params_.bind(g, "head.bias"));
   for (Var a : aux) out.aux_loss = out.aux_loss.valid() ? g.add(out.aux_loss, a) : a;
   return out;
 }

@@ -1,10 +1,11 @@
 // The naive reference: the Hugging Face MixtralSparseMoeBlock written as plain loops over
-// tokens and their experts. Deliberately shares no kernel with MoeLayer (only the routing
+// tokens and their experts. Deliberately shares no kernel with MoeBlock (only the routing
 // policy, which is the thing under test in neither).
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "deltamoe/moe/moe_layer.h"
+#include "deltamoe/moe/moe_block.h"
 
 namespace deltamoe::moe {
 
@@ -68,10 +69,27 @@ Tensor moe_forward_naive(const MoeWeights& weights, const Tensor& x_in, const Ro
         for (size_t c = 0; c < a.size(); ++c) a[c] = a[c] / (1.0f + std::exp(-a[c])) * b[c];
       } else {
         matvec(weights.w1[e], xt, weights.b1.empty() ? nullptr : &weights.b1[e], a);
-        for (float& v : a) v = 0.5f * v * (1.0f + std::erf(v / std::sqrt(2.0f)));
+        if (weights.kind == ExpertKind::gelu_mlp) {
+          for (float& v : a) v = 0.5f * v * (1.0f + std::erf(v / std::sqrt(2.0f)));
+        } else {
+          for (float& v : a) v = std::max(v, 0.0f);
+        }
       }
       matvec(weights.w2[e], a.data(), weights.b2.empty() ? nullptr : &weights.b2[e], hidden);
       for (int64_t c = 0; c < h; ++c) yp[t * h + c] += routing.weights[j] * hidden[c];
+    }
+    if (weights.has_shared()) {  // Qwen2MoeSparseMoeBlock: + sigmoid(x·w_sg) · shared(x)
+      matvec(weights.shared_w1, xt, nullptr, a);
+      matvec(weights.shared_w3, xt, nullptr, b);
+      for (size_t c = 0; c < a.size(); ++c) a[c] = a[c] / (1.0f + std::exp(-a[c])) * b[c];
+      matvec(weights.shared_w2, a.data(), nullptr, hidden);
+      float s = 1.0f;
+      if (weights.shared_gate.defined()) {
+        std::vector<float> z;
+        matvec(weights.shared_gate, xt, nullptr, z);
+        s = 1.0f / (1.0f + std::exp(-z[0]));
+      }
+      for (int64_t c = 0; c < h; ++c) yp[t * h + c] += s * hidden[c];
     }
   }
   return y;

@@ -1,7 +1,7 @@
 #include <cmath>
 #include <random>
 
-#include "deltamoe/moe/moe_layer.h"
+#include "deltamoe/moe/moe_block.h"
 
 namespace deltamoe::moe {
 
@@ -37,7 +37,7 @@ void MoeWeights::validate() const {
                    " experts, w1 has ", e);
     DELTAMOE_CHECK(b1.empty() && b2.empty(), "moe", "SwiGLU experts take no biases");
   } else {
-    DELTAMOE_CHECK(w3.empty(), "moe", "GELU-MLP experts take no w3");
+    DELTAMOE_CHECK(w3.empty(), "moe", "MLP experts take no w3");
     DELTAMOE_CHECK(b1.empty() || static_cast<int64_t>(b1.size()) == e, "moe", "b1 has ", b1.size(),
                    " experts, expected ", e);
     DELTAMOE_CHECK(b2.empty() || static_cast<int64_t>(b2.size()) == e, "moe", "b2 has ", b2.size(),
@@ -51,10 +51,23 @@ void MoeWeights::validate() const {
     if (!b1.empty()) check_shape(b1[x], {i}, "b1" + s);
     if (!b2.empty()) check_shape(b2[x], {h}, "b2" + s);
   }
+  if (has_shared()) {
+    const int64_t is = shared_w1.size(0);
+    DELTAMOE_CHECK(shared_w1.dim() == 2 && is >= 1, "moe", "shared_w1 has shape ",
+                   shape_str(shared_w1.shape()), ", expected [Is, ", h, "]");
+    check_shape(shared_w1, {is, h}, "shared_w1");
+    check_shape(shared_w3, {is, h}, "shared_w3");
+    check_shape(shared_w2, {h, is}, "shared_w2");
+    if (shared_gate.defined()) check_shape(shared_gate, {1, h}, "shared_gate");
+  } else {
+    DELTAMOE_CHECK(!shared_w2.defined() && !shared_w3.defined() && !shared_gate.defined(), "moe",
+                   "shared expert tensors given without shared_w1");
+  }
 }
 
 MoeWeights MoeWeights::random(ExpertKind kind, int64_t experts, int64_t hidden, int64_t inter,
-                              uint64_t seed, int64_t extra_router_outputs, bool biases) {
+                              uint64_t seed, int64_t extra_router_outputs, bool biases,
+                              int64_t shared_inter) {
   std::mt19937_64 rng(seed);
   MoeWeights w;
   w.kind = kind;
@@ -65,10 +78,17 @@ MoeWeights MoeWeights::random(ExpertKind kind, int64_t experts, int64_t hidden, 
     w.w1.push_back(uniform({inter, hidden}, bh, rng));
     w.w2.push_back(uniform({hidden, inter}, bi, rng));
     if (kind == ExpertKind::swiglu) w.w3.push_back(uniform({inter, hidden}, bh, rng));
-    if (kind == ExpertKind::gelu_mlp && biases) {
+    if (kind != ExpertKind::swiglu && biases) {
       w.b1.push_back(uniform({inter}, bh, rng));
       w.b2.push_back(uniform({hidden}, bi, rng));
     }
+  }
+  if (shared_inter > 0) {
+    const float bs = 1.0f / std::sqrt(static_cast<float>(shared_inter));
+    w.shared_w1 = uniform({shared_inter, hidden}, bh, rng);
+    w.shared_w3 = uniform({shared_inter, hidden}, bh, rng);
+    w.shared_w2 = uniform({hidden, shared_inter}, bs, rng);
+    w.shared_gate = uniform({1, hidden}, bh, rng);
   }
   return w;
 }

@@ -84,7 +84,8 @@ void TopPRouting::route(const float* logits, const float* probs, int64_t tokens,
   assign_weights(probs, experts, renormalize_, out);
 }
 
-void TopPRouting::observe(const float*, int64_t tokens, int64_t, int64_t, const RoutingResult& routed) {
+void TopPRouting::observe(const float*, int64_t tokens, int64_t, int64_t,
+                          const RoutingResult& routed) {
   if (!control_ || tokens == 0) return;
   const double err = target_k_ - routed.mean_experts();
   const double next_integral = integral_ + err;
@@ -163,7 +164,8 @@ void ThresholdRouting::observe(const float* probs, int64_t tokens, int64_t exper
   for (int64_t e = 0; e < experts; ++e) {
     for (int64_t t = 0; t < tokens; ++t) col[static_cast<size_t>(t)] = probs[t * stride + e];
     // The (1 − share)-quantile: the value that `share` of the batch is at or above.
-    const int64_t above = std::clamp<int64_t>(static_cast<int64_t>(std::llround(share * static_cast<double>(tokens))), 0, tokens);
+    const int64_t above = std::clamp<int64_t>(
+        static_cast<int64_t>(std::llround(share * static_cast<double>(tokens))), 0, tokens);
     float q;
     if (above == 0) {
       q = *std::max_element(col.begin(), col.end()) + 1e-6f;
@@ -256,7 +258,8 @@ void NullExpertsRouting::route_with_nulls(const float* logits, const float* prob
     for (int32_t j = null_offsets[t]; j < null_offsets[t + 1]; ++j) den += p[null_cols[j]];
     out.weights.resize(out.expert_ids.size());
     for (int32_t j = out.offsets[t]; j < out.offsets[t + 1]; ++j)
-      out.weights[j] = renormalize_ ? p[out.expert_ids[j]] / std::max(den, 1e-30f) : p[out.expert_ids[j]];
+      out.weights[j] =
+          renormalize_ ? p[out.expert_ids[j]] / std::max(den, 1e-30f) : p[out.expert_ids[j]];
   }
 }
 
@@ -305,8 +308,8 @@ std::unique_ptr<RoutingPolicy> make_policy(const PolicySpec& spec, int64_t exper
     const int64_t m = spec.nulls > 0 ? spec.nulls : experts;
     int64_t k = spec.k;
     if (spec.target_k > 0 && k <= 0) k = static_cast<int64_t>(std::floor(spec.target_k)) + 1;
-    DELTAMOE_CHECK(k >= 1 && k <= experts + m, "routing", "null-experts needs 1 <= k <= ",
-                   experts + m, ", got ", k);
+    DELTAMOE_CHECK(k >= 1 && k <= experts + m, "routing",
+                   "null-experts needs 1 <= k <= ", experts + m, ", got ", k);
     auto p = std::make_unique<NullExpertsRouting>(k, m, spec.renormalize, spec.null_bias);
     if (spec.target_k > 0) p->set_target(spec.target_k);
     return p;
@@ -325,6 +328,76 @@ PolicySpec current_spec(const PolicySpec& spec, const RoutingPolicy& policy) {
     s.null_bias = ne->null_bias();
   }
   return s;
+}
+
+namespace {
+double parse_number(const std::string& value, const std::string& spec) {
+  try {
+    size_t used = 0;
+    const double v = std::stod(value, &used);
+    DELTAMOE_CHECK(used == value.size(), "routing", "bad number '", value, "' in routing spec '",
+                   spec, "'");
+    return v;
+  } catch (const std::logic_error&) {
+    fail("routing", "bad number '", value, "' in routing spec '", spec, "'");
+  }
+}
+
+}  // namespace
+
+PolicySpec parse_policy_spec(const std::string& spec, int64_t experts) {
+  std::vector<std::string> parts;
+  for (size_t b = 0;;) {
+    const size_t c = spec.find(':', b);
+    parts.push_back(spec.substr(b, c == std::string::npos ? std::string::npos : c - b));
+    if (c == std::string::npos) break;
+    b = c + 1;
+  }
+  const std::string& kind = parts[0];
+  const auto need = [&](size_t lo, size_t hi, const char* form) {
+    DELTAMOE_CHECK(parts.size() >= lo && parts.size() <= hi, "routing", "routing spec '", spec,
+                   "' needs the form ", form);
+  };
+  const auto integer = [&](const std::string& v, const char* what) {
+    const double x = parse_number(v, spec);
+    DELTAMOE_CHECK(x >= 1 && x == std::floor(x), "routing", what, " needs an integer >= 1, got ",
+                   v);
+    return static_cast<int64_t>(x);
+  };
+  PolicySpec s;
+  s.kind = kind;
+  if (kind == "top-k" || kind == "top-k-raw") {
+    need(2, 2, "top-k:K");
+    s.kind = "top-k";
+    s.k = integer(parts[1], "top-k");
+    s.renormalize = kind == "top-k";
+  } else if (kind == "top-p") {
+    need(2, 2, "top-p:P");
+    s.p = parse_number(parts[1], spec);
+    DELTAMOE_CHECK(s.p > 0.0 && s.p <= 1.0, "routing", "top-p needs 0 < p <= 1, got ", parts[1]);
+  } else if (kind == "threshold") {
+    need(1, 2, "threshold or threshold:THETA");
+    const double theta =
+        parts.size() == 2 ? parse_number(parts[1], spec) : 1.0 / static_cast<double>(experts);
+    s.thresholds.assign(static_cast<size_t>(experts), static_cast<float>(theta));
+  } else if (kind == "null-experts") {
+    need(3, 3, "null-experts:K:M (M null experts, as the model was trained with)");
+    s.k = integer(parts[1], "null-experts k");
+    s.nulls = integer(parts[2], "null-experts M");
+  } else {
+    fail("routing", "unknown routing policy '", kind,
+         "' (known: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA], null-experts:K:M)");
+  }
+  return s;
+}
+
+std::unique_ptr<RoutingPolicy> make_policy(const std::string& spec, int64_t experts) {
+  const PolicySpec s = parse_policy_spec(spec, experts);
+  try {
+    return make_policy(s, experts);
+  } catch (const Error& e) {
+    fail("routing", "routing spec '", spec, "': ", e.what());
+  }
 }
 
 }  // namespace deltamoe::moe

@@ -112,7 +112,7 @@ ParsedImages parse_classify_body(std::string_view body, int64_t dim, int64_t max
   return out;
 }
 
-std::string classify_response_json(const moe::RequestResult& result) {
+std::string classify_response_json(const serve::RequestResult& result) {
   nlohmann::json classes = nlohmann::json::array(), probs = nlohmann::json::array(),
                  experts = nlohmann::json::array(), mean_experts = nlohmann::json::array(),
                  latency = nlohmann::json::array();
@@ -137,7 +137,7 @@ std::string error_json(std::string_view reason) {
 namespace {
 
 void histogram_text(std::ostringstream& os, const std::string& name, const std::string& labels,
-                    const moe::Histogram& h, double scale) {
+                    const serve::Histogram& h, double scale) {
   uint64_t cum = 0;
   const std::string sep = labels.empty() ? "" : ",";
   for (size_t i = 0; i < h.bounds.size(); ++i) {
@@ -152,7 +152,7 @@ void histogram_text(std::ostringstream& os, const std::string& name, const std::
 
 }  // namespace
 
-std::string render_prometheus(const moe::RuntimeStats& rt, const HttpCounters& http) {
+std::string render_prometheus(const serve::RuntimeStats& rt, const HttpCounters& http) {
   std::ostringstream os;
   os << "# HELP deltamoe_http_requests_total HTTP responses by status code.\n"
      << "# TYPE deltamoe_http_requests_total counter\n";

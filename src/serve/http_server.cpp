@@ -35,7 +35,7 @@ class Server final : public httplib::Server {
 }  // namespace
 
 struct HttpServer::Impl {
-  std::shared_ptr<moe::ExpertQueueRuntime> runtime;
+  std::shared_ptr<serve::ExpertQueueRuntime> runtime;
   ServerConfig config;
   Server server;
   std::thread thread;
@@ -95,23 +95,23 @@ struct HttpServer::Impl {
       count(400, elapsed(), true);
       return;
     }
-    auto promise = std::make_shared<std::promise<moe::RequestResult>>();
+    auto promise = std::make_shared<std::promise<serve::RequestResult>>();
     auto future = promise->get_future();
     const bool admitted = runtime->submit(images.pixels.data(), images.count,
-                                          [promise](moe::RequestResult&& r) { promise->set_value(std::move(r)); });
+                                          [promise](serve::RequestResult&& r) { promise->set_value(std::move(r)); });
     if (!admitted) {
       reply_error(res, 503, "queues full, retry later");
       count(503, elapsed(), true);
       return;
     }
-    const moe::RequestResult result = future.get();  // admitted: always answered
+    const serve::RequestResult result = future.get();  // admitted: always answered
     res.status = 200;
     res.set_content(classify_response_json(result), "application/json");
     count(200, elapsed(), true);
   }
 };
 
-HttpServer::HttpServer(std::shared_ptr<moe::ExpertQueueRuntime> runtime, ServerConfig config)
+HttpServer::HttpServer(std::shared_ptr<serve::ExpertQueueRuntime> runtime, ServerConfig config)
     : impl_(std::make_unique<Impl>()) {
   DELTAMOE_CHECK(runtime, "serve", "server needs a runtime");
   DELTAMOE_CHECK(config.threads >= 1, "serve", "--http-threads must be >= 1");
@@ -133,7 +133,7 @@ HttpServer::HttpServer(std::shared_ptr<moe::ExpertQueueRuntime> runtime, ServerC
     res.status = ok ? 200 : 503;
     nlohmann::json body = {{"status", ok ? "ok" : "draining"}, {"model", impl->runtime->model().name()},
                            {"routing", impl->runtime->policy().name()},
-                           {"mode", moe::batching_mode_name(impl->runtime->config().mode)},
+                           {"mode", serve::batching_mode_name(impl->runtime->config().mode)},
                            {"queue_size", impl->runtime->config().max_batch},
                            {"queue_timeout_us", impl->runtime->config().timeout_us}};
     res.set_content(body.dump(), "application/json");
@@ -210,7 +210,7 @@ HttpCounters HttpServer::counters() const {
 
 bool http_available() { return false; }
 struct HttpServer::Impl {};
-HttpServer::HttpServer(std::shared_ptr<moe::ExpertQueueRuntime>, ServerConfig) {
+HttpServer::HttpServer(std::shared_ptr<serve::ExpertQueueRuntime>, ServerConfig) {
   fail("serve", "deltamoe was built without cpp-httplib (install libcpp-httplib-dev and reconfigure)");
 }
 HttpServer::~HttpServer() = default;

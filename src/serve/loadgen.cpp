@@ -25,7 +25,7 @@ namespace deltamoe::serve {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using WallClock = std::chrono::steady_clock;
 
 // CPU time of the calling thread (0 where unsupported).
 double thread_cpu_seconds() {
@@ -34,7 +34,7 @@ double thread_cpu_seconds() {
   return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
-double us_between(Clock::time_point a, Clock::time_point b) {
+double us_between(WallClock::time_point a, WallClock::time_point b) {
   return std::chrono::duration<double, std::micro>(b - a).count();
 }
 
@@ -176,7 +176,7 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
   return j.dump();
 }
 
-std::string runtime_stats_json(const moe::RuntimeStats& s) {
+std::string runtime_stats_json(const serve::RuntimeStats& s) {
   nlohmann::json j;
   double expert_batches = 0, expert_samples = 0, expert_busy = 0, expert_runs = 0, timeouts = 0, flushes = 0,
          splits = 0;
@@ -215,7 +215,7 @@ std::string runtime_stats_json(const moe::RuntimeStats& s) {
 
 namespace {
 
-void subtract(moe::Histogram& h, const moe::Histogram& begin) {
+void subtract(serve::Histogram& h, const serve::Histogram& begin) {
   DELTAMOE_CHECK(h.counts.size() == begin.counts.size(), "loadgen", "histograms with different buckets");
   for (size_t i = 0; i < h.counts.size(); ++i) h.counts[i] -= begin.counts[i];
   h.sum -= begin.sum;
@@ -224,10 +224,10 @@ void subtract(moe::Histogram& h, const moe::Histogram& begin) {
 
 }  // namespace
 
-moe::RuntimeStats runtime_stats_between(const moe::RuntimeStats& begin, const moe::RuntimeStats& end) {
+serve::RuntimeStats runtime_stats_between(const serve::RuntimeStats& begin, const serve::RuntimeStats& end) {
   DELTAMOE_CHECK(begin.queues.size() == end.queues.size(), "loadgen", "runtime snapshots with ",
                  begin.queues.size(), " and ", end.queues.size(), " queues");
-  moe::RuntimeStats d = end;
+  serve::RuntimeStats d = end;
   d.requests_admitted -= begin.requests_admitted;
   d.requests_rejected -= begin.requests_rejected;
   d.requests_done -= begin.requests_done;
@@ -251,7 +251,7 @@ moe::RuntimeStats runtime_stats_between(const moe::RuntimeStats& begin, const mo
   return d;
 }
 
-LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig& c) {
+LoadResult run_inprocess_load(serve::ExpertQueueRuntime& runtime, const LoadConfig& c) {
   check_config(c);
   LoadResult r;
   r.mode = c.closed_loop ? "closed-loop" : "open-loop";
@@ -264,12 +264,12 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
   std::mutex mu;
   std::condition_variable cv;
   int64_t outstanding = 0;
-  const auto start = Clock::now();
+  const auto start = WallClock::now();
   // Requests scheduled before `measured_from` warm the runtime up (first-touch of its pools
   // and buffers, caches, the CPU's clock); they are served like any other but not counted.
   const auto measured_from =
-      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.warmup_s));
-  const auto end = measured_from + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.duration_s));
+      start + std::chrono::duration_cast<WallClock::duration>(std::chrono::duration<double>(c.warmup_s));
+  const auto end = measured_from + std::chrono::duration_cast<WallClock::duration>(std::chrono::duration<double>(c.duration_s));
   r.warmup_s = c.warmup_s;
   // Reserve the result vectors: growing them inside `record`, which runs on the runtime's
   // worker threads, would stall a worker for each reallocation (fresh pages, a copy) and
@@ -286,8 +286,8 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
   }
 
   r.window_ok = 0;
-  auto record = [&](Clock::time_point scheduled, moe::RequestResult&& res) {
-    const auto now = Clock::now();
+  auto record = [&](WallClock::time_point scheduled, serve::RequestResult&& res) {
+    const auto now = WallClock::now();
     std::lock_guard<std::mutex> lk(mu);
     if (now >= measured_from && now < end) ++r.window_ok;
     if (scheduled < measured_from) {
@@ -313,17 +313,17 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
     std::atomic<int64_t> next{0};
     std::function<void()> launch = [&] {
       const int64_t k = next.fetch_add(1);
-      const auto scheduled = Clock::now();
+      const auto scheduled = WallClock::now();
       {
         std::lock_guard<std::mutex> lk(mu);
         ++outstanding;
         if (scheduled >= measured_from) ++r.sent;
       }
       const bool ok = runtime.submit(images.data() + (k % pool) * stride, c.images_per_request,
-                                     [&, scheduled](moe::RequestResult&& res) {
+                                     [&, scheduled](serve::RequestResult&& res) {
                                        // Relaunch before recording, so `outstanding` only
                                        // reaches 0 once no more launches can follow.
-                                       if (Clock::now() < end) launch();
+                                       if (WallClock::now() < end) launch();
                                        record(scheduled, std::move(res));
                                      });
       if (!ok) {
@@ -361,9 +361,9 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
       auto last_wake = start - kMinWakeGap;
       for (size_t k = 0; k < schedule.size(); ++k) {
         const auto scheduled = start + std::chrono::microseconds(static_cast<int64_t>(schedule[k]));
-        if (Clock::now() < scheduled) {
+        if (WallClock::now() < scheduled) {
           std::this_thread::sleep_until(std::max(scheduled, last_wake + kMinWakeGap));
-          last_wake = Clock::now();
+          last_wake = WallClock::now();
         }
         const bool measured = scheduled >= measured_from;
         if (measured && sender_cpu_at_measure < 0) sender_cpu_at_measure = thread_cpu_seconds();
@@ -372,11 +372,11 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
           ++outstanding;
           if (measured) {
             ++r.sent;
-            r.send_lag_us.push_back(us_between(scheduled, Clock::now()));
+            r.send_lag_us.push_back(us_between(scheduled, WallClock::now()));
           }
         }
         const bool ok = runtime.submit(images.data() + static_cast<int64_t>(k % pool) * stride, c.images_per_request,
-                                       [&, scheduled](moe::RequestResult&& res) { record(scheduled, std::move(res)); });
+                                       [&, scheduled](serve::RequestResult&& res) { record(scheduled, std::move(res)); });
         if (!ok) {
           std::lock_guard<std::mutex> lk(mu);
           --outstanding;
@@ -396,7 +396,7 @@ LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig
     std::unique_lock<std::mutex> lk(mu);
     cv.wait(lk, [&] { return outstanding == 0; });
   }
-  r.wall_s = std::chrono::duration<double>(Clock::now() - measured_from).count();
+  r.wall_s = std::chrono::duration<double>(WallClock::now() - measured_from).count();
   return r;
 }
 
@@ -453,9 +453,9 @@ LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
   const auto schedule = c.closed_loop ? std::vector<double>{} : poisson_schedule_us(c.rate_rps, c.duration_s, c.seed);
   std::mutex mu;
   std::atomic<size_t> next{0};
-  const auto start = Clock::now();
-  const auto end = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.duration_s));
-  const auto give_up = end + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.grace_s));
+  const auto start = WallClock::now();
+  const auto end = start + std::chrono::duration_cast<WallClock::duration>(std::chrono::duration<double>(c.duration_s));
+  const auto give_up = end + std::chrono::duration_cast<WallClock::duration>(std::chrono::duration<double>(c.grace_s));
 
   auto sender = [&](int id) {
     httplib::Client client(host, port);
@@ -465,14 +465,14 @@ LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
     client.set_read_timeout(static_cast<time_t>(std::ceil(c.grace_s)));
     for (;;) {
       const size_t k = next.fetch_add(1);
-      Clock::time_point scheduled;
+      WallClock::time_point scheduled;
       if (c.closed_loop) {
-        scheduled = Clock::now();
+        scheduled = WallClock::now();
         if (scheduled >= end) return;
       } else {
         if (k >= schedule.size()) return;
         scheduled = start + std::chrono::microseconds(static_cast<int64_t>(schedule[k]));
-        if (Clock::now() >= give_up) {  // the client fell too far behind: say so, don't hang
+        if (WallClock::now() >= give_up) {  // the client fell too far behind: say so, don't hang
           std::lock_guard<std::mutex> lk(mu);
           ++r.not_sent;
           continue;
@@ -481,7 +481,7 @@ LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
       }
       auto res = client.Post("/v1/classify", bodies[(k + static_cast<size_t>(id)) % bodies.size()],
                              "application/json");
-      const auto now = Clock::now();
+      const auto now = WallClock::now();
       const double lat = us_between(scheduled, now);
       std::lock_guard<std::mutex> lk(mu);
       ++r.sent;
@@ -499,7 +499,7 @@ LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
   std::vector<std::thread> threads;
   for (int i = 0; i < c.concurrency; ++i) threads.emplace_back(sender, i);
   for (auto& t : threads) t.join();
-  r.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+  r.wall_s = std::chrono::duration<double>(WallClock::now() - start).count();
   return r;
 }
 

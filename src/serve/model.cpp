@@ -8,14 +8,15 @@
 #include <vector>
 
 #include "deltamoe/core/error.h"
-#include "deltamoe/moe/policies.h"
 #include "deltamoe/kernels/cpu.h"
+#include "deltamoe/moe/moe_block.h"
+#include "deltamoe/moe/policies.h"
 #include "serve/layers.h"
 
 namespace deltamoe::serve {
 
-void ServeModel::combine(int64_t /*l*/, const float* h, const float* const* outs, const int32_t* /*ids*/,
-                         const float* w, int64_t k, float* h_out) const {
+void ServeModel::combine(int64_t /*l*/, const float* h, const float* const* outs,
+                         const int32_t* /*ids*/, const float* w, int64_t k, float* h_out) const {
   const int64_t d = hidden();
   std::copy(h, h + d, h_out);
   for (int64_t j = 0; j < k; ++j)
@@ -53,12 +54,19 @@ class RandomModel final : public ServeModel {
     // A larger router scale makes the random router confident enough that top-p picks a
     // varying number of experts, as a trained one does.
     init_layer(router_, c.experts, c.hidden, rng, 4.0f);
-    fc1_.resize(static_cast<size_t>(c.experts));
-    fc2_.resize(static_cast<size_t>(c.experts));
+    moe::MoeWeights w;
+    w.kind = moe::ExpertKind::gelu_mlp;
+    w.router = Tensor::wrap(router_.w.data(), {c.experts, c.hidden}, DType::f32);
     for (int64_t e = 0; e < c.experts; ++e) {
-      init_layer(fc1_[e], c.inter, c.hidden, rng);
-      init_layer(fc2_[e], c.hidden, c.inter, rng);
+      PackedLayer fc1, fc2;
+      init_layer(fc1, c.inter, c.hidden, rng);
+      init_layer(fc2, c.hidden, c.inter, rng);
+      w.w1.push_back(Tensor::from(fc1.w, {c.inter, c.hidden}));
+      w.b1.push_back(Tensor::from(fc1.b, {c.inter}));
+      w.w2.push_back(Tensor::from(fc2.w, {c.hidden, c.inter}));
+      w.b2.push_back(Tensor::from(fc2.b, {c.hidden}));
     }
+    experts_ = std::make_unique<moe::MoeBlock>(w, DType::f32);
     init_layer(head_, c.classes, c.hidden, rng);
   }
   std::string name() const override {
@@ -86,11 +94,7 @@ class RandomModel final : public ServeModel {
     router_.apply(h, n, logits);
   }
   void expert(int64_t /*l*/, int64_t e, const float* rows, int64_t m, float* out) const override {
-    DELTAMOE_ASSERT(e >= 0 && e < cfg_.experts);
-    std::vector<float> mid(static_cast<size_t>(m * cfg_.inter));
-    fc1_[e].apply(rows, m, mid.data());
-    kernels::gelu_st(mid.data(), mid.data(), m * cfg_.inter);
-    fc2_[e].apply(mid.data(), m, out);
+    experts_->expert_st(e, rows, m, out);
   }
   void head(const float* h, int64_t n, float* probs) const override {
     std::vector<float> z(static_cast<size_t>(n * cfg_.classes));
@@ -102,85 +106,30 @@ class RandomModel final : public ServeModel {
  private:
   RandomModelConfig cfg_;
   PackedLayer stem_, router_, head_;
-  std::vector<PackedLayer> fc1_, fc2_;
+  std::unique_ptr<moe::MoeBlock>
+      experts_;  // the router above is the model's; the block runs experts
 };
-
-double parse_number(const std::string& value, const std::string& spec) {
-  try {
-    size_t used = 0;
-    const double v = std::stod(value, &used);
-    DELTAMOE_CHECK(used == value.size(), "serve", "bad number '", value, "' in routing spec '", spec, "'");
-    return v;
-  } catch (const std::logic_error&) {
-    fail("serve", "bad number '", value, "' in routing spec '", spec, "'");
-  }
-}
 
 }  // namespace
 
-void softmax_row(const float* x, float* y, int64_t d) { kernels::softmax_rows_st(x, y, 1, d); }
+void softmax_row(const float* x, float* y, int64_t d) {
+  kernels::softmax_rows_st(x, y, 1, d);
+}
 
 std::shared_ptr<const ServeModel> make_random_model(const RandomModelConfig& config) {
   return std::make_shared<RandomModel>(config);
 }
 
-std::unique_ptr<moe::RoutingPolicy> make_routing(const std::string& spec, int64_t experts) {
-  std::vector<std::string> parts;
-  for (size_t b = 0;;) {
-    const size_t c = spec.find(':', b);
-    parts.push_back(spec.substr(b, c == std::string::npos ? std::string::npos : c - b));
-    if (c == std::string::npos) break;
-    b = c + 1;
-  }
-  const std::string& kind = parts[0];
-  const auto need = [&](size_t lo, size_t hi, const char* form) {
-    DELTAMOE_CHECK(parts.size() >= lo && parts.size() <= hi, "serve", "routing spec '", spec,
-                   "' needs the form ", form);
-  };
-  const auto integer = [&](const std::string& v, const char* what) {
-    const double x = parse_number(v, spec);
-    DELTAMOE_CHECK(x >= 1 && x == std::floor(x), "serve", what, " needs an integer >= 1, got ", v);
-    return static_cast<int64_t>(x);
-  };
-  moe::PolicySpec s;
-  s.kind = kind;
-  if (kind == "top-k" || kind == "top-k-raw") {
-    need(2, 2, "top-k:K");
-    s.kind = "top-k";
-    s.k = integer(parts[1], "top-k");
-    s.renormalize = kind == "top-k";
-  } else if (kind == "top-p") {
-    need(2, 2, "top-p:P");
-    s.p = parse_number(parts[1], spec);
-    DELTAMOE_CHECK(s.p > 0.0 && s.p <= 1.0, "serve", "top-p needs 0 < p <= 1, got ", parts[1]);
-  } else if (kind == "threshold") {
-    need(1, 2, "threshold or threshold:THETA");
-    const double theta = parts.size() == 2 ? parse_number(parts[1], spec) : 1.0 / static_cast<double>(experts);
-    s.thresholds.assign(static_cast<size_t>(experts), static_cast<float>(theta));
-  } else if (kind == "null-experts") {
-    need(3, 3, "null-experts:K:M (M null experts, as the model was trained with)");
-    s.k = integer(parts[1], "null-experts k");
-    s.nulls = integer(parts[2], "null-experts M");
-  } else {
-    fail("serve", "unknown routing policy '", kind,
-         "' (known: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA], null-experts:K:M)");
-  }
-  try {
-    return moe::make_policy(s, experts);
-  } catch (const Error& e) {
-    fail("serve", "routing spec '", spec, "': ", e.what());
-  }
-}
-
 void reference_forward(const ServeModel& model,
                        const std::vector<std::shared_ptr<const moe::RoutingPolicy>>& policies,
-                       const float* x, int64_t n, float* probs, std::vector<moe::RoutingResult>* routing) {
+                       const float* x, int64_t n, float* probs,
+                       std::vector<moe::RoutingResult>* routing) {
   const int64_t d = model.hidden(), r = model.router_outputs(), e_count = model.experts();
   const int64_t in = model.input_dim(), c = model.classes(), layers = model.layers();
   DELTAMOE_CHECK(policies.size() == 1 || static_cast<int64_t>(policies.size()) == layers, "serve",
                  policies.size(), " policies for ", layers, " layers");
-  std::vector<float> h(static_cast<size_t>(d)), u(static_cast<size_t>(d)), next(static_cast<size_t>(d)),
-      logits(static_cast<size_t>(r)), p(static_cast<size_t>(r));
+  std::vector<float> h(static_cast<size_t>(d)), u(static_cast<size_t>(d)),
+      next(static_cast<size_t>(d)), logits(static_cast<size_t>(r)), p(static_cast<size_t>(r));
   moe::RoutingResult one;
   if (routing) {
     routing->assign(static_cast<size_t>(layers), moe::RoutingResult{});
@@ -194,15 +143,17 @@ void reference_forward(const ServeModel& model,
       softmax_row(logits.data(), p.data(), r);
       policy.route(logits.data(), p.data(), 1, e_count, one);
       const int64_t k = one.experts_of(0);
-      std::vector<std::vector<float>> outs(static_cast<size_t>(k), std::vector<float>(static_cast<size_t>(d)));
+      std::vector<std::vector<float>> outs(static_cast<size_t>(k),
+                                           std::vector<float>(static_cast<size_t>(d)));
       std::vector<const float*> ptrs;
       for (int64_t j = 0; j < k; ++j) {
-        DELTAMOE_CHECK(one.expert_ids[j] >= 0 && one.expert_ids[j] < e_count, "serve", "policy chose expert ",
-                       one.expert_ids[j]);
+        DELTAMOE_CHECK(one.expert_ids[j] >= 0 && one.expert_ids[j] < e_count, "serve",
+                       "policy chose expert ", one.expert_ids[j]);
         model.expert(l, one.expert_ids[j], u.data(), 1, outs[j].data());
         ptrs.push_back(outs[j].data());
       }
-      model.combine(l, h.data(), ptrs.data(), one.expert_ids.data(), one.weights.data(), k, next.data());
+      model.combine(l, h.data(), ptrs.data(), one.expert_ids.data(), one.weights.data(), k,
+                    next.data());
       h.swap(next);
       if (routing) {
         auto& rr = (*routing)[static_cast<size_t>(l)];

@@ -10,10 +10,11 @@
 #include <sstream>
 
 #include "deltamoe/core/error.h"
+#include "deltamoe/kernels/cpu.h"
 #include "deltamoe/models/moe_classifier.h"
+#include "deltamoe/moe/moe_block.h"
 #include "deltamoe/moe/policies.h"
 #include "deltamoe/serve/model.h"
-#include "deltamoe/kernels/cpu.h"
 #include "serve/layers.h"
 
 namespace deltamoe::serve {
@@ -30,7 +31,8 @@ std::vector<float> values(const nn::ParameterSet& ps, const std::string& name) {
 
 class TrainedModel final : public ServeModel {
  public:
-  TrainedModel(const std::string& path, const models::MoeClassifier& m) : path_(path), cfg_(m.config()) {
+  TrainedModel(const std::string& path, const models::MoeClassifier& m)
+      : path_(path), cfg_(m.config()) {
     DELTAMOE_CHECK(cfg_.stem == "fc", "serve", path, ": the ", cfg_.stem,
                    " stem routes several tokens per image; the server serves fc-stem models only");
     const auto& ps = m.params();
@@ -43,16 +45,11 @@ class TrainedModel final : public ServeModel {
       ly.norm_w = values(ps, pre + "norm.weight");
       ly.norm_b = values(ps, pre + "norm.bias");
       ly.router.set(values(ps, pre + "router.weight"), {}, cfg_.router_outputs(), h);
-      ly.fc1.resize(static_cast<size_t>(cfg_.experts));
-      ly.fc2.resize(static_cast<size_t>(cfg_.experts));
-      for (int64_t e = 0; e < cfg_.experts; ++e) {
-        const std::string ep = pre + "experts." + std::to_string(e) + ".";
-        ly.fc1[e].set(values(ps, ep + "fc1.weight"), values(ps, ep + "fc1.bias"), cfg_.inter, h);
-        ly.fc2[e].set(values(ps, ep + "fc2.weight"), values(ps, ep + "fc2.bias"), h, cfg_.inter);
-      }
+      ly.experts = std::make_unique<moe::MoeBlock>(m.moe_weights(l), DType::f32);
       const moe::PolicySpec& spec =
           cfg_.layer_routing.empty() ? cfg_.routing : cfg_.layer_routing[static_cast<size_t>(l)];
-      policies_.push_back(std::shared_ptr<const moe::RoutingPolicy>(moe::make_policy(spec, cfg_.experts)));
+      policies_.push_back(
+          std::shared_ptr<const moe::RoutingPolicy>(moe::make_policy(spec, cfg_.experts)));
     }
     head_norm_w_ = values(ps, "head.norm.weight");
     head_norm_b_ = values(ps, "head.norm.bias");
@@ -61,10 +58,10 @@ class TrainedModel final : public ServeModel {
 
   std::string name() const override {
     std::ostringstream os;
-    os << "trained-moe(" << std::filesystem::path(path_).filename().string() << ": 784-" << cfg_.hidden
-       << ", " << cfg_.layers << "x[" << cfg_.experts << "x" << cfg_.inter << " " << cfg_.activation << "]"
-       << (cfg_.residual ? " residual" : "") << ", " << cfg_.classes << " classes, trained with "
-       << policies_[0]->name() << ")";
+    os << "trained-moe(" << std::filesystem::path(path_).filename().string() << ": 784-"
+       << cfg_.hidden << ", " << cfg_.layers << "x[" << cfg_.experts << "x" << cfg_.inter << " "
+       << cfg_.activation << "]" << (cfg_.residual ? " residual" : "") << ", " << cfg_.classes
+       << " classes, trained with " << policies_[0]->name() << ")";
     return os.str();
   }
   int64_t input_dim() const override { return cfg_.input_side * cfg_.input_side; }
@@ -73,7 +70,9 @@ class TrainedModel final : public ServeModel {
   int64_t experts() const override { return cfg_.experts; }
   int64_t router_outputs() const override { return cfg_.router_outputs(); }
   int64_t classes() const override { return cfg_.classes; }
-  std::vector<std::shared_ptr<const moe::RoutingPolicy>> default_policies() const override { return policies_; }
+  std::vector<std::shared_ptr<const moe::RoutingPolicy>> default_policies() const override {
+    return policies_;
+  }
 
   void stem(const float* x, int64_t n, float* h) const override {
     const int64_t in = input_dim();
@@ -85,24 +84,15 @@ class TrainedModel final : public ServeModel {
   }
   void gate(int64_t l, const float* h, int64_t n, float* u, float* logits) const override {
     const Layer& ly = layers_[static_cast<size_t>(l)];
-    kernels::layer_norm_rows_st(h, ly.norm_w.data(), ly.norm_b.data(), u, nullptr, n, cfg_.hidden, 1e-5f);
+    kernels::layer_norm_rows_st(h, ly.norm_w.data(), ly.norm_b.data(), u, nullptr, n, cfg_.hidden,
+                                1e-5f);
     ly.router.apply(u, n, logits);
   }
   void expert(int64_t l, int64_t e, const float* rows, int64_t m, float* out) const override {
-    const Layer& ly = layers_[static_cast<size_t>(l)];
-    DELTAMOE_ASSERT(e >= 0 && e < cfg_.experts);
-    thread_local std::vector<float> mid;
-    mid.resize(static_cast<size_t>(m * cfg_.inter));
-    ly.fc1[e].apply(rows, m, mid.data());
-    if (cfg_.activation == "gelu") {
-      kernels::gelu_st(mid.data(), mid.data(), m * cfg_.inter);
-    } else {
-      for (float& v : mid) v = std::max(v, 0.0f);
-    }
-    ly.fc2[e].apply(mid.data(), m, out);
+    layers_[static_cast<size_t>(l)].experts->expert_st(e, rows, m, out);
   }
-  void combine(int64_t /*l*/, const float* h, const float* const* outs, const int32_t* ids, const float* w,
-               int64_t k, float* h_out) const override {
+  void combine(int64_t /*l*/, const float* h, const float* const* outs, const int32_t* ids,
+               const float* w, int64_t k, float* h_out) const override {
     // The training graph adds w·y onto zeros expert by expert in expert-index order
     // (scatter_add_rows), then the residual; the same order here reproduces its rounding.
     const int64_t d = cfg_.hidden;
@@ -120,8 +110,10 @@ class TrainedModel final : public ServeModel {
       for (int64_t i = 0; i < d; ++i) h_out[i] = h[i] + h_out[i];
   }
   void head(const float* h, int64_t n, float* probs) const override {
-    std::vector<float> u(static_cast<size_t>(n * cfg_.hidden)), z(static_cast<size_t>(n * cfg_.classes));
-    kernels::layer_norm_rows_st(h, head_norm_w_.data(), head_norm_b_.data(), u.data(), nullptr, n, cfg_.hidden, 1e-5f);
+    std::vector<float> u(static_cast<size_t>(n * cfg_.hidden)),
+        z(static_cast<size_t>(n * cfg_.classes));
+    kernels::layer_norm_rows_st(h, head_norm_w_.data(), head_norm_b_.data(), u.data(), nullptr, n,
+                                cfg_.hidden, 1e-5f);
     head_.apply(u.data(), n, z.data());
     kernels::softmax_rows_st(z.data(), probs, n, cfg_.classes);
   }
@@ -130,7 +122,7 @@ class TrainedModel final : public ServeModel {
   struct Layer {
     std::vector<float> norm_w, norm_b;
     PackedLayer router;
-    std::vector<PackedLayer> fc1, fc2;
+    std::unique_ptr<moe::MoeBlock> experts;
   };
   std::string path_;
   models::MoeClassifierConfig cfg_;

@@ -14,10 +14,11 @@
 
 #include "deltamoe/core/error.h"
 #include "deltamoe/models/moe_classifier.h"
-#include "deltamoe/moe/expert_queue.h"
+#include "deltamoe/serve/expert_queue.h"
 
 using namespace deltamoe;
 using namespace deltamoe::moe;
+using namespace deltamoe::serve;
 
 namespace {
 
@@ -129,7 +130,7 @@ class ClockedModel final : public serve::ServeModel {
 
 TEST(ExpertQueue, FlushesBySize) {
   auto clock = std::make_shared<ManualClock>();
-  ExpertQueueRuntime rt(small_model(), serve::make_routing("top-k:2"), manual(4, -1, clock));
+  ExpertQueueRuntime rt(small_model(), moe::make_policy("top-k:2", 8), manual(4, -1, clock));
   Collector col;
   const auto x = random_images(4, 1);
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(rt.submit(x.data() + i * 784, 1, col.cb()));
@@ -151,7 +152,7 @@ TEST(ExpertQueue, FlushesBySize) {
 
 TEST(ExpertQueue, FlushesByTimeout) {
   auto clock = std::make_shared<ManualClock>();
-  ExpertQueueRuntime rt(small_model(), serve::make_routing("top-k:2"), manual(8, 100, clock));
+  ExpertQueueRuntime rt(small_model(), moe::make_policy("top-k:2", 8), manual(8, 100, clock));
   Collector col;
   const auto x = random_images(2, 2);
   ASSERT_TRUE(rt.submit(x.data(), 2, col.cb()));
@@ -171,7 +172,7 @@ TEST(ExpertQueue, FlushesByTimeout) {
 TEST(ExpertQueue, PerExpertQueuesFlushIndependently) {
   auto clock = std::make_shared<ManualClock>();
   auto model = small_model();
-  ExpertQueueRuntime rt(model, serve::make_routing("top-k:1"),
+  ExpertQueueRuntime rt(model, moe::make_policy("top-k:1", 8),
                         manual(2, 50, clock, BatchingMode::per_expert));
   Collector col;
   const auto x = random_images(16, 3);
@@ -214,7 +215,7 @@ TEST(ExpertQueue, GroupedLayerFlushRunsTheWholeLayerInOneStep) {
     auto clock = std::make_shared<ManualClock>();
     QueueConfig c = manual(8, 0, clock, BatchingMode::per_expert);
     c.group_layers = group;
-    ExpertQueueRuntime rt(small_model(), serve::make_routing("top-k:2"), c);
+    ExpertQueueRuntime rt(small_model(), moe::make_policy("top-k:2", 8), c);
     Collector col;
     const auto x = random_images(8, 11);
     ASSERT_TRUE(rt.submit(x.data(), 8, col.cb()));
@@ -250,7 +251,7 @@ TEST(ExpertQueue, BatchedMatchesUnbatched) {
     const char* spec = cs.spec;
     const int64_t n = 96, layers = model->layers();
     const auto x = random_images(n, 4);
-    auto policy = std::shared_ptr<const RoutingPolicy>(serve::make_routing(spec, model->experts()));
+    auto policy = std::shared_ptr<const RoutingPolicy>(moe::make_policy(spec, model->experts()));
     std::vector<float> ref(static_cast<size_t>(n * 10));
     std::vector<RoutingResult> ref_routing;
     serve::reference_forward(*model, {policy}, x.data(), n, ref.data(), &ref_routing);
@@ -347,7 +348,7 @@ TEST(ExpertQueue, TrainedCheckpointMatchesEvaluate) {
       std::vector<std::shared_ptr<const RoutingPolicy>> policies = model->default_policies();
       ref.reset_policies();
       if (!spec.empty()) {
-        policies = {std::shared_ptr<const RoutingPolicy>(serve::make_routing(spec, model->experts()))};
+        policies = {std::shared_ptr<const RoutingPolicy>(moe::make_policy(spec, model->experts()))};
         const auto colon = spec.find(':');
         moe::PolicySpec ps;
         ps.kind = spec.substr(0, colon);
@@ -386,7 +387,7 @@ TEST(ExpertQueue, TrainedCheckpointMatchesEvaluate) {
 
 TEST(ExpertQueue, TopPUsesAVaryingNumberOfExperts) {
   auto model = serve::make_random_model();
-  auto policy = serve::make_routing("top-p:0.6");
+  auto policy = moe::make_policy("top-p:0.6", 8);
   const int64_t n = 64;
   const auto x = random_images(n, 5);
   std::vector<float> probs(static_cast<size_t>(n * 10));
@@ -407,7 +408,7 @@ TEST(ExpertQueue, AdmissionIsBoundedAndNothingIsLost) {
   QueueConfig c = manual(4, -1, clock, BatchingMode::per_expert);
   c.max_inflight_samples = 8;
   c.max_request_samples = 4;
-  ExpertQueueRuntime rt(small_model(), serve::make_routing("top-k:2"), c);
+  ExpertQueueRuntime rt(small_model(), moe::make_policy("top-k:2", 8), c);
   Collector col;
   const auto x = random_images(4, 6);
   EXPECT_TRUE(rt.submit(x.data(), 4, col.cb()));
@@ -436,7 +437,7 @@ TEST(ExpertQueue, DrainRunsWhatBAndTWouldHoldForever) {
   c.max_batch = 256;
   c.timeout_us = -1;
   c.workers = 2;
-  ExpertQueueRuntime rt(serve::make_random_model(), serve::make_routing("top-k:2"), c);
+  ExpertQueueRuntime rt(serve::make_random_model(), moe::make_policy("top-k:2", 8), c);
   Collector col;
   const auto x = random_images(10, 7);
   for (int i = 0; i < 10; ++i) ASSERT_TRUE(rt.submit(x.data() + i * 784, 1, col.cb()));
@@ -456,7 +457,7 @@ TEST(ExpertQueue, ConcurrentClientsEveryRequestAnsweredOnce) {
   c.workers = 2;
   c.max_inflight_samples = 16;
   c.max_request_samples = 4;
-  ExpertQueueRuntime rt(small_model(), serve::make_routing("top-p:0.5"), c);
+  ExpertQueueRuntime rt(small_model(), moe::make_policy("top-p:0.5", 8), c);
   const auto x = random_images(4, 8);
   std::atomic<int> accepted{0}, rejected{0}, answered{0};
   std::vector<std::thread> clients;
@@ -490,7 +491,7 @@ TEST(ExpertQueue, AdaptiveBatchFollowsBatchProcessingTimeNotQueueing) {
   c.aimd_increase = 2;
   c.aimd_decrease = 0.5;
   auto model = std::make_shared<ClockedModel>(small_model(), clock);
-  ExpertQueueRuntime rt(model, serve::make_routing("top-k:2"), c);
+  ExpertQueueRuntime rt(model, moe::make_policy("top-k:2", 8), c);
   const auto x = random_images(1, 9);
   Collector col;
   const auto limit = [&] { return rt.stats().queues[0].current_batch_limit; };
@@ -528,13 +529,13 @@ TEST(ExpertQueue, AdaptiveBatchFollowsBatchProcessingTimeNotQueueing) {
 
 TEST(ExpertQueue, BadConfigAndSpecsThrow) {
   auto model = small_model();
-  auto policy = std::shared_ptr<const RoutingPolicy>(serve::make_routing("top-k:1"));
+  auto policy = std::shared_ptr<const RoutingPolicy>(moe::make_policy("top-k:1", 8));
   QueueConfig c;
   c.max_batch = 0;
   EXPECT_THROW(ExpertQueueRuntime(model, policy, c), deltamoe::Error);
-  EXPECT_THROW(serve::make_routing("top-k"), deltamoe::Error);
-  EXPECT_THROW(serve::make_routing("top-k:1.5"), deltamoe::Error);
-  EXPECT_THROW(serve::make_routing("top-p:0"), deltamoe::Error);
-  EXPECT_THROW(serve::make_routing("best:2"), deltamoe::Error);
+  EXPECT_THROW(moe::make_policy("top-k", 8), deltamoe::Error);
+  EXPECT_THROW(moe::make_policy("top-k:1.5", 8), deltamoe::Error);
+  EXPECT_THROW(moe::make_policy("top-p:0", 8), deltamoe::Error);
+  EXPECT_THROW(moe::make_policy("best:2", 8), deltamoe::Error);
   EXPECT_THROW(parse_batching_mode("global"), deltamoe::Error);
 }

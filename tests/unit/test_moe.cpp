@@ -6,7 +6,7 @@
 #include <random>
 
 #include "deltamoe/core/parallel.h"
-#include "deltamoe/moe/moe_layer.h"
+#include "deltamoe/moe/moe_block.h"
 
 using namespace deltamoe;
 using namespace deltamoe::moe;
@@ -94,7 +94,7 @@ TEST_P(MoeVsNaive, F32MatchesReference) {
   set_num_threads(2);
   const auto w = MoeWeights::random(c.kind, c.experts, c.hidden, c.inter, 42 + c.tokens, 0,
                                     c.kind == ExpertKind::gelu_mlp);
-  const MoeLayer layer(w, DType::f32);
+  const MoeBlock layer(w, DType::f32);
   const TopKRouting policy(c.k, c.renorm);
   const Tensor x = random_input(c.tokens, c.hidden, 7 + c.experts);
   MoeStats s1, s2;
@@ -108,26 +108,29 @@ TEST_P(MoeVsNaive, F32MatchesReference) {
   EXPECT_DOUBLE_EQ(s1.mean_experts(), c.tokens ? static_cast<double>(c.k) : 0.0);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, MoeVsNaive,
-    ::testing::Values(Case{ExpertKind::swiglu, 1, 64, 48, 8, 2, true},
-                      Case{ExpertKind::swiglu, 16, 64, 48, 8, 2, true},
-                      Case{ExpertKind::swiglu, 37, 96, 80, 8, 3, false},
-                      Case{ExpertKind::swiglu, 128, 128, 200, 16, 4, true},
-                      Case{ExpertKind::swiglu, 5, 33, 17, 32, 8, true},   // most experts get 0-1 tokens
-                      Case{ExpertKind::swiglu, 64, 256, 128, 4, 4, true},  // every expert gets all tokens
-                      Case{ExpertKind::swiglu, 3, 1024, 512, 32, 8, true},  // default-size experts
-                      Case{ExpertKind::gelu_mlp, 1, 64, 48, 8, 1, true},
-                      Case{ExpertKind::gelu_mlp, 50, 100, 70, 8, 2, true},
-                      Case{ExpertKind::gelu_mlp, 200, 64, 256, 8, 8, false},
-                      Case{ExpertKind::swiglu, 0, 64, 48, 8, 2, true}),
-    [](const ::testing::TestParamInfo<Case>& param_info) {
-      const Case& c = param_info.param;
-      return std::string(c.kind == ExpertKind::swiglu ? "swiglu" : "gelu") + "_T" +
-             std::to_string(c.tokens) + "_H" + std::to_string(c.hidden) + "_I" +
-             std::to_string(c.inter) + "_E" + std::to_string(c.experts) + "_k" +
-             std::to_string(c.k) + (c.renorm ? "_renorm" : "");
-    });
+INSTANTIATE_TEST_SUITE_P(Shapes, MoeVsNaive,
+                         ::testing::Values(Case{ExpertKind::swiglu, 1, 64, 48, 8, 2, true},
+                                           Case{ExpertKind::swiglu, 16, 64, 48, 8, 2, true},
+                                           Case{ExpertKind::swiglu, 37, 96, 80, 8, 3, false},
+                                           Case{ExpertKind::swiglu, 128, 128, 200, 16, 4, true},
+                                           Case{ExpertKind::swiglu, 5, 33, 17, 32, 8,
+                                                true},  // most experts get 0-1 tokens
+                                           Case{ExpertKind::swiglu, 64, 256, 128, 4, 4,
+                                                true},  // every expert gets all tokens
+                                           Case{ExpertKind::swiglu, 3, 1024, 512, 32, 8,
+                                                true},  // default-size experts
+                                           Case{ExpertKind::gelu_mlp, 1, 64, 48, 8, 1, true},
+                                           Case{ExpertKind::gelu_mlp, 50, 100, 70, 8, 2, true},
+                                           Case{ExpertKind::gelu_mlp, 200, 64, 256, 8, 8, false},
+                                           Case{ExpertKind::swiglu, 0, 64, 48, 8, 2, true}),
+                         [](const ::testing::TestParamInfo<Case>& param_info) {
+                           const Case& c = param_info.param;
+                           return std::string(c.kind == ExpertKind::swiglu ? "swiglu" : "gelu") +
+                                  "_T" + std::to_string(c.tokens) + "_H" +
+                                  std::to_string(c.hidden) + "_I" + std::to_string(c.inter) + "_E" +
+                                  std::to_string(c.experts) + "_k" + std::to_string(c.k) +
+                                  (c.renorm ? "_renorm" : "");
+                         });
 
 TEST(Moe, Bf16WeightsMatchReferenceOnRoundedWeights) {
   set_num_threads(2);
@@ -136,7 +139,7 @@ TEST(Moe, Bf16WeightsMatchReferenceOnRoundedWeights) {
   // inside the kernel, so the tolerance is that of bf16 inputs with f32 accumulation.
   for (auto* v : {&w.w1, &w.w2, &w.w3})
     for (auto& t : *v) t = t.to(DType::bf16).to(DType::f32);
-  const MoeLayer layer(w, DType::bf16);
+  const MoeBlock layer(w, DType::bf16);
   const TopKRouting policy(2, true);
   const Tensor x = random_input(40, 128, 9);
   const Tensor ref = moe_forward_naive(w, x, policy);
@@ -146,7 +149,7 @@ TEST(Moe, Bf16WeightsMatchReferenceOnRoundedWeights) {
 TEST(Moe, VariableExpertsPerTokenIncludingNone) {
   set_num_threads(2);
   const auto w = MoeWeights::random(ExpertKind::swiglu, 8, 64, 40, 5);
-  const MoeLayer layer(w, DType::f32);
+  const MoeBlock layer(w, DType::f32);
   const VariableKPolicy policy;
   const Tensor x = random_input(29, 64, 11);
   MoeStats s;
@@ -161,7 +164,7 @@ TEST(Moe, VariableExpertsPerTokenIncludingNone) {
 TEST(Moe, AllTokensToOneExpert) {
   set_num_threads(2);
   const auto w = MoeWeights::random(ExpertKind::swiglu, 8, 64, 40, 6);
-  const MoeLayer layer(w, DType::f32);
+  const MoeBlock layer(w, DType::f32);
   const OneExpertPolicy policy(5);
   const Tensor x = random_input(300, 64, 12);
   MoeStats s;
@@ -173,7 +176,7 @@ TEST(Moe, AllTokensToOneExpert) {
 
 TEST(Moe, SingleThreadEqualsMultiThreadBitwise) {
   const auto w = MoeWeights::random(ExpertKind::swiglu, 16, 128, 64, 8);
-  const MoeLayer layer(w, DType::f32);
+  const MoeBlock layer(w, DType::f32);
   const TopKRouting policy(4, true);
   const Tensor x = random_input(77, 128, 13);
   set_num_threads(1);
@@ -185,11 +188,11 @@ TEST(Moe, SingleThreadEqualsMultiThreadBitwise) {
 
 TEST(Moe, BadInputsGiveClearErrors) {
   const auto w = MoeWeights::random(ExpertKind::swiglu, 4, 32, 16, 1);
-  const MoeLayer layer(w, DType::f32);
+  const MoeBlock layer(w, DType::f32);
   EXPECT_THROW(layer.forward(Tensor({3, 31}), TopKRouting(2, true)), Error);
   EXPECT_THROW(layer.forward(Tensor({3, 32}), TopKRouting(5, true)), Error);
   EXPECT_THROW(TopKRouting(0, true), Error);
-  EXPECT_THROW(MoeLayer(w, DType::i32), Error);
+  EXPECT_THROW(MoeBlock(w, DType::i32), Error);
   auto bad = w;
   bad.w2[2] = Tensor({32, 17});
   try {
@@ -198,6 +201,77 @@ TEST(Moe, BadInputsGiveClearErrors) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("w2[2]"), std::string::npos) << e.what();
   }
+}
+
+TEST(MoeBlock, ReluExpertsMatchReference) {
+  set_num_threads(2);
+  const auto w = MoeWeights::random(ExpertKind::relu_mlp, 8, 64, 48, 21, 0, /*biases=*/true);
+  const MoeBlock block(w, DType::f32);
+  const TopKRouting policy(2, true);
+  const Tensor x = random_input(33, 64, 22);
+  const Tensor ref = moe_forward_naive(w, x, policy);
+  EXPECT_LE(max_abs_diff(block.forward(x, policy), ref), 1e-4f * std::max(1.0f, max_abs(ref)));
+}
+
+TEST(MoeBlock, GatedSharedExpertMatchesReference) {
+  set_num_threads(2);
+  for (const int64_t tokens : {1, 19, 130}) {
+    SCOPED_TRACE(tokens);
+    const auto w = MoeWeights::random(ExpertKind::swiglu, 8, 96, 40, 31 + tokens, 0, false,
+                                      /*shared_inter=*/160);
+    const MoeBlock block(w, DType::f32);
+    EXPECT_TRUE(block.has_shared());
+    const TopKRouting policy(2, false);  // Qwen2-MoE's norm_topk_prob = false
+    const Tensor x = random_input(tokens, 96, 32);
+    const Tensor y = block.forward(x, policy);
+    const Tensor ref = moe_forward_naive(w, x, policy);
+    EXPECT_LE(max_abs_diff(y, ref), 1e-4f * std::max(1.0f, max_abs(ref)));
+    // The shared expert really contributes: without it the output differs.
+    auto routed_only = w;
+    routed_only.shared_w1 = routed_only.shared_w2 = routed_only.shared_w3 =
+        routed_only.shared_gate = Tensor();
+    EXPECT_GT(max_abs_diff(MoeBlock(routed_only, DType::f32).forward(x, policy), ref), 1e-3f);
+  }
+}
+
+TEST(MoeBlock, StagesComposeToForwardAndExpertMatchesGroupedPath) {
+  set_num_threads(2);
+  const auto w = MoeWeights::random(ExpertKind::swiglu, 8, 64, 40, 41);
+  const MoeBlock block(w, DType::f32);
+  const TopKRouting policy(2, true);
+  const Tensor x = random_input(25, 64, 42);
+  RoutingResult r;
+  std::vector<float> probs;
+  block.route(x.data<float>(), 25, policy, r, &probs);
+  ASSERT_EQ(r.tokens(), 25);
+  ASSERT_EQ(probs.size(), 25u * 8u);
+  Tensor y({25, 64});
+  std::vector<int64_t> counts;
+  block.apply(x.data<float>(), 25, r, y.data<float>(), nullptr, &counts);
+  EXPECT_EQ(max_abs_diff(y, block.forward(x, policy)), 0.0f);
+  int64_t total = 0;
+  for (int64_t c : counts) total += c;
+  EXPECT_EQ(total, 50);
+  // Explicit gate weights replace the routing's: doubling them doubles the output.
+  std::vector<float> doubled(r.weights);
+  for (float& v : doubled) v *= 2.0f;
+  Tensor y2({25, 64});
+  block.apply(x.data<float>(), 25, r, y2.data<float>(), doubled.data());
+  for (int64_t i = 0; i < y.numel(); ++i)
+    EXPECT_NEAR(y2.data<float>()[i], 2.0f * y.data<float>()[i], 1e-5f);
+  // expert_st on one expert's rows equals the grouped path: token 0 through its experts.
+  Tensor out({1, 64});
+  std::vector<float> manual(64, 0.0f);
+  std::vector<int32_t> ids(r.expert_ids.begin() + r.offsets[0],
+                           r.expert_ids.begin() + r.offsets[1]);
+  std::vector<float> ws(r.weights.begin() + r.offsets[0], r.weights.begin() + r.offsets[1]);
+  std::vector<size_t> order = {0, 1};
+  if (ids[1] < ids[0]) order = {1, 0};
+  for (size_t j : order) {
+    block.expert_st(ids[j], x.data<float>(), 1, out.data<float>());
+    for (int64_t c = 0; c < 64; ++c) manual[static_cast<size_t>(c)] += ws[j] * out.data<float>()[c];
+  }
+  for (int64_t c = 0; c < 64; ++c) EXPECT_NEAR(manual[static_cast<size_t>(c)], y.at({0, c}), 1e-5f);
 }
 
 TEST(Routing, TopKRenormalisesAndBreaksTiesLow) {
@@ -230,7 +304,8 @@ Golden load_golden(const io::SafetensorsFile& f, const std::string& c) {
   const int64_t experts = std::stoll(md.at(c + ".experts"));
   g.k = std::stoll(md.at(c + ".top_k"));
   g.renorm = md.at(c + ".renormalize") == "true";
-  g.weights.kind = md.at(c + ".expert_kind") == "swiglu" ? ExpertKind::swiglu : ExpertKind::gelu_mlp;
+  g.weights.kind =
+      md.at(c + ".expert_kind") == "swiglu" ? ExpertKind::swiglu : ExpertKind::gelu_mlp;
   g.weights.router = f.get(c + ".router").clone();
   for (int64_t e = 0; e < experts; ++e) {
     const std::string s = "." + std::to_string(e);
@@ -252,7 +327,8 @@ Golden load_golden(const io::SafetensorsFile& f, const std::string& c) {
 }  // namespace
 
 TEST(MoeGolden, MatchesPyTorchMixtralBlock) {
-  const auto f = io::SafetensorsFile::open(std::string(DELTAMOE_SOURCE_DIR) + "/tests/golden/moe_golden.safetensors");
+  const auto f = io::SafetensorsFile::open(std::string(DELTAMOE_SOURCE_DIR) +
+                                           "/tests/golden/moe_golden.safetensors");
   set_num_threads(2);
   int cases = 0;
   for (const std::string c : {"swiglu", "gelu", "swiglu_k3"}) {
@@ -260,7 +336,7 @@ TEST(MoeGolden, MatchesPyTorchMixtralBlock) {
     const Golden g = load_golden(f, c);
     const TopKRouting policy(g.k, g.renorm);
     MoeStats stats;
-    const Tensor y = MoeLayer(g.weights, DType::f32).forward(g.x, policy, &stats);
+    const Tensor y = MoeBlock(g.weights, DType::f32).forward(g.x, policy, &stats);
     EXPECT_LE(max_abs_diff(y, g.y), 1e-4f);  // the bound for f32
     EXPECT_LE(max_abs_diff(moe_forward_naive(g.weights, g.x, policy), g.y), 1e-4f);
     // Same experts and weights, token by token, as torch.topk.
@@ -271,7 +347,7 @@ TEST(MoeGolden, MatchesPyTorchMixtralBlock) {
       EXPECT_NEAR(stats.routing.weights[j], w[j], 1e-6f) << "pair " << j;
     }
     // bf16 weights: within bf16 rounding of the f32 golden output.
-    const Tensor yb = MoeLayer(g.weights, DType::bf16).forward(g.x, policy);
+    const Tensor yb = MoeBlock(g.weights, DType::bf16).forward(g.x, policy);
     EXPECT_LE(max_abs_diff(yb, g.y), 1e-2f * std::max(1.0f, max_abs(g.y)));
     const std::string empty = f.metadata().at(c + ".empty_experts");
     if (!empty.empty()) {

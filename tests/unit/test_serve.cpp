@@ -12,6 +12,7 @@
 #include <random>
 #include <thread>
 
+#include "deltamoe/moe/policies.h"
 #include "deltamoe/core/error.h"
 #include "deltamoe/serve/http_api.h"
 #include "deltamoe/serve/http_server.h"
@@ -56,8 +57,8 @@ std::string reason_of(std::string_view body) {
 }
 
 // Queue settings of the loadgen tests: batch limit B, timeout in µs (−1: ∞), worker threads.
-moe::QueueConfig queue_config(int64_t max_batch, int64_t timeout_us, int workers = 2) {
-  moe::QueueConfig c;
+serve::QueueConfig queue_config(int64_t max_batch, int64_t timeout_us, int workers = 2) {
+  serve::QueueConfig c;
   c.max_batch = max_batch;
   c.timeout_us = timeout_us;
   c.workers = workers;
@@ -168,7 +169,7 @@ TEST(ClassifyBody, FuzzedMutationsNeverCrash) {
 }
 
 TEST(ClassifyResponse, HasClassesProbabilitiesExperts) {
-  moe::RequestResult r;
+  serve::RequestResult r;
   r.results.resize(2);
   r.results[0].predicted = 3;
   r.results[0].probs = {0.1f, 0.9f};
@@ -184,10 +185,10 @@ TEST(ClassifyResponse, HasClassesProbabilitiesExperts) {
 }
 
 TEST(Prometheus, ExposesTheCounters) {
-  moe::QueueConfig c;
+  serve::QueueConfig c;
   c.workers = 0;
   c.timeout_us = 0;
-  auto rt = std::make_shared<moe::ExpertQueueRuntime>(make_random_model(), make_routing("top-k:2"), c);
+  auto rt = std::make_shared<serve::ExpertQueueRuntime>(make_random_model(), moe::make_policy("top-k:2", 8), c);
   const auto x = synthetic_images(3, 1);
   rt->submit(x.data(), 3, nullptr);
   rt->run_ready();
@@ -229,12 +230,12 @@ bool eventually(F cond) {
 }  // namespace
 
 TEST(HttpServer, AnswersClassifyHealthzMetricsAndErrors) {
-  moe::QueueConfig c;
+  serve::QueueConfig c;
   c.max_batch = 4;
   c.timeout_us = 100;
   auto model = make_random_model();
-  auto policy = std::shared_ptr<const moe::RoutingPolicy>(make_routing("top-k:2"));
-  auto rt = std::make_shared<moe::ExpertQueueRuntime>(model, policy, c);
+  auto policy = std::shared_ptr<const moe::RoutingPolicy>(moe::make_policy("top-k:2", 8));
+  auto rt = std::make_shared<serve::ExpertQueueRuntime>(model, policy, c);
   ServerConfig sc;
   sc.port = 0;
   sc.threads = 8;
@@ -302,17 +303,17 @@ TEST(HttpServer, AnswersClassifyHealthzMetricsAndErrors) {
 // A server whose runtime never flushes by itself (B = 256, T = ∞) with one request of
 // `held_images` images already admitted and held; a second request then meets the bounds.
 struct HeldRequestServer {
-  std::shared_ptr<moe::ExpertQueueRuntime> rt;
+  std::shared_ptr<serve::ExpertQueueRuntime> rt;
   std::unique_ptr<HttpServer> server;
   std::future<int> held;  // the held request's HTTP status, available after stop()
 
   HeldRequestServer(int64_t max_inflight_samples, int max_inflight_requests, int64_t held_images) {
-    moe::QueueConfig c;
+    serve::QueueConfig c;
     c.max_batch = 256;
     c.timeout_us = -1;
     c.max_inflight_samples = max_inflight_samples;
     c.max_request_samples = 2;
-    rt = std::make_shared<moe::ExpertQueueRuntime>(make_random_model(), make_routing("top-k:2"), c);
+    rt = std::make_shared<serve::ExpertQueueRuntime>(make_random_model(), moe::make_policy("top-k:2", 8), c);
     ServerConfig sc;
     sc.port = 0;
     sc.threads = 4;
@@ -338,7 +339,7 @@ struct HeldRequestServer {
     return r->body;
   }
   // Stops the server (which drains): the held request must then be answered 200.
-  moe::RuntimeStats stop_expecting_held_200() {
+  serve::RuntimeStats stop_expecting_held_200() {
     server->stop();
     EXPECT_EQ(held.get(), 200);
     return rt->stats();
@@ -377,7 +378,7 @@ TEST(HttpServer, RequestBoundGives503BeforeTheRuntimeIsFull) {
 // spans (at least) the time from its scheduled send to the last scheduled arrival. With the
 // seeded schedule (rate 200/s over 0.5 s) that is well over 0.2 s whatever the machine does.
 TEST(Loadgen, OpenLoopLatencyIncludesTimeHeldInQueues) {
-  moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-k:2"), queue_config(256, -1));
+  serve::ExpertQueueRuntime rt(make_random_model(), moe::make_policy("top-k:2", 8), queue_config(256, -1));
   const LoadConfig lc = load_config(false, LoadConfig{}.concurrency, 200, 0.5, LoadConfig{}.warmup_s);
   const auto r = run_inprocess_load(rt, lc);
   ASSERT_GT(r.ok, 20);
@@ -390,7 +391,7 @@ TEST(Loadgen, OpenLoopLatencyIncludesTimeHeldInQueues) {
 // answers (which give the throughput) are a subset of all answers.
 TEST(Loadgen, WarmupRequestsAreServedButNotCounted) {
   for (bool closed : {false, true}) {
-    moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-k:2"), queue_config(8, 200));
+    serve::ExpertQueueRuntime rt(make_random_model(), moe::make_policy("top-k:2", 8), queue_config(8, 200));
     const LoadConfig lc = load_config(closed, 8, 400, 0.2, 0.1);
     const auto r = run_inprocess_load(rt, lc);
     const auto st = rt.stats();
@@ -411,7 +412,7 @@ TEST(Loadgen, WarmupRequestsAreServedButNotCounted) {
 // show exactly 8 rows per expert call, and they must add up to the whole run's minus the
 // warm-up's and the drain's.
 TEST(Loadgen, RuntimeCountersCoverTheMeasuredWindowOnly) {
-  moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-k:2"), queue_config(8, -1, 1));
+  serve::ExpertQueueRuntime rt(make_random_model(), moe::make_policy("top-k:2", 8), queue_config(8, -1, 1));
   const LoadConfig lc = load_config(true, 256, 0, 0.2, 0.05);
   const auto r = run_inprocess_load(rt, lc);
   const auto whole = rt.stats();
@@ -432,7 +433,7 @@ TEST(Loadgen, RuntimeCountersCoverTheMeasuredWindowOnly) {
   EXPECT_DOUBLE_EQ(j["mean_expert_rows_per_call"].get<double>(), 8.0);
   // The whole run includes the drain's partial batches.
   EXPECT_LT(static_cast<double>(whole.expert_rows) / static_cast<double>(whole.expert_calls), 8.0);
-  moe::RuntimeStats other;
+  serve::RuntimeStats other;
   EXPECT_THROW(runtime_stats_between(other, whole), deltamoe::Error);
 }
 
@@ -446,7 +447,7 @@ TEST(Loadgen, RefusesNonLoopbackTargets) {
 
 TEST(Loadgen, InProcessOpenAndClosedLoopAccountForEveryRequest) {
   for (bool closed : {false, true}) {
-    moe::ExpertQueueRuntime rt(make_random_model(), make_routing("top-p:0.5"), queue_config(8, 200));
+    serve::ExpertQueueRuntime rt(make_random_model(), moe::make_policy("top-p:0.5", 8), queue_config(8, 200));
     const LoadConfig lc = load_config(closed, 16, 400, 0.25, LoadConfig{}.warmup_s);
     const auto r = run_inprocess_load(rt, lc);
     int64_t errors = 0;

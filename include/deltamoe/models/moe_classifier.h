@@ -32,19 +32,20 @@
 #include "deltamoe/core/tensor.h"
 #include "deltamoe/graph/graph.h"
 #include "deltamoe/kernels/cpu.h"
+#include "deltamoe/moe/moe_block.h"
 #include "deltamoe/moe/policies.h"
 #include "deltamoe/nn/nn.h"
 
 namespace deltamoe::models {
 
 struct MoeClassifierConfig {
-  std::string stem = "fc";        // fc | patch
-  int64_t input_side = 28;        // images are input_side² pixels
-  int64_t patch = 7;              // patch stem: patch side
-  int64_t hidden = 256;           // H
-  int64_t inter = 256;            // I (expert MLP width)
-  int64_t experts = 8;            // E
-  int64_t layers = 1;             // MoE layers
+  std::string stem = "fc";  // fc | patch
+  int64_t input_side = 28;  // images are input_side² pixels
+  int64_t patch = 7;        // patch stem: patch side
+  int64_t hidden = 256;     // H
+  int64_t inter = 256;      // I (expert MLP width)
+  int64_t experts = 8;      // E
+  int64_t layers = 1;       // MoE layers
   int64_t classes = 10;
   std::string activation = "gelu";  // expert activation: gelu | relu
   bool residual = false;
@@ -68,24 +69,25 @@ moe::PolicySpec policy_from_json(const nlohmann::json& j);
 
 /// Routing of one MoE layer in one forward pass.
 struct LayerRouting {
-  moe::RoutingResult routing;               // per token (sample-major, then token)
+  moe::RoutingResult routing;                    // per token (sample-major, then token)
   std::vector<int32_t> null_offsets, null_cols;  // null experts chosen (null-experts only)
 };
 
-/// Inference copies of the classifier's linear weights in the engine's packed f32 layout
-/// (kernels::PackedLinear), made by MoeClassifier::pack_weights() for a grad-free forward.
-/// A snapshot: stale once the parameters change (evaluate() packs afresh on every call).
+/// Inference copies of the classifier's weights in the engine's packed f32 layout: stem and
+/// head as kernels::PackedLinear, each MoE layer as a moe::MoeBlock (the one expert FFN every
+/// model uses). Made by MoeClassifier::pack_weights() for a grad-free forward. A snapshot:
+/// stale once the parameters change (evaluate() packs afresh on every call).
 struct PackedWeights {
   kernels::PackedLinear stem, head;
-  std::vector<std::vector<kernels::PackedLinear>> fc1, fc2;  // [layer][expert]
+  std::vector<moe::MoeBlock> blocks;  // one per MoE layer
 };
 
 struct ForwardOptions {
-  bool training = false;        // noise on, adaptive policies observe the batch
-  bool adapt = false;           // adaptive policies observe the batch (calibration, no noise)
-  double balance_alpha = 0.0;   // Switch loss weight α
-  double entropy_beta = 0.0;    // router entropy weight β
-  double noisy_weight = 0.0;    // importance + load loss weight (noisy gating)
+  bool training = false;           // noise on, adaptive policies observe the batch
+  bool adapt = false;              // adaptive policies observe the batch (calibration, no noise)
+  double balance_alpha = 0.0;      // Switch loss weight α
+  double entropy_beta = 0.0;       // router entropy weight β
+  double noisy_weight = 0.0;       // importance + load loss weight (noisy gating)
   std::mt19937_64* rng = nullptr;  // noise source (noisy gating, dropout; training)
   /// Training only: dropout rate on the stem output and on each MoE layer's output (inverted
   /// dropout: kept units scaled by 1/(1 − rate)). 0 = none.
@@ -99,8 +101,8 @@ struct ForwardOptions {
 };
 
 struct ForwardOut {
-  graph::Var logits;              // [N, classes]
-  graph::Var aux_loss;            // scalar sum of the auxiliary losses (invalid if none)
+  graph::Var logits;    // [N, classes]
+  graph::Var aux_loss;  // scalar sum of the auxiliary losses (invalid if none)
   std::vector<LayerRouting> layers;
 };
 
@@ -133,15 +135,15 @@ class MoeClassifier {
 
   /// Packs the stem, expert and head weights for ForwardOptions::packed.
   PackedWeights pack_weights() const;
+  /// MoE layer l's router and experts as moe::MoeWeights (views of the parameters, f32;
+  /// fc1/fc2 with biases, GELU or ReLU experts), for moe::MoeBlock.
+  moe::MoeWeights moe_weights(int64_t l) const;
   /// Builds the forward pass for images x[N, side²] (f32) into g.
   ForwardOut forward(graph::Graph& g, const Tensor& x, const ForwardOptions& opt);
 
  private:
   graph::Var moe_layer(graph::Graph& g, int64_t l, graph::Var h, int64_t tokens,
                        const ForwardOptions& opt, LayerRouting& lr, std::vector<graph::Var>& aux);
-  /// Expert FFNs and the weighted combine of one layer through packed weights (no graph ops).
-  Tensor experts_packed(int64_t l, const Tensor& u, const moe::RoutingResult& rr, const float* w,
-                        const PackedWeights& pw) const;
   /// y[n, out] = x · Wᵀ + b (then GELU when `gelu`) through a packed weight.
   Tensor linear_packed(const Tensor& x, const kernels::PackedLinear& w, const std::string& bias,
                        bool gelu) const;
@@ -161,23 +163,23 @@ struct TrainOptions {
   int64_t batch = 128;
   float lr = 1e-3f;
   float weight_decay = 0.0f;
-  bool cosine = true;             // cosine learning-rate decay to 0 over all steps
-  uint64_t seed = 1;              // data order and noise
+  bool cosine = true;  // cosine learning-rate decay to 0 over all steps
+  uint64_t seed = 1;   // data order and noise
   double balance_alpha = 0.01;
   double entropy_beta = 0.0;
   double noisy_weight = 0.01;
-  int64_t val_size = 5000;        // the last val_size training images are held out
-  int64_t max_train = 0;          // > 0: use only the first max_train training images
-  bool progress = false;          // progress bar on stderr
+  int64_t val_size = 5000;  // the last val_size training images are held out
+  int64_t max_train = 0;    // > 0: use only the first max_train training images
+  bool progress = false;    // progress bar on stderr
   // Augmentation of the training batches (square images only; off by default): each image is
   // mirrored left-right with probability 1/2 when augment_flip, and shifted by whole pixels
   // (dx, dy uniform in [−augment_shift, augment_shift], zeros shifted in). Drawn from its
   // own generator seeded by `seed`, so runs stay deterministic.
   bool augment_flip = false;
   int64_t augment_shift = 0;
-  int64_t warmup_steps = 0;       // linear learning-rate warm-up over the first steps
-  double dropout = 0.0;           // see ForwardOptions::dropout
-  float label_smoothing = 0.0f;   // cross-entropy target (1 − ε)·onehot + ε/classes
+  int64_t warmup_steps = 0;      // linear learning-rate warm-up over the first steps
+  double dropout = 0.0;          // see ForwardOptions::dropout
+  float label_smoothing = 0.0f;  // cross-entropy target (1 − ε)·onehot + ε/classes
 };
 
 struct EpochStats {
@@ -194,15 +196,15 @@ struct TrainSummary {
 
 struct EvalResult {
   double accuracy = 0;
-  double avg_experts = 0;               // mean real experts per token and layer
-  double expert_flops_per_sample = 0;   // expert FFN FLOPs actually computed
+  double avg_experts = 0;              // mean real experts per token and layer
+  double expert_flops_per_sample = 0;  // expert FFN FLOPs actually computed
   double samples_per_s = 0;
   double seconds = 0;
-  std::vector<int32_t> predicted;       // per sample
-  std::vector<float> experts_used;      // per sample: mean over its tokens and layers
-  std::vector<std::vector<int32_t>> token_k;          // per layer, per token: experts used
-  std::vector<std::vector<int64_t>> load;             // per layer, tokens per expert [E]
-  std::vector<std::vector<int64_t>> class_expert;     // [classes][E], summed over layers
+  std::vector<int32_t> predicted;                  // per sample
+  std::vector<float> experts_used;                 // per sample: mean over its tokens and layers
+  std::vector<std::vector<int32_t>> token_k;       // per layer, per token: experts used
+  std::vector<std::vector<int64_t>> load;          // per layer, tokens per expert [E]
+  std::vector<std::vector<int64_t>> class_expert;  // [classes][E], summed over layers
 };
 
 /// Trains `model` on the first (N − val_size) images of train_x/train_y (or max_train).

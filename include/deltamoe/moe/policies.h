@@ -44,8 +44,8 @@ class TopPRouting : public AdaptivePolicy {
   double p() const { return p_; }
   void set_p(double p);
   /// Turns the controller on, starting from the current p.
-  void enable_controller(double target_k, double kp = 0.1, double ki = 0.01,
-                         double p_min = 0.05, double p_max = 0.999);
+  void enable_controller(double target_k, double kp = 0.1, double ki = 0.01, double p_min = 0.05,
+                         double p_max = 0.999);
   bool controlled() const { return control_; }
   double target_k() const { return target_k_; }
 
@@ -143,12 +143,12 @@ class PerTokenKRouting : public RoutingPolicy {
 
 /// A policy by name and parameters, as the CLI and checkpoints describe it.
 struct PolicySpec {
-  std::string kind = "top-k";  // top-k | top-p | threshold | null-experts
-  int64_t k = 2;               // top-k, null-experts (with target_k: 0 → floor(K*) + 1)
-  double p = 0.5;              // top-p threshold
-  double target_k = 0;         // > 0: adapt toward this mean K while training
-  int64_t nulls = 0;           // null-experts: M (0 → E)
-  float null_bias = 0.0f;      // null-experts: added to null logits when selecting
+  std::string kind = "top-k";     // top-k | top-p | threshold | null-experts
+  int64_t k = 2;                  // top-k, null-experts (with target_k: 0 → floor(K*) + 1)
+  double p = 0.5;                 // top-p threshold
+  double target_k = 0;            // > 0: adapt toward this mean K while training
+  int64_t nulls = 0;              // null-experts: M (0 → E)
+  float null_bias = 0.0f;         // null-experts: added to null logits when selecting
   std::vector<float> thresholds;  // threshold: θ_e (empty → 1/E each)
   bool renormalize = true;
 };
@@ -156,6 +156,14 @@ struct PolicySpec {
 /// Builds the policy for `experts` real experts; throws Error("routing") for an unknown kind
 /// or bad parameters. Adaptive state (controller on when target_k > 0) starts from the spec.
 std::unique_ptr<RoutingPolicy> make_policy(const PolicySpec& spec, int64_t experts);
+/// Parses a routing spec as the CLI and the servers take it: "top-k:K" (renormalised,
+/// Mixtral), "top-k-raw:K" (weights p as is), "top-p:P" (smallest set with Σp ≥ P,
+/// renormalised; delta-MoE), "threshold:θ" or "threshold" (expert e on when p_e ≥ θ, θ = 1/E
+/// when omitted), "null-experts:K:M" (top-K over E real + M null outputs, AdaMoE; the router
+/// must have E + M outputs). `experts` is E. Throws Error("routing") naming the spec.
+PolicySpec parse_policy_spec(const std::string& spec, int64_t experts);
+/// make_policy(parse_policy_spec(spec, experts), experts), errors naming the spec.
+std::unique_ptr<RoutingPolicy> make_policy(const std::string& spec, int64_t experts);
 /// The spec with the policy's current adapted parameters (p, thresholds) written back.
 PolicySpec current_spec(const PolicySpec& spec, const RoutingPolicy& policy);
 

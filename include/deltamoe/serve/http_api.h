@@ -14,7 +14,7 @@
 #include <string_view>
 #include <vector>
 
-#include "deltamoe/moe/expert_queue.h"
+#include "deltamoe/serve/expert_queue.h"
 
 namespace deltamoe::serve {
 
@@ -33,7 +33,7 @@ ParsedImages parse_classify_body(std::string_view body, int64_t dim, int64_t max
 /// The response JSON of one finished request: {"classes": [c], "probabilities": [[C floats]],
 /// "experts_used": [[[ids of layer 0], [ids of layer 1], ...]] (per image, per MoE layer, in
 /// routing order), "mean_experts": [mean experts per layer], "latency_us": [...]}.
-std::string classify_response_json(const moe::RequestResult& result);
+std::string classify_response_json(const serve::RequestResult& result);
 
 /// {"error": reason} (one line).
 std::string error_json(std::string_view reason);
@@ -45,7 +45,7 @@ std::string base64_decode(std::string_view text);
 /// HTTP-level counters the server keeps next to the runtime's.
 struct HttpCounters {
   std::map<int, uint64_t> responses_by_status;
-  moe::Histogram request_seconds{{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+  serve::Histogram request_seconds{{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                   0.1, 0.25, 0.5, 1.0, 2.5}};
   bool ready = true;
 };
@@ -53,6 +53,6 @@ struct HttpCounters {
 /// Prometheus text exposition (format 0.0.4) of the runtime and HTTP counters: request counts
 /// by status, request latency histogram (seconds), sample latency histogram, per-queue depth,
 /// batch limit, realised batch sizes, flushes by reason, in-flight samples.
-std::string render_prometheus(const moe::RuntimeStats& rt, const HttpCounters& http);
+std::string render_prometheus(const serve::RuntimeStats& rt, const HttpCounters& http);
 
 }  // namespace deltamoe::serve

@@ -14,7 +14,7 @@
 #include <string>
 #include <thread>
 
-#include "deltamoe/moe/expert_queue.h"
+#include "deltamoe/serve/expert_queue.h"
 #include "deltamoe/serve/http_api.h"
 
 namespace deltamoe::serve {
@@ -43,7 +43,7 @@ bool http_available();
 class HttpServer {
  public:
   /// Does not listen yet. Throws Error("serve") when cpp-httplib is not built in.
-  HttpServer(std::shared_ptr<moe::ExpertQueueRuntime> runtime, ServerConfig config);
+  HttpServer(std::shared_ptr<serve::ExpertQueueRuntime> runtime, ServerConfig config);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;

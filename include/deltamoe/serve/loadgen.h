@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "deltamoe/moe/expert_queue.h"
+#include "deltamoe/serve/expert_queue.h"
 
 namespace deltamoe::serve {
 
@@ -55,7 +55,7 @@ struct LoadResult {
   double sender_cpu_s = 0.0;                 // in-process open loop: the sender thread's CPU time
   /// In-process: the runtime's counters when the measured window opened and when it closed
   /// (see runtime_stats_between); empty `queues` where not taken (HTTP).
-  moe::RuntimeStats stats_at_window_start, stats_at_window_end;
+  serve::RuntimeStats stats_at_window_start, stats_at_window_end;
 };
 
 /// Summary JSON (one object): counts, throughput_rps, p50/p95/p99/mean/max latency in ms,
@@ -64,14 +64,14 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
 
 /// Runtime counters as a JSON object: mean realised batch per queue kind, share of timeout
 /// flushes, mean queue and compute time per sample.
-std::string runtime_stats_json(const moe::RuntimeStats& s);
+std::string runtime_stats_json(const serve::RuntimeStats& s);
 
 /// The runtime's activity between two snapshots of one runtime (`begin` taken first): every
 /// counter, sum and histogram is end − begin; gauges (queue depth, current B, samples in
 /// flight) are end's. The loadgen reports the measured window this way, so batches of the
 /// warm-up and of the final drain (partial ones, with T = ∞) do not count. Throws
 /// Error("loadgen") if the two come from runtimes with different queues.
-moe::RuntimeStats runtime_stats_between(const moe::RuntimeStats& begin, const moe::RuntimeStats& end);
+serve::RuntimeStats runtime_stats_between(const serve::RuntimeStats& begin, const serve::RuntimeStats& end);
 
 /// Deterministic synthetic 28×28 images (blobs and strokes on a dark background), n × 784.
 std::vector<float> synthetic_images(int64_t n, uint64_t seed);
@@ -80,7 +80,7 @@ std::vector<float> synthetic_images(int64_t n, uint64_t seed);
 /// Poisson schedule; closed loop resubmits from each completion. Rejections count as "503".
 /// Calls runtime.shutdown() at the end (drains what is still queued). Snapshots the runtime's
 /// counters when the measured window opens and closes (LoadResult::stats_at_window_*).
-LoadResult run_inprocess_load(moe::ExpertQueueRuntime& runtime, const LoadConfig& config);
+LoadResult run_inprocess_load(serve::ExpertQueueRuntime& runtime, const LoadConfig& config);
 
 /// Runs load against `url` (http://127.0.0.1:PORT or http://localhost:PORT; anything else is
 /// refused with Error("loadgen")), POSTing to /v1/classify.

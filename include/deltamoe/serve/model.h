@@ -96,11 +96,4 @@ void reference_forward(const ServeModel& model,
                        const float* x, int64_t n, float* probs,
                        std::vector<moe::RoutingResult>* routing = nullptr);
 
-/// Builds a routing policy from a spec: "top-k:K" (renormalised, Mixtral), "top-k-raw:K"
-/// (weights p as is), "top-p:P" (smallest set with Σp ≥ P, renormalised; delta-MoE),
-/// "threshold:θ" or "threshold" (expert e on when p_e ≥ θ, θ = 1/E when omitted),
-/// "null-experts:K:M" (top-K over E real + M null outputs, AdaMoE; the model's router must
-/// have E + M outputs). `experts` is E. Throws Error("serve") on a bad spec.
-std::unique_ptr<moe::RoutingPolicy> make_routing(const std::string& spec, int64_t experts = 8);
-
 }  // namespace deltamoe::serve

@@ -4,7 +4,7 @@
 // outside it, and each batch takes it about twice (take, then hand results on), so the lock
 // costs O(1) per batch, not per sample. Model calls use per-thread scratch buffers; a sample's
 // own buffers are allocated once at admission and reused across layers.
-#include "deltamoe/moe/expert_queue.h"
+#include "deltamoe/serve/expert_queue.h"
 
 #include <algorithm>
 #include <climits>
@@ -15,7 +15,7 @@
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/kernels/cpu.h"
 
-namespace deltamoe::moe {
+namespace deltamoe::serve {
 
 int64_t SteadyClock::now_us() const {
   return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -127,8 +127,8 @@ thread_local std::vector<float> t_x, t_h, t_u, t_logits, t_probs, t_out, t_rows;
 thread_local std::vector<float> t_h2;
 }  // namespace
 
-ExpertQueueRuntime::ExpertQueueRuntime(std::shared_ptr<const serve::ServeModel> model,
-                                       std::vector<std::shared_ptr<const RoutingPolicy>> policies,
+ExpertQueueRuntime::ExpertQueueRuntime(std::shared_ptr<const ServeModel> model,
+                                       std::vector<std::shared_ptr<const moe::RoutingPolicy>> policies,
                                        QueueConfig config)
     : model_(std::move(model)), policies_(std::move(policies)), config_(std::move(config)) {
   DELTAMOE_CHECK(model_ && !policies_.empty(), "queue", "runtime needs a model and a routing policy");
@@ -470,7 +470,7 @@ void ExpertQueueRuntime::route_layer(std::vector<Sample*>& samples, const float*
   float* probs = scratch(t_probs, m * r);
   model_->gate(layer, h, m, u, logits);
   kernels::softmax_rows_st(logits, probs, m, r);
-  thread_local RoutingResult routing;
+  thread_local moe::RoutingResult routing;
   policies_[static_cast<size_t>(layer)]->route(logits, probs, m, e_count, routing);
   DELTAMOE_ASSERT(routing.tokens() == m);
   for (int64_t i = 0; i < m; ++i) {
@@ -567,7 +567,7 @@ void ExpertQueueRuntime::run_whole(std::vector<Sample*>& samples, float* h, int6
   float* logits = scratch(t_logits, m * r);
   float* probs = scratch(t_probs, m * r);
   float* next = scratch(t_h2, m * d);
-  RoutingResult routing;
+  moe::RoutingResult routing;
   std::vector<std::vector<int32_t>> rows(static_cast<size_t>(e_count)), slots(static_cast<size_t>(e_count));
   std::vector<float> outs;
   std::vector<const float*> ptrs;
@@ -723,4 +723,4 @@ RuntimeStats ExpertQueueRuntime::stats() const {
   return s;
 }
 
-}  // namespace deltamoe::moe
+}  // namespace deltamoe::serve

@@ -52,7 +52,7 @@
 #include "deltamoe/moe/routing.h"
 #include "deltamoe/serve/model.h"
 
-namespace deltamoe::moe {
+namespace deltamoe::serve {
 
 /// Source of time in microseconds. The runtime reads time only through it, so tests can
 /// drive timeouts with a ManualClock.
@@ -185,12 +185,12 @@ class ExpertQueueRuntime {
  public:
   /// One policy per MoE layer (or one for every layer). Starts config.workers worker threads.
   /// Throws Error("queue") on a bad config or a policy that does not fit the model's router.
-  ExpertQueueRuntime(std::shared_ptr<const serve::ServeModel> model,
-                     std::vector<std::shared_ptr<const RoutingPolicy>> policies, QueueConfig config);
+  ExpertQueueRuntime(std::shared_ptr<const ServeModel> model,
+                     std::vector<std::shared_ptr<const moe::RoutingPolicy>> policies, QueueConfig config);
   /// The same policy in every layer.
-  ExpertQueueRuntime(std::shared_ptr<const serve::ServeModel> model,
-                     std::shared_ptr<const RoutingPolicy> policy, QueueConfig config)
-      : ExpertQueueRuntime(std::move(model), std::vector<std::shared_ptr<const RoutingPolicy>>{std::move(policy)},
+  ExpertQueueRuntime(std::shared_ptr<const ServeModel> model,
+                     std::shared_ptr<const moe::RoutingPolicy> policy, QueueConfig config)
+      : ExpertQueueRuntime(std::move(model), std::vector<std::shared_ptr<const moe::RoutingPolicy>>{std::move(policy)},
                            std::move(config)) {}
   /// Drains (as shutdown()) and joins the workers.
   ~ExpertQueueRuntime();
@@ -224,10 +224,10 @@ class ExpertQueueRuntime {
 
   RuntimeStats stats() const;
   const QueueConfig& config() const { return config_; }
-  const serve::ServeModel& model() const { return *model_; }
+  const ServeModel& model() const { return *model_; }
   /// Layer 0's policy (every layer's, unless the model was trained with per-layer ones).
-  const RoutingPolicy& policy() const { return *policies_[0]; }
-  const RoutingPolicy& policy(int64_t layer) const { return *policies_[static_cast<size_t>(layer)]; }
+  const moe::RoutingPolicy& policy() const { return *policies_[0]; }
+  const moe::RoutingPolicy& policy(int64_t layer) const { return *policies_[static_cast<size_t>(layer)]; }
 
  private:
   struct Request;
@@ -254,8 +254,8 @@ class ExpertQueueRuntime {
   void finish_samples(std::vector<Sample*>& done, const float* probs, int64_t t_start);
   void worker_loop();
 
-  std::shared_ptr<const serve::ServeModel> model_;
-  std::vector<std::shared_ptr<const RoutingPolicy>> policies_;  // one per layer
+  std::shared_ptr<const ServeModel> model_;
+  std::vector<std::shared_ptr<const moe::RoutingPolicy>> policies_;  // one per layer
   QueueConfig config_;
   std::shared_ptr<const Clock> clock_;
 
@@ -278,4 +278,4 @@ class ExpertQueueRuntime {
   std::vector<Request*> request_pool_;
 };
 
-}  // namespace deltamoe::moe
+}  // namespace deltamoe::serve

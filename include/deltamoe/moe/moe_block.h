@@ -1,0 +1,137 @@
+// The MoE block: one implementation of the sparse expert FFN for every model (the MoE
+// classifier, its server, the language models), the way one build_moe_ffn serves every MoE
+// model in llama.cpp. Four stages, each callable on its own:
+//
+//   route    router logits z = x·W_gᵀ → softmax p (f32) → RoutingPolicy → per-token experts S(x)
+//   dispatch stable counting sort of the (token, expert) pairs by expert
+//   experts  one grouped GEMM per expert over its rows (SwiGLU, GELU-MLP or ReLU-MLP)
+//   combine  y[t] = Σ_{e ∈ S(t)} w_e · E_e(x[t]), summed in expert-index order (the order of
+//            Hugging Face's MixtralSparseMoeBlock and of our training graph, so results agree
+//            to the last bit where the arithmetic does), plus an optional shared expert
+//            scaled by sigmoid(x·w_sg) (Qwen2-MoE, DeepSpeed-MoE's residual expert).
+//
+// Dropless: every routed pair is computed. Routing may give each token any number of experts,
+// including none (delta-MoE). Per-expert queues (serve/) call expert_st() on batches they form
+// themselves; everything else calls forward() or route() + apply().
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "deltamoe/core/tensor.h"
+#include "deltamoe/kernels/cpu.h"
+#include "deltamoe/moe/routing.h"
+
+namespace deltamoe::moe {
+
+/// Expert architecture.
+enum class ExpertKind {
+  swiglu,    // Mixtral, Qwen-MoE, OLMoE: w2(silu(w1 x) * w3 x), no biases
+  gelu_mlp,  // fc2(gelu(fc1 x + b1)) + b2 (biases optional; exact erf GELU)
+  relu_mlp,  // fc2(relu(fc1 x + b1)) + b2 (biases optional)
+};
+
+/// Weights in PyTorch layout (Linear: [out, in]); any dtype (converted when packed).
+struct MoeWeights {
+  ExpertKind kind = ExpertKind::swiglu;
+  Tensor router;           // [E + M, H] (M = null experts of the policy, if any)
+  std::vector<Tensor> w1;  // E × [I, H]   (MLP: fc1)
+  std::vector<Tensor> w2;  // E × [H, I]   (MLP: fc2)
+  std::vector<Tensor> w3;  // E × [I, H]   (swiglu only)
+  std::vector<Tensor> b1;  // E × [I]      (MLP only, optional: empty = no bias)
+  std::vector<Tensor> b2;  // E × [H]      (MLP only, optional)
+  // Optional shared expert (SwiGLU, width Is, run on every token), undefined = none.
+  Tensor shared_w1;    // [Is, H] gate
+  Tensor shared_w3;    // [Is, H] up
+  Tensor shared_w2;    // [H, Is] down
+  Tensor shared_gate;  // [1, H]: output scaled by sigmoid(x·w); undefined = scale 1
+
+  int64_t experts() const { return static_cast<int64_t>(w1.size()); }
+  int64_t hidden() const { return w1.empty() ? 0 : w1[0].size(1); }
+  int64_t inter() const { return w1.empty() ? 0 : w1[0].size(0); }
+  bool has_shared() const { return shared_w1.defined(); }
+  /// Throws Error("moe") naming the first tensor with a wrong shape.
+  void validate() const;
+  /// Random weights (uniform ±1/sqrt(fan_in), like nn.Linear), deterministic in `seed`.
+  /// `shared_inter` > 0 adds a gated shared expert of that width.
+  static MoeWeights random(ExpertKind kind, int64_t experts, int64_t hidden, int64_t inter,
+                           uint64_t seed, int64_t extra_router_outputs = 0, bool biases = false,
+                           int64_t shared_inter = 0);
+};
+
+/// Statistics of one forward pass.
+struct MoeStats {
+  RoutingResult routing;                   // per token: experts and weights
+  std::vector<int64_t> tokens_per_expert;  // E entries
+  double mean_experts() const { return routing.mean_experts(); }
+};
+
+/// A ready-to-run MoE block: weights packed once (f32 or bf16) for the grouped FFN; the
+/// router and the shared expert's gate stay f32.
+/// Thread-safety: every method is const. forward(), route() and apply() use up to
+/// num_threads() OpenMP threads and per-calling-thread scratch, so concurrent calls from
+/// different threads are safe. expert_st() is single-threaded and safe to call concurrently.
+class MoeBlock {
+ public:
+  /// Packs `weights` (validated first) to `dtype` (f32 or bf16). Throws Error("moe").
+  MoeBlock(const MoeWeights& weights, DType dtype);
+
+  /// y[T, H] = MoE(x[T, H]) with `policy` (route + apply); fills `stats` when not null.
+  Tensor forward(const Tensor& x, const RoutingPolicy& policy, MoeStats* stats = nullptr) const;
+
+  /// Stage 1: router logits and softmax of x[tokens, H] (row-major f32), routed by `policy`
+  /// into `out`. When `probs` is not null it receives the softmax [tokens, router_outputs()].
+  void route(const float* x, int64_t tokens, const RoutingPolicy& policy, RoutingResult& out,
+             std::vector<float>* probs = nullptr) const;
+
+  /// Stages 2-4: y[tokens, H] = Σ_j w_j · E_{e_j}(x) (+ gated shared expert) for a given
+  /// routing. `weights`, when not null, replaces routing.weights (same CSR positions), e.g.
+  /// gate weights a training graph computed. y is overwritten; x and y must not overlap.
+  /// Fills tokens_per_expert (E entries) when not null.
+  void apply(const float* x, int64_t tokens, const RoutingResult& routing, float* y,
+             const float* weights = nullptr,
+             std::vector<int64_t>* tokens_per_expert = nullptr) const;
+
+  /// out[m, H] = expert e applied to rows[m, H], single-threaded (per-expert queues).
+  void expert_st(int64_t e, const float* rows, int64_t m, float* out) const;
+
+  int64_t experts() const { return experts_; }
+  int64_t hidden() const { return hidden_; }
+  int64_t inter() const { return inter_; }
+  int64_t router_outputs() const { return router_outputs_; }
+  bool has_shared() const { return shared_inter_ > 0; }
+  ExpertKind kind() const { return kind_; }
+  DType dtype() const { return dtype_; }
+  /// Bytes of one routed expert's packed weights (for roofline estimates).
+  size_t expert_weight_bytes() const;
+  /// Bytes read by every token whatever its routing: router, shared expert and its gate.
+  size_t dense_weight_bytes() const;
+  /// FLOPs of the routed expert FFNs for `routed` token-expert pairs (2·m·n·k per GEMM).
+  double expert_flops(int64_t routed) const;
+
+ private:
+  void run_shared(const float* x, int64_t tokens, float* y) const;
+
+  ExpertKind kind_;
+  DType dtype_;
+  int64_t experts_, hidden_, inter_, router_outputs_, shared_inter_ = 0;
+  // [E+M, H] f32, packed for our own kernel: OpenBLAS would run a prefill-sized router GEMM
+  // on its own pthreads, which then spin beside the OpenMP workers of the expert phase.
+  std::unique_ptr<kernels::PackedLinear> router_;
+  std::vector<kernels::PackedLinear>
+      w13_;                                // swiglu: [2I, H] rows interleaved by panel; MLP: [I, H]
+  std::vector<kernels::PackedLinear> w2_;  // [H, I]
+  std::vector<Tensor> b1_, b2_;
+  // Shared expert: fused interleaved [2Is, H] like w13_, down [H, Is]; gate [1, H] f32.
+  kernels::PackedLinear shared13_, shared2_;
+  std::vector<float> shared_gate_;
+};
+
+/// The naive reference (the Hugging Face MixtralSparseMoeBlock loop, per token and expert,
+/// f32 throughout, plain loops, shared expert included): used by tests and as the benchmark's
+/// baseline.
+Tensor moe_forward_naive(const MoeWeights& weights, const Tensor& x, const RoutingPolicy& policy,
+                         MoeStats* stats = nullptr);
+
+}  // namespace deltamoe::moe

@@ -1,0 +1,416 @@
+// The MoE block: router → softmax → policy → dispatch → grouped FFN → combine (+ shared expert).
+//
+// Work is split into tasks of (expert, block of output columns) so that both the prefill
+// shapes (many rows per expert) and decode (one row, k experts) keep every core busy: at
+// decode the cost is streaming the k active experts' weights, and splitting each expert's
+// columns lets all threads stream at once. Tasks are handed out dynamically since experts
+// receive very different row counts.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include <omp.h>
+
+#include "deltamoe/core/parallel.h"
+#include "deltamoe/moe/moe_block.h"
+
+namespace deltamoe::moe {
+
+namespace {
+
+// Per-thread workspace reused across forward calls (grow-only). A fresh allocation per call
+// of the 40 MB a 512-token layer needs would come from mmap and be page-faulted and zeroed by
+// the kernel every time, about 7% of the layer's time; keeping it costs that memory once per
+// calling thread. Uninitialised on purpose: every byte read is written first in the call.
+struct Workspace {
+  std::unique_ptr<Storage> owned[5];
+  float* get(int slot, size_t floats) {
+    if (!owned[slot] || owned[slot]->bytes() < floats * 4)
+      owned[slot] = std::make_unique<Storage>(std::max<size_t>(floats * 4, kAlignment));
+    return static_cast<float*>(owned[slot]->data());
+  }
+};
+
+Workspace& thread_workspace() {
+  thread_local Workspace ws;
+  return ws;
+}
+
+// Rows per interleave block of the fused [w1; w3] matrix: block j holds w1 rows
+// [jQ, jQ+q) then w3 rows [jQ, jQ+q), so one contiguous column range yields both the gate
+// and the up projection of the same q columns and SwiGLU is applied while they are hot.
+int64_t interleave_block(int64_t panel) {
+  return panel * std::max<int64_t>(1, 64 / panel);
+}
+
+struct Task {
+  int32_t expert;
+  int64_t n_begin, n_end;
+};
+
+// Splits each active expert's `n` output columns into column blocks (multiples of `align`)
+// so that there are enough tasks to balance `threads` threads. When every expert has only a
+// few rows (decode), a task costs about the bytes of weights it streams, and the threads
+// finish together only if the last tasks are short: blocks then hold at most
+// `max_block_bytes` of weights (`bytes_per_col` per output column).
+std::vector<Task> make_tasks(const std::vector<int64_t>& counts, int64_t n, int64_t align,
+                             int threads, int64_t bytes_per_col) {
+  int64_t active = 0, max_rows = 0;
+  for (int64_t c : counts) {
+    active += c > 0;
+    max_rows = std::max(max_rows, c);
+  }
+  std::vector<Task> tasks;
+  if (active == 0) return tasks;
+  constexpr int64_t kMaxBlockBytes = 1 << 20;
+  int64_t want_per_expert = std::max<int64_t>(1, (8 * threads + active - 1) / active);
+  if (max_rows <= 16 && threads > 1)
+    want_per_expert =
+        std::max(want_per_expert, (n * bytes_per_col + kMaxBlockBytes - 1) / kMaxBlockBytes);
+  int64_t block = (n + want_per_expert - 1) / want_per_expert;
+  block = std::max(align, ((block + align - 1) / align) * align);
+  for (size_t e = 0; e < counts.size(); ++e) {
+    if (counts[e] == 0) continue;
+    for (int64_t b = 0; b < n; b += block)
+      tasks.push_back({static_cast<int32_t>(e), b, std::min(n, b + block)});
+  }
+  // Heaviest first so the dynamic schedule ends evenly.
+  std::stable_sort(tasks.begin(), tasks.end(), [&](const Task& a, const Task& b) {
+    return counts[a.expert] * (a.n_end - a.n_begin) > counts[b.expert] * (b.n_end - b.n_begin);
+  });
+  return tasks;
+}
+
+// [w1; w3] packed as one matrix whose rows alternate in interleave blocks (see above).
+kernels::PackedLinear pack_swiglu(const Tensor& w1_in, const Tensor& w3_in, DType dtype) {
+  const kernels::PackedLinear probe(Tensor({1, 1}, DType::f32), dtype);
+  const int64_t q = interleave_block(probe.panel());
+  const int64_t i = w1_in.size(0), h = w1_in.size(1);
+  Tensor w13({2 * i, h}, DType::f32);
+  const Tensor w1 = w1_in.to(DType::f32), w3 = w3_in.to(DType::f32);
+  float* dst = w13.data<float>();
+  const float* s1 = w1.data<float>();
+  const float* s3 = w3.data<float>();
+  for (int64_t j = 0; j < i; j += q) {
+    const int64_t rows = std::min(q, i - j);
+    std::memcpy(dst + (2 * j) * h, s1 + j * h, static_cast<size_t>(rows * h) * 4);
+    std::memcpy(dst + (2 * j + rows) * h, s3 + j * h, static_cast<size_t>(rows * h) * 4);
+  }
+  kernels::PackedLinear packed(w13, dtype);
+  DELTAMOE_ASSERT(q % packed.panel() == 0, "interleave block ", q, " vs panel ", packed.panel());
+  return packed;
+}
+
+// SwiGLU over the interleaved output of a fused [w1; w3] product: `tmp` holds rows of
+// `width` columns starting at fused column `n_begin` (a multiple of 2q); writes the
+// activations of the matching output columns into act (row stride `ld`).
+void swiglu_interleaved(const float* tmp, int64_t m, int64_t width, int64_t n_begin, int64_t q,
+                        int64_t inter, float* act, int64_t ld) {
+  for (int64_t b = n_begin; b < n_begin + width;) {
+    const int64_t col = b / 2;  // first output column of this block
+    const int64_t qq = std::min(q, inter - col);
+    for (int64_t r = 0; r < m; ++r) {
+      const float* row = tmp + r * width + (b - n_begin);
+      kernels::swiglu_st(row, row + qq, act + r * ld + col, qq);
+    }
+    b += 2 * qq;
+  }
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+}  // namespace
+
+MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype) : kind_(weights.kind), dtype_(dtype) {
+  weights.validate();
+  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "moe",
+                 "expert weights must be packed as f32 or bf16, not ", dtype_name(dtype));
+  experts_ = weights.experts();
+  hidden_ = weights.hidden();
+  inter_ = weights.inter();
+  router_outputs_ = weights.router.size(0);
+  router_ = std::make_unique<kernels::PackedLinear>(weights.router, DType::f32);
+  for (int64_t e = 0; e < experts_; ++e) {
+    if (kind_ == ExpertKind::swiglu) {
+      w13_.push_back(pack_swiglu(weights.w1[e], weights.w3[e], dtype));
+    } else {
+      w13_.emplace_back(weights.w1[e], dtype);
+      if (!weights.b1.empty()) b1_.push_back(weights.b1[e].to(DType::f32));
+      if (!weights.b2.empty()) b2_.push_back(weights.b2[e].to(DType::f32));
+    }
+    w2_.emplace_back(weights.w2[e], dtype);
+  }
+  if (weights.has_shared()) {
+    shared_inter_ = weights.shared_w1.size(0);
+    shared13_ = pack_swiglu(weights.shared_w1, weights.shared_w3, dtype);
+    shared2_ = kernels::PackedLinear(weights.shared_w2, dtype);
+    if (weights.shared_gate.defined()) shared_gate_ = weights.shared_gate.to_vector();
+  }
+}
+
+size_t MoeBlock::expert_weight_bytes() const {
+  return w13_.empty() ? 0 : w13_[0].weight_bytes() + w2_[0].weight_bytes();
+}
+
+size_t MoeBlock::dense_weight_bytes() const {
+  return router_->weight_bytes() + shared13_.weight_bytes() + shared2_.weight_bytes() +
+         shared_gate_.size() * sizeof(float);
+}
+
+double MoeBlock::expert_flops(int64_t routed) const {
+  const double gemms = kind_ == ExpertKind::swiglu ? 3.0 : 2.0;
+  return gemms * 2.0 * static_cast<double>(routed) * static_cast<double>(hidden_) *
+         static_cast<double>(inter_);
+}
+
+Tensor MoeBlock::forward(const Tensor& x_in, const RoutingPolicy& policy, MoeStats* stats) const {
+  DELTAMOE_CHECK(x_in.dim() == 2 && x_in.size(1) == hidden_, "moe", "input has shape ",
+                 shape_str(x_in.shape()), ", expected [tokens, ", hidden_, "]");
+  const Tensor x =
+      (x_in.dtype() == DType::f32 && x_in.is_contiguous()) ? x_in : x_in.to(DType::f32);
+  const int64_t t_count = x.size(0);
+  Tensor y({t_count, hidden_}, DType::f32);
+  RoutingResult local;
+  RoutingResult& routing = stats ? stats->routing : local;
+  route(x.data<float>(), t_count, policy, routing);
+  apply(x.data<float>(), t_count, routing, y.data<float>(), nullptr,
+        stats ? &stats->tokens_per_expert : nullptr);
+  return y;
+}
+
+void MoeBlock::route(const float* x, int64_t t_count, const RoutingPolicy& policy,
+                     RoutingResult& out, std::vector<float>* probs_out) const {
+  DELTAMOE_CHECK(experts_ + policy.extra_logits() == router_outputs_, "moe", "policy ",
+                 policy.name(), " needs ", experts_ + policy.extra_logits(),
+                 " router outputs, the layer has ", router_outputs_);
+  if (t_count == 0) {
+    out.clear();
+    if (probs_out) probs_out->clear();
+    return;
+  }
+  const int64_t r_out = router_outputs_;
+  std::vector<float> logits(static_cast<size_t>(t_count * r_out));
+  std::vector<float> local;
+  std::vector<float>& probs = probs_out ? *probs_out : local;
+  probs.resize(logits.size());
+  kernels::linear(x, t_count, hidden_, *router_, logits.data(), r_out);
+  kernels::softmax_rows_st(logits.data(), probs.data(), t_count, r_out);
+  policy.route(logits.data(), probs.data(), t_count, experts_, out);
+  DELTAMOE_ASSERT(out.tokens() == t_count, "policy ", policy.name(), " routed ", out.tokens(),
+                  " of ", t_count, " tokens");
+}
+
+void MoeBlock::expert_st(int64_t e, const float* rows, int64_t m, float* out) const {
+  DELTAMOE_ASSERT(e >= 0 && e < experts_, "expert ", e, " of ", experts_);
+  if (m == 0) return;
+  const int64_t h = hidden_, i = inter_;
+  thread_local std::vector<float> tmp, act;
+  act.resize(static_cast<size_t>(m * i));
+  if (kind_ == ExpertKind::swiglu) {
+    tmp.resize(static_cast<size_t>(m * 2 * i));
+    kernels::linear_st(rows, m, h, w13_[e], 0, 2 * i, tmp.data(), 2 * i);
+    swiglu_interleaved(tmp.data(), m, 2 * i, 0, interleave_block(w13_[e].panel()), i, act.data(),
+                       i);
+  } else {
+    kernels::linear_st(rows, m, h, w13_[e], 0, i, act.data(), i);
+    const float* bias = b1_.empty() ? nullptr : b1_[e].data<float>();
+    for (int64_t r = 0; r < m; ++r) {
+      float* row = act.data() + r * i;
+      if (bias)
+        for (int64_t c = 0; c < i; ++c) row[c] += bias[c];
+      if (kind_ == ExpertKind::gelu_mlp) {
+        kernels::gelu_st(row, row, i);
+      } else {
+        for (int64_t c = 0; c < i; ++c) row[c] = row[c] > 0.0f ? row[c] : 0.0f;
+      }
+    }
+  }
+  kernels::linear_st(act.data(), m, i, w2_[e], 0, h, out, h);
+  if (!b2_.empty()) {
+    const float* bias = b2_[e].data<float>();
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t c = 0; c < h; ++c) out[r * h + c] += bias[c];
+  }
+}
+
+void MoeBlock::run_shared(const float* x, int64_t t_count, float* y) const {
+  const int64_t h = hidden_, is = shared_inter_;
+  Workspace& ws = thread_workspace();
+  float* tmp = ws.get(3, static_cast<size_t>(t_count * 2 * is));
+  float* act = ws.get(4, static_cast<size_t>(t_count * (is + h)));
+  float* out = act + t_count * is;
+  kernels::linear(x, t_count, h, shared13_, tmp, 2 * is);
+  const int64_t q = interleave_block(shared13_.panel());
+  parallel_for(t_count, 8, [&](int64_t b, int64_t e) {
+    swiglu_interleaved(tmp + b * 2 * is, e - b, 2 * is, 0, q, is, act + b * is, is);
+  });
+  kernels::linear(act, t_count, is, shared2_, out, h);
+  parallel_for(t_count, 16, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      float s = 1.0f;
+      if (!shared_gate_.empty()) {
+        float z = 0.0f;
+        for (int64_t c = 0; c < h; ++c) z += shared_gate_[static_cast<size_t>(c)] * x[t * h + c];
+        s = 1.0f / (1.0f + std::exp(-z));
+      }
+      kernels::axpy_st(s, out + t * h, y + t * h, h);
+    }
+  });
+}
+
+void MoeBlock::apply(const float* xp, int64_t t_count, const RoutingResult& routing, float* yp,
+                     const float* weights, std::vector<int64_t>* tokens_per_expert) const {
+  const int64_t h = hidden_, i = inter_;
+  DELTAMOE_ASSERT(routing.tokens() == t_count || (t_count == 0 && routing.offsets.empty()),
+                  "routing has ", routing.tokens(), " tokens, input ", t_count);
+  const float* gate_w = weights ? weights : routing.weights.data();
+  std::fill(yp, yp + t_count * h, 0.0f);
+  std::vector<int64_t> counts(static_cast<size_t>(experts_), 0);
+  if (t_count == 0) {
+    if (tokens_per_expert) *tokens_per_expert = counts;
+    return;
+  }
+  const int threads = num_threads();
+
+  // Dispatch: stable permutation of (token, expert) pairs grouped by expert.
+  const int64_t routed = static_cast<int64_t>(routing.expert_ids.size());
+  for (int32_t e : routing.expert_ids) {
+    DELTAMOE_ASSERT(e >= 0 && e < experts_, "routing chose expert ", e, " of ", experts_);
+    ++counts[static_cast<size_t>(e)];
+  }
+  std::vector<int64_t> offsets(static_cast<size_t>(experts_) + 1, 0);
+  for (int64_t e = 0; e < experts_; ++e) offsets[e + 1] = offsets[e] + counts[e];
+  std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
+  std::vector<int64_t> pos_of_pair(static_cast<size_t>(routed));  // CSR pair -> permuted row
+  std::vector<int64_t> token_of_row(static_cast<size_t>(routed));
+  for (int64_t t = 0; t < t_count; ++t) {
+    for (int32_t j = routing.offsets[t]; j < routing.offsets[t + 1]; ++j) {
+      const int64_t row = fill[routing.expert_ids[j]]++;
+      pos_of_pair[j] = row;
+      token_of_row[row] = t;
+    }
+  }
+  if (tokens_per_expert) *tokens_per_expert = counts;
+
+  if (routed > 0) {
+    const bool swiglu = kind_ == ExpertKind::swiglu;
+    Workspace& ws = thread_workspace();
+    // Gathering one row per token is only worth it when an expert has several rows; for a
+    // single token every expert reads x directly.
+    const bool gather = t_count > 1;
+    float* const xs = gather ? ws.get(0, static_cast<size_t>(routed * h)) : nullptr;
+    float* const act = ws.get(1, static_cast<size_t>(routed * i));
+    float* const out = ws.get(2, static_cast<size_t>(routed * h));
+    if (gather) {
+      parallel_for(routed, 64, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r)
+          std::memcpy(xs + r * h, xp + token_of_row[r] * h, static_cast<size_t>(h) * 4);
+      });
+    }
+    auto rows_of = [&](int64_t e) { return gather ? xs + offsets[e] * h : xp; };
+
+    // Tasks: up projection (+ activation) and down projection per (expert, column block).
+    const int64_t n13 = swiglu ? 2 * i : i;
+    const int64_t panel13 = w13_[0].panel();
+    const int64_t q = swiglu ? interleave_block(panel13) : panel13;
+    const int64_t align13 = swiglu ? 2 * q : q;
+    const auto tasks_a = make_tasks(counts, n13, align13, threads,
+                                    static_cast<int64_t>(w13_[0].weight_bytes()) / n13);
+    int64_t max_block = 0;
+    for (const auto& tk : tasks_a)
+      max_block = std::max(max_block, (tk.n_end - tk.n_begin) * counts[tk.expert]);
+    // Up- and down-projection tasks in one parallel region, handed out in that order from
+    // one counter. A down task waits only for its own expert's up tasks (a per-expert
+    // countdown), not for a barrier after all of them, so at decode each thread streams
+    // weights without pausing between the two phases.
+    const auto tasks_b = make_tasks(counts, h, w2_[0].panel(), threads,
+                                    static_cast<int64_t>(w2_[0].weight_bytes()) / h);
+    const size_t n_a = tasks_a.size(), n_all = n_a + tasks_b.size();
+    std::unique_ptr<std::atomic<int32_t>[]> pending_up(
+        new std::atomic<int32_t>[static_cast<size_t>(experts_)]);
+    for (int64_t e = 0; e < experts_; ++e) pending_up[e].store(0, std::memory_order_relaxed);
+    for (const Task& tk : tasks_a) pending_up[tk.expert].fetch_add(1, std::memory_order_relaxed);
+    std::atomic<size_t> next_task{0};
+
+    auto run_up = [&](const Task& tk, float* tmp) {
+      const int64_t e = tk.expert, m = counts[e];
+      const float* xe = rows_of(e);
+      float* ae = act + offsets[e] * i;
+      const int64_t width = tk.n_end - tk.n_begin;
+      if (swiglu) {
+        kernels::linear_st(xe, m, h, w13_[e], tk.n_begin, tk.n_end, tmp - tk.n_begin, width);
+        swiglu_interleaved(tmp, m, width, tk.n_begin, q, i, ae, i);
+        return;
+      }
+      kernels::linear_st(xe, m, h, w13_[e], tk.n_begin, tk.n_end, ae, i);
+      const float* bias = b1_.empty() ? nullptr : b1_[e].data<float>();
+      for (int64_t r = 0; r < m; ++r) {
+        float* row = ae + r * i + tk.n_begin;
+        if (bias)
+          for (int64_t c = 0; c < width; ++c) row[c] += bias[tk.n_begin + c];
+        if (kind_ == ExpertKind::gelu_mlp) {
+          kernels::gelu_st(row, row, width);
+        } else {
+          for (int64_t c = 0; c < width; ++c) row[c] = row[c] > 0.0f ? row[c] : 0.0f;
+        }
+      }
+    };
+    auto run_down = [&](const Task& tk) {
+      const int64_t e = tk.expert, m = counts[e];
+      float* oe = out + offsets[e] * h;
+      kernels::linear_st(act + offsets[e] * i, m, i, w2_[e], tk.n_begin, tk.n_end, oe, h);
+      if (!b2_.empty()) {
+        const float* bias = b2_[e].data<float>();
+        for (int64_t r = 0; r < m; ++r)
+          for (int64_t c = tk.n_begin; c < tk.n_end; ++c) oe[r * h + c] += bias[c];
+      }
+    };
+    const int region_threads = static_cast<int>(
+        std::min<size_t>(static_cast<size_t>(threads), std::max<size_t>(1, n_all)));
+#pragma omp parallel num_threads(region_threads)
+    {
+      std::vector<float> tmp(static_cast<size_t>(swiglu ? max_block : 0));
+      for (;;) {
+        const size_t ti = next_task.fetch_add(1, std::memory_order_relaxed);
+        if (ti >= n_all) break;
+        if (ti < n_a) {
+          run_up(tasks_a[ti], tmp.data());
+          pending_up[tasks_a[ti].expert].fetch_sub(1, std::memory_order_release);
+        } else {
+          const Task& tk = tasks_b[ti - n_a];
+          // Every up task was handed out before any down task, to a thread that finishes it
+          // without waiting, so this wait always ends.
+          while (pending_up[tk.expert].load(std::memory_order_acquire) != 0) cpu_relax();
+          run_down(tk);
+        }
+      }
+    }
+
+    // Combine: each token sums its experts' rows in expert-index order (deterministic, and
+    // the order of Hugging Face's expert loop and of the training graph's scatter-add).
+    parallel_for(t_count, 16, [&](int64_t b, int64_t e) {
+      std::vector<int32_t> order;
+      for (int64_t t = b; t < e; ++t) {
+        float* yt = yp + t * h;
+        const int32_t j0 = routing.offsets[t], k = routing.offsets[t + 1] - j0;
+        order.resize(static_cast<size_t>(k));
+        for (int32_t a = 0; a < k; ++a) order[a] = j0 + a;
+        std::sort(order.begin(), order.end(), [&](int32_t a, int32_t c) {
+          return routing.expert_ids[a] < routing.expert_ids[c];
+        });
+        for (int32_t a = 0; a < k; ++a)
+          kernels::axpy_st(gate_w[order[a]], out + pos_of_pair[order[a]] * h, yt, h);
+      }
+    });
+  }
+  if (shared_inter_ > 0) run_shared(xp, t_count, yp);
+}
+
+}  // namespace deltamoe::moe
