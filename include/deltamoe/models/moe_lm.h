@@ -1,0 +1,133 @@
+// Decoder-only MoE language models from Hugging Face directories: Mixtral, Qwen2-MoE,
+// Qwen3-MoE and OLMoE through one decoder (RMSNorm → GQA attention with RoPE → RMSNorm →
+// moe::MoeBlock or a dense SwiGLU MLP, residuals, final RMSNorm, LM head).
+//
+// Weights are packed once at load (f32 or bf16) for the engine's kernels; activations, the
+// router, norms, attention and the KV cache are f32. Every MoE layer routes through the one
+// MoeBlock with the model's own routing (softmax → top-k → renormalise when norm_topk_prob)
+// or any RoutingPolicy the caller sets (delta-MoE budgets per token: top-p, threshold, ...).
+//
+// Thread-safety: a MoeLm is immutable after load except set_policy(); forward() may be called
+// from one thread at a time per KvCache (it uses OpenMP internally). Concurrent forward()
+// calls on different caches are safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "deltamoe/core/tensor.h"
+#include "deltamoe/io/hf_model.h"
+#include "deltamoe/kernels/cpu.h"
+#include "deltamoe/kernels/llm.h"
+#include "deltamoe/moe/moe_block.h"
+#include "deltamoe/moe/routing.h"
+
+namespace deltamoe::models {
+
+/// One sequence's keys and values, per layer [capacity, kv_heads · head_dim] f32, grown on
+/// demand (doubling). length() tokens are cached; positions are 0 .. length()−1.
+class KvCache {
+ public:
+  KvCache() = default;
+  int64_t length() const { return length_; }
+  /// Forgets every cached token (keeps the memory).
+  void clear() { length_ = 0; }
+  /// Bytes held (capacity, all layers, K and V).
+  size_t bytes() const;
+
+ private:
+  friend class MoeLm;
+  std::vector<std::vector<float>> k_, v_;  // per layer
+  int64_t length_ = 0, capacity_ = 0, row_ = 0;
+};
+
+/// Counters of forward passes (accumulated; reset by the caller).
+struct LmStats {
+  int64_t tokens = 0;          // token rows run through the decoder
+  int64_t moe_rows = 0;        // token rows × MoE layers
+  int64_t routed_experts = 0;  // (token, expert) pairs computed in MoE layers
+  /// Mean real experts per token and MoE layer.
+  double mean_experts() const {
+    return moe_rows ? static_cast<double>(routed_experts) / static_cast<double>(moe_rows) : 0.0;
+  }
+};
+
+struct LmOptions {
+  DType dtype = DType::f32;  // packed weight dtype: f32 or bf16
+};
+
+class MoeLm {
+ public:
+  /// Loads config.json and the safetensors checkpoint of `model_dir`, validates every tensor
+  /// (name, shape) before packing, and packs the weights. Throws Error("hf"/"model").
+  static std::unique_ptr<MoeLm> load(const std::string& model_dir, const LmOptions& options = {});
+  MoeLm(const io::HfConfig& config, const io::HfModelWeights& weights, const LmOptions& options);
+
+  const io::HfConfig& config() const { return cfg_; }
+  int64_t vocab_size() const { return cfg_.vocab_size; }
+  int64_t layers() const { return cfg_.num_hidden_layers; }
+  DType dtype() const { return dtype_; }
+
+  /// The model's own routing (top-k, renormalised when norm_topk_prob).
+  std::shared_ptr<const moe::RoutingPolicy> default_policy() const { return default_policy_; }
+  /// Routing for every MoE layer from now on (null: back to the default).
+  void set_policy(std::shared_ptr<const moe::RoutingPolicy> policy);
+  const moe::RoutingPolicy& policy() const { return *policy_; }
+
+  /// Runs `n` tokens of one sequence at positions cache.length() .. + n − 1 and appends them
+  /// to the cache. Writes logits [n, V] of every token when all_logits, else [1, V] of the
+  /// last one. Throws Error("model") when a token id is out of range or the sequence would
+  /// pass max_position_embeddings.
+  void forward(const int32_t* tokens, int64_t n, KvCache& cache, float* logits, bool all_logits,
+               LmStats* stats = nullptr) const;
+
+  /// Several sequences in one pass (continuous batching's step): sequence s runs tokens[s]
+  /// (any count ≥ 1; prefill chunks and single decode tokens mix) against caches[s]; all
+  /// token rows share the MoE layers' grouped GEMMs. logits gets [S, V]: the last token of
+  /// each sequence.
+  void forward_batch(const std::vector<std::vector<int32_t>>& tokens,
+                     const std::vector<KvCache*>& caches, float* logits,
+                     LmStats* stats = nullptr) const;
+
+  /// Bytes of weights one decode token reads: attention, norms, router, the shared expert,
+  /// `experts_per_token` routed experts per MoE layer, dense MLPs, the LM head (not the
+  /// embedding row). For the bandwidth roofline.
+  double active_weight_bytes(double experts_per_token) const;
+  /// Bytes of all packed weights.
+  size_t weight_bytes() const;
+
+ private:
+  struct Layer {
+    Tensor input_norm, post_norm;  // [H] f32
+    kernels::PackedLinear qkv, o;  // fused [q; k; v] rows, [H, heads·d]
+    std::vector<float> qkv_bias, o_bias;
+    std::vector<float> q_norm, k_norm;
+    std::unique_ptr<moe::MoeBlock> ffn;  // MoE block, or a one-expert block for dense MLPs
+    bool moe = true;
+  };
+  void run_layers(const std::vector<const int32_t*>& toks, const std::vector<int64_t>& counts,
+                  const std::vector<KvCache*>& caches, std::vector<float>& h, LmStats* stats) const;
+  void reserve(KvCache& cache, int64_t tokens) const;
+
+  io::HfConfig cfg_;
+  DType dtype_;
+  int64_t q_rows_ = 0, kv_rows_ = 0;
+  Tensor embed_;       // [V, H] as in the file (view), rows converted on lookup
+  Tensor final_norm_;  // [H] f32
+  kernels::PackedLinear lm_head_;
+  std::vector<Layer> layers_;
+  kernels::RopeTable rope_;  // filled at load for positions [0, max_positions_)
+  int64_t max_positions_ = 0;
+  std::shared_ptr<const moe::RoutingPolicy> default_policy_, policy_, dense_policy_;
+};
+
+/// Picks the next token from logits[V]: argmax when temperature ≤ 0 (lowest id on ties),
+/// else a sample from softmax(logits / temperature) restricted to the smallest set of tokens
+/// whose probability reaches top_p (top_p ≥ 1: all).
+int32_t sample_token(const float* logits, int64_t vocab, double temperature, double top_p,
+                     std::mt19937_64& rng);
+
+}  // namespace deltamoe::models

@@ -1,0 +1,155 @@
+// RMSNorm, RoPE and causal GQA attention (see kernels/llm.h).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include <omp.h>
+
+#include "deltamoe/core/error.h"
+#include "deltamoe/core/parallel.h"
+#include "deltamoe/kernels/cpu.h"
+#include "deltamoe/kernels/llm.h"
+
+namespace deltamoe::kernels {
+
+void rms_norm_rows_st(const float* x, const float* w, float* y, int64_t rows, int64_t d, int64_t ld,
+                      float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * ld;
+    float* yr = y + r * ld;
+    double ss = 0.0;
+    for (int64_t i = 0; i < d; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const float scale = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(d)) + eps);
+    for (int64_t i = 0; i < d; ++i) yr[i] = w[i] * (xr[i] * scale);
+  }
+}
+
+RopeTable::RopeTable(int64_t head_dim, double theta) : dim_(head_dim) {
+  DELTAMOE_CHECK(head_dim > 0 && head_dim % 2 == 0, "kernels", "RoPE needs an even head size, got ",
+                 head_dim);
+  DELTAMOE_CHECK(theta > 0, "kernels", "RoPE theta must be positive, got ", theta);
+  for (int64_t i = 0; i < head_dim / 2; ++i) {
+    const float expo = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    inv_freq_.push_back(1.0f / std::pow(static_cast<float>(theta), expo));
+  }
+}
+
+void RopeTable::ensure(int64_t n) {
+  if (n <= size_) return;
+  const int64_t half = dim_ / 2;
+  int64_t grow = std::max<int64_t>(n, 2 * size_);
+  cos_.resize(static_cast<size_t>(grow * half));
+  sin_.resize(static_cast<size_t>(grow * half));
+  for (int64_t p = size_; p < grow; ++p)
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(p) * inv_freq_[static_cast<size_t>(i)];
+      cos_[static_cast<size_t>(p * half + i)] = std::cos(angle);
+      sin_[static_cast<size_t>(p * half + i)] = std::sin(angle);
+    }
+  size_ = grow;
+}
+
+void rope_st(float* x, int64_t heads, const RopeTable& table, int64_t pos) {
+  const int64_t d = table.head_dim(), half = d / 2;
+  const float* c = table.cos(pos);
+  const float* s = table.sin(pos);
+  for (int64_t h = 0; h < heads; ++h) {
+    float* xh = x + h * d;
+    for (int64_t i = 0; i < half; ++i) {
+      const float x1 = xh[i], x2 = xh[i + half];
+      xh[i] = x1 * c[i] - x2 * s[i];
+      xh[i + half] = x2 * c[i] + x1 * s[i];
+    }
+  }
+}
+
+namespace {
+
+// One (sequence, head) pair, query rows [r0, r1): scores against keys [0, start + r1) with
+// the causal mask, softmax, then · V.
+void attend(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, float* out,
+            int64_t ldo, int64_t r0, int64_t r1, int64_t start, int64_t d, float scale,
+            std::vector<float>& scores) {
+  const int64_t rows = r1 - r0, keys = start + r1;
+  scores.resize(static_cast<size_t>(rows * keys));
+  float* s = scores.data();
+  if (rows == 1) {
+    const float* qr = q + r0 * ldq;
+    for (int64_t j = 0; j < keys; ++j) {
+      const float* kj = k + j * ldkv;
+      float acc = 0.0f;
+      for (int64_t c = 0; c < d; ++c) acc += qr[c] * kj[c];
+      s[j] = acc * scale;
+    }
+  } else {
+    sgemm(false, true, rows, keys, d, scale, q + r0 * ldq, ldq, k, ldkv, 0.0f, s, keys);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t visible = start + r0 + r + 1;
+    float* sr = s + r * keys;
+    for (int64_t j = visible; j < keys; ++j) sr[j] = 0.0f;
+    softmax_rows_st(sr, sr, 1, visible);
+  }
+  if (rows == 1) {
+    float* o = out + r0 * ldo;
+    std::fill(o, o + d, 0.0f);
+    for (int64_t j = 0; j < keys; ++j) axpy_st(s[j], v + j * ldkv, o, d);
+  } else {
+    sgemm(false, false, rows, d, keys, 1.0f, s, keys, v, ldkv, 0.0f, out + r0 * ldo, ldo);
+  }
+}
+
+}  // namespace
+
+void causal_attention(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv,
+                      float* out, int64_t ldo, int64_t n, int64_t start, int64_t heads,
+                      int64_t kv_heads, int64_t d, float scale) {
+  causal_attention_batch(q, ldq, {k}, {v}, ldkv, out, ldo, {0}, {n}, {start}, heads, kv_heads, d,
+                         scale);
+}
+
+void causal_attention_batch(const float* q, int64_t ldq, const std::vector<const float*>& k,
+                            const std::vector<const float*>& v, int64_t ldkv, float* out,
+                            int64_t ldo, const std::vector<int64_t>& row0,
+                            const std::vector<int64_t>& n, const std::vector<int64_t>& start,
+                            int64_t heads, int64_t kv_heads, int64_t d, float scale) {
+  DELTAMOE_CHECK(kv_heads > 0 && heads % kv_heads == 0, "kernels", "attention: ", heads,
+                 " heads are not a multiple of ", kv_heads, " KV heads");
+  const size_t seqs = n.size();
+  DELTAMOE_ASSERT(k.size() == seqs && v.size() == seqs && row0.size() == seqs &&
+                  start.size() == seqs);
+  const int64_t group = heads / kv_heads;
+  // Work items: (sequence, head, block of query rows). Blocks of 64 rows keep the score
+  // matrix in cache and give a long prompt enough items for every thread; causal rows near
+  // the end see more keys, so items are handed out dynamically.
+  struct Item {
+    int64_t s, h, r0, r1;
+  };
+  std::vector<Item> items;
+  constexpr int64_t kBlock = 64;
+  for (size_t s = 0; s < seqs; ++s)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t r = 0; r < n[s]; r += kBlock)
+        items.push_back({static_cast<int64_t>(s), h, r, std::min(n[s], r + kBlock)});
+  // Longest first (most keys), so the dynamic schedule ends evenly.
+  std::stable_sort(items.begin(), items.end(), [&](const Item& a, const Item& b) {
+    return start[a.s] + a.r1 > start[b.s] + b.r1;
+  });
+  BlasThreadsGuard blas(1);
+  const int threads =
+      static_cast<int>(std::min<int64_t>(num_threads(), static_cast<int64_t>(items.size())));
+#pragma omp parallel num_threads(std::max(1, threads))
+  {
+    std::vector<float> scores;
+#pragma omp for schedule(dynamic, 1)
+    for (size_t i = 0; i < items.size(); ++i) {
+      const Item& it = items[i];
+      const size_t s = static_cast<size_t>(it.s);
+      const int64_t g = it.h / group;
+      attend(q + row0[s] * ldq + it.h * d, ldq, k[s] + g * d, v[s] + g * d, ldkv,
+             out + row0[s] * ldo + it.h * d, ldo, it.r0, it.r1, start[s], d, scale, scores);
+    }
+  }
+}
+
+}  // namespace deltamoe::kernels

@@ -1,0 +1,361 @@
+// The MoE decoder (see models/moe_lm.h): load, pack, forward.
+#include "deltamoe/models/moe_lm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "deltamoe/core/error.h"
+#include "deltamoe/core/parallel.h"
+
+namespace deltamoe::models {
+
+namespace {
+
+// Positions the RoPE table is built for at load; longer contexts are refused with a clear
+// error rather than silently computed with a table grown under concurrent readers.
+constexpr int64_t kMaxRopePositions = 65536;
+
+std::vector<float> to_floats(const Tensor& t) {
+  return t.defined() ? t.to_vector() : std::vector<float>{};
+}
+
+// [q; k; v] as one [rows, H] f32 tensor, so one packed GEMM yields all three projections.
+Tensor concat_rows(const std::vector<Tensor>& parts) {
+  int64_t rows = 0;
+  const int64_t cols = parts[0].size(1);
+  for (const Tensor& p : parts) rows += p.size(0);
+  Tensor out({rows, cols}, DType::f32);
+  float* dst = out.data<float>();
+  for (const Tensor& p : parts) {
+    const Tensor f = p.to(DType::f32);
+    std::memcpy(dst, f.data<float>(), f.nbytes());
+    dst += f.numel();
+  }
+  return out;
+}
+
+// A dense SwiGLU MLP as a one-expert MoE block: the router always picks expert 0 with weight
+// 1, so the one expert-FFN implementation also runs the dense layers.
+moe::MoeWeights dense_as_moe(const io::HfFfnWeights& f, int64_t hidden) {
+  moe::MoeWeights w;
+  w.kind = moe::ExpertKind::swiglu;
+  w.router = Tensor({1, hidden}, DType::f32);
+  w.w1.push_back(f.gate);
+  w.w3.push_back(f.up);
+  w.w2.push_back(f.down);
+  return w;
+}
+
+}  // namespace
+
+size_t KvCache::bytes() const {
+  size_t b = 0;
+  for (const auto& k : k_) b += k.size() * sizeof(float);
+  for (const auto& v : v_) b += v.size() * sizeof(float);
+  return b;
+}
+
+std::unique_ptr<MoeLm> MoeLm::load(const std::string& model_dir, const LmOptions& options) {
+  const io::HfConfig cfg = io::HfConfig::load(model_dir);
+  const io::HfCheckpoint ckpt = io::HfCheckpoint::open(model_dir);
+  const io::HfModelWeights w = io::load_hf_weights(cfg, ckpt);
+  return std::make_unique<MoeLm>(cfg, w, options);
+}
+
+MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOptions& options)
+    : cfg_(config), dtype_(options.dtype), rope_(config.head_dim, config.rope_theta) {
+  DELTAMOE_CHECK(dtype_ == DType::f32 || dtype_ == DType::bf16, "model",
+                 "weights can be packed as f32 or bf16, not ", dtype_name(dtype_));
+  const int64_t h = cfg_.hidden_size, d = cfg_.head_dim;
+  q_rows_ = cfg_.num_attention_heads * d;
+  kv_rows_ = cfg_.num_key_value_heads * d;
+  embed_ = w.embed;
+  final_norm_ = w.final_norm.to(DType::f32);
+  lm_head_ = kernels::PackedLinear(w.lm_head, dtype_);
+  max_positions_ = std::min<int64_t>(
+      cfg_.max_position_embeddings > 0 ? cfg_.max_position_embeddings : kMaxRopePositions,
+      kMaxRopePositions);
+  rope_.ensure(max_positions_);
+  default_policy_ =
+      std::make_shared<moe::TopKRouting>(cfg_.num_experts_per_tok, cfg_.norm_topk_prob);
+  policy_ = default_policy_;
+  dense_policy_ = std::make_shared<moe::TopKRouting>(1, true);
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    const io::HfLayerWeights& lw = w.layers[static_cast<size_t>(l)];
+    Layer ly;
+    ly.input_norm = lw.input_norm.to(DType::f32);
+    ly.post_norm = lw.post_attn_norm.to(DType::f32);
+    ly.qkv = kernels::PackedLinear(concat_rows({lw.q, lw.k, lw.v}), dtype_);
+    ly.o = kernels::PackedLinear(lw.o, dtype_);
+    if (lw.q_bias.defined()) {
+      ly.qkv_bias = to_floats(lw.q_bias);
+      for (const Tensor* b : {&lw.k_bias, &lw.v_bias}) {
+        const auto v = to_floats(*b);
+        ly.qkv_bias.insert(ly.qkv_bias.end(), v.begin(), v.end());
+      }
+    }
+    ly.o_bias = to_floats(lw.o_bias);
+    ly.q_norm = to_floats(lw.q_norm);
+    ly.k_norm = to_floats(lw.k_norm);
+    ly.moe = lw.moe;
+    if (lw.moe) {
+      moe::MoeWeights mw;
+      mw.kind = moe::ExpertKind::swiglu;
+      mw.router = lw.router;
+      for (const auto& e : lw.experts) {
+        mw.w1.push_back(e.gate);
+        mw.w3.push_back(e.up);
+        mw.w2.push_back(e.down);
+      }
+      if (lw.shared.gate.defined()) {
+        mw.shared_w1 = lw.shared.gate;
+        mw.shared_w3 = lw.shared.up;
+        mw.shared_w2 = lw.shared.down;
+        mw.shared_gate = lw.shared_gate;
+      }
+      ly.ffn = std::make_unique<moe::MoeBlock>(mw, dtype_);
+    } else {
+      ly.ffn = std::make_unique<moe::MoeBlock>(dense_as_moe(lw.dense, h), dtype_);
+    }
+    layers_.push_back(std::move(ly));
+  }
+}
+
+void MoeLm::set_policy(std::shared_ptr<const moe::RoutingPolicy> policy) {
+  if (!policy) {
+    policy_ = default_policy_;
+    return;
+  }
+  DELTAMOE_CHECK(
+      policy->extra_logits() == 0, "model", "routing ", policy->name(),
+      " needs null-expert router outputs, which a Hugging Face checkpoint does not have");
+  policy_ = std::move(policy);
+}
+
+void MoeLm::reserve(KvCache& c, int64_t tokens) const {
+  const int64_t need = c.length_ + tokens;
+  if (c.k_.empty()) {
+    c.k_.resize(static_cast<size_t>(layers()));
+    c.v_.resize(static_cast<size_t>(layers()));
+    c.row_ = kv_rows_;
+  }
+  DELTAMOE_CHECK(c.row_ == kv_rows_, "model", "KV cache belongs to another model");
+  if (need <= c.capacity_) return;
+  const int64_t cap =
+      std::min(max_positions_, std::max<int64_t>(need, std::max<int64_t>(64, 2 * c.capacity_)));
+  for (auto* side : {&c.k_, &c.v_})
+    for (auto& buf : *side) buf.resize(static_cast<size_t>(cap * kv_rows_));
+  c.capacity_ = cap;
+}
+
+double MoeLm::active_weight_bytes(double experts_per_token) const {
+  double b = static_cast<double>(lm_head_.weight_bytes());
+  for (const Layer& ly : layers_) {
+    b += static_cast<double>(ly.qkv.weight_bytes() + ly.o.weight_bytes());
+    b += static_cast<double>(ly.ffn->dense_weight_bytes());
+    b += (ly.moe ? experts_per_token : 1.0) * static_cast<double>(ly.ffn->expert_weight_bytes());
+  }
+  return b;
+}
+
+size_t MoeLm::weight_bytes() const {
+  size_t b = lm_head_.weight_bytes();
+  for (const Layer& ly : layers_)
+    b += ly.qkv.weight_bytes() + ly.o.weight_bytes() + ly.ffn->dense_weight_bytes() +
+         static_cast<size_t>(ly.ffn->experts()) * ly.ffn->expert_weight_bytes();
+  return b;
+}
+
+void MoeLm::forward(const int32_t* tokens, int64_t n, KvCache& cache, float* logits,
+                    bool all_logits, LmStats* stats) const {
+  DELTAMOE_CHECK(n >= 1, "model", "forward needs at least one token");
+  std::vector<float> h;
+  run_layers({tokens}, {n}, {&cache}, h, stats);
+  const int64_t hd = cfg_.hidden_size, v = cfg_.vocab_size;
+  const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
+  kernels::linear(h.data() + first * hd, rows, hd, lm_head_, logits, v);
+}
+
+void MoeLm::forward_batch(const std::vector<std::vector<int32_t>>& tokens,
+                          const std::vector<KvCache*>& caches, float* logits,
+                          LmStats* stats) const {
+  DELTAMOE_CHECK(tokens.size() == caches.size() && !tokens.empty(), "model",
+                 "forward_batch: ", tokens.size(), " sequences for ", caches.size(), " caches");
+  std::vector<const int32_t*> ptrs;
+  std::vector<int64_t> counts;
+  for (const auto& t : tokens) {
+    DELTAMOE_CHECK(!t.empty(), "model", "forward_batch: a sequence with no tokens");
+    ptrs.push_back(t.data());
+    counts.push_back(static_cast<int64_t>(t.size()));
+  }
+  std::vector<float> h;
+  run_layers(ptrs, counts, caches, h, stats);
+  const int64_t hd = cfg_.hidden_size;
+  std::vector<float> last(tokens.size() * static_cast<size_t>(hd));
+  int64_t row = 0;
+  for (size_t s = 0; s < tokens.size(); ++s) {
+    row += counts[s];
+    std::memcpy(last.data() + s * static_cast<size_t>(hd), h.data() + (row - 1) * hd,
+                static_cast<size_t>(hd) * sizeof(float));
+  }
+  kernels::linear(last.data(), static_cast<int64_t>(tokens.size()), hd, lm_head_, logits,
+                  cfg_.vocab_size);
+}
+
+void MoeLm::run_layers(const std::vector<const int32_t*>& toks, const std::vector<int64_t>& counts,
+                       const std::vector<KvCache*>& caches, std::vector<float>& h,
+                       LmStats* stats) const {
+  const int64_t hd = cfg_.hidden_size, d = cfg_.head_dim, heads = cfg_.num_attention_heads;
+  const int64_t kvh = cfg_.num_key_value_heads, qkv_n = q_rows_ + 2 * kv_rows_;
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  const size_t seqs = toks.size();
+  std::vector<int64_t> row0(seqs), start(seqs);
+  int64_t t_count = 0;
+  for (size_t s = 0; s < seqs; ++s) {
+    row0[s] = t_count;
+    start[s] = caches[s]->length();
+    t_count += counts[s];
+    DELTAMOE_CHECK(start[s] + counts[s] <= max_positions_, "model", "sequence of ",
+                   start[s] + counts[s], " tokens exceeds the context of ", max_positions_,
+                   " positions (max_position_embeddings)");
+    for (int64_t i = 0; i < counts[s]; ++i)
+      DELTAMOE_CHECK(toks[s][i] >= 0 && toks[s][i] < cfg_.vocab_size, "model", "token id ",
+                     toks[s][i], " outside the vocabulary [0, ", cfg_.vocab_size, ")");
+  }
+  for (size_t s = 0; s < seqs; ++s) reserve(*caches[s], counts[s]);
+
+  // Embedding lookup (any file dtype; rows converted to f32).
+  h.assign(static_cast<size_t>(t_count * hd), 0.0f);
+  for (size_t s = 0; s < seqs; ++s)
+    for (int64_t i = 0; i < counts[s]; ++i) {
+      const Tensor row = embed_.slice(toks[s][i], toks[s][i] + 1).to(DType::f32);
+      std::memcpy(h.data() + (row0[s] + i) * hd, row.data<float>(), static_cast<size_t>(hd) * 4);
+    }
+
+  std::vector<float> x(static_cast<size_t>(t_count * hd)),
+      qkv(static_cast<size_t>(t_count * qkv_n));
+  std::vector<float> att(static_cast<size_t>(t_count * q_rows_)),
+      y(static_cast<size_t>(t_count * hd));
+  std::vector<const float*> kp(seqs), vp(seqs);
+  moe::RoutingResult routing;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  for (int64_t l = 0; l < layers(); ++l) {
+    const Layer& ly = layers_[static_cast<size_t>(l)];
+    // Attention: x = RMSNorm(h); [q k v] = x·W; q/k norms; RoPE; cache; attend; h += o.
+    parallel_for(t_count, 8, [&](int64_t b, int64_t e) {
+      kernels::rms_norm_rows_st(h.data() + b * hd, ly.input_norm.data<float>(), x.data() + b * hd,
+                                e - b, hd, hd, eps);
+    });
+    kernels::linear(x.data(), t_count, hd, ly.qkv, qkv.data(), qkv_n);
+    parallel_for(t_count, 4, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        float* row = qkv.data() + r * qkv_n;
+        if (!ly.qkv_bias.empty())
+          for (int64_t c = 0; c < qkv_n; ++c) row[c] += ly.qkv_bias[static_cast<size_t>(c)];
+        float* q = row;
+        float* k = row + q_rows_;
+        if (cfg_.qk_norm == io::HfConfig::QkNorm::per_head) {
+          kernels::rms_norm_rows_st(q, ly.q_norm.data(), q, heads, d, d, eps);
+          kernels::rms_norm_rows_st(k, ly.k_norm.data(), k, kvh, d, d, eps);
+        } else if (cfg_.qk_norm == io::HfConfig::QkNorm::full) {
+          kernels::rms_norm_rows_st(q, ly.q_norm.data(), q, 1, q_rows_, q_rows_, eps);
+          kernels::rms_norm_rows_st(k, ly.k_norm.data(), k, 1, kv_rows_, kv_rows_, eps);
+        }
+        if (cfg_.clip_qkv) {  // OLMoE clamps after the q/k norms
+          const float lim = static_cast<float>(*cfg_.clip_qkv);
+          for (int64_t c = 0; c < qkv_n; ++c) row[c] = std::clamp(row[c], -lim, lim);
+        }
+      }
+    });
+    for (size_t s = 0; s < seqs; ++s) {
+      KvCache& c = *caches[s];
+      float* kc = c.k_[static_cast<size_t>(l)].data();
+      float* vc = c.v_[static_cast<size_t>(l)].data();
+      for (int64_t i = 0; i < counts[s]; ++i) {
+        float* row = qkv.data() + (row0[s] + i) * qkv_n;
+        const int64_t pos = start[s] + i;
+        kernels::rope_st(row, heads, rope_, pos);
+        kernels::rope_st(row + q_rows_, kvh, rope_, pos);
+        std::memcpy(kc + pos * kv_rows_, row + q_rows_, static_cast<size_t>(kv_rows_) * 4);
+        std::memcpy(vc + pos * kv_rows_, row + q_rows_ + kv_rows_,
+                    static_cast<size_t>(kv_rows_) * 4);
+      }
+      kp[s] = kc;
+      vp[s] = vc;
+    }
+    kernels::causal_attention_batch(qkv.data(), qkv_n, kp, vp, kv_rows_, att.data(), q_rows_, row0,
+                                    counts, start, heads, kvh, d, scale);
+    kernels::linear(att.data(), t_count, q_rows_, ly.o, h.data(), hd, /*accumulate=*/true);
+    if (!ly.o_bias.empty())
+      for (int64_t r = 0; r < t_count; ++r)
+        for (int64_t c = 0; c < hd; ++c)
+          h[static_cast<size_t>(r * hd + c)] += ly.o_bias[static_cast<size_t>(c)];
+
+    // FFN: x = RMSNorm(h); h += MoE(x) (or the dense MLP).
+    parallel_for(t_count, 8, [&](int64_t b, int64_t e) {
+      kernels::rms_norm_rows_st(h.data() + b * hd, ly.post_norm.data<float>(), x.data() + b * hd,
+                                e - b, hd, hd, eps);
+    });
+    ly.ffn->route(x.data(), t_count, ly.moe ? *policy_ : *dense_policy_, routing);
+    ly.ffn->apply(x.data(), t_count, routing, y.data());
+    if (stats && ly.moe) {
+      stats->moe_rows += t_count;
+      stats->routed_experts += static_cast<int64_t>(routing.expert_ids.size());
+    }
+    parallel_for(t_count * hd, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) h[static_cast<size_t>(i)] += y[static_cast<size_t>(i)];
+    });
+  }
+  for (size_t s = 0; s < seqs; ++s) caches[s]->length_ += counts[s];
+  if (stats) stats->tokens += t_count;
+  parallel_for(t_count, 8, [&](int64_t b, int64_t e) {
+    kernels::rms_norm_rows_st(h.data() + b * hd, final_norm_.data<float>(), h.data() + b * hd,
+                              e - b, hd, hd, eps);
+  });
+}
+
+int32_t sample_token(const float* logits, int64_t vocab, double temperature, double top_p,
+                     std::mt19937_64& rng) {
+  DELTAMOE_CHECK(vocab >= 1, "sample", "empty vocabulary");
+  if (temperature <= 0.0) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < vocab; ++i)
+      if (logits[i] > logits[best]) best = i;
+    return static_cast<int32_t>(best);
+  }
+  std::vector<int32_t> ids(static_cast<size_t>(vocab));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::vector<double> p(static_cast<size_t>(vocab));
+  double mx = logits[0];
+  for (int64_t i = 1; i < vocab; ++i) mx = std::max<double>(mx, logits[i]);
+  double sum = 0.0;
+  for (int64_t i = 0; i < vocab; ++i)
+    sum += p[static_cast<size_t>(i)] = std::exp((logits[i] - mx) / temperature);
+  std::sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) {
+    return p[static_cast<size_t>(a)] > p[static_cast<size_t>(b)] ||
+           (p[static_cast<size_t>(a)] == p[static_cast<size_t>(b)] && a < b);
+  });
+  size_t keep = ids.size();
+  if (top_p < 1.0) {
+    double acc = 0.0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      acc += p[static_cast<size_t>(ids[i])] / sum;
+      if (acc >= top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  double kept = 0.0;
+  for (size_t i = 0; i < keep; ++i) kept += p[static_cast<size_t>(ids[i])];
+  double u = std::uniform_real_distribution<double>(0.0, kept)(rng);
+  for (size_t i = 0; i < keep; ++i) {
+    u -= p[static_cast<size_t>(ids[i])];
+    if (u <= 0.0) return ids[i];
+  }
+  return ids[keep - 1];
+}
+
+}  // namespace deltamoe::models
