@@ -12,6 +12,8 @@ PKGS=(
   coinor-libcbc-dev        # exact ILP scheduler
   libcpp-httplib-dev       # HTTP server
   dataset-fashion-mnist    # training data (installs under /usr/share/datasets/fashion-mnist)
+  libpcre2-dev libutf8proc-dev libsentencepiece-dev  # tokenizers: regexes, NFC, tokenizer.model
+  fortunes fortunes-min    # English text for the tokenizer tests (/usr/share/games/fortunes)
 )
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
