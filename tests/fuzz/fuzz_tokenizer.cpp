@@ -35,10 +35,22 @@ const char* const kByteLevel = R"({"version": "1.0", "normalizer": {"type": "NFC
  "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "Ġ": 3, "ab": 4, "Ġa": 5, "Ġab": 6, "1": 7, "Ċ": 8},
    "merges": [["a", "b"], "Ġ a", ["Ġa", "b"]], "ignore_merges": true}})";
 
-const char* const kTokens[] = {"{", "}", "[", "]", ",", ":", "\"", "\\", "null", "true", "false", "-1",
-                               "0", "1", "1e9", "4294967296", "\"BPE\"", "\"WordPiece\"", "\"type\"",
-                               "\"Sequence\"", "\"Regex\"", "\"String\"", "\"(\"", "\"\\\\p{L}*\"",
-                               "\"first\"", "\"never\"", "\"<0x41>\"", "\"▁\"", "\xff", "\xc3\xa9", " "};
+const char* const kTokens[] = {"{",          "}",
+                               "[",          "]",
+                               ",",          ":",
+                               "\"",         "\\",
+                               "null",       "true",
+                               "false",      "-1",
+                               "0",          "1",
+                               "1e9",        "4294967296",
+                               "\"BPE\"",    "\"WordPiece\"",
+                               "\"type\"",   "\"Sequence\"",
+                               "\"Regex\"",  "\"String\"",
+                               "\"(\"",      "\"\\\\p{L}*\"",
+                               "\"first\"",  "\"never\"",
+                               "\"<0x41>\"", "\"▁\"",
+                               "\xff",       "\xc3\xa9",
+                               " "};
 
 void check(const std::string& json_text, const std::string& input, int& loaded, int& rejected) {
   try {
@@ -112,7 +124,8 @@ TEST(FuzzTokenizer, RandomMutationsNeverCrash) {
       input.push_back(below(3) == 0 ? static_cast<char>(rng()) : "ab c1\n\t<|s|>é"[below(14)]);
     check(f, input, loaded, rejected);
   }
-  std::printf("tokenizer fuzz: %d mutants, %d loaded, %d rejected\n", kIterations, loaded, rejected);
+  std::printf("tokenizer fuzz: %d mutants, %d loaded, %d rejected\n", kIterations, loaded,
+              rejected);
   EXPECT_EQ(loaded + rejected, kIterations);
   EXPECT_GT(loaded, kIterations / 5);
   EXPECT_GT(rejected, kIterations / 4);

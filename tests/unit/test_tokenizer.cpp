@@ -98,7 +98,8 @@ struct Fixture {
       const std::string text = text::to_valid_utf8(raw);
       for (size_t pos = 0;;) {
         const size_t at = text.find("\n%\n", pos);
-        const std::string entry = text.substr(pos, at == std::string::npos ? std::string::npos : at - pos);
+        const std::string entry =
+            text.substr(pos, at == std::string::npos ? std::string::npos : at - pos);
         if (entry.find_first_not_of('\n') != std::string::npos) units.push_back(entry);
         if (at == std::string::npos) break;
         pos = at + 3;
@@ -111,8 +112,8 @@ struct Fixture {
     base_json["mixtral"] = gunzip(kGolden + "mixtral.tokenizer.json.gz");
     base_json["gpt2"] = gunzip(kGolden + "gpt2.tokenizer.json.gz");
     base_json["synthetic"] = make_synthetic_tokenizer_json(1000);
-    tokenizers["mixtral_spm"] =
-        Tokenizer::load_file(dir.write("spm/tokenizer.model", gunzip(kGolden + "mixtral.tokenizer.model.gz")));
+    tokenizers["mixtral_spm"] = Tokenizer::load_file(
+        dir.write("spm/tokenizer.model", gunzip(kGolden + "mixtral.tokenizer.model.gz")));
     for (const auto& [name, patch] : golden["patches"].items()) {
       json j = json::parse(base_json.at(patch["base"].get<std::string>()));
       if (patch.contains("set"))
@@ -145,13 +146,16 @@ void expect_one_line_error(const std::function<void()>& f, const std::string& mu
 }
 
 class GoldenVariant : public ::testing::TestWithParam<std::string> {};
-std::string variant_name(const ::testing::TestParamInfo<std::string>& p) { return p.param; }
+std::string variant_name(const ::testing::TestParamInfo<std::string>& p) {
+  return p.param;
+}
 
 }  // namespace
 
 TEST(Tokenizer, FortunesTextIsTheGoldenOne) {
   const Fixture& f = fixture();
-  ASSERT_GT(f.text_bytes, 0u) << "install Debian's fortunes and fortunes-min (scripts/install-deps.sh)";
+  ASSERT_GT(f.text_bytes, 0u)
+      << "install Debian's fortunes and fortunes-min (scripts/install-deps.sh)";
   ASSERT_EQ(f.text_bytes, f.golden["fortunes"]["bytes"].get<size_t>())
       << "the fortunes files differ from those the golden data were made from (package "
       << f.golden["fortunes"]["package"] << ")";
@@ -185,16 +189,17 @@ TEST_P(GoldenVariant, FortunesIdsAndDecodeEqualTheReference) {
       stream_bad += streamed != text;
     }
     if (hi.hex() != g["ids_fnv"][k]) {
-      if (bad_ids++ < 3) ADD_FAILURE() << "ids differ in chunk " << k << ", first unit: " << f.units[c];
+      if (bad_ids++ < 3)
+        ADD_FAILURE() << "ids differ in chunk " << k << ", first unit: " << f.units[c];
     }
     if (ht.hex() != g["text_fnv"][k]) {
       if (bad_text++ < 3) ADD_FAILURE() << "decoded text differs in chunk " << k;
     }
   }
-  std::printf("%s: %zu bytes of text, %zu units, %zu ids; chunks with different ids: %zu, "
-              "different decode: %zu; streaming != decode: %zu units\n",
-              GetParam().c_str(), f.text_bytes, f.units.size(), ids_total, bad_ids, bad_text,
-              stream_bad);
+  std::printf(
+      "%s: %zu bytes of text, %zu units, %zu ids; chunks with different ids: %zu, "
+      "different decode: %zu; streaming != decode: %zu units\n",
+      GetParam().c_str(), f.text_bytes, f.units.size(), ids_total, bad_ids, bad_text, stream_bad);
   EXPECT_EQ(ids_total, g["total_ids"].get<size_t>());
   EXPECT_EQ(bad_ids, 0u);
   EXPECT_EQ(bad_text, 0u);
@@ -260,7 +265,8 @@ TEST(Tokenizer, LoadsModelDirectoriesAndTokenizerConfig) {
   TempDir d;
   d.write("both/tokenizer.json", f.base_json.at("gpt2"));
   d.write("both/tokenizer.model", gunzip(kGolden + "mixtral.tokenizer.model.gz"));
-  d.write("both/tokenizer_config.json", R"({"bos_token": {"content": "<|endoftext|>"}, "eos_token": null})");
+  d.write("both/tokenizer_config.json",
+          R"({"bos_token": {"content": "<|endoftext|>"}, "eos_token": null})");
   const auto t = Tokenizer::load((d.path / "both").string());
   EXPECT_EQ(t->kind(), "bpe-json");  // tokenizer.json wins
   EXPECT_EQ(t->bos_id(), 50256);
@@ -285,10 +291,11 @@ TEST(Tokenizer, MergesInBothFormsAndAddedTokens) {
   for (const auto* t : {strings.get(), pairs.get()}) {
     EXPECT_EQ(t->encode("abc"), (std::vector<int32_t>{6, 4}));
     EXPECT_EQ(t->encode("bc"), (std::vector<int32_t>{1, 7}));
-    EXPECT_EQ(t->encode("xyz c"), (std::vector<int32_t>{1, 0, 1, 4}));  // fused <unk>
+    EXPECT_EQ(t->encode("xyz c"), (std::vector<int32_t>{1, 0, 1, 4}));       // fused <unk>
     EXPECT_EQ(t->encode("a  <x>  bc"), (std::vector<int32_t>{5, 9, 1, 7}));  // lstrip / rstrip
     EXPECT_EQ(t->token_id("<x>"), 9);
-    EXPECT_EQ(t->decode(std::vector<int32_t>{5, 9, 7}), "_a <x> bc");  // no decoder: joined by spaces
+    EXPECT_EQ(t->decode(std::vector<int32_t>{5, 9, 7}),
+              "_a <x> bc");  // no decoder: joined by spaces
     EXPECT_EQ(t->decode(std::vector<int32_t>{5, 9, 7}, true), "_a bc");
   }
 }
@@ -333,7 +340,8 @@ TEST(Tokenizer, ErrorsAreOneLineAndNameTheFile) {
   d.write("empty/readme.txt", "x");
   expect_one_line_error([&] { Tokenizer::load((d.path / "empty").string()); },
                         "neither tokenizer.json nor tokenizer.model");
-  expect_one_line_error([&] { Tokenizer::load_file((d.path / "missing.json").string()); }, "missing.json");
+  expect_one_line_error([&] { Tokenizer::load_file((d.path / "missing.json").string()); },
+                        "missing.json");
   const std::string bad = d.write("bad/tokenizer.json", "{\"model\": [1, 2,");
   expect_one_line_error([&] { Tokenizer::load_file(bad); }, bad + ": not valid JSON");
   const std::string cut = d.write("cut/tokenizer.json", gpt2.substr(0, gpt2.size() / 2));
@@ -341,14 +349,16 @@ TEST(Tokenizer, ErrorsAreOneLineAndNameTheFile) {
   json j = json::parse(gpt2);
   j["model"]["type"] = "WordPiece";
   const std::string wp = d.write("wp/tokenizer.json", j.dump());
-  expect_one_line_error([&] { Tokenizer::load_file(wp); }, "model type 'WordPiece' is not supported");
+  expect_one_line_error([&] { Tokenizer::load_file(wp); },
+                        "model type 'WordPiece' is not supported");
   j = json::parse(gpt2);
   j["pre_tokenizer"] = {{"type", "BertPreTokenizer"}};
   expect_one_line_error([&] { Tokenizer::from_json(j.dump(), "bert.json"); },
                         "bert.json: pre_tokenizer type 'BertPreTokenizer' is not supported");
   j = json::parse(gpt2);
   j["normalizer"] = {{"type", "Lowercase"}};
-  expect_one_line_error([&] { Tokenizer::from_json(j.dump(), "lc.json"); }, "'Lowercase' is not supported");
+  expect_one_line_error([&] { Tokenizer::from_json(j.dump(), "lc.json"); },
+                        "'Lowercase' is not supported");
   j = json::parse(gpt2);
   j["model"]["merges"][0] = "a b c";
   expect_one_line_error([&] { Tokenizer::from_json(j.dump(), "m.json"); }, "model.merges[0]");
@@ -356,8 +366,10 @@ TEST(Tokenizer, ErrorsAreOneLineAndNameTheFile) {
   j["model"]["merges"][5] = json::array({"zzzq", "qqqz"});
   expect_one_line_error([&] { Tokenizer::from_json(j.dump(), "m.json"); }, "is not in the vocab");
   j = json::parse(gpt2);
-  j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}};
-  expect_one_line_error([&] { Tokenizer::from_json(j.dump(), "re.json"); }, "re.json: pre_tokenizer.pattern");
+  j["pre_tokenizer"] = {
+      {"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}};
+  expect_one_line_error([&] { Tokenizer::from_json(j.dump(), "re.json"); },
+                        "re.json: pre_tokenizer.pattern");
   // tokenizer.model: garbage and truncated.
   const std::string model = gunzip(kGolden + "mixtral.tokenizer.model.gz");
   const std::string garbage = d.write("g/tokenizer.model", "this is not a protobuf");
@@ -367,7 +379,11 @@ TEST(Tokenizer, ErrorsAreOneLineAndNameTheFile) {
   // Ids out of range.
   for (const char* name : {"mixtral_spm", "gpt2"}) {
     const Tokenizer& t = *f.tokenizers.at(name);
-    expect_one_line_error([&] { t.decode(std::vector<int32_t>{1, t.vocab_size()}); }, "out of range");
+    expect_one_line_error(
+        [&] {
+          t.decode(std::vector<int32_t>{1, t.vocab_size()});
+        },
+        "out of range");
     expect_one_line_error([&] { t.decode(std::vector<int32_t>{-1}); }, "out of range");
     expect_one_line_error([&] { t.piece(1 << 30); }, "out of range");
     StreamDecoder s(t);
