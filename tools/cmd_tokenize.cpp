@@ -33,10 +33,14 @@ std::unique_ptr<Tokenizer> load(const std::string& model) {
 std::string shown(const std::string& s) {
   std::string out;
   for (unsigned char c : s) {
-    if (c == '\n') out += "\\n";
-    else if (c == '\t') out += "\\t";
-    else if (c == '\r') out += "\\r";
-    else if (c == '\'' || c == '\\') out += std::string("\\") + static_cast<char>(c);
+    if (c == '\n')
+      out += "\\n";
+    else if (c == '\t')
+      out += "\\t";
+    else if (c == '\r')
+      out += "\\r";
+    else if (c == '\'' || c == '\\')
+      out += std::string("\\") + static_cast<char>(c);
     else if (c < 0x20 || c == 0x7F) {
       char buf[8];
       std::snprintf(buf, sizeof(buf), "\\x%02X", c);
@@ -67,8 +71,10 @@ std::vector<int32_t> parse_ids(const std::string& s) {
     tok.clear();
   };
   for (char c : s) {
-    if (c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '[' || c == ']') flush();
-    else tok.push_back(c);
+    if (c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '[' || c == ']')
+      flush();
+    else
+      tok.push_back(c);
   }
   flush();
   return ids;
@@ -79,13 +85,17 @@ int run(const Options& o) {
   if (modes != 1)
     fail("tokenize", "give exactly one of --text, --file, --decode, --synthetic-vocab");
   if (o.synthetic_vocab > 0) {
-    deltamoe::cli::write_file_atomic(o.out, deltamoe::io::make_synthetic_tokenizer_json(o.synthetic_vocab));
+    deltamoe::cli::write_file_atomic(
+        o.out, deltamoe::io::make_synthetic_tokenizer_json(o.synthetic_vocab));
     return 0;
   }
   if (o.model.empty()) fail("tokenize", "--model is required");
   const auto tok = load(o.model);
-  nlohmann::json j = {{"model", o.model}, {"kind", tok->kind()}, {"vocab_size", tok->vocab_size()},
-                      {"bos_id", tok->bos_id()}, {"eos_id", tok->eos_id()}};
+  nlohmann::json j = {{"model", o.model},
+                      {"kind", tok->kind()},
+                      {"vocab_size", tok->vocab_size()},
+                      {"bos_id", tok->bos_id()},
+                      {"eos_id", tok->eos_id()}};
   if (!o.decode.empty()) {
     const std::string text = tok->decode(parse_ids(o.decode), o.skip_special);
     if (o.json) {
@@ -127,7 +137,8 @@ deltamoe::cli::CommandRegistrar reg(
                      "Model directory (tokenizer.json, else tokenizer.model) or a tokenizer file");
       app.add_option("--text", o->text, "Text to tokenize");
       app.add_option("--file", o->file, "File whose contents to tokenize");
-      app.add_option("--decode", o->decode, "Ids to turn back into text (comma or space separated)");
+      app.add_option("--decode", o->decode,
+                     "Ids to turn back into text (comma or space separated)");
       app.add_flag("--json", o->json, "Print one JSON object on stdout (default: off)");
       app.add_flag("--no-special", o->no_special,
                    "Do not add special tokens such as <s> (default: off, they are added)");

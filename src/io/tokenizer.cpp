@@ -25,7 +25,8 @@ std::string read_text_file(const std::string& path) {
   std::error_code ec;
   const uintmax_t size = fs::file_size(path, ec);
   if (ec) fail(kComponent, path, ": cannot read (", ec.message(), ")");
-  if (size > kMaxFileBytes) fail(kComponent, path, ": ", size, " bytes is too large for a tokenizer");
+  if (size > kMaxFileBytes)
+    fail(kComponent, path, ": ", size, " bytes is too large for a tokenizer");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(kComponent, path, ": cannot open");
   std::ostringstream ss;
@@ -70,7 +71,8 @@ bool ends_with_replacement(const std::string& s) {
 }
 }  // namespace
 
-std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view json_text, const std::string& name) {
+std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view json_text,
+                                                const std::string& name) {
   return hf::parse_tokenizer_json(json_text, name);
 }
 

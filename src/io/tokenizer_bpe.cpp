@@ -21,9 +21,7 @@ struct Symbol {
 struct Candidate {
   int32_t rank, pos, new_id;
   // Lowest rank first, then leftmost.
-  bool operator<(const Candidate& o) const {
-    return rank != o.rank ? rank > o.rank : pos > o.pos;
-  }
+  bool operator<(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
 };
 }  // namespace
 
@@ -39,8 +37,8 @@ void Bpe::merge_word(std::string_view word, std::vector<int32_t>& out) const {
   // a character that falls back to bytes does not flush the pending <unk> first.
   bool pending_unk = false;
   for (size_t i = 0; i < word.size();) {
-    const size_t n = std::min(text::utf8_length(static_cast<unsigned char>(word[i])),
-                              word.size() - i);
+    const size_t n =
+        std::min(text::utf8_length(static_cast<unsigned char>(word[i])), word.size() - i);
     const std::string_view ch = word.substr(i, n);
     i += n;
     if (auto it = vocab.find(ch); it != vocab.end()) {

@@ -179,14 +179,16 @@ std::vector<HfTokenizer::Segment> HfTokenizer::split_added(const std::string& s,
     pos = stop;
     if (best->single_word) {
       const bool space_before = start == 0 || !ends_with_word(std::string_view(s).substr(0, start));
-      const bool space_after = stop == s.size() || !starts_with_word(std::string_view(s).substr(stop));
+      const bool space_after =
+          stop == s.size() || !starts_with_word(std::string_view(s).substr(stop));
       if (!space_before || !space_after) continue;
     }
     if (best->lstrip)
       start = std::max(trailing_space_start(std::string_view(s).substr(0, start)), start_offset);
     if (best->rstrip) stop += leading_space_length(std::string_view(s).substr(stop));
     if (start_offset < start)
-      out.push_back({s.substr(start_offset, start - start_offset), -1, at_origin && start_offset == 0});
+      out.push_back(
+          {s.substr(start_offset, start - start_offset), -1, at_origin && start_offset == 0});
     out.push_back({std::string(), best->id, false});
     // The search goes on from the match's end, not from the stripped end (as the
     // reference's automaton iterates independently of lstrip / rstrip).
@@ -272,9 +274,9 @@ std::vector<HfTokenizer::Segment> HfTokenizer::pre_tokenize(Segment seg) const {
             next.push_back(std::move(piece));
           break;
         case PreKind::split:
-          emit(piece, apply_behavior(with_gaps(p.re->find_all(piece.text), piece.text.size(),
-                                               p.invert),
-                                     p.behavior));
+          emit(piece,
+               apply_behavior(with_gaps(p.re->find_all(piece.text), piece.text.size(), p.invert),
+                              p.behavior));
           break;
         case PreKind::digits: {
           std::vector<std::pair<size_t, size_t>> m;
@@ -371,9 +373,9 @@ bool HfTokenizer::is_special(int32_t id) const {
 }
 
 bool HfTokenizer::is_byte_token(int32_t id) const {
-  const bool has_byte_fallback = std::any_of(decoders_.begin(), decoders_.end(), [](const Decoder& d) {
-    return d.kind == DecKind::byte_fallback;
-  });
+  const bool has_byte_fallback =
+      std::any_of(decoders_.begin(), decoders_.end(),
+                  [](const Decoder& d) { return d.kind == DecKind::byte_fallback; });
   if (!has_byte_fallback || id < 0 || id >= vocab_size_) return false;
   unsigned char v = 0;
   return byte_token_value(token_string(id), v);

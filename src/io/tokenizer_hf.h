@@ -39,8 +39,8 @@ struct AddedToken {
 enum class NormKind { nfc, nfd, nfkc, nfkd, prepend, replace, strip };
 struct Normalizer {
   NormKind kind;
-  std::string a, b;               // prepend: a; replace: pattern literal a -> b
-  std::shared_ptr<text::Regex> re;  // replace with a Regex pattern
+  std::string a, b;                  // prepend: a; replace: pattern literal a -> b
+  std::shared_ptr<text::Regex> re;   // replace with a Regex pattern
   bool left = false, right = false;  // strip
 };
 
@@ -74,8 +74,8 @@ struct Decoder {
 /// The BPE model: vocab, merge ranks, unknown / byte fallback, and a word cache.
 class Bpe {
  public:
-  StringMap vocab;                   // token -> id
-  std::vector<std::string> pieces;   // id -> token ("" for ids the model does not have)
+  StringMap vocab;                  // token -> id
+  std::vector<std::string> pieces;  // id -> token ("" for ids the model does not have)
   std::vector<bool> has_piece;
   // (left id, right id) -> (rank, merged id)
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;
@@ -110,7 +110,7 @@ class HfTokenizer final : public Tokenizer {
 
   // Built by the parser (tokenizer_json.cpp).
   Bpe bpe_;
-  std::vector<AddedToken> added_;         // in file order, ids resolved
+  std::vector<AddedToken> added_;  // in file order, ids resolved
   // Indices into added_ by the first byte of `match`, longest first; [0] non-normalized
   // tokens, [1] normalized ones (searched after the normalizers).
   std::array<std::array<std::vector<uint32_t>, 256>, 2> added_by_first_byte_;
@@ -139,7 +139,7 @@ class HfTokenizer final : public Tokenizer {
  private:
   struct Segment {
     std::string text;
-    int32_t added_id = -1;  // >= 0: an added token, already an id
+    int32_t added_id = -1;   // >= 0: an added token, already an id
     bool at_origin = false;  // starts at byte 0 of the original input
   };
   std::vector<Segment> split_added(const std::string& text, bool at_origin, bool normalized) const;

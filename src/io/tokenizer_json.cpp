@@ -67,7 +67,8 @@ class Parser {
   // A {"String": s} or {"Regex": r} pattern: literal text in `literal`, or a compiled regex.
   std::shared_ptr<text::Regex> pattern(const json& j, std::string& literal,
                                        const std::string& where) const {
-    if (!j.is_object() || j.size() != 1) bad(where + " is not {\"String\": ...} or {\"Regex\": ...}");
+    if (!j.is_object() || j.size() != 1)
+      bad(where + " is not {\"String\": ...} or {\"Regex\": ...}");
     try {
       if (j.contains("String")) {
         literal = str(j["String"], where + ".String");
@@ -104,35 +105,36 @@ void for_each_step(const Parser& p, const json& j, const char* seq_key, const st
 
 void parse_normalizers(const Parser& p, const json& j, HfTokenizer& t) {
   t.has_normalizer_ = !j.is_null();
-  for_each_step(p, j, "normalizers", "normalizer", [&](const json& n, const std::string& type,
-                                                        const std::string& where) {
-    Normalizer out{NormKind::nfc, {}, {}, nullptr, false, false};
-    if (type == "NFC") {
-      out.kind = NormKind::nfc;
-    } else if (type == "NFD") {
-      out.kind = NormKind::nfd;
-    } else if (type == "NFKC") {
-      out.kind = NormKind::nfkc;
-    } else if (type == "NFKD") {
-      out.kind = NormKind::nfkd;
-    } else if (type == "Prepend") {
-      out.kind = NormKind::prepend;
-      out.a = p.str_field(n, "prepend", where);
-    } else if (type == "Replace") {
-      out.kind = NormKind::replace;
-      out.re = p.pattern(p.field(n, "pattern", where), out.a, where + ".pattern");
-      out.b = p.str_field(n, "content", where);
-    } else if (type == "Strip") {
-      out.kind = NormKind::strip;
-      out.left = p.flag(n, "strip_left", false, where);
-      out.right = p.flag(n, "strip_right", false, where);
-    } else {
-      p.bad(where + " type '" + type +
-            "' is not supported (supported: NFC, NFD, NFKC, NFKD, Prepend, Replace, Strip, "
-            "Sequence)");
-    }
-    t.normalizers_.push_back(std::move(out));
-  });
+  for_each_step(
+      p, j, "normalizers", "normalizer",
+      [&](const json& n, const std::string& type, const std::string& where) {
+        Normalizer out{NormKind::nfc, {}, {}, nullptr, false, false};
+        if (type == "NFC") {
+          out.kind = NormKind::nfc;
+        } else if (type == "NFD") {
+          out.kind = NormKind::nfd;
+        } else if (type == "NFKC") {
+          out.kind = NormKind::nfkc;
+        } else if (type == "NFKD") {
+          out.kind = NormKind::nfkd;
+        } else if (type == "Prepend") {
+          out.kind = NormKind::prepend;
+          out.a = p.str_field(n, "prepend", where);
+        } else if (type == "Replace") {
+          out.kind = NormKind::replace;
+          out.re = p.pattern(p.field(n, "pattern", where), out.a, where + ".pattern");
+          out.b = p.str_field(n, "content", where);
+        } else if (type == "Strip") {
+          out.kind = NormKind::strip;
+          out.left = p.flag(n, "strip_left", false, where);
+          out.right = p.flag(n, "strip_right", false, where);
+        } else {
+          p.bad(where + " type '" + type +
+                "' is not supported (supported: NFC, NFD, NFKC, NFKD, Prepend, Replace, Strip, "
+                "Sequence)");
+        }
+        t.normalizers_.push_back(std::move(out));
+      });
 }
 
 const char* const kGpt2Pattern =
@@ -142,10 +144,14 @@ int prepend_scheme(const Parser& p, const json& j, const std::string& where) {
   int scheme = 0;  // "always" is the reference's default
   if (auto it = j.find("prepend_scheme"); it != j.end() && !it->is_null()) {
     const std::string s = p.str(*it, where + ".prepend_scheme");
-    if (s == "always") scheme = 0;
-    else if (s == "first") scheme = 1;
-    else if (s == "never") scheme = 2;
-    else p.bad(where + ".prepend_scheme '" + s + "' is not first, always or never");
+    if (s == "always")
+      scheme = 0;
+    else if (s == "first")
+      scheme = 1;
+    else if (s == "never")
+      scheme = 2;
+    else
+      p.bad(where + ".prepend_scheme '" + s + "' is not first, always or never");
   }
   if (!p.flag(j, "add_prefix_space", true, where)) scheme = 2;  // legacy form
   return scheme;
@@ -153,126 +159,136 @@ int prepend_scheme(const Parser& p, const json& j, const std::string& where) {
 
 void parse_pre_tokenizers(const Parser& p, const json& j, HfTokenizer& t) {
   std::shared_ptr<text::Regex> gpt2;
-  for_each_step(p, j, "pretokenizers", "pre_tokenizer", [&](const json& n,
-                                                             const std::string& type,
-                                                             const std::string& where) {
-    PreTokenizer out{};
-    if (type == "Metaspace") {
-      out.kind = PreKind::metaspace;
-      text::append_utf8(out.replacement, p.one_char(p.field(n, "replacement", where),
-                                                    where + ".replacement"));
-      out.prepend_scheme = prepend_scheme(p, n, where);
-      out.split = p.flag(n, "split", true, where);
-    } else if (type == "ByteLevel") {
-      out.kind = PreKind::byte_level;
-      out.add_prefix_space = p.flag(n, "add_prefix_space", true, where);
-      out.use_regex = p.flag(n, "use_regex", true, where);
-      if (!gpt2) gpt2 = std::make_shared<text::Regex>(kGpt2Pattern, false);
-      out.re = gpt2;
-    } else if (type == "Split") {
-      out.kind = PreKind::split;
-      std::string literal;
-      out.re = p.pattern(p.field(n, "pattern", where), literal, where + ".pattern");
-      if (!out.re) out.re = std::make_shared<text::Regex>(literal, true);
-      const std::string b = p.str_field(n, "behavior", where);
-      if (b == "Removed") out.behavior = SplitBehavior::removed;
-      else if (b == "Isolated") out.behavior = SplitBehavior::isolated;
-      else if (b == "MergedWithPrevious") out.behavior = SplitBehavior::merged_with_previous;
-      else if (b == "MergedWithNext") out.behavior = SplitBehavior::merged_with_next;
-      else if (b == "Contiguous") out.behavior = SplitBehavior::contiguous;
-      else p.bad(where + ".behavior '" + b + "' is not a split behaviour");
-      out.invert = p.flag(n, "invert", false, where);
-    } else if (type == "Digits") {
-      out.kind = PreKind::digits;
-      out.individual_digits = p.flag(n, "individual_digits", false, where);
-    } else {
-      p.bad(where + " type '" + type +
-            "' is not supported (supported: Metaspace, ByteLevel, Split, Digits, Sequence)");
-    }
-    t.pre_tokenizers_.push_back(std::move(out));
-  });
+  for_each_step(
+      p, j, "pretokenizers", "pre_tokenizer",
+      [&](const json& n, const std::string& type, const std::string& where) {
+        PreTokenizer out{};
+        if (type == "Metaspace") {
+          out.kind = PreKind::metaspace;
+          text::append_utf8(out.replacement,
+                            p.one_char(p.field(n, "replacement", where), where + ".replacement"));
+          out.prepend_scheme = prepend_scheme(p, n, where);
+          out.split = p.flag(n, "split", true, where);
+        } else if (type == "ByteLevel") {
+          out.kind = PreKind::byte_level;
+          out.add_prefix_space = p.flag(n, "add_prefix_space", true, where);
+          out.use_regex = p.flag(n, "use_regex", true, where);
+          if (!gpt2) gpt2 = std::make_shared<text::Regex>(kGpt2Pattern, false);
+          out.re = gpt2;
+        } else if (type == "Split") {
+          out.kind = PreKind::split;
+          std::string literal;
+          out.re = p.pattern(p.field(n, "pattern", where), literal, where + ".pattern");
+          if (!out.re) out.re = std::make_shared<text::Regex>(literal, true);
+          const std::string b = p.str_field(n, "behavior", where);
+          if (b == "Removed")
+            out.behavior = SplitBehavior::removed;
+          else if (b == "Isolated")
+            out.behavior = SplitBehavior::isolated;
+          else if (b == "MergedWithPrevious")
+            out.behavior = SplitBehavior::merged_with_previous;
+          else if (b == "MergedWithNext")
+            out.behavior = SplitBehavior::merged_with_next;
+          else if (b == "Contiguous")
+            out.behavior = SplitBehavior::contiguous;
+          else
+            p.bad(where + ".behavior '" + b + "' is not a split behaviour");
+          out.invert = p.flag(n, "invert", false, where);
+        } else if (type == "Digits") {
+          out.kind = PreKind::digits;
+          out.individual_digits = p.flag(n, "individual_digits", false, where);
+        } else {
+          p.bad(where + " type '" + type +
+                "' is not supported (supported: Metaspace, ByteLevel, Split, Digits, Sequence)");
+        }
+        t.pre_tokenizers_.push_back(std::move(out));
+      });
 }
 
 void parse_decoders(const Parser& p, const json& j, HfTokenizer& t) {
   t.has_decoder_ = !j.is_null();
-  for_each_step(p, j, "decoders", "decoder", [&](const json& n, const std::string& type,
-                                                  const std::string& where) {
-    Decoder out{};
-    if (type == "Replace") {
-      out.kind = DecKind::replace;
-      out.re = p.pattern(p.field(n, "pattern", where), out.a, where + ".pattern");
-      out.b = p.str_field(n, "content", where);
-    } else if (type == "ByteFallback") {
-      out.kind = DecKind::byte_fallback;
-    } else if (type == "Fuse") {
-      out.kind = DecKind::fuse;
-    } else if (type == "Strip") {
-      out.kind = DecKind::strip;
-      out.strip_char = p.one_char(p.field(n, "content", where), where + ".content");
-      out.start = static_cast<size_t>(p.integer(p.field(n, "start", where), 0, 1 << 20, where + ".start"));
-      out.stop = static_cast<size_t>(p.integer(p.field(n, "stop", where), 0, 1 << 20, where + ".stop"));
-    } else if (type == "Metaspace") {
-      out.kind = DecKind::metaspace;
-      text::append_utf8(out.a, p.one_char(p.field(n, "replacement", where), where + ".replacement"));
-      out.strip_first = prepend_scheme(p, n, where) != 2;
-    } else if (type == "ByteLevel") {
-      out.kind = DecKind::byte_level;
-    } else {
-      p.bad(where + " type '" + type +
-            "' is not supported (supported: Replace, ByteFallback, Fuse, Strip, Metaspace, "
-            "ByteLevel, Sequence)");
-    }
-    t.decoders_.push_back(std::move(out));
-  });
+  for_each_step(
+      p, j, "decoders", "decoder",
+      [&](const json& n, const std::string& type, const std::string& where) {
+        Decoder out{};
+        if (type == "Replace") {
+          out.kind = DecKind::replace;
+          out.re = p.pattern(p.field(n, "pattern", where), out.a, where + ".pattern");
+          out.b = p.str_field(n, "content", where);
+        } else if (type == "ByteFallback") {
+          out.kind = DecKind::byte_fallback;
+        } else if (type == "Fuse") {
+          out.kind = DecKind::fuse;
+        } else if (type == "Strip") {
+          out.kind = DecKind::strip;
+          out.strip_char = p.one_char(p.field(n, "content", where), where + ".content");
+          out.start = static_cast<size_t>(
+              p.integer(p.field(n, "start", where), 0, 1 << 20, where + ".start"));
+          out.stop = static_cast<size_t>(
+              p.integer(p.field(n, "stop", where), 0, 1 << 20, where + ".stop"));
+        } else if (type == "Metaspace") {
+          out.kind = DecKind::metaspace;
+          text::append_utf8(out.a,
+                            p.one_char(p.field(n, "replacement", where), where + ".replacement"));
+          out.strip_first = prepend_scheme(p, n, where) != 2;
+        } else if (type == "ByteLevel") {
+          out.kind = DecKind::byte_level;
+        } else {
+          p.bad(where + " type '" + type +
+                "' is not supported (supported: Replace, ByteFallback, Fuse, Strip, Metaspace, "
+                "ByteLevel, Sequence)");
+        }
+        t.decoders_.push_back(std::move(out));
+      });
 }
 
 void parse_post_processor(const Parser& p, const json& j, HfTokenizer& t) {
-  for_each_step(p, j, "processors", "post_processor", [&](const json& n,
-                                                           const std::string& type,
-                                                           const std::string& where) {
-    if (type == "ByteLevel") return;  // offsets only; ids unchanged
-    if (type != "TemplateProcessing")
-      p.bad(where + " type '" + type +
-            "' is not supported (supported: TemplateProcessing, ByteLevel, Sequence)");
-    const json& single = p.field(n, "single", where);
-    const json& specials = p.field(n, "special_tokens", where);
-    if (!single.is_array()) p.bad(where + ".single is not an array");
-    std::vector<int32_t> tmpl;
-    for (size_t i = 0; i < single.size(); ++i) {
-      const std::string w = where + ".single[" + std::to_string(i) + "]";
-      const json& item = single[i];
-      if (item.is_object() && item.contains("Sequence")) {
-        const std::string id = p.str_field(item["Sequence"], "id", w + ".Sequence");
-        if (id != "A") p.bad(w + " uses sequence '" + id + "' in a single-sequence template");
-        tmpl.push_back(HfTokenizer::kSequence);
-      } else if (item.is_object() && item.contains("SpecialToken")) {
-        const std::string name = p.str_field(item["SpecialToken"], "id", w + ".SpecialToken");
-        if (!specials.is_object() || !specials.contains(name))
-          p.bad(w + " names special token '" + name + "' absent from special_tokens");
-        const json& ids = p.field(specials[name], "ids", where + ".special_tokens." + name);
-        if (!ids.is_array()) p.bad(where + ".special_tokens." + name + ".ids is not an array");
-        for (const json& id : ids)
-          tmpl.push_back(static_cast<int32_t>(p.integer(id, 0, kMaxId, where + ".special_tokens." + name)));
-      } else {
-        p.bad(w + " is neither a Sequence nor a SpecialToken");
-      }
-    }
-    t.templates_.push_back(std::move(tmpl));
-  });
+  for_each_step(
+      p, j, "processors", "post_processor",
+      [&](const json& n, const std::string& type, const std::string& where) {
+        if (type == "ByteLevel") return;  // offsets only; ids unchanged
+        if (type != "TemplateProcessing")
+          p.bad(where + " type '" + type +
+                "' is not supported (supported: TemplateProcessing, ByteLevel, Sequence)");
+        const json& single = p.field(n, "single", where);
+        const json& specials = p.field(n, "special_tokens", where);
+        if (!single.is_array()) p.bad(where + ".single is not an array");
+        std::vector<int32_t> tmpl;
+        for (size_t i = 0; i < single.size(); ++i) {
+          const std::string w = where + ".single[" + std::to_string(i) + "]";
+          const json& item = single[i];
+          if (item.is_object() && item.contains("Sequence")) {
+            const std::string id = p.str_field(item["Sequence"], "id", w + ".Sequence");
+            if (id != "A") p.bad(w + " uses sequence '" + id + "' in a single-sequence template");
+            tmpl.push_back(HfTokenizer::kSequence);
+          } else if (item.is_object() && item.contains("SpecialToken")) {
+            const std::string name = p.str_field(item["SpecialToken"], "id", w + ".SpecialToken");
+            if (!specials.is_object() || !specials.contains(name))
+              p.bad(w + " names special token '" + name + "' absent from special_tokens");
+            const json& ids = p.field(specials[name], "ids", where + ".special_tokens." + name);
+            if (!ids.is_array()) p.bad(where + ".special_tokens." + name + ".ids is not an array");
+            for (const json& id : ids)
+              tmpl.push_back(static_cast<int32_t>(
+                  p.integer(id, 0, kMaxId, where + ".special_tokens." + name)));
+          } else {
+            p.bad(w + " is neither a Sequence nor a SpecialToken");
+          }
+        }
+        t.templates_.push_back(std::move(tmpl));
+      });
 }
 
 void parse_bpe(const Parser& p, const json& m, HfTokenizer& t) {
   if (!m.is_object()) p.bad("model is not an object");
   const std::string type = m.contains("type") ? p.type_of(m, "model") : std::string("?");
-  if (type != "BPE")
-    p.bad("model type '" + type + "' is not supported (supported: BPE)");
+  if (type != "BPE") p.bad("model type '" + type + "' is not supported (supported: BPE)");
   Bpe& bpe = t.bpe_;
-  if (auto it = m.find("dropout"); it != m.end() && !it->is_null() &&
-                                    !(it->is_number() && it->get<double>() == 0.0))
+  if (auto it = m.find("dropout");
+      it != m.end() && !it->is_null() && !(it->is_number() && it->get<double>() == 0.0))
     p.bad("model.dropout is set: BPE dropout (random segmentation) is not supported");
   for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
-    if (auto it = m.find(k); it != m.end() && !it->is_null() &&
-                             !(it->is_string() && it->get<std::string>().empty()))
+    if (auto it = m.find(k);
+        it != m.end() && !it->is_null() && !(it->is_string() && it->get<std::string>().empty()))
       p.bad(std::string("model.") + k + " is not supported");
   const json& vocab = p.field(m, "vocab", "model");
   if (!vocab.is_object()) p.bad("model.vocab is not an object");
@@ -324,8 +340,8 @@ void parse_bpe(const Parser& p, const json& m, HfTokenizer& t) {
     }
     const int32_t ia = id_of(a, where), ib = id_of(b, where), iab = id_of(a + b, where);
     // A pair listed twice keeps its last rank, as in the reference's map.
-    bpe.merges[(static_cast<uint64_t>(static_cast<uint32_t>(ia)) << 32) | static_cast<uint32_t>(ib)] =
-        {rank++, iab};
+    bpe.merges[(static_cast<uint64_t>(static_cast<uint32_t>(ia)) << 32) |
+               static_cast<uint32_t>(ib)] = {rank++, iab};
   }
   if (auto it = m.find("unk_token"); it != m.end() && !it->is_null()) {
     const auto u = bpe.vocab.find(p.str(*it, "model.unk_token"));

@@ -114,7 +114,8 @@ class SpmTokenizer final : public Tokenizer {
     if (bytes.empty()) fail(kComponent, path, ": the SentencePiece model is empty");
     const auto status = sp_.LoadFromSerializedProto(bytes);
     if (!status.ok())
-      fail(kComponent, path, ": not a SentencePiece model (", detail::one_line(status.ToString()), ")");
+      fail(kComponent, path, ": not a SentencePiece model (", detail::one_line(status.ToString()),
+           ")");
     spec_ = read_spec(bytes);
     if (spec_.treat_whitespace_as_suffix || spec_.has_denormalizer)
       fail(kComponent, path, ": SentencePiece models with ",
@@ -166,7 +167,7 @@ class SpmTokenizer final : public Tokenizer {
       if (bos_ws_seen || !text.empty()) is_bos_ws = false;
       bos_ws_seen = false;
       if (sp_.IsControl(id)) continue;  // <s>, </s> are invisible, skipped or not
-      if (sp_.IsUnknown(id)) {  // SentencePiece shows <unk> as " ⁇ " even when skipping
+      if (sp_.IsUnknown(id)) {          // SentencePiece shows <unk> as " ⁇ " even when skipping
         text += spec_.unk_surface;
         continue;
       }
@@ -177,7 +178,7 @@ class SpmTokenizer final : public Tokenizer {
         rest.remove_prefix(kSpace.size());
         bos_ws_seen = !spec_.remove_extra_whitespaces;
       }
-      for (size_t at = rest.find(kSpace); ; at = rest.find(kSpace)) {
+      for (size_t at = rest.find(kSpace);; at = rest.find(kSpace)) {
         text.append(rest.substr(0, at));
         if (at == std::string_view::npos) break;
         text.push_back(' ');
@@ -197,9 +198,7 @@ class SpmTokenizer final : public Tokenizer {
     return id >= 0 && id < size_ && sp_.IdToPiece(id) == piece ? id : -1;
   }
   int32_t vocab_size() const override { return size_; }
-  bool is_special(int32_t id) const override {
-    return id >= 0 && id < size_ && sp_.IsControl(id);
-  }
+  bool is_special(int32_t id) const override { return id >= 0 && id < size_ && sp_.IsControl(id); }
   bool is_byte_token(int32_t id) const override { return id >= 0 && id < size_ && sp_.IsByte(id); }
   std::string kind() const override { return "sentencepiece"; }
 

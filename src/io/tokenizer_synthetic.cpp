@@ -61,8 +61,8 @@ std::map<std::vector<std::string>, int> training_words() {
 }  // namespace
 
 std::string make_synthetic_tokenizer_json(int32_t vocab_size) {
-  DELTAMOE_CHECK(vocab_size >= 300, "tokenizer",
-                 "synthetic tokenizer: vocab_size ", vocab_size, " is below the minimum of 300");
+  DELTAMOE_CHECK(vocab_size >= 300, "tokenizer", "synthetic tokenizer: vocab_size ", vocab_size,
+                 " is below the minimum of 300");
   DELTAMOE_CHECK(vocab_size <= (1 << 24), "tokenizer", "synthetic tokenizer: vocab_size ",
                  vocab_size, " is above the maximum of ", 1 << 24);
   using ojson = nlohmann::ordered_json;
@@ -119,49 +119,53 @@ std::string make_synthetic_tokenizer_json(int32_t vocab_size) {
   ojson added = ojson::array();
   for (int i = 0; i < 3; ++i)
     added.push_back({{"id", i},
-                     {"content", i == 0 ? "<unk>" : i == 1 ? "<s>" : "</s>"},
+                     {"content", i == 0   ? "<unk>"
+                                 : i == 1 ? "<s>"
+                                          : "</s>"},
                      {"single_word", false},
                      {"lstrip", false},
                      {"rstrip", false},
                      {"normalized", false},
                      {"special", true}});
-  ojson j = {
-      {"version", "1.0"},
-      {"truncation", nullptr},
-      {"padding", nullptr},
-      {"added_tokens", added},
-      {"normalizer", nullptr},
-      {"pre_tokenizer",
-       {{"type", "Metaspace"}, {"replacement", kSpace}, {"prepend_scheme", "first"}, {"split", false}}},
-      {"post_processor",
-       {{"type", "TemplateProcessing"},
-        {"single",
-         {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
-          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-        {"pair",
-         {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
-          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
-          {{"SpecialToken", {{"id", "<s>"}, {"type_id", 1}}}},
-          {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
-        {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}}},
-      {"decoder",
-       {{"type", "Sequence"},
-        {"decoders",
-         {{{"type", "Replace"}, {"pattern", {{"String", kSpace}}}, {"content", " "}},
-          {{"type", "ByteFallback"}},
-          {{"type", "Fuse"}},
-          {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}}},
-      {"model",
-       {{"type", "BPE"},
-        {"dropout", nullptr},
-        {"unk_token", "<unk>"},
-        {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr},
-        {"fuse_unk", true},
-        {"byte_fallback", true},
-        {"ignore_merges", false},
-        {"vocab", vocab},
-        {"merges", merges}}}};
+  ojson j = {{"version", "1.0"},
+             {"truncation", nullptr},
+             {"padding", nullptr},
+             {"added_tokens", added},
+             {"normalizer", nullptr},
+             {"pre_tokenizer",
+              {{"type", "Metaspace"},
+               {"replacement", kSpace},
+               {"prepend_scheme", "first"},
+               {"split", false}}},
+             {"post_processor",
+              {{"type", "TemplateProcessing"},
+               {"single",
+                {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+                 {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+               {"pair",
+                {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+                 {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+                 {{"SpecialToken", {{"id", "<s>"}, {"type_id", 1}}}},
+                 {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+               {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}}},
+             {"decoder",
+              {{"type", "Sequence"},
+               {"decoders",
+                {{{"type", "Replace"}, {"pattern", {{"String", kSpace}}}, {"content", " "}},
+                 {{"type", "ByteFallback"}},
+                 {{"type", "Fuse"}},
+                 {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}}},
+             {"model",
+              {{"type", "BPE"},
+               {"dropout", nullptr},
+               {"unk_token", "<unk>"},
+               {"continuing_subword_prefix", nullptr},
+               {"end_of_word_suffix", nullptr},
+               {"fuse_unk", true},
+               {"byte_fallback", true},
+               {"ignore_merges", false},
+               {"vocab", vocab},
+               {"merges", merges}}}};
   return j.dump(1);
 }
 

@@ -169,10 +169,9 @@ std::string normalize_unicode(std::string_view s, NormalForm form) {
       break;
   }
   utf8proc_uint8_t* out = nullptr;
-  const utf8proc_ssize_t n =
-      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
-                   static_cast<utf8proc_ssize_t>(s.size()), &out,
-                   static_cast<utf8proc_option_t>(options));
+  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
+                                          static_cast<utf8proc_ssize_t>(s.size()), &out,
+                                          static_cast<utf8proc_option_t>(options));
   if (n < 0) {
     std::free(out);
     fail(kComponent, "Unicode normalisation failed: ", utf8proc_errmsg(n));
@@ -218,8 +217,8 @@ Regex::Regex(std::string_view pattern, bool literal) : impl_(std::make_unique<Im
   int err = 0;
   PCRE2_SIZE offset = 0;
   const uint32_t options = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0u);
-  impl_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                              options, &err, &offset, nullptr);
+  impl_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options,
+                              &err, &offset, nullptr);
   if (impl_->code == nullptr)
     fail(kComponent, "regex does not compile at offset ", offset, ": ", pcre2_message(err));
   impl_->jit = pcre2_jit_compile(impl_->code, PCRE2_JIT_COMPLETE) == 0;
@@ -238,8 +237,8 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view s) const
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(s.data());
   size_t start = 0;
   while (start <= s.size()) {
-    const int rc = pcre2_match(impl_->code, subject, s.size(), start, PCRE2_NO_UTF_CHECK,
-                               md.get(), impl_->jit ? jit.context : nullptr);
+    const int rc = pcre2_match(impl_->code, subject, s.size(), start, PCRE2_NO_UTF_CHECK, md.get(),
+                               impl_->jit ? jit.context : nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) fail(kComponent, "regex match failed: ", pcre2_message(rc));
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
@@ -281,7 +280,9 @@ const ByteAlphabet& alphabet() {
 }
 }  // namespace
 
-const std::array<std::string, 256>& byte_to_unicode() { return alphabet().to_unicode; }
+const std::array<std::string, 256>& byte_to_unicode() {
+  return alphabet().to_unicode;
+}
 
 int unicode_to_byte(char32_t cp) {
   return cp < alphabet().to_byte.size() ? alphabet().to_byte[cp] : -1;
