@@ -1,0 +1,50 @@
+// Options and loading shared by the language-model subcommands (generate, perplexity,
+// bench model): one flag vocabulary, one place that loads a model directory.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "deltamoe/core/parallel.h"
+#include "deltamoe/io/tokenizer.h"
+#include "deltamoe/models/moe_lm.h"
+#include "deltamoe/moe/policies.h"
+
+namespace deltamoe::cli {
+
+struct LmCliOptions {
+  std::string model;
+  std::string dtype = "f32";
+  std::string routing;  // empty: the model's own
+  int threads = 2;
+  bool json = false;
+};
+
+inline void add_lm_options(CLI::App& app, LmCliOptions& o) {
+  app.add_option("--model", o.model, "Hugging Face model directory (config.json, *.safetensors, tokenizer)")
+      ->required();
+  app.add_option("--dtype", o.dtype, "Weight dtype the weights are packed to: f32 or bf16")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
+  app.add_option("--routing", o.routing,
+                 "Routing of every MoE layer: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA] "
+                 "(default: the model's own top-k)");
+  app.add_option("--threads", o.threads, "Threads")->check(CLI::Range(1, 1024))->capture_default_str();
+  app.add_flag("--json", o.json, "Print one JSON object on stdout (logs go to stderr)");
+}
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+/// Loads the model (and sets threads and routing) as the options say.
+inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
+  set_num_threads(o.threads);
+  auto m = models::MoeLm::load(o.model, {o.dtype == "bf16" ? DType::bf16 : DType::f32});
+  if (!o.routing.empty()) m->set_policy(moe::make_policy(o.routing, m->config().num_experts));
+  return m;
+}
+
+}  // namespace deltamoe::cli
