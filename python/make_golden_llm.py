@@ -60,6 +60,7 @@ import random
 import shutil
 import sys
 
+import safetensors
 import safetensors.torch
 import torch
 import transformers
@@ -324,6 +325,15 @@ def check_dir(model_dir):
     bad = {k: v for k, v in info.items() if v}
     if bad:
         sys.exit(f"{model_dir}: loading info {bad}")
+    # The weights are the file's (not re-initialised): compare the embedding and norms.
+    files = [f for f in os.listdir(model_dir) if f.endswith(".safetensors")]
+    for f in files:
+        with safetensors.safe_open(os.path.join(model_dir, f), "pt") as st:
+            for name in ("model.embed_tokens.weight", "model.norm.weight"):
+                if name in st.keys():
+                    want = st.get_tensor(name).float()
+                    got = model.get_parameter(name).detach()
+                    assert torch.equal(want, got), f"{name} differs from the file"
     ids = torch.arange(3, 11).unsqueeze(0) % model.config.vocab_size
     with torch.no_grad():
         logits = model(ids).logits

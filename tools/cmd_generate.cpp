@@ -31,12 +31,13 @@ int run_generate(const GenerateOptions& o) {
   const auto tok = io::Tokenizer::load(o.lm.model);
   const auto t_load = Clock::now();
   auto m = load_lm(o.lm);
-  std::cerr << "generate: loaded " << o.lm.model << " (" << io::hf_arch_name(m->config().arch) << ", "
-            << m->layers() << " layers, " << m->config().num_experts << " experts, "
-            << static_cast<double>(m->weight_bytes()) / 1e9 << " GB packed " << o.lm.dtype << ") in "
-            << seconds_since(t_load) << " s; routing " << m->policy().name() << "\n";
+  std::cerr << "generate: loaded " << o.lm.model << " (" << io::hf_arch_name(m->config().arch)
+            << ", " << m->layers() << " layers, " << m->config().num_experts << " experts, "
+            << static_cast<double>(m->weight_bytes()) / 1e9 << " GB packed " << o.lm.dtype
+            << ") in " << seconds_since(t_load) << " s; routing " << m->policy().name() << "\n";
   const std::vector<int32_t> prompt = tok->encode(o.prompt, !o.no_special);
-  DELTAMOE_CHECK(!prompt.empty(), "generate", "the prompt encodes to no tokens (pass text, or drop --no-special)");
+  DELTAMOE_CHECK(!prompt.empty(), "generate",
+                 "the prompt encodes to no tokens (pass text, or drop --no-special)");
   const int64_t ctx = std::min<int64_t>(m->config().max_position_embeddings, 65536);
   DELTAMOE_CHECK(static_cast<int64_t>(prompt.size()) < ctx, "generate", "prompt of ", prompt.size(),
                  " tokens does not fit the model's context of ", ctx, " tokens");
@@ -50,14 +51,16 @@ int run_generate(const GenerateOptions& o) {
   models::LmStats prompt_stats, gen_stats;
   std::vector<float> logits(static_cast<size_t>(m->vocab_size()));
   const auto t0 = Clock::now();
-  m->forward(prompt.data(), static_cast<int64_t>(prompt.size()), cache, logits.data(), false, &prompt_stats);
+  m->forward(prompt.data(), static_cast<int64_t>(prompt.size()), cache, logits.data(), false,
+             &prompt_stats);
   const double prompt_s = seconds_since(t0);
   io::StreamDecoder stream(*tok, /*skip_special_tokens=*/true);
   std::vector<int32_t> out;
   std::string text;
   const auto t1 = Clock::now();
   for (int i = 0; i < n; ++i) {
-    const int32_t t = models::sample_token(logits.data(), m->vocab_size(), o.temperature, o.top_p, rng);
+    const int32_t t =
+        models::sample_token(logits.data(), m->vocab_size(), o.temperature, o.top_p, rng);
     out.push_back(t);
     const std::string piece = stream.next(t);
     text += piece;
@@ -93,16 +96,18 @@ int run_generate(const GenerateOptions& o) {
   } else {
     std::cout << rest << "\n";
   }
-  std::fprintf(stderr,
-               "generate: prompt %zu tokens in %.1f ms (%.1f tokens/s), generated %zu tokens in %.1f ms "
-               "(%.1f tokens/s), %.2f experts per token (routing %s)\n",
-               prompt.size(), 1e3 * prompt_s, pp_tps, out.size(), 1e3 * gen_s, tg_tps, all.mean_experts(),
-               m->policy().name().c_str());
+  std::fprintf(
+      stderr,
+      "generate: prompt %zu tokens in %.1f ms (%.1f tokens/s), generated %zu tokens in %.1f ms "
+      "(%.1f tokens/s), %.2f experts per token (routing %s)\n",
+      prompt.size(), 1e3 * prompt_s, pp_tps, out.size(), 1e3 * gen_s, tg_tps, all.mean_experts(),
+      m->policy().name().c_str());
   return 0;
 }
 
 CommandRegistrar reg_generate(
-    "generate", "Generate text from a prompt with a Hugging Face MoE language model (streamed to stdout)",
+    "generate",
+    "Generate text from a prompt with a Hugging Face MoE language model (streamed to stdout)",
     [](CLI::App& app) -> Action {
       auto o = std::make_shared<GenerateOptions>();
       add_lm_options(app, o->lm);
@@ -137,7 +142,8 @@ int run_perplexity(const PerplexityOptions& o) {
   ss << in.rdbuf();
   const auto tok = io::Tokenizer::load(o.lm.model);
   std::vector<int32_t> ids = tok->encode(ss.str(), /*add_special_tokens=*/false);
-  if (o.max_tokens > 0 && static_cast<int64_t>(ids.size()) > o.max_tokens) ids.resize(static_cast<size_t>(o.max_tokens));
+  if (o.max_tokens > 0 && static_cast<int64_t>(ids.size()) > o.max_tokens)
+    ids.resize(static_cast<size_t>(o.max_tokens));
   DELTAMOE_CHECK(ids.size() >= 2, "perplexity", o.file, " has fewer than 2 tokens");
   auto m = load_lm(o.lm);
   const int64_t ctx = std::min<int64_t>(o.context, m->config().max_position_embeddings);
@@ -171,28 +177,39 @@ int run_perplexity(const PerplexityOptions& o) {
       nll += std::log(sum) + mx - row[win[i + 1]];
       ++scored;
     }
-    std::fprintf(stderr, "\rperplexity: window %lld/%lld, ppl so far %.4f", static_cast<long long>(w + 1),
-                 static_cast<long long>(windows), std::exp(nll / static_cast<double>(scored)));
+    std::fprintf(stderr, "\rperplexity: window %lld/%lld, ppl so far %.4f",
+                 static_cast<long long>(w + 1), static_cast<long long>(windows),
+                 std::exp(nll / static_cast<double>(scored)));
   }
   std::fprintf(stderr, "\n");
   const double secs = seconds_since(t0);
   const double ppl = std::exp(nll / static_cast<double>(scored));
   if (o.lm.json) {
-    json j = {{"model", o.lm.model}, {"file", o.file}, {"dtype", o.lm.dtype}, {"routing", m->policy().name()},
-              {"context", ctx}, {"tokens", ids.size()}, {"scored_tokens", scored}, {"perplexity", ppl},
-              {"mean_nll", nll / static_cast<double>(scored)}, {"mean_experts_per_token", stats.mean_experts()},
-              {"time_ms", 1e3 * secs}, {"tokens_per_s", static_cast<double>(stats.tokens) / secs}};
+    json j = {{"model", o.lm.model},
+              {"file", o.file},
+              {"dtype", o.lm.dtype},
+              {"routing", m->policy().name()},
+              {"context", ctx},
+              {"tokens", ids.size()},
+              {"scored_tokens", scored},
+              {"perplexity", ppl},
+              {"mean_nll", nll / static_cast<double>(scored)},
+              {"mean_experts_per_token", stats.mean_experts()},
+              {"time_ms", 1e3 * secs},
+              {"tokens_per_s", static_cast<double>(stats.tokens) / secs}};
     std::cout << j.dump(2) << "\n";
   } else {
-    std::printf("perplexity %.4f over %lld tokens (context %lld), %.2f experts per token, routing %s\n", ppl,
-                static_cast<long long>(scored), static_cast<long long>(ctx), stats.mean_experts(),
-                m->policy().name().c_str());
+    std::printf(
+        "perplexity %.4f over %lld tokens (context %lld), %.2f experts per token, routing %s\n",
+        ppl, static_cast<long long>(scored), static_cast<long long>(ctx), stats.mean_experts(),
+        m->policy().name().c_str());
   }
   return 0;
 }
 
 CommandRegistrar reg_perplexity(
-    "perplexity", "Perplexity of a Hugging Face MoE language model on a text file, with experts per token",
+    "perplexity",
+    "Perplexity of a Hugging Face MoE language model on a text file, with experts per token",
     [](CLI::App& app) -> Action {
       auto o = std::make_shared<PerplexityOptions>();
       add_lm_options(app, o->lm);
@@ -200,7 +217,8 @@ CommandRegistrar reg_perplexity(
       app.add_option("--context", o->context, "Tokens per window (non-overlapping windows)")
           ->check(CLI::Range(2, 1 << 20))
           ->capture_default_str();
-      app.add_option("--max-tokens", o->max_tokens, "Score at most this many tokens of the file (0 = all)")
+      app.add_option("--max-tokens", o->max_tokens,
+                     "Score at most this many tokens of the file (0 = all)")
           ->check(CLI::NonNegativeNumber)
           ->capture_default_str();
       return [o] { return run_perplexity(*o); };

@@ -23,7 +23,8 @@ struct LmCliOptions {
 };
 
 inline void add_lm_options(CLI::App& app, LmCliOptions& o) {
-  app.add_option("--model", o.model, "Hugging Face model directory (config.json, *.safetensors, tokenizer)")
+  app.add_option("--model", o.model,
+                 "Hugging Face model directory (config.json, *.safetensors, tokenizer)")
       ->required();
   app.add_option("--dtype", o.dtype, "Weight dtype the weights are packed to: f32 or bf16")
       ->check(CLI::IsMember({"f32", "bf16"}))
@@ -31,7 +32,9 @@ inline void add_lm_options(CLI::App& app, LmCliOptions& o) {
   app.add_option("--routing", o.routing,
                  "Routing of every MoE layer: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA] "
                  "(default: the model's own top-k)");
-  app.add_option("--threads", o.threads, "Threads")->check(CLI::Range(1, 1024))->capture_default_str();
+  app.add_option("--threads", o.threads, "Threads")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
   app.add_flag("--json", o.json, "Print one JSON object on stdout (logs go to stderr)");
 }
 

@@ -264,35 +264,34 @@ const uint8_t* SafetensorsFile::file_data() const {
 
 size_t SafetensorsFile::file_size() const { return mapping_ ? mapping_->size : 0; }
 
-void write_safetensors(const std::string& path,
-                       const std::vector<std::pair<std::string, Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
-  auto bad = [&](auto&&... args) { fail(kComponent, path, ": ", args...); };
+SafetensorsWriter::SafetensorsWriter(std::string path, std::vector<SafetensorsTensorSpec> specs,
+                                     const std::map<std::string, std::string>& metadata)
+    : path_(std::move(path)), specs_(std::move(specs)) {
+  auto bad = [&](auto&&... args) { fail(kComponent, path_, ": ", args...); };
   std::set<std::string> seen;
-  for (const auto& [name, t] : tensors) {
-    if (name.empty()) bad("empty tensor name");
-    if (name == "__metadata__") bad("tensor name '__metadata__' is reserved");
-    if (!seen.insert(name).second) bad("duplicate tensor name ", quote_name(name));
-    if (!t.defined()) bad("tensor ", quote_name(name), " is undefined");
-    if (!t.is_contiguous()) bad("tensor ", quote_name(name), " is not contiguous");
+  for (const auto& s : specs_) {
+    if (s.name.empty()) bad("empty tensor name");
+    if (s.name == "__metadata__") bad("tensor name '__metadata__' is reserved");
+    if (!seen.insert(s.name).second) bad("duplicate tensor name ", quote_name(s.name));
+    shape_numel(s.shape);  // throws on negative extents or overflow
   }
 
   // Larger elements first: the data buffer starts 8-aligned, so each tensor then begins at a
   // multiple of its own element size and reads back as a zero-copy view.
-  std::vector<size_t> order(tensors.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return dtype_size(tensors[a].second.dtype()) > dtype_size(tensors[b].second.dtype());
+  order_.resize(specs_.size());
+  for (size_t i = 0; i < order_.size(); ++i) order_[i] = i;
+  std::stable_sort(order_.begin(), order_.end(), [&](size_t a, size_t b) {
+    return dtype_size(specs_[a].dtype) > dtype_size(specs_[b].dtype);
   });
 
   json header = json::object();
   uint64_t offset = 0;
-  for (size_t i : order) {
-    const auto& [name, t] = tensors[i];
-    const uint64_t end = offset + t.nbytes();
-    header[name] = {{"dtype", safetensors_dtype_name(t.dtype())},
-                    {"shape", t.shape()},
-                    {"data_offsets", {offset, end}}};
+  for (size_t i : order_) {
+    const auto& s = specs_[i];
+    const uint64_t end = offset + static_cast<uint64_t>(shape_numel(s.shape)) * dtype_size(s.dtype);
+    header[s.name] = {{"dtype", safetensors_dtype_name(s.dtype)},
+                      {"shape", s.shape},
+                      {"data_offsets", {offset, end}}};
     offset = end;
   }
   if (!metadata.empty()) header["__metadata__"] = metadata;
@@ -303,17 +302,65 @@ void write_safetensors(const std::string& path,
     bad("cannot encode header: ", detail::one_line(e.what()));
   }
   text.append((8 - text.size() % 8) % 8, ' ');
+  file_bytes_ = 8 + text.size() + offset;
 
-  detail::AtomicFile out(path, kComponent);
+  out_ = std::make_unique<detail::AtomicFile>(path_, kComponent);
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(text.size() >> (8 * i));
-  out.write(len, 8);
-  out.write(text.data(), text.size());
-  for (size_t i : order) {
-    const Tensor& t = tensors[i].second;
-    if (t.nbytes() > 0) out.write(t.raw(), t.nbytes());
+  out_->write(len, 8);
+  out_->write(text.data(), text.size());
+}
+
+SafetensorsWriter::~SafetensorsWriter() = default;
+
+const SafetensorsTensorSpec* SafetensorsWriter::next() const {
+  return appended_ < order_.size() ? &specs_[order_[appended_]] : nullptr;
+}
+
+void SafetensorsWriter::append(const Tensor& t) {
+  const SafetensorsTensorSpec* s = next();
+  if (s == nullptr) fail(kComponent, path_, ": append() after the last tensor");
+  if (!t.defined() && shape_numel(s->shape) != 0)
+    fail(kComponent, path_, ": tensor ", quote_name(s->name), " is undefined");
+  if (t.defined() && (t.dtype() != s->dtype || t.shape() != s->shape))
+    fail(kComponent, path_, ": tensor ", quote_name(s->name), " is ", dtype_name(t.dtype()), " ",
+         shape_str(t.shape()), ", declared ", dtype_name(s->dtype), " ", shape_str(s->shape));
+  if (t.defined() && !t.is_contiguous())
+    fail(kComponent, path_, ": tensor ", quote_name(s->name), " is not contiguous");
+  append_bytes(t.defined() ? t.raw() : nullptr, t.defined() ? t.nbytes() : 0);
+}
+
+void SafetensorsWriter::append_bytes(const void* data, size_t bytes) {
+  const SafetensorsTensorSpec* s = next();
+  if (s == nullptr) fail(kComponent, path_, ": append() after the last tensor");
+  const auto want = static_cast<uint64_t>(shape_numel(s->shape)) * dtype_size(s->dtype);
+  if (bytes != want)
+    fail(kComponent, path_, ": tensor ", quote_name(s->name), " got ", bytes, " bytes, needs ",
+         want);
+  if (bytes > 0) out_->write(data, bytes);
+  ++appended_;
+}
+
+void SafetensorsWriter::commit() {
+  if (const SafetensorsTensorSpec* s = next())
+    fail(kComponent, path_, ": commit() before tensor ", quote_name(s->name), " was appended");
+  out_->commit();
+}
+
+void write_safetensors(const std::string& path,
+                       const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<SafetensorsTensorSpec> specs;
+  specs.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) {
+    if (!t.defined()) fail(kComponent, path, ": tensor ", quote_name(name), " is undefined");
+    if (!t.is_contiguous())
+      fail(kComponent, path, ": tensor ", quote_name(name), " is not contiguous");
+    specs.push_back({name, t.dtype(), t.shape()});
   }
-  out.commit();
+  SafetensorsWriter w(path, std::move(specs), metadata);
+  for (size_t i : w.order()) w.append(tensors[i].second);
+  w.commit();
 }
 
 }  // namespace deltamoe::io

@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -545,4 +548,125 @@ TEST(HfCheckpoint, ShardErrors) {
   EXPECT_ERROR(parse_hf_index("{\"weight_map\": {\"a\": 3}}", "/i.json"),
                "tensor 'a' maps to a JSON number, not a file name");
   EXPECT_ERROR(parse_hf_index("{}", "/i.json"), "no 'weight_map' object");
+}
+
+TEST(HfWriter, ConfigRoundTripAndTensorSpecsMatchTransformers) {
+  const struct {
+    const char* name;
+    HfExpertLayout layout;
+  } cases[] = {{"mixtral", HfExpertLayout::per_expert},
+               {"qwen2_moe", HfExpertLayout::per_expert},
+               {"qwen3_moe", HfExpertLayout::stacked},
+               {"olmoe", HfExpertLayout::per_expert},
+               {"mixtral_bf16", HfExpertLayout::per_expert}};
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.name);
+    const HfConfig a = HfConfig::load(kGolden + tc.name);
+    const HfConfig b = HfConfig::parse(hf_config_to_json(a), "round trip");
+    EXPECT_EQ(b.config_generation, 4);
+    EXPECT_EQ(b.arch, a.arch);
+    EXPECT_EQ(b.vocab_size, a.vocab_size);
+    EXPECT_EQ(b.hidden_size, a.hidden_size);
+    EXPECT_EQ(b.num_hidden_layers, a.num_hidden_layers);
+    EXPECT_EQ(b.num_attention_heads, a.num_attention_heads);
+    EXPECT_EQ(b.num_key_value_heads, a.num_key_value_heads);
+    EXPECT_EQ(b.head_dim, a.head_dim);
+    EXPECT_EQ(b.num_experts, a.num_experts);
+    EXPECT_EQ(b.num_experts_per_tok, a.num_experts_per_tok);
+    EXPECT_EQ(b.moe_intermediate_size, a.moe_intermediate_size);
+    EXPECT_EQ(b.intermediate_size, a.intermediate_size);
+    EXPECT_EQ(b.shared_expert_intermediate_size, a.shared_expert_intermediate_size);
+    EXPECT_EQ(b.norm_topk_prob, a.norm_topk_prob);
+    EXPECT_EQ(b.decoder_sparse_step, a.decoder_sparse_step);
+    EXPECT_EQ(b.mlp_only_layers, a.mlp_only_layers);
+    EXPECT_EQ(b.attention_bias, a.attention_bias);
+    EXPECT_EQ(b.o_proj_bias, a.o_proj_bias);
+    EXPECT_EQ(b.qk_norm, a.qk_norm);
+    EXPECT_EQ(b.rms_norm_eps, a.rms_norm_eps);
+    EXPECT_EQ(b.rope_theta, a.rope_theta);
+    EXPECT_EQ(b.max_position_embeddings, a.max_position_embeddings);
+    EXPECT_EQ(b.tie_word_embeddings, a.tie_word_embeddings);
+    EXPECT_EQ(b.bos_token_id, a.bos_token_id);
+    EXPECT_EQ(b.eos_token_ids, a.eos_token_ids);
+    EXPECT_EQ(b.dtype, a.dtype);
+    EXPECT_EQ(b.clip_qkv, a.clip_qkv);
+
+    // The tensor list is exactly what transformers wrote.
+    const HfCheckpoint ck = HfCheckpoint::open(kGolden + tc.name);
+    const DType dt = a.dtype == "bfloat16" ? DType::bf16 : DType::f32;
+    const auto specs = hf_tensor_specs(a, dt, tc.layout);
+    std::vector<std::string> names;
+    for (const auto& s : specs) {
+      names.push_back(s.name);
+      ASSERT_TRUE(ck.has(s.name)) << s.name;
+      EXPECT_EQ(ck.entry(s.name).shape, s.shape) << s.name;
+      EXPECT_EQ(ck.entry(s.name).dtype, dt) << s.name;
+    }
+    std::sort(names.begin(), names.end());
+    EXPECT_EQ(names, ck.names());
+  }
+}
+
+TEST(HfWriter, MakeModelOutputLoads) {
+  // `deltamoe make-model` output of every family and option loads with the checks of
+  // load_hf_weights; weights have the promised statistics and depend only on the seed.
+  TempDir dir;
+  const struct {
+    const char* args;
+    HfArch arch;
+    DType dtype;
+  } cases[] = {
+      {"--arch mixtral --max-shard-size 300KB", HfArch::mixtral, DType::f32},
+      {"--arch mixtral --expert-layout stacked --dtype bf16", HfArch::mixtral, DType::bf16},
+      {"--arch qwen2-moe --mlp-only-layers 0 --tie-embeddings", HfArch::qwen2_moe, DType::f32},
+      {"--arch qwen2-moe --sparse-step 2 --layers 3 --shared-inter 0", HfArch::qwen2_moe,
+       DType::f32},
+      {"--arch qwen3-moe --head-dim 32 --expert-layout stacked", HfArch::qwen3_moe, DType::f32},
+      {"--arch olmoe --dtype bf16 --experts 6 --top-k 3", HfArch::olmoe, DType::bf16},
+  };
+  int n = 0;
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.args);
+    const std::string out = dir.file("m" + std::to_string(n++));
+    const std::string cmd =
+        std::string(DELTAMOE_BINARY) + " make-model --quiet " + tc.args + " --out " + out;
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    const HfConfig c = HfConfig::load(out);
+    EXPECT_EQ(c.arch, tc.arch);
+    const HfCheckpoint ck = HfCheckpoint::open(out);
+    const HfModelWeights w = load_hf_weights(c, ck);
+    EXPECT_EQ(w.embed.dtype(), tc.dtype);
+    const auto layout = std::string(tc.args).find("stacked") != std::string::npos
+                            ? HfExpertLayout::stacked
+                            : HfExpertLayout::per_expert;
+    std::vector<std::string> names;
+    for (const auto& spec : hf_tensor_specs(c, tc.dtype, layout)) names.push_back(spec.name);
+    std::sort(names.begin(), names.end());
+    EXPECT_EQ(names, ck.names());
+    const std::vector<float> norm = w.final_norm.to_vector();
+    for (float v : norm) EXPECT_EQ(v, 1.0f);
+    const std::vector<float> e = w.embed.to_vector();
+    double sum = 0, sq = 0;
+    for (float v : e) sum += v, sq += static_cast<double>(v) * v;
+    const double mean = sum / e.size(), sd = std::sqrt(sq / e.size() - mean * mean);
+    EXPECT_NEAR(mean, 0.0, 0.002);
+    EXPECT_NEAR(sd, 0.02, 0.001);
+    for (const auto& l : w.layers)
+      if (l.moe) {
+        EXPECT_EQ(l.experts.size(), static_cast<size_t>(c.num_experts));
+      }
+  }
+  // qwen2-moe without a shared expert, and a dense layer 0 for --sparse-step 2.
+  const HfConfig q = HfConfig::load(dir.file("m3"));
+  EXPECT_EQ(q.shared_expert_intermediate_size, 0);
+  EXPECT_FALSE(q.is_moe_layer(0));
+  EXPECT_TRUE(q.is_moe_layer(1));
+  // Values depend on (seed, tensor name, index) only: the bf16 model is the f32 one rounded.
+  const HfModelWeights a =
+      load_hf_weights(HfConfig::load(dir.file("m0")), HfCheckpoint::open(dir.file("m0")));
+  const HfModelWeights b =
+      load_hf_weights(HfConfig::load(dir.file("m1")), HfCheckpoint::open(dir.file("m1")));
+  const std::vector<float> fa = a.embed.to_vector(), fb = b.embed.to_vector();
+  ASSERT_EQ(fa.size(), fb.size());
+  for (size_t i = 0; i < fa.size(); ++i) ASSERT_EQ(bf16_to_f32(f32_to_bf16(fa[i])), fb[i]) << i;
 }

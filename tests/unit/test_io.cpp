@@ -541,3 +541,37 @@ TEST(FashionMnist, RealData) {
   // The training-set mean pixel of Fashion-MNIST is 0.2860 (a widely used normalisation).
   EXPECT_NEAR(sum / static_cast<double>(fm.train.images.numel()), 0.2860, 5e-4);
 }
+
+TEST(Safetensors, StreamingWriterMatchesWriteSafetensors) {
+  TempDir dir;
+  const Tensor a = ramp({3, 4}), b = ramp({5}).to(DType::bf16), c = ramp({2, 2}, 9.0f);
+  write_safetensors(dir.file("whole.safetensors"), {{"b", b}, {"a", a}, {"c", c}}, {{"k", "v"}});
+  {
+    SafetensorsWriter w(
+        dir.file("stream.safetensors"),
+        {{"b", DType::bf16, {5}}, {"a", DType::f32, {3, 4}}, {"c", DType::f32, {2, 2}}},
+        {{"k", "v"}});
+    // Larger elements first, then declaration order.
+    EXPECT_EQ(w.order(), (std::vector<size_t>{1, 2, 0}));
+    EXPECT_EQ(w.next()->name, "a");
+    w.append(a);
+    w.append_bytes(c.raw(), c.nbytes());
+    expect_error([&] { w.commit(); }, "commit() before tensor 'b' was appended");
+    expect_error([&] { w.append(a); }, "tensor 'b' is f32 [3, 4], declared bf16 [5]");
+    w.append(b);
+    EXPECT_EQ(w.next(), nullptr);
+    expect_error([&] { w.append(b); }, "append() after the last tensor");
+    w.commit();
+    EXPECT_EQ(w.file_bytes(), fs::file_size(dir.file("stream.safetensors")));
+  }
+  EXPECT_EQ(read_bytes(dir.file("whole.safetensors")), read_bytes(dir.file("stream.safetensors")));
+  // A writer dropped before commit() leaves nothing behind.
+  {
+    SafetensorsWriter w(dir.file("dropped.safetensors"), {{"a", DType::f32, {3, 4}}});
+    expect_error([&] { w.append_bytes(a.raw(), 4); }, "tensor 'a' got 4 bytes, needs 48");
+  }
+  EXPECT_FALSE(fs::exists(dir.file("dropped.safetensors")));
+  int files = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir.file(""))) ++files;
+  EXPECT_EQ(files, 2);
+}

@@ -161,4 +161,21 @@ struct HfModelWeights {
 /// way; stacked gate/up are row ranges of gate_up_proj). The result shares the mappings.
 HfModelWeights load_hf_weights(const HfConfig& cfg, const HfCheckpoint& ckpt);
 
+/// config.json text for `cfg` in the transformers 4.x form of published checkpoints
+/// (top-level rope_theta, rope_scaling null, torch_dtype), with the field names of its
+/// family; HfConfig::parse reads it back to an equal config, and transformers loads it.
+std::string hf_config_to_json(const HfConfig& cfg);
+
+/// How expert weights are named when writing a checkpoint.
+enum class HfExpertLayout {
+  per_expert,  // published checkpoints: experts.3.w1.weight (Mixtral), experts.3.gate_proj...
+  stacked,     // transformers 5 in memory: experts.gate_up_proj [E, 2I, H], down_proj [E, H, I]
+};
+
+/// Names, shapes and dtype of every tensor a checkpoint of `cfg` holds, in the order
+/// transformers lists them (embedding, layers, final norm, lm_head unless tied), all in
+/// `dtype`. load_hf_weights accepts exactly these tensors.
+std::vector<SafetensorsTensorSpec> hf_tensor_specs(
+    const HfConfig& cfg, DType dtype, HfExpertLayout layout = HfExpertLayout::per_expert);
+
 }  // namespace deltamoe::io

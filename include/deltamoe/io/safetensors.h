@@ -87,6 +87,60 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
+namespace detail {
+class AtomicFile;
+}
+
+/// Name, dtype and shape of one tensor to be written by SafetensorsWriter.
+struct SafetensorsTensorSpec {
+  std::string name;
+  DType dtype = DType::f32;
+  Shape shape;
+};
+
+/// Writes a safetensors file one tensor at a time, so that files larger than memory can be
+/// produced (the header is computed from the specs up front, the data streamed after it).
+///
+/// Layout as write_safetensors (which is built on this class): header padded to 8 bytes, data
+/// by decreasing element size, then declaration order. Call append() once per tensor in
+/// order() order, then commit(). The file is written under a temporary name and renamed onto
+/// `path` by commit(); a writer destroyed before commit() leaves nothing at `path`.
+/// Errors: Error("safetensors") naming the path (bad names, a tensor that does not match
+/// the next spec, I/O failures). Not thread-safe.
+class SafetensorsWriter {
+ public:
+  /// Validates the specs (names unique, non-empty, not "__metadata__"; shapes valid) and
+  /// opens the temporary file.
+  SafetensorsWriter(std::string path, std::vector<SafetensorsTensorSpec> specs,
+                    const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
+  /// Indices into the specs, in the order append() expects the tensors.
+  const std::vector<size_t>& order() const { return order_; }
+  /// The spec the next append() must match; nullptr when every tensor was appended.
+  const SafetensorsTensorSpec* next() const;
+  /// Appends the data of the next tensor; `t` must be contiguous with the next spec's dtype
+  /// and shape.
+  void append(const Tensor& t);
+  /// Appends raw bytes of the next tensor (exactly its size in bytes; for callers that
+  /// produce data without a Tensor).
+  void append_bytes(const void* data, size_t bytes);
+  /// Size of the finished file in bytes (header included).
+  uint64_t file_bytes() const { return file_bytes_; }
+  /// fsyncs and renames onto the final path. Every tensor must have been appended.
+  void commit();
+
+ private:
+  std::string path_;
+  std::vector<SafetensorsTensorSpec> specs_;
+  std::vector<size_t> order_;
+  size_t appended_ = 0;
+  uint64_t file_bytes_ = 0;
+  std::unique_ptr<detail::AtomicFile> out_;
+};
+
 /// Writes `tensors` (name, tensor) and `metadata` to `path` in safetensors format.
 ///
 /// Tensors must be defined and contiguous; names must be unique, non-empty and not
