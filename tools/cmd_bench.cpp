@@ -5,12 +5,13 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <map>
 #include <sstream>
 #include <thread>
 
+#include "bench_model.h"
 #include "command.h"
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/kernels/cpu.h"
@@ -101,7 +102,8 @@ std::map<std::pair<int64_t, std::string>, double> load_torch_times(const std::st
   try {
     j = json::parse(in);
     for (const auto& r : j.at("results"))
-      out[{r.at("tokens").get<int64_t>(), r.at("dtype").get<std::string>()}] = r.at("time_ms").get<double>();
+      out[{r.at("tokens").get<int64_t>(), r.at("dtype").get<std::string>()}] =
+          r.at("time_ms").get<double>();
   } catch (const json::exception& e) {
     fail("bench", path, ": not the JSON of python/bench_moe_torch.py (", e.what(), ")");
   }
@@ -111,8 +113,10 @@ std::map<std::pair<int64_t, std::string>, double> load_torch_times(const std::st
 int run_moe_bench(const MoeBenchOptions& o) {
   set_num_threads(o.threads);
   const DType dtype = parse_dtype(o.dtype);
-  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "bench", "--dtype must be f32 or bf16");
-  DELTAMOE_CHECK(o.expert == "swiglu" || o.expert == "gelu", "bench", "--expert must be swiglu or gelu");
+  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "bench",
+                 "--dtype must be f32 or bf16");
+  DELTAMOE_CHECK(o.expert == "swiglu" || o.expert == "gelu", "bench",
+                 "--expert must be swiglu or gelu");
   DELTAMOE_CHECK(o.top_k >= 1 && o.top_k <= o.experts, "bench", "--top-k must be in 1..--experts");
   const auto kind = o.expert == "swiglu" ? moe::ExpertKind::swiglu : moe::ExpertKind::gelu_mlp;
   const auto torch_ms = load_torch_times(o.torch_json);
@@ -173,8 +177,8 @@ int run_moe_bench(const MoeBenchOptions& o) {
       layer_s = lt[lt.size() / 2];
       stream_s = st[st.size() / 2];
     } else {
-      layer_s = time_median([&] { layer.forward(xs[next++ % pool], policy, &stats); }, 5,
-                            o.min_seconds);
+      layer_s =
+          time_median([&] { layer.forward(xs[next++ % pool], policy, &stats); }, 5, o.min_seconds);
     }
     const double routed = static_cast<double>(t * o.top_k);
     const double flops = layer.expert_flops(t * o.top_k) + 2.0 * t * o.hidden * o.experts;
@@ -183,11 +187,14 @@ int run_moe_bench(const MoeBenchOptions& o) {
     // without routing, as one call to OpenBLAS.
     std::cerr << ", sgemm" << std::flush;
     const int64_t gm = t * o.top_k, gn = (kind == moe::ExpertKind::swiglu ? 3 : 2) * o.inter;
-    std::vector<float> a(static_cast<size_t>(gm * o.hidden), 0.5f), b(static_cast<size_t>(o.hidden * gn), 0.25f),
-        c(static_cast<size_t>(gm * gn));
-    const double sgemm_s = time_median([&] {
-      kernels::sgemm(false, false, gm, gn, o.hidden, 1.0f, a.data(), o.hidden, b.data(), gn, 0.0f, c.data(), gn);
-    }, 5, o.min_seconds);
+    std::vector<float> a(static_cast<size_t>(gm * o.hidden), 0.5f),
+        b(static_cast<size_t>(o.hidden * gn), 0.25f), c(static_cast<size_t>(gm * gn));
+    const double sgemm_s = time_median(
+        [&] {
+          kernels::sgemm(false, false, gm, gn, o.hidden, 1.0f, a.data(), o.hidden, b.data(), gn,
+                         0.0f, c.data(), gn);
+        },
+        5, o.min_seconds);
     const double sgemm_gflops = 2.0 * gm * gn * o.hidden / sgemm_s / 1e9;
     // OpenBLAS's pthreads keep spinning (sched_yield) for tens of ms after a call; let them
     // go to sleep so they do not steal a core from the next measurement.
@@ -210,8 +217,9 @@ int run_moe_bench(const MoeBenchOptions& o) {
               {"sgemm_same_flops_time_ms", sgemm_s * 1e3},
               {"sgemm_same_flops_gflops", sgemm_gflops},
               {"frac_of_sgemm", gflops / sgemm_gflops},
-              {"experts_active", std::count_if(stats.tokens_per_expert.begin(), stats.tokens_per_expert.end(),
-                                               [](int64_t n) { return n > 0; })}};
+              {"experts_active",
+               std::count_if(stats.tokens_per_expert.begin(), stats.tokens_per_expert.end(),
+                             [](int64_t n) { return n > 0; })}};
     if (!o.skip_naive) {
       r["naive_time_ms"] = naive_s * 1e3;
       r["speedup_vs_naive"] = naive_s / layer_s;
@@ -254,17 +262,21 @@ int run_moe_bench(const MoeBenchOptions& o) {
     std::cout << out.dump(2) << "\n";
     return 0;
   }
-  std::printf("MoE layer forward: H=%lld I=%lld E=%lld top-%lld, %s experts, %s weights, %d threads\n",
-              static_cast<long long>(o.hidden), static_cast<long long>(o.inter),
-              static_cast<long long>(o.experts), static_cast<long long>(o.top_k), o.expert.c_str(),
-              o.dtype.c_str(), o.threads);
-  std::printf("CPU: %s   kernel: %s   read bandwidth %.1f GB/s   FMA peak %.0f GFLOP/s   BF16 dot peak %.0f GFLOP/s\n\n",
-              cpu.model_name.c_str(), kernels::linear_impl_name(dtype), bw0, fma_peak, bf16_peak);
-  std::printf("%8s %10s %9s %12s %12s %14s %10s %12s %12s\n", "tokens", "time_ms", "GFLOP/s", "vs naive",
-              "SGEMM GF/s", "frac of SGEMM", "vs torch", "BW roofline", "vs stream");
+  std::printf(
+      "MoE layer forward: H=%lld I=%lld E=%lld top-%lld, %s experts, %s weights, %d threads\n",
+      static_cast<long long>(o.hidden), static_cast<long long>(o.inter),
+      static_cast<long long>(o.experts), static_cast<long long>(o.top_k), o.expert.c_str(),
+      o.dtype.c_str(), o.threads);
+  std::printf(
+      "CPU: %s   kernel: %s   read bandwidth %.1f GB/s   FMA peak %.0f GFLOP/s   BF16 dot peak "
+      "%.0f GFLOP/s\n\n",
+      cpu.model_name.c_str(), kernels::linear_impl_name(dtype), bw0, fma_peak, bf16_peak);
+  std::printf("%8s %10s %9s %12s %12s %14s %10s %12s %12s\n", "tokens", "time_ms", "GFLOP/s",
+              "vs naive", "SGEMM GF/s", "frac of SGEMM", "vs torch", "BW roofline", "vs stream");
   for (const auto& r : rows) {
-    std::printf("%8lld %10.3f %9.1f %11.1fx %12.1f %13.0f%% ", static_cast<long long>(r["tokens"].get<int64_t>()),
-                r["time_ms"].get<double>(), r["gflops"].get<double>(),
+    std::printf("%8lld %10.3f %9.1f %11.1fx %12.1f %13.0f%% ",
+                static_cast<long long>(r["tokens"].get<int64_t>()), r["time_ms"].get<double>(),
+                r["gflops"].get<double>(),
                 r.contains("speedup_vs_naive") ? r["speedup_vs_naive"].get<double>() : 0.0,
                 r["sgemm_same_flops_gflops"].get<double>(), 100 * r["frac_of_sgemm"].get<double>());
     if (r.contains("speedup_vs_torch"))
@@ -278,36 +290,68 @@ int run_moe_bench(const MoeBenchOptions& o) {
       std::printf("%12s %12s", "-", "-");
     std::printf("\n");
   }
-  std::printf("\nGFLOP/s counts the expert GEMMs and the router. 'frac of SGEMM': against one OpenBLAS SGEMM\n"
-              "of the same FLOPs ([T*k, H] x [H, 3I]) timed in this run. 'BW roofline': bytes of the k active\n"
-              "experts' weights / time, over the read bandwidth measured in this run (best pass over 512 MiB).\n"
-              "'vs stream': the decode step against a plain parallel read of the same bytes, alternated with\n"
-              "the decode steps (median of each, cache flushed before both). --json for machine output.\n");
+  std::printf(
+      "\nGFLOP/s counts the expert GEMMs and the router. 'frac of SGEMM': against one OpenBLAS "
+      "SGEMM\n"
+      "of the same FLOPs ([T*k, H] x [H, 3I]) timed in this run. 'BW roofline': bytes of the k "
+      "active\n"
+      "experts' weights / time, over the read bandwidth measured in this run (best pass over 512 "
+      "MiB).\n"
+      "'vs stream': the decode step against a plain parallel read of the same bytes, alternated "
+      "with\n"
+      "the decode steps (median of each, cache flushed before both). --json for machine output.\n");
   return 0;
 }
 
-CommandRegistrar reg("bench", "Benchmarks (moe-layer: the MoE layer vs naive, SGEMM and rooflines)",
-  [](CLI::App& app) -> Action {
-    auto o = std::make_shared<MoeBenchOptions>();
-    auto what = std::make_shared<std::string>("moe-layer");
-    app.add_option("what", *what, "What to benchmark")->check(CLI::IsMember({"moe-layer"}));
-    app.add_option("--tokens", o->tokens, "Token counts to measure (several allowed)")->delimiter(',');
-    app.add_option("--hidden", o->hidden, "Hidden size H")->check(CLI::PositiveNumber);
-    app.add_option("--inter", o->inter, "Expert intermediate size I")->check(CLI::PositiveNumber);
-    app.add_option("--experts", o->experts, "Number of experts E")->check(CLI::PositiveNumber);
-    app.add_option("--top-k", o->top_k, "Experts per token K")->check(CLI::PositiveNumber);
-    app.add_option("--dtype", o->dtype, "Expert weight dtype: f32 or bf16 (f32 accumulation)")
-        ->check(CLI::IsMember({"f32", "bf16"}));
-    app.add_option("--expert", o->expert, "Expert kind: swiglu (Mixtral) or gelu (MLP)")
-        ->check(CLI::IsMember({"swiglu", "gelu"}));
-    app.add_option("--threads", o->threads, "Threads")->check(CLI::Range(1, 1024));
-    app.add_option("--min-seconds", o->min_seconds, "Minimum timing time per measurement");
-    app.add_option("--seed", o->seed, "Seed for weights and inputs");
-    app.add_option("--torch-json", o->torch_json, "JSON from python/bench_moe_torch.py to compare with");
-    app.add_flag("--skip-naive", o->skip_naive, "Do not time the naive loop (it is slow at 512 tokens)");
-    app.add_flag("--json", o->json_out, "Print one JSON object on stdout (logs go to stderr)");
-    return [o, what] { return run_moe_bench(*o); };
-  });
+CommandRegistrar reg(
+    "bench",
+    "Benchmarks (moe-layer: the MoE layer vs naive, SGEMM and rooflines; model: a language model's "
+    "pp/tg tokens/s as llama-bench, decode roofline, resident memory)",
+    [](CLI::App& app) -> Action {
+      auto o = std::make_shared<MoeBenchOptions>();
+      auto mo = std::make_shared<ModelBenchOptions>();
+      auto what = std::make_shared<std::string>("moe-layer");
+      app.add_option("what", *what, "What to benchmark: moe-layer or model")
+          ->check(CLI::IsMember({"moe-layer", "model"}))
+          ->capture_default_str();
+      app.add_option("--model", mo->model, "model: Hugging Face model directory");
+      app.add_option("-p,--n-prompt", mo->prompt, "model: prompt tokens of the pp test (0 = skip)")
+          ->check(CLI::Range(int64_t{0}, int64_t{1} << 20))
+          ->capture_default_str();
+      app.add_option("-n,--n-gen", mo->gen, "model: generated tokens of the tg test (0 = skip)")
+          ->check(CLI::Range(int64_t{0}, int64_t{1} << 20))
+          ->capture_default_str();
+      app.add_option("-r,--repetitions", mo->repetitions, "model: timed repetitions of each test")
+          ->check(CLI::Range(1, 1000))
+          ->capture_default_str();
+      app.add_option("--routing", mo->routing,
+                     "model: routing of every MoE layer (default: the model's own)");
+      app.add_option("--tokens", o->tokens, "Token counts to measure (several allowed)")
+          ->delimiter(',');
+      app.add_option("--hidden", o->hidden, "Hidden size H")->check(CLI::PositiveNumber);
+      app.add_option("--inter", o->inter, "Expert intermediate size I")->check(CLI::PositiveNumber);
+      app.add_option("--experts", o->experts, "Number of experts E")->check(CLI::PositiveNumber);
+      app.add_option("--top-k", o->top_k, "Experts per token K")->check(CLI::PositiveNumber);
+      app.add_option("--dtype", o->dtype, "Expert weight dtype: f32 or bf16 (f32 accumulation)")
+          ->check(CLI::IsMember({"f32", "bf16"}));
+      app.add_option("--expert", o->expert, "Expert kind: swiglu (Mixtral) or gelu (MLP)")
+          ->check(CLI::IsMember({"swiglu", "gelu"}));
+      app.add_option("--threads", o->threads, "Threads")->check(CLI::Range(1, 1024));
+      app.add_option("--min-seconds", o->min_seconds, "Minimum timing time per measurement");
+      app.add_option("--seed", o->seed, "Seed for weights and inputs");
+      app.add_option("--torch-json", o->torch_json,
+                     "JSON from python/bench_moe_torch.py to compare with");
+      app.add_flag("--skip-naive", o->skip_naive,
+                   "Do not time the naive loop (it is slow at 512 tokens)");
+      app.add_flag("--json", o->json_out, "Print one JSON object on stdout (logs go to stderr)");
+      return [o, mo, what] {
+        if (*what == "model") {
+          mo->seed = o->seed;
+          return run_model_bench(*mo, o->dtype, o->threads, o->json_out);
+        }
+        return run_moe_bench(*o);
+      };
+    });
 
 }  // namespace
 }  // namespace deltamoe::cli

@@ -1,0 +1,22 @@
+// `deltamoe bench model`: prompt processing and generation of a whole language model in
+// llama-bench's sense, with the same-run bandwidth roofline of decode and resident memory.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace deltamoe::cli {
+
+struct ModelBenchOptions {
+  std::string model;
+  std::string routing;   // empty: the model's own
+  int64_t prompt = 512;  // -p: tokens of the prompt-processing test (0 = skip)
+  int64_t gen = 128;     // -n: tokens of the generation test (0 = skip)
+  int repetitions = 3;   // -r
+  uint64_t seed = 1;
+};
+
+/// Runs the benchmark; `dtype` f32|bf16, `threads`, one JSON object on stdout when `json`.
+int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int threads, bool json);
+
+}  // namespace deltamoe::cli
