@@ -28,17 +28,13 @@ struct GenerateOptions {
 };
 
 int run_generate(const GenerateOptions& o) {
+  // Everything that can be checked before the (long) load is: the tokenizer, the config, the
+  // prompt against the context.
   const auto tok = io::Tokenizer::load(o.lm.model);
-  const auto t_load = Clock::now();
-  auto m = load_lm(o.lm);
-  std::cerr << "generate: loaded " << o.lm.model << " (" << io::hf_arch_name(m->config().arch)
-            << ", " << m->layers() << " layers, " << m->config().num_experts << " experts, "
-            << static_cast<double>(m->weight_bytes()) / 1e9 << " GB packed " << o.lm.dtype
-            << ") in " << seconds_since(t_load) << " s; routing " << m->policy().name() << "\n";
+  const io::HfConfig cfg = io::HfConfig::load(o.lm.model);
   const std::vector<int32_t> prompt = tok->encode(o.prompt, !o.no_special);
-  DELTAMOE_CHECK(!prompt.empty(), "generate",
-                 "the prompt encodes to no tokens (pass text, or drop --no-special)");
-  const int64_t ctx = std::min<int64_t>(m->config().max_position_embeddings, 65536);
+  DELTAMOE_CHECK(!prompt.empty(), "generate", "the prompt encodes to no tokens (pass text, or drop --no-special)");
+  const int64_t ctx = std::min<int64_t>(cfg.max_position_embeddings, 65536);
   DELTAMOE_CHECK(static_cast<int64_t>(prompt.size()) < ctx, "generate", "prompt of ", prompt.size(),
                  " tokens does not fit the model's context of ", ctx, " tokens");
   int n = o.n;
@@ -46,6 +42,12 @@ int run_generate(const GenerateOptions& o) {
     n = static_cast<int>(ctx - static_cast<int64_t>(prompt.size()));
     std::cerr << "generate: -n lowered to " << n << " to fit the context of " << ctx << " tokens\n";
   }
+  const auto t_load = Clock::now();
+  auto m = load_lm(o.lm);
+  std::cerr << "generate: loaded " << o.lm.model << " (" << io::hf_arch_name(m->config().arch) << ", "
+            << m->layers() << " layers, " << m->config().num_experts << " experts, "
+            << static_cast<double>(m->weight_bytes()) / 1e9 << " GB packed " << o.lm.dtype << ") in "
+            << seconds_since(t_load) << " s; routing " << m->policy().name() << "\n";
   std::mt19937_64 rng(o.seed);
   models::KvCache cache;
   models::LmStats prompt_stats, gen_stats;

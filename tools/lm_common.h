@@ -42,11 +42,14 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-/// Loads the model (and sets threads and routing) as the options say.
+/// Loads the model (and sets threads and routing) as the options say. The routing spec is
+/// checked against config.json before the weights are read.
 inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
   set_num_threads(o.threads);
+  std::shared_ptr<const moe::RoutingPolicy> policy;
+  if (!o.routing.empty()) policy = moe::make_policy(o.routing, io::HfConfig::load(o.model).num_experts);
   auto m = models::MoeLm::load(o.model, {o.dtype == "bf16" ? DType::bf16 : DType::f32});
-  if (!o.routing.empty()) m->set_policy(moe::make_policy(o.routing, m->config().num_experts));
+  if (policy) m->set_policy(policy);
   return m;
 }
 

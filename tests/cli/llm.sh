@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The language-model commands end to end on models made by make-model: generate (text,
+# --json, greedy determinism, routing budgets), perplexity, bench model, tokenize, and the
+# one-line errors of bad input (unsupported architecture, missing / misshaped tensor,
+# truncated shard, unknown tokenizer model, prompt longer than the context, bad flags).
+set -euo pipefail
+bin="$1"
+src="$2"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+jget() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
+# expect_error CMD...: non-zero exit, exactly one line on stderr starting "deltamoe: error: ["
+expect_error() {
+  if "$@" >"$tmp/out.txt" 2>"$tmp/err.txt"; then fail "no error from: $*"; fi
+  [ "$(wc -l <"$tmp/err.txt")" -eq 1 ] || { cat "$tmp/err.txt"; fail "not one line: $*"; }
+  grep -q '^deltamoe: error: \[' "$tmp/err.txt" || { cat "$tmp/err.txt"; fail "no component: $*"; }
+  [ ! -s "$tmp/out.txt" ] || fail "stdout not empty on error: $*"
+}
+
+for arch in mixtral qwen2-moe qwen3-moe olmoe; do
+  m="$tmp/$arch"
+  "$bin" make-model --arch "$arch" --preset tiny --vocab 400 --seed 5 --out "$m" --quiet
+  [ -f "$m/tokenizer.json" ] || fail "$arch: no tokenizer.json"
+  "$bin" generate --model "$m" --prompt "Once upon a time" -n 12 --ignore-eos --json >"$tmp/g.json" 2>"$tmp/g.err"
+  [ "$(jget "$tmp/g.json" "len(d['generated_ids'])")" = 12 ] || fail "$arch: generated_ids"
+  for key in prompt_ids text prompt_tokens_per_s generation_tokens_per_s mean_experts_per_token routing; do
+    [ "$(jget "$tmp/g.json" "'$key' in d")" = True ] || fail "$arch: missing $key"
+  done
+  grep -q "tokens/s" "$tmp/g.err" || fail "$arch: no speed on stderr"
+  # The decoded text is what tokenize --decode gives for the same ids.
+  ids=$(jget "$tmp/g.json" "','.join(map(str, d['generated_ids']))")
+  "$bin" tokenize --model "$m" --decode "$ids" --skip-special --json >"$tmp/t.json"
+  [ "$(jget "$tmp/t.json" "d['text']")" = "$(jget "$tmp/g.json" "d['text']")" ] || fail "$arch: streamed text != decode"
+done
+
+m="$tmp/mixtral"
+# Greedy is deterministic; sampling is deterministic in --seed and differs across seeds.
+"$bin" generate --model "$m" --prompt "Hello" -n 10 --ignore-eos --json >"$tmp/a.json" 2>/dev/null
+"$bin" generate --model "$m" --prompt "Hello" -n 10 --ignore-eos --json >"$tmp/b.json" 2>/dev/null
+[ "$(jget "$tmp/a.json" "d['generated_ids']")" = "$(jget "$tmp/b.json" "d['generated_ids']")" ] || fail "greedy differs"
+"$bin" generate --model "$m" --prompt "Hello" -n 10 --ignore-eos --temperature 1 --seed 1 --json >"$tmp/s1.json" 2>/dev/null
+"$bin" generate --model "$m" --prompt "Hello" -n 10 --ignore-eos --temperature 1 --seed 1 --json >"$tmp/s1b.json" 2>/dev/null
+"$bin" generate --model "$m" --prompt "Hello" -n 10 --ignore-eos --temperature 1 --seed 2 --json >"$tmp/s2.json" 2>/dev/null
+[ "$(jget "$tmp/s1.json" "d['generated_ids']")" = "$(jget "$tmp/s1b.json" "d['generated_ids']")" ] || fail "seeded sampling differs"
+[ "$(jget "$tmp/s1.json" "d['generated_ids']")" != "$(jget "$tmp/s2.json" "d['generated_ids']")" ] || fail "seeds 1 and 2 agree"
+# Per-token budgets: top-k:1 uses 1 expert per token, top-p a mean between 1 and E.
+"$bin" generate --model "$m" --prompt "Hello" -n 4 --routing top-k:1 --json >"$tmp/k1.json" 2>/dev/null
+[ "$(jget "$tmp/k1.json" "d['mean_experts_per_token']")" = 1.0 ] || fail "top-k:1 mean experts"
+"$bin" generate --model "$m" --prompt "Hello there" -n 4 --routing top-p:0.7 --json >"$tmp/p.json" 2>/dev/null
+[ "$(jget "$tmp/p.json" "1.0 <= d['mean_experts_per_token'] <= 4.0")" = True ] || fail "top-p mean experts"
+
+# Perplexity: finite, and above 1.
+printf 'The cat sat on the mat. The dog sat on the log.\nA bird in the hand is worth two in the bush.\n' >"$tmp/text.txt"
+"$bin" perplexity --model "$m" --file "$tmp/text.txt" --context 16 --json >"$tmp/ppl.json" 2>/dev/null
+[ "$(jget "$tmp/ppl.json" "1.0 < d['perplexity'] < 1e6 and d['scored_tokens'] > 10")" = True ] || fail "perplexity"
+
+# bench model: one JSON object with the figures and units.
+"$bin" bench model --model "$m" -p 16 -n 4 -r 1 --json >"$tmp/bench.json" 2>/dev/null
+for key in pp_tokens_per_s tg_tokens_per_s decode_roofline_tokens_per_s decode_frac_of_roofline \
+           read_bandwidth_gbps rss_bytes weight_bytes kv_cache_bytes mean_experts_per_token; do
+  [ "$(jget "$tmp/bench.json" "'$key' in d")" = True ] || fail "bench: missing $key"
+done
+
+# Bad input: one line naming the file and the thing, non-zero exit, nothing on stdout.
+bad="$tmp/bad"
+cp -r "$m" "$bad"
+sed -i 's/MixtralForCausalLM/LlamaForCausalLM/' "$bad/config.json"
+expect_error "$bin" generate --model "$bad" --prompt hi
+grep -q "MixtralForCausalLM" "$tmp/err.txt" || fail "unsupported arch does not list the supported ones"
+rm -rf "$bad" && cp -r "$m" "$bad"
+python3 - "$bad/model.safetensors" <<'PY'
+import json, struct, sys
+p = sys.argv[1]
+b = open(p, "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+name = "model.layers.1.block_sparse_moe.experts.0.w2.weight"
+h["renamed." + name] = h.pop(name)
+hb = json.dumps(h).encode()
+hb += b" " * (-len(hb) % 8)
+open(p, "wb").write(struct.pack("<Q", len(hb)) + hb + b[8 + n:])
+PY
+expect_error "$bin" generate --model "$bad" --prompt hi
+grep -q "experts.0.w2.weight" "$tmp/err.txt" || { cat "$tmp/err.txt"; fail "missing tensor not named"; }
+rm -rf "$bad" && cp -r "$m" "$bad"
+sz=$(stat -c %s "$bad/model.safetensors")
+truncate -s $((sz - 100)) "$bad/model.safetensors"
+expect_error "$bin" generate --model "$bad" --prompt hi
+grep -q "model.safetensors" "$tmp/err.txt" || fail "truncated shard not named"
+rm -rf "$bad" && cp -r "$m" "$bad"
+sed -i 's/"type": *"BPE"/"type": "WordPiece"/' "$bad/tokenizer.json"
+expect_error "$bin" generate --model "$bad" --prompt hi
+grep -q "tokenizer.json" "$tmp/err.txt" || fail "bad tokenizer not named"
+# A prompt longer than the context.
+"$bin" make-model --arch mixtral --preset tiny --vocab 400 --max-pos 16 --out "$tmp/short" --quiet
+expect_error "$bin" generate --model "$tmp/short" --prompt "$(printf 'word %.0s' $(seq 40))"
+grep -q "context" "$tmp/err.txt" || fail "long prompt error does not say context"
+# Bad flag values: usage errors.
+if "$bin" generate --model "$m" --prompt hi --dtype f16 2>/dev/null; then fail "--dtype f16 accepted"; fi
+if "$bin" generate --model "$m" --prompt hi --temperature -1 2>/dev/null; then fail "--temperature -1 accepted"; fi
+expect_error "$bin" generate --model "$m" --prompt hi --routing best:3
+echo "llm: all checks passed"
