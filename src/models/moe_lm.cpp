@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <malloc.h>
 #include <numeric>
 
 #include "deltamoe/core/error.h"
@@ -60,8 +61,15 @@ size_t KvCache::bytes() const {
 std::unique_ptr<MoeLm> MoeLm::load(const std::string& model_dir, const LmOptions& options) {
   const io::HfConfig cfg = io::HfConfig::load(model_dir);
   const io::HfCheckpoint ckpt = io::HfCheckpoint::open(model_dir);
-  const io::HfModelWeights w = io::load_hf_weights(cfg, ckpt);
-  return std::make_unique<MoeLm>(cfg, w, options);
+  std::unique_ptr<MoeLm> m;
+  {
+    const io::HfModelWeights w = io::load_hf_weights(cfg, ckpt);
+    m = std::make_unique<MoeLm>(cfg, w, options);
+  }
+  // Packing freed many temporaries of a few MB; glibc keeps such freed heap memory resident
+  // unless told to give it back.
+  malloc_trim(0);
+  return m;
 }
 
 MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOptions& options)
@@ -71,7 +79,10 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
   const int64_t h = cfg_.hidden_size, d = cfg_.head_dim;
   q_rows_ = cfg_.num_attention_heads * d;
   kv_rows_ = cfg_.num_key_value_heads * d;
-  embed_ = w.embed;
+  // A copy of the embedding (in the file's dtype), so that no view keeps a shard mapped once
+  // the packed weights are made: resident memory is then the packed weights alone, not the
+  // packed weights plus the mapped file pages they were read from.
+  embed_ = w.embed.clone();
   final_norm_ = w.final_norm.to(DType::f32);
   lm_head_ = kernels::PackedLinear(w.lm_head, dtype_);
   max_positions_ = std::min<int64_t>(
