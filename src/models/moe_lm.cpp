@@ -1,10 +1,10 @@
 // The MoE decoder (see models/moe_lm.h): load, pack, forward.
 #include "deltamoe/models/moe_lm.h"
 
+#include <malloc.h>
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <malloc.h>
 #include <numeric>
 
 #include "deltamoe/core/error.h"

@@ -84,10 +84,14 @@ std::vector<Task> make_tasks(const std::vector<int64_t>& counts, int64_t n, int6
   return tasks;
 }
 
-// [w1; w3] packed as one matrix whose rows alternate in interleave blocks (see above).
-kernels::PackedLinear pack_swiglu(const Tensor& w1_in, const Tensor& w3_in, DType dtype) {
+// Rows per interleave block for packed weights of `dtype`.
+int64_t interleave_block_for(DType dtype) {
   const kernels::PackedLinear probe(Tensor({1, 1}, DType::f32), dtype);
-  const int64_t q = interleave_block(probe.panel());
+  return interleave_block(probe.panel());
+}
+
+// [w1; w3] as one f32 matrix whose rows alternate in interleave blocks of q (see above).
+Tensor interleave_swiglu(const Tensor& w1_in, const Tensor& w3_in, int64_t q) {
   const int64_t i = w1_in.size(0), h = w1_in.size(1);
   Tensor w13({2 * i, h}, DType::f32);
   const Tensor w1 = w1_in.to(DType::f32), w3 = w3_in.to(DType::f32);
@@ -99,9 +103,7 @@ kernels::PackedLinear pack_swiglu(const Tensor& w1_in, const Tensor& w3_in, DTyp
     std::memcpy(dst + (2 * j) * h, s1 + j * h, static_cast<size_t>(rows * h) * 4);
     std::memcpy(dst + (2 * j + rows) * h, s3 + j * h, static_cast<size_t>(rows * h) * 4);
   }
-  kernels::PackedLinear packed(w13, dtype);
-  DELTAMOE_ASSERT(q % packed.panel() == 0, "interleave block ", q, " vs panel ", packed.panel());
-  return packed;
+  return w13;
 }
 
 // SwiGLU over the interleaved output of a fused [w1; w3] product: `tmp` holds rows of
@@ -137,19 +139,33 @@ MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype) : kind_(weights.kind)
   inter_ = weights.inter();
   router_outputs_ = weights.router.size(0);
   router_ = std::make_unique<kernels::PackedLinear>(weights.router, DType::f32);
+  // All experts' matrices of one kind in one allocation (PackedLinear::pack_all): no
+  // per-matrix rounding to 2 MiB pages. Built in slices of experts to bound the f32
+  // temporaries of the interleaved [w1; w3].
+  const int64_t q = interleave_block_for(dtype);
+  constexpr int64_t kSlice = 8;
+  std::vector<Tensor> w13_src;
   for (int64_t e = 0; e < experts_; ++e) {
     if (kind_ == ExpertKind::swiglu) {
-      w13_.push_back(pack_swiglu(weights.w1[e], weights.w3[e], dtype));
+      w13_src.push_back(interleave_swiglu(weights.w1[e], weights.w3[e], q));
     } else {
-      w13_.emplace_back(weights.w1[e], dtype);
+      w13_src.push_back(weights.w1[e]);
       if (!weights.b1.empty()) b1_.push_back(weights.b1[e].to(DType::f32));
       if (!weights.b2.empty()) b2_.push_back(weights.b2[e].to(DType::f32));
     }
-    w2_.emplace_back(weights.w2[e], dtype);
+    if (static_cast<int64_t>(w13_src.size()) == kSlice || e + 1 == experts_) {
+      for (auto& p : kernels::PackedLinear::pack_all(w13_src, dtype)) w13_.push_back(std::move(p));
+      w13_src.clear();
+    }
   }
+  w2_ = kernels::PackedLinear::pack_all(weights.w2, dtype);
+  for (const auto& p : w13_)
+    DELTAMOE_ASSERT(kind_ != ExpertKind::swiglu || q % p.panel() == 0, "interleave block ", q,
+                    " vs panel ", p.panel());
   if (weights.has_shared()) {
     shared_inter_ = weights.shared_w1.size(0);
-    shared13_ = pack_swiglu(weights.shared_w1, weights.shared_w3, dtype);
+    shared13_ =
+        kernels::PackedLinear(interleave_swiglu(weights.shared_w1, weights.shared_w3, q), dtype);
     shared2_ = kernels::PackedLinear(weights.shared_w2, dtype);
     if (weights.shared_gate.defined()) shared_gate_ = weights.shared_gate.to_vector();
   }

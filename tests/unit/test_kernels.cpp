@@ -28,7 +28,9 @@ std::vector<float> random_vec(size_t n, uint32_t seed, float lo = -1.0f, float h
   return v;
 }
 
-float round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
+float round_bf16(float v) {
+  return bf16_to_f32(f32_to_bf16(v));
+}
 
 std::vector<LinearImpl> supported_impls(DType dtype) {
   std::vector<LinearImpl> out;
@@ -46,11 +48,10 @@ struct Shape3 {
 // on the same (possibly bf16-rounded) inputs. Cells outside the range must be untouched.
 void check_linear(LinearImpl impl, DType dtype, Shape3 s, int64_t ldx, int64_t ldy, int64_t nb,
                   int64_t ne, bool accumulate, uint32_t seed) {
-  SCOPED_TRACE(std::string(linear_impl_name(impl, dtype)) + " m=" + std::to_string(s.m) +
-               " n=" + std::to_string(s.n) + " k=" + std::to_string(s.k) + " ldx=" +
-               std::to_string(ldx) + " ldy=" + std::to_string(ldy) + " cols=[" +
-               std::to_string(nb) + "," + std::to_string(ne) + ") acc=" +
-               std::to_string(accumulate));
+  SCOPED_TRACE(std::string(linear_impl_name(impl, dtype)) + " m=" + std::to_string(s.m) + " n=" +
+               std::to_string(s.n) + " k=" + std::to_string(s.k) + " ldx=" + std::to_string(ldx) +
+               " ldy=" + std::to_string(ldy) + " cols=[" + std::to_string(nb) + "," +
+               std::to_string(ne) + ") acc=" + std::to_string(accumulate));
   const std::vector<float> x = random_vec(static_cast<size_t>(s.m * ldx), seed);
   const std::vector<float> w = random_vec(static_cast<size_t>(s.n * s.k), seed + 1);
   const std::vector<float> y0 = random_vec(static_cast<size_t>(s.m * ldy), seed + 2);
@@ -97,10 +98,38 @@ TEST(Linear, PackedShapeAndBytes) {
   EXPECT_THROW(PackedLinear(Tensor({4, 4}, DType::f32), DType::i32), Error);
 }
 
+// pack_all: several matrices in one allocation give the same products as packed alone, and
+// each views its own part (odd shapes, so padding between parts matters).
+TEST(Linear, PackAllEqualsSeparatePacking) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (DType dt : {DType::f32, DType::bf16}) {
+    std::vector<Tensor> ws;
+    for (auto [n, k] : {std::pair<int64_t, int64_t>{70, 33}, {32, 64}, {5, 17}}) {
+      Tensor w({n, k});
+      for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = u(rng);
+      ws.push_back(w);
+    }
+    const auto all = PackedLinear::pack_all(ws, dt);
+    ASSERT_EQ(all.size(), ws.size());
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const PackedLinear alone(ws[i], dt);
+      EXPECT_EQ(all[i].weight_bytes(), alone.weight_bytes());
+      const int64_t n = ws[i].size(0), k = ws[i].size(1);
+      std::vector<float> x(static_cast<size_t>(3 * k)), ya(static_cast<size_t>(3 * n)),
+          yb(ya.size());
+      for (float& v : x) v = u(rng);
+      linear_st(x.data(), 3, k, all[i], 0, n, ya.data(), n);
+      linear_st(x.data(), 3, k, alone, 0, n, yb.data(), n);
+      EXPECT_EQ(ya, yb) << "matrix " << i;
+    }
+  }
+}
+
 TEST(Linear, MatchesNaiveEveryImplF32AndBf16) {
-  const std::vector<Shape3> shapes = {{1, 32, 16},  {2, 70, 33},   {3, 100, 64}, {7, 31, 5},
-                                      {16, 64, 1},  {33, 96, 129}, {1, 512, 300},
-                                      {128, 40, 260}, {13, 33, 257}, {150, 65, 20}};
+  const std::vector<Shape3> shapes = {{1, 32, 16},   {2, 70, 33},   {3, 100, 64},  {7, 31, 5},
+                                      {16, 64, 1},   {33, 96, 129}, {1, 512, 300}, {128, 40, 260},
+                                      {13, 33, 257}, {150, 65, 20}};
   uint32_t seed = 1;
   for (DType dtype : {DType::f32, DType::bf16}) {
     for (LinearImpl impl : supported_impls(dtype)) {
@@ -230,7 +259,9 @@ std::vector<float> op_inputs() {
   return v;  // 1010 elements: not a multiple of 16, exercises the tails
 }
 
-double silu_ref(double x) { return x / (1.0 + std::exp(-x)); }
+double silu_ref(double x) {
+  return x / (1.0 + std::exp(-x));
+}
 
 template <typename F, typename R>
 void expect_close_rel(const std::vector<float>& x, F f, R ref, double rel, double abs_floor,
@@ -247,7 +278,8 @@ TEST(Ops, ExpApproximationAccurate) {
   if (!ops::avx512_supported()) GTEST_SKIP() << "no AVX-512";
   std::vector<float> x = random_vec(4000, 31, -87.0f, 88.0f);
   x.push_back(0.0f);
-  expect_close_rel(x, ops::exp_avx512, [](double v) { return std::exp(v); }, 1e-6, 0.0, "exp");
+  expect_close_rel(
+      x, ops::exp_avx512, [](double v) { return std::exp(v); }, 1e-6, 0.0, "exp");
   // Overflow and underflow saturate instead of producing garbage; NaN stays NaN.
   const float special[] = {200.0f, -200.0f, INFINITY, -INFINITY, NAN};
   float out[5];
@@ -302,7 +334,8 @@ TEST(Ops, GeluExactAndTanh) {
     gelu_grad_acc_st(x.data(), dy.data(), dx.data(), static_cast<int64_t>(x.size()));
     for (size_t i = 0; i < x.size(); ++i) {
       const double v = x[i];
-      const double d = 0.5 * (1.0 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2.0 * M_PI);
+      const double d = 0.5 * (1.0 + std::erf(v / std::sqrt(2.0))) +
+                       v * std::exp(-0.5 * v * v) / std::sqrt(2.0 * M_PI);
       const double r = 0.5 + dy[i] * d;
       ASSERT_NEAR(dx[i], r, 1e-6 * std::abs(r) + 3e-7 * (1.0 + std::abs(v))) << "gelu grad x=" << v;
     }
@@ -337,7 +370,8 @@ TEST(Ops, AxpyBothPaths) {
 TEST(Ops, SoftmaxRowsStableAndInPlace) {
   const int64_t rows = 5, d = 37;
   auto x = random_vec(static_cast<size_t>(rows * d), 51, -5.0f, 5.0f);
-  for (int64_t i = 0; i < d; ++i) x[static_cast<size_t>(4 * d + i)] += 1000.0f;  // naive exp overflows
+  for (int64_t i = 0; i < d; ++i)
+    x[static_cast<size_t>(4 * d + i)] += 1000.0f;  // naive exp overflows
   using Fn = void (*)(const float*, float*, int64_t, int64_t);
   std::vector<Fn> fns = {ops::softmax_rows_scalar, softmax_rows_st};
   if (ops::avx512_supported()) fns.push_back(ops::softmax_rows_avx512);
@@ -376,9 +410,8 @@ TEST(Ops, TopkMatchesPartialSortWithTies) {
     for (auto& v : x) v = static_cast<float>(static_cast<int>(rng() % 7)) - 3.0f;
     std::vector<int32_t> ref(static_cast<size_t>(d));
     std::iota(ref.begin(), ref.end(), 0);
-    std::partial_sort(ref.begin(), ref.begin() + k, ref.end(), [&](int32_t a, int32_t b) {
-      return x[a] > x[b] || (x[a] == x[b] && a < b);
-    });
+    std::partial_sort(ref.begin(), ref.begin() + k, ref.end(),
+                      [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
     std::vector<int32_t> idx(static_cast<size_t>(k));
     std::vector<float> val(static_cast<size_t>(k));
     topk_st(x.data(), d, k, idx.data(), val.data());

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "deltamoe/core/dtype.h"
 #include "deltamoe/core/tensor.h"
@@ -16,9 +17,8 @@ namespace deltamoe::kernels {
 
 /// C[M,N] = alpha * op(A) * op(B) + beta * C through OpenBLAS (cblas_sgemm), row-major.
 /// op(A) is A[M,K] (or A[K,M] transposed when trans_a). Uses OpenBLAS's own threads.
-void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-           int64_t ldc);
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
 /// A weight matrix W[N,K] (PyTorch Linear layout: out_features x in_features) packed once for
 /// y = x · Wᵀ by our own kernels. Immutable after packing; share freely across threads.
@@ -31,14 +31,21 @@ class PackedLinear {
   /// Packs `w` (any dtype, shape [N, K]) into `dtype` (f32 or bf16). Throws Error("kernels")
   /// on bad shapes or dtype.
   PackedLinear(const Tensor& w, DType dtype);
+  /// Packs several weights into ONE allocation, each result a view of its part (sharing the
+  /// storage). Large allocations sit on 2 MiB pages rounded up to whole pages, so packing the
+  /// experts of a layer together avoids rounding each 1 MiB matrix (a bf16 [1024, 512]
+  /// expert) up to 2 MiB, which doubles resident memory.
+  static std::vector<PackedLinear> pack_all(const std::vector<Tensor>& ws, DType dtype);
 
   int64_t out_features() const { return n_; }
   int64_t in_features() const { return k_; }
   DType dtype() const { return dtype_; }
   /// Bytes of packed weights (what a decode step must read from memory).
-  size_t weight_bytes() const;
+  size_t weight_bytes() const { return bytes_; }
   /// Opaque packed data (layout private to kernels/cpu, see docs/kernels.md).
-  const void* data() const { return data_ ? data_->data() : nullptr; }
+  const void* data() const {
+    return data_ ? static_cast<const char*>(data_->data()) + offset_ : nullptr;
+  }
   /// Output columns per packed panel: column ranges passed to linear_st must start on a
   /// multiple of it. 32 for both dtypes and every shape (callers may probe it once).
   int64_t panel() const { return panel_; }
@@ -48,6 +55,12 @@ class PackedLinear {
   int64_t panel_ = 0;  // output columns per packed panel
   DType dtype_ = DType::f32;
   std::shared_ptr<Storage> data_;
+  size_t offset_ = 0, bytes_ = 0;  // this matrix's bytes within data_
+
+  /// Checks `w` and sets the shape fields; returns the packed size in bytes.
+  size_t plan(const Tensor& w, DType dtype);
+  /// Packs `w` (checked by plan) into dst.
+  void pack_into(const Tensor& w, void* dst) const;
 };
 
 /// y[m, n_begin:n_end] = x[m, K] · W[n_begin:n_end, :]ᵀ (+ y if accumulate). Single-threaded.

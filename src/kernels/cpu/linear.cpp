@@ -15,9 +15,8 @@
 
 namespace deltamoe::kernels {
 
-void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-           int64_t ldc) {
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   DELTAMOE_CHECK(m >= 0 && n >= 0 && k >= 0, "kernels", "sgemm: negative size m=", m, " n=", n,
                  " k=", k);
   DELTAMOE_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX && lda <= INT32_MAX &&
@@ -37,21 +36,27 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 
 // ---------------------------------------------------------------- packing
 
-PackedLinear::PackedLinear(const Tensor& w, DType dtype) : panel_(kPanel), dtype_(dtype) {
+size_t PackedLinear::plan(const Tensor& w, DType dtype) {
   DELTAMOE_CHECK(w.dim() == 2, "kernels", "PackedLinear: weight must be 2-D [N, K], got ",
                  shape_str(w.shape()));
   DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "kernels",
                  "PackedLinear: dtype must be f32 or bf16, not ", dtype_name(dtype));
+  panel_ = kPanel;
+  dtype_ = dtype;
   n_ = w.size(0);
   k_ = w.size(1);
-  DELTAMOE_CHECK(n_ > 0 && k_ > 0, "kernels", "PackedLinear: empty weight ",
-                 shape_str(w.shape()));
+  DELTAMOE_CHECK(n_ > 0 && k_ > 0, "kernels", "PackedLinear: empty weight ", shape_str(w.shape()));
+  const int64_t panels = (n_ + kPanel - 1) / kPanel;
+  bytes_ = dtype == DType::f32 ? static_cast<size_t>(panels * k_ * kPanel) * 4
+                               : static_cast<size_t>(panels * ((k_ + 1) / 2) * kPanel * 2) * 2;
+  return bytes_;
+}
+
+void PackedLinear::pack_into(const Tensor& w, void* out) const {
   const Tensor wf = (w.dtype() == DType::f32 && w.is_contiguous()) ? w : w.to(DType::f32);
   const float* src = wf.data<float>();
-  const int64_t panels = (n_ + kPanel - 1) / kPanel;
-  if (dtype == DType::f32) {
-    data_ = std::make_shared<Storage>(static_cast<size_t>(panels * k_ * kPanel) * 4);
-    float* dst = static_cast<float*>(data_->data());
+  if (dtype_ == DType::f32) {
+    float* dst = static_cast<float*>(out);
     for (int64_t n = 0; n < n_; ++n) {
       float* col = dst + (n / kPanel) * k_ * kPanel + n % kPanel;
       const float* row = src + n * k_;
@@ -59,8 +64,7 @@ PackedLinear::PackedLinear(const Tensor& w, DType dtype) : panel_(kPanel), dtype
     }
   } else {
     const int64_t k2 = (k_ + 1) / 2;
-    data_ = std::make_shared<Storage>(static_cast<size_t>(panels * k2 * kPanel * 2) * 2);
-    uint16_t* dst = static_cast<uint16_t*>(data_->data());
+    uint16_t* dst = static_cast<uint16_t*>(out);
     for (int64_t n = 0; n < n_; ++n) {
       uint16_t* col = dst + ((n / kPanel) * k2 * kPanel + n % kPanel) * 2;
       const float* row = src + n * k_;
@@ -69,15 +73,35 @@ PackedLinear::PackedLinear(const Tensor& w, DType dtype) : panel_(kPanel), dtype
   }
 }
 
-size_t PackedLinear::weight_bytes() const { return data_ ? data_->bytes() : 0; }
+PackedLinear::PackedLinear(const Tensor& w, DType dtype) {
+  data_ = std::make_shared<Storage>(plan(w, dtype));
+  pack_into(w, data_->data());
+}
+
+std::vector<PackedLinear> PackedLinear::pack_all(const std::vector<Tensor>& ws, DType dtype) {
+  std::vector<PackedLinear> out(ws.size());
+  size_t total = 0;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    out[i].offset_ = total;
+    total += (out[i].plan(ws[i], dtype) + kAlignment - 1) / kAlignment * kAlignment;
+  }
+  auto storage = std::make_shared<Storage>(std::max<size_t>(total, kAlignment));
+  for (size_t i = 0; i < ws.size(); ++i) {
+    out[i].data_ = storage;
+    out[i].pack_into(ws[i], static_cast<char*>(storage->data()) + out[i].offset_);
+  }
+  return out;
+}
 
 // ---------------------------------------------------------------- dispatch
 
 bool linear_impl_supported(LinearImpl impl, DType dtype) {
   const CpuFeatures& f = cpu_features();
   switch (impl) {
-    case LinearImpl::portable: return true;
-    case LinearImpl::avx2: return f.avx2 && f.fma;
+    case LinearImpl::portable:
+      return true;
+    case LinearImpl::avx2:
+      return f.avx2 && f.fma;
     case LinearImpl::avx512:
       // The kernels are compiled for F+BW+VL(+BF16), so require what the compiler may use.
       return f.avx512f && f.avx512bw && f.avx512vl && (dtype != DType::bf16 || f.avx512_bf16);
@@ -93,14 +117,19 @@ LinearImpl best_linear_impl(DType dtype) {
 
 const char* linear_impl_name(LinearImpl impl, DType dtype) {
   switch (impl) {
-    case LinearImpl::portable: return "portable";
-    case LinearImpl::avx2: return "avx2";
-    case LinearImpl::avx512: return dtype == DType::bf16 ? "avx512_bf16" : "avx512";
+    case LinearImpl::portable:
+      return "portable";
+    case LinearImpl::avx2:
+      return "avx2";
+    case LinearImpl::avx512:
+      return dtype == DType::bf16 ? "avx512_bf16" : "avx512";
   }
   return "unknown";
 }
 
-const char* linear_impl_name(DType dtype) { return linear_impl_name(best_linear_impl(dtype), dtype); }
+const char* linear_impl_name(DType dtype) {
+  return linear_impl_name(best_linear_impl(dtype), dtype);
+}
 
 namespace {
 void check_linear_args(const float* x, int64_t m, int64_t ldx, const PackedLinear& w,
@@ -108,8 +137,8 @@ void check_linear_args(const float* x, int64_t m, int64_t ldx, const PackedLinea
   DELTAMOE_CHECK(w.data() != nullptr, "kernels", "linear: weight is not packed");
   DELTAMOE_CHECK(m >= 0, "kernels", "linear: negative row count ", m);
   DELTAMOE_CHECK(0 <= n_begin && n_begin <= n_end && n_end <= w.out_features(), "kernels",
-                 "linear: column range [", n_begin, ", ", n_end, ") outside [0, ",
-                 w.out_features(), ")");
+                 "linear: column range [", n_begin, ", ", n_end, ") outside [0, ", w.out_features(),
+                 ")");
   DELTAMOE_CHECK(n_begin % kPanel == 0, "kernels", "linear: n_begin=", n_begin,
                  " is not a multiple of the panel width ", kPanel);
   DELTAMOE_CHECK(m <= 1 || ldx >= w.in_features(), "kernels", "linear: ldx=", ldx,
@@ -123,16 +152,21 @@ void check_linear_args(const float* x, int64_t m, int64_t ldx, const PackedLinea
 void run_impl(LinearImpl impl, const LinearArgs& a) {
   const bool bf = a.w->dtype() == DType::bf16;
   switch (impl) {
-    case LinearImpl::portable: bf ? linear_bf16_portable(a) : linear_f32_portable(a); return;
-    case LinearImpl::avx2: bf ? linear_bf16_avx2(a) : linear_f32_avx2(a); return;
-    case LinearImpl::avx512: bf ? linear_bf16_avx512(a) : linear_f32_avx512(a); return;
+    case LinearImpl::portable:
+      bf ? linear_bf16_portable(a) : linear_f32_portable(a);
+      return;
+    case LinearImpl::avx2:
+      bf ? linear_bf16_avx2(a) : linear_f32_avx2(a);
+      return;
+    case LinearImpl::avx512:
+      bf ? linear_bf16_avx512(a) : linear_f32_avx512(a);
+      return;
   }
 }
 }  // namespace
 
-void linear_st_impl(LinearImpl impl, const float* x, int64_t m, int64_t ldx,
-                    const PackedLinear& w, int64_t n_begin, int64_t n_end, float* y,
-                    int64_t ldy, bool accumulate) {
+void linear_st_impl(LinearImpl impl, const float* x, int64_t m, int64_t ldx, const PackedLinear& w,
+                    int64_t n_begin, int64_t n_end, float* y, int64_t ldy, bool accumulate) {
   check_linear_args(x, m, ldx, w, n_begin, n_end, y, ldy);
   DELTAMOE_CHECK(linear_impl_supported(impl, w.dtype()), "kernels", "linear: implementation ",
                  linear_impl_name(impl, w.dtype()), " is not supported on this CPU");
@@ -144,7 +178,8 @@ void linear_st(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, in
                int64_t n_end, float* y, int64_t ldy, bool accumulate) {
   check_linear_args(x, m, ldx, w, n_begin, n_end, y, ldy);
   if (m == 0 || n_begin == n_end) return;
-  run_impl(best_linear_impl(w.dtype()), LinearArgs{x, m, ldx, &w, n_begin, n_end, y, ldy, accumulate});
+  run_impl(best_linear_impl(w.dtype()),
+           LinearArgs{x, m, ldx, &w, n_begin, n_end, y, ldy, accumulate});
 }
 
 void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float* y, int64_t ldy,
@@ -175,8 +210,8 @@ void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float
       const int64_t ne = std::min(n, panels * (c + 1) / col_chunks * kPanel);
       const int64_t rb = m * r / row_chunks, re = m * (r + 1) / row_chunks;
       if (nb == ne || rb == re) continue;
-      run_impl(impl, LinearArgs{x + rb * ldx, re - rb, ldx, &w, nb, ne, y + rb * ldy, ldy,
-                                accumulate});
+      run_impl(impl,
+               LinearArgs{x + rb * ldx, re - rb, ldx, &w, nb, ne, y + rb * ldy, ldy, accumulate});
     }
   });
 }
@@ -228,8 +263,8 @@ void linear_portable(const LinearArgs& a) {
       for (int64_t k = 0; k < k_dim; ++k) {
         float wk[kPanel];
         if constexpr (kBf16) {
-          const uint16_t* wp = static_cast<const uint16_t*>(a.w->data()) +
-                               ((p * k2 + k / 2) * kPanel) * 2 + (k & 1);
+          const uint16_t* wp =
+              static_cast<const uint16_t*>(a.w->data()) + ((p * k2 + k / 2) * kPanel) * 2 + (k & 1);
           for (int64_t c = 0; c < kPanel; ++c) wk[c] = bf16_to_f32(wp[2 * c]);
         } else {
           const float* wp = static_cast<const float*>(a.w->data()) + (p * k_dim + k) * kPanel;
@@ -250,7 +285,11 @@ void linear_portable(const LinearArgs& a) {
 }
 }  // namespace
 
-void linear_f32_portable(const LinearArgs& a) { linear_portable<false>(a); }
-void linear_bf16_portable(const LinearArgs& a) { linear_portable<true>(a); }
+void linear_f32_portable(const LinearArgs& a) {
+  linear_portable<false>(a);
+}
+void linear_bf16_portable(const LinearArgs& a) {
+  linear_portable<true>(a);
+}
 
 }  // namespace deltamoe::kernels
