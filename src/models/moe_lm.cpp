@@ -30,7 +30,7 @@ Tensor concat_rows(const std::vector<Tensor>& parts) {
   Tensor out({rows, cols}, DType::f32);
   float* dst = out.data<float>();
   for (const Tensor& p : parts) {
-    const Tensor f = p.to(DType::f32);
+    const Tensor f = p.dtype() == DType::f32 && p.is_contiguous() ? p : p.to(DType::f32);
     std::memcpy(dst, f.data<float>(), f.nbytes());
     dst += f.numel();
   }

@@ -94,7 +94,11 @@ int64_t interleave_block_for(DType dtype) {
 Tensor interleave_swiglu(const Tensor& w1_in, const Tensor& w3_in, int64_t q) {
   const int64_t i = w1_in.size(0), h = w1_in.size(1);
   Tensor w13({2 * i, h}, DType::f32);
-  const Tensor w1 = w1_in.to(DType::f32), w3 = w3_in.to(DType::f32);
+  // f32 views (of a mapped checkpoint) are read in place; only other dtypes are converted.
+  const auto as_f32 = [](const Tensor& t) {
+    return t.dtype() == DType::f32 && t.is_contiguous() ? t : t.to(DType::f32);
+  };
+  const Tensor w1 = as_f32(w1_in), w3 = as_f32(w3_in);
   float* dst = w13.data<float>();
   const float* s1 = w1.data<float>();
   const float* s3 = w3.data<float>();
