@@ -1,11 +1,8 @@
 // AVX2/FMA fallback kernels for y = x · Wᵀ on the packed layout of linear_impl.h (for CPUs
 // without AVX-512, and for DELTAMOE_DISABLE_AVX512=1).
 //
-// 16 ymm registers. f32: blocks of 6 rows run a 6 x 16 microkernel over each half of a
-// 32-column panel (12 accumulators, 2 weight registers, 1 broadcast: 8 loads per 12 FMAs, so
-// the FMA units, not the two load ports, set the pace); fewer rows take a 1-3 row x 32 column
-// kernel whose FMAs read the weights from L1 as memory operands (decode is bound by memory,
-// not by either).
+// 16 ymm registers: a 32-column panel is 4 ymm, so the f32 microkernel takes 3 rows
+// (12 accumulators) and lets the FMAs read the weights from L1 as memory operands.
 // bf16 weights are widened to f32 in registers (a bf16 pair word w: low half << 16 is the
 // even k, high half masked is the odd k), 2 rows x 4 ymm. x is rounded to bf16 first so all
 // bf16 implementations compute the same products.
@@ -57,35 +54,6 @@ DM_AVX2 void micro_f32(const float* x, int64_t ldx, const float* w, int64_t kc, 
     for (int j = 0; j < 4; ++j) _mm256_maskstore_ps(y + r * ldy + 8 * j, mask[j], c[r][j]);
 }
 
-// MR rows x 16 columns (one half of a 32-column panel: w points at the half's first column,
-// rows of the panel are 32 floats apart).
-template <int MR>
-DM_AVX2 void micro_f32_16(const float* x, int64_t ldx, const float* w, int64_t kc, float* y,
-                          int64_t ldy, int64_t cols, bool load_c) {
-  __m256 c[MR][2];
-  const __m256i mask0 = tail_mask(cols), mask1 = tail_mask(cols - 8);
-#pragma GCC unroll 6
-  for (int r = 0; r < MR; ++r) {
-    c[r][0] = load_c ? _mm256_maskload_ps(y + r * ldy, mask0) : _mm256_setzero_ps();
-    c[r][1] = load_c ? _mm256_maskload_ps(y + r * ldy + 8, mask1) : _mm256_setzero_ps();
-  }
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m256 w0 = _mm256_load_ps(w), w1 = _mm256_load_ps(w + 8);
-#pragma GCC unroll 6
-    for (int r = 0; r < MR; ++r) {
-      const __m256 b = _mm256_broadcast_ss(x + r * ldx + k);
-      c[r][0] = _mm256_fmadd_ps(b, w0, c[r][0]);
-      c[r][1] = _mm256_fmadd_ps(b, w1, c[r][1]);
-    }
-    w += 32;
-  }
-#pragma GCC unroll 6
-  for (int r = 0; r < MR; ++r) {
-    _mm256_maskstore_ps(y + r * ldy, mask0, c[r][0]);
-    _mm256_maskstore_ps(y + r * ldy + 8, mask1, c[r][1]);
-  }
-}
-
 // xr: bf16-rounded x as f32, row stride ldxr (even, zero padded); w: 64 bf16 per k-pair.
 template <int MR>
 DM_AVX2 void micro_bf16(const float* xr, int64_t ldxr, const uint16_t* w, int64_t k2c, float* y,
@@ -123,7 +91,7 @@ DM_AVX2 void micro_bf16(const float* xr, int64_t ldxr, const uint16_t* w, int64_
 }  // namespace
 
 DM_AVX2 void linear_f32_avx2(const LinearArgs& a) {
-  constexpr int kMr = 3, kMr6 = 6;
+  constexpr int kMr = 3;
   const int64_t k_dim = a.w->in_features();
   const float* w_all = static_cast<const float*>(a.w->data());
   for (int64_t rb = 0; rb < a.m; rb += kMc) {
@@ -135,29 +103,13 @@ DM_AVX2 void linear_f32_avx2(const LinearArgs& a) {
       for (int64_t k0 = 0; k0 < k_dim; k0 += kc_max) {
         const int64_t kc = std::min(kc_max, k_dim - k0);
         const bool load_c = a.accumulate || k0 > 0;
-        int64_t r0 = 0;
-        for (; r0 + kMr6 <= rows; r0 += kMr6) {
-          const float* x = a.x + (rb + r0) * a.ldx + k0;
-          float* y = a.y + (rb + r0) * a.ldy + n0;
-          micro_f32_16<kMr6>(x, a.ldx, wp + k0 * kPanel, kc, y, a.ldy, std::min<int64_t>(cols, 16),
-                             load_c);
-          if (cols > 16)
-            micro_f32_16<kMr6>(x, a.ldx, wp + k0 * kPanel + 16, kc, y + 16, a.ldy, cols - 16,
-                               load_c);
-        }
-        for (; r0 < rows; r0 += kMr) {
+        for (int64_t r0 = 0; r0 < rows; r0 += kMr) {
           const float* x = a.x + (rb + r0) * a.ldx + k0;
           float* y = a.y + (rb + r0) * a.ldy + n0;
           switch (std::min<int64_t>(kMr, rows - r0)) {
-            case 1:
-              micro_f32<1>(x, a.ldx, wp + k0 * kPanel, kc, y, a.ldy, cols, load_c);
-              break;
-            case 2:
-              micro_f32<2>(x, a.ldx, wp + k0 * kPanel, kc, y, a.ldy, cols, load_c);
-              break;
-            default:
-              micro_f32<3>(x, a.ldx, wp + k0 * kPanel, kc, y, a.ldy, cols, load_c);
-              break;
+            case 1: micro_f32<1>(x, a.ldx, wp + k0 * kPanel, kc, y, a.ldy, cols, load_c); break;
+            case 2: micro_f32<2>(x, a.ldx, wp + k0 * kPanel, kc, y, a.ldy, cols, load_c); break;
+            default: micro_f32<3>(x, a.ldx, wp + k0 * kPanel, kc, y, a.ldy, cols, load_c); break;
           }
         }
       }
