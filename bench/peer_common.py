@@ -1,0 +1,179 @@
+"""Helpers shared by the peer benchmarks (peer_llamacpp.py, peer_hf.py, peer_make_model.py):
+logging, one-line errors, the machine (lscpu, load), the Hugging Face model directory, and the
+deltamoe side (`deltamoe bench model --json`), which is reported as missing when the binary
+lacks the subcommand."""
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER_DIR = os.environ.get("DELTAMOE_PEER_DIR", "/work/peer")
+DEFAULT_MODEL = os.path.join(PEER_DIR, "models", "ref-mixtral")
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def die(msg, code=2):
+    """One-line error on stderr and a non-zero exit."""
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def emit(obj, as_json):
+    """The result: one JSON object on stdout with --json, otherwise indented for reading."""
+    if as_json:
+        print(json.dumps(obj, sort_keys=True))
+    else:
+        print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def ratio(a, b):
+    return round(a / b, 4) if a and b else None
+
+
+def cpu_info():
+    """`lscpu` model name, the SIMD flags that matter for these kernels, and the core count."""
+    info = {"model_name": None, "flags": [], "cpus": os.cpu_count()}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return info
+    for line in out.splitlines():
+        key, _, val = line.partition(":")
+        if key.strip() == "Model name":
+            info["model_name"] = val.strip()
+        elif key.strip() == "Flags":
+            info["flags"] = [f for f in val.split() if re.match(r"(avx|amx|fma|f16c|sse4)", f)]
+        elif key.strip() in ("CPU family", "Model"):
+            info[key.strip().lower().replace(" ", "_")] = val.strip()
+    return info
+
+
+def _cpu_times():
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + vals[4]
+    return sum(vals), idle
+
+
+def machine_busy(seconds=1.0):
+    """Fraction of all CPUs busy over `seconds` (sampled from /proc/stat while we sleep) and the
+    1-minute load average: taken before each measurement so a noisy machine shows in the JSON."""
+    t0, i0 = _cpu_times()
+    time.sleep(seconds)
+    t1, i1 = _cpu_times()
+    busy = 1.0 - (i1 - i0) / max(1, t1 - t0)
+    return {"busy_fraction": round(busy, 3), "loadavg_1m": float(open("/proc/loadavg").read().split()[0])}
+
+
+def wait_quiet(max_busy, timeout_s):
+    """Waits (up to timeout_s) until the machine is at most max_busy busy; returns the last sample."""
+    t_end = time.time() + timeout_s
+    while True:
+        s = machine_busy(2.0)
+        if s["busy_fraction"] <= max_busy or time.time() >= t_end:
+            if s["busy_fraction"] > max_busy:
+                log(f"machine still busy ({s['busy_fraction']:.0%}) after waiting {timeout_s:.0f} s; measuring anyway")
+            return s
+        log(f"machine busy ({s['busy_fraction']:.0%} of the CPUs, load {s['loadavg_1m']}); waiting")
+        time.sleep(10)
+
+
+# --- the Hugging Face model directory -------------------------------------------------------
+
+def hf_config(model_dir):
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        die(f"{model_dir}: no config.json (expected a Hugging Face model directory)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def rope_theta(cfg):
+    if "rope_theta" in cfg:
+        return float(cfg["rope_theta"])
+    rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if "rope_theta" in rp:
+        return float(rp["rope_theta"])
+    return 10000.0
+
+
+def model_fingerprint(model_dir):
+    """Sizes and mtimes of the weight files: a GGUF made from the same files can be reused."""
+    parts = []
+    for name in sorted(os.listdir(model_dir)):
+        if name.endswith((".safetensors", ".json")):
+            st = os.stat(os.path.join(model_dir, name))
+            parts.append(f"{name}:{st.st_size}:{int(st.st_mtime)}")
+    return "|".join(parts)
+
+
+# --- the deltamoe side ----------------------------------------------------------------------
+
+def deltamoe_status(binary):
+    """(True, None) when `BINARY bench model --help` works, else (False, why)."""
+    if not binary or not (os.path.isfile(binary) or shutil.which(binary)):
+        return False, f"no deltamoe binary at {binary} (build it: cmake --preset default && cmake --build --preset default)"
+    r = subprocess.run([binary, "bench", "model", "--help"], capture_output=True, text=True)
+    if r.returncode != 0:
+        first = (r.stderr.strip() or r.stdout.strip()).splitlines()[:1]
+        return False, f"`{binary} bench model` is not available in this build ({first[0] if first else 'rc ' + str(r.returncode)})"
+    return True, None
+
+
+def _find_tps(obj, kinds):
+    """The tokens/s figure for one phase in a `deltamoe bench model --json` object. Accepted
+    shapes: {"pp512": {"tokens_per_s": x}}, {"pp": {...}}, {"prompt": {...}},
+    {"pp_tokens_per_s": x}, {"prefill_tokens_per_s": x}, or a "tests" list of llama-bench-like
+    rows {"n_prompt", "n_gen", "tokens_per_s"|"avg_ts"}."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            kl = k.lower()
+            if any(re.fullmatch(rf"{p}\d*", kl) or kl.startswith(p + "_") for p in kinds):
+                if isinstance(v, (int, float)) and "tokens_per_s" in kl:
+                    return float(v)
+                if isinstance(v, dict):
+                    for key in ("tokens_per_s", "median_tokens_per_s", "avg_ts"):
+                        if isinstance(v.get(key), (int, float)):
+                            return float(v[key])
+        for k in ("tests", "results", "rows"):
+            for row in obj.get(k, []) if isinstance(obj.get(k), list) else []:
+                if not isinstance(row, dict):
+                    continue
+                is_pp = row.get("n_prompt", 0) > 0 and row.get("n_gen", 0) == 0
+                is_tg = row.get("n_gen", 0) > 0 and row.get("n_prompt", 0) == 0
+                if (is_pp and "pp" in kinds) or (is_tg and "tg" in kinds):
+                    for key in ("tokens_per_s", "avg_ts"):
+                        if isinstance(row.get(key), (int, float)):
+                            return float(row[key])
+    return None
+
+
+def run_deltamoe(binary, model_dir, dtype, n_prompt, n_gen, threads, timeout=1800, extra=()):
+    """One `deltamoe bench model ... --json` run: {"pp_tokens_per_s", "tg_tokens_per_s", "raw",
+    "wall_s"}; raises RuntimeError with the command's last stderr line when it fails."""
+    cmd = [binary, "bench", "model", "--model", model_dir, "-p", str(n_prompt), "-n", str(n_gen),
+           "--threads", str(threads), "--dtype", dtype, "--json", *extra]
+    log("run: " + " ".join(cmd))
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    wall = time.time() - t0
+    if r.returncode != 0:
+        tail = r.stderr.strip().splitlines()[-1:] or [f"rc {r.returncode}"]
+        raise RuntimeError(f"{' '.join(cmd)}: {tail[0]}")
+    raw = json.loads(r.stdout)
+    return {"pp_tokens_per_s": _find_tps(raw, ("pp", "prompt", "prefill")),
+            "tg_tokens_per_s": _find_tps(raw, ("tg", "gen", "generation", "decode")),
+            "raw": raw, "wall_s": round(wall, 2)}
