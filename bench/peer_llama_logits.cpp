@@ -4,10 +4,13 @@
 // Not part of the deltamoe build: bench/peer_llamacpp.py compiles it against a llama.cpp build
 // (include/llama.h, libllama.so) with `peer_llamacpp.py build`.
 //
-// usage: peer_llama_logits MODEL.gguf OUT.f32 TOKENS [N_GEN] [THREADS]
+// usage: peer_llama_logits MODEL.gguf OUT.f32 TOKENS [N_GEN] [THREADS] [MODE]
 //   TOKENS  comma-separated prompt token ids, fed in one batch (the prompt path) with logits
 //           kept for every position; or text:STRING, tokenized by llama.cpp
 //   N_GEN   greedy steps after the prompt, one token per llama_decode (the decode path, KV cache)
+//   MODE    default: llama.cpp's defaults (f16 KV cache, flash attention auto, which is on for
+//           the CPU and rounds attention to f16 even with an f32 cache); exact: f32 KV cache and
+//           no flash attention, for a check at f32 precision
 //   writes  (n_prompt + N_GEN) rows of n_vocab f32 logits to OUT.f32: row i is the logits after
 //           input position i. Prints {"n_vocab": V, "prompt": [...], "generated": [...]} on stdout.
 #include "llama.h"
@@ -19,7 +22,8 @@
 #include <vector>
 
 static void quiet_log(ggml_log_level level, const char * text, void *) {
-    if (level >= GGML_LOG_LEVEL_WARN) fputs(text, stderr);
+    static const bool verbose = getenv("PEER_LLAMA_VERBOSE") != nullptr;
+    if (verbose || level >= GGML_LOG_LEVEL_WARN) fputs(text, stderr);
 }
 
 static int argmax(const float * v, int n) {
@@ -30,7 +34,7 @@ static int argmax(const float * v, int n) {
 
 int main(int argc, char ** argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: %s MODEL.gguf OUT.f32 TOKENS [N_GEN] [THREADS]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL.gguf OUT.f32 TOKENS [N_GEN] [THREADS] [MODE]\n", argv[0]);
         return 2;
     }
     const char * model_path = argv[1];
@@ -45,6 +49,8 @@ int main(int argc, char ** argv) {
     }
     const int n_gen = argc > 4 ? atoi(argv[4]) : 0;
     const int threads = argc > 5 ? atoi(argv[5]) : 2;
+    const std::string mode = argc > 6 ? argv[6] : "default";
+    if (mode != "default" && mode != "exact") { fprintf(stderr, "error: MODE is default or exact\n"); return 2; }
     if ((prompt.empty() && text.empty()) || n_gen < 0 || threads < 1) { fprintf(stderr, "error: bad arguments\n"); return 2; }
 
     llama_log_set(quiet_log, nullptr);
@@ -68,6 +74,10 @@ int main(int argc, char ** argv) {
     cp.n_batch = cp.n_ubatch = (uint32_t) prompt.size();
     cp.n_threads = cp.n_threads_batch = threads;
     cp.no_perf = true;
+    if (mode == "exact") {
+        cp.type_k = cp.type_v = GGML_TYPE_F32;
+        cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    }
     llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) { fprintf(stderr, "error: cannot create a context\n"); return 1; }
 
