@@ -78,6 +78,35 @@ def machine_busy(seconds=1.0):
     return {"busy_fraction": round(busy, 3), "loadavg_1m": float(open("/proc/loadavg").read().split()[0])}
 
 
+class OthersMeter:
+    """CPU used by other processes while one of our child commands runs: the machine's busy
+    jiffies (/proc/stat) minus our children's CPU time (getrusage), over the wall time and all
+    CPUs. `with OthersMeter() as m: run(...)`, then m.result()."""
+
+    def __enter__(self):
+        import resource
+        self._ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._t, self._i = _cpu_times()
+        self._w = time.time()
+        return self
+
+    def __exit__(self, *exc):
+        import resource
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t, i = _cpu_times()
+        tick = os.sysconf("SC_CLK_TCK")
+        ncpu = os.cpu_count() or 1
+        wall = max(1e-6, time.time() - self._w)
+        busy_s = ((t - self._t) - (i - self._i)) / tick
+        ours_s = (ru.ru_utime - self._ru.ru_utime) + (ru.ru_stime - self._ru.ru_stime)
+        self.others_fraction = min(1.0, max(0.0, busy_s - ours_s) / (wall * ncpu))
+        self.ours_cores = ours_s / wall
+        return False
+
+    def result(self):
+        return {"others_cpu_fraction": round(self.others_fraction, 3), "our_cores": round(self.ours_cores, 2)}
+
+
 def wait_quiet(max_busy, timeout_s):
     """Waits (up to timeout_s) until the machine is at most max_busy busy; returns the last sample."""
     t_end = time.time() + timeout_s
@@ -177,3 +206,20 @@ def run_deltamoe(binary, model_dir, dtype, n_prompt, n_gen, threads, timeout=180
     return {"pp_tokens_per_s": _find_tps(raw, ("pp", "prompt", "prefill")),
             "tg_tokens_per_s": _find_tps(raw, ("tg", "gen", "generation", "decode")),
             "raw": raw, "wall_s": round(wall, 2)}
+
+
+def measured(label, fn, max_busy=0.15, wait_s=0.0, retries=2):
+    """Runs fn() and returns (its result, load records). With wait_s > 0 it first waits (up to
+    wait_s) for a quiet machine, and a run during which other processes used more than max_busy
+    of the CPUs is discarded and repeated (at most `retries` times; the last one is kept)."""
+    records = []
+    for attempt in range(retries + 1):
+        sample = wait_quiet(max_busy, wait_s) if wait_s > 0 else machine_busy(1.0)
+        with OthersMeter() as m:
+            res = fn()
+        rec = {"run": label, "attempt": attempt, "before": sample, **m.result()}
+        records.append(rec)
+        if wait_s <= 0 or m.others_fraction <= max_busy or attempt == retries:
+            return res, records
+        rec["discarded"] = True
+        log(f"{label}: other processes used {m.others_fraction:.0%} of the CPUs during the run; repeating it")

@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peer_common import (DEFAULT_MODEL, REPO, cpu_info, deltamoe_status, die, emit, hf_config, log,  # noqa: E402
-                         machine_busy, median, ratio, run_deltamoe, wait_quiet)
+                         measured, median, ratio, run_deltamoe)
 
 
 def child(args):
@@ -110,8 +110,11 @@ def main():
     ap.add_argument("--deltamoe", default=os.path.join(REPO, "build", "deltamoe"),
                     help="deltamoe binary (default: build/deltamoe of this repo)")
     ap.add_argument("--max-busy", type=float, default=0.15,
-                    help="with --wait-quiet: busy fraction to wait for before each round (default: 0.15)")
-    ap.add_argument("--wait-quiet", type=float, default=0, help="seconds to wait for a quiet machine (default: 0)")
+                    help="with --wait-quiet: the busy fraction of the CPUs counted as quiet (default: 0.15)")
+    ap.add_argument("--wait-quiet", type=float, default=0,
+                    help="seconds to wait for a quiet machine before each run (default: 0, don't wait); a run during "
+                         "which other processes used more than --max-busy is then repeated")
+    ap.add_argument("--retries", type=int, default=2, help="with --wait-quiet: repeats of a disturbed run (default: 2)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds for one run (default: 1800)")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -126,7 +129,7 @@ def main():
             die(f"needs torch and transformers ({e})")
         return
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401  (checked here, used in the child)
         import transformers  # noqa: F401
     except ImportError as e:
         die(f"needs torch and transformers ({e}); try /work/venv-hf/bin/python")
@@ -144,22 +147,22 @@ def main():
     load, errors = [], []
     for rnd in range(args.rounds):
         for d in dtypes:
-            sample = wait_quiet(args.max_busy, args.wait_quiet) if args.wait_quiet > 0 else machine_busy(1.0)
-            load.append({"round": rnd, "dtype": d, "before": "transformers", **sample})
+            q = dict(max_busy=args.max_busy, wait_s=args.wait_quiet, retries=args.retries)
             try:
-                r = run_child(args, d)
+                r, rec = measured(f"transformers {d} round {rnd}", lambda: run_child(args, d), **q)
                 runs[d]["transformers"].append(r)
+                load += rec
                 log(f"round {rnd + 1}/{args.rounds} {d}: transformers {pp} {r['pp_tokens_per_s']:.1f} "
                     f"{tg} {r['tg_tokens_per_s']:.2f} t/s")
             except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
                 errors.append(str(e))
                 log(str(e))
             if dm_ok:
-                sample = machine_busy(1.0)
-                load.append({"round": rnd, "dtype": d, "before": "deltamoe", **sample})
                 try:
-                    runs[d]["deltamoe"].append(run_deltamoe(args.deltamoe, args.model, d, args.n_prompt, args.n_gen,
-                                                            args.threads, timeout=args.timeout))
+                    res, rec = measured(f"deltamoe {d} round {rnd}", lambda: run_deltamoe(
+                        args.deltamoe, args.model, d, args.n_prompt, args.n_gen, args.threads, timeout=args.timeout), **q)
+                    runs[d]["deltamoe"].append(res)
+                    load += rec
                 except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
                     errors.append(str(e))
                     log(str(e))

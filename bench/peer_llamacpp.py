@@ -27,7 +27,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -35,7 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peer_common import (DEFAULT_MODEL, PEER_DIR, REPO, cpu_info, deltamoe_status, die, emit, hf_config,  # noqa: E402
-                         log, machine_busy, median, model_fingerprint, ratio, run_deltamoe, wait_quiet)
+                         log, measured, median, model_fingerprint, ratio, run_deltamoe)
 
 DEFAULT_SRC = os.path.join(PEER_DIR, "llama.cpp-src")
 DEFAULT_BUILD = os.path.join(PEER_DIR, "llama.cpp-build")
@@ -334,25 +333,26 @@ def cmd_bench(args):
     errors = []
     for rnd in range(args.rounds):
         for d in dtypes:
-            sample = wait_quiet(args.max_busy, args.wait_quiet) if args.wait_quiet > 0 else machine_busy(1.0)
-            load.append({"round": rnd, "dtype": d, "before": "llama_cpp", **sample})
+            q = dict(max_busy=args.max_busy, wait_s=args.wait_quiet, retries=args.retries)
             try:
-                runs[d]["llama_cpp"].append(run_llama_bench(args, ggufs[d]))
+                res, rec = measured(f"llama_cpp {d} round {rnd}", lambda: run_llama_bench(args, ggufs[d]), **q)
+                runs[d]["llama_cpp"].append(res)
+                load += rec
+                log(f"round {rnd + 1}/{args.rounds} {d}: llama.cpp {pp} {res['pp_tokens_per_s']:.1f} "
+                    f"{tg} {res['tg_tokens_per_s']:.2f} t/s")
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 errors.append(str(e))
                 log(str(e))
             if dm_ok and d in ("f32", "bf16"):
-                sample = machine_busy(1.0)
-                load.append({"round": rnd, "dtype": d, "before": "deltamoe", **sample})
                 try:
-                    runs[d]["deltamoe"].append(run_deltamoe(args.deltamoe, args.model, d, args.n_prompt, args.n_gen,
-                                                            args.threads, timeout=args.timeout))
+                    res, rec = measured(f"deltamoe {d} round {rnd}", lambda: run_deltamoe(
+                        args.deltamoe, args.model, d, args.n_prompt, args.n_gen, args.threads, timeout=args.timeout), **q)
+                    runs[d]["deltamoe"].append(res)
+                    load += rec
+                    log(f"round {rnd + 1}/{args.rounds} {d}: deltamoe {pp} {res['pp_tokens_per_s']} {tg} {res['tg_tokens_per_s']} t/s")
                 except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
                     errors.append(str(e))
                     log(str(e))
-            lr = runs[d]["llama_cpp"][-1] if runs[d]["llama_cpp"] else {}
-            log(f"round {rnd + 1}/{args.rounds} {d}: llama.cpp {pp} {lr.get('pp_tokens_per_s', 0):.1f} "
-                f"{tg} {lr.get('tg_tokens_per_s', 0):.2f} t/s")
 
     results = {}
     for d in dtypes:
@@ -427,8 +427,11 @@ def main():
     be.add_argument("--reps", type=int, default=1, help="llama-bench -r within one run")
     be.add_argument("--deltamoe", default=os.path.join(REPO, "build", "deltamoe"), help="deltamoe binary")
     be.add_argument("--max-busy", type=float, default=0.15,
-                    help="with --wait-quiet: wait until at most this fraction of the CPUs is busy before each round")
-    be.add_argument("--wait-quiet", type=float, default=0, help="seconds to wait for a quiet machine (0: don't wait)")
+                    help="with --wait-quiet: the busy fraction of the CPUs counted as quiet")
+    be.add_argument("--wait-quiet", type=float, default=0,
+                    help="seconds to wait for a quiet machine before each run (0: don't wait); a run during which "
+                         "other processes used more than --max-busy is then repeated")
+    be.add_argument("--retries", type=int, default=2, help="with --wait-quiet: repeats of a disturbed run")
     be.add_argument("--timeout", type=float, default=1800, help="seconds for one run")
 
     argv = sys.argv[1:]
