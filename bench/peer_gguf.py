@@ -1,5 +1,8 @@
-"""Hugging Face Mixtral directory -> GGUF (llama.cpp's `llama` architecture with experts), with
-PyPI `gguf`; our own converter, used by peer_llamacpp.py (benchmark baseline only).
+"""Hugging Face MoE directory -> GGUF, with PyPI `gguf`; our own converter, used by
+peer_llamacpp.py (benchmark baseline only). Mixtral becomes llama.cpp's `llama` architecture with
+experts; Qwen2-MoE (`qwen2moe`, shared expert with its sigmoid gate, q/k/v biases) and OLMoE
+(`olmoe`, q/k RMSNorm) are converted too. The tokenizer must be a SentencePiece-style
+tokenizer.json (peer_make_model.py gives every preset Mixtral's).
 
 What llama.cpp expects (read from its convert_hf_to_gguf.py / conversion/llama.py and
 src/models/llama.cpp, vendored in llama-cpp-python 0.3.36):
@@ -150,33 +153,67 @@ def spm_vocab_from_tokenizer_json(model_dir, n_vocab):
 
 # --- the conversion -------------------------------------------------------------------------
 
-def _mixtral_expert_source(st, bid, n_experts):
+# HF architecture -> llama.cpp architecture and where its tensors are. llama.cpp runs Mixtral as
+# `llama` (rope type NORM: Q/K rows permuted, router weights renormalised after top-k);
+# Qwen2-MoE and OLMoE use rope type NEOX (HF's own layout, no permutation) and do not
+# renormalise, so checkpoints with norm_topk_prob = true are refused for them.
+ARCHS = {
+    "MixtralForCausalLM": dict(gguf="llama", permute=True, moe="block_sparse_moe", experts=("w1", "w3", "w2"),
+                               n_experts="num_local_experts"),
+    "Qwen2MoeForCausalLM": dict(gguf="qwen2moe", permute=False, moe="mlp", experts=("gate_proj", "up_proj", "down_proj"),
+                                n_experts="num_experts", qkv_bias=True, shared_expert=True),
+    "OlmoeForCausalLM": dict(gguf="olmoe", permute=False, moe="mlp", experts=("gate_proj", "up_proj", "down_proj"),
+                             n_experts="num_experts", qk_norm=True),
+}
+
+
+def arch_of(cfg, model_dir):
+    name = (cfg.get("architectures") or [None])[0]
+    if name not in ARCHS:
+        die(f"{model_dir}: architecture {name} is not converted (one of {', '.join(ARCHS)})")
+    a = ARCHS[name]
+    if a["gguf"] != "llama":
+        if cfg.get("norm_topk_prob"):
+            die(f"{model_dir}: norm_topk_prob = true, but llama.cpp's {a['gguf']} does not renormalise top-k weights")
+        if cfg.get("mlp_only_layers") or cfg.get("decoder_sparse_step", 1) != 1:
+            die(f"{model_dir}: dense (mlp_only_layers / decoder_sparse_step) layers are not converted")
+        if a.get("qk_norm") and cfg.get("num_key_value_heads", cfg["num_attention_heads"]) != cfg["num_attention_heads"]:
+            die(f"{model_dir}: llama.cpp's olmoe wants k_norm over n_embd, so GQA is not converted")
+        if cfg.get("clip_qkv"):
+            die(f"{model_dir}: clip_qkv is not converted")
+    return a
+
+
+def _expert_source(st, bid, a, n_experts):
     """(gate [E,I,H], up [E,I,H], down [E,H,I]) producers for layer bid, per-expert or fused."""
-    p = f"model.layers.{bid}.block_sparse_moe.experts"
-    if f"{p}.0.w1.weight" in st:
+    p = f"model.layers.{bid}.{a['moe']}.experts"
+    g, u, d = a["experts"]
+    if f"{p}.0.{g}.weight" in st:
         def stack(w):
             return lambda: np.stack([st.f32(f"{p}.{e}.{w}.weight") for e in range(n_experts)])
-        return stack("w1"), stack("w3"), stack("w2"), st.shape(f"{p}.0.w1.weight"), st.shape(f"{p}.0.w2.weight")
+        return stack(g), stack(u), stack(d), st.shape(f"{p}.0.{g}.weight"), st.shape(f"{p}.0.{d}.weight")
     q = f"model.layers.{bid}.mlp.experts"
     if f"{q}.gate_up_proj" in st:  # transformers 5 fused layout [E, 2I, H] / [E, H, I]
         e, two_i, h = st.shape(f"{q}.gate_up_proj")
         i = two_i // 2
         return (lambda: st.f32(f"{q}.gate_up_proj")[:, :i, :], lambda: st.f32(f"{q}.gate_up_proj")[:, i:, :],
                 lambda: st.f32(f"{q}.down_proj"), (i, h), st.shape(f"{q}.down_proj")[1:])
-    die(f"layer {bid}: no Mixtral expert tensors ({p}.E.w1.weight or {q}.gate_up_proj)")
+    die(f"layer {bid}: no expert tensors ({p}.0.{g}.weight or {q}.gate_up_proj)")
 
 
-def plan_mixtral(st, cfg, permute=True):
-    """[(gguf name, numpy shape, is_float_always_f32, producer)] in file order."""
+def plan_tensors(st, cfg, a, permute=True):
+    """[(gguf name, numpy shape, keep_f32, producer)] in file order. permute=False writes the
+    wrong Q/K row order on purpose (the verification's negative control)."""
     n_layer = cfg["num_hidden_layers"]
     n_head, n_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
-    n_exp = cfg["num_local_experts"]
+    n_exp = cfg[a["n_experts"]]
+    permute = a["permute"] == permute
     plan = []
 
-    def add(gname, hname, keep_f32=False, fn=None):
+    def add(gname, hname, keep_f32=False, fn=None, shape=None):
         if hname not in st:
             die(f"missing tensor {hname}")
-        plan.append((gname, st.shape(hname), keep_f32, fn or (lambda h=hname: st.f32(h))))
+        plan.append((gname, shape or st.shape(hname), keep_f32, fn or (lambda h=hname: st.f32(h))))
 
     add("token_embd.weight", "model.embed_tokens.weight")
     for b in range(n_layer):
@@ -186,14 +223,25 @@ def plan_mixtral(st, cfg, permute=True):
         add(f"blk.{b}.attn_q.weight", qn, fn=(lambda h=qn: permute_rope(st.f32(h), n_head)) if permute else None)
         add(f"blk.{b}.attn_k.weight", kn, fn=(lambda h=kn: permute_rope(st.f32(h), n_kv)) if permute else None)
         add(f"blk.{b}.attn_v.weight", f"{p}.self_attn.v_proj.weight")
+        if a.get("qkv_bias"):
+            for x in "qkv":
+                add(f"blk.{b}.attn_{x}.bias", f"{p}.self_attn.{x}_proj.bias", True)
+        if a.get("qk_norm"):
+            add(f"blk.{b}.attn_q_norm.weight", f"{p}.self_attn.q_norm.weight", True)
+            add(f"blk.{b}.attn_k_norm.weight", f"{p}.self_attn.k_norm.weight", True)
         add(f"blk.{b}.attn_output.weight", f"{p}.self_attn.o_proj.weight")
         add(f"blk.{b}.ffn_norm.weight", f"{p}.post_attention_layernorm.weight", True)
-        router = f"{p}.block_sparse_moe.gate.weight" if f"{p}.block_sparse_moe.gate.weight" in st else f"{p}.mlp.gate.weight"
-        add(f"blk.{b}.ffn_gate_inp.weight", router, True)
-        gate, up, down, gshape, dshape = _mixtral_expert_source(st, b, n_exp)
+        add(f"blk.{b}.ffn_gate_inp.weight", f"{p}.{a['moe']}.gate.weight", True)
+        gate, up, down, gshape, dshape = _expert_source(st, b, a, n_exp)
         plan.append((f"blk.{b}.ffn_gate_exps.weight", (n_exp, *gshape), False, gate))
         plan.append((f"blk.{b}.ffn_up_exps.weight", (n_exp, *gshape), False, up))
         plan.append((f"blk.{b}.ffn_down_exps.weight", (n_exp, *dshape), False, down))
+        if a.get("shared_expert"):
+            sg = f"{p}.mlp.shared_expert_gate.weight"
+            add(f"blk.{b}.ffn_gate_inp_shexp.weight", sg, True, fn=lambda h=sg: st.f32(h).reshape(-1),
+                shape=(int(np.prod(st.shape(sg))),))
+            for x in ("gate", "up", "down"):
+                add(f"blk.{b}.ffn_{x}_shexp.weight", f"{p}.mlp.shared_expert.{x}_proj.weight")
     add("output_norm.weight", "model.norm.weight", True)
     if "lm_head.weight" in st and not cfg.get("tie_word_embeddings", False):
         add("output.weight", "lm_head.weight")
@@ -205,19 +253,17 @@ def convert(model_dir, out_path, dtype="f32", permute=True):
     own converter keeps them). Returns a summary dict."""
     import gguf
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
-    archs = cfg.get("architectures") or [cfg.get("model_type")]
-    if archs[0] not in ("MixtralForCausalLM",) and cfg.get("model_type") != "mixtral":
-        die(f"{model_dir}: architecture {archs[0]} is not converted (Mixtral only)")
+    a = arch_of(cfg, model_dir)
     if dtype not in ("f32", "bf16"):
         die(f"convert writes f32 or bf16 (q8_0 comes from llama-quantize), not {dtype}")
     st = SafetensorsDir(model_dir)
-    plan = plan_mixtral(st, cfg, permute=permute)
+    plan = plan_tensors(st, cfg, a, permute=permute)
     n_vocab = cfg["vocab_size"]
     n_head = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
 
     tmp = out_path + ".part"
-    w = gguf.GGUFWriter(tmp, arch="llama")
+    w = gguf.GGUFWriter(tmp, arch=a["gguf"])
     w.add_name(os.path.basename(os.path.normpath(model_dir)))
     w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_BF16)
     w.add_vocab_size(n_vocab)
@@ -233,7 +279,11 @@ def convert(model_dir, out_path, dtype="f32", permute=True):
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-5))
-    w.add_expert_count(cfg["num_local_experts"])
+    w.add_expert_count(cfg[a["n_experts"]])
+    if cfg.get("moe_intermediate_size"):
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+    if cfg.get("shared_expert_intermediate_size"):
+        w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
     w.add_expert_used_count(cfg["num_experts_per_tok"])
 
     tokens, scores, types, sp = spm_vocab_from_tokenizer_json(model_dir, n_vocab)
@@ -260,14 +310,15 @@ def convert(model_dir, out_path, dtype="f32", permute=True):
     w.write_ti_data_to_file()
     total = 0
     for (name, shape, _, fn), q in zip(plan, qtypes):
-        a = np.ascontiguousarray(fn(), dtype=np.float32)
-        assert a.shape == tuple(shape), (name, a.shape, shape)
+        t = np.ascontiguousarray(fn(), dtype=np.float32)
+        assert t.shape == tuple(shape), (name, t.shape, shape)
         if q == gguf.GGMLQuantizationType.BF16:
-            a = gguf.quants.quantize(a, q)
-        w.write_tensor_data(a)
-        total += a.nbytes
-        del a
+            t = gguf.quants.quantize(t, q)
+        w.write_tensor_data(t)
+        total += t.nbytes
+        del t
     w.close()
     os.replace(tmp, out_path)
     log(f"wrote {out_path}: {len(plan)} tensors, {total / 1e9:.2f} GB of weights ({dtype})")
-    return {"path": out_path, "dtype": dtype, "tensors": len(plan), "weight_bytes": total, "permute_qk": permute}
+    return {"path": out_path, "dtype": dtype, "arch": a["gguf"], "tensors": len(plan), "weight_bytes": total,
+            "qk_rows": ("llama.cpp's" if permute else "wrong on purpose") + " order"}

@@ -18,6 +18,7 @@ usage: peer_hf.py [--model DIR] [--dtypes f32,bf16] [-p 512] [-n 128] [--threads
 Prints one JSON object on stdout with --json; logs go to stderr.
 """
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -128,11 +129,9 @@ def main():
         except ImportError as e:
             die(f"needs torch and transformers ({e})")
         return
-    try:
-        import torch  # noqa: F401  (checked here, used in the child)
-        import transformers  # noqa: F401
-    except ImportError as e:
-        die(f"needs torch and transformers ({e}); try /work/venv-hf/bin/python")
+    missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:
+        die(f"needs {' and '.join(missing)}; try /work/venv-hf/bin/python")
 
     cfg = hf_config(args.model)
     dtypes = args.dtypes.split(",")

@@ -150,7 +150,7 @@ def ensure_gguf(args, dtype, permute=True):
     """The GGUF of args.model in dtype, converted (or quantized) when missing or stale."""
     import peer_gguf
     os.makedirs(args.gguf_dir, exist_ok=True)
-    tag = "" if permute else "-nopermute"
+    tag = "" if permute else "-wrongqk"
     out = gguf_path(args, dtype, tag)
     stamp = out + ".src.json"
     fp = {"model_dir": os.path.realpath(args.model), "fingerprint": model_fingerprint(args.model), "permute": permute}
@@ -263,9 +263,9 @@ def cmd_verify(args):
     result["transformers_greedy"] = hf_gen
     if args.negative_control:
         c = check("f32", permute=False, mode="exact")
-        result["negative_control_no_qk_permute"] = c
-        log(f"negative control (no Q/K permutation): max |diff| {c['max_abs_diff']:.3g}, top-1 {c['top1_agree']}")
-        for f in glob.glob(os.path.join(args.gguf_dir, "*-nopermute-*.gguf*")):
+        result["negative_control_wrong_qk_order"] = c
+        log(f"negative control (Q/K rows in the wrong rope order): max |diff| {c['max_abs_diff']:.3g}, top-1 {c['top1_agree']}")
+        for f in glob.glob(os.path.join(args.gguf_dir, "*-wrongqk-*.gguf*")):
             os.remove(f)
     # tokenizer: llama.cpp's own tokenization of the prompt text
     tool = binary(args.build_dir, "peer_llama_logits")
@@ -280,7 +280,7 @@ def cmd_verify(args):
     ok = bool(f32["max_rel_diff"] < args.tol and f32["top1_agree_fraction"] == 1.0
               and f32["greedy_equal_to_transformers"])
     if args.negative_control:
-        nc = result["negative_control_no_qk_permute"]
+        nc = result["negative_control_wrong_qk_order"]
         result["negative_control_detected"] = bool(nc["max_rel_diff"] >= args.tol)
         ok = ok and result["negative_control_detected"]
     result["tolerance_max_rel_diff"] = args.tol
@@ -404,7 +404,8 @@ def main():
 
     c = sub.add_parser("convert", parents=[common], help="HF dir -> GGUF", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     c.add_argument("--dtypes", default="f32", help="comma list of f32, bf16, q8_0")
-    c.add_argument("--no-permute", action="store_true", help="debug: skip the Q/K rope permutation (a wrong model)")
+    c.add_argument("--no-permute", action="store_true",
+                   help="debug: write Q/K rows in the wrong rope order (a wrong model, for the negative control)")
 
     v = sub.add_parser("verify", parents=[common], help="llama.cpp logits vs transformers",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -416,7 +417,7 @@ def main():
                         "flash attention decides pass/fail)")
     v.add_argument("--tol", type=float, default=1e-4, help="f32 pass: max |diff| / max |logit| below this")
     v.add_argument("--negative-control", action="store_true",
-                   help="also convert without the Q/K permutation and require the check to catch it")
+                   help="also convert with Q/K rows in the wrong rope order and require the check to catch it")
 
     be = sub.add_parser("bench", parents=[common], help="llama-bench beside deltamoe bench model",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Writes a random-weight Mixtral model as a Hugging Face directory (config.json,
+"""Writes a random-weight MoE model (Mixtral by default) as a Hugging Face directory (config.json,
 model*.safetensors, tokenizer.json) for the peer benchmarks, with transformers.
 
 Presets:
-  reference  the issue's model: 24 layers, hidden 1024, 16 heads / 8 KV heads, 32 experts top-8,
-             expert intermediate 512, vocab 32000 (~5.4 GB in f32)
-  tiny       2 layers, hidden 64, 4 heads / 2 KV heads, 4 experts top-2, intermediate 128,
-             vocab 32000: the conversion check (peer_llamacpp.py verify)
+  reference      the issue's model: Mixtral, 24 layers, hidden 1024, 16 heads / 8 KV heads,
+                 32 experts top-8, expert intermediate 512, vocab 32000 (~5.4 GB in f32)
+  tiny           Mixtral, 2 layers, hidden 64, 4 heads / 2 KV heads, 4 experts top-2,
+                 intermediate 128, vocab 32000: the conversion check (peer_llamacpp.py verify)
+  tiny-qwen2moe  Qwen2-MoE of the same size, with a shared expert (48) and q/k/v biases
+  tiny-olmoe     OLMoE of the same size (q/k RMSNorm, 4 KV heads)
+Every preset gets Mixtral's tokenizer (vocab 32000), whatever the architecture.
 
 The tokenizer is the real Mistral / Mixtral SentencePiece BPE (32000 pieces, byte fallback) that
 PyPI's mistral-common ships as mistral_common/data/tokenizer.model.v1, turned into tokenizer.json
@@ -17,7 +20,7 @@ by transformers. Give it with --spm, or install mistral-common, or have the file
 0.2 on the tiny model so attention is far from uniform and a wrong Q/K layout changes the logits.
 Needs torch and transformers (dev-only; not used by deltamoe itself).
 
-usage: peer_make_model.py [--preset reference|tiny] [--out DIR] [--seed 0] [--init-std S]
+usage: peer_make_model.py [--preset reference|tiny|tiny-qwen2moe|tiny-olmoe] [--out DIR] [--seed 0] [--init-std S]
                           [--dtype float32] [--spm tokenizer.model.v1] [--json]
 """
 import argparse
@@ -30,11 +33,20 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peer_common import PEER_DIR, die, emit, log  # noqa: E402
 
-PRESETS = {
-    "reference": dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, num_key_value_heads=8,
-                      num_local_experts=32, num_experts_per_tok=8, intermediate_size=512, vocab_size=32000),
-    "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                 num_local_experts=4, num_experts_per_tok=2, intermediate_size=128, vocab_size=32000),
+PRESETS = {  # (transformers class names, config)
+    "reference": ("MixtralConfig", "MixtralForCausalLM", dict(
+        num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, num_key_value_heads=8,
+        num_local_experts=32, num_experts_per_tok=8, intermediate_size=512, rope_theta=1e6)),
+    "tiny": ("MixtralConfig", "MixtralForCausalLM", dict(
+        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+        num_local_experts=4, num_experts_per_tok=2, intermediate_size=128, rope_theta=1e6)),
+    "tiny-qwen2moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
+        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_experts=4,
+        num_experts_per_tok=2, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+        norm_topk_prob=False, rope_theta=1e6)),
+    "tiny-olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(
+        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=4, num_experts=4,
+        num_experts_per_tok=2, intermediate_size=32, norm_topk_prob=False, rope_theta=1e4)),
 }
 
 
@@ -82,7 +94,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="reference", help="model shape (default: reference)")
     ap.add_argument("--out", help="output directory (default: /work/peer/models/ref-mixtral for reference, "
-                                  "/work/peer/models/tiny-mixtral for tiny)")
+                                  "tiny-mixtral for tiny, else the preset's name)")
     ap.add_argument("--seed", type=int, default=0, help="torch seed (default: 0)")
     ap.add_argument("--init-std", type=float, default=None,
                     help="std of the random linear and embedding weights (default: 0.02, 0.2 for tiny)")
@@ -92,24 +104,27 @@ def main():
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = ap.parse_args()
 
-    out = args.out or os.path.join(PEER_DIR, "models", "ref-mixtral" if args.preset == "reference" else "tiny-mixtral")
-    std = args.init_std if args.init_std is not None else (0.2 if args.preset == "tiny" else 0.02)
+    default_dir = {"reference": "ref-mixtral", "tiny": "tiny-mixtral"}.get(args.preset, args.preset)
+    out = args.out or os.path.join(PEER_DIR, "models", default_dir)
+    std = args.init_std if args.init_std is not None else (0.2 if args.preset.startswith("tiny") else 0.02)
     spm = find_spm(args.spm)
     try:
         import torch
-        from transformers import MixtralConfig, MixtralForCausalLM
+        import transformers
     except ImportError as e:
         die(f"needs torch and transformers ({e})")
 
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
-    cfg = MixtralConfig(**PRESETS[args.preset], max_position_embeddings=4096, rope_theta=1e6, rms_norm_eps=1e-5,
-                        tie_word_embeddings=False, initializer_range=std, bos_token_id=1, eos_token_id=2)
+    cfg_cls, model_cls, shape = PRESETS[args.preset]
+    cfg = getattr(transformers, cfg_cls)(**shape, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                                         tie_word_embeddings=False, initializer_range=std, bos_token_id=1,
+                                         eos_token_id=2, pad_token_id=None)
     torch.manual_seed(args.seed)
-    log(f"building a random {args.preset} Mixtral (init std {std}) in {out}")
-    model = MixtralForCausalLM(cfg).to(getattr(torch, args.dtype))
+    log(f"building a random {args.preset} {model_cls} (init std {std}) in {out}")
+    model = getattr(transformers, model_cls)(cfg).to(getattr(torch, args.dtype))
     n_params = sum(p.numel() for p in model.parameters())
-    if args.preset == "tiny":
+    if args.preset.startswith("tiny"):
         # RMSNorm weights start at 1.0; give them some spread too, so a swapped norm shows.
         with torch.no_grad():
             for name, p in model.named_parameters():
