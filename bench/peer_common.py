@@ -107,17 +107,22 @@ class OthersMeter:
         return {"others_cpu_fraction": round(self.others_fraction, 3), "our_cores": round(self.ours_cores, 2)}
 
 
-def wait_quiet(max_busy, timeout_s):
-    """Waits (up to timeout_s) until the machine is at most max_busy busy; returns the last sample."""
+def wait_quiet(max_busy, timeout_s, window=3):
+    """Waits (up to timeout_s) until `window` consecutive 2-second samples find the machine at most
+    max_busy busy; returns the last sample."""
     t_end = time.time() + timeout_s
+    quiet = 0
     while True:
         s = machine_busy(2.0)
-        if s["busy_fraction"] <= max_busy or time.time() >= t_end:
-            if s["busy_fraction"] > max_busy:
-                log(f"machine still busy ({s['busy_fraction']:.0%}) after waiting {timeout_s:.0f} s; measuring anyway")
+        quiet = quiet + 1 if s["busy_fraction"] <= max_busy else 0
+        if quiet >= window:
             return s
-        log(f"machine busy ({s['busy_fraction']:.0%} of the CPUs, load {s['loadavg_1m']}); waiting")
-        time.sleep(10)
+        if time.time() >= t_end:
+            log(f"machine still busy ({s['busy_fraction']:.0%}) after waiting {timeout_s:.0f} s; measuring anyway")
+            return s
+        if quiet == 0:
+            log(f"machine busy ({s['busy_fraction']:.0%} of the CPUs, load {s['loadavg_1m']}); waiting")
+            time.sleep(8)
 
 
 # --- the Hugging Face model directory -------------------------------------------------------
@@ -219,7 +224,11 @@ def measured(label, fn, max_busy=0.15, wait_s=0.0, retries=2):
             res = fn()
         rec = {"run": label, "attempt": attempt, "before": sample, **m.result()}
         records.append(rec)
-        if wait_s <= 0 or m.others_fraction <= max_busy or attempt == retries:
+        if wait_s <= 0 or m.others_fraction <= max_busy:
+            return res, records
+        if attempt == retries:
+            rec["disturbed"] = True
+            log(f"{label}: still disturbed after {retries} repeats ({m.others_fraction:.0%}); keeping it, marked")
             return res, records
         rec["discarded"] = True
         log(f"{label}: other processes used {m.others_fraction:.0%} of the CPUs during the run; repeating it")

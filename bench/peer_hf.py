@@ -198,6 +198,7 @@ def main():
                        "order": "alternating transformers, deltamoe per dtype per round",
                        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ}},
           "cpu": cpu_info(), "load": load, "results": results, "errors": errors,
+          "disturbed_runs": [r["run"] for r in load if r.get("disturbed")],
           "versions": {"deltamoe_git": dm_version, "deltamoe_binary": args.deltamoe if dm_ok else None},
           "deltamoe_available": dm_ok, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, args.json)
 

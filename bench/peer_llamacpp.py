@@ -382,6 +382,7 @@ def cmd_bench(args):
           "settings": {"n_prompt": args.n_prompt, "n_gen": args.n_gen, "threads": args.threads, "rounds": args.rounds,
                        "llama_bench_reps_per_run": args.reps, "order": "alternating llama.cpp, deltamoe per dtype per round"},
           "cpu": cpu_info(), "load": load, "results": results, "errors": errors,
+          "disturbed_runs": [r["run"] for r in load if r.get("disturbed")],
           "versions": {"llama_cpp": build_info(args.build_dir), "deltamoe_git": dm_version,
                        "deltamoe_binary": args.deltamoe if dm_ok else None},
           "deltamoe_available": dm_ok, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, args.json)
