@@ -168,30 +168,31 @@ def deltamoe_status(binary):
 
 
 def _find_tps(obj, kinds):
-    """The tokens/s figure for one phase in a `deltamoe bench model --json` object. Accepted
-    shapes: {"pp512": {"tokens_per_s": x}}, {"pp": {...}}, {"prompt": {...}},
-    {"pp_tokens_per_s": x}, {"prefill_tokens_per_s": x}, or a "tests" list of llama-bench-like
-    rows {"n_prompt", "n_gen", "tokens_per_s"|"avg_ts"}."""
-    if isinstance(obj, dict):
+    """The tokens/s figure for one phase in a `deltamoe bench model --json` object: the first of
+    "<kind>_tokens_per_s" (what deltamoe prints: pp_tokens_per_s, tg_tokens_per_s), then
+    {"<kind><N>": {"tokens_per_s": x}} / {"<kind>": {...}}, or a "tests" list of llama-bench-like
+    rows {"n_prompt", "n_gen", "tokens_per_s"|"avg_ts"}. Never a roofline or a stddev."""
+    if not isinstance(obj, dict):
+        return None
+    for kind in kinds:
+        if isinstance(obj.get(f"{kind}_tokens_per_s"), (int, float)):
+            return float(obj[f"{kind}_tokens_per_s"])
+    for kind in kinds:
         for k, v in obj.items():
-            kl = k.lower()
-            if any(re.fullmatch(rf"{p}\d*", kl) or kl.startswith(p + "_") for p in kinds):
-                if isinstance(v, (int, float)) and "tokens_per_s" in kl:
-                    return float(v)
-                if isinstance(v, dict):
-                    for key in ("tokens_per_s", "median_tokens_per_s", "avg_ts"):
-                        if isinstance(v.get(key), (int, float)):
-                            return float(v[key])
-        for k in ("tests", "results", "rows"):
-            for row in obj.get(k, []) if isinstance(obj.get(k), list) else []:
-                if not isinstance(row, dict):
-                    continue
-                is_pp = row.get("n_prompt", 0) > 0 and row.get("n_gen", 0) == 0
-                is_tg = row.get("n_gen", 0) > 0 and row.get("n_prompt", 0) == 0
-                if (is_pp and "pp" in kinds) or (is_tg and "tg" in kinds):
-                    for key in ("tokens_per_s", "avg_ts"):
-                        if isinstance(row.get(key), (int, float)):
-                            return float(row[key])
+            if re.fullmatch(rf"{kind}\d*", k.lower()) and isinstance(v, dict):
+                for key in ("tokens_per_s", "avg_ts"):
+                    if isinstance(v.get(key), (int, float)):
+                        return float(v[key])
+    for k in ("tests", "results", "rows"):
+        for row in obj.get(k) if isinstance(obj.get(k), list) else []:
+            if not isinstance(row, dict):
+                continue
+            is_pp = row.get("n_prompt", 0) > 0 and row.get("n_gen", 0) == 0
+            is_tg = row.get("n_gen", 0) > 0 and row.get("n_prompt", 0) == 0
+            if (is_pp and "pp" in kinds) or (is_tg and "tg" in kinds):
+                for key in ("tokens_per_s", "avg_ts"):
+                    if isinstance(row.get(key), (int, float)):
+                        return float(row[key])
     return None
 
 
@@ -209,7 +210,7 @@ def run_deltamoe(binary, model_dir, dtype, n_prompt, n_gen, threads, timeout=180
         raise RuntimeError(f"{' '.join(cmd)}: {tail[0]}")
     raw = json.loads(r.stdout)
     return {"pp_tokens_per_s": _find_tps(raw, ("pp", "prompt", "prefill")),
-            "tg_tokens_per_s": _find_tps(raw, ("tg", "gen", "generation", "decode")),
+            "tg_tokens_per_s": _find_tps(raw, ("tg", "gen", "generation")),
             "raw": raw, "wall_s": round(wall, 2)}
 
 

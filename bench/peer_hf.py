@@ -110,6 +110,8 @@ def main():
                     help="transformers experts_implementation: eager, batched_mm, grouped_mm (default: transformers' own)")
     ap.add_argument("--deltamoe", default=os.path.join(REPO, "build", "deltamoe"),
                     help="deltamoe binary (default: build/deltamoe of this repo)")
+    ap.add_argument("--deltamoe-args", default="",
+                    help="extra arguments for deltamoe bench model, e.g. '-r 1' (default: none)")
     ap.add_argument("--max-busy", type=float, default=0.15,
                     help="with --wait-quiet: the busy fraction of the CPUs counted as quiet (default: 0.15)")
     ap.add_argument("--wait-quiet", type=float, default=0,
@@ -159,7 +161,8 @@ def main():
             if dm_ok:
                 try:
                     res, rec = measured(f"deltamoe {d} round {rnd}", lambda: run_deltamoe(
-                        args.deltamoe, args.model, d, args.n_prompt, args.n_gen, args.threads, timeout=args.timeout), **q)
+                        args.deltamoe, args.model, d, args.n_prompt, args.n_gen, args.threads, timeout=args.timeout,
+                        extra=args.deltamoe_args.split()), **q)
                     runs[d]["deltamoe"].append(res)
                     load += rec
                 except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
@@ -199,7 +202,10 @@ def main():
                        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ}},
           "cpu": cpu_info(), "load": load, "results": results, "errors": errors,
           "disturbed_runs": [r["run"] for r in load if r.get("disturbed")],
-          "versions": {"deltamoe_git": dm_version, "deltamoe_binary": args.deltamoe if dm_ok else None},
+          "versions": {"deltamoe_git": dm_version, "deltamoe_binary": args.deltamoe if dm_ok else None,
+                       "deltamoe_args": args.deltamoe_args,
+                       "deltamoe_version": subprocess.run([args.deltamoe, "--version"], capture_output=True,
+                                                          text=True).stdout.strip() if dm_ok else None},
           "deltamoe_available": dm_ok, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, args.json)
 
 

@@ -346,7 +346,8 @@ def cmd_bench(args):
             if dm_ok and d in ("f32", "bf16"):
                 try:
                     res, rec = measured(f"deltamoe {d} round {rnd}", lambda: run_deltamoe(
-                        args.deltamoe, args.model, d, args.n_prompt, args.n_gen, args.threads, timeout=args.timeout), **q)
+                        args.deltamoe, args.model, d, args.n_prompt, args.n_gen, args.threads, timeout=args.timeout,
+                        extra=args.deltamoe_args.split()), **q)
                     runs[d]["deltamoe"].append(res)
                     load += rec
                     log(f"round {rnd + 1}/{args.rounds} {d}: deltamoe {pp} {res['pp_tokens_per_s']} {tg} {res['tg_tokens_per_s']} t/s")
@@ -384,7 +385,10 @@ def cmd_bench(args):
           "cpu": cpu_info(), "load": load, "results": results, "errors": errors,
           "disturbed_runs": [r["run"] for r in load if r.get("disturbed")],
           "versions": {"llama_cpp": build_info(args.build_dir), "deltamoe_git": dm_version,
-                       "deltamoe_binary": args.deltamoe if dm_ok else None},
+                       "deltamoe_binary": args.deltamoe if dm_ok else None,
+                       "deltamoe_args": args.deltamoe_args,
+                       "deltamoe_version": subprocess.run([args.deltamoe, "--version"], capture_output=True,
+                                                          text=True).stdout.strip() if dm_ok else None},
           "deltamoe_available": dm_ok, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, args.json)
 
 
@@ -428,6 +432,7 @@ def main():
     be.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are over these")
     be.add_argument("--reps", type=int, default=1, help="llama-bench -r within one run")
     be.add_argument("--deltamoe", default=os.path.join(REPO, "build", "deltamoe"), help="deltamoe binary")
+    be.add_argument("--deltamoe-args", default="", help="extra arguments for deltamoe bench model, e.g. '-r 1'")
     be.add_argument("--max-busy", type=float, default=0.15,
                     help="with --wait-quiet: the busy fraction of the CPUs counted as quiet")
     be.add_argument("--wait-quiet", type=float, default=0,
