@@ -202,7 +202,7 @@ def main():
                        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ}},
           "cpu": cpu_info(), "load": load, "results": results, "errors": errors,
           "disturbed_runs": [r["run"] for r in load if r.get("disturbed")],
-          "versions": {"deltamoe_git": dm_version, "deltamoe_binary": args.deltamoe if dm_ok else None,
+          "versions": {"peer_scripts_git": dm_version, "deltamoe_binary": args.deltamoe if dm_ok else None,
                        "deltamoe_args": args.deltamoe_args,
                        "deltamoe_version": subprocess.run([args.deltamoe, "--version"], capture_output=True,
                                                           text=True).stdout.strip() if dm_ok else None},

@@ -384,7 +384,7 @@ def cmd_bench(args):
                        "llama_bench_reps_per_run": args.reps, "order": "alternating llama.cpp, deltamoe per dtype per round"},
           "cpu": cpu_info(), "load": load, "results": results, "errors": errors,
           "disturbed_runs": [r["run"] for r in load if r.get("disturbed")],
-          "versions": {"llama_cpp": build_info(args.build_dir), "deltamoe_git": dm_version,
+          "versions": {"llama_cpp": build_info(args.build_dir), "peer_scripts_git": dm_version,
                        "deltamoe_binary": args.deltamoe if dm_ok else None,
                        "deltamoe_args": args.deltamoe_args,
                        "deltamoe_version": subprocess.run([args.deltamoe, "--version"], capture_output=True,
