@@ -111,7 +111,7 @@ def main():
     ap.add_argument("--deltamoe", default=os.path.join(REPO, "build", "deltamoe"),
                     help="deltamoe binary (default: build/deltamoe of this repo)")
     ap.add_argument("--deltamoe-args", default="",
-                    help="extra arguments for deltamoe bench model, e.g. '-r 1' (default: none)")
+                    help="extra arguments for deltamoe bench model, e.g. --deltamoe-args='-r 1' (default: none)")
     ap.add_argument("--max-busy", type=float, default=0.15,
                     help="with --wait-quiet: the busy fraction of the CPUs counted as quiet (default: 0.15)")
     ap.add_argument("--wait-quiet", type=float, default=0,

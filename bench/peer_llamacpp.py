@@ -395,11 +395,11 @@ def cmd_bench(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=DEFAULT_MODEL, help=f"Hugging Face model dir (default: {DEFAULT_MODEL})")
-    common.add_argument("--build-dir", default=DEFAULT_BUILD, help=f"llama.cpp build dir (default: {DEFAULT_BUILD})")
-    common.add_argument("--gguf-dir", default=DEFAULT_GGUF, help=f"where GGUFs are written (default: {DEFAULT_GGUF})")
-    common.add_argument("--threads", type=int, default=2, help="threads (default: 2)")
-    common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    common.add_argument("--model", default=DEFAULT_MODEL, help="Hugging Face model dir")
+    common.add_argument("--build-dir", default=DEFAULT_BUILD, help="llama.cpp build dir")
+    common.add_argument("--gguf-dir", default=DEFAULT_GGUF, help="where GGUFs are written")
+    common.add_argument("--threads", type=int, default=2, help="threads")
+    common.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs: stderr)")
     sub = ap.add_subparsers(dest="cmd")
 
     b = sub.add_parser("build", parents=[common], help="fetch and build llama.cpp",
@@ -432,7 +432,8 @@ def main():
     be.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are over these")
     be.add_argument("--reps", type=int, default=1, help="llama-bench -r within one run")
     be.add_argument("--deltamoe", default=os.path.join(REPO, "build", "deltamoe"), help="deltamoe binary")
-    be.add_argument("--deltamoe-args", default="", help="extra arguments for deltamoe bench model, e.g. '-r 1'")
+    be.add_argument("--deltamoe-args", default="",
+                    help="extra arguments for deltamoe bench model, e.g. --deltamoe-args='-r 1'")
     be.add_argument("--max-busy", type=float, default=0.15,
                     help="with --wait-quiet: the busy fraction of the CPUs counted as quiet")
     be.add_argument("--wait-quiet", type=float, default=0,
