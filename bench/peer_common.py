@@ -1,0 +1,235 @@
+"""Helpers shared by the peer benchmarks (peer_llamacpp.py, peer_hf.py, peer_make_model.py):
+logging, one-line errors, the machine (lscpu, load), the Hugging Face model directory, and the
+deltamoe side (`deltamoe bench model --json`), which is reported as missing when the binary
+lacks the subcommand."""
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER_DIR = os.environ.get("DELTAMOE_PEER_DIR", "/work/peer")
+DEFAULT_MODEL = os.path.join(PEER_DIR, "models", "ref-mixtral")
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def die(msg, code=2):
+    """One-line error on stderr and a non-zero exit."""
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def emit(obj, as_json):
+    """The result: one JSON object on stdout with --json, otherwise indented for reading."""
+    if as_json:
+        print(json.dumps(obj, sort_keys=True))
+    else:
+        print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def ratio(a, b):
+    return round(a / b, 4) if a and b else None
+
+
+def cpu_info():
+    """`lscpu` model name, the SIMD flags that matter for these kernels, and the core count."""
+    info = {"model_name": None, "flags": [], "cpus": os.cpu_count()}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return info
+    for line in out.splitlines():
+        key, _, val = line.partition(":")
+        if key.strip() == "Model name":
+            info["model_name"] = val.strip()
+        elif key.strip() == "Flags":
+            info["flags"] = [f for f in val.split() if re.match(r"(avx|amx|fma|f16c|sse4)", f)]
+        elif key.strip() in ("CPU family", "Model"):
+            info[key.strip().lower().replace(" ", "_")] = val.strip()
+    return info
+
+
+def _cpu_times():
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + vals[4]
+    return sum(vals), idle
+
+
+def machine_busy(seconds=1.0):
+    """Fraction of all CPUs busy over `seconds` (sampled from /proc/stat while we sleep) and the
+    1-minute load average: taken before each measurement so a noisy machine shows in the JSON."""
+    t0, i0 = _cpu_times()
+    time.sleep(seconds)
+    t1, i1 = _cpu_times()
+    busy = 1.0 - (i1 - i0) / max(1, t1 - t0)
+    return {"busy_fraction": round(busy, 3), "loadavg_1m": float(open("/proc/loadavg").read().split()[0])}
+
+
+class OthersMeter:
+    """CPU used by other processes while one of our child commands runs: the machine's busy
+    jiffies (/proc/stat) minus our children's CPU time (getrusage), over the wall time and all
+    CPUs. `with OthersMeter() as m: run(...)`, then m.result()."""
+
+    def __enter__(self):
+        import resource
+        self._ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._t, self._i = _cpu_times()
+        self._w = time.time()
+        return self
+
+    def __exit__(self, *exc):
+        import resource
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t, i = _cpu_times()
+        tick = os.sysconf("SC_CLK_TCK")
+        ncpu = os.cpu_count() or 1
+        wall = max(1e-6, time.time() - self._w)
+        busy_s = ((t - self._t) - (i - self._i)) / tick
+        ours_s = (ru.ru_utime - self._ru.ru_utime) + (ru.ru_stime - self._ru.ru_stime)
+        self.others_fraction = min(1.0, max(0.0, busy_s - ours_s) / (wall * ncpu))
+        self.ours_cores = ours_s / wall
+        return False
+
+    def result(self):
+        return {"others_cpu_fraction": round(self.others_fraction, 3), "our_cores": round(self.ours_cores, 2)}
+
+
+def wait_quiet(max_busy, timeout_s, window=3):
+    """Waits (up to timeout_s) until `window` consecutive 2-second samples find the machine at most
+    max_busy busy; returns the last sample."""
+    t_end = time.time() + timeout_s
+    quiet = 0
+    while True:
+        s = machine_busy(2.0)
+        quiet = quiet + 1 if s["busy_fraction"] <= max_busy else 0
+        if quiet >= window:
+            return s
+        if time.time() >= t_end:
+            log(f"machine still busy ({s['busy_fraction']:.0%}) after waiting {timeout_s:.0f} s; measuring anyway")
+            return s
+        if quiet == 0:
+            log(f"machine busy ({s['busy_fraction']:.0%} of the CPUs, load {s['loadavg_1m']}); waiting")
+            time.sleep(8)
+
+
+# --- the Hugging Face model directory -------------------------------------------------------
+
+def hf_config(model_dir):
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        die(f"{model_dir}: no config.json (expected a Hugging Face model directory)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def rope_theta(cfg):
+    if "rope_theta" in cfg:
+        return float(cfg["rope_theta"])
+    rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if "rope_theta" in rp:
+        return float(rp["rope_theta"])
+    return 10000.0
+
+
+def model_fingerprint(model_dir):
+    """Sizes and mtimes of the weight files: a GGUF made from the same files can be reused."""
+    parts = []
+    for name in sorted(os.listdir(model_dir)):
+        if name.endswith((".safetensors", ".json")):
+            st = os.stat(os.path.join(model_dir, name))
+            parts.append(f"{name}:{st.st_size}:{int(st.st_mtime)}")
+    return "|".join(parts)
+
+
+# --- the deltamoe side ----------------------------------------------------------------------
+
+def deltamoe_status(binary):
+    """(True, None) when `BINARY bench model --help` works, else (False, why)."""
+    if not binary or not (os.path.isfile(binary) or shutil.which(binary)):
+        return False, f"no deltamoe binary at {binary} (build it: cmake --preset default && cmake --build --preset default)"
+    r = subprocess.run([binary, "bench", "model", "--help"], capture_output=True, text=True)
+    if r.returncode != 0:
+        first = (r.stderr.strip() or r.stdout.strip()).splitlines()[:1]
+        return False, f"`{binary} bench model` is not available in this build ({first[0] if first else 'rc ' + str(r.returncode)})"
+    return True, None
+
+
+def _find_tps(obj, kinds):
+    """The tokens/s figure for one phase in a `deltamoe bench model --json` object: the first of
+    "<kind>_tokens_per_s" (what deltamoe prints: pp_tokens_per_s, tg_tokens_per_s), then
+    {"<kind><N>": {"tokens_per_s": x}} / {"<kind>": {...}}, or a "tests" list of llama-bench-like
+    rows {"n_prompt", "n_gen", "tokens_per_s"|"avg_ts"}. Never a roofline or a stddev."""
+    if not isinstance(obj, dict):
+        return None
+    for kind in kinds:
+        if isinstance(obj.get(f"{kind}_tokens_per_s"), (int, float)):
+            return float(obj[f"{kind}_tokens_per_s"])
+    for kind in kinds:
+        for k, v in obj.items():
+            if re.fullmatch(rf"{kind}\d*", k.lower()) and isinstance(v, dict):
+                for key in ("tokens_per_s", "avg_ts"):
+                    if isinstance(v.get(key), (int, float)):
+                        return float(v[key])
+    for k in ("tests", "results", "rows"):
+        for row in obj.get(k) if isinstance(obj.get(k), list) else []:
+            if not isinstance(row, dict):
+                continue
+            is_pp = row.get("n_prompt", 0) > 0 and row.get("n_gen", 0) == 0
+            is_tg = row.get("n_gen", 0) > 0 and row.get("n_prompt", 0) == 0
+            if (is_pp and "pp" in kinds) or (is_tg and "tg" in kinds):
+                for key in ("tokens_per_s", "avg_ts"):
+                    if isinstance(row.get(key), (int, float)):
+                        return float(row[key])
+    return None
+
+
+def run_deltamoe(binary, model_dir, dtype, n_prompt, n_gen, threads, timeout=1800, extra=()):
+    """One `deltamoe bench model ... --json` run: {"pp_tokens_per_s", "tg_tokens_per_s", "raw",
+    "wall_s"}; raises RuntimeError with the command's last stderr line when it fails."""
+    cmd = [binary, "bench", "model", "--model", model_dir, "-p", str(n_prompt), "-n", str(n_gen),
+           "--threads", str(threads), "--dtype", dtype, "--json", *extra]
+    log("run: " + " ".join(cmd))
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    wall = time.time() - t0
+    if r.returncode != 0:
+        tail = r.stderr.strip().splitlines()[-1:] or [f"rc {r.returncode}"]
+        raise RuntimeError(f"{' '.join(cmd)}: {tail[0]}")
+    raw = json.loads(r.stdout)
+    return {"pp_tokens_per_s": _find_tps(raw, ("pp", "prompt", "prefill")),
+            "tg_tokens_per_s": _find_tps(raw, ("tg", "gen", "generation")),
+            "raw": raw, "wall_s": round(wall, 2)}
+
+
+def measured(label, fn, max_busy=0.15, wait_s=0.0, retries=2):
+    """Runs fn() and returns (its result, load records). With wait_s > 0 it first waits (up to
+    wait_s) for a quiet machine, and a run during which other processes used more than max_busy
+    of the CPUs is discarded and repeated (at most `retries` times; the last one is kept)."""
+    records = []
+    for attempt in range(retries + 1):
+        sample = wait_quiet(max_busy, wait_s) if wait_s > 0 else machine_busy(1.0)
+        with OthersMeter() as m:
+            res = fn()
+        rec = {"run": label, "attempt": attempt, "before": sample, **m.result()}
+        records.append(rec)
+        if wait_s <= 0 or m.others_fraction <= max_busy:
+            return res, records
+        if attempt == retries:
+            rec["disturbed"] = True
+            log(f"{label}: still disturbed after {retries} repeats ({m.others_fraction:.0%}); keeping it, marked")
+            return res, records
+        rec["discarded"] = True
+        log(f"{label}: other processes used {m.others_fraction:.0%} of the CPUs during the run; repeating it")
