@@ -39,6 +39,15 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def summarize(runs, key):
+    """Median, min, max and the values of `key` over the runs that have it (None if none)."""
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    if not vals:
+        return None
+    return {"median": round(median(vals), 3), "min": round(min(vals), 3), "max": round(max(vals), 3),
+            "runs": [round(v, 3) for v in vals]}
+
+
 def ratio(a, b):
     return round(a / b, 4) if a and b else None
 

@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peer_common import (DEFAULT_MODEL, REPO, cpu_info, deltamoe_status, die, emit, hf_config, log,  # noqa: E402
+from peer_common import (summarize, DEFAULT_MODEL, REPO, cpu_info, deltamoe_status, die, emit, hf_config, log,  # noqa: E402
                          measured, median, ratio, run_deltamoe)
 
 
@@ -86,14 +86,6 @@ def run_child(args, dtype):
     out = json.loads(r.stdout)
     out["wall_s"] = round(time.time() - t0, 2)
     return out
-
-
-def summarize(runs, key):
-    vals = [r[key] for r in runs if r.get(key) is not None]
-    if not vals:
-        return None
-    return {"median": round(median(vals), 3), "min": round(min(vals), 3), "max": round(max(vals), 3),
-            "runs": [round(v, 3) for v in vals]}
 
 
 def main():

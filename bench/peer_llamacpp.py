@@ -33,7 +33,7 @@ import tarfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peer_common import (DEFAULT_MODEL, PEER_DIR, REPO, cpu_info, deltamoe_status, die, emit, hf_config,  # noqa: E402
+from peer_common import (summarize, DEFAULT_MODEL, PEER_DIR, REPO, cpu_info, deltamoe_status, die, emit, hf_config,  # noqa: E402
                          log, measured, median, model_fingerprint, ratio, run_deltamoe)
 
 DEFAULT_SRC = os.path.join(PEER_DIR, "llama.cpp-src")
@@ -310,14 +310,6 @@ def run_llama_bench(args, gguf_file):
             "n_ubatch", "n_threads", "flash_attn", "type_k", "type_v", "use_mmap", "poll", "cpu_strict")
     out["info"] = {k: rows[0].get(k) for k in keep if k in rows[0]}
     return out
-
-
-def summarize(runs, key):
-    vals = [r[key] for r in runs if r.get(key) is not None]
-    if not vals:
-        return None
-    return {"median": round(median(vals), 3), "min": round(min(vals), 3), "max": round(max(vals), 3),
-            "runs": [round(v, 3) for v in vals]}
 
 
 def cmd_bench(args):

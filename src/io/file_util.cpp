@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <set>
+#include <vector>
 
 #include "deltamoe/core/error.h"
 
@@ -81,6 +83,43 @@ std::string one_line(std::string_view s) {
   }
   if (s.size() > kMax) out += "...";
   return out;
+}
+
+nlohmann::json parse_json_object_strict(std::string_view text, int max_depth,
+                                        std::string_view subject,
+                                        const std::function<void(const std::string&)>& reject) {
+  using json = nlohmann::json;
+  const std::string sub(subject);
+  const std::string is = sub.empty() ? "" : sub + " is ";
+  const auto say = [&](const std::string& msg) {
+    reject(msg);
+    throw InternalError("parse_json_object_strict: reject returned");
+  };
+  std::vector<std::set<std::string>> keys;
+  const json::parser_callback_t cb = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (depth > max_depth)
+      say((sub.empty() ? "" : sub + " ") + "JSON nests deeper than " + std::to_string(max_depth) +
+          " levels");
+    if (event == json::parse_event_t::object_start) {
+      keys.emplace_back();
+    } else if (event == json::parse_event_t::object_end) {
+      if (!keys.empty()) keys.pop_back();
+    } else if (event == json::parse_event_t::key && !keys.empty()) {
+      const auto& k = parsed.get_ref<const std::string&>();
+      if (!keys.back().insert(k).second)
+        say((sub.empty() ? "" : sub + " has ") + "duplicate key " + quote_name(k));
+    }
+    return true;
+  };
+  json j;
+  try {
+    j = json::parse(text.begin(), text.end(), cb);
+  } catch (const json::exception& e) {
+    say(is + "not valid JSON: " + one_line(e.what()));
+  }
+  if (!j.is_object())
+    say((sub.empty() ? "a JSON " : is + "a JSON ") + j.type_name() + ", not an object");
+  return j;
 }
 
 }  // namespace deltamoe::io::detail

@@ -2,8 +2,11 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <string_view>
+
+#include <nlohmann/json.hpp>
 
 namespace deltamoe::io::detail {
 
@@ -36,5 +39,14 @@ std::string quote_name(std::string_view s);
 /// Replaces control characters by spaces and non-ASCII bytes by '?', and shortens very long
 /// text (for wrapping messages of other libraries, which may quote raw input bytes).
 std::string one_line(std::string_view s);
+
+/// Parses `text` as one JSON object, strictly: duplicate keys (which JSON libraries resolve
+/// silently to one of the values, hiding an ambiguous file) and nesting deeper than
+/// `max_depth` are rejected, as are invalid JSON and a top level that is not an object.
+/// Each problem is passed to `reject` as one line phrased for `subject` ("" gives
+/// "duplicate key 'a'", "header" gives "header has duplicate key 'a'"); `reject` must throw.
+nlohmann::json parse_json_object_strict(std::string_view text, int max_depth,
+                                        std::string_view subject,
+                                        const std::function<void(const std::string&)>& reject);
 
 }  // namespace deltamoe::io::detail

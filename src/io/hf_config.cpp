@@ -40,28 +40,8 @@ std::string read_hf_text_file(const std::string& path) {
 }
 
 json parse_hf_json_object(const std::string& text, const std::string& path, int max_depth) {
-  auto bad = [&](auto&&... args) { fail(kHfComponent, path, ": ", args...); };
-  std::vector<std::set<std::string>> keys;
-  auto cb = [&](int depth, json::parse_event_t event, json& parsed) -> bool {
-    if (depth > max_depth) bad("JSON nests deeper than ", max_depth, " levels");
-    if (event == json::parse_event_t::object_start) {
-      keys.emplace_back();
-    } else if (event == json::parse_event_t::object_end) {
-      if (!keys.empty()) keys.pop_back();
-    } else if (event == json::parse_event_t::key && !keys.empty()) {
-      const auto& k = parsed.get_ref<const std::string&>();
-      if (!keys.back().insert(k).second) bad("duplicate key ", quote_name(k));
-    }
-    return true;
-  };
-  json j;
-  try {
-    j = json::parse(text, cb);
-  } catch (const json::exception& e) {
-    bad("not valid JSON: ", one_line(e.what()));
-  }
-  if (!j.is_object()) bad("a JSON ", j.type_name(), ", not an object");
-  return j;
+  return parse_json_object_strict(
+      text, max_depth, "", [&](const std::string& msg) { fail(kHfComponent, path, ": ", msg); });
 }
 
 }  // namespace detail

@@ -33,9 +33,9 @@ constexpr DTypeName kSupported[] = {
     {"F32", DType::f32}, {"BF16", DType::bf16}, {"F16", DType::f16}, {"I32", DType::i32}};
 // Valid safetensors dtypes we do not load: named in the error so the user knows the file is
 // fine but the type is not handled, rather than "unknown dtype".
-constexpr const char* kKnownUnsupported[] = {"BOOL", "U8",  "I8",  "I16", "U16",     "U32",
-                                             "I64",  "U64", "F64", "C64", "F8_E4M3", "F8_E5M2",
-                                             "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"};
+constexpr const char* kKnownUnsupported[] = {
+    "BOOL", "U8",  "I8",      "I16",     "U16",     "U32", "I64",     "U64",
+    "F64",  "C64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4",  "F6_E2M3", "F6_E3M2"};
 
 uint64_t read_le64(const uint8_t* p) {
   uint64_t v = 0;
@@ -116,31 +116,9 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   f.data_offset_ = 8 + header_len;
   const uint64_t data_size = file_size - f.data_offset_;
 
-  // Parse with a callback so that duplicate keys (which nlohmann would silently resolve to
-  // the last one, hiding an ambiguous file) and absurd nesting are rejected.
-  json header;
-  {
-    std::vector<std::set<std::string>> keys;
-    auto cb = [&](int depth, json::parse_event_t event, json& parsed) -> bool {
-      if (depth > kMaxJsonDepth) bad("header JSON nests deeper than ", kMaxJsonDepth, " levels");
-      if (event == json::parse_event_t::object_start) {
-        keys.emplace_back();
-      } else if (event == json::parse_event_t::object_end) {
-        if (!keys.empty()) keys.pop_back();
-      } else if (event == json::parse_event_t::key && !keys.empty()) {
-        const auto& k = parsed.get_ref<const std::string&>();
-        if (!keys.back().insert(k).second) bad("header has duplicate key ", quote_name(k));
-      }
-      return true;
-    };
-    const char* h = reinterpret_cast<const char*>(base + 8);
-    try {
-      header = json::parse(h, h + header_len, cb);
-    } catch (const json::exception& e) {
-      bad("header is not valid JSON: ", detail::one_line(e.what()));
-    }
-  }
-  if (!header.is_object()) bad("header is a JSON ", header.type_name(), ", not an object");
+  const json header = detail::parse_json_object_strict(
+      std::string_view(reinterpret_cast<const char*>(base + 8), header_len), kMaxJsonDepth,
+      "header", [&](const std::string& msg) { bad(msg); });
 
   for (auto it = header.begin(); it != header.end(); ++it) {
     const std::string& name = it.key();
@@ -204,8 +182,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     if (e.end > data_size)
       bad_tensor("data_offsets [", e.begin, ", ", e.end, "] exceed data size ", data_size);
     if (e.end - e.begin != nbytes)
-      bad_tensor("data_offsets [", e.begin, ", ", e.end, "] hold ", e.end - e.begin,
-                 " bytes but ", ds, " ", shape_str(e.shape), " needs ", nbytes);
+      bad_tensor("data_offsets [", e.begin, ", ", e.end, "] hold ", e.end - e.begin, " bytes but ",
+                 ds, " ", shape_str(e.shape), " needs ", nbytes);
     f.entries_.push_back(std::move(e));
   }
 
@@ -237,7 +215,9 @@ std::vector<std::string> SafetensorsFile::names() const {
   return out;
 }
 
-bool SafetensorsFile::has(const std::string& name) const { return index_.count(name) != 0; }
+bool SafetensorsFile::has(const std::string& name) const {
+  return index_.count(name) != 0;
+}
 
 const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
   const auto it = index_.find(name);
@@ -262,7 +242,9 @@ const uint8_t* SafetensorsFile::file_data() const {
   return mapping_ ? static_cast<const uint8_t*>(mapping_->addr) : nullptr;
 }
 
-size_t SafetensorsFile::file_size() const { return mapping_ ? mapping_->size : 0; }
+size_t SafetensorsFile::file_size() const {
+  return mapping_ ? mapping_->size : 0;
+}
 
 SafetensorsWriter::SafetensorsWriter(std::string path, std::vector<SafetensorsTensorSpec> specs,
                                      const std::map<std::string, std::string>& metadata)

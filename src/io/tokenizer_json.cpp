@@ -415,17 +415,8 @@ int32_t find_first(const HfTokenizer& t, std::initializer_list<const char*> name
 std::unique_ptr<HfTokenizer> parse_tokenizer_json(std::string_view json_text,
                                                   const std::string& path) {
   const Parser p(path);
-  json root;
-  try {
-    const json::parser_callback_t limit = [&](int depth, json::parse_event_t, json&) {
-      if (depth > kMaxDepth) p.bad("JSON nests deeper than " + std::to_string(kMaxDepth));
-      return true;
-    };
-    root = json::parse(json_text.begin(), json_text.end(), limit);
-  } catch (const json::exception& e) {
-    p.bad("not valid JSON: " + detail::one_line(e.what()));
-  }
-  if (!root.is_object()) p.bad("top level is not a JSON object");
+  const json root = detail::parse_json_object_strict(json_text, kMaxDepth, "",
+                                                     [&](const std::string& msg) { p.bad(msg); });
   if (auto it = root.find("version"); it != root.end() && (!it->is_string() || *it != "1.0"))
     p.bad("version is not \"1.0\"");
   auto t = std::make_unique<HfTokenizer>();
