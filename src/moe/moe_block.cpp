@@ -148,19 +148,21 @@ MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype) : kind_(weights.kind)
   // temporaries of the interleaved [w1; w3].
   const int64_t q = interleave_block_for(dtype);
   constexpr int64_t kSlice = 8;
-  std::vector<Tensor> w13_src;
-  for (int64_t e = 0; e < experts_; ++e) {
-    if (kind_ == ExpertKind::swiglu) {
-      w13_src.push_back(interleave_swiglu(weights.w1[e], weights.w3[e], q));
-    } else {
-      w13_src.push_back(weights.w1[e]);
-      if (!weights.b1.empty()) b1_.push_back(weights.b1[e].to(DType::f32));
-      if (!weights.b2.empty()) b2_.push_back(weights.b2[e].to(DType::f32));
-    }
-    if (static_cast<int64_t>(w13_src.size()) == kSlice || e + 1 == experts_) {
-      for (auto& p : kernels::PackedLinear::pack_all(w13_src, dtype)) w13_.push_back(std::move(p));
-      w13_src.clear();
-    }
+  for (int64_t e = 0; e < experts_ && kind_ != ExpertKind::swiglu; ++e) {
+    if (!weights.b1.empty()) b1_.push_back(weights.b1[e].to(DType::f32));
+    if (!weights.b2.empty()) b2_.push_back(weights.b2[e].to(DType::f32));
+  }
+  for (int64_t e0 = 0; e0 < experts_; e0 += kSlice) {
+    const int64_t n = std::min(kSlice, experts_ - e0);
+    std::vector<Tensor> w13_src(static_cast<size_t>(n));
+    parallel_for(n, 1, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j)
+        w13_src[static_cast<size_t>(j)] =
+            kind_ == ExpertKind::swiglu
+                ? interleave_swiglu(weights.w1[e0 + j], weights.w3[e0 + j], q)
+                : weights.w1[e0 + j];
+    });
+    for (auto& p : kernels::PackedLinear::pack_all(w13_src, dtype)) w13_.push_back(std::move(p));
   }
   w2_ = kernels::PackedLinear::pack_all(weights.w2, dtype);
   for (const auto& p : w13_)

@@ -86,10 +86,13 @@ std::vector<PackedLinear> PackedLinear::pack_all(const std::vector<Tensor>& ws, 
     total += (out[i].plan(ws[i], dtype) + kAlignment - 1) / kAlignment * kAlignment;
   }
   auto storage = std::make_shared<Storage>(std::max<size_t>(total, kAlignment));
-  for (size_t i = 0; i < ws.size(); ++i) {
-    out[i].data_ = storage;
-    out[i].pack_into(ws[i], static_cast<char*>(storage->data()) + out[i].offset_);
-  }
+  // Matrices are packed on all threads: loading a model is mostly this loop.
+  parallel_for(static_cast<int64_t>(ws.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      out[i].data_ = storage;
+      out[i].pack_into(ws[i], static_cast<char*>(storage->data()) + out[i].offset_);
+    }
+  });
   return out;
 }
 
