@@ -194,6 +194,10 @@ void MoeLm::forward_batch(const std::vector<std::vector<int32_t>>& tokens,
                           LmStats* stats) const {
   DELTAMOE_CHECK(tokens.size() == caches.size() && !tokens.empty(), "model",
                  "forward_batch: ", tokens.size(), " sequences for ", caches.size(), " caches");
+  for (size_t a = 0; a < caches.size(); ++a)
+    for (size_t b = a + 1; b < caches.size(); ++b)
+      DELTAMOE_CHECK(caches[a] != caches[b], "model", "forward_batch: sequences ", a, " and ", b,
+                     " share one KV cache");
   std::vector<const int32_t*> ptrs;
   std::vector<int64_t> counts;
   for (const auto& t : tokens) {

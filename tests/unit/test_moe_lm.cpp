@@ -192,6 +192,8 @@ TEST(LmErrors, BadTokensAndContextGiveClearErrors) {
     EXPECT_NE(std::string(e.what()).find("exceeds the context"), std::string::npos) << e.what();
   }
   EXPECT_THROW(MoeLm::load(golden_dir("does_not_exist")), Error);
+  KvCache shared;
+  EXPECT_THROW(m->forward_batch({{1}, {2}}, {&shared, &shared}, logits.data()), Error);
 }
 
 TEST(Sampling, GreedyTemperatureAndTopP) {
