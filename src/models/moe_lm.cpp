@@ -318,6 +318,7 @@ void MoeLm::run_layers(const std::vector<const int32_t*>& toks, const std::vecto
     if (stats && ly.moe) {
       stats->moe_rows += t_count;
       stats->routed_experts += static_cast<int64_t>(routing.expert_ids.size());
+      if (stats->record_routing) stats->routing.push_back(routing);
     }
     parallel_for(t_count * hd, 4096, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) h[static_cast<size_t>(i)] += y[static_cast<size_t>(i)];

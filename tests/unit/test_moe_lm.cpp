@@ -84,6 +84,31 @@ TEST_P(LmGolden, LogitsAndGreedyMatchTransformers) {
     m->forward(prompt.data(), static_cast<int64_t>(prompt.size()), cache, got.data(), true);
     EXPECT_GT(max_abs(want.data<float>(), want.numel()), 1.0f);  // logits of order 1-10
     EXPECT_LE(max_abs_diff(got.data(), want.data<float>(), want.numel()), 1e-3f);
+    // Every MoE layer routed each token to transformers' experts, in its order, with its
+    // weights (the golden prompts keep a clear margin between the k-th and (k+1)-th expert).
+    {
+      KvCache c2;
+      LmStats st;
+      st.record_routing = true;
+      m->forward(prompt.data(), static_cast<int64_t>(prompt.size()), c2, got.data(), true, &st);
+      size_t moe_layer = 0;
+      int checked = 0;
+      for (int64_t l = 0; l < m->layers(); ++l) {
+        if (!m->config().is_moe_layer(l)) continue;
+        const auto& r = st.routing.at(moe_layer++);
+        const std::string key = "router." + std::to_string(i) + "." + std::to_string(l);
+        const auto idx = ids_of(g.get(key + ".idx"));
+        const Tensor w = g.get(key + ".w").to(DType::f32);
+        ASSERT_EQ(r.expert_ids.size(), idx.size()) << key;
+        for (size_t j = 0; j < idx.size(); ++j) {
+          EXPECT_EQ(r.expert_ids[j], idx[j]) << key << " pair " << j;
+          EXPECT_NEAR(r.weights[j], w.data<float>()[j], 1e-5f) << key << " pair " << j;
+        }
+        ++checked;
+      }
+      EXPECT_EQ(static_cast<size_t>(checked), st.routing.size());
+      EXPECT_GE(checked, 1);
+    }
     const auto want_greedy = ids_of(g.get("greedy." + std::to_string(i)));
     EXPECT_EQ(greedy(*m, prompt, static_cast<int>(want_greedy.size())), want_greedy);
   }

@@ -49,6 +49,10 @@ struct LmStats {
   int64_t tokens = 0;          // token rows run through the decoder
   int64_t moe_rows = 0;        // token rows × MoE layers
   int64_t routed_experts = 0;  // (token, expert) pairs computed in MoE layers
+  /// When set before a call, each MoE layer's routing of that call is appended here (one
+  /// entry per MoE layer and call, in layer order; dense layers add none).
+  bool record_routing = false;
+  std::vector<moe::RoutingResult> routing;
   /// Mean real experts per token and MoE layer.
   double mean_experts() const {
     return moe_rows ? static_cast<double>(routed_experts) / static_cast<double>(moe_rows) : 0.0;
