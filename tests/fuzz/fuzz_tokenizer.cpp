@@ -3,9 +3,7 @@
 // deltamoe::Error with a one-line "[tokenizer] " message; a loaded one must encode random
 // bytes and decode its own ids without any other exception. Run under the `debug` preset
 // (ASan + UBSan) to catch memory errors that do not crash.
-//
-// Built with clang and -DDELTAMOE_LIBFUZZER (-fsanitize=fuzzer), the same checks run as a
-// libFuzzer target instead: LLVMFuzzerTestOneInput below.
+// The coverage-guided counterpart is tests/libfuzzer/tokenizer.cpp (scripts/fuzz.sh).
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -76,19 +74,6 @@ void check(const std::string& json_text, const std::string& input, int& loaded, 
 
 }  // namespace
 
-#ifdef DELTAMOE_LIBFUZZER
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  // First byte picks what is fuzzed: the file (rest of the input) or the text to encode.
-  if (size == 0) return 0;
-  const std::string rest(reinterpret_cast<const char*>(data) + 1, size - 1);
-  int loaded = 0, rejected = 0;
-  if (data[0] & 1)
-    check(rest, "Hello ab 12 é", loaded, rejected);
-  else
-    check(kByteLevel, rest, loaded, rejected);
-  return 0;
-}
-#else
 #include <gtest/gtest.h>
 
 TEST(FuzzTokenizer, RandomMutationsNeverCrash) {
@@ -130,4 +115,3 @@ TEST(FuzzTokenizer, RandomMutationsNeverCrash) {
   EXPECT_GT(loaded, kIterations / 5);
   EXPECT_GT(rejected, kIterations / 4);
 }
-#endif

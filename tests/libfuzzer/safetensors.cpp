@@ -12,7 +12,8 @@
 #include "deltamoe/io/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const std::string path = "/tmp/deltamoe-fuzz-" + std::to_string(::getpid()) + ".safetensors";
+  static const std::string path =
+      "/tmp/deltamoe-fuzz-" + std::to_string(::getpid()) + ".safetensors";
   std::FILE* f = std::fopen(path.c_str(), "wb");
   if (f == nullptr) return 0;
   const bool ok = std::fwrite(data, 1, size, f) == size;
