@@ -39,6 +39,23 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def add_run_options(parser):
+    """The options every peer benchmark shares: the deltamoe binary beside the peer, and how
+    to wait for (and repeat runs disturbed by) other load on the machine."""
+    parser.add_argument("--deltamoe", default=os.path.join(REPO, "build", "deltamoe"),
+                        help="deltamoe binary (default: build/deltamoe of this repo)")
+    parser.add_argument("--deltamoe-args", default="",
+                        help="extra arguments for deltamoe bench model, e.g. --deltamoe-args='-r 1' (default: none)")
+    parser.add_argument("--max-busy", type=float, default=0.15,
+                        help="with --wait-quiet: the busy fraction of the CPUs counted as quiet (default: 0.15)")
+    parser.add_argument("--wait-quiet", type=float, default=0,
+                        help="seconds to wait for a quiet machine before each run (default: 0, don't wait); a run "
+                             "during which other processes used more than --max-busy is then repeated")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="with --wait-quiet: repeats of a disturbed run (default: 2)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds for one run (default: 1800)")
+
+
 def summarize(runs, key):
     """Median, min, max and the values of `key` over the runs that have it (None if none)."""
     vals = [r[key] for r in runs if r.get(key) is not None]

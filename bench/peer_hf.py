@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peer_common import (summarize, DEFAULT_MODEL, REPO, cpu_info, deltamoe_status, die, emit, hf_config, log,  # noqa: E402
+from peer_common import (add_run_options, summarize, DEFAULT_MODEL, REPO, cpu_info, deltamoe_status, die, emit, hf_config, log,  # noqa: E402
                          measured, median, ratio, run_deltamoe)
 
 
@@ -100,17 +100,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0, help="seed of the random prompt tokens (default: 0)")
     ap.add_argument("--experts-impl", default=None,
                     help="transformers experts_implementation: eager, batched_mm, grouped_mm (default: transformers' own)")
-    ap.add_argument("--deltamoe", default=os.path.join(REPO, "build", "deltamoe"),
-                    help="deltamoe binary (default: build/deltamoe of this repo)")
-    ap.add_argument("--deltamoe-args", default="",
-                    help="extra arguments for deltamoe bench model, e.g. --deltamoe-args='-r 1' (default: none)")
-    ap.add_argument("--max-busy", type=float, default=0.15,
-                    help="with --wait-quiet: the busy fraction of the CPUs counted as quiet (default: 0.15)")
-    ap.add_argument("--wait-quiet", type=float, default=0,
-                    help="seconds to wait for a quiet machine before each run (default: 0, don't wait); a run during "
-                         "which other processes used more than --max-busy is then repeated")
-    ap.add_argument("--retries", type=int, default=2, help="with --wait-quiet: repeats of a disturbed run (default: 2)")
-    ap.add_argument("--timeout", type=float, default=1800, help="seconds for one run (default: 1800)")
+    add_run_options(ap)
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dtype", default="f32", help=argparse.SUPPRESS)

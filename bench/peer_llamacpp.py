@@ -33,8 +33,8 @@ import tarfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peer_common import (summarize, DEFAULT_MODEL, PEER_DIR, REPO, cpu_info, deltamoe_status, die, emit, hf_config,  # noqa: E402
-                         log, measured, median, model_fingerprint, ratio, run_deltamoe)
+from peer_common import (add_run_options, summarize, DEFAULT_MODEL, PEER_DIR, REPO, cpu_info, deltamoe_status, die, emit, hf_config,  # noqa: E402
+                         log, measured, model_fingerprint, ratio, run_deltamoe)
 
 DEFAULT_SRC = os.path.join(PEER_DIR, "llama.cpp-src")
 DEFAULT_BUILD = os.path.join(PEER_DIR, "llama.cpp-build")
@@ -423,16 +423,7 @@ def main():
     be.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (tg)")
     be.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are over these")
     be.add_argument("--reps", type=int, default=1, help="llama-bench -r within one run")
-    be.add_argument("--deltamoe", default=os.path.join(REPO, "build", "deltamoe"), help="deltamoe binary")
-    be.add_argument("--deltamoe-args", default="",
-                    help="extra arguments for deltamoe bench model, e.g. --deltamoe-args='-r 1'")
-    be.add_argument("--max-busy", type=float, default=0.15,
-                    help="with --wait-quiet: the busy fraction of the CPUs counted as quiet")
-    be.add_argument("--wait-quiet", type=float, default=0,
-                    help="seconds to wait for a quiet machine before each run (0: don't wait); a run during which "
-                         "other processes used more than --max-busy is then repeated")
-    be.add_argument("--retries", type=int, default=2, help="with --wait-quiet: repeats of a disturbed run")
-    be.add_argument("--timeout", type=float, default=1800, help="seconds for one run")
+    add_run_options(be)
 
     argv = sys.argv[1:]
     if not argv or argv[0] not in ("build", "convert", "verify", "bench", "-h", "--help"):
