@@ -56,6 +56,37 @@ def add_run_options(parser):
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for one run (default: 1800)")
 
 
+def tokens_per_s_summary(runs, pp, tg):
+    """{pp: summary of pp_tokens_per_s, tg: summary of tg_tokens_per_s} over the runs, keyed
+    by the test names (e.g. "pp512", "tg128")."""
+    return {pp: summarize(runs, "pp_tokens_per_s"), tg: summarize(runs, "tg_tokens_per_s")}
+
+
+def deltamoe_column(dm_runs, peer, pp, tg):
+    """deltamoe's summaries over its runs, and its ratio to the peer's medians, per test."""
+    dm = tokens_per_s_summary(dm_runs, pp, tg)
+    if dm_runs:
+        dm["raw_first_run"] = dm_runs[0]["raw"]
+    return dm, {k: ratio((dm[k] or {}).get("median"), (peer[k] or {}).get("median")) for k in (pp, tg)}
+
+
+def report_header(benchmark, args, cfg, load, results, errors, dm_ok):
+    """The fields every peer report shares: model, CPU, load, results, errors, versions."""
+    peer_git = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture_output=True,
+                              text=True).stdout.strip()
+    return {"benchmark": benchmark, "model_dir": os.path.realpath(args.model),
+            "model": {k: cfg.get(k) for k in ("architectures", "num_hidden_layers", "hidden_size",
+                                              "num_attention_heads", "num_key_value_heads", "num_local_experts",
+                                              "num_experts_per_tok", "intermediate_size", "vocab_size")},
+            "cpu": cpu_info(), "load": load, "results": results, "errors": errors,
+            "disturbed_runs": [r["run"] for r in load if r.get("disturbed")],
+            "versions": {"peer_scripts_git": peer_git, "deltamoe_binary": args.deltamoe if dm_ok else None,
+                         "deltamoe_args": args.deltamoe_args,
+                         "deltamoe_version": subprocess.run([args.deltamoe, "--version"], capture_output=True,
+                                                            text=True).stdout.strip() if dm_ok else None},
+            "deltamoe_available": dm_ok, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def summarize(runs, key):
     """Median, min, max and the values of `key` over the runs that have it (None if none)."""
     vals = [r[key] for r in runs if r.get(key) is not None]

@@ -26,8 +26,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peer_common import (add_run_options, summarize, DEFAULT_MODEL, REPO, cpu_info, deltamoe_status, die, emit, hf_config, log,  # noqa: E402
-                         measured, median, ratio, run_deltamoe)
+from peer_common import (add_run_options, deltamoe_column, report_header, tokens_per_s_summary, DEFAULT_MODEL, deltamoe_status, die, emit, hf_config, log,  # noqa: E402
+                         measured, median, run_deltamoe)
 
 
 def child(args):
@@ -153,8 +153,7 @@ def main():
 
     results = {}
     for d in dtypes:
-        hf = {pp: summarize(runs[d]["transformers"], "pp_tokens_per_s"),
-              tg: summarize(runs[d]["transformers"], "tg_tokens_per_s")}
+        hf = tokens_per_s_summary(runs[d]["transformers"], pp, tg)
         entry = {"transformers": hf}
         if runs[d]["transformers"]:
             first = runs[d]["transformers"][0]
@@ -163,32 +162,18 @@ def main():
             entry["transformers_samples"] = [{k: r[k] for k in ("pp_samples_tokens_per_s", "tg_samples_tokens_per_s")}
                                              for r in runs[d]["transformers"]]
         if dm_ok:
-            dm = {pp: summarize(runs[d]["deltamoe"], "pp_tokens_per_s"), tg: summarize(runs[d]["deltamoe"], "tg_tokens_per_s")}
-            if runs[d]["deltamoe"]:
-                dm["raw_first_run"] = runs[d]["deltamoe"][0]["raw"]
-            entry["deltamoe"] = dm
-            entry["ratio_ours_over_transformers"] = {
-                k: ratio((dm[k] or {}).get("median"), (hf[k] or {}).get("median")) for k in (pp, tg)}
+            entry["deltamoe"], entry["ratio_ours_over_transformers"] = deltamoe_column(runs[d]["deltamoe"], hf, pp, tg)
         else:
             entry["deltamoe"] = {"missing": dm_why}
         results[d] = entry
-    dm_version = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture_output=True,
-                                text=True).stdout.strip()
-    emit({"benchmark": "peer_hf", "model_dir": os.path.realpath(args.model),
-          "model": {k: cfg.get(k) for k in ("architectures", "num_hidden_layers", "hidden_size", "num_attention_heads",
-                                            "num_key_value_heads", "num_local_experts", "num_experts_per_tok",
-                                            "intermediate_size", "vocab_size")},
-          "settings": {"n_prompt": args.n_prompt, "n_gen": args.n_gen, "threads": args.threads, "rounds": args.rounds,
-                       "reps_per_process": args.reps, "tg_context": "1-token prompt, then n_gen cached decode steps",
-                       "order": "alternating transformers, deltamoe per dtype per round",
-                       "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ}},
-          "cpu": cpu_info(), "load": load, "results": results, "errors": errors,
-          "disturbed_runs": [r["run"] for r in load if r.get("disturbed")],
-          "versions": {"peer_scripts_git": dm_version, "deltamoe_binary": args.deltamoe if dm_ok else None,
-                       "deltamoe_args": args.deltamoe_args,
-                       "deltamoe_version": subprocess.run([args.deltamoe, "--version"], capture_output=True,
-                                                          text=True).stdout.strip() if dm_ok else None},
-          "deltamoe_available": dm_ok, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, args.json)
+    report = report_header("peer_hf", args, cfg, load, results, errors, dm_ok)
+    report["settings"] = {"n_prompt": args.n_prompt, "n_gen": args.n_gen, "threads": args.threads,
+                          "rounds": args.rounds, "reps_per_process": args.reps,
+                          "tg_context": "1-token prompt, then n_gen cached decode steps",
+                          "order": "alternating transformers, deltamoe per dtype per round",
+                          "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")
+                                  if k in os.environ}}
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

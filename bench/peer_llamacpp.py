@@ -33,8 +33,8 @@ import tarfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peer_common import (add_run_options, summarize, DEFAULT_MODEL, PEER_DIR, REPO, cpu_info, deltamoe_status, die, emit, hf_config,  # noqa: E402
-                         log, measured, model_fingerprint, ratio, run_deltamoe)
+from peer_common import (add_run_options, deltamoe_column, report_header, tokens_per_s_summary, DEFAULT_MODEL, PEER_DIR, deltamoe_status, die, emit, hf_config,  # noqa: E402
+                         log, measured, model_fingerprint, run_deltamoe)
 
 DEFAULT_SRC = os.path.join(PEER_DIR, "llama.cpp-src")
 DEFAULT_BUILD = os.path.join(PEER_DIR, "llama.cpp-build")
@@ -349,7 +349,7 @@ def cmd_bench(args):
 
     results = {}
     for d in dtypes:
-        lc = {pp: summarize(runs[d]["llama_cpp"], "pp_tokens_per_s"), tg: summarize(runs[d]["llama_cpp"], "tg_tokens_per_s")}
+        lc = tokens_per_s_summary(runs[d]["llama_cpp"], pp, tg)
         entry = {"gguf": ggufs[d], "gguf_bytes": os.path.getsize(ggufs[d]), "llama_cpp": lc}
         if runs[d]["llama_cpp"]:
             entry["llama_bench_info"] = runs[d]["llama_cpp"][0]["info"]
@@ -358,30 +358,15 @@ def cmd_bench(args):
         elif d not in ("f32", "bf16"):
             entry["deltamoe"] = {"missing": f"deltamoe has no {d} weights"}
         else:
-            dm = {pp: summarize(runs[d]["deltamoe"], "pp_tokens_per_s"), tg: summarize(runs[d]["deltamoe"], "tg_tokens_per_s")}
-            if runs[d]["deltamoe"]:
-                dm["raw_first_run"] = runs[d]["deltamoe"][0]["raw"]
-            entry["deltamoe"] = dm
-            entry["ratio_ours_over_llama_cpp"] = {
-                k: ratio((dm[k] or {}).get("median"), (lc[k] or {}).get("median")) for k in (pp, tg)}
+            entry["deltamoe"], entry["ratio_ours_over_llama_cpp"] = deltamoe_column(runs[d]["deltamoe"], lc, pp, tg)
         results[d] = entry
 
-    dm_version = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture_output=True,
-                                text=True).stdout.strip()
-    emit({"benchmark": "peer_llamacpp", "model_dir": os.path.realpath(args.model),
-          "model": {k: cfg.get(k) for k in ("architectures", "num_hidden_layers", "hidden_size", "num_attention_heads",
-                                            "num_key_value_heads", "num_local_experts", "num_experts_per_tok",
-                                            "intermediate_size", "vocab_size")},
-          "settings": {"n_prompt": args.n_prompt, "n_gen": args.n_gen, "threads": args.threads, "rounds": args.rounds,
-                       "llama_bench_reps_per_run": args.reps, "order": "alternating llama.cpp, deltamoe per dtype per round"},
-          "cpu": cpu_info(), "load": load, "results": results, "errors": errors,
-          "disturbed_runs": [r["run"] for r in load if r.get("disturbed")],
-          "versions": {"llama_cpp": build_info(args.build_dir), "peer_scripts_git": dm_version,
-                       "deltamoe_binary": args.deltamoe if dm_ok else None,
-                       "deltamoe_args": args.deltamoe_args,
-                       "deltamoe_version": subprocess.run([args.deltamoe, "--version"], capture_output=True,
-                                                          text=True).stdout.strip() if dm_ok else None},
-          "deltamoe_available": dm_ok, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, args.json)
+    report = report_header("peer_llamacpp", args, cfg, load, results, errors, dm_ok)
+    report["settings"] = {"n_prompt": args.n_prompt, "n_gen": args.n_gen, "threads": args.threads,
+                          "rounds": args.rounds, "llama_bench_reps_per_run": args.reps,
+                          "order": "alternating llama.cpp, deltamoe per dtype per round"}
+    report["versions"]["llama_cpp"] = build_info(args.build_dir)
+    emit(report, args.json)
 
 
 def main():
