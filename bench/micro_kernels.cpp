@@ -35,7 +35,8 @@ void set_counters(benchmark::State& state, int64_t m, int64_t n, int64_t k, doub
   const double iters = static_cast<double>(state.iterations());
   state.counters["gflops"] =
       benchmark::Counter(2.0 * m * n * k * iters * 1e-9, benchmark::Counter::kIsRate);
-  state.counters["weight_gbs"] = benchmark::Counter(wbytes * iters * 1e-9, benchmark::Counter::kIsRate);
+  state.counters["weight_gbs"] =
+      benchmark::Counter(wbytes * iters * 1e-9, benchmark::Counter::kIsRate);
 }
 
 // Args: m, N, K, threads (threads == 0 means linear_st on one thread).
@@ -61,8 +62,12 @@ void run_linear(benchmark::State& state, deltamoe::DType dtype) {
   deltamoe::set_num_threads(0);
 }
 
-void BM_linear_f32(benchmark::State& state) { run_linear(state, deltamoe::DType::f32); }
-void BM_linear_bf16(benchmark::State& state) { run_linear(state, deltamoe::DType::bf16); }
+void BM_linear_f32(benchmark::State& state) {
+  run_linear(state, deltamoe::DType::f32);
+}
+void BM_linear_bf16(benchmark::State& state) {
+  run_linear(state, deltamoe::DType::bf16);
+}
 
 // OpenBLAS on the same product: y[m,N] = x[m,K] · W[N,K]ᵀ (threads as above; 0 = 1 thread).
 void BM_sgemm(benchmark::State& state) {
@@ -124,8 +129,12 @@ void run_gemv_dram(benchmark::State& state, deltamoe::DType dtype) {
   state.SetLabel(dk::linear_impl_name(dtype));
   deltamoe::set_num_threads(0);
 }
-void BM_gemv_dram_f32(benchmark::State& state) { run_gemv_dram(state, deltamoe::DType::f32); }
-void BM_gemv_dram_bf16(benchmark::State& state) { run_gemv_dram(state, deltamoe::DType::bf16); }
+void BM_gemv_dram_f32(benchmark::State& state) {
+  run_gemv_dram(state, deltamoe::DType::f32);
+}
+void BM_gemv_dram_bf16(benchmark::State& state) {
+  run_gemv_dram(state, deltamoe::DType::bf16);
+}
 BENCHMARK(BM_gemv_dram_f32)->ArgName("threads")->Arg(0)->Arg(2)->UseRealTime();
 BENCHMARK(BM_gemv_dram_bf16)->ArgName("threads")->Arg(0)->Arg(2)->UseRealTime();
 
@@ -168,8 +177,8 @@ void BM_softmax_rows(benchmark::State& state) {
     dk::softmax_rows_st(x.data(), y.data(), rows, d);
     benchmark::DoNotOptimize(y.data());
   }
-  state.counters["grows"] = benchmark::Counter(static_cast<double>(rows) * state.iterations() * 1e-9,
-                                               benchmark::Counter::kIsRate);
+  state.counters["grows"] = benchmark::Counter(
+      static_cast<double>(rows) * state.iterations() * 1e-9, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_softmax_rows)->Arg(8)->Arg(64)->Arg(128);
 
@@ -202,34 +211,49 @@ int run_table(bool json, double budget_s) {
   const auto w = random_vec(static_cast<size_t>(n * k), 2);
   std::vector<float> wt(static_cast<size_t>(n * k));  // [K, N] for the NN SGEMM
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < k; ++j) wt[static_cast<size_t>(j * n + i)] = w[static_cast<size_t>(i * k + j)];
+    for (int64_t j = 0; j < k; ++j)
+      wt[static_cast<size_t>(j * n + i)] = w[static_cast<size_t>(i * k + j)];
   const dk::PackedLinear pf(deltamoe::Tensor::from(w, {n, k}), deltamoe::DType::f32);
   const dk::PackedLinear pb(deltamoe::Tensor::from(w, {n, k}), deltamoe::DType::bf16);
+  // Row-major (a mapped checkpoint used in place): our dot kernels, OpenBLAS from blas_rows().
+  const deltamoe::Tensor wtensor = deltamoe::Tensor::from(w, {n, k});
+  const dk::PackedLinear rf = dk::PackedLinear::row_major(wtensor, deltamoe::DType::f32);
+  const dk::PackedLinear rb = dk::PackedLinear::row_major(wtensor, deltamoe::DType::bf16);
   std::vector<float> y(static_cast<size_t>(512 * n));
   std::string rows_json;
   if (!json)
-    std::printf("%7s %3s %10s %10s %10s %10s %8s   (GFLOP/s, best call; K=N=1024)\n", "m",
-                "thr", "linear_f32", "linear_bf16", "sgemm_nt", "sgemm_nn", "f32/blas");
+    std::printf("%7s %3s %10s %10s %10s %10s %10s %10s %8s   (GFLOP/s, best call; K=N=1024)\n", "m",
+                "thr", "linear_f32", "linear_bf16", "rows_f32", "rows_bf16", "sgemm_nt", "sgemm_nn",
+                "f32/blas");
   // Variant-major order with a pause between variants: libgomp's and OpenBLAS's idle worker
   // threads spin for a while after each call, and interleaving the two libraries call by
   // call makes each one's spinners steal the other's cores.
   const int64_t cells = static_cast<int64_t>(ms.size());
-  std::vector<double> t[2][4];  // [threads-1][f32, bf16, sgemm_nt, sgemm_nn] -> seconds per m
+  // [threads-1][f32, bf16, sgemm_nt, sgemm_nn, rows_f32, rows_bf16] -> seconds per m
+  std::vector<double> t[2][6];
   for (int threads : {1, 2}) {
     deltamoe::set_num_threads(threads);
-    for (int v = 0; v < 4; ++v) {
+    for (int v = 0; v < 6; ++v) {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
       for (int64_t m : ms) {
-        t[threads - 1][v].push_back(best_call_s([&] {
-          if (v >= 2) {
-            if (v == 2) dk::sgemm(false, true, m, n, k, 1.0f, x.data(), k, w.data(), k, 0.0f, y.data(), n);
-            else dk::sgemm(false, false, m, n, k, 1.0f, x.data(), k, wt.data(), n, 0.0f, y.data(), n);
-          } else {
-            const dk::PackedLinear& p = v == 0 ? pf : pb;
-            if (threads == 1) dk::linear_st(x.data(), m, k, p, 0, n, y.data(), n);
-            else dk::linear(x.data(), m, k, p, y.data(), n);
-          }
-        }, budget_s));
+        t[threads - 1][v].push_back(best_call_s(
+            [&] {
+              if (v == 2 || v == 3) {
+                if (v == 2)
+                  dk::sgemm(false, true, m, n, k, 1.0f, x.data(), k, w.data(), k, 0.0f, y.data(),
+                            n);
+                else
+                  dk::sgemm(false, false, m, n, k, 1.0f, x.data(), k, wt.data(), n, 0.0f, y.data(),
+                            n);
+              } else {
+                const dk::PackedLinear& p = v == 0 ? pf : v == 1 ? pb : v == 4 ? rf : rb;
+                if (threads == 1)
+                  dk::linear_st(x.data(), m, k, p, 0, n, y.data(), n);
+                else
+                  dk::linear(x.data(), m, k, p, y.data(), n);
+              }
+            },
+            budget_s));
       }
     }
   }
@@ -238,6 +262,7 @@ int run_table(bool json, double budget_s) {
       const int64_t m = ms[static_cast<size_t>(i)];
       const auto& tt = t[threads - 1];
       const double tf = tt[0][i], tb = tt[1][i], tnt = tt[2][i], tnn = tt[3][i];
+      const double trf = tt[4][i], trb = tt[5][i];
       const double fl = 2.0 * m * n * k * 1e-9;
       const double blas = std::max(fl / tnt, fl / tnn);
       if (json) {
@@ -246,43 +271,57 @@ int run_table(bool json, double budget_s) {
                       "%s{\"m\":%lld,\"threads\":%d,\"linear_f32_gflops\":%.1f,"
                       "\"linear_bf16_gflops\":%.1f,\"sgemm_nt_gflops\":%.1f,"
                       "\"sgemm_nn_gflops\":%.1f,\"linear_f32_weight_gbs\":%.1f,"
-                      "\"linear_bf16_weight_gbs\":%.1f}",
+                      "\"linear_bf16_weight_gbs\":%.1f,\"rows_f32_gflops\":%.1f,"
+                      "\"rows_bf16_gflops\":%.1f}",
                       rows_json.empty() ? "" : ",", static_cast<long long>(m), threads, fl / tf,
                       fl / tb, fl / tnt, fl / tnn, pf.weight_bytes() / tf * 1e-9,
-                      pb.weight_bytes() / tb * 1e-9);
+                      pb.weight_bytes() / tb * 1e-9, fl / trf, fl / trb);
         rows_json += buf;
       } else {
-        std::printf("%7lld %3d %10.1f %10.1f %10.1f %10.1f %7.0f%%\n", static_cast<long long>(m),
-                    threads, fl / tf, fl / tb, fl / tnt, fl / tnn, 100.0 * (fl / tf) / blas);
+        std::printf("%7lld %3d %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.0f%%\n",
+                    static_cast<long long>(m), threads, fl / tf, fl / tb, fl / trf, fl / trb,
+                    fl / tnt, fl / tnn, 100.0 * (fl / tf) / blas);
       }
     }
   }
   // Decode from DRAM: cycle through 96 MiB (f32) / 48 MiB (bf16) of 1024x1024 matrices,
   // more than the 32 MiB L3, so every call streams its weights from memory.
-  double dram_gbs[2][2] = {};  // [dtype][threads-1]
-  for (int d = 0; d < 2; ++d) {
-    const auto dtype = d == 0 ? deltamoe::DType::f32 : deltamoe::DType::bf16;
+  double dram_gbs[4][2] = {};  // [packed f32, packed bf16, rows f32, rows bf16][threads-1]
+  for (int d = 0; d < 4; ++d) {
+    const auto dtype = d % 2 == 0 ? deltamoe::DType::f32 : deltamoe::DType::bf16;
     std::vector<dk::PackedLinear> mats;
-    for (int i = 0; i < 24; ++i) mats.emplace_back(deltamoe::Tensor::from(w, {n, k}), dtype);
+    for (int i = 0; i < 24; ++i)
+      mats.push_back(d < 2 ? dk::PackedLinear(deltamoe::Tensor::from(w, {n, k}), dtype)
+                           : dk::PackedLinear::row_major(deltamoe::Tensor::from(w, {n, k}), dtype));
     for (int threads : {1, 2}) {
       deltamoe::set_num_threads(threads);
       size_t next = 0;
-      const double t = best_call_s([&] {
-        const dk::PackedLinear& p = mats[next++ % mats.size()];
-        if (threads == 1) dk::linear_st(x.data(), 1, k, p, 0, n, y.data(), n);
-        else dk::linear(x.data(), 1, k, p, y.data(), n);
-      }, budget_s);
+      const double t = best_call_s(
+          [&] {
+            const dk::PackedLinear& p = mats[next++ % mats.size()];
+            if (threads == 1)
+              dk::linear_st(x.data(), 1, k, p, 0, n, y.data(), n);
+            else
+              dk::linear(x.data(), 1, k, p, y.data(), n);
+          },
+          budget_s);
       dram_gbs[d][threads - 1] = mats[0].weight_bytes() / t * 1e-9;
     }
   }
   if (!json)
-    std::printf("decode m=1 from DRAM, weight GB/s (best call): f32 %.1f (1 thr) %.1f (2 thr), "
-                "bf16 %.1f (1 thr) %.1f (2 thr)\n",
-                dram_gbs[0][0], dram_gbs[0][1], dram_gbs[1][0], dram_gbs[1][1]);
+    std::printf(
+        "decode m=1 from DRAM, weight GB/s (best call): f32 %.1f (1 thr) %.1f (2 thr), "
+        "bf16 %.1f (1 thr) %.1f (2 thr); row-major f32 %.1f / %.1f, bf16 %.1f / %.1f\n",
+        dram_gbs[0][0], dram_gbs[0][1], dram_gbs[1][0], dram_gbs[1][1], dram_gbs[2][0],
+        dram_gbs[2][1], dram_gbs[3][0], dram_gbs[3][1]);
   deltamoe::set_num_threads(0);
   if (json)
-    std::printf("{\"dram_gemv_f32_weight_gbs\":[%.1f,%.1f],\"dram_gemv_bf16_weight_gbs\":[%.1f,%.1f],",
-                dram_gbs[0][0], dram_gbs[0][1], dram_gbs[1][0], dram_gbs[1][1]);
+    std::printf(
+        "{\"dram_gemv_f32_weight_gbs\":[%.1f,%.1f],\"dram_gemv_bf16_weight_gbs\":[%.1f,%.1f],"
+        "\"dram_gemv_rows_f32_weight_gbs\":[%.1f,%.1f],"
+        "\"dram_gemv_rows_bf16_weight_gbs\":[%.1f,%.1f],",
+        dram_gbs[0][0], dram_gbs[0][1], dram_gbs[1][0], dram_gbs[1][1], dram_gbs[2][0],
+        dram_gbs[2][1], dram_gbs[3][0], dram_gbs[3][1]);
   if (json)
     std::printf("\"k\":%lld,\"n\":%lld,\"impl_f32\":\"%s\",\"impl_bf16\":\"%s\",\"rows\":[%s]}\n",
                 static_cast<long long>(k), static_cast<long long>(n),
@@ -300,9 +339,12 @@ int main(int argc, char** argv) {
   double budget = 0.3;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--table") table = true;
-    else if (a == "--json") json = true;
-    else if (a.rfind("--seconds=", 0) == 0) budget = std::stod(a.substr(10));
+    if (a == "--table")
+      table = true;
+    else if (a == "--json")
+      json = true;
+    else if (a.rfind("--seconds=", 0) == 0)
+      budget = std::stod(a.substr(10));
   }
   if (table) return run_table(json, budget);
   benchmark::Initialize(&argc, argv);

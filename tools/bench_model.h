@@ -4,12 +4,15 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace deltamoe::cli {
 
 struct ModelBenchOptions {
   std::string model;
-  std::string routing;   // empty: the model's own
+  std::string routing;  // empty: the model's own
+  // mapped | packed (LmCliOptions::weight_layout); two to compare them in one process.
+  std::vector<std::string> weight_layouts = {"mapped"};
   int64_t prompt = 512;  // -p: tokens of the prompt-processing test (0 = skip)
   int64_t gen = 128;     // -n: tokens of the generation test (0 = skip)
   int repetitions = 3;   // -r

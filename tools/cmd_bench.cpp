@@ -326,6 +326,13 @@ CommandRegistrar reg(
           ->capture_default_str();
       app.add_option("--routing", mo->routing,
                      "model: routing of every MoE layer (default: the model's own)");
+      app.add_option("--weight-layout", mo->weight_layouts,
+                     "model: mapped (matrices used in place from the mapped checkpoint) or "
+                     "packed (copied into our panel layout at load); two, comma-separated, "
+                     "load both and alternate their repetitions in one process")
+          ->delimiter(',')
+          ->check(CLI::IsMember({"mapped", "packed"}))
+          ->capture_default_str();
       app.add_option("--tokens", o->tokens, "Token counts to measure (several allowed)")
           ->delimiter(',');
       app.add_option("--hidden", o->hidden, "Hidden size H")->check(CLI::PositiveNumber);

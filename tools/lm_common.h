@@ -17,6 +17,7 @@ namespace deltamoe::cli {
 struct LmCliOptions {
   std::string model;
   std::string dtype = "f32";
+  std::string weight_layout = "mapped";
   std::string routing;  // empty: the model's own
   int threads = 2;
   bool json = false;
@@ -26,8 +27,14 @@ inline void add_lm_options(CLI::App& app, LmCliOptions& o) {
   app.add_option("--model", o.model,
                  "Hugging Face model directory (config.json, *.safetensors, tokenizer)")
       ->required();
-  app.add_option("--dtype", o.dtype, "Weight dtype the weights are packed to: f32 or bf16")
+  app.add_option("--dtype", o.dtype, "Weight dtype the kernels compute with: f32 or bf16")
       ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
+  app.add_option("--weight-layout", o.weight_layout,
+                 "mapped: weight matrices used in place from the memory-mapped checkpoint (a "
+                 "row-major copy only where --dtype differs from the file's); packed: copied "
+                 "into the panel layout of our packed kernels at load")
+      ->check(CLI::IsMember({"mapped", "packed"}))
       ->capture_default_str();
   app.add_option("--routing", o.routing,
                  "Routing of every MoE layer: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA] "
@@ -47,8 +54,12 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
   set_num_threads(o.threads);
   std::shared_ptr<const moe::RoutingPolicy> policy;
-  if (!o.routing.empty()) policy = moe::make_policy(o.routing, io::HfConfig::load(o.model).num_experts);
-  auto m = models::MoeLm::load(o.model, {o.dtype == "bf16" ? DType::bf16 : DType::f32});
+  if (!o.routing.empty())
+    policy = moe::make_policy(o.routing, io::HfConfig::load(o.model).num_experts);
+  auto m = models::MoeLm::load(o.model,
+                               {o.dtype == "bf16" ? DType::bf16 : DType::f32,
+                                o.weight_layout == "packed" ? kernels::WeightLayout::packed
+                                                            : kernels::WeightLayout::row_major});
   if (policy) m->set_policy(policy);
   return m;
 }

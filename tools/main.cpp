@@ -58,9 +58,13 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
+    // --help and --version print and succeed; every other parse error is one line naming the
+    // flag and what it accepts, exit 2 (as the other errors: "deltamoe: error: [component]").
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::cerr << "deltamoe: error: [cli] " << e.what() << " (see --help)\n";
+    return 2;
   } catch (const deltamoe::Error& e) {  // thrown by option validators
-    std::cerr << "deltamoe: " << e.what() << "\n";
+    std::cerr << "deltamoe: error: " << e.what() << "\n";
     return 2;
   }
   try {

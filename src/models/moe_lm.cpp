@@ -73,18 +73,30 @@ std::unique_ptr<MoeLm> MoeLm::load(const std::string& model_dir, const LmOptions
 }
 
 MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOptions& options)
-    : cfg_(config), dtype_(options.dtype), rope_(config.head_dim, config.rope_theta) {
+    : cfg_(config),
+      dtype_(options.dtype),
+      layout_(options.layout),
+      rope_(config.head_dim, config.rope_theta) {
   DELTAMOE_CHECK(dtype_ == DType::f32 || dtype_ == DType::bf16, "model",
                  "weights can be packed as f32 or bf16, not ", dtype_name(dtype_));
   const int64_t h = cfg_.hidden_size, d = cfg_.head_dim;
   q_rows_ = cfg_.num_attention_heads * d;
   kv_rows_ = cfg_.num_key_value_heads * d;
-  // A copy of the embedding (in the file's dtype), so that no view keeps a shard mapped once
-  // the packed weights are made: resident memory is then the packed weights alone, not the
-  // packed weights plus the mapped file pages they were read from.
-  embed_ = w.embed.clone();
+  const bool rows = layout_ == kernels::WeightLayout::row_major;
+  // A matrix as the kernels take it: in place (row-major, the file's dtype), a converted
+  // row-major copy, or a packed copy. Counts the bytes left in the mapping.
+  const auto prepare = [&](const Tensor& t) {
+    kernels::PackedLinear p =
+        rows ? kernels::PackedLinear::row_major(t, dtype_) : kernels::PackedLinear(t, dtype_);
+    if (p.in_place()) mapped_bytes_ += p.weight_bytes();
+    return p;
+  };
+  // Packed: a copy of the embedding too (in the file's dtype), so that no view keeps a shard
+  // mapped once the packed weights are made: resident memory is then the packed weights
+  // alone, not the packed weights plus the mapped file pages they were read from.
+  embed_ = rows ? w.embed : w.embed.clone();
   final_norm_ = w.final_norm.to(DType::f32);
-  lm_head_ = kernels::PackedLinear(w.lm_head, dtype_);
+  lm_head_ = prepare(w.lm_head);
   max_positions_ = std::min<int64_t>(
       cfg_.max_position_embeddings > 0 ? cfg_.max_position_embeddings : kMaxRopePositions,
       kMaxRopePositions);
@@ -98,8 +110,12 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
     Layer ly;
     ly.input_norm = lw.input_norm.to(DType::f32);
     ly.post_norm = lw.post_attn_norm.to(DType::f32);
-    ly.qkv = kernels::PackedLinear(concat_rows({lw.q, lw.k, lw.v}), dtype_);
-    ly.o = kernels::PackedLinear(lw.o, dtype_);
+    if (rows) {
+      for (const Tensor* t : {&lw.q, &lw.k, &lw.v}) ly.qkv.push_back(prepare(*t));
+    } else {
+      ly.qkv.push_back(kernels::PackedLinear(concat_rows({lw.q, lw.k, lw.v}), dtype_));
+    }
+    ly.o = prepare(lw.o);
     if (lw.q_bias.defined()) {
       ly.qkv_bias = to_floats(lw.q_bias);
       for (const Tensor* b : {&lw.k_bias, &lw.v_bias}) {
@@ -126,10 +142,11 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
         mw.shared_w2 = lw.shared.down;
         mw.shared_gate = lw.shared_gate;
       }
-      ly.ffn = std::make_unique<moe::MoeBlock>(mw, dtype_);
+      ly.ffn = std::make_unique<moe::MoeBlock>(mw, dtype_, layout_);
     } else {
-      ly.ffn = std::make_unique<moe::MoeBlock>(dense_as_moe(lw.dense, h), dtype_);
+      ly.ffn = std::make_unique<moe::MoeBlock>(dense_as_moe(lw.dense, h), dtype_, layout_);
     }
+    mapped_bytes_ += ly.ffn->in_place_weight_bytes();
     layers_.push_back(std::move(ly));
   }
 }
@@ -164,7 +181,8 @@ void MoeLm::reserve(KvCache& c, int64_t tokens) const {
 double MoeLm::active_weight_bytes(double experts_per_token) const {
   double b = static_cast<double>(lm_head_.weight_bytes());
   for (const Layer& ly : layers_) {
-    b += static_cast<double>(ly.qkv.weight_bytes() + ly.o.weight_bytes());
+    for (const auto& p : ly.qkv) b += static_cast<double>(p.weight_bytes());
+    b += static_cast<double>(ly.o.weight_bytes());
     b += static_cast<double>(ly.ffn->dense_weight_bytes());
     b += (ly.moe ? experts_per_token : 1.0) * static_cast<double>(ly.ffn->expert_weight_bytes());
   }
@@ -173,9 +191,11 @@ double MoeLm::active_weight_bytes(double experts_per_token) const {
 
 size_t MoeLm::weight_bytes() const {
   size_t b = lm_head_.weight_bytes();
-  for (const Layer& ly : layers_)
-    b += ly.qkv.weight_bytes() + ly.o.weight_bytes() + ly.ffn->dense_weight_bytes() +
+  for (const Layer& ly : layers_) {
+    for (const auto& p : ly.qkv) b += p.weight_bytes();
+    b += ly.o.weight_bytes() + ly.ffn->dense_weight_bytes() +
          static_cast<size_t>(ly.ffn->experts()) * ly.ffn->expert_weight_bytes();
+  }
   return b;
 }
 
@@ -263,7 +283,10 @@ void MoeLm::run_layers(const std::vector<const int32_t*>& toks, const std::vecto
       kernels::rms_norm_rows_st(h.data() + b * hd, ly.input_norm.data<float>(), x.data() + b * hd,
                                 e - b, hd, hd, eps);
     });
-    kernels::linear(x.data(), t_count, hd, ly.qkv, qkv.data(), qkv_n);
+    for (int64_t p = 0, col = 0; p < static_cast<int64_t>(ly.qkv.size()); ++p) {
+      kernels::linear(x.data(), t_count, hd, ly.qkv[p], qkv.data() + col, qkv_n);
+      col += ly.qkv[p].out_features();
+    }
     parallel_for(t_count, 4, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         float* row = qkv.data() + r * qkv_n;

@@ -126,6 +126,20 @@ void swiglu_interleaved(const float* tmp, int64_t m, int64_t width, int64_t n_be
   }
 }
 
+// Row-major SwiGLU: act[r, nb:ne] = silu(x·w1ᵀ) * (x·w3ᵀ) over columns [nb, ne), with the
+// gate and up products of those columns side by side in tmp (m x 2(ne - nb) floats).
+void swiglu_pair(const float* x, int64_t m, int64_t ldx, const kernels::PackedLinear& w1,
+                 const kernels::PackedLinear& w3, int64_t nb, int64_t ne, float* tmp, float* act,
+                 int64_t ld) {
+  const int64_t width = ne - nb;
+  kernels::linear_st(x, m, ldx, w1, nb, ne, tmp - nb, 2 * width);
+  kernels::linear_st(x, m, ldx, w3, nb, ne, tmp + width - nb, 2 * width);
+  for (int64_t r = 0; r < m; ++r) {
+    const float* row = tmp + r * 2 * width;
+    kernels::swiglu_st(row, row + width, act + r * ld + nb, width);
+  }
+}
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
@@ -134,7 +148,8 @@ inline void cpu_relax() {
 
 }  // namespace
 
-MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype) : kind_(weights.kind), dtype_(dtype) {
+MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype, kernels::WeightLayout layout)
+    : kind_(weights.kind), dtype_(dtype), layout_(layout) {
   weights.validate();
   DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "moe",
                  "expert weights must be packed as f32 or bf16, not ", dtype_name(dtype));
@@ -151,6 +166,26 @@ MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype) : kind_(weights.kind)
   for (int64_t e = 0; e < experts_ && kind_ != ExpertKind::swiglu; ++e) {
     if (!weights.b1.empty()) b1_.push_back(weights.b1[e].to(DType::f32));
     if (!weights.b2.empty()) b2_.push_back(weights.b2[e].to(DType::f32));
+  }
+  if (layout_ == kernels::WeightLayout::row_major) {
+    using kernels::PackedLinear;
+    const auto rows = [&](const std::vector<Tensor>& ws, std::vector<PackedLinear>& out) {
+      out.resize(ws.size());
+      parallel_for(static_cast<int64_t>(ws.size()), 1, [&](int64_t b, int64_t e) {
+        for (int64_t j = b; j < e; ++j) out[j] = PackedLinear::row_major(ws[j], dtype);
+      });
+    };
+    rows(weights.w1, w13_);
+    if (kind_ == ExpertKind::swiglu) rows(weights.w3, w3_);
+    rows(weights.w2, w2_);
+    if (weights.has_shared()) {
+      shared_inter_ = weights.shared_w1.size(0);
+      shared13_ = PackedLinear::row_major(weights.shared_w1, dtype);
+      shared3_ = PackedLinear::row_major(weights.shared_w3, dtype);
+      shared2_ = PackedLinear::row_major(weights.shared_w2, dtype);
+      if (weights.shared_gate.defined()) shared_gate_ = weights.shared_gate.to_vector();
+    }
+    return;
   }
   for (int64_t e0 = 0; e0 < experts_; e0 += kSlice) {
     const int64_t n = std::min(kSlice, experts_ - e0);
@@ -178,12 +213,23 @@ MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype) : kind_(weights.kind)
 }
 
 size_t MoeBlock::expert_weight_bytes() const {
-  return w13_.empty() ? 0 : w13_[0].weight_bytes() + w2_[0].weight_bytes();
+  return w13_.empty() ? 0
+                      : w13_[0].weight_bytes() + (w3_.empty() ? 0 : w3_[0].weight_bytes()) +
+                            w2_[0].weight_bytes();
+}
+
+size_t MoeBlock::in_place_weight_bytes() const {
+  size_t b = 0;
+  for (const auto* group : {&w13_, &w3_, &w2_})
+    for (const auto& p : *group) b += p.in_place() ? p.weight_bytes() : 0;
+  for (const auto* p : {&shared13_, &shared3_, &shared2_})
+    b += p->in_place() ? p->weight_bytes() : 0;
+  return b;
 }
 
 size_t MoeBlock::dense_weight_bytes() const {
-  return router_->weight_bytes() + shared13_.weight_bytes() + shared2_.weight_bytes() +
-         shared_gate_.size() * sizeof(float);
+  return router_->weight_bytes() + shared13_.weight_bytes() + shared3_.weight_bytes() +
+         shared2_.weight_bytes() + shared_gate_.size() * sizeof(float);
 }
 
 double MoeBlock::expert_flops(int64_t routed) const {
@@ -235,7 +281,10 @@ void MoeBlock::expert_st(int64_t e, const float* rows, int64_t m, float* out) co
   const int64_t h = hidden_, i = inter_;
   thread_local std::vector<float> tmp, act;
   act.resize(static_cast<size_t>(m * i));
-  if (kind_ == ExpertKind::swiglu) {
+  if (kind_ == ExpertKind::swiglu && !w3_.empty()) {
+    tmp.resize(static_cast<size_t>(m * 2 * i));
+    swiglu_pair(rows, m, h, w13_[e], w3_[e], 0, i, tmp.data(), act.data(), i);
+  } else if (kind_ == ExpertKind::swiglu) {
     tmp.resize(static_cast<size_t>(m * 2 * i));
     kernels::linear_st(rows, m, h, w13_[e], 0, 2 * i, tmp.data(), 2 * i);
     swiglu_interleaved(tmp.data(), m, 2 * i, 0, interleave_block(w13_[e].panel()), i, act.data(),
@@ -268,11 +317,20 @@ void MoeBlock::run_shared(const float* x, int64_t t_count, float* y) const {
   float* tmp = ws.get(3, static_cast<size_t>(t_count * 2 * is));
   float* act = ws.get(4, static_cast<size_t>(t_count * (is + h)));
   float* out = act + t_count * is;
-  kernels::linear(x, t_count, h, shared13_, tmp, 2 * is);
-  const int64_t q = interleave_block(shared13_.panel());
-  parallel_for(t_count, 8, [&](int64_t b, int64_t e) {
-    swiglu_interleaved(tmp + b * 2 * is, e - b, 2 * is, 0, q, is, act + b * is, is);
-  });
+  if (layout_ == kernels::WeightLayout::row_major) {
+    kernels::linear(x, t_count, h, shared13_, tmp, 2 * is);
+    kernels::linear(x, t_count, h, shared3_, tmp + is, 2 * is);
+    parallel_for(t_count, 8, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t)
+        kernels::swiglu_st(tmp + t * 2 * is, tmp + t * 2 * is + is, act + t * is, is);
+    });
+  } else {
+    kernels::linear(x, t_count, h, shared13_, tmp, 2 * is);
+    const int64_t q = interleave_block(shared13_.panel());
+    parallel_for(t_count, 8, [&](int64_t b, int64_t e) {
+      swiglu_interleaved(tmp + b * 2 * is, e - b, 2 * is, 0, q, is, act + b * is, is);
+    });
+  }
   kernels::linear(act, t_count, is, shared2_, out, h);
   parallel_for(t_count, 16, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
@@ -339,12 +397,17 @@ void MoeBlock::apply(const float* xp, int64_t t_count, const RoutingResult& rout
     auto rows_of = [&](int64_t e) { return gather ? xs + offsets[e] * h : xp; };
 
     // Tasks: up projection (+ activation) and down projection per (expert, column block).
-    const int64_t n13 = swiglu ? 2 * i : i;
-    const int64_t panel13 = w13_[0].panel();
-    const int64_t q = swiglu ? interleave_block(panel13) : panel13;
-    const int64_t align13 = swiglu ? 2 * q : q;
-    const auto tasks_a = make_tasks(counts, n13, align13, threads,
-                                    static_cast<int64_t>(w13_[0].weight_bytes()) / n13);
+    // Row-major swiglu computes w1 and w3 over the same column range of I (pair = 2);
+    // packed swiglu runs the fused interleaved [w1; w3] over 2I columns.
+    const bool pair = swiglu && !w3_.empty();
+    const int64_t n13 = swiglu && !pair ? 2 * i : i;
+    int64_t max_rows = 0;
+    for (int64_t c : counts) max_rows = std::max(max_rows, c);
+    const int64_t panel13 = w13_[0].column_align(max_rows);
+    const int64_t q = swiglu && !pair ? interleave_block(panel13) : panel13;
+    const int64_t align13 = swiglu && !pair ? 2 * q : q;
+    const int64_t bytes13 = static_cast<int64_t>(w13_[0].weight_bytes()) * (pair ? 2 : 1);
+    const auto tasks_a = make_tasks(counts, n13, align13, threads, bytes13 / n13);
     int64_t max_block = 0;
     for (const auto& tk : tasks_a)
       max_block = std::max(max_block, (tk.n_end - tk.n_begin) * counts[tk.expert]);
@@ -352,7 +415,7 @@ void MoeBlock::apply(const float* xp, int64_t t_count, const RoutingResult& rout
     // one counter. A down task waits only for its own expert's up tasks (a per-expert
     // countdown), not for a barrier after all of them, so at decode each thread streams
     // weights without pausing between the two phases.
-    const auto tasks_b = make_tasks(counts, h, w2_[0].panel(), threads,
+    const auto tasks_b = make_tasks(counts, h, w2_[0].column_align(max_rows), threads,
                                     static_cast<int64_t>(w2_[0].weight_bytes()) / h);
     const size_t n_a = tasks_a.size(), n_all = n_a + tasks_b.size();
     std::unique_ptr<std::atomic<int32_t>[]> pending_up(
@@ -366,6 +429,10 @@ void MoeBlock::apply(const float* xp, int64_t t_count, const RoutingResult& rout
       const float* xe = rows_of(e);
       float* ae = act + offsets[e] * i;
       const int64_t width = tk.n_end - tk.n_begin;
+      if (pair) {
+        swiglu_pair(xe, m, h, w13_[e], w3_[e], tk.n_begin, tk.n_end, tmp, ae, i);
+        return;
+      }
       if (swiglu) {
         kernels::linear_st(xe, m, h, w13_[e], tk.n_begin, tk.n_end, tmp - tk.n_begin, width);
         swiglu_interleaved(tmp, m, width, tk.n_begin, q, i, ae, i);
@@ -396,9 +463,11 @@ void MoeBlock::apply(const float* xp, int64_t t_count, const RoutingResult& rout
     };
     const int region_threads = static_cast<int>(
         std::min<size_t>(static_cast<size_t>(threads), std::max<size_t>(1, n_all)));
+    // Row-major experts with many rows call OpenBLAS inside this region: one thread each.
+    const BlasThreadsGuard blas(1);
 #pragma omp parallel num_threads(region_threads)
     {
-      std::vector<float> tmp(static_cast<size_t>(swiglu ? max_block : 0));
+      std::vector<float> tmp(static_cast<size_t>(swiglu ? (pair ? 2 : 1) * max_block : 0));
       for (;;) {
         const size_t ti = next_task.fetch_add(1, std::memory_order_relaxed);
         if (ti >= n_all) break;

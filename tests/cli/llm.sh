@@ -44,6 +44,10 @@ m="$tmp/mixtral"
 "$bin" generate --model "$m" --prompt "Hello" -n 10 --ignore-eos --temperature 1 --seed 2 --json >"$tmp/s2.json" 2>/dev/null
 [ "$(jget "$tmp/s1.json" "d['generated_ids']")" = "$(jget "$tmp/s1b.json" "d['generated_ids']")" ] || fail "seeded sampling differs"
 [ "$(jget "$tmp/s1.json" "d['generated_ids']")" != "$(jget "$tmp/s2.json" "d['generated_ids']")" ] || fail "seeds 1 and 2 agree"
+# Both weight layouts give the same greedy text (f32: mapped in place vs packed copies).
+"$bin" generate --model "$m" --prompt "Hello" -n 10 --ignore-eos --weight-layout packed --json >"$tmp/pk.json" 2>/dev/null
+[ "$(jget "$tmp/a.json" "d['generated_ids']")" = "$(jget "$tmp/pk.json" "d['generated_ids']")" ] || fail "mapped and packed greedy differ"
+expect_error "$bin" generate --model "$m" --prompt "Hello" --weight-layout strided
 # Per-token budgets: top-k:1 uses 1 expert per token, top-p a mean between 1 and E.
 "$bin" generate --model "$m" --prompt "Hello" -n 4 --routing top-k:1 --json >"$tmp/k1.json" 2>/dev/null
 [ "$(jget "$tmp/k1.json" "d['mean_experts_per_token']")" = 1.0 ] || fail "top-k:1 mean experts"
@@ -58,9 +62,15 @@ printf 'The cat sat on the mat. The dog sat on the log.\nA bird in the hand is w
 # bench model: one JSON object with the figures and units.
 "$bin" bench model --model "$m" -p 16 -n 4 -r 1 --json >"$tmp/bench.json" 2>/dev/null
 for key in pp_tokens_per_s tg_tokens_per_s decode_roofline_tokens_per_s decode_frac_of_roofline \
-           read_bandwidth_gbps rss_bytes weight_bytes kv_cache_bytes mean_experts_per_token; do
+           read_bandwidth_gbps rss_bytes weight_bytes kv_cache_bytes mean_experts_per_token \
+           mapped_weight_bytes; do
   [ "$(jget "$tmp/bench.json" "'$key' in d")" = True ] || fail "bench: missing $key"
 done
+[ "$(jget "$tmp/bench.json" "d['weight_layout'] == 'mapped' and d['mapped_weight_bytes'] > 0.9 * d['weight_bytes']")" = True ] || fail "bench: weights not mapped"
+# Two layouts side by side in one process: one report each and their ratios.
+"$bin" bench model --model "$m" -p 16 -n 4 -r 1 --weight-layout mapped,packed --json >"$tmp/bench2.json" 2>/dev/null
+[ "$(jget "$tmp/bench2.json" "[l['weight_layout'] for l in d['layouts']] == ['mapped', 'packed'] and d['tg_ratio_mapped_over_packed'] > 0 and d['pp_ratio_mapped_over_packed'] > 0")" = True ] || fail "bench: two layouts"
+expect_error "$bin" bench model --model "$m" -p 16 -n 4 --weight-layout mapped,packed,mapped
 
 # Bad input: one line naming the file and the thing, non-zero exit, nothing on stdout.
 bad="$tmp/bad"

@@ -47,15 +47,20 @@ struct Shape3 {
 // (leading dim ldy), optionally accumulating, against a double-precision naive product
 // on the same (possibly bf16-rounded) inputs. Cells outside the range must be untouched.
 void check_linear(LinearImpl impl, DType dtype, Shape3 s, int64_t ldx, int64_t ldy, int64_t nb,
-                  int64_t ne, bool accumulate, uint32_t seed) {
-  SCOPED_TRACE(std::string(linear_impl_name(impl, dtype)) + " m=" + std::to_string(s.m) + " n=" +
-               std::to_string(s.n) + " k=" + std::to_string(s.k) + " ldx=" + std::to_string(ldx) +
+                  int64_t ne, bool accumulate, uint32_t seed,
+                  WeightLayout layout = WeightLayout::packed) {
+  SCOPED_TRACE(std::string(linear_impl_name(impl, dtype)) +
+               (layout == WeightLayout::row_major ? " row-major" : " packed") +
+               " m=" + std::to_string(s.m) + " n=" + std::to_string(s.n) +
+               " k=" + std::to_string(s.k) + " ldx=" + std::to_string(ldx) +
                " ldy=" + std::to_string(ldy) + " cols=[" + std::to_string(nb) + "," +
                std::to_string(ne) + ") acc=" + std::to_string(accumulate));
   const std::vector<float> x = random_vec(static_cast<size_t>(s.m * ldx), seed);
   const std::vector<float> w = random_vec(static_cast<size_t>(s.n * s.k), seed + 1);
   const std::vector<float> y0 = random_vec(static_cast<size_t>(s.m * ldy), seed + 2);
-  const PackedLinear packed(Tensor::from(w, {s.n, s.k}), dtype);
+  const PackedLinear packed = layout == WeightLayout::packed
+                                  ? PackedLinear(Tensor::from(w, {s.n, s.k}), dtype)
+                                  : PackedLinear::row_major(Tensor::from(w, {s.n, s.k}), dtype);
   std::vector<float> y = y0;
   linear_st_impl(impl, x.data(), s.m, ldx, packed, nb, ne, y.data(), ldy, accumulate);
   const bool bf = dtype == DType::bf16;
@@ -145,13 +150,66 @@ TEST(Linear, MatchesNaiveEveryImplF32AndBf16) {
   }
 }
 
+// Row-major weights (a mapped checkpoint used in place): every implementation, both the dot
+// kernels (m < blas_rows()) and the OpenBLAS path, on odd shapes, strides and column ranges,
+// including ranges that start anywhere (no panel alignment).
+TEST(Linear, RowMajorMatchesNaiveEveryImpl) {
+  const std::vector<Shape3> shapes = {{1, 32, 16},   {2, 70, 33},   {3, 100, 64},  {4, 9, 8},
+                                      {5, 31, 5},    {31, 96, 129}, {32, 40, 260}, {1, 512, 300},
+                                      {13, 33, 257}, {150, 65, 20}};
+  uint32_t seed = 1000;
+  for (DType dtype : {DType::f32, DType::bf16})
+    for (LinearImpl impl : supported_impls(dtype))
+      for (const Shape3& s : shapes) {
+        check_linear(impl, dtype, s, s.k, s.n, 0, s.n, false, seed++, WeightLayout::row_major);
+        check_linear(impl, dtype, s, s.k + 3, s.n + 5, 0, s.n, true, seed++,
+                     WeightLayout::row_major);
+        if (s.n > 8)
+          check_linear(impl, dtype, s, s.k, s.n, 5, std::min<int64_t>(s.n, 5 + 2 * 8 + 3), true,
+                       seed++, WeightLayout::row_major);
+      }
+}
+
+// row_major() uses a tensor of the compute dtype in place (no copy; the storage, e.g. a
+// mapped file, is kept alive) and converts any other dtype.
+TEST(Linear, RowMajorViewsWithoutCopy) {
+  const Tensor w = Tensor::from(random_vec(6 * 10, 3), {6, 10});
+  const Tensor big = Tensor::from(random_vec(8 * 10, 4), {8, 10});
+  const Tensor part = big.slice(2, 8);
+  for (const Tensor& t : {w, part}) {
+    ASSERT_TRUE(PackedLinear::can_view(t, DType::f32));
+    const PackedLinear v = PackedLinear::row_major(t, DType::f32);
+    EXPECT_EQ(v.layout(), WeightLayout::row_major);
+    EXPECT_EQ(v.data(), t.raw());
+    EXPECT_TRUE(v.in_place());
+    EXPECT_EQ(v.weight_bytes(), size_t{6 * 10 * 4});
+    EXPECT_EQ(v.panel(), 1);
+  }
+  EXPECT_FALSE(PackedLinear::can_view(w, DType::bf16));
+  const PackedLinear b = PackedLinear::row_major(w, DType::bf16);
+  EXPECT_NE(b.data(), w.raw());
+  EXPECT_FALSE(b.in_place());
+  EXPECT_FALSE(PackedLinear(w, DType::f32).in_place());
+  EXPECT_EQ(b.weight_bytes(), size_t{6 * 10 * 2});
+  const Tensor wb = w.to(DType::bf16);
+  EXPECT_EQ(PackedLinear::row_major(wb, DType::bf16).data(), wb.raw());
+  EXPECT_FALSE(PackedLinear::can_view(w.transpose(0, 1), DType::f32));
+  EXPECT_THROW(PackedLinear::row_major(Tensor({4}, DType::f32), DType::f32), Error);
+  EXPECT_THROW(PackedLinear::row_major(w, DType::i32), Error);
+}
+
 TEST(Linear, AllImplsAgreeWithPublicEntryPoints) {
   // linear (threaded) and linear_st (best impl) agree with each impl to rounding.
   const int64_t m = 37, n = 200, k = 96;
   const auto x = random_vec(static_cast<size_t>(m * k), 7);
   const auto w = random_vec(static_cast<size_t>(n * k), 8);
-  for (DType dtype : {DType::f32, DType::bf16}) {
-    const PackedLinear packed(Tensor::from(w, {n, k}), dtype);
+  for (auto [dtype, layout] : {std::pair{DType::f32, WeightLayout::packed},
+                               {DType::bf16, WeightLayout::packed},
+                               {DType::f32, WeightLayout::row_major},
+                               {DType::bf16, WeightLayout::row_major}}) {
+    const Tensor wt = Tensor::from(w, {n, k});
+    const PackedLinear packed = layout == WeightLayout::packed ? PackedLinear(wt, dtype)
+                                                               : PackedLinear::row_major(wt, dtype);
     std::vector<float> a(static_cast<size_t>(m * n)), b(a.size()), c(a.size());
     linear_st(x.data(), m, k, packed, 0, n, a.data(), n);
     for (int threads : {1, 2, 3}) {
@@ -173,8 +231,14 @@ TEST(Linear, ThreadCountDoesNotChangeResults) {
     const int64_t n = 20, k = 4000;
     const auto x = random_vec(static_cast<size_t>(m * k), 71);
     const auto w = random_vec(static_cast<size_t>(n * k), 72);
-    for (DType dtype : {DType::f32, DType::bf16}) {
-      const PackedLinear packed(Tensor::from(w, {n, k}), dtype);
+    for (auto [dtype, layout] : {std::pair{DType::f32, WeightLayout::packed},
+                                 {DType::bf16, WeightLayout::packed},
+                                 {DType::f32, WeightLayout::row_major},
+                                 {DType::bf16, WeightLayout::row_major}}) {
+      const Tensor wt = Tensor::from(w, {n, k});
+      const PackedLinear packed = layout == WeightLayout::packed
+                                      ? PackedLinear(wt, dtype)
+                                      : PackedLinear::row_major(wt, dtype);
       std::vector<float> a(static_cast<size_t>(m * n)), b(a.size());
       linear_st(x.data(), m, k, packed, 0, n, a.data(), n);
       for (int threads : {2, 3, 4}) {

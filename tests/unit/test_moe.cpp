@@ -234,6 +234,71 @@ TEST(MoeBlock, GatedSharedExpertMatchesReference) {
   }
 }
 
+// Row-major layout (weights used in place, as from a mapped checkpoint): every expert kind,
+// the shared expert, few rows (dot kernels) and many rows per expert (OpenBLAS), against the
+// naive reference; deterministic across thread counts; expert_st equals the grouped path.
+TEST(MoeBlock, RowMajorLayoutMatchesReference) {
+  using kernels::WeightLayout;
+  struct RmCase {
+    ExpertKind kind;
+    int64_t tokens, shared;
+    bool biases;
+  };
+  for (const RmCase& c : {RmCase{ExpertKind::swiglu, 1, 0, false},
+                          {ExpertKind::swiglu, 37, 0, false},
+                          {ExpertKind::swiglu, 300, 0, false},
+                          {ExpertKind::swiglu, 130, 160, false},
+                          {ExpertKind::gelu_mlp, 90, 0, true},
+                          {ExpertKind::relu_mlp, 5, 0, true}}) {
+    SCOPED_TRACE("kind " + std::to_string(static_cast<int>(c.kind)) + " tokens " +
+                 std::to_string(c.tokens));
+    set_num_threads(2);
+    const auto w = MoeWeights::random(c.kind, 8, 96, 200, 51 + c.tokens, 0, c.biases, c.shared);
+    const MoeBlock block(w, DType::f32, WeightLayout::row_major);
+    EXPECT_EQ(block.layout(), WeightLayout::row_major);
+    // f32 weights are used in place: every expert (and shared expert) matrix.
+    const size_t shared_bytes = static_cast<size_t>(3 * c.shared * 96 * 4);
+    EXPECT_EQ(block.in_place_weight_bytes(), 8 * block.expert_weight_bytes() + shared_bytes);
+    const TopKRouting policy(2, c.shared == 0);
+    const Tensor x = random_input(c.tokens, 96, 52);
+    MoeStats st;
+    const Tensor y = block.forward(x, policy, &st);
+    const Tensor ref = moe_forward_naive(w, x, policy);
+    EXPECT_LE(max_abs_diff(y, ref), 1e-4f * std::max(1.0f, max_abs(ref)));
+    set_num_threads(1);
+    EXPECT_EQ(block.forward(x, policy).to_vector(), y.to_vector());
+    set_num_threads(2);
+    if (c.shared == 0 && c.tokens > 1) {
+      // One expert's rows through expert_st equal the grouped path's (no shared expert).
+      const OneExpertPolicy one(3);
+      const Tensor yo = block.forward(x, one);
+      Tensor out({c.tokens, 96});
+      block.expert_st(3, x.data<float>(), c.tokens, out.data<float>());
+      EXPECT_LE(max_abs_diff(out, yo), 1e-5f * std::max(1.0f, max_abs(yo)));
+    }
+  }
+  // bf16: f32 weights are converted (not in place) and match the reference on rounded weights.
+  auto w = MoeWeights::random(ExpertKind::swiglu, 8, 128, 96, 3);
+  for (auto* v : {&w.w1, &w.w2, &w.w3})
+    for (auto& t : *v) t = t.to(DType::bf16).to(DType::f32);
+  const MoeBlock converted(w, DType::bf16, WeightLayout::row_major);
+  EXPECT_EQ(converted.in_place_weight_bytes(), 0u);
+  const TopKRouting policy(2, true);
+  for (int64_t tokens : {3, 200}) {
+    const Tensor x = random_input(tokens, 128, 9);
+    const Tensor ref = moe_forward_naive(w, x, policy);
+    EXPECT_LE(max_abs_diff(converted.forward(x, policy), ref), 2e-2f * max_abs(ref));
+  }
+  // bf16 weights with bf16 compute are used in place.
+  auto wb = w;
+  for (auto* v : {&wb.w1, &wb.w2, &wb.w3})
+    for (auto& t : *v) t = t.to(DType::bf16);
+  const MoeBlock in_place(wb, DType::bf16, WeightLayout::row_major);
+  EXPECT_EQ(in_place.in_place_weight_bytes(), 8 * in_place.expert_weight_bytes());
+  const Tensor x = random_input(40, 128, 10);
+  EXPECT_EQ(max_abs_diff(in_place.forward(x, policy), converted.forward(x, policy)), 0.0f);
+}
+
 TEST(MoeBlock, StagesComposeToForwardAndExpertMatchesGroupedPath) {
   set_num_threads(2);
   const auto w = MoeWeights::random(ExpertKind::swiglu, 8, 64, 40, 41);

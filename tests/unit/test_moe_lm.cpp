@@ -149,6 +149,33 @@ TEST_P(LmGolden, IncrementalAndBatchedEqualFullRecompute) {
   EXPECT_LE(max_abs_diff(both.data() + v, alone.data(), v), 1e-4f);
 }
 
+// The packed layout (copies in our panel layout) matches transformers too; the default
+// row-major layout uses an f32 checkpoint's matrices in place (all but the small router
+// copies) and the packed one copies every matrix.
+TEST_P(LmGolden, PackedLayoutMatchesAndRowMajorMapsInPlace) {
+  set_num_threads(2);
+  const std::string c = GetParam();
+  const auto packed = MoeLm::load(golden_dir(c), {DType::f32, kernels::WeightLayout::packed});
+  const auto rows = MoeLm::load(golden_dir(c), {DType::f32});
+  EXPECT_EQ(rows->layout(), kernels::WeightLayout::row_major);
+  EXPECT_EQ(packed->mapped_weight_bytes(), 0u);
+  if (c != "mixtral_bf16") {
+    EXPECT_GT(rows->mapped_weight_bytes(), rows->weight_bytes() * 9 / 10);
+  } else {
+    EXPECT_EQ(rows->mapped_weight_bytes(), 0u);  // bf16 file, f32 compute: converted
+  }
+  const auto g = io::SafetensorsFile::open(golden_dir(c) + "/golden.safetensors");
+  const auto prompt = ids_of(g.get("prompt.0"));
+  const Tensor want = g.get("logits.0").to(DType::f32);
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  std::vector<float> got(static_cast<size_t>(want.numel()));
+  KvCache cache;
+  packed->forward(prompt.data(), n, cache, got.data(), true);
+  EXPECT_LE(max_abs_diff(got.data(), want.data<float>(), want.numel()), 1e-3f);
+  const auto want_greedy = ids_of(g.get("greedy.0"));
+  EXPECT_EQ(greedy(*packed, prompt, static_cast<int>(want_greedy.size())), want_greedy);
+}
+
 INSTANTIATE_TEST_SUITE_P(Architectures, LmGolden,
                          ::testing::Values("mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
                                            "mixtral_bf16"));
@@ -157,15 +184,22 @@ INSTANTIATE_TEST_SUITE_P(Architectures, LmGolden,
 // as bf16 the activations are rounded to bf16 inside the GEMMs too, within 2% of the logit range.
 TEST(LmGoldenBf16, Bf16PackedWithinRounding) {
   set_num_threads(2);
-  const auto m = MoeLm::load(golden_dir("mixtral_bf16"), {DType::bf16});
-  const auto g = io::SafetensorsFile::open(golden_dir("mixtral_bf16") + "/golden.safetensors");
-  const auto prompt = ids_of(g.get("prompt.0"));
-  const Tensor want = g.get("logits.0").to(DType::f32);
-  KvCache cache;
-  std::vector<float> got(static_cast<size_t>(want.numel()));
-  m->forward(prompt.data(), static_cast<int64_t>(prompt.size()), cache, got.data(), true);
-  EXPECT_LE(max_abs_diff(got.data(), want.data<float>(), want.numel()),
-            2e-2f * max_abs(want.data<float>(), want.numel()));
+  for (auto layout : {kernels::WeightLayout::row_major, kernels::WeightLayout::packed}) {
+    SCOPED_TRACE(layout == kernels::WeightLayout::packed ? "packed" : "row-major");
+    const auto m = MoeLm::load(golden_dir("mixtral_bf16"), {DType::bf16, layout});
+    // bf16 file, bf16 compute: row-major uses the matrices in place.
+    if (layout == kernels::WeightLayout::row_major) {
+      EXPECT_GT(m->mapped_weight_bytes(), m->weight_bytes() * 9 / 10);
+    }
+    const auto g = io::SafetensorsFile::open(golden_dir("mixtral_bf16") + "/golden.safetensors");
+    const auto prompt = ids_of(g.get("prompt.0"));
+    const Tensor want = g.get("logits.0").to(DType::f32);
+    KvCache cache;
+    std::vector<float> got(static_cast<size_t>(want.numel()));
+    m->forward(prompt.data(), static_cast<int64_t>(prompt.size()), cache, got.data(), true);
+    EXPECT_LE(max_abs_diff(got.data(), want.data<float>(), want.numel()),
+              2e-2f * max_abs(want.data<float>(), want.numel()));
+  }
 }
 
 // Per-token expert budgets: top-p and threshold routing run on a language model and report

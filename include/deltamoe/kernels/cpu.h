@@ -20,11 +20,21 @@ namespace deltamoe::kernels {
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
-/// A weight matrix W[N,K] (PyTorch Linear layout: out_features x in_features) packed once for
-/// y = x · Wᵀ by our own kernels. Immutable after packing; share freely across threads.
-/// dtype f32 keeps f32 weights; dtype bf16 stores bf16 weights (half the bytes) and the
-/// kernels accumulate in f32 (AVX-512 BF16 `vdpbf16ps` when the CPU has it, else a portable
-/// loop that converts to f32).
+/// How a PackedLinear holds its weights.
+enum class WeightLayout {
+  packed,     // a private copy in 32-column panels (linear_impl.h), for our packed kernels
+  row_major,  // W[N, K] as PyTorch stores it, usually a view of a mapped checkpoint
+};
+
+/// A weight matrix W[N,K] (PyTorch Linear layout: out_features x in_features) prepared once
+/// for y = x · Wᵀ. Immutable; share freely across threads. Two layouts (WeightLayout):
+///  - packed (the constructor, pack_all): a copy in panels for our own microkernels;
+///  - row_major (row_major()): W as it is, no copy when it already has the compute dtype, so
+///    a memory-mapped checkpoint is used in place. Few rows run our dot-product kernels, many
+///    rows OpenBLAS (which packs a block at a time as it goes).
+/// dtype f32 keeps f32 weights; dtype bf16 keeps bf16 weights (half the bytes) and the
+/// kernels round x to bf16 and accumulate in f32 (AVX-512 BF16 `vdpbf16ps` when the CPU has
+/// it and the layout is packed, else by widening the weights to f32).
 class PackedLinear {
  public:
   PackedLinear() = default;
@@ -36,6 +46,16 @@ class PackedLinear {
   /// experts of a layer together avoids rounding each 1 MiB matrix (a bf16 [1024, 512]
   /// expert) up to 2 MiB, which doubles resident memory.
   static std::vector<PackedLinear> pack_all(const std::vector<Tensor>& ws, DType dtype);
+  /// W (shape [N, K]) in row-major layout. When w is contiguous and already `dtype` (f32 or
+  /// bf16) the result is a view that shares w's storage (keeping a mapped file mapped);
+  /// otherwise w is converted into a new row-major buffer. Throws Error("kernels").
+  static PackedLinear row_major(const Tensor& w, DType dtype);
+  /// Whether row_major(w, dtype) would use w in place (no copy).
+  static bool can_view(const Tensor& w, DType dtype);
+
+  WeightLayout layout() const { return layout_; }
+  /// Whether the weights are the source tensor's own memory (row_major() without a copy).
+  bool in_place() const { return in_place_; }
 
   int64_t out_features() const { return n_; }
   int64_t in_features() const { return k_; }
@@ -47,13 +67,21 @@ class PackedLinear {
     return data_ ? static_cast<const char*>(data_->data()) + offset_ : nullptr;
   }
   /// Output columns per packed panel: column ranges passed to linear_st must start on a
-  /// multiple of it. 32 for both dtypes and every shape (callers may probe it once).
+  /// multiple of it. 32 for both dtypes and every shape (callers may probe it once); 1 for
+  /// row-major weights (any column range).
   int64_t panel() const { return panel_; }
+  /// Column alignment that makes results independent of how a product of m rows is split
+  /// into column ranges (among threads, say): packed, the panel; row-major, 8 below the rows
+  /// from which OpenBLAS takes over, 128 from there (OpenBLAS's result for a cell depends
+  /// on the width of the product it is part of, so it is called on aligned tiles).
+  int64_t column_align(int64_t m) const;
 
  private:
   int64_t n_ = 0, k_ = 0;
   int64_t panel_ = 0;  // output columns per packed panel
   DType dtype_ = DType::f32;
+  WeightLayout layout_ = WeightLayout::packed;
+  bool in_place_ = false;
   std::shared_ptr<Storage> data_;
   size_t offset_ = 0, bytes_ = 0;  // this matrix's bytes within data_
 
@@ -69,6 +97,9 @@ class PackedLinear {
 /// `buf - n_begin` with ldy = n_end - n_begin to get a compact block). Only those cells are
 /// written. n_begin must be a multiple of w.panel() (or 0); n_end may be anything ≤ N.
 /// bf16 weights: x is rounded to bf16 (nearest even) and products accumulate in f32.
+/// Row-major weights with many rows go through OpenBLAS, which must then be single-threaded
+/// (callers inside a parallel region hold a BlasThreadsGuard(1), as linear() and the MoE
+/// block do); otherwise OpenBLAS starts its own threads beside the caller's.
 /// Thread-safe: concurrent calls on disjoint outputs are fine (scratch is per thread).
 /// Throws Error("kernels") on bad ranges or leading dimensions.
 void linear_st(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, int64_t n_begin,

@@ -60,7 +60,11 @@ struct LmStats {
 };
 
 struct LmOptions {
-  DType dtype = DType::f32;  // packed weight dtype: f32 or bf16
+  DType dtype = DType::f32;  // weight dtype for compute: f32 or bf16
+  /// row_major: matrices are used in place from the mapped checkpoint when the file already
+  /// has `dtype` (no copy, no packing time; the pages are the file's page cache), converted
+  /// row-major copies otherwise. packed: copies in the panel layout of our packed kernels.
+  kernels::WeightLayout layout = kernels::WeightLayout::row_major;
 };
 
 class MoeLm {
@@ -74,6 +78,10 @@ class MoeLm {
   int64_t vocab_size() const { return cfg_.vocab_size; }
   int64_t layers() const { return cfg_.num_hidden_layers; }
   DType dtype() const { return dtype_; }
+  kernels::WeightLayout layout() const { return layout_; }
+  /// Bytes of weight matrices used in place from the checkpoint's mapping (row-major layout
+  /// with the file's dtype); the rest of weight_bytes() are copies.
+  size_t mapped_weight_bytes() const { return mapped_bytes_; }
 
   /// The model's own routing (top-k, renormalised when norm_topk_prob).
   std::shared_ptr<const moe::RoutingPolicy> default_policy() const { return default_policy_; }
@@ -106,7 +114,9 @@ class MoeLm {
  private:
   struct Layer {
     Tensor input_norm, post_norm;  // [H] f32
-    kernels::PackedLinear qkv, o;  // fused [q; k; v] rows, [H, heads·d]
+    // packed: one fused [q; k; v] matrix; row-major: q, k, v as in the file. o: [H, heads·d]
+    std::vector<kernels::PackedLinear> qkv;
+    kernels::PackedLinear o;
     std::vector<float> qkv_bias, o_bias;
     std::vector<float> q_norm, k_norm;
     std::unique_ptr<moe::MoeBlock> ffn;  // MoE block, or a one-expert block for dense MLPs
@@ -118,8 +128,11 @@ class MoeLm {
 
   io::HfConfig cfg_;
   DType dtype_;
+  kernels::WeightLayout layout_;
+  size_t mapped_bytes_ = 0;
   int64_t q_rows_ = 0, kv_rows_ = 0;
-  Tensor embed_;       // [V, H] as in the file (view), rows converted on lookup
+  Tensor embed_;       // [V, H] in the file's dtype (row-major: a view; packed: a copy), rows
+                       // converted on lookup
   Tensor final_norm_;  // [H] f32
   kernels::PackedLinear lm_head_;
   std::vector<Layer> layers_;

@@ -74,8 +74,12 @@ struct MoeStats {
 /// different threads are safe. expert_st() is single-threaded and safe to call concurrently.
 class MoeBlock {
  public:
-  /// Packs `weights` (validated first) to `dtype` (f32 or bf16). Throws Error("moe").
-  MoeBlock(const MoeWeights& weights, DType dtype);
+  /// Prepares `weights` (validated first) in `dtype` (f32 or bf16). `layout` packed copies
+  /// them into our panel layout (the [w1; w3] pair fused into one matrix); row_major uses
+  /// each matrix as it is, without a copy where it already has `dtype` (a mapped checkpoint
+  /// stays mapped; the tensors' storage is kept alive). Throws Error("moe").
+  MoeBlock(const MoeWeights& weights, DType dtype,
+           kernels::WeightLayout layout = kernels::WeightLayout::packed);
 
   /// y[T, H] = MoE(x[T, H]) with `policy` (route + apply); fills `stats` when not null.
   Tensor forward(const Tensor& x, const RoutingPolicy& policy, MoeStats* stats = nullptr) const;
@@ -103,8 +107,11 @@ class MoeBlock {
   bool has_shared() const { return shared_inter_ > 0; }
   ExpertKind kind() const { return kind_; }
   DType dtype() const { return dtype_; }
+  kernels::WeightLayout layout() const { return layout_; }
   /// Bytes of one routed expert's packed weights (for roofline estimates).
   size_t expert_weight_bytes() const;
+  /// Bytes of weight matrices used in place (row-major layout, source dtype = dtype()).
+  size_t in_place_weight_bytes() const;
   /// Bytes read by every token whatever its routing: router, shared expert and its gate.
   size_t dense_weight_bytes() const;
   /// FLOPs of the routed expert FFNs for `routed` token-expert pairs (2·m·n·k per GEMM).
@@ -115,16 +122,19 @@ class MoeBlock {
 
   ExpertKind kind_;
   DType dtype_;
+  kernels::WeightLayout layout_;
   int64_t experts_, hidden_, inter_, router_outputs_, shared_inter_ = 0;
   // [E+M, H] f32, packed for our own kernel: OpenBLAS would run a prefill-sized router GEMM
   // on its own pthreads, which then spin beside the OpenMP workers of the expert phase.
   std::unique_ptr<kernels::PackedLinear> router_;
-  std::vector<kernels::PackedLinear>
-      w13_;                                // swiglu: [2I, H] rows interleaved by panel; MLP: [I, H]
+  // Packed swiglu: [2I, H] rows interleaved by panel. Row-major swiglu: w1 [I, H] alone, with
+  // w3 in w3_. MLP: fc1 [I, H].
+  std::vector<kernels::PackedLinear> w13_;
+  std::vector<kernels::PackedLinear> w3_;  // row-major swiglu only: [I, H]
   std::vector<kernels::PackedLinear> w2_;  // [H, I]
   std::vector<Tensor> b1_, b2_;
-  // Shared expert: fused interleaved [2Is, H] like w13_, down [H, Is]; gate [1, H] f32.
-  kernels::PackedLinear shared13_, shared2_;
+  // Shared expert: like w13_ / w3_ (shared3_ row-major only), down [H, Is]; gate [1, H] f32.
+  kernels::PackedLinear shared13_, shared3_, shared2_;
   std::vector<float> shared_gate_;
 };
 

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <optional>
 
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/kernels/cpu.h"
@@ -142,8 +143,8 @@ void check_linear_args(const float* x, int64_t m, int64_t ldx, const PackedLinea
   DELTAMOE_CHECK(0 <= n_begin && n_begin <= n_end && n_end <= w.out_features(), "kernels",
                  "linear: column range [", n_begin, ", ", n_end, ") outside [0, ", w.out_features(),
                  ")");
-  DELTAMOE_CHECK(n_begin % kPanel == 0, "kernels", "linear: n_begin=", n_begin,
-                 " is not a multiple of the panel width ", kPanel);
+  DELTAMOE_CHECK(n_begin % w.panel() == 0, "kernels", "linear: n_begin=", n_begin,
+                 " is not a multiple of the panel width ", w.panel());
   DELTAMOE_CHECK(m <= 1 || ldx >= w.in_features(), "kernels", "linear: ldx=", ldx,
                  " < in_features=", w.in_features());
   DELTAMOE_CHECK(m <= 1 || ldy >= n_end - n_begin, "kernels", "linear: ldy=", ldy,
@@ -153,6 +154,10 @@ void check_linear_args(const float* x, int64_t m, int64_t ldx, const PackedLinea
 }
 
 void run_impl(LinearImpl impl, const LinearArgs& a) {
+  if (a.w->layout() == WeightLayout::row_major) {
+    linear_rows(impl, a);
+    return;
+  }
   const bool bf = a.w->dtype() == DType::bf16;
   switch (impl) {
     case LinearImpl::portable:
@@ -191,8 +196,12 @@ void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float
   check_linear_args(x, m, ldx, w, 0, n, y, ldy);
   if (m == 0) return;
   const LinearImpl impl = best_linear_impl(w.dtype());
-  const int64_t panels = (n + kPanel - 1) / kPanel;
+  const int64_t unit = w.column_align(m);
+  const int64_t panels = (n + unit - 1) / unit;
   const int threads = num_threads();
+  // OpenBLAS (row-major weights, many rows) runs inside our threads, one each.
+  std::optional<BlasThreadsGuard> blas;
+  if (w.layout() == WeightLayout::row_major) blas.emplace(1);
   // Below ~1 MFLOP a fork-join costs more than it saves.
   if (threads <= 1 || 2.0 * static_cast<double>(m) * n * k < 1e6) {
     run_impl(impl, LinearArgs{x, m, ldx, &w, 0, n, y, ldy, accumulate});
@@ -204,13 +213,17 @@ void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float
   // Row chunks keep >= 3 rows: the kernels sum k in a different order for 1-2 rows (split
   // accumulators), and results must not depend on the thread count.
   const int64_t col_chunks = std::min<int64_t>(threads, panels);
-  const int64_t row_chunks =
-      std::clamp<int64_t>((threads + col_chunks - 1) / col_chunks, 1, std::max<int64_t>(1, m / 3));
+  // Row-major weights never split rows: a row chunk could cross blas_rows() and take the
+  // other kernel, and results must not depend on the thread count.
+  const int64_t row_chunks = w.layout() == WeightLayout::row_major
+                                 ? 1
+                                 : std::clamp<int64_t>((threads + col_chunks - 1) / col_chunks, 1,
+                                                       std::max<int64_t>(1, m / 3));
   parallel_for(col_chunks * row_chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t c = t % col_chunks, r = t / col_chunks;
-      const int64_t nb = std::min(n, panels * c / col_chunks * kPanel);
-      const int64_t ne = std::min(n, panels * (c + 1) / col_chunks * kPanel);
+      const int64_t nb = std::min(n, panels * c / col_chunks * unit);
+      const int64_t ne = std::min(n, panels * (c + 1) / col_chunks * unit);
       const int64_t rb = m * r / row_chunks, re = m * (r + 1) / row_chunks;
       if (nb == ne || rb == re) continue;
       run_impl(impl,

@@ -39,9 +39,8 @@ LinearImpl best_linear_impl(DType dtype);
 /// "avx512", "avx512_bf16", "avx2" or "portable".
 const char* linear_impl_name(LinearImpl impl, DType dtype);
 /// linear_st through a given implementation (must be supported; checked).
-void linear_st_impl(LinearImpl impl, const float* x, int64_t m, int64_t ldx,
-                    const PackedLinear& w, int64_t n_begin, int64_t n_end, float* y,
-                    int64_t ldy, bool accumulate);
+void linear_st_impl(LinearImpl impl, const float* x, int64_t m, int64_t ldx, const PackedLinear& w,
+                    int64_t n_begin, int64_t n_end, float* y, int64_t ldy, bool accumulate);
 
 // Per-ISA kernels; arguments already validated, n_begin a multiple of kPanel.
 void linear_f32_portable(const LinearArgs& a);
@@ -50,6 +49,26 @@ void linear_f32_avx2(const LinearArgs& a);
 void linear_bf16_avx2(const LinearArgs& a);
 void linear_f32_avx512(const LinearArgs& a);
 void linear_bf16_avx512(const LinearArgs& a);
+
+/// Rows from which row-major products go through OpenBLAS rather than our dot kernels
+/// (measured: bench/micro_kernels --table, docs/kernels.md). bf16 needs more rows to pay
+/// for widening the weights to f32 for OpenBLAS.
+inline constexpr int64_t kBlasRowsF32 = 8;
+inline constexpr int64_t kBlasRowsBf16 = 16;
+inline int64_t blas_rows(DType dtype) {
+  return dtype == DType::bf16 ? kBlasRowsBf16 : kBlasRowsF32;
+}
+/// OpenBLAS is called on whole tiles of this many output columns, aligned to multiples of it
+/// (its result for a cell depends on the product's width), so that results do not depend on
+/// how callers split the columns among threads (PackedLinear::column_align).
+inline constexpr int64_t kBlasCols = 256;
+
+/// linear_st on row-major weights through `impl` (portable: plain loops; otherwise the AVX2
+/// dot kernels below blas_rows() rows and OpenBLAS from there).
+void linear_rows(LinearImpl impl, const LinearArgs& a);
+/// AVX2 dot kernels for row-major weights; x (row stride ldx) replaces a.x (bf16: the copy
+/// of x rounded to bf16).
+void linear_rows_avx2(const LinearArgs& a, const float* x, int64_t ldx);
 
 /// Per-thread scratch of at least `bytes` bytes, 64-byte aligned, reused across calls
 /// (the packed copy of x). Valid until the next call on the same thread.

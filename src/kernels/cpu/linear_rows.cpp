@@ -1,0 +1,127 @@
+// Row-major weights (WeightLayout::row_major): PackedLinear::row_major, the dispatch between
+// our dot-product kernels (few rows) and OpenBLAS (many rows), and the portable kernel.
+//
+// Why both: with a handful of rows a product is bound by reading W once, which the dot
+// kernels do at the memory's rate straight from the mapped file; with many rows it is bound
+// by FMAs, and OpenBLAS's GEMM, which packs W a block at a time as it goes, is the faster
+// one on the mapped layout (bench/micro_kernels --table).
+#include <algorithm>
+#include <cstring>
+#include <optional>
+
+#include <omp.h>
+
+#include "deltamoe/core/parallel.h"
+
+#include "deltamoe/kernels/cpu.h"
+#include "kernels/cpu/linear_impl.h"
+
+namespace deltamoe::kernels {
+
+bool PackedLinear::can_view(const Tensor& w, DType dtype) {
+  return w.defined() && w.dim() == 2 && w.dtype() == dtype && w.is_contiguous() &&
+         (dtype == DType::f32 || dtype == DType::bf16);
+}
+
+PackedLinear PackedLinear::row_major(const Tensor& w, DType dtype) {
+  DELTAMOE_CHECK(w.defined() && w.dim() == 2, "kernels",
+                 "PackedLinear: weight must be 2-D [N, K], got ",
+                 w.defined() ? shape_str(w.shape()) : std::string("none"));
+  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "kernels",
+                 "PackedLinear: dtype must be f32 or bf16, not ", dtype_name(dtype));
+  DELTAMOE_CHECK(w.size(0) > 0 && w.size(1) > 0, "kernels", "PackedLinear: empty weight ",
+                 shape_str(w.shape()));
+  const bool view = can_view(w, dtype);
+  const Tensor src = view ? w : w.to(dtype);
+  PackedLinear p;
+  p.in_place_ = view;
+  p.layout_ = WeightLayout::row_major;
+  p.panel_ = 1;
+  p.dtype_ = dtype;
+  p.n_ = src.size(0);
+  p.k_ = src.size(1);
+  p.data_ = src.storage();
+  p.offset_ = static_cast<size_t>(static_cast<const char*>(src.raw()) -
+                                  static_cast<const char*>(src.storage()->data()));
+  p.bytes_ = src.nbytes();
+  return p;
+}
+
+int64_t PackedLinear::column_align(int64_t m) const {
+  if (layout_ == WeightLayout::packed) return panel_;
+  return m >= blas_rows(dtype_) ? kBlasCols : 8;
+}
+
+namespace {
+
+// y[r, n] (+)= x[r, :] · W[n, :], plain loops (the reference path; any CPU).
+template <bool kBf16>
+void rows_portable(const LinearArgs& a, const float* x, int64_t ldx) {
+  const int64_t k = a.w->in_features();
+  for (int64_t r = 0; r < a.m; ++r)
+    for (int64_t n = a.n_begin; n < a.n_end; ++n) {
+      float s = 0.0f;
+      if constexpr (kBf16) {
+        const uint16_t* wr = static_cast<const uint16_t*>(a.w->data()) + n * k;
+        for (int64_t c = 0; c < k; ++c) s += x[r * ldx + c] * bf16_to_f32(wr[c]);
+      } else {
+        const float* wr = static_cast<const float*>(a.w->data()) + n * k;
+        for (int64_t c = 0; c < k; ++c) s += x[r * ldx + c] * wr[c];
+      }
+      float& out = a.y[r * a.ldy + n];
+      out = a.accumulate ? out + s : s;
+    }
+}
+
+}  // namespace
+
+void linear_rows(LinearImpl impl, const LinearArgs& a) {
+  const int64_t k = a.w->in_features(), cols = a.n_end - a.n_begin;
+  const bool bf16 = a.w->dtype() == DType::bf16;
+  // Inside a parallel region OpenBLAS must be single-threaded (callers hold a
+  // BlasThreadsGuard(1)); if it is not, the dot kernels run instead of oversubscribing.
+  const bool in_parallel = omp_in_parallel() != 0;
+  const bool blas = impl != LinearImpl::portable && a.m >= blas_rows(a.w->dtype()) &&
+                    (!in_parallel || blas_threads() == 1);
+  // Scratch: x rounded to bf16 (all bf16 paths compute the same products), then, for the
+  // OpenBLAS path, the weights' column range widened to f32.
+  const size_t x_floats = bf16 ? static_cast<size_t>((a.m * k + 15) / 16 * 16) : 0;
+  const size_t w_floats = bf16 && blas ? static_cast<size_t>(cols * k) : 0;
+  float* scratch = x_floats + w_floats > 0
+                       ? static_cast<float*>(thread_scratch((x_floats + w_floats) * sizeof(float)))
+                       : nullptr;
+  const float* x = a.x;
+  int64_t ldx = a.ldx;
+  if (bf16) {
+    for (int64_t r = 0; r < a.m; ++r)
+      for (int64_t c = 0; c < k; ++c)
+        scratch[r * k + c] = bf16_to_f32(f32_to_bf16(a.x[r * a.ldx + c]));
+    x = scratch;
+    ldx = k;
+  }
+  if (blas) {
+    const float* w = static_cast<const float*>(a.w->data()) + a.n_begin * k;
+    if (bf16) {
+      float* wf = scratch + x_floats;
+      const uint16_t* src = static_cast<const uint16_t*>(a.w->data()) + a.n_begin * k;
+      for (int64_t i = 0; i < cols * k; ++i) wf[i] = bf16_to_f32(src[i]);
+      w = wf;
+    }
+    std::optional<BlasThreadsGuard> one_thread;
+    if (!in_parallel) one_thread.emplace(1);
+    for (int64_t t0 = a.n_begin; t0 < a.n_end;) {
+      const int64_t t1 = std::min(a.n_end, (t0 / kBlasCols + 1) * kBlasCols);
+      sgemm(false, true, a.m, t1 - t0, k, 1.0f, x, ldx, w + (t0 - a.n_begin) * k, k,
+            a.accumulate ? 1.0f : 0.0f, a.y + t0, a.ldy);
+      t0 = t1;
+    }
+    return;
+  }
+  if (impl == LinearImpl::portable) {
+    bf16 ? rows_portable<true>(a, x, ldx) : rows_portable<false>(a, x, ldx);
+  } else {
+    linear_rows_avx2(a, x, ldx);
+  }
+}
+
+}  // namespace deltamoe::kernels
