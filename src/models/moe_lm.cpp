@@ -91,10 +91,6 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
     if (p.in_place()) mapped_bytes_ += p.weight_bytes();
     return p;
   };
-  // Packed: a copy of the embedding too (in the file's dtype), so that no view keeps a shard
-  // mapped once the packed weights are made: resident memory is then the packed weights
-  // alone, not the packed weights plus the mapped file pages they were read from.
-  embed_ = rows ? w.embed : w.embed.clone();
   final_norm_ = w.final_norm.to(DType::f32);
   lm_head_ = prepare(w.lm_head);
   max_positions_ = std::min<int64_t>(
@@ -111,11 +107,16 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
     ly.input_norm = lw.input_norm.to(DType::f32);
     ly.post_norm = lw.post_attn_norm.to(DType::f32);
     if (rows) {
-      for (const Tensor* t : {&lw.q, &lw.k, &lw.v}) ly.qkv.push_back(prepare(*t));
+      // One allocation for whatever has to be converted (no 2 MiB rounding per matrix).
+      auto att = kernels::PackedLinear::row_major_all({lw.q, lw.k, lw.v, lw.o}, dtype_);
+      for (const auto& p : att) mapped_bytes_ += p.in_place() ? p.weight_bytes() : 0;
+      ly.o = std::move(att[3]);
+      att.pop_back();
+      ly.qkv = std::move(att);
     } else {
       ly.qkv.push_back(kernels::PackedLinear(concat_rows({lw.q, lw.k, lw.v}), dtype_));
+      ly.o = kernels::PackedLinear(lw.o, dtype_);
     }
-    ly.o = prepare(lw.o);
     if (lw.q_bias.defined()) {
       ly.qkv_bias = to_floats(lw.q_bias);
       for (const Tensor* b : {&lw.k_bias, &lw.v_bias}) {
@@ -149,6 +150,11 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
     mapped_bytes_ += ly.ffn->in_place_weight_bytes();
     layers_.push_back(std::move(ly));
   }
+  // The embedding is looked up in the file's dtype: a view while the checkpoint stays mapped
+  // anyway; a copy (packed layout, or row-major with every matrix converted) lets the
+  // mapping go, so resident memory is the weights alone, not also the file pages they were
+  // read from.
+  embed_ = rows && mapped_bytes_ > 0 ? w.embed : w.embed.clone();
 }
 
 void MoeLm::set_policy(std::shared_ptr<const moe::RoutingPolicy> policy) {

@@ -170,10 +170,7 @@ MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype, kernels::WeightLayout
   if (layout_ == kernels::WeightLayout::row_major) {
     using kernels::PackedLinear;
     const auto rows = [&](const std::vector<Tensor>& ws, std::vector<PackedLinear>& out) {
-      out.resize(ws.size());
-      parallel_for(static_cast<int64_t>(ws.size()), 1, [&](int64_t b, int64_t e) {
-        for (int64_t j = b; j < e; ++j) out[j] = PackedLinear::row_major(ws[j], dtype);
-      });
+      out = PackedLinear::row_major_all(ws, dtype);
     };
     rows(weights.w1, w13_);
     if (kind_ == ExpertKind::swiglu) rows(weights.w3, w3_);

@@ -170,6 +170,71 @@ TEST(Linear, RowMajorMatchesNaiveEveryImpl) {
       }
 }
 
+// row_major_all: views stay views; converted matrices share one allocation and compute the
+// same as row_major() alone.
+TEST(Linear, RowMajorAllSharesOneAllocationForCopies) {
+  const Tensor a = Tensor::from(random_vec(70 * 33, 11), {70, 33});
+  const Tensor b = Tensor::from(random_vec(5 * 17, 12), {5, 17});
+  const Tensor c = Tensor::from(random_vec(8 * 33, 13), {8, 33}).to(DType::bf16);
+  const auto all = PackedLinear::row_major_all({a, b, c}, DType::bf16);
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_FALSE(all[0].in_place());
+  EXPECT_FALSE(all[1].in_place());
+  EXPECT_TRUE(all[2].in_place());
+  EXPECT_EQ(all[2].data(), c.raw());
+  // a and b converted into one buffer: b starts 64-byte aligned right after a.
+  EXPECT_EQ(static_cast<const char*>(all[1].data()) - static_cast<const char*>(all[0].data()),
+            (70 * 33 * 2 + 63) / 64 * 64);
+  const Tensor inputs[] = {a, b, c};
+  for (size_t i = 0; i < 3; ++i) {
+    const PackedLinear alone = PackedLinear::row_major(inputs[i], DType::bf16);
+    const int64_t n = alone.out_features(), k = alone.in_features();
+    EXPECT_EQ(all[i].out_features(), n);
+    EXPECT_EQ(all[i].layout(), WeightLayout::row_major);
+    const std::vector<float> x = random_vec(static_cast<size_t>(2 * k), 14);
+    std::vector<float> ya(static_cast<size_t>(2 * n)), yb(ya.size());
+    linear_st(x.data(), 2, k, all[i], 0, n, ya.data(), n);
+    linear_st(x.data(), 2, k, alone, 0, n, yb.data(), n);
+    EXPECT_EQ(ya, yb) << i;
+  }
+  EXPECT_THROW(PackedLinear::row_major_all({a}, DType::i32), Error);
+  EXPECT_THROW(PackedLinear::row_major_all({Tensor({4}, DType::f32)}, DType::bf16), Error);
+}
+
+// Row-major weights that start off a 32-byte boundary (safetensors aligns tensors to 8 bytes
+// only) and rows of odd length: results still match.
+TEST(Linear, RowMajorMisalignedViewsMatchNaive) {
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (int64_t shift : {1, 2, 3, 5, 7}) {
+      for (int64_t k : {5, 64, 77, 1024}) {
+        const int64_t n = 6;
+        const std::vector<float> raw = random_vec(static_cast<size_t>(n * k + shift), 90 + shift);
+        const Tensor all = Tensor::from(raw, {n * k + shift}).to(dtype);
+        const Tensor w = all.slice(shift, shift + n * k).reshape({n, k});
+        const PackedLinear p = PackedLinear::row_major(w, dtype);
+        ASSERT_TRUE(p.in_place());
+        for (int64_t m : {1, 3}) {
+          const std::vector<float> x = random_vec(static_cast<size_t>(m * k), 91);
+          std::vector<float> y(static_cast<size_t>(m * n));
+          linear_st(x.data(), m, k, p, 0, n, y.data(), n);
+          const std::vector<float> wf = w.to_vector();
+          for (int64_t r = 0; r < m; ++r)
+            for (int64_t j = 0; j < n; ++j) {
+              double ref = 0, scale = 0;
+              for (int64_t c = 0; c < k; ++c) {
+                const double xv = dtype == DType::bf16 ? round_bf16(x[r * k + c]) : x[r * k + c];
+                ref += xv * wf[j * k + c];
+                scale += std::abs(xv * wf[j * k + c]);
+              }
+              EXPECT_LE(std::abs(y[r * n + j] - ref), 2e-6 * scale + 1e-30)
+                  << dtype_name(dtype) << " shift " << shift << " k " << k << " m " << m;
+            }
+        }
+      }
+    }
+  }
+}
+
 // row_major() uses a tensor of the compute dtype in place (no copy; the storage, e.g. a
 // mapped file, is kept alive) and converts any other dtype.
 TEST(Linear, RowMajorViewsWithoutCopy) {

@@ -50,6 +50,10 @@ class PackedLinear {
   /// bf16) the result is a view that shares w's storage (keeping a mapped file mapped);
   /// otherwise w is converted into a new row-major buffer. Throws Error("kernels").
   static PackedLinear row_major(const Tensor& w, DType dtype);
+  /// row_major() of several matrices, with every converted copy in ONE allocation (as
+  /// pack_all: no rounding of each 1 MiB matrix to whole 2 MiB pages). In-place views stay
+  /// views.
+  static std::vector<PackedLinear> row_major_all(const std::vector<Tensor>& ws, DType dtype);
   /// Whether row_major(w, dtype) would use w in place (no copy).
   static bool can_view(const Tensor& w, DType dtype);
 

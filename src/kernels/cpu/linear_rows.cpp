@@ -47,6 +47,48 @@ PackedLinear PackedLinear::row_major(const Tensor& w, DType dtype) {
   return p;
 }
 
+std::vector<PackedLinear> PackedLinear::row_major_all(const std::vector<Tensor>& ws, DType dtype) {
+  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "kernels",
+                 "PackedLinear: dtype must be f32 or bf16, not ", dtype_name(dtype));
+  std::vector<PackedLinear> out(ws.size());
+  std::vector<size_t> offset(ws.size(), 0);
+  size_t total = 0;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    if (can_view(ws[i], dtype)) continue;
+    DELTAMOE_CHECK(ws[i].defined() && ws[i].dim() == 2 && ws[i].size(0) > 0 && ws[i].size(1) > 0,
+                   "kernels", "PackedLinear: weight ", i, " must be a non-empty 2-D [N, K], got ",
+                   ws[i].defined() ? shape_str(ws[i].shape()) : std::string("none"));
+    offset[i] = total;
+    const size_t bytes = static_cast<size_t>(ws[i].numel()) * dtype_size(dtype);
+    total += (bytes + kAlignment - 1) / kAlignment * kAlignment;
+  }
+  std::shared_ptr<Storage> storage =
+      total > 0 ? std::make_shared<Storage>(total) : std::shared_ptr<Storage>();
+  // Converted on all threads: loading a model with a dtype change is mostly this loop.
+  parallel_for(static_cast<int64_t>(ws.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      if (can_view(ws[i], dtype)) {
+        out[i] = row_major(ws[i], dtype);
+        continue;
+      }
+      const Tensor converted = ws[i].to(dtype);
+      std::memcpy(static_cast<char*>(storage->data()) + offset[i], converted.raw(),
+                  converted.nbytes());
+      PackedLinear& p = out[i];
+      p.layout_ = WeightLayout::row_major;
+      p.panel_ = 1;
+      p.dtype_ = dtype;
+      p.n_ = ws[i].size(0);
+      p.k_ = ws[i].size(1);
+      p.data_ = storage;
+      p.offset_ = offset[i];
+      p.bytes_ = converted.nbytes();
+      p.in_place_ = false;
+    }
+  });
+  return out;
+}
+
 int64_t PackedLinear::column_align(int64_t m) const {
   if (layout_ == WeightLayout::packed) return panel_;
   return m >= blas_rows(dtype_) ? kBlasCols : 8;

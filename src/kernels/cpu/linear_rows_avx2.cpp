@@ -62,6 +62,10 @@ DM_AVX2 float dot_row(const float* x, const void* w, int64_t k, int64_t n) {
   const int64_t step = 8 * U;
   const int64_t kmain = k / step * step;
   const int64_t base = n * k;
+  // W loads are unaligned: safetensors aligns tensors to 8 bytes only (a shard of the
+  // reference model has every tensor at 48 mod 64). Summing the elements up to W's next
+  // 32-byte boundary first, so that no load straddles two cache lines, measured 3-4% slower
+  // at decode, not faster.
   for (int64_t kk = 0; kk < kmain; kk += step) {
 #pragma GCC unroll 8
     for (int u = 0; u < U; ++u)
