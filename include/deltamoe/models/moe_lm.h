@@ -2,8 +2,10 @@
 // Qwen3-MoE and OLMoE through one decoder (RMSNorm → GQA attention with RoPE → RMSNorm →
 // moe::MoeBlock or a dense SwiGLU MLP, residuals, final RMSNorm, LM head).
 //
-// Weights are packed once at load (f32 or bf16) for the engine's kernels; activations, the
-// router, norms, attention and the KV cache are f32. Every MoE layer routes through the one
+// Weight matrices are used in place from the mapped checkpoint when its dtype is the compute
+// dtype (LmOptions::layout row_major, the default), else converted once (f32 or bf16; or
+// packed into our panel layout with WeightLayout::packed); activations, the router, norms,
+// attention and the KV cache are f32. Every MoE layer routes through the one
 // MoeBlock with the model's own routing (softmax → top-k → renormalise when norm_topk_prob)
 // or any RoutingPolicy the caller sets (delta-MoE budgets per token: top-p, threshold, ...).
 //
@@ -69,8 +71,9 @@ struct LmOptions {
 
 class MoeLm {
  public:
-  /// Loads config.json and the safetensors checkpoint of `model_dir`, validates every tensor
-  /// (name, shape) before packing, and packs the weights. Throws Error("hf"/"model").
+  /// Loads config.json and the safetensors checkpoint of `model_dir` (mapped), validates every
+  /// tensor (name, shape) before any compute, and prepares the weights in options.layout
+  /// (views of the mapping where the dtype allows). Throws Error("hf"/"model").
   static std::unique_ptr<MoeLm> load(const std::string& model_dir, const LmOptions& options = {});
   MoeLm(const io::HfConfig& config, const io::HfModelWeights& weights, const LmOptions& options);
 
