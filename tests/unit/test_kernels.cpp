@@ -170,6 +170,25 @@ TEST(Linear, RowMajorMatchesNaiveEveryImpl) {
       }
 }
 
+// Row-major dot kernels: a row's result is bitwise the same alone or batched with others (up
+// to the OpenBLAS threshold), so a decode step does not depend on the batch it runs in.
+TEST(Linear, RowMajorRowsBitwiseIndependentOfBatch) {
+  const int64_t n = 37, k = 300;
+  const Tensor w = Tensor::from(random_vec(static_cast<size_t>(n * k), 21), {n, k});
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    const PackedLinear p = PackedLinear::row_major(w, dtype);
+    const int64_t m = blas_rows(dtype) - 1;
+    const std::vector<float> x = random_vec(static_cast<size_t>(m * k), 22);
+    std::vector<float> batch(static_cast<size_t>(m * n)), one(static_cast<size_t>(n));
+    linear_st(x.data(), m, k, p, 0, n, batch.data(), n);
+    for (int64_t r = 0; r < m; ++r) {
+      linear_st(x.data() + r * k, 1, k, p, 0, n, one.data(), n);
+      for (int64_t j = 0; j < n; ++j)
+        ASSERT_EQ(batch[r * n + j], one[j]) << dtype_name(dtype) << " row " << r << " col " << j;
+    }
+  }
+}
+
 // row_major_all: views stay views; converted matrices share one allocation and compute the
 // same as row_major() alone.
 TEST(Linear, RowMajorAllSharesOneAllocationForCopies) {

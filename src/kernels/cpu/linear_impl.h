@@ -53,8 +53,8 @@ void linear_bf16_avx512(const LinearArgs& a);
 /// Rows from which row-major products go through OpenBLAS rather than our dot kernels
 /// (measured: bench/micro_kernels --table, docs/kernels.md). bf16 needs more rows to pay
 /// for widening the weights to f32 for OpenBLAS.
-inline constexpr int64_t kBlasRowsF32 = 8;
-inline constexpr int64_t kBlasRowsBf16 = 16;
+inline constexpr int64_t kBlasRowsF32 = 16;
+inline constexpr int64_t kBlasRowsBf16 = 32;
 inline int64_t blas_rows(DType dtype) {
   return dtype == DType::bf16 ? kBlasRowsBf16 : kBlasRowsF32;
 }

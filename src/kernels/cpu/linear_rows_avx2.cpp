@@ -2,8 +2,8 @@
 // checkpoint used in place, see WeightLayout::row_major in cpu.h).
 //
 // Each output is a dot product of an x row with a W row, both contiguous along k, reduced
-// horizontally once at the end. One x row at a time against a column block of W that stays
-// in L2: every output is then summed the same way whatever the row count, and the kernel is
+// horizontally once at the end. Up to 3 x rows at a time against a column block of W that
+// stays in L2: every output is summed the same way whatever the row count, and the kernel is
 // bound by reading W once (m = 1, decode) or by L1/L2 loads (a few rows). Many rows go to
 // OpenBLAS instead (linear_rows.cpp). bf16 weights are widened to f32 in registers
 // (zero-extend, shift left 16).
@@ -47,18 +47,20 @@ DM_AVX2 DM_INLINE float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// y[n] (+)= x · W[n, :] for one x row and one output: U accumulators (k unrolled by 8U) hide
-// the FMA latency. One output at a time reads W as one sequential stream (the rows of a
-// column range are contiguous), which is what lets the hardware prefetcher keep a decode
-// step at the memory's rate. Measured on Zen 3 against 2-8 outputs at a time and software
-// prefetch 4-32 KiB ahead (docs/kernels.md): this was the fastest at m = 1 from DRAM. Every
-// output is summed the same way whatever m is, so a row's result does not depend on the
-// rows batched with it.
-template <int U, bool kBf16>
-DM_AVX2 float dot_row(const float* x, const void* w, int64_t k, int64_t n) {
-  __m256 acc[U];
+// s[r] = x[r, :] · W[n, :] for M rows of x and one output: U accumulators per row (k unrolled
+// by 8U) hide the FMA latency, and each W vector, loaded once, feeds the M rows. One output at
+// a time reads W as one sequential stream (the rows of a column range are contiguous), which
+// is what lets the hardware prefetcher keep a decode step at the memory's rate: measured on
+// Zen 3 against 2-8 outputs at a time and software prefetch 4-32 KiB ahead (docs/kernels.md),
+// this was the fastest at m = 1 from DRAM. Every row's sum is formed in the same order
+// whatever M is, so a row's result does not depend on the rows batched with it (bitwise).
+template <int M, int U, bool kBf16>
+DM_AVX2 void dot_rows(const float* x, int64_t ldx, const void* w, int64_t k, int64_t n, float* s) {
+  __m256 acc[M][U];
+#pragma GCC unroll 4
+  for (int r = 0; r < M; ++r)
 #pragma GCC unroll 8
-  for (int u = 0; u < U; ++u) acc[u] = _mm256_setzero_ps();
+    for (int u = 0; u < U; ++u) acc[r][u] = _mm256_setzero_ps();
   const int64_t step = 8 * U;
   const int64_t kmain = k / step * step;
   const int64_t base = n * k;
@@ -68,38 +70,64 @@ DM_AVX2 float dot_row(const float* x, const void* w, int64_t k, int64_t n) {
   // at decode, not faster.
   for (int64_t kk = 0; kk < kmain; kk += step) {
 #pragma GCC unroll 8
-    for (int u = 0; u < U; ++u)
-      acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(x + kk + 8 * u), load_w<kBf16>(w, base + kk + 8 * u),
-                               acc[u]);
+    for (int u = 0; u < U; ++u) {
+      const __m256 wv = load_w<kBf16>(w, base + kk + 8 * u);
+#pragma GCC unroll 4
+      for (int r = 0; r < M; ++r)
+        acc[r][u] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * ldx + kk + 8 * u), wv, acc[r][u]);
+    }
   }
-  __m256 a = acc[0];
+#pragma GCC unroll 4
+  for (int r = 0; r < M; ++r) {
+    const float* xr = x + r * ldx;
+    __m256 a = acc[r][0];
 #pragma GCC unroll 8
-  for (int u = 1; u < U; ++u) a = _mm256_add_ps(a, acc[u]);
-  int64_t kk = kmain;
-  for (; kk + 8 <= k; kk += 8)
-    a = _mm256_fmadd_ps(_mm256_loadu_ps(x + kk), load_w<kBf16>(w, base + kk), a);
-  float s = hsum(a);
-  for (; kk < k; ++kk) s += x[kk] * w_at<kBf16>(w, base + kk);
-  return s;
+    for (int u = 1; u < U; ++u) a = _mm256_add_ps(a, acc[r][u]);
+    int64_t kk = kmain;
+    for (; kk + 8 <= k; kk += 8)
+      a = _mm256_fmadd_ps(_mm256_loadu_ps(xr + kk), load_w<kBf16>(w, base + kk), a);
+    float v = hsum(a);
+    for (; kk < k; ++kk) v += xr[kk] * w_at<kBf16>(w, base + kk);
+    s[r] = v;
+  }
+}
+
+// Rows r0 .. r0 + M - 1 of y over columns [c0, c1).
+template <int M, bool kBf16>
+DM_AVX2 void rows_block(const LinearArgs& a, const float* x, int64_t ldx, int64_t r0, int64_t c0,
+                        int64_t c1) {
+  constexpr int kU = 4;
+  const int64_t k = a.w->in_features();
+  float s[M];
+  for (int64_t n = c0; n < c1; ++n) {
+    dot_rows<M, kU, kBf16>(x + r0 * ldx, ldx, a.w->data(), k, n, s);
+#pragma GCC unroll 4
+    for (int r = 0; r < M; ++r) {
+      float& out = a.y[(r0 + r) * a.ldy + n];
+      out = a.accumulate ? out + s[r] : s[r];
+    }
+  }
 }
 
 template <bool kBf16>
 DM_AVX2 void rows_avx2(const LinearArgs& a, const float* x, int64_t ldx) {
-  constexpr int kU = 4;
-  const int64_t k = a.w->in_features();
-  const void* w = a.w->data();
-  // Column blocks of about 128 KiB of weights stay in L2 while each row of x (in L1) passes
-  // over them.
-  const int64_t row_bytes = k * (kBf16 ? 2 : 4);
+  // Column blocks of about 128 KiB of weights stay in L2 while each group of 3 rows of x (in
+  // L1) passes over them.
+  const int64_t row_bytes = a.w->in_features() * (kBf16 ? 2 : 4);
   const int64_t block = std::max<int64_t>(8, (int64_t{128} << 10) / row_bytes / 8 * 8);
   for (int64_t c0 = a.n_begin; c0 < a.n_end; c0 += block) {
     const int64_t c1 = std::min(a.n_end, c0 + block);
-    for (int64_t r = 0; r < a.m; ++r) {
-      const float* xr = x + r * ldx;
-      float* yr = a.y + r * a.ldy;
-      for (int64_t n = c0; n < c1; ++n) {
-        const float s = dot_row<kU, kBf16>(xr, w, k, n);
-        yr[n] = a.accumulate ? yr[n] + s : s;
+    for (int64_t r0 = 0; r0 < a.m; r0 += 3) {
+      switch (std::min<int64_t>(3, a.m - r0)) {
+        case 3:
+          rows_block<3, kBf16>(a, x, ldx, r0, c0, c1);
+          break;
+        case 2:
+          rows_block<2, kBf16>(a, x, ldx, r0, c0, c1);
+          break;
+        default:
+          rows_block<1, kBf16>(a, x, ldx, r0, c0, c1);
+          break;
       }
     }
   }
