@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "deltamoe/core/dtype.h"
@@ -145,6 +146,12 @@ void softmax_rows_st(const float* x, float* y, int64_t rows, int64_t d);
 /// Indices and values of the k largest entries of x[d], sorted by value descending; ties go
 /// to the lower index (matches torch.topk on distinct values, deterministic on ties).
 void topk_st(const float* x, int64_t d, int64_t k, int32_t* idx, float* val);
+
+/// What linear_st does with row-major weights of `dtype` on this CPU, in words (for
+/// `deltamoe info`), e.g. "avx2 dot kernel below 16 rows, OpenBLAS sgemm from 16".
+std::string linear_row_major_impl_name(DType dtype);
+/// Name of the element-wise ops' implementation on this CPU ("avx512" or "portable").
+const char* ops_impl_name();
 
 /// Which implementation linear_st uses for a dtype on this CPU ("avx512", "avx512_bf16",
 /// "avx2", "portable").

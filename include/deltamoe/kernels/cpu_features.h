@@ -12,12 +12,25 @@ struct CpuFeatures {
   bool avx512bw = false;
   bool avx512vl = false;
   bool avx512_bf16 = false;
+  // Reported for `deltamoe info` (no kernel uses them yet): AVX-512 VNNI, AVX-VNNI and the
+  // AMX tile extensions, as CPUID says (Linux also needs a per-process permission for AMX).
+  bool avx512_vnni = false;
+  bool avx_vnni = false;
+  bool amx_tile = false;
+  bool amx_bf16 = false;
+  bool amx_int8 = false;
   std::string model_name;  // from /proc/cpuinfo when available
+  /// The cap set by DELTAMOE_ISA ("portable", "avx2", "avx512"), empty when none.
+  std::string isa_cap;
 };
 
 /// Features of the CPU this process runs on (detected once, thread-safe).
-/// Setting the environment variable DELTAMOE_DISABLE_AVX512=1 reports no AVX-512, which
-/// forces the portable kernels (used by tests to cover the fallback path).
+/// The environment variable DELTAMOE_ISA caps what is reported, so that kernels take a lower
+/// path (for comparisons and for tests of the fallbacks): `avx512` (no AMX), `avx2` (no
+/// AVX-512 either), `portable` (no AVX2/FMA either). DELTAMOE_DISABLE_AVX512=1 is the older
+/// spelling of DELTAMOE_ISA=avx2. Another value is ignored with a warning on stderr.
 const CpuFeatures& cpu_features();
+/// The features before any DELTAMOE_ISA cap.
+const CpuFeatures& cpu_features_detected();
 
 }  // namespace deltamoe

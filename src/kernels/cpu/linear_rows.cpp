@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <string>
 
 #include <omp.h>
 
@@ -92,6 +93,12 @@ std::vector<PackedLinear> PackedLinear::row_major_all(const std::vector<Tensor>&
 int64_t PackedLinear::column_align(int64_t m) const {
   if (layout_ == WeightLayout::packed) return panel_;
   return m >= blas_rows(dtype_) ? kBlasCols : 8;
+}
+
+std::string linear_row_major_impl_name(DType dtype) {
+  if (best_linear_impl(dtype) == LinearImpl::portable) return "portable (plain loops)";
+  const std::string rows = std::to_string(blas_rows(dtype));
+  return "avx2 dot kernel below " + rows + " rows, OpenBLAS sgemm from " + rows;
 }
 
 namespace {

@@ -12,7 +12,9 @@ namespace deltamoe::kernels {
 
 namespace ops {
 
-bool avx512_supported() { return cpu_features().avx512f; }
+bool avx512_supported() {
+  return cpu_features().avx512f;
+}
 
 void silu_scalar(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (1.0f + std::exp(-x[i]));
@@ -56,6 +58,10 @@ void softmax_rows_scalar(const float* x, float* y, int64_t rows, int64_t d) {
 }
 
 }  // namespace ops
+
+const char* ops_impl_name() {
+  return ops::avx512_supported() ? "avx512" : "portable";
+}
 
 void silu_st(const float* x, float* y, int64_t n) {
   ops::avx512_supported() ? ops::silu_avx512(x, y, n) : ops::silu_scalar(x, y, n);
