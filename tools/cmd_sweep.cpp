@@ -151,7 +151,7 @@ std::vector<std::string> train_args(const Run& r, const SweepOptions& o) {
   const auto c = config_for(r);
   const auto t = train_options_for(r, o);
   std::vector<std::string> a = {"train", "--routing", r.method, "--layers", std::to_string(c.layers),
-                                "--p", fmt(c.routing.p, 17), "--epochs", std::to_string(t.epochs),
+                                "--epochs", std::to_string(t.epochs),
                                 "--batch", std::to_string(t.batch), "--lr", fmt(t.lr, 9),
                                 "--warmup", std::to_string(t.warmup_steps),
                                 "--seed", std::to_string(t.seed), "--balance-alpha", fmt(t.balance_alpha, 17),
@@ -162,11 +162,12 @@ std::vector<std::string> train_args(const Run& r, const SweepOptions& o) {
                                 "--threads", "1", "--data-dir", o.data_dir, "--out", model_path(r, o),
                                 "--json", "--no-test", "--no-progress"};
   if (t.augment_flip) a.push_back("--augment-flip");
-  if (r.method == "top-k") {
+  // Only the routing parameters the method reads: train rejects the others (they would be
+  // ignored), and the ones left out are unused by that method, so the model is the same.
+  if (r.method == "top-p") a.insert(a.end(), {"--p", fmt(c.routing.p, 17)});
+  if (r.method == "top-k" || r.method == "null-experts")
     a.insert(a.end(), {"--k", std::to_string(c.routing.k)});
-  } else {
-    a.insert(a.end(), {"--target-k", fmt(c.routing.target_k, 17), "--k", std::to_string(c.routing.k)});
-  }
+  if (r.method != "top-k") a.insert(a.end(), {"--target-k", fmt(c.routing.target_k, 17)});
   return a;
 }
 

@@ -32,33 +32,56 @@ struct RuntimeOptions {
   bool group_layers = true;
 
   void add(CLI::App& app) {
-    app.add_option("--model", model_path, "Checkpoint written by `deltamoe train` (M.safetensors, M.json beside it)");
-    app.add_flag("--random-model", random_model, "Use the built-in random-weights model (the default without --model)");
+    app.add_option("--model", model_path,
+                   "Checkpoint written by `deltamoe train` (M.safetensors, M.json beside it)");
+    app.add_flag("--random-model", random_model,
+                 "Use the built-in random-weights model (the default without --model)");
     app.add_option("--seed", seed, "Random model seed");
-    app.add_option("--routing", routing,
-                   "Routing policy: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA], null-experts:K:M "
-                   "(default: the policy the model was trained with)");
-    app.add_option("--mode", mode, "per-expert (queues per expert) or whole-model (batch before routing)");
-    app.add_option("--queue-size", queue_size, "B: samples per batch")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+    app.add_option(
+        "--routing", routing,
+        "Routing policy: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA], null-experts:K:M "
+        "(default: the policy the model was trained with)");
+    app.add_option("--mode", mode,
+                   "per-expert (queues per expert) or whole-model (batch before routing)");
+    app.add_option("--queue-size", queue_size, "B: samples per batch")
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
     app.add_option("--queue-timeout-us", queue_timeout_us,
-                   "T: max wait of a queue's oldest sample in us (0 = flush when a worker is free, -1 = infinity)");
+                   "T: max wait of a queue's oldest sample in us (0 = flush when a worker is free, "
+                   "-1 = infinity)")
+        ->check(CLI::Validator(
+            [](std::string& s) -> std::string {
+              try {
+                size_t used = 0;
+                const long long v = std::stoll(s, &used);
+                if (used == s.size() && (v == -1 || (v >= 0 && v <= (1LL << 40)))) return {};
+              } catch (const std::exception&) {
+              }
+              return "value " + s + " is not -1 (infinity) or a wait in [0, 2^40] us";
+            },
+            "-1 or US >= 0"));
     app.add_flag("--adaptive", adaptive,
                  "Adapt B by AIMD (Clipper): grow while each sample's batch processing time meets "
-                 "--latency-target-us, shrink when one misses it (B is then the cap; T still bounds the wait)");
-    app.add_option("--latency-target-us", latency_target_us,
-                   "Batch processing time target for --adaptive, in microseconds (queueing excluded)")
+                 "--latency-target-us, shrink when one misses it (B is then the cap; T still "
+                 "bounds the wait)");
+    app.add_option(
+           "--latency-target-us", latency_target_us,
+           "Batch processing time target for --adaptive, in microseconds (queueing excluded)")
         ->capture_default_str();
     app.add_option("--max-inflight", max_inflight, "Admission bound in samples (beyond it: 503)");
     app.add_option("--max-request-images", max_request_samples, "Most images in one request");
-    app.add_option("--workers", workers, "Worker threads running batches")->check(CLI::Range(1, 256));
+    app.add_option("--workers", workers, "Worker threads running batches")
+        ->check(CLI::Range(1, 256));
     app.add_option("--split-min-rows", split_min_rows,
-                   "Share a flushed batch with idle workers when each part keeps at least this many samples (0 = never)")
+                   "Share a flushed batch with idle workers when each part keeps at least this "
+                   "many samples (0 = never)")
         ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
     app.add_flag("--group-layers,!--no-group-layers", group_layers,
-                 "A worker that takes an expert queue while no other is idle also takes the layer's other ready "
+                 "A worker that takes an expert queue while no other is idle also takes the "
+                 "layer's other ready "
                  "queues (default on)");
     app.add_option("--spin-us", spin_us,
-                   "An idle worker polls this long (us) before blocking; wakes faster on VMs, costs idle CPU (0 = off)")
+                   "An idle worker polls this long (us) before blocking; wakes faster on VMs, "
+                   "costs idle CPU (0 = off)")
         ->check(CLI::Range(int64_t{0}, int64_t{100000}));
   }
 
@@ -90,7 +113,8 @@ struct RuntimeOptions {
   }
 
   /// The --routing policy in every layer, or the model's own per-layer policies.
-  std::vector<std::shared_ptr<const moe::RoutingPolicy>> policies(const serve::ServeModel& model) const {
+  std::vector<std::shared_ptr<const moe::RoutingPolicy>> policies(
+      const serve::ServeModel& model) const {
     if (routing.empty()) return model.default_policies();
     return {std::shared_ptr<const moe::RoutingPolicy>(moe::make_policy(routing, model.experts()))};
   }
