@@ -9,6 +9,7 @@
 #include "train_common.h"
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/models/moe_classifier.h"
+#include "deltamoe/io/output.h"
 #include "models/data_shim.h"
 
 namespace {
@@ -46,6 +47,7 @@ deltamoe::cli::CommandRegistrar reg(
                      "CSV index,label,predicted,experts_used for every test sample");
       app.add_flag("--json", o->json, "print one JSON object on stdout");
       return [o]() {
+        if (!o->predictions_out.empty()) io::check_writable(o->predictions_out, "eval");
         set_num_threads(o->threads);
         cli::keep_freed_memory();
         auto model = models::MoeClassifier::load(o->model);

@@ -9,6 +9,7 @@
 #include "command.h"
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/graph/export_memgraph.h"
+#include "deltamoe/io/output.h"
 #include "deltamoe/models/moe_classifier.h"
 #include "models/data_shim.h"
 #include "train_common.h"
@@ -43,6 +44,7 @@ deltamoe::cli::CommandRegistrar reg(
           "and ignored.");
       return [o]() {
         const cli::TrainCliOptions& t = o->train;
+        io::check_writable(t.out, "export-graph");
         set_num_threads(t.threads);
         models::MoeClassifier model(cli::make_config(t), t.seed);
         const models::TrainOptions to = cli::make_train_options(t);
@@ -80,7 +82,8 @@ deltamoe::cli::CommandRegistrar reg(
                             std::to_string(t.experts) + " H" + std::to_string(t.hidden) + " I" +
                             std::to_string(t.inter) + " B" + std::to_string(t.batch) + " " +
                             model.policy(0).name();
-        for (const auto& p : model.params().params()) eo.param_names.emplace_back(p.value.raw(), p.name);
+        for (const auto& p : model.params().params())
+          eo.param_names.emplace_back(p.value.raw(), p.name);
         const sched::Graph mg = graph::export_training_graph(g, loss, eo);
         sched::write_memgraph(mg, t.out);
         const auto sim = sched::simulate(mg, sched::program_order(mg));

@@ -5,6 +5,7 @@
 
 #include "command.h"
 #include "deltamoe/core/error.h"
+#include "deltamoe/io/output.h"
 #include "deltamoe/sched/memgraph.h"
 
 namespace {
@@ -34,25 +35,31 @@ struct Builder {
     std::uniform_real_distribution<double> d(10.0, 22.0);
     return (static_cast<uint64_t>(std::exp2(d(rng))) / 256 + 1) * 256;
   }
-  int64_t uniform(int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); }
+  int64_t uniform(int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  }
   bool coin(double p) { return std::uniform_real_distribution<double>(0, 1)(rng) < p; }
 };
 
 void gen_chain(Builder& b, int32_t n) {
   int32_t prev = b.add("x", "input", {}, b.rand_size());
-  for (int32_t i = 1; i < n; ++i) prev = b.add("op" + std::to_string(i), "op", {prev}, b.rand_size());
+  for (int32_t i = 1; i < n; ++i)
+    prev = b.add("op" + std::to_string(i), "op", {prev}, b.rand_size());
   b.g.is_output[prev] = 1;
 }
 
 // Random layered DAG: width about sqrt(n)/2, each node reads 1-3 nodes of the previous two
 // layers; some nodes are views; the last layer is the output.
 void gen_layered(Builder& b, int32_t n) {
-  const int32_t width = std::max<int32_t>(2, static_cast<int32_t>(std::sqrt(static_cast<double>(n)) / 2));
+  const int32_t width =
+      std::max<int32_t>(2, static_cast<int32_t>(std::sqrt(static_cast<double>(n)) / 2));
   std::vector<std::vector<int32_t>> layers(1);
-  for (int32_t i = 0; i < std::min(width, n); ++i) layers[0].push_back(b.add("in" + std::to_string(i), "input", {}, b.rand_size()));
+  for (int32_t i = 0; i < std::min(width, n); ++i)
+    layers[0].push_back(b.add("in" + std::to_string(i), "input", {}, b.rand_size()));
   int32_t count = static_cast<int32_t>(layers[0].size());
   while (count < n) {
-    const int32_t w = static_cast<int32_t>(std::min<int64_t>(b.uniform(1, 2 * width - 1), n - count));
+    const int32_t w =
+        static_cast<int32_t>(std::min<int64_t>(b.uniform(1, 2 * width - 1), n - count));
     layers.emplace_back();
     const auto& prev = layers[layers.size() - 2];
     const auto* prev2 = layers.size() >= 3 ? &layers[layers.size() - 3] : nullptr;
@@ -66,8 +73,10 @@ void gen_layered(Builder& b, int32_t n) {
       std::string name = "n";
       name += std::to_string(count);  // (not "n" + ...: GCC 12 -Wrestrict false positive)
       int32_t v;
-      if (b.coin(0.1)) v = b.add(name, "view", {ins[0]}, 0, ins[0]);
-      else v = b.add(name, "op", ins, b.rand_size(), -1, b.coin(0.1) ? b.rand_size() / 4 : 0);
+      if (b.coin(0.1))
+        v = b.add(name, "view", {ins[0]}, 0, ins[0]);
+      else
+        v = b.add(name, "op", ins, b.rand_size(), -1, b.coin(0.1) ? b.rand_size() / 4 : 0);
       layers.back().push_back(v);
       ++count;
     }
@@ -79,7 +88,8 @@ void gen_layered(Builder& b, int32_t n) {
 std::pair<int32_t, int32_t> gen_sp_rec(Builder& b, int32_t n, int32_t entry) {
   auto node = [&](std::vector<int32_t> ins) {
     const bool src = ins.empty();
-    return b.add("n" + std::to_string(b.g.size()), src ? "input" : "op", std::move(ins), b.rand_size());
+    return b.add("n" + std::to_string(b.g.size()), src ? "input" : "op", std::move(ins),
+                 b.rand_size());
   };
   if (n <= 2 || (n < 4) || b.coin(0.45)) {
     if (n <= 2) {
@@ -99,7 +109,8 @@ std::pair<int32_t, int32_t> gen_sp_rec(Builder& b, int32_t n, int32_t entry) {
   const int32_t k = static_cast<int32_t>(std::min<int64_t>(b.uniform(2, 4), rest));
   std::vector<int32_t> lasts;
   for (int32_t i = 0; i < k; ++i) {
-    const int32_t share = i + 1 == k ? rest : static_cast<int32_t>(b.uniform(1, rest - (k - 1 - i)));
+    const int32_t share =
+        i + 1 == k ? rest : static_cast<int32_t>(b.uniform(1, rest - (k - 1 - i)));
     rest -= share;
     lasts.push_back(gen_sp_rec(b, share, fork).second);
   }
@@ -107,7 +118,9 @@ std::pair<int32_t, int32_t> gen_sp_rec(Builder& b, int32_t n, int32_t entry) {
   return {fork, join};
 }
 
-void gen_sp(Builder& b, int32_t n) { b.g.is_output[gen_sp_rec(b, n, -1).second] = 1; }
+void gen_sp(Builder& b, int32_t n) {
+  b.g.is_output[gen_sp_rec(b, n, -1).second] = 1;
+}
 
 // A transformer-like training step: forward, loss, backward with saved activations;
 // parameters persistent, their gradients outputs. About 38 nodes per layer.
@@ -203,16 +216,22 @@ deltamoe::cli::CommandRegistrar reg(
                      "layered: random layered DAG; sp: random series-parallel (fork/join) DAG;\n"
                      "chain: a path; transformer: a training step (about --nodes nodes)")
           ->check(CLI::IsMember({"layered", "sp", "chain", "transformer"}));
-      app.add_option("--nodes", o->nodes, "Number of nodes (default 1000)")->check(CLI::Range(1, 50000000));
+      app.add_option("--nodes", o->nodes, "Number of nodes (default 1000)")
+          ->check(CLI::Range(1, 50000000));
       app.add_option("--seed", o->seed, "Random seed (default 1)");
       app.add_option("--out", o->out, "Output file (.json or .json.gz)")->required();
       return [o]() -> int {
+        deltamoe::io::check_writable(o->out, "gen-graph");
         Builder b(o->seed);
         b.g.name = o->kind + "-n" + std::to_string(o->nodes) + "-s" + std::to_string(o->seed);
-        if (o->kind == "chain") gen_chain(b, o->nodes);
-        else if (o->kind == "layered") gen_layered(b, o->nodes);
-        else if (o->kind == "sp") gen_sp(b, o->nodes);
-        else gen_transformer(b, o->nodes);
+        if (o->kind == "chain")
+          gen_chain(b, o->nodes);
+        else if (o->kind == "layered")
+          gen_layered(b, o->nodes);
+        else if (o->kind == "sp")
+          gen_sp(b, o->nodes);
+        else
+          gen_transformer(b, o->nodes);
         b.g.finalize(o->out);
         write_memgraph(b.g, o->out);
         std::cerr << "gen-graph: wrote " << o->out << " (" << b.g.size() << " nodes)\n";

@@ -6,55 +6,64 @@
 #include <iostream>
 
 #include "command.h"
+#include "deltamoe/io/output.h"
 #include "deltamoe/serve/http_server.h"
 #include "serve_cli.h"
 
 namespace {
 
-deltamoe::cli::CommandRegistrar reg("serve", "Serve an MoE classifier over HTTP with per-expert queues",
-  [](CLI::App& app) -> deltamoe::cli::Action {
-    auto opts = std::make_shared<deltamoe::cli::RuntimeOptions>();
-    auto sc = std::make_shared<deltamoe::serve::ServerConfig>();
-    auto port_file = std::make_shared<std::string>();
-    opts->add(app);
-    app.add_option("--host", sc->host, "Address to listen on (default loopback)");
-    app.add_option("--port", sc->port, "Port (0 = any free port, see --port-file)")->check(CLI::Range(0, 65535));
-    app.add_option("--port-file", *port_file, "Write the bound port to this file once listening");
-    app.add_option("--http-threads", sc->threads, "Connection threads (bounds requests in flight over HTTP)");
-    app.add_option("--max-inflight-requests", sc->max_inflight_requests,
-                   "Requests admitted at once over HTTP, beyond it 503 (default: half of --http-threads)")
-        ->check(CLI::NonNegativeNumber);
-    app.add_option("--max-body-bytes", sc->max_body_bytes, "Larger bodies get 413");
-    app.add_option("--retry-after-s", sc->retry_after_s, "Retry-After seconds sent with 503");
-    return [opts, sc, port_file]() {
-      // SIGTERM/SIGINT are taken synchronously by this thread (sigwait); every thread started
-      // below inherits the blocked mask, so no handler runs at an awkward moment.
-      sigset_t signals;
-      sigemptyset(&signals);
-      sigaddset(&signals, SIGTERM);
-      sigaddset(&signals, SIGINT);
-      pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-      sc->max_images = opts->max_request_samples;
-      auto runtime = opts->build();
-      deltamoe::serve::HttpServer server(runtime, *sc);
-      server.start();
-      std::cerr << "serve: " << runtime->model().name() << ", " << runtime->policy().name() << ", "
-                << deltamoe::serve::batching_mode_name(runtime->config().mode) << " B=" << opts->queue_size
-                << " T=" << opts->queue_timeout_us << "us" << (opts->adaptive ? " adaptive" : "")
-                << ", listening on http://" << sc->host << ":" << server.port() << std::endl;
-      if (!port_file->empty()) deltamoe::cli::write_file_atomic(*port_file, std::to_string(server.port()) + "\n");
-      int sig = 0;
-      sigwait(&signals, &sig);
-      std::cerr << "serve: signal " << sig << ", draining" << std::endl;
-      server.stop();
-      const auto st = runtime->stats();
-      const auto http = server.counters();
-      const auto n503 = http.responses_by_status.count(503) ? http.responses_by_status.at(503) : 0;
-      std::cerr << "serve: drained; requests admitted " << st.requests_admitted << ", answered "
-                << st.requests_done << ", rejected by the runtime " << st.requests_rejected
-                << ", 503 responses in all " << n503 << std::endl;
-      return st.requests_admitted == st.requests_done ? 0 : 3;
-    };
-  });
+deltamoe::cli::CommandRegistrar reg(
+    "serve", "Serve an MoE classifier over HTTP with per-expert queues",
+    [](CLI::App& app) -> deltamoe::cli::Action {
+      auto opts = std::make_shared<deltamoe::cli::RuntimeOptions>();
+      auto sc = std::make_shared<deltamoe::serve::ServerConfig>();
+      auto port_file = std::make_shared<std::string>();
+      opts->add(app);
+      app.add_option("--host", sc->host, "Address to listen on (default loopback)");
+      app.add_option("--port", sc->port, "Port (0 = any free port, see --port-file)")
+          ->check(CLI::Range(0, 65535));
+      app.add_option("--port-file", *port_file, "Write the bound port to this file once listening");
+      app.add_option("--http-threads", sc->threads,
+                     "Connection threads (bounds requests in flight over HTTP)");
+      app.add_option(
+             "--max-inflight-requests", sc->max_inflight_requests,
+             "Requests admitted at once over HTTP, beyond it 503 (default: half of --http-threads)")
+          ->check(CLI::NonNegativeNumber);
+      app.add_option("--max-body-bytes", sc->max_body_bytes, "Larger bodies get 413");
+      app.add_option("--retry-after-s", sc->retry_after_s, "Retry-After seconds sent with 503");
+      return [opts, sc, port_file]() {
+        // SIGTERM/SIGINT are taken synchronously by this thread (sigwait); every thread started
+        // below inherits the blocked mask, so no handler runs at an awkward moment.
+        sigset_t signals;
+        sigemptyset(&signals);
+        sigaddset(&signals, SIGTERM);
+        sigaddset(&signals, SIGINT);
+        pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+        sc->max_images = opts->max_request_samples;
+        if (!port_file->empty()) deltamoe::io::check_writable(*port_file, "serve");
+        auto runtime = opts->build();
+        deltamoe::serve::HttpServer server(runtime, *sc);
+        server.start();
+        std::cerr << "serve: " << runtime->model().name() << ", " << runtime->policy().name()
+                  << ", " << deltamoe::serve::batching_mode_name(runtime->config().mode)
+                  << " B=" << opts->queue_size << " T=" << opts->queue_timeout_us << "us"
+                  << (opts->adaptive ? " adaptive" : "") << ", listening on http://" << sc->host
+                  << ":" << server.port() << std::endl;
+        if (!port_file->empty())
+          deltamoe::cli::write_file_atomic(*port_file, std::to_string(server.port()) + "\n");
+        int sig = 0;
+        sigwait(&signals, &sig);
+        std::cerr << "serve: signal " << sig << ", draining" << std::endl;
+        server.stop();
+        const auto st = runtime->stats();
+        const auto http = server.counters();
+        const auto n503 =
+            http.responses_by_status.count(503) ? http.responses_by_status.at(503) : 0;
+        std::cerr << "serve: drained; requests admitted " << st.requests_admitted << ", answered "
+                  << st.requests_done << ", rejected by the runtime " << st.requests_rejected
+                  << ", 503 responses in all " << n503 << std::endl;
+        return st.requests_admitted == st.requests_done ? 0 : 3;
+      };
+    });
 
 }  // namespace

@@ -20,11 +20,12 @@
 #include <sstream>
 
 #include "command.h"
-#include "train_common.h"
 #include "deltamoe/core/parallel.h"
+#include "deltamoe/io/output.h"
 #include "deltamoe/models/moe_classifier.h"
 #include "models/data_shim.h"
 #include "sweep_report.h"
+#include "train_common.h"
 
 namespace {
 
@@ -38,7 +39,7 @@ struct SweepOptions {
   std::string work_dir = "/tmp/deltamoe-sweep";
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   int seeds = 0, epochs = 0, threads = 1;
-  int jobs = 2;            // trainings at a time (child processes of this binary, 1 thread each)
+  int jobs = 2;  // trainings at a time (child processes of this binary, 1 thread each)
   int64_t max_train = 0;
   // The training recipe (the same for every configuration; see docs/training.md).
   int64_t batch = 256;
@@ -56,8 +57,8 @@ struct SweepOptions {
 std::string recipe_tag(const SweepOptions& o) {
   std::ostringstream os;
   os << "e" << o.epochs << "_b" << o.batch << "_lr" << o.lr << "_w" << o.warmup << "_d" << o.dropout
-     << "_ls" << o.label_smoothing << "_f" << (o.augment_flip ? 1 : 0) << "_s" << o.augment_shift << "_n"
-     << o.max_train;
+     << "_ls" << o.label_smoothing << "_f" << (o.augment_flip ? 1 : 0) << "_s" << o.augment_shift
+     << "_n" << o.max_train;
   return os.str();
 }
 
@@ -150,17 +151,44 @@ models::TrainOptions train_options_for(const Run& r, const SweepOptions& o) {
 std::vector<std::string> train_args(const Run& r, const SweepOptions& o) {
   const auto c = config_for(r);
   const auto t = train_options_for(r, o);
-  std::vector<std::string> a = {"train", "--routing", r.method, "--layers", std::to_string(c.layers),
-                                "--epochs", std::to_string(t.epochs),
-                                "--batch", std::to_string(t.batch), "--lr", fmt(t.lr, 9),
-                                "--warmup", std::to_string(t.warmup_steps),
-                                "--seed", std::to_string(t.seed), "--balance-alpha", fmt(t.balance_alpha, 17),
-                                "--entropy-beta", fmt(t.entropy_beta, 17),
-                                "--max-train", std::to_string(t.max_train), "--val-size", std::to_string(t.val_size),
-                                "--augment-shift", std::to_string(t.augment_shift),
-                                "--dropout", fmt(t.dropout, 17), "--label-smoothing", fmt(t.label_smoothing, 9),
-                                "--threads", "1", "--data-dir", o.data_dir, "--out", model_path(r, o),
-                                "--json", "--no-test", "--no-progress"};
+  std::vector<std::string> a = {"train",
+                                "--routing",
+                                r.method,
+                                "--layers",
+                                std::to_string(c.layers),
+                                "--epochs",
+                                std::to_string(t.epochs),
+                                "--batch",
+                                std::to_string(t.batch),
+                                "--lr",
+                                fmt(t.lr, 9),
+                                "--warmup",
+                                std::to_string(t.warmup_steps),
+                                "--seed",
+                                std::to_string(t.seed),
+                                "--balance-alpha",
+                                fmt(t.balance_alpha, 17),
+                                "--entropy-beta",
+                                fmt(t.entropy_beta, 17),
+                                "--max-train",
+                                std::to_string(t.max_train),
+                                "--val-size",
+                                std::to_string(t.val_size),
+                                "--augment-shift",
+                                std::to_string(t.augment_shift),
+                                "--dropout",
+                                fmt(t.dropout, 17),
+                                "--label-smoothing",
+                                fmt(t.label_smoothing, 9),
+                                "--threads",
+                                "1",
+                                "--data-dir",
+                                o.data_dir,
+                                "--out",
+                                model_path(r, o),
+                                "--json",
+                                "--no-test",
+                                "--no-progress"};
   if (t.augment_flip) a.push_back("--augment-flip");
   // Only the routing parameters the method reads: train rejects the others (they would be
   // ignored), and the ones left out are unused by that method, so the model is the same.
@@ -173,7 +201,9 @@ std::vector<std::string> train_args(const Run& r, const SweepOptions& o) {
 
 // Relative training cost of a run (stem + router + head ≈ 1.6 expert-equivalents per layer
 // pair, plus K experts per layer): longest first keeps the two job slots evenly loaded.
-double run_cost(const Run& r) { return 1.6 + 2.0 * r.budget; }
+double run_cost(const Run& r) {
+  return 1.6 + 2.0 * r.budget;
+}
 
 // Trains every run whose model is not in the work directory yet, `o.jobs` at a time, each in
 // a child process `deltamoe train ... --threads 1` of this same binary (processes rather than
@@ -185,10 +215,12 @@ std::map<std::string, std::vector<std::string>> train_parallel(const std::vector
   std::vector<Run> todo;
   for (const Run& r : runs) {
     const std::string path = model_path(r, o);
-    if (!std::filesystem::exists(path) || !std::filesystem::exists(std::filesystem::path(path).replace_extension(".json")))
+    if (!std::filesystem::exists(path) ||
+        !std::filesystem::exists(std::filesystem::path(path).replace_extension(".json")))
       todo.push_back(r);
   }
-  std::stable_sort(todo.begin(), todo.end(), [](const Run& a, const Run& b) { return run_cost(a) > run_cost(b); });
+  std::stable_sort(todo.begin(), todo.end(),
+                   [](const Run& a, const Run& b) { return run_cost(a) > run_cost(b); });
   std::vector<char> exe(4096, 0);
   const ssize_t len = readlink("/proc/self/exe", exe.data(), exe.size() - 1);
   DELTAMOE_CHECK(len > 0, "sweep", "cannot find this binary (/proc/self/exe) to start trainings");
@@ -207,17 +239,21 @@ std::map<std::string, std::vector<std::string>> train_parallel(const std::vector
     argv.push_back(nullptr);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, (base + ".train.json").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, (base + ".train.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, (base + ".train.json").c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, (base + ".train.log").c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
     pid_t pid = 0;
     const int rc = posix_spawn(&pid, exe.data(), &fa, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&fa);
-    DELTAMOE_CHECK(rc == 0, "sweep", "cannot start a training process for ", r.name, " (error ", rc, ")");
+    DELTAMOE_CHECK(rc == 0, "sweep", "cannot start a training process for ", r.name, " (error ", rc,
+                   ")");
     live[pid] = Child{r, Clock::now()};
   };
   const auto t0 = Clock::now();
   while (next < todo.size() || !live.empty()) {
-    while (next < todo.size() && static_cast<int>(live.size()) < std::max(1, o.jobs)) start_one(todo[next++]);
+    while (next < todo.size() && static_cast<int>(live.size()) < std::max(1, o.jobs))
+      start_one(todo[next++]);
     int status = 0;
     const pid_t pid = waitpid(-1, &status, 0);
     if (pid < 0) fail("sweep", "waitpid failed while trainings were running");
@@ -233,7 +269,8 @@ std::map<std::string, std::vector<std::string>> train_parallel(const std::vector
         kill(other, SIGTERM);
         waitpid(other, nullptr, 0);
       }
-      fail("sweep", "training ", c.run.name, " seed ", c.run.seed, " failed; its log is ", base, ".train.log");
+      fail("sweep", "training ", c.run.name, " seed ", c.run.seed, " failed; its log is ", base,
+           ".train.log");
     }
     const double secs = std::chrono::duration<double>(Clock::now() - c.start).count();
     nlohmann::json j;
@@ -244,13 +281,23 @@ std::map<std::string, std::vector<std::string>> train_parallel(const std::vector
       fail("sweep", base, ".train.json: ", e.what());
     }
     const auto& last = j.at("epochs").back();
-    const double val = j.at("val_accuracy").get<double>(), k = j.at("train_avg_experts").get<double>();
-    std::fprintf(stderr, "[sweep] trained %s seed %d in %.1f s: val %.2f%%, train K %.3f (%zu/%zu, %.0f s elapsed)\n",
-                 c.run.name.c_str(), c.run.seed, secs, 100.0 * val, k, done,
-                 todo.size(), std::chrono::duration<double>(Clock::now() - t0).count());
-    rows[c.run.name + "," + std::to_string(c.run.seed)] =
-        {c.run.name, c.run.method, fmt(c.run.budget), c.run.balance ? "1" : "0", std::to_string(c.run.seed),
-         fmt(val), fmt(k), fmt(secs), fmt(last.at("samples_per_s").get<double>())};
+    const double val = j.at("val_accuracy").get<double>(),
+                 k = j.at("train_avg_experts").get<double>();
+    std::fprintf(stderr,
+                 "[sweep] trained %s seed %d in %.1f s: val %.2f%%, train K %.3f (%zu/%zu, %.0f s "
+                 "elapsed)\n",
+                 c.run.name.c_str(), c.run.seed, secs, 100.0 * val, k, done, todo.size(),
+                 std::chrono::duration<double>(Clock::now() - t0).count());
+    rows[c.run.name + "," + std::to_string(c.run.seed)] = {
+        c.run.name,
+        c.run.method,
+        fmt(c.run.budget),
+        c.run.balance ? "1" : "0",
+        std::to_string(c.run.seed),
+        fmt(val),
+        fmt(k),
+        fmt(secs),
+        fmt(last.at("samples_per_s").get<double>())};
   }
   return rows;
 }
@@ -260,7 +307,8 @@ models::MoeClassifier get_model(const Run& r, const SweepOptions& o, const model
                                 Csv& train_csv,
                                 const std::map<std::string, std::vector<std::string>>& previous) {
   const std::string path = model_path(r, o);
-  if (std::filesystem::exists(path) && std::filesystem::exists(std::filesystem::path(path).replace_extension(".json"))) {
+  if (std::filesystem::exists(path) &&
+      std::filesystem::exists(std::filesystem::path(path).replace_extension(".json"))) {
     std::fprintf(stderr, "[sweep] reuse %s\n", path.c_str());
     auto it = previous.find(r.name + "," + std::to_string(r.seed));
     if (it != previous.end()) train_csv.row(it->second);
@@ -271,8 +319,9 @@ models::MoeClassifier get_model(const Run& r, const SweepOptions& o, const model
   const auto t0 = Clock::now();
   const auto s = models::train(m, d.train.images, d.train.labels, t);
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::fprintf(stderr, "[sweep] trained %s seed %d in %.1f s: val %.2f%%, train K %.3f\n", r.name.c_str(),
-               r.seed, secs, 100.0 * s.epochs.back().val_accuracy, s.epochs.back().avg_experts);
+  std::fprintf(stderr, "[sweep] trained %s seed %d in %.1f s: val %.2f%%, train K %.3f\n",
+               r.name.c_str(), r.seed, secs, 100.0 * s.epochs.back().val_accuracy,
+               s.epochs.back().avg_experts);
   train_csv.row({r.name, r.method, fmt(r.budget), r.balance ? "1" : "0", std::to_string(r.seed),
                  fmt(s.epochs.back().val_accuracy), fmt(s.epochs.back().avg_experts), fmt(secs),
                  fmt(s.epochs.back().samples_per_s)});
@@ -289,7 +338,8 @@ std::vector<int32_t> correct_vector(const models::EvalResult& r, const std::vect
 // One timed pass over the test set after a warm-up batch (caches, BLAS buffers).
 double measure_samples_per_s(models::MoeClassifier& m, const models::detail::Data& d) {
   const Tensor warm = d.test.images.slice(0, 1000);
-  models::evaluate(m, warm, std::vector<int32_t>(d.test.labels.begin(), d.test.labels.begin() + 1000));
+  models::evaluate(m, warm,
+                   std::vector<int32_t>(d.test.labels.begin(), d.test.labels.begin() + 1000));
   return models::evaluate(m, d.test.images, d.test.labels).samples_per_s;
 }
 
@@ -301,7 +351,8 @@ int run_sweep(const SweepOptions& in) {
   o.work_dir += "/" + recipe_tag(o);
   set_num_threads(o.threads);
   cli::keep_freed_memory();
-  std::filesystem::create_directories(o.out_dir);
+  io::check_writable_dir(o.out_dir, "sweep");
+  io::check_writable_dir(o.work_dir, "sweep");
   std::filesystem::create_directories(o.work_dir);
   const auto t_start = Clock::now();
   const auto d = models::detail::load_data(o.data_dir);
@@ -327,7 +378,8 @@ int run_sweep(const SweepOptions& in) {
 
   // Every run of the sweep, in the order the report visits them.
   auto top_k_run = [](int k, bool bal, int seed) {
-    return Run{"top-k_k" + std::to_string(k) + (bal ? "_bal" : "_nobal"), "top-k", double(k), bal, seed};
+    return Run{"top-k_k" + std::to_string(k) + (bal ? "_bal" : "_nobal"), "top-k", double(k), bal,
+               seed};
   };
   auto delta_run = [](const std::string& meth, double kt, int seed) {
     return Run{meth + "_K" + fmt(kt), meth, kt, true, seed};
@@ -365,13 +417,15 @@ int run_sweep(const SweepOptions& in) {
             e2_sum.row({std::to_string(seed), std::to_string(k), bal ? "1" : "0", std::to_string(l),
                         fmt(st.max_over_mean), fmt(st.cv), fmt(native.accuracy)});
             for (int64_t e = 0; e < experts; ++e)
-              e2_load.row({std::to_string(seed), std::to_string(k), bal ? "1" : "0", std::to_string(l),
-                           std::to_string(e), fmt(st.share[static_cast<size_t>(e)])});
+              e2_load.row({std::to_string(seed), std::to_string(k), bal ? "1" : "0",
+                           std::to_string(l), std::to_string(e),
+                           fmt(st.share[static_cast<size_t>(e)])});
           }
         if (in_e1 && seed == 1)
           for (size_t c = 0; c < native.class_expert.size(); ++c)
             for (int64_t e = 0; e < experts; ++e)
-              e2_class.row({std::to_string(k), bal ? "1" : "0", std::to_string(c), std::to_string(e),
+              e2_class.row({std::to_string(k), bal ? "1" : "0", std::to_string(c),
+                            std::to_string(e),
                             std::to_string(native.class_expert[c][static_cast<size_t>(e)])});
         if (!bal) continue;
         // E1: evaluate at every k.
@@ -438,8 +492,9 @@ int run_sweep(const SweepOptions& in) {
           e3_hist.row({std::to_string(seed), r.method, fmt(r.budget), std::to_string(k),
                        fmt(hist[static_cast<size_t>(k)] / tot)});
       }
-      e3.row({std::to_string(seed), r.method, fmt(r.budget), fmt(native.accuracy), fmt(native.avg_experts),
-              fmt(native.expert_flops_per_sample), fmt(sps), shuffled, mb, mc, mp});
+      e3.row({std::to_string(seed), r.method, fmt(r.budget), fmt(native.accuracy),
+              fmt(native.avg_experts), fmt(native.expert_flops_per_sample), fmt(sps), shuffled, mb,
+              mc, mp});
       std::fprintf(stderr, "[sweep] seed %d %-16s acc %.2f%% K %.3f %.0f samples/s %s\n", seed,
                    r.name.c_str(), 100.0 * native.accuracy, native.avg_experts, sps,
                    shuffled.empty() ? "" : ("shuffled-K acc " + shuffled).c_str());
@@ -459,11 +514,15 @@ int run_sweep(const SweepOptions& in) {
 
   bool plots = false;
   if (!o.no_plots) {
-    const std::string cmd = "python3 " + std::string(DELTAMOE_SOURCE_DIR) + "/python/plot_delta_moe.py --dir '" + dir + "'";
+    const std::string cmd = "python3 " + std::string(DELTAMOE_SOURCE_DIR) +
+                            "/python/plot_delta_moe.py --dir '" + dir + "'";
     plots = std::system(cmd.c_str()) == 0;
-    if (!plots) std::fprintf(stderr, "[sweep] plotting failed (python3 with matplotlib needed): %s\n", cmd.c_str());
+    if (!plots)
+      std::fprintf(stderr, "[sweep] plotting failed (python3 with matplotlib needed): %s\n",
+                   cmd.c_str());
   }
-  ReportInputs ri{o.quick, o.seeds, o.epochs, o.max_train, o.threads, secs, plots, o.jobs, recipe_text(o)};
+  ReportInputs ri{o.quick, o.seeds, o.epochs, o.max_train,   o.threads,
+                  secs,    plots,   o.jobs,   recipe_text(o)};
   const nlohmann::json verdict = write_report(dir, ri, e1, e2_sum, e3, e3_class, train_csv);
   nlohmann::json j = verdict;
   j["time_s"] = secs;
@@ -479,20 +538,27 @@ deltamoe::cli::CommandRegistrar reg(
       auto o = std::make_shared<SweepOptions>();
       app.add_flag("--quick", o->quick, "small version for CI (2 seeds, 3 epochs on 8k images)");
       app.add_option("--out-dir", o->out_dir, "where the CSVs, PNGs and delta-moe.md go");
-      app.add_option("--work-dir", o->work_dir, "where trained models are cached (resumable; one subdirectory per recipe)");
+      app.add_option("--work-dir", o->work_dir,
+                     "where trained models are cached (resumable; one subdirectory per recipe)");
       app.add_option("--data-dir", o->data_dir, "Fashion-MNIST directory");
       app.add_option("--seeds", o->seeds, "seeds per configuration (default 3; quick 2)");
       app.add_option("--epochs", o->epochs, "training epochs (default 12; quick 3)");
       app.add_option("--max-train", o->max_train, "training images (default all 55k; quick 8k)");
-      app.add_option("--threads", o->threads, "threads of the evaluation and timing (1 keeps timings stable)");
-      app.add_option("--jobs", o->jobs, "trainings at a time, each a 1-thread child process (default 2; 1: in this process)");
+      app.add_option("--threads", o->threads,
+                     "threads of the evaluation and timing (1 keeps timings stable)");
+      app.add_option(
+          "--jobs", o->jobs,
+          "trainings at a time, each a 1-thread child process (default 2; 1: in this process)");
       app.add_option("--batch", o->batch, "training batch size (default 256)");
       app.add_option("--lr", o->lr, "Adam learning rate, cosine decay (default 2e-3)");
       app.add_option("--warmup", o->warmup, "linear learning-rate warm-up steps (default 0)");
       app.add_option("--dropout", o->dropout, "dropout on the stem and MoE outputs (default 0.1)");
-      app.add_option("--label-smoothing", o->label_smoothing, "cross-entropy label smoothing (default 0)");
-      app.add_flag("--augment-flip", o->augment_flip, "mirror training images left-right with probability 1/2");
-      app.add_option("--augment-shift", o->augment_shift, "shift training images by up to this many pixels");
+      app.add_option("--label-smoothing", o->label_smoothing,
+                     "cross-entropy label smoothing (default 0)");
+      app.add_flag("--augment-flip", o->augment_flip,
+                   "mirror training images left-right with probability 1/2");
+      app.add_option("--augment-shift", o->augment_shift,
+                     "shift training images by up to this many pixels");
       app.add_flag("--no-plots", o->no_plots, "skip python/plot_delta_moe.py");
       app.add_flag("--json", o->json, "print one JSON summary on stdout");
       return [o]() { return run_sweep(*o); };

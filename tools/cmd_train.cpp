@@ -2,12 +2,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
-#include <system_error>
 #include <nlohmann/json.hpp>
+#include <system_error>
 
 #include "command.h"
 #include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
+#include "deltamoe/io/output.h"
 #include "deltamoe/models/moe_classifier.h"
 #include "models/data_shim.h"
 #include "train_common.h"
@@ -21,20 +22,18 @@ deltamoe::cli::CommandRegistrar reg(
     [](CLI::App& app) -> deltamoe::cli::Action {
       auto o = std::make_shared<cli::TrainCliOptions>();
       cli::add_train_options(app, *o);
-      app.add_option("--out", o->out, "checkpoint path (M.safetensors; M.json is written beside it)")
+      app.add_option("--out", o->out,
+                     "checkpoint path (M.safetensors; M.json is written beside it)")
           ->required();
       app.add_flag("--json", o->json, "print one JSON summary on stdout");
       app.add_flag("--no-progress", o->no_progress, "no progress bar on stderr");
       app.add_flag("--no-test", o->no_test, "skip the test-set evaluation at the end");
       return [o]() {
-        // Create the checkpoint's directory before training, so that a bad --out fails now
-        // with a clear message and not after the epochs have run.
-        const auto dir = std::filesystem::path(o->out).parent_path();
-        if (!dir.empty()) {
-          std::error_code ec;
-          std::filesystem::create_directories(dir, ec);
-          DELTAMOE_CHECK(!ec, "train", "cannot create the directory of --out '", o->out, "': ", ec.message());
-        }
+        // Check --out (and M.json beside it) now, so that a bad path fails with a clear
+        // message and not after the epochs have run.
+        io::check_writable(o->out, "train");
+        io::check_writable(std::filesystem::path(o->out).replace_extension(".json").string(),
+                           "train");
         set_num_threads(o->threads);
         cli::keep_freed_memory();
         const auto data = models::detail::load_data(o->data_dir);

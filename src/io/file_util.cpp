@@ -1,5 +1,9 @@
 #include "io/file_util.h"
 
+#include <filesystem>
+
+#include "deltamoe/io/output.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -123,3 +127,33 @@ nlohmann::json parse_json_object_strict(std::string_view text, int max_depth,
 }
 
 }  // namespace deltamoe::io::detail
+
+namespace deltamoe::io {
+
+void check_writable(const std::string& path, const std::string& component) {
+  namespace fs = std::filesystem;
+  DELTAMOE_CHECK(!path.empty(), component, "empty output path");
+  std::error_code ec;
+  DELTAMOE_CHECK(!fs::is_directory(path, ec), component, path,
+                 ": is a directory, expected a file path");
+  const fs::path dir = fs::path(path).parent_path();
+  if (!dir.empty()) {
+    fs::create_directories(dir, ec);
+    DELTAMOE_CHECK(!ec, component, path, ": cannot create its directory '", dir.string(),
+                   "': ", ec.message());
+  }
+  // The writers' own temporary, created and (not committed) removed again.
+  detail::AtomicFile probe(path, component);
+}
+
+void check_writable_dir(const std::string& dir, const std::string& component) {
+  namespace fs = std::filesystem;
+  DELTAMOE_CHECK(!dir.empty(), component, "empty output directory");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  DELTAMOE_CHECK(!ec, component, dir, ": cannot create: ", ec.message());
+  DELTAMOE_CHECK(fs::is_directory(dir, ec), component, dir, ": not a directory");
+  detail::AtomicFile probe((fs::path(dir) / ".deltamoe-write-check").string(), component);
+}
+
+}  // namespace deltamoe::io

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "deltamoe/io/idx.h"
+#include "deltamoe/io/output.h"
 #include "deltamoe/io/safetensors.h"
 
 using namespace deltamoe;
@@ -58,7 +59,8 @@ std::string st_bytes(const std::string& header, const std::string& data, int64_t
 
 Tensor ramp(Shape shape, float start = 0.5f) {
   Tensor t(std::move(shape));
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = start + 0.25f * static_cast<float>(i);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    t.data<float>()[i] = start + 0.25f * static_cast<float>(i);
   return t;
 }
 
@@ -78,6 +80,32 @@ void expect_error(Fn&& fn, const std::string& needle) {
 }  // namespace
 
 // ---------------------------------------------------------------- safetensors
+
+// check_writable: creates the missing directories, leaves no file behind, and refuses a
+// directory, an unwritable location and an empty path with Error(component) naming the path.
+TEST(Output, CheckWritable) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::temp_directory_path() / ("deltamoe_out_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  const std::string file = (root / "a" / "b" / "m.safetensors").string();
+  io::check_writable(file, "test");
+  EXPECT_TRUE(fs::is_directory(root / "a" / "b"));
+  EXPECT_TRUE(fs::is_empty(root / "a" / "b"));
+  EXPECT_FALSE(fs::exists(file));
+  io::check_writable_dir((root / "d").string(), "test");
+  EXPECT_TRUE(fs::is_empty(root / "d"));
+  try {
+    io::check_writable(root.string(), "test");
+    FAIL() << "a directory was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[test]"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("is a directory"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(io::check_writable("/sys/deltamoe_check.safetensors", "test"), Error);
+  EXPECT_THROW(io::check_writable("", "test"), Error);
+  EXPECT_THROW(io::check_writable_dir("/sys/deltamoe_check", "test"), Error);
+  fs::remove_all(root);
+}
 
 TEST(Safetensors, RoundTripAllDtypes) {
   TempDir dir;
@@ -100,7 +128,7 @@ TEST(Safetensors, RoundTripAllDtypes) {
   EXPECT_EQ(file.metadata().at("format"), "pt");
   EXPECT_EQ(file.metadata().at("note"), "x");
   EXPECT_EQ(file.data_offset() % 8, 0u) << "header not padded to 8 bytes";
-  const std::pair<std::string, Tensor> expect[] = {{"b", b}, {"f", f}, {"h", h},
+  const std::pair<std::string, Tensor> expect[] = {{"b", b}, {"f", f},         {"h", h},
                                                    {"i", i}, {"empty", empty}, {"s", scalar}};
   for (const auto& [name, t] : expect) {
     const Tensor got = file.get(name);
@@ -149,9 +177,8 @@ TEST(Safetensors, UnalignedDataIsCopied) {
 TEST(Safetensors, HandWrittenReferenceBytes) {
   // Bytes as the Python package writes them (safetensors.torch.save_file({"a": tensor([[1.,
   // 2.]]), "b": tensor([7], dtype=int32)})): header sorted by key, padded with spaces.
-  const std::string header =
-      R"({"a":{"dtype":"F32","shape":[1,2],"data_offsets":[0,8]},)"
-      R"("b":{"dtype":"I32","shape":[1],"data_offsets":[8,12]}})";
+  const std::string header = R"({"a":{"dtype":"F32","shape":[1,2],"data_offsets":[0,8]},)"
+                             R"("b":{"dtype":"I32","shape":[1],"data_offsets":[8,12]}})";
   std::string padded = header + std::string((8 - header.size() % 8) % 8, ' ');
   const float a[2] = {1.0f, 2.0f};
   const int32_t b = 7;
@@ -234,7 +261,8 @@ TEST(Safetensors, EveryHeaderError) {
         "duplicate key 'a'");
   check(st_bytes(R"({"x":[[[[[[1]]]]]]})", ""), "nests deeper");
   check(st_bytes(entry("5"), data64), "tensor 'x': entry is a JSON number");
-  check(st_bytes(entry(R"({"shape":[4],"data_offsets":[0,16]})"), data64), "tensor 'x': missing dtype");
+  check(st_bytes(entry(R"({"shape":[4],"data_offsets":[0,16]})"), data64),
+        "tensor 'x': missing dtype");
   check(st_bytes(entry(R"({"dtype":"F32","data_offsets":[0,16]})"), data64), "missing shape");
   check(st_bytes(entry(R"({"dtype":"F32","shape":[4]})"), data64), "missing data_offsets");
   check(st_bytes(entry(R"({"dtype":"F32","shape":[4],"data_offsets":[0,16],"z":1})"), data64),
@@ -299,24 +327,34 @@ TEST(Safetensors, AcceptedEdgeCases) {
 TEST(Safetensors, WriterErrorsAndAtomicity) {
   TempDir dir;
   const std::string path = dir.file("w.safetensors");
-  expect_error([&] { write_safetensors(path, {{"a", ramp({2})}, {"a", ramp({2})}}); },
-               "duplicate tensor name 'a'");
+  expect_error(
+      [&] {
+        write_safetensors(path, {{"a", ramp({2})}, {"a", ramp({2})}});
+      },
+      "duplicate tensor name 'a'");
   expect_error([&] { write_safetensors(path, {{"", ramp({2})}}); }, "empty tensor name");
   expect_error([&] { write_safetensors(path, {{"__metadata__", ramp({2})}}); }, "reserved");
   expect_error([&] { write_safetensors(path, {{"u", Tensor()}}); }, "undefined");
-  expect_error([&] { write_safetensors(path, {{"t", ramp({2, 3}).transpose(0, 1)}}); },
-               "not contiguous");
+  expect_error(
+      [&] {
+        write_safetensors(path, {{"t", ramp({2, 3}).transpose(0, 1)}});
+      },
+      "not contiguous");
   expect_error([&] { write_safetensors(path, {{"\xff", ramp({2})}}); }, "cannot encode header");
   EXPECT_FALSE(fs::exists(path)) << "a failed write left a file";
-  expect_error([&] { write_safetensors(dir.file("no/such/dir/x"), {{"a", ramp({2})}}); },
-               "cannot create");
+  expect_error(
+      [&] {
+        write_safetensors(dir.file("no/such/dir/x"), {{"a", ramp({2})}});
+      },
+      "cannot create");
   // Overwriting replaces the file whole; no temporaries are left behind.
   write_safetensors(path, {{"a", ramp({100})}});
   write_safetensors(path, {{"b", ramp({2})}});
   const auto f = SafetensorsFile::open(path);
   EXPECT_EQ(f.names(), std::vector<std::string>({"b"}));
   int files = 0;
-  for ([[maybe_unused]] const auto& e : fs::directory_iterator(fs::path(path).parent_path())) ++files;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(fs::path(path).parent_path()))
+    ++files;
   EXPECT_EQ(files, 1);
 }
 
@@ -447,8 +485,8 @@ TEST(Idx, HandMadeBytes) {
 TEST(Idx, EveryError) {
   TempDir dir;
   const std::string p = dir.file("bad");
-  const std::string good = std::string("\0\0\x08\x03", 4) + be32(2) + be32(2) + be32(3) +
-                           std::string(12, '\x05');
+  const std::string good =
+      std::string("\0\0\x08\x03", 4) + be32(2) + be32(2) + be32(3) + std::string(12, '\x05');
   auto check = [&](const std::string& bytes, const std::string& needle) {
     for (bool gz : {false, true}) {
       write_bytes(p, gz ? gzip_bytes(bytes) : bytes);
@@ -464,7 +502,8 @@ TEST(Idx, EveryError) {
   check(std::string("\0\0\x0d\x03", 4) + good.substr(4), "element type 0xd is not supported");
   check(std::string("\0\0\x08\x00", 4), "declares 0 dimensions");
   check(std::string("\0\0\x08\x09", 4), "declares 9 dimensions");
-  check(std::string("\0\0\x08\x01", 4) + be32(0), "expected 3 dimensions (magic 0x00000803), found 1");
+  check(std::string("\0\0\x08\x01", 4) + be32(0),
+        "expected 3 dimensions (magic 0x00000803), found 1");
   check(good.substr(0, 10), "file ends inside the header");
   check(std::string("\0\0\x08\x03", 4) + be32(0xffffffff) + be32(0xffffffff) + be32(2),
         "exceed the limit");
