@@ -6,11 +6,11 @@
 #include <sstream>
 
 #include "command.h"
-#include "train_common.h"
 #include "deltamoe/core/parallel.h"
-#include "deltamoe/models/moe_classifier.h"
 #include "deltamoe/io/output.h"
+#include "deltamoe/models/moe_classifier.h"
 #include "models/data_shim.h"
+#include "train_common.h"
 
 namespace {
 
@@ -30,18 +30,29 @@ deltamoe::cli::CommandRegistrar reg(
     "eval", "Evaluate a trained MoE classifier on the test set (accuracy, experts used, speed)",
     [](CLI::App& app) -> deltamoe::cli::Action {
       auto o = std::make_shared<EvalCliOptions>();
-      app.add_option("--model", o->model, "checkpoint M.safetensors (with M.json beside it)")->required();
+      app.add_option("--model", o->model, "checkpoint M.safetensors (with M.json beside it)")
+          ->required();
       app.add_option("--routing", o->routing, "override: top-k | top-p | threshold | null-experts")
           ->check(CLI::IsMember({"top-k", "top-p", "threshold", "null-experts"}));
-      app.add_option("--k", o->k, "top-k / null-experts k");
-      app.add_option("--p", o->p, "top-p threshold");
+      app.add_option("--k", o->k, "top-k / null-experts k")
+          ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+      app.add_option("--p", o->p, "top-p threshold")
+          ->check(cli::finite_in(0.0, 1.0, /*lo_open=*/true));
       app.add_option("--target-k", o->target_k,
-                     "calibrate the policy's threshold on the validation split to this mean K");
-      app.add_option("--nulls", o->nulls, "null experts (must match the model's router)");
+                     "calibrate the policy's threshold on the validation split to this mean K")
+          ->check(cli::finite_in(1.0, 4096.0));
+      app.add_option("--nulls", o->nulls, "null experts (must match the model's router)")
+          ->check(CLI::Range(int64_t{1}, int64_t{4096}));
       app.add_option("--null-bias", o->null_bias, "null-experts selection bias");
-      app.add_option("--batch", o->batch, "evaluation batch size");
-      app.add_option("--threads", o->threads, "threads");
-      app.add_option("--repeat", o->repeat, "timed passes over the test set; samples/s is the best (default 1)");
+      app.add_option("--batch", o->batch, "evaluation batch size")
+          ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
+          ->capture_default_str();
+      app.add_option("--threads", o->threads, "threads")
+          ->check(CLI::Range(1, 1024))
+          ->capture_default_str();
+      app.add_option("--repeat", o->repeat, "timed passes over the test set; samples/s is the best")
+          ->check(CLI::Range(1, 1000))
+          ->capture_default_str();
       app.add_option("--data-dir", o->data_dir, "Fashion-MNIST directory");
       app.add_option("--predictions-out", o->predictions_out,
                      "CSV index,label,predicted,experts_used for every test sample");
@@ -58,7 +69,8 @@ deltamoe::cli::CommandRegistrar reg(
           s.k = o->k > 0 ? o->k : 2;
           if (o->p > 0) s.p = o->p;
           s.target_k = o->target_k;
-          s.nulls = o->nulls > 0 ? o->nulls : model.config().router_outputs() - model.config().experts;
+          s.nulls =
+              o->nulls > 0 ? o->nulls : model.config().router_outputs() - model.config().experts;
           s.null_bias = o->null_bias;
           if (s.kind == "null-experts" && o->k <= 0 && o->target_k > 0)
             s.k = static_cast<int64_t>(o->target_k) + 1;
@@ -66,10 +78,11 @@ deltamoe::cli::CommandRegistrar reg(
           models::calibrate_policy(model, s, data.train.images.slice(n - 5000, n));
         }
         // Warm-up pass (page faults, BLAS buffers) so samples/s measures steady state.
-        models::evaluate(model, data.test.images.slice(0, std::min<int64_t>(o->batch, 1000)),
-                         std::vector<int32_t>(data.test.labels.begin(),
-                                              data.test.labels.begin() + std::min<int64_t>(o->batch, 1000)),
-                         o->batch);
+        models::evaluate(
+            model, data.test.images.slice(0, std::min<int64_t>(o->batch, 1000)),
+            std::vector<int32_t>(data.test.labels.begin(),
+                                 data.test.labels.begin() + std::min<int64_t>(o->batch, 1000)),
+            o->batch);
         auto r = models::evaluate(model, data.test.images, data.test.labels, o->batch);
         for (int rep = 1; rep < o->repeat; ++rep) {
           const auto again = models::evaluate(model, data.test.images, data.test.labels, o->batch);
@@ -102,12 +115,15 @@ deltamoe::cli::CommandRegistrar reg(
           int64_t tot = 0;
           for (int64_t v : layer) tot += v;
           nlohmann::json shares = nlohmann::json::array();
-          for (int64_t v : layer) shares.push_back(tot ? static_cast<double>(v) / static_cast<double>(tot) : 0.0);
+          for (int64_t v : layer)
+            shares.push_back(tot ? static_cast<double>(v) / static_cast<double>(tot) : 0.0);
           j["load"].push_back({{"tokens_per_expert", layer}, {"share", shares}});
         }
-        std::fprintf(stderr, "%s: accuracy %.2f%%, avg experts %.3f, %.3g expert FLOPs/sample, %.0f samples/s\n",
-                     model.policy(0).name().c_str(), 100.0 * r.accuracy, r.avg_experts,
-                     r.expert_flops_per_sample, r.samples_per_s);
+        std::fprintf(
+            stderr,
+            "%s: accuracy %.2f%%, avg experts %.3f, %.3g expert FLOPs/sample, %.0f samples/s\n",
+            model.policy(0).name().c_str(), 100.0 * r.accuracy, r.avg_experts,
+            r.expert_flops_per_sample, r.samples_per_s);
         if (o->json) std::cout << j.dump() << "\n";
         return 0;
       };

@@ -240,6 +240,11 @@ MoeClassifier MoeClassifier::load(const std::string& path) {
                    "' has shape ", shape_str(it->second.shape()), ", expected ",
                    shape_str(p.value.shape()));
     const auto v = it->second.to_vector();
+    // A NaN or infinite weight would be served silently (every prediction class 0, null
+    // probabilities): refuse it here, naming the tensor.
+    for (size_t i = 0; i < v.size(); ++i)
+      DELTAMOE_CHECK(std::isfinite(v[i]), "model", path, ": tensor '", p.name,
+                     "' has a non-finite value (", v[i], ") at element ", i);
     std::copy(v.begin(), v.end(), p.value.data<float>());
   }
   return m;

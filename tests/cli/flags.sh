@@ -36,6 +36,9 @@ expect_flag_error --dropout "$bin" train --dropout 1 --out "$out"
 expect_flag_error --lr "$bin" train --lr -0.1 --out "$out"
 expect_flag_error --epochs "$bin" train --epochs 0 --out "$out"
 expect_flag_error --queue-timeout-us "$bin" serve --queue-timeout-us -5
+expect_flag_error --batch "$bin" eval --model "$tmp/m.safetensors" --batch 0
+expect_flag_error --target-k "$bin" eval --model "$tmp/m.safetensors" --target-k nan
+expect_flag_error --threads "$bin" eval --model "$tmp/m.safetensors" --threads -1
 expect_flag_error --threads "$bin" generate --model x --prompt y --threads 0
 expect_flag_error --weight-layout "$bin" bench model --model x --weight-layout strided
 # Values in range (routing flags with their own routing) get past the command line: the run

@@ -2,6 +2,8 @@
 // Skipped when the data set is not installed (Debian package dataset-fashion-mnist).
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <filesystem>
 #include <random>
 
@@ -21,7 +23,9 @@ const models::detail::Data& data() {
   return d;
 }
 
-bool have_data() { return std::filesystem::exists(std::string(kDir) + "/train-images-idx3-ubyte.gz"); }
+bool have_data() {
+  return std::filesystem::exists(std::string(kDir) + "/train-images-idx3-ubyte.gz");
+}
 
 MoeClassifierConfig small_config(const std::string& kind, double target_k = 0) {
   MoeClassifierConfig c;
@@ -89,6 +93,29 @@ TEST(Train, ReachesStatedAccuracy) {
   EXPECT_EQ(evaluate(back, tx, ty).predicted, r.predicted);
 }
 
+// A checkpoint with a NaN or infinite weight is refused at load, naming the tensor (it would
+// otherwise be served silently: class 0 for everything).
+TEST(Train, LoadRefusesNonFiniteWeights) {
+  for (const float bad : {std::nanf(""), INFINITY}) {
+    MoeClassifier m(small_config("top-k", 0), 1);
+    auto& ps = m.params().params();
+    ASSERT_FALSE(ps.empty());
+    auto& victim = ps[ps.size() / 2];
+    victim.value.data<float>()[victim.value.numel() - 1] = bad;
+    const std::string path = testing::TempDir() + "/deltamoe_nonfinite.safetensors";
+    m.save(path);
+    try {
+      MoeClassifier::load(path);
+      FAIL() << "loaded a checkpoint with " << bad;
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("[model]"), std::string::npos) << what;
+      EXPECT_NE(what.find("'" + victim.name + "'"), std::string::npos) << what;
+      EXPECT_NE(what.find("non-finite"), std::string::npos) << what;
+    }
+  }
+}
+
 // Each adaptive policy, trained with its controller, ends near its target mean K.
 TEST(Train, AdaptivePoliciesMeetTargetK) {
   if (!have_data()) GTEST_SKIP() << "Fashion-MNIST not installed";
@@ -150,8 +177,9 @@ TEST(Train, PackedForwardMatchesGraphForward) {
     std::string kind, stem, act;
     double target_k;
   };
-  for (const Case& cs : {Case{"top-k", "fc", "gelu", 0}, Case{"threshold", "fc", "gelu", 1.5},
-                         Case{"top-p", "patch", "relu", 1.5}, Case{"null-experts", "fc", "gelu", 1.5}}) {
+  for (const Case& cs :
+       {Case{"top-k", "fc", "gelu", 0}, Case{"threshold", "fc", "gelu", 1.5},
+        Case{"top-p", "patch", "relu", 1.5}, Case{"null-experts", "fc", "gelu", 1.5}}) {
     MoeClassifierConfig c = small_config(cs.kind, cs.target_k);
     c.layers = 2;
     c.stem = cs.stem;
