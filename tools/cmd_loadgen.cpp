@@ -2,14 +2,15 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <vector>
-#include <nlohmann/json.hpp>
 
 #include "command.h"
 #include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/io/idx.h"
+#include "deltamoe/io/output.h"
 #include "deltamoe/serve/loadgen.h"
 #include "serve_cli.h"
 
@@ -76,136 +77,171 @@ std::string model_curve_json(const deltamoe::cli::RuntimeOptions& opts) {
   nlohmann::json rows = nlohmann::json::array();
   const auto x0 = deltamoe::serve::synthetic_images(256, 1);
   for (int64_t m = 1; m <= 256; m *= 2) {
-    std::vector<float> h(static_cast<size_t>(m * d)), u(static_cast<size_t>(m * d)), lg(static_cast<size_t>(m * r)),
-        y(static_cast<size_t>(m * d)), p(static_cast<size_t>(m * c));
+    std::vector<float> h(static_cast<size_t>(m * d)), u(static_cast<size_t>(m * d)),
+        lg(static_cast<size_t>(m * r)), y(static_cast<size_t>(m * d)),
+        p(static_cast<size_t>(m * c));
     const int iters = static_cast<int>(std::max<int64_t>(20, 4096 / m));
     auto time_us = [&](auto&& fn) {
       fn(0);  // warm-up
       const auto t0 = clk::now();
       for (int i = 0; i < iters; ++i) fn(i);
-      return std::chrono::duration<double, std::micro>(clk::now() - t0).count() / iters / static_cast<double>(m);
+      return std::chrono::duration<double, std::micro>(clk::now() - t0).count() / iters /
+             static_cast<double>(m);
     };
     const double stem = time_us([&](int) { model->stem(x0.data(), m, h.data()); });
-    const double gate = time_us([&](int i) { model->gate(i % model->layers(), h.data(), m, u.data(), lg.data()); });
-    const double expert =
-        time_us([&](int i) { model->expert(i % model->layers(), i % model->experts(), u.data(), m, y.data()); });
+    const double gate =
+        time_us([&](int i) { model->gate(i % model->layers(), h.data(), m, u.data(), lg.data()); });
+    const double expert = time_us([&](int i) {
+      model->expert(i % model->layers(), i % model->experts(), u.data(), m, y.data());
+    });
     const double head = time_us([&](int) { model->head(h.data(), m, p.data()); });
-    rows.push_back({{"batch", m}, {"stem_us_per_sample", stem}, {"gate_us_per_sample", gate},
-                    {"expert_us_per_sample", expert}, {"head_us_per_sample", head}});
+    rows.push_back({{"batch", m},
+                    {"stem_us_per_sample", stem},
+                    {"gate_us_per_sample", gate},
+                    {"expert_us_per_sample", expert},
+                    {"head_us_per_sample", head}});
   }
-  return nlohmann::json({{"model", model->name()}, {"layers", model->layers()}, {"curve", rows}}).dump();
+  return nlohmann::json({{"model", model->name()}, {"layers", model->layers()}, {"curve", rows}})
+      .dump();
 }
 
-deltamoe::cli::CommandRegistrar reg("loadgen", "Load generator for deltamoe serve (loopback HTTP or in-process)",
-  [](CLI::App& app) -> deltamoe::cli::Action {
-    auto opts = std::make_shared<deltamoe::cli::RuntimeOptions>();
-    auto lc = std::make_shared<deltamoe::serve::LoadConfig>();
-    lc->warmup_s = 0.25;
-    auto url = std::make_shared<std::string>();
-    auto in_process = std::make_shared<bool>(false);
-    auto json = std::make_shared<bool>(false);
-    auto latencies_out = std::make_shared<std::string>();
-    auto images_idx = std::make_shared<std::string>();
-    auto model_curve = std::make_shared<bool>(false);
-    auto stall_probe = std::make_shared<bool>(false);
-    app.add_option("--url", *url, "Server URL, loopback only (http://127.0.0.1:PORT)");
-    app.add_flag("--in-process", *in_process, "Drive a runtime in this process (no HTTP); takes the serve options");
-    app.add_option("--rate", lc->rate_rps, "Open loop: mean Poisson arrival rate, requests/s");
-    app.add_option("--duration", lc->duration_s, "Seconds of arrivals (max 600)");
-    app.add_flag("--closed-loop", lc->closed_loop, "Closed loop: keep --concurrency requests outstanding");
-    app.add_option("--concurrency", lc->concurrency, "Closed loop: outstanding requests; HTTP open loop: sender threads");
-    app.add_option("--images", lc->images_per_request, "Images per request");
-    app.add_flag("!--arrays", lc->base64, "Send images as JSON arrays instead of base64");
-    app.add_flag("!--no-keep-alive", lc->keep_alive, "HTTP: a new connection per request");
-    app.add_option("--slo-ms", lc->slo_ms, "Latency objective for slo_attainment");
-    app.add_option("--grace", lc->grace_s, "Seconds to wait for answers after --duration");
-    app.add_option("--warmup", lc->warmup_s,
-                   "In-process: seconds of the same load before the measured --duration (not counted; "
-                   "default 0.25)")
-        ->check(CLI::Range(0.0, 60.0));
-    app.add_option("--sender-tick-us", lc->sender_tick_us,
-                   "In-process open loop: the sender wakes at most this often and sends what is due "
-                   "(lateness counts in latency; each wake costs CPU the workers need)")
-        ->check(CLI::Range(int64_t{0}, int64_t{10000}));
-    app.add_option("--load-seed", lc->seed, "Seed of arrivals and images");
-    app.add_option("--images-idx", *images_idx,
-                   "Send images from this IDX file (e.g. " + std::string(deltamoe::io::kFashionMnistDir) +
-                       "/t10k-images-idx3-ubyte.gz; first 1024); default synthetic");
-    app.add_flag("--stall-probe", *stall_probe,
-                 "Instead of load: spin --workers threads for --duration s and report the gaps between clock "
-                 "reads (the machine's own stall floor under any server)");
-    app.add_flag("--model-curve", *model_curve,
-                 "Instead of load: time the model's calls alone at batch sizes 1..256 (per-sample us)");
-    app.add_flag("--json", *json, "Print one JSON object on stdout");
-    app.add_option("--latencies-out", *latencies_out, "Write every answered request's latency (ms), one per line");
-    opts->add(app);
-    return [opts, lc, url, in_process, json, latencies_out, images_idx, model_curve, stall_probe]() {
-      if (*stall_probe) {
-        DELTAMOE_CHECK(lc->duration_s > 0 && lc->duration_s <= 600, "loadgen", "--duration must be in (0, 600] s");
-        std::cout << stall_probe_json(opts->workers, lc->duration_s) << std::endl;
-        return 0;
-      }
-      if (*model_curve) {
-        std::cout << model_curve_json(*opts) << std::endl;
-        return 0;
-      }
-      if (!images_idx->empty()) {
-        const auto idx = deltamoe::io::read_idx(*images_idx, 3);
-        DELTAMOE_CHECK(idx.dims[1] * idx.dims[2] == 784, "loadgen", *images_idx, ": images are not 28x28");
-        const size_t n = std::min<size_t>(1024, static_cast<size_t>(idx.dims[0]));
-        lc->image_pool.assign(idx.data.begin(), idx.data.begin() + static_cast<std::ptrdiff_t>(n * 784));
-      }
-      deltamoe::serve::LoadResult r;
-      std::string extra = "{}";
-      if (*in_process) {
-        DELTAMOE_CHECK(url->empty(), "loadgen", "give --url or --in-process, not both");
-        auto runtime = opts->build();
-        r = deltamoe::serve::run_inprocess_load(*runtime, *lc);
-        // The runtime's counters over the measured window only: the warm-up's batches and the
-        // final drain's partial ones (T = ∞) would otherwise pull the mean batch and service
-        // time down.
-        const auto st =
-            deltamoe::serve::runtime_stats_between(r.stats_at_window_start, r.stats_at_window_end);
-        auto ej = nlohmann::json::parse(deltamoe::serve::runtime_stats_json(st));
-        ej["routing"] = runtime->policy().name();
-        ej["batching"] = deltamoe::serve::batching_mode_name(runtime->config().mode);
-        ej["queue_size"] = opts->queue_size;
-        ej["queue_timeout_us"] = opts->queue_timeout_us;
-        ej["adaptive"] = opts->adaptive;
-        // Share of the workers' time in the window spent running batches (the rest: waiting,
-        // locking).
-        const double workers = static_cast<double>(runtime->config().workers);
-        double busy_us = 0.0;
-        for (const auto& q : st.queues) busy_us += q.busy_us;
-        const double worker_us = lc->duration_s * 1e6 * workers;
-        ej["worker_busy_share"] = worker_us > 0 ? busy_us / worker_us : 0.0;
-        // Wave service time: one stem batch of the realised size through every stage when the
-        // workers have nothing else to do (its expert batches shared among the workers). The
-        // latency target's "batch service time" for a multi-stage pipeline.
-        const double stem_runs = ej.value("stem_runs", 0.0), expert_runs = ej.value("expert_runs", 0.0);
-        ej["wave_service_ms"] = ej.value("mean_stem_service_ms", 0.0) +
-                                (stem_runs > 0 ? expert_runs / stem_runs : 0.0) *
-                                    ej.value("mean_expert_service_ms", 0.0) / workers;
-        ej["workers"] = runtime->config().workers;
-        extra = ej.dump();
-      } else {
-        DELTAMOE_CHECK(!url->empty(), "loadgen", "give --url http://127.0.0.1:PORT or --in-process");
-        r = deltamoe::serve::run_http_load(*url, *lc);
-      }
-      const std::string out = deltamoe::serve::load_result_json(r, *lc, extra);
-      if (!latencies_out->empty()) {
-        std::string text;
-        for (double v : r.latency_us) text += std::to_string(v / 1000.0) + "\n";
-        deltamoe::cli::write_file_atomic(*latencies_out, text);
-      }
-      if (*json) {
-        std::cout << out << std::endl;
-      } else {
-        const auto j = nlohmann::json::parse(out);
-        std::cout << j.dump(2) << std::endl;
-      }
-      return 0;
-    };
-  });
+deltamoe::cli::CommandRegistrar reg(
+    "loadgen", "Load generator for deltamoe serve (loopback HTTP or in-process)",
+    [](CLI::App& app) -> deltamoe::cli::Action {
+      auto opts = std::make_shared<deltamoe::cli::RuntimeOptions>();
+      auto lc = std::make_shared<deltamoe::serve::LoadConfig>();
+      lc->warmup_s = 0.25;
+      auto url = std::make_shared<std::string>();
+      auto in_process = std::make_shared<bool>(false);
+      auto json = std::make_shared<bool>(false);
+      auto latencies_out = std::make_shared<std::string>();
+      auto images_idx = std::make_shared<std::string>();
+      auto model_curve = std::make_shared<bool>(false);
+      auto stall_probe = std::make_shared<bool>(false);
+      app.add_option("--url", *url, "Server URL, loopback only (http://127.0.0.1:PORT)");
+      app.add_flag("--in-process", *in_process,
+                   "Drive a runtime in this process (no HTTP); takes the serve options");
+      app.add_option("--rate", lc->rate_rps, "Open loop: mean Poisson arrival rate, requests/s");
+      app.add_option("--duration", lc->duration_s, "Seconds of arrivals (max 600)");
+      app.add_flag("--closed-loop", lc->closed_loop,
+                   "Closed loop: keep --concurrency requests outstanding");
+      app.add_option("--concurrency", lc->concurrency,
+                     "Closed loop: outstanding requests; HTTP open loop: sender threads");
+      app.add_option("--images", lc->images_per_request, "Images per request");
+      app.add_flag("!--arrays", lc->base64, "Send images as JSON arrays instead of base64");
+      app.add_flag("!--no-keep-alive", lc->keep_alive, "HTTP: a new connection per request");
+      app.add_option("--slo-ms", lc->slo_ms, "Latency objective for slo_attainment");
+      app.add_option("--grace", lc->grace_s, "Seconds to wait for answers after --duration");
+      app.add_option(
+             "--warmup", lc->warmup_s,
+             "In-process: seconds of the same load before the measured --duration (not counted; "
+             "default 0.25)")
+          ->check(CLI::Range(0.0, 60.0));
+      app.add_option(
+             "--sender-tick-us", lc->sender_tick_us,
+             "In-process open loop: the sender wakes at most this often and sends what is due "
+             "(lateness counts in latency; each wake costs CPU the workers need)")
+          ->check(CLI::Range(int64_t{0}, int64_t{10000}));
+      app.add_option("--load-seed", lc->seed, "Seed of arrivals and images");
+      app.add_option("--images-idx", *images_idx,
+                     "Send images from this IDX file (e.g. " +
+                         std::string(deltamoe::io::kFashionMnistDir) +
+                         "/t10k-images-idx3-ubyte.gz; first 1024); default synthetic");
+      app.add_flag("--stall-probe", *stall_probe,
+                   "Instead of load: spin --workers threads for --duration s and report the gaps "
+                   "between clock "
+                   "reads (the machine's own stall floor under any server)");
+      app.add_flag(
+          "--model-curve", *model_curve,
+          "Instead of load: time the model's calls alone at batch sizes 1..256 (per-sample us)");
+      app.add_flag("--json", *json, "Print one JSON object on stdout");
+      app.add_option("--latencies-out", *latencies_out,
+                     "Write every answered request's latency (ms), one per line");
+      opts->add(app);
+      return
+          [opts, lc, url, in_process, json, latencies_out, images_idx, model_curve, stall_probe]() {
+            if (*stall_probe) {
+              DELTAMOE_CHECK(lc->duration_s > 0 && lc->duration_s <= 600, "loadgen",
+                             "--duration must be in (0, 600] s");
+              std::cout << stall_probe_json(opts->workers, lc->duration_s) << std::endl;
+              return 0;
+            }
+            if (*model_curve) {
+              std::cout << model_curve_json(*opts) << std::endl;
+              return 0;
+            }
+            if (!latencies_out->empty()) deltamoe::io::check_writable(*latencies_out, "loadgen");
+            if (!images_idx->empty()) {
+              const auto idx = deltamoe::io::read_idx(*images_idx, 3);
+              DELTAMOE_CHECK(idx.dims[1] * idx.dims[2] == 784, "loadgen", *images_idx,
+                             ": images are not 28x28");
+              const size_t n = std::min<size_t>(1024, static_cast<size_t>(idx.dims[0]));
+              lc->image_pool.assign(idx.data.begin(),
+                                    idx.data.begin() + static_cast<std::ptrdiff_t>(n * 784));
+            }
+            deltamoe::serve::LoadResult r;
+            std::string extra = "{}";
+            if (*in_process) {
+              DELTAMOE_CHECK(url->empty(), "loadgen", "give --url or --in-process, not both");
+              auto runtime = opts->build();
+              r = deltamoe::serve::run_inprocess_load(*runtime, *lc);
+              // The runtime's counters over the measured window only: the warm-up's batches and the
+              // final drain's partial ones (T = ∞) would otherwise pull the mean batch and service
+              // time down.
+              const auto st = deltamoe::serve::runtime_stats_between(r.stats_at_window_start,
+                                                                     r.stats_at_window_end);
+              auto ej = nlohmann::json::parse(deltamoe::serve::runtime_stats_json(st));
+              ej["routing"] = runtime->policy().name();
+              ej["batching"] = deltamoe::serve::batching_mode_name(runtime->config().mode);
+              ej["queue_size"] = opts->queue_size;
+              ej["queue_timeout_us"] = opts->queue_timeout_us;
+              ej["adaptive"] = opts->adaptive;
+              // Share of the workers' time in the window spent running batches (the rest: waiting,
+              // locking).
+              const double workers = static_cast<double>(runtime->config().workers);
+              double busy_us = 0.0;
+              for (const auto& q : st.queues) busy_us += q.busy_us;
+              const double worker_us = lc->duration_s * 1e6 * workers;
+              ej["worker_busy_share"] = worker_us > 0 ? busy_us / worker_us : 0.0;
+              // Wave service time: one stem batch of the realised size through every stage when the
+              // workers have nothing else to do (its expert batches shared among the workers). The
+              // latency target's "batch service time" for a multi-stage pipeline.
+              const double stem_runs = ej.value("stem_runs", 0.0),
+                           expert_runs = ej.value("expert_runs", 0.0);
+              ej["wave_service_ms"] = ej.value("mean_stem_service_ms", 0.0) +
+                                      (stem_runs > 0 ? expert_runs / stem_runs : 0.0) *
+                                          ej.value("mean_expert_service_ms", 0.0) / workers;
+              ej["workers"] = runtime->config().workers;
+              extra = ej.dump();
+            } else {
+              DELTAMOE_CHECK(!url->empty(), "loadgen",
+                             "give --url http://127.0.0.1:PORT or --in-process");
+              r = deltamoe::serve::run_http_load(*url, *lc);
+            }
+            const std::string out = deltamoe::serve::load_result_json(r, *lc, extra);
+            if (!latencies_out->empty()) {
+              std::string text;
+              for (double v : r.latency_us) text += std::to_string(v / 1000.0) + "\n";
+              deltamoe::cli::write_file_atomic(*latencies_out, text);
+            }
+            if (*json) {
+              std::cout << out << std::endl;
+            } else {
+              const auto j = nlohmann::json::parse(out);
+              std::cout << j.dump(2) << std::endl;
+            }
+            // The report is printed either way, but a run in which no request was answered is a
+            // failure, not a measurement.
+            if (r.sent > 0 && r.ok == 0) {
+              std::string why;
+              for (const auto& [kind, n] : r.errors)
+                why += (why.empty() ? "" : ", ") + kind + ": " + std::to_string(n);
+              std::cerr << "deltamoe: error: [loadgen] every request failed (" << r.sent
+                        << " sent; " << (why.empty() ? "no answers" : why) << ")\n";
+              return 1;
+            }
+            return 0;
+          };
+    });
 
 }  // namespace

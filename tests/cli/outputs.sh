@@ -26,6 +26,14 @@ expect_early_error /sys/sweep "$bin" sweep --quick --out-dir /sys/sweep
 expect_early_error /sys/port "$bin" serve --port-file /sys/port
 expect_early_error "$tmp" "$bin" train --out "$tmp"
 expect_early_error /sys/p.csv "$bin" eval --model "$tmp/none.safetensors" --predictions-out /sys/p.csv
+expect_early_error /sys/lat.txt "$bin" loadgen --url http://127.0.0.1:1 --duration 0.2 --latencies-out /sys/lat.txt
+# loadgen against nothing: its report still comes out (one JSON object, every request an
+# error), but a run with no answered request exits 1 with one line saying so.
+rc=0
+"$bin" loadgen --url http://127.0.0.1:1 --rate 50 --duration 0.3 --grace 0.2 --json >"$tmp/lg.json" 2>"$tmp/lg.err" || rc=$?
+[ "$rc" -eq 1 ] || fail "loadgen with every request failed: exit $rc"
+python3 -c "import json; d=json.load(open('$tmp/lg.json')); assert d['requests_ok'] == 0 and d['requests_sent'] > 0" || fail "loadgen report"
+grep -q "^deltamoe: error: \[loadgen\] every request failed" "$tmp/lg.err" || fail "loadgen message: $(cat "$tmp/lg.err")"
 # A writable path in a directory that does not exist yet: created, and no file is left behind
 # by the check itself when the run then fails on its input.
 rc=0
