@@ -9,6 +9,7 @@
 
 #include "command.h"
 #include "deltamoe/core/error.h"
+#include "deltamoe/io/output.h"
 #include "deltamoe/sched/fusion.h"
 #include "deltamoe/sched/schedule.h"
 
@@ -50,8 +51,10 @@ ordered_json fusion_json(const Graph& g, const FusionReport& rep) {
   int64_t raise = 0, lower = 0;
   for (const auto& c : rep.candidates) {
     saved_all += c.traffic_saved_bytes;
-    if (c.peak_delta > 0) ++raise;
-    else saved_safe += c.traffic_saved_bytes;
+    if (c.peak_delta > 0)
+      ++raise;
+    else
+      saved_safe += c.traffic_saved_bytes;
     if (c.peak_delta < 0) ++lower;
   }
   std::vector<FusionCandidate> top = rep.candidates;
@@ -112,16 +115,18 @@ void print_human(std::ostream& os, const std::string& path, const Graph& g, cons
   row("peak", bytes(r.peak));
   row("lower bound", bytes(r.lower_bound.bytes) + "  [" + r.lower_bound.kind + "]");
   std::ostringstream gap;
-  if (std::isfinite(r.gap)) gap << std::fixed << std::setprecision(2) << 100.0 * r.gap << " %";
-  else gap << "n/a";
+  if (std::isfinite(r.gap))
+    gap << std::fixed << std::setprecision(2) << 100.0 * r.gap << " %";
+  else
+    gap << "n/a";
   row("gap", gap.str() + (r.proven_optimal ? "  (proven optimal)" : ""));
   std::ostringstream sp;
-  sp << (r.sp.is_series_parallel ? "yes" : "no") << ", SP fraction " << std::fixed << std::setprecision(3)
-     << r.sp.sp_fraction;
+  sp << (r.sp.is_series_parallel ? "yes" : "no") << ", SP fraction " << std::fixed
+     << std::setprecision(3) << r.sp.sp_fraction;
   row("series-parallel", sp.str());
   std::ostringstream ar;
-  ar << human_bytes(r.placement.arena_bytes) << ", fragmentation " << std::fixed << std::setprecision(2)
-     << 100.0 * r.placement.fragmentation << " %";
+  ar << human_bytes(r.placement.arena_bytes) << ", fragmentation " << std::fixed
+     << std::setprecision(2) << 100.0 * r.placement.fragmentation << " %";
   row("arena", ar.str());
   std::ostringstream sec;
   sec << std::fixed << std::setprecision(3) << r.seconds << " s";
@@ -129,7 +134,9 @@ void print_human(std::ostream& os, const std::string& path, const Graph& g, cons
   for (const auto& [name, peak] : r.baseline_peaks) {
     std::ostringstream v;
     v << bytes(peak);
-    if (r.peak) v << "  x" << std::fixed << std::setprecision(3) << static_cast<double>(peak) / static_cast<double>(r.peak);
+    if (r.peak)
+      v << "  x" << std::fixed << std::setprecision(3)
+        << static_cast<double>(peak) / static_cast<double>(r.peak);
     row("  " + name, v.str());
   }
   if (!r.notes.empty()) row("notes", r.notes);
@@ -142,10 +149,12 @@ void print_human(std::ostream& os, const std::string& path, const Graph& g, cons
        << " without raising the peak)\n";
     for (const auto& p : fj["top_by_traffic"]) {
       if (&p - &fj["top_by_traffic"][0] >= 10) break;
-      os << "    " << p["producer_name"].get<std::string>() << " -> " << p["consumer_name"].get<std::string>()
-         << ": saves " << human_bytes(p["traffic_saved_bytes"].get<uint64_t>()) << ", peak "
+      os << "    " << p["producer_name"].get<std::string>() << " -> "
+         << p["consumer_name"].get<std::string>() << ": saves "
+         << human_bytes(p["traffic_saved_bytes"].get<uint64_t>()) << ", peak "
          << (p["peak_delta_bytes"].get<int64_t>() >= 0 ? "+" : "-")
-         << human_bytes(static_cast<uint64_t>(std::llabs(p["peak_delta_bytes"].get<int64_t>()))) << "\n";
+         << human_bytes(static_cast<uint64_t>(std::llabs(p["peak_delta_bytes"].get<int64_t>())))
+         << "\n";
     }
   }
 }
@@ -163,13 +172,15 @@ deltamoe::cli::CommandRegistrar reg(
       auto o = std::make_shared<Opts>();
       app.add_option("graphs", o->graphs, "memgraph-v1 files (.json or .json.gz)")->required();
       app.add_option("--algo", o->algo, kAlgoHelp)
-          ->check(CLI::IsMember({"auto", "sp", "ilp", "exact", "lpmf", "bfs", "dfs", "xla", "program"}));
+          ->check(CLI::IsMember(
+              {"auto", "sp", "ilp", "exact", "lpmf", "bfs", "dfs", "xla", "program"}));
       app.add_option("--time-limit", o->time_limit,
                      "Seconds per graph for the whole run: reading, baselines, search, placement\n"
                      "(default 10); search stops early enough to end within it")
           ->check(CLI::Range(0.0, 1e9));
       app.add_flag("--no-ilp", o->no_ilp, "Never use the ILP in auto");
-      app.add_flag("--json", o->json, "Print one JSON object on stdout (a \"graphs\" array for several)");
+      app.add_flag("--json", o->json,
+                   "Print one JSON object on stdout (a \"graphs\" array for several)");
       app.add_option("--order-out", o->order_out,
                      "Write the order as JSON {\"order\": [node ids]} (one graph only)");
       app.add_flag("--fusion-report", o->fusion,
@@ -181,40 +192,58 @@ deltamoe::cli::CommandRegistrar reg(
         opt.algo = o->algo;
         opt.time_limit_s = o->time_limit;
         opt.use_ilp = !o->no_ilp;
+        if (!o->order_out.empty()) deltamoe::io::check_writable(o->order_out, "schedule");
         ordered_json all = ordered_json::array();
+        // One bad graph among several does not hide the others' results: it is reported in its
+        // place ({"path", "error"}) and on stderr, and the exit status is 1. A single graph
+        // fails as every command does (one line, nothing on stdout).
+        std::vector<std::string> failures;
         for (const std::string& path : o->graphs) {
-          // --time-limit covers reading the file too: schedule() gets what is left.
-          const auto t_read = std::chrono::steady_clock::now();
-          const Graph g = read_memgraph(path);
-          const double read_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_read).count();
-          ScheduleOptions gopt = opt;
-          gopt.time_limit_s = std::max(0.0, o->time_limit - read_s);
-          ScheduleResult r = schedule(g, gopt);
-          r.phase_seconds.insert(r.phase_seconds.begin(), {"read", read_s});
-          std::optional<FusionReport> fus;
-          if (o->fusion) fus = fusion_report(g, r.order);
-          if (!o->order_out.empty()) {
-            std::string text = "{\"order\": [";
-            for (size_t i = 0; i < r.order.size(); ++i) {
-              if (i) text += ", ";
-              text += std::to_string(g.nodes[r.order[i]].id);
+          try {
+            // --time-limit covers reading the file too: schedule() gets what is left.
+            const auto t_read = std::chrono::steady_clock::now();
+            const Graph g = read_memgraph(path);
+            const double read_s =
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t_read).count();
+            ScheduleOptions gopt = opt;
+            gopt.time_limit_s = std::max(0.0, o->time_limit - read_s);
+            ScheduleResult r = schedule(g, gopt);
+            r.phase_seconds.insert(r.phase_seconds.begin(), {"read", read_s});
+            std::optional<FusionReport> fus;
+            if (o->fusion) fus = fusion_report(g, r.order);
+            if (!o->order_out.empty()) {
+              std::string text = "{\"order\": [";
+              for (size_t i = 0; i < r.order.size(); ++i) {
+                if (i) text += ", ";
+                text += std::to_string(g.nodes[r.order[i]].id);
+              }
+              text += "]}\n";
+              deltamoe::cli::write_file_atomic(o->order_out, text);
             }
-            text += "]}\n";
-            deltamoe::cli::write_file_atomic(o->order_out, text);
-          }
-          if (o->json) {
-            ordered_json j = result_json(path, g, r);
-            if (fus) j["fusion"] = fusion_json(g, *fus);
-            all.push_back(std::move(j));
-          } else {
-            print_human(std::cout, path, g, r, fus ? &*fus : nullptr);
+            if (o->json) {
+              ordered_json j = result_json(path, g, r);
+              if (fus) j["fusion"] = fusion_json(g, *fus);
+              all.push_back(std::move(j));
+            } else {
+              print_human(std::cout, path, g, r, fus ? &*fus : nullptr);
+            }
+          } catch (const deltamoe::Error& e) {
+            if (o->graphs.size() == 1) throw;
+            failures.push_back(e.what());
+            if (o->json)
+              all.push_back(ordered_json{{"path", path}, {"error", e.what()}});
+            else
+              std::cout << path << ": error: " << e.what() << "\n";
           }
         }
         if (o->json) {
-          if (all.size() == 1) std::cout << all[0].dump(2) << "\n";
-          else std::cout << ordered_json{{"graphs", all}}.dump(2) << "\n";
+          if (all.size() == 1)
+            std::cout << all[0].dump(2) << "\n";
+          else
+            std::cout << ordered_json{{"graphs", all}}.dump(2) << "\n";
         }
-        return 0;
+        for (const std::string& f : failures) std::cerr << "deltamoe: error: " << f << "\n";
+        return failures.empty() ? 0 : 1;
       };
     });
 

@@ -75,5 +75,14 @@ if "$bin" schedule "$tmp/missing.json" 2>/dev/null; then echo "missing file acce
 if "$bin" schedule "$data/views.json" "$data/views.json" --order-out "$tmp/o.json" 2>/dev/null; then
   echo "--order-out with two graphs accepted"; exit 1
 fi
+# One bad graph among several: the good ones are still reported (JSON: an {"path", "error"}
+# entry in place of the bad one), one line per failure on stderr, exit status 1.
+rc=0
+"$bin" schedule "$data/xla_counterexample.json" "$data/bad_cycle.json" "$data/views.json" --json \
+  --time-limit 2 >"$tmp/mixed.json" 2>"$tmp/err.txt" || rc=$?
+[ "$rc" = 1 ] || { echo "one bad graph of three: exit $rc"; exit 1; }
+[ "$(jget "$tmp/mixed.json" "[('error' in g) for g in d['graphs']]")" = "[False, True, False]" ] || { echo "mixed report"; cat "$tmp/mixed.json"; exit 1; }
+[ "$(jget "$tmp/mixed.json" "d['graphs'][0]['peak_bytes'] > 0 and d['graphs'][2]['peak_bytes'] > 0")" = True ] || { echo "good graphs not reported"; exit 1; }
+[ "$(wc -l <"$tmp/err.txt")" = 1 ] && grep -q "\[memgraph\].*bad_cycle.json" "$tmp/err.txt" || { echo "mixed stderr: $(cat "$tmp/err.txt")"; exit 1; }
 "$bin" schedule --help | grep -q "least-peak-memory-first" || { echo "--help lacks algorithm descriptions"; exit 1; }
 echo "schedule cli: ok"
