@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent Python implementation of the memgraph-v1 memory model (GRAPH_FORMAT.md).
+"""Independent Python implementation of the memgraph-v1 memory model (docs/graph_format.md).
 
 Dev-only: the exporter uses it to print each graph's program-order peak, and it cross-checks
 the C++ simulator (`deltamoe schedule --algo program`). No dependencies beyond the standard

@@ -1,4 +1,4 @@
-// Cheap lower bounds on the optimum peak (GRAPH_FORMAT.md, "Lower bounds worth reporting").
+// Cheap lower bounds on the optimum peak (graph_format.md, "Lower bounds worth reporting").
 // Each holds for every order:
 //  - initial-live: freeable inputs are all live before the first step;
 //  - node-working-set: at v's step every buffer v reads is still live (v has not run), plus

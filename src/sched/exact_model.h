@@ -1,4 +1,4 @@
-// Private to sched/: the memory model of GRAPH_FORMAT.md reduced to what ordering needs, shared
+// Private to sched/: the memory model of graph_format.md reduced to what ordering needs, shared
 // by the exact methods (exact.cpp, ilp_cbc.cpp) and local_search.cpp.
 //
 // A Model has nodes to order (with precedence edges) and buffers (bytes, the node that

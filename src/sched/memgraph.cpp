@@ -1,5 +1,5 @@
 // memgraph-v1: parsing, validation, writing (.json / .json.gz) and the memory-model simulator.
-// The rules implemented here are those of shared/design/GRAPH_FORMAT.md; docs/formats.md
+// The rules implemented here are those of docs/graph_format.md; docs/formats.md
 // lists the interpretation choices for the cases the format leaves open.
 #include "deltamoe/sched/memgraph.h"
 

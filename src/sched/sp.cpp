@@ -15,7 +15,7 @@ namespace {
 constexpr const char* kComp = "sched";
 
 // The memory model's per-buffer facts, computed here from the nodes alone (same rules as
-// GRAPH_FORMAT.md and simulate(): views read their base, outputs/persistent mark the base).
+// graph_format.md and simulate(): views read their base, outputs/persistent mark the base).
 struct BufferFacts {
   std::vector<int32_t> base;
   std::vector<char> held, persistent;
@@ -89,7 +89,7 @@ void ends(const SpTree& t, int32_t root, bool sinks, std::vector<int32_t>* out) 
   }
 }
 
-// The memory model of GRAPH_FORMAT.md, step by step (same rules as simulate()).
+// The memory model of graph_format.md, step by step (same rules as simulate()).
 uint64_t true_peak(const Graph& g, const BufferFacts& f, const Order& order) {
   const int32_t n = g.size();
   std::vector<int32_t> remaining(n, 0), stamp(n, -1);

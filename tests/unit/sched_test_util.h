@@ -1,5 +1,5 @@
 // Test helpers for sched/: random graphs, an independent reference of the memory model
-// (written from GRAPH_FORMAT.md, sharing no code with the simulator) and a brute-force optimum.
+// (written from graph_format.md, sharing no code with the simulator) and a brute-force optimum.
 #pragma once
 
 #include <algorithm>
@@ -76,7 +76,7 @@ inline Order random_order(const Graph& g, uint64_t seed) {
   return o;
 }
 
-/// Independent reference: the memory model written directly from GRAPH_FORMAT.md, evaluated
+/// Independent reference: the memory model written directly from graph_format.md, evaluated
 /// on the set of nodes that has run (the live set depends only on that set).
 class Reference {
  public:

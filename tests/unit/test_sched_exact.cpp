@@ -1,6 +1,6 @@
 // Exact peak-memory scheduling: exact_search and the ILP against brute force over all
 // topological orders of small random graphs; local_search never worse than its start.
-// The reference simulator here is written from GRAPH_FORMAT.md's rules alone (it rescans every
+// The reference simulator here is written from graph_format.md's rules alone (it rescans every
 // buffer after each step), independent of the model the algorithms use.
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // Series-parallel scheduling: recognition against a brute-force N-free test, optimality of
 // sp_optimal_order against a brute-force optimum (minimax path over down-sets), validity of
 // SP-ized orders, and size checks on 10^4-node graphs. The simulator here is a private,
-// independent implementation of GRAPH_FORMAT.md's memory model.
+// independent implementation of graph_format.md's memory model.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -123,7 +123,7 @@ bool valid_order(const Model& m, const ds::Order& order) {
   return true;
 }
 
-// Step-by-step simulation of GRAPH_FORMAT.md's rules.
+// Step-by-step simulation of graph_format.md's rules.
 uint64_t sim_peak(const Model& m, const ds::Order& order) {
   std::vector<int32_t> remaining(m.n, 0);
   uint64_t live = 0;
