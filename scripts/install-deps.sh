@@ -14,6 +14,7 @@ PKGS=(
   dataset-fashion-mnist    # training data (installs under /usr/share/datasets/fashion-mnist)
   libpcre2-dev libutf8proc-dev libsentencepiece-dev  # tokenizers: regexes, NFC, tokenizer.model
   fortunes fortunes-min    # English text for the tokenizer tests (/usr/share/games/fortunes)
+  python3 python3-matplotlib  # sweep's plots (python/plot_delta_moe.py)
 )
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -514,12 +514,26 @@ int run_sweep(const SweepOptions& in) {
 
   bool plots = false;
   if (!o.no_plots) {
-    const std::string cmd = "python3 " + std::string(DELTAMOE_SOURCE_DIR) +
-                            "/python/plot_delta_moe.py --dir '" + dir + "'";
-    plots = std::system(cmd.c_str()) == 0;
-    if (!plots)
-      std::fprintf(stderr, "[sweep] plotting failed (python3 with matplotlib needed): %s\n",
-                   cmd.c_str());
+    // The first python3 that has matplotlib: the one on PATH, else Debian's, where
+    // scripts/install-deps.sh puts python3-matplotlib (a PATH python3 may be another install,
+    // a pyenv or a venv, without it).
+    std::string python;
+    for (const char* cand : {"python3", "/usr/bin/python3"})
+      if (std::system((std::string(cand) + " -c 'import matplotlib' >/dev/null 2>&1").c_str()) ==
+          0) {
+        python = cand;
+        break;
+      }
+    if (python.empty()) {
+      std::fprintf(stderr,
+                   "[sweep] plots skipped: no python3 with matplotlib (scripts/install-deps.sh "
+                   "installs Debian's python3-matplotlib)\n");
+    } else {
+      const std::string cmd = python + " " + std::string(DELTAMOE_SOURCE_DIR) +
+                              "/python/plot_delta_moe.py --dir '" + dir + "'";
+      plots = std::system(cmd.c_str()) == 0;
+      if (!plots) std::fprintf(stderr, "[sweep] plotting failed: %s\n", cmd.c_str());
+    }
   }
   ReportInputs ri{o.quick, o.seeds, o.epochs, o.max_train,   o.threads,
                   secs,    plots,   o.jobs,   recipe_text(o)};
