@@ -151,44 +151,32 @@ models::TrainOptions train_options_for(const Run& r, const SweepOptions& o) {
 std::vector<std::string> train_args(const Run& r, const SweepOptions& o) {
   const auto c = config_for(r);
   const auto t = train_options_for(r, o);
-  std::vector<std::string> a = {"train",
-                                "--routing",
-                                r.method,
-                                "--layers",
-                                std::to_string(c.layers),
-                                "--epochs",
-                                std::to_string(t.epochs),
-                                "--batch",
-                                std::to_string(t.batch),
-                                "--lr",
-                                fmt(t.lr, 9),
-                                "--warmup",
-                                std::to_string(t.warmup_steps),
-                                "--seed",
-                                std::to_string(t.seed),
-                                "--balance-alpha",
-                                fmt(t.balance_alpha, 17),
-                                "--entropy-beta",
-                                fmt(t.entropy_beta, 17),
-                                "--max-train",
-                                std::to_string(t.max_train),
-                                "--val-size",
-                                std::to_string(t.val_size),
-                                "--augment-shift",
-                                std::to_string(t.augment_shift),
-                                "--dropout",
-                                fmt(t.dropout, 17),
-                                "--label-smoothing",
-                                fmt(t.label_smoothing, 9),
-                                "--threads",
-                                "1",
-                                "--data-dir",
-                                o.data_dir,
-                                "--out",
-                                model_path(r, o),
-                                "--json",
-                                "--no-test",
-                                "--no-progress"};
+  // One flag and its value per line.
+  // clang-format off
+  std::vector<std::string> a = {
+      "train",
+      "--routing", r.method,
+      "--layers", std::to_string(c.layers),
+      "--epochs", std::to_string(t.epochs),
+      "--batch", std::to_string(t.batch),
+      "--lr", fmt(t.lr, 9),
+      "--warmup", std::to_string(t.warmup_steps),
+      "--seed", std::to_string(t.seed),
+      "--balance-alpha", fmt(t.balance_alpha, 17),
+      "--entropy-beta", fmt(t.entropy_beta, 17),
+      "--max-train", std::to_string(t.max_train),
+      "--val-size", std::to_string(t.val_size),
+      "--augment-shift", std::to_string(t.augment_shift),
+      "--dropout", fmt(t.dropout, 17),
+      "--label-smoothing", fmt(t.label_smoothing, 9),
+      "--threads", "1",
+      "--data-dir", o.data_dir,
+      "--out", model_path(r, o),
+      "--json",
+      "--no-test",
+      "--no-progress"
+  };
+  // clang-format on
   if (t.augment_flip) a.push_back("--augment-flip");
   // Only the routing parameters the method reads: train rejects the others (they would be
   // ignored), and the ones left out are unused by that method, so the model is the same.

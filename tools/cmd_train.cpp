@@ -32,8 +32,7 @@ deltamoe::cli::CommandRegistrar reg(
         // Check --out (and M.json beside it) now, so that a bad path fails with a clear
         // message and not after the epochs have run.
         io::check_writable(o->out, "train");
-        io::check_writable(std::filesystem::path(o->out).replace_extension(".json").string(),
-                           "train");
+        io::check_writable(models::MoeClassifier::config_path(o->out), "train");
         set_num_threads(o->threads);
         cli::keep_freed_memory();
         const auto data = models::detail::load_data(o->data_dir);

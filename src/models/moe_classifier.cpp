@@ -120,11 +120,6 @@ std::string lp(int64_t l, const std::string& rest) {
 std::string ep(int64_t l, int64_t e, const std::string& rest) {
   return lp(l, "experts." + std::to_string(e) + "." + rest);
 }
-std::string json_path_for(const std::string& path) {
-  std::filesystem::path p(path);
-  p.replace_extension(".json");
-  return p.string();
-}
 }  // namespace
 
 MoeClassifier::MoeClassifier(MoeClassifierConfig config, uint64_t seed)
@@ -208,7 +203,7 @@ void MoeClassifier::save(const std::string& path) const {
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const auto& p : params_.params()) tensors.emplace_back(p.name, p.value);
   detail::save_tensors(path, tensors);
-  const std::string jp = json_path_for(path);
+  const std::string jp = config_path(path);
   const std::string tmp = jp + ".tmp";
   {
     std::FILE* f = std::fopen(tmp.c_str(), "wb");
@@ -220,8 +215,14 @@ void MoeClassifier::save(const std::string& path) const {
   std::filesystem::rename(tmp, jp);
 }
 
+std::string MoeClassifier::config_path(const std::string& path) {
+  std::filesystem::path p(path);
+  p.replace_extension(".json");
+  return p.string();
+}
+
 MoeClassifier MoeClassifier::load(const std::string& path) {
-  const std::string jp = json_path_for(path);
+  const std::string jp = config_path(path);
   DELTAMOE_CHECK(std::filesystem::exists(jp), "model", "config ", jp,
                  " not found (a checkpoint is ", path, " plus its .json beside it)");
   nlohmann::json j;

@@ -7,15 +7,11 @@ bin="$1"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
-# expect_flag_error FLAG CMD...: exit 2, one line on stderr that names FLAG, stdout empty.
+source "$(dirname "$0")/error_lib.bash"
+# expect_flag_error FLAG CMD...: exit 2, one line that names FLAG, stdout empty.
 expect_flag_error() {
   local flag="$1"; shift
-  local rc=0
-  "$@" >"$tmp/out.txt" 2>"$tmp/err.txt" || rc=$?
-  [ "$rc" -eq 2 ] || { cat "$tmp/err.txt"; fail "exit $rc, not 2: $*"; }
-  [ "$(wc -l <"$tmp/err.txt")" -eq 1 ] || { cat "$tmp/err.txt"; fail "not one line: $*"; }
-  grep -q -- "^deltamoe: error: \[cli\] .*$flag" "$tmp/err.txt" || { cat "$tmp/err.txt"; fail "flag $flag not named: $*"; }
-  [ ! -s "$tmp/out.txt" ] || fail "stdout not empty: $*"
+  expect_one_line_error 2 "^deltamoe: error: \[cli\] .*$flag" "$@"
 }
 out="$tmp/m.safetensors"
 for v in -1 0 nan inf; do

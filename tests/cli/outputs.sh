@@ -7,14 +7,11 @@ bin="$1"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
-expect_early_error() {  # PATH CMD...
+source "$(dirname "$0")/error_lib.bash"
+# expect_early_error PATH CMD...: exit 1, one line naming PATH (so no work started).
+expect_early_error() {
   local path="$1"; shift
-  local rc=0
-  "$@" >"$tmp/out.txt" 2>"$tmp/err.txt" || rc=$?
-  [ "$rc" -eq 1 ] || { cat "$tmp/err.txt"; fail "exit $rc, not 1: $*"; }
-  [ "$(wc -l <"$tmp/err.txt")" -eq 1 ] || { cat "$tmp/err.txt"; fail "not one line (work started?): $*"; }
-  grep -q -- "^deltamoe: error: \[.*\] $path" "$tmp/err.txt" || { cat "$tmp/err.txt"; fail "path not named: $*"; }
-  [ ! -s "$tmp/out.txt" ] || fail "stdout not empty: $*"
+  expect_one_line_error 1 "^deltamoe: error: \[.*\] $path" "$@"
 }
 # /sys refuses new files even to root, so this works in containers that run tests as root.
 expect_early_error /sys/m.safetensors "$bin" train --max-train 600 --val-size 50 --epochs 1 \

@@ -116,6 +116,8 @@ class MoeClassifier {
   /// Writes `path` (safetensors) and the JSON config beside it (atomically), storing each
   /// layer's current adapted policy state.
   void save(const std::string& path) const;
+  /// The config file written beside checkpoint `path` (M.safetensors -> M.json).
+  static std::string config_path(const std::string& path);
 
   const MoeClassifierConfig& config() const { return config_; }
   nn::ParameterSet& params() { return params_; }
