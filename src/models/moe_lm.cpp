@@ -51,13 +51,6 @@ moe::MoeWeights dense_as_moe(const io::HfFfnWeights& f, int64_t hidden) {
 
 }  // namespace
 
-size_t KvCache::bytes() const {
-  size_t b = 0;
-  for (const auto& k : k_) b += k.size() * sizeof(float);
-  for (const auto& v : v_) b += v.size() * sizeof(float);
-  return b;
-}
-
 std::unique_ptr<MoeLm> MoeLm::load(const std::string& model_dir, const LmOptions& options) {
   const io::HfConfig cfg = io::HfConfig::load(model_dir);
   const io::HfCheckpoint ckpt = io::HfCheckpoint::open(model_dir);
@@ -168,20 +161,23 @@ void MoeLm::set_policy(std::shared_ptr<const moe::RoutingPolicy> policy) {
   policy_ = std::move(policy);
 }
 
+std::shared_ptr<KvBlockPool> MoeLm::make_kv_pool(int64_t block_tokens, int64_t max_blocks) const {
+  return std::make_shared<KvBlockPool>(layers(), kv_rows_, block_tokens, max_blocks);
+}
+
 void MoeLm::reserve(KvCache& c, int64_t tokens) const {
-  const int64_t need = c.length_ + tokens;
-  if (c.k_.empty()) {
-    c.k_.resize(static_cast<size_t>(layers()));
-    c.v_.resize(static_cast<size_t>(layers()));
-    c.row_ = kv_rows_;
+  if (!c.pool_) c.pool_ = make_kv_pool(kDefaultKvBlockTokens, 0);
+  KvBlockPool& pool = *c.pool_;
+  DELTAMOE_CHECK(pool.layers() == layers() && pool.row() == kv_rows_, "model",
+                 "KV cache belongs to another model (", pool.layers(), " layers of ", pool.row(),
+                 " floats per position; this model has ", layers(), " of ", kv_rows_, ")");
+  for (int64_t need = c.blocks_needed(tokens); need > 0; --need) {
+    const auto [id, mem] = pool.acquire();
+    DELTAMOE_CHECK(id >= 0, "model", "KV cache full: all ", pool.max_blocks(), " blocks of ",
+                   pool.block_tokens(), " positions are in use");
+    c.ids_.push_back(id);
+    c.base_.push_back(mem);
   }
-  DELTAMOE_CHECK(c.row_ == kv_rows_, "model", "KV cache belongs to another model");
-  if (need <= c.capacity_) return;
-  const int64_t cap =
-      std::min(max_positions_, std::max<int64_t>(need, std::max<int64_t>(64, 2 * c.capacity_)));
-  for (auto* side : {&c.k_, &c.v_})
-    for (auto& buf : *side) buf.resize(static_cast<size_t>(cap * kv_rows_));
-  c.capacity_ = cap;
 }
 
 double MoeLm::active_weight_bytes(double experts_per_token) const {
@@ -279,7 +275,8 @@ void MoeLm::run_layers(const std::vector<const int32_t*>& toks, const std::vecto
       qkv(static_cast<size_t>(t_count * qkv_n));
   std::vector<float> att(static_cast<size_t>(t_count * q_rows_)),
       y(static_cast<size_t>(t_count * hd));
-  std::vector<const float*> kp(seqs), vp(seqs);
+  std::vector<std::vector<const float*>> kblocks(seqs), vblocks(seqs);
+  std::vector<kernels::KvBlocks> kv(seqs);
   moe::RoutingResult routing;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   for (int64_t l = 0; l < layers(); ++l) {
@@ -315,21 +312,27 @@ void MoeLm::run_layers(const std::vector<const int32_t*>& toks, const std::vecto
     });
     for (size_t s = 0; s < seqs; ++s) {
       KvCache& c = *caches[s];
-      float* kc = c.k_[static_cast<size_t>(l)].data();
-      float* vc = c.v_[static_cast<size_t>(l)].data();
+      const int64_t bt = c.pool_->block_tokens(), side = bt * kv_rows_;
       for (int64_t i = 0; i < counts[s]; ++i) {
         float* row = qkv.data() + (row0[s] + i) * qkv_n;
         const int64_t pos = start[s] + i;
         kernels::rope_st(row, heads, rope_, pos);
         kernels::rope_st(row + q_rows_, kvh, rope_, pos);
-        std::memcpy(kc + pos * kv_rows_, row + q_rows_, static_cast<size_t>(kv_rows_) * 4);
-        std::memcpy(vc + pos * kv_rows_, row + q_rows_ + kv_rows_,
-                    static_cast<size_t>(kv_rows_) * 4);
+        float* kc = c.base_[static_cast<size_t>(pos / bt)] + 2 * l * side + (pos % bt) * kv_rows_;
+        std::memcpy(kc, row + q_rows_, static_cast<size_t>(kv_rows_) * 4);
+        std::memcpy(kc + side, row + q_rows_ + kv_rows_, static_cast<size_t>(kv_rows_) * 4);
       }
-      kp[s] = kc;
-      vp[s] = vc;
+      auto& kb = kblocks[s];
+      auto& vb = vblocks[s];
+      kb.resize(c.base_.size());
+      vb.resize(c.base_.size());
+      for (size_t b = 0; b < c.base_.size(); ++b) {
+        kb[b] = c.base_[b] + 2 * l * side;
+        vb[b] = kb[b] + side;
+      }
+      kv[s] = {kb.data(), vb.data(), bt};
     }
-    kernels::causal_attention_batch(qkv.data(), qkv_n, kp, vp, kv_rows_, att.data(), q_rows_, row0,
+    kernels::causal_attention_batch(qkv.data(), qkv_n, kv, kv_rows_, att.data(), q_rows_, row0,
                                     counts, start, heads, kvh, d, scale);
     kernels::linear(att.data(), t_count, q_rows_, ly.o, h.data(), hd, /*accumulate=*/true);
     if (!ly.o_bias.empty())

@@ -110,22 +110,31 @@ TEST(LlmKernels, CausalGqaAttentionMatchesNaive) {
       vs.push_back(randn(static_cast<size_t>(len * kvh * d), 20 + static_cast<uint32_t>(s)));
     }
     const auto q = randn(static_cast<size_t>(rows * heads * d), 30);
-    std::vector<float> out(q.size(), -7.0f);
-    std::vector<const float*> kp, vp;
-    for (size_t s = 0; s < n.size(); ++s) {
-      kp.push_back(ks[s].data());
-      vp.push_back(vs[s].data());
-    }
-    causal_attention_batch(q.data(), heads * d, kp, vp, kvh * d, out.data(), heads * d, row0, n,
-                           start, heads, kvh, d, 1.0f / std::sqrt(static_cast<float>(d)));
-    for (size_t s = 0; s < n.size(); ++s) {
-      std::vector<float> qs_(q.begin() + row0[s] * heads * d,
-                             q.begin() + (row0[s] + n[s]) * heads * d);
-      const auto ref = naive_attention(qs_, ks[s], vs[s], n[s], start[s], heads, kvh, d);
-      double err = 0;
-      for (size_t i = 0; i < ref.size(); ++i)
-        err = std::max(err, std::abs(ref[i] - out[static_cast<size_t>(row0[s] * heads * d) + i]));
-      EXPECT_LE(err, 2e-5) << "sequence " << s << ", " << threads << " threads";
+    // Contiguous (one block per sequence), then paged caches of 1, 7 and 16 positions per
+    // block: block b of sequence s points at rows [b·bt, (b+1)·bt) of the same arrays.
+    for (int64_t bt : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{16}}) {
+      std::vector<float> out(q.size(), -7.0f);
+      std::vector<std::vector<const float*>> kb(n.size()), vb(n.size());
+      std::vector<KvBlocks> kv;
+      for (size_t s = 0; s < n.size(); ++s) {
+        const int64_t len = start[s] + n[s], blk = bt ? bt : len;
+        for (int64_t p = 0; p < len; p += blk) {
+          kb[s].push_back(ks[s].data() + p * kvh * d);
+          vb[s].push_back(vs[s].data() + p * kvh * d);
+        }
+        kv.push_back({kb[s].data(), vb[s].data(), blk});
+      }
+      causal_attention_batch(q.data(), heads * d, kv, kvh * d, out.data(), heads * d, row0, n,
+                             start, heads, kvh, d, 1.0f / std::sqrt(static_cast<float>(d)));
+      for (size_t s = 0; s < n.size(); ++s) {
+        std::vector<float> qs_(q.begin() + row0[s] * heads * d,
+                               q.begin() + (row0[s] + n[s]) * heads * d);
+        const auto ref = naive_attention(qs_, ks[s], vs[s], n[s], start[s], heads, kvh, d);
+        double err = 0;
+        for (size_t i = 0; i < ref.size(); ++i)
+          err = std::max(err, std::abs(ref[i] - out[static_cast<size_t>(row0[s] * heads * d) + i]));
+        EXPECT_LE(err, 2e-5) << "sequence " << s << ", " << threads << " threads, block " << bt;
+      }
     }
   }
   EXPECT_THROW(causal_attention(nullptr, 0, nullptr, nullptr, 0, nullptr, 0, 1, 0, 6, 4, 8, 1.0f),

@@ -149,6 +149,42 @@ TEST_P(LmGolden, IncrementalAndBatchedEqualFullRecompute) {
   EXPECT_LE(max_abs_diff(both.data() + v, alone.data(), v), 1e-4f);
 }
 
+// A paged cache with small blocks (3 positions) gives the logits of the default cache, takes
+// blocks as the sequence grows, gives them back when dropped, and a full pool is an error.
+TEST_P(LmGolden, PagedCacheMatchesAndReturnsBlocks) {
+  set_num_threads(2);
+  const std::string c = GetParam();
+  const auto m = MoeLm::load(golden_dir(c), {DType::f32});
+  const auto g = io::SafetensorsFile::open(golden_dir(c) + "/golden.safetensors");
+  const auto p0 = ids_of(g.get("prompt.0")), p1 = ids_of(g.get("prompt.1"));
+  const int64_t v = m->vocab_size(), n = static_cast<int64_t>(p0.size());
+  std::vector<float> ref(static_cast<size_t>(v)), got(static_cast<size_t>(v));
+  KvCache plain;
+  m->forward(p0.data(), n, plain, ref.data(), false);
+  const auto pool = m->make_kv_pool(3, (n + 2) / 3 + 1);
+  {
+    KvCache paged(pool);
+    EXPECT_EQ(paged.blocks_needed(n), (n + 2) / 3);
+    m->forward(p0.data(), 4, paged, got.data(), false);  // a chunk across a block boundary
+    EXPECT_EQ(pool->used_blocks(), 2);
+    m->forward(p0.data() + 4, n - 4, paged, got.data(), false);
+    EXPECT_LE(max_abs_diff(got.data(), ref.data(), v), 1e-4f);
+    EXPECT_EQ(pool->used_blocks(), (n + 2) / 3);
+    EXPECT_EQ(paged.bytes(), static_cast<size_t>(paged.blocks()) * pool->block_bytes());
+    // Batched with a second sequence that runs the pool dry: an error naming the cause.
+    KvCache other(pool);
+    std::vector<float> both(static_cast<size_t>(2 * v));
+    try {
+      m->forward_batch({{1}, p1}, {&paged, &other}, both.data());
+      ADD_FAILURE() << "a full pool did not throw";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("KV cache full"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(pool->used_blocks(), 0);  // dropped caches gave their blocks back
+  EXPECT_EQ(pool->free_blocks(), pool->max_blocks());
+}
+
 // The packed layout (copies in our panel layout) matches transformers too; the default
 // row-major layout uses an f32 checkpoint's matrices in place (all but the small router
 // copies) and the packed one copies every matrix.

@@ -51,12 +51,21 @@ void causal_attention(const float* q, int64_t ldq, const float* k, const float* 
                       float* out, int64_t ldo, int64_t n, int64_t start, int64_t heads,
                       int64_t kv_heads, int64_t d, float scale);
 
+/// One sequence's cached keys and values of one layer, in blocks (a paged KV cache): positions
+/// [b·block_tokens, (b+1)·block_tokens) are rows of k[b] and v[b] (row stride ldkv of the
+/// call). A contiguous cache is one block as long as the sequence.
+struct KvBlocks {
+  const float* const* k = nullptr;
+  const float* const* v = nullptr;
+  int64_t block_tokens = 0;
+};
+
 /// The same for several sequences at once (a decode batch or mixed prefill): sequence s has
-/// n[s] query rows at q + row0[s]·ldq, positions start[s].., cache k[s], v[s], output at
-/// out + row0[s]·ldo. Parallel over (sequence, head).
-void causal_attention_batch(const float* q, int64_t ldq, const std::vector<const float*>& k,
-                            const std::vector<const float*>& v, int64_t ldkv, float* out,
-                            int64_t ldo, const std::vector<int64_t>& row0,
+/// n[s] query rows at q + row0[s]·ldq, positions start[s].., cache kv[s] (rows of ldkv
+/// floats; head h reads columns (h / (heads / kv_heads))·d ..), output at out + row0[s]·ldo.
+/// Parallel over (sequence, head, block of 64 query rows).
+void causal_attention_batch(const float* q, int64_t ldq, const std::vector<KvBlocks>& kv,
+                            int64_t ldkv, float* out, int64_t ldo, const std::vector<int64_t>& row0,
                             const std::vector<int64_t>& n, const std::vector<int64_t>& start,
                             int64_t heads, int64_t kv_heads, int64_t d, float scale);
 

@@ -24,27 +24,11 @@
 #include "deltamoe/io/hf_model.h"
 #include "deltamoe/kernels/cpu.h"
 #include "deltamoe/kernels/llm.h"
+#include "deltamoe/models/kv_cache.h"
 #include "deltamoe/moe/moe_block.h"
 #include "deltamoe/moe/routing.h"
 
 namespace deltamoe::models {
-
-/// One sequence's keys and values, per layer [capacity, kv_heads · head_dim] f32, grown on
-/// demand (doubling). length() tokens are cached; positions are 0 .. length()−1.
-class KvCache {
- public:
-  KvCache() = default;
-  int64_t length() const { return length_; }
-  /// Forgets every cached token (keeps the memory).
-  void clear() { length_ = 0; }
-  /// Bytes held (capacity, all layers, K and V).
-  size_t bytes() const;
-
- private:
-  friend class MoeLm;
-  std::vector<std::vector<float>> k_, v_;  // per layer
-  int64_t length_ = 0, capacity_ = 0, row_ = 0;
-};
 
 /// Counters of forward passes (accumulated; reset by the caller).
 struct LmStats {
@@ -111,6 +95,8 @@ class MoeLm {
   /// `experts_per_token` routed experts per MoE layer, dense MLPs, the LM head (not the
   /// embedding row). For the bandwidth roofline.
   double active_weight_bytes(double experts_per_token) const;
+  /// A pool of KV blocks shaped for this model (max_blocks 0: unbounded).
+  std::shared_ptr<KvBlockPool> make_kv_pool(int64_t block_tokens, int64_t max_blocks) const;
   /// Bytes of all packed weights.
   size_t weight_bytes() const;
 
@@ -127,6 +113,8 @@ class MoeLm {
   };
   void run_layers(const std::vector<const int32_t*>& toks, const std::vector<int64_t>& counts,
                   const std::vector<KvCache*>& caches, std::vector<float>& h, LmStats* stats) const;
+  /// Makes room for `tokens` more positions: a pool when the cache has none, blocks from it.
+  /// Throws Error("model") when the pool is out of blocks or has another model's shape.
   void reserve(KvCache& cache, int64_t tokens) const;
 
   io::HfConfig cfg_;

@@ -66,23 +66,28 @@ void rope_st(float* x, int64_t heads, const RopeTable& table, int64_t pos) {
 namespace {
 
 // One (sequence, head) pair, query rows [r0, r1): scores against keys [0, start + r1) with
-// the causal mask, softmax, then · V.
-void attend(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, float* out,
-            int64_t ldo, int64_t r0, int64_t r1, int64_t start, int64_t d, float scale,
-            std::vector<float>& scores) {
-  const int64_t rows = r1 - r0, keys = start + r1;
+// the causal mask, softmax, then · V. k[b], v[b] point at block b's rows, already offset to
+// the head's columns.
+void attend(const float* q, int64_t ldq, const float* const* k, const float* const* v, int64_t bt,
+            int64_t ldkv, float* out, int64_t ldo, int64_t r0, int64_t r1, int64_t start, int64_t d,
+            float scale, std::vector<float>& scores) {
+  const int64_t rows = r1 - r0, keys = start + r1, nblocks = (keys + bt - 1) / bt;
   scores.resize(static_cast<size_t>(rows * keys));
   float* s = scores.data();
+  const auto block_len = [&](int64_t b) { return std::min(bt, keys - b * bt); };
   if (rows == 1) {
     const float* qr = q + r0 * ldq;
-    for (int64_t j = 0; j < keys; ++j) {
-      const float* kj = k + j * ldkv;
-      float acc = 0.0f;
-      for (int64_t c = 0; c < d; ++c) acc += qr[c] * kj[c];
-      s[j] = acc * scale;
-    }
+    for (int64_t b = 0; b < nblocks; ++b)
+      for (int64_t j = 0, nb = block_len(b); j < nb; ++j) {
+        const float* kj = k[b] + j * ldkv;
+        float acc = 0.0f;
+        for (int64_t c = 0; c < d; ++c) acc += qr[c] * kj[c];
+        s[b * bt + j] = acc * scale;
+      }
   } else {
-    sgemm(false, true, rows, keys, d, scale, q + r0 * ldq, ldq, k, ldkv, 0.0f, s, keys);
+    for (int64_t b = 0; b < nblocks; ++b)
+      sgemm(false, true, rows, block_len(b), d, scale, q + r0 * ldq, ldq, k[b], ldkv, 0.0f,
+            s + b * bt, keys);
   }
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t visible = start + r0 + r + 1;
@@ -93,9 +98,13 @@ void attend(const float* q, int64_t ldq, const float* k, const float* v, int64_t
   if (rows == 1) {
     float* o = out + r0 * ldo;
     std::fill(o, o + d, 0.0f);
-    for (int64_t j = 0; j < keys; ++j) axpy_st(s[j], v + j * ldkv, o, d);
+    for (int64_t b = 0; b < nblocks; ++b)
+      for (int64_t j = 0, nb = block_len(b); j < nb; ++j)
+        axpy_st(s[b * bt + j], v[b] + j * ldkv, o, d);
   } else {
-    sgemm(false, false, rows, d, keys, 1.0f, s, keys, v, ldkv, 0.0f, out + r0 * ldo, ldo);
+    for (int64_t b = 0; b < nblocks; ++b)
+      sgemm(false, false, rows, d, block_len(b), 1.0f, s + b * bt, keys, v[b], ldkv,
+            b == 0 ? 0.0f : 1.0f, out + r0 * ldo, ldo);
   }
 }
 
@@ -104,20 +113,21 @@ void attend(const float* q, int64_t ldq, const float* k, const float* v, int64_t
 void causal_attention(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv,
                       float* out, int64_t ldo, int64_t n, int64_t start, int64_t heads,
                       int64_t kv_heads, int64_t d, float scale) {
-  causal_attention_batch(q, ldq, {k}, {v}, ldkv, out, ldo, {0}, {n}, {start}, heads, kv_heads, d,
-                         scale);
+  const float* kb[1] = {k};
+  const float* vb[1] = {v};
+  causal_attention_batch(q, ldq, {KvBlocks{kb, vb, std::max<int64_t>(1, start + n)}}, ldkv, out,
+                         ldo, {0}, {n}, {start}, heads, kv_heads, d, scale);
 }
 
-void causal_attention_batch(const float* q, int64_t ldq, const std::vector<const float*>& k,
-                            const std::vector<const float*>& v, int64_t ldkv, float* out,
-                            int64_t ldo, const std::vector<int64_t>& row0,
+void causal_attention_batch(const float* q, int64_t ldq, const std::vector<KvBlocks>& kv,
+                            int64_t ldkv, float* out, int64_t ldo, const std::vector<int64_t>& row0,
                             const std::vector<int64_t>& n, const std::vector<int64_t>& start,
                             int64_t heads, int64_t kv_heads, int64_t d, float scale) {
   DELTAMOE_CHECK(kv_heads > 0 && heads % kv_heads == 0, "kernels", "attention: ", heads,
                  " heads are not a multiple of ", kv_heads, " KV heads");
   const size_t seqs = n.size();
-  DELTAMOE_ASSERT(k.size() == seqs && v.size() == seqs && row0.size() == seqs &&
-                  start.size() == seqs);
+  DELTAMOE_ASSERT(kv.size() == seqs && row0.size() == seqs && start.size() == seqs);
+  for (const KvBlocks& c : kv) DELTAMOE_ASSERT(c.block_tokens > 0);
   const int64_t group = heads / kv_heads;
   // Work items: (sequence, head, block of query rows). Blocks of 64 rows keep the score
   // matrix in cache and give a long prompt enough items for every thread; causal rows near
@@ -141,12 +151,21 @@ void causal_attention_batch(const float* q, int64_t ldq, const std::vector<const
 #pragma omp parallel num_threads(std::max(1, threads))
   {
     std::vector<float> scores;
+    std::vector<const float*> kb, vb;
 #pragma omp for schedule(dynamic, 1)
     for (size_t i = 0; i < items.size(); ++i) {
       const Item& it = items[i];
       const size_t s = static_cast<size_t>(it.s);
-      const int64_t g = it.h / group;
-      attend(q + row0[s] * ldq + it.h * d, ldq, k[s] + g * d, v[s] + g * d, ldkv,
+      const KvBlocks& c = kv[s];
+      const int64_t nblocks = (start[s] + it.r1 + c.block_tokens - 1) / c.block_tokens;
+      const int64_t col = (it.h / group) * d;
+      kb.resize(static_cast<size_t>(nblocks));
+      vb.resize(static_cast<size_t>(nblocks));
+      for (int64_t b = 0; b < nblocks; ++b) {
+        kb[static_cast<size_t>(b)] = c.k[b] + col;
+        vb[static_cast<size_t>(b)] = c.v[b] + col;
+      }
+      attend(q + row0[s] * ldq + it.h * d, ldq, kb.data(), vb.data(), c.block_tokens, ldkv,
              out + row0[s] * ldo + it.h * d, ldo, it.r0, it.r1, start[s], d, scale, scores);
     }
   }

@@ -1,0 +1,86 @@
+// Paged KV cache: a pool of fixed-size blocks and per-sequence block tables.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+namespace deltamoe::models {
+
+/// Fixed-size blocks of KV rows shared by sequences (a paged KV cache, as vLLM's
+/// PagedAttention): a block holds `block_tokens` positions of every layer's keys and values.
+/// Sequences take blocks as they grow and give them back when done, so no memory is reserved
+/// for the longest possible sequence. Block memory is allocated on first use and kept for
+/// reuse. Thread-safe.
+class KvBlockPool {
+ public:
+  /// `row`: floats per position and layer (kv_heads · head_dim); max_blocks 0: unbounded.
+  KvBlockPool(int64_t layers, int64_t row, int64_t block_tokens, int64_t max_blocks = 0);
+  int64_t layers() const { return layers_; }
+  int64_t row() const { return row_; }
+  int64_t block_tokens() const { return block_tokens_; }
+  int64_t max_blocks() const { return max_blocks_; }
+  /// Bytes of one block (all layers, K and V).
+  size_t block_bytes() const;
+  /// Blocks held by sequences now.
+  int64_t used_blocks() const;
+  /// Blocks that can still be taken (INT64_MAX when unbounded).
+  int64_t free_blocks() const;
+  /// Blocks that hold `tokens` positions.
+  int64_t blocks_for(int64_t tokens) const { return (tokens + block_tokens_ - 1) / block_tokens_; }
+
+  /// Takes a block: its id and memory ([layers][K, V][block_tokens, row] f32), or id −1 when
+  /// max_blocks are in use.
+  std::pair<int32_t, float*> acquire();
+  /// Gives a block back.
+  void release(int32_t id);
+
+ private:
+  int64_t layers_, row_, block_tokens_, max_blocks_;
+  mutable std::mutex mu_;
+  std::vector<std::unique_ptr<float[]>> storage_;
+  std::vector<int32_t> free_;
+  int64_t used_ = 0;
+};
+
+/// Positions per block of the pool a KvCache makes for itself when given none.
+inline constexpr int64_t kDefaultKvBlockTokens = 64;
+
+/// One sequence's keys and values: a block table into a KvBlockPool. length() tokens are
+/// cached; positions are 0 .. length()−1. Move-only; blocks go back to the pool on clear()
+/// and destruction. Not thread-safe (one sequence, one thread at a time).
+class KvCache {
+ public:
+  /// A cache with its own unbounded pool (made on first use, with the model's shape).
+  KvCache() = default;
+  /// A cache taking blocks from a shared pool (a server's).
+  explicit KvCache(std::shared_ptr<KvBlockPool> pool) : pool_(std::move(pool)) {}
+  ~KvCache() { clear(); }
+  KvCache(KvCache&& o) noexcept;
+  KvCache& operator=(KvCache&& o) noexcept;
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
+
+  int64_t length() const { return length_; }
+  /// Forgets every cached token and gives the blocks back.
+  void clear();
+  /// Bytes held (blocks × block bytes).
+  size_t bytes() const;
+  /// Blocks held.
+  int64_t blocks() const { return static_cast<int64_t>(ids_.size()); }
+  /// Blocks still to take before `tokens` more positions fit (with no pool yet: counted in
+  /// blocks of kDefaultKvBlockTokens).
+  int64_t blocks_needed(int64_t tokens) const;
+  const std::shared_ptr<KvBlockPool>& pool() const { return pool_; }
+
+ private:
+  friend class MoeLm;
+  std::shared_ptr<KvBlockPool> pool_;
+  std::vector<int32_t> ids_;
+  std::vector<float*> base_;  // block memory, by block index
+  int64_t length_ = 0;
+};
+
+}  // namespace deltamoe::models
