@@ -10,7 +10,8 @@ PKGS=(
   libgtest-dev libgmock-dev googletest  # tests
   libbenchmark-dev         # micro benchmarks
   coinor-libcbc-dev        # exact ILP scheduler
-  libcpp-httplib-dev       # HTTP server
+  libmicrohttpd-dev        # HTTP server (event-driven: deltamoe serve)
+  libcpp-httplib-dev       # HTTP client (deltamoe loadgen --url, tests)
   dataset-fashion-mnist    # training data (installs under /usr/share/datasets/fashion-mnist)
   libpcre2-dev libutf8proc-dev libsentencepiece-dev  # tokenizers: regexes, NFC, tokenizer.model
   fortunes fortunes-min    # English text for the tokenizer tests (/usr/share/games/fortunes)

@@ -17,6 +17,25 @@
 //   no byte from a client for idle_timeout_s: the connection is closed
 // Every error body is {"error": "..."} (one line, application/json).
 //
+// As built on libmicrohttpd 0.9.75 (docs/design.md, "The HTTP layer", has the reasons):
+//  - 414 and 431 come with a JSON reason up to about twice the limits; beyond that the request
+//    line or headers overflow libmicrohttpd's per-connection memory (2 x max(max_url_bytes,
+//    max_header_bytes) + 16 KiB) and it answers 414 (line) or 431 (headers) itself, with its
+//    own HTML body. It also answers 400 for broken chunked encoding or Content-Length.
+//  - A refused request whose body is on its way (404, 405, 413 by Content-Length, ...) has up
+//    to 1 MiB of it read and dropped, then the refusal sent (the connection stays open); a
+//    client that sent "Expect: 100-continue" is answered at once. A larger body, or a kept body
+//    passing max_body_bytes mid-transfer, gets the answer at once (Connection: close); up to
+//    1 MiB more is then dropped, for 2 s at most, before the connection is closed.
+//  - A transfer coding other than chunked → 501 at once (libmicrohttpd would read such a body
+//    until the client closes).
+//  - While stop() runs, new requests → 503 with Connection: close; replies are sent with
+//    Connection: close.
+//  - The connection limit is exact up to a race between polling threads (one more per thread).
+//  - A client that leaves while its connection waits for an answer or the next chunk is
+//    noticed when that answer or chunk fails to send (libmicrohttpd does not watch suspended
+//    connections): client_gone() turns true then.
+//
 // Thread-safety: route() before start(); start()/stop() from one controlling thread;
 // HttpExchange methods from any thread.
 #pragma once
@@ -67,7 +86,8 @@ class HttpExchange {
   virtual void write(std::string chunk) = 0;
   /// Ends a streamed body.
   virtual void end() = 0;
-  /// True once the client has closed the connection (the producer may stop early).
+  /// True once the connection closed before the response was complete: the client left (seen
+  /// when a send fails), it timed out, or the server stopped. The producer may stop early.
   virtual bool client_gone() const = 0;
 };
 
@@ -77,6 +97,9 @@ using HttpHandler = std::function<void(std::shared_ptr<HttpExchange>)>;
 struct HttpFrontendStats {
   uint64_t connections_open = 0;
   uint64_t connections_total = 0;
+  uint64_t connections_refused = 0;  // closed at accept: max_connections were open
+  /// Every response sent: the handlers', the layer's refusals (404, 405, 413, ...) and those
+  /// libmicrohttpd sends by itself (counted from its log).
   std::map<int, uint64_t> responses_by_status;
 };
 
@@ -98,7 +121,9 @@ class HttpFrontend {
   /// The bound port (after start()).
   int port() const;
   /// Stops accepting, waits up to `drain_s` for replies still owed (streams included) to be
-  /// sent, then closes every connection. Idempotent.
+  /// sent, then closes every connection. Idempotent. A reply still owed after the drain is
+  /// answered 503 (a stream is cut short); calls on its exchange are then ignored. The
+  /// destructor stops with no drain.
   void stop(double drain_s = 30.0);
   HttpFrontendStats stats() const;
 
