@@ -11,6 +11,7 @@
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/kernels/cpu.h"
 #include "deltamoe/kernels/cpu_features.h"
+#include "deltamoe/serve/http_frontend.h"
 
 namespace {
 
@@ -60,6 +61,7 @@ json info_json() {
 #else
     {"ilp_solver", "not built"},
 #endif
+    {"http_server", deltamoe::serve::http_frontend_available() ? "libmicrohttpd" : "not built"},
     {"mpi", "not part of this version"},
     {"cuda", "not part of this version"},
     {"openblas", std::string(openblas_get_config())},
@@ -109,6 +111,7 @@ deltamoe::cli::CommandRegistrar reg(
         std::cout << "openblas: " << b["openblas"].get<std::string>() << " (core "
                   << b["openblas_core"].get<std::string>() << ")\n"
                   << "ilp solver: " << b["ilp_solver"].get<std::string>() << "\n"
+                  << "http server: " << b["http_server"].get<std::string>() << "\n"
                   << "sanitizers: " << b["sanitizers"].get<std::string>() << "\n";
         return 0;
       };

@@ -24,12 +24,26 @@ deltamoe::cli::CommandRegistrar reg(
           ->check(CLI::Range(0, 65535));
       app.add_option("--port-file", *port_file, "Write the bound port to this file once listening");
       app.add_option("--http-threads", sc->threads,
-                     "Connection threads (bounds requests in flight over HTTP)");
-      app.add_option(
-             "--max-inflight-requests", sc->max_inflight_requests,
-             "Requests admitted at once over HTTP, beyond it 503 (default: half of --http-threads)")
-          ->check(CLI::NonNegativeNumber);
-      app.add_option("--max-body-bytes", sc->max_body_bytes, "Larger bodies get 413");
+                     "Polling threads of the HTTP layer (epoll; each holds any number of "
+                     "connections and parses classify bodies)")
+          ->check(CLI::Range(1, 256))
+          ->capture_default_str();
+      app.add_option("--max-inflight-requests", sc->max_inflight_requests,
+                     "Classify requests admitted at once over HTTP, beyond it 503 (0 = only "
+                     "--max-inflight bounds them)")
+          ->check(CLI::NonNegativeNumber)
+          ->capture_default_str();
+      app.add_option("--max-body-bytes", sc->max_body_bytes,
+                     "Larger bodies get 413, whatever the transfer encoding (chunked included)")
+          ->capture_default_str();
+      app.add_option("--max-connections", sc->max_connections,
+                     "Open connections; more are closed at accept")
+          ->check(CLI::Range(1, 1 << 20))
+          ->capture_default_str();
+      app.add_option("--idle-timeout-s", sc->idle_timeout_s,
+                     "Close a connection silent this long (0 = never)")
+          ->check(CLI::Range(0, 1 << 24))
+          ->capture_default_str();
       app.add_option("--retry-after-s", sc->retry_after_s, "Retry-After seconds sent with 503");
       return [opts, sc, port_file]() {
         // SIGTERM/SIGINT are taken synchronously by this thread (sigwait); every thread started

@@ -30,7 +30,8 @@ std::string base64_encode(std::string_view bytes) {
   size_t i = 0;
   for (; i + 3 <= bytes.size(); i += 3) {
     const uint32_t v = (static_cast<unsigned char>(bytes[i]) << 16) |
-                       (static_cast<unsigned char>(bytes[i + 1]) << 8) | static_cast<unsigned char>(bytes[i + 2]);
+                       (static_cast<unsigned char>(bytes[i + 1]) << 8) |
+                       static_cast<unsigned char>(bytes[i + 2]);
     for (int s = 18; s >= 0; s -= 6) out += alphabet[(v >> s) & 63];
   }
   const size_t rest = bytes.size() - i;
@@ -46,7 +47,8 @@ std::string base64_encode(std::string_view bytes) {
 }
 
 std::string base64_decode(std::string_view text) {
-  DELTAMOE_CHECK(text.size() % 4 == 0, "request", "base64 length ", text.size(), " is not a multiple of 4");
+  DELTAMOE_CHECK(text.size() % 4 == 0, "request", "base64 length ", text.size(),
+                 " is not a multiple of 4");
   std::string out;
   out.reserve(text.size() / 4 * 3);
   for (size_t i = 0; i < text.size(); i += 4) {
@@ -77,22 +79,24 @@ ParsedImages parse_classify_body(std::string_view body, int64_t dim, int64_t max
   DELTAMOE_CHECK(!doc.is_discarded(), "request", "body is not valid JSON");
   DELTAMOE_CHECK(doc.is_object(), "request", "body must be a JSON object");
   const bool has_arrays = doc.contains("images"), has_b64 = doc.contains("images_b64");
-  DELTAMOE_CHECK(has_arrays != has_b64, "request", "body needs exactly one of \"images\" and \"images_b64\"");
+  DELTAMOE_CHECK(has_arrays != has_b64, "request",
+                 "body needs exactly one of \"images\" and \"images_b64\"");
   const json& list = has_arrays ? doc["images"] : doc["images_b64"];
   const char* key = has_arrays ? "images" : "images_b64";
   DELTAMOE_CHECK(list.is_array(), "request", "\"", key, "\" must be an array");
   DELTAMOE_CHECK(!list.empty(), "request", "\"", key, "\" is empty");
-  DELTAMOE_CHECK(static_cast<int64_t>(list.size()) <= max_images, "request", "too many images: ",
-                 list.size(), " > ", max_images);
+  DELTAMOE_CHECK(static_cast<int64_t>(list.size()) <= max_images, "request",
+                 "too many images: ", list.size(), " > ", max_images);
   ParsedImages out;
   out.count = static_cast<int64_t>(list.size());
   out.pixels.reserve(static_cast<size_t>(out.count * dim));
   for (size_t i = 0; i < list.size(); ++i) {
     const json& img = list[i];
     if (has_arrays) {
-      DELTAMOE_CHECK(img.is_array(), "request", "images[", i, "] must be an array of ", dim, " numbers");
-      DELTAMOE_CHECK(static_cast<int64_t>(img.size()) == dim, "request", "images[", i, "] has ", img.size(),
-                     " values, expected ", dim);
+      DELTAMOE_CHECK(img.is_array(), "request", "images[", i, "] must be an array of ", dim,
+                     " numbers");
+      DELTAMOE_CHECK(static_cast<int64_t>(img.size()) == dim, "request", "images[", i, "] has ",
+                     img.size(), " values, expected ", dim);
       for (size_t j = 0; j < img.size(); ++j) {
         const json& v = img[j];
         DELTAMOE_CHECK(v.is_number(), "request", "images[", i, "][", j, "] is not a number");
@@ -104,8 +108,8 @@ ParsedImages parse_classify_body(std::string_view body, int64_t dim, int64_t max
     } else {
       DELTAMOE_CHECK(img.is_string(), "request", "images_b64[", i, "] must be a string");
       const std::string raw = base64_decode(img.get_ref<const std::string&>());
-      DELTAMOE_CHECK(static_cast<int64_t>(raw.size()) == dim, "request", "images_b64[", i, "] decodes to ",
-                     raw.size(), " bytes, expected ", dim);
+      DELTAMOE_CHECK(static_cast<int64_t>(raw.size()) == dim, "request", "images_b64[", i,
+                     "] decodes to ", raw.size(), " bytes, expected ", dim);
       for (char c : raw) out.pixels.push_back(static_cast<float>(static_cast<unsigned char>(c)));
     }
   }
@@ -123,15 +127,17 @@ std::string classify_response_json(const serve::RequestResult& result) {
     mean_experts.push_back(r.mean_experts());
     latency.push_back(r.latency_us);
   }
-  nlohmann::json out = {{"classes", classes}, {"probabilities", probs}, {"experts_used", experts},
+  nlohmann::json out = {{"classes", classes},
+                        {"probabilities", probs},
+                        {"experts_used", experts},
                         {"mean_experts", mean_experts},
                         {"latency_us", latency}};
   return out.dump();
 }
 
 std::string error_json(std::string_view reason) {
-  return nlohmann::json({{"error", std::string(reason)}}).dump(-1, ' ', false,
-                                                               nlohmann::json::error_handler_t::replace);
+  return nlohmann::json({{"error", std::string(reason)}})
+      .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 namespace {
@@ -142,11 +148,13 @@ void histogram_text(std::ostringstream& os, const std::string& name, const std::
   const std::string sep = labels.empty() ? "" : ",";
   for (size_t i = 0; i < h.bounds.size(); ++i) {
     cum += h.counts[i];
-    os << name << "_bucket{" << labels << sep << "le=\"" << h.bounds[i] * scale << "\"} " << cum << "\n";
+    os << name << "_bucket{" << labels << sep << "le=\"" << h.bounds[i] * scale << "\"} " << cum
+       << "\n";
   }
   cum += h.counts.back();
   os << name << "_bucket{" << labels << sep << "le=\"+Inf\"} " << cum << "\n";
-  os << name << "_sum" << (labels.empty() ? "" : "{" + labels + "}") << " " << h.sum * scale << "\n";
+  os << name << "_sum" << (labels.empty() ? "" : "{" + labels + "}") << " " << h.sum * scale
+     << "\n";
   os << name << "_count" << (labels.empty() ? "" : "{" + labels + "}") << " " << h.count << "\n";
 }
 
@@ -158,9 +166,18 @@ std::string render_prometheus(const serve::RuntimeStats& rt, const HttpCounters&
      << "# TYPE deltamoe_http_requests_total counter\n";
   for (const auto& [code, n] : http.responses_by_status)
     os << "deltamoe_http_requests_total{code=\"" << code << "\"} " << n << "\n";
-  os << "# HELP deltamoe_http_request_duration_seconds Time from request read to response, classify only.\n"
+  os << "# HELP deltamoe_http_request_duration_seconds Time from request read to response, "
+        "classify only.\n"
      << "# TYPE deltamoe_http_request_duration_seconds histogram\n";
   histogram_text(os, "deltamoe_http_request_duration_seconds", "", http.request_seconds, 1.0);
+  os << "# HELP deltamoe_http_connections_open Open HTTP connections.\n"
+     << "# TYPE deltamoe_http_connections_open gauge\ndeltamoe_http_connections_open "
+     << http.connections_open << "\n"
+     << "# TYPE deltamoe_http_connections_total counter\ndeltamoe_http_connections_total "
+     << http.connections_total << "\n"
+     << "# HELP deltamoe_http_connections_refused_total Connections closed at accept (limit).\n"
+     << "# TYPE deltamoe_http_connections_refused_total counter\n"
+     << "deltamoe_http_connections_refused_total " << http.connections_refused << "\n";
   os << "# HELP deltamoe_sample_latency_seconds Admission to answer, per sample, in the runtime.\n"
      << "# TYPE deltamoe_sample_latency_seconds histogram\n";
   histogram_text(os, "deltamoe_sample_latency_seconds", "", rt.latency_us, 1e-6);
@@ -168,23 +185,28 @@ std::string render_prometheus(const serve::RuntimeStats& rt, const HttpCounters&
      << rt.requests_admitted << "\n"
      << "# TYPE deltamoe_requests_rejected_total counter\ndeltamoe_requests_rejected_total "
      << rt.requests_rejected << "\n"
-     << "# TYPE deltamoe_samples_done_total counter\ndeltamoe_samples_done_total " << rt.samples_done << "\n"
-     << "# TYPE deltamoe_inflight_samples gauge\ndeltamoe_inflight_samples " << rt.inflight_samples << "\n"
+     << "# TYPE deltamoe_samples_done_total counter\ndeltamoe_samples_done_total "
+     << rt.samples_done << "\n"
+     << "# TYPE deltamoe_inflight_samples gauge\ndeltamoe_inflight_samples " << rt.inflight_samples
+     << "\n"
      << "# TYPE deltamoe_ready gauge\ndeltamoe_ready " << (http.ready ? 1 : 0) << "\n";
   os << "# HELP deltamoe_queue_depth Samples waiting in a queue (stem/model or expertN).\n"
      << "# TYPE deltamoe_queue_depth gauge\n";
-  for (const auto& q : rt.queues) os << "deltamoe_queue_depth{queue=\"" << q.name << "\"} " << q.depth << "\n";
+  for (const auto& q : rt.queues)
+    os << "deltamoe_queue_depth{queue=\"" << q.name << "\"} " << q.depth << "\n";
   os << "# TYPE deltamoe_queue_batch_limit gauge\n";
   for (const auto& q : rt.queues)
-    os << "deltamoe_queue_batch_limit{queue=\"" << q.name << "\"} " << q.current_batch_limit << "\n";
+    os << "deltamoe_queue_batch_limit{queue=\"" << q.name << "\"} " << q.current_batch_limit
+       << "\n";
   os << "# HELP deltamoe_queue_flushes_total Batches run, by why the queue flushed.\n"
      << "# TYPE deltamoe_queue_flushes_total counter\n";
   static const char* reasons[3] = {"size", "timeout", "drain"};
   for (const auto& q : rt.queues)
     for (int r = 0; r < 3; ++r)
-      os << "deltamoe_queue_flushes_total{queue=\"" << q.name << "\",reason=\"" << reasons[r] << "\"} "
-         << q.flushes[r] << "\n";
-  os << "# HELP deltamoe_queue_batch_size Realised batch sizes.\n# TYPE deltamoe_queue_batch_size histogram\n";
+      os << "deltamoe_queue_flushes_total{queue=\"" << q.name << "\",reason=\"" << reasons[r]
+         << "\"} " << q.flushes[r] << "\n";
+  os << "# HELP deltamoe_queue_batch_size Realised batch sizes.\n# TYPE deltamoe_queue_batch_size "
+        "histogram\n";
   for (const auto& q : rt.queues)
     histogram_text(os, "deltamoe_queue_batch_size", "queue=\"" + q.name + "\"", q.batch_sizes, 1.0);
   os << "# HELP deltamoe_queue_split_flushes_total Flushes shared between idle workers.\n"
@@ -193,7 +215,8 @@ std::string render_prometheus(const serve::RuntimeStats& rt, const HttpCounters&
     os << "deltamoe_queue_split_flushes_total{queue=\"" << q.name << "\"} " << q.splits << "\n";
   os << "# TYPE deltamoe_queue_busy_seconds_total counter\n";
   for (const auto& q : rt.queues)
-    os << "deltamoe_queue_busy_seconds_total{queue=\"" << q.name << "\"} " << q.busy_us * 1e-6 << "\n";
+    os << "deltamoe_queue_busy_seconds_total{queue=\"" << q.name << "\"} " << q.busy_us * 1e-6
+       << "\n";
   return os.str();
 }
 

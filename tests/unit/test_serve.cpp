@@ -8,17 +8,17 @@
 #include <chrono>
 #include <future>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <random>
+#include <sstream>
 #include <thread>
 
-#include "deltamoe/moe/policies.h"
 #include "deltamoe/core/error.h"
+#include "deltamoe/moe/policies.h"
 #include "deltamoe/serve/http_api.h"
 #include "deltamoe/serve/http_server.h"
 #include "deltamoe/serve/loadgen.h"
 
-#ifdef DELTAMOE_HAVE_HTTPLIB
+#if defined(DELTAMOE_HAVE_HTTPLIB) && defined(DELTAMOE_HAVE_MICROHTTPD)
 #include <httplib.h>
 #endif
 
@@ -66,7 +66,8 @@ serve::QueueConfig queue_config(int64_t max_batch, int64_t timeout_us, int worke
 }
 
 // In-process load: closed loop with `concurrency` requests, or open loop at `rate_rps`.
-LoadConfig load_config(bool closed_loop, int concurrency, double rate_rps, double duration_s, double warmup_s) {
+LoadConfig load_config(bool closed_loop, int concurrency, double rate_rps, double duration_s,
+                       double warmup_s) {
   LoadConfig lc;
   lc.closed_loop = closed_loop;
   lc.concurrency = concurrency;
@@ -91,7 +92,7 @@ TEST(Base64, RoundTripsAndRejectsGarbage) {
   EXPECT_THROW(base64_decode("TWF"), deltamoe::Error);
   EXPECT_THROW(base64_decode("TW=u"), deltamoe::Error);
   EXPECT_THROW(base64_decode("T!Fu"), deltamoe::Error);
-  EXPECT_THROW(base64_decode("====") , deltamoe::Error);
+  EXPECT_THROW(base64_decode("===="), deltamoe::Error);
 }
 
 TEST(ClassifyBody, ParsesBothForms) {
@@ -113,7 +114,8 @@ TEST(ClassifyBody, RejectsBadBodiesWithAReason) {
   EXPECT_NE(reason_of("").find("not valid JSON"), std::string::npos);
   EXPECT_NE(reason_of("[1,2]").find("JSON object"), std::string::npos);
   EXPECT_NE(reason_of("{}").find("exactly one"), std::string::npos);
-  EXPECT_NE(reason_of("{\"images\": [], \"images_b64\": []}").find("exactly one"), std::string::npos);
+  EXPECT_NE(reason_of("{\"images\": [], \"images_b64\": []}").find("exactly one"),
+            std::string::npos);
   EXPECT_NE(reason_of("{\"images\": 3}").find("must be an array"), std::string::npos);
   EXPECT_NE(reason_of("{\"images\": []}").find("empty"), std::string::npos);
   EXPECT_NE(reason_of(arrays_body(9)).find("too many images"), std::string::npos);
@@ -127,7 +129,8 @@ TEST(ClassifyBody, RejectsBadBodiesWithAReason) {
   std::string str = arrays_body(1);
   str.replace(str.find("[7,"), 3, "[\"7\",");
   EXPECT_NE(reason_of(str).find("not a number"), std::string::npos);
-  EXPECT_NE(reason_of("{\"images_b64\": [\"TWFu\"]}").find("decodes to 3 bytes"), std::string::npos);
+  EXPECT_NE(reason_of("{\"images_b64\": [\"TWFu\"]}").find("decodes to 3 bytes"),
+            std::string::npos);
   EXPECT_NE(reason_of("{\"images_b64\": [\"@@@@\"]}").find("bad base64"), std::string::npos);
   EXPECT_NE(reason_of("{\"images_b64\": [5]}").find("must be a string"), std::string::npos);
   for (const char* body : {"", "{}", "[1,2]"}) EXPECT_EQ(reason_of(body).rfind("[request]", 0), 0u);
@@ -137,7 +140,8 @@ TEST(ClassifyBody, RejectsBadBodiesWithAReason) {
 // well-formed) or throws deltamoe::Error; nothing else may escape, and it never crashes.
 TEST(ClassifyBody, FuzzedMutationsNeverCrash) {
   std::mt19937_64 rng(42);
-  const std::vector<std::string> seeds = {arrays_body(1), arrays_body(2), b64_body(1), b64_body(3),
+  const std::vector<std::string> seeds = {arrays_body(1),        arrays_body(2),
+                                          b64_body(1),           b64_body(3),
                                           "{\"images\": [[1]]}", "{\"images_b64\": [\"\"]}"};
   int accepted = 0, rejected = 0;
   for (int iter = 0; iter < 3000; ++iter) {
@@ -146,11 +150,21 @@ TEST(ClassifyBody, FuzzedMutationsNeverCrash) {
     for (int e = 0; e < edits && !s.empty(); ++e) {
       const size_t pos = rng() % s.size();
       switch (rng() % 5) {
-        case 0: s[pos] = static_cast<char>(rng() & 255); break;
-        case 1: s.erase(pos, 1 + rng() % 16); break;
-        case 2: s.insert(pos, 1, "[]{},:\"0-e.9\\"[rng() % 13]); break;
-        case 3: s.resize(pos); break;
-        default: s.insert(pos, s.substr(rng() % s.size(), rng() % 64)); break;
+        case 0:
+          s[pos] = static_cast<char>(rng() & 255);
+          break;
+        case 1:
+          s.erase(pos, 1 + rng() % 16);
+          break;
+        case 2:
+          s.insert(pos, 1, "[]{},:\"0-e.9\\"[rng() % 13]);
+          break;
+        case 3:
+          s.resize(pos);
+          break;
+        default:
+          s.insert(pos, s.substr(rng() % s.size(), rng() % 64));
+          break;
       }
     }
     try {
@@ -188,7 +202,8 @@ TEST(Prometheus, ExposesTheCounters) {
   serve::QueueConfig c;
   c.workers = 0;
   c.timeout_us = 0;
-  auto rt = std::make_shared<serve::ExpertQueueRuntime>(make_random_model(), moe::make_policy("top-k:2", 8), c);
+  auto rt = std::make_shared<serve::ExpertQueueRuntime>(make_random_model(),
+                                                        moe::make_policy("top-k:2", 8), c);
   const auto x = synthetic_images(3, 1);
   rt->submit(x.data(), 3, nullptr);
   rt->run_ready();
@@ -198,11 +213,14 @@ TEST(Prometheus, ExposesTheCounters) {
   h.request_seconds.observe(0.002);
   const std::string text = render_prometheus(rt->stats(), h);
   for (const char* needle :
-       {"deltamoe_http_requests_total{code=\"200\"} 5", "deltamoe_http_requests_total{code=\"503\"} 2",
-        "deltamoe_http_request_duration_seconds_bucket{le=\"+Inf\"} 1", "deltamoe_queue_depth{queue=\"expert7\"} 0",
+       {"deltamoe_http_requests_total{code=\"200\"} 5",
+        "deltamoe_http_requests_total{code=\"503\"} 2",
+        "deltamoe_http_request_duration_seconds_bucket{le=\"+Inf\"} 1",
+        "deltamoe_queue_depth{queue=\"expert7\"} 0",
         "deltamoe_queue_flushes_total{queue=\"stem\",reason=\"timeout\"} 1",
-        "deltamoe_queue_batch_size_count{queue=\"stem\"} 1", "deltamoe_sample_latency_seconds_count 3",
-        "deltamoe_samples_done_total 3", "# TYPE deltamoe_queue_batch_size histogram"})
+        "deltamoe_queue_batch_size_count{queue=\"stem\"} 1",
+        "deltamoe_sample_latency_seconds_count 3", "deltamoe_samples_done_total 3",
+        "# TYPE deltamoe_queue_batch_size histogram"})
     EXPECT_NE(text.find(needle), std::string::npos) << needle << "\n" << text;
   // Every non-comment line is "name{labels} value" or "name value".
   std::istringstream lines(text);
@@ -213,7 +231,7 @@ TEST(Prometheus, ExposesTheCounters) {
   }
 }
 
-#ifdef DELTAMOE_HAVE_HTTPLIB
+#if defined(DELTAMOE_HAVE_HTTPLIB) && defined(DELTAMOE_HAVE_MICROHTTPD)
 
 namespace {
 
@@ -256,7 +274,8 @@ TEST(HttpServer, AnswersClassifyHealthzMetricsAndErrors) {
   std::vector<float> ref(20);
   reference_forward(*model, {policy}, parsed.pixels.data(), 2, ref.data());
   for (int s = 0; s < 2; ++s) {
-    for (int k = 0; k < 10; ++k) EXPECT_NEAR(j["probabilities"][s][k].get<float>(), ref[s * 10 + k], 1e-6);
+    for (int k = 0; k < 10; ++k)
+      EXPECT_NEAR(j["probabilities"][s][k].get<float>(), ref[s * 10 + k], 1e-6);
     ASSERT_EQ(j["experts_used"][s].size(), 1u);  // one MoE layer
     EXPECT_EQ(j["experts_used"][s][0].size(), 2u);
   }
@@ -279,7 +298,8 @@ TEST(HttpServer, AnswersClassifyHealthzMetricsAndErrors) {
   auto metrics = cli.Get("/metrics");
   ASSERT_TRUE(metrics);
   EXPECT_NE(metrics->body.find("deltamoe_http_requests_total{code=\"413\"} 1"), std::string::npos);
-  EXPECT_NE(metrics->body.find("deltamoe_http_request_duration_seconds_count 3"), std::string::npos);
+  EXPECT_NE(metrics->body.find("deltamoe_http_request_duration_seconds_count 3"),
+            std::string::npos);
   EXPECT_NE(metrics->body.find("deltamoe_http_requests_total{code=\"200\"} 2"), std::string::npos);
   EXPECT_NE(metrics->body.find("deltamoe_http_requests_total{code=\"400\"} 2"), std::string::npos);
   EXPECT_NE(metrics->body.find("deltamoe_samples_done_total 2"), std::string::npos);
@@ -296,7 +316,8 @@ TEST(HttpServer, AnswersClassifyHealthzMetricsAndErrors) {
   EXPECT_GT(r.window_ok, 0);
   EXPECT_LE(r.window_ok, r.ok);
   const auto lj = nlohmann::json::parse(load_result_json(r, lc));
-  EXPECT_DOUBLE_EQ(lj["throughput_rps"].get<double>(), static_cast<double>(r.window_ok) / lc.duration_s);
+  EXPECT_DOUBLE_EQ(lj["throughput_rps"].get<double>(),
+                   static_cast<double>(r.window_ok) / lc.duration_s);
   server.stop();
 }
 
@@ -313,7 +334,8 @@ struct HeldRequestServer {
     c.timeout_us = -1;
     c.max_inflight_samples = max_inflight_samples;
     c.max_request_samples = 2;
-    rt = std::make_shared<serve::ExpertQueueRuntime>(make_random_model(), moe::make_policy("top-k:2", 8), c);
+    rt = std::make_shared<serve::ExpertQueueRuntime>(make_random_model(),
+                                                     moe::make_policy("top-k:2", 8), c);
     ServerConfig sc;
     sc.port = 0;
     sc.threads = 4;
@@ -378,8 +400,10 @@ TEST(HttpServer, RequestBoundGives503BeforeTheRuntimeIsFull) {
 // spans (at least) the time from its scheduled send to the last scheduled arrival. With the
 // seeded schedule (rate 200/s over 0.5 s) that is well over 0.2 s whatever the machine does.
 TEST(Loadgen, OpenLoopLatencyIncludesTimeHeldInQueues) {
-  serve::ExpertQueueRuntime rt(make_random_model(), moe::make_policy("top-k:2", 8), queue_config(256, -1));
-  const LoadConfig lc = load_config(false, LoadConfig{}.concurrency, 200, 0.5, LoadConfig{}.warmup_s);
+  serve::ExpertQueueRuntime rt(make_random_model(), moe::make_policy("top-k:2", 8),
+                               queue_config(256, -1));
+  const LoadConfig lc =
+      load_config(false, LoadConfig{}.concurrency, 200, 0.5, LoadConfig{}.warmup_s);
   const auto r = run_inprocess_load(rt, lc);
   ASSERT_GT(r.ok, 20);
   EXPECT_EQ(r.ok, r.sent);
@@ -391,7 +415,8 @@ TEST(Loadgen, OpenLoopLatencyIncludesTimeHeldInQueues) {
 // answers (which give the throughput) are a subset of all answers.
 TEST(Loadgen, WarmupRequestsAreServedButNotCounted) {
   for (bool closed : {false, true}) {
-    serve::ExpertQueueRuntime rt(make_random_model(), moe::make_policy("top-k:2", 8), queue_config(8, 200));
+    serve::ExpertQueueRuntime rt(make_random_model(), moe::make_policy("top-k:2", 8),
+                                 queue_config(8, 200));
     const LoadConfig lc = load_config(closed, 8, 400, 0.2, 0.1);
     const auto r = run_inprocess_load(rt, lc);
     const auto st = rt.stats();
@@ -402,7 +427,8 @@ TEST(Loadgen, WarmupRequestsAreServedButNotCounted) {
     EXPECT_GE(r.window_ok, 0);
     EXPECT_LE(r.window_ok, r.ok + r.warmup_requests);
     const auto j = nlohmann::json::parse(load_result_json(r, lc));
-    EXPECT_DOUBLE_EQ(j["throughput_rps"].get<double>(), static_cast<double>(r.window_ok) / lc.duration_s);
+    EXPECT_DOUBLE_EQ(j["throughput_rps"].get<double>(),
+                     static_cast<double>(r.window_ok) / lc.duration_s);
     EXPECT_EQ(j["warmup_requests"].get<int64_t>(), r.warmup_requests);
   }
 }
@@ -412,7 +438,8 @@ TEST(Loadgen, WarmupRequestsAreServedButNotCounted) {
 // show exactly 8 rows per expert call, and they must add up to the whole run's minus the
 // warm-up's and the drain's.
 TEST(Loadgen, RuntimeCountersCoverTheMeasuredWindowOnly) {
-  serve::ExpertQueueRuntime rt(make_random_model(), moe::make_policy("top-k:2", 8), queue_config(8, -1, 1));
+  serve::ExpertQueueRuntime rt(make_random_model(), moe::make_policy("top-k:2", 8),
+                               queue_config(8, -1, 1));
   const LoadConfig lc = load_config(true, 256, 0, 0.2, 0.05);
   const auto r = run_inprocess_load(rt, lc);
   const auto whole = rt.stats();
@@ -420,7 +447,8 @@ TEST(Loadgen, RuntimeCountersCoverTheMeasuredWindowOnly) {
   ASSERT_GT(w.expert_calls, 0u);
   EXPECT_EQ(w.expert_rows, 8 * w.expert_calls);
   EXPECT_LT(w.samples_done, whole.samples_done);
-  EXPECT_EQ(w.samples_done + r.stats_at_window_start.samples_done + (whole.samples_done - r.stats_at_window_end.samples_done),
+  EXPECT_EQ(w.samples_done + r.stats_at_window_start.samples_done +
+                (whole.samples_done - r.stats_at_window_end.samples_done),
             whole.samples_done);
   uint64_t window_flushes = 0;
   for (const auto& q : w.queues) {
@@ -447,7 +475,8 @@ TEST(Loadgen, RefusesNonLoopbackTargets) {
 
 TEST(Loadgen, InProcessOpenAndClosedLoopAccountForEveryRequest) {
   for (bool closed : {false, true}) {
-    serve::ExpertQueueRuntime rt(make_random_model(), moe::make_policy("top-p:0.5", 8), queue_config(8, 200));
+    serve::ExpertQueueRuntime rt(make_random_model(), moe::make_policy("top-p:0.5", 8),
+                                 queue_config(8, 200));
     const LoadConfig lc = load_config(closed, 16, 400, 0.25, LoadConfig{}.warmup_s);
     const auto r = run_inprocess_load(rt, lc);
     int64_t errors = 0;
@@ -456,7 +485,8 @@ TEST(Loadgen, InProcessOpenAndClosedLoopAccountForEveryRequest) {
     EXPECT_EQ(r.ok + errors, r.sent);
     EXPECT_EQ(static_cast<int64_t>(r.latency_us.size()), r.ok);
     const auto j = nlohmann::json::parse(load_result_json(r, lc, runtime_stats_json(rt.stats())));
-    for (const char* key : {"p50_ms", "p99_ms", "throughput_rps", "mean_batch_expert", "timeout_flush_share"})
+    for (const char* key :
+         {"p50_ms", "p99_ms", "throughput_rps", "mean_batch_expert", "timeout_flush_share"})
       EXPECT_TRUE(j.contains(key)) << key;
   }
 }

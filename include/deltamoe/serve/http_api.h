@@ -45,14 +45,17 @@ std::string base64_decode(std::string_view text);
 /// HTTP-level counters the server keeps next to the runtime's.
 struct HttpCounters {
   std::map<int, uint64_t> responses_by_status;
-  serve::Histogram request_seconds{{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                  0.1, 0.25, 0.5, 1.0, 2.5}};
+  serve::Histogram request_seconds{
+      {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5}};
   bool ready = true;
+  uint64_t connections_open = 0;
+  uint64_t connections_total = 0;
+  uint64_t connections_refused = 0;  // closed at accept (the connection limit)
 };
 
 /// Prometheus text exposition (format 0.0.4) of the runtime and HTTP counters: request counts
-/// by status, request latency histogram (seconds), sample latency histogram, per-queue depth,
-/// batch limit, realised batch sizes, flushes by reason, in-flight samples.
+/// by status, request latency histogram (seconds), HTTP connections, sample latency histogram,
+/// per-queue depth, batch limit, realised batch sizes, flushes by reason, in-flight samples.
 std::string render_prometheus(const serve::RuntimeStats& rt, const HttpCounters& http);
 
 }  // namespace deltamoe::serve
