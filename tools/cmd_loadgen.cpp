@@ -2,8 +2,10 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "command.h"
@@ -11,6 +13,7 @@
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/io/idx.h"
 #include "deltamoe/io/output.h"
+#include "deltamoe/serve/llm_loadgen.h"
 #include "deltamoe/serve/loadgen.h"
 #include "serve_cli.h"
 
@@ -105,6 +108,54 @@ std::string model_curve_json(const deltamoe::cli::RuntimeOptions& opts) {
       .dump();
 }
 
+// "N" or "MIN:MAX" token counts for --prompt-tokens / --output-tokens.
+std::pair<int64_t, int64_t> token_range(const std::string& flag, const std::string& v) {
+  try {
+    const auto colon = v.find(':');
+    size_t used = 0;
+    const int64_t lo = std::stoll(v.substr(0, colon), &used);
+    DELTAMOE_CHECK(used == (colon == std::string::npos ? v.size() : colon), "cli", "");
+    int64_t hi = lo;
+    if (colon != std::string::npos) {
+      hi = std::stoll(v.substr(colon + 1), &used);
+      DELTAMOE_CHECK(used == v.size() - colon - 1, "cli", "");
+    }
+    DELTAMOE_CHECK(lo >= 1 && lo <= hi && hi <= (1 << 20), "cli", "");
+    return {lo, hi};
+  } catch (const std::exception&) {
+    deltamoe::fail("cli", flag, ": expected N or MIN:MAX with 1 ≤ MIN ≤ MAX ≤ 1048576, got '", v,
+                   "'");
+  }
+}
+
+// The report is printed either way, but a run in which no request was answered is a failure,
+// not a measurement: one line naming what went wrong, exit 1.
+int none_answered_status(int64_t sent, int64_t ok, const std::map<std::string, int64_t>& errors) {
+  if (sent == 0 || ok > 0) return 0;
+  std::string why;
+  for (const auto& [kind, n] : errors)
+    why += (why.empty() ? "" : ", ") + kind + ": " + std::to_string(n);
+  std::cerr << "deltamoe: error: [loadgen] every request failed (" << sent << " sent; "
+            << (why.empty() ? "no answers" : why) << ")\n";
+  return 1;
+}
+
+// --openai: LLM traffic against an OpenAI-compatible server.
+int run_openai_load(const std::string& url, deltamoe::serve::LlmLoadConfig c, bool json,
+                    const std::string& latencies_out) {
+  DELTAMOE_CHECK(!url.empty(), "loadgen", "--openai needs --url http://127.0.0.1:PORT");
+  if (!latencies_out.empty()) deltamoe::io::check_writable(latencies_out, "loadgen");
+  const auto r = deltamoe::serve::run_llm_http_load(url, c);
+  const std::string out = deltamoe::serve::llm_load_result_json(r, c);
+  if (!latencies_out.empty()) {
+    std::string text;
+    for (double v : r.e2e_ms) text += std::to_string(v) + "\n";
+    deltamoe::cli::write_file_atomic(latencies_out, text);
+  }
+  std::cout << (json ? out : nlohmann::json::parse(out).dump(2)) << std::endl;
+  return none_answered_status(r.sent, r.ok, r.errors);
+}
+
 deltamoe::cli::CommandRegistrar reg(
     "loadgen", "Load generator for deltamoe serve (loopback HTTP or in-process)",
     [](CLI::App& app) -> deltamoe::cli::Action {
@@ -118,10 +169,36 @@ deltamoe::cli::CommandRegistrar reg(
       auto images_idx = std::make_shared<std::string>();
       auto model_curve = std::make_shared<bool>(false);
       auto stall_probe = std::make_shared<bool>(false);
+      auto openai = std::make_shared<bool>(false);
+      auto llm = std::make_shared<deltamoe::serve::LlmLoadConfig>();
+      auto prompt_tokens = std::make_shared<std::string>("32:128");
+      auto output_tokens = std::make_shared<std::string>("32:128");
+      app.add_flag("--openai", *openai,
+                   "LLM traffic: POST /v1/completions (token-id prompts, streamed) to an "
+                   "OpenAI-compatible server; reports TTFT, TPOT, end-to-end and goodput");
+      app.add_option("--prompt-tokens", *prompt_tokens,
+                     "--openai: prompt tokens per request, N or MIN:MAX (uniform)")
+          ->capture_default_str();
+      app.add_option("--output-tokens", *output_tokens,
+                     "--openai: generated tokens per request, N or MIN:MAX (uniform; ignore_eos)")
+          ->capture_default_str();
+      app.add_flag("!--no-stream", llm->stream, "--openai: unstreamed responses");
+      app.add_option("--temperature", llm->temperature, "--openai: sampling temperature")
+          ->check(CLI::Range(0.0, 2.0))
+          ->capture_default_str();
+      app.add_option("--slo-ttft-ms", llm->slo_ttft_ms, "--openai: time-to-first-token objective")
+          ->check(CLI::PositiveNumber)
+          ->capture_default_str();
+      app.add_option("--slo-tpot-ms", llm->slo_tpot_ms, "--openai: time-per-output-token objective")
+          ->check(CLI::PositiveNumber)
+          ->capture_default_str();
+      app.add_option("--model-name", llm->model, "--openai: the \"model\" field sent");
       app.add_option("--url", *url, "Server URL, loopback only (http://127.0.0.1:PORT)");
       app.add_flag("--in-process", *in_process,
                    "Drive a runtime in this process (no HTTP); takes the serve options");
-      app.add_option("--rate", lc->rate_rps, "Open loop: mean Poisson arrival rate, requests/s");
+      CLI::Option* rate_opt = app.add_option(
+          "--rate", lc->rate_rps,
+          "Open loop: mean Poisson arrival rate, requests/s (default 100; --openai: 2)");
       app.add_option("--duration", lc->duration_s, "Seconds of arrivals (max 600)");
       app.add_flag("--closed-loop", lc->closed_loop,
                    "Closed loop: keep --concurrency requests outstanding");
@@ -158,90 +235,93 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_option("--latencies-out", *latencies_out,
                      "Write every answered request's latency (ms), one per line");
       opts->add(app);
-      return
-          [opts, lc, url, in_process, json, latencies_out, images_idx, model_curve, stall_probe]() {
-            if (*stall_probe) {
-              DELTAMOE_CHECK(lc->duration_s > 0 && lc->duration_s <= 600, "loadgen",
-                             "--duration must be in (0, 600] s");
-              std::cout << stall_probe_json(opts->workers, lc->duration_s) << std::endl;
-              return 0;
-            }
-            if (*model_curve) {
-              std::cout << model_curve_json(*opts) << std::endl;
-              return 0;
-            }
-            if (!latencies_out->empty()) deltamoe::io::check_writable(*latencies_out, "loadgen");
-            if (!images_idx->empty()) {
-              const auto idx = deltamoe::io::read_idx(*images_idx, 3);
-              DELTAMOE_CHECK(idx.dims[1] * idx.dims[2] == 784, "loadgen", *images_idx,
-                             ": images are not 28x28");
-              const size_t n = std::min<size_t>(1024, static_cast<size_t>(idx.dims[0]));
-              lc->image_pool.assign(idx.data.begin(),
-                                    idx.data.begin() + static_cast<std::ptrdiff_t>(n * 784));
-            }
-            deltamoe::serve::LoadResult r;
-            std::string extra = "{}";
-            if (*in_process) {
-              DELTAMOE_CHECK(url->empty(), "loadgen", "give --url or --in-process, not both");
-              auto runtime = opts->build();
-              r = deltamoe::serve::run_inprocess_load(*runtime, *lc);
-              // The runtime's counters over the measured window only: the warm-up's batches and the
-              // final drain's partial ones (T = ∞) would otherwise pull the mean batch and service
-              // time down.
-              const auto st = deltamoe::serve::runtime_stats_between(r.stats_at_window_start,
-                                                                     r.stats_at_window_end);
-              auto ej = nlohmann::json::parse(deltamoe::serve::runtime_stats_json(st));
-              ej["routing"] = runtime->policy().name();
-              ej["batching"] = deltamoe::serve::batching_mode_name(runtime->config().mode);
-              ej["queue_size"] = opts->queue_size;
-              ej["queue_timeout_us"] = opts->queue_timeout_us;
-              ej["adaptive"] = opts->adaptive;
-              // Share of the workers' time in the window spent running batches (the rest: waiting,
-              // locking).
-              const double workers = static_cast<double>(runtime->config().workers);
-              double busy_us = 0.0;
-              for (const auto& q : st.queues) busy_us += q.busy_us;
-              const double worker_us = lc->duration_s * 1e6 * workers;
-              ej["worker_busy_share"] = worker_us > 0 ? busy_us / worker_us : 0.0;
-              // Wave service time: one stem batch of the realised size through every stage when the
-              // workers have nothing else to do (its expert batches shared among the workers). The
-              // latency target's "batch service time" for a multi-stage pipeline.
-              const double stem_runs = ej.value("stem_runs", 0.0),
-                           expert_runs = ej.value("expert_runs", 0.0);
-              ej["wave_service_ms"] = ej.value("mean_stem_service_ms", 0.0) +
-                                      (stem_runs > 0 ? expert_runs / stem_runs : 0.0) *
-                                          ej.value("mean_expert_service_ms", 0.0) / workers;
-              ej["workers"] = runtime->config().workers;
-              extra = ej.dump();
-            } else {
-              DELTAMOE_CHECK(!url->empty(), "loadgen",
-                             "give --url http://127.0.0.1:PORT or --in-process");
-              r = deltamoe::serve::run_http_load(*url, *lc);
-            }
-            const std::string out = deltamoe::serve::load_result_json(r, *lc, extra);
-            if (!latencies_out->empty()) {
-              std::string text;
-              for (double v : r.latency_us) text += std::to_string(v / 1000.0) + "\n";
-              deltamoe::cli::write_file_atomic(*latencies_out, text);
-            }
-            if (*json) {
-              std::cout << out << std::endl;
-            } else {
-              const auto j = nlohmann::json::parse(out);
-              std::cout << j.dump(2) << std::endl;
-            }
-            // The report is printed either way, but a run in which no request was answered is a
-            // failure, not a measurement.
-            if (r.sent > 0 && r.ok == 0) {
-              std::string why;
-              for (const auto& [kind, n] : r.errors)
-                why += (why.empty() ? "" : ", ") + kind + ": " + std::to_string(n);
-              std::cerr << "deltamoe: error: [loadgen] every request failed (" << r.sent
-                        << " sent; " << (why.empty() ? "no answers" : why) << ")\n";
-              return 1;
-            }
-            return 0;
-          };
+      return [opts, lc, url, in_process, json, latencies_out, images_idx, model_curve, stall_probe,
+              openai, llm, prompt_tokens, output_tokens, rate_opt]() {
+        if (*openai) {
+          DELTAMOE_CHECK(!*in_process, "loadgen", "--openai runs over HTTP: drop --in-process");
+          auto c = *llm;
+          if (rate_opt->count() > 0) c.rate_rps = lc->rate_rps;
+          c.duration_s = lc->duration_s;
+          c.closed_loop = lc->closed_loop;
+          c.concurrency = lc->concurrency;
+          c.grace_s = lc->grace_s;
+          c.seed = lc->seed;
+          std::tie(c.prompt_min, c.prompt_max) = token_range("--prompt-tokens", *prompt_tokens);
+          std::tie(c.output_min, c.output_max) = token_range("--output-tokens", *output_tokens);
+          return run_openai_load(*url, c, *json, *latencies_out);
+        }
+        if (*stall_probe) {
+          DELTAMOE_CHECK(lc->duration_s > 0 && lc->duration_s <= 600, "loadgen",
+                         "--duration must be in (0, 600] s");
+          std::cout << stall_probe_json(opts->workers, lc->duration_s) << std::endl;
+          return 0;
+        }
+        if (*model_curve) {
+          std::cout << model_curve_json(*opts) << std::endl;
+          return 0;
+        }
+        if (!latencies_out->empty()) deltamoe::io::check_writable(*latencies_out, "loadgen");
+        if (!images_idx->empty()) {
+          const auto idx = deltamoe::io::read_idx(*images_idx, 3);
+          DELTAMOE_CHECK(idx.dims[1] * idx.dims[2] == 784, "loadgen", *images_idx,
+                         ": images are not 28x28");
+          const size_t n = std::min<size_t>(1024, static_cast<size_t>(idx.dims[0]));
+          lc->image_pool.assign(idx.data.begin(),
+                                idx.data.begin() + static_cast<std::ptrdiff_t>(n * 784));
+        }
+        deltamoe::serve::LoadResult r;
+        std::string extra = "{}";
+        if (*in_process) {
+          DELTAMOE_CHECK(url->empty(), "loadgen", "give --url or --in-process, not both");
+          auto runtime = opts->build();
+          r = deltamoe::serve::run_inprocess_load(*runtime, *lc);
+          // The runtime's counters over the measured window only: the warm-up's batches and the
+          // final drain's partial ones (T = ∞) would otherwise pull the mean batch and service
+          // time down.
+          const auto st = deltamoe::serve::runtime_stats_between(r.stats_at_window_start,
+                                                                 r.stats_at_window_end);
+          auto ej = nlohmann::json::parse(deltamoe::serve::runtime_stats_json(st));
+          ej["routing"] = runtime->policy().name();
+          ej["batching"] = deltamoe::serve::batching_mode_name(runtime->config().mode);
+          ej["queue_size"] = opts->queue_size;
+          ej["queue_timeout_us"] = opts->queue_timeout_us;
+          ej["adaptive"] = opts->adaptive;
+          // Share of the workers' time in the window spent running batches (the rest: waiting,
+          // locking).
+          const double workers = static_cast<double>(runtime->config().workers);
+          double busy_us = 0.0;
+          for (const auto& q : st.queues) busy_us += q.busy_us;
+          const double worker_us = lc->duration_s * 1e6 * workers;
+          ej["worker_busy_share"] = worker_us > 0 ? busy_us / worker_us : 0.0;
+          // Wave service time: one stem batch of the realised size through every stage when the
+          // workers have nothing else to do (its expert batches shared among the workers). The
+          // latency target's "batch service time" for a multi-stage pipeline.
+          const double stem_runs = ej.value("stem_runs", 0.0),
+                       expert_runs = ej.value("expert_runs", 0.0);
+          ej["wave_service_ms"] = ej.value("mean_stem_service_ms", 0.0) +
+                                  (stem_runs > 0 ? expert_runs / stem_runs : 0.0) *
+                                      ej.value("mean_expert_service_ms", 0.0) / workers;
+          ej["workers"] = runtime->config().workers;
+          extra = ej.dump();
+        } else {
+          DELTAMOE_CHECK(!url->empty(), "loadgen",
+                         "give --url http://127.0.0.1:PORT or --in-process");
+          r = deltamoe::serve::run_http_load(*url, *lc);
+        }
+        const std::string out = deltamoe::serve::load_result_json(r, *lc, extra);
+        if (!latencies_out->empty()) {
+          std::string text;
+          for (double v : r.latency_us) text += std::to_string(v / 1000.0) + "\n";
+          deltamoe::cli::write_file_atomic(*latencies_out, text);
+        }
+        if (*json) {
+          std::cout << out << std::endl;
+        } else {
+          const auto j = nlohmann::json::parse(out);
+          std::cout << j.dump(2) << std::endl;
+        }
+        return none_answered_status(r.sent, r.ok, r.errors);
+      };
     });
 
 }  // namespace

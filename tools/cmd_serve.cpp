@@ -9,6 +9,7 @@
 #include "deltamoe/io/output.h"
 #include "deltamoe/serve/http_server.h"
 #include "serve_cli.h"
+#include "serve_llm.h"
 
 namespace {
 
@@ -18,7 +19,9 @@ deltamoe::cli::CommandRegistrar reg(
       auto opts = std::make_shared<deltamoe::cli::RuntimeOptions>();
       auto sc = std::make_shared<deltamoe::serve::ServerConfig>();
       auto port_file = std::make_shared<std::string>();
+      auto llm = std::make_shared<deltamoe::cli::LlmServeOptions>();
       opts->add(app);
+      llm->add(app);
       app.add_option("--host", sc->host, "Address to listen on (default loopback)");
       app.add_option("--port", sc->port, "Port (0 = any free port, see --port-file)")
           ->check(CLI::Range(0, 65535));
@@ -45,7 +48,8 @@ deltamoe::cli::CommandRegistrar reg(
           ->check(CLI::Range(0, 1 << 24))
           ->capture_default_str();
       app.add_option("--retry-after-s", sc->retry_after_s, "Retry-After seconds sent with 503");
-      return [opts, sc, port_file]() {
+      CLI::App* self = &app;
+      return [opts, sc, port_file, llm, self]() {
         // SIGTERM/SIGINT are taken synchronously by this thread (sigwait); every thread started
         // below inherits the blocked mask, so no handler runs at an awkward moment.
         sigset_t signals;
@@ -53,6 +57,33 @@ deltamoe::cli::CommandRegistrar reg(
         sigaddset(&signals, SIGTERM);
         sigaddset(&signals, SIGINT);
         pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+        // One command for both kinds of model, chosen by what --model is: a Hugging Face
+        // directory (config.json) is a language model, a .safetensors file a classifier. A flag
+        // of the other kind is an error, not silently ignored.
+        const bool lm = deltamoe::cli::is_lm_dir(opts->model_path);
+        const auto given = [&](const std::string& f) { return self->get_option(f)->count() > 0; };
+        if (lm) {
+          for (const char* f :
+               {"--random-model", "--mode", "--queue-size", "--queue-timeout-us", "--adaptive",
+                "--group-layers", "--max-inflight", "--max-request-images", "--workers",
+                "--split-min-rows", "--spin-us", "--seed", "--max-inflight-requests"})
+            DELTAMOE_CHECK(!given(f), "serve", f, " applies to classifier models; ",
+                           opts->model_path, " is a language model directory");
+          deltamoe::cli::ServeHttpOptions http;
+          http.host = sc->host;
+          http.port = sc->port;
+          http.port_file = *port_file;
+          http.limits.max_body_bytes = sc->max_body_bytes;
+          http.limits.max_connections = sc->max_connections;
+          http.limits.idle_timeout_s = sc->idle_timeout_s;
+          http.limits.threads = sc->threads;
+          http.retry_after_s = sc->retry_after_s;
+          return deltamoe::cli::run_llm_server(opts->model_path, opts->routing, *llm, http,
+                                               signals);
+        }
+        for (const std::string& f : deltamoe::cli::LlmServeOptions::flag_names())
+          DELTAMOE_CHECK(!given(f), "serve", f,
+                         " applies to language models (--model DIR with config.json)");
         sc->max_images = opts->max_request_samples;
         if (!port_file->empty()) deltamoe::io::check_writable(*port_file, "serve");
         auto runtime = opts->build();

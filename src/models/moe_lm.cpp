@@ -373,27 +373,44 @@ int32_t sample_token(const float* logits, int64_t vocab, double temperature, dou
       if (logits[i] > logits[best]) best = i;
     return static_cast<int32_t>(best);
   }
-  std::vector<int32_t> ids(static_cast<size_t>(vocab));
-  std::iota(ids.begin(), ids.end(), 0);
   std::vector<double> p(static_cast<size_t>(vocab));
   double mx = logits[0];
   for (int64_t i = 1; i < vocab; ++i) mx = std::max<double>(mx, logits[i]);
   double sum = 0.0;
   for (int64_t i = 0; i < vocab; ++i)
     sum += p[static_cast<size_t>(i)] = std::exp((logits[i] - mx) / temperature);
-  std::sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) {
+  if (top_p >= 1.0) {
+    // No nucleus to cut: walking the ids in order samples the same distribution as walking
+    // them by probability, without sorting the vocabulary every token.
+    double u = std::uniform_real_distribution<double>(0.0, sum)(rng);
+    for (int64_t i = 0; i < vocab; ++i) {
+      u -= p[static_cast<size_t>(i)];
+      if (u <= 0.0) return static_cast<int32_t>(i);
+    }
+    return static_cast<int32_t>(vocab - 1);
+  }
+  // The nucleus: the most probable ids (ties: lower id first) until their mass reaches top_p.
+  // Sorting only a prefix, grown 4x at a time, finds it without sorting the whole vocabulary
+  // (a nucleus is usually a few dozen tokens).
+  std::vector<int32_t> ids(static_cast<size_t>(vocab));
+  std::iota(ids.begin(), ids.end(), 0);
+  const auto more_likely = [&](int32_t a, int32_t b) {
     return p[static_cast<size_t>(a)] > p[static_cast<size_t>(b)] ||
            (p[static_cast<size_t>(a)] == p[static_cast<size_t>(b)] && a < b);
-  });
-  size_t keep = ids.size();
-  if (top_p < 1.0) {
-    double acc = 0.0;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      acc += p[static_cast<size_t>(ids[i])] / sum;
-      if (acc >= top_p) {
-        keep = i + 1;
-        break;
-      }
+  };
+  size_t keep = ids.size(), sorted = 0;
+  double acc = 0.0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i == sorted) {
+      const size_t upto = std::min(ids.size(), std::max<size_t>(64, 4 * sorted));
+      std::partial_sort(ids.begin() + static_cast<std::ptrdiff_t>(sorted),
+                        ids.begin() + static_cast<std::ptrdiff_t>(upto), ids.end(), more_likely);
+      sorted = upto;
+    }
+    acc += p[static_cast<size_t>(ids[i])] / sum;
+    if (acc >= top_p) {
+      keep = i + 1;
+      break;
     }
   }
   double kept = 0.0;

@@ -140,8 +140,6 @@ std::string error_json(std::string_view reason) {
       .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-namespace {
-
 void histogram_text(std::ostringstream& os, const std::string& name, const std::string& labels,
                     const serve::Histogram& h, double scale) {
   uint64_t cum = 0;
@@ -157,8 +155,6 @@ void histogram_text(std::ostringstream& os, const std::string& name, const std::
      << "\n";
   os << name << "_count" << (labels.empty() ? "" : "{" + labels + "}") << " " << h.count << "\n";
 }
-
-}  // namespace
 
 std::string render_prometheus(const serve::RuntimeStats& rt, const HttpCounters& http) {
   std::ostringstream os;
@@ -216,6 +212,76 @@ std::string render_prometheus(const serve::RuntimeStats& rt, const HttpCounters&
   os << "# TYPE deltamoe_queue_busy_seconds_total counter\n";
   for (const auto& q : rt.queues)
     os << "deltamoe_queue_busy_seconds_total{queue=\"" << q.name << "\"} " << q.busy_us * 1e-6
+       << "\n";
+  return os.str();
+}
+
+std::string render_llm_prometheus(const LlmEngineStats& st, const HttpFrontendStats& http,
+                                  bool ready) {
+  std::ostringstream os;
+  os << "# HELP deltamoe_http_requests_total HTTP responses by status code.\n"
+     << "# TYPE deltamoe_http_requests_total counter\n";
+  for (const auto& [code, n] : http.responses_by_status)
+    os << "deltamoe_http_requests_total{code=\"" << code << "\"} " << n << "\n";
+  os << "# TYPE deltamoe_http_connections_open gauge\ndeltamoe_http_connections_open "
+     << http.connections_open << "\n"
+     << "# TYPE deltamoe_ready gauge\ndeltamoe_ready " << (ready ? 1 : 0) << "\n";
+  os << "# HELP deltamoe_llm_time_to_first_token_seconds Submit to first generated token.\n"
+     << "# TYPE deltamoe_llm_time_to_first_token_seconds histogram\n";
+  histogram_text(os, "deltamoe_llm_time_to_first_token_seconds", "", st.ttft_s, 1.0);
+  os << "# HELP deltamoe_llm_time_per_output_token_seconds Gap between a request's tokens.\n"
+     << "# TYPE deltamoe_llm_time_per_output_token_seconds histogram\n";
+  histogram_text(os, "deltamoe_llm_time_per_output_token_seconds", "", st.tpot_s, 1.0);
+  os << "# HELP deltamoe_llm_batch_sequences Sequences per engine step.\n"
+     << "# TYPE deltamoe_llm_batch_sequences histogram\n";
+  histogram_text(os, "deltamoe_llm_batch_sequences", "", st.batch_sequences, 1.0);
+  os << "# HELP deltamoe_llm_batch_tokens Token rows per engine step.\n"
+     << "# TYPE deltamoe_llm_batch_tokens histogram\n";
+  histogram_text(os, "deltamoe_llm_batch_tokens", "", st.batch_tokens, 1.0);
+  const auto counter = [&](const char* name, const char* help, double v) {
+    os << "# HELP " << name << " " << help << "\n# TYPE " << name << " counter\n"
+       << name << " " << v << "\n";
+  };
+  const auto gauge = [&](const char* name, const char* help, double v) {
+    os << "# HELP " << name << " " << help << "\n# TYPE " << name << " gauge\n"
+       << name << " " << v << "\n";
+  };
+  counter("deltamoe_llm_requests_submitted_total", "Requests accepted by the engine.",
+          static_cast<double>(st.requests_submitted));
+  counter("deltamoe_llm_requests_rejected_total", "Requests refused (queue full, draining).",
+          static_cast<double>(st.requests_rejected));
+  counter("deltamoe_llm_requests_finished_total", "Requests finished.",
+          static_cast<double>(st.requests_finished));
+  counter("deltamoe_llm_prompt_tokens_total", "Prompt tokens accepted.",
+          static_cast<double>(st.prompt_tokens));
+  counter("deltamoe_llm_generation_tokens_total", "Tokens generated.",
+          static_cast<double>(st.generated_tokens));
+  counter("deltamoe_llm_preemptions_total", "Sequences preempted for KV blocks (recomputed).",
+          static_cast<double>(st.preemptions));
+  counter("deltamoe_llm_steps_total", "Engine steps (forward passes).",
+          static_cast<double>(st.steps));
+  counter("deltamoe_llm_busy_seconds_total", "Time in forward passes.", st.busy_s);
+  gauge("deltamoe_llm_generation_tokens_per_second",
+        "Generated tokens per second of forward-pass time, since start.",
+        st.busy_s > 0 ? static_cast<double>(st.generated_tokens) / st.busy_s : 0.0);
+  gauge("deltamoe_llm_requests_running", "Sequences in the running batch.",
+        static_cast<double>(st.running));
+  gauge("deltamoe_llm_requests_waiting", "Requests queued for admission.",
+        static_cast<double>(st.waiting));
+  gauge("deltamoe_llm_kv_blocks_used", "KV-cache blocks held by sequences.",
+        static_cast<double>(st.kv_blocks_used));
+  gauge("deltamoe_llm_kv_blocks_total", "KV-cache blocks in the pool.",
+        static_cast<double>(st.kv_blocks_total));
+  gauge("deltamoe_llm_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use.",
+        st.kv_blocks_total
+            ? static_cast<double>(st.kv_blocks_used) / static_cast<double>(st.kv_blocks_total)
+            : 0.0);
+  gauge("deltamoe_llm_mean_experts_per_token", "Real experts per token and MoE layer.",
+        st.mean_experts);
+  os << "# HELP deltamoe_llm_expert_tokens_total Token rows routed to each expert (all MoE "
+        "layers).\n# TYPE deltamoe_llm_expert_tokens_total counter\n";
+  for (size_t e = 0; e < st.expert_tokens.size(); ++e)
+    os << "deltamoe_llm_expert_tokens_total{expert=\"" << e << "\"} " << st.expert_tokens[e]
        << "\n";
   return os.str();
 }

@@ -2,6 +2,7 @@
 // depend on how fast the server answers.
 #include "deltamoe/serve/loadgen.h"
 
+#include <time.h>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -11,7 +12,6 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
-#include <time.h>
 
 #include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
@@ -38,20 +38,24 @@ double us_between(WallClock::time_point a, WallClock::time_point b) {
   return std::chrono::duration<double, std::micro>(b - a).count();
 }
 
+void check_config(const LoadConfig& c) {
+  DELTAMOE_CHECK(c.duration_s > 0 && c.duration_s <= 600, "loadgen",
+                 "--duration must be in (0, 600] s");
+  DELTAMOE_CHECK(c.closed_loop || (c.rate_rps > 0 && c.rate_rps * c.duration_s <= 5e7), "loadgen",
+                 "--rate must be > 0 (and rate × duration ≤ 5e7)");
+  DELTAMOE_CHECK(c.concurrency >= 1 && c.concurrency <= 4096, "loadgen",
+                 "--concurrency must be in 1..4096");
+  DELTAMOE_CHECK(c.images_per_request >= 1, "loadgen", "--images must be >= 1");
+}
+
+}  // namespace
+
 std::vector<double> poisson_schedule_us(double rate, double duration_s, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::exponential_distribution<double> gap(rate);
   std::vector<double> t;
   for (double s = gap(rng); s < duration_s; s += gap(rng)) t.push_back(s * 1e6);
   return t;
-}
-
-void check_config(const LoadConfig& c) {
-  DELTAMOE_CHECK(c.duration_s > 0 && c.duration_s <= 600, "loadgen", "--duration must be in (0, 600] s");
-  DELTAMOE_CHECK(c.closed_loop || (c.rate_rps > 0 && c.rate_rps * c.duration_s <= 5e7), "loadgen",
-                 "--rate must be > 0 (and rate × duration ≤ 5e7)");
-  DELTAMOE_CHECK(c.concurrency >= 1 && c.concurrency <= 4096, "loadgen", "--concurrency must be in 1..4096");
-  DELTAMOE_CHECK(c.images_per_request >= 1, "loadgen", "--images must be >= 1");
 }
 
 double percentile(std::vector<double> v, double q) {
@@ -61,7 +65,27 @@ double percentile(std::vector<double> v, double q) {
   return v[std::min(i, v.size() - 1)];
 }
 
-}  // namespace
+std::pair<std::string, int> parse_loopback_url(const std::string& url) {
+  const std::string prefix = "http://";
+  DELTAMOE_CHECK(url.rfind(prefix, 0) == 0, "loadgen", "--url must start with http:// (got '", url,
+                 "')");
+  std::string host_port = url.substr(prefix.size());
+  while (!host_port.empty() && host_port.back() == '/') host_port.pop_back();
+  const auto colon = host_port.rfind(':');
+  const std::string host = colon == std::string::npos ? host_port : host_port.substr(0, colon);
+  DELTAMOE_CHECK(host == "127.0.0.1" || host == "localhost", "loadgen",
+                 "only loopback targets are allowed (127.0.0.1 or localhost), got '", host, "'");
+  int port = 80;
+  if (colon != std::string::npos) {
+    try {
+      port = std::stoi(host_port.substr(colon + 1));
+    } catch (const std::exception&) {
+      fail("loadgen", "bad port in --url '", url, "'");
+    }
+  }
+  DELTAMOE_CHECK(port > 0 && port < 65536, "loadgen", "bad port ", port);
+  return {host, port};
+}
 
 std::vector<float> synthetic_images(int64_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -71,11 +95,13 @@ std::vector<float> synthetic_images(int64_t n, uint64_t seed) {
     float* img = x.data() + i * 784;
     const int blobs = 1 + static_cast<int>(u(rng) * 3);
     for (int b = 0; b < blobs; ++b) {
-      const float cx = 4 + u(rng) * 20, cy = 4 + u(rng) * 20, r = 2 + u(rng) * 8, v = 120 + u(rng) * 135;
+      const float cx = 4 + u(rng) * 20, cy = 4 + u(rng) * 20, r = 2 + u(rng) * 8,
+                  v = 120 + u(rng) * 135;
       for (int y = 0; y < 28; ++y)
         for (int xx = 0; xx < 28; ++xx) {
           const float d2 = (xx - cx) * (xx - cx) + (y - cy) * (y - cy);
-          if (d2 < r * r) img[y * 28 + xx] = std::min(255.0f, img[y * 28 + xx] + v * (1 - d2 / (r * r + 1)));
+          if (d2 < r * r)
+            img[y * 28 + xx] = std::min(255.0f, img[y * 28 + xx] + v * (1 - d2 / (r * r + 1)));
         }
     }
     for (int p = 0; p < 784; ++p) img[p] = std::round(std::min(255.0f, img[p] + u(rng) * 8));
@@ -99,12 +125,15 @@ std::vector<float> request_images(const LoadConfig& c, int64_t count) {
 
 }  // namespace
 
-std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std::string& extra_json) {
+std::string load_result_json(const LoadResult& r, const LoadConfig& c,
+                             const std::string& extra_json) {
   nlohmann::json j;
   j["mode"] = r.mode;
   j["transport"] = r.transport;
-  if (r.mode == "open-loop") j["offered_rps"] = r.offered_rps;
-  else j["concurrency"] = c.concurrency;
+  if (r.mode == "open-loop")
+    j["offered_rps"] = r.offered_rps;
+  else
+    j["concurrency"] = c.concurrency;
   j["images_per_request"] = c.images_per_request;
   j["duration_s"] = r.duration_s;
   j["wall_s"] = r.wall_s;
@@ -125,7 +154,8 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
   const double span = r.window_ok >= 0 ? r.duration_s : r.wall_s;
   j["throughput_rps"] = span > 0 ? answered / span : 0.0;
   j["samples_per_s"] = span > 0 ? answered * static_cast<double>(c.images_per_request) / span : 0.0;
-  for (const auto& [name, q] : {std::pair{"p50", 0.5}, {"p95", 0.95}, {"p99", 0.99}, {"p999", 0.999}})
+  for (const auto& [name, q] :
+       {std::pair{"p50", 0.5}, {"p95", 0.95}, {"p99", 0.99}, {"p999", 0.999}})
     j[std::string(name) + "_ms"] = percentile(r.latency_us, q) / 1000.0;
   double sum = 0.0, mx = 0.0;
   int64_t within = 0;
@@ -134,10 +164,12 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
     mx = std::max(mx, v);
     if (v <= c.slo_ms * 1000.0) ++within;
   }
-  j["mean_ms"] = r.latency_us.empty() ? 0.0 : sum / static_cast<double>(r.latency_us.size()) / 1000.0;
+  j["mean_ms"] =
+      r.latency_us.empty() ? 0.0 : sum / static_cast<double>(r.latency_us.size()) / 1000.0;
   j["max_ms"] = mx / 1000.0;
   j["slo_ms"] = c.slo_ms;
-  j["slo_attainment"] = r.sent > 0 ? static_cast<double>(within) / static_cast<double>(r.sent) : 0.0;
+  j["slo_attainment"] =
+      r.sent > 0 ? static_cast<double>(within) / static_cast<double>(r.sent) : 0.0;
   if (!r.queue_us.empty()) {
     double qs = 0, cs = 0;
     for (size_t i = 0; i < r.queue_us.size(); ++i) {
@@ -178,8 +210,8 @@ std::string load_result_json(const LoadResult& r, const LoadConfig& c, const std
 
 std::string runtime_stats_json(const serve::RuntimeStats& s) {
   nlohmann::json j;
-  double expert_batches = 0, expert_samples = 0, expert_busy = 0, expert_runs = 0, timeouts = 0, flushes = 0,
-         splits = 0;
+  double expert_batches = 0, expert_samples = 0, expert_busy = 0, expert_runs = 0, timeouts = 0,
+         flushes = 0, splits = 0;
   for (size_t q = 0; q < s.queues.size(); ++q) {
     const auto& qs = s.queues[q];
     const double f = static_cast<double>(qs.flushes[0] + qs.flushes[1] + qs.flushes[2]);
@@ -188,7 +220,8 @@ std::string runtime_stats_json(const serve::RuntimeStats& s) {
     splits += static_cast<double>(qs.splits);
     if (q == 0) {
       j["mean_batch_stem"] = f > 0 ? static_cast<double>(qs.samples) / f : 0.0;
-      j["mean_stem_service_ms"] = qs.runs > 0 ? qs.busy_us / static_cast<double>(qs.runs) / 1000.0 : 0.0;
+      j["mean_stem_service_ms"] =
+          qs.runs > 0 ? qs.busy_us / static_cast<double>(qs.runs) / 1000.0 : 0.0;
     } else {
       expert_batches += f;
       expert_samples += static_cast<double>(qs.samples);
@@ -202,7 +235,8 @@ std::string runtime_stats_json(const serve::RuntimeStats& s) {
   j["expert_runs"] = expert_runs;
   j["split_flush_share"] = flushes > 0 ? splits / flushes : 0.0;
   j["mean_expert_rows_per_call"] =
-      s.expert_calls > 0 ? static_cast<double>(s.expert_rows) / static_cast<double>(s.expert_calls) : 0.0;
+      s.expert_calls > 0 ? static_cast<double>(s.expert_rows) / static_cast<double>(s.expert_calls)
+                         : 0.0;
   j["timeout_flush_share"] = flushes > 0 ? timeouts / flushes : 0.0;
   j["batches"] = flushes;
   j["samples_done"] = s.samples_done;
@@ -216,7 +250,8 @@ std::string runtime_stats_json(const serve::RuntimeStats& s) {
 namespace {
 
 void subtract(serve::Histogram& h, const serve::Histogram& begin) {
-  DELTAMOE_CHECK(h.counts.size() == begin.counts.size(), "loadgen", "histograms with different buckets");
+  DELTAMOE_CHECK(h.counts.size() == begin.counts.size(), "loadgen",
+                 "histograms with different buckets");
   for (size_t i = 0; i < h.counts.size(); ++i) h.counts[i] -= begin.counts[i];
   h.sum -= begin.sum;
   h.count -= begin.count;
@@ -224,7 +259,8 @@ void subtract(serve::Histogram& h, const serve::Histogram& begin) {
 
 }  // namespace
 
-serve::RuntimeStats runtime_stats_between(const serve::RuntimeStats& begin, const serve::RuntimeStats& end) {
+serve::RuntimeStats runtime_stats_between(const serve::RuntimeStats& begin,
+                                          const serve::RuntimeStats& end) {
   DELTAMOE_CHECK(begin.queues.size() == end.queues.size(), "loadgen", "runtime snapshots with ",
                  begin.queues.size(), " and ", end.queues.size(), " queues");
   serve::RuntimeStats d = end;
@@ -258,7 +294,10 @@ LoadResult run_inprocess_load(serve::ExpertQueueRuntime& runtime, const LoadConf
   r.transport = "in-process";
   r.offered_rps = c.rate_rps;
   r.duration_s = c.duration_s;
-  const int64_t pool = c.image_pool.empty() ? 64 : std::max<int64_t>(1, static_cast<int64_t>(c.image_pool.size()) / 784 / c.images_per_request);
+  const int64_t pool = c.image_pool.empty()
+                           ? 64
+                           : std::max<int64_t>(1, static_cast<int64_t>(c.image_pool.size()) / 784 /
+                                                      c.images_per_request);
   const auto images = request_images(c, pool * c.images_per_request);
   const int64_t stride = 784 * c.images_per_request;
   std::mutex mu;
@@ -267,15 +306,17 @@ LoadResult run_inprocess_load(serve::ExpertQueueRuntime& runtime, const LoadConf
   const auto start = WallClock::now();
   // Requests scheduled before `measured_from` warm the runtime up (first-touch of its pools
   // and buffers, caches, the CPU's clock); they are served like any other but not counted.
-  const auto measured_from =
-      start + std::chrono::duration_cast<WallClock::duration>(std::chrono::duration<double>(c.warmup_s));
-  const auto end = measured_from + std::chrono::duration_cast<WallClock::duration>(std::chrono::duration<double>(c.duration_s));
+  const auto measured_from = start + std::chrono::duration_cast<WallClock::duration>(
+                                         std::chrono::duration<double>(c.warmup_s));
+  const auto end = measured_from + std::chrono::duration_cast<WallClock::duration>(
+                                       std::chrono::duration<double>(c.duration_s));
   r.warmup_s = c.warmup_s;
   // Reserve the result vectors: growing them inside `record`, which runs on the runtime's
   // worker threads, would stall a worker for each reallocation (fresh pages, a copy) and
   // show up as the server's tail latency.
   {
-    const double expected = c.closed_loop ? 2.0e5 * c.duration_s : c.rate_rps * c.duration_s * 1.2 + 1024;
+    const double expected =
+        c.closed_loop ? 2.0e5 * c.duration_s : c.rate_rps * c.duration_s * 1.2 + 1024;
     const auto n = static_cast<size_t>(std::min(expected, 5e7));
     const auto ns = n * static_cast<size_t>(c.images_per_request);
     r.latency_us.reserve(n);
@@ -375,8 +416,9 @@ LoadResult run_inprocess_load(serve::ExpertQueueRuntime& runtime, const LoadConf
             r.send_lag_us.push_back(us_between(scheduled, WallClock::now()));
           }
         }
-        const bool ok = runtime.submit(images.data() + static_cast<int64_t>(k % pool) * stride, c.images_per_request,
-                                       [&, scheduled](serve::RequestResult&& res) { record(scheduled, std::move(res)); });
+        const bool ok = runtime.submit(
+            images.data() + static_cast<int64_t>(k % pool) * stride, c.images_per_request,
+            [&, scheduled](serve::RequestResult&& res) { record(scheduled, std::move(res)); });
         if (!ok) {
           std::lock_guard<std::mutex> lk(mu);
           --outstanding;
@@ -404,26 +446,13 @@ LoadResult run_inprocess_load(serve::ExpertQueueRuntime& runtime, const LoadConf
 
 LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
   check_config(c);
-  const std::string prefix = "http://";
-  DELTAMOE_CHECK(url.rfind(prefix, 0) == 0, "loadgen", "--url must start with http:// (got '", url, "')");
-  std::string host_port = url.substr(prefix.size());
-  while (!host_port.empty() && host_port.back() == '/') host_port.pop_back();
-  const auto colon = host_port.rfind(':');
-  const std::string host = colon == std::string::npos ? host_port : host_port.substr(0, colon);
-  DELTAMOE_CHECK(host == "127.0.0.1" || host == "localhost", "loadgen",
-                 "only loopback targets are allowed (127.0.0.1 or localhost), got '", host, "'");
-  int port = 80;
-  if (colon != std::string::npos) {
-    try {
-      port = std::stoi(host_port.substr(colon + 1));
-    } catch (const std::exception&) {
-      fail("loadgen", "bad port in --url '", url, "'");
-    }
-  }
-  DELTAMOE_CHECK(port > 0 && port < 65536, "loadgen", "bad port ", port);
+  const auto [host, port] = parse_loopback_url(url);
 
   // Pre-encoded bodies, so the client spends its time sending, not formatting.
-  const int64_t pool = c.image_pool.empty() ? 64 : std::max<int64_t>(1, static_cast<int64_t>(c.image_pool.size()) / 784 / c.images_per_request);
+  const int64_t pool = c.image_pool.empty()
+                           ? 64
+                           : std::max<int64_t>(1, static_cast<int64_t>(c.image_pool.size()) / 784 /
+                                                      c.images_per_request);
   const auto images = request_images(c, pool * c.images_per_request);
   std::vector<std::string> bodies;
   for (int64_t b = 0; b < pool; ++b) {
@@ -450,12 +479,15 @@ LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
   // working off a backlog (more requests due than connections), answers keep arriving after
   // the window, and dividing all of them by the longer wall time mixes two rates.
   r.window_ok = 0;
-  const auto schedule = c.closed_loop ? std::vector<double>{} : poisson_schedule_us(c.rate_rps, c.duration_s, c.seed);
+  const auto schedule =
+      c.closed_loop ? std::vector<double>{} : poisson_schedule_us(c.rate_rps, c.duration_s, c.seed);
   std::mutex mu;
   std::atomic<size_t> next{0};
   const auto start = WallClock::now();
-  const auto end = start + std::chrono::duration_cast<WallClock::duration>(std::chrono::duration<double>(c.duration_s));
-  const auto give_up = end + std::chrono::duration_cast<WallClock::duration>(std::chrono::duration<double>(c.grace_s));
+  const auto end = start + std::chrono::duration_cast<WallClock::duration>(
+                               std::chrono::duration<double>(c.duration_s));
+  const auto give_up = end + std::chrono::duration_cast<WallClock::duration>(
+                                 std::chrono::duration<double>(c.grace_s));
 
   auto sender = [&](int id) {
     httplib::Client client(host, port);
@@ -506,7 +538,8 @@ LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
 #else
 
 LoadResult run_http_load(const std::string&, const LoadConfig&) {
-  fail("loadgen", "deltamoe was built without cpp-httplib (install libcpp-httplib-dev and reconfigure)");
+  fail("loadgen",
+       "deltamoe was built without cpp-httplib (install libcpp-httplib-dev and reconfigure)");
 }
 
 #endif

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
 #include <string>
 
@@ -305,4 +306,43 @@ TEST(Sampling, GreedyTemperatureAndTopP) {
   EXPECT_GT(seen[0], 0);
   EXPECT_GT(seen[3], 0);
   EXPECT_GT(seen[1], seen[0]);
+}
+
+// The nucleus found by sorting a growing prefix is the one a full sort gives: with the same
+// random stream, the same tokens, over a vocabulary large enough to need several prefixes.
+TEST(Sampling, TopPMatchesAFullSort) {
+  const int64_t v = 5000;
+  std::vector<float> logits(static_cast<size_t>(v));
+  std::mt19937 g(3);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  for (float& x : logits) x = nd(g);
+  logits[7] = logits[9] = 6.0f;  // a tie at the top
+  const auto reference = [&](double temperature, double top_p, std::mt19937_64& rng) {
+    std::vector<double> p(static_cast<size_t>(v));
+    double mx = *std::max_element(logits.begin(), logits.end()), sum = 0.0;
+    for (int64_t i = 0; i < v; ++i) sum += p[i] = std::exp((logits[i] - mx) / temperature);
+    std::vector<int32_t> ids(static_cast<size_t>(v));
+    std::iota(ids.begin(), ids.end(), 0);
+    std::sort(ids.begin(), ids.end(),
+              [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+    size_t keep = ids.size();
+    double acc = 0.0;
+    for (size_t i = 0; i < ids.size(); ++i)
+      if ((acc += p[ids[i]] / sum) >= top_p) {
+        keep = i + 1;
+        break;
+      }
+    double kept = 0.0;
+    for (size_t i = 0; i < keep; ++i) kept += p[ids[i]];
+    double u = std::uniform_real_distribution<double>(0.0, kept)(rng);
+    for (size_t i = 0; i < keep; ++i)
+      if ((u -= p[ids[i]]) <= 0.0) return ids[i];
+    return ids[keep - 1];
+  };
+  for (double top_p : {0.05, 0.5, 0.9, 0.999}) {
+    std::mt19937_64 a(11), b(11);
+    for (int i = 0; i < 200; ++i)
+      ASSERT_EQ(sample_token(logits.data(), v, 1.3, top_p, a), reference(1.3, top_p, b))
+          << "top_p " << top_p << ", draw " << i;
+  }
 }

@@ -10,11 +10,14 @@
 
 #include <cstdint>
 #include <map>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "deltamoe/serve/expert_queue.h"
+#include "deltamoe/serve/http_frontend.h"
+#include "deltamoe/serve/llm_engine.h"
 
 namespace deltamoe::serve {
 
@@ -57,5 +60,17 @@ struct HttpCounters {
 /// by status, request latency histogram (seconds), HTTP connections, sample latency histogram,
 /// per-queue depth, batch limit, realised batch sizes, flushes by reason, in-flight samples.
 std::string render_prometheus(const serve::RuntimeStats& rt, const HttpCounters& http);
+
+/// Appends histogram `h` in Prometheus text form (cumulative buckets, _sum, _count) as metric
+/// `name` with `labels` (e.g. `queue="expert3"`, or empty); values are multiplied by `scale`.
+void histogram_text(std::ostringstream& os, const std::string& name, const std::string& labels,
+                    const serve::Histogram& h, double scale);
+
+/// Prometheus text of the LLM server: HTTP responses by status and open connections, time to
+/// first token and time per output token histograms, batch sizes (sequences and tokens per
+/// step), tokens and requests counters, running / waiting requests, KV-cache blocks, mean
+/// experts per token and tokens routed to each expert.
+std::string render_llm_prometheus(const LlmEngineStats& st, const HttpFrontendStats& http,
+                                  bool ready);
 
 }  // namespace deltamoe::serve

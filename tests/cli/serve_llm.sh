@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# deltamoe serve on a language model (make-model, tiny): OpenAI completions and chat, streamed
+# and not, /v1/models, /healthz, /metrics, the chat page, 400s in OpenAI's error shape, 503 with
+# Retry-After past the queue bound, loadgen --openai, and SIGTERM finishing a stream before
+# exit 0. No timing assertions; every wait is bounded.
+set -euo pipefail
+bin="$1"
+src="$2"
+source "$src/tests/cli/serve_lib.bash"  # sets $tmp (removed at exit) and $pid
+jget() { python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(eval(sys.argv[1]))" "$1"; }
+body_of() { sed '1,/^\r$/d'; }
+"$bin" make-model --arch mixtral --preset tiny --vocab 400 --seed 3 --out "$tmp/m" --quiet
+model_args=(--model "$tmp/m")
+
+start_server --kv-cache-mb 8 --max-batch-tokens 64
+grep -q "chat template" "$tmp/server.log" || { cat "$tmp/server.log"; exit 1; }
+r=$(http GET /healthz)
+[ "$(status_of <<<"$r")" = 200 ] || { echo "healthz: $r"; exit 1; }
+r=$(http GET /v1/models)
+[ "$(body_of <<<"$r" | jget "d['data'][0]['id']")" = m ] || { echo "models: $r"; exit 1; }
+
+# Completions, greedy: the same request twice gives the same text, and the same as generate.
+req='{"prompt":"Once upon a time","max_tokens":12,"temperature":0,"ignore_eos":true}'
+r=$(http POST /v1/completions "$req")
+[ "$(status_of <<<"$r")" = 200 ] || { echo "completions: $r"; exit 1; }
+b=$(body_of <<<"$r")
+[ "$(jget "d['object']" <<<"$b")" = text_completion ] || { echo "object: $b"; exit 1; }
+[ "$(jget "d['usage']['completion_tokens']" <<<"$b")" = 12 ] || { echo "usage: $b"; exit 1; }
+[ "$(jget "d['choices'][0]['finish_reason']" <<<"$b")" = length ] || { echo "finish: $b"; exit 1; }
+text=$(jget "d['choices'][0]['text']" <<<"$b")
+gen=$("$bin" generate --model "$tmp/m" --prompt "Once upon a time" -n 12 --ignore-eos --json 2>/dev/null | jget "d['text']")
+[ "$text" = "$gen" ] || { echo "server text '$text' != generate '$gen'"; exit 1; }
+
+# Streamed: events end with [DONE]; the pieces add up to the same text; usage chunk.
+r=$(http POST /v1/completions '{"prompt":"Once upon a time","max_tokens":12,"temperature":0,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}')
+[ "$(status_of <<<"$r")" = 200 ] || { echo "stream: $r"; exit 1; }
+grep -qi '^content-type: text/event-stream' <<<"$r" || { echo "stream content type: $r"; exit 1; }
+grep -q '^data: \[DONE\]' <<<"$r" || { echo "no [DONE]: $r"; exit 1; }
+streamed=$(grep '^data: {' <<<"$r" | sed 's/^data: //' | python3 -c "
+import json,sys
+t=''
+for line in sys.stdin:
+    d=json.loads(line)
+    if d['choices']: t+=d['choices'][0]['text']
+print(t)")
+[ "$streamed" = "$text" ] || { echo "streamed '$streamed' != '$text'"; exit 1; }
+grep -q '"completion_tokens":12' <<<"$r" || { echo "no usage chunk: $r"; exit 1; }
+
+# Bad requests: 400 with OpenAI's error shape naming the field.
+r=$(http POST /v1/completions '{"prompt":"x","n":3}')
+[ "$(status_of <<<"$r")" = 400 ] || { echo "n=3 not 400: $r"; exit 1; }
+grep -q '"type":"invalid_request_error"' <<<"$r" || { echo "error shape: $r"; exit 1; }
+r=$(http POST /v1/completions '{"prompt":"x","max_tokens":100000}')
+[ "$(status_of <<<"$r")" = 400 ] || { echo "too long not 400: $r"; exit 1; }
+grep -q "context" <<<"$r" || { echo "too long reason: $r"; exit 1; }
+r=$(http POST /v1/completions 'nope')
+[ "$(status_of <<<"$r")" = 400 ] || { echo "not json: $r"; exit 1; }
+r=$(http GET /v1/completions)
+[ "$(status_of <<<"$r")" = 405 ] || { echo "GET completions not 405: $r"; exit 1; }
+
+r=$(http GET /)
+[ "$(status_of <<<"$r")" = 200 ] && grep -q '<title>deltamoe chat</title>' <<<"$r" || { echo "chat page: $(head -c 300 <<<"$r")"; exit 1; }
+r=$(http GET /metrics)
+for m in deltamoe_llm_time_to_first_token_seconds_bucket deltamoe_llm_time_per_output_token_seconds_count \
+         deltamoe_llm_batch_sequences_bucket deltamoe_llm_kv_blocks_total deltamoe_llm_generation_tokens_total \
+         'deltamoe_llm_expert_tokens_total{expert="0"}' deltamoe_llm_requests_waiting; do
+  grep -qF "$m" <<<"$r" || { echo "metrics miss $m"; exit 1; }
+done
+
+# loadgen --openai: streamed Poisson load, one JSON object, every request answered.
+out=$(timeout 300 "$bin" loadgen --openai --url "http://127.0.0.1:$port" --rate 20 --duration 1 \
+      --prompt-tokens 4:16 --output-tokens 4:8 --json)
+[ "${out:0:1}" = "{" ] && [ "${out: -1}" = "}" ] || { echo "loadgen stdout: $out"; exit 1; }
+[ "$(jget "d['ok'] == d['sent'] and d['ok'] > 0" <<<"$out")" = True ] || { echo "loadgen: $out"; exit 1; }
+[ "$(jget "d['ttft_p50_ms'] > 0 and d['tpot_p50_ms'] > 0 and d['output_tokens'] >= 4 * d['ok']" <<<"$out")" = True ] || { echo "loadgen figures: $out"; exit 1; }
+
+# SIGTERM with a stream in progress: the stream finishes ([DONE]) and the server exits 0.
+exec 4<>"/dev/tcp/127.0.0.1/$port"
+body='{"prompt":"Once","max_tokens":200,"ignore_eos":true,"stream":true}'
+printf 'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' "${#body}" "$body" >&4
+timeout 60 dd bs=1 count=1 status=none <&4 >/dev/null  # the response has started
+kill -TERM "$pid"
+rest=$(timeout 120 cat <&4)
+exec 4<&-
+grep -q '^data: \[DONE\]' <<<"$rest" || { echo "stream cut by SIGTERM: $rest"; exit 1; }
+for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+wait "$pid" || { echo "exit status $? after SIGTERM: $(cat "$tmp/server.log")"; exit 1; }
+pid=""
+
+# Past the queue bound: 503 with Retry-After.
+start_server --max-waiting 0
+r=$(http POST /v1/completions '{"prompt":"x","max_tokens":2}')
+[ "$(status_of <<<"$r")" = 503 ] || { echo "queue bound not 503: $r"; exit 1; }
+grep -qi '^retry-after:' <<<"$r" || { echo "503 without Retry-After: $r"; exit 1; }
+stop_server
+pid=""
+echo "serve_llm: ok"

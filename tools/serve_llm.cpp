@@ -1,0 +1,116 @@
+// `deltamoe serve` for language models (see serve_llm.h).
+#include "serve_llm.h"
+
+#include <filesystem>
+#include <iostream>
+
+#include "command.h"
+#include "deltamoe/io/output.h"
+#include "deltamoe/serve/llm_server.h"
+#include "lm_common.h"
+
+namespace deltamoe::cli {
+
+void LlmServeOptions::add(CLI::App& app) {
+  app.add_option("--dtype", dtype, "Language models: weight dtype for compute, f32 or bf16")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
+  app.add_option("--weight-layout", weight_layout,
+                 "Language models: mapped (weights used in place from the checkpoint) or packed")
+      ->check(CLI::IsMember({"mapped", "packed"}))
+      ->capture_default_str();
+  app.add_option("--threads", threads, "Language models: compute threads")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.add_option("--kv-cache-mb", kv_cache_mb,
+                 "Language models: KV-cache memory in MiB, shared by all sequences in blocks")
+      ->check(CLI::Range(1.0, 1048576.0))
+      ->capture_default_str();
+  app.add_option("--kv-block", kv_block, "Language models: positions per KV-cache block")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  app.add_option("--max-batch-tokens", max_batch_tokens,
+                 "Language models: token rows per step (decode tokens + prefill chunks)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--max-running", max_running,
+                 "Language models: sequences decoding together (the running batch)")
+      ->check(CLI::Range(1, 1 << 16))
+      ->capture_default_str();
+  app.add_option("--max-waiting", max_waiting,
+                 "Language models: requests queued for admission; beyond it 503")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--model-name", model_name,
+                 "Language models: the id /v1/models reports (default: the directory's name)");
+}
+
+const std::vector<std::string>& LlmServeOptions::flag_names() {
+  static const std::vector<std::string> names = {
+      "--dtype",       "--weight-layout", "--threads",
+      "--kv-cache-mb", "--kv-block",      "--max-batch-tokens",
+      "--max-running", "--max-waiting",   "--model-name"};
+  return names;
+}
+
+bool is_lm_dir(const std::string& path) {
+  std::error_code ec;
+  return std::filesystem::is_directory(path, ec) &&
+         std::filesystem::exists(std::filesystem::path(path) / "config.json", ec);
+}
+
+int run_llm_server(const std::string& model_dir, const std::string& routing,
+                   const LlmServeOptions& o, const ServeHttpOptions& http,
+                   const sigset_t& signals) {
+  if (!http.port_file.empty()) io::check_writable(http.port_file, "serve");
+  // The tokenizer and chat template first: their errors come before the (long) load.
+  std::shared_ptr<const io::Tokenizer> tok = io::Tokenizer::load(model_dir);
+  const bool chat = false;  // chat templates: next commit
+  LmCliOptions lo;
+  lo.model = model_dir;
+  lo.dtype = o.dtype;
+  lo.weight_layout = o.weight_layout;
+  lo.routing = routing;
+  lo.threads = o.threads;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::shared_ptr<const models::MoeLm> model = load_lm(lo);
+  serve::LlmEngineConfig ec;
+  ec.kv_block_tokens = o.kv_block;
+  ec.kv_cache_bytes = static_cast<size_t>(o.kv_cache_mb * 1024.0 * 1024.0);
+  ec.max_batch_tokens = o.max_batch_tokens;
+  ec.max_running = o.max_running;
+  ec.max_waiting = o.max_waiting;
+  auto engine = std::make_shared<serve::LlmEngine>(model, tok, ec);
+  serve::LlmServerConfig sc;
+  sc.host = http.host;
+  sc.port = http.port;
+  sc.limits = http.limits;
+  sc.retry_after_s = http.retry_after_s;
+  sc.model_name = o.model_name.empty()
+                      ? std::filesystem::path(model_dir).lexically_normal().filename().string()
+                      : o.model_name;
+  if (sc.model_name.empty()) sc.model_name = "deltamoe";
+  serve::LlmServer server(engine, sc);
+  server.start();
+  const auto st = engine->stats();
+  std::cerr << "serve: " << sc.model_name << " (" << io::hf_arch_name(model->config().arch) << ", "
+            << model->layers() << " layers, " << model->config().num_experts << " experts, "
+            << o.dtype << ", routing " << model->policy().name() << ") loaded in "
+            << seconds_since(t0) << " s; KV cache " << st.kv_blocks_total << " blocks of "
+            << o.kv_block << " positions (" << st.kv_blocks_total * o.kv_block
+            << " in all); chat template " << (chat ? "yes" : "none") << "; listening on http://"
+            << sc.host << ":" << server.port() << std::endl;
+  if (!http.port_file.empty())
+    write_file_atomic(http.port_file, std::to_string(server.port()) + "\n");
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::cerr << "serve: signal " << sig << ", draining" << std::endl;
+  server.stop();
+  const auto fin = engine->stats();
+  std::cerr << "serve: drained; requests accepted " << fin.requests_submitted << ", finished "
+            << fin.requests_finished << ", refused " << fin.requests_rejected << ", tokens "
+            << fin.generated_tokens << " generated" << std::endl;
+  return fin.requests_submitted == fin.requests_finished ? 0 : 3;
+}
+
+}  // namespace deltamoe::cli

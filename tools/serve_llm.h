@@ -1,0 +1,51 @@
+// `deltamoe serve --model DIR` for language models: the OpenAI-compatible server on the
+// continuous-batching engine. cmd_serve.cpp picks it when --model is a Hugging Face model
+// directory (config.json), and the classifier server otherwise.
+#pragma once
+
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "deltamoe/serve/http_frontend.h"
+
+namespace deltamoe::cli {
+
+/// Flags that only language models take (the rest of serve's vocabulary is shared).
+struct LlmServeOptions {
+  std::string dtype = "f32";
+  std::string weight_layout = "mapped";
+  int threads = 2;
+  double kv_cache_mb = 1024;
+  int64_t kv_block = 32;
+  int64_t max_batch_tokens = 256;
+  int64_t max_running = 64;
+  int64_t max_waiting = 256;
+  std::string model_name;  // empty: the directory's name
+
+  /// Adds the flags (their help says "language models").
+  void add(CLI::App& app);
+  /// Names of the flags added by add(), for the check that a classifier run gave none.
+  static const std::vector<std::string>& flag_names();
+};
+
+/// What both servers share: where to listen and the HTTP limits.
+struct ServeHttpOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  std::string port_file;
+  serve::HttpLimits limits;
+  int retry_after_s = 1;
+};
+
+/// True when `path` is a directory holding config.json (a language model).
+bool is_lm_dir(const std::string& path);
+
+/// Loads the model, tokenizer and chat template of `model_dir`, serves until SIGTERM/SIGINT
+/// (blocked in the caller's `signals`, taken with sigwait), drains, and returns the exit code
+/// (0 when every accepted request was answered).
+int run_llm_server(const std::string& model_dir, const std::string& routing,
+                   const LlmServeOptions& o, const ServeHttpOptions& http, const sigset_t& signals);
+
+}  // namespace deltamoe::cli
