@@ -201,7 +201,8 @@ n={{ ns.n }} names={{ ns.names }} joined={{ ns.names | join(', ') }}
 
 FEATURE_UNICODE = """{%- for m in messages -%}
 {{ m.role | upper }} ({{ m.content | length }} chars): {{ m.content | trim }}|{{ m.content.strip() }}|{{ m.content.split() | length }}
-{% endfor -%}"""
+{% endfor -%}
+{{ 'Straße ÄÖÜ ǆ' | upper }} {{ 'ÀÉÎ' | lower }}"""
 
 TEMPLATES = {
     "mixtral": (MIXTRAL, "<s>", "</s>", "mistralai/Mixtral-8x7B-Instruct-v0.1 tokenizer_config.json (from knowledge)"),

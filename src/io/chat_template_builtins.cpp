@@ -56,8 +56,11 @@ std::string map_case(const std::string& s, bool upper) {
   std::string out;
   for (char32_t c : utf8_decode(s)) {
     const auto cp = static_cast<utf8proc_int32_t>(c);
-    text::append_utf8(out,
-                      static_cast<char32_t>(upper ? utf8proc_toupper(cp) : utf8proc_tolower(cp)));
+    if (upper && c == 0xDF)  // Python's full mapping of the commonest special case: ß -> SS
+      out += "SS";
+    else
+      text::append_utf8(out,
+                        static_cast<char32_t>(upper ? utf8proc_toupper(cp) : utf8proc_tolower(cp)));
   }
   return out;
 }
