@@ -16,11 +16,12 @@
 //  - filters: trim length count upper lower capitalize title tojson default d first last join
 //    string replace list int float abs reverse items unique map selectattr rejectattr indent;
 //  - tests: defined undefined none string number integer float boolean true false mapping
-//    iterable sequence even odd divisibleby eq ne lt le gt ge in;
+//    iterable sequence even odd divisibleby eq ne lt le gt ge in sameas lower upper;
 //  - methods: str strip lstrip rstrip startswith endswith split upper lower replace title
-//    capitalize find count; dict items keys values get;
+//    capitalize find count join; dict items keys values get;
 //  - globals: raise_exception, namespace, range, dict, strftime_now.
-// Not supported: macros, call blocks, include/import/extends, the `recursive` loop modifier.
+// Not supported: macros, call blocks, include/import/extends, raw blocks, the `recursive`
+// loop modifier, chained comparisons, string % formatting; tuples print as lists.
 // Strings are UTF-8; length, indexing and slicing count code points as Python does.
 //
 // Limits (so that no template can hang or exhaust memory or stack): templates above 1 MB,
