@@ -15,9 +15,10 @@
 #include "command.h"
 #include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
+#include "deltamoe/io/chat_template.h"
 #include "deltamoe/io/hf_model.h"
-#include "deltamoe/io/tokenizer.h"
 #include "deltamoe/io/safetensors.h"
+#include "deltamoe/io/tokenizer.h"
 
 namespace {
 
@@ -180,15 +181,23 @@ HfConfig build_config(Opts& o) {
 }
 
 // A synthetic SentencePiece-style BPE tokenizer.json of the model's vocabulary size (the
-// tokenizer layer's make_synthetic_tokenizer_json), so generate and tokenize work offline.
-// Returns whether one was written (vocabularies below its minimum of 300 get none).
-bool write_tokenizer_json(const std::string& dir, const HfConfig& cfg) {
+// tokenizer layer's make_synthetic_tokenizer_json), so generate and tokenize work offline, and
+// a tokenizer_config.json with its bos / eos tokens and the family's reference chat template
+// (io::reference_chat_template), so chat prompts render as for the real model. Returns
+// whether they were written (vocabularies below the tokenizer's minimum of 300 get none).
+bool write_tokenizer_files(const std::string& dir, const HfConfig& cfg) {
   if (cfg.vocab_size < 300) return false;
-  const std::string text = deltamoe::io::make_synthetic_tokenizer_json(static_cast<int32_t>(cfg.vocab_size));
+  const std::string text =
+      deltamoe::io::make_synthetic_tokenizer_json(static_cast<int32_t>(cfg.vocab_size));
   std::ofstream f(dir + "/tokenizer.json", std::ios::binary);
   f << text;
   f.close();
   DELTAMOE_CHECK(f.good(), kComponent, dir, "/tokenizer.json: cannot write");
+  nlohmann::ordered_json config;
+  config["bos_token"] = "<s>";  // the synthetic vocabulary's specials (ids 1 and 2)
+  config["eos_token"] = "</s>";
+  config["chat_template"] = deltamoe::io::reference_chat_template(cfg.model_type);
+  deltamoe::cli::write_file_atomic(dir + "/tokenizer_config.json", config.dump(2) + "\n");
   return true;
 }
 
@@ -350,7 +359,7 @@ int run(const Opts& o_in) {
                               {"bos_token_id", cfg.bos_token_id},
                               {"eos_token_id", cfg.eos_token_ids[0]}};
   deltamoe::cli::write_file_atomic(dir.file("generation_config.json"), gen.dump(2) + "\n");
-  const bool tokenizer = write_tokenizer_json(dir.file(""), cfg);
+  const bool tokenizer = write_tokenizer_files(dir.file(""), cfg);
   dir.commit();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!o.quiet)

@@ -1,4 +1,5 @@
-// `deltamoe tokenize`: text -> ids and pieces (like llama-tokenize), ids -> text, and the
+// `deltamoe tokenize`: text -> ids and pieces (like llama-tokenize), ids -> text, a chat
+// conversation -> the prompt the model's chat template renders and its ids, and the
 // synthetic tokenizer.json that random checkpoints ship with.
 #include <cstdio>
 #include <filesystem>
@@ -10,6 +11,7 @@
 
 #include "command.h"
 #include "deltamoe/core/error.h"
+#include "deltamoe/io/chat_template.h"
 #include "deltamoe/io/tokenizer.h"
 
 namespace {
@@ -18,8 +20,8 @@ using deltamoe::fail;
 using deltamoe::io::Tokenizer;
 
 struct Options {
-  std::string model, text, file, decode, out = "-";
-  bool json = false, no_special = false, skip_special = false;
+  std::string model, text, file, decode, chat, out = "-";
+  bool json = false, no_special = false, skip_special = false, no_gen_prompt = false;
   int synthetic_vocab = 0;
 };
 
@@ -80,10 +82,37 @@ std::vector<int32_t> parse_ids(const std::string& s) {
   return ids;
 }
 
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("tokenize", path, ": cannot open");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The prompt of the conversation in --chat (a JSON list of {role, content}) rendered with
+// the chat template of the model directory (of the tokenizer file's directory).
+std::string render_chat(const Options& o) {
+  nlohmann::ordered_json messages;
+  try {
+    messages = nlohmann::ordered_json::parse(read_file(o.chat));
+  } catch (const nlohmann::json::exception&) {
+    fail("tokenize", o.chat, ": not valid JSON");
+  }
+  if (!messages.is_array()) fail("tokenize", o.chat, ": expected a JSON list of {role, content}");
+  std::error_code ec;
+  const std::string dir = std::filesystem::is_directory(o.model, ec)
+                              ? o.model
+                              : std::filesystem::path(o.model).parent_path().string();
+  return deltamoe::io::ChatTemplate::load(dir.empty() ? "." : dir)
+      .render_json(messages, !o.no_gen_prompt);
+}
+
 int run(const Options& o) {
-  const int modes = !o.text.empty() + !o.file.empty() + !o.decode.empty() + (o.synthetic_vocab > 0);
+  const int modes = !o.text.empty() + !o.file.empty() + !o.decode.empty() + !o.chat.empty() +
+                    (o.synthetic_vocab > 0);
   if (modes != 1)
-    fail("tokenize", "give exactly one of --text, --file, --decode, --synthetic-vocab");
+    fail("tokenize", "give exactly one of --text, --file, --decode, --chat, --synthetic-vocab");
   if (o.synthetic_vocab > 0) {
     deltamoe::cli::write_file_atomic(
         o.out, deltamoe::io::make_synthetic_tokenizer_json(o.synthetic_vocab));
@@ -107,14 +136,17 @@ int run(const Options& o) {
     return 0;
   }
   std::string text = o.text;
-  if (!o.file.empty()) {
-    std::ifstream in(o.file, std::ios::binary);
-    if (!in) fail("tokenize", o.file, ": cannot open");
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    text = ss.str();
+  if (!o.file.empty()) text = read_file(o.file);
+  // A chat prompt carries its special tokens from the template (as transformers'
+  // apply_chat_template(tokenize=True) encodes it, without adding more).
+  if (!o.chat.empty()) text = render_chat(o);
+  const std::vector<int32_t> ids = tok->encode(text, !o.no_special && o.chat.empty());
+  if (!o.chat.empty()) {
+    if (o.json)
+      j["prompt"] = text;
+    else
+      std::cout << text << "\n";
   }
-  const std::vector<int32_t> ids = tok->encode(text, !o.no_special);
   if (o.json) {
     nlohmann::json pieces = nlohmann::json::array();
     for (int32_t id : ids) pieces.push_back(tok->piece(id));
@@ -137,6 +169,11 @@ deltamoe::cli::CommandRegistrar reg(
                      "Model directory (tokenizer.json, else tokenizer.model) or a tokenizer file");
       app.add_option("--text", o->text, "Text to tokenize");
       app.add_option("--file", o->file, "File whose contents to tokenize");
+      app.add_option("--chat", o->chat,
+                     "JSON file with a list of {role, content} messages: print the prompt the "
+                     "model's chat template renders, then its ids");
+      app.add_flag("--no-generation-prompt", o->no_gen_prompt,
+                   "With --chat, render without the assistant prompt at the end (default: off)");
       app.add_option("--decode", o->decode,
                      "Ids to turn back into text (comma or space separated)");
       app.add_flag("--json", o->json, "Print one JSON object on stdout (default: off)");
