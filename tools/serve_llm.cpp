@@ -2,9 +2,12 @@
 #include "serve_llm.h"
 
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "command.h"
+#include "deltamoe/io/chat_template.h"
 #include "deltamoe/io/output.h"
 #include "deltamoe/serve/llm_server.h"
 #include "lm_common.h"
@@ -53,6 +56,22 @@ const std::vector<std::string>& LlmServeOptions::flag_names() {
   return names;
 }
 
+namespace {
+
+// Whether the directory has a chat template at all (a model without one serves completions
+// only); ChatTemplate::load then reads it, and a broken one stops the server at start.
+bool has_chat_template(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::exists(fs::path(dir) / "chat_template.jinja", ec)) return true;
+  std::ifstream in(fs::path(dir) / "tokenizer_config.json", std::ios::binary);
+  if (!in) return false;
+  const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() && j.contains("chat_template") && !j["chat_template"].is_null();
+}
+
+}  // namespace
+
 bool is_lm_dir(const std::string& path) {
   std::error_code ec;
   return std::filesystem::is_directory(path, ec) &&
@@ -65,7 +84,9 @@ int run_llm_server(const std::string& model_dir, const std::string& routing,
   if (!http.port_file.empty()) io::check_writable(http.port_file, "serve");
   // The tokenizer and chat template first: their errors come before the (long) load.
   std::shared_ptr<const io::Tokenizer> tok = io::Tokenizer::load(model_dir);
-  const bool chat = false;  // chat templates: next commit
+  std::shared_ptr<const io::ChatTemplate> chat;
+  if (has_chat_template(model_dir))  // a broken template is an error here, not at the first chat
+    chat = std::make_shared<io::ChatTemplate>(io::ChatTemplate::load(model_dir));
   LmCliOptions lo;
   lo.model = model_dir;
   lo.dtype = o.dtype;
@@ -90,6 +111,18 @@ int run_llm_server(const std::string& model_dir, const std::string& routing,
                       ? std::filesystem::path(model_dir).lexically_normal().filename().string()
                       : o.model_name;
   if (sc.model_name.empty()) sc.model_name = "deltamoe";
+  if (chat)
+    sc.render_chat = [chat](const std::vector<serve::ChatTurn>& turns) {
+      std::vector<io::ChatMessage> msgs;
+      for (const auto& t : turns) msgs.push_back({t.role, t.content});
+      try {
+        return chat->render(msgs, /*add_generation_prompt=*/true);
+      } catch (const Error& e) {
+        // The template's own complaints (raise_exception: roles must alternate, ...) are the
+        // request's fault: a 400 with the template's message.
+        fail("request", e.what());
+      }
+    };
   serve::LlmServer server(engine, sc);
   server.start();
   const auto st = engine->stats();
