@@ -58,6 +58,8 @@ struct Contender {
   double load_s = 0;
   Series pp, tg;
   models::LmStats tg_stats;
+  // Batched decode: distinct experts per MoE layer and step (what a step reads), summed.
+  double unique_experts = 0, unique_layer_steps = 0;
   size_t kv_bytes = 0;
 };
 
@@ -77,23 +79,40 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
               << static_cast<double>(o.prompt) / s << " tokens/s\n";
   }
   if (o.gen > 0) {
-    models::KvCache cache;
+    const size_t b = static_cast<size_t>(o.decode_batch);
+    std::vector<models::KvCache> caches(b);
+    std::vector<models::KvCache*> ptrs;
+    for (auto& kc : caches) ptrs.push_back(&kc);
+    std::vector<std::vector<int32_t>> step(b, std::vector<int32_t>(1));
+    std::vector<float> batch_logits(b == 1 ? 0 : b * static_cast<size_t>(c.m->vocab_size()));
     models::LmStats st;
-    int32_t t = pick(rng);
+    st.record_routing = b > 1;
+    for (auto& s : step) s[0] = pick(rng);
     const auto t0 = Clock::now();
     for (int64_t i = 0; i < o.gen; ++i) {
-      c.m->forward(&t, 1, cache, logits.data(), false, &st);
-      t = pick(rng);
+      if (b == 1)
+        c.m->forward(step[0].data(), 1, caches[0], logits.data(), false, &st);
+      else
+        c.m->forward_batch(step, ptrs, batch_logits.data(), &st);
+      for (auto& s : step) s[0] = pick(rng);
     }
     const double s = seconds_since(t0);
+    const double tps = static_cast<double>(o.gen) * static_cast<double>(b) / s;
     if (timed) {
-      c.tg.tps.push_back(static_cast<double>(o.gen) / s);
+      c.tg.tps.push_back(tps);
       c.tg_stats.moe_rows += st.moe_rows;
       c.tg_stats.routed_experts += st.routed_experts;
+      for (const moe::RoutingResult& r : st.routing) {
+        std::vector<int32_t> ids = r.expert_ids;
+        std::sort(ids.begin(), ids.end());
+        c.unique_experts += static_cast<double>(std::unique(ids.begin(), ids.end()) - ids.begin());
+        c.unique_layer_steps += 1;
+      }
     }
+    const models::KvCache& cache = caches[0];
     c.kv_bytes = cache.bytes();
-    std::cerr << "  " << c.layout << " tg" << o.gen << tag << ": " << static_cast<double>(o.gen) / s
-              << " tokens/s\n";
+    std::cerr << "  " << c.layout << " tg" << o.gen << (b > 1 ? " x" + std::to_string(b) : "")
+              << tag << ": " << tps << " tokens/s\n";
   }
 }
 
@@ -114,12 +133,20 @@ json report(const Contender& c, const ModelBenchOptions& o, double gbps) {
     const double kv_read = static_cast<double>(cfg.num_hidden_layers) * 2.0 *
                            static_cast<double>(cfg.num_key_value_heads * cfg.head_dim) * 4.0 *
                            (static_cast<double>(o.gen) + 1.0) / 2.0;
-    const double bytes = c.m->active_weight_bytes(experts) + kv_read;
+    // One step reads the weights once for all its sequences: the distinct experts of each
+    // MoE layer, everything else once; KV per sequence.
+    const double batch = static_cast<double>(o.decode_batch);
+    const double step_experts = o.decode_batch > 1 && c.unique_layer_steps > 0
+                                    ? c.unique_experts / c.unique_layer_steps
+                                    : experts;
+    const double bytes = (c.m->active_weight_bytes(step_experts) + kv_read * batch) / batch;
     const double roofline = gbps * 1e9 / bytes;
     out["tg_tokens"] = o.gen;
+    out["decode_batch"] = o.decode_batch;
     out["tg_tokens_per_s"] = c.tg.mean();
     out["tg_tokens_per_s_stddev"] = c.tg.stddev();
     out["mean_experts_per_token"] = experts;
+    if (o.decode_batch > 1) out["distinct_experts_per_layer_step"] = step_experts;
     out["read_bandwidth_gbps"] = gbps;
     out["decode_bytes_per_token"] = bytes;
     out["decode_roofline_tokens_per_s"] = roofline;

@@ -16,6 +16,9 @@ struct ModelBenchOptions {
   int64_t prompt = 512;  // -p: tokens of the prompt-processing test (0 = skip)
   int64_t gen = 128;     // -n: tokens of the generation test (0 = skip)
   int repetitions = 3;   // -r
+  /// -b: sequences decoding together in the tg test (one forward_batch per step, as a
+  /// continuous-batching server runs them); tokens/s counts all of them.
+  int64_t decode_batch = 1;
   uint64_t seed = 1;
 };
 

@@ -71,6 +71,10 @@ done
 "$bin" bench model --model "$m" -p 16 -n 4 -r 1 --weight-layout mapped,packed --json >"$tmp/bench2.json" 2>/dev/null
 [ "$(jget "$tmp/bench2.json" "[l['weight_layout'] for l in d['layouts']] == ['mapped', 'packed'] and d['tg_ratio_mapped_over_packed'] > 0 and d['pp_ratio_mapped_over_packed'] > 0")" = True ] || fail "bench: two layouts"
 expect_error "$bin" bench model --model "$m" -p 16 -n 4 --weight-layout mapped,packed,mapped
+# Batched decode (-b): several sequences per step; the roofline counts the distinct experts a
+# step reads (between top-k and all experts).
+"$bin" bench model --model "$m" -p 0 -n 4 -r 1 -b 6 --json >"$tmp/bench3.json" 2>/dev/null
+[ "$(jget "$tmp/bench3.json" "d['decode_batch'] == 6 and d['tg_tokens_per_s'] > 0 and 2 <= d['distinct_experts_per_layer_step'] <= 4")" = True ] || fail "bench: decode batch"
 
 # Bad input: one line naming the file and the thing, non-zero exit, nothing on stdout.
 bad="$tmp/bad"

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""The LLM serving load study (docs/experiments/llm-serving.md).
+
+Starts `deltamoe serve --model MODEL` in each configuration, drives it with
+`deltamoe loadgen --openai` and writes one CSV row per run, then plots.
+
+  scaling   closed loop at 1, 2, 4, 8, 16 concurrent streams: output tokens/s and TPOT
+  rates     open-loop Poisson at several rates, continuous batching (--max-running 64)
+            against no batching (--max-running 1, one sequence at a time): TTFT, TPOT,
+            end-to-end percentiles, throughput, goodput under the SLOs
+  overload  2x the batched capacity for --overload-s with a small admission queue: every
+            request answered 200 or 503 (none lost), server RSS before/after, then a probe
+            at a light rate right after (recovery)
+
+Usage (after a build; the reference model of docs/benchmarks.md):
+  python3 bench/llm_serving_study.py --model /path/ref-mixtral --out docs/experiments/llm-serving
+Only the Python standard library and Debian's python3-matplotlib.
+"""
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Server:
+    def __init__(self, binary, model, extra):
+        self.dir = tempfile.mkdtemp()
+        port_file = os.path.join(self.dir, "port")
+        self.log = open(os.path.join(self.dir, "server.log"), "w")
+        self.proc = subprocess.Popen([binary, "serve", "--model", model, "--port", "0",
+                                      "--port-file", port_file] + extra,
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
+        for _ in range(600):
+            if os.path.exists(port_file) and open(port_file).read().strip():
+                break
+            if self.proc.poll() is not None:
+                sys.exit(f"server exited: {open(self.log.name).read()}")
+            time.sleep(0.1)
+        self.port = int(open(port_file).read())
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=600)
+        self.log.close()
+        return code
+
+
+def loadgen(binary, url, args):
+    out = subprocess.run([binary, "loadgen", "--openai", "--url", url, "--json"] + args,
+                         capture_output=True, text=True, timeout=1800)
+    if not out.stdout.strip():
+        sys.exit(f"loadgen failed: {out.stderr}")
+    return json.loads(out.stdout)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap.add_argument("--binary", default="build/deltamoe")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", default="docs/experiments/llm-serving")
+    ap.add_argument("--prompt-tokens", default="32:64")
+    ap.add_argument("--output-tokens", default="32")
+    ap.add_argument("--duration", type=float, default=40)
+    ap.add_argument("--rates", default="0.1,0.25,0.5,0.75,1.0")
+    ap.add_argument("--streams", default="1,2,4,8,16")
+    ap.add_argument("--overload-s", type=float, default=30)
+    ap.add_argument("--slo-ttft-ms", type=float, default=5000)
+    ap.add_argument("--slo-tpot-ms", type=float, default=500)
+    ap.add_argument("--parts", default="scaling,rates,overload")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    parts = a.parts.split(",")
+    lengths = ["--prompt-tokens", a.prompt_tokens, "--output-tokens", a.output_tokens,
+               "--slo-ttft-ms", str(a.slo_ttft_ms), "--slo-tpot-ms", str(a.slo_tpot_ms)]
+    rows = []
+
+    def record(part, config, x, r, **extra):
+        row = {"part": part, "config": config, "x": x, **extra}
+        for k in ("sent", "ok", "not_sent", "output_tokens_per_s", "achieved_rps", "goodput_rps",
+                  "slo_attainment", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms",
+                  "tpot_p90_ms", "tpot_p99_ms", "e2e_p50_ms", "e2e_p99_ms"):
+            row[k] = r.get(k)
+        row["errors"] = json.dumps(r.get("errors", {}))
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+
+    if "scaling" in parts:
+        s = Server(a.binary, a.model, [])
+        for n in [int(x) for x in a.streams.split(",")]:
+            r = loadgen(a.binary, s.url, ["--closed-loop", "--concurrency", str(n),
+                                          "--duration", str(a.duration)] + lengths)
+            record("scaling", "continuous", n, r)
+        s.stop()
+    if "rates" in parts:
+        for config, extra in (("continuous", []), ("none", ["--max-running", "1"])):
+            s = Server(a.binary, a.model, extra)
+            for rate in a.rates.split(","):
+                r = loadgen(a.binary, s.url, ["--rate", rate, "--duration", str(a.duration),
+                                              "--concurrency", "256"] + lengths)
+                record("rates", config, float(rate), r)
+            s.stop()
+    if "overload" in parts:
+        # Capacity from the scaling part (16 streams), else a guess of 1 request/s.
+        cap = max([row["achieved_rps"] for row in rows if row["part"] == "scaling"] or [1.0])
+        s = Server(a.binary, a.model, ["--max-waiting", "16"])
+        rss0 = rss_kb(s.proc.pid)
+        r = loadgen(a.binary, s.url, ["--rate", f"{2 * cap:.3f}", "--duration", str(a.overload_s),
+                                      "--concurrency", "512", "--grace", "600"] + lengths)
+        rss1 = rss_kb(s.proc.pid)
+        record("overload", "2x", 2 * cap, r, rss_before_kb=rss0, rss_after_kb=rss1)
+        probe = loadgen(a.binary, s.url, ["--rate", f"{0.5 * cap:.3f}", "--duration", "10"]
+                        + lengths)
+        record("overload", "after", 0.5 * cap, probe, rss_before_kb=rss1,
+               rss_after_kb=rss_kb(s.proc.pid))
+        code = s.stop()
+        print(f"overload server exit {code}", file=sys.stderr)
+
+    path = os.path.join(a.out, "llm-serving.csv")
+    keys = sorted({k for row in rows for k in row})
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    print(path)
+    plot(rows, a.out)
+
+
+def plot(rows, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sc = [r for r in rows if r["part"] == "scaling"]
+    if sc:
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        x = [r["x"] for r in sc]
+        ax[0].plot(x, [r["output_tokens_per_s"] for r in sc], "o-")
+        ax[0].set_xlabel("concurrent streams (closed loop)")
+        ax[0].set_ylabel("output tokens/s")
+        ax[0].set_xscale("log", base=2)
+        ax[1].plot(x, [r["tpot_p50_ms"] for r in sc], "o-", label="p50")
+        ax[1].plot(x, [r["tpot_p99_ms"] for r in sc], "s--", label="p99")
+        ax[1].set_xlabel("concurrent streams (closed loop)")
+        ax[1].set_ylabel("time per output token (ms)")
+        ax[1].set_xscale("log", base=2)
+        ax[1].legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "llm-serving-scaling.png"), dpi=110)
+    rt = [r for r in rows if r["part"] == "rates"]
+    if rt:
+        fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+        for config, style in (("continuous", "o-"), ("none", "s--")):
+            rr = sorted([r for r in rt if r["config"] == config], key=lambda r: r["x"])
+            x = [r["x"] for r in rr]
+            label = "continuous batching" if config == "continuous" else "no batching"
+            ax[0].plot(x, [r["ttft_p50_ms"] / 1e3 for r in rr], style, label=label + " p50")
+            ax[0].plot(x, [r["ttft_p99_ms"] / 1e3 for r in rr], style, alpha=0.5,
+                       label=label + " p99")
+            ax[1].plot(x, [r["tpot_p99_ms"] for r in rr], style, label=label)
+            ax[2].plot(x, [r["goodput_rps"] for r in rr], style, label=label)
+        ax[0].set_ylabel("time to first token (s)")
+        ax[0].set_yscale("log")
+        ax[1].set_ylabel("p99 time per output token (ms)")
+        ax[2].set_ylabel("goodput (requests/s within the SLOs)")
+        for a_ in ax:
+            a_.set_xlabel("offered load (requests/s, Poisson)")
+            a_.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "llm-serving-rates.png"), dpi=110)
+
+
+if __name__ == "__main__":
+    main()
