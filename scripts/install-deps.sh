@@ -17,6 +17,7 @@ PKGS=(
   fortunes fortunes-min    # English text for the tokenizer tests (/usr/share/games/fortunes)
   python3 python3-matplotlib  # sweep's plots (python/plot_delta_moe.py)
   python3-venv             # tests/cli/serve_openai_client.sh: the openai client in a throwaway venv
+  chromium                 # tests/cli/chat_page.sh: drives the chat page in headless Chromium
 )
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
