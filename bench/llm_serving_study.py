@@ -27,10 +27,12 @@ import tempfile
 import time
 
 
-def rss_kb(pid):
+def rss_kb(pid, key="RssAnon"):
+    """Resident memory of the server: RssAnon (its own allocations: KV cache, buffers), not
+    the mapped checkpoint's page-cache pages that VmRSS also counts."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -81,6 +83,10 @@ def main():
     ap.add_argument("--slo-ttft-ms", type=float, default=5000)
     ap.add_argument("--slo-tpot-ms", type=float, default=500)
     ap.add_argument("--parts", default="scaling,rates,overload")
+    ap.add_argument("--configs", default="continuous,none", help="rates: which servers")
+    ap.add_argument("--capacity", type=float, default=0,
+                    help="overload: requests/s the server sustains (default: from scaling)")
+    ap.add_argument("--append", action="store_true", help="add to an existing CSV")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     parts = a.parts.split(",")
@@ -107,6 +113,8 @@ def main():
         s.stop()
     if "rates" in parts:
         for config, extra in (("continuous", []), ("none", ["--max-running", "1"])):
+            if config not in a.configs.split(","):
+                continue
             s = Server(a.binary, a.model, extra)
             for rate in a.rates.split(","):
                 r = loadgen(a.binary, s.url, ["--rate", rate, "--duration", str(a.duration),
@@ -115,8 +123,9 @@ def main():
             s.stop()
     if "overload" in parts:
         # Capacity from the scaling part (16 streams), else a guess of 1 request/s.
-        cap = max([row["achieved_rps"] for row in rows if row["part"] == "scaling"] or [1.0])
-        s = Server(a.binary, a.model, ["--max-waiting", "16"])
+        cap = a.capacity or max(
+            [row["achieved_rps"] for row in rows if row["part"] == "scaling"] or [1.0])
+        s = Server(a.binary, a.model, ["--max-running", "16", "--max-waiting", "16"])
         rss0 = rss_kb(s.proc.pid)
         r = loadgen(a.binary, s.url, ["--rate", f"{2 * cap:.3f}", "--duration", str(a.overload_s),
                                       "--concurrency", "512", "--grace", "600"] + lengths)
@@ -130,6 +139,17 @@ def main():
         print(f"overload server exit {code}", file=sys.stderr)
 
     path = os.path.join(a.out, "llm-serving.csv")
+    if a.append and os.path.exists(path):
+        with open(path) as f:
+            old = list(csv.DictReader(f))
+        for row in old:
+            for k in row:
+                if k in ("x",) or k.endswith(("_ms", "_rps", "_per_s", "_kb", "attainment")) or k in (
+                        "sent", "ok", "not_sent"):
+                    row[k] = float(row[k]) if row[k] not in ("", None) else None
+        # A new run of a (part, config, x) replaces the old one.
+        new_keys = {(r["part"], r["config"], float(r["x"])) for r in rows}
+        rows = [r for r in old if (r["part"], r["config"], float(r["x"])) not in new_keys] + rows
     keys = sorted({k for row in rows for k in row})
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)

@@ -208,7 +208,9 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_flag("!--arrays", lc->base64, "Send images as JSON arrays instead of base64");
       app.add_flag("!--no-keep-alive", lc->keep_alive, "HTTP: a new connection per request");
       app.add_option("--slo-ms", lc->slo_ms, "Latency objective for slo_attainment");
-      app.add_option("--grace", lc->grace_s, "Seconds to wait for answers after --duration");
+      CLI::Option* grace_opt = app.add_option(
+          "--grace", lc->grace_s,
+          "Seconds to wait for answers after --duration (default 30; --openai: 120)");
       app.add_option(
              "--warmup", lc->warmup_s,
              "In-process: seconds of the same load before the measured --duration (not counted; "
@@ -236,7 +238,7 @@ deltamoe::cli::CommandRegistrar reg(
                      "Write every answered request's latency (ms), one per line");
       opts->add(app);
       return [opts, lc, url, in_process, json, latencies_out, images_idx, model_curve, stall_probe,
-              openai, llm, prompt_tokens, output_tokens, rate_opt]() {
+              openai, llm, prompt_tokens, output_tokens, rate_opt, grace_opt]() {
         if (*openai) {
           DELTAMOE_CHECK(!*in_process, "loadgen", "--openai runs over HTTP: drop --in-process");
           auto c = *llm;
@@ -244,7 +246,7 @@ deltamoe::cli::CommandRegistrar reg(
           c.duration_s = lc->duration_s;
           c.closed_loop = lc->closed_loop;
           c.concurrency = lc->concurrency;
-          c.grace_s = lc->grace_s;
+          if (grace_opt->count() > 0) c.grace_s = lc->grace_s;
           c.seed = lc->seed;
           std::tie(c.prompt_min, c.prompt_max) = token_range("--prompt-tokens", *prompt_tokens);
           std::tie(c.output_min, c.output_max) = token_range("--output-tokens", *output_tokens);

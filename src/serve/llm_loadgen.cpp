@@ -132,7 +132,8 @@ LlmLoadResult run_llm_http_load(const std::string& url, const LlmLoadConfig& c) 
     client.set_keep_alive(true);
     client.set_tcp_nodelay(true);
     client.set_connection_timeout(5);
-    client.set_read_timeout(static_cast<time_t>(std::max(1.0, c.grace_s)));
+    // A request may wait in the server's queue for most of the run before its first byte.
+    client.set_read_timeout(static_cast<time_t>(std::max(1.0, c.duration_s + c.grace_s)));
     for (;;) {
       const size_t k = next.fetch_add(1);
       Mono::time_point scheduled;
