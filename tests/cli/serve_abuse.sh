@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# deltamoe serve against abusive clients: 300 idle connections (/healthz still answers), a
+# deltamoe serve against abusive clients, classifier and language-model server alike: 300 idle
+# and 300 slow connections (half a request each; /healthz still answers), a
 # 300 MB chunked body against a 1 MB limit (413 early, and the server's resident memory does
 # not grow with it), a 1 MB request line (414), a 64 KB header (431), GET on a POST route (405
 # with Allow). Prints the figures; the only bounds are generous (10 s, +100 MB).
@@ -8,11 +9,14 @@ bin="$1"
 src="$2"
 source "$src/tests/cli/serve_lib.bash"  # sets $tmp (removed at exit) and $pid
 
+"$bin" make-model --arch mixtral --preset tiny --vocab 400 --seed 3 --out "$tmp/lm" --quiet
+for kind in classifier lm; do
+if [ "$kind" = lm ]; then model_args=(--model "$tmp/lm"); route=/v1/completions; else route=/v1/classify; fi
 start_server --max-body-bytes 1000000
-python3 - "$port" "$pid" <<'EOF'
+python3 - "$port" "$pid" "$route" <<'EOF'
 import re, socket, sys, time
 
-port, pid = int(sys.argv[1]), int(sys.argv[2])
+port, pid, route = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode()
 
 def fail(msg):
     print("FAIL: " + msg)
@@ -63,21 +67,29 @@ def get(path, extra=b""):
     s.close()
     return r
 
-# 300 idle connections hold no thread: /healthz answers.
+# 300 idle and 300 slow connections (a request cut in the middle of its body) hold no
+# thread: /healthz answers.
 idle = [conn() for _ in range(300)]
+for _ in range(300):
+    c = conn()
+    send(c, b"POST " + route + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{\"pro")
+    idle.append(c)
+time.sleep(0.2)  # let the server take them all in
 t0 = time.monotonic()
 s = conn(10)
 send(s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
 status, _, body = response(s)
 dt = time.monotonic() - t0
 s.close()
-print(f"healthz with 300 idle connections open: {status} in {dt * 1e3:.1f} ms")
+print(f"{route.decode()} server, healthz with 300 idle + 300 slow connections open: "
+      f"{status} in {dt * 1e3:.1f} ms")
 if status != 200 or b'"status":"ok"' not in body:
     fail(f"healthz: {status} {body!r}")
 status, _, body = get(b"/metrics")
 m = re.search(rb"\ndeltamoe_http_connections_open (\d+)", body)
-if status != 200 or not m or int(m.group(1)) < 300:
-    fail(f"metrics do not show the 300 open connections: {m and m.group(0)!r}")
+if status != 200 or not m or int(m.group(1)) < 600:
+    fail(f"metrics do not show the 600 open connections: {m and m.group(0)!r}")
 for c in idle:
     c.close()
 
@@ -87,7 +99,7 @@ before = rss_mb()
 total, piece = 300 << 20, 1 << 16
 chunk = b"%x\r\n" % piece + b" " * piece + b"\r\n"
 s = conn()
-send(s, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+send(s, b"POST " + route + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n")
 sent = 0
 while sent < total and send(s, chunk):
@@ -120,9 +132,9 @@ if status != 431 or not body.startswith(b'{"error":'):
     fail(f"64 KB header: {status} {body!r}")
 
 # GET on the POST route: 405 with Allow.
-status, headers, body = get(b"/v1/classify")
+status, headers, body = get(route)
 if status != 405 or headers.get("allow") != "POST" or not body.startswith(b'{"error":'):
-    fail(f"GET /v1/classify: {status} {headers} {body!r}")
+    fail(f"GET {route!r}: {status} {headers} {body!r}")
 
 # Still serving.
 status, _, _ = get(b"/healthz")
@@ -132,4 +144,5 @@ EOF
 rc=0; stop_server || rc=$?
 pid=""
 [ "$rc" = 0 ] || { echo "server exit $rc: $(cat "$tmp/server.log")"; exit 1; }
+done
 echo "serve abuse: ok"
