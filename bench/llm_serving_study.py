@@ -8,9 +8,9 @@ Starts `deltamoe serve --model MODEL` in each configuration, drives it with
   rates     open-loop Poisson at several rates, continuous batching (--max-running 64)
             against no batching (--max-running 1, one sequence at a time): TTFT, TPOT,
             end-to-end percentiles, throughput, goodput under the SLOs
-  overload  2x the batched capacity for --overload-s with a small admission queue: every
-            request answered 200 or 503 (none lost), server RSS before/after, then a probe
-            at a light rate right after (recovery)
+  overload  2x the batched capacity for --overload-s with a small admission queue, then half
+            capacity for 20 s in the same run: every request answered 200 or 503 (none
+            lost), server RSS before/after, seconds until requests meet the SLOs again
 
 Usage (after a build; the reference model of docs/benchmarks.md):
   python3 bench/llm_serving_study.py --model /path/ref-mixtral --out docs/experiments/llm-serving
@@ -87,6 +87,8 @@ def main():
     ap.add_argument("--capacity", type=float, default=0,
                     help="overload: requests/s the server sustains (default: from scaling)")
     ap.add_argument("--append", action="store_true", help="add to an existing CSV")
+    ap.add_argument("--overload-waiting", default="16,4",
+                    help="overload: the --max-waiting values to run")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     parts = a.parts.split(",")
@@ -122,21 +124,23 @@ def main():
                 record("rates", config, float(rate), r)
             s.stop()
     if "overload" in parts:
-        # Capacity from the scaling part (16 streams), else a guess of 1 request/s.
+        # Capacity from the scaling part (16 streams), else --capacity. One run per admission
+        # queue bound: 2x capacity for --overload-s, then half capacity for 20 s in the same
+        # run; recovery_s = from the end of the overload until every later request met the SLOs.
         cap = a.capacity or max(
             [row["achieved_rps"] for row in rows if row["part"] == "scaling"] or [1.0])
-        s = Server(a.binary, a.model, ["--max-running", "16", "--max-waiting", "16"])
-        rss0 = rss_kb(s.proc.pid)
-        r = loadgen(a.binary, s.url, ["--rate", f"{2 * cap:.3f}", "--duration", str(a.overload_s),
-                                      "--concurrency", "512", "--grace", "600"] + lengths)
-        rss1 = rss_kb(s.proc.pid)
-        record("overload", "2x", 2 * cap, r, rss_before_kb=rss0, rss_after_kb=rss1)
-        probe = loadgen(a.binary, s.url, ["--rate", f"{0.5 * cap:.3f}", "--duration", "10"]
-                        + lengths)
-        record("overload", "after", 0.5 * cap, probe, rss_before_kb=rss1,
-               rss_after_kb=rss_kb(s.proc.pid))
-        code = s.stop()
-        print(f"overload server exit {code}", file=sys.stderr)
+        for waiting in a.overload_waiting.split(","):
+            s = Server(a.binary, a.model, ["--max-running", "16", "--max-waiting", waiting])
+            rss0 = rss_kb(s.proc.pid)
+            timeline = os.path.join(a.out, f"llm-serving-overload-w{waiting}.csv")
+            r = loadgen(a.binary, s.url, ["--rate", f"{2 * cap:.3f}", "--duration",
+                                          str(a.overload_s), "--then-rate", f"{0.5 * cap:.3f}",
+                                          "--then-duration", "20", "--concurrency", "512",
+                                          "--grace", "600", "--timeline-out", timeline] + lengths)
+            record("overload", f"max-waiting {waiting}", 2 * cap, r, rss_before_kb=rss0,
+                   rss_after_kb=rss_kb(s.proc.pid), recovery_s=r.get("recovery_s"))
+            code = s.stop()
+            print(f"overload server exit {code}", file=sys.stderr)
 
     path = os.path.join(a.out, "llm-serving.csv")
     if a.append and os.path.exists(path):
@@ -144,12 +148,16 @@ def main():
             old = list(csv.DictReader(f))
         for row in old:
             for k in row:
-                if k in ("x",) or k.endswith(("_ms", "_rps", "_per_s", "_kb", "attainment")) or k in (
+                if k in ("x", "recovery_s") or k.endswith(
+                        ("_ms", "_rps", "_per_s", "_kb", "attainment")) or k in (
                         "sent", "ok", "not_sent"):
                     row[k] = float(row[k]) if row[k] not in ("", None) else None
         # A new run of a (part, config, x) replaces the old one.
-        new_keys = {(r["part"], r["config"], float(r["x"])) for r in rows}
-        rows = [r for r in old if (r["part"], r["config"], float(r["x"])) not in new_keys] + rows
+        # A new run replaces the old rows of its part (of its server config, for rates).
+        def key(r):
+            return (r["part"], r["config"] if r["part"] == "rates" else None)
+        new_keys = {key(r) for r in rows}
+        rows = [r for r in old if key(r) not in new_keys] + rows
     keys = sorted({k for row in rows for k in row})
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)

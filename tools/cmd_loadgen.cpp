@@ -142,9 +142,10 @@ int none_answered_status(int64_t sent, int64_t ok, const std::map<std::string, i
 
 // --openai: LLM traffic against an OpenAI-compatible server.
 int run_openai_load(const std::string& url, deltamoe::serve::LlmLoadConfig c, bool json,
-                    const std::string& latencies_out) {
+                    const std::string& latencies_out, const std::string& timeline_out) {
   DELTAMOE_CHECK(!url.empty(), "loadgen", "--openai needs --url http://127.0.0.1:PORT");
   if (!latencies_out.empty()) deltamoe::io::check_writable(latencies_out, "loadgen");
+  if (!timeline_out.empty()) deltamoe::io::check_writable(timeline_out, "loadgen");
   const auto r = deltamoe::serve::run_llm_http_load(url, c);
   const std::string out = deltamoe::serve::llm_load_result_json(r, c);
   if (!latencies_out.empty()) {
@@ -152,6 +153,8 @@ int run_openai_load(const std::string& url, deltamoe::serve::LlmLoadConfig c, bo
     for (double v : r.e2e_ms) text += std::to_string(v) + "\n";
     deltamoe::cli::write_file_atomic(latencies_out, text);
   }
+  if (!timeline_out.empty())
+    deltamoe::cli::write_file_atomic(timeline_out, deltamoe::serve::llm_load_timeline_csv(r));
   std::cout << (json ? out : nlohmann::json::parse(out).dump(2)) << std::endl;
   return none_answered_status(r.sent, r.ok, r.errors);
 }
@@ -193,6 +196,17 @@ deltamoe::cli::CommandRegistrar reg(
           ->check(CLI::PositiveNumber)
           ->capture_default_str();
       app.add_option("--model-name", llm->model, "--openai: the \"model\" field sent");
+      app.add_option("--then-rate", llm->then_rate_rps,
+                     "--openai open loop: after --duration, arrivals at this rate (requests/s) "
+                     "for --then-duration s; the report gives recovery_s")
+          ->check(CLI::PositiveNumber);
+      app.add_option("--then-duration", llm->then_duration_s,
+                     "--openai open loop: seconds of the second phase (max 600)")
+          ->check(CLI::Range(0.0, 600.0));
+      auto timeline_out = std::make_shared<std::string>();
+      app.add_option("--timeline-out", *timeline_out,
+                     "--openai: write every request as CSV (scheduled_s, done_s, status, ttft_ms, "
+                     "tpot_ms, met_slo)");
       app.add_option("--url", *url, "Server URL, loopback only (http://127.0.0.1:PORT)");
       app.add_flag("--in-process", *in_process,
                    "Drive a runtime in this process (no HTTP); takes the serve options");
@@ -238,7 +252,7 @@ deltamoe::cli::CommandRegistrar reg(
                      "Write every answered request's latency (ms), one per line");
       opts->add(app);
       return [opts, lc, url, in_process, json, latencies_out, images_idx, model_curve, stall_probe,
-              openai, llm, prompt_tokens, output_tokens, rate_opt, grace_opt]() {
+              openai, llm, prompt_tokens, output_tokens, rate_opt, grace_opt, timeline_out]() {
         if (*openai) {
           DELTAMOE_CHECK(!*in_process, "loadgen", "--openai runs over HTTP: drop --in-process");
           auto c = *llm;
@@ -250,7 +264,7 @@ deltamoe::cli::CommandRegistrar reg(
           c.seed = lc->seed;
           std::tie(c.prompt_min, c.prompt_max) = token_range("--prompt-tokens", *prompt_tokens);
           std::tie(c.output_min, c.output_max) = token_range("--output-tokens", *output_tokens);
-          return run_openai_load(*url, c, *json, *latencies_out);
+          return run_openai_load(*url, c, *json, *latencies_out, *timeline_out);
         }
         if (*stall_probe) {
           DELTAMOE_CHECK(lc->duration_s > 0 && lc->duration_s <= 600, "loadgen",

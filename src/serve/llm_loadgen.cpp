@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -39,6 +40,11 @@ void check_config(const LlmLoadConfig& c) {
   DELTAMOE_CHECK(c.output_min >= 1 && c.output_min <= c.output_max, "loadgen",
                  "output lengths need 1 ≤ min ≤ max, got ", c.output_min, "..", c.output_max);
   DELTAMOE_CHECK(c.vocab_lo >= 0 && c.vocab_lo < c.vocab_hi, "loadgen", "bad prompt id range");
+  DELTAMOE_CHECK(c.then_duration_s == 0 || (!c.closed_loop && c.then_rate_rps > 0 &&
+                                            c.then_duration_s > 0 && c.then_duration_s <= 600),
+                 "loadgen",
+                 "a second phase needs open loop, --then-rate > 0 and "
+                 "--then-duration in (0, 600] s");
 }
 
 // The bodies are drawn up front (same seed, same requests), so the schedule and the work do
@@ -66,6 +72,17 @@ std::vector<std::pair<std::string, int64_t>> make_bodies(const LlmLoadConfig& c,
 }
 
 }  // namespace
+
+std::string llm_load_timeline_csv(const LlmLoadResult& r) {
+  std::string out = "scheduled_s,done_s,status,ttft_ms,tpot_ms,met_slo\n";
+  char line[160];
+  for (const auto& q : r.requests) {
+    std::snprintf(line, sizeof line, "%.6f,%.6f,%d,%.3f,%.3f,%d\n", q.scheduled_s, q.done_s,
+                  q.status, q.ttft_ms, q.tpot_ms, q.met_slo ? 1 : 0);
+    out += line;
+  }
+  return out;
+}
 
 std::string llm_load_result_json(const LlmLoadResult& r, const LlmLoadConfig& c) {
   json j = {
@@ -101,6 +118,11 @@ std::string llm_load_result_json(const LlmLoadResult& r, const LlmLoadConfig& c)
          {std::pair<double, const char*>{0.5, "p50"}, {0.9, "p90"}, {0.99, "p99"}})
       j[std::string(name) + "_" + tag + "_ms"] = percentile(*v, q);
   }
+  if (c.then_duration_s > 0) {
+    j["then_rate_rps"] = c.then_rate_rps;
+    j["then_duration_s"] = c.then_duration_s;
+    j["recovery_s"] = r.recovery_s;
+  }
   json errs = json::object();
   for (const auto& [k, n] : r.errors) errs[k] = n;
   j["errors"] = errs;
@@ -112,8 +134,12 @@ std::string llm_load_result_json(const LlmLoadResult& r, const LlmLoadConfig& c)
 LlmLoadResult run_llm_http_load(const std::string& url, const LlmLoadConfig& c) {
   check_config(c);
   const auto [host, port] = parse_loopback_url(url);
-  const auto schedule =
+  auto schedule =
       c.closed_loop ? std::vector<double>{} : poisson_schedule_us(c.rate_rps, c.duration_s, c.seed);
+  if (c.then_duration_s > 0)
+    for (double t : poisson_schedule_us(c.then_rate_rps, c.then_duration_s, c.seed + 1))
+      schedule.push_back(c.duration_s * 1e6 + t);
+  const double arrivals_s = c.duration_s + c.then_duration_s;
   const auto bodies = make_bodies(c, c.closed_loop ? 4096 : std::max<size_t>(1, schedule.size()));
   LlmLoadResult r;
   r.mode = c.closed_loop ? "closed-loop" : "open-loop";
@@ -124,8 +150,9 @@ LlmLoadResult run_llm_http_load(const std::string& url, const LlmLoadConfig& c) 
   const auto start = Mono::now();
   const auto end = start + std::chrono::duration_cast<Mono::duration>(
                                std::chrono::duration<double>(c.duration_s));
-  const auto give_up =
-      end + std::chrono::duration_cast<Mono::duration>(std::chrono::duration<double>(c.grace_s));
+  const auto give_up = start + std::chrono::duration_cast<Mono::duration>(
+                                   std::chrono::duration<double>(arrivals_s + c.grace_s));
+  if (!c.closed_loop) r.requests.resize(schedule.size());
 
   auto sender = [&]() {
     httplib::Client client(host, port);
@@ -133,7 +160,7 @@ LlmLoadResult run_llm_http_load(const std::string& url, const LlmLoadConfig& c) 
     client.set_tcp_nodelay(true);
     client.set_connection_timeout(5);
     // A request may wait in the server's queue for most of the run before its first byte.
-    client.set_read_timeout(static_cast<time_t>(std::max(1.0, c.duration_s + c.grace_s)));
+    client.set_read_timeout(static_cast<time_t>(std::max(1.0, arrivals_s + c.grace_s)));
     for (;;) {
       const size_t k = next.fetch_add(1);
       Mono::time_point scheduled;
@@ -203,6 +230,10 @@ LlmLoadResult run_llm_http_load(const std::string& url, const LlmLoadConfig& c) 
       }
       std::lock_guard<std::mutex> lk(mu);
       ++r.sent;
+      LlmRequestRecord rec;
+      rec.scheduled_s = std::chrono::duration<double>(scheduled - start).count();
+      rec.done_s = std::chrono::duration<double>(done - start).count();
+      rec.status = sent_ok ? status : 0;
       if (!sent_ok) {
         ++r.errors["transport:" + httplib::to_string(err)];
       } else if (status != 200) {
@@ -220,14 +251,35 @@ LlmLoadResult run_llm_http_load(const std::string& url, const LlmLoadConfig& c) 
         r.output_tokens += std::max<int64_t>(0, tokens);
         if (done < end) r.window_output_tokens += std::max<int64_t>(0, tokens);
         r.mean_experts_sum += experts;
-        if (ttft <= c.slo_ttft_ms && tpot <= c.slo_tpot_ms) ++r.met_slo;
+        rec.ttft_ms = ttft;
+        rec.tpot_ms = tpot;
+        rec.met_slo = ttft <= c.slo_ttft_ms && tpot <= c.slo_tpot_ms;
+        if (rec.met_slo) ++r.met_slo;
       }
+      if (!c.closed_loop) r.requests[k] = rec;
     }
   };
   std::vector<std::thread> threads;
   for (int i = 0; i < c.concurrency; ++i) threads.emplace_back(sender);
   for (auto& t : threads) t.join();
   r.wall_s = std::chrono::duration<double>(Mono::now() - start).count();
+  if (c.then_duration_s > 0) {
+    // The last request of the second phase that missed an SLO: recovery ends with it.
+    double last_miss = -1.0;
+    bool any_after = false;
+    for (const auto& q : r.requests)
+      if (q.scheduled_s >= c.duration_s) {
+        any_after = true;
+        if (!q.met_slo) last_miss = std::max(last_miss, q.scheduled_s);
+      }
+    if (any_after) {
+      const bool never =
+          last_miss >= 0 && std::none_of(r.requests.begin(), r.requests.end(), [&](const auto& q) {
+            return q.scheduled_s > last_miss && q.met_slo;
+          });
+      r.recovery_s = never ? -1.0 : (last_miss < 0 ? 0.0 : last_miss - c.duration_s);
+    }
+  }
   return r;
 }
 

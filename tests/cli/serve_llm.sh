@@ -87,6 +87,13 @@ out=$(timeout 300 "$bin" loadgen --openai --url "http://127.0.0.1:$port" --rate 
 [ "$(jget "d['ok'] == d['sent'] and d['ok'] > 0" <<<"$out")" = True ] || { echo "loadgen: $out"; exit 1; }
 [ "$(jget "d['ttft_p50_ms'] > 0 and d['tpot_p50_ms'] > 0 and d['output_tokens'] >= 4 * d['ok']" <<<"$out")" = True ] || { echo "loadgen figures: $out"; exit 1; }
 
+# A second phase (--then-rate) and the per-request timeline: one CSV row per request.
+out=$(timeout 300 "$bin" loadgen --openai --url "http://127.0.0.1:$port" --rate 20 --duration 0.5 \
+      --then-rate 10 --then-duration 0.5 --prompt-tokens 4 --output-tokens 4 --timeline-out "$tmp/tl.csv" --json)
+[ "$(jget "'recovery_s' in d and d['then_rate_rps'] == 10" <<<"$out")" = True ] || { echo "loadgen phases: $out"; exit 1; }
+[ "$(head -1 "$tmp/tl.csv")" = "scheduled_s,done_s,status,ttft_ms,tpot_ms,met_slo" ] || { echo "timeline header"; exit 1; }
+[ "$(($(wc -l <"$tmp/tl.csv") - 1))" = "$(jget "d['sent'] + d['not_sent']" <<<"$out")" ] || { echo "timeline rows"; exit 1; }
+
 # SIGTERM with a stream in progress: the stream finishes ([DONE]) and the server exits 0.
 exec 4<>"/dev/tcp/127.0.0.1/$port"
 body='{"prompt":"Once","max_tokens":200,"ignore_eos":true,"stream":true}'

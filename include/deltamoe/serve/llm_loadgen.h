@@ -29,8 +29,19 @@ struct LlmLoadConfig {
   bool stream = true;
   std::string model;  // "model" field sent (empty: omitted)
   double slo_ttft_ms = 2000.0, slo_tpot_ms = 200.0;
-  double grace_s = 120.0;  // after duration: wait this long for answers
+  /// Open loop, optional second phase: Poisson arrivals at then_rate_rps for then_duration_s
+  /// after `duration_s` (e.g. a light load right after an overload, to see recovery).
+  double then_rate_rps = 0.0, then_duration_s = 0.0;
+  double grace_s = 120.0;  // after the arrivals: wait this long for answers
   uint64_t seed = 1;
+};
+
+/// One request of a run, for timelines: times in seconds from the start of the run.
+struct LlmRequestRecord {
+  double scheduled_s = 0, done_s = 0;
+  int status = 0;  // HTTP status, 0 when the transport failed or it was never sent
+  double ttft_ms = 0, tpot_ms = 0;
+  bool met_slo = false;
 };
 
 struct LlmLoadResult {
@@ -42,10 +53,17 @@ struct LlmLoadResult {
   int64_t prompt_tokens = 0, output_tokens = 0;  // over answered requests
   int64_t window_output_tokens = 0;  // tokens of requests finished inside [start, start+duration]
   double mean_experts_sum = 0.0;     // Σ of the server's mean experts per token (deltamoe only)
+  std::vector<LlmRequestRecord> requests;  // every request, in schedule order
+  /// With a second phase: seconds from its start until every later-scheduled request met
+  /// both SLOs (−1 when none did from some point on).
+  double recovery_s = -1.0;
 };
 
 /// Runs the load against `url` (loopback only). Throws Error("loadgen") on a bad config.
 LlmLoadResult run_llm_http_load(const std::string& url, const LlmLoadConfig& config);
+
+/// The timeline as CSV: scheduled_s,done_s,status,ttft_ms,tpot_ms,met_slo per request.
+std::string llm_load_timeline_csv(const LlmLoadResult& r);
 
 /// One JSON object: counts, offered and achieved request rates, output tokens/s (over the
 /// wall time and over the window), TTFT / TPOT / e2e percentiles (p50, p90, p99, mean) in
