@@ -20,7 +20,7 @@ struct LlmServeOptions {
   double kv_cache_mb = 1024;
   int64_t kv_block = 32;
   int64_t max_batch_tokens = 256;
-  int64_t max_running = 64;
+  int64_t max_running = 16;
   int64_t max_waiting = 256;
   std::string model_name;  // empty: the directory's name
 

@@ -33,7 +33,7 @@ struct LlmEngineConfig {
   int64_t kv_blocks = 0;
   size_t kv_cache_bytes = size_t{1} << 30;
   int64_t max_batch_tokens = 256;  // token rows per step (decode tokens + prefill chunks)
-  int64_t max_running = 64;        // sequences in the running batch
+  int64_t max_running = 16;        // sequences in the running batch
   int64_t max_waiting = 256;       // queued requests beyond which submit() refuses
 };
 
