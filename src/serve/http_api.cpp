@@ -283,6 +283,11 @@ std::string render_llm_prometheus(const LlmEngineStats& st, const HttpFrontendSt
   for (size_t e = 0; e < st.expert_tokens.size(); ++e)
     os << "deltamoe_llm_expert_tokens_total{expert=\"" << e << "\"} " << st.expert_tokens[e]
        << "\n";
+  os << "# HELP deltamoe_llm_expert_step_rows Rows each expert ran in the latest engine step "
+        "(all MoE layers): its queue at that step.\n# TYPE deltamoe_llm_expert_step_rows gauge\n";
+  for (size_t e = 0; e < st.expert_step_rows.size(); ++e)
+    os << "deltamoe_llm_expert_step_rows{expert=\"" << e << "\"} " << st.expert_step_rows[e]
+       << "\n";
   return os.str();
 }
 

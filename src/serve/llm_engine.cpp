@@ -227,6 +227,7 @@ LlmEngine::LlmEngine(std::shared_ptr<const models::MoeLm> model,
   impl_->pool = model_->make_kv_pool(config_.kv_block_tokens, blocks);
   impl_->experts = std::max<int64_t>(1, model_->config().num_experts);
   impl_->st.expert_tokens.assign(static_cast<size_t>(impl_->experts), 0);
+  impl_->st.expert_step_rows.assign(static_cast<size_t>(impl_->experts), 0);
   impl_->thread = std::thread([this] { impl_->loop(); });
 }
 
@@ -419,6 +420,7 @@ void LlmEngine::Impl::run_step() {
     st.batch_sequences.observe(static_cast<double>(step.size()));
     st.batch_tokens.observe(static_cast<double>(rows));
     for (size_t e = 0; e < per_expert.size(); ++e) st.expert_tokens[e] += per_expert[e];
+    st.expert_step_rows = per_expert;
     routed_all += static_cast<double>(ls.routed_experts);
     rows_all += static_cast<double>(ls.moe_rows);
   }

@@ -159,6 +159,13 @@ void expect_same_as_alone(const serve::LlmEngineConfig& cfg, int requests) {
   uint64_t routed = 0;
   for (uint64_t t : st.expert_tokens) routed += t;
   EXPECT_GT(routed, 0u);
+  ASSERT_EQ(st.expert_step_rows.size(), st.expert_tokens.size());
+  uint64_t last = 0;
+  for (size_t e = 0; e < st.expert_step_rows.size(); ++e) {
+    EXPECT_LE(st.expert_step_rows[e], st.expert_tokens[e]);
+    last += st.expert_step_rows[e];
+  }
+  EXPECT_GT(last, 0u);  // the last step routed its tokens somewhere
 }
 
 }  // namespace

@@ -69,7 +69,7 @@ void histogram_text(std::ostringstream& os, const std::string& name, const std::
 /// Prometheus text of the LLM server: HTTP responses by status and open connections, time to
 /// first token and time per output token histograms, batch sizes (sequences and tokens per
 /// step), tokens and requests counters, running / waiting requests, KV-cache blocks, mean
-/// experts per token and tokens routed to each expert.
+/// experts per token, tokens routed to each expert, and each expert's rows in the latest step.
 std::string render_llm_prometheus(const LlmEngineStats& st, const HttpFrontendStats& http,
                                   bool ready);
 

@@ -76,8 +76,11 @@ struct LlmEngineStats {
   Histogram batch_sequences{{1, 2, 4, 8, 16, 32, 64, 128}};
   Histogram batch_tokens{{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}};
   std::vector<uint64_t> expert_tokens;  // per routed expert, summed over MoE layers
-  double busy_s = 0.0;                  // time in forward passes
-  double mean_experts = 0.0;            // real experts per token and MoE layer, all requests
+  /// Per routed expert: rows it ran in the latest step, summed over MoE layers (its queue
+  /// at that step: every routed token of the step joins its expert's batch).
+  std::vector<uint64_t> expert_step_rows;
+  double busy_s = 0.0;        // time in forward passes
+  double mean_experts = 0.0;  // real experts per token and MoE layer, all requests
 };
 
 class LlmEngine {
