@@ -637,7 +637,11 @@ void HttpFrontend::stop(double drain_s) {
   if (c.daemon == nullptr || c.stopped) return;
   c.stopped = true;
   c.draining = true;
-  const MHD_socket listen_fd = MHD_quiesce_daemon(c.daemon);
+  // No MHD_quiesce_daemon(): in libmicrohttpd 0.9.75 with epoll polling threads it races
+  // the threads removing the listen socket from their epoll sets and aborts the process
+  // ("Failed to remove listen FD from epoll set", seen on SIGTERM). The listener stays
+  // open while draining instead; new requests get 503 (on_access, `draining`), and
+  // MHD_stop_daemon() closes it.
   {
     const double wait_s = std::clamp(drain_s, 0.0, 1e7);
     const auto deadline = std::chrono::steady_clock::now() +
@@ -662,7 +666,6 @@ void HttpFrontend::stop(double drain_s) {
   }
   MHD_stop_daemon(c.daemon);
   c.daemon = nullptr;
-  if (listen_fd != MHD_INVALID_SOCKET) ::close(listen_fd);
 }
 
 HttpFrontendStats HttpFrontend::stats() const {

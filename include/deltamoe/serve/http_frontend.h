@@ -120,10 +120,10 @@ class HttpFrontend {
   void start(const std::string& host, int port);
   /// The bound port (after start()).
   int port() const;
-  /// Stops accepting, waits up to `drain_s` for replies still owed (streams included) to be
-  /// sent, then closes every connection. Idempotent. A reply still owed after the drain is
-  /// answered 503 (a stream is cut short); calls on its exchange are then ignored. The
-  /// destructor stops with no drain.
+  /// Answers new requests 503 (the listener stays open until the end), waits up to `drain_s` for
+  /// replies still owed (streams included) to be sent, then closes every connection. Idempotent. A
+  /// reply still owed after the drain is answered 503 (a stream is cut short); calls on its
+  /// exchange are then ignored. The destructor stops with no drain.
   void stop(double drain_s = 30.0);
   HttpFrontendStats stats() const;
 
