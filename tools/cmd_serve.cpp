@@ -4,6 +4,8 @@
 
 #include <fstream>
 #include <iostream>
+#include <set>
+#include <vector>
 
 #include "command.h"
 #include "deltamoe/io/output.h"
@@ -20,8 +22,22 @@ deltamoe::cli::CommandRegistrar reg(
       auto sc = std::make_shared<deltamoe::serve::ServerConfig>();
       auto port_file = std::make_shared<std::string>();
       auto llm = std::make_shared<deltamoe::cli::LlmServeOptions>();
-      opts->add(app);
-      llm->add(app);
+      // Which flags belong to which kind of model comes from where they are added, so a new
+      // flag of either kind is checked without a list to keep in step.
+      const auto added_by = [&app](auto&& add) {
+        std::set<const CLI::Option*> before;
+        for (const CLI::Option* o : app.get_options()) before.insert(o);
+        add();
+        std::vector<std::string> names;
+        for (const CLI::Option* o : app.get_options())
+          if (!before.count(o)) names.push_back(o->get_name());
+        return names;
+      };
+      auto classifier_flags = std::make_shared<std::vector<std::string>>();
+      for (const std::string& f : added_by([&] { opts->add(app); }))
+        if (f != "--model" && f != "--routing") classifier_flags->push_back(f);  // shared
+      const auto lm_flags =
+          std::make_shared<std::vector<std::string>>(added_by([&] { llm->add(app); }));
       app.add_option("--host", sc->host, "Address to listen on (default loopback)");
       app.add_option("--port", sc->port, "Port (0 = any free port, see --port-file)")
           ->check(CLI::Range(0, 65535));
@@ -48,8 +64,9 @@ deltamoe::cli::CommandRegistrar reg(
           ->check(CLI::Range(0, 1 << 24))
           ->capture_default_str();
       app.add_option("--retry-after-s", sc->retry_after_s, "Retry-After seconds sent with 503");
+      classifier_flags->push_back("--max-inflight-requests");
       CLI::App* self = &app;
-      return [opts, sc, port_file, llm, self]() {
+      return [opts, sc, port_file, llm, self, classifier_flags, lm_flags]() {
         // SIGTERM/SIGINT are taken synchronously by this thread (sigwait); every thread started
         // below inherits the blocked mask, so no handler runs at an awkward moment.
         sigset_t signals;
@@ -63,10 +80,7 @@ deltamoe::cli::CommandRegistrar reg(
         const bool lm = deltamoe::cli::is_lm_dir(opts->model_path);
         const auto given = [&](const std::string& f) { return self->get_option(f)->count() > 0; };
         if (lm) {
-          for (const char* f :
-               {"--random-model", "--mode", "--queue-size", "--queue-timeout-us", "--adaptive",
-                "--group-layers", "--max-inflight", "--max-request-images", "--workers",
-                "--split-min-rows", "--spin-us", "--seed", "--max-inflight-requests"})
+          for (const std::string& f : *classifier_flags)
             DELTAMOE_CHECK(!given(f), "serve", f, " applies to classifier models; ",
                            opts->model_path, " is a language model directory");
           deltamoe::cli::ServeHttpOptions http;
@@ -81,7 +95,7 @@ deltamoe::cli::CommandRegistrar reg(
           return deltamoe::cli::run_llm_server(opts->model_path, opts->routing, *llm, http,
                                                signals);
         }
-        for (const std::string& f : deltamoe::cli::LlmServeOptions::flag_names())
+        for (const std::string& f : *lm_flags)
           DELTAMOE_CHECK(!given(f), "serve", f,
                          " applies to language models (--model DIR with config.json)");
         sc->max_images = opts->max_request_samples;

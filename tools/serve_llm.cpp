@@ -2,9 +2,7 @@
 #include "serve_llm.h"
 
 #include <filesystem>
-#include <fstream>
 #include <iostream>
-#include <nlohmann/json.hpp>
 
 #include "command.h"
 #include "deltamoe/io/chat_template.h"
@@ -48,30 +46,6 @@ void LlmServeOptions::add(CLI::App& app) {
                  "Language models: the id /v1/models reports (default: the directory's name)");
 }
 
-const std::vector<std::string>& LlmServeOptions::flag_names() {
-  static const std::vector<std::string> names = {
-      "--dtype",       "--weight-layout", "--threads",
-      "--kv-cache-mb", "--kv-block",      "--max-batch-tokens",
-      "--max-running", "--max-waiting",   "--model-name"};
-  return names;
-}
-
-namespace {
-
-// Whether the directory has a chat template at all (a model without one serves completions
-// only); ChatTemplate::load then reads it, and a broken one stops the server at start.
-bool has_chat_template(const std::string& dir) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (fs::exists(fs::path(dir) / "chat_template.jinja", ec)) return true;
-  std::ifstream in(fs::path(dir) / "tokenizer_config.json", std::ios::binary);
-  if (!in) return false;
-  const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  return j.is_object() && j.contains("chat_template") && !j["chat_template"].is_null();
-}
-
-}  // namespace
-
 bool is_lm_dir(const std::string& path) {
   std::error_code ec;
   return std::filesystem::is_directory(path, ec) &&
@@ -85,8 +59,9 @@ int run_llm_server(const std::string& model_dir, const std::string& routing,
   // The tokenizer and chat template first: their errors come before the (long) load.
   std::shared_ptr<const io::Tokenizer> tok = io::Tokenizer::load(model_dir);
   std::shared_ptr<const io::ChatTemplate> chat;
-  if (has_chat_template(model_dir))  // a broken template is an error here, not at the first chat
-    chat = std::make_shared<io::ChatTemplate>(io::ChatTemplate::load(model_dir));
+  // A broken template is an error here, not at the first chat request.
+  if (auto t = io::ChatTemplate::load_if_present(model_dir))
+    chat = std::make_shared<io::ChatTemplate>(std::move(*t));
   LmCliOptions lo;
   lo.model = model_dir;
   lo.dtype = o.dtype;

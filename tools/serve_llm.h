@@ -26,8 +26,6 @@ struct LlmServeOptions {
 
   /// Adds the flags (their help says "language models").
   void add(CLI::App& app);
-  /// Names of the flags added by add(), for the check that a classifier run gave none.
-  static const std::vector<std::string>& flag_names();
 };
 
 /// What both servers share: where to listen and the HTTP limits.

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "io/chat_template_internal.h"
@@ -81,6 +82,14 @@ ChatTemplate::ChatTemplate(std::string source, std::string bos_token, std::strin
 }
 
 ChatTemplate ChatTemplate::load(const std::string& model_dir) {
+  return *load_dir(model_dir, /*required=*/true);
+}
+
+std::optional<ChatTemplate> ChatTemplate::load_if_present(const std::string& model_dir) {
+  return load_dir(model_dir, /*required=*/false);
+}
+
+std::optional<ChatTemplate> ChatTemplate::load_dir(const std::string& model_dir, bool required) {
   std::error_code ec;
   if (!fs::is_directory(model_dir, ec)) fail(kComponent, model_dir, ": not a directory");
   const fs::path dir(model_dir);
@@ -122,6 +131,7 @@ ChatTemplate ChatTemplate::load(const std::string& model_dir) {
       fail(kComponent, from, ": chat_template is neither a string nor a list of {name, template}");
     }
   } else {
+    if (!required) return std::nullopt;
     fail(kComponent, model_dir, ": no chat template (no chat_template.jinja, and ",
          has_config ? "tokenizer_config.json has no chat_template)" : "no tokenizer_config.json)");
   }

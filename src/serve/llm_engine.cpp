@@ -75,6 +75,22 @@ struct LlmEngine::Impl {
 
   explicit Impl(LlmEngine& e) : eng(e) {}
 
+  // Where the first stop string starts in the generated text (npos: none). Only text from
+  // just before what was already sent can hold a new match.
+  static size_t first_stop(const Seq& s) {
+    size_t end = std::string::npos;
+    for (const std::string& stop : s.params.stop) {
+      if (stop.empty()) continue;
+      const size_t at = s.text.find(stop, s.emitted > stop.size() ? s.emitted - stop.size() : 0);
+      end = std::min(end, at);
+    }
+    return end;
+  }
+
+  // The final event of `s`, then its blocks go back and it leaves the live set. "stop":
+  // the text is already cut before the stop string (or at end-of-sequence) and the decoder's
+  // held-back bytes belong to it, so they are dropped; otherwise they are flushed, and since
+  // no stop string can complete any more, what was held back goes out up to any stop string.
   void finish(Seq& s, const std::string& reason, const std::string& error = {},
               int32_t token = -1) {
     TokenEvent ev;
@@ -82,18 +98,13 @@ struct LlmEngine::Impl {
     ev.finished = true;
     ev.finish_reason = reason;
     ev.error = error;
-    if (reason != "error") {
+    if (reason == "stop") {
+      s.decoder.reset();
+    } else if (reason != "error") {
       s.text += s.decoder.finish();
-      size_t end = s.text.size();
-      if (reason == "length" || reason == "abort") {
-        // A stop string cannot complete any more: what was held back goes out, unless a stop
-        // string is in it.
-        for (const std::string& stop : s.params.stop) {
-          const size_t at =
-              s.text.find(stop, s.emitted > stop.size() ? s.emitted - stop.size() : 0);
-          if (!stop.empty() && at != std::string::npos) end = std::min(end, at);
-        }
-      }
+    }
+    if (reason != "error") {
+      const size_t end = std::min(s.text.size(), first_stop(s));
       if (end > s.emitted) ev.text = s.text.substr(s.emitted, end - s.emitted);
       s.emitted = std::max(s.emitted, end);
     }
@@ -118,36 +129,23 @@ struct LlmEngine::Impl {
   // Returns true when the request is finished.
   bool on_token(Seq& s, int32_t t) {
     const auto now = Mono::now();
-    if (s.generated() == 0) {
-      s.first_token = now;
-      std::lock_guard<std::mutex> lk(mu);
-      st.ttft_s.observe(seconds(now - s.submitted));
-    } else {
-      std::lock_guard<std::mutex> lk(mu);
-      st.tpot_s.observe(seconds(now - s.last_token));
-    }
-    s.last_token = now;
-    s.ids.push_back(t);
     {
       std::lock_guard<std::mutex> lk(mu);
+      if (s.generated() == 0)
+        st.ttft_s.observe(seconds(now - s.submitted));
+      else
+        st.tpot_s.observe(seconds(now - s.last_token));
       ++st.generated_tokens;
     }
+    if (s.generated() == 0) s.first_token = now;
+    s.last_token = now;
+    s.ids.push_back(t);
     const bool eos = t == eng.tok_->eos_id() && !s.params.ignore_eos;
     if (!eos) s.text += s.decoder.next(t);
-    size_t end = s.text.size();
-    bool stopped = eos;
-    for (const std::string& stop : s.params.stop) {
-      if (stop.empty()) continue;
-      const size_t from = s.emitted > stop.size() ? s.emitted - stop.size() : 0;
-      const size_t at = s.text.find(stop, from);
-      if (at != std::string::npos && at < end) {
-        end = at;
-        stopped = true;
-      }
-    }
-    if (stopped) {
-      s.text.resize(std::max(end, s.emitted));
-      finish_stopped(s, t);
+    const size_t stop_at = first_stop(s);
+    if (eos || stop_at != std::string::npos) {
+      if (stop_at != std::string::npos) s.text.resize(std::max(stop_at, s.emitted));
+      finish(s, "stop", {}, t);
       return true;
     }
     if (s.generated() >= s.params.max_tokens) {
@@ -161,28 +159,6 @@ struct LlmEngine::Impl {
     s.emitted = std::max(s.emitted, safe);
     s.cb(ev);
     return false;
-  }
-
-  void finish_stopped(Seq& s, int32_t t) {
-    // The decoder may hold bytes of the stop string's last token; they are not sent.
-    s.decoder.reset();
-    TokenEvent ev;
-    ev.token = t;
-    ev.finished = true;
-    ev.finish_reason = "stop";
-    if (s.text.size() > s.emitted) ev.text = s.text.substr(s.emitted);
-    s.emitted = s.text.size();
-    ev.prompt_tokens = s.prompt_len;
-    ev.completion_tokens = s.generated();
-    ev.mean_experts =
-        s.moe_rows ? static_cast<double>(s.routed) / static_cast<double>(s.moe_rows) : 0.0;
-    ev.ttft_s = seconds(s.first_token - s.submitted);
-    s.cache.clear();
-    s.cb(ev);
-    std::lock_guard<std::mutex> lk(mu);
-    live.erase(s.id);
-    ++st.requests_finished;
-    idle_cv.notify_all();
   }
 
   // Moves queued requests into the running batch while their prompts' blocks are free (one

@@ -12,6 +12,14 @@ body_of() { sed '1,/^\r$/d'; }
 "$bin" make-model --arch mixtral --preset tiny --vocab 400 --seed 3 --out "$tmp/m" --quiet
 model_args=(--model "$tmp/m")
 
+# A flag of the other kind of model is a one-line error before anything is loaded.
+fail() { echo "FAIL: $*"; exit 1; }
+source "$src/tests/cli/error_lib.bash"
+expect_one_line_error 1 "\[serve\] --queue-size applies to classifier models" \
+  "$bin" serve --model "$tmp/m" --queue-size 4 --port 0
+expect_one_line_error 1 "\[serve\] --kv-block applies to language models" \
+  "$bin" serve --random-model --kv-block 8 --port 0
+
 start_server --kv-cache-mb 8 --max-batch-tokens 64
 grep -q "chat template" "$tmp/server.log" || { cat "$tmp/server.log"; exit 1; }
 r=$(http GET /healthz)

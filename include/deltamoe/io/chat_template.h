@@ -36,6 +36,7 @@
 
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -61,6 +62,9 @@ class ChatTemplate {
   /// Throws Error("chat") naming the file when the directory has no template, a file cannot
   /// be read or parsed, or the template has a syntax error.
   static ChatTemplate load(const std::string& model_dir);
+  /// As load(), but a directory with no template at all gives nullopt (a model that serves
+  /// completions only); a template that is there but broken still throws.
+  static std::optional<ChatTemplate> load_if_present(const std::string& model_dir);
 
   /// An empty template (has_template() is false; render() throws).
   ChatTemplate() = default;
@@ -92,6 +96,7 @@ class ChatTemplate {
   const std::string& eos_token() const { return eos_token_; }
 
  private:
+  static std::optional<ChatTemplate> load_dir(const std::string& model_dir, bool required);
   std::string source_, bos_token_, eos_token_;
   std::shared_ptr<const chat_detail::Program> program_;
 };
