@@ -11,6 +11,10 @@ Starts `deltamoe serve --model MODEL` in each configuration, drives it with
   overload  2x the batched capacity for --overload-s with a small admission queue, then half
             capacity for 20 s in the same run: every request answered 200 or 503 (none
             lost), server RSS before/after, seconds until requests meet the SLOs again
+  queues    per-expert queues across steps (an expert runs at B rows or after T) against plain
+            continuous batching, under dynamic per-token k (--queue-routing, top-p): closed
+            loop at --queue-streams and open-loop Poisson at --queue-rate; from /metrics,
+            rows per expert batch (weights read once per batch) and held token-steps
 
 Usage (after a build; the reference model of docs/benchmarks.md):
   python3 bench/llm_serving_study.py --model /path/ref-mixtral --out docs/experiments/llm-serving
@@ -61,6 +65,21 @@ class Server:
         return code
 
 
+def metrics(url):
+    """The server's /metrics as {name: value} (unlabelled series only)."""
+    import urllib.request
+    out = {}
+    for line in urllib.request.urlopen(url + "/metrics", timeout=60).read().decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            if "{" in name:  # labelled series are summed under NAME{}
+                name = name.split("{")[0] + "{}"
+                out[name] = out.get(name, 0.0) + float(value)
+            else:
+                out[name] = float(value)
+    return out
+
+
 def loadgen(binary, url, args):
     out = subprocess.run([binary, "loadgen", "--openai", "--url", url, "--json"] + args,
                          capture_output=True, text=True, timeout=1800)
@@ -89,6 +108,14 @@ def main():
     ap.add_argument("--append", action="store_true", help="add to an existing CSV")
     ap.add_argument("--overload-waiting", default="16,4",
                     help="overload: the --max-waiting values to run")
+    ap.add_argument("--queue-routing", default="top-p:0.3",
+                    help="queues: routing with a per-token number of experts")
+    ap.add_argument("--queue-configs", default="continuous,2:1,4:300",
+                    help="queues: continuous and B:T_ms pairs of per-expert queues")
+    ap.add_argument("--queue-streams", type=int, default=16)
+    ap.add_argument("--queue-rate", type=float, default=0.5)
+    ap.add_argument("--queue-loads", default="closed,poisson",
+                    help="queues: closed (--queue-streams) and/or poisson (--queue-rate)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     parts = a.parts.split(",")
@@ -142,20 +169,45 @@ def main():
             code = s.stop()
             print(f"overload server exit {code}", file=sys.stderr)
 
+    if "queues" in parts:
+        for config in a.queue_configs.split(","):
+            extra = ["--routing", a.queue_routing]
+            if config != "continuous":
+                b, t_ms = config.split(":")
+                extra += ["--mode", "per-expert", "--queue-size", b,
+                          "--queue-timeout-us", str(int(float(t_ms) * 1000))]
+                config = f"B={b} T={t_ms}ms"
+            for load in a.queue_loads.split(","):
+                s = Server(a.binary, a.model, extra)
+                args = (["--closed-loop", "--concurrency", str(a.queue_streams)] if load == "closed"
+                        else ["--rate", str(a.queue_rate), "--concurrency", "256"])
+                r = loadgen(a.binary, s.url, args + ["--duration", str(a.duration)] + lengths)
+                m = metrics(s.url)
+                runs = m.get("deltamoe_llm_expert_runs_total", 0)
+                rows_run = m.get("deltamoe_llm_expert_tokens_total{}", 0)
+                x = a.queue_streams if load == "closed" else a.queue_rate
+                record("queues", config, x, r, load=load,
+                       mean_experts=m.get("deltamoe_llm_mean_experts_per_token"),
+                       rows_per_expert_run=rows_run / runs if runs else None,
+                       held_token_steps=m.get("deltamoe_llm_held_token_steps_total"),
+                       steps=m.get("deltamoe_llm_steps_total"))
+                s.stop()
+
     path = os.path.join(a.out, "llm-serving.csv")
     if a.append and os.path.exists(path):
         with open(path) as f:
             old = list(csv.DictReader(f))
         for row in old:
             for k in row:
-                if k in ("x", "recovery_s") or k.endswith(
+                if k in ("x", "recovery_s", "mean_experts", "rows_per_expert_run",
+                         "held_token_steps", "steps") or k.endswith(
                         ("_ms", "_rps", "_per_s", "_kb", "attainment")) or k in (
                         "sent", "ok", "not_sent"):
                     row[k] = float(row[k]) if row[k] not in ("", None) else None
         # A new run of a (part, config, x) replaces the old one.
         # A new run replaces the old rows of its part (of its server config, for rates).
         def key(r):
-            return (r["part"], r["config"] if r["part"] == "rates" else None)
+            return (r["part"], r["config"] if r["part"] in ("rates", "queues") else None)
         new_keys = {key(r) for r in rows}
         rows = [r for r in old if key(r) not in new_keys] + rows
     keys = sorted({k for row in rows for k in row})
@@ -208,6 +260,27 @@ def plot(rows, out):
             a_.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(out, "llm-serving-rates.png"), dpi=110)
+    qu = [r for r in rows if r["part"] == "queues" and r.get("load") == "closed"]
+    if qu:
+        fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+        names = [r["config"] for r in qu]
+        pos = list(range(len(qu)))
+        ax[0].bar(pos, [r["output_tokens_per_s"] for r in qu])
+        ax[0].set_ylabel("output tokens/s")
+        ax[1].bar([p - 0.2 for p in pos], [r["tpot_p50_ms"] for r in qu], 0.4, label="p50")
+        ax[1].bar([p + 0.2 for p in pos], [r["tpot_p99_ms"] for r in qu], 0.4, label="p99")
+        ax[1].set_ylabel("time per output token (ms)")
+        ax[1].set_yscale("log")
+        ax[1].legend()
+        ax[2].bar(pos, [r["rows_per_expert_run"] for r in qu])
+        ax[2].set_ylabel("rows per expert batch (weights read once)")
+        for a_ in ax:
+            a_.set_xticks(pos)
+            a_.set_xticklabels(names, fontsize=8)
+        fig.suptitle("per-expert queues across steps vs continuous batching "
+                     "(closed loop, dynamic k)")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "llm-serving-queues.png"), dpi=110)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,11 @@ deltamoe::cli::CommandRegistrar reg(
         return names;
       };
       auto classifier_flags = std::make_shared<std::vector<std::string>>();
+      // Shared: the model, its routing, and the per-expert queue rule (B, T).
+      const std::set<std::string> shared = {"--model", "--routing", "--mode", "--queue-size",
+                                            "--queue-timeout-us"};
       for (const std::string& f : added_by([&] { opts->add(app); }))
-        if (f != "--model" && f != "--routing") classifier_flags->push_back(f);  // shared
+        if (!shared.count(f)) classifier_flags->push_back(f);
       const auto lm_flags =
           std::make_shared<std::vector<std::string>>(added_by([&] { llm->add(app); }));
       app.add_option("--host", sc->host, "Address to listen on (default loopback)");
@@ -92,6 +95,8 @@ deltamoe::cli::CommandRegistrar reg(
           http.limits.idle_timeout_s = sc->idle_timeout_s;
           http.limits.threads = sc->threads;
           http.retry_after_s = sc->retry_after_s;
+          llm->set_queues(opts->mode, opts->queue_size, opts->queue_timeout_us, given("--mode"),
+                          given("--queue-size"), given("--queue-timeout-us"));
           return deltamoe::cli::run_llm_server(opts->model_path, opts->routing, *llm, http,
                                                signals);
         }

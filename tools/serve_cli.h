@@ -42,12 +42,16 @@ struct RuntimeOptions {
         "Routing policy: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA], null-experts:K:M "
         "(default: the policy the model was trained with)");
     app.add_option("--mode", mode,
-                   "per-expert (queues per expert) or whole-model (batch before routing)");
-    app.add_option("--queue-size", queue_size, "B: samples per batch")
+                   "per-expert (queues per expert) or whole-model (batch before routing); language "
+                   "models: continuous (default) or per-expert (queues across decode steps)");
+    app.add_option("--queue-size", queue_size,
+                   "B: samples per batch (language models: token rows an expert's queue waits "
+                   "for)")
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
     app.add_option("--queue-timeout-us", queue_timeout_us,
                    "T: max wait of a queue's oldest sample in us (0 = flush when a worker is free, "
-                   "-1 = infinity)")
+                   "-1 = infinity; language models: a finite wait, and both B and T are "
+                   "required with --mode per-expert)")
         ->check(CLI::Validator(
             [](std::string& s) -> std::string {
               try {

@@ -46,6 +46,30 @@ void LlmServeOptions::add(CLI::App& app) {
                  "Language models: the id /v1/models reports (default: the directory's name)");
 }
 
+void LlmServeOptions::set_queues(const std::string& mode, int64_t queue_size,
+                                 int64_t queue_timeout_us, bool mode_given, bool size_given,
+                                 bool timeout_given) {
+  const std::string m = mode_given ? mode : "continuous";
+  DELTAMOE_CHECK(m == "continuous" || m == "per-expert", "serve", "--mode ", m,
+                 " is not a batching mode of language models (continuous or per-expert)");
+  if (m == "continuous") {
+    DELTAMOE_CHECK(!size_given && !timeout_given, "serve",
+                   "--queue-size and --queue-timeout-us go with --mode per-expert for language "
+                   "models (continuous batching has no per-expert queues across steps)");
+    queues = {};
+    return;
+  }
+  DELTAMOE_CHECK(size_given && timeout_given, "serve",
+                 "--mode per-expert for a language model needs --queue-size B (rows an expert "
+                 "waits for) and --queue-timeout-us T (the longest a token waits)");
+  DELTAMOE_CHECK(queue_timeout_us >= 0 && queue_timeout_us <= 3600LL * 1000000, "serve",
+                 "--queue-timeout-us for a language model must be in [0, 3600 s]: a held token "
+                 "needs a deadline, got ",
+                 queue_timeout_us);
+  queues.min_rows = queue_size;
+  queues.max_wait_s = static_cast<double>(queue_timeout_us) * 1e-6;
+}
+
 bool is_lm_dir(const std::string& path) {
   std::error_code ec;
   return std::filesystem::is_directory(path, ec) &&
@@ -76,6 +100,7 @@ int run_llm_server(const std::string& model_dir, const std::string& routing,
   ec.max_batch_tokens = o.max_batch_tokens;
   ec.max_running = o.max_running;
   ec.max_waiting = o.max_waiting;
+  ec.expert_queues = o.queues;
   auto engine = std::make_shared<serve::LlmEngine>(model, tok, ec);
   serve::LlmServerConfig sc;
   sc.host = http.host;
@@ -105,9 +130,12 @@ int run_llm_server(const std::string& model_dir, const std::string& routing,
             << model->layers() << " layers, " << model->config().num_experts << " experts, "
             << o.dtype << ", routing " << model->policy().name() << ") loaded in "
             << seconds_since(t0) << " s; KV cache " << st.kv_blocks_total << " blocks of "
-            << o.kv_block << " positions (" << st.kv_blocks_total * o.kv_block
-            << " in all); chat template " << (chat ? "yes" : "none") << "; listening on http://"
-            << sc.host << ":" << server.port() << std::endl;
+            << o.kv_block << " positions (" << st.kv_blocks_total * o.kv_block << " in all); "
+            << (o.queues.holds() ? "per-expert queues B=" + std::to_string(o.queues.min_rows) +
+                                       " T=" + std::to_string(o.queues.max_wait_s * 1e3) + "ms"
+                                 : std::string("continuous batching"))
+            << "; chat template " << (chat ? "yes" : "none") << "; listening on http://" << sc.host
+            << ":" << server.port() << std::endl;
   if (!http.port_file.empty())
     write_file_atomic(http.port_file, std::to_string(server.port()) + "\n");
   int sig = 0;

@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
+#include "deltamoe/models/moe_lm.h"
 #include "deltamoe/serve/http_frontend.h"
 
 namespace deltamoe::cli {
@@ -22,7 +23,15 @@ struct LlmServeOptions {
   int64_t max_batch_tokens = 256;
   int64_t max_running = 16;
   int64_t max_waiting = 256;
-  std::string model_name;  // empty: the directory's name
+  std::string model_name;          // empty: the directory's name
+  models::ExpertQueueRule queues;  // from the shared --mode / --queue-size / --queue-timeout-us
+
+  /// Sets `queues` from serve's shared flags: --mode continuous (the default for language
+  /// models) or per-expert, which needs --queue-size B and --queue-timeout-us T ≥ 0 given
+  /// explicitly (the classifier's defaults mean nothing for decode steps). Throws
+  /// Error("serve") on a combination that would be ignored or cannot run.
+  void set_queues(const std::string& mode, int64_t queue_size, int64_t queue_timeout_us,
+                  bool mode_given, bool size_given, bool timeout_given);
 
   /// Adds the flags (their help says "language models").
   void add(CLI::App& app);

@@ -56,7 +56,8 @@ KvCache::KvCache(KvCache&& o) noexcept
     : pool_(std::move(o.pool_)),
       ids_(std::move(o.ids_)),
       base_(std::move(o.base_)),
-      length_(o.length_) {
+      length_(o.length_),
+      held_(std::move(o.held_)) {
   o.ids_.clear();
   o.base_.clear();
   o.length_ = 0;
@@ -69,6 +70,7 @@ KvCache& KvCache::operator=(KvCache&& o) noexcept {
     ids_ = std::move(o.ids_);
     base_ = std::move(o.base_);
     length_ = o.length_;
+    held_ = std::move(o.held_);
     o.ids_.clear();
     o.base_.clear();
     o.length_ = 0;
@@ -81,6 +83,7 @@ void KvCache::clear() {
   ids_.clear();
   base_.clear();
   length_ = 0;
+  held_.reset();
 }
 
 size_t KvCache::bytes() const {

@@ -342,8 +342,29 @@ void MoeBlock::run_shared(const float* x, int64_t t_count, float* y) const {
   });
 }
 
-void MoeBlock::apply(const float* xp, int64_t t_count, const RoutingResult& routing, float* yp,
+void MoeBlock::apply(const float* x, int64_t tokens, const RoutingResult& routing, float* y,
                      const float* weights, std::vector<int64_t>* tokens_per_expert) const {
+  apply_routed(x, tokens, routing, y, weights, tokens_per_expert);
+  add_shared(x, tokens, y);
+}
+
+void MoeBlock::run_rows(const float* x, int64_t rows, const int32_t* experts, float* out) const {
+  RoutingResult r;
+  r.offsets.resize(static_cast<size_t>(rows) + 1);
+  for (int64_t j = 0; j <= rows; ++j) r.offsets[static_cast<size_t>(j)] = static_cast<int32_t>(j);
+  r.expert_ids.assign(experts, experts + rows);
+  // Weight 1 into a zeroed row: each output is exactly its expert's result.
+  r.weights.assign(static_cast<size_t>(rows), 1.0f);
+  apply_routed(x, rows, r, out, nullptr, nullptr);
+}
+
+void MoeBlock::add_shared(const float* x, int64_t tokens, float* y) const {
+  if (shared_inter_ > 0 && tokens > 0) run_shared(x, tokens, y);
+}
+
+void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResult& routing,
+                            float* yp, const float* weights,
+                            std::vector<int64_t>* tokens_per_expert) const {
   const int64_t h = hidden_, i = inter_;
   DELTAMOE_ASSERT(routing.tokens() == t_count || (t_count == 0 && routing.offsets.empty()),
                   "routing has ", routing.tokens(), " tokens, input ", t_count);
@@ -498,7 +519,6 @@ void MoeBlock::apply(const float* xp, int64_t t_count, const RoutingResult& rout
       }
     });
   }
-  if (shared_inter_ > 0) run_shared(xp, t_count, yp);
 }
 
 }  // namespace deltamoe::moe

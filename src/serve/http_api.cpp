@@ -276,6 +276,14 @@ std::string render_llm_prometheus(const LlmEngineStats& st, const HttpFrontendSt
         st.kv_blocks_total
             ? static_cast<double>(st.kv_blocks_used) / static_cast<double>(st.kv_blocks_total)
             : 0.0);
+  counter("deltamoe_llm_expert_runs_total",
+          "Expert batches run (MoE layer, expert, step): each reads the expert's weights once.",
+          static_cast<double>(st.expert_runs));
+  gauge("deltamoe_llm_held_tokens", "Sequences whose token waits at an MoE layer for its experts.",
+        static_cast<double>(st.held_tokens));
+  counter("deltamoe_llm_held_token_steps_total",
+          "Steps that ended with a sequence's token held, summed over sequences.",
+          static_cast<double>(st.held_token_steps));
   gauge("deltamoe_llm_mean_experts_per_token", "Real experts per token and MoE layer.",
         st.mean_experts);
   os << "# HELP deltamoe_llm_expert_tokens_total Token rows routed to each expert (all MoE "
@@ -284,9 +292,15 @@ std::string render_llm_prometheus(const LlmEngineStats& st, const HttpFrontendSt
     os << "deltamoe_llm_expert_tokens_total{expert=\"" << e << "\"} " << st.expert_tokens[e]
        << "\n";
   os << "# HELP deltamoe_llm_expert_step_rows Rows each expert ran in the latest engine step "
-        "(all MoE layers): its queue at that step.\n# TYPE deltamoe_llm_expert_step_rows gauge\n";
+        "(all MoE layers).\n# TYPE deltamoe_llm_expert_step_rows gauge\n";
   for (size_t e = 0; e < st.expert_step_rows.size(); ++e)
     os << "deltamoe_llm_expert_step_rows{expert=\"" << e << "\"} " << st.expert_step_rows[e]
+       << "\n";
+  os << "# HELP deltamoe_llm_expert_queue_rows Rows waiting in each expert's queues (all MoE "
+        "layers) after the latest step: tokens held for per-expert queues across steps.\n"
+        "# TYPE deltamoe_llm_expert_queue_rows gauge\n";
+  for (size_t e = 0; e < st.expert_queue_rows.size(); ++e)
+    os << "deltamoe_llm_expert_queue_rows{expert=\"" << e << "\"} " << st.expert_queue_rows[e]
        << "\n";
   return os.str();
 }

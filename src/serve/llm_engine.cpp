@@ -192,6 +192,11 @@ LlmEngine::LlmEngine(std::shared_ptr<const models::MoeLm> model,
                  config_.max_batch_tokens);
   DELTAMOE_CHECK(config_.max_running >= 1 && config_.max_waiting >= 0, "engine",
                  "max running must be ≥ 1 and max waiting ≥ 0");
+  const models::ExpertQueueRule& q = config_.expert_queues;
+  DELTAMOE_CHECK(q.min_rows >= 1 && q.max_wait_s >= 0.0 && q.max_wait_s <= 3600.0, "engine",
+                 "expert queues need B ≥ 1 rows and a wait T in [0, 3600] s (a held token "
+                 "needs a deadline), got B = ",
+                 q.min_rows, ", T = ", q.max_wait_s, " s");
   context_ = std::min<int64_t>(model_->config().max_position_embeddings, 1 << 20);
   auto pool = model_->make_kv_pool(config_.kv_block_tokens, 1);
   int64_t blocks = config_.kv_blocks;
@@ -204,6 +209,7 @@ LlmEngine::LlmEngine(std::shared_ptr<const models::MoeLm> model,
   impl_->experts = std::max<int64_t>(1, model_->config().num_experts);
   impl_->st.expert_tokens.assign(static_cast<size_t>(impl_->experts), 0);
   impl_->st.expert_step_rows.assign(static_cast<size_t>(impl_->experts), 0);
+  impl_->st.expert_queue_rows.assign(static_cast<size_t>(impl_->experts), 0);
   impl_->thread = std::thread([this] { impl_->loop(); });
 }
 
@@ -319,11 +325,14 @@ void LlmEngine::Impl::run_step() {
   std::vector<Seq*> step;
   std::vector<int64_t> take;
   int64_t budget = eng.config_.max_batch_tokens;
+  // A token held at an MoE layer (per-expert queues) goes on alone, even when it is a
+  // one-token chunk of a prompt.
   for (int pass = 0; pass < 2; ++pass)
     for (auto& s : running) {
       const int64_t p = s->pending();
-      if ((pass == 0) != (p == 1) || budget == 0) continue;
-      const int64_t n = std::min(p, budget);
+      const bool one = p == 1 || s->cache.held();
+      if ((pass == 0) != one || budget == 0) continue;
+      const int64_t n = one ? 1 : std::min(p, budget);
       step.push_back(s.get());
       take.push_back(n);
       budget -= n;
@@ -360,10 +369,11 @@ void LlmEngine::Impl::run_step() {
   const int64_t vocab = eng.model_->vocab_size();
   std::vector<float> logits(step.size() * static_cast<size_t>(vocab));
   models::LmStats ls;
-  ls.record_routing = true;
   const auto t0 = Mono::now();
+  int64_t finished = 0;
   try {
-    eng.model_->forward_batch(tokens, caches, logits.data(), &ls);
+    finished =
+        eng.model_->forward_batch(tokens, caches, logits.data(), &ls, eng.config_.expert_queues);
   } catch (const std::exception& e) {
     // Nothing in a step is the client's fault (requests were checked at submit): every
     // sequence of it ends with the reason rather than leaving the server stuck.
@@ -376,19 +386,27 @@ void LlmEngine::Impl::run_step() {
     return;
   }
   const double busy = seconds(Mono::now() - t0);
-  // Routing counts: per expert, and per sequence (rows are in step order).
   std::vector<uint64_t> per_expert(static_cast<size_t>(experts), 0);
-  std::vector<int64_t> row0(step.size() + 1, 0);
-  for (size_t i = 0; i < step.size(); ++i) row0[i + 1] = row0[i] + take[i];
-  for (const moe::RoutingResult& r : ls.routing) {
-    for (int32_t e : r.expert_ids)
-      if (e >= 0 && e < experts) ++per_expert[static_cast<size_t>(e)];
-    for (size_t i = 0; i < step.size(); ++i) {
-      step[i]->moe_rows += take[i];
-      step[i]->routed +=
-          r.offsets[static_cast<size_t>(row0[i + 1])] - r.offsets[static_cast<size_t>(row0[i])];
-    }
+  for (size_t e = 0; e < per_expert.size() && e < ls.expert_rows.size(); ++e)
+    per_expert[e] = static_cast<uint64_t>(ls.expert_rows[e]);
+  for (size_t i = 0; i < step.size(); ++i) {
+    step[i]->moe_rows += ls.seq_moe_rows[i];
+    step[i]->routed += ls.seq_routed[i];
   }
+  // Rows waiting in the queues: the not yet run experts of held tokens.
+  std::vector<uint64_t> queued(static_cast<size_t>(experts), 0);
+  int64_t held = 0;
+  Mono::time_point deadline = Mono::time_point::max();
+  for (const auto& s : running)
+    if (const models::HeldToken* ht = s->cache.held()) {
+      ++held;
+      deadline = std::min(
+          deadline,
+          ht->since + std::chrono::duration_cast<Mono::duration>(
+                          std::chrono::duration<double>(eng.config_.expert_queues.max_wait_s)));
+      for (size_t j = 0; j < ht->experts.size(); ++j)
+        if (!ht->done[j] && ht->experts[j] < experts) ++queued[static_cast<size_t>(ht->experts[j])];
+    }
   {
     std::lock_guard<std::mutex> lk(mu);
     ++st.steps;
@@ -397,8 +415,22 @@ void LlmEngine::Impl::run_step() {
     st.batch_tokens.observe(static_cast<double>(rows));
     for (size_t e = 0; e < per_expert.size(); ++e) st.expert_tokens[e] += per_expert[e];
     st.expert_step_rows = per_expert;
+    st.expert_queue_rows = queued;
+    st.expert_runs += static_cast<uint64_t>(ls.expert_runs);
+    st.held_tokens = held;
+    st.held_token_steps += static_cast<uint64_t>(held);
     routed_all += static_cast<double>(ls.routed_experts);
     rows_all += static_cast<double>(ls.moe_rows);
+  }
+  // Every sequence of the step is held: nothing changes before the first deadline, unless a
+  // request arrives or one is cancelled.
+  if (finished == 0 && deadline != Mono::time_point::max()) {
+    std::unique_lock<std::mutex> lk(mu);
+    cv.wait_until(lk, deadline, [&] {
+      return stopping || !waiting.empty() ||
+             std::any_of(running.begin(), running.end(),
+                         [](const auto& s) { return s->cancelled; });
+    });
   }
   // Sequences whose tokens are all cached now sample their next token.
   std::vector<Seq*> done;

@@ -15,8 +15,17 @@ model_args=(--model "$tmp/m")
 # A flag of the other kind of model is a one-line error before anything is loaded.
 fail() { echo "FAIL: $*"; exit 1; }
 source "$src/tests/cli/error_lib.bash"
-expect_one_line_error 1 "\[serve\] --queue-size applies to classifier models" \
+expect_one_line_error 1 "\[serve\] --workers applies to classifier models" \
+  "$bin" serve --model "$tmp/m" --workers 4 --port 0
+# Per-expert queues across steps: B and T only with --mode per-expert, both given, T finite.
+expect_one_line_error 1 "\[serve\] --queue-size and --queue-timeout-us go with --mode per-expert" \
   "$bin" serve --model "$tmp/m" --queue-size 4 --port 0
+expect_one_line_error 1 "\[serve\] --mode per-expert for a language model needs --queue-size B" \
+  "$bin" serve --model "$tmp/m" --mode per-expert --queue-size 4 --port 0
+expect_one_line_error 1 "\[serve\] --queue-timeout-us for a language model must be in" \
+  "$bin" serve --model "$tmp/m" --mode per-expert --queue-size 4 --queue-timeout-us -1 --port 0
+expect_one_line_error 1 "\[serve\] --mode whole-model is not a batching mode of language models" \
+  "$bin" serve --model "$tmp/m" --mode whole-model --port 0
 expect_one_line_error 1 "\[serve\] --kv-block applies to language models" \
   "$bin" serve --random-model --kv-block 8 --port 0
 
@@ -115,6 +124,24 @@ exec 4<&-
 grep -q '^data: \[DONE\]' <<<"$rest" || { echo "stream cut by SIGTERM: $rest"; exit 1; }
 for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 wait "$pid" || { echo "exit status $? after SIGTERM: $(cat "$tmp/server.log")"; exit 1; }
+pid=""
+
+# Per-expert queues across steps (B = 64 rows is never reached, so every decode token waits
+# T = 2 ms at each MoE layer): the same greedy text as generate, streamed too, and /metrics
+# counts held tokens.
+start_server --mode per-expert --queue-size 64 --queue-timeout-us 2000 --kv-cache-mb 8
+grep -q "per-expert queues B=64" "$tmp/server.log" || { cat "$tmp/server.log"; exit 1; }
+r=$(http POST /v1/completions "$req")
+[ "$(body_of <<<"$r" | jget "d['choices'][0]['text']")" = "$gen" ] || { echo "per-expert text: $r"; exit 1; }
+out=$(timeout 300 "$bin" loadgen --openai --url "http://127.0.0.1:$port" --closed-loop --concurrency 4 \
+      --duration 1 --prompt-tokens 4:16 --output-tokens 4:8 --json)
+[ "$(jget "d['ok'] == d['sent'] and d['ok'] > 0" <<<"$out")" = True ] || { echo "per-expert loadgen: $out"; exit 1; }
+r=$(http GET /metrics)
+held=$(grep '^deltamoe_llm_held_token_steps_total ' <<<"$r" | awk '{print $2}')
+python3 -c "import sys; sys.exit(0 if float('$held') > 0 else 1)" || { echo "no held tokens: $r"; exit 1; }
+grep -qF 'deltamoe_llm_expert_queue_rows{expert="0"}' <<<"$r" || { echo "metrics miss queue rows"; exit 1; }
+grep -q '^deltamoe_llm_expert_runs_total ' <<<"$r" || { echo "metrics miss expert runs"; exit 1; }
+stop_server || { echo "per-expert server exit $?"; exit 1; }
 pid=""
 
 # Past the queue bound: 503 with Retry-After.

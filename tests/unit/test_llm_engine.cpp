@@ -125,7 +125,8 @@ serve::GenerationParams greedy(int64_t max_tokens) {
   return g;
 }
 
-void expect_same_as_alone(const serve::LlmEngineConfig& cfg, int requests) {
+void expect_same_as_alone(const serve::LlmEngineConfig& cfg, int requests,
+                          serve::LlmEngineStats* out = nullptr) {
   const auto& f = fixture();
   serve::LlmEngine eng(f.model, f.tok, cfg);
   std::vector<std::unique_ptr<Collector>> cs;
@@ -166,6 +167,7 @@ void expect_same_as_alone(const serve::LlmEngineConfig& cfg, int requests) {
     last += st.expert_step_rows[e];
   }
   EXPECT_GT(last, 0u);  // the last step routed its tokens somewhere
+  if (out) *out = st;
 }
 
 }  // namespace
@@ -206,6 +208,28 @@ TEST(LlmEngine, PreemptionWhenThePoolRunsDry) {
   }
   EXPECT_GT(eng.stats().preemptions, 0u);
   EXPECT_EQ(eng.stats().kv_blocks_used, 0);
+}
+
+// Per-expert queues across steps: B = 1000 rows is never reached, so every decode token waits
+// T = 3 ms at each MoE layer before its experts run (held across steps, whatever the timing),
+// while prompts go in chunks of a 5-token budget and a small pool preempts sequences (their
+// held tokens are dropped and recomputed). Every request still gets its own tokens.
+TEST(LlmEngine, PerExpertQueuesAcrossStepsKeepEveryRequestsTokens) {
+  serve::LlmEngineConfig cfg;
+  cfg.kv_block_tokens = 4;
+  cfg.kv_blocks = 40;
+  cfg.max_batch_tokens = 5;
+  cfg.expert_queues = {1000, 0.003};
+  serve::LlmEngineStats st;
+  expect_same_as_alone(cfg, 8, &st);
+  EXPECT_GT(st.held_token_steps, 0u);
+  EXPECT_EQ(st.held_tokens, 0);
+  for (uint64_t q : st.expert_queue_rows) EXPECT_EQ(q, 0u);
+  cfg.expert_queues = {2, 0.0005};  // a B that is sometimes reached
+  expect_same_as_alone(cfg, 6);
+  cfg.expert_queues = {2, -1.0};
+  const auto& f = fixture();
+  EXPECT_THROW(serve::LlmEngine(f.model, f.tok, cfg), Error);
 }
 
 TEST(LlmEngine, StopStringsEndTheTextBeforeThem) {

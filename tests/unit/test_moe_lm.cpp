@@ -150,6 +150,91 @@ TEST_P(LmGolden, IncrementalAndBatchedEqualFullRecompute) {
   EXPECT_LE(max_abs_diff(both.data() + v, alone.data(), v), 1e-4f);
 }
 
+// Per-expert queues across steps: decode tokens held at MoE layers (an expert waits for B = 2
+// rows) and resumed by later calls produce, in the end, the greedy tokens each sequence gets
+// alone. Holding is made deterministic: T is 10^6 s (never reached) except on every fourth
+// call, which flushes every queue (T = 0).
+TEST_P(LmGolden, ExpertQueuesAcrossStepsHoldAndResumeExactly) {
+  set_num_threads(2);
+  const std::string c = GetParam();
+  const auto m = MoeLm::load(golden_dir(c), {DType::f32});
+  const auto g = io::SafetensorsFile::open(golden_dir(c) + "/golden.safetensors");
+  std::vector<std::vector<int32_t>> prompts = {ids_of(g.get("prompt.0")),
+                                               ids_of(g.get("prompt.1"))};
+  prompts.push_back(std::vector<int32_t>(prompts[0].rbegin(), prompts[0].rend()));
+  prompts.push_back({7, 11, 13});
+  const int steps = 6;
+  const size_t seqs = prompts.size();
+  const int64_t v = m->vocab_size();
+  std::vector<KvCache> caches(seqs);
+  std::vector<std::vector<int32_t>> gen(seqs);
+  std::vector<float> logits(seqs * static_cast<size_t>(v));
+  std::mt19937_64 rng(0);
+  for (size_t s = 0; s < seqs; ++s) {
+    m->forward(prompts[s].data(), static_cast<int64_t>(prompts[s].size()), caches[s], logits.data(),
+               false);
+    gen[s].push_back(sample_token(logits.data(), v, 0.0, 1.0, rng));
+  }
+  int held_events = 0, calls = 0, resumed_held = 0;
+  for (; calls < 400; ++calls) {
+    std::vector<std::vector<int32_t>> toks;
+    std::vector<KvCache*> cs;
+    std::vector<size_t> who;
+    for (size_t s = 0; s < seqs; ++s)
+      if (static_cast<int>(gen[s].size()) < steps) {
+        toks.push_back({gen[s].back()});
+        cs.push_back(&caches[s]);
+        who.push_back(s);
+        resumed_held += caches[s].held() != nullptr;
+      }
+    if (who.empty()) break;
+    const ExpertQueueRule rule = calls % 4 == 3 ? ExpertQueueRule{2, 0.0} : ExpertQueueRule{2, 1e6};
+    std::vector<int64_t> before;
+    for (KvCache* k : cs) before.push_back(k->length());
+    const int64_t done = m->forward_batch(toks, cs, logits.data(), nullptr, rule);
+    int64_t finished = 0;
+    for (size_t j = 0; j < who.size(); ++j) {
+      if (cs[j]->held()) {
+        ++held_events;
+        EXPECT_EQ(cs[j]->length(), before[j]) << "a held token must not advance its cache";
+        EXPECT_EQ(cs[j]->held()->token, toks[j][0]);
+        continue;
+      }
+      ++finished;
+      EXPECT_EQ(cs[j]->length(), before[j] + 1);
+      gen[who[j]].push_back(
+          sample_token(logits.data() + j * static_cast<size_t>(v), v, 0.0, 1.0, rng));
+    }
+    EXPECT_EQ(done, finished);
+  }
+  EXPECT_LT(calls, 400) << "held tokens never finished";
+  EXPECT_GT(held_events, 0) << "B = 2 never held a token: the test lost its point";
+  EXPECT_GT(resumed_held, 0);
+  for (size_t s = 0; s < seqs; ++s)
+    EXPECT_EQ(gen[s], greedy(*m, prompts[s], steps)) << "sequence " << s;
+  // A held token must come back as it was; clear() forgets it.
+  const int32_t t = 5;
+  KvCache k;
+  m->forward(prompts[1].data(), 3, k, logits.data(), false);
+  KvCache other;
+  m->forward(prompts[0].data(), 3, other, logits.data(), false);
+  m->forward_batch({{t}, {t}}, {&k, &other}, logits.data(), nullptr, {64, 1e6});
+  ASSERT_NE(k.held(), nullptr) << "B = 64 must hold every decode token";
+  try {
+    m->forward_batch({{t + 1}}, {&k}, logits.data(), nullptr, {64, 1e6});
+    ADD_FAILURE() << "a different token for a held cache did not throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("waiting at layer"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(m->forward_batch({{t}}, {&k}, logits.data(), nullptr, {2, -1.0}), Error);
+  k.clear();
+  EXPECT_EQ(k.held(), nullptr);
+  // A prefill chunk never waits, whatever B.
+  KvCache pre;
+  EXPECT_EQ(m->forward_batch({prompts[0]}, {&pre}, logits.data(), nullptr, {64, 1e6}), 1);
+  EXPECT_EQ(pre.held(), nullptr);
+}
+
 // A paged cache with small blocks (3 positions) gives the logits of the default cache, takes
 // blocks as the sequence grows, gives them back when dropped, and a full pool is an error.
 TEST_P(LmGolden, PagedCacheMatchesAndReturnsBlocks) {

@@ -1,6 +1,7 @@
 // Paged KV cache: a pool of fixed-size blocks and per-sequence block tables.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -48,6 +49,20 @@ class KvBlockPool {
 /// Positions per block of the pool a KvCache makes for itself when given none.
 inline constexpr int64_t kDefaultKvBlockTokens = 64;
 
+/// A decode token stopped at an MoE layer because some of its experts' queues were not ready
+/// yet (per-expert queues across steps: models::ExpertQueueRule): what it needs to go on from
+/// there. Its keys and values of layers up to `layer` are already in the cache.
+struct HeldToken {
+  int32_t token = -1;
+  int64_t layer = 0;             // the layer it waits at (that layer's attention is done)
+  std::vector<float> h;          // [H] the residual stream before that layer's FFN
+  std::vector<int32_t> experts;  // its routed experts there, in routing order
+  std::vector<float> weights;    // their gate weights
+  std::vector<uint8_t> done;     // which of them have run
+  std::vector<float> out;        // [experts, H]: outputs of those that ran
+  std::chrono::steady_clock::time_point since;  // when it started waiting
+};
+
 /// One sequence's keys and values: a block table into a KvBlockPool. length() tokens are
 /// cached; positions are 0 .. length()−1. Move-only; blocks go back to the pool on clear()
 /// and destruction. Not thread-safe (one sequence, one thread at a time).
@@ -64,8 +79,11 @@ class KvCache {
   KvCache& operator=(const KvCache&) = delete;
 
   int64_t length() const { return length_; }
-  /// Forgets every cached token and gives the blocks back.
+  /// Forgets every cached token (and a held one) and gives the blocks back.
   void clear();
+  /// The decode token stopped at an MoE layer between forward calls (null: none). While one
+  /// is held, the next forward call must pass the same token; it resumes where it stopped.
+  const HeldToken* held() const { return held_.get(); }
   /// Bytes held (blocks × block bytes).
   size_t bytes() const;
   /// Blocks held.
@@ -81,6 +99,7 @@ class KvCache {
   std::vector<int32_t> ids_;
   std::vector<float*> base_;  // block memory, by block index
   int64_t length_ = 0;
+  std::unique_ptr<HeldToken> held_;
 };
 
 }  // namespace deltamoe::models

@@ -34,15 +34,33 @@ namespace deltamoe::models {
 struct LmStats {
   int64_t tokens = 0;          // token rows run through the decoder
   int64_t moe_rows = 0;        // token rows × MoE layers
-  int64_t routed_experts = 0;  // (token, expert) pairs computed in MoE layers
+  int64_t routed_experts = 0;  // (token, expert) pairs routed in MoE layers
+  int64_t expert_runs = 0;     // (MoE layer, expert) batches run: each reads its weights once
   /// When set before a call, each MoE layer's routing of that call is appended here (one
   /// entry per MoE layer and call, in layer order; dense layers add none).
   bool record_routing = false;
   std::vector<moe::RoutingResult> routing;
+  /// Per routed expert: rows it ran, summed over MoE layers (sized by the first call).
+  std::vector<int64_t> expert_rows;
+  /// Per sequence of the latest forward_batch call (resized by each call): MoE rows and
+  /// routed experts of its tokens routed in that call.
+  std::vector<int64_t> seq_moe_rows, seq_routed;
   /// Mean real experts per token and MoE layer.
   double mean_experts() const {
     return moe_rows ? static_cast<double>(routed_experts) / static_cast<double>(moe_rows) : 0.0;
   }
+};
+
+/// Per-expert queues across decode steps (seed 000's rule, for tokens): at an MoE layer, an
+/// expert runs once `min_rows` rows wait in its queue or its oldest row has waited
+/// `max_wait_s`; a decode token whose experts have not all run stops there, held in its KV
+/// cache, and goes on in a later forward_batch call (its rows wait in their queues
+/// meanwhile). Prefill chunks never wait: an expert with a prefill row runs. The default
+/// (min_rows 1) never holds a token: plain continuous batching.
+struct ExpertQueueRule {
+  int64_t min_rows = 1;     // B
+  double max_wait_s = 0.0;  // T, seconds (finite: a held token needs a deadline)
+  bool holds() const { return min_rows > 1; }
 };
 
 struct LmOptions {
@@ -87,9 +105,15 @@ class MoeLm {
   /// (any count ≥ 1; prefill chunks and single decode tokens mix) against caches[s]; all
   /// token rows share the MoE layers' grouped GEMMs. logits gets [S, V]: the last token of
   /// each sequence.
-  void forward_batch(const std::vector<std::vector<int32_t>>& tokens,
-                     const std::vector<KvCache*>& caches, float* logits,
-                     LmStats* stats = nullptr) const;
+  ///
+  /// With a `queues` rule that holds (ExpertQueueRule), a single decode token may stop at an
+  /// MoE layer: its cache then holds it (KvCache::held()), its length is unchanged and its
+  /// logits row is left as it was. A cache holding a token must be given that token again
+  /// (Error("model") otherwise); it resumes where it stopped. Returns the number of sequences
+  /// that finished their tokens (all of them unless some were held).
+  int64_t forward_batch(const std::vector<std::vector<int32_t>>& tokens,
+                        const std::vector<KvCache*>& caches, float* logits,
+                        LmStats* stats = nullptr, const ExpertQueueRule& queues = {}) const;
 
   /// Bytes of weights one decode token reads: attention, norms, router, the shared expert,
   /// `experts_per_token` routed experts per MoE layer, dense MLPs, the LM head (not the
@@ -111,8 +135,16 @@ class MoeLm {
     std::unique_ptr<moe::MoeBlock> ffn;  // MoE block, or a one-expert block for dense MLPs
     bool moe = true;
   };
-  void run_layers(const std::vector<const int32_t*>& toks, const std::vector<int64_t>& counts,
-                  const std::vector<KvCache*>& caches, std::vector<float>& h, LmStats* stats) const;
+  struct Pass;    // one forward call's sequences and scratch (moe_lm.cpp)
+  struct RowSet;  // a subset of a pass's rows, gathered contiguous (moe_lm.cpp)
+  /// Runs the decoder over the pass's tokens into h [rows, H] (final norm applied); sequences
+  /// held at a layer get pass.stopped set.
+  void run_layers(Pass& p, std::vector<float>& h, LmStats* stats,
+                  const ExpertQueueRule& queues) const;
+  void attention(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h) const;
+  void ffn(const Layer& ly, Pass& p, const RowSet& rs, float* h, LmStats* stats) const;
+  void ffn_queued(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h, LmStats* stats,
+                  const ExpertQueueRule& queues) const;
   /// Makes room for `tokens` more positions: a pool when the cache has none, blocks from it.
   /// Throws Error("model") when the pool is out of blocks or has another model's shape.
   void reserve(KvCache& cache, int64_t tokens) const;

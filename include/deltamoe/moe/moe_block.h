@@ -97,6 +97,14 @@ class MoeBlock {
              const float* weights = nullptr,
              std::vector<int64_t>* tokens_per_expert = nullptr) const;
 
+  /// out[r, H] = E_{experts[r]}(x[r, H]) for each of `rows` rows: one expert per row, no gate
+  /// weight, no shared expert (rows an LM's per-expert queues collected across steps; the
+  /// caller combines them). Multi-threaded like apply().
+  void run_rows(const float* x, int64_t rows, const int32_t* experts, float* out) const;
+  /// y[tokens, H] += the gated shared expert of x (no-op without one): the part of apply()
+  /// that run_rows() leaves out.
+  void add_shared(const float* x, int64_t tokens, float* y) const;
+
   /// out[m, H] = expert e applied to rows[m, H], single-threaded (per-expert queues).
   void expert_st(int64_t e, const float* rows, int64_t m, float* out) const;
 
@@ -119,6 +127,9 @@ class MoeBlock {
 
  private:
   void run_shared(const float* x, int64_t tokens, float* y) const;
+  // apply() without the shared expert.
+  void apply_routed(const float* x, int64_t tokens, const RoutingResult& routing, float* y,
+                    const float* weights, std::vector<int64_t>* tokens_per_expert) const;
 
   ExpertKind kind_;
   DType dtype_;

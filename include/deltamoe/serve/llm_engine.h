@@ -11,6 +11,10 @@
 // the client sees nothing of it). Past max_waiting queued requests, submit() refuses
 // (HTTP 503); nothing admitted is ever dropped.
 //
+// With per-expert queues across steps (LlmEngineConfig::expert_queues), a decode token whose
+// experts' queues are not ready stops at that MoE layer and its sequence skips the step's
+// output; the next steps carry it on from there (MoeLm::forward_batch).
+//
 // Thread-safety: submit(), cancel(), drain() and stats() from any thread. Token callbacks run
 // on the engine thread, in order per request, and must not block.
 #pragma once
@@ -35,6 +39,9 @@ struct LlmEngineConfig {
   int64_t max_batch_tokens = 256;  // token rows per step (decode tokens + prefill chunks)
   int64_t max_running = 16;        // sequences in the running batch
   int64_t max_waiting = 256;       // queued requests beyond which submit() refuses
+  /// Per-expert queues across steps (B rows or T seconds, models::ExpertQueueRule); the
+  /// default never holds a token (plain continuous batching).
+  models::ExpertQueueRule expert_queues;
 };
 
 /// Sampling and stopping of one request.
@@ -79,8 +86,15 @@ struct LlmEngineStats {
   /// Per routed expert: rows it ran in the latest step, summed over MoE layers (its queue
   /// at that step: every routed token of the step joins its expert's batch).
   std::vector<uint64_t> expert_step_rows;
-  double busy_s = 0.0;        // time in forward passes
-  double mean_experts = 0.0;  // real experts per token and MoE layer, all requests
+  /// Per routed expert: rows waiting in its queues (all MoE layers) after the latest step,
+  /// from tokens held there (per-expert queues across steps; all 0 without them).
+  std::vector<uint64_t> expert_queue_rows;
+  uint64_t expert_runs = 0;       // (MoE layer, expert) batches run; rows per run = sum of
+                                  // expert_tokens / expert_runs (weights read once per run)
+  int64_t held_tokens = 0;        // sequences whose token waits at an MoE layer now
+  uint64_t held_token_steps = 0;  // steps that ended with a sequence's token held, summed
+  double busy_s = 0.0;            // time in forward passes
+  double mean_experts = 0.0;      // real experts per token and MoE layer, all requests
 };
 
 class LlmEngine {

@@ -1,0 +1,480 @@
+// The MoE decoder's forward pass (see models/moe_lm.h): attention and FFN per layer over the
+// token rows of one or several sequences, and per-expert queues across decode steps.
+//
+// A pass normally runs every row through every layer. With an ExpertQueueRule that holds,
+// a decode token may stop at an MoE layer (some of its experts wait for more rows) and
+// resume there in a later pass; such a pass has rows at different depths, so each layer
+// works on the subset of rows that are at it (a RowSet, gathered contiguous when it is not
+// simply all rows).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "deltamoe/core/error.h"
+#include "deltamoe/core/parallel.h"
+#include "deltamoe/models/moe_lm.h"
+
+namespace deltamoe::models {
+
+using Clock = std::chrono::steady_clock;
+
+struct MoeLm::Pass {
+  std::vector<const int32_t*> toks;
+  std::vector<int64_t> counts, row0, start;
+  std::vector<KvCache*> caches;
+  std::vector<int64_t> resume;   // the layer a held token resumes at; −1: fresh tokens
+  std::vector<uint8_t> stopped;  // held at a layer of this pass
+  int64_t rows = 0;
+  // Scratch, sized for all rows.
+  std::vector<float> x, qkv, att, y, hc;
+  std::vector<std::vector<const float*>> kblocks, vblocks;
+};
+
+struct MoeLm::RowSet {
+  std::vector<size_t> seqs;                  // indices into the pass
+  std::vector<int64_t> row0, counts, start;  // per sequence; rows within the set
+  std::vector<KvCache*> caches;
+  std::vector<int32_t> seq_of_row;  // pass index of each row
+  int64_t rows = 0;
+  bool all = false;  // every row of the pass in pass order: h is used as it is
+
+  // The sequences of `p` for which keep(s) holds.
+  template <class Keep>
+  RowSet(const Pass& p, Keep keep) {
+    for (size_t s = 0; s < p.caches.size(); ++s) {
+      if (!keep(s)) continue;
+      seqs.push_back(s);
+      row0.push_back(rows);
+      counts.push_back(p.counts[s]);
+      start.push_back(p.start[s]);
+      caches.push_back(p.caches[s]);
+      for (int64_t i = 0; i < p.counts[s]; ++i) seq_of_row.push_back(static_cast<int32_t>(s));
+      rows += p.counts[s];
+    }
+    all = seqs.size() == p.caches.size();
+  }
+  // Copies the set's rows of `h` (the pass's rows, `w` floats each) to `out`, or back.
+  void gather(const Pass& p, const float* h, float* out, int64_t w) const {
+    for (size_t j = 0; j < seqs.size(); ++j)
+      std::memcpy(out + row0[j] * w, h + p.row0[seqs[j]] * w,
+                  static_cast<size_t>(counts[j] * w) * sizeof(float));
+  }
+  void scatter(const Pass& p, const float* in, float* h, int64_t w) const {
+    for (size_t j = 0; j < seqs.size(); ++j)
+      std::memcpy(h + p.row0[seqs[j]] * w, in + row0[j] * w,
+                  static_cast<size_t>(counts[j] * w) * sizeof(float));
+  }
+};
+
+namespace {
+
+void add_rows(float* h, const float* y, int64_t n) {
+  parallel_for(n, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) h[i] += y[i];
+  });
+}
+
+}  // namespace
+
+void MoeLm::forward(const int32_t* tokens, int64_t n, KvCache& cache, float* logits,
+                    bool all_logits, LmStats* stats) const {
+  DELTAMOE_CHECK(n >= 1, "model", "forward needs at least one token");
+  Pass p;
+  p.toks = {tokens};
+  p.counts = {n};
+  p.caches = {&cache};
+  std::vector<float> h;
+  run_layers(p, h, stats, {});
+  const int64_t hd = cfg_.hidden_size, v = cfg_.vocab_size;
+  const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
+  kernels::linear(h.data() + first * hd, rows, hd, lm_head_, logits, v);
+}
+
+int64_t MoeLm::forward_batch(const std::vector<std::vector<int32_t>>& tokens,
+                             const std::vector<KvCache*>& caches, float* logits, LmStats* stats,
+                             const ExpertQueueRule& queues) const {
+  DELTAMOE_CHECK(tokens.size() == caches.size() && !tokens.empty(), "model",
+                 "forward_batch: ", tokens.size(), " sequences for ", caches.size(), " caches");
+  DELTAMOE_CHECK(
+      queues.min_rows >= 1 && queues.max_wait_s >= 0.0 && std::isfinite(queues.max_wait_s), "model",
+      "expert queues need B ≥ 1 rows and a finite wait T ≥ 0, got B = ", queues.min_rows,
+      ", T = ", queues.max_wait_s, " s");
+  for (size_t a = 0; a < caches.size(); ++a)
+    for (size_t b = a + 1; b < caches.size(); ++b)
+      DELTAMOE_CHECK(caches[a] != caches[b], "model", "forward_batch: sequences ", a, " and ", b,
+                     " share one KV cache");
+  Pass p;
+  for (const auto& t : tokens) {
+    DELTAMOE_CHECK(!t.empty(), "model", "forward_batch: a sequence with no tokens");
+    p.toks.push_back(t.data());
+    p.counts.push_back(static_cast<int64_t>(t.size()));
+  }
+  p.caches = caches;
+  std::vector<float> h;
+  run_layers(p, h, stats, queues);
+  // The LM head for the sequences that finished: their last rows.
+  const int64_t hd = cfg_.hidden_size, v = cfg_.vocab_size;
+  std::vector<size_t> done;
+  for (size_t s = 0; s < tokens.size(); ++s)
+    if (!p.stopped[s]) done.push_back(s);
+  if (done.empty()) return 0;
+  std::vector<float> last(done.size() * static_cast<size_t>(hd));
+  for (size_t j = 0; j < done.size(); ++j)
+    std::memcpy(last.data() + j * static_cast<size_t>(hd),
+                h.data() + (p.row0[done[j]] + p.counts[done[j]] - 1) * hd,
+                static_cast<size_t>(hd) * sizeof(float));
+  if (done.size() == tokens.size()) {
+    kernels::linear(last.data(), static_cast<int64_t>(done.size()), hd, lm_head_, logits, v);
+  } else {
+    std::vector<float> out(done.size() * static_cast<size_t>(v));
+    kernels::linear(last.data(), static_cast<int64_t>(done.size()), hd, lm_head_, out.data(), v);
+    for (size_t j = 0; j < done.size(); ++j)
+      std::memcpy(logits + done[j] * static_cast<size_t>(v),
+                  out.data() + j * static_cast<size_t>(v), static_cast<size_t>(v) * sizeof(float));
+  }
+  return static_cast<int64_t>(done.size());
+}
+
+void MoeLm::run_layers(Pass& p, std::vector<float>& h, LmStats* stats,
+                       const ExpertQueueRule& queues) const {
+  const int64_t hd = cfg_.hidden_size;
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  const size_t seqs = p.toks.size();
+  p.row0.resize(seqs);
+  p.start.resize(seqs);
+  p.resume.assign(seqs, -1);
+  p.stopped.assign(seqs, 0);
+  p.rows = 0;
+  for (size_t s = 0; s < seqs; ++s) {
+    p.row0[s] = p.rows;
+    p.start[s] = p.caches[s]->length();
+    p.rows += p.counts[s];
+    DELTAMOE_CHECK(p.start[s] + p.counts[s] <= max_positions_, "model", "sequence of ",
+                   p.start[s] + p.counts[s], " tokens exceeds the context of ", max_positions_,
+                   " positions (max_position_embeddings)");
+    for (int64_t i = 0; i < p.counts[s]; ++i)
+      DELTAMOE_CHECK(p.toks[s][i] >= 0 && p.toks[s][i] < cfg_.vocab_size, "model", "token id ",
+                     p.toks[s][i], " outside the vocabulary [0, ", cfg_.vocab_size, ")");
+    if (const HeldToken* held = p.caches[s]->held()) {
+      DELTAMOE_CHECK(p.counts[s] == 1 && p.toks[s][0] == held->token, "model", "sequence ", s,
+                     " has token ", held->token, " waiting at layer ", held->layer,
+                     " for its experts; it must be passed again, alone");
+      p.resume[s] = held->layer;
+    }
+  }
+  for (size_t s = 0; s < seqs; ++s) reserve(*p.caches[s], p.counts[s]);
+  if (stats) {
+    stats->seq_moe_rows.assign(seqs, 0);
+    stats->seq_routed.assign(seqs, 0);
+    if (stats->expert_rows.empty())
+      stats->expert_rows.assign(static_cast<size_t>(std::max<int64_t>(1, cfg_.num_experts)), 0);
+  }
+
+  // Embedding lookup (any file dtype; rows converted to f32); a held token's row is its
+  // residual stream where it stopped.
+  const size_t n_all = static_cast<size_t>(p.rows * hd);
+  h.assign(n_all, 0.0f);
+  for (size_t s = 0; s < seqs; ++s) {
+    if (p.resume[s] >= 0) {
+      std::memcpy(h.data() + p.row0[s] * hd, p.caches[s]->held()->h.data(),
+                  static_cast<size_t>(hd) * 4);
+      continue;
+    }
+    for (int64_t i = 0; i < p.counts[s]; ++i) {
+      const Tensor row = embed_.slice(p.toks[s][i], p.toks[s][i] + 1).to(DType::f32);
+      std::memcpy(h.data() + (p.row0[s] + i) * hd, row.data<float>(), static_cast<size_t>(hd) * 4);
+    }
+  }
+  p.x.resize(n_all);
+  p.y.resize(n_all);
+  p.qkv.resize(static_cast<size_t>(p.rows * (q_rows_ + 2 * kv_rows_)));
+  p.att.resize(static_cast<size_t>(p.rows * q_rows_));
+  p.kblocks.resize(seqs);
+  p.vblocks.resize(seqs);
+
+  const bool any_held =
+      std::any_of(p.resume.begin(), p.resume.end(), [](int64_t r) { return r >= 0; });
+  for (int64_t l = 0; l < layers(); ++l) {
+    const Layer& ly = layers_[static_cast<size_t>(l)];
+    // Attention for the rows at this layer, except held tokens resuming here (done before).
+    const RowSet att(p, [&](size_t s) { return !p.stopped[s] && p.resume[s] < l; });
+    if (att.all) {
+      attention(ly, l, p, att, h.data());
+    } else if (att.rows > 0) {
+      p.hc.resize(static_cast<size_t>(att.rows * hd));
+      att.gather(p, h.data(), p.hc.data(), hd);
+      attention(ly, l, p, att, p.hc.data());
+      att.scatter(p, p.hc.data(), h.data(), hd);
+    }
+    const RowSet ffs(p, [&](size_t s) { return !p.stopped[s] && p.resume[s] <= l; });
+    if (ffs.rows == 0) continue;
+    const bool queued = ly.moe && (queues.holds() || any_held);
+    float* hb = h.data();
+    if (!ffs.all) {
+      p.hc.resize(static_cast<size_t>(ffs.rows * hd));
+      ffs.gather(p, h.data(), p.hc.data(), hd);
+      hb = p.hc.data();
+    }
+    if (queued)
+      ffn_queued(ly, l, p, ffs, hb, stats, queues);
+    else
+      ffn(ly, p, ffs, hb, stats);
+    if (!ffs.all) ffs.scatter(p, p.hc.data(), h.data(), hd);
+  }
+  for (size_t s = 0; s < seqs; ++s)
+    if (!p.stopped[s]) {
+      p.caches[s]->length_ += p.counts[s];
+      if (stats) stats->tokens += p.counts[s];
+    }
+  parallel_for(p.rows, 8, [&](int64_t b, int64_t e) {
+    kernels::rms_norm_rows_st(h.data() + b * hd, final_norm_.data<float>(), h.data() + b * hd,
+                              e - b, hd, hd, eps);
+  });
+}
+
+void MoeLm::attention(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h) const {
+  const int64_t hd = cfg_.hidden_size, d = cfg_.head_dim, heads = cfg_.num_attention_heads;
+  const int64_t kvh = cfg_.num_key_value_heads, qkv_n = q_rows_ + 2 * kv_rows_;
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  const int64_t n = rs.rows;
+  float* x = p.x.data();
+  float* qkv = p.qkv.data();
+  // x = RMSNorm(h); [q k v] = x·W; q/k norms; RoPE; cache; attend; h += o.
+  parallel_for(n, 8, [&](int64_t b, int64_t e) {
+    kernels::rms_norm_rows_st(h + b * hd, ly.input_norm.data<float>(), x + b * hd, e - b, hd, hd,
+                              eps);
+  });
+  for (int64_t j = 0, col = 0; j < static_cast<int64_t>(ly.qkv.size()); ++j) {
+    kernels::linear(x, n, hd, ly.qkv[j], qkv + col, qkv_n);
+    col += ly.qkv[j].out_features();
+  }
+  parallel_for(n, 4, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      float* row = qkv + r * qkv_n;
+      if (!ly.qkv_bias.empty())
+        for (int64_t c = 0; c < qkv_n; ++c) row[c] += ly.qkv_bias[static_cast<size_t>(c)];
+      float* q = row;
+      float* k = row + q_rows_;
+      if (cfg_.qk_norm == io::HfConfig::QkNorm::per_head) {
+        kernels::rms_norm_rows_st(q, ly.q_norm.data(), q, heads, d, d, eps);
+        kernels::rms_norm_rows_st(k, ly.k_norm.data(), k, kvh, d, d, eps);
+      } else if (cfg_.qk_norm == io::HfConfig::QkNorm::full) {
+        kernels::rms_norm_rows_st(q, ly.q_norm.data(), q, 1, q_rows_, q_rows_, eps);
+        kernels::rms_norm_rows_st(k, ly.k_norm.data(), k, 1, kv_rows_, kv_rows_, eps);
+      }
+      if (cfg_.clip_qkv) {  // OLMoE clamps after the q/k norms
+        const float lim = static_cast<float>(*cfg_.clip_qkv);
+        for (int64_t c = 0; c < qkv_n; ++c) row[c] = std::clamp(row[c], -lim, lim);
+      }
+    }
+  });
+  const size_t seqs = rs.seqs.size();
+  std::vector<kernels::KvBlocks> kv(seqs);
+  for (size_t j = 0; j < seqs; ++j) {
+    KvCache& c = *rs.caches[j];
+    const int64_t bt = c.pool_->block_tokens(), side = bt * kv_rows_;
+    for (int64_t i = 0; i < rs.counts[j]; ++i) {
+      float* row = qkv + (rs.row0[j] + i) * qkv_n;
+      const int64_t pos = rs.start[j] + i;
+      kernels::rope_st(row, heads, rope_, pos);
+      kernels::rope_st(row + q_rows_, kvh, rope_, pos);
+      float* kc = c.base_[static_cast<size_t>(pos / bt)] + 2 * l * side + (pos % bt) * kv_rows_;
+      std::memcpy(kc, row + q_rows_, static_cast<size_t>(kv_rows_) * 4);
+      std::memcpy(kc + side, row + q_rows_ + kv_rows_, static_cast<size_t>(kv_rows_) * 4);
+    }
+    auto& kb = p.kblocks[j];
+    auto& vb = p.vblocks[j];
+    kb.resize(c.base_.size());
+    vb.resize(c.base_.size());
+    for (size_t b = 0; b < c.base_.size(); ++b) {
+      kb[b] = c.base_[b] + 2 * l * side;
+      vb[b] = kb[b] + side;
+    }
+    kv[j] = {kb.data(), vb.data(), bt};
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  kernels::causal_attention_batch(qkv, qkv_n, kv, kv_rows_, p.att.data(), q_rows_, rs.row0,
+                                  rs.counts, rs.start, heads, kvh, d, scale);
+  kernels::linear(p.att.data(), n, q_rows_, ly.o, h, hd, /*accumulate=*/true);
+  if (!ly.o_bias.empty())
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < hd; ++c) h[r * hd + c] += ly.o_bias[static_cast<size_t>(c)];
+}
+
+void MoeLm::ffn(const Layer& ly, Pass& p, const RowSet& rs, float* h, LmStats* stats) const {
+  const int64_t hd = cfg_.hidden_size, n = rs.rows;
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  float* x = p.x.data();
+  float* y = p.y.data();
+  // x = RMSNorm(h); h += MoE(x) (or the dense MLP).
+  parallel_for(n, 8, [&](int64_t b, int64_t e) {
+    kernels::rms_norm_rows_st(h + b * hd, ly.post_norm.data<float>(), x + b * hd, e - b, hd, hd,
+                              eps);
+  });
+  moe::RoutingResult routing;
+  ly.ffn->route(x, n, ly.moe ? *policy_ : *dense_policy_, routing);
+  ly.ffn->apply(x, n, routing, y);
+  if (stats && ly.moe) {
+    stats->moe_rows += n;
+    stats->routed_experts += static_cast<int64_t>(routing.expert_ids.size());
+    std::vector<uint8_t> ran(stats->expert_rows.size(), 0);
+    for (int32_t e : routing.expert_ids) {
+      ++stats->expert_rows[static_cast<size_t>(e)];
+      ran[static_cast<size_t>(e)] = 1;
+    }
+    stats->expert_runs += std::count(ran.begin(), ran.end(), 1);
+    for (int64_t r = 0; r < n; ++r) {
+      const size_t s = static_cast<size_t>(rs.seq_of_row[static_cast<size_t>(r)]);
+      ++stats->seq_moe_rows[s];
+      stats->seq_routed[s] += routing.experts_of(r);
+    }
+    if (stats->record_routing) stats->routing.push_back(std::move(routing));
+  }
+  add_rows(h, y, n * hd);
+}
+
+// The MoE layer with per-expert queues: the rows at this layer are fresh tokens (routed now)
+// and held tokens resuming here (routed when they stopped, some experts done). Every not yet
+// run (token, expert) pair is a row in its expert's queue; an expert runs its queue when it
+// holds a prefill row, B rows, or a row older than T. Tokens with all experts done combine
+// them (in expert-index order, as MoeBlock::apply does) and go on; the others are held.
+void MoeLm::ffn_queued(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h,
+                       LmStats* stats, const ExpertQueueRule& queues) const {
+  const int64_t hd = cfg_.hidden_size, n = rs.rows, experts = ly.ffn->experts();
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  const Clock::time_point now = Clock::now();
+  float* x = p.x.data();
+  parallel_for(n, 8, [&](int64_t b, int64_t e) {
+    kernels::rms_norm_rows_st(h + b * hd, ly.post_norm.data<float>(), x + b * hd, e - b, hd, hd,
+                              eps);
+  });
+  const auto seq_of = [&](int64_t r) { return static_cast<size_t>(rs.seq_of_row[r]); };
+  const auto resumed = [&](int64_t r) { return p.resume[seq_of(r)] == l; };
+  // Route the fresh rows.
+  std::vector<int64_t> fresh;
+  for (int64_t r = 0; r < n; ++r)
+    if (!resumed(r)) fresh.push_back(r);
+  moe::RoutingResult routing;
+  {
+    std::vector<float> xf(fresh.size() * static_cast<size_t>(hd));
+    for (size_t j = 0; j < fresh.size(); ++j)
+      std::memcpy(xf.data() + j * hd, x + fresh[j] * hd, static_cast<size_t>(hd) * 4);
+    ly.ffn->route(xf.data(), static_cast<int64_t>(fresh.size()), *policy_, routing);
+  }
+  // Every pair of the layer's rows: expert, gate weight, whether it ran, its output row.
+  std::vector<int64_t> pair0(static_cast<size_t>(n) + 1, 0);
+  std::vector<int32_t> pe;
+  std::vector<float> pw;
+  std::vector<uint8_t> pdone;
+  std::vector<float> out;
+  for (int64_t r = 0, f = 0; r < n; ++r) {
+    if (resumed(r)) {
+      const HeldToken& ht = *p.caches[seq_of(r)]->held();
+      pe.insert(pe.end(), ht.experts.begin(), ht.experts.end());
+      pw.insert(pw.end(), ht.weights.begin(), ht.weights.end());
+      pdone.insert(pdone.end(), ht.done.begin(), ht.done.end());
+      out.insert(out.end(), ht.out.begin(), ht.out.end());
+    } else {
+      for (int32_t j = routing.offsets[f]; j < routing.offsets[f + 1]; ++j) {
+        pe.push_back(routing.expert_ids[j]);
+        pw.push_back(routing.weights[j]);
+        pdone.push_back(0);
+      }
+      out.resize(pe.size() * static_cast<size_t>(hd));
+      if (stats) {
+        ++stats->seq_moe_rows[seq_of(r)];
+        stats->seq_routed[seq_of(r)] += routing.experts_of(f);
+      }
+      ++f;
+    }
+    pair0[r + 1] = static_cast<int64_t>(pe.size());
+  }
+  // Which queues run: a prefill row, B rows, or the oldest waiting T.
+  std::vector<int64_t> waiting(static_cast<size_t>(experts), 0);
+  std::vector<uint8_t> ready(static_cast<size_t>(experts), 0);
+  for (int64_t r = 0; r < n; ++r) {
+    const size_t s = seq_of(r);
+    const double waited =
+        resumed(r) ? std::chrono::duration<double>(now - p.caches[s]->held()->since).count() : 0;
+    const bool urgent = p.counts[s] > 1 || waited >= queues.max_wait_s;
+    for (int64_t j = pair0[r]; j < pair0[r + 1]; ++j) {
+      if (pdone[j]) continue;
+      ++waiting[pe[j]];
+      if (urgent) ready[pe[j]] = 1;
+    }
+  }
+  std::vector<int64_t> run;  // pairs to run now
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = pair0[r]; j < pair0[r + 1]; ++j)
+      if (!pdone[j] && (ready[pe[j]] || waiting[pe[j]] >= queues.min_rows)) run.push_back(j);
+  if (!run.empty()) {
+    std::vector<int64_t> row_of(pe.size());
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = pair0[r]; j < pair0[r + 1]; ++j) row_of[j] = r;
+    std::vector<float> xr(run.size() * static_cast<size_t>(hd)), yr(xr.size());
+    std::vector<int32_t> er(run.size());
+    for (size_t a = 0; a < run.size(); ++a) {
+      std::memcpy(xr.data() + a * hd, x + row_of[run[a]] * hd, static_cast<size_t>(hd) * 4);
+      er[a] = pe[run[a]];
+    }
+    ly.ffn->run_rows(xr.data(), static_cast<int64_t>(run.size()), er.data(), yr.data());
+    std::vector<uint8_t> ran(static_cast<size_t>(experts), 0);
+    for (size_t a = 0; a < run.size(); ++a) {
+      std::memcpy(out.data() + run[a] * hd, yr.data() + a * hd, static_cast<size_t>(hd) * 4);
+      pdone[run[a]] = 1;
+      ran[static_cast<size_t>(er[a])] = 1;
+      if (stats) ++stats->expert_rows[static_cast<size_t>(er[a])];
+    }
+    if (stats) stats->expert_runs += std::count(ran.begin(), ran.end(), 1);
+  }
+  if (stats) {
+    stats->moe_rows += static_cast<int64_t>(fresh.size());
+    stats->routed_experts += static_cast<int64_t>(routing.expert_ids.size());
+    if (stats->record_routing) stats->routing.push_back(routing);
+  }
+  // Finished rows combine; the others stop here, held in their caches.
+  std::vector<int64_t> finished;
+  for (int64_t r = 0; r < n; ++r) {
+    const bool all_done = std::all_of(pdone.begin() + pair0[r], pdone.begin() + pair0[r + 1],
+                                      [](uint8_t d) { return d != 0; });
+    KvCache& c = *p.caches[seq_of(r)];
+    if (all_done) {
+      finished.push_back(r);
+      c.held_.reset();
+      continue;
+    }
+    DELTAMOE_ASSERT(p.counts[seq_of(r)] == 1, "a prefill row was held");
+    if (!c.held_) {
+      c.held_ = std::make_unique<HeldToken>();
+      c.held_->since = now;
+    }
+    HeldToken& ht = *c.held_;
+    ht.token = p.toks[seq_of(r)][0];
+    ht.layer = l;
+    ht.h.assign(h + r * hd, h + (r + 1) * hd);
+    ht.experts.assign(pe.begin() + pair0[r], pe.begin() + pair0[r + 1]);
+    ht.weights.assign(pw.begin() + pair0[r], pw.begin() + pair0[r + 1]);
+    ht.done.assign(pdone.begin() + pair0[r], pdone.begin() + pair0[r + 1]);
+    ht.out.assign(out.begin() + pair0[r] * hd, out.begin() + pair0[r + 1] * hd);
+    p.stopped[seq_of(r)] = 1;
+  }
+  if (finished.empty()) return;
+  const int64_t m = static_cast<int64_t>(finished.size());
+  std::vector<float> xf(static_cast<size_t>(m * hd)), yf(static_cast<size_t>(m * hd), 0.0f);
+  for (int64_t a = 0; a < m; ++a) {
+    const int64_t r = finished[a];
+    std::memcpy(xf.data() + a * hd, x + r * hd, static_cast<size_t>(hd) * 4);
+    std::vector<int64_t> order(static_cast<size_t>(pair0[r + 1] - pair0[r]));
+    for (size_t k = 0; k < order.size(); ++k) order[k] = pair0[r] + static_cast<int64_t>(k);
+    std::sort(order.begin(), order.end(), [&](int64_t u, int64_t v) { return pe[u] < pe[v]; });
+    for (int64_t j : order) kernels::axpy_st(pw[j], out.data() + j * hd, yf.data() + a * hd, hd);
+  }
+  ly.ffn->add_shared(xf.data(), m, yf.data());
+  for (int64_t a = 0; a < m; ++a) {
+    float* hr = h + finished[a] * hd;
+    const float* yr = yf.data() + a * hd;
+    for (int64_t c = 0; c < hd; ++c) hr[c] += yr[c];
+  }
+}
+
+}  // namespace deltamoe::models
