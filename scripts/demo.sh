@@ -12,7 +12,7 @@ epochs="${EPOCHS:-5}"
 dir="${DELTAMOE_DEMO_DIR:-out/demo}"
 mkdir -p "$dir"
 echo "demo: training fixed top-2 ($epochs epochs)..." >&2
-./build/deltamoe train --routing top-k --k 2 --epochs "$epochs" --seed 1 --no-test \
+./build/deltamoe train --routing top-k:2 --epochs "$epochs" --seed 1 --no-test \
   --out "$dir/top2.safetensors" >&2
 echo "demo: training delta-MoE, threshold routing with K*=1.5 ($epochs epochs)..." >&2
 ./build/deltamoe train --routing threshold --target-k 1.5 --epochs "$epochs" --seed 1 --no-test \

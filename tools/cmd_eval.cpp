@@ -17,9 +17,9 @@ namespace {
 using namespace deltamoe;
 
 struct EvalCliOptions {
-  std::string model, routing, predictions_out, data_dir = "/usr/share/datasets/fashion-mnist";
-  int64_t k = 0, nulls = 0, batch = 1000;
-  double p = 0, target_k = 0;
+  std::string model, predictions_out, data_dir = "/usr/share/datasets/fashion-mnist";
+  cli::RoutingCli routing;  // empty: the model's own
+  int64_t batch = 1000;
   float null_bias = 0;
   int threads = 2;
   int repeat = 1;
@@ -32,17 +32,9 @@ deltamoe::cli::CommandRegistrar reg(
       auto o = std::make_shared<EvalCliOptions>();
       app.add_option("--model", o->model, "checkpoint M.safetensors (with M.json beside it)")
           ->required();
-      app.add_option("--routing", o->routing, "override: top-k | top-p | threshold | null-experts")
-          ->check(CLI::IsMember({"top-k", "top-p", "threshold", "null-experts"}));
-      app.add_option("--k", o->k, "top-k / null-experts k")
-          ->check(CLI::Range(int64_t{1}, int64_t{4096}));
-      app.add_option("--p", o->p, "top-p threshold")
-          ->check(cli::finite_in(0.0, 1.0, /*lo_open=*/true));
-      app.add_option("--target-k", o->target_k,
-                     "calibrate the policy's threshold on the validation split to this mean K")
-          ->check(cli::finite_in(1.0, 4096.0));
-      app.add_option("--nulls", o->nulls, "null experts (must match the model's router)")
-          ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+      o->routing.add(app, "",
+                     "calibrate the policy's P, THETA or null bias on the validation split to "
+                     "this mean K (top-p, threshold, null-experts)");
       app.add_option("--null-bias", o->null_bias, "null-experts selection bias");
       app.add_option("--batch", o->batch, "evaluation batch size")
           ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
@@ -57,23 +49,18 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_option("--predictions-out", o->predictions_out,
                      "CSV index,label,predicted,experts_used for every test sample");
       app.add_flag("--json", o->json, "print one JSON object on stdout");
+      cli::show_default(app, {"--target-k"}, "none");
+      app.parse_complete_callback([&app, o] { o->routing.check(app); });
       return [o]() {
         if (!o->predictions_out.empty()) io::check_writable(o->predictions_out, "eval");
         set_num_threads(o->threads);
         cli::keep_freed_memory();
         auto model = models::MoeClassifier::load(o->model);
         const auto data = models::detail::load_data(o->data_dir);
-        if (!o->routing.empty()) {
-          moe::PolicySpec s;
-          s.kind = o->routing;
-          s.k = o->k > 0 ? o->k : 2;
-          if (o->p > 0) s.p = o->p;
-          s.target_k = o->target_k;
-          s.nulls =
-              o->nulls > 0 ? o->nulls : model.config().router_outputs() - model.config().experts;
+        if (!o->routing.routing.empty()) {
+          moe::PolicySpec s = o->routing.spec(
+              model.config().experts, model.config().router_outputs() - model.config().experts);
           s.null_bias = o->null_bias;
-          if (s.kind == "null-experts" && o->k <= 0 && o->target_k > 0)
-            s.k = static_cast<int64_t>(o->target_k) + 1;
           const int64_t n = data.train.images.size(0);
           models::calibrate_policy(model, s, data.train.images.slice(n - 5000, n));
         }

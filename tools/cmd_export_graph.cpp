@@ -30,7 +30,7 @@ deltamoe::cli::CommandRegistrar reg(
     [](CLI::App& app) -> deltamoe::cli::Action {
       auto o = std::make_shared<ExportCliOptions>();
       o->train.layers = 1;
-      cli::add_train_options(app, o->train);
+      cli::add_model_options(app, o->train);
       app.add_option("--out", o->train.out, "output graph (.json or .json.gz), written atomically")
           ->required();
       app.add_flag("--synthetic", o->synthetic,
@@ -40,8 +40,8 @@ deltamoe::cli::CommandRegistrar reg(
       app.footer(
           "Builds the model (random init, --seed), records ONE training step of --batch samples "
           "(routing, losses and noise as in `train`; the step is not applied) and exits. "
-          "--layers defaults to 1 here. The --epochs/--lr/... training options are accepted "
-          "and ignored.");
+          "--layers defaults to 1 here. Options that only shape a training run (--epochs, "
+          "--lr, --dropout, ...) are not taken.");
       return [o]() {
         const cli::TrainCliOptions& t = o->train;
         io::check_writable(t.out, "export-graph");

@@ -203,6 +203,7 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_option("--then-duration", llm->then_duration_s,
                      "--openai open loop: seconds of the second phase (max 600)")
           ->check(CLI::Range(0.0, 600.0));
+      deltamoe::cli::show_default(app, {"--then-rate", "--then-duration"}, "none");
       auto timeline_out = std::make_shared<std::string>();
       app.add_option("--timeline-out", *timeline_out,
                      "--openai: write every request as CSV (scheduled_s, done_s, status, ttft_ms, "

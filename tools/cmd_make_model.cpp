@@ -441,6 +441,11 @@ deltamoe::cli::CommandRegistrar reg(
           "Weights: normal-like(0, --init-std), norms 1, biases 0, deterministic in --seed.\n"
           "Writes config.json (transformers 4.x form), model.safetensors or shards with\n"
           "model.safetensors.index.json, generation_config.json (bos 1, eos 2).");
+      deltamoe::cli::show_default(app,
+                                  {"--layers", "--hidden", "--heads", "--kv-heads", "--head-dim",
+                                   "--experts", "--top-k", "--inter", "--vocab"},
+                                  "preset");
+      deltamoe::cli::show_default(app, {"--shared-inter", "--dense-inter"}, "4 x --inter");
       return [o]() -> int { return run(*o); };
     });
 

@@ -35,7 +35,9 @@ using Clock = std::chrono::steady_clock;
 
 struct SweepOptions {
   bool quick = false;
-  std::string out_dir = "docs/experiments";
+  // Not docs/experiments: run from the repository root, that would overwrite the committed
+  // study (regenerating it is `--out-dir docs/experiments`, docs/training.md).
+  std::string out_dir = "sweep-report";
   std::string work_dir = "/tmp/deltamoe-sweep";
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   int seeds = 0, epochs = 0, threads = 1;
@@ -151,11 +153,16 @@ models::TrainOptions train_options_for(const Run& r, const SweepOptions& o) {
 std::vector<std::string> train_args(const Run& r, const SweepOptions& o) {
   const auto c = config_for(r);
   const auto t = train_options_for(r, o);
+  // The routing as a spec where it has parameters of its own; threshold and null-experts
+  // take the defaults that config_for also takes (and adapt toward --target-k).
+  std::string routing = r.method;
+  if (r.method == "top-k") routing += ":" + std::to_string(c.routing.k);
+  if (r.method == "top-p") routing += ":" + fmt(c.routing.p, 17);
   // One flag and its value per line.
   // clang-format off
   std::vector<std::string> a = {
       "train",
-      "--routing", r.method,
+      "--routing", routing,
       "--layers", std::to_string(c.layers),
       "--epochs", std::to_string(t.epochs),
       "--batch", std::to_string(t.batch),
@@ -178,11 +185,6 @@ std::vector<std::string> train_args(const Run& r, const SweepOptions& o) {
   };
   // clang-format on
   if (t.augment_flip) a.push_back("--augment-flip");
-  // Only the routing parameters the method reads: train rejects the others (they would be
-  // ignored), and the ones left out are unused by that method, so the model is the same.
-  if (r.method == "top-p") a.insert(a.end(), {"--p", fmt(c.routing.p, 17)});
-  if (r.method == "top-k" || r.method == "null-experts")
-    a.insert(a.end(), {"--k", std::to_string(c.routing.k)});
   if (r.method != "top-k") a.insert(a.end(), {"--target-k", fmt(c.routing.target_k, 17)});
   return a;
 }
@@ -539,7 +541,9 @@ deltamoe::cli::CommandRegistrar reg(
     [](CLI::App& app) -> deltamoe::cli::Action {
       auto o = std::make_shared<SweepOptions>();
       app.add_flag("--quick", o->quick, "small version for CI (2 seeds, 3 epochs on 8k images)");
-      app.add_option("--out-dir", o->out_dir, "where the CSVs, PNGs and delta-moe.md go");
+      app.add_option("--out-dir", o->out_dir,
+                     "where the CSVs, PNGs and delta-moe.md go (the committed study: --out-dir "
+                     "docs/experiments)");
       app.add_option("--work-dir", o->work_dir,
                      "where trained models are cached (resumable; one subdirectory per recipe)");
       app.add_option("--data-dir", o->data_dir, "Fashion-MNIST directory");
@@ -561,6 +565,9 @@ deltamoe::cli::CommandRegistrar reg(
                    "mirror training images left-right with probability 1/2");
       app.add_option("--augment-shift", o->augment_shift,
                      "shift training images by up to this many pixels");
+      cli::show_default(app, {"--seeds"}, "3, --quick 2");
+      cli::show_default(app, {"--epochs"}, "12, --quick 3");
+      cli::show_default(app, {"--max-train"}, "all, --quick 8000");
       app.add_flag("--no-plots", o->no_plots, "skip python/plot_delta_moe.py");
       app.add_flag("--json", o->json, "print one JSON summary on stdout");
       return [o]() { return run_sweep(*o); };

@@ -184,6 +184,7 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_option("--synthetic-vocab", o->synthetic_vocab,
                      "Write the synthetic tokenizer.json of this vocab size (>= 300) to --out");
       app.add_option("--out", o->out, "Output file for --synthetic-vocab (default: - = stdout)");
+      deltamoe::cli::show_default(app, {"--synthetic-vocab"}, "none");
       return [o]() { return run(*o); };
     });
 

@@ -13,6 +13,7 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,13 @@ struct Command {
   std::string description;
   Setup setup;
 };
+
+/// Shows `text` as the --help default of each of `flags` (already added to `app`): for options
+/// whose stored default is a sentinel ("preset", "none", "all") rather than a value.
+inline void show_default(CLI::App& app, std::initializer_list<const char*> flags,
+                         const std::string& text) {
+  for (const char* f : flags) app.get_option(f)->default_str(text);
+}
 
 /// All registered subcommands (in registration order; main sorts them by name).
 std::vector<Command>& commands();

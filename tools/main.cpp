@@ -49,8 +49,11 @@ int main(int argc, char** argv) {
   CLI::App app{"deltamoe: a Mixture-of-Experts engine (train, eval, serve, schedule, bench)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "deltamoe 0.1.0");
+  // Every option's --help shows its default (subcommands inherit this).
+  app.option_defaults()->always_capture_default();
   auto& cmds = commands();
-  std::sort(cmds.begin(), cmds.end(), [](const Command& a, const Command& b) { return a.name < b.name; });
+  std::sort(cmds.begin(), cmds.end(),
+            [](const Command& a, const Command& b) { return a.name < b.name; });
   std::map<CLI::App*, Action> actions;
   std::vector<std::pair<CLI::App*, Setup*>> subs;
   for (auto& c : cmds) subs.emplace_back(app.add_subcommand(c.name, c.description), &c.setup);

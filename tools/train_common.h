@@ -3,26 +3,182 @@
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "command.h"
+#include "deltamoe/core/error.h"
 #include "deltamoe/models/moe_classifier.h"
+#include "deltamoe/moe/policies.h"
 
 namespace deltamoe::cli {
 
-struct TrainCliOptions {
-  // routing
-  std::string routing = "top-k";
-  int64_t k = 0;  // 0: policy default (top-k 2; null-experts floor(K*)+1 or 2)
-  double p = 0.5;
+/// Keeps freed blocks in the heap instead of returning them to the kernel: every graph op
+/// allocates its output, and with glibc's default mmap threshold each large tensor cost fresh
+/// zeroed pages (page faults were 13% of an evaluation pass).
+inline void keep_freed_memory() {
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
+/// A floating-point validator: finite and within [lo, hi] (lo_open / hi_open exclude the ends);
+/// NaN and infinities are rejected, which CLI11's Range and PositiveNumber let through.
+inline CLI::Validator finite_in(double lo, double hi, bool lo_open = false, bool hi_open = false) {
+  const auto num = [](double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return std::string(buf);
+  };
+  const std::string desc =
+      std::string(lo_open ? "(" : "[") + num(lo) + ", " + num(hi) + (hi_open ? ")" : "]");
+  return CLI::Validator(
+      [=](std::string& s) -> std::string {
+        double v = 0;
+        try {
+          size_t used = 0;
+          v = std::stod(s, &used);
+          if (used != s.size()) return "not a number: " + s;
+        } catch (const std::exception&) {
+          return "not a number: " + s;
+        }
+        const bool ok =
+            std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+        return ok ? std::string() : "value " + s + " not in " + desc;
+      },
+      "FLOAT in " + desc);
+}
+
+/// `--routing` of the classifier commands (train, eval, export-graph): the spec every command
+/// takes (moe::parse_policy_spec: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA],
+/// null-experts:K:M), or a bare kind whose parameters take their defaults (top-k 2, top-p 0.5
+/// (the controller's start with --target-k), threshold 1/E, null-experts k = floor(K*) + 1 (or
+/// 2) with M = E). `--k`, `--p` and `--nulls`, the spellings from before specs, stay as hidden
+/// aliases for one release; one given beside a spec that already sets it is an error.
+struct RoutingCli {
+  std::string routing;
+  int64_t k = 0, nulls = 0;  // aliases; 0: not given
+  double p = 0;              // alias; 0: not given
   double target_k = 0;
-  int64_t nulls = 0;
   bool no_renorm = false;
+  // The aliases as given: hidden options have no name in CLI11's own errors, so they are
+  // converted and range-checked in check(), with errors that name them.
+  std::string k_text, p_text, nulls_text;
+
+  /// The kind of the spec ("top-k" for top-k-raw too); empty when no --routing was given.
+  std::string kind() const {
+    const std::string k0 = routing.substr(0, routing.find(':'));
+    return k0 == "top-k-raw" ? "top-k" : k0;
+  }
+  bool is_spec() const { return routing.find(':') != std::string::npos; }
+
+  /// The policy spec for `experts` real experts; `default_nulls` is M when neither the spec
+  /// nor --nulls gives it (0: E). Throws Error("routing") on a bad spec.
+  moe::PolicySpec spec(int64_t experts, int64_t default_nulls = 0) const {
+    moe::PolicySpec s;
+    if (is_spec()) {
+      s = moe::parse_policy_spec(routing, experts);
+    } else {
+      s.kind = kind();
+      s.renormalize = routing != "top-k-raw";
+      s.nulls = default_nulls;
+      if (s.kind == "null-experts")
+        s.k = target_k > 0 ? static_cast<int64_t>(std::floor(target_k)) + 1 : 2;
+    }
+    if (k > 0) s.k = k;
+    if (p > 0) s.p = p;
+    if (nulls > 0) s.nulls = nulls;
+    s.target_k = target_k;
+    s.renormalize = s.renormalize && !no_renorm;
+    return s;
+  }
+
+  /// After parsing: the spec parses, and no alias or parameter flag is given that the chosen
+  /// routing would ignore or that its spec already sets.
+  void check(const CLI::App& app) {
+    const auto alias = [&](const char* flag, const std::string& text, CLI::Validator v, auto& out) {
+      if (app.count(flag) == 0) return;
+      std::string t = text;
+      const std::string err = v(t);
+      if (!err.empty()) throw CLI::ValidationError(flag, err);
+      out = static_cast<std::decay_t<decltype(out)>>(std::stod(t));
+    };
+    alias("--k", k_text, CLI::Range(int64_t{1}, int64_t{4096}), k);
+    alias("--p", p_text, finite_in(0.0, 1.0, /*lo_open=*/true), p);
+    alias("--nulls", nulls_text, CLI::Range(int64_t{1}, int64_t{4096}), nulls);
+    if (routing.empty()) {
+      for (const char* f : {"--k", "--p", "--nulls", "--no-renorm", "--target-k"})
+        if (app.count(f))
+          throw CLI::ValidationError(f, "goes with --routing (the model's own routing is kept)");
+      return;
+    }
+    const std::string kd = kind();
+    const std::vector<std::string> kinds = {"top-k", "top-p", "threshold", "null-experts"};
+    if (std::find(kinds.begin(), kinds.end(), kd) == kinds.end())
+      throw CLI::ValidationError("--routing", "unknown routing '" + routing +
+                                                  "' (known: top-k:K, top-k-raw:K, top-p:P, "
+                                                  "threshold[:THETA], null-experts:K:M)");
+    if (is_spec()) {
+      try {
+        (void)moe::parse_policy_spec(routing, 8);
+      } catch (const Error& e) {
+        throw CLI::ValidationError("--routing", e.what());
+      }
+    }
+    struct Rule {
+      const char* flag;
+      std::vector<std::string> kinds;
+      bool in_spec;  // the spec form of those kinds sets it
+    };
+    const Rule rules[] = {{"--k", {"top-k", "null-experts"}, true},
+                          {"--p", {"top-p"}, true},
+                          {"--target-k", {"top-p", "threshold", "null-experts"}, false},
+                          {"--nulls", {"null-experts"}, true}};
+    for (const Rule& r : rules) {
+      if (app.count(r.flag) == 0) continue;
+      bool ok = false;
+      std::string list;
+      for (const auto& k0 : r.kinds) {
+        ok = ok || k0 == kd;
+        list += (list.empty() ? "" : ", ") + k0;
+      }
+      if (!ok)
+        throw CLI::ValidationError(r.flag, "applies to --routing " + list +
+                                               " only; it would be ignored with --routing " +
+                                               routing);
+      if (r.in_spec && is_spec())
+        throw CLI::ValidationError(r.flag, "the routing spec '" + routing +
+                                               "' already sets it (give it in the spec only)");
+    }
+  }
+
+  /// Adds --routing (default `def`, empty: none), the hidden aliases, --target-k (with its
+  /// help, which differs between training and evaluation) and --no-renorm; checks after
+  /// parsing.
+  void add(CLI::App& app, const std::string& def, const std::string& target_k_help) {
+    routing = def;
+    auto* r = app.add_option("--routing", routing,
+                             "routing spec: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA], "
+                             "null-experts:K:M, or a bare kind with default parameters");
+    if (!def.empty()) r->capture_default_str();
+    app.add_option("--k", k_text, "alias: the K of --routing top-k:K / null-experts:K:M")
+        ->group("");
+    app.add_option("--p", p_text, "alias: the P of --routing top-p:P")->group("");
+    app.add_option("--nulls", nulls_text, "alias: the M of --routing null-experts:K:M")->group("");
+    app.add_option("--target-k", target_k, target_k_help)->check(finite_in(1.0, 4096.0));
+    app.add_flag("--no-renorm", no_renorm,
+                 "gate weights p_e as is (default: renormalised over the chosen experts)");
+  }
+};
+
+struct TrainCliOptions {
+  RoutingCli routing;
   // model
   std::string stem = "fc";
   int64_t layers = 2, experts = 8, hidden = 256, inter = 256;
@@ -52,82 +208,12 @@ struct TrainCliOptions {
   bool json = false, no_progress = false, no_test = false;
 };
 
-/// Keeps freed blocks in the heap instead of returning them to the kernel: every graph op
-/// allocates its output, and with glibc's default mmap threshold each large tensor cost fresh
-/// zeroed pages (page faults were 13% of an evaluation pass).
-inline void keep_freed_memory() {
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-}
-
-/// A floating-point validator: finite and within [lo, hi] (lo_open / hi_open exclude the ends);
-/// NaN and infinities are rejected, which CLI11's Range and PositiveNumber let through.
-inline CLI::Validator finite_in(double lo, double hi, bool lo_open = false, bool hi_open = false) {
-  const auto num = [](double v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", v);
-    return std::string(buf);
-  };
-  const std::string desc = std::string(lo_open ? "(" : "[") + num(lo) + ", " + num(hi) +
-                           (hi_open ? ")" : "]");
-  return CLI::Validator(
-      [=](std::string& s) -> std::string {
-        double v = 0;
-        try {
-          size_t used = 0;
-          v = std::stod(s, &used);
-          if (used != s.size()) return "not a number: " + s;
-        } catch (const std::exception&) {
-          return "not a number: " + s;
-        }
-        const bool ok =
-            std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
-        return ok ? std::string() : "value " + s + " not in " + desc;
-      },
-      "FLOAT in " + desc);
-}
-
-/// Which routing kinds each routing parameter applies to: a parameter given with another kind
-/// would be silently ignored, so it is an error instead.
-inline void check_routing_flags(const CLI::App& app, const std::string& routing) {
-  struct Rule {
-    const char* flag;
-    std::vector<std::string> kinds;
-  };
-  const Rule rules[] = {{"--k", {"top-k", "null-experts"}},
-                        {"--p", {"top-p"}},
-                        {"--target-k", {"top-p", "threshold", "null-experts"}},
-                        {"--nulls", {"null-experts"}}};
-  for (const Rule& r : rules) {
-    if (app.count(r.flag) == 0) continue;
-    bool ok = false;
-    std::string list;
-    for (const auto& k : r.kinds) {
-      ok = ok || k == routing;
-      list += (list.empty() ? "" : ", ") + k;
-    }
-    if (!ok)
-      throw CLI::ValidationError(
-          r.flag,
-          "applies to --routing " + list + " only; it would be ignored with --routing " + routing);
-  }
-}
-
-inline void add_train_options(CLI::App& app, TrainCliOptions& o) {
-  app.add_option("--routing", o.routing, "top-k | top-p | threshold | null-experts")
-      ->check(CLI::IsMember({"top-k", "top-p", "threshold", "null-experts"}))
-      ->capture_default_str();
-  app.add_option("--k", o.k, "experts per token (top-k, default 2), or k of null-experts")
-      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  app.add_option("--p", o.p, "top-p threshold (start value when --target-k is given)")
-      ->check(finite_in(0.0, 1.0, /*lo_open=*/true))
-      ->capture_default_str();
-  app.add_option("--target-k", o.target_k,
-                 "target mean experts per token K* (controllers; top-p, threshold, null-experts)")
-      ->check(finite_in(1.0, 4096.0));
-  app.add_option("--nulls", o.nulls, "null experts for null-experts (default E)")
-      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  app.add_flag("--no-renorm", o.no_renorm, "gate weights p_e as is (default: renormalised over S)");
+/// The model and its routing, the seed, threads and data: what every command that builds a
+/// classifier takes (train, export-graph).
+inline void add_model_options(CLI::App& app, TrainCliOptions& o) {
+  o.routing.add(app, "top-k",
+                "target mean experts per token K*: a controller adapts P, THETA or the null "
+                "bias toward it while training (top-p, threshold, null-experts)");
   app.add_option("--stem", o.stem, "fc | patch (16 tokens of 7x7 pixels)")
       ->check(CLI::IsMember({"fc", "patch"}))
       ->capture_default_str();
@@ -148,17 +234,8 @@ inline void add_train_options(CLI::App& app, TrainCliOptions& o) {
       ->capture_default_str();
   app.add_flag("--residual", o.residual, "h + MoE(LN(h)) instead of MoE(LN(h))");
   app.add_flag("--noisy", o.noisy, "noisy top-k gating with importance and load losses");
-  app.add_option("--epochs", o.epochs, "training epochs")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
   app.add_option("--batch", o.batch, "batch size")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
-      ->capture_default_str();
-  app.add_option("--lr", o.lr, "Adam learning rate, cosine decay")
-      ->check(finite_in(0.0, 10.0, /*lo_open=*/true))
-      ->capture_default_str();
-  app.add_option("--weight-decay", o.weight_decay, "decoupled (AdamW) weight decay")
-      ->check(finite_in(0.0, 10.0))
       ->capture_default_str();
   app.add_option("--seed", o.seed, "seed (init, data order, noise)")->capture_default_str();
   app.add_option("--balance-alpha", o.balance_alpha, "Switch load-balancing loss weight")
@@ -167,6 +244,28 @@ inline void add_train_options(CLI::App& app, TrainCliOptions& o) {
   app.add_option("--entropy-beta", o.entropy_beta,
                  "router entropy weight (default 1e-4 for top-p, else 0)")
       ->check(finite_in(0.0, 1e6));
+  app.add_option("--threads", o.threads, "threads")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.add_option("--data-dir", o.data_dir, "Fashion-MNIST directory")->capture_default_str();
+  show_default(app, {"--target-k"}, "none");
+  show_default(app, {"--entropy-beta"}, "1e-4 for top-p, else 0");
+  // After parsing: routing parameters that the chosen routing would ignore are errors.
+  app.parse_complete_callback([&app, &o] { o.routing.check(app); });
+}
+
+/// add_model_options and the optimisation, data and augmentation options of `train`.
+inline void add_train_options(CLI::App& app, TrainCliOptions& o) {
+  add_model_options(app, o);
+  app.add_option("--epochs", o.epochs, "training epochs")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_option("--lr", o.lr, "Adam learning rate, cosine decay")
+      ->check(finite_in(0.0, 10.0, /*lo_open=*/true))
+      ->capture_default_str();
+  app.add_option("--weight-decay", o.weight_decay, "decoupled (AdamW) weight decay")
+      ->check(finite_in(0.0, 10.0))
+      ->capture_default_str();
   app.add_option("--max-train", o.max_train, "use only this many training images (0 = all)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40))
       ->capture_default_str();
@@ -189,26 +288,10 @@ inline void add_train_options(CLI::App& app, TrainCliOptions& o) {
   app.add_option("--label-smoothing", o.label_smoothing, "cross-entropy label smoothing ε")
       ->check(finite_in(0.0, 1.0, false, /*hi_open=*/true))
       ->capture_default_str();
-  app.add_option("--threads", o.threads, "threads")
-      ->check(CLI::Range(1, 1024))
-      ->capture_default_str();
-  app.add_option("--data-dir", o.data_dir, "Fashion-MNIST directory")->capture_default_str();
-  // After parsing: routing parameters that the chosen routing would ignore are errors.
-  app.parse_complete_callback([&app, &o] { check_routing_flags(app, o.routing); });
 }
 
 inline moe::PolicySpec make_spec(const TrainCliOptions& o) {
-  moe::PolicySpec s;
-  s.kind = o.routing;
-  s.p = o.p;
-  s.target_k = o.target_k;
-  s.nulls = o.nulls;
-  s.renormalize = !o.no_renorm;
-  if (o.routing == "null-experts")
-    s.k = o.k > 0 ? o.k : (o.target_k > 0 ? static_cast<int64_t>(std::floor(o.target_k)) + 1 : 2);
-  else
-    s.k = o.k > 0 ? o.k : 2;
-  return s;
+  return o.routing.spec(o.experts);
 }
 
 inline models::MoeClassifierConfig make_config(const TrainCliOptions& o) {
@@ -233,7 +316,8 @@ inline models::TrainOptions make_train_options(const TrainCliOptions& o) {
   t.weight_decay = o.weight_decay;
   t.seed = o.seed;
   t.balance_alpha = o.balance_alpha;
-  t.entropy_beta = o.entropy_beta >= 0 ? o.entropy_beta : (o.routing == "top-p" ? 1e-4 : 0.0);
+  t.entropy_beta =
+      o.entropy_beta >= 0 ? o.entropy_beta : (o.routing.kind() == "top-p" ? 1e-4 : 0.0);
   t.max_train = o.max_train;
   t.val_size = o.val_size;
   t.augment_flip = o.augment_flip;

@@ -27,6 +27,38 @@ expect_flag_error --nulls "$bin" train --routing top-k --nulls 3 --out "$out"
 expect_flag_error --target-k "$bin" train --routing top-k --target-k 1.5 --out "$out"
 expect_flag_error --k "$bin" train --routing top-p --k 3 --out "$out"
 expect_flag_error --p "$bin" export-graph --routing threshold --p 0.5 --out "$tmp/g.json"
+# One routing vocabulary (issue 18, item 5): the spec form of every command; --k, --p and
+# --nulls are hidden aliases, refused beside a spec that sets the same parameter.
+expect_flag_error --k "$bin" train --routing top-k:3 --k 3 --out "$out"
+expect_flag_error --p "$bin" train --routing top-p:0.5 --p 0.6 --out "$out"
+expect_flag_error --routing "$bin" train --routing top-p:1.5 --out "$out"
+expect_flag_error --routing "$bin" train --routing top-q:2 --out "$out"
+expect_flag_error --target-k "$bin" eval --model "$tmp/m.safetensors" --target-k 2
+expect_flag_error --k "$bin" eval --model "$tmp/m.safetensors" --k 2
+help=$("$bin" train --help)
+grep -q -- "--routing TEXT=top-k" <<<"$help" || fail "train --help does not show the routing default"
+for f in --k --p --nulls; do
+  ! grep -q -- "^ *$f " <<<"$help" || fail "train --help shows the alias $f"
+done
+# --help shows every default: each numeric option of every subcommand has "=VALUE" (a value,
+# or a word such as "preset" or "none" where the stored default is a sentinel).
+for c in "bench moe-layer" "bench model" eval export-graph gen-graph generate info loadgen \
+         make-model perplexity schedule serve sweep tokenize train; do
+  # shellcheck disable=SC2086
+  missing=$("$bin" $c --help | grep -E '^ +-' | grep -E ' (INT|FLOAT|UINT)\b' | grep -v REQUIRED | grep -v '=' || true)
+  [ -z "$missing" ] || fail "$c --help shows no default for: $missing"
+done
+# export-graph takes the model's options, not those of a training run.
+expect_one_line_error 2 "^deltamoe: error: \[cli\] .*--epochs" "$bin" export-graph --synthetic --epochs 3 --out "$tmp/g.json"
+# The spec and the alias spellings build the same model (same graph, byte for byte).
+"$bin" export-graph --synthetic --routing top-k:3 --out "$tmp/a.json" 2>/dev/null
+"$bin" export-graph --synthetic --routing top-k --k 3 --out "$tmp/b.json" 2>/dev/null
+cmp -s "$tmp/a.json" "$tmp/b.json" || fail "top-k:3 and --k 3 differ"
+"$bin" export-graph --synthetic --routing top-k --out "$tmp/c.json" 2>/dev/null
+! cmp -s "$tmp/a.json" "$tmp/c.json" || fail "top-k:3 equals the default top-k (2): the spec was ignored"
+"$bin" export-graph --synthetic --routing top-p:0.7 --target-k 2 --out "$tmp/a.json" 2>/dev/null
+"$bin" export-graph --synthetic --routing top-p --p 0.7 --target-k 2 --out "$tmp/b.json" 2>/dev/null
+cmp -s "$tmp/a.json" "$tmp/b.json" || fail "top-p:0.7 and --p 0.7 differ"
 # Other ranges.
 expect_flag_error --dropout "$bin" train --dropout 1 --out "$out"
 expect_flag_error --lr "$bin" train --lr -0.1 --out "$out"

@@ -48,6 +48,6 @@ check() {  # check EVAL_ARGS -- SERVE_ARGS: compares classes and mean experts on
 }
 
 check -- # the routing stored in the checkpoint (adapted per-layer thresholds)
-check --routing top-k --k 1 -- --routing top-k:1
-check --routing top-p --p 0.6 -- --routing top-p:0.6
+check --routing top-k:1 -- --routing top-k:1
+check --routing top-p:0.6 -- --routing top-p:0.6
 echo "serve trained: predictions and experts used match deltamoe eval"

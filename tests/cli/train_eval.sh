@@ -22,7 +22,7 @@ for key in '"test_accuracy"' '"test_avg_experts"' '"val_accuracy"' '"epochs"' '"
 done
 [ -s "$tmp/m.safetensors" ] && [ -s "$tmp/m.json" ] || { echo "checkpoint pair missing"; exit 1; }
 # --out in a directory that does not exist yet (the README's out/demo/... on a fresh clone).
-"$bin" train --routing top-k --k 1 "${small[@]}" --no-test --out "$tmp/new/dir/m.safetensors" >/dev/null 2>&1 ||
+"$bin" train --routing top-k:1 "${small[@]}" --no-test --out "$tmp/new/dir/m.safetensors" >/dev/null 2>&1 ||
   { echo "train into a new directory failed"; exit 1; }
 [ -s "$tmp/new/dir/m.safetensors" ] || { echo "train did not create --out's directory"; exit 1; }
 # A directory that cannot be created fails at once, naming --out.
@@ -49,10 +49,10 @@ assert abs(acc - j["accuracy"]) < 1e-9, (acc, j["accuracy"])
 assert abs(k - j["avg_experts"]) < 1e-4, (k, j["avg_experts"])
 PY
 # Another policy on the same weights.
-"$bin" eval --model "$tmp/m.safetensors" --routing top-k --k 1 --threads 1 --json 2>/dev/null |
+"$bin" eval --model "$tmp/m.safetensors" --routing top-k:1 --threads 1 --json 2>/dev/null |
   grep -q '"avg_experts":1.0' || { echo "top-1 override did not use one expert"; exit 1; }
 # Bad input: unknown model file, bad policy parameters.
 if "$bin" eval --model "$tmp/none.safetensors" 2>"$tmp/err.txt" >/dev/null; then echo "missing model accepted"; exit 1; fi
 grep -q "none" "$tmp/err.txt" || { echo "error does not name the file"; exit 1; }
-if "$bin" eval --model "$tmp/m.safetensors" --routing top-k --k 9 2>/dev/null >/dev/null; then echo "k=9 of 8 accepted"; exit 1; fi
+if "$bin" eval --model "$tmp/m.safetensors" --routing top-k:9 2>/dev/null >/dev/null; then echo "k=9 of 8 accepted"; exit 1; fi
 echo "train/eval cli: ok"
