@@ -13,7 +13,7 @@ IMAGES = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 def loadgen(binary, extra, model, workers, images_idx=IMAGES, timeout=300):
     """One `deltamoe loadgen --json` run (add --in-process or --url to `extra`); its JSON. A
     failed run is logged and retried once (the study saw one unexplained failure)."""
-    cmd = [binary, "loadgen", "--json", "--workers", str(workers), "--max-inflight", "4096", "--model", model] + extra
+    cmd = [binary, "loadgen", "--json", "--threads", str(workers), "--max-inflight", "4096", "--model", model] + extra
     if images_idx and os.path.exists(images_idx):
         cmd += ["--images-idx", images_idx]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -27,7 +27,7 @@ def loadgen(binary, extra, model, workers, images_idx=IMAGES, timeout=300):
 
 def stall_probe(binary, seconds=3):
     """The machine's stall floor: `deltamoe loadgen --stall-probe` on 2 threads; its JSON."""
-    out = subprocess.run([binary, "loadgen", "--stall-probe", "--workers", "2", "--duration", str(seconds), "--json"],
+    out = subprocess.run([binary, "loadgen", "--stall-probe", "--threads", "2", "--duration", str(seconds), "--json"],
                          capture_output=True, text=True, timeout=60 + seconds, check=True)
     return json.loads(out.stdout)
 

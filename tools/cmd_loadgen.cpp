@@ -242,7 +242,7 @@ deltamoe::cli::CommandRegistrar reg(
                          std::string(deltamoe::io::kFashionMnistDir) +
                          "/t10k-images-idx3-ubyte.gz; first 1024); default synthetic");
       app.add_flag("--stall-probe", *stall_probe,
-                   "Instead of load: spin --workers threads for --duration s and report the gaps "
+                   "Instead of load: spin --threads threads for --duration s and report the gaps "
                    "between clock "
                    "reads (the machine's own stall floor under any server)");
       app.add_flag(

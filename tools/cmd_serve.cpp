@@ -30,13 +30,16 @@ deltamoe::cli::CommandRegistrar reg(
         add();
         std::vector<std::string> names;
         for (const CLI::Option* o : app.get_options())
-          if (!before.count(o)) names.push_back(o->get_name());
+          // (get_name() is empty for a hidden alias; its long name is not)
+          if (!before.count(o))
+            names.push_back(o->get_lnames().empty() ? o->get_name() : "--" + o->get_lnames()[0]);
         return names;
       };
       auto classifier_flags = std::make_shared<std::vector<std::string>>();
       // Shared: the model, its routing, and the per-expert queue rule (B, T).
-      const std::set<std::string> shared = {"--model", "--routing", "--mode", "--queue-size",
-                                            "--queue-timeout-us"};
+      const std::set<std::string> shared = {"--model",      "--routing",          "--mode",
+                                            "--queue-size", "--queue-timeout-us", "--threads",
+                                            "--workers"};
       for (const std::string& f : added_by([&] { opts->add(app); }))
         if (!shared.count(f)) classifier_flags->push_back(f);
       const auto lm_flags =
@@ -95,6 +98,7 @@ deltamoe::cli::CommandRegistrar reg(
           http.limits.idle_timeout_s = sc->idle_timeout_s;
           http.limits.threads = sc->threads;
           http.retry_after_s = sc->retry_after_s;
+          llm->threads = opts->workers;
           llm->set_queues(opts->mode, opts->queue_size, opts->queue_timeout_us, given("--mode"),
                           given("--queue-size"), given("--queue-timeout-us"));
           return deltamoe::cli::run_llm_server(opts->model_path, opts->routing, *llm, http,

@@ -64,7 +64,10 @@ int main(int argc, char** argv) {
     // --help and --version print and succeed; every other parse error is one line naming the
     // flag and what it accepts, exit 2 (as the other errors: "deltamoe: error: [component]").
     if (e.get_exit_code() == 0) return app.exit(e);
-    std::cerr << "deltamoe: error: [cli] " << e.what() << " (see --help)\n";
+    // A hidden alias's error has no option name before the colon; its message names it.
+    std::string what = e.what();
+    if (what.rfind(": ", 0) == 0) what.erase(0, 2);
+    std::cerr << "deltamoe: error: [cli] " << what << " (see --help)\n";
     return 2;
   } catch (const deltamoe::Error& e) {  // thrown by option validators
     std::cerr << "deltamoe: error: " << e.what() << "\n";

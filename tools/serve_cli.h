@@ -73,8 +73,20 @@ struct RuntimeOptions {
         ->capture_default_str();
     app.add_option("--max-inflight", max_inflight, "Admission bound in samples (beyond it: 503)");
     app.add_option("--max-request-images", max_request_samples, "Most images in one request");
-    app.add_option("--workers", workers, "Worker threads running batches")
-        ->check(CLI::Range(1, 256));
+    app.add_option("--threads", workers,
+                   "Compute threads: the workers running expert batches (classifiers), the "
+                   "kernels' threads (language models)")
+        ->check(CLI::Range(1, 256))
+        ->capture_default_str();
+    // A hidden option has no name in CLI11's errors: its validator names it.
+    app.add_option("--workers", workers, "alias of --threads")
+        ->check(CLI::Validator(
+            [](std::string& s) {
+              const std::string err = CLI::Range(1, 256)(s);
+              return err.empty() ? err : "--workers (alias of --threads): " + err;
+            },
+            ""))
+        ->group("");
     app.add_option("--split-min-rows", split_min_rows,
                    "Share a flushed batch with idle workers when each part keeps at least this "
                    "many samples (0 = never)")

@@ -20,9 +20,6 @@ void LlmServeOptions::add(CLI::App& app) {
                  "Language models: mapped (weights used in place from the checkpoint) or packed")
       ->check(CLI::IsMember({"mapped", "packed"}))
       ->capture_default_str();
-  app.add_option("--threads", threads, "Language models: compute threads")
-      ->check(CLI::Range(1, 1024))
-      ->capture_default_str();
   app.add_option("--kv-cache-mb", kv_cache_mb,
                  "Language models: KV-cache memory in MiB, shared by all sequences in blocks")
       ->check(CLI::Range(1.0, 1048576.0))

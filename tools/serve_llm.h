@@ -17,7 +17,7 @@ namespace deltamoe::cli {
 struct LlmServeOptions {
   std::string dtype = "f32";
   std::string weight_layout = "mapped";
-  int threads = 2;
+  int threads = 2;  // set from serve's shared --threads
   double kv_cache_mb = 1024;
   int64_t kv_block = 32;
   int64_t max_batch_tokens = 256;

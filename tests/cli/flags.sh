@@ -48,6 +48,10 @@ for c in "bench moe-layer" "bench model" eval export-graph gen-graph generate in
   missing=$("$bin" $c --help | grep -E '^ +-' | grep -E ' (INT|FLOAT|UINT)\b' | grep -v REQUIRED | grep -v '=' || true)
   [ -z "$missing" ] || fail "$c --help shows no default for: $missing"
 done
+# Compute threads are --threads for both kinds of served model; --workers is a hidden alias.
+expect_flag_error --workers "$bin" serve --workers 0 --port 0
+"$bin" serve --help | grep -q -- "--threads INT:INT in \[1 - 256\]=2" || fail "serve --help: --threads"
+! "$bin" serve --help | grep -q -- "--workers" || fail "serve --help shows the alias --workers"
 # export-graph takes the model's options, not those of a training run.
 expect_one_line_error 2 "^deltamoe: error: \[cli\] .*--epochs" "$bin" export-graph --synthetic --epochs 3 --out "$tmp/g.json"
 # The spec and the alias spellings build the same model (same graph, byte for byte).

@@ -15,8 +15,8 @@ model_args=(--model "$tmp/m")
 # A flag of the other kind of model is a one-line error before anything is loaded.
 fail() { echo "FAIL: $*"; exit 1; }
 source "$src/tests/cli/error_lib.bash"
-expect_one_line_error 1 "\[serve\] --workers applies to classifier models" \
-  "$bin" serve --model "$tmp/m" --workers 4 --port 0
+expect_one_line_error 1 "\[serve\] --max-inflight applies to classifier models" \
+  "$bin" serve --model "$tmp/m" --max-inflight 4 --port 0
 # Per-expert queues across steps: B and T only with --mode per-expert, both given, T finite.
 expect_one_line_error 1 "\[serve\] --queue-size and --queue-timeout-us go with --mode per-expert" \
   "$bin" serve --model "$tmp/m" --queue-size 4 --port 0

@@ -7,7 +7,7 @@ bin="$1"
 src="$2"
 source "$src/tests/cli/serve_lib.bash"  # sets $tmp (removed at exit) and $pid
 
-start_server --queue-size 16 --queue-timeout-us 500 --max-inflight 8 --max-request-images 4 --workers 1 --http-threads 64
+start_server --queue-size 16 --queue-timeout-us 500 --max-inflight 8 --max-request-images 4 --threads 1 --http-threads 64
 heavy=$(timeout 120 "$bin" loadgen --url "http://127.0.0.1:$port" --rate 20000 --duration 2 --concurrency 48 --json)
 field() { grep -o "\"$1\":[0-9]*" <<<"$2" | head -1 | cut -d: -f2; }
 errors=$(grep -o '"errors":{[^}]*}' <<<"$heavy")
