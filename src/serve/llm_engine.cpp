@@ -422,9 +422,9 @@ void LlmEngine::Impl::run_step() {
     routed_all += static_cast<double>(ls.routed_experts);
     rows_all += static_cast<double>(ls.moe_rows);
   }
-  // Every sequence of the step is held: nothing changes before the first deadline, unless a
+  // Every running sequence is held: nothing changes before the first deadline, unless a
   // request arrives or one is cancelled.
-  if (finished == 0 && deadline != Mono::time_point::max()) {
+  if (finished == 0 && held == static_cast<int64_t>(running.size())) {
     std::unique_lock<std::mutex> lk(mu);
     cv.wait_until(lk, deadline, [&] {
       return stopping || !waiting.empty() ||
