@@ -7,6 +7,7 @@
 // works on the subset of rows that are at it (a RowSet, gathered contiguous when it is not
 // simply all rows).
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 

@@ -37,7 +37,9 @@ struct LmStats {
   int64_t routed_experts = 0;  // (token, expert) pairs routed in MoE layers
   int64_t expert_runs = 0;     // (MoE layer, expert) batches run: each reads its weights once
   /// When set before a call, each MoE layer's routing of that call is appended here (one
-  /// entry per MoE layer and call, in layer order; dense layers add none).
+  /// entry per MoE layer and call, in layer order; dense layers add none). With per-expert
+  /// queues, an entry holds the rows routed at that layer in that call (held tokens were
+  /// routed in an earlier call).
   bool record_routing = false;
   std::vector<moe::RoutingResult> routing;
   /// Per routed expert: rows it ran, summed over MoE layers (sized by the first call).
