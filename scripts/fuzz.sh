@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every libFuzzer target (tests/libfuzzer/*.cpp: config.json / index.json, tokenizer.json
-# and text, safetensors files, chat templates) for SECONDS each (default 60), starting from
+# and text, safetensors files, chat templates, OpenAI and classify request bodies, memgraph
+# .json / .json.gz graphs, IDX files; docs/fuzzing.md) for SECONDS each (default 60), starting from
 # the seed corpora in tests/libfuzzer/corpus/, with ASan + UBSan. Builds them first with clang
 # (the `fuzz` preset, build-fuzz/). Findings (crashes, sanitizer reports, an error message
 # that is not one "[component] ..." line) are written to build-fuzz/findings/<target>/ and
