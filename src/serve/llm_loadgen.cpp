@@ -133,7 +133,8 @@ std::string llm_load_result_json(const LlmLoadResult& r, const LlmLoadConfig& c)
 
 LlmLoadResult run_llm_http_load(const std::string& url, const LlmLoadConfig& c) {
   check_config(c);
-  const auto [host, port] = parse_loopback_url(url);
+  // A pair, not a structured binding: clang 14 (the fuzz preset) cannot capture bindings.
+  const std::pair<std::string, int> server = parse_loopback_url(url);
   auto schedule =
       c.closed_loop ? std::vector<double>{} : poisson_schedule_us(c.rate_rps, c.duration_s, c.seed);
   if (c.then_duration_s > 0)
@@ -155,7 +156,7 @@ LlmLoadResult run_llm_http_load(const std::string& url, const LlmLoadConfig& c) 
   if (!c.closed_loop) r.requests.resize(schedule.size());
 
   auto sender = [&]() {
-    httplib::Client client(host, port);
+    httplib::Client client(server.first, server.second);
     client.set_keep_alive(true);
     client.set_tcp_nodelay(true);
     client.set_connection_timeout(5);

@@ -446,7 +446,8 @@ LoadResult run_inprocess_load(serve::ExpertQueueRuntime& runtime, const LoadConf
 
 LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
   check_config(c);
-  const auto [host, port] = parse_loopback_url(url);
+  // A pair, not a structured binding: clang 14 (the fuzz preset) cannot capture bindings.
+  const std::pair<std::string, int> server = parse_loopback_url(url);
 
   // Pre-encoded bodies, so the client spends its time sending, not formatting.
   const int64_t pool = c.image_pool.empty()
@@ -490,7 +491,7 @@ LoadResult run_http_load(const std::string& url, const LoadConfig& c) {
                                  std::chrono::duration<double>(c.grace_s));
 
   auto sender = [&](int id) {
-    httplib::Client client(host, port);
+    httplib::Client client(server.first, server.second);
     client.set_keep_alive(c.keep_alive);
     client.set_tcp_nodelay(true);
     client.set_connection_timeout(5);

@@ -1,24 +1,16 @@
 // libFuzzer target: the safetensors reader (io/safetensors.h) on whole files. The input is
 // written to a per-process temporary file (the reader maps files), opened, and every tensor
 // read. Seeds: corpus/safetensors/.
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <string>
 
 #include "common.h"
 #include "deltamoe/io/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const std::string path =
-      "/tmp/deltamoe-fuzz-" + std::to_string(::getpid()) + ".safetensors";
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) return 0;
-  const bool ok = std::fwrite(data, 1, size, f) == size;
-  std::fclose(f);
-  if (!ok) return 0;
+  static const std::string path = deltamoe::fuzz::temp_path(".safetensors");
+  if (!deltamoe::fuzz::write_file(path, data, size, /*gzip=*/false)) return 0;
   try {
     const auto st = deltamoe::io::SafetensorsFile::open(path);
     for (const auto& e : st.entries()) {
