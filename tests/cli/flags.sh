@@ -50,8 +50,11 @@ for c in "bench moe-layer" "bench model" eval export-graph gen-graph generate in
 done
 # Compute threads are --threads for both kinds of served model; --workers is a hidden alias.
 expect_flag_error --workers "$bin" serve --workers 0 --port 0
-"$bin" serve --help | grep -q -- "--threads INT:INT in \[1 - 256\]=2" || fail "serve --help: --threads"
-! "$bin" serve --help | grep -q -- "--workers" || fail "serve --help shows the alias --workers"
+# (the help is captured first: grep -q stops reading at a match, and under pipefail the
+# writer's SIGPIPE would fail the pipeline)
+help=$("$bin" serve --help)
+grep -q -- "--threads INT:INT in \[1 - 256\]=2" <<<"$help" || fail "serve --help: --threads"
+! grep -q -- "--workers" <<<"$help" || fail "serve --help shows the alias --workers"
 # export-graph takes the model's options, not those of a training run.
 expect_one_line_error 2 "^deltamoe: error: \[cli\] .*--epochs" "$bin" export-graph --synthetic --epochs 3 --out "$tmp/g.json"
 # The spec and the alias spellings build the same model (same graph, byte for byte).
