@@ -77,6 +77,13 @@ void add_rows(float* h, const float* y, int64_t n) {
 
 }  // namespace
 
+void ExpertQueueRule::check() const {
+  DELTAMOE_CHECK(min_rows >= 1 && max_wait_s >= 0.0 && std::isfinite(max_wait_s), "model",
+                 "expert queues need B ≥ 1 rows and a finite wait T ≥ 0 (a held token needs a "
+                 "deadline), got B = ",
+                 min_rows, ", T = ", max_wait_s, " s");
+}
+
 void MoeLm::forward(const int32_t* tokens, int64_t n, KvCache& cache, float* logits,
                     bool all_logits, LmStats* stats) const {
   DELTAMOE_CHECK(n >= 1, "model", "forward needs at least one token");
@@ -96,10 +103,7 @@ int64_t MoeLm::forward_batch(const std::vector<std::vector<int32_t>>& tokens,
                              const ExpertQueueRule& queues) const {
   DELTAMOE_CHECK(tokens.size() == caches.size() && !tokens.empty(), "model",
                  "forward_batch: ", tokens.size(), " sequences for ", caches.size(), " caches");
-  DELTAMOE_CHECK(
-      queues.min_rows >= 1 && queues.max_wait_s >= 0.0 && std::isfinite(queues.max_wait_s), "model",
-      "expert queues need B ≥ 1 rows and a finite wait T ≥ 0, got B = ", queues.min_rows,
-      ", T = ", queues.max_wait_s, " s");
+  queues.check();
   for (size_t a = 0; a < caches.size(); ++a)
     for (size_t b = a + 1; b < caches.size(); ++b)
       DELTAMOE_CHECK(caches[a] != caches[b], "model", "forward_batch: sequences ", a, " and ", b,
@@ -462,13 +466,14 @@ void MoeLm::ffn_queued(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, fl
   if (finished.empty()) return;
   const int64_t m = static_cast<int64_t>(finished.size());
   std::vector<float> xf(static_cast<size_t>(m * hd)), yf(static_cast<size_t>(m * hd), 0.0f);
+  std::vector<int32_t> order;
   for (int64_t a = 0; a < m; ++a) {
     const int64_t r = finished[a];
     std::memcpy(xf.data() + a * hd, x + r * hd, static_cast<size_t>(hd) * 4);
-    std::vector<int64_t> order(static_cast<size_t>(pair0[r + 1] - pair0[r]));
-    for (size_t k = 0; k < order.size(); ++k) order[k] = pair0[r] + static_cast<int64_t>(k);
-    std::sort(order.begin(), order.end(), [&](int64_t u, int64_t v) { return pe[u] < pe[v]; });
-    for (int64_t j : order) kernels::axpy_st(pw[j], out.data() + j * hd, yf.data() + a * hd, hd);
+    const int64_t j0 = pair0[r];
+    moe::combine_in_expert_order(
+        pe.data() + j0, pw.data() + j0, static_cast<int32_t>(pair0[r + 1] - j0),
+        [&](int32_t j) { return out.data() + (j0 + j) * hd; }, yf.data() + a * hd, hd, order);
   }
   ly.ffn->add_shared(xf.data(), m, yf.data());
   for (int64_t a = 0; a < m; ++a) {

@@ -502,20 +502,14 @@ void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResul
       }
     }
 
-    // Combine: each token sums its experts' rows in expert-index order (deterministic, and
-    // the order of Hugging Face's expert loop and of the training graph's scatter-add).
+    // Combine: each token sums its experts' rows in expert-index order.
     parallel_for(t_count, 16, [&](int64_t b, int64_t e) {
       std::vector<int32_t> order;
       for (int64_t t = b; t < e; ++t) {
-        float* yt = yp + t * h;
-        const int32_t j0 = routing.offsets[t], k = routing.offsets[t + 1] - j0;
-        order.resize(static_cast<size_t>(k));
-        for (int32_t a = 0; a < k; ++a) order[a] = j0 + a;
-        std::sort(order.begin(), order.end(), [&](int32_t a, int32_t c) {
-          return routing.expert_ids[a] < routing.expert_ids[c];
-        });
-        for (int32_t a = 0; a < k; ++a)
-          kernels::axpy_st(gate_w[order[a]], out + pos_of_pair[order[a]] * h, yt, h);
+        const int32_t j0 = routing.offsets[t];
+        combine_in_expert_order(
+            routing.expert_ids.data() + j0, gate_w + j0, routing.offsets[t + 1] - j0,
+            [&](int32_t a) { return out + pos_of_pair[j0 + a] * h; }, yp + t * h, h, order);
       }
     });
   }

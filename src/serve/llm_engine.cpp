@@ -192,11 +192,7 @@ LlmEngine::LlmEngine(std::shared_ptr<const models::MoeLm> model,
                  config_.max_batch_tokens);
   DELTAMOE_CHECK(config_.max_running >= 1 && config_.max_waiting >= 0, "engine",
                  "max running must be ≥ 1 and max waiting ≥ 0");
-  const models::ExpertQueueRule& q = config_.expert_queues;
-  DELTAMOE_CHECK(q.min_rows >= 1 && q.max_wait_s >= 0.0 && q.max_wait_s <= 3600.0, "engine",
-                 "expert queues need B ≥ 1 rows and a wait T in [0, 3600] s (a held token "
-                 "needs a deadline), got B = ",
-                 q.min_rows, ", T = ", q.max_wait_s, " s");
+  config_.expert_queues.check();
   context_ = std::min<int64_t>(model_->config().max_position_embeddings, 1 << 20);
   auto pool = model_->make_kv_pool(config_.kv_block_tokens, 1);
   int64_t blocks = config_.kv_blocks;

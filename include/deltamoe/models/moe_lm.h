@@ -63,6 +63,8 @@ struct ExpertQueueRule {
   int64_t min_rows = 1;     // B
   double max_wait_s = 0.0;  // T, seconds (finite: a held token needs a deadline)
   bool holds() const { return min_rows > 1; }
+  /// Throws Error("model") unless B ≥ 1 and T is finite and ≥ 0.
+  void check() const;
 };
 
 struct LmOptions {

@@ -15,6 +15,7 @@
 // themselves; everything else calls forward() or route() + apply().
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -148,6 +149,21 @@ class MoeBlock {
   kernels::PackedLinear shared13_, shared3_, shared2_;
   std::vector<float> shared_gate_;
 };
+
+/// y[H] += Σ_j weights[j] · row(j) over one token's k routed experts, summed in expert-index
+/// order (deterministic; the order of Hugging Face's expert loop and of the training graph's
+/// scatter-add). `experts` and `weights` are the token's k entries; row(j) gives expert
+/// experts[j]'s output row. The one combine of MoeBlock::apply and of outputs gathered
+/// elsewhere (an LM's per-expert queues across steps). `order` is scratch.
+template <class RowOf>
+void combine_in_expert_order(const int32_t* experts, const float* weights, int32_t k, RowOf row,
+                             float* y, int64_t h, std::vector<int32_t>& order) {
+  order.resize(static_cast<size_t>(k));
+  for (int32_t a = 0; a < k; ++a) order[static_cast<size_t>(a)] = a;
+  std::sort(order.begin(), order.end(),
+            [&](int32_t a, int32_t c) { return experts[a] < experts[c]; });
+  for (int32_t a : order) kernels::axpy_st(weights[a], row(a), y, h);
+}
 
 /// The naive reference (the Hugging Face MixtralSparseMoeBlock loop, per token and expert,
 /// f32 throughout, plain loops, shared expert included): used by tests and as the benchmark's
