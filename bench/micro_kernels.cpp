@@ -40,13 +40,16 @@ void set_counters(benchmark::State& state, int64_t m, int64_t n, int64_t k, doub
 }
 
 // Args: m, N, K, threads (threads == 0 means linear_st on one thread).
-void run_linear(benchmark::State& state, deltamoe::DType dtype) {
+// row_major: PackedLinear::row_major (the language models' layout; int8 has only this one).
+void run_linear(benchmark::State& state, deltamoe::DType dtype, bool row_major = false) {
   const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
   const int threads = static_cast<int>(state.range(3));
   deltamoe::set_num_threads(threads == 0 ? 1 : threads);
   const auto x = random_vec(static_cast<size_t>(m * k), 1);
   const auto w = random_vec(static_cast<size_t>(n * k), 2);
-  const dk::PackedLinear packed(deltamoe::Tensor::from(w, {n, k}), dtype);
+  const dk::PackedLinear packed =
+      row_major ? dk::PackedLinear::row_major(deltamoe::Tensor::from(w, {n, k}), dtype)
+                : dk::PackedLinear(deltamoe::Tensor::from(w, {n, k}), dtype);
   std::vector<float> y(static_cast<size_t>(m * n));
   for (auto _ : state) {
     if (threads == 0) {
@@ -67,6 +70,15 @@ void BM_linear_f32(benchmark::State& state) {
 }
 void BM_linear_bf16(benchmark::State& state) {
   run_linear(state, deltamoe::DType::bf16);
+}
+void BM_rows_f32(benchmark::State& state) {
+  run_linear(state, deltamoe::DType::f32, true);
+}
+void BM_rows_bf16(benchmark::State& state) {
+  run_linear(state, deltamoe::DType::bf16, true);
+}
+void BM_rows_int8(benchmark::State& state) {
+  run_linear(state, deltamoe::DType::int8, true);
 }
 
 // OpenBLAS on the same product: y[m,N] = x[m,K] · W[N,K]ᵀ (threads as above; 0 = 1 thread).
@@ -103,16 +115,21 @@ void BM_sgemm_nn(benchmark::State& state) {
   deltamoe::set_num_threads(0);
 }
 
-// Decode (m = 1) from DRAM: cycles through enough 1024x1024 matrices (96 MiB f32,
-// 48 MiB bf16) that they cannot stay in the 32 MiB L3. Args: threads (0 = linear_st).
-void run_gemv_dram(benchmark::State& state, deltamoe::DType dtype) {
-  const int64_t n = 1024, k = 1024, mats = 24;
+// Decode (m = 1) from DRAM: cycles through enough 1024x1024 matrices (≥ 96 MiB) that they
+// cannot stay in the 32 MiB L3. Args: threads (0 = linear_st).
+void run_gemv_dram(benchmark::State& state, deltamoe::DType dtype, bool row_major = false) {
+  // At least 96 MiB of weights whatever the dtype (3x the 32 MiB L3).
+  const int64_t n = 1024, k = 1024;
+  const int64_t mats = (int64_t{96} << 20) / (n * k * static_cast<int64_t>(dtype_size(dtype))) + 1;
   const int threads = static_cast<int>(state.range(0));
   deltamoe::set_num_threads(threads == 0 ? 1 : threads);
   const auto x = random_vec(static_cast<size_t>(k), 1);
   const auto w = random_vec(static_cast<size_t>(n * k), 2);
   std::vector<dk::PackedLinear> packed;
-  for (int64_t i = 0; i < mats; ++i) packed.emplace_back(deltamoe::Tensor::from(w, {n, k}), dtype);
+  for (int64_t i = 0; i < mats; ++i)
+    packed.push_back(row_major
+                         ? dk::PackedLinear::row_major(deltamoe::Tensor::from(w, {n, k}), dtype)
+                         : dk::PackedLinear(deltamoe::Tensor::from(w, {n, k}), dtype));
   std::vector<float> y(static_cast<size_t>(n));
   size_t i = 0;
   for (auto _ : state) {
@@ -135,8 +152,20 @@ void BM_gemv_dram_f32(benchmark::State& state) {
 void BM_gemv_dram_bf16(benchmark::State& state) {
   run_gemv_dram(state, deltamoe::DType::bf16);
 }
+void BM_gemv_dram_rows_f32(benchmark::State& state) {
+  run_gemv_dram(state, deltamoe::DType::f32, true);
+}
+void BM_gemv_dram_rows_bf16(benchmark::State& state) {
+  run_gemv_dram(state, deltamoe::DType::bf16, true);
+}
+void BM_gemv_dram_rows_int8(benchmark::State& state) {
+  run_gemv_dram(state, deltamoe::DType::int8, true);
+}
 BENCHMARK(BM_gemv_dram_f32)->ArgName("threads")->Arg(0)->Arg(2)->UseRealTime();
 BENCHMARK(BM_gemv_dram_bf16)->ArgName("threads")->Arg(0)->Arg(2)->UseRealTime();
+BENCHMARK(BM_gemv_dram_rows_f32)->ArgName("threads")->Arg(0)->Arg(2)->UseRealTime();
+BENCHMARK(BM_gemv_dram_rows_bf16)->ArgName("threads")->Arg(0)->Arg(2)->UseRealTime();
+BENCHMARK(BM_gemv_dram_rows_int8)->ArgName("threads")->Arg(0)->Arg(2)->UseRealTime();
 
 void linear_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"m", "n", "k", "threads"});
@@ -152,6 +181,9 @@ void linear_args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_linear_f32)->Apply(linear_args);
 BENCHMARK(BM_linear_bf16)->Apply(linear_args);
+BENCHMARK(BM_rows_f32)->Apply(linear_args);
+BENCHMARK(BM_rows_bf16)->Apply(linear_args);
+BENCHMARK(BM_rows_int8)->Apply(linear_args);
 BENCHMARK(BM_sgemm)->Apply(linear_args);
 BENCHMARK(BM_sgemm_nn)->Apply(linear_args);
 

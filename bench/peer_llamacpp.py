@@ -39,6 +39,10 @@ from peer_common import (add_run_options, deltamoe_column, report_header, tokens
 DEFAULT_SRC = os.path.join(PEER_DIR, "llama.cpp-src")
 DEFAULT_BUILD = os.path.join(PEER_DIR, "llama.cpp-build")
 DEFAULT_GGUF = os.path.join(PEER_DIR, "gguf")
+
+# llama.cpp weight type -> deltamoe --dtype of the same bytes per weight: q8_0 (int8, one f16
+# scale per 32 weights) is what deltamoe's int8 stores.
+DELTAMOE_DTYPE = {"f32": "f32", "bf16": "bf16", "q8_0": "int8"}
 TARGETS = ["llama-bench", "llama-quantize", "llama-simple"]  # llama-cli needs the server build
 LOGITS_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_llama_logits.cpp")
 
@@ -335,10 +339,10 @@ def cmd_bench(args):
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 errors.append(str(e))
                 log(str(e))
-            if dm_ok and d in ("f32", "bf16"):
+            if dm_ok and d in DELTAMOE_DTYPE:
                 try:
-                    res, rec = measured(f"deltamoe {d} round {rnd}", lambda: run_deltamoe(
-                        args.deltamoe, args.model, d, args.n_prompt, args.n_gen, args.threads, timeout=args.timeout,
+                    res, rec = measured(f"deltamoe {DELTAMOE_DTYPE[d]} round {rnd}", lambda: run_deltamoe(
+                        args.deltamoe, args.model, DELTAMOE_DTYPE[d], args.n_prompt, args.n_gen, args.threads, timeout=args.timeout,
                         extra=args.deltamoe_args.split()), **q)
                     runs[d]["deltamoe"].append(res)
                     load += rec
@@ -355,10 +359,11 @@ def cmd_bench(args):
             entry["llama_bench_info"] = runs[d]["llama_cpp"][0]["info"]
         if not dm_ok:
             entry["deltamoe"] = {"missing": dm_why}
-        elif d not in ("f32", "bf16"):
+        elif d not in DELTAMOE_DTYPE:
             entry["deltamoe"] = {"missing": f"deltamoe has no {d} weights"}
         else:
             entry["deltamoe"], entry["ratio_ours_over_llama_cpp"] = deltamoe_column(runs[d]["deltamoe"], lc, pp, tg)
+            entry["deltamoe"]["dtype"] = DELTAMOE_DTYPE[d]
         results[d] = entry
 
     report = report_header("peer_llamacpp", args, cfg, load, results, errors, dm_ok)

@@ -2,11 +2,13 @@
 // machine's ceilings, all measured in one run.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -113,8 +115,8 @@ std::map<std::pair<int64_t, std::string>, double> load_torch_times(const std::st
 int run_moe_bench(const MoeBenchOptions& o) {
   set_num_threads(o.threads);
   const DType dtype = parse_dtype(o.dtype);
-  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "bench",
-                 "--dtype must be f32 or bf16");
+  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::int8, "bench",
+                 "--dtype must be f32, bf16 or int8");
   DELTAMOE_CHECK(o.expert == "swiglu" || o.expert == "gelu", "bench",
                  "--expert must be swiglu or gelu");
   DELTAMOE_CHECK(o.top_k >= 1 && o.top_k <= o.experts, "bench", "--top-k must be in 1..--experts");
@@ -134,6 +136,9 @@ int run_moe_bench(const MoeBenchOptions& o) {
   std::cerr << "  building weights (" << o.experts << " experts)...\n";
   const auto weights = moe::MoeWeights::random(kind, o.experts, o.hidden, o.inter, o.seed);
   const moe::MoeBlock layer(weights, dtype);
+  // The f32 layer is the reference for the error of bf16 and int8 weights.
+  std::optional<moe::MoeBlock> f32_layer;
+  if (dtype != DType::f32) f32_layer.emplace(weights, DType::f32);
   const moe::TopKRouting policy(o.top_k, true);
   std::mt19937_64 rng(o.seed + 1);
 
@@ -225,6 +230,22 @@ int run_moe_bench(const MoeBenchOptions& o) {
       r["speedup_vs_naive"] = naive_s / layer_s;
     }
     if (dtype == DType::bf16 && bf16_peak > 0) r["frac_of_bf16_dot_peak"] = gflops / bf16_peak;
+    if (f32_layer) {
+      // Error of the output against the f32 layer on the same input: max |Δ| / max |y_f32|
+      // and Σ|Δ| / Σ|y_f32|.
+      const Tensor y = layer.forward(xs[0], policy), ref = f32_layer->forward(xs[0], policy);
+      double max_d = 0, max_r = 0, sum_d = 0, sum_r = 0;
+      for (int64_t i = 0; i < ref.numel(); ++i) {
+        const double d = std::abs(static_cast<double>(y.data<float>()[i]) - ref.data<float>()[i]);
+        const double mag = std::abs(static_cast<double>(ref.data<float>()[i]));
+        max_d = std::max(max_d, d);
+        max_r = std::max(max_r, mag);
+        sum_d += d;
+        sum_r += mag;
+      }
+      r["max_rel_error_vs_f32"] = max_r > 0 ? max_d / max_r : 0.0;
+      r["mean_rel_error_vs_f32"] = sum_r > 0 ? sum_d / sum_r : 0.0;
+    }
     if (t == 1) {
       const double bytes = decode_bytes;
       r["active_weight_bytes"] = bytes;
@@ -288,6 +309,9 @@ int run_moe_bench(const MoeBenchOptions& o) {
                   100 * r["frac_of_same_bytes_stream"].get<double>());
     else
       std::printf("%12s %12s", "-", "-");
+    if (r.contains("max_rel_error_vs_f32"))
+      std::printf("   error vs f32: max %.2e, mean %.2e", r["max_rel_error_vs_f32"].get<double>(),
+                  r["mean_rel_error_vs_f32"].get<double>());
     std::printf("\n");
   }
   std::printf(
@@ -344,8 +368,10 @@ CommandRegistrar reg(
       app.add_option("--inter", o->inter, "Expert intermediate size I")->check(CLI::PositiveNumber);
       app.add_option("--experts", o->experts, "Number of experts E")->check(CLI::PositiveNumber);
       app.add_option("--top-k", o->top_k, "Experts per token K")->check(CLI::PositiveNumber);
-      app.add_option("--dtype", o->dtype, "Expert weight dtype: f32 or bf16 (f32 accumulation)")
-          ->check(CLI::IsMember({"f32", "bf16"}));
+      app.add_option("--dtype", o->dtype,
+                     "Weight dtype: f32, bf16 (f32 accumulation) or int8 (one scale per 32 "
+                     "weights; activations quantised per 32; error vs f32 reported)")
+          ->check(CLI::IsMember({"f32", "bf16", "int8"}));
       app.add_option("--expert", o->expert, "Expert kind: swiglu (Mixtral) or gelu (MLP)")
           ->check(CLI::IsMember({"swiglu", "gelu"}));
       app.add_option("--threads", o->threads, "Threads")->check(CLI::Range(1, 1024));

@@ -20,6 +20,7 @@ using json = nlohmann::json;
 json features_json(const deltamoe::CpuFeatures& f) {
   return {{"avx2", f.avx2},
           {"fma", f.fma},
+          {"f16c", f.f16c},
           {"avx512f", f.avx512f},
           {"avx512bw", f.avx512bw},
           {"avx512vl", f.avx512vl},
@@ -71,6 +72,7 @@ json info_json() {
                   {"linear_packed_bf16", dk::linear_impl_name(DType::bf16)},
                   {"linear_row_major_f32", dk::linear_row_major_impl_name(DType::f32)},
                   {"linear_row_major_bf16", dk::linear_row_major_impl_name(DType::bf16)},
+                  {"linear_int8", dk::linear_row_major_impl_name(DType::int8)},
                   {"elementwise_ops", dk::ops_impl_name()},
                   {"attention", "OpenBLAS sgemm per (sequence, head, 64-row block)"}};
   return {{"build", build},

@@ -27,8 +27,10 @@ inline void add_lm_options(CLI::App& app, LmCliOptions& o) {
   app.add_option("--model", o.model,
                  "Hugging Face model directory (config.json, *.safetensors, tokenizer)")
       ->required();
-  app.add_option("--dtype", o.dtype, "Weight dtype the kernels compute with: f32 or bf16")
-      ->check(CLI::IsMember({"f32", "bf16"}))
+  app.add_option("--dtype", o.dtype,
+                 "Weight dtype the kernels compute with: f32, bf16, or int8 (quantised at load, "
+                 "one scale per 32 weights; activations quantised per 32 on the fly)")
+      ->check(CLI::IsMember({"f32", "bf16", "int8"}))
       ->capture_default_str();
   app.add_option("--weight-layout", o.weight_layout,
                  "mapped: weight matrices used in place from the memory-mapped checkpoint (a "
@@ -52,14 +54,17 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 /// Loads the model (and sets threads and routing) as the options say. The routing spec is
 /// checked against config.json before the weights are read.
 inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
+  DELTAMOE_CHECK(!(o.dtype == "int8" && o.weight_layout == "packed"), "cli",
+                 "--weight-layout packed has no int8 form (int8 weights are row-major quantised "
+                 "copies): leave --weight-layout at mapped");
   set_num_threads(o.threads);
   std::shared_ptr<const moe::RoutingPolicy> policy;
   if (!o.routing.empty())
     policy = moe::make_policy(o.routing, io::HfConfig::load(o.model).num_experts);
-  auto m = models::MoeLm::load(o.model,
-                               {o.dtype == "bf16" ? DType::bf16 : DType::f32,
-                                o.weight_layout == "packed" ? kernels::WeightLayout::packed
-                                                            : kernels::WeightLayout::row_major});
+  auto m =
+      models::MoeLm::load(o.model, {parse_dtype(o.dtype), o.weight_layout == "packed"
+                                                              ? kernels::WeightLayout::packed
+                                                              : kernels::WeightLayout::row_major});
   if (policy) m->set_policy(policy);
   return m;
 }

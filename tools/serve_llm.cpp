@@ -13,8 +13,9 @@
 namespace deltamoe::cli {
 
 void LlmServeOptions::add(CLI::App& app) {
-  app.add_option("--dtype", dtype, "Language models: weight dtype for compute, f32 or bf16")
-      ->check(CLI::IsMember({"f32", "bf16"}))
+  app.add_option("--dtype", dtype,
+                 "Language models: weight dtype for compute, f32, bf16 or int8 (quantised at load)")
+      ->check(CLI::IsMember({"f32", "bf16", "int8"}))
       ->capture_default_str();
   app.add_option("--weight-layout", weight_layout,
                  "Language models: mapped (weights used in place from the checkpoint) or packed")

@@ -8,10 +8,16 @@ namespace deltamoe {
 
 std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::f32: return "f32";
-    case DType::bf16: return "bf16";
-    case DType::f16: return "f16";
-    case DType::i32: return "i32";
+    case DType::f32:
+      return "f32";
+    case DType::bf16:
+      return "bf16";
+    case DType::f16:
+      return "f16";
+    case DType::i32:
+      return "i32";
+    case DType::int8:
+      return "int8";
   }
   return "?";
 }
@@ -21,7 +27,8 @@ DType parse_dtype(std::string_view name) {
   if (name == "bf16") return DType::bf16;
   if (name == "f16") return DType::f16;
   if (name == "i32") return DType::i32;
-  fail("dtype", "unknown dtype '", name, "' (expected f32, bf16, f16 or i32)");
+  if (name == "int8") return DType::int8;
+  fail("dtype", "unknown dtype '", name, "' (expected f32, bf16, f16, i32 or int8)");
 }
 
 uint16_t f32_to_f16(float f) {
@@ -29,7 +36,7 @@ uint16_t f32_to_f16(float f) {
   std::memcpy(&u, &f, 4);
   const uint32_t sign = (u >> 16) & 0x8000u;
   const uint32_t absu = u & 0x7fffffffu;
-  if (absu > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (absu > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
   if (absu >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
   if (absu < 0x38800000u) {
     // Subnormal half (or zero): scale so the half's LSB is 2^-24 and round to nearest even.

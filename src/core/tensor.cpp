@@ -1,5 +1,7 @@
 #include "deltamoe/core/tensor.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -100,7 +102,9 @@ int64_t Tensor::size(int64_t d) const {
   return shape_[static_cast<size_t>(d)];
 }
 
-bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape_); }
+bool Tensor::is_contiguous() const {
+  return strides_ == contiguous_strides(shape_);
+}
 
 void* Tensor::raw() const {
   if (!storage_) return nullptr;
@@ -108,17 +112,29 @@ void* Tensor::raw() const {
 }
 
 template <>
-int Tensor::type_tag<float>() { return 0; }
+int Tensor::type_tag<float>() {
+  return 0;
+}
 template <>
-int Tensor::type_tag<int32_t>() { return 1; }
+int Tensor::type_tag<int32_t>() {
+  return 1;
+}
 template <>
-int Tensor::type_tag<uint16_t>() { return 2; }
+int Tensor::type_tag<uint16_t>() {
+  return 2;
+}
 template <>
-int Tensor::type_tag<const float>() { return 0; }
+int Tensor::type_tag<const float>() {
+  return 0;
+}
 template <>
-int Tensor::type_tag<const int32_t>() { return 1; }
+int Tensor::type_tag<const int32_t>() {
+  return 1;
+}
 template <>
-int Tensor::type_tag<const uint16_t>() { return 2; }
+int Tensor::type_tag<const uint16_t>() {
+  return 2;
+}
 
 void Tensor::check_type(size_t elem_size, int tag) const {
   const int want = dtype_ == DType::f32 ? 0 : dtype_ == DType::i32 ? 1 : 2;
@@ -151,8 +167,8 @@ Tensor Tensor::reshape(Shape shape) const {
     }
   }
   if (infer >= 0) {
-    DELTAMOE_CHECK(known > 0 && numel_ % known == 0, "tensor", "cannot reshape ",
-                   shape_str(shape_), " to ", shape_str(shape));
+    DELTAMOE_CHECK(known > 0 && numel_ % known == 0, "tensor", "cannot reshape ", shape_str(shape_),
+                   " to ", shape_str(shape));
     shape[static_cast<size_t>(infer)] = numel_ / known;
   }
   DELTAMOE_CHECK(shape_numel(shape) == numel_, "tensor", "cannot reshape ", shape_str(shape_),
@@ -177,19 +193,37 @@ Tensor Tensor::transpose(int64_t a, int64_t b) const {
 namespace {
 float load_as_float(const void* base, DType dt, int64_t i) {
   switch (dt) {
-    case DType::f32: return static_cast<const float*>(base)[i];
-    case DType::i32: return static_cast<float>(static_cast<const int32_t*>(base)[i]);
-    case DType::bf16: return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-    case DType::f16: return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::f32:
+      return static_cast<const float*>(base)[i];
+    case DType::i32:
+      return static_cast<float>(static_cast<const int32_t*>(base)[i]);
+    case DType::bf16:
+      return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::f16:
+      return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::int8:
+      return static_cast<float>(static_cast<const int8_t*>(base)[i]);
   }
   return 0;
 }
 void store_from_float(void* base, DType dt, int64_t i, float v) {
   switch (dt) {
-    case DType::f32: static_cast<float*>(base)[i] = v; break;
-    case DType::i32: static_cast<int32_t*>(base)[i] = static_cast<int32_t>(v); break;
-    case DType::bf16: static_cast<uint16_t*>(base)[i] = f32_to_bf16(v); break;
-    case DType::f16: static_cast<uint16_t*>(base)[i] = f32_to_f16(v); break;
+    case DType::f32:
+      static_cast<float*>(base)[i] = v;
+      break;
+    case DType::i32:
+      static_cast<int32_t*>(base)[i] = static_cast<int32_t>(v);
+      break;
+    case DType::bf16:
+      static_cast<uint16_t*>(base)[i] = f32_to_bf16(v);
+      break;
+    case DType::f16:
+      static_cast<uint16_t*>(base)[i] = f32_to_f16(v);
+      break;
+    case DType::int8:  // rounded and saturated; NaN becomes 0
+      static_cast<int8_t*>(base)[i] =
+          v == v ? static_cast<int8_t>(std::nearbyint(std::clamp(v, -128.0f, 127.0f))) : 0;
+      break;
   }
 }
 // Calls f(linear_index, storage_offset) for every element in row-major order.
@@ -213,7 +247,9 @@ void for_each_offset(const Shape& shape, const Shape& strides, F&& f) {
 }
 }  // namespace
 
-Tensor Tensor::clone() const { return to(dtype_); }
+Tensor Tensor::clone() const {
+  return to(dtype_);
+}
 
 Tensor Tensor::to(DType dtype) const {
   Tensor out(shape_, dtype);
@@ -234,14 +270,15 @@ std::vector<float> Tensor::to_vector() const {
   std::vector<float> v(static_cast<size_t>(numel_));
   if (!storage_) return v;
   const void* src = raw();
-  for_each_offset(shape_, strides_,
-                  [&](int64_t i, int64_t off) { v[static_cast<size_t>(i)] = load_as_float(src, dtype_, off); });
+  for_each_offset(shape_, strides_, [&](int64_t i, int64_t off) {
+    v[static_cast<size_t>(i)] = load_as_float(src, dtype_, off);
+  });
   return v;
 }
 
 float Tensor::at(std::initializer_list<int64_t> index) const {
-  DELTAMOE_CHECK(static_cast<int64_t>(index.size()) == dim(), "tensor", "at() with ",
-                 index.size(), " indices on a ", dim(), "-d tensor");
+  DELTAMOE_CHECK(static_cast<int64_t>(index.size()) == dim(), "tensor", "at() with ", index.size(),
+                 " indices on a ", dim(), "-d tensor");
   int64_t off = 0;
   size_t d = 0;
   for (int64_t i : index) {
@@ -253,7 +290,8 @@ float Tensor::at(std::initializer_list<int64_t> index) const {
 
 void Tensor::fill(float value) {
   void* dst = raw();
-  for_each_offset(shape_, strides_, [&](int64_t, int64_t off) { store_from_float(dst, dtype_, off, value); });
+  for_each_offset(shape_, strides_,
+                  [&](int64_t, int64_t off) { store_from_float(dst, dtype_, off, value); });
 }
 
 }  // namespace deltamoe

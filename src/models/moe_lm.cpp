@@ -68,10 +68,11 @@ std::unique_ptr<MoeLm> MoeLm::load(const std::string& model_dir, const LmOptions
 MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOptions& options)
     : cfg_(config),
       dtype_(options.dtype),
-      layout_(options.layout),
+      // int8 weights exist in the row-major layout only (a quantised copy).
+      layout_(options.dtype == DType::int8 ? kernels::WeightLayout::row_major : options.layout),
       rope_(config.head_dim, config.rope_theta) {
-  DELTAMOE_CHECK(dtype_ == DType::f32 || dtype_ == DType::bf16, "model",
-                 "weights can be packed as f32 or bf16, not ", dtype_name(dtype_));
+  DELTAMOE_CHECK(dtype_ == DType::f32 || dtype_ == DType::bf16 || dtype_ == DType::int8, "model",
+                 "weights can be f32, bf16 or int8, not ", dtype_name(dtype_));
   const int64_t h = cfg_.hidden_size, d = cfg_.head_dim;
   q_rows_ = cfg_.num_attention_heads * d;
   kv_rows_ = cfg_.num_key_value_heads * d;

@@ -149,10 +149,13 @@ inline void cpu_relax() {
 }  // namespace
 
 MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype, kernels::WeightLayout layout)
-    : kind_(weights.kind), dtype_(dtype), layout_(layout) {
+    : kind_(weights.kind),
+      dtype_(dtype),
+      // int8 weights exist in the row-major layout only (a quantised copy).
+      layout_(dtype == DType::int8 ? kernels::WeightLayout::row_major : layout) {
   weights.validate();
-  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "moe",
-                 "expert weights must be packed as f32 or bf16, not ", dtype_name(dtype));
+  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::int8, "moe",
+                 "expert weights must be f32, bf16 or int8, not ", dtype_name(dtype));
   experts_ = weights.experts();
   hidden_ = weights.hidden();
   inter_ = weights.inter();
@@ -161,7 +164,6 @@ MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype, kernels::WeightLayout
   // All experts' matrices of one kind in one allocation (PackedLinear::pack_all): no
   // per-matrix rounding to 2 MiB pages. Built in slices of experts to bound the f32
   // temporaries of the interleaved [w1; w3].
-  const int64_t q = interleave_block_for(dtype);
   constexpr int64_t kSlice = 8;
   for (int64_t e = 0; e < experts_ && kind_ != ExpertKind::swiglu; ++e) {
     if (!weights.b1.empty()) b1_.push_back(weights.b1[e].to(DType::f32));
@@ -184,6 +186,7 @@ MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype, kernels::WeightLayout
     }
     return;
   }
+  const int64_t q = interleave_block_for(dtype);
   for (int64_t e0 = 0; e0 < experts_; e0 += kSlice) {
     const int64_t n = std::min(kSlice, experts_ - e0);
     std::vector<Tensor> w13_src(static_cast<size_t>(n));

@@ -12,6 +12,16 @@ for key in '"benchmark": "moe-layer"' '"time_ms"' '"gflops"' '"speedup_vs_naive"
 done
 # Exactly one JSON object on stdout: the first character is '{' and the last is '}'.
 [ "${out:0:1}" = "{" ] && [ "${out: -1}" = "}" ] || { echo "stdout is not one JSON object"; exit 1; }
+# int8 weights: the error against the f32 layer is reported, small but not zero.
+out=$("$bin" bench moe-layer --tokens 1,40 --hidden 64 --inter 32 --experts 4 --top-k 2 \
+      --dtype int8 --min-seconds 0 --skip-naive --json 2>/dev/null)
+python3 -c "
+import json, sys
+d = json.loads(sys.argv[1])
+assert d['dtype'] == 'int8' and d['kernel'] in ('avx2_int8', 'portable'), d['kernel']
+for r in d['results']:
+    assert 0 < r['mean_rel_error_vs_f32'] < 0.05 and 0 < r['max_rel_error_vs_f32'] < 0.1, r
+" "$out" || { echo "bench moe-layer --dtype int8: bad error fields"; exit 1; }
 # Bad input: a clear one-line error and a non-zero exit.
 if "$bin" bench moe-layer --top-k 9 --experts 4 --hidden 8 --inter 8 --tokens 1 2>"$tmp/err.txt" >/dev/null; then
   echo "top-k > experts was accepted"; exit 1

@@ -48,6 +48,17 @@ m="$tmp/mixtral"
 "$bin" generate --model "$m" --prompt "Hello" -n 10 --ignore-eos --weight-layout packed --json >"$tmp/pk.json" 2>/dev/null
 [ "$(jget "$tmp/a.json" "d['generated_ids']")" = "$(jget "$tmp/pk.json" "d['generated_ids']")" ] || fail "mapped and packed greedy differ"
 expect_error "$bin" generate --model "$m" --prompt "Hello" --weight-layout strided
+# int8 weights: generate runs and keeps most greedy tokens of f32 (quantisation can flip a
+# close argmax, so not all); bench model reports about a quarter of f32's weight bytes, none
+# mapped; int8 has no packed layout (a one-line error, not a silent other layout).
+"$bin" generate --model "$m" --prompt "Hello" -n 10 --ignore-eos --dtype int8 --json >"$tmp/i8.json" 2>/dev/null
+[ "$(jget "$tmp/i8.json" "len(d['generated_ids'])")" = 10 ] || fail "int8 generate"
+[ "$(python3 -c "import json,sys; a=json.load(open(sys.argv[1]))['generated_ids']; b=json.load(open(sys.argv[2]))['generated_ids']; print(a[0] == b[0])" "$tmp/a.json" "$tmp/i8.json")" = True ] || fail "int8 first greedy token differs from f32"
+"$bin" bench model --model "$m" -p 16 -n 4 -r 1 --dtype int8 --json >"$tmp/bi8.json" 2>/dev/null
+"$bin" bench model --model "$m" -p 16 -n 4 -r 1 --json >"$tmp/bf32.json" 2>/dev/null
+[ "$(python3 -c "import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(a['dtype'] == 'int8' and a['mapped_weight_bytes'] == 0 and a['weight_bytes'] < 0.4 * b['weight_bytes'] and a['tg_tokens_per_s'] > 0)" "$tmp/bi8.json" "$tmp/bf32.json")" = True ] || fail "bench model int8"
+expect_error "$bin" generate --model "$m" --prompt "Hello" --dtype int8 --weight-layout packed
+grep -q "int8" "$tmp/err.txt" || fail "int8 + packed error does not say int8"
 # Per-token budgets: top-k:1 uses 1 expert per token, top-p a mean between 1 and E.
 "$bin" generate --model "$m" --prompt "Hello" -n 4 --routing top-k:1 --json >"$tmp/k1.json" 2>/dev/null
 [ "$(jget "$tmp/k1.json" "d['mean_experts_per_token']")" = 1.0 ] || fail "top-k:1 mean experts"

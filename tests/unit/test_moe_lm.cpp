@@ -324,6 +324,52 @@ TEST(LmGoldenBf16, Bf16PackedWithinRounding) {
   }
 }
 
+// int8 weights (every matrix quantised at load, one f16 scale per 32 inputs; activations
+// quantised per 32 inside each product): logits within the quantisation error of transformers'
+// f32 logits on every architecture, the argmax mostly kept, about a quarter of f32's bytes.
+TEST_P(LmGolden, Int8WithinQuantisationError) {
+  set_num_threads(2);
+  const std::string c = GetParam();
+  const auto f32 = MoeLm::load(golden_dir(c), {DType::f32});
+  const auto m = MoeLm::load(golden_dir(c), {DType::int8});
+  EXPECT_EQ(m->layout(), kernels::WeightLayout::row_major);
+  EXPECT_EQ(m->mapped_weight_bytes(), 0u);  // quantised copies, nothing used in place
+  EXPECT_LT(m->weight_bytes(), f32->weight_bytes() * 35 / 100);  // K padded to 32 here
+  const auto g = io::SafetensorsFile::open(golden_dir(c) + "/golden.safetensors");
+  const int64_t v = m->vocab_size();
+  int64_t positions = 0, same_top1 = 0;
+  for (int i = 0; i < prompts_in(g); ++i) {
+    const auto prompt = ids_of(g.get("prompt." + std::to_string(i)));
+    const Tensor want = g.get("logits." + std::to_string(i)).to(DType::f32);
+    KvCache cache;
+    std::vector<float> got(prompt.size() * static_cast<size_t>(v));
+    m->forward(prompt.data(), static_cast<int64_t>(prompt.size()), cache, got.data(), true);
+    const float* w = want.data<float>();
+    double d2 = 0, w2 = 0;
+    for (int64_t j = 0; j < want.numel(); ++j) {
+      d2 += (got[static_cast<size_t>(j)] - w[j]) * (got[static_cast<size_t>(j)] - w[j]);
+      w2 += static_cast<double>(w[j]) * w[j];
+    }
+    const double rel_rms = std::sqrt(d2 / w2);
+    const float rel_max = max_abs_diff(got.data(), w, want.numel()) / max_abs(w, want.numel());
+    std::printf("[int8 %s prompt %d] logits vs transformers f32: rms %.2e, max %.2e (relative)\n",
+                c.c_str(), i, rel_rms, static_cast<double>(rel_max));
+    // Measured: rms 1.3e-2 to 8.4e-2, max 1.1e-2 to 1.9e-1 of the largest logit (these tiny
+    // models have large random weights); a wrong block or scale gives errors of order 1.
+    EXPECT_LE(rel_rms, 0.12) << "prompt " << i;
+    EXPECT_LE(rel_max, 0.3f) << "prompt " << i;
+    for (size_t t = 0; t < prompt.size(); ++t) {
+      const float* a = got.data() + t * static_cast<size_t>(v);
+      const float* b = w + static_cast<int64_t>(t) * v;
+      same_top1 += std::max_element(a, a + v) - a == std::max_element(b, b + v) - b;
+      ++positions;
+    }
+  }
+  std::printf("[int8 %s] top-1 equal at %lld of %lld positions\n", c.c_str(),
+              static_cast<long long>(same_top1), static_cast<long long>(positions));
+  EXPECT_GE(same_top1 * 10, positions * 9);
+}
+
 // Per-token expert budgets: top-p and threshold routing run on a language model and report
 // their mean experts per token; top-k:k reports exactly k.
 TEST(LmRouting, PerTokenBudgetsReportMeanExperts) {

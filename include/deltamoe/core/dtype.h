@@ -8,23 +8,31 @@
 
 namespace deltamoe {
 
-/// Element type of a Tensor.
-enum class DType : uint8_t { f32, bf16, f16, i32 };
+/// Element type of a Tensor. `int8` is a signed byte as a Tensor element; as the weight dtype of
+/// a kernels::PackedLinear (and of the MoE layer and LM built on it) it means weights quantised
+/// to int8, symmetric, with one f16 scale per 32 consecutive inputs (see PackedLinear).
+enum class DType : uint8_t { f32, bf16, f16, i32, int8 };
 
 /// Bytes per element.
 constexpr size_t dtype_size(DType t) {
   switch (t) {
-    case DType::f32: return 4;
-    case DType::i32: return 4;
-    case DType::bf16: return 2;
-    case DType::f16: return 2;
+    case DType::f32:
+      return 4;
+    case DType::i32:
+      return 4;
+    case DType::bf16:
+      return 2;
+    case DType::f16:
+      return 2;
+    case DType::int8:
+      return 1;
   }
   return 0;
 }
 
-/// Lower-case name ("f32", "bf16", "f16", "i32").
+/// Lower-case name ("f32", "bf16", "f16", "i32", "int8").
 std::string_view dtype_name(DType t);
-/// Parses "f32" / "bf16" / "f16" / "i32"; throws Error("dtype", ...) otherwise.
+/// Parses "f32" / "bf16" / "f16" / "i32" / "int8"; throws Error("dtype", ...) otherwise.
 DType parse_dtype(std::string_view name);
 
 /// bfloat16 bits from f32, round to nearest even (NaN stays NaN).

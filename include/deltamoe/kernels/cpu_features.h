@@ -8,6 +8,7 @@ namespace deltamoe {
 struct CpuFeatures {
   bool avx2 = false;
   bool fma = false;
+  bool f16c = false;  // vcvtph2ps: the int8 kernels' f16 block scales
   bool avx512f = false;
   bool avx512bw = false;
   bool avx512vl = false;

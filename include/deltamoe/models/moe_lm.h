@@ -68,7 +68,9 @@ struct ExpertQueueRule {
 };
 
 struct LmOptions {
-  DType dtype = DType::f32;  // weight dtype for compute: f32 or bf16
+  /// Weight dtype for compute: f32, bf16 or int8 (every matrix but the router and the
+  /// embeddings quantised at load, one f16 scale per 32 inputs; always the row-major layout).
+  DType dtype = DType::f32;
   /// row_major: matrices are used in place from the mapped checkpoint when the file already
   /// has `dtype` (no copy, no packing time; the pages are the file's page cache), converted
   /// row-major copies otherwise. packed: copies in the panel layout of our packed kernels.

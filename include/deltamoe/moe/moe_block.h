@@ -75,7 +75,8 @@ struct MoeStats {
 /// different threads are safe. expert_st() is single-threaded and safe to call concurrently.
 class MoeBlock {
  public:
-  /// Prepares `weights` (validated first) in `dtype` (f32 or bf16). `layout` packed copies
+  /// Prepares `weights` (validated first) in `dtype` (f32, bf16 or int8; int8 always gets the
+  /// row-major layout, a quantised copy, and layout() says so). `layout` packed copies
   /// them into our panel layout (the [w1; w3] pair fused into one matrix); row_major uses
   /// each matrix as it is, without a copy where it already has `dtype` (a mapped checkpoint
   /// stays mapped; the tensors' storage is kept alive). Throws Error("moe").

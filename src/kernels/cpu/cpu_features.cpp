@@ -22,6 +22,8 @@ CpuFeatures detect() {
   f.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
 #endif
   unsigned a = 0, b = 0, c = 0, d = 0;
+  // F16C from CPUID (clang's __builtin_cpu_supports does not know "f16c").
+  if (__get_cpuid(1, &a, &b, &c, &d)) f.f16c = (c >> 29) & 1;
   if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
     f.avx512_vnni = (c >> 11) & 1;
     f.amx_bf16 = (d >> 22) & 1;
@@ -64,7 +66,7 @@ CpuFeatures capped(CpuFeatures f) {
   if (cap == "avx512") return f;
   f.avx512f = f.avx512bw = f.avx512vl = f.avx512_bf16 = f.avx512_vnni = false;
   if (cap == "avx2") return f;
-  f.avx2 = f.fma = f.avx_vnni = false;
+  f.avx2 = f.fma = f.f16c = f.avx_vnni = false;
   return f;
 }
 }  // namespace

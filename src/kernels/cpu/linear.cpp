@@ -40,6 +40,8 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 size_t PackedLinear::plan(const Tensor& w, DType dtype) {
   DELTAMOE_CHECK(w.dim() == 2, "kernels", "PackedLinear: weight must be 2-D [N, K], got ",
                  shape_str(w.shape()));
+  DELTAMOE_CHECK(dtype != DType::int8, "kernels",
+                 "PackedLinear: int8 weights have the row-major layout only (row_major())");
   DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "kernels",
                  "PackedLinear: dtype must be f32 or bf16, not ", dtype_name(dtype));
   panel_ = kPanel;
@@ -105,8 +107,10 @@ bool linear_impl_supported(LinearImpl impl, DType dtype) {
     case LinearImpl::portable:
       return true;
     case LinearImpl::avx2:
-      return f.avx2 && f.fma;
+      return f.avx2 && f.fma && (dtype != DType::int8 || f.f16c);
     case LinearImpl::avx512:
+      // No AVX-512 (VNNI) int8 kernel yet: int8 runs the AVX2 one there.
+      if (dtype == DType::int8) return false;
       // The kernels are compiled for F+BW+VL(+BF16), so require what the compiler may use.
       return f.avx512f && f.avx512bw && f.avx512vl && (dtype != DType::bf16 || f.avx512_bf16);
   }
@@ -124,7 +128,7 @@ const char* linear_impl_name(LinearImpl impl, DType dtype) {
     case LinearImpl::portable:
       return "portable";
     case LinearImpl::avx2:
-      return "avx2";
+      return dtype == DType::int8 ? "avx2_int8" : "avx2";
     case LinearImpl::avx512:
       return dtype == DType::bf16 ? "avx512_bf16" : "avx512";
   }

@@ -6,6 +6,14 @@
 //  bf16: panel p holds W[p*P + c, k] at  data[((p * K2 + k/2) * P + c) * 2 + k%2],  K2 = ceil(K/2)
 //        i.e. each 32-bit word is the (k even, k odd) pair of one column, as vdpbf16ps wants.
 // Columns past N and the odd k past K are zero, so kernels never read garbage.
+//
+// int8 weights (DType::int8; always WeightLayout::row_major, a quantised copy), K blocks of
+// kQBlock = 32 inputs, KB = ceil(K/32), KP = 32 * KB:
+//   quants: int8  q[n * KP + k]            (k ≥ K is 0), symmetric in [-127, 127]
+//   scales: f16   d[n * KB + b], starting at byte int8_scales_offset(N, K)
+//   W[n, k] ≈ d[n * KB + k/32] * q[n * KP + k]     (1.0625 bytes per weight, as GGML's q8_0)
+// x is quantised the same way per row (f32 scales) and products are summed as integers within
+// a block: y[r, n] = Σ_b d_w[n, b] · d_x[r, b] · Σ_{k in b} q_w · q_x.
 #pragma once
 
 #include <cstdint>
@@ -55,8 +63,9 @@ void linear_bf16_avx512(const LinearArgs& a);
 /// for widening the weights to f32 for OpenBLAS.
 inline constexpr int64_t kBlasRowsF32 = 16;
 inline constexpr int64_t kBlasRowsBf16 = 32;
+inline constexpr int64_t kBlasRowsInt8 = 32;
 inline int64_t blas_rows(DType dtype) {
-  return dtype == DType::bf16 ? kBlasRowsBf16 : kBlasRowsF32;
+  return dtype == DType::bf16 ? kBlasRowsBf16 : dtype == DType::int8 ? kBlasRowsInt8 : kBlasRowsF32;
 }
 /// OpenBLAS is called on whole tiles of this many output columns, aligned to multiples of it
 /// (its result for a cell depends on the product's width), so that results do not depend on
@@ -69,6 +78,38 @@ void linear_rows(LinearImpl impl, const LinearArgs& a);
 /// AVX2 dot kernels for row-major weights; x (row stride ldx) replaces a.x (bf16: the copy
 /// of x rounded to bf16).
 void linear_rows_avx2(const LinearArgs& a, const float* x, int64_t ldx);
+
+// ---- int8 weights (linear_int8.cpp, linear_int8_avx2.cpp)
+
+/// Inputs per int8 quantisation block (one scale each).
+inline constexpr int64_t kQBlock = 32;
+/// Byte offset of the f16 scales in an int8 matrix of N rows and K inputs (after the quants,
+/// 64-byte aligned).
+inline size_t int8_scales_offset(int64_t n, int64_t k) {
+  const size_t quants =
+      static_cast<size_t>(n) * static_cast<size_t>((k + kQBlock - 1) / kQBlock * kQBlock);
+  return (quants + 63) / 64 * 64;
+}
+/// Bytes of an int8 matrix of N rows and K inputs (quants + scales).
+inline size_t int8_weight_bytes(int64_t n, int64_t k) {
+  return int8_scales_offset(n, k) +
+         static_cast<size_t>(n) * static_cast<size_t>((k + kQBlock - 1) / kQBlock) * 2;
+}
+/// Quantises w ([N, K], any dtype, finite) into dst (int8_weight_bytes(N, K) bytes): per block
+/// of 32 inputs the scale d = max|w| / 127 is rounded to f16 first and q = round(w / d).
+/// Throws Error("kernels") on a non-finite weight or a scale beyond f16's range.
+void quantize_weights_int8(const Tensor& w, void* dst);
+/// Quantises rows of x ([m, k], row stride ldx) per block of 32: q (row stride KP, k ≥ K
+/// zero) and d (row stride KB, d = max|x| / 127, f32), with q = round-to-nearest-even(x ·
+/// 127 / max|x|). The same values on every path. A block with a non-finite x gets d = NaN.
+void quantize_rows_int8(const float* x, int64_t m, int64_t ldx, int64_t k, int8_t* q, float* d);
+/// linear_st for int8 weights through `impl` (portable or avx2): the integer dot kernels below
+/// kBlasRowsInt8 rows; from there the weights are dequantised a tile at a time and the
+/// dequantised x goes through OpenBLAS (the same products, summed in another order).
+void linear_rows_int8(LinearImpl impl, const LinearArgs& a);
+/// AVX2 integer dot kernel: y[r, n] (+)= for rows r < a.m, columns [a.n_begin, a.n_end) from
+/// the quantised x (xq row stride KP, xd row stride KB).
+void linear_int8_avx2(const LinearArgs& a, const int8_t* xq, const float* xd);
 
 /// Per-thread scratch of at least `bytes` bytes, 64-byte aligned, reused across calls
 /// (the packed copy of x). Valid until the next call on the same thread.

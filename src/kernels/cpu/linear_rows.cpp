@@ -28,10 +28,11 @@ PackedLinear PackedLinear::row_major(const Tensor& w, DType dtype) {
   DELTAMOE_CHECK(w.defined() && w.dim() == 2, "kernels",
                  "PackedLinear: weight must be 2-D [N, K], got ",
                  w.defined() ? shape_str(w.shape()) : std::string("none"));
-  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "kernels",
-                 "PackedLinear: dtype must be f32 or bf16, not ", dtype_name(dtype));
+  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::int8, "kernels",
+                 "PackedLinear: dtype must be f32, bf16 or int8, not ", dtype_name(dtype));
   DELTAMOE_CHECK(w.size(0) > 0 && w.size(1) > 0, "kernels", "PackedLinear: empty weight ",
                  shape_str(w.shape()));
+  if (dtype == DType::int8) return std::move(row_major_all({w}, dtype)[0]);
   const bool view = can_view(w, dtype);
   const Tensor src = view ? w : w.to(dtype);
   PackedLinear p;
@@ -49,8 +50,9 @@ PackedLinear PackedLinear::row_major(const Tensor& w, DType dtype) {
 }
 
 std::vector<PackedLinear> PackedLinear::row_major_all(const std::vector<Tensor>& ws, DType dtype) {
-  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16, "kernels",
-                 "PackedLinear: dtype must be f32 or bf16, not ", dtype_name(dtype));
+  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::int8, "kernels",
+                 "PackedLinear: dtype must be f32, bf16 or int8, not ", dtype_name(dtype));
+  const bool int8 = dtype == DType::int8;
   std::vector<PackedLinear> out(ws.size());
   std::vector<size_t> offset(ws.size(), 0);
   size_t total = 0;
@@ -60,7 +62,8 @@ std::vector<PackedLinear> PackedLinear::row_major_all(const std::vector<Tensor>&
                    "kernels", "PackedLinear: weight ", i, " must be a non-empty 2-D [N, K], got ",
                    ws[i].defined() ? shape_str(ws[i].shape()) : std::string("none"));
     offset[i] = total;
-    const size_t bytes = static_cast<size_t>(ws[i].numel()) * dtype_size(dtype);
+    const size_t bytes = int8 ? int8_weight_bytes(ws[i].size(0), ws[i].size(1))
+                              : static_cast<size_t>(ws[i].numel()) * dtype_size(dtype);
     total += (bytes + kAlignment - 1) / kAlignment * kAlignment;
   }
   std::shared_ptr<Storage> storage =
@@ -72,9 +75,16 @@ std::vector<PackedLinear> PackedLinear::row_major_all(const std::vector<Tensor>&
         out[i] = row_major(ws[i], dtype);
         continue;
       }
-      const Tensor converted = ws[i].to(dtype);
-      std::memcpy(static_cast<char*>(storage->data()) + offset[i], converted.raw(),
-                  converted.nbytes());
+      char* dst = static_cast<char*>(storage->data()) + offset[i];
+      size_t bytes = 0;
+      if (int8) {
+        quantize_weights_int8(ws[i], dst);
+        bytes = int8_weight_bytes(ws[i].size(0), ws[i].size(1));
+      } else {
+        const Tensor converted = ws[i].to(dtype);
+        std::memcpy(dst, converted.raw(), converted.nbytes());
+        bytes = converted.nbytes();
+      }
       PackedLinear& p = out[i];
       p.layout_ = WeightLayout::row_major;
       p.panel_ = 1;
@@ -83,7 +93,7 @@ std::vector<PackedLinear> PackedLinear::row_major_all(const std::vector<Tensor>&
       p.k_ = ws[i].size(1);
       p.data_ = storage;
       p.offset_ = offset[i];
-      p.bytes_ = converted.nbytes();
+      p.bytes_ = bytes;
       p.in_place_ = false;
     }
   });
@@ -96,8 +106,12 @@ int64_t PackedLinear::column_align(int64_t m) const {
 }
 
 std::string linear_row_major_impl_name(DType dtype) {
-  if (best_linear_impl(dtype) == LinearImpl::portable) return "portable (plain loops)";
+  if (best_linear_impl(dtype) == LinearImpl::portable)
+    return dtype == DType::int8 ? "portable (plain integer loops)" : "portable (plain loops)";
   const std::string rows = std::to_string(blas_rows(dtype));
+  if (dtype == DType::int8)
+    return "avx2 int8 dot kernel (x quantised per 32) below " + rows +
+           " rows, dequantised tiles + OpenBLAS sgemm from " + rows;
   return "avx2 dot kernel below " + rows + " rows, OpenBLAS sgemm from " + rows;
 }
 
@@ -125,6 +139,10 @@ void rows_portable(const LinearArgs& a, const float* x, int64_t ldx) {
 }  // namespace
 
 void linear_rows(LinearImpl impl, const LinearArgs& a) {
+  if (a.w->dtype() == DType::int8) {
+    linear_rows_int8(impl, a);
+    return;
+  }
   const int64_t k = a.w->in_features(), cols = a.n_end - a.n_begin;
   const bool bf16 = a.w->dtype() == DType::bf16;
   // Inside a parallel region OpenBLAS must be single-threaded (callers hold a

@@ -1,0 +1,173 @@
+// int8 weights (DType::int8, layout in linear_impl.h): quantisation of weights (at load) and of
+// activations (per call), the portable integer kernel, and the dispatch between the integer dot
+// kernels (few rows: decode, bound by reading the weights, which are half of bf16's bytes) and
+// dequantise + OpenBLAS (many rows: prefill, bound by multiply-adds, where OpenBLAS's f32 GEMM
+// beats an AVX2 integer GEMM that has no VNNI).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+
+#include <omp.h>
+
+#include "deltamoe/core/parallel.h"
+#include "deltamoe/kernels/cpu.h"
+#include "kernels/cpu/linear_impl.h"
+
+namespace deltamoe::kernels {
+
+void quantize_weights_int8(const Tensor& w, void* dst) {
+  DELTAMOE_CHECK(w.defined() && w.dim() == 2 && w.size(0) > 0 && w.size(1) > 0, "kernels",
+                 "int8: weight must be a non-empty 2-D [N, K]");
+  const Tensor wf = (w.dtype() == DType::f32 && w.is_contiguous()) ? w : w.to(DType::f32);
+  const float* src = wf.data<float>();
+  const int64_t n_rows = w.size(0), k = w.size(1);
+  const int64_t kb = (k + kQBlock - 1) / kQBlock, kp = kb * kQBlock;
+  auto* q = static_cast<int8_t*>(dst);
+  auto* scales =
+      reinterpret_cast<uint16_t*>(static_cast<char*>(dst) + int8_scales_offset(n_rows, k));
+  for (int64_t n = 0; n < n_rows; ++n) {
+    const float* row = src + n * k;
+    int8_t* qr = q + n * kp;
+    for (int64_t b = 0; b < kb; ++b) {
+      const int64_t c0 = b * kQBlock, c1 = std::min(k, c0 + kQBlock);
+      float amax = 0.0f;
+      for (int64_t c = c0; c < c1; ++c) {
+        DELTAMOE_CHECK(std::isfinite(row[c]), "kernels", "int8: weight [", n, ", ", c,
+                       "] is not finite (", row[c], ")");
+        amax = std::max(amax, std::fabs(row[c]));
+      }
+      const float d_exact = amax / 127.0f;
+      DELTAMOE_CHECK(d_exact <= 65504.0f, "kernels", "int8: weights of row ", n, " (|w| up to ",
+                     amax, ") exceed the range of f16 block scales");
+      // Quantise against the stored (f16) scale, so that the rounding of the scale is not added
+      // to every weight's error.
+      const uint16_t d16 = f32_to_f16(d_exact);
+      const float d = f16_to_f32(d16);
+      scales[n * kb + b] = d16;
+      const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+      for (int64_t c = c0; c < c0 + kQBlock; ++c) {
+        const float v = c < c1 ? std::nearbyint(row[c] * inv) : 0.0f;
+        qr[c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+      }
+    }
+  }
+}
+
+void quantize_rows_int8(const float* x, int64_t m, int64_t ldx, int64_t k, int8_t* q, float* d) {
+  const int64_t kb = (k + kQBlock - 1) / kQBlock, kp = kb * kQBlock;
+  for (int64_t r = 0; r < m; ++r) {
+    const float* xr = x + r * ldx;
+    for (int64_t b = 0; b < kb; ++b) {
+      const int64_t c0 = b * kQBlock, c1 = std::min(k, c0 + kQBlock);
+      float amax = 0.0f;
+      bool finite = true;
+      for (int64_t c = c0; c < c1; ++c) {
+        finite = finite && std::isfinite(xr[c]);
+        amax = std::max(amax, std::fabs(xr[c]));
+      }
+      int8_t* qb = q + r * kp + c0;
+      if (!finite) {
+        // NaN / Inf in, NaN out (as the f32 kernels would give), without converting NaN to int.
+        d[r * kb + b] = std::numeric_limits<float>::quiet_NaN();
+        std::memset(qb, 0, kQBlock);
+        continue;
+      }
+      d[r * kb + b] = amax / 127.0f;
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      for (int64_t c = c0; c < c0 + kQBlock; ++c)
+        qb[c - c0] = c < c1 ? static_cast<int8_t>(std::nearbyint(xr[c] * inv)) : int8_t{0};
+    }
+  }
+}
+
+namespace {
+
+struct Int8Weights {
+  const int8_t* q;
+  const uint16_t* d;
+  int64_t kb, kp;
+};
+
+Int8Weights int8_weights(const PackedLinear& w) {
+  const int64_t kb = (w.in_features() + kQBlock - 1) / kQBlock;
+  const char* base = static_cast<const char*>(w.data());
+  return {reinterpret_cast<const int8_t*>(base),
+          reinterpret_cast<const uint16_t*>(base +
+                                            int8_scales_offset(w.out_features(), w.in_features())),
+          kb, kb * kQBlock};
+}
+
+// The reference integer kernel (any CPU): exact integer sums per block, f32 across blocks.
+void int8_portable(const LinearArgs& a, const int8_t* xq, const float* xd) {
+  const Int8Weights w = int8_weights(*a.w);
+  for (int64_t r = 0; r < a.m; ++r)
+    for (int64_t n = a.n_begin; n < a.n_end; ++n) {
+      float s = 0.0f;
+      for (int64_t b = 0; b < w.kb; ++b) {
+        const int8_t* wb = w.q + n * w.kp + b * kQBlock;
+        const int8_t* xb = xq + r * w.kp + b * kQBlock;
+        int32_t isum = 0;
+        for (int64_t c = 0; c < kQBlock; ++c) isum += int32_t{wb[c]} * int32_t{xb[c]};
+        s += static_cast<float>(isum) * (f16_to_f32(w.d[n * w.kb + b]) * xd[r * w.kb + b]);
+      }
+      float& out = a.y[r * a.ldy + n];
+      out = a.accumulate ? out + s : s;
+    }
+}
+
+// Many rows: x dequantised (so this path multiplies the same values as the integer kernels),
+// the weights dequantised one tile of kBlasCols columns at a time, OpenBLAS sgemm per tile.
+void int8_blas(const LinearArgs& a, const int8_t* xq, const float* xd, float* xf, float* wf,
+               bool in_parallel) {
+  const Int8Weights w = int8_weights(*a.w);
+  const int64_t k = a.w->in_features();
+  for (int64_t r = 0; r < a.m; ++r)
+    for (int64_t c = 0; c < k; ++c)
+      xf[r * k + c] = static_cast<float>(xq[r * w.kp + c]) * xd[r * w.kb + c / kQBlock];
+  std::optional<BlasThreadsGuard> one_thread;
+  if (!in_parallel) one_thread.emplace(1);
+  for (int64_t t0 = a.n_begin; t0 < a.n_end;) {
+    const int64_t t1 = std::min(a.n_end, (t0 / kBlasCols + 1) * kBlasCols);
+    for (int64_t n = t0; n < t1; ++n) {
+      const int8_t* qr = w.q + n * w.kp;
+      float* dst = wf + (n - t0) * k;
+      for (int64_t b = 0; b < w.kb; ++b) {
+        const float d = f16_to_f32(w.d[n * w.kb + b]);
+        const int64_t c1 = std::min(k, (b + 1) * kQBlock);
+        for (int64_t c = b * kQBlock; c < c1; ++c) dst[c] = d * static_cast<float>(qr[c]);
+      }
+    }
+    sgemm(false, true, a.m, t1 - t0, k, 1.0f, xf, k, wf, k, a.accumulate ? 1.0f : 0.0f, a.y + t0,
+          a.ldy);
+    t0 = t1;
+  }
+}
+
+}  // namespace
+
+void linear_rows_int8(LinearImpl impl, const LinearArgs& a) {
+  const Int8Weights w = int8_weights(*a.w);
+  const int64_t k = a.w->in_features();
+  // As linear_rows: inside a parallel region OpenBLAS must already be single-threaded.
+  const bool in_parallel = omp_in_parallel() != 0;
+  const bool blas =
+      impl != LinearImpl::portable && a.m >= kBlasRowsInt8 && (!in_parallel || blas_threads() == 1);
+  const size_t q_bytes = static_cast<size_t>(a.m * w.kp + 63) / 64 * 64;
+  const size_t d_bytes = static_cast<size_t>(a.m * w.kb * 4 + 63) / 64 * 64;
+  const size_t f_bytes = blas ? static_cast<size_t>(a.m + kBlasCols) * k * 4 : 0;
+  char* scratch = static_cast<char*>(thread_scratch(q_bytes + d_bytes + f_bytes));
+  auto* xq = reinterpret_cast<int8_t*>(scratch);
+  auto* xd = reinterpret_cast<float*>(scratch + q_bytes);
+  quantize_rows_int8(a.x, a.m, a.ldx, k, xq, xd);
+  if (blas) {
+    float* xf = reinterpret_cast<float*>(scratch + q_bytes + d_bytes);
+    int8_blas(a, xq, xd, xf, xf + a.m * k, in_parallel);
+  } else if (impl == LinearImpl::portable) {
+    int8_portable(a, xq, xd);
+  } else {
+    linear_int8_avx2(a, xq, xd);
+  }
+}
+
+}  // namespace deltamoe::kernels

@@ -1,0 +1,131 @@
+// AVX2 integer dot kernel for int8 weights (layout in linear_impl.h) and int8-quantised x.
+//
+// Per block of 32 inputs: vpmaddubsw needs one unsigned operand, so it multiplies |x| by w with
+// x's sign moved onto w (vpsignb twice; |q| ≤ 127 keeps the pair sums within int16), vpmaddwd
+// adds the pairs into 8 int32 lanes, which are converted to f32 and multiply-added with the
+// block's scale d_w · d_x. One weight row is read once for up to 4 x rows (it stays in L1 for
+// the rows after), and, as the f32 dot kernels, one output at a time, so a column range is one
+// sequential stream: decode is bound by reading 1.0625 bytes per weight.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "kernels/cpu/linear_impl.h"
+
+#define DM_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define DM_INLINE __attribute__((always_inline)) inline
+
+namespace deltamoe::kernels {
+
+namespace {
+
+DM_AVX2 DM_INLINE float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// 8 int32 partial sums of the 32-element block product w · x.
+DM_AVX2 DM_INLINE __m256i block_dot(__m256i w, __m256i x) {
+  const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
+  return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+// s[r] = row n of W · x row r, for M rows, 8 blocks (256 inputs) per step. The 8 blocks'
+// combined scales d_w · d_x are formed as one vector per row and stored, so each block's
+// scale is a broadcast load. Two accumulators per row (even and odd blocks, the loop fully
+// unrolled so they stay in registers) hide the multiply-add latency. Every row is summed in the
+// same order whatever M is, so a row's result does not depend on the rows batched with it.
+template <int M>
+DM_AVX2 void dot_rows(const int8_t* wq, const uint16_t* wd, int64_t kb, const int8_t* xq,
+                      const float* xd, int64_t kp, float* s) {
+  __m256 acc0[M], acc1[M];
+#pragma GCC unroll 4
+  for (int r = 0; r < M; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
+  alignas(32) float dc[M][8];
+  const int64_t kb8 = kb / 8 * 8;
+  for (int64_t b0 = 0; b0 < kb8; b0 += 8) {
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wd + b0)));
+#pragma GCC unroll 4
+    for (int r = 0; r < M; ++r)
+      _mm256_store_ps(dc[r], _mm256_mul_ps(dw, _mm256_loadu_ps(xd + r * kb + b0)));
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      const int64_t off = (b0 + i) * kQBlock;
+      const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(wq + off));
+#pragma GCC unroll 4
+      for (int r = 0; r < M; ++r) {
+        const __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + r * kp + off));
+        const __m256 p = _mm256_cvtepi32_ps(block_dot(w, x));
+        if (i % 2 == 0) {
+          acc0[r] = _mm256_fmadd_ps(p, _mm256_broadcast_ss(&dc[r][i]), acc0[r]);
+        } else {
+          acc1[r] = _mm256_fmadd_ps(p, _mm256_broadcast_ss(&dc[r][i]), acc1[r]);
+        }
+      }
+    }
+  }
+  for (int64_t b = kb8; b < kb; ++b) {
+    const float dw = f16_to_f32(wd[b]);
+    const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(wq + b * kQBlock));
+#pragma GCC unroll 4
+    for (int r = 0; r < M; ++r) {
+      const __m256i x =
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + r * kp + b * kQBlock));
+      acc0[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_dot(w, x)),
+                                _mm256_set1_ps(dw * xd[r * kb + b]), acc0[r]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < M; ++r) s[r] = hsum(_mm256_add_ps(acc0[r], acc1[r]));
+}
+
+template <int M>
+DM_AVX2 void rows_block(const LinearArgs& a, const int8_t* xq, const float* xd, int64_t r0,
+                        int64_t c0, int64_t c1) {
+  const int64_t k = a.w->in_features(), n_rows = a.w->out_features();
+  const int64_t kb = (k + kQBlock - 1) / kQBlock, kp = kb * kQBlock;
+  const char* base = static_cast<const char*>(a.w->data());
+  const auto* q = reinterpret_cast<const int8_t*>(base);
+  const auto* d = reinterpret_cast<const uint16_t*>(base + int8_scales_offset(n_rows, k));
+  float s[M];
+  for (int64_t n = c0; n < c1; ++n) {
+    dot_rows<M>(q + n * kp, d + n * kb, kb, xq + r0 * kp, xd + r0 * kb, kp, s);
+#pragma GCC unroll 4
+    for (int r = 0; r < M; ++r) {
+      float& out = a.y[(r0 + r) * a.ldy + n];
+      out = a.accumulate ? out + s[r] : s[r];
+    }
+  }
+}
+
+}  // namespace
+
+void linear_int8_avx2(const LinearArgs& a, const int8_t* xq, const float* xd) {
+  // Column blocks of about 128 KiB of weights stay in L2 while each group of 4 rows of x passes
+  // over them.
+  const int64_t row_bytes = (a.w->in_features() + kQBlock - 1) / kQBlock * (kQBlock + 2);
+  const int64_t block = std::max<int64_t>(8, (int64_t{128} << 10) / row_bytes / 8 * 8);
+  for (int64_t c0 = a.n_begin; c0 < a.n_end; c0 += block) {
+    const int64_t c1 = std::min(a.n_end, c0 + block);
+    for (int64_t r0 = 0; r0 < a.m; r0 += 4) {
+      switch (std::min<int64_t>(4, a.m - r0)) {
+        case 4:
+          rows_block<4>(a, xq, xd, r0, c0, c1);
+          break;
+        case 3:
+          rows_block<3>(a, xq, xd, r0, c0, c1);
+          break;
+        case 2:
+          rows_block<2>(a, xq, xd, r0, c0, c1);
+          break;
+        default:
+          rows_block<1>(a, xq, xd, r0, c0, c1);
+          break;
+      }
+    }
+  }
+}
+
+}  // namespace deltamoe::kernels
