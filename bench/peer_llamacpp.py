@@ -14,11 +14,15 @@ Subcommands (`bench` is the default):
   bench    llama-bench -m X.gguf -p P -n N -t T -r 1 -o json, alternating with
            deltamoe bench model --model DIR -p P -n N --threads T --dtype D --json, R rounds,
            medians; deltamoe is reported as missing (with why) when the binary lacks the command
+  moe-layer  one MoE FFN layer: bench/peer_ggml_moe.cpp (ggml's graph of llama.cpp's MoE FFN, on
+           ggml's CPU backend) alternating with deltamoe bench moe-layer --json on the same
+           shapes, per weight type (q8_0 beside deltamoe's int8), R rounds, medians and ratios
 
 Examples:
   python3 bench/peer_llamacpp.py build
   python3 bench/peer_make_model.py --preset tiny && python3 bench/peer_llamacpp.py verify --model /work/peer/models/tiny-mixtral --negative-control
   python3 bench/peer_llamacpp.py bench --model /work/peer/models/ref-mixtral --dtypes f32,bf16,q8_0 --rounds 3 --json
+  python3 bench/peer_llamacpp.py moe-layer --dtypes f32,bf16,q8_0 --tokens 1,16,128,512 --rounds 3 --json
 
 Every subcommand prints one JSON object on stdout with --json; logs go to stderr.
 """
@@ -27,6 +31,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -34,7 +39,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peer_common import (add_run_options, deltamoe_column, report_header, tokens_per_s_summary, DEFAULT_MODEL, PEER_DIR, deltamoe_status, die, emit, hf_config,  # noqa: E402
-                         log, measured, model_fingerprint, run_deltamoe)
+                         log, measured, model_fingerprint, ratio, run_deltamoe, summarize)
 
 DEFAULT_SRC = os.path.join(PEER_DIR, "llama.cpp-src")
 DEFAULT_BUILD = os.path.join(PEER_DIR, "llama.cpp-build")
@@ -98,34 +103,46 @@ def source_version(src):
     return v
 
 
+def compile_peer_tool(src, bdir, source, name, libs, flags=()):
+    """g++ -O2 of one of our peer programs against llama.cpp's headers and shared libraries."""
+    tool = os.path.join(bdir, "bin", name)
+    r = sh(["nice", "-n", "19", "g++", "-O2", "-std=c++17", *flags, source, "-o", tool, "-I", os.path.join(src, "include"), "-I", os.path.join(src, "ggml", "include"),
+            "-L", os.path.join(bdir, "bin"), *libs, f"-Wl,-rpath,{os.path.join(bdir, 'bin')}"],
+           stdout=sys.stderr)
+    if r.returncode != 0:
+        die(f"compiling {os.path.basename(source)} failed")
+    return tool
+
+
 def cmd_build(args):
     src = args.llama_cpp or (DEFAULT_SRC if os.path.isdir(DEFAULT_SRC) else fetch_sdist(os.path.join(PEER_DIR, "dl")))
     if not os.path.isfile(os.path.join(src, "include", "llama.h")):
         die(f"{src}: not a llama.cpp source tree (no include/llama.h)")
     bdir = args.build_dir
-    if not os.path.isfile(os.path.join(bdir, "CMakeCache.txt")):
-        r = sh(["nice", "-n", "19", "cmake", "-S", src, "-B", bdir, "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF",
-                "-DGGML_OPENMP=ON", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF"],
-               stdout=sys.stderr)
-        if r.returncode != 0:
-            die("cmake configure failed")
     t0 = time.time()
-    r = sh(["nice", "-n", "19", "cmake", "--build", bdir, "-j", str(args.jobs), "--target", *TARGETS], stdout=sys.stderr)
-    if r.returncode != 0:
-        die("llama.cpp build failed")
-    tool = os.path.join(bdir, "bin", "peer_llama_logits")
-    r = sh(["nice", "-n", "19", "g++", "-O2", "-std=c++17", LOGITS_SRC, "-o", tool,
-            "-I", os.path.join(src, "include"), "-I", os.path.join(src, "ggml", "include"),
-            "-L", os.path.join(bdir, "bin"), "-lllama", "-lggml", "-lggml-base", f"-Wl,-rpath,{os.path.join(bdir, 'bin')}"],
-           stdout=sys.stderr)
-    if r.returncode != 0:
-        die("compiling peer_llama_logits.cpp failed")
+    if args.tools_only:
+        if not os.path.isfile(os.path.join(bdir, "bin", "libggml.so")):
+            die(f"--tools-only: no llama.cpp build in {bdir} (run `peer_llamacpp.py build` without it)")
+    else:
+        if not os.path.isfile(os.path.join(bdir, "CMakeCache.txt")):
+            r = sh(["nice", "-n", "19", "cmake", "-S", src, "-B", bdir, "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF",
+                    "-DGGML_OPENMP=ON", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF"],
+                   stdout=sys.stderr)
+            if r.returncode != 0:
+                die("cmake configure failed")
+        r = sh(["nice", "-n", "19", "cmake", "--build", bdir, "-j", str(args.jobs), "--target", *TARGETS], stdout=sys.stderr)
+        if r.returncode != 0:
+            die("llama.cpp build failed")
+    compile_peer_tool(src, bdir, LOGITS_SRC, "peer_llama_logits", ["-lllama", "-lggml", "-lggml-base"])
+    # -fopenmp: its cache flush runs on the OpenMP team that ggml's graph compute uses
+    compile_peer_tool(src, bdir, GGML_MOE_SRC, "peer_ggml_moe", ["-lggml", "-lggml-base", "-lggml-cpu"], ["-fopenmp"])
     version = source_version(src)
     version["cmake_flags"] = "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DGGML_OPENMP=ON -DCMAKE_BUILD_TYPE=Release"
     version["compiler"] = subprocess.run(["c++", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    with open(os.path.join(bdir, "peer-version.json"), "w") as f:
-        json.dump(version, f, indent=1)
-    emit({"build_dir": bdir, "version": version, "targets": TARGETS + ["peer_llama_logits"],
+    if not args.tools_only:
+        with open(os.path.join(bdir, "peer-version.json"), "w") as f:
+            json.dump(version, f, indent=1)
+    emit({"build_dir": bdir, "version": version, "targets": ([] if args.tools_only else TARGETS) + PEER_TOOLS,
           "build_s": round(time.time() - t0, 1)}, args.json)
 
 
@@ -374,6 +391,115 @@ def cmd_bench(args):
     emit(report, args.json)
 
 
+# --- one MoE layer: ggml's graph beside deltamoe bench moe-layer ----------------------------
+
+GGML_MOE_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_ggml_moe.cpp")
+PEER_TOOLS = ["peer_llama_logits", "peer_ggml_moe"]
+# ggml weight type -> the deltamoe --dtype that stores the same: q8_0 (int8, one f16 scale per
+# 32 weights, activations quantised per 32) is deltamoe's int8
+MOE_LAYER_DTYPES = {"f32": "f32", "bf16": "bf16", "q8_0": "int8"}
+
+
+def layer_args(args):
+    """The shape and timing options both sides of `moe-layer` get."""
+    return ["--tokens", args.tokens, "--hidden", str(args.hidden), "--inter", str(args.inter),
+            "--experts", str(args.experts), "--top-k", str(args.top_k), "--threads", str(args.threads),
+            "--min-seconds", str(args.min_seconds), "--seed", str(args.seed)]
+
+
+def run_layer(cmd, timeout):
+    """One run of a layer benchmark that prints {"results": [{"tokens", "time_ms"}, ...]}:
+    ({tokens: time_ms}, the whole JSON); RuntimeError with its last stderr line when it fails."""
+    log("run: " + " ".join(cmd))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        tail = r.stderr.strip().splitlines()[-1:] or [f"rc {r.returncode}"]
+        raise RuntimeError(f"{os.path.basename(cmd[0])} {' '.join(cmd[1:3])}: {tail[0]}")
+    raw = json.loads(r.stdout)
+    return {int(row["tokens"]): float(row["time_ms"]) for row in raw["results"]}, raw
+
+
+def deltamoe_layer_dtypes(binary):
+    """(the --dtype values `deltamoe bench moe-layer` accepts, None) or (set(), why not)."""
+    if not binary or not (os.path.isfile(binary) or shutil.which(binary)):
+        return set(), f"no deltamoe binary at {binary}"
+    r = subprocess.run([binary, "bench", "--help"], capture_output=True, text=True)
+    m = re.search(r"--dtype TEXT:\{([^}]*)\}", r.stdout)
+    if r.returncode != 0 or "moe-layer" not in r.stdout or not m:
+        return set(), f"`{binary} bench moe-layer` is not available in this build"
+    return set(m.group(1).split(",")), None
+
+
+def layer_summary(runs, tokens):
+    """Per token count: summarize() of time_ms over the runs."""
+    return {t: summarize([{"time_ms": r.get(t)} for r in runs], "time_ms") for t in tokens}
+
+
+def cmd_moe_layer(args):
+    dtypes = args.dtypes.split(",")
+    for d in dtypes:
+        if d not in MOE_LAYER_DTYPES:
+            die(f"--dtypes: unknown {d} (f32, bf16, q8_0)")
+    if not re.fullmatch(r"[1-9]\d*(,[1-9]\d*)*", args.tokens):
+        die(f"--tokens {args.tokens}: expected positive integers, comma-separated")
+    tokens = [int(t) for t in args.tokens.split(",")]
+    tool = binary(args.build_dir, "peer_ggml_moe")
+    dm_dtypes, dm_why = deltamoe_layer_dtypes(args.deltamoe)
+    if dm_why:
+        log(f"deltamoe side skipped: {dm_why}")
+    runs = {d: {"ggml": [], "deltamoe": []} for d in dtypes}
+    raw = {d: {} for d in dtypes}
+    load, errors = [], []
+    q = dict(max_busy=args.max_busy, wait_s=args.wait_quiet, retries=args.retries)
+    for rnd in range(args.rounds):
+        for d in dtypes:
+            sides = [("ggml", [tool, "--dtype", d, *layer_args(args), *args.ggml_args.split()])]
+            if MOE_LAYER_DTYPES[d] in dm_dtypes:
+                sides.append(("deltamoe", [args.deltamoe, "bench", "moe-layer", "--dtype", MOE_LAYER_DTYPES[d],
+                                           *layer_args(args), "--skip-naive", "--json", *args.deltamoe_args.split()]))
+            for side, cmd in sides:
+                try:
+                    (times, out), rec = measured(f"{side} {d} round {rnd}", lambda: run_layer(cmd, args.timeout), **q)
+                except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError) as e:
+                    errors.append(str(e))
+                    log(str(e))
+                    continue
+                runs[d][side].append(times)
+                raw[d].setdefault(side, out)
+                load += rec
+                log(f"round {rnd + 1}/{args.rounds} {d}: {side} " +
+                    " ".join(f"T={t} {ms:.3f} ms" for t, ms in sorted(times.items())))
+
+    results = {}
+    for d in dtypes:
+        g = layer_summary(runs[d]["ggml"], tokens)
+        entry = {"ggml": g, "ggml_first_run": raw[d].get("ggml"), "deltamoe_dtype": MOE_LAYER_DTYPES[d]}
+        if MOE_LAYER_DTYPES[d] not in dm_dtypes:
+            entry["deltamoe"] = {"missing": dm_why or f"this deltamoe has no --dtype {MOE_LAYER_DTYPES[d]}"}
+        else:
+            dm = layer_summary(runs[d]["deltamoe"], tokens)
+            entry["deltamoe"] = dm
+            entry["deltamoe_first_run"] = raw[d].get("deltamoe")
+            entry["ratio_ggml_over_deltamoe"] = {t: ratio((g[t] or {}).get("median"), (dm[t] or {}).get("median"))
+                                                 for t in tokens}
+        results[d] = entry
+
+    report = report_header("peer_ggml_moe_layer", args, {}, load, results, errors, bool(dm_dtypes))
+    for k in ("model_dir", "model"):  # one layer of random weights: no model directory
+        report.pop(k)
+    report["cpu_model_name"] = report["cpu"]["model_name"]
+    report["settings"] = {"hidden": args.hidden, "inter": args.inter, "experts": args.experts, "top_k": args.top_k,
+                          "tokens": tokens, "threads": args.threads, "min_seconds": args.min_seconds,
+                          "rounds": args.rounds, "seed": args.seed, "ggml_args": args.ggml_args,
+                          "deltamoe_dtype_of": MOE_LAYER_DTYPES,
+                          "order": "alternating ggml, deltamoe per dtype per round",
+                          "time_ms": "per run: the median over its timed steps (T = 1: 64 inputs in turn, caches "
+                                     "flushed before each; T > 1: 4 inputs in turn); here: median over the runs",
+                          "ratio": "ggml time / deltamoe time: > 1 means deltamoe is faster"}
+    report["versions"]["llama_cpp"] = build_info(args.build_dir)
+    emit(report, args.json)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
@@ -388,6 +514,8 @@ def main():
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--llama-cpp", help=f"llama.cpp source checkout (default: {DEFAULT_SRC}, else the sdist's vendor/llama.cpp)")
     b.add_argument("--jobs", type=int, default=2, help="parallel build jobs")
+    b.add_argument("--tools-only", action="store_true",
+                   help="only compile our peer programs against the existing build in --build-dir (no cmake)")
 
     c = sub.add_parser("convert", parents=[common], help="HF dir -> GGUF", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     c.add_argument("--dtypes", default="f32", help="comma list of f32, bf16, q8_0")
@@ -415,11 +543,25 @@ def main():
     be.add_argument("--reps", type=int, default=1, help="llama-bench -r within one run")
     add_run_options(be)
 
+    ml = sub.add_parser("moe-layer", parents=[common], help="one MoE layer: ggml's graph beside deltamoe bench moe-layer",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ml.add_argument("--dtypes", default="f32,bf16,q8_0", help="comma list of f32, bf16, q8_0 (deltamoe: int8)")
+    ml.add_argument("--tokens", default="1,16,128,512", help="token counts, comma-separated")
+    ml.add_argument("--hidden", type=int, default=1024, help="hidden size H")
+    ml.add_argument("--inter", type=int, default=512, help="expert intermediate size I")
+    ml.add_argument("--experts", type=int, default=32, help="experts E")
+    ml.add_argument("--top-k", type=int, default=8, help="experts per token K")
+    ml.add_argument("--min-seconds", type=float, default=0.5, help="least timed time per token count in one run")
+    ml.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (each side its own generator)")
+    ml.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are over these")
+    ml.add_argument("--ggml-args", default="", help="extra arguments for peer_ggml_moe, e.g. --ggml-args='--hugepages 0'")
+    add_run_options(ml)
+
     argv = sys.argv[1:]
-    if not argv or argv[0] not in ("build", "convert", "verify", "bench", "-h", "--help"):
+    if not argv or argv[0] not in ("build", "convert", "verify", "bench", "moe-layer", "-h", "--help"):
         argv = ["bench"] + argv
     args = ap.parse_args(argv)
-    if args.cmd != "build" and not os.path.isdir(args.model):
+    if args.cmd not in ("build", "moe-layer") and not os.path.isdir(args.model):
         die(f"--model {args.model}: no such directory (make one with bench/peer_make_model.py)")
     if args.cmd == "build":
         cmd_build(args)
@@ -427,6 +569,8 @@ def main():
         cmd_convert(args)
     elif args.cmd == "verify":
         cmd_verify(args)
+    elif args.cmd == "moe-layer":
+        cmd_moe_layer(args)
     else:
         cmd_bench(args)
 
