@@ -395,10 +395,7 @@ def cmd_bench(args):
 
 GGML_MOE_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_ggml_moe.cpp")
 PEER_TOOLS = ["peer_llama_logits", "peer_ggml_moe"]
-# ggml weight type -> the deltamoe --dtype that stores the same: q8_0 (int8, one f16 scale per
-# 32 weights, activations quantised per 32) is deltamoe's int8
-MOE_LAYER_DTYPES = {"f32": "f32", "bf16": "bf16", "q8_0": "int8"}
-
+# (ggml weight types map to deltamoe's --dtype through DELTAMOE_DTYPE, above.)
 
 def layer_args(args):
     """The shape and timing options both sides of `moe-layer` get."""
@@ -438,7 +435,7 @@ def layer_summary(runs, tokens):
 def cmd_moe_layer(args):
     dtypes = args.dtypes.split(",")
     for d in dtypes:
-        if d not in MOE_LAYER_DTYPES:
+        if d not in DELTAMOE_DTYPE:
             die(f"--dtypes: unknown {d} (f32, bf16, q8_0)")
     if not re.fullmatch(r"[1-9]\d*(,[1-9]\d*)*", args.tokens):
         die(f"--tokens {args.tokens}: expected positive integers, comma-separated")
@@ -454,8 +451,8 @@ def cmd_moe_layer(args):
     for rnd in range(args.rounds):
         for d in dtypes:
             sides = [("ggml", [tool, "--dtype", d, *layer_args(args), *args.ggml_args.split()])]
-            if MOE_LAYER_DTYPES[d] in dm_dtypes:
-                sides.append(("deltamoe", [args.deltamoe, "bench", "moe-layer", "--dtype", MOE_LAYER_DTYPES[d],
+            if DELTAMOE_DTYPE[d] in dm_dtypes:
+                sides.append(("deltamoe", [args.deltamoe, "bench", "moe-layer", "--dtype", DELTAMOE_DTYPE[d],
                                            *layer_args(args), "--skip-naive", "--json", *args.deltamoe_args.split()]))
             for side, cmd in sides:
                 try:
@@ -473,9 +470,9 @@ def cmd_moe_layer(args):
     results = {}
     for d in dtypes:
         g = layer_summary(runs[d]["ggml"], tokens)
-        entry = {"ggml": g, "ggml_first_run": raw[d].get("ggml"), "deltamoe_dtype": MOE_LAYER_DTYPES[d]}
-        if MOE_LAYER_DTYPES[d] not in dm_dtypes:
-            entry["deltamoe"] = {"missing": dm_why or f"this deltamoe has no --dtype {MOE_LAYER_DTYPES[d]}"}
+        entry = {"ggml": g, "ggml_first_run": raw[d].get("ggml"), "deltamoe_dtype": DELTAMOE_DTYPE[d]}
+        if DELTAMOE_DTYPE[d] not in dm_dtypes:
+            entry["deltamoe"] = {"missing": dm_why or f"this deltamoe has no --dtype {DELTAMOE_DTYPE[d]}"}
         else:
             dm = layer_summary(runs[d]["deltamoe"], tokens)
             entry["deltamoe"] = dm
@@ -491,7 +488,7 @@ def cmd_moe_layer(args):
     report["settings"] = {"hidden": args.hidden, "inter": args.inter, "experts": args.experts, "top_k": args.top_k,
                           "tokens": tokens, "threads": args.threads, "min_seconds": args.min_seconds,
                           "rounds": args.rounds, "seed": args.seed, "ggml_args": args.ggml_args,
-                          "deltamoe_dtype_of": MOE_LAYER_DTYPES,
+                          "deltamoe_dtype_of": DELTAMOE_DTYPE,
                           "order": "alternating ggml, deltamoe per dtype per round",
                           "time_ms": "per run: the median over its timed steps (T = 1: 64 inputs in turn, caches "
                                      "flushed before each; T > 1: 4 inputs in turn); here: median over the runs",
