@@ -175,6 +175,42 @@ TEST(LinearInt8, AllMatricesInOneAllocationEqualSeparate) {
   EXPECT_EQ(int8_weight_bytes(64, 1024), size_t{64 * 1024 + 64 * 32 * 2});
 }
 
+// The AVX2 quantiser gives the portable one's quants and scales bit for bit (full and partial
+// blocks, zeros, ties at .5, NaN and Inf), and the AVX2 dequantiser gives d · q exactly.
+TEST(LinearInt8, Avx2QuantiserAndDequantiserMatchPortable) {
+  if (!linear_impl_supported(LinearImpl::avx2, DType::int8)) GTEST_SKIP() << "no AVX2 int8 here";
+  for (int64_t k : {1, 31, 32, 33, 100, 256}) {
+    const int64_t m = 3, kb = (k + 31) / 32, kp = kb * 32;
+    std::vector<float> x = random_vec(static_cast<size_t>(m * (k + 3)), static_cast<uint32_t>(k));
+    x[0] = 0.5f;  // exact .5 ties after scaling are rounded to even on both paths
+    if (k >= 32) {
+      for (int64_t c = 0; c < 32; ++c)
+        x[static_cast<size_t>(k + 3 + c)] = 0.0f;  // row 1: zero block
+      x[static_cast<size_t>(2 * (k + 3) + 5)] = std::numeric_limits<float>::infinity();
+    }
+    std::vector<int8_t> qa(static_cast<size_t>(m * kp), 1), qb(qa.size(), 2);
+    std::vector<float> da(static_cast<size_t>(m * kb)), db(da.size());
+    quantize_rows_int8(x.data(), m, k + 3, k, qa.data(), da.data());
+    quantize_rows_int8_avx2(x.data(), m, k + 3, k, qb.data(), db.data());
+    EXPECT_EQ(qa, qb) << "k=" << k;
+    for (size_t i = 0; i < da.size(); ++i)
+      EXPECT_TRUE(da[i] == db[i] || (std::isnan(da[i]) && std::isnan(db[i])))
+          << "k=" << k << " " << i;
+  }
+  const int64_t n = 5, k = 70, kb = 3, kp = 96;
+  const PackedLinear p =
+      PackedLinear::row_major(Tensor::from(random_vec(n * k, 8), {n, k}), DType::int8);
+  const auto* q = static_cast<const int8_t*>(p.data());
+  const auto* d = reinterpret_cast<const uint16_t*>(static_cast<const char*>(p.data()) +
+                                                    int8_scales_offset(n, k));
+  std::vector<float> w(static_cast<size_t>(n * k));
+  dequantize_rows_int8_avx2(q, d, n, k, w.data());
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < k; ++c)
+      ASSERT_EQ(w[static_cast<size_t>(r * k + c)],
+                f16_to_f32(d[r * kb + c / 32]) * static_cast<float>(q[r * kp + c]));
+}
+
 TEST(LinearInt8, RefusesWhatItCannotRepresent) {
   std::vector<float> w(64, 0.5f);
   w[37] = std::numeric_limits<float>::quiet_NaN();

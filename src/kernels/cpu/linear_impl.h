@@ -103,6 +103,15 @@ void quantize_weights_int8(const Tensor& w, void* dst);
 /// zero) and d (row stride KB, d = max|x| / 127, f32), with q = round-to-nearest-even(x ·
 /// 127 / max|x|). The same values on every path. A block with a non-finite x gets d = NaN.
 void quantize_rows_int8(const float* x, int64_t m, int64_t ldx, int64_t k, int8_t* q, float* d);
+/// One block of quantize_rows_int8: len ≤ 32 values of x into 32 quants (zero past len) and d.
+void quantize_block_int8(const float* x, int64_t len, int8_t* q, float* d);
+/// quantize_rows_int8 with AVX2 (needs AVX2; the same q and d bit for bit).
+void quantize_rows_int8_avx2(const float* x, int64_t m, int64_t ldx, int64_t k, int8_t* q,
+                             float* d);
+/// Dequantises `rows` int8 weight rows (quants q, row stride KP; f16 scales d, row stride KB)
+/// into f32 dst[rows, k] (row stride k): d · q exactly. Needs AVX2 + F16C.
+void dequantize_rows_int8_avx2(const int8_t* q, const uint16_t* d, int64_t rows, int64_t k,
+                               float* dst);
 /// linear_st for int8 weights through `impl` (portable or avx2): the integer dot kernels below
 /// kBlasRowsInt8 rows; from there the weights are dequantised a tile at a time and the
 /// dequantised x goes through OpenBLAS (the same products, summed in another order).

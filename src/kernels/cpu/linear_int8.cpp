@@ -54,31 +54,31 @@ void quantize_weights_int8(const Tensor& w, void* dst) {
   }
 }
 
+void quantize_block_int8(const float* x, int64_t len, int8_t* q, float* d) {
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t c = 0; c < len; ++c) {
+    finite = finite && std::isfinite(x[c]);
+    amax = std::max(amax, std::fabs(x[c]));
+  }
+  if (!finite) {
+    // NaN / Inf in, NaN out (as the f32 kernels would give), without converting NaN to int.
+    *d = std::numeric_limits<float>::quiet_NaN();
+    std::memset(q, 0, kQBlock);
+    return;
+  }
+  *d = amax / 127.0f;
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  for (int64_t c = 0; c < kQBlock; ++c)
+    q[c] = c < len ? static_cast<int8_t>(std::nearbyint(x[c] * inv)) : int8_t{0};
+}
+
 void quantize_rows_int8(const float* x, int64_t m, int64_t ldx, int64_t k, int8_t* q, float* d) {
   const int64_t kb = (k + kQBlock - 1) / kQBlock, kp = kb * kQBlock;
-  for (int64_t r = 0; r < m; ++r) {
-    const float* xr = x + r * ldx;
-    for (int64_t b = 0; b < kb; ++b) {
-      const int64_t c0 = b * kQBlock, c1 = std::min(k, c0 + kQBlock);
-      float amax = 0.0f;
-      bool finite = true;
-      for (int64_t c = c0; c < c1; ++c) {
-        finite = finite && std::isfinite(xr[c]);
-        amax = std::max(amax, std::fabs(xr[c]));
-      }
-      int8_t* qb = q + r * kp + c0;
-      if (!finite) {
-        // NaN / Inf in, NaN out (as the f32 kernels would give), without converting NaN to int.
-        d[r * kb + b] = std::numeric_limits<float>::quiet_NaN();
-        std::memset(qb, 0, kQBlock);
-        continue;
-      }
-      d[r * kb + b] = amax / 127.0f;
-      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-      for (int64_t c = c0; c < c0 + kQBlock; ++c)
-        qb[c - c0] = c < c1 ? static_cast<int8_t>(std::nearbyint(xr[c] * inv)) : int8_t{0};
-    }
-  }
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t b = 0; b < kb; ++b)
+      quantize_block_int8(x + r * ldx + b * kQBlock, std::min(kQBlock, k - b * kQBlock),
+                          q + r * kp + b * kQBlock, d + r * kb + b);
 }
 
 namespace {
@@ -116,8 +116,9 @@ void int8_portable(const LinearArgs& a, const int8_t* xq, const float* xd) {
     }
 }
 
-// Many rows: x dequantised (so this path multiplies the same values as the integer kernels),
-// the weights dequantised one tile of kBlasCols columns at a time, OpenBLAS sgemm per tile.
+// Many rows (AVX2 CPUs only): x dequantised (so this path multiplies the same values as the
+// integer kernels), the weights dequantised one tile of kBlasCols columns at a time, OpenBLAS
+// sgemm per tile.
 void int8_blas(const LinearArgs& a, const int8_t* xq, const float* xd, float* xf, float* wf,
                bool in_parallel) {
   const Int8Weights w = int8_weights(*a.w);
@@ -125,19 +126,12 @@ void int8_blas(const LinearArgs& a, const int8_t* xq, const float* xd, float* xf
   for (int64_t r = 0; r < a.m; ++r)
     for (int64_t c = 0; c < k; ++c)
       xf[r * k + c] = static_cast<float>(xq[r * w.kp + c]) * xd[r * w.kb + c / kQBlock];
+  // (x is m·K; the weights, N·K, are what costs: vectorised.)
   std::optional<BlasThreadsGuard> one_thread;
   if (!in_parallel) one_thread.emplace(1);
   for (int64_t t0 = a.n_begin; t0 < a.n_end;) {
     const int64_t t1 = std::min(a.n_end, (t0 / kBlasCols + 1) * kBlasCols);
-    for (int64_t n = t0; n < t1; ++n) {
-      const int8_t* qr = w.q + n * w.kp;
-      float* dst = wf + (n - t0) * k;
-      for (int64_t b = 0; b < w.kb; ++b) {
-        const float d = f16_to_f32(w.d[n * w.kb + b]);
-        const int64_t c1 = std::min(k, (b + 1) * kQBlock);
-        for (int64_t c = b * kQBlock; c < c1; ++c) dst[c] = d * static_cast<float>(qr[c]);
-      }
-    }
+    dequantize_rows_int8_avx2(w.q + t0 * w.kp, w.d + t0 * w.kb, t1 - t0, k, wf);
     sgemm(false, true, a.m, t1 - t0, k, 1.0f, xf, k, wf, k, a.accumulate ? 1.0f : 0.0f, a.y + t0,
           a.ldy);
     t0 = t1;
@@ -159,7 +153,11 @@ void linear_rows_int8(LinearImpl impl, const LinearArgs& a) {
   char* scratch = static_cast<char*>(thread_scratch(q_bytes + d_bytes + f_bytes));
   auto* xq = reinterpret_cast<int8_t*>(scratch);
   auto* xd = reinterpret_cast<float*>(scratch + q_bytes);
-  quantize_rows_int8(a.x, a.m, a.ldx, k, xq, xd);
+  if (impl == LinearImpl::portable) {
+    quantize_rows_int8(a.x, a.m, a.ldx, k, xq, xd);
+  } else {
+    quantize_rows_int8_avx2(a.x, a.m, a.ldx, k, xq, xd);
+  }
   if (blas) {
     float* xf = reinterpret_cast<float*>(scratch + q_bytes + d_bytes);
     int8_blas(a, xq, xd, xf, xf + a.m * k, in_parallel);
