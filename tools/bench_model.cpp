@@ -194,7 +194,8 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
     lo.threads = threads;
     lo.weight_layout = layout;
     Contender c;
-    c.layout = layout;
+    // int8 has one layout, quantised row-major copies (load_lm refuses packed): say so.
+    c.layout = dtype == "int8" ? "int8_copies" : layout;
     const auto t_load = Clock::now();
     c.m = load_lm(lo);
     c.load_s = seconds_since(t_load);

@@ -56,7 +56,7 @@ expect_error "$bin" generate --model "$m" --prompt "Hello" --weight-layout strid
 [ "$(python3 -c "import json,sys; a=json.load(open(sys.argv[1]))['generated_ids']; b=json.load(open(sys.argv[2]))['generated_ids']; print(a[0] == b[0])" "$tmp/a.json" "$tmp/i8.json")" = True ] || fail "int8 first greedy token differs from f32"
 "$bin" bench model --model "$m" -p 16 -n 4 -r 1 --dtype int8 --json >"$tmp/bi8.json" 2>/dev/null
 "$bin" bench model --model "$m" -p 16 -n 4 -r 1 --json >"$tmp/bf32.json" 2>/dev/null
-[ "$(python3 -c "import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(a['dtype'] == 'int8' and a['mapped_weight_bytes'] == 0 and a['weight_bytes'] < 0.4 * b['weight_bytes'] and a['tg_tokens_per_s'] > 0)" "$tmp/bi8.json" "$tmp/bf32.json")" = True ] || fail "bench model int8"
+[ "$(python3 -c "import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(a['dtype'] == 'int8' and a['weight_layout'] == 'int8_copies' and a['mapped_weight_bytes'] == 0 and a['weight_bytes'] < 0.4 * b['weight_bytes'] and a['tg_tokens_per_s'] > 0)" "$tmp/bi8.json" "$tmp/bf32.json")" = True ] || fail "bench model int8"
 expect_error "$bin" generate --model "$m" --prompt "Hello" --dtype int8 --weight-layout packed
 grep -q "int8" "$tmp/err.txt" || fail "int8 + packed error does not say int8"
 # Per-token budgets: top-k:1 uses 1 expert per token, top-p a mean between 1 and E.
