@@ -9,6 +9,7 @@ PKGS=(
   zlib1g-dev               # gzip (.json.gz graphs, IDX data)
   libgtest-dev libgmock-dev googletest  # tests
   libbenchmark-dev         # micro benchmarks
+  libdnnl-dev              # oneDNN: the library baseline of bench moe-layer --onednn
   coinor-libcbc-dev        # exact ILP scheduler
   libmicrohttpd-dev        # HTTP server (event-driven: deltamoe serve)
   libcpp-httplib-dev       # HTTP client (deltamoe loadgen --url, tests)

@@ -19,6 +19,7 @@
 #include "deltamoe/kernels/cpu.h"
 #include "deltamoe/kernels/cpu_features.h"
 #include "deltamoe/moe/moe_block.h"
+#include "onednn_moe.h"
 #include "roofline.h"
 
 namespace deltamoe::cli {
@@ -82,10 +83,25 @@ struct MoeBenchOptions {
   int threads = 2;
   bool json_out = false;
   bool skip_naive = false;
+  bool onednn = false;
   double min_seconds = 0.5;
   uint64_t seed = 1;
   std::string torch_json;
 };
+
+// Error of y against ref: max |Δ| / max |ref| and Σ|Δ| / Σ|ref|.
+std::pair<double, double> rel_errors(const float* y, const float* ref, int64_t n) {
+  double max_d = 0, max_r = 0, sum_d = 0, sum_r = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = std::abs(static_cast<double>(y[i]) - ref[i]);
+    const double mag = std::abs(static_cast<double>(ref[i]));
+    max_d = std::max(max_d, d);
+    max_r = std::max(max_r, mag);
+    sum_d += d;
+    sum_r += mag;
+  }
+  return {max_r > 0 ? max_d / max_r : 0.0, sum_r > 0 ? sum_d / sum_r : 0.0};
+}
 
 Tensor random_tokens(int64_t t, int64_t h, std::mt19937_64& rng) {
   std::normal_distribution<float> d(0.0f, 1.0f);
@@ -141,6 +157,20 @@ int run_moe_bench(const MoeBenchOptions& o) {
   if (dtype != DType::f32) f32_layer.emplace(weights, DType::f32);
   const moe::TopKRouting policy(o.top_k, true);
   std::mt19937_64 rng(o.seed + 1);
+  // oneDNN's matmuls over experts, on our routing (route() is timed with it).
+  std::unique_ptr<cli::OnednnMoe> dnn;
+  if (o.onednn) {
+    dnn = std::make_unique<cli::OnednnMoe>(weights, dtype);
+    std::cerr << "  oneDNN: " << cli::onednn_version() << ", " << dnn->impl() << "\n";
+  }
+  moe::RoutingResult dnn_routing;
+  std::vector<float> dnn_y;
+  const auto run_dnn = [&](const Tensor& x) {
+    const int64_t t = x.size(0);
+    dnn_y.resize(static_cast<size_t>(t * o.hidden));
+    layer.route(x.data<float>(), t, policy, dnn_routing);
+    dnn->forward(x.data<float>(), t, dnn_routing, dnn_y.data());
+  };
 
   CacheFlusher flush;
   json rows = json::array();
@@ -160,12 +190,13 @@ int run_moe_bench(const MoeBenchOptions& o) {
     const double decode_bytes =
         static_cast<double>(o.top_k) * static_cast<double>(layer.expert_weight_bytes()) +
         4.0 * static_cast<double>(o.experts * o.hidden);
-    double layer_s = 0, stream_s = 0;
+    double layer_s = 0, stream_s = 0, dnn_s = 0;
     if (t == 1) {
       // Each decode step alternates with a plain read of the same bytes from fresh memory,
       // both after a cache flush, so the two medians see the same machine conditions.
-      std::vector<double> lt, st;
+      std::vector<double> lt, st, dt;
       layer.forward(xs[next++ % pool], policy, &stats);
+      if (dnn) run_dnn(xs[0]);
       double timed = 0;
       while (lt.size() < 5 || timed < o.min_seconds) {
         flush();
@@ -175,15 +206,26 @@ int run_moe_bench(const MoeBenchOptions& o) {
         layer.forward(xs[next++ % pool], policy, &stats);
         lt.push_back(now_s() - t0);
         timed += lt.back() + st.back();
+        if (dnn) {
+          flush();
+          const double t1 = now_s();
+          run_dnn(xs[(next - 1) % pool]);
+          dt.push_back(now_s() - t1);
+        }
         if (lt.size() >= 1000) break;
       }
       std::sort(lt.begin(), lt.end());
       std::sort(st.begin(), st.end());
       layer_s = lt[lt.size() / 2];
       stream_s = st[st.size() / 2];
+      if (dnn) {
+        std::sort(dt.begin(), dt.end());
+        dnn_s = dt[dt.size() / 2];
+      }
     } else {
       layer_s =
           time_median([&] { layer.forward(xs[next++ % pool], policy, &stats); }, 5, o.min_seconds);
+      if (dnn) dnn_s = time_median([&] { run_dnn(xs[next++ % pool]); }, 5, o.min_seconds);
     }
     const double routed = static_cast<double>(t * o.top_k);
     const double flops = layer.expert_flops(t * o.top_k) + 2.0 * t * o.hidden * o.experts;
@@ -230,21 +272,21 @@ int run_moe_bench(const MoeBenchOptions& o) {
       r["speedup_vs_naive"] = naive_s / layer_s;
     }
     if (dtype == DType::bf16 && bf16_peak > 0) r["frac_of_bf16_dot_peak"] = gflops / bf16_peak;
+    // Errors against the f32 layer on the same input (ours when not f32, and oneDNN's).
+    const Tensor ref = (f32_layer ? *f32_layer : layer).forward(xs[0], policy);
     if (f32_layer) {
-      // Error of the output against the f32 layer on the same input: max |Δ| / max |y_f32|
-      // and Σ|Δ| / Σ|y_f32|.
-      const Tensor y = layer.forward(xs[0], policy), ref = f32_layer->forward(xs[0], policy);
-      double max_d = 0, max_r = 0, sum_d = 0, sum_r = 0;
-      for (int64_t i = 0; i < ref.numel(); ++i) {
-        const double d = std::abs(static_cast<double>(y.data<float>()[i]) - ref.data<float>()[i]);
-        const double mag = std::abs(static_cast<double>(ref.data<float>()[i]));
-        max_d = std::max(max_d, d);
-        max_r = std::max(max_r, mag);
-        sum_d += d;
-        sum_r += mag;
-      }
-      r["max_rel_error_vs_f32"] = max_r > 0 ? max_d / max_r : 0.0;
-      r["mean_rel_error_vs_f32"] = sum_r > 0 ? sum_d / sum_r : 0.0;
+      const Tensor y = layer.forward(xs[0], policy);
+      const auto [mx, mean] = rel_errors(y.data<float>(), ref.data<float>(), ref.numel());
+      r["max_rel_error_vs_f32"] = mx;
+      r["mean_rel_error_vs_f32"] = mean;
+    }
+    if (dnn) {
+      run_dnn(xs[0]);
+      const auto [mx, mean] = rel_errors(dnn_y.data(), ref.data<float>(), ref.numel());
+      r["onednn_time_ms"] = dnn_s * 1e3;
+      r["speedup_vs_onednn"] = dnn_s / layer_s;
+      r["onednn_max_rel_error_vs_f32"] = mx;
+      r["onednn_mean_rel_error_vs_f32"] = mean;
     }
     if (t == 1) {
       const double bytes = decode_bytes;
@@ -279,6 +321,10 @@ int run_moe_bench(const MoeBenchOptions& o) {
               {"fma_peak_gflops", fma_peak},
               {"bf16_dot_peak_gflops", bf16_peak},
               {"results", rows}};
+  if (dnn) {
+    out["onednn"] = cli::onednn_version();
+    out["onednn_impl"] = dnn->impl();
+  }
   if (o.json_out) {
     std::cout << out.dump(2) << "\n";
     return 0;
@@ -309,6 +355,9 @@ int run_moe_bench(const MoeBenchOptions& o) {
                   100 * r["frac_of_same_bytes_stream"].get<double>());
     else
       std::printf("%12s %12s", "-", "-");
+    if (r.contains("onednn_time_ms"))
+      std::printf("   oneDNN %.3f ms (ours %.2fx)", r["onednn_time_ms"].get<double>(),
+                  r["speedup_vs_onednn"].get<double>());
     if (r.contains("max_rel_error_vs_f32"))
       std::printf("   error vs f32: max %.2e, mean %.2e", r["max_rel_error_vs_f32"].get<double>(),
                   r["mean_rel_error_vs_f32"].get<double>());
@@ -379,6 +428,10 @@ CommandRegistrar reg(
       app.add_option("--seed", o->seed, "Seed for weights and inputs");
       app.add_option("--torch-json", o->torch_json,
                      "JSON from python/bench_moe_torch.py to compare with");
+      app.add_flag("--onednn", o->onednn,
+                   "Also time oneDNN's matmuls in a loop over experts (same routing, inputs and "
+                   "dtype; int8: oneDNN's per-row weight and per-batch activation scales), "
+                   "alternated with ours; needs a build with libdnnl-dev");
       app.add_flag("--skip-naive", o->skip_naive,
                    "Do not time the naive loop (it is slow at 512 tokens)");
       app.add_flag("--json", o->json_out, "Print one JSON object on stdout (logs go to stderr)");

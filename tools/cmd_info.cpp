@@ -12,6 +12,7 @@
 #include "deltamoe/kernels/cpu.h"
 #include "deltamoe/kernels/cpu_features.h"
 #include "deltamoe/serve/http_frontend.h"
+#include "onednn_moe.h"
 
 namespace {
 
@@ -63,6 +64,7 @@ json info_json() {
     {"ilp_solver", "not built"},
 #endif
     {"http_server", deltamoe::serve::http_frontend_available() ? "libmicrohttpd" : "not built"},
+    {"onednn", deltamoe::cli::onednn_version()},
     {"mpi", "not part of this version"},
     {"cuda", "not part of this version"},
     {"openblas", std::string(openblas_get_config())},
@@ -114,6 +116,7 @@ deltamoe::cli::CommandRegistrar reg(
                   << b["openblas_core"].get<std::string>() << ")\n"
                   << "ilp solver: " << b["ilp_solver"].get<std::string>() << "\n"
                   << "http server: " << b["http_server"].get<std::string>() << "\n"
+                  << "onednn (bench baseline): " << b["onednn"].get<std::string>() << "\n"
                   << "sanitizers: " << b["sanitizers"].get<std::string>() << "\n";
         return 0;
       };

@@ -22,6 +22,32 @@ assert d['dtype'] == 'int8' and d['kernel'] in ('avx2_int8', 'portable'), d['ker
 for r in d['results']:
     assert 0 < r['mean_rel_error_vs_f32'] < 0.05 and 0 < r['max_rel_error_vs_f32'] < 0.1, r
 " "$out" || { echo "bench moe-layer --dtype int8: bad error fields"; exit 1; }
+# oneDNN baseline (when built): same routing, so in f32 it gives our layer's output; in int8
+# its coarser scales give an error of the same order as ours, not zero.
+if "$bin" info --json | python3 -c "import json,sys; sys.exit(0 if json.load(sys.stdin)['build']['onednn'] != 'not built' else 1)"; then
+  for d in f32 bf16 int8; do
+    if ! out=$("$bin" bench moe-layer --tokens 1,40 --hidden 64 --inter 32 --experts 4 --top-k 2 \
+          --dtype $d --onednn --min-seconds 0 --skip-naive --json 2>"$tmp/err.txt"); then
+      # oneDNN 2.x has no bf16 matmul without AVX-512: a clear error, not a crash.
+      [ "$d" = bf16 ] && grep -q "^deltamoe: error: \[onednn\] no bf16 matmul" "$tmp/err.txt" && continue
+      echo "bench moe-layer --onednn --dtype $d failed: $(cat "$tmp/err.txt")"; exit 1
+    fi
+    python3 -c "
+import json, sys
+d, dt = json.loads(sys.argv[1]), sys.argv[2]
+bound = {'f32': 1e-5, 'bf16': 2e-2, 'int8': 5e-2}[dt]
+for r in d['results']:
+    assert r['onednn_time_ms'] > 0 and r['speedup_vs_onednn'] > 0, r
+    assert r['onednn_mean_rel_error_vs_f32'] < bound, (dt, r)
+    assert dt == 'f32' or r['onednn_mean_rel_error_vs_f32'] > 0, (dt, r)
+" "$out" "$d" || { echo "bench moe-layer --onednn --dtype $d: bad oneDNN fields"; exit 1; }
+  done
+else
+  if "$bin" bench moe-layer --tokens 1 --hidden 64 --inter 32 --experts 4 --top-k 2 --onednn 2>"$tmp/err.txt" >/dev/null; then
+    echo "--onednn without oneDNN was accepted"; exit 1
+  fi
+  grep -q "\[onednn\]" "$tmp/err.txt" || { echo "no [onednn] error: $(cat "$tmp/err.txt")"; exit 1; }
+fi
 # Bad input: a clear one-line error and a non-zero exit.
 if "$bin" bench moe-layer --top-k 9 --experts 4 --hidden 8 --inter 8 --tokens 1 2>"$tmp/err.txt" >/dev/null; then
   echo "top-k > experts was accepted"; exit 1
