@@ -149,6 +149,7 @@ int run_moe_bench(const MoeBenchOptions& o) {
   const double bw0 = probe.best_pass_gbps(o.threads);
   const double fma_peak = measure_fma_peak_gflops(o.threads);
   const double bf16_peak = measure_bf16_dot_peak_gflops(o.threads);
+  const double int8_peak = dtype == DType::int8 ? measure_int8_dot_peak_gops(o.threads) : 0.0;
   std::cerr << "  building weights (" << o.experts << " experts)...\n";
   const auto weights = moe::MoeWeights::random(kind, o.experts, o.hidden, o.inter, o.seed);
   const moe::MoeBlock layer(weights, dtype);
@@ -272,6 +273,7 @@ int run_moe_bench(const MoeBenchOptions& o) {
       r["speedup_vs_naive"] = naive_s / layer_s;
     }
     if (dtype == DType::bf16 && bf16_peak > 0) r["frac_of_bf16_dot_peak"] = gflops / bf16_peak;
+    if (int8_peak > 0) r["frac_of_int8_dot_peak"] = gflops / int8_peak;
     // Errors against the f32 layer on the same input (ours when not f32, and oneDNN's).
     const Tensor ref = (f32_layer ? *f32_layer : layer).forward(xs[0], policy);
     if (f32_layer) {
@@ -321,6 +323,7 @@ int run_moe_bench(const MoeBenchOptions& o) {
               {"fma_peak_gflops", fma_peak},
               {"bf16_dot_peak_gflops", bf16_peak},
               {"results", rows}};
+  if (int8_peak > 0) out["int8_dot_peak_gops"] = int8_peak;
   if (dnn) {
     out["onednn"] = cli::onednn_version();
     out["onednn_impl"] = dnn->impl();

@@ -76,6 +76,48 @@ __attribute__((target("avx512f"))) double fma_loop(int64_t iters) {
   return hsum(s);
 }
 
+// The AVX2 forms, for CPUs without AVX-512: 12 ymm FMA chains (8 lanes).
+__attribute__((target("avx2,fma"))) double fma_loop_avx2(int64_t iters) {
+  __m256 acc[12];
+  for (int j = 0; j < 12; ++j) acc[j] = _mm256_set1_ps(static_cast<float>(j));
+  const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+  for (int64_t i = 0; i < iters; ++i)
+    for (auto& a : acc) a = _mm256_fmadd_ps(a, x, y);
+  __m256 s = acc[0];
+  for (int j = 1; j < 12; ++j) s = _mm256_add_ps(s, acc[j]);
+  alignas(32) float v[8];
+  _mm256_store_ps(v, s);
+  double out = 0;
+  for (float f : v) out += f;
+  return out;
+}
+
+// The int8 kernels' inner step (linear_int8_avx2.cpp): vpsignb twice, vpmaddubsw, vpmaddwd,
+// convert, FMA with the block scale: 32 multiply-adds per 32-byte block, 12 independent chains.
+__attribute__((target("avx2,fma"))) double int8_loop_avx2(int64_t iters) {
+  __m256 acc[12];
+  __m256i w[12];
+  for (int j = 0; j < 12; ++j) {
+    acc[j] = _mm256_setzero_ps();
+    w[j] = _mm256_set1_epi8(static_cast<char>(j + 1));
+  }
+  const __m256i x = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+  const __m256 scale = _mm256_set1_ps(1e-9f);
+  for (int64_t i = 0; i < iters; ++i)
+    for (int j = 0; j < 12; ++j) {
+      const __m256i p = _mm256_madd_epi16(
+          _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w[j], x)), ones);
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[j]);
+    }
+  __m256 s = acc[0];
+  for (int j = 1; j < 12; ++j) s = _mm256_add_ps(s, acc[j]);
+  alignas(32) float v[8];
+  _mm256_store_ps(v, s);
+  double out = 0;
+  for (float f : v) out += f;
+  return out;
+}
+
 template <typename F>
 double best_rate(int threads, double flops_per_iter, F&& body) {
   const int64_t iters = 20'000'000;
@@ -120,7 +162,9 @@ double timed_parallel_sum_s(const float* p, size_t n, int threads) {
 }  // namespace
 
 StreamProbe::StreamProbe(size_t buffer_bytes)
-    : storage_(buffer_bytes), buf_(static_cast<float*>(storage_.data())), n_(buffer_bytes / sizeof(float)) {
+    : storage_(buffer_bytes),
+      buf_(static_cast<float*>(storage_.data())),
+      n_(buffer_bytes / sizeof(float)) {
   for (size_t i = 0; i < n_; ++i) buf_[i] = 1.0f;
 }
 
@@ -146,8 +190,17 @@ double measure_bf16_dot_peak_gflops(int threads) {
 }
 
 double measure_fma_peak_gflops(int threads) {
-  if (!cpu_features().avx512f) return 0.0;
-  return best_rate(threads, 12.0 * 32.0, [](int64_t it) { return fma_loop(it); });
+  const CpuFeatures& f = cpu_features();
+  if (f.avx512f) return best_rate(threads, 12.0 * 32.0, [](int64_t it) { return fma_loop(it); });
+  if (f.avx2 && f.fma)
+    return best_rate(threads, 12.0 * 16.0, [](int64_t it) { return fma_loop_avx2(it); });
+  return 0.0;
+}
+
+double measure_int8_dot_peak_gops(int threads) {
+  const CpuFeatures& f = cpu_features();
+  if (!f.avx2 || !f.fma) return 0.0;
+  return best_rate(threads, 12.0 * 64.0, [](int64_t it) { return int8_loop_avx2(it); });
 }
 
 }  // namespace deltamoe::cli

@@ -35,8 +35,11 @@ class StreamProbe {
 /// Peak of `vdpbf16ps` in GFLOP/s (64 flops per instruction) on `threads` threads, from a
 /// register-only loop; 0 when the CPU has no AVX-512 BF16.
 double measure_bf16_dot_peak_gflops(int threads);
-/// Peak of f32 FMA (`vfmadd` on zmm, 32 flops per instruction) in GFLOP/s; AVX2 when no
-/// AVX-512.
+/// Peak of f32 FMA in GFLOP/s from a register-only loop: zmm (32 flops per instruction) on
+/// AVX-512 CPUs, ymm (16) on AVX2 + FMA ones; 0 without either.
 double measure_fma_peak_gflops(int threads);
+/// Peak of the int8 kernels' block step (vpmaddubsw + vpmaddwd + convert + FMA, AVX2), in
+/// GOP/s counting 2 per multiply-add, on `threads` threads; 0 without AVX2 + FMA.
+double measure_int8_dot_peak_gops(int threads);
 
 }  // namespace deltamoe::cli
