@@ -36,11 +36,15 @@ enum class WeightLayout {
 /// dtype f32 keeps f32 weights; dtype bf16 keeps bf16 weights (half the bytes) and the
 /// kernels round x to bf16 and accumulate in f32 (AVX-512 BF16 `vdpbf16ps` when the CPU has
 /// it and the layout is packed, else by widening the weights to f32).
+/// dtype int8 (row_major() only; a quantised copy): symmetric int8 weights with one f16 scale
+/// per 32 inputs (GGML q8_0's bytes); the kernels quantise x the same way per row and block
+/// on the fly and sum the block products as integers (AVX2 below 32 rows, dequantised tiles
+/// through OpenBLAS from there; layout and error in docs/kernels.md).
 class PackedLinear {
  public:
   PackedLinear() = default;
-  /// Packs `w` (any dtype, shape [N, K]) into `dtype` (f32 or bf16). Throws Error("kernels")
-  /// on bad shapes or dtype.
+  /// Packs `w` (any dtype, shape [N, K]) into `dtype` (f32 or bf16; int8 has no packed form).
+  /// Throws Error("kernels") on bad shapes or dtype.
   PackedLinear(const Tensor& w, DType dtype);
   /// Packs several weights into ONE allocation, each result a view of its part (sharing the
   /// storage). Large allocations sit on 2 MiB pages rounded up to whole pages, so packing the
@@ -49,7 +53,8 @@ class PackedLinear {
   static std::vector<PackedLinear> pack_all(const std::vector<Tensor>& ws, DType dtype);
   /// W (shape [N, K]) in row-major layout. When w is contiguous and already `dtype` (f32 or
   /// bf16) the result is a view that shares w's storage (keeping a mapped file mapped);
-  /// otherwise w is converted into a new row-major buffer. Throws Error("kernels").
+  /// otherwise w is converted into a new row-major buffer (int8: quantised). Throws
+  /// Error("kernels"), for int8 also on a non-finite weight or a block scale beyond f16.
   static PackedLinear row_major(const Tensor& w, DType dtype);
   /// row_major() of several matrices, with every converted copy in ONE allocation (as
   /// pack_all: no rounding of each 1 MiB matrix to whole 2 MiB pages). In-place views stay
@@ -154,7 +159,7 @@ std::string linear_row_major_impl_name(DType dtype);
 const char* ops_impl_name();
 
 /// Which implementation linear_st uses for a dtype on this CPU ("avx512", "avx512_bf16",
-/// "avx2", "portable").
+/// "avx2_int8", "avx2", "portable").
 const char* linear_impl_name(DType dtype);
 
 }  // namespace deltamoe::kernels
