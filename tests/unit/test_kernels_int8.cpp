@@ -211,6 +211,39 @@ TEST(LinearInt8, Avx2QuantiserAndDequantiserMatchPortable) {
                 f16_to_f32(d[r * kb + c / 32]) * static_cast<float>(q[r * kp + c]));
 }
 
+// The AVX2 weight quantiser (load time) writes the portable one's bytes, and refuses the same
+// weights with the same message.
+TEST(LinearInt8, Avx2WeightQuantiserMatchesPortable) {
+  if (!linear_impl_supported(LinearImpl::avx2, DType::int8)) GTEST_SKIP() << "no AVX2 int8 here";
+  for (int64_t k : {1, 31, 32, 33, 100, 256}) {
+    const int64_t n = 4, kb = (k + 31) / 32, kp = kb * 32;
+    std::vector<float> w = random_vec(static_cast<size_t>(n * k), static_cast<uint32_t>(k + 50));
+    for (int64_t c = 0; c < std::min<int64_t>(k, 32); ++c) w[static_cast<size_t>(k + c)] = 0.0f;
+    w[static_cast<size_t>(2 * k)] = 3e4f;  // a large block
+    std::vector<int8_t> qa(static_cast<size_t>(n * kp), 1), qb(qa.size(), 2);
+    std::vector<uint16_t> da(static_cast<size_t>(n * kb)), db(da.size());
+    quantize_weight_rows_int8(LinearImpl::portable, w.data(), n, k, qa.data(), da.data());
+    quantize_weight_rows_int8(LinearImpl::avx2, w.data(), n, k, qb.data(), db.data());
+    EXPECT_EQ(qa, qb) << "k=" << k;
+    EXPECT_EQ(da, db) << "k=" << k;
+  }
+  std::vector<float> w = random_vec(2 * 64, 3);
+  w[64 + 40] = std::numeric_limits<float>::infinity();
+  std::vector<int8_t> q(2 * 64);
+  std::vector<uint16_t> d(4);
+  std::string msg[2];
+  for (int i = 0; i < 2; ++i) {
+    try {
+      quantize_weight_rows_int8(i == 0 ? LinearImpl::portable : LinearImpl::avx2, w.data(), 2, 64,
+                                q.data(), d.data());
+    } catch (const Error& e) {
+      msg[i] = e.what();
+    }
+  }
+  EXPECT_NE(msg[0].find("weight [1, 40] is not finite"), std::string::npos) << msg[0];
+  EXPECT_EQ(msg[0], msg[1]);
+}
+
 TEST(LinearInt8, RefusesWhatItCannotRepresent) {
   std::vector<float> w(64, 0.5f);
   w[37] = std::numeric_limits<float>::quiet_NaN();
@@ -219,6 +252,16 @@ TEST(LinearInt8, RefusesWhatItCannotRepresent) {
   EXPECT_THROW(PackedLinear::row_major(Tensor::from(w, {2, 32}), DType::int8), Error);
   w[37] = 1e8f;  // scale 1e8 / 127 is beyond f16's 65504
   EXPECT_THROW(PackedLinear::row_major(Tensor::from(w, {2, 32}), DType::int8), Error);
+  // Rows are quantised in parallel chunks: the message still names the matrix's row.
+  std::vector<float> big(200 * 40, 0.25f);
+  big[150 * 40 + 7] = std::numeric_limits<float>::quiet_NaN();
+  try {
+    PackedLinear::row_major(Tensor::from(big, {200, 40}), DType::int8);
+    ADD_FAILURE() << "NaN weight accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("weight [150, 7] is not finite"), std::string::npos)
+        << e.what();
+  }
   // The packed (panel) layout has no int8 form.
   EXPECT_THROW(PackedLinear(Tensor({4, 4}, DType::f32), DType::int8), Error);
   try {

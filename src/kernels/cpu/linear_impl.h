@@ -99,6 +99,19 @@ inline size_t int8_weight_bytes(int64_t n, int64_t k) {
 /// of 32 inputs the scale d = max|w| / 127 is rounded to f16 first and q = round(w / d).
 /// Throws Error("kernels") on a non-finite weight or a scale beyond f16's range.
 void quantize_weights_int8(const Tensor& w, void* dst);
+/// The rows of quantize_weights_int8: w [rows, K] f32 into quants q (row stride KP) and f16
+/// scales d (row stride KB), through `impl` (portable, or AVX2 for any other): the same bytes.
+/// row0: the index of w's first row in its matrix (for error messages).
+void quantize_weight_rows_int8(LinearImpl impl, const float* w, int64_t rows, int64_t k, int8_t* q,
+                               uint16_t* d, int64_t row0 = 0);
+/// One block (len ≤ 32 weights of row `row` from column col0, for error messages): 32 quants
+/// (zero past len) and the f16 scale. Throws Error("kernels") on a non-finite weight or a
+/// scale beyond f16's range.
+void quantize_weight_block_int8(const float* w, int64_t len, int64_t row, int64_t col0, int8_t* q,
+                                uint16_t* d);
+/// One row of quantize_weight_rows_int8 with AVX2 (blocks it cannot take, the partial last one
+/// and any that would throw, go to quantize_weight_block_int8).
+void quantize_weight_row_int8_avx2(const float* w, int64_t k, int64_t row, int8_t* q, uint16_t* d);
 /// Quantises rows of x ([m, k], row stride ldx) per block of 32: q (row stride KP, k ≥ K
 /// zero) and d (row stride KB, d = max|x| / 127, f32), with q = round-to-nearest-even(x ·
 /// 127 / max|x|). The same values on every path. A block with a non-finite x gets d = NaN.

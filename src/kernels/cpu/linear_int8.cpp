@@ -16,42 +16,57 @@
 
 namespace deltamoe::kernels {
 
+void quantize_weight_block_int8(const float* w, int64_t len, int64_t row, int64_t col0, int8_t* q,
+                                uint16_t* d) {
+  float amax = 0.0f;
+  for (int64_t c = 0; c < len; ++c) {
+    DELTAMOE_CHECK(std::isfinite(w[c]), "kernels", "int8: weight [", row, ", ", col0 + c,
+                   "] is not finite (", w[c], ")");
+    amax = std::max(amax, std::fabs(w[c]));
+  }
+  const float d_exact = amax / 127.0f;
+  DELTAMOE_CHECK(d_exact <= 65504.0f, "kernels", "int8: weights of row ", row, " (|w| up to ", amax,
+                 ") exceed the range of f16 block scales");
+  // Quantise against the stored (f16) scale, so that the rounding of the scale is not added
+  // to every weight's error.
+  const uint16_t d16 = f32_to_f16(d_exact);
+  const float scale = f16_to_f32(d16);
+  *d = d16;
+  const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+  for (int64_t c = 0; c < kQBlock; ++c) {
+    const float v = c < len ? std::nearbyint(w[c] * inv) : 0.0f;
+    q[c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+  }
+}
+
+void quantize_weight_rows_int8(LinearImpl impl, const float* w, int64_t rows, int64_t k, int8_t* q,
+                               uint16_t* d, int64_t row0) {
+  const int64_t kb = (k + kQBlock - 1) / kQBlock, kp = kb * kQBlock;
+  for (int64_t n = 0; n < rows; ++n) {
+    if (impl != LinearImpl::portable) {
+      quantize_weight_row_int8_avx2(w + n * k, k, row0 + n, q + n * kp, d + n * kb);
+      continue;
+    }
+    for (int64_t b = 0; b < kb; ++b)
+      quantize_weight_block_int8(w + n * k + b * kQBlock, std::min(kQBlock, k - b * kQBlock),
+                                 row0 + n, b * kQBlock, q + n * kp + b * kQBlock, d + n * kb + b);
+  }
+}
+
 void quantize_weights_int8(const Tensor& w, void* dst) {
   DELTAMOE_CHECK(w.defined() && w.dim() == 2 && w.size(0) > 0 && w.size(1) > 0, "kernels",
                  "int8: weight must be a non-empty 2-D [N, K]");
   const Tensor wf = (w.dtype() == DType::f32 && w.is_contiguous()) ? w : w.to(DType::f32);
-  const float* src = wf.data<float>();
   const int64_t n_rows = w.size(0), k = w.size(1);
   const int64_t kb = (k + kQBlock - 1) / kQBlock, kp = kb * kQBlock;
   auto* q = static_cast<int8_t*>(dst);
-  auto* scales =
-      reinterpret_cast<uint16_t*>(static_cast<char*>(dst) + int8_scales_offset(n_rows, k));
-  for (int64_t n = 0; n < n_rows; ++n) {
-    const float* row = src + n * k;
-    int8_t* qr = q + n * kp;
-    for (int64_t b = 0; b < kb; ++b) {
-      const int64_t c0 = b * kQBlock, c1 = std::min(k, c0 + kQBlock);
-      float amax = 0.0f;
-      for (int64_t c = c0; c < c1; ++c) {
-        DELTAMOE_CHECK(std::isfinite(row[c]), "kernels", "int8: weight [", n, ", ", c,
-                       "] is not finite (", row[c], ")");
-        amax = std::max(amax, std::fabs(row[c]));
-      }
-      const float d_exact = amax / 127.0f;
-      DELTAMOE_CHECK(d_exact <= 65504.0f, "kernels", "int8: weights of row ", n, " (|w| up to ",
-                     amax, ") exceed the range of f16 block scales");
-      // Quantise against the stored (f16) scale, so that the rounding of the scale is not added
-      // to every weight's error.
-      const uint16_t d16 = f32_to_f16(d_exact);
-      const float d = f16_to_f32(d16);
-      scales[n * kb + b] = d16;
-      const float inv = d > 0.0f ? 1.0f / d : 0.0f;
-      for (int64_t c = c0; c < c0 + kQBlock; ++c) {
-        const float v = c < c1 ? std::nearbyint(row[c] * inv) : 0.0f;
-        qr[c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
-      }
-    }
-  }
+  auto* d = reinterpret_cast<uint16_t*>(static_cast<char*>(dst) + int8_scales_offset(n_rows, k));
+  const LinearImpl impl = best_linear_impl(DType::int8);
+  // Rows on all threads (a single large matrix, the LM head say, would otherwise load on one;
+  // inside row_major_all's parallel loop this runs on the calling thread).
+  parallel_for(n_rows, 64, [&](int64_t b, int64_t e) {
+    quantize_weight_rows_int8(impl, wf.data<float>() + b * k, e - b, k, q + b * kp, d + b * kb, b);
+  });
 }
 
 void quantize_block_int8(const float* x, int64_t len, int8_t* q, float* d) {

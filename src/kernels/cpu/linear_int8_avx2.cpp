@@ -155,6 +155,48 @@ DM_AVX2 void quantize_rows_int8_avx2(const float* x, int64_t m, int64_t ldx, int
   }
 }
 
+DM_AVX2 void quantize_weight_row_int8_avx2(const float* w, int64_t k, int64_t row, int8_t* q,
+                                           uint16_t* d) {
+  const int64_t kb = (k + kQBlock - 1) / kQBlock, kfull = k / kQBlock;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  for (int64_t b = 0; b < kfull; ++b) {
+    const float* wb = w + b * kQBlock;
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+    for (int j = 0; j < 4; ++j) {
+      v[j] = _mm256_loadu_ps(wb + 8 * j);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j]));
+      bad = _mm256_or_ps(
+          bad, _mm256_cmp_ps(_mm256_sub_ps(v[j], v[j]), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float am = _mm_cvtss_f32(h);
+    if (_mm256_movemask_ps(bad) != 0 || am / 127.0f > 65504.0f) {
+      quantize_weight_block_int8(wb, kQBlock, row, b * kQBlock, q + b * kQBlock, d + b);  // throws
+      continue;
+    }
+    const uint16_t d16 = f32_to_f16(am / 127.0f);
+    const float scale = f16_to_f32(d16);
+    d[b] = d16;
+    const __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
+    __m256i i[4];
+    for (int j = 0; j < 4; ++j)
+      i[j] =
+          _mm256_min_epi32(hi, _mm256_max_epi32(lo, _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv))));
+    const __m256i p16 =
+        _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQBlock),
+                        _mm256_permutevar8x32_epi32(p16, order));
+  }
+  if (kfull < kb)
+    quantize_weight_block_int8(w + kfull * kQBlock, k - kfull * kQBlock, row, kfull * kQBlock,
+                               q + kfull * kQBlock, d + kfull);
+}
+
 DM_AVX2 void dequantize_rows_int8_avx2(const int8_t* q, const uint16_t* d, int64_t rows, int64_t k,
                                        float* dst) {
   const int64_t kb = (k + kQBlock - 1) / kQBlock, kp = kb * kQBlock, kfull = k / kQBlock;
