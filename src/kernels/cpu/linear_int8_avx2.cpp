@@ -112,42 +112,56 @@ DM_AVX2 void rows_block(const LinearArgs& a, const int8_t* xq, const float* xd, 
   }
 }
 
+// Loads a full block of 32 floats into v and returns max |x| in `amax`; false when the block
+// holds NaN or ±Inf (x − x is 0 only for finite x).
+DM_AVX2 DM_INLINE bool load_block(const float* x, __m256 v[4], float& amax) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  for (int j = 0; j < 4; ++j) {
+    v[j] = _mm256_loadu_ps(x + 8 * j);
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[j]));
+    bad = _mm256_or_ps(bad,
+                       _mm256_cmp_ps(_mm256_sub_ps(v[j], v[j]), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+  }
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  amax = _mm_cvtss_f32(h);
+  return _mm256_movemask_ps(bad) == 0;
+}
+
+// q[0..32) = round-to-nearest-even(v · inv) (the default MXCSR mode, as std::nearbyint),
+// clamped to [-127, 127].
+DM_AVX2 DM_INLINE void store_quants(const __m256 v[4], float inv, int8_t* q) {
+  const __m256 s = _mm256_set1_ps(inv);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  __m256i i[4];
+  for (int j = 0; j < 4; ++j)
+    i[j] = _mm256_min_epi32(hi, _mm256_max_epi32(lo, _mm256_cvtps_epi32(_mm256_mul_ps(v[j], s))));
+  const __m256i p16 =
+      _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q),
+                      _mm256_permutevar8x32_epi32(p16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
 }  // namespace
 
 DM_AVX2 void quantize_rows_int8_avx2(const float* x, int64_t m, int64_t ldx, int64_t k, int8_t* q,
                                      float* d) {
   const int64_t kb = (k + kQBlock - 1) / kQBlock, kp = kb * kQBlock, kfull = k / kQBlock;
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t b = 0; b < kfull; ++b) {
       const float* xb = x + r * ldx + b * kQBlock;
+      int8_t* qb = q + r * kp + b * kQBlock;
       __m256 v[4];
-      __m256 amax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
-      for (int j = 0; j < 4; ++j) {
-        v[j] = _mm256_loadu_ps(xb + 8 * j);
-        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j]));
-        // x − x is 0 for finite x, NaN for NaN and ±Inf.
-        bad = _mm256_or_ps(
-            bad, _mm256_cmp_ps(_mm256_sub_ps(v[j], v[j]), _mm256_setzero_ps(), _CMP_NEQ_UQ));
-      }
-      if (_mm256_movemask_ps(bad) != 0) {
-        quantize_block_int8(xb, kQBlock, q + r * kp + b * kQBlock, d + r * kb + b);
+      float am = 0.0f;
+      if (!load_block(xb, v, am)) {
+        quantize_block_int8(xb, kQBlock, qb, d + r * kb + b);  // NaN out
         continue;
       }
-      __m128 h = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_max_ss(h, _mm_movehdup_ps(h));
-      const float am = _mm_cvtss_f32(h);
       d[r * kb + b] = am / 127.0f;
-      const __m256 inv = _mm256_set1_ps(am > 0.0f ? 127.0f / am : 0.0f);
-      // Round to nearest even (the default MXCSR mode), as std::nearbyint.
-      __m256i i[4];
-      for (int j = 0; j < 4; ++j) i[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv));
-      const __m256i p16 =
-          _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + r * kp + b * kQBlock),
-                          _mm256_permutevar8x32_epi32(p16, order));
+      // |x · 127 / max| ≤ 127: the clamp never acts here.
+      store_quants(v, am > 0.0f ? 127.0f / am : 0.0f, qb);
     }
     if (kfull < kb)
       quantize_block_int8(x + r * ldx + kfull * kQBlock, k - kfull * kQBlock,
@@ -158,39 +172,18 @@ DM_AVX2 void quantize_rows_int8_avx2(const float* x, int64_t m, int64_t ldx, int
 DM_AVX2 void quantize_weight_row_int8_avx2(const float* w, int64_t k, int64_t row, int8_t* q,
                                            uint16_t* d) {
   const int64_t kb = (k + kQBlock - 1) / kQBlock, kfull = k / kQBlock;
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
   for (int64_t b = 0; b < kfull; ++b) {
     const float* wb = w + b * kQBlock;
     __m256 v[4];
-    __m256 amax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
-    for (int j = 0; j < 4; ++j) {
-      v[j] = _mm256_loadu_ps(wb + 8 * j);
-      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j]));
-      bad = _mm256_or_ps(
-          bad, _mm256_cmp_ps(_mm256_sub_ps(v[j], v[j]), _mm256_setzero_ps(), _CMP_NEQ_UQ));
-    }
-    __m128 h = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_max_ss(h, _mm_movehdup_ps(h));
-    const float am = _mm_cvtss_f32(h);
-    if (_mm256_movemask_ps(bad) != 0 || am / 127.0f > 65504.0f) {
+    float am = 0.0f;
+    if (!load_block(wb, v, am) || am / 127.0f > 65504.0f) {
       quantize_weight_block_int8(wb, kQBlock, row, b * kQBlock, q + b * kQBlock, d + b);  // throws
       continue;
     }
     const uint16_t d16 = f32_to_f16(am / 127.0f);
     const float scale = f16_to_f32(d16);
     d[b] = d16;
-    const __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
-    __m256i i[4];
-    for (int j = 0; j < 4; ++j)
-      i[j] =
-          _mm256_min_epi32(hi, _mm256_max_epi32(lo, _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv))));
-    const __m256i p16 =
-        _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQBlock),
-                        _mm256_permutevar8x32_epi32(p16, order));
+    store_quants(v, scale > 0.0f ? 1.0f / scale : 0.0f, q + b * kQBlock);
   }
   if (kfull < kb)
     quantize_weight_block_int8(w + kfull * kQBlock, k - kfull * kQBlock, row, kfull * kQBlock,
