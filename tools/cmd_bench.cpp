@@ -275,7 +275,8 @@ int run_moe_bench(const MoeBenchOptions& o) {
     if (dtype == DType::bf16 && bf16_peak > 0) r["frac_of_bf16_dot_peak"] = gflops / bf16_peak;
     if (int8_peak > 0) r["frac_of_int8_dot_peak"] = gflops / int8_peak;
     // Errors against the f32 layer on the same input (ours when not f32, and oneDNN's).
-    const Tensor ref = (f32_layer ? *f32_layer : layer).forward(xs[0], policy);
+    const Tensor ref =
+        f32_layer || dnn ? (f32_layer ? *f32_layer : layer).forward(xs[0], policy) : Tensor();
     if (f32_layer) {
       const Tensor y = layer.forward(xs[0], policy);
       const auto [mx, mean] = rel_errors(y.data<float>(), ref.data<float>(), ref.numel());

@@ -106,7 +106,7 @@ struct OnednnMoe::Impl {
   dnnl::matmul up, down;
   std::string up_impl, down_impl;
   // Scratch reused across calls.
-  std::vector<int32_t> order, count;
+  std::vector<int32_t> order, count, next, token_of;
   std::vector<float> xg, h1, h3, act, ye, scales;
   std::vector<uint8_t> xs, as;
 
@@ -194,12 +194,13 @@ void OnednnMoe::forward(const float* x, int64_t tokens, const moe::RoutingResult
   for (int64_t e = 0; e < m.experts; ++e)
     m.count[static_cast<size_t>(e) + 1] += m.count[static_cast<size_t>(e)];
   m.order.resize(static_cast<size_t>(pairs));
-  std::vector<int32_t> next(m.count.begin(), m.count.end() - 1);
+  m.next.assign(m.count.begin(), m.count.end() - 1);
   for (int64_t p = 0; p < pairs; ++p)
     m.order[static_cast<size_t>(
-        next[static_cast<size_t>(r.expert_ids[static_cast<size_t>(p)])]++)] =
+        m.next[static_cast<size_t>(r.expert_ids[static_cast<size_t>(p)])]++)] =
         static_cast<int32_t>(p);
-  std::vector<int32_t> token_of(static_cast<size_t>(pairs));
+  m.token_of.resize(static_cast<size_t>(pairs));
+  std::vector<int32_t>& token_of = m.token_of;
   for (int64_t t = 0; t < tokens; ++t)
     for (int32_t p = r.offsets[static_cast<size_t>(t)]; p < r.offsets[static_cast<size_t>(t) + 1];
          ++p)

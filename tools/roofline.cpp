@@ -76,6 +76,14 @@ __attribute__((target("avx512f"))) double fma_loop(int64_t iters) {
   return hsum(s);
 }
 
+__attribute__((target("avx2"))) double hsum256(__m256 v) {
+  alignas(32) float f[8];
+  _mm256_store_ps(f, v);
+  double out = 0;
+  for (float x : f) out += x;
+  return out;
+}
+
 // The AVX2 forms, for CPUs without AVX-512: 12 ymm FMA chains (8 lanes).
 __attribute__((target("avx2,fma"))) double fma_loop_avx2(int64_t iters) {
   __m256 acc[12];
@@ -85,11 +93,7 @@ __attribute__((target("avx2,fma"))) double fma_loop_avx2(int64_t iters) {
     for (auto& a : acc) a = _mm256_fmadd_ps(a, x, y);
   __m256 s = acc[0];
   for (int j = 1; j < 12; ++j) s = _mm256_add_ps(s, acc[j]);
-  alignas(32) float v[8];
-  _mm256_store_ps(v, s);
-  double out = 0;
-  for (float f : v) out += f;
-  return out;
+  return hsum256(s);
 }
 
 // The int8 kernels' inner step (linear_int8_avx2.cpp): vpsignb twice, vpmaddubsw, vpmaddwd,
@@ -111,11 +115,7 @@ __attribute__((target("avx2,fma"))) double int8_loop_avx2(int64_t iters) {
     }
   __m256 s = acc[0];
   for (int j = 1; j < 12; ++j) s = _mm256_add_ps(s, acc[j]);
-  alignas(32) float v[8];
-  _mm256_store_ps(v, s);
-  double out = 0;
-  for (float f : v) out += f;
-  return out;
+  return hsum256(s);
 }
 
 template <typename F>
