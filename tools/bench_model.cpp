@@ -31,6 +31,17 @@ size_t proc_status_bytes(const std::string& key) {
   return 0;
 }
 
+// Bytes this process has caused to be read from storage (/proc/self/io read_bytes): page
+// faults on a mapping and O_DIRECT reads alike; 0 where the kernel does not count them.
+uint64_t storage_read_bytes() {
+  std::ifstream f("/proc/self/io");
+  std::string key;
+  uint64_t v = 0;
+  while (f >> key >> v)
+    if (key == "read_bytes:") return v;
+  return 0;
+}
+
 struct Series {
   std::vector<double> tps;
   double mean() const {
@@ -60,7 +71,16 @@ struct Contender {
   models::LmStats tg_stats;
   // Batched decode: distinct experts per MoE layer and step (what a step reads), summed.
   double unique_experts = 0, unique_layer_steps = 0;
+  // Decode routing's locality (one sequence): of the experts a layer picks for a token, how
+  // many it also picked for the previous token; and the busiest expert's share over the
+  // mean (load imbalance). What an expert cache lives on: uniform, independent routing
+  // repeats k/E of its picks and is balanced (1.0).
+  double repeated_picks = 0, picks = 0;
+  std::vector<std::vector<double>> expert_load;  // [MoE layer][expert] picks
   size_t kv_bytes = 0;
+  uint64_t storage_bytes = 0;   // read from storage during the timed repetitions
+  double disk_gbps_before = 0;  // expert cache: the files' read bandwidth before timing
+  double timed_tokens = 0;      // token rows of the timed repetitions
 };
 
 void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng, bool timed,
@@ -86,7 +106,7 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
     std::vector<std::vector<int32_t>> step(b, std::vector<int32_t>(1));
     std::vector<float> batch_logits(b == 1 ? 0 : b * static_cast<size_t>(c.m->vocab_size()));
     models::LmStats st;
-    st.record_routing = b > 1;
+    st.record_routing = true;
     for (auto& s : step) s[0] = pick(rng);
     const auto t0 = Clock::now();
     for (int64_t i = 0; i < o.gen; ++i) {
@@ -102,7 +122,25 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
       c.tg.tps.push_back(tps);
       c.tg_stats.moe_rows += st.moe_rows;
       c.tg_stats.routed_experts += st.routed_experts;
+      // One sequence: st.routing holds each step's MoE layers in order.
+      const size_t moe_layers =
+          st.routing.size() / static_cast<size_t>(std::max<int64_t>(1, o.gen));
+      if (b == 1 && moe_layers > 0) c.expert_load.resize(moe_layers);
+      for (size_t j = 0; b == 1 && moe_layers > 0 && j < st.routing.size(); ++j) {
+        const auto& ids = st.routing[j].expert_ids;
+        auto& load = c.expert_load[j % moe_layers];
+        for (int32_t e : ids) {
+          if (load.size() <= static_cast<size_t>(e)) load.resize(static_cast<size_t>(e) + 1, 0.0);
+          load[static_cast<size_t>(e)] += 1;
+        }
+        if (j < moe_layers) continue;
+        const auto& prev = st.routing[j - moe_layers].expert_ids;
+        for (int32_t e : ids)
+          c.repeated_picks += std::find(prev.begin(), prev.end(), e) != prev.end();
+        c.picks += static_cast<double>(ids.size());
+      }
       for (const moe::RoutingResult& r : st.routing) {
+        if (b == 1) break;
         std::vector<int32_t> ids = r.expert_ids;
         std::sort(ids.begin(), ids.end());
         c.unique_experts += static_cast<double>(std::unique(ids.begin(), ids.end()) - ids.begin());
@@ -117,6 +155,15 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
 }
 
 // The figures of one contender (the whole report when there is one).
+// The expert files' read bandwidth in GB/s: about 2 GB of random experts read as the cache
+// reads them.
+double disk_probe(const models::ExpertCache& cache, uint64_t seed) {
+  const int64_t n =
+      std::clamp<int64_t>(static_cast<int64_t>(2e9 / static_cast<double>(cache.expert_bytes())), 8,
+                          cache.total_experts());
+  return cache.probe_read_gbps(n, seed);
+}
+
 json report(const Contender& c, const ModelBenchOptions& o, double gbps) {
   json out = {{"weight_layout", c.layout},
               {"weight_bytes", c.m->weight_bytes()},
@@ -147,11 +194,53 @@ json report(const Contender& c, const ModelBenchOptions& o, double gbps) {
     out["tg_tokens_per_s_stddev"] = c.tg.stddev();
     out["mean_experts_per_token"] = experts;
     if (o.decode_batch > 1) out["distinct_experts_per_layer_step"] = step_experts;
-    out["read_bandwidth_gbps"] = gbps;
+    if (c.picks > 0) {
+      out["decode_repeated_pick_share"] = c.repeated_picks / c.picks;
+      out["uniform_repeated_pick_share"] = experts / static_cast<double>(cfg.num_experts);
+      // Busiest expert over the mean, per layer, averaged over layers.
+      double imb = 0;
+      for (const auto& load : c.expert_load) {
+        double mx = 0, sum = 0;
+        for (double v : load) {
+          mx = std::max(mx, v);
+          sum += v;
+        }
+        if (sum > 0) imb += mx / (sum / static_cast<double>(cfg.num_experts));
+      }
+      const size_t layers = c.expert_load.size();
+      out["decode_expert_load_max_over_mean"] = layers ? imb / static_cast<double>(layers) : 0.0;
+    }
     out["decode_bytes_per_token"] = bytes;
-    out["decode_roofline_tokens_per_s"] = roofline;
-    out["decode_frac_of_roofline"] = c.tg.mean() / roofline;
+    if (gbps > 0) {
+      out["read_bandwidth_gbps"] = gbps;
+      out["decode_roofline_tokens_per_s"] = roofline;
+      out["decode_frac_of_roofline"] = c.tg.mean() / roofline;
+    }
     out["kv_cache_bytes"] = c.kv_bytes;
+  }
+  out["storage_read_bytes"] = c.storage_bytes;
+  out["storage_read_bytes_per_token"] =
+      c.timed_tokens > 0 ? static_cast<double>(c.storage_bytes) / c.timed_tokens : 0.0;
+  if (const models::ExpertCache* cache = c.m->expert_cache()) {
+    json ec = expert_cache_json(*cache, c.timed_tokens);
+    // The disk roofline: the cache's reads per token at the files' bandwidth, measured with
+    // the same reads just before and just after the timed repetitions (a shared disk's
+    // bandwidth drifts; the mean of both is the roofline).
+    const double after = disk_probe(*cache, o.seed + 1);
+    const double disk = 0.5 * (c.disk_gbps_before + after);
+    ec["disk_read_gbps"] = disk;
+    ec["disk_read_gbps_before"] = c.disk_gbps_before;
+    ec["disk_read_gbps_after"] = after;
+    const double per_token = ec["bytes_read_per_token"].get<double>();
+    if (o.prompt == 0 && o.gen > 0 && per_token > 0) {
+      const double roof = disk * 1e9 / per_token;
+      ec["disk_roofline_tokens_per_s"] = roof;
+      ec["frac_of_disk_roofline"] = c.tg.mean() / roof;
+    }
+    const size_t all_experts =
+        static_cast<size_t>(cache->total_experts() * static_cast<int64_t>(cache->expert_bytes()));
+    ec["resident_weight_bytes"] = c.m->weight_bytes() - std::min(c.m->weight_bytes(), all_experts);
+    out["expert_cache"] = ec;
   }
   return out;
 }
@@ -166,7 +255,7 @@ void print_contender(const json& r, const ModelBenchOptions& o) {
     std::printf("  [%s] pp%-5lld %9.2f ± %.2f tokens/s\n", layout.c_str(),
                 static_cast<long long>(o.prompt), r["pp_tokens_per_s"].get<double>(),
                 r["pp_tokens_per_s_stddev"].get<double>());
-  if (o.gen > 0)
+  if (o.gen > 0 && r.contains("decode_frac_of_roofline"))
     std::printf(
         "  [%s] tg%-5lld %9.2f ± %.2f tokens/s   (%.0f%% of the %.1f tokens/s bandwidth roofline "
         "at %.1f GB/s; %.2f experts per token)\n",
@@ -174,6 +263,71 @@ void print_contender(const json& r, const ModelBenchOptions& o) {
         r["tg_tokens_per_s_stddev"].get<double>(), 100 * r["decode_frac_of_roofline"].get<double>(),
         r["decode_roofline_tokens_per_s"].get<double>(), r["read_bandwidth_gbps"].get<double>(),
         r["mean_experts_per_token"].get<double>());
+  else if (o.gen > 0)
+    std::printf("  [%s] tg%-5lld %9.2f ± %.2f tokens/s   (%.2f experts per token)\n",
+                layout.c_str(), static_cast<long long>(o.gen), r["tg_tokens_per_s"].get<double>(),
+                r["tg_tokens_per_s_stddev"].get<double>(),
+                r["mean_experts_per_token"].get<double>());
+  if (r.contains("expert_cache")) {
+    const json& e = r["expert_cache"];
+    std::printf(
+        "  [%s] expert cache %lld of %lld experts (%.2f GB, %s): hit rate %.1f%%, %.1f MB read "
+        "per token, prefetch precision %.1f%% recall %.1f%%, stall %.1f ms per token; disk "
+        "%.2f GB/s",
+        layout.c_str(), e["slots"].get<long long>(), e["total_experts"].get<long long>(),
+        e["capacity_bytes"].get<double>() / 1e9, e["policy"].get<std::string>().c_str(),
+        100 * e["hit_rate"].get<double>(), e["bytes_read_per_token"].get<double>() / 1e6,
+        100 * e["prediction_precision"].get<double>(), 100 * e["prediction_recall"].get<double>(),
+        e["stall_ms_per_token"].get<double>(), e["disk_read_gbps"].get<double>());
+    if (e.contains("frac_of_disk_roofline"))
+      std::printf(", %.0f%% of the %.2f tokens/s disk roofline",
+                  100 * e["frac_of_disk_roofline"].get<double>(),
+                  e["disk_roofline_tokens_per_s"].get<double>());
+    std::printf("\n");
+  }
+}
+
+// What substitution costs: the same random tokens decoded (teacher-forced) with substitution
+// off (exact: the logits of all experts resident) and on, in the cache's current state;
+// the logits' largest difference, relative to the largest reference logit, and how often
+// the top token agrees.
+json substitution_check(const models::MoeLm& m, models::ExpertCache& cache, int64_t n,
+                        uint64_t seed) {
+  std::mt19937_64 rng(seed + 7);
+  std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(m.vocab_size() - 1));
+  std::vector<int32_t> toks(static_cast<size_t>(n));
+  for (auto& t : toks) t = pick(rng);
+  const size_t v = static_cast<size_t>(m.vocab_size());
+  const auto decode = [&](bool sub, std::vector<float>& all) {
+    cache.set_substitute(sub);
+    models::KvCache kc;
+    std::vector<float> logits(v);
+    for (int32_t t : toks) {
+      m.forward(&t, 1, kc, logits.data(), false);
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
+  };
+  std::vector<float> ref, got;
+  decode(false, ref);
+  const int64_t subs0 = cache.stats().substitutions;
+  decode(true, got);
+  const int64_t subs = cache.stats().substitutions - subs0;
+  double max_abs = 0, ref_max = 0, agree = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    max_abs = std::max<double>(max_abs, std::fabs(got[i] - ref[i]));
+    ref_max = std::max<double>(ref_max, std::fabs(ref[i]));
+  }
+  for (int64_t s = 0; s < n; ++s) {
+    const auto b = static_cast<std::ptrdiff_t>(static_cast<size_t>(s) * v);
+    const auto e = b + static_cast<std::ptrdiff_t>(v);
+    agree += std::max_element(ref.begin() + b, ref.begin() + e) - (ref.begin() + b) ==
+             std::max_element(got.begin() + b, got.begin() + e) - (got.begin() + b);
+  }
+  return {{"tokens", n},
+          {"substitutions_per_token", static_cast<double>(subs) / static_cast<double>(n)},
+          {"logit_max_abs_error", max_abs},
+          {"logit_max_rel_error", ref_max > 0 ? max_abs / ref_max : 0.0},
+          {"top1_agreement", agree / static_cast<double>(n)}};
 }
 
 }  // namespace
@@ -193,6 +347,7 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
     lo.routing = o.routing;
     lo.threads = threads;
     lo.weight_layout = layout;
+    lo.offload = o.offload;
     Contender c;
     // int8 has one layout, quantised row-major copies (load_lm refuses packed): say so.
     c.layout = dtype == "int8" ? "int8_copies" : layout;
@@ -217,13 +372,29 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
   std::vector<std::mt19937_64> rngs(runs.size(), std::mt19937_64(o.seed));
   // Repetitions alternate between the contenders (A B A B), so that a machine whose speed
   // drifts during the run treats both alike.
-  for (int rep = -1; rep < o.repetitions; ++rep)  // rep -1: warm-up
-    for (size_t i = 0; i < runs.size(); ++i) measure_once(runs[i], o, rngs[i], rep >= 0, logits);
+  for (int rep = -1; rep < o.repetitions; ++rep) {  // rep -1: warm-up
+    for (size_t i = 0; i < runs.size(); ++i) {
+      Contender& c = runs[i];
+      // Counters cover the timed repetitions only (the warm-up fills an expert cache).
+      if (rep == 0 && c.m->expert_cache()) {
+        c.disk_gbps_before = disk_probe(*c.m->expert_cache(), o.seed);
+        c.m->expert_cache()->reset_stats();
+      }
+      const uint64_t io0 = storage_read_bytes();
+      measure_once(c, o, rngs[i], rep >= 0, logits);
+      if (rep >= 0) {
+        c.storage_bytes += storage_read_bytes() - io0;
+        c.timed_tokens += static_cast<double>(o.prompt + o.gen * o.decode_batch);
+      }
+    }
+  }
   const size_t rss = proc_status_bytes("VmRSS"), hwm = proc_status_bytes("VmHWM");
   // Decode roofline: bytes of the weights a token reads (routed experts at the measured mean)
   // plus the KV cache read at the mean context of the tg test, over the read bandwidth
   // measured now, in this run.
-  const double gbps = o.gen > 0 ? StreamProbe().best_pass_gbps(threads) : 0.0;
+  // The DRAM roofline; not with an expert cache, whose decode the disk bounds (its 512 MB
+  // probe would also push a run under a memory limit out of it).
+  const double gbps = o.gen > 0 && !m0.expert_cache() ? StreamProbe().best_pass_gbps(threads) : 0.0;
   json out = {{"model", o.model},
               {"arch", io::hf_arch_name(m0.config().arch)},
               {"dtype", dtype},
@@ -233,10 +404,22 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
               {"repetitions", o.repetitions}};
   std::vector<json> reports;
   for (const auto& c : runs) reports.push_back(report(c, o, gbps));
+  for (size_t i = 0; i < runs.size(); ++i)
+    if (models::ExpertCache* cache = runs[i].m->expert_cache(); cache && cache->substitute())
+      reports[i]["expert_cache"]["substitution_check"] =
+          substitution_check(*runs[i].m, *cache, std::max<int64_t>(o.gen, 16), o.seed);
   out["rss_bytes"] = rss;
   out["peak_rss_bytes"] = hwm;
   if (runs.size() == 1) {
     out.update(reports[0]);
+    if (out.contains("expert_cache")) {
+      // What resident memory may be: the slots, the resident weights, the KV cache.
+      const double bound = out["expert_cache"]["capacity_bytes"].get<double>() +
+                           out["expert_cache"]["resident_weight_bytes"].get<double>() +
+                           static_cast<double>(runs[0].kv_bytes);
+      out["expert_cache"]["rss_bound_bytes"] = bound;
+      out["expert_cache"]["peak_rss_over_bound"] = static_cast<double>(hwm) / bound;
+    }
     out["rss_over_weights_and_kv"] =
         static_cast<double>(rss) / static_cast<double>(m0.weight_bytes() + runs[0].kv_bytes);
   } else {

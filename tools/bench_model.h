@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "lm_common.h"
+
 namespace deltamoe::cli {
 
 struct ModelBenchOptions {
@@ -20,6 +22,7 @@ struct ModelBenchOptions {
   /// continuous-batching server runs them); tokens/s counts all of them.
   int64_t decode_batch = 1;
   uint64_t seed = 1;
+  OffloadCliOptions offload;  // --expert-cache and its companions
 };
 
 /// Runs the benchmark; `dtype` f32|bf16, `threads`, one JSON object on stdout when `json`.

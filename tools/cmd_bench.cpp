@@ -415,6 +415,7 @@ CommandRegistrar reg(
           ->delimiter(',')
           ->check(CLI::IsMember({"mapped", "packed"}))
           ->capture_default_str();
+      add_offload_options(app, mo->offload, "model: ");
       app.add_option("--tokens", o->tokens, "Token counts to measure (several allowed)")
           ->delimiter(',');
       app.add_option("--hidden", o->hidden, "Hidden size H")->check(CLI::PositiveNumber);

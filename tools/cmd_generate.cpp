@@ -33,7 +33,8 @@ int run_generate(const GenerateOptions& o) {
   const auto tok = io::Tokenizer::load(o.lm.model);
   const io::HfConfig cfg = io::HfConfig::load(o.lm.model);
   const std::vector<int32_t> prompt = tok->encode(o.prompt, !o.no_special);
-  DELTAMOE_CHECK(!prompt.empty(), "generate", "the prompt encodes to no tokens (pass text, or drop --no-special)");
+  DELTAMOE_CHECK(!prompt.empty(), "generate",
+                 "the prompt encodes to no tokens (pass text, or drop --no-special)");
   const int64_t ctx = std::min<int64_t>(cfg.max_position_embeddings, 65536);
   DELTAMOE_CHECK(static_cast<int64_t>(prompt.size()) < ctx, "generate", "prompt of ", prompt.size(),
                  " tokens does not fit the model's context of ", ctx, " tokens");
@@ -44,10 +45,10 @@ int run_generate(const GenerateOptions& o) {
   }
   const auto t_load = Clock::now();
   auto m = load_lm(o.lm);
-  std::cerr << "generate: loaded " << o.lm.model << " (" << io::hf_arch_name(m->config().arch) << ", "
-            << m->layers() << " layers, " << m->config().num_experts << " experts, "
-            << static_cast<double>(m->weight_bytes()) / 1e9 << " GB packed " << o.lm.dtype << ") in "
-            << seconds_since(t_load) << " s; routing " << m->policy().name() << "\n";
+  std::cerr << "generate: loaded " << o.lm.model << " (" << io::hf_arch_name(m->config().arch)
+            << ", " << m->layers() << " layers, " << m->config().num_experts << " experts, "
+            << static_cast<double>(m->weight_bytes()) / 1e9 << " GB packed " << o.lm.dtype
+            << ") in " << seconds_since(t_load) << " s; routing " << m->policy().name() << "\n";
   std::mt19937_64 rng(o.seed);
   models::KvCache cache;
   models::LmStats prompt_stats, gen_stats;
@@ -94,6 +95,8 @@ int run_generate(const GenerateOptions& o) {
               {"mean_experts_per_token", all.mean_experts()},
               {"prompt_mean_experts_per_token", prompt_stats.mean_experts()},
               {"threads", o.lm.threads}};
+    if (const models::ExpertCache* c = m->expert_cache())
+      j["expert_cache"] = expert_cache_json(*c, static_cast<double>(all.tokens + gen_stats.tokens));
     std::cout << j.dump(2) << "\n";
   } else {
     std::cout << rest << "\n";
@@ -104,6 +107,9 @@ int run_generate(const GenerateOptions& o) {
       "(%.1f tokens/s), %.2f experts per token (routing %s)\n",
       prompt.size(), 1e3 * prompt_s, pp_tps, out.size(), 1e3 * gen_s, tg_tps, all.mean_experts(),
       m->policy().name().c_str());
+  if (const models::ExpertCache* c = m->expert_cache())
+    std::cerr << "generate: "
+              << expert_cache_line(*c, static_cast<double>(all.tokens + gen_stats.tokens)) << "\n";
   return 0;
 }
 

@@ -15,6 +15,7 @@
 #include "command.h"
 #include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
+#include "deltamoe/core/units.h"
 #include "deltamoe/io/chat_template.h"
 #include "deltamoe/io/hf_model.h"
 #include "deltamoe/io/safetensors.h"
@@ -41,6 +42,7 @@ struct Opts {
   std::vector<int64_t> mlp_only_layers;
   uint64_t seed = 1;
   double init_std = 0.02;
+  double embed_std = -1.0;  // < 0: init_std
   bool tie = false, force = false, quiet = false;
 };
 
@@ -96,31 +98,6 @@ void fill_tensor(const SafetensorsTensorSpec& s, uint64_t seed, double init_std,
         static_cast<uint16_t*>(out)[i] = deltamoe::f32_to_bf16(v);
     }
   });
-}
-
-uint64_t parse_size(const std::string& text) {
-  size_t pos = 0;
-  uint64_t v = 0;
-  try {
-    v = std::stoull(text, &pos);
-  } catch (const std::exception&) {
-    fail(kComponent, "--max-shard-size '", text, "' is not a size (e.g. 4GiB, 500MB, 1000000)");
-  }
-  const std::string unit = text.substr(pos);
-  const std::pair<const char*, uint64_t> units[] = {{"", 1},
-                                                    {"B", 1},
-                                                    {"KB", 1000},
-                                                    {"MB", 1000000},
-                                                    {"GB", 1000000000},
-                                                    {"KiB", 1ull << 10},
-                                                    {"MiB", 1ull << 20},
-                                                    {"GiB", 1ull << 30}};
-  for (const auto& [u, mult] : units)
-    if (unit == u) {
-      if (v == 0 || v > (uint64_t{1} << 50) / mult) break;
-      return v * mult;
-    }
-  fail(kComponent, "--max-shard-size '", text, "' is not a positive size (e.g. 4GiB, 500MB)");
 }
 
 HfConfig build_config(Opts& o) {
@@ -318,7 +295,7 @@ int run(const Opts& o_in) {
   Opts o = o_in;
   const auto t0 = std::chrono::steady_clock::now();
   const HfConfig cfg = build_config(o);
-  const uint64_t max_shard = parse_size(o.max_shard);
+  const uint64_t max_shard = deltamoe::parse_byte_size(o.max_shard, kComponent, "--max-shard-size");
   const DType dtype = o.dtype == "bf16" ? DType::bf16 : DType::f32;
   const auto layout = o.layout == "stacked" ? deltamoe::io::HfExpertLayout::stacked
                                             : deltamoe::io::HfExpertLayout::per_expert;
@@ -341,7 +318,11 @@ int run(const Opts& o_in) {
     deltamoe::io::SafetensorsWriter w(dir.file(name), shards[si], {{"format", "pt"}});
     for (size_t i : w.order()) {
       const auto& s = shards[si][i];
-      fill_tensor(s, o.seed, o.init_std, buf.data());
+      // The embedding may have its own std: with a large one the residual stream is
+      // dominated by the current token, so random routers route (almost) uniformly and
+      // independently from token to token, the worst case for an expert cache.
+      const bool embed = s.name == "model.embed_tokens.weight";
+      fill_tensor(s, o.seed, embed && o.embed_std >= 0 ? o.embed_std : o.init_std, buf.data());
       w.append_bytes(buf.data(), static_cast<size_t>(spec_bytes(s)));
       weight_map[s.name] = name;
       progress.add(spec_bytes(s));
@@ -422,6 +403,10 @@ deltamoe::cli::CommandRegistrar reg(
           ->check(CLI::IsMember({"f32", "bf16"}));
       app.add_option("--seed", o->seed, "Random seed (default 1)");
       app.add_option("--init-std", o->init_std, "Weight std, as initializer_range (default 0.02)")
+          ->check(CLI::Range(0.0, 100.0));
+      app.add_option("--embed-std", o->embed_std,
+                     "Std of the token embedding (default --init-std); e.g. 1 makes random "
+                     "routers route almost uniformly, token by token")
           ->check(CLI::Range(0.0, 100.0));
       app.add_option("--expert-layout", o->layout,
                      "per-expert (published checkpoints, default) or stacked (transformers 5: "

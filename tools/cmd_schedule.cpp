@@ -9,6 +9,7 @@
 
 #include "command.h"
 #include "deltamoe/core/error.h"
+#include "deltamoe/core/units.h"
 #include "deltamoe/io/output.h"
 #include "deltamoe/sched/fusion.h"
 #include "deltamoe/sched/schedule.h"
@@ -34,16 +35,7 @@ const char* kAlgoHelp =
     "  program  the order of the file";
 
 std::string human_bytes(uint64_t b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = static_cast<double>(b);
-  int u = 0;
-  while (v >= 1024.0 && u < 5) {
-    v /= 1024.0;
-    ++u;
-  }
-  std::ostringstream os;
-  os << std::fixed << std::setprecision(u ? 2 : 0) << v << " " << units[u];
-  return os.str();
+  return deltamoe::format_bytes(b);
 }
 
 ordered_json fusion_json(const Graph& g, const FusionReport& rep) {

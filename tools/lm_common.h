@@ -2,9 +2,15 @@
 // bench model): one flag vocabulary, one place that loads a model directory.
 #pragma once
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cstdio>
+#include <filesystem>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "deltamoe/core/parallel.h"
@@ -14,6 +20,128 @@
 
 namespace deltamoe::cli {
 
+/// Experts beyond RAM (models/expert_cache.h): generate, perplexity, bench model and serve.
+struct OffloadCliOptions {
+  std::string expert_cache;  // empty: every expert used from the mapping
+  std::string expert_policy = "lru";
+  bool no_prefetch = false;
+  bool substitute = false;
+  int io_threads = 4;
+  bool drop_page_cache = false;
+};
+
+/// Adds --expert-cache, --expert-policy, --no-prefetch, --substitute, --io-threads and
+/// --drop-page-cache (`prefix` starts their help, e.g. "Language models: ").
+inline void add_offload_options(CLI::App& app, OffloadCliOptions& o,
+                                const std::string& prefix = "") {
+  app.add_option("--expert-cache", o.expert_cache,
+                 prefix +
+                     "Keep routed experts in a cache of this many bytes (4GiB, 500MB) or this "
+                     "share of the experts' bytes (25%), read from the checkpoint on demand "
+                     "(O_DIRECT); attention, norms, routers and embeddings stay resident. "
+                     "Needs --dtype = the checkpoint's dtype (default: off)");
+  app.add_option("--expert-policy", o.expert_policy,
+                 prefix +
+                     "Expert cache eviction: lru, lfu (decayed use counts) or router "
+                     "(decayed router probability mass)")
+      ->check(CLI::IsMember({"lru", "lfu", "router"}))
+      ->capture_default_str();
+  app.add_flag("--no-prefetch", o.no_prefetch,
+               prefix +
+                   "Expert cache: do not prefetch the next layer's predicted experts "
+                   "(pre-gating: its router applied to the current hidden state)");
+  app.add_flag("--substitute", o.substitute,
+               prefix +
+                   "Expert cache: on a miss, run the token with its resident experts "
+                   "(weights renormalised) instead of waiting; changes outputs");
+  app.add_option("--io-threads", o.io_threads, prefix + "Expert cache: reader threads")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_flag("--drop-page-cache", o.drop_page_cache,
+               prefix +
+                   "Drop the checkpoint's pages from the page cache before loading "
+                   "(posix_fadvise DONTNEED), so a measurement reads the disk");
+}
+
+/// Drops the page-cache pages of every *.safetensors file in `dir` (best effort).
+inline void drop_checkpoint_pages(const std::string& dir) {
+  for (const auto& f : std::filesystem::directory_iterator(dir)) {
+    if (f.path().extension() != ".safetensors") continue;
+    const int fd = ::open(f.path().c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ::fdatasync(fd);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  }
+}
+
+/// The ExpertCacheOptions the flags ask for (off when --expert-cache is not given).
+inline models::ExpertCacheOptions expert_cache_options(const OffloadCliOptions& o) {
+  models::ExpertCacheOptions c;
+  if (!o.expert_cache.empty()) c = models::parse_expert_cache_budget(o.expert_cache);
+  c.policy = models::parse_expert_cache_policy(o.expert_policy);
+  c.prefetch = !o.no_prefetch;
+  c.substitute = o.substitute;
+  c.io_threads = o.io_threads;
+  DELTAMOE_CHECK(c.enabled() || (!o.no_prefetch && !o.substitute && o.expert_policy == "lru"),
+                 "cli", "--expert-policy, --no-prefetch and --substitute need --expert-cache");
+  return c;
+}
+
+/// The expert cache's configuration and counters (since its last reset_stats()) as JSON,
+/// per-token figures over `tokens` token rows.
+inline nlohmann::json expert_cache_json(const models::ExpertCache& c, double tokens) {
+  const models::ExpertCacheStats s = c.stats();
+  const models::ExpertCacheOptions& o = c.options();
+  const double t = tokens > 0 ? tokens : 1.0;
+  return {{"capacity_bytes", c.capacity_bytes()},
+          {"slots", c.slots()},
+          {"total_experts", c.total_experts()},
+          {"expert_bytes", c.expert_bytes()},
+          {"policy", models::expert_cache_policy_name(o.policy)},
+          {"prefetch", o.prefetch},
+          {"substitute", o.substitute},
+          {"io_threads", o.io_threads},
+          {"direct_io", c.direct_io()},
+          {"requests", s.requests},
+          {"hits", s.hits},
+          {"late_prefetch_hits", s.late_prefetch},
+          {"misses", s.misses},
+          {"hit_rate", s.hit_rate()},
+          {"reads", s.reads},
+          {"bytes_read", s.bytes_read},
+          {"bytes_read_per_token", static_cast<double>(s.bytes_read) / t},
+          {"demand_bytes_read", s.demand_bytes},
+          {"prefetch_reads", s.prefetch_reads},
+          {"prefetch_reads_used", s.prefetch_used},
+          {"prefetch_reads_cancelled", s.prefetch_cancelled},
+          {"prediction_precision", s.precision()},
+          {"prediction_recall", s.recall()},
+          {"substitutions", s.substitutions},
+          {"substitutions_per_token", static_cast<double>(s.substitutions) / t},
+          {"evictions", s.evictions},
+          {"stall_ms_per_token", 1e3 * s.stall_s / t},
+          {"read_busy_s", s.read_s}};
+}
+
+/// One line for stderr: hit rate, bytes read, prefetch precision/recall, stall per token.
+inline std::string expert_cache_line(const models::ExpertCache& c, double tokens) {
+  const models::ExpertCacheStats s = c.stats();
+  const double t = tokens > 0 ? tokens : 1.0;
+  char buf[400];
+  std::snprintf(buf, sizeof buf,
+                "expert cache: %lld of %lld experts (%.2f GB, %s%s), hit rate %.1f%%, %.1f MB "
+                "read per token, prefetch precision %.1f%% recall %.1f%%, stall %.1f ms per "
+                "token, %lld substitutions",
+                static_cast<long long>(c.slots()), static_cast<long long>(c.total_experts()),
+                static_cast<double>(c.capacity_bytes()) / 1e9,
+                models::expert_cache_policy_name(c.options().policy),
+                c.direct_io() ? ", O_DIRECT" : ", buffered", 100.0 * s.hit_rate(),
+                static_cast<double>(s.bytes_read) / t / 1e6, 100.0 * s.precision(),
+                100.0 * s.recall(), 1e3 * s.stall_s / t, static_cast<long long>(s.substitutions));
+  return buf;
+}
+
 struct LmCliOptions {
   std::string model;
   std::string dtype = "f32";
@@ -21,6 +149,7 @@ struct LmCliOptions {
   std::string routing;  // empty: the model's own
   int threads = 2;
   bool json = false;
+  OffloadCliOptions offload;
 };
 
 inline void add_lm_options(CLI::App& app, LmCliOptions& o) {
@@ -45,6 +174,7 @@ inline void add_lm_options(CLI::App& app, LmCliOptions& o) {
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
   app.add_flag("--json", o.json, "Print one JSON object on stdout (logs go to stderr)");
+  add_offload_options(app, o.offload);
 }
 
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -61,10 +191,13 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
   std::shared_ptr<const moe::RoutingPolicy> policy;
   if (!o.routing.empty())
     policy = moe::make_policy(o.routing, io::HfConfig::load(o.model).num_experts);
-  auto m =
-      models::MoeLm::load(o.model, {parse_dtype(o.dtype), o.weight_layout == "packed"
-                                                              ? kernels::WeightLayout::packed
-                                                              : kernels::WeightLayout::row_major});
+  models::LmOptions lo;
+  lo.dtype = parse_dtype(o.dtype);
+  lo.layout = o.weight_layout == "packed" ? kernels::WeightLayout::packed
+                                          : kernels::WeightLayout::row_major;
+  lo.expert_cache = expert_cache_options(o.offload);
+  if (o.offload.drop_page_cache) drop_checkpoint_pages(o.model);
+  auto m = models::MoeLm::load(o.model, lo);
   if (policy) m->set_policy(policy);
   return m;
 }

@@ -21,6 +21,7 @@ void LlmServeOptions::add(CLI::App& app) {
                  "Language models: mapped (weights used in place from the checkpoint) or packed")
       ->check(CLI::IsMember({"mapped", "packed"}))
       ->capture_default_str();
+  add_offload_options(app, offload, "Language models: ");
   app.add_option("--kv-cache-mb", kv_cache_mb,
                  "Language models: KV-cache memory in MiB, shared by all sequences in blocks")
       ->check(CLI::Range(1.0, 1048576.0))
@@ -84,10 +85,14 @@ int run_llm_server(const std::string& model_dir, const std::string& routing,
   // A broken template is an error here, not at the first chat request.
   if (auto t = io::ChatTemplate::load_if_present(model_dir))
     chat = std::make_shared<io::ChatTemplate>(std::move(*t));
+  DELTAMOE_CHECK(!(o.queues.holds() && !o.offload.expert_cache.empty()), "serve",
+                 "--mode per-expert holds tokens at MoE layers between steps, which would pin "
+                 "their experts in the --expert-cache: use one or the other");
   LmCliOptions lo;
   lo.model = model_dir;
   lo.dtype = o.dtype;
   lo.weight_layout = o.weight_layout;
+  lo.offload = o.offload;
   lo.routing = routing;
   lo.threads = o.threads;
   const auto t0 = std::chrono::steady_clock::now();

@@ -10,6 +10,7 @@
 
 #include "deltamoe/models/moe_lm.h"
 #include "deltamoe/serve/http_frontend.h"
+#include "lm_common.h"
 
 namespace deltamoe::cli {
 
@@ -25,6 +26,7 @@ struct LlmServeOptions {
   int64_t max_waiting = 256;
   std::string model_name;          // empty: the directory's name
   models::ExpertQueueRule queues;  // from the shared --mode / --queue-size / --queue-timeout-us
+  OffloadCliOptions offload;       // --expert-cache and its companions
 
   /// Sets `queues` from serve's shared flags: --mode continuous (the default for language
   /// models) or per-expert, which needs --queue-size B and --queue-timeout-us T ≥ 0 given

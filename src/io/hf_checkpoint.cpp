@@ -157,6 +157,19 @@ uint64_t HfCheckpoint::total_bytes() const {
   return total;
 }
 
+FileExtent HfCheckpoint::locate(const Tensor& t) const {
+  DELTAMOE_CHECK(t.defined() && t.is_contiguous(), kHfComponent,
+                 "locate: tensor must be a contiguous view of the checkpoint");
+  const auto* p = static_cast<const uint8_t*>(t.raw());
+  for (const SafetensorsFile& f : files_) {
+    const uint8_t* base = f.file_data();
+    if (p >= base && p + t.nbytes() <= base + f.file_size())
+      return {f.path(), static_cast<uint64_t>(p - base), static_cast<uint64_t>(t.nbytes())};
+  }
+  fail(kHfComponent, dir_, ": a tensor of shape ", shape_str(t.shape()),
+       " is not inside the checkpoint's files (a copy, not a view of the mapping)");
+}
+
 namespace {
 
 // Reads the expert FFNs under `prefix` ("model.layers.3.mlp.experts."): stacked

@@ -57,7 +57,7 @@ std::unique_ptr<MoeLm> MoeLm::load(const std::string& model_dir, const LmOptions
   std::unique_ptr<MoeLm> m;
   {
     const io::HfModelWeights w = io::load_hf_weights(cfg, ckpt);
-    m = std::make_unique<MoeLm>(cfg, w, options);
+    m = std::make_unique<MoeLm>(cfg, w, options, &ckpt);
   }
   // Packing freed many temporaries of a few MB; glibc keeps such freed heap memory resident
   // unless told to give it back.
@@ -65,7 +65,8 @@ std::unique_ptr<MoeLm> MoeLm::load(const std::string& model_dir, const LmOptions
   return m;
 }
 
-MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOptions& options)
+MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOptions& options,
+             const io::HfCheckpoint* checkpoint)
     : cfg_(config),
       dtype_(options.dtype),
       // int8 weights exist in the row-major layout only (a quantised copy).
@@ -149,6 +150,10 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
   // mapping go, so resident memory is the weights alone, not also the file pages they were
   // read from.
   embed_ = rows && mapped_bytes_ > 0 ? w.embed : w.embed.clone();
+  if (options.expert_cache.enabled()) {
+    DELTAMOE_CHECK(checkpoint, "offload", "an expert cache needs the checkpoint's files");
+    open_expert_cache(w, *checkpoint, options.expert_cache);
+  }
 }
 
 void MoeLm::set_policy(std::shared_ptr<const moe::RoutingPolicy> policy) {

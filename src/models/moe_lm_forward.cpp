@@ -14,68 +14,11 @@
 #include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/models/moe_lm.h"
+#include "models/moe_lm_internal.h"
 
 namespace deltamoe::models {
 
 using Clock = std::chrono::steady_clock;
-
-struct MoeLm::Pass {
-  std::vector<const int32_t*> toks;
-  std::vector<int64_t> counts, row0, start;
-  std::vector<KvCache*> caches;
-  std::vector<int64_t> resume;   // the layer a held token resumes at; −1: fresh tokens
-  std::vector<uint8_t> stopped;  // held at a layer of this pass
-  int64_t rows = 0;
-  // Scratch, sized for all rows.
-  std::vector<float> x, qkv, att, y, hc;
-  std::vector<std::vector<const float*>> kblocks, vblocks;
-};
-
-struct MoeLm::RowSet {
-  std::vector<size_t> seqs;                  // indices into the pass
-  std::vector<int64_t> row0, counts, start;  // per sequence; rows within the set
-  std::vector<KvCache*> caches;
-  std::vector<int32_t> seq_of_row;  // pass index of each row
-  int64_t rows = 0;
-  bool all = false;  // every row of the pass in pass order: h is used as it is
-
-  // The sequences of `p` for which keep(s) holds.
-  template <class Keep>
-  RowSet(const Pass& p, Keep keep) {
-    for (size_t s = 0; s < p.caches.size(); ++s) {
-      if (!keep(s)) continue;
-      seqs.push_back(s);
-      row0.push_back(rows);
-      counts.push_back(p.counts[s]);
-      start.push_back(p.start[s]);
-      caches.push_back(p.caches[s]);
-      for (int64_t i = 0; i < p.counts[s]; ++i) seq_of_row.push_back(static_cast<int32_t>(s));
-      rows += p.counts[s];
-    }
-    all = seqs.size() == p.caches.size();
-  }
-  // Copies the set's rows of `h` (the pass's rows, `w` floats each) to `out`, or back.
-  void gather(const Pass& p, const float* h, float* out, int64_t w) const {
-    for (size_t j = 0; j < seqs.size(); ++j)
-      std::memcpy(out + row0[j] * w, h + p.row0[seqs[j]] * w,
-                  static_cast<size_t>(counts[j] * w) * sizeof(float));
-  }
-  void scatter(const Pass& p, const float* in, float* h, int64_t w) const {
-    for (size_t j = 0; j < seqs.size(); ++j)
-      std::memcpy(h + p.row0[seqs[j]] * w, in + row0[j] * w,
-                  static_cast<size_t>(counts[j] * w) * sizeof(float));
-  }
-};
-
-namespace {
-
-void add_rows(float* h, const float* y, int64_t n) {
-  parallel_for(n, 4096, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) h[i] += y[i];
-  });
-}
-
-}  // namespace
 
 void ExpertQueueRule::check() const {
   DELTAMOE_CHECK(min_rows >= 1 && max_wait_s >= 0.0 && std::isfinite(max_wait_s), "model",
@@ -104,6 +47,9 @@ int64_t MoeLm::forward_batch(const std::vector<std::vector<int32_t>>& tokens,
   DELTAMOE_CHECK(tokens.size() == caches.size() && !tokens.empty(), "model",
                  "forward_batch: ", tokens.size(), " sequences for ", caches.size(), " caches");
   queues.check();
+  DELTAMOE_CHECK(!(cache_ && queues.holds()), "offload",
+                 "per-expert queues across steps and an expert cache do not combine (a held "
+                 "token would pin its experts between steps)");
   for (size_t a = 0; a < caches.size(); ++a)
     for (size_t b = a + 1; b < caches.size(); ++b)
       DELTAMOE_CHECK(caches[a] != caches[b], "model", "forward_batch: sequences ", a, " and ", b,
@@ -222,6 +168,8 @@ void MoeLm::run_layers(Pass& p, std::vector<float>& h, LmStats* stats,
     }
     if (queued)
       ffn_queued(ly, l, p, ffs, hb, stats, queues);
+    else if (cache_ && ly.moe)
+      ffn_offloaded(ly, l, p, ffs, hb, stats);
     else
       ffn(ly, p, ffs, hb, stats);
     if (!ffs.all) ffs.scatter(p, p.hc.data(), h.data(), hd);
@@ -312,14 +260,17 @@ void MoeLm::ffn(const Layer& ly, Pass& p, const RowSet& rs, float* h, LmStats* s
   float* x = p.x.data();
   float* y = p.y.data();
   // x = RMSNorm(h); h += MoE(x) (or the dense MLP).
-  parallel_for(n, 8, [&](int64_t b, int64_t e) {
-    kernels::rms_norm_rows_st(h + b * hd, ly.post_norm.data<float>(), x + b * hd, e - b, hd, hd,
-                              eps);
-  });
+  norm_rows(h, ly.post_norm.data<float>(), x, n, hd, eps);
   moe::RoutingResult routing;
   ly.ffn->route(x, n, ly.moe ? *policy_ : *dense_policy_, routing);
   ly.ffn->apply(x, n, routing, y);
-  if (stats && ly.moe) {
+  if (ly.moe) count_routing(routing, rs, stats);
+  add_rows(h, y, n * hd);
+}
+
+void MoeLm::count_routing(moe::RoutingResult& routing, const RowSet& rs, LmStats* stats) {
+  const int64_t n = rs.rows;
+  if (stats) {
     stats->moe_rows += n;
     stats->routed_experts += static_cast<int64_t>(routing.expert_ids.size());
     std::vector<uint8_t> ran(stats->expert_rows.size(), 0);
@@ -335,7 +286,6 @@ void MoeLm::ffn(const Layer& ly, Pass& p, const RowSet& rs, float* h, LmStats* s
     }
     if (stats->record_routing) stats->routing.push_back(std::move(routing));
   }
-  add_rows(h, y, n * hd);
 }
 
 // The MoE layer with per-expert queues: the rows at this layer are fresh tokens (routed now)

@@ -365,13 +365,40 @@ void MoeBlock::add_shared(const float* x, int64_t tokens, float* y) const {
   if (shared_inter_ > 0 && tokens > 0) run_shared(x, tokens, y);
 }
 
+void MoeBlock::apply_external(const float* x, int64_t tokens, const RoutingResult& routing,
+                              float* y, const ExpertMatrices* matrices) const {
+  DELTAMOE_CHECK(layout_ == kernels::WeightLayout::row_major && kind_ == ExpertKind::swiglu, "moe",
+                 "experts held outside the block need a row-major swiglu block");
+  DELTAMOE_ASSERT(matrices != nullptr, "apply_external without matrices");
+  for (int32_t e : routing.expert_ids) {
+    DELTAMOE_ASSERT(e >= 0 && e < experts_, "routing chose expert ", e, " of ", experts_);
+    const ExpertMatrices& m = matrices[e];
+    DELTAMOE_ASSERT(m.w1 && m.w3 && m.w2, "expert ", e, " has no matrices");
+    DELTAMOE_ASSERT(m.w1->dtype() == dtype_ && m.w1->out_features() == inter_ &&
+                        m.w1->in_features() == hidden_ && m.w2->out_features() == hidden_,
+                    "expert ", e, "'s matrices do not match the block");
+  }
+  apply_routed(x, tokens, routing, y, nullptr, nullptr, matrices);
+  add_shared(x, tokens, y);
+}
+
 void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResult& routing,
                             float* yp, const float* weights,
-                            std::vector<int64_t>* tokens_per_expert) const {
+                            std::vector<int64_t>* tokens_per_expert,
+                            const ExpertMatrices* external) const {
   const int64_t h = hidden_, i = inter_;
   DELTAMOE_ASSERT(routing.tokens() == t_count || (t_count == 0 && routing.offsets.empty()),
                   "routing has ", routing.tokens(), " tokens, input ", t_count);
   const float* gate_w = weights ? weights : routing.weights.data();
+  const auto w13 = [&](int64_t e) -> const kernels::PackedLinear& {
+    return external ? *external[e].w1 : w13_[static_cast<size_t>(e)];
+  };
+  const auto w3 = [&](int64_t e) -> const kernels::PackedLinear& {
+    return external ? *external[e].w3 : w3_[static_cast<size_t>(e)];
+  };
+  const auto w2 = [&](int64_t e) -> const kernels::PackedLinear& {
+    return external ? *external[e].w2 : w2_[static_cast<size_t>(e)];
+  };
   std::fill(yp, yp + t_count * h, 0.0f);
   std::vector<int64_t> counts(static_cast<size_t>(experts_), 0);
   if (t_count == 0) {
@@ -451,15 +478,15 @@ void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResul
       float* ae = act + offsets[e] * i;
       const int64_t width = tk.n_end - tk.n_begin;
       if (pair) {
-        swiglu_pair(xe, m, h, w13_[e], w3_[e], tk.n_begin, tk.n_end, tmp, ae, i);
+        swiglu_pair(xe, m, h, w13(e), w3(e), tk.n_begin, tk.n_end, tmp, ae, i);
         return;
       }
       if (swiglu) {
-        kernels::linear_st(xe, m, h, w13_[e], tk.n_begin, tk.n_end, tmp - tk.n_begin, width);
+        kernels::linear_st(xe, m, h, w13(e), tk.n_begin, tk.n_end, tmp - tk.n_begin, width);
         swiglu_interleaved(tmp, m, width, tk.n_begin, q, i, ae, i);
         return;
       }
-      kernels::linear_st(xe, m, h, w13_[e], tk.n_begin, tk.n_end, ae, i);
+      kernels::linear_st(xe, m, h, w13(e), tk.n_begin, tk.n_end, ae, i);
       const float* bias = b1_.empty() ? nullptr : b1_[e].data<float>();
       for (int64_t r = 0; r < m; ++r) {
         float* row = ae + r * i + tk.n_begin;
@@ -475,7 +502,7 @@ void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResul
     auto run_down = [&](const Task& tk) {
       const int64_t e = tk.expert, m = counts[e];
       float* oe = out + offsets[e] * h;
-      kernels::linear_st(act + offsets[e] * i, m, i, w2_[e], tk.n_begin, tk.n_end, oe, h);
+      kernels::linear_st(act + offsets[e] * i, m, i, w2(e), tk.n_begin, tk.n_end, oe, h);
       if (!b2_.empty()) {
         const float* bias = b2_[e].data<float>();
         for (int64_t r = 0; r < m; ++r)

@@ -302,6 +302,35 @@ std::string render_llm_prometheus(const LlmEngineStats& st, const HttpFrontendSt
   for (size_t e = 0; e < st.expert_queue_rows.size(); ++e)
     os << "deltamoe_llm_expert_queue_rows{expert=\"" << e << "\"} " << st.expert_queue_rows[e]
        << "\n";
+  if (st.has_expert_cache) {
+    const models::ExpertCacheStats& c = st.expert_cache;
+    gauge("deltamoe_expert_cache_slots", "Experts the expert cache holds at once.",
+          static_cast<double>(st.expert_cache_slots));
+    gauge("deltamoe_expert_cache_experts", "Routed experts of the model (all MoE layers).",
+          static_cast<double>(st.expert_cache_experts));
+    counter("deltamoe_expert_cache_requests_total", "Experts pinned by MoE layers.",
+            static_cast<double>(c.requests));
+    counter("deltamoe_expert_cache_hits_total", "... that were loaded already.",
+            static_cast<double>(c.hits));
+    counter("deltamoe_expert_cache_misses_total", "... that were absent (read on demand).",
+            static_cast<double>(c.misses));
+    gauge("deltamoe_expert_cache_hit_ratio", "Hits over requests, since load.", c.hit_rate());
+    counter("deltamoe_expert_cache_read_bytes_total", "Bytes read from the checkpoint.",
+            static_cast<double>(c.bytes_read));
+    counter("deltamoe_expert_cache_prefetch_reads_total", "Expert reads started by prefetch.",
+            static_cast<double>(c.prefetch_reads));
+    gauge("deltamoe_expert_cache_prefetch_precision_ratio",
+          "Predicted experts the routing then used, over experts predicted.", c.precision());
+    gauge("deltamoe_expert_cache_prefetch_recall_ratio",
+          "Predicted experts the routing used, over experts it used.", c.recall());
+    counter("deltamoe_expert_cache_stall_seconds_total", "Time MoE layers waited for reads.",
+            c.stall_s);
+    counter("deltamoe_expert_cache_substitutions_total",
+            "Token-expert pairs run without their expert (--substitute).",
+            static_cast<double>(c.substitutions));
+    counter("deltamoe_expert_cache_evictions_total", "Experts evicted.",
+            static_cast<double>(c.evictions));
+  }
   return os.str();
 }
 

@@ -287,6 +287,12 @@ LlmEngineStats LlmEngine::stats() const {
   s.kv_blocks_total = impl_->pool->max_blocks();
   s.kv_block_bytes = impl_->pool->block_bytes();
   s.mean_experts = impl_->rows_all > 0 ? impl_->routed_all / impl_->rows_all : 0.0;
+  if (const models::ExpertCache* c = model_->expert_cache()) {
+    s.has_expert_cache = true;
+    s.expert_cache = c->stats();
+    s.expert_cache_slots = c->slots();
+    s.expert_cache_experts = c->total_experts();
+  }
   return s;
 }
 

@@ -59,6 +59,24 @@ expect_error "$bin" generate --model "$m" --prompt "Hello" --weight-layout strid
 [ "$(python3 -c "import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(a['dtype'] == 'int8' and a['weight_layout'] == 'int8_copies' and a['mapped_weight_bytes'] == 0 and a['weight_bytes'] < 0.4 * b['weight_bytes'] and a['tg_tokens_per_s'] > 0)" "$tmp/bi8.json" "$tmp/bf32.json")" = True ] || fail "bench model int8"
 expect_error "$bin" generate --model "$m" --prompt "Hello" --dtype int8 --weight-layout packed
 grep -q "int8" "$tmp/err.txt" || fail "int8 + packed error does not say int8"
+
+# Experts beyond RAM: with the experts in a cache of one layer's experts (50% of a 2-layer
+# model), greedy tokens equal the all-resident run's; generate and bench model report the
+# cache's counters; bad values and combinations are one-line errors.
+"$bin" generate --model "$m" --prompt "Hello" -n 10 --ignore-eos --expert-cache 50% --expert-policy router --json >"$tmp/ec.json" 2>"$tmp/ec.err"
+[ "$(jget "$tmp/ec.json" "d['generated_ids']")" = "$(jget "$tmp/a.json" "d['generated_ids']")" ] || fail "expert cache changed greedy tokens"
+[ "$(jget "$tmp/ec.json" "d['expert_cache']['slots'] == 4 and d['expert_cache']['requests'] > 0 and d['expert_cache']['bytes_read'] > 0")" = True ] || fail "generate expert_cache counters"
+grep -q "expert cache: 4 of 8 experts" "$tmp/ec.err" || { cat "$tmp/ec.err"; fail "no expert cache line on stderr"; }
+"$bin" bench model --model "$m" -p 0 -n 6 -r 1 --expert-cache 50% --substitute --drop-page-cache --json >"$tmp/bec.json" 2>/dev/null
+[ "$(jget "$tmp/bec.json" "all(k in d['expert_cache'] for k in ('hit_rate', 'stall_ms_per_token', 'prediction_precision', 'disk_read_gbps', 'frac_of_disk_roofline', 'peak_rss_over_bound', 'substitution_check')) and d['expert_cache']['disk_read_gbps'] > 0 and 0 <= d['expert_cache']['substitution_check']['top1_agreement'] <= 1")" = True ] || fail "bench model expert_cache report"
+expect_error "$bin" generate --model "$m" --prompt "Hello" --expert-cache 10%
+grep -q "one MoE layer may need all its 4" "$tmp/err.txt" || fail "small budget message"
+expect_error "$bin" generate --model "$m" --prompt "Hello" --expert-cache lots
+grep -q "\[offload\] --expert-cache 'lots'" "$tmp/err.txt" || fail "bad budget message"
+expect_error "$bin" generate --model "$m" --prompt "Hello" --expert-policy lfu
+grep -q "need --expert-cache" "$tmp/err.txt" || fail "policy without cache message"
+expect_error "$bin" generate --model "$m" --prompt "Hello" --expert-cache 50% --dtype bf16
+grep -q "reads experts as the file stores them (f32)" "$tmp/err.txt" || fail "dtype mismatch message"
 # Per-token budgets: top-k:1 uses 1 expert per token, top-p a mean between 1 and E.
 "$bin" generate --model "$m" --prompt "Hello" -n 4 --routing top-k:1 --json >"$tmp/k1.json" 2>/dev/null
 [ "$(jget "$tmp/k1.json" "d['mean_experts_per_token']")" = 1.0 ] || fail "top-k:1 mean experts"

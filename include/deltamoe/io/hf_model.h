@@ -86,6 +86,13 @@ struct HfConfig {
 std::map<std::string, std::string> parse_hf_index(const std::string& json_text,
                                                   const std::string& path_for_errors);
 
+/// A byte range of a file.
+struct FileExtent {
+  std::string path;
+  uint64_t offset = 0;  // from the start of the file
+  uint64_t bytes = 0;
+};
+
 /// The tensors of a model directory: model.safetensors, or the shards named by
 /// model.safetensors.index.json (preferred when both exist), all memory-mapped.
 ///
@@ -117,6 +124,12 @@ class HfCheckpoint {
   const SafetensorsEntry& entry(const std::string& name) const;
   /// Sum of the tensors' data sizes in bytes.
   uint64_t total_bytes() const;
+  /// Where `t`'s bytes lie in the checkpoint's files, for readers that bypass the mapping
+  /// (an expert cache's pread). `t` must be a contiguous view that get() or
+  /// load_hf_weights() returned (a row range of a stacked tensor is one). Throws
+  /// Error("hf") when it is not inside one of the mappings (e.g. a copy made because the
+  /// file's data was misaligned).
+  FileExtent locate(const Tensor& t) const;
   /// Number of shard files (1 for a single model.safetensors).
   size_t num_files() const { return files_.size(); }
 

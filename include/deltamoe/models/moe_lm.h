@@ -24,6 +24,7 @@
 #include "deltamoe/io/hf_model.h"
 #include "deltamoe/kernels/cpu.h"
 #include "deltamoe/kernels/llm.h"
+#include "deltamoe/models/expert_cache.h"
 #include "deltamoe/models/kv_cache.h"
 #include "deltamoe/moe/moe_block.h"
 #include "deltamoe/moe/routing.h"
@@ -68,6 +69,9 @@ struct ExpertQueueRule {
 };
 
 struct LmOptions {
+  LmOptions() = default;
+  LmOptions(DType d, kernels::WeightLayout l = kernels::WeightLayout::row_major)  // NOLINT
+      : dtype(d), layout(l) {}
   /// Weight dtype for compute: f32, bf16 or int8 (every matrix but the router and the
   /// embeddings quantised at load, one f16 scale per 32 inputs; always the row-major layout).
   DType dtype = DType::f32;
@@ -75,6 +79,10 @@ struct LmOptions {
   /// has `dtype` (no copy, no packing time; the pages are the file's page cache), converted
   /// row-major copies otherwise. packed: copies in the panel layout of our packed kernels.
   kernels::WeightLayout layout = kernels::WeightLayout::row_major;
+  /// Routed experts read on demand into a byte-budgeted cache (models/expert_cache.h)
+  /// instead of used from the mapping; off unless enabled(). Needs the row-major layout and
+  /// `dtype` equal to the checkpoint's expert dtype.
+  ExpertCacheOptions expert_cache;
 };
 
 class MoeLm {
@@ -83,7 +91,9 @@ class MoeLm {
   /// tensor (name, shape) before any compute, and prepares the weights in options.layout
   /// (views of the mapping where the dtype allows). Throws Error("hf"/"model").
   static std::unique_ptr<MoeLm> load(const std::string& model_dir, const LmOptions& options = {});
-  MoeLm(const io::HfConfig& config, const io::HfModelWeights& weights, const LmOptions& options);
+  /// `checkpoint` (the files `weights` view) is needed only with options.expert_cache on.
+  MoeLm(const io::HfConfig& config, const io::HfModelWeights& weights, const LmOptions& options,
+        const io::HfCheckpoint* checkpoint = nullptr);
 
   const io::HfConfig& config() const { return cfg_; }
   int64_t vocab_size() const { return cfg_.vocab_size; }
@@ -91,8 +101,12 @@ class MoeLm {
   DType dtype() const { return dtype_; }
   kernels::WeightLayout layout() const { return layout_; }
   /// Bytes of weight matrices used in place from the checkpoint's mapping (row-major layout
-  /// with the file's dtype); the rest of weight_bytes() are copies.
+  /// with the file's dtype; experts in an expert cache excluded); the rest of weight_bytes()
+  /// are copies or cached experts.
   size_t mapped_weight_bytes() const { return mapped_bytes_; }
+  /// The expert cache when LmOptions::expert_cache is on, else null. Its stats count the
+  /// forward passes since its reset_stats().
+  ExpertCache* expert_cache() const { return cache_.get(); }
 
   /// The model's own routing (top-k, renormalised when norm_topk_prob).
   std::shared_ptr<const moe::RoutingPolicy> default_policy() const { return default_policy_; }
@@ -149,6 +163,14 @@ class MoeLm {
                   const ExpertQueueRule& queues) const;
   void attention(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h) const;
   void ffn(const Layer& ly, Pass& p, const RowSet& rs, float* h, LmStats* stats) const;
+  /// ffn() of an MoE layer whose experts are in cache_ (moe_lm_offload.cpp).
+  void ffn_offloaded(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h,
+                     LmStats* stats) const;
+  /// Adds one MoE layer's routing of the rows `rs` to `stats`.
+  static void count_routing(moe::RoutingResult& routing, const RowSet& rs, LmStats* stats);
+  /// Opens the expert cache over the checkpoint's expert tensors (moe_lm_offload.cpp).
+  void open_expert_cache(const io::HfModelWeights& w, const io::HfCheckpoint& ckpt,
+                         const ExpertCacheOptions& opts);
   void ffn_queued(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h, LmStats* stats,
                   const ExpertQueueRule& queues) const;
   /// Makes room for `tokens` more positions: a pool when the cache has none, blocks from it.
@@ -168,6 +190,8 @@ class MoeLm {
   kernels::RopeTable rope_;  // filled at load for positions [0, max_positions_)
   int64_t max_positions_ = 0;
   std::shared_ptr<const moe::RoutingPolicy> default_policy_, policy_, dense_policy_;
+  std::unique_ptr<ExpertCache> cache_;
+  std::vector<int64_t> moe_ordinal_;  // per layer: index among MoE layers, −1 for dense
 };
 
 /// Picks the next token from logits[V]: argmax when temperature ≤ 0 (lowest id on ties),

@@ -61,6 +61,14 @@ struct MoeWeights {
                            int64_t shared_inter = 0);
 };
 
+/// One routed expert's matrices kept outside its block (an expert cache's slot), row-major in
+/// the block's dtype: w1 (gate) [I, H], w3 (up) [I, H], w2 (down) [H, I]. Not owned.
+struct ExpertMatrices {
+  const kernels::PackedLinear* w1 = nullptr;
+  const kernels::PackedLinear* w3 = nullptr;
+  const kernels::PackedLinear* w2 = nullptr;
+};
+
 /// Statistics of one forward pass.
 struct MoeStats {
   RoutingResult routing;                   // per token: experts and weights
@@ -99,6 +107,13 @@ class MoeBlock {
              const float* weights = nullptr,
              std::vector<int64_t>* tokens_per_expert = nullptr) const;
 
+  /// apply() with each routed expert e's matrices taken from matrices[e] (experts() entries;
+  /// those of the experts `routing` uses must be set) instead of the block's own, which are
+  /// then never read (a block over an unread mapping, its experts in a cache). Row-major
+  /// swiglu blocks only (Error("moe") otherwise); the same arithmetic as apply().
+  void apply_external(const float* x, int64_t tokens, const RoutingResult& routing, float* y,
+                      const ExpertMatrices* matrices) const;
+
   /// out[r, H] = E_{experts[r]}(x[r, H]) for each of `rows` rows: one expert per row, no gate
   /// weight, no shared expert (rows an LM's per-expert queues collected across steps; the
   /// caller combines them). Multi-threaded like apply().
@@ -130,8 +145,10 @@ class MoeBlock {
  private:
   void run_shared(const float* x, int64_t tokens, float* y) const;
   // apply() without the shared expert.
+  // `external`: ExpertMatrices per expert replacing w13_ / w3_ / w2_ (null: the block's own).
   void apply_routed(const float* x, int64_t tokens, const RoutingResult& routing, float* y,
-                    const float* weights, std::vector<int64_t>* tokens_per_expert) const;
+                    const float* weights, std::vector<int64_t>* tokens_per_expert,
+                    const ExpertMatrices* external = nullptr) const;
 
   ExpertKind kind_;
   DType dtype_;

@@ -95,6 +95,10 @@ struct LlmEngineStats {
   uint64_t held_token_steps = 0;  // steps that ended with a sequence's token held, summed
   double busy_s = 0.0;            // time in forward passes
   double mean_experts = 0.0;      // real experts per token and MoE layer, all requests
+  /// The model's expert cache (--expert-cache), when it has one: its counters since load.
+  bool has_expert_cache = false;
+  models::ExpertCacheStats expert_cache;
+  int64_t expert_cache_slots = 0, expert_cache_experts = 0;
 };
 
 class LlmEngine {
