@@ -23,7 +23,7 @@ namespace deltamoe::cli {
 /// Experts beyond RAM (models/expert_cache.h): generate, perplexity, bench model and serve.
 struct OffloadCliOptions {
   std::string expert_cache;  // empty: every expert used from the mapping
-  std::string expert_policy = "lru";
+  std::string expert_policy = "router";
   bool no_prefetch = false;
   bool substitute = false;
   int io_threads = 4;
@@ -83,7 +83,7 @@ inline models::ExpertCacheOptions expert_cache_options(const OffloadCliOptions& 
   c.prefetch = !o.no_prefetch;
   c.substitute = o.substitute;
   c.io_threads = o.io_threads;
-  DELTAMOE_CHECK(c.enabled() || (!o.no_prefetch && !o.substitute && o.expert_policy == "lru"),
+  DELTAMOE_CHECK(c.enabled() || (!o.no_prefetch && !o.substitute && o.expert_policy == "router"),
                  "cli", "--expert-policy, --no-prefetch and --substitute need --expert-cache");
   return c;
 }

@@ -49,7 +49,7 @@ struct ExpertCacheOptions {
   uint64_t budget_bytes = 0;
   /// Else this fraction (0, 1] of all routed experts' bytes.
   double fraction = 0.0;
-  ExpertCachePolicy policy = ExpertCachePolicy::lru;
+  ExpertCachePolicy policy = ExpertCachePolicy::router;
   /// Pre-gating: predict layer l+1's experts from layer l's hidden state, read them early.
   bool prefetch = true;
   /// On a miss, run the token with its resident experts (weights renormalised) instead of
