@@ -310,9 +310,10 @@ std::string render_llm_prometheus(const LlmEngineStats& st, const HttpFrontendSt
           static_cast<double>(st.expert_cache_experts));
     counter("deltamoe_expert_cache_requests_total", "Experts pinned by MoE layers.",
             static_cast<double>(c.requests));
-    counter("deltamoe_expert_cache_hits_total", "... that were loaded already.",
+    counter("deltamoe_expert_cache_hits_total", "Expert pins that found the expert loaded.",
             static_cast<double>(c.hits));
-    counter("deltamoe_expert_cache_misses_total", "... that were absent (read on demand).",
+    counter("deltamoe_expert_cache_misses_total",
+            "Expert pins that found the expert absent (read on demand).",
             static_cast<double>(c.misses));
     gauge("deltamoe_expert_cache_hit_ratio", "Hits over requests, since load.", c.hit_rate());
     counter("deltamoe_expert_cache_read_bytes_total", "Bytes read from the checkpoint.",

@@ -144,6 +144,25 @@ grep -q '^deltamoe_llm_expert_runs_total ' <<<"$r" || { echo "metrics miss exper
 stop_server || { echo "per-expert server exit $?"; exit 1; }
 pid=""
 
+# Experts in a cache of one layer's experts (50% of the tiny model's two layers): the same
+# greedy text as generate, and /metrics exports the cache's counters. With per-expert queues
+# across steps the cache is refused at start.
+expect_one_line_error 1 "\[serve\] --mode per-expert holds tokens at MoE layers" \
+  "$bin" serve --model "$tmp/m" --mode per-expert --queue-size 4 --queue-timeout-us 100 --expert-cache 50% --port 0
+start_server --expert-cache 50% --kv-cache-mb 8
+r=$(http POST /v1/completions "$req")
+[ "$(body_of <<<"$r" | jget "d['choices'][0]['text']")" = "$gen" ] || { echo "expert-cache text: $r"; exit 1; }
+r=$(http GET /metrics)
+for m in deltamoe_expert_cache_slots deltamoe_expert_cache_hits_total deltamoe_expert_cache_misses_total \
+         deltamoe_expert_cache_read_bytes_total deltamoe_expert_cache_prefetch_precision_ratio \
+         deltamoe_expert_cache_stall_seconds_total; do
+  grep -q "^$m " <<<"$r" || { echo "metrics miss $m"; exit 1; }
+done
+req_n=$(grep '^deltamoe_expert_cache_requests_total ' <<<"$r" | awk '{print $2}')
+python3 -c "import sys; sys.exit(0 if float('$req_n') > 0 else 1)" || { echo "no cache requests: $r"; exit 1; }
+stop_server || { echo "expert-cache server exit $?"; exit 1; }
+pid=""
+
 # Past the queue bound: 503 with Retry-After.
 start_server --max-waiting 0
 r=$(http POST /v1/completions '{"prompt":"x","max_tokens":2}')
