@@ -312,6 +312,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=16, help="decode tokens per run (after as many warm-up)")
     ap.add_argument("--reps", type=int, default=2, help="repetitions of each configuration (A B A B)")
     ap.add_argument("--skip-skewed", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="only mmap, router and router --no-prefetch on the uniform model")
     ap.add_argument("--replot", metavar="JSON", help="only redraw the plots and CSV from a results file")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -340,10 +342,12 @@ def main():
             ("cache router", cache("router")),
             ("cache router, no prefetch", cache("router", "--no-prefetch")),
             ("cache router, substitute", cache("router", "--substitute"))]
+    if a.quick:
+        full = [full[0], full[3], full[4]]
     try:
         log("uniform model")
         res["models"]["uniform"] = study_model(a.deltamoe, uniform, budgets, a.tokens, full, cg, a.reps)
-        if not a.skip_skewed:
+        if not a.skip_skewed and not a.quick:
             log("skewed model")
             res["models"]["skewed"] = study_model(a.deltamoe, skewed, budgets, a.tokens,
                                                   full[:5], cg, 1)

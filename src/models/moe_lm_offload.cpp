@@ -1,9 +1,9 @@
 // MoE layers whose routed experts live in an ExpertCache (see models/expert_cache.h): the
 // cache is opened over the checkpoint's expert tensors, and each MoE layer pins the experts
 // its routing needs, prefetches the next MoE layer's predicted experts (pre-gating: the next
-// router applied to the current hidden state), waits for its own and runs them from their
-// slots. The arithmetic is MoeBlock::apply's, so outputs equal the all-resident run's unless
-// substitution drops experts.
+// router applied to the current hidden state, each token's most likely expert), waits for
+// its own and runs them from their slots. The arithmetic is MoeBlock::apply's, so outputs equal the
+// all-resident run's unless substitution drops experts.
 #include <algorithm>
 #include <vector>
 
@@ -152,7 +152,11 @@ void MoeLm::ffn_offloaded(const Layer& ly, int64_t l, Pass& p, const RowSet& rs,
       std::vector<float> xn(static_cast<size_t>(n * hd));
       kernels::rms_norm_rows_st(h, nl.post_norm.data<float>(), xn.data(), n, hd, hd, eps);
       moe::RoutingResult pred;
-      nl.ffn->route(xn.data(), n, *policy_, pred);
+      // Each token's most likely expert only: the top-1 guess is right more often (90% against
+      // 77% for the full top-k on the study's model) and a wrong guess costs a whole expert's
+      // read; measured faster than predicting all k (docs/experiments/offload.md).
+      static const moe::TopKRouting most_likely(1, true);
+      nl.ffn->route(xn.data(), n, most_likely, pred);
       p.predicted = distinct(pred.expert_ids);
       p.predicted_layer = moe_ordinal_[next];
       cache_->prefetch(p.predicted_layer, p.predicted);

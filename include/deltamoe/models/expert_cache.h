@@ -50,7 +50,8 @@ struct ExpertCacheOptions {
   /// Else this fraction (0, 1] of all routed experts' bytes.
   double fraction = 0.0;
   ExpertCachePolicy policy = ExpertCachePolicy::router;
-  /// Pre-gating: predict layer l+1's experts from layer l's hidden state, read them early.
+  /// Pre-gating: predict layer l+1's experts from layer l's hidden state (each token's most
+  /// likely one), read them early.
   bool prefetch = true;
   /// On a miss, run the token with its resident experts (weights renormalised) instead of
   /// waiting; a token with none resident waits for its top expert.
