@@ -83,6 +83,26 @@ struct Contender {
   double timed_tokens = 0;      // token rows of the timed repetitions
 };
 
+// Adds one sequence's decode routing (`steps` tokens, each step's MoE layers in order) to
+// c's locality counters.
+void add_locality(Contender& c, const std::vector<moe::RoutingResult>& routing, int64_t steps) {
+  const size_t layers = routing.size() / static_cast<size_t>(std::max<int64_t>(1, steps));
+  if (layers == 0) return;
+  c.expert_load.resize(layers);
+  for (size_t j = 0; j < routing.size(); ++j) {
+    const auto& ids = routing[j].expert_ids;
+    auto& load = c.expert_load[j % layers];
+    for (int32_t e : ids) {
+      if (load.size() <= static_cast<size_t>(e)) load.resize(static_cast<size_t>(e) + 1, 0.0);
+      load[static_cast<size_t>(e)] += 1;
+    }
+    if (j < layers) continue;  // the first token has no previous one
+    const auto& prev = routing[j - layers].expert_ids;
+    for (int32_t e : ids) c.repeated_picks += std::find(prev.begin(), prev.end(), e) != prev.end();
+    c.picks += static_cast<double>(ids.size());
+  }
+}
+
 void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng, bool timed,
                   std::vector<float>& logits) {
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(c.m->vocab_size() - 1));
@@ -122,25 +142,9 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
       c.tg.tps.push_back(tps);
       c.tg_stats.moe_rows += st.moe_rows;
       c.tg_stats.routed_experts += st.routed_experts;
-      // One sequence: st.routing holds each step's MoE layers in order.
-      const size_t moe_layers =
-          st.routing.size() / static_cast<size_t>(std::max<int64_t>(1, o.gen));
-      if (b == 1 && moe_layers > 0) c.expert_load.resize(moe_layers);
-      for (size_t j = 0; b == 1 && moe_layers > 0 && j < st.routing.size(); ++j) {
-        const auto& ids = st.routing[j].expert_ids;
-        auto& load = c.expert_load[j % moe_layers];
-        for (int32_t e : ids) {
-          if (load.size() <= static_cast<size_t>(e)) load.resize(static_cast<size_t>(e) + 1, 0.0);
-          load[static_cast<size_t>(e)] += 1;
-        }
-        if (j < moe_layers) continue;
-        const auto& prev = st.routing[j - moe_layers].expert_ids;
-        for (int32_t e : ids)
-          c.repeated_picks += std::find(prev.begin(), prev.end(), e) != prev.end();
-        c.picks += static_cast<double>(ids.size());
-      }
+      if (b == 1) add_locality(c, st.routing, o.gen);
       for (const moe::RoutingResult& r : st.routing) {
-        if (b == 1) break;
+        if (b == 1) break;  // one sequence: a step's experts are its token's
         std::vector<int32_t> ids = r.expert_ids;
         std::sort(ids.begin(), ids.end());
         c.unique_experts += static_cast<double>(std::unique(ids.begin(), ids.end()) - ids.begin());
@@ -154,9 +158,8 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
   }
 }
 
-// The figures of one contender (the whole report when there is one).
-// The expert files' read bandwidth in GB/s: about 2 GB of random experts read as the cache
-// reads them.
+// The expert files' read bandwidth in GB/s: about 2 GB of the experts the cache read last,
+// read again as the cache reads them (ExpertCache::probe_read_gbps).
 double disk_probe(const models::ExpertCache& cache, uint64_t seed) {
   const int64_t n =
       std::clamp<int64_t>(static_cast<int64_t>(2e9 / static_cast<double>(cache.expert_bytes())), 8,
@@ -164,6 +167,7 @@ double disk_probe(const models::ExpertCache& cache, uint64_t seed) {
   return cache.probe_read_gbps(n, seed);
 }
 
+// The figures of one contender (the whole report when there is one).
 json report(const Contender& c, const ModelBenchOptions& o, double gbps) {
   json out = {{"weight_layout", c.layout},
               {"weight_bytes", c.m->weight_bytes()},
@@ -270,15 +274,8 @@ void print_contender(const json& r, const ModelBenchOptions& o) {
                 r["mean_experts_per_token"].get<double>());
   if (r.contains("expert_cache")) {
     const json& e = r["expert_cache"];
-    std::printf(
-        "  [%s] expert cache %lld of %lld experts (%.2f GB, %s): hit rate %.1f%%, %.1f MB read "
-        "per token, prefetch precision %.1f%% recall %.1f%%, stall %.1f ms per token; disk "
-        "%.2f GB/s",
-        layout.c_str(), e["slots"].get<long long>(), e["total_experts"].get<long long>(),
-        e["capacity_bytes"].get<double>() / 1e9, e["policy"].get<std::string>().c_str(),
-        100 * e["hit_rate"].get<double>(), e["bytes_read_per_token"].get<double>() / 1e6,
-        100 * e["prediction_precision"].get<double>(), 100 * e["prediction_recall"].get<double>(),
-        e["stall_ms_per_token"].get<double>(), e["disk_read_gbps"].get<double>());
+    std::printf("  [%s] %s; disk %.2f GB/s", layout.c_str(), expert_cache_line(e).c_str(),
+                e["disk_read_gbps"].get<double>());
     if (e.contains("frac_of_disk_roofline"))
       std::printf(", %.0f%% of the %.2f tokens/s disk roofline",
                   100 * e["frac_of_disk_roofline"].get<double>(),

@@ -109,7 +109,9 @@ int run_generate(const GenerateOptions& o) {
       m->policy().name().c_str());
   if (const models::ExpertCache* c = m->expert_cache())
     std::cerr << "generate: "
-              << expert_cache_line(*c, static_cast<double>(all.tokens + gen_stats.tokens)) << "\n";
+              << expert_cache_line(
+                     expert_cache_json(*c, static_cast<double>(all.tokens + gen_stats.tokens)))
+              << "\n";
   return 0;
 }
 

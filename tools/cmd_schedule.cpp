@@ -34,10 +34,6 @@ const char* kAlgoHelp =
     "  xla      XLA's list scheduler: most (bytes freed - bytes defined) first\n"
     "  program  the order of the file";
 
-std::string human_bytes(uint64_t b) {
-  return deltamoe::format_bytes(b);
-}
-
 ordered_json fusion_json(const Graph& g, const FusionReport& rep) {
   uint64_t saved_all = 0, saved_safe = 0;
   int64_t raise = 0, lower = 0;
@@ -102,7 +98,9 @@ void print_human(std::ostream& os, const std::string& path, const Graph& g, cons
   auto row = [&](const std::string& k, const std::string& v) {
     os << "  " << std::left << std::setw(18) << k << v << "\n";
   };
-  auto bytes = [](uint64_t b) { return human_bytes(b) + "  (" + std::to_string(b) + " B)"; };
+  auto bytes = [](uint64_t b) {
+    return deltamoe::format_bytes(b) + "  (" + std::to_string(b) + " B)";
+  };
   row("algorithm", r.algorithm);
   row("peak", bytes(r.peak));
   row("lower bound", bytes(r.lower_bound.bytes) + "  [" + r.lower_bound.kind + "]");
@@ -117,7 +115,7 @@ void print_human(std::ostream& os, const std::string& path, const Graph& g, cons
      << std::setprecision(3) << r.sp.sp_fraction;
   row("series-parallel", sp.str());
   std::ostringstream ar;
-  ar << human_bytes(r.placement.arena_bytes) << ", fragmentation " << std::fixed
+  ar << deltamoe::format_bytes(r.placement.arena_bytes) << ", fragmentation " << std::fixed
      << std::setprecision(2) << 100.0 * r.placement.fragmentation << " %";
   row("arena", ar.str());
   std::ostringstream sec;
@@ -136,16 +134,18 @@ void print_human(std::ostream& os, const std::string& path, const Graph& g, cons
     const ordered_json fj = fusion_json(g, *fus);
     os << "  fusion: " << fj["candidates"].get<size_t>() << " candidate pairs, "
        << fj["raise_peak"].get<int64_t>() << " raise the peak, " << fj["lower_peak"].get<int64_t>()
-       << " lower it; traffic saved " << human_bytes(fj["traffic_saved_bytes_all"].get<uint64_t>())
-       << " (" << human_bytes(fj["traffic_saved_bytes_not_raising_peak"].get<uint64_t>())
+       << " lower it; traffic saved "
+       << deltamoe::format_bytes(fj["traffic_saved_bytes_all"].get<uint64_t>()) << " ("
+       << deltamoe::format_bytes(fj["traffic_saved_bytes_not_raising_peak"].get<uint64_t>())
        << " without raising the peak)\n";
     for (const auto& p : fj["top_by_traffic"]) {
       if (&p - &fj["top_by_traffic"][0] >= 10) break;
       os << "    " << p["producer_name"].get<std::string>() << " -> "
          << p["consumer_name"].get<std::string>() << ": saves "
-         << human_bytes(p["traffic_saved_bytes"].get<uint64_t>()) << ", peak "
+         << deltamoe::format_bytes(p["traffic_saved_bytes"].get<uint64_t>()) << ", peak "
          << (p["peak_delta_bytes"].get<int64_t>() >= 0 ? "+" : "-")
-         << human_bytes(static_cast<uint64_t>(std::llabs(p["peak_delta_bytes"].get<int64_t>())))
+         << deltamoe::format_bytes(
+                static_cast<uint64_t>(std::llabs(p["peak_delta_bytes"].get<int64_t>())))
          << "\n";
     }
   }

@@ -124,21 +124,21 @@ inline nlohmann::json expert_cache_json(const models::ExpertCache& c, double tok
           {"read_busy_s", s.read_s}};
 }
 
-/// One line for stderr: hit rate, bytes read, prefetch precision/recall, stall per token.
-inline std::string expert_cache_line(const models::ExpertCache& c, double tokens) {
-  const models::ExpertCacheStats s = c.stats();
-  const double t = tokens > 0 ? tokens : 1.0;
+/// One line for people from expert_cache_json()'s object: the cache's size and policy, hit
+/// rate, bytes read, prefetch precision / recall, stall per token, substitutions.
+inline std::string expert_cache_line(const nlohmann::json& e) {
   char buf[400];
   std::snprintf(buf, sizeof buf,
-                "expert cache: %lld of %lld experts (%.2f GB, %s%s), hit rate %.1f%%, %.1f MB "
+                "expert cache: %lld of %lld experts (%.2f GB, %s, %s), hit rate %.1f%%, %.1f MB "
                 "read per token, prefetch precision %.1f%% recall %.1f%%, stall %.1f ms per "
                 "token, %lld substitutions",
-                static_cast<long long>(c.slots()), static_cast<long long>(c.total_experts()),
-                static_cast<double>(c.capacity_bytes()) / 1e9,
-                models::expert_cache_policy_name(c.options().policy),
-                c.direct_io() ? ", O_DIRECT" : ", buffered", 100.0 * s.hit_rate(),
-                static_cast<double>(s.bytes_read) / t / 1e6, 100.0 * s.precision(),
-                100.0 * s.recall(), 1e3 * s.stall_s / t, static_cast<long long>(s.substitutions));
+                e["slots"].get<long long>(), e["total_experts"].get<long long>(),
+                e["capacity_bytes"].get<double>() / 1e9, e["policy"].get<std::string>().c_str(),
+                e["direct_io"].get<bool>() ? "O_DIRECT" : "buffered",
+                100.0 * e["hit_rate"].get<double>(), e["bytes_read_per_token"].get<double>() / 1e6,
+                100.0 * e["prediction_precision"].get<double>(),
+                100.0 * e["prediction_recall"].get<double>(), e["stall_ms_per_token"].get<double>(),
+                e["substitutions"].get<long long>());
   return buf;
 }
 

@@ -43,6 +43,37 @@ uint64_t round_up(uint64_t v, uint64_t a) {
   return (v + a - 1) / a * a;
 }
 
+// The reads of one matrix: fn(offset, len, need, into) for each chunk, `into` its byte offset
+// in the matrix's slot region. Direct reads cover the block-aligned range around the matrix
+// (its data then starts at offset % kAlign in the region); `need` is what must arrive (the
+// aligned end may run past the end of the file).
+template <class Fn>
+void for_each_chunk(const io::FileExtent& x, bool direct, Fn fn) {
+  const uint64_t begin = direct ? x.offset / kAlign * kAlign : x.offset;
+  const uint64_t end = direct ? round_up(x.offset + x.bytes, kAlign) : x.offset + x.bytes;
+  for (uint64_t o = begin; o < end; o += kChunk) {
+    const uint64_t len = std::min(kChunk, end - o);
+    fn(o, len, std::min(o + len, x.offset + x.bytes) - o, o - begin);
+  }
+}
+
+// Reads up to `len` bytes at `offset` (retrying short reads and EINTR, stopping at the end of
+// the file); the bytes read, and the error text in `err` on failure.
+uint64_t read_fully(int fd, uint8_t* dst, uint64_t len, uint64_t offset, std::string& err) {
+  uint64_t done = 0;
+  while (done < len) {
+    const ssize_t r = ::pread(fd, dst + done, len - done, static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      err = std::strerror(errno);
+      break;
+    }
+    if (r == 0) break;
+    done += static_cast<uint64_t>(r);
+  }
+  return done;
+}
+
 }  // namespace
 
 const char* expert_cache_policy_name(ExpertCachePolicy p) {
@@ -111,7 +142,7 @@ struct ExpertCache::Impl {
   std::vector<std::array<int, 3>> fds;  // per key and matrix
   std::map<std::string, int> open_files;
   bool direct = true;
-  std::array<uint64_t, 3> region_off{}, region_size{};
+  std::array<uint64_t, 3> region_off{};  // of each matrix in a slot
 
   uint8_t* slab = nullptr;
   size_t slab_bytes = 0;
@@ -189,18 +220,14 @@ struct ExpertCache::Impl {
     ++loading;
     std::deque<Chunk>& q = demand ? demand_q : prefetch_q;
     en.pending = 0;
-    for (int m = 0; m < 3; ++m) {
-      const io::FileExtent& x = extents[static_cast<size_t>(key)][static_cast<size_t>(m)];
-      uint8_t* region = slot_base(s) + region_off[static_cast<size_t>(m)];
-      const uint64_t begin = direct ? x.offset / kAlign * kAlign : x.offset;
-      const uint64_t end = direct ? round_up(x.offset + x.bytes, kAlign) : x.offset + x.bytes;
-      for (uint64_t o = begin; o < end; o += kChunk) {
-        const uint64_t len = std::min(kChunk, end - o);
-        const uint64_t need = std::min(o + len, x.offset + x.bytes) - o;
-        q.push_back({key, fds[static_cast<size_t>(key)][static_cast<size_t>(m)], o, len, need,
-                     region + (o - begin)});
-        ++en.pending;
-      }
+    for (size_t m = 0; m < 3; ++m) {
+      uint8_t* region = slot_base(s) + region_off[m];
+      const int fd = fds[static_cast<size_t>(key)][m];
+      for_each_chunk(extents[static_cast<size_t>(key)][m], direct,
+                     [&](uint64_t off, uint64_t len, uint64_t need, uint64_t into) {
+                       q.push_back({key, fd, off, len, need, region + into});
+                       ++en.pending;
+                     });
     }
     cv_io.notify_all();
     return true;
@@ -269,19 +296,8 @@ struct ExpertCache::Impl {
       q.pop_front();
       lock.unlock();
       const auto t0 = std::chrono::steady_clock::now();
-      uint64_t done = 0;
       std::string err;
-      while (done < c.len) {
-        const ssize_t r =
-            ::pread(c.fd, c.dst + done, c.len - done, static_cast<off_t>(c.offset + done));
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) {
-          err = std::strerror(errno);
-          break;
-        }
-        if (r == 0) break;
-        done += static_cast<uint64_t>(r);
-      }
+      const uint64_t done = read_fully(c.fd, c.dst, c.len, c.offset, err);
       if (err.empty() && done < c.need)
         err = "short read (" + std::to_string(done) + " of " + std::to_string(c.need) +
               " bytes): the file changed or was truncated";
@@ -333,8 +349,7 @@ ExpertCache::ExpertCache(int64_t layers, int64_t experts, DType dtype,
         static_cast<uint64_t>(shape_numel(shapes[static_cast<size_t>(i)])) * dtype_size(dtype);
     expert_bytes_ += bytes;
     m.region_off[static_cast<size_t>(i)] = slot_bytes_;
-    m.region_size[static_cast<size_t>(i)] = round_up(bytes, kAlign) + kAlign;
-    slot_bytes_ += m.region_size[static_cast<size_t>(i)];
+    slot_bytes_ += round_up(bytes, kAlign) + kAlign;  // + kAlign: room for the aligned range
   }
   for (const auto& x : extents)
     for (int i = 0; i < 3; ++i)
@@ -561,13 +576,11 @@ double ExpertCache::probe_read_gbps(int64_t n, uint64_t seed) const {
     for (size_t i = 0; i < rest.size() && int64_t(keys.size()) < n; ++i) keys.push_back(rest[i]);
   }
   for (int64_t k : keys)
-    for (size_t i = 0; i < 3; ++i) {
-      const io::FileExtent& x = m.extents[static_cast<size_t>(k)][i];
-      const uint64_t begin = m.direct ? x.offset / kAlign * kAlign : x.offset;
-      const uint64_t end = m.direct ? round_up(x.offset + x.bytes, kAlign) : x.offset + x.bytes;
-      for (uint64_t o = begin; o < end; o += kChunk)
-        jobs.push_back({m.fds[static_cast<size_t>(k)][i], o, std::min(kChunk, end - o)});
-    }
+    for (size_t i = 0; i < 3; ++i)
+      for_each_chunk(m.extents[static_cast<size_t>(k)][i], m.direct,
+                     [&](uint64_t off, uint64_t len, uint64_t, uint64_t) {
+                       jobs.push_back({m.fds[static_cast<size_t>(k)][i], off, len});
+                     });
   std::atomic<size_t> next{0};
   std::atomic<uint64_t> bytes{0};
   // The buffers are allocated and touched before the clock starts: under a memory limit,
@@ -584,8 +597,9 @@ double ExpertCache::probe_read_gbps(int64_t n, uint64_t seed) const {
   for (int t = 0; t < opts_.io_threads; ++t)
     pool.emplace_back([&, buf = bufs[static_cast<size_t>(t)].get()] {
       for (size_t j; (j = next.fetch_add(1)) < jobs.size();) {
-        const ssize_t r = ::pread(jobs[j].fd, buf, jobs[j].len, static_cast<off_t>(jobs[j].offset));
-        if (r > 0) bytes += static_cast<uint64_t>(r);
+        std::string err;
+        bytes +=
+            read_fully(jobs[j].fd, static_cast<uint8_t*>(buf), jobs[j].len, jobs[j].offset, err);
         if (!m.direct)
           ::posix_fadvise(jobs[j].fd, static_cast<off_t>(jobs[j].offset),
                           static_cast<off_t>(jobs[j].len), POSIX_FADV_DONTNEED);

@@ -105,8 +105,9 @@ void MoeLm::ffn_offloaded(const Layer& ly, int64_t l, Pass& p, const RowSet& rs,
   float* y = p.y.data();
   norm_rows(h, ly.post_norm.data<float>(), x, n, hd, eps);
   moe::RoutingResult routing;
-  std::vector<float> probs;
-  ly.ffn->route(x, n, *policy_, routing, &probs);
+  std::vector<float> probs;  // the router policy's statistics only
+  ly.ffn->route(x, n, *policy_, routing,
+                opts.policy == ExpertCachePolicy::router ? &probs : nullptr);
   std::vector<int32_t> needed = distinct(routing.expert_ids);
 
   // How well the previous MoE layer predicted this one.
@@ -132,7 +133,7 @@ void MoeLm::ffn_offloaded(const Layer& ly, int64_t l, Pass& p, const RowSet& rs,
     }
   }
 
-  cache_->begin(ml, needed, probs.data(), n);
+  cache_->begin(ml, needed, probs.empty() ? nullptr : probs.data(), n);
   struct Unpin {
     ExpertCache* c;
     int64_t l;
@@ -150,7 +151,7 @@ void MoeLm::ffn_offloaded(const Layer& ly, int64_t l, Pass& p, const RowSet& rs,
     if (next < layers_.size()) {
       const Layer& nl = layers_[next];
       std::vector<float> xn(static_cast<size_t>(n * hd));
-      kernels::rms_norm_rows_st(h, nl.post_norm.data<float>(), xn.data(), n, hd, hd, eps);
+      norm_rows(h, nl.post_norm.data<float>(), xn.data(), n, hd, eps);
       moe::RoutingResult pred;
       // Each token's most likely expert only: the top-1 guess is right more often (90% against
       // 77% for the full top-k on the study's model) and a wrong guess costs a whole expert's
