@@ -13,6 +13,7 @@ PKGS=(
   coinor-libcbc-dev        # exact ILP scheduler
   libmicrohttpd-dev        # HTTP server (event-driven: deltamoe serve)
   libcpp-httplib-dev       # HTTP client (deltamoe loadgen --url, tests)
+  libopenmpi-dev openmpi-bin  # MPI: mpirun -np N deltamoe ... --parallel ep (dist/)
   dataset-fashion-mnist    # training data (installs under /usr/share/datasets/fashion-mnist)
   libpcre2-dev libutf8proc-dev libsentencepiece-dev  # tokenizers: regexes, NFC, tokenizer.model
   fortunes fortunes-min    # English text for the tokenizer tests (/usr/share/games/fortunes)

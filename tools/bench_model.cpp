@@ -77,6 +77,10 @@ struct Contender {
   // repeats k/E of its picks and is balanced (1.0).
   double repeated_picks = 0, picks = 0;
   std::vector<std::vector<double>> expert_load;  // [MoE layer][expert] picks
+  // Parallel runs: this rank's collectives during the timed pp / tg tests.
+  struct Comm {
+    double bytes = 0, secs = 0, tokens = 0, pairs_local = 0, pairs_remote = 0, wall_s = 0;
+  } pp_comm, tg_comm;
   size_t kv_bytes = 0;
   uint64_t storage_bytes = 0;   // read from storage during the timed repetitions
   double disk_gbps_before = 0;  // expert cache: the files' read bandwidth before timing
@@ -103,6 +107,18 @@ void add_locality(Contender& c, const std::vector<moe::RoutingResult>& routing, 
   }
 }
 
+// Adds the collectives since the last reset_parallel_stats() to `t` (timed runs only).
+void tally_comm(const models::MoeLm& m, Contender::Comm& t, double tokens, double secs) {
+  const dist::Communicator* comm = m.comm();
+  if (!comm) return;
+  t.bytes += static_cast<double>(comm->stats().bytes_sent);
+  t.secs += comm->stats().time_s;
+  t.tokens += tokens;
+  t.wall_s += secs;
+  t.pairs_local += static_cast<double>(m.expert_parallel_stats().pairs_local);
+  t.pairs_remote += static_cast<double>(m.expert_parallel_stats().pairs_remote);
+}
+
 void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng, bool timed,
                   std::vector<float>& logits) {
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(c.m->vocab_size() - 1));
@@ -111,10 +127,14 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
     std::vector<int32_t> toks(static_cast<size_t>(o.prompt));
     for (auto& t : toks) t = pick(rng);
     models::KvCache cache;
+    c.m->reset_parallel_stats();
     const auto t0 = Clock::now();
     c.m->forward(toks.data(), o.prompt, cache, logits.data(), false);
     const double s = seconds_since(t0);
-    if (timed) c.pp.tps.push_back(static_cast<double>(o.prompt) / s);
+    if (timed) {
+      c.pp.tps.push_back(static_cast<double>(o.prompt) / s);
+      tally_comm(*c.m, c.pp_comm, static_cast<double>(o.prompt), s);
+    }
     std::cerr << "  " << c.layout << " pp" << o.prompt << tag << ": "
               << static_cast<double>(o.prompt) / s << " tokens/s\n";
   }
@@ -128,6 +148,7 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
     models::LmStats st;
     st.record_routing = true;
     for (auto& s : step) s[0] = pick(rng);
+    c.m->reset_parallel_stats();
     const auto t0 = Clock::now();
     for (int64_t i = 0; i < o.gen; ++i) {
       if (b == 1)
@@ -140,6 +161,7 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
     const double tps = static_cast<double>(o.gen) * static_cast<double>(b) / s;
     if (timed) {
       c.tg.tps.push_back(tps);
+      tally_comm(*c.m, c.tg_comm, static_cast<double>(o.gen) * static_cast<double>(b), s);
       c.tg_stats.moe_rows += st.moe_rows;
       c.tg_stats.routed_experts += st.routed_experts;
       if (b == 1) add_locality(c, st.routing, o.gen);
@@ -165,6 +187,70 @@ double disk_probe(const models::ExpertCache& cache, uint64_t seed) {
       std::clamp<int64_t>(static_cast<int64_t>(2e9 / static_cast<double>(cache.expert_bytes())), 8,
                           cache.total_experts());
   return cache.probe_read_gbps(n, seed);
+}
+
+// Traffic of one timed test summed over the ranks, per token and MoE layer, beside what a
+// model of expert parallelism (models/moe_lm.h, ParallelMode::ep) predicts for it. Per token:
+// each routed pair whose expert is on another rank sends its row and expert id and gets its
+// output row back (8H + 4 bytes); every layer all-gathers the token's new key and value rows
+// (2·kv floats) to the P − 1 other ranks; the last layer's rows are all-gathered once (4H to
+// P − 1 ranks). Per pass and MoE layer, each rank sends P − 1 row counts (8 bytes). Remote
+// pairs are predicted for uniform routing (a token's rank owns its share of the experts);
+// `bytes_over_routing_model` uses the measured remote pairs instead, leaving only accounting.
+// Collective: every rank calls it.
+nlohmann::json comm_report(const models::MoeLm& m, const Contender::Comm& t, double rows_per_pass) {
+  dist::Communicator& comm = *m.comm();
+  double sums[4] = {t.bytes, t.pairs_local, t.pairs_remote, t.secs};
+  comm.all_reduce_sum(sums, 4);
+  // Each rank's share of the time inside collectives (waiting for the slowest included).
+  std::vector<double> share(static_cast<size_t>(comm.size()));
+  const double mine = t.wall_s > 0 ? t.secs / t.wall_s : 0.0;
+  const std::vector<int64_t> eight(static_cast<size_t>(comm.size()), 8);
+  comm.all_gather_v(&mine, share.data(), eight.data());
+  const auto& cfg = m.config();
+  int64_t moe_layers = 0;
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) moe_layers += cfg.is_moe_layer(l);
+  const double p = comm.size(), h = static_cast<double>(cfg.hidden_size);
+  const double e = static_cast<double>(cfg.num_experts), ml = static_cast<double>(moe_layers);
+  const double kv = static_cast<double>(cfg.num_key_value_heads * cfg.head_dim);
+  const double rows = ml * t.tokens;  // token rows through MoE layers
+  const double pairs = sums[1] + sums[2];
+  // A rank holds its count of the experts; uniform routing sends it that share of its rows'
+  // pairs, whatever the placement.
+  double remote_share = 0;
+  const moe::ExpertPlacement place = moe::ExpertPlacement::contiguous(cfg.num_experts, comm.size());
+  const auto n = static_cast<int64_t>(rows_per_pass);
+  for (int r = 0; r < comm.size(); ++r) {
+    const double share_rows = static_cast<double>(dist::split_begin(n, r + 1, comm.size()) -
+                                                  dist::split_begin(n, r, comm.size())) /
+                              rows_per_pass;
+    remote_share += share_rows * (1.0 - static_cast<double>(place.experts_of(r).size()) / e);
+  }
+  const double k = rows > 0 ? pairs / rows : 0.0;
+  // A dynamic placement all-reduces E expert counts (doubles) per MoE layer and pass.
+  const double dynamic = m.placement_report().kind == "dynamic" ? 16 * e * (p - 1) : 0.0;
+  const double fixed = (8 * p * (p - 1) + dynamic) / rows_per_pass +
+                       static_cast<double>(cfg.num_hidden_layers) / ml * 8 * kv * (p - 1) +
+                       4 * h * (p - 1) / ml;
+  const double predicted = k * remote_share * (8 * h + 4) + fixed;
+  const double measured = rows > 0 ? sums[0] / rows : 0.0;
+  const double from_routing = rows > 0 ? sums[2] * (8 * h + 4) / rows + fixed : 0.0;
+  return {{"tokens", t.tokens},
+          {"bytes_per_token_per_moe_layer", measured},
+          {"predicted_bytes_per_token_per_moe_layer", predicted},
+          {"bytes_over_predicted", predicted > 0 ? measured / predicted : 0.0},
+          {"bytes_over_routing_model", from_routing > 0 ? measured / from_routing : 0.0},
+          {"remote_pair_share", pairs > 0 ? sums[2] / pairs : 0.0},
+          {"predicted_remote_pair_share", remote_share},
+          {"comm_time_share", t.wall_s > 0 ? sums[3] / p / t.wall_s : 0.0},
+          {"comm_time_share_per_rank", share}};
+}
+
+nlohmann::json parallel_report(const Contender& c, const ModelBenchOptions& o) {
+  nlohmann::json j = parallel_json(*c.m);
+  if (o.prompt > 0) j["pp"] = comm_report(*c.m, c.pp_comm, static_cast<double>(o.prompt));
+  if (o.gen > 0) j["tg"] = comm_report(*c.m, c.tg_comm, static_cast<double>(o.decode_batch));
+  return j;
 }
 
 // The figures of one contender (the whole report when there is one).
@@ -222,6 +308,7 @@ json report(const Contender& c, const ModelBenchOptions& o, double gbps) {
     }
     out["kv_cache_bytes"] = c.kv_bytes;
   }
+  if (c.m->comm()) out["parallel"] = parallel_report(c, o);
   out["storage_read_bytes"] = c.storage_bytes;
   out["storage_read_bytes_per_token"] =
       c.timed_tokens > 0 ? static_cast<double>(c.storage_bytes) / c.timed_tokens : 0.0;
@@ -345,6 +432,9 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
     lo.threads = threads;
     lo.weight_layout = layout;
     lo.offload = o.offload;
+    lo.parallel = o.parallel;
+    lo.ep_placement = o.ep_placement;
+    lo.threads_explicit = o.threads_explicit;
     Contender c;
     // int8 has one layout, quantised row-major copies (load_lm refuses packed): say so.
     c.layout = dtype == "int8" ? "int8_copies" : layout;
@@ -353,6 +443,7 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
     c.load_s = seconds_since(t_load);
     runs.push_back(std::move(c));
   }
+  threads = num_threads();  // a rank's share of the cores under mpirun
   const models::MoeLm& m0 = *runs[0].m;
   const int64_t ctx = std::min<int64_t>(m0.config().max_position_embeddings, 65536);
   DELTAMOE_CHECK(o.prompt <= ctx && o.gen <= ctx, "bench", "-p ", o.prompt, " / -n ", o.gen,

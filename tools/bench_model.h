@@ -22,7 +22,10 @@ struct ModelBenchOptions {
   /// continuous-batching server runs them); tokens/s counts all of them.
   int64_t decode_batch = 1;
   uint64_t seed = 1;
-  OffloadCliOptions offload;  // --expert-cache and its companions
+  OffloadCliOptions offload;      // --expert-cache and its companions
+  std::string parallel = "none";  // --parallel (mpirun -np N)
+  std::string ep_placement = "balanced";
+  bool threads_explicit = false;  // --threads given
 };
 
 /// Runs the benchmark; `dtype` f32|bf16, `threads`, one JSON object on stdout when `json`.

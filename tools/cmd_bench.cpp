@@ -416,6 +416,7 @@ CommandRegistrar reg(
           ->check(CLI::IsMember({"mapped", "packed"}))
           ->capture_default_str();
       add_offload_options(app, mo->offload, "model: ");
+      add_parallel_option(app, mo->parallel, mo->ep_placement);
       app.add_option("--tokens", o->tokens, "Token counts to measure (several allowed)")
           ->delimiter(',');
       app.add_option("--hidden", o->hidden, "Hidden size H")->check(CLI::PositiveNumber);
@@ -428,7 +429,11 @@ CommandRegistrar reg(
           ->check(CLI::IsMember({"f32", "bf16", "int8"}));
       app.add_option("--expert", o->expert, "Expert kind: swiglu (Mixtral) or gelu (MLP)")
           ->check(CLI::IsMember({"swiglu", "gelu"}));
-      app.add_option("--threads", o->threads, "Threads")->check(CLI::Range(1, 1024));
+      app.add_option("--threads", o->threads,
+                     "Threads (model under mpirun with --parallel: per rank, default the cores "
+                     "shared by the ranks on the machine)")
+          ->check(CLI::Range(1, 1024))
+          ->each([mo](const std::string&) { mo->threads_explicit = true; });
       app.add_option("--min-seconds", o->min_seconds, "Minimum timing time per measurement");
       app.add_option("--seed", o->seed, "Seed for weights and inputs");
       app.add_option("--torch-json", o->torch_json,
@@ -445,6 +450,10 @@ CommandRegistrar reg(
           mo->seed = o->seed;
           return run_model_bench(*mo, o->dtype, o->threads, o->json_out);
         }
+        DELTAMOE_CHECK(dist::launched_ranks() == 1 && mo->parallel == "none", "bench", "bench ",
+                       *what,
+                       " runs in one process: --parallel and mpirun are for "
+                       "bench model");
         return run_moe_bench(*o);
       };
     });

@@ -94,7 +94,8 @@ int run_generate(const GenerateOptions& o) {
               {"generation_tokens_per_s", tg_tps},
               {"mean_experts_per_token", all.mean_experts()},
               {"prompt_mean_experts_per_token", prompt_stats.mean_experts()},
-              {"threads", o.lm.threads}};
+              {"threads", num_threads()},
+              {"parallel", parallel_json(*m)}};
     if (const models::ExpertCache* c = m->expert_cache())
       j["expert_cache"] = expert_cache_json(*c, static_cast<double>(all.tokens + gen_stats.tokens));
     std::cout << j.dump(2) << "\n";
@@ -206,7 +207,9 @@ int run_perplexity(const PerplexityOptions& o) {
               {"mean_nll", nll / static_cast<double>(scored)},
               {"mean_experts_per_token", stats.mean_experts()},
               {"time_ms", 1e3 * secs},
-              {"tokens_per_s", static_cast<double>(stats.tokens) / secs}};
+              {"tokens_per_s", static_cast<double>(stats.tokens) / secs},
+              {"threads", num_threads()},
+              {"parallel", parallel_json(*m)}};
     std::cout << j.dump(2) << "\n";
   } else {
     std::printf(

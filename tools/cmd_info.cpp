@@ -9,6 +9,7 @@
 
 #include "command.h"
 #include "deltamoe/core/parallel.h"
+#include "deltamoe/dist/communicator.h"
 #include "deltamoe/kernels/cpu.h"
 #include "deltamoe/kernels/cpu_features.h"
 #include "deltamoe/serve/http_frontend.h"
@@ -65,7 +66,7 @@ json info_json() {
 #endif
     {"http_server", deltamoe::serve::http_frontend_available() ? "libmicrohttpd" : "not built"},
     {"onednn", deltamoe::cli::onednn_version()},
-    {"mpi", "not part of this version"},
+    {"mpi", deltamoe::dist::mpi_library_version()},
     {"cuda", "not part of this version"},
     {"openblas", std::string(openblas_get_config())},
     {"openblas_core", std::string(openblas_get_corename())}
@@ -117,6 +118,7 @@ deltamoe::cli::CommandRegistrar reg(
                   << "ilp solver: " << b["ilp_solver"].get<std::string>() << "\n"
                   << "http server: " << b["http_server"].get<std::string>() << "\n"
                   << "onednn (bench baseline): " << b["onednn"].get<std::string>() << "\n"
+                  << "mpi (--parallel): " << b["mpi"].get<std::string>() << "\n"
                   << "sanitizers: " << b["sanitizers"].get<std::string>() << "\n";
         return 0;
       };

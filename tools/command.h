@@ -44,6 +44,13 @@ struct CommandRegistrar {
   }
 };
 
+/// Prints "deltamoe: <what>" as one line where errors go: stderr, or on a parallel run's
+/// rank other than 0 (see silence_rank) the original stderr, with " (rank N)" appended.
+void print_error(const std::string& what);
+/// On ranks other than 0 of a parallel run: stdout and stderr go to /dev/null from now on, so
+/// that only rank 0 prints results and progress; print_error() still reaches the terminal.
+void silence_rank(int rank);
+
 /// Writes `text` to `path` atomically: a temp file beside it, then rename. "-" means stdout.
 /// Throws Error("io") when the file cannot be written.
 void write_file_atomic(const std::string& path, const std::string& text);

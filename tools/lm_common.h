@@ -6,14 +6,18 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 
+#include "command.h"
 #include "deltamoe/core/parallel.h"
+#include "deltamoe/dist/communicator.h"
 #include "deltamoe/io/tokenizer.h"
 #include "deltamoe/models/moe_lm.h"
 #include "deltamoe/moe/policies.h"
@@ -148,9 +152,74 @@ struct LmCliOptions {
   std::string weight_layout = "mapped";
   std::string routing;  // empty: the model's own
   int threads = 2;
+  bool threads_explicit = false;  // --threads given (else a parallel run shares the cores)
+  std::string parallel = "none";
+  std::string ep_placement = "balanced";
   bool json = false;
   OffloadCliOptions offload;
 };
+
+/// Adds --parallel and --ep-placement (generate, perplexity, bench model).
+inline void add_parallel_option(CLI::App& app, std::string& mode, std::string& placement) {
+  app.add_option("--parallel", mode,
+                 "How the ranks of `mpirun -np N deltamoe ...` share the model: none (one "
+                 "process), ep (expert parallelism: each rank holds 1/N of every MoE layer's "
+                 "experts; token rows travel by all-to-all). Only rank 0 prints")
+      ->check(CLI::IsMember({"none", "ep"}))
+      ->capture_default_str();
+  app.add_option("--ep-placement", placement,
+                 "Which rank runs which experts under --parallel ep: contiguous (blocks of "
+                 "expert ids), balanced (by each expert's load in a 256-token calibration "
+                 "prefill of random tokens at load), or dynamic (placed anew in every layer of "
+                 "every pass by that pass's load; each rank may read any expert, so for ranks "
+                 "of one machine sharing the mapped checkpoint)")
+      ->check(CLI::IsMember({"contiguous", "balanced", "dynamic"}))
+      ->capture_default_str();
+}
+
+/// Tokens of the calibration prefill of --ep-placement balanced.
+constexpr int64_t kPlacementCalibrationTokens = 256;
+
+/// Threads of a rank: --threads when given; under mpirun with --parallel, the machine's
+/// hardware threads shared by the ranks on it (one each on 2 cores with -np 2).
+inline int rank_threads(int threads, bool explicit_threads, bool parallel) {
+  if (explicit_threads || !parallel || dist::launched_local_ranks() <= 1) return threads;
+  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, hw / dist::launched_local_ranks());
+}
+
+/// The communicator of `--parallel MODE` (null for none), silencing ranks other than 0.
+/// Throws Error("dist") when mpirun started several ranks without --parallel.
+inline dist::Communicator* parallel_comm(const std::string& mode) {
+  if (mode == "none") {
+    DELTAMOE_CHECK(dist::launched_ranks() == 1, "dist", "started on ", dist::launched_ranks(),
+                   " ranks by mpirun without --parallel: each rank would run the whole model "
+                   "alone; pass --parallel ep");
+    return nullptr;
+  }
+  dist::Communicator& c = dist::world();
+  silence_rank(c.rank());
+  return &c;
+}
+
+/// The "parallel" object of a --json report: layout, ranks, this rank's experts.
+inline nlohmann::json parallel_json(const models::MoeLm& m) {
+  nlohmann::json j = {{"mode", models::parallel_mode_name(m.parallel())}};
+  if (const dist::Communicator* c = m.comm()) {
+    j["ranks"] = c->size();
+    j["backend"] = c->backend();
+    const auto& pr = m.placement_report();
+    j["ep_placement"] = pr.kind;
+    if (pr.kind == "balanced") {
+      j["calibration_tokens"] = pr.calibration_tokens;
+      j["calibration_load_imbalance_contiguous"] = pr.imbalance_contiguous;
+      j["calibration_load_imbalance_balanced"] = pr.imbalance_balanced;
+    }
+  } else {
+    j["ranks"] = 1;
+  }
+  return j;
+}
 
 inline void add_lm_options(CLI::App& app, LmCliOptions& o) {
   app.add_option("--model", o.model,
@@ -170,11 +239,15 @@ inline void add_lm_options(CLI::App& app, LmCliOptions& o) {
   app.add_option("--routing", o.routing,
                  "Routing of every MoE layer: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA] "
                  "(default: the model's own top-k)");
-  app.add_option("--threads", o.threads, "Threads")
+  app.add_option("--threads", o.threads,
+                 "Threads (per rank; under mpirun with --parallel the default is the cores "
+                 "shared by the ranks on the machine)")
       ->check(CLI::Range(1, 1024))
+      ->each([&o](const std::string&) { o.threads_explicit = true; })
       ->capture_default_str();
   app.add_flag("--json", o.json, "Print one JSON object on stdout (logs go to stderr)");
   add_offload_options(app, o.offload);
+  add_parallel_option(app, o.parallel, o.ep_placement);
 }
 
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -187,7 +260,8 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
   DELTAMOE_CHECK(!(o.dtype == "int8" && o.weight_layout == "packed"), "cli",
                  "--weight-layout packed has no int8 form (int8 weights are row-major quantised "
                  "copies): leave --weight-layout at mapped");
-  set_num_threads(o.threads);
+  dist::Communicator* comm = parallel_comm(o.parallel);
+  set_num_threads(rank_threads(o.threads, o.threads_explicit, comm != nullptr));
   std::shared_ptr<const moe::RoutingPolicy> policy;
   if (!o.routing.empty())
     policy = moe::make_policy(o.routing, io::HfConfig::load(o.model).num_experts);
@@ -196,9 +270,23 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
   lo.layout = o.weight_layout == "packed" ? kernels::WeightLayout::packed
                                           : kernels::WeightLayout::row_major;
   lo.expert_cache = expert_cache_options(o.offload);
+  if (comm) {
+    lo.parallel = models::ParallelMode::ep;
+    lo.comm = comm;
+  }
   if (o.offload.drop_page_cache) drop_checkpoint_pages(o.model);
   auto m = models::MoeLm::load(o.model, lo);
   if (policy) m->set_policy(policy);
+  if (comm && o.ep_placement == "dynamic") m->set_dynamic_placement(true);
+  if (comm && o.ep_placement == "balanced") {
+    const int64_t n =
+        std::min<int64_t>(kPlacementCalibrationTokens, m->config().max_position_embeddings - 1);
+    const auto [before, after] = m->balance_placement(n, /*seed=*/12345);
+    std::fprintf(stderr,
+                 "parallel: experts placed by load on %d ranks (%lld-token calibration): busiest "
+                 "rank %.2fx the mean with contiguous blocks, %.2fx balanced\n",
+                 comm->size(), static_cast<long long>(n), before, after);
+  }
   return m;
 }
 

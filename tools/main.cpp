@@ -6,16 +6,49 @@
 #include <iostream>
 #include <map>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "command.h"
 #include "deltamoe/core/error.h"
+#include "deltamoe/dist/communicator.h"
 
 namespace deltamoe::cli {
 
 std::vector<Command>& commands() {
   static std::vector<Command> registry;
   return registry;
+}
+
+namespace {
+FILE* g_error_file = nullptr;  // the original stderr of a silenced rank
+int g_silenced_rank = 0;
+}  // namespace
+
+void print_error(const std::string& what) {
+  std::cerr.flush();
+  FILE* f = g_error_file ? g_error_file : stderr;
+  if (g_silenced_rank > 0)
+    std::fprintf(f, "deltamoe: %s (rank %d)\n", what.c_str(), g_silenced_rank);
+  else
+    std::fprintf(f, "deltamoe: %s\n", what.c_str());
+  std::fflush(f);
+}
+
+void silence_rank(int rank) {
+  if (rank == 0 || g_error_file) return;
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const int keep = ::dup(2);
+  const int null = ::open("/dev/null", O_WRONLY);
+  if (keep < 0 || null < 0) return;  // keep printing rather than lose errors
+  g_error_file = ::fdopen(keep, "w");
+  ::dup2(null, 1);
+  ::dup2(null, 2);
+  ::close(null);
+  g_silenced_rank = rank;
 }
 
 void write_file_atomic(const std::string& path, const std::string& text) {
@@ -73,19 +106,37 @@ int main(int argc, char** argv) {
     std::cerr << "deltamoe: error: " << e.what() << "\n";
     return 2;
   }
+  // mpirun starts N copies of the command: only subcommands with --parallel can share the
+  // work; any other would run N times over, printing N results.
+  if (const int ranks = deltamoe::dist::launched_ranks(); ranks > 1) {
+    for (auto& [sub, action] : actions) {
+      if (!sub->parsed()) continue;
+      CLI::App* leaf = sub;
+      for (CLI::App* s2 : sub->get_subcommands()) leaf = s2;
+      if (!leaf->get_option_no_throw("--parallel")) {
+        print_error("error: [dist] started on " + std::to_string(ranks) +
+                    " ranks by mpirun, but `" + leaf->get_name() +
+                    "` has no --parallel: run it without mpirun");
+        return 2;
+      }
+    }
+  }
+  int code = 0;
   try {
     for (auto& [sub, action] : actions) {
       if (sub->parsed()) return action();
     }
   } catch (const deltamoe::Error& e) {
-    std::cerr << "deltamoe: error: " << e.what() << "\n";
-    return 1;
+    print_error(std::string("error: ") + e.what());
+    code = 1;
   } catch (const deltamoe::InternalError& e) {
-    std::cerr << "deltamoe: internal error (please report): " << e.what() << "\n";
-    return 3;
+    print_error(std::string("internal error (please report): ") + e.what());
+    code = 3;
   } catch (const std::exception& e) {
-    std::cerr << "deltamoe: error: " << e.what() << "\n";
-    return 1;
+    print_error(std::string("error: ") + e.what());
+    code = 1;
   }
-  return 0;
+  // A rank that fails must not leave the others waiting in a collective.
+  if (code != 0) deltamoe::dist::abort_world(code);
+  return code;
 }

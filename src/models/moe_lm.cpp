@@ -150,6 +150,19 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
   // mapping go, so resident memory is the weights alone, not also the file pages they were
   // read from.
   embed_ = rows && mapped_bytes_ > 0 ? w.embed : w.embed.clone();
+  parallel_ = options.parallel;
+  if (parallel_ != ParallelMode::none) {
+    DELTAMOE_CHECK(options.comm, "model", "--parallel ", parallel_mode_name(parallel_),
+                   " needs a communicator");
+    DELTAMOE_CHECK(!options.expert_cache.enabled(), "model", "--parallel ",
+                   parallel_mode_name(parallel_), " and an expert cache do not combine yet");
+    comm_ = options.comm;
+    placement_.resize(static_cast<size_t>(cfg_.num_hidden_layers));
+    for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
+      if (layers_[static_cast<size_t>(l)].moe)
+        placement_[static_cast<size_t>(l)] =
+            moe::ExpertPlacement::contiguous(cfg_.num_experts, comm_->size());
+  }
   if (options.expert_cache.enabled()) {
     DELTAMOE_CHECK(checkpoint, "offload", "an expert cache needs the checkpoint's files");
     open_expert_cache(w, *checkpoint, options.expert_cache);

@@ -35,7 +35,10 @@ void MoeLm::forward(const int32_t* tokens, int64_t n, KvCache& cache, float* log
   p.counts = {n};
   p.caches = {&cache};
   std::vector<float> h;
-  run_layers(p, h, stats, {});
+  if (comm_)
+    run_layers_parallel(p, h, stats);
+  else
+    run_layers(p, h, stats, {});
   const int64_t hd = cfg_.hidden_size, v = cfg_.vocab_size;
   const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
   kernels::linear(h.data() + first * hd, rows, hd, lm_head_, logits, v);
@@ -50,6 +53,9 @@ int64_t MoeLm::forward_batch(const std::vector<std::vector<int32_t>>& tokens,
   DELTAMOE_CHECK(!(cache_ && queues.holds()), "offload",
                  "per-expert queues across steps and an expert cache do not combine (a held "
                  "token would pin its experts between steps)");
+  DELTAMOE_CHECK(!(comm_ && queues.holds()), "model",
+                 "per-expert queues across steps and --parallel do not combine (ranks would "
+                 "have to agree on which tokens wait)");
   for (size_t a = 0; a < caches.size(); ++a)
     for (size_t b = a + 1; b < caches.size(); ++b)
       DELTAMOE_CHECK(caches[a] != caches[b], "model", "forward_batch: sequences ", a, " and ", b,
@@ -62,7 +68,10 @@ int64_t MoeLm::forward_batch(const std::vector<std::vector<int32_t>>& tokens,
   }
   p.caches = caches;
   std::vector<float> h;
-  run_layers(p, h, stats, queues);
+  if (comm_)
+    run_layers_parallel(p, h, stats);
+  else
+    run_layers(p, h, stats, queues);
   // The LM head for the sequences that finished: their last rows.
   const int64_t hd = cfg_.hidden_size, v = cfg_.vocab_size;
   std::vector<size_t> done;
@@ -86,10 +95,7 @@ int64_t MoeLm::forward_batch(const std::vector<std::vector<int32_t>>& tokens,
   return static_cast<int64_t>(done.size());
 }
 
-void MoeLm::run_layers(Pass& p, std::vector<float>& h, LmStats* stats,
-                       const ExpertQueueRule& queues) const {
-  const int64_t hd = cfg_.hidden_size;
-  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+void MoeLm::begin_pass(Pass& p, LmStats* stats) const {
   const size_t seqs = p.toks.size();
   p.row0.resize(seqs);
   p.start.resize(seqs);
@@ -120,6 +126,14 @@ void MoeLm::run_layers(Pass& p, std::vector<float>& h, LmStats* stats,
     if (stats->expert_rows.empty())
       stats->expert_rows.assign(static_cast<size_t>(std::max<int64_t>(1, cfg_.num_experts)), 0);
   }
+}
+
+void MoeLm::run_layers(Pass& p, std::vector<float>& h, LmStats* stats,
+                       const ExpertQueueRule& queues) const {
+  const int64_t hd = cfg_.hidden_size;
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  begin_pass(p, stats);
+  const size_t seqs = p.toks.size();
 
   // Embedding lookup (any file dtype; rows converted to f32); a held token's row is its
   // residual stream where it stopped.
@@ -170,6 +184,7 @@ void MoeLm::run_layers(Pass& p, std::vector<float>& h, LmStats* stats,
       ffn_queued(ly, l, p, ffs, hb, stats, queues);
     else if (cache_ && ly.moe)
       ffn_offloaded(ly, l, p, ffs, hb, stats);
+
     else
       ffn(ly, p, ffs, hb, stats);
     if (!ffs.all) ffs.scatter(p, p.hc.data(), h.data(), hd);
@@ -186,13 +201,24 @@ void MoeLm::run_layers(Pass& p, std::vector<float>& h, LmStats* stats,
 }
 
 void MoeLm::attention(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h) const {
+  const int64_t qkv_n = q_rows_ + 2 * kv_rows_;
+  float* qkv = p.qkv.data();
+  // x = RMSNorm(h); [q k v] = x·W; q/k norms; RoPE; cache; attend; h += o.
+  project_qkv(ly, h, rs.rows, p.x.data(), qkv);
+  for (size_t j = 0; j < rs.seqs.size(); ++j)
+    for (int64_t i = 0; i < rs.counts[j]; ++i) {
+      float* row = qkv + (rs.row0[j] + i) * qkv_n;
+      const int64_t pos = rs.start[j] + i;
+      rope_row(row, pos);
+      store_kv(*rs.caches[j], l, pos, row + q_rows_);
+    }
+  attend(ly, l, p, {rs.row0, rs.counts, rs.start, rs.caches}, qkv, h);
+}
+
+void MoeLm::project_qkv(const Layer& ly, const float* h, int64_t n, float* x, float* qkv) const {
   const int64_t hd = cfg_.hidden_size, d = cfg_.head_dim, heads = cfg_.num_attention_heads;
   const int64_t kvh = cfg_.num_key_value_heads, qkv_n = q_rows_ + 2 * kv_rows_;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  const int64_t n = rs.rows;
-  float* x = p.x.data();
-  float* qkv = p.qkv.data();
-  // x = RMSNorm(h); [q k v] = x·W; q/k norms; RoPE; cache; attend; h += o.
   parallel_for(n, 8, [&](int64_t b, int64_t e) {
     kernels::rms_norm_rows_st(h + b * hd, ly.input_norm.data<float>(), x + b * hd, e - b, hd, hd,
                               eps);
@@ -221,20 +247,31 @@ void MoeLm::attention(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, flo
       }
     }
   });
-  const size_t seqs = rs.seqs.size();
+}
+
+void MoeLm::rope_row(float* qkv_row, int64_t pos) const {
+  kernels::rope_st(qkv_row, cfg_.num_attention_heads, rope_, pos);
+  kernels::rope_st(qkv_row + q_rows_, cfg_.num_key_value_heads, rope_, pos);
+}
+
+void MoeLm::store_kv(KvCache& c, int64_t l, int64_t pos, const float* kv) const {
+  const int64_t bt = c.pool_->block_tokens(), side = bt * kv_rows_;
+  float* kc = c.base_[static_cast<size_t>(pos / bt)] + 2 * l * side + (pos % bt) * kv_rows_;
+  std::memcpy(kc, kv, static_cast<size_t>(kv_rows_) * 4);
+  std::memcpy(kc + side, kv + kv_rows_, static_cast<size_t>(kv_rows_) * 4);
+}
+
+void MoeLm::attend(const Layer& ly, int64_t l, Pass& p, const SeqRows& sr, const float* qkv,
+                   float* h) const {
+  const int64_t hd = cfg_.hidden_size, d = cfg_.head_dim, heads = cfg_.num_attention_heads;
+  const int64_t kvh = cfg_.num_key_value_heads, qkv_n = q_rows_ + 2 * kv_rows_;
+  const size_t seqs = sr.counts.size();
+  int64_t n = 0;
+  for (int64_t c : sr.counts) n += c;
   std::vector<kernels::KvBlocks> kv(seqs);
   for (size_t j = 0; j < seqs; ++j) {
-    KvCache& c = *rs.caches[j];
+    const KvCache& c = *sr.caches[j];
     const int64_t bt = c.pool_->block_tokens(), side = bt * kv_rows_;
-    for (int64_t i = 0; i < rs.counts[j]; ++i) {
-      float* row = qkv + (rs.row0[j] + i) * qkv_n;
-      const int64_t pos = rs.start[j] + i;
-      kernels::rope_st(row, heads, rope_, pos);
-      kernels::rope_st(row + q_rows_, kvh, rope_, pos);
-      float* kc = c.base_[static_cast<size_t>(pos / bt)] + 2 * l * side + (pos % bt) * kv_rows_;
-      std::memcpy(kc, row + q_rows_, static_cast<size_t>(kv_rows_) * 4);
-      std::memcpy(kc + side, row + q_rows_ + kv_rows_, static_cast<size_t>(kv_rows_) * 4);
-    }
     auto& kb = p.kblocks[j];
     auto& vb = p.vblocks[j];
     kb.resize(c.base_.size());
@@ -246,8 +283,8 @@ void MoeLm::attention(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, flo
     kv[j] = {kb.data(), vb.data(), bt};
   }
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  kernels::causal_attention_batch(qkv, qkv_n, kv, kv_rows_, p.att.data(), q_rows_, rs.row0,
-                                  rs.counts, rs.start, heads, kvh, d, scale);
+  kernels::causal_attention_batch(qkv, qkv_n, kv, kv_rows_, p.att.data(), q_rows_, sr.row0,
+                                  sr.counts, sr.start, heads, kvh, d, scale);
   kernels::linear(p.att.data(), n, q_rows_, ly.o, h, hd, /*accumulate=*/true);
   if (!ly.o_bias.empty())
     for (int64_t r = 0; r < n; ++r)

@@ -13,8 +13,9 @@ trap 'rm -rf "$tmp"' EXIT
 cxx=${CXX:-c++}
 
 # The include path a layer's sources get: its own folders and those of its dependencies.
-declare -A deps=([core]="core" [kernels]="kernels core" [moe]="moe kernels core"
-                 [io]="io core" [models]="models nn graph sched moe io kernels core")
+declare -A deps=([core]="core" [kernels]="kernels core" [dist]="dist core"
+                 [moe]="moe kernels dist core" [io]="io core"
+                 [models]="models nn graph sched moe dist io kernels core")
 flags() { for l in ${deps[$1]}; do printf -- '-I%s/%s/include -I%s/%s/src ' "$layers" "$l" "$layers" "$l"; done; }
 probe() {  # layer header expect
   echo "#include \"$2\"" >"$tmp/probe.cpp"
@@ -35,4 +36,7 @@ probe core deltamoe/kernels/cpu.h fail
 probe io deltamoe/models/moe_classifier.h fail
 probe models deltamoe/moe/moe_block.h ok
 probe models deltamoe/serve/model.h fail
-echo "layering: 9 probes as expected"
+probe dist deltamoe/core/error.h ok
+probe dist deltamoe/moe/moe_block.h fail    # the communicator knows nothing of MoE
+probe moe deltamoe/dist/communicator.h ok   # expert parallelism uses it
+echo "layering: 12 probes as expected"

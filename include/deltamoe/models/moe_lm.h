@@ -21,11 +21,13 @@
 #include <vector>
 
 #include "deltamoe/core/tensor.h"
+#include "deltamoe/dist/communicator.h"
 #include "deltamoe/io/hf_model.h"
 #include "deltamoe/kernels/cpu.h"
 #include "deltamoe/kernels/llm.h"
 #include "deltamoe/models/expert_cache.h"
 #include "deltamoe/models/kv_cache.h"
+#include "deltamoe/moe/expert_parallel.h"
 #include "deltamoe/moe/moe_block.h"
 #include "deltamoe/moe/routing.h"
 
@@ -68,6 +70,20 @@ struct ExpertQueueRule {
   void check() const;
 };
 
+/// How the ranks of a communicator share a model (docs/design.md, "Parallel MoE").
+enum class ParallelMode {
+  none,  // one process runs everything
+  /// Expert parallelism: each MoE layer's routed experts split over the ranks in contiguous
+  /// blocks (moe/expert_parallel.h); attention, norms, routers, shared experts and dense
+  /// MLPs held by every rank. A pass's token rows are split over the ranks from embedding to
+  /// the last layer: each rank attends for its rows (new keys and values all-gathered, every
+  /// rank keeps the whole KV cache) and sends them to their experts' ranks by all-to-all; the
+  /// rows are all-gathered once after the last layer, for the LM head.
+  ep,
+};
+/// "none" / "ep".
+const char* parallel_mode_name(ParallelMode m);
+
 struct LmOptions {
   LmOptions() = default;
   LmOptions(DType d, kernels::WeightLayout l = kernels::WeightLayout::row_major)  // NOLINT
@@ -83,6 +99,12 @@ struct LmOptions {
   /// instead of used from the mapping; off unless enabled(). Needs the row-major layout and
   /// `dtype` equal to the checkpoint's expert dtype.
   ExpertCacheOptions expert_cache;
+  /// Parallel layout over `comm`'s ranks (ParallelMode::none: this process alone). Every rank
+  /// loads the same model with the same options and makes the same forward calls in the
+  /// same order (collectives inside); each rank's logits are the whole model's. Not with an
+  /// expert cache or per-expert queues that hold tokens.
+  ParallelMode parallel = ParallelMode::none;
+  dist::Communicator* comm = nullptr;  // not owned; must outlive the model; set with `parallel`
 };
 
 class MoeLm {
@@ -107,6 +129,33 @@ class MoeLm {
   /// The expert cache when LmOptions::expert_cache is on, else null. Its stats count the
   /// forward passes since its reset_stats().
   ExpertCache* expert_cache() const { return cache_.get(); }
+  ParallelMode parallel() const { return parallel_; }
+  /// The communicator of a parallel layout, else null.
+  dist::Communicator* comm() const { return comm_; }
+  /// Expert-parallel counters of this rank since the last reset (ParallelMode::ep).
+  const moe::ExpertParallelStats& expert_parallel_stats() const { return ep_stats_; }
+  void reset_parallel_stats() const;
+  /// Which rank holds which experts of layer `layer` (ParallelMode::ep; contiguous blocks
+  /// until balance_placement()).
+  const moe::ExpertPlacement& placement(int64_t layer) const;
+  /// Places each MoE layer's experts on the ranks by their load (ExpertPlacement::balanced),
+  /// measured by routing a calibration prefill of `tokens` token ids drawn uniformly with
+  /// `seed` (the same on every rank). Collective; ParallelMode::ep only. Returns the busiest
+  /// rank's load over the mean rank's on the calibration routing, averaged over MoE layers:
+  /// {contiguous, balanced}.
+  std::pair<double, double> balance_placement(int64_t tokens, uint64_t seed);
+  /// Dynamic placement: each MoE layer of each pass places its experts by that pass's own
+  /// load (the ranks' expert counts all-reduced, ExpertPlacement::balanced without equal
+  /// counts), so every rank may run any expert: for ranks that share one machine's mapping
+  /// of the checkpoint, whose pages are shared, not for ranks whose memory holds 1/P of it.
+  void set_dynamic_placement(bool on);
+  /// How the placement was chosen: "contiguous", "balanced" with its calibration, "dynamic".
+  struct PlacementReport {
+    std::string kind = "contiguous";
+    int64_t calibration_tokens = 0;
+    double imbalance_contiguous = 0, imbalance_balanced = 0;  // see balance_placement()
+  };
+  const PlacementReport& placement_report() const { return placement_report_; }
 
   /// The model's own routing (top-k, renormalised when norm_topk_prob).
   std::shared_ptr<const moe::RoutingPolicy> default_policy() const { return default_policy_; }
@@ -161,7 +210,28 @@ class MoeLm {
   /// held at a layer get pass.stopped set.
   void run_layers(Pass& p, std::vector<float>& h, LmStats* stats,
                   const ExpertQueueRule& queues) const;
+  /// A pass's bookkeeping before its first layer: rows, positions, held tokens, checks of the
+  /// tokens and the context, KV blocks reserved, per-sequence stats sized.
+  void begin_pass(Pass& p, LmStats* stats) const;
   void attention(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h) const;
+  // attention()'s stages. Query rows of several sequences: sequence j has counts[j] rows at
+  // row0[j], positions start[j].., its KV in caches[j].
+  struct SeqRows {
+    const std::vector<int64_t>& row0;
+    const std::vector<int64_t>& counts;
+    const std::vector<int64_t>& start;
+    const std::vector<KvCache*>& caches;
+  };
+  /// x = RMSNorm(h) and qkv[n, q + 2kv] = x·[Wq Wk Wv] (+ biases, q/k norms, clipping).
+  void project_qkv(const Layer& ly, const float* h, int64_t n, float* x, float* qkv) const;
+  void rope_row(float* qkv_row, int64_t pos) const;
+  /// Writes one position's [k v] (2·kv floats) to layer l of the cache.
+  void store_kv(KvCache& c, int64_t l, int64_t pos, const float* kv) const;
+  /// Causal attention of the rows' queries over their caches, h[n, H] += o-projection.
+  void attend(const Layer& ly, int64_t l, Pass& p, const SeqRows& sr, const float* qkv,
+              float* h) const;
+  /// run_layers() with the rows split over the ranks (ParallelMode::ep, moe_lm_parallel.cpp).
+  void run_layers_parallel(Pass& p, std::vector<float>& h, LmStats* stats) const;
   void ffn(const Layer& ly, Pass& p, const RowSet& rs, float* h, LmStats* stats) const;
   /// ffn() of an MoE layer whose experts are in cache_ (moe_lm_offload.cpp).
   void ffn_offloaded(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h,
@@ -192,6 +262,12 @@ class MoeLm {
   std::shared_ptr<const moe::RoutingPolicy> default_policy_, policy_, dense_policy_;
   std::unique_ptr<ExpertCache> cache_;
   std::vector<int64_t> moe_ordinal_;  // per layer: index among MoE layers, −1 for dense
+  ParallelMode parallel_ = ParallelMode::none;
+  dist::Communicator* comm_ = nullptr;
+  mutable moe::ExpertParallelStats ep_stats_;    // forward() runs on one thread at a time
+  std::vector<moe::ExpertPlacement> placement_;  // per layer (ParallelMode::ep, MoE layers)
+  PlacementReport placement_report_;
+  bool dynamic_placement_ = false;
 };
 
 /// Picks the next token from logits[V]: argmax when temperature ≤ 0 (lowest id on ties),

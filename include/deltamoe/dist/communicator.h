@@ -1,0 +1,115 @@
+// Processes working on one model: the collectives the parallel layouts need (expert
+// parallelism's all-to-all of token rows, the all-gather that restores replicated
+// activations, reductions of partial sums), behind one interface. The implementation is Open
+// MPI from Debian (no home-made networking); a build without MPI has a one-rank stub that says
+// so when a run asks for more ranks.
+//
+// Every rank must call the same collectives in the same order with matching sizes (MPI's
+// rule). Errors are fatal for the whole job: a rank that throws calls abort_world(), which
+// ends every rank (MPI_Abort) instead of leaving them waiting in a collective.
+//
+// Thread-safety: a Communicator is used by one thread at a time (MPI is initialised with
+// MPI_THREAD_FUNNELED: OpenMP workers never call it).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace deltamoe::dist {
+
+/// Traffic of one communicator, accumulated since reset_stats().
+struct CommStats {
+  /// Bytes this rank sent to other ranks (its own block of an all-to-all is not counted; an
+  /// all-gather counts its block once per other rank; an all-reduce counts the 2·(P−1)/P·n
+  /// elements of a ring algorithm, the lower bound of any algorithm's traffic).
+  int64_t bytes_sent = 0;
+  int64_t calls = 0;    // collectives called
+  double time_s = 0.0;  // wall time inside collectives, waiting for other ranks included
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  /// This process's index in [0, size()).
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  /// "mpi" or "self" (one process).
+  virtual std::string backend() const = 0;
+
+  /// recv[r] = what rank r passed as send[rank()]: one int64 per rank each way (counts before
+  /// an all_to_all_v).
+  virtual void all_to_all(const int64_t* send, int64_t* recv) = 0;
+  /// Personalised exchange of bytes: `send` holds one block per destination rank, in rank
+  /// order, of send_bytes[r] bytes each; `recv` receives one block per source rank, in rank
+  /// order, of recv_bytes[r] bytes (as agreed by an all_to_all of the sizes). Buffers must not
+  /// overlap. Throws Error("dist") when a block exceeds 2^31 − 1 bytes (MPI's int counts).
+  virtual void all_to_all_v(const void* send, const int64_t* send_bytes, void* recv,
+                            const int64_t* recv_bytes) = 0;
+  /// recv = the ranks' blocks concatenated in rank order; rank r contributes recv_bytes[r]
+  /// bytes (`send`, whose size must equal recv_bytes[rank()]). `send` may be this rank's own
+  /// block inside recv (in place); otherwise the buffers must not overlap.
+  virtual void all_gather_v(const void* send, void* recv, const int64_t* recv_bytes) = 0;
+  /// data[i] = Σ over ranks of data[i], in place, on every rank.
+  virtual void all_reduce_sum(float* data, int64_t n) = 0;
+  /// data[i] = Σ over ranks of data[i] (counters), in place, on every rank.
+  virtual void all_reduce_sum(double* data, int64_t n) = 0;
+  /// data[i] = max over ranks of data[i], in place, on every rank (timings, flags).
+  virtual void all_reduce_max(double* data, int64_t n) = 0;
+  /// Rank `root`'s `bytes` bytes at data, copied to every rank's data.
+  virtual void broadcast(void* data, int64_t bytes, int root) = 0;
+  virtual void barrier() = 0;
+
+  const CommStats& stats() const { return stats_; }
+  void reset_stats() { stats_ = {}; }
+  void set_stats(const CommStats& s) { stats_ = s; }
+
+ protected:
+  CommStats stats_;
+};
+
+/// Collectives made during its lifetime are left out of the communicator's stats():
+/// bookkeeping (gathering statistics for a report) rather than the model's own traffic.
+class UncountedScope {
+ public:
+  explicit UncountedScope(Communicator& c) : c_(c), saved_(c.stats()) {}
+  ~UncountedScope() { c_.set_stats(saved_); }
+  UncountedScope(const UncountedScope&) = delete;
+  UncountedScope& operator=(const UncountedScope&) = delete;
+
+ private:
+  Communicator& c_;
+  CommStats saved_;
+};
+
+/// Whether this build has MPI (DELTAMOE_HAVE_MPI).
+bool mpi_built();
+/// The MPI library's version line ("Open MPI v4.1.4, ..."), or "not built".
+std::string mpi_library_version();
+
+/// Ranks of the job this process was started in, read from the launcher's environment
+/// (Open MPI's OMPI_COMM_WORLD_SIZE, or PMI_SIZE / PMIX_SIZE... of other launchers) without
+/// initialising MPI; 1 when not started by a launcher.
+int launched_ranks();
+/// Ranks of this job on this machine (OMPI_COMM_WORLD_LOCAL_SIZE; 1 when unknown).
+int launched_local_ranks();
+
+/// The world communicator: MPI_COMM_WORLD when the process was started by mpirun (MPI is
+/// initialised on the first call and finalised at exit), else a one-rank communicator.
+/// Throws Error("dist") when mpirun started several ranks and MPI was not built.
+Communicator& world();
+
+/// A communicator of one rank (every collective is a copy).
+std::unique_ptr<Communicator> make_self();
+
+/// Ends every rank of the job with `code` (MPI_Abort) when world() runs on more than one
+/// rank, so that a rank's error does not leave the others waiting in a collective; returns
+/// (does nothing) otherwise. Call after printing the error.
+void abort_world(int code) noexcept;
+
+/// Block sizes of splitting `n` items over `ranks` ranks as evenly as possible, lower ranks
+/// first: rank r gets [begin(r), begin(r + 1)) with begin(r) = ⌊n·r / ranks⌋.
+int64_t split_begin(int64_t n, int rank, int ranks);
+
+}  // namespace deltamoe::dist
