@@ -248,6 +248,14 @@ nlohmann::json comm_report(const models::MoeLm& m, const Contender::Comm& t, dou
 
 nlohmann::json parallel_report(const Contender& c, const ModelBenchOptions& o) {
   nlohmann::json j = parallel_json(*c.m);
+  // The communicator's all-to-all cost curve, measured now: the network part of a cost model.
+  const dist::AllToAllCost a2a =
+      dist::measure_all_to_all(*c.m->comm(), {4096, 65536, 1 << 20, 4 << 20}, 10);
+  nlohmann::json pts = nlohmann::json::array();
+  for (const auto& pt : a2a.points)
+    pts.push_back({{"bytes_per_peer", pt.bytes_per_peer}, {"time_ms", 1e3 * pt.seconds}});
+  j["all_to_all_probe"] = {
+      {"points", pts}, {"latency_us", 1e6 * a2a.latency_s}, {"bandwidth_gbps", a2a.bandwidth_gbps}};
   if (o.prompt > 0) j["pp"] = comm_report(*c.m, c.pp_comm, static_cast<double>(o.prompt));
   if (o.gen > 0) j["tg"] = comm_report(*c.m, c.tg_comm, static_cast<double>(o.decode_batch));
   return j;

@@ -2,6 +2,7 @@
 // communicator, block splits. world_mpi.cpp / world_nompi.cpp provide world().
 #include "deltamoe/dist/communicator.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -66,6 +67,47 @@ int launched_local_ranks() {
 
 std::unique_ptr<Communicator> make_self() {
   return std::make_unique<SelfCommunicator>();
+}
+
+AllToAllCost measure_all_to_all(Communicator& comm, const std::vector<int64_t>& bytes_per_peer,
+                                int reps) {
+  DELTAMOE_CHECK(reps >= 1, "dist", "an all-to-all probe needs at least one repetition");
+  const UncountedScope probe(comm);
+  const int p = comm.size();
+  AllToAllCost cost;
+  for (int64_t b : bytes_per_peer) {
+    DELTAMOE_CHECK(b >= 0, "dist", "all-to-all probe of ", b, " bytes");
+    std::vector<char> send(static_cast<size_t>(b * p), 1), recv(send.size());
+    const std::vector<int64_t> sizes(static_cast<size_t>(p), b);
+    comm.all_to_all_v(send.data(), sizes.data(), recv.data(), sizes.data());  // warm-up
+    comm.barrier();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i)
+      comm.all_to_all_v(send.data(), sizes.data(), recv.data(), sizes.data());
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+    comm.all_reduce_max(&s, 1);
+    cost.points.push_back({b, s});
+  }
+  // t = α + β·x, x = bytes each rank sends: β from the two largest sizes (bandwidth-bound),
+  // α from the smallest (latency-bound). A least-squares fit would let the large sizes'
+  // noise swamp α.
+  auto pts = cost.points;
+  std::sort(pts.begin(), pts.end(), [](const AllToAllPoint& a, const AllToAllPoint& b) {
+    return a.bytes_per_peer < b.bytes_per_peer;
+  });
+  if (pts.size() >= 2) {
+    const auto& hi = pts.back();
+    const auto& mid = pts[pts.size() - 2];
+    const double dx = static_cast<double>(hi.bytes_per_peer - mid.bytes_per_peer) * (p - 1);
+    const double beta = dx > 0 ? (hi.seconds - mid.seconds) / dx : 0.0;
+    if (beta > 0) {
+      cost.bandwidth_gbps = 1e-9 / beta;
+      cost.latency_s =
+          std::max(0.0, pts.front().seconds -
+                            beta * static_cast<double>(pts.front().bytes_per_peer) * (p - 1));
+    }
+  }
+  return cost;
 }
 
 int64_t split_begin(int64_t n, int rank, int ranks) {

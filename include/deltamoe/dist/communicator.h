@@ -108,6 +108,23 @@ std::unique_ptr<Communicator> make_self();
 /// (does nothing) otherwise. Call after printing the error.
 void abort_world(int code) noexcept;
 
+/// One point of an all-to-all's cost curve: every rank sends `bytes_per_peer` bytes to each
+/// other rank; `seconds` is the slowest rank's mean time per call.
+struct AllToAllPoint {
+  int64_t bytes_per_peer = 0;
+  double seconds = 0;
+};
+/// Times all_to_all_v at each size of `bytes_per_peer` (`reps` calls each, after one warm-up;
+/// left out of stats()) and fits t = latency + bytes_per_peer · (P − 1) / bandwidth: the
+/// bandwidth from the two largest sizes, the latency from the smallest. Collective.
+struct AllToAllCost {
+  std::vector<AllToAllPoint> points;
+  double latency_s = 0;       // fitted α
+  double bandwidth_gbps = 0;  // fitted: GB/s each rank sends (0 when the sizes cannot tell)
+};
+AllToAllCost measure_all_to_all(Communicator& comm, const std::vector<int64_t>& bytes_per_peer,
+                                int reps);
+
 /// Block sizes of splitting `n` items over `ranks` ranks as evenly as possible, lower ranks
 /// first: rank r gets [begin(r), begin(r + 1)) with begin(r) = ⌊n·r / ranks⌋.
 int64_t split_begin(int64_t n, int rank, int ranks);
