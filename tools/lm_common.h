@@ -214,6 +214,7 @@ inline nlohmann::json parallel_json(const models::MoeLm& m) {
       j["calibration_tokens"] = pr.calibration_tokens;
       j["calibration_load_imbalance_contiguous"] = pr.imbalance_contiguous;
       j["calibration_load_imbalance_balanced"] = pr.imbalance_balanced;
+      j["released_expert_bytes"] = pr.released_bytes;
     }
   } else {
     j["ranks"] = 1;

@@ -32,8 +32,12 @@ Storage::Storage(size_t bytes) : bytes_(bytes), owned_(true) {
   std::memset(data_, 0, rounded == 0 ? align : rounded);
 }
 
-Storage::Storage(void* data, size_t bytes, std::shared_ptr<const void> keep_alive)
-    : data_(data), bytes_(bytes), owned_(false), keep_alive_(std::move(keep_alive)) {}
+Storage::Storage(void* data, size_t bytes, std::shared_ptr<const void> keep_alive, bool file_mapped)
+    : data_(data),
+      bytes_(bytes),
+      owned_(false),
+      file_mapped_(file_mapped),
+      keep_alive_(std::move(keep_alive)) {}
 
 Storage::~Storage() {
   if (owned_) std::free(data_);
@@ -75,14 +79,15 @@ Tensor::Tensor(Shape shape, DType dtype)
   storage_ = std::make_shared<Storage>(static_cast<size_t>(numel_) * dtype_size(dtype_));
 }
 
-Tensor Tensor::wrap(void* data, Shape shape, DType dtype, std::shared_ptr<const void> keep_alive) {
+Tensor Tensor::wrap(void* data, Shape shape, DType dtype, std::shared_ptr<const void> keep_alive,
+                    bool file_mapped) {
   Tensor t;
   t.dtype_ = dtype;
   t.shape_ = std::move(shape);
   t.strides_ = contiguous_strides(t.shape_);
   t.numel_ = shape_numel(t.shape_);
   t.storage_ = std::make_shared<Storage>(data, static_cast<size_t>(t.numel_) * dtype_size(dtype),
-                                         std::move(keep_alive));
+                                         std::move(keep_alive), file_mapped);
   return t;
 }
 

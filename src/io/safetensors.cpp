@@ -232,7 +232,7 @@ Tensor SafetensorsFile::get(const std::string& name) const {
   const uint8_t* p = file_data() + data_offset_ + e.begin;
   const size_t bytes = static_cast<size_t>(e.end - e.begin);
   if (reinterpret_cast<uintptr_t>(p) % dtype_size(e.dtype) == 0)
-    return Tensor::wrap(const_cast<uint8_t*>(p), e.shape, e.dtype, mapping_);
+    return Tensor::wrap(const_cast<uint8_t*>(p), e.shape, e.dtype, mapping_, /*file_mapped=*/true);
   Tensor t(e.shape, e.dtype);
   if (bytes > 0) std::memcpy(t.raw(), p, bytes);
   return t;

@@ -48,7 +48,7 @@ std::pair<double, double> MoeLm::balance_placement(int64_t tokens, uint64_t seed
   std::vector<float> logits(static_cast<size_t>(cfg_.vocab_size));
   forward(ids.data(), tokens, cache, logits.data(), false, &stats);
   double before = 0, after = 0, n = 0;
-  size_t j = 0;
+  size_t j = 0, released = 0;
   for (int64_t l = 0; l < layers(); ++l) {
     if (!layers_[static_cast<size_t>(l)].moe) continue;
     DELTAMOE_ASSERT(j < stats.routing.size(), "calibration routing of ", stats.routing.size(),
@@ -60,9 +60,15 @@ std::pair<double, double> MoeLm::balance_placement(int64_t tokens, uint64_t seed
     place = moe::ExpertPlacement::balanced(load, comm_->size());
     after += place.imbalance(load);
     n += 1;
+    // The calibration read the contiguous block's experts: drop those now held elsewhere, so
+    // that this rank's resident memory is its own experts (mapped weights).
+    for (int64_t e = 0; e < cfg_.num_experts; ++e)
+      if (place.owner(e) != comm_->rank())
+        released += layers_[static_cast<size_t>(l)].ffn->release_expert_pages(e);
   }
   reset_parallel_stats();
-  placement_report_ = {"balanced", tokens, n > 0 ? before / n : 1.0, n > 0 ? after / n : 1.0};
+  placement_report_ = {"balanced", tokens, n > 0 ? before / n : 1.0, n > 0 ? after / n : 1.0,
+                       released};
   return {placement_report_.imbalance_contiguous, placement_report_.imbalance_balanced};
 }
 

@@ -361,6 +361,14 @@ void MoeBlock::run_rows(const float* x, int64_t rows, const int32_t* experts, fl
   apply_routed(x, rows, r, out, nullptr, nullptr);
 }
 
+size_t MoeBlock::release_expert_pages(int64_t e) const {
+  DELTAMOE_ASSERT(e >= 0 && e < experts_, "expert ", e, " of ", experts_);
+  size_t n =
+      w13_[static_cast<size_t>(e)].release_pages() + w2_[static_cast<size_t>(e)].release_pages();
+  if (!w3_.empty()) n += w3_[static_cast<size_t>(e)].release_pages();
+  return n;
+}
+
 void MoeBlock::add_shared(const float* x, int64_t tokens, float* y) const {
   if (shared_inter_ > 0 && tokens > 0) run_shared(x, tokens, y);
 }

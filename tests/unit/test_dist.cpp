@@ -5,16 +5,19 @@
 // process (the MoE block's apply(), the model without --parallel). EXPECT, not ASSERT, inside
 // collective sequences: a rank leaving a test early would leave the others waiting.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <numeric>
 #include <random>
 #include <string>
 
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/dist/communicator.h"
+#include "deltamoe/io/safetensors.h"
 #include "deltamoe/models/moe_lm.h"
 #include "deltamoe/moe/expert_parallel.h"
 #include "deltamoe/moe/moe_block.h"
@@ -233,6 +236,44 @@ TEST(ExpertParallel, EqualsTheOneProcessBlock) {
       }
     }
   }
+}
+
+// A rank drops the mapped pages of experts another rank holds (after a calibration read
+// them): the pages of a file mapping go, and are read again from the file if used; memory
+// that is not a file mapping (a copy, a tensor made in memory) is never dropped, since that
+// would zero it.
+TEST(Dist, ReleasedMappedPagesAreReadAgain) {
+  const int64_t n = 256, k = 1024;  // 1 MiB of f32
+  Tensor w({n, k});
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = nd(rng);
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("deltamoe_release_" + std::to_string(::getpid()) + "_" +
+                             std::to_string(comm().rank()) + ".safetensors"))
+                               .string();
+  io::write_safetensors(path, {{"w", w}});
+  {
+    const auto f = io::SafetensorsFile::open(path);
+    const auto mapped = kernels::PackedLinear::row_major(f.get("w"), DType::f32);
+    ASSERT_TRUE(mapped.in_place());
+    std::vector<float> x(static_cast<size_t>(k), 0.5f), before(static_cast<size_t>(n)),
+        after(static_cast<size_t>(n));
+    kernels::linear(x.data(), 1, k, mapped, before.data(), n);
+    const size_t released = mapped.release_pages();
+    EXPECT_GE(released, static_cast<size_t>(n * k * 4) - 2 * 4096);
+    EXPECT_LE(released, static_cast<size_t>(n * k * 4));
+    kernels::linear(x.data(), 1, k, mapped, after.data(), n);
+    EXPECT_EQ(before, after);
+    // In-memory weights and converted copies are never dropped.
+    const auto in_memory = kernels::PackedLinear::row_major(w, DType::f32);
+    EXPECT_TRUE(in_memory.in_place());
+    EXPECT_EQ(in_memory.release_pages(), 0u);
+    EXPECT_EQ(kernels::PackedLinear::row_major(f.get("w"), DType::bf16).release_pages(), 0u);
+    kernels::linear(x.data(), 1, k, in_memory, after.data(), n);
+    EXPECT_EQ(before, after);
+  }
+  std::filesystem::remove(path);
 }
 
 class DistLm : public ::testing::TestWithParam<std::string> {};

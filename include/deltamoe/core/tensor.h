@@ -29,18 +29,23 @@ class Storage {
   /// Allocates `bytes` (rounded up to kAlignment), zero-filled.
   explicit Storage(size_t bytes);
   /// Wraps external memory without owning it; `keep_alive` is held until destruction.
-  Storage(void* data, size_t bytes, std::shared_ptr<const void> keep_alive);
+  /// `file_mapped`: the memory is a read-only mapping of a file (its pages can be dropped
+  /// and are read again from the file when touched).
+  Storage(void* data, size_t bytes, std::shared_ptr<const void> keep_alive,
+          bool file_mapped = false);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
 
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
+  bool file_mapped() const { return file_mapped_; }
 
  private:
   void* data_ = nullptr;
   size_t bytes_ = 0;
   bool owned_ = false;
+  bool file_mapped_ = false;
   std::shared_ptr<const void> keep_alive_;
 };
 
@@ -58,8 +63,9 @@ class Tensor {
   /// New contiguous zero-filled tensor.
   Tensor(Shape shape, DType dtype = DType::f32);
   /// Wraps external memory (not owned; `keep_alive` keeps it valid). Contiguous.
+  /// `file_mapped`: a read-only file mapping (Storage::file_mapped).
   static Tensor wrap(void* data, Shape shape, DType dtype,
-                     std::shared_ptr<const void> keep_alive = nullptr);
+                     std::shared_ptr<const void> keep_alive = nullptr, bool file_mapped = false);
   /// Copies `values` into a new f32 tensor of `shape` (sizes must agree).
   static Tensor from(const std::vector<float>& values, Shape shape);
 

@@ -66,6 +66,12 @@ class PackedLinear {
   WeightLayout layout() const { return layout_; }
   /// Whether the weights are the source tensor's own memory (row_major() without a copy).
   bool in_place() const { return in_place_; }
+  /// For an in-place matrix over a file's read-only mapping (Storage::file_mapped): drops
+  /// this process's mapping of the whole pages inside its bytes (madvise MADV_DONTNEED), so
+  /// resident memory stops counting them; the file's page cache keeps them, and a later use
+  /// reads them again. Copies and other memory are left alone. Returns the bytes released.
+  /// Not thread-safe with a concurrent use.
+  size_t release_pages() const;
 
   int64_t out_features() const { return n_; }
   int64_t in_features() const { return k_; }

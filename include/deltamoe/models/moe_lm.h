@@ -142,7 +142,8 @@ class MoeLm {
   /// measured by routing a calibration prefill of `tokens` token ids drawn uniformly with
   /// `seed` (the same on every rank). Collective; ParallelMode::ep only. Returns the busiest
   /// rank's load over the mean rank's on the calibration routing, averaged over MoE layers:
-  /// {contiguous, balanced}.
+  /// {contiguous, balanced}. Experts used in place from the mapping that the calibration
+  /// read but another rank now holds are released (MoeBlock::release_expert_pages).
   std::pair<double, double> balance_placement(int64_t tokens, uint64_t seed);
   /// Dynamic placement: each MoE layer of each pass places its experts by that pass's own
   /// load (the ranks' expert counts all-reduced, ExpertPlacement::balanced without equal
@@ -154,6 +155,7 @@ class MoeLm {
     std::string kind = "contiguous";
     int64_t calibration_tokens = 0;
     double imbalance_contiguous = 0, imbalance_balanced = 0;  // see balance_placement()
+    size_t released_bytes = 0;  // mapped expert pages of other ranks dropped after calibration
   };
   const PlacementReport& placement_report() const { return placement_report_; }
 

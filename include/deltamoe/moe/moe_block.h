@@ -133,6 +133,10 @@ class MoeBlock {
   ExpertKind kind() const { return kind_; }
   DType dtype() const { return dtype_; }
   kernels::WeightLayout layout() const { return layout_; }
+  /// PackedLinear::release_pages() of routed expert e's matrices (in place only: a mapped
+  /// checkpoint's pages this process no longer needs, e.g. experts another rank holds).
+  /// Returns the bytes released.
+  size_t release_expert_pages(int64_t e) const;
   /// Bytes of one routed expert's packed weights (for roofline estimates).
   size_t expert_weight_bytes() const;
   /// Bytes of weight matrices used in place (row-major layout, source dtype = dtype()).
