@@ -9,6 +9,7 @@
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/io/output.h"
 #include "deltamoe/models/moe_classifier.h"
+#include "lm_common.h"
 #include "models/data_shim.h"
 #include "train_common.h"
 
@@ -22,6 +23,8 @@ struct EvalCliOptions {
   int64_t batch = 1000;
   float null_bias = 0;
   int threads = 2;
+  bool threads_explicit = false;
+  std::string parallel = "none";
   int repeat = 1;
   bool json = false;
 };
@@ -39,8 +42,16 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_option("--batch", o->batch, "evaluation batch size")
           ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
           ->capture_default_str();
-      app.add_option("--threads", o->threads, "threads")
+      app.add_option("--threads", o->threads,
+                     "threads (per rank under mpirun with --parallel: default the cores shared "
+                     "by the ranks on the machine)")
           ->check(CLI::Range(1, 1024))
+          ->each([o](const std::string&) { o->threads_explicit = true; })
+          ->capture_default_str();
+      app.add_option("--parallel", o->parallel,
+                     "none, or ep under `mpirun -np N`: each MoE layer's experts split over the "
+                     "ranks, token rows sent to them by all-to-all; only rank 0 prints")
+          ->check(CLI::IsMember({"none", "ep"}))
           ->capture_default_str();
       app.add_option("--repeat", o->repeat, "timed passes over the test set; samples/s is the best")
           ->check(CLI::Range(1, 1000))
@@ -52,8 +63,10 @@ deltamoe::cli::CommandRegistrar reg(
       cli::show_default(app, {"--target-k"}, "none");
       app.parse_complete_callback([&app, o] { o->routing.check(app); });
       return [o]() {
-        if (!o->predictions_out.empty()) io::check_writable(o->predictions_out, "eval");
-        set_num_threads(o->threads);
+        dist::Communicator* comm = cli::parallel_comm(o->parallel);
+        const bool writer = !comm || comm->rank() == 0;  // one rank writes files
+        if (!o->predictions_out.empty() && writer) io::check_writable(o->predictions_out, "eval");
+        set_num_threads(cli::rank_threads(o->threads, o->threads_explicit, comm != nullptr));
         cli::keep_freed_memory();
         auto model = models::MoeClassifier::load(o->model);
         const auto data = models::detail::load_data(o->data_dir);
@@ -69,16 +82,18 @@ deltamoe::cli::CommandRegistrar reg(
             model, data.test.images.slice(0, std::min<int64_t>(o->batch, 1000)),
             std::vector<int32_t>(data.test.labels.begin(),
                                  data.test.labels.begin() + std::min<int64_t>(o->batch, 1000)),
-            o->batch);
-        auto r = models::evaluate(model, data.test.images, data.test.labels, o->batch);
+            o->batch, nullptr, comm);
+        auto r =
+            models::evaluate(model, data.test.images, data.test.labels, o->batch, nullptr, comm);
         for (int rep = 1; rep < o->repeat; ++rep) {
-          const auto again = models::evaluate(model, data.test.images, data.test.labels, o->batch);
+          const auto again =
+              models::evaluate(model, data.test.images, data.test.labels, o->batch, nullptr, comm);
           if (again.seconds < r.seconds) {
             r.seconds = again.seconds;
             r.samples_per_s = again.samples_per_s;
           }
         }
-        if (!o->predictions_out.empty()) {
+        if (!o->predictions_out.empty() && writer) {
           std::ostringstream csv;
           csv << "index,label,predicted,experts_used\n";
           for (size_t i = 0; i < r.predicted.size(); ++i)
@@ -95,7 +110,8 @@ deltamoe::cli::CommandRegistrar reg(
         j["samples_per_s"] = r.samples_per_s;
         j["time_ms"] = r.seconds * 1e3;
         j["samples"] = r.predicted.size();
-        j["threads"] = o->threads;
+        j["threads"] = num_threads();
+        j["parallel"] = {{"mode", o->parallel}, {"ranks", comm ? comm->size() : 1}};
         j["timed_passes"] = std::max(1, o->repeat);
         j["load"] = nlohmann::json::array();
         for (const auto& layer : r.load) {

@@ -1,4 +1,5 @@
 #include "deltamoe/models/moe_classifier.h"
+#include "deltamoe/moe/expert_parallel.h"
 
 #include <algorithm>
 #include <cmath>
@@ -267,6 +268,34 @@ Tensor MoeClassifier::patchify(const Tensor& x) const {
   return out;
 }
 
+namespace {
+
+// y[tokens, H] = the MoE block on u with the experts split over the ranks: this rank's slice
+// of the rows goes through the all-to-all, the slices are all-gathered.
+void expert_parallel_layer(const moe::MoeBlock& block, dist::Communicator& comm, const float* u,
+                           int64_t tokens, const moe::RoutingResult& rr, const float* weights,
+                           float* y) {
+  const int ranks = comm.size(), me = comm.rank();
+  const int64_t h = block.hidden();
+  const int64_t lo = dist::split_begin(tokens, me, ranks),
+                hi = dist::split_begin(tokens, me + 1, ranks);
+  moe::RoutingResult mine;
+  const int32_t a = rr.offsets[static_cast<size_t>(lo)], b = rr.offsets[static_cast<size_t>(hi)];
+  for (int64_t t = lo; t <= hi; ++t) mine.offsets.push_back(rr.offsets[static_cast<size_t>(t)] - a);
+  mine.expert_ids.assign(rr.expert_ids.begin() + a, rr.expert_ids.begin() + b);
+  mine.weights.assign(weights + a, weights + b);
+  moe::apply_expert_parallel(block, moe::ExpertPlacement::contiguous(block.experts(), ranks), comm,
+                             u + lo * h, hi - lo, mine, y + lo * h);
+  block.add_shared(u + lo * h, hi - lo, y + lo * h);
+  std::vector<int64_t> bytes(static_cast<size_t>(ranks));
+  for (int r = 0; r < ranks; ++r)
+    bytes[static_cast<size_t>(r)] =
+        (dist::split_begin(tokens, r + 1, ranks) - dist::split_begin(tokens, r, ranks)) * h * 4;
+  comm.all_gather_v(y + lo * h, y, bytes.data());
+}
+
+}  // namespace
+
 Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
                              const ForwardOptions& opt, LayerRouting& lr, std::vector<Var>& aux) {
   const auto& c = config_;
@@ -329,8 +358,12 @@ Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
   if (opt.packed != nullptr && !g.grad_enabled()) {
     const Tensor& uv = g.value(u);
     Tensor yv({tokens, c.hidden});
-    opt.packed->blocks[static_cast<size_t>(l)].apply(uv.data<float>(), tokens, rr, yv.data<float>(),
-                                                     g.value(w).data<float>());
+    const moe::MoeBlock& block = opt.packed->blocks[static_cast<size_t>(l)];
+    if (opt.comm && opt.comm->size() > 1)
+      expert_parallel_layer(block, *opt.comm, uv.data<float>(), tokens, rr,
+                            g.value(w).data<float>(), yv.data<float>());
+    else
+      block.apply(uv.data<float>(), tokens, rr, yv.data<float>(), g.value(w).data<float>());
     y = g.input(yv);
   } else {
     // Dispatch: the (token, entry) pairs of each expert, in token order.

@@ -33,7 +33,8 @@ Tensor gather(const Tensor& x, const std::vector<int64_t>& idx, int64_t begin, i
 }
 
 // In place: mirror left-right (flip) and shift by (dx, dy) whole pixels, zeros shifted in.
-void augment_image(float* img, int64_t side, bool flip, int64_t dx, int64_t dy, std::vector<float>& tmp) {
+void augment_image(float* img, int64_t side, bool flip, int64_t dx, int64_t dy,
+                   std::vector<float>& tmp) {
   tmp.assign(img, img + side * side);
   for (int64_t y = 0; y < side; ++y)
     for (int64_t x = 0; x < side; ++x) {
@@ -53,7 +54,8 @@ int32_t argmax_row(const float* row, int64_t d) {
 
 void progress_line(const EpochStats& s, int epochs, int64_t step, int64_t steps, double loss,
                    double acc, double k, double sps, bool tty) {
-  std::fprintf(stderr, "%sepoch %d/%d step %lld/%lld loss %.4f acc %.2f%% avg K %.3f %.0f samples/s%s",
+  std::fprintf(stderr,
+               "%sepoch %d/%d step %lld/%lld loss %.4f acc %.2f%% avg K %.3f %.0f samples/s%s",
                tty ? "\r" : "", s.epoch, epochs, static_cast<long long>(step),
                static_cast<long long>(steps), loss, 100.0 * acc, k, sps, tty ? "   " : "\n");
   std::fflush(stderr);
@@ -63,14 +65,15 @@ void progress_line(const EpochStats& s, int epochs, int64_t step, int64_t steps,
 
 TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vector<int32_t>& train_y,
                    const TrainOptions& opt) {
-  DELTAMOE_CHECK(train_x.dim() == 2 && train_x.size(0) == static_cast<int64_t>(train_y.size()), "train",
-                 "images ", shape_str(train_x.shape()), " vs ", train_y.size(), " labels");
+  DELTAMOE_CHECK(train_x.dim() == 2 && train_x.size(0) == static_cast<int64_t>(train_y.size()),
+                 "train", "images ", shape_str(train_x.shape()), " vs ", train_y.size(), " labels");
   DELTAMOE_CHECK(opt.epochs >= 1 && opt.batch >= 1 && opt.lr > 0, "train", "bad options: epochs ",
                  opt.epochs, " batch ", opt.batch, " lr ", opt.lr);
   const int64_t total = train_x.size(0);
   int64_t n_train = std::max<int64_t>(0, total - opt.val_size);
   if (opt.max_train > 0) n_train = std::min(n_train, opt.max_train);
-  DELTAMOE_CHECK(n_train >= opt.batch, "train", "only ", n_train, " training images for batch ", opt.batch);
+  DELTAMOE_CHECK(n_train >= opt.batch, "train", "only ", n_train, " training images for batch ",
+                 opt.batch);
   const int64_t val_begin = total - std::min(opt.val_size, total - n_train);
 
   nn::AdamOptions ao;
@@ -80,10 +83,11 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
   model.params().zero_grad();
   std::mt19937_64 rng(opt.seed);
   std::mt19937_64 aug_rng(opt.seed ^ 0x9e3779b97f4a7c15ULL);  // augmentation only
-  const int64_t side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(train_x.size(1)))));
+  const int64_t side =
+      static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(train_x.size(1)))));
   const bool augment = opt.augment_flip || opt.augment_shift > 0;
-  DELTAMOE_CHECK(!augment || side * side == train_x.size(1), "train", "augmentation needs square images, got ",
-                 train_x.size(1), " pixels");
+  DELTAMOE_CHECK(!augment || side * side == train_x.size(1), "train",
+                 "augmentation needs square images, got ", train_x.size(1), " pixels");
   std::vector<float> aug_tmp;
   std::vector<int64_t> order(static_cast<size_t>(n_train));
   std::iota(order.begin(), order.end(), 0);
@@ -118,11 +122,14 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
           const bool flip = opt.augment_flip && (aug_rng() & 1u);
           const int64_t dx = opt.augment_shift > 0 ? shift(aug_rng) : 0;
           const int64_t dy = opt.augment_shift > 0 ? shift(aug_rng) : 0;
-          if (flip || dx != 0 || dy != 0) augment_image(xb.data<float>() + i * side * side, side, flip, dx, dy, aug_tmp);
+          if (flip || dx != 0 || dy != 0)
+            augment_image(xb.data<float>() + i * side * side, side, flip, dx, dy, aug_tmp);
         }
       }
       std::vector<int32_t> yb(static_cast<size_t>(opt.batch));
-      for (int64_t i = b; i < e; ++i) yb[static_cast<size_t>(i - b)] = train_y[static_cast<size_t>(order[static_cast<size_t>(i)])];
+      for (int64_t i = b; i < e; ++i)
+        yb[static_cast<size_t>(i - b)] =
+            train_y[static_cast<size_t>(order[static_cast<size_t>(i)])];
       graph::Graph g(true);
       ForwardOut out = model.forward(g, xb, fo);
       graph::Var loss = g.cross_entropy(out.logits, yb, opt.label_smoothing);
@@ -136,21 +143,25 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
         lr_scale *= static_cast<float>(step + 1) / static_cast<float>(opt.warmup_steps);
       adam.step(lr_scale);
       const float lv = g.scalar(loss);
-      DELTAMOE_CHECK(std::isfinite(lv), "train", "loss became ", lv, " at epoch ", epoch, " step ", s);
+      DELTAMOE_CHECK(std::isfinite(lv), "train", "loss became ", lv, " at epoch ", epoch, " step ",
+                     s);
       summary.step_losses.push_back(lv);
       loss_sum += lv;
       const float* lg = g.value(out.logits).data<float>();
       const int64_t classes = g.value(out.logits).size(1);
-      for (int64_t i = 0; i < opt.batch; ++i) correct += argmax_row(lg + i * classes, classes) == yb[static_cast<size_t>(i)];
+      for (int64_t i = 0; i < opt.batch; ++i)
+        correct += argmax_row(lg + i * classes, classes) == yb[static_cast<size_t>(i)];
       seen += opt.batch;
       double kb = 0;
       for (const auto& lr : out.layers) kb += lr.routing.mean_experts();
       k_sum += kb / static_cast<double>(out.layers.size());
-      if (opt.progress && (tty ? (s % 10 == 9 || s + 1 == steps_per_epoch) : s + 1 == steps_per_epoch)) {
+      if (opt.progress &&
+          (tty ? (s % 10 == 9 || s + 1 == steps_per_epoch) : s + 1 == steps_per_epoch)) {
         const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
         progress_line(es, opt.epochs, s + 1, steps_per_epoch, loss_sum / static_cast<double>(s + 1),
                       static_cast<double>(correct) / static_cast<double>(seen),
-                      k_sum / static_cast<double>(s + 1), static_cast<double>(seen) / secs, tty && s + 1 < steps_per_epoch);
+                      k_sum / static_cast<double>(s + 1), static_cast<double>(seen) / secs,
+                      tty && s + 1 < steps_per_epoch);
       }
     }
     es.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -162,7 +173,8 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
       Tensor vx = take_rows(train_x, val_begin, total);
       std::vector<int32_t> vy(train_y.begin() + val_begin, train_y.end());
       es.val_accuracy = evaluate(model, vx, vy).accuracy;
-      if (opt.progress) std::fprintf(stderr, "epoch %d: val acc %.2f%%\n", epoch, 100.0 * es.val_accuracy);
+      if (opt.progress)
+        std::fprintf(stderr, "epoch %d: val acc %.2f%%\n", epoch, 100.0 * es.val_accuracy);
     }
     summary.epochs.push_back(es);
   }
@@ -171,18 +183,22 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
   return summary;
 }
 
-EvalResult evaluate(MoeClassifier& model, const Tensor& x, const std::vector<int32_t>& y, int64_t batch,
-                    const std::vector<std::vector<int32_t>>* forced_k) {
+EvalResult evaluate(MoeClassifier& model, const Tensor& x, const std::vector<int32_t>& y,
+                    int64_t batch, const std::vector<std::vector<int32_t>>* forced_k,
+                    dist::Communicator* comm) {
   const auto& c = model.config();
   const int64_t n = x.size(0), tps = c.tokens_per_sample();
-  DELTAMOE_CHECK(n == static_cast<int64_t>(y.size()) && n > 0, "eval", "images ", shape_str(x.shape()),
-                 " vs ", y.size(), " labels");
+  DELTAMOE_CHECK(n == static_cast<int64_t>(y.size()) && n > 0, "eval", "images ",
+                 shape_str(x.shape()), " vs ", y.size(), " labels");
   EvalResult r;
   r.predicted.resize(static_cast<size_t>(n));
   r.experts_used.assign(static_cast<size_t>(n), 0.0f);
-  r.token_k.assign(static_cast<size_t>(c.layers), std::vector<int32_t>(static_cast<size_t>(n * tps)));
-  r.load.assign(static_cast<size_t>(c.layers), std::vector<int64_t>(static_cast<size_t>(c.experts)));
-  r.class_expert.assign(static_cast<size_t>(c.classes), std::vector<int64_t>(static_cast<size_t>(c.experts)));
+  r.token_k.assign(static_cast<size_t>(c.layers),
+                   std::vector<int32_t>(static_cast<size_t>(n * tps)));
+  r.load.assign(static_cast<size_t>(c.layers),
+                std::vector<int64_t>(static_cast<size_t>(c.experts)));
+  r.class_expert.assign(static_cast<size_t>(c.classes),
+                        std::vector<int64_t>(static_cast<size_t>(c.experts)));
   int64_t correct = 0, routed = 0;
   double seconds = 0;
   // Packed once per call (a few ms, outside the timed forward passes): the weights may have
@@ -198,6 +214,7 @@ EvalResult evaluate(MoeClassifier& model, const Tensor& x, const std::vector<int
     ForwardOptions fo;
     fo.forced_k = forced_k ? &fk : nullptr;
     fo.packed = &packed;
+    fo.comm = comm;
     const auto t0 = Clock::now();
     graph::Graph g(false);
     ForwardOut out = model.forward(g, xb, fo);
@@ -218,7 +235,8 @@ EvalResult evaluate(MoeClassifier& model, const Tensor& x, const std::vector<int
         r.experts_used[static_cast<size_t>(sample)] += static_cast<float>(k);
         for (int32_t j = rr.offsets[t]; j < rr.offsets[t + 1]; ++j) {
           ++r.load[static_cast<size_t>(l)][static_cast<size_t>(rr.expert_ids[j])];
-          ++r.class_expert[static_cast<size_t>(y[static_cast<size_t>(sample)])][static_cast<size_t>(rr.expert_ids[j])];
+          ++r.class_expert[static_cast<size_t>(y[static_cast<size_t>(sample)])]
+                          [static_cast<size_t>(rr.expert_ids[j])];
         }
       }
     }
@@ -227,14 +245,15 @@ EvalResult evaluate(MoeClassifier& model, const Tensor& x, const std::vector<int
   for (float& v : r.experts_used) v *= per;
   r.accuracy = static_cast<double>(correct) / static_cast<double>(n);
   r.avg_experts = static_cast<double>(routed) / static_cast<double>(n * tps * c.layers);
-  r.expert_flops_per_sample = static_cast<double>(routed) * c.expert_flops_per_token() / static_cast<double>(n);
+  r.expert_flops_per_sample =
+      static_cast<double>(routed) * c.expert_flops_per_token() / static_cast<double>(n);
   r.seconds = seconds;
   r.samples_per_s = static_cast<double>(n) / seconds;
   return r;
 }
 
-void calibrate_policy(MoeClassifier& model, const moe::PolicySpec& spec, const Tensor& x, int passes,
-                      int64_t batch) {
+void calibrate_policy(MoeClassifier& model, const moe::PolicySpec& spec, const Tensor& x,
+                      int passes, int64_t batch) {
   model.set_policy(spec);
   if (spec.target_k <= 0) return;
   ForwardOptions fo;

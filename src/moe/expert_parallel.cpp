@@ -78,7 +78,8 @@ double ExpertPlacement::imbalance(const std::vector<double>& load) const {
 
 void apply_expert_parallel(const MoeBlock& block, const ExpertPlacement& place,
                            dist::Communicator& comm, const float* x, int64_t rows,
-                           const RoutingResult& routing, float* y, ExpertParallelStats* stats) {
+                           const RoutingResult& routing, float* y, ExpertParallelStats* stats,
+                           const float* weights) {
   const int p = comm.size(), me = comm.rank();
   const int64_t h = block.hidden();
   const size_t hz = static_cast<size_t>(h);
@@ -145,7 +146,7 @@ void apply_expert_parallel(const MoeBlock& block, const ExpertPlacement& place,
     for (int64_t t = b; t < e; ++t) {
       const int32_t o = routing.offsets[t], k = routing.offsets[t + 1] - o;
       combine_in_expert_order(
-          routing.expert_ids.data() + o, routing.weights.data() + o, k,
+          routing.expert_ids.data() + o, (weights ? weights : routing.weights.data()) + o, k,
           [&](int32_t a) {
             return send_x.data() + static_cast<size_t>(slot_of[static_cast<size_t>(o + a)]) * hz;
           },

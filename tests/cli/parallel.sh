@@ -64,6 +64,24 @@ for phase in ("pp", "tg"):
 assert d["pp_tokens_per_s"] > 0 and d["tg_tokens_per_s"] > 0
 EOF
 
+# The classifier: eval's predictions at np = 2 and 4 equal one process's, with a per-token
+# budget (threshold routing: 0 to E experts per token).
+data=/usr/share/datasets/fashion-mnist
+if [ -e "$data/train-images-idx3-ubyte.gz" ]; then
+  "$bin" train --routing threshold --target-k 1.5 --max-train 512 --val-size 100 --epochs 1 \
+    --hidden 32 --inter 32 --layers 2 --threads 1 --no-progress --no-test --out "$tmp/cls.safetensors" >/dev/null 2>&1
+  "$bin" eval --model "$tmp/cls.safetensors" --predictions-out "$tmp/p1.csv" --json >"$tmp/e1.json" 2>/dev/null
+  for np in 2 4; do
+    run "$np" eval --model "$tmp/cls.safetensors" --parallel ep --predictions-out "$tmp/p$np.csv" \
+      --json >"$tmp/e.json" 2>/dev/null || fail "eval np $np"
+    cmp -s "$tmp/p1.csv" "$tmp/p$np.csv" || fail "eval np $np: predictions differ from one process"
+    [ "$(jget "$tmp/e.json" "(d['accuracy'], d['avg_experts'], d['parallel']['ranks'])")" = \
+      "$(jget "$tmp/e1.json" "(d['accuracy'], d['avg_experts'])" | sed "s/)$/, $np)/")" ] || fail "eval np $np: report"
+  done
+elif [ "${CI:-}" = true ]; then
+  fail "Fashion-MNIST missing under CI"
+fi
+
 # Errors: mpirun without --parallel, a command without --parallel, --parallel with an expert
 # cache, a bad mode.
 rc=0; run 2 generate --model "$m" --prompt "Hi" -n 2 >"$tmp/o.txt" 2>"$tmp/e.txt" || rc=$?

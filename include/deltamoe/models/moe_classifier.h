@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 
 #include "deltamoe/core/tensor.h"
+#include "deltamoe/dist/communicator.h"
 #include "deltamoe/graph/graph.h"
 #include "deltamoe/kernels/cpu.h"
 #include "deltamoe/moe/moe_block.h"
@@ -98,6 +99,11 @@ struct ForwardOptions {
   /// weights (kernels::linear; one GEMM per expert over its gathered tokens, bias and GELU
   /// fused) instead of graph ops. Same routing and, up to f32 summation order, same logits.
   const PackedWeights* packed = nullptr;
+  /// With `packed`: each MoE layer's experts run expert-parallel over the communicator's
+  /// ranks (moe/expert_parallel.h; contiguous placement): every rank runs the rest of the
+  /// model on all rows, takes 1/P of the rows through the experts' all-to-all, and the
+  /// outputs are all-gathered. Every rank must run the same forward passes. Null: one process.
+  dist::Communicator* comm = nullptr;
 };
 
 struct ForwardOut {
@@ -217,7 +223,8 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
 /// (or forced per-token budgets, per layer, indexed by sample·T + token).
 EvalResult evaluate(MoeClassifier& model, const Tensor& x, const std::vector<int32_t>& y,
                     int64_t batch = 1000,
-                    const std::vector<std::vector<int32_t>>* forced_k = nullptr);
+                    const std::vector<std::vector<int32_t>>* forced_k = nullptr,
+                    dist::Communicator* comm = nullptr);
 
 /// Sets every layer's policy to `spec` and, when spec.target_k > 0, runs the policies'
 /// controllers over x (no gradients, `passes` passes in batches of `batch`) so the mean K

@@ -63,10 +63,11 @@ struct ExpertParallelStats {
 /// (zero included). y is overwritten. Throws Error("moe") when the block is not swiglu / MLP
 /// with one expert per routed id, or when the communicator has more ranks than can be split.
 /// `placement` must be the same on every rank, over block.experts() experts and comm.size()
-/// ranks.
+/// ranks. `weights`, when not null, replaces routing.weights (same CSR positions), as in
+/// MoeBlock::apply.
 void apply_expert_parallel(const MoeBlock& block, const ExpertPlacement& placement,
                            dist::Communicator& comm, const float* x, int64_t rows,
                            const RoutingResult& routing, float* y,
-                           ExpertParallelStats* stats = nullptr);
+                           ExpertParallelStats* stats = nullptr, const float* weights = nullptr);
 
 }  // namespace deltamoe::moe
