@@ -232,9 +232,15 @@ nlohmann::json comm_report(const models::MoeLm& m, const Contender::Comm& t, dou
   const double fixed = (8 * p * (p - 1) + dynamic) / rows_per_pass +
                        static_cast<double>(cfg.num_hidden_layers) / ml * 8 * kv * (p - 1) +
                        4 * h * (p - 1) / ml;
-  const double predicted = k * remote_share * (8 * h + 4) + fixed;
+  double predicted = k * remote_share * (8 * h + 4) + fixed;
   const double measured = rows > 0 ? sums[0] / rows : 0.0;
-  const double from_routing = rows > 0 ? sums[2] * (8 * h + 4) / rows + fixed : 0.0;
+  double from_routing = rows > 0 ? sums[2] * (8 * h + 4) / rows + fixed : 0.0;
+  if (m.parallel() == models::ParallelMode::es) {
+    // Expert slicing: every layer's FFN all-reduces the token's H floats (a ring: each rank
+    // sends 2·(P − 1)/P of them), whatever the routing.
+    predicted = from_routing = static_cast<double>(cfg.num_hidden_layers) / ml * 8 * h * (p - 1);
+    remote_share = 0;
+  }
   return {{"tokens", t.tokens},
           {"bytes_per_token_per_moe_layer", measured},
           {"predicted_bytes_per_token_per_moe_layer", predicted},

@@ -164,8 +164,10 @@ inline void add_parallel_option(CLI::App& app, std::string& mode, std::string& p
   app.add_option("--parallel", mode,
                  "How the ranks of `mpirun -np N deltamoe ...` share the model: none (one "
                  "process), ep (expert parallelism: each rank holds 1/N of every MoE layer's "
-                 "experts; token rows travel by all-to-all). Only rank 0 prints")
-      ->check(CLI::IsMember({"none", "ep"}))
+                 "experts; token rows travel by all-to-all), es (expert slicing: each rank "
+                 "holds 1/N of every expert's intermediate dimension; outputs all-reduced). "
+                 "Only rank 0 prints")
+      ->check(CLI::IsMember({"none", "ep", "es"}))
       ->capture_default_str();
   app.add_option("--ep-placement", placement,
                  "Which rank runs which experts under --parallel ep: contiguous (blocks of "
@@ -194,7 +196,7 @@ inline dist::Communicator* parallel_comm(const std::string& mode) {
   if (mode == "none") {
     DELTAMOE_CHECK(dist::launched_ranks() == 1, "dist", "started on ", dist::launched_ranks(),
                    " ranks by mpirun without --parallel: each rank would run the whole model "
-                   "alone; pass --parallel ep");
+                   "alone; pass --parallel ep or es");
     return nullptr;
   }
   dist::Communicator& c = dist::world();
@@ -208,6 +210,7 @@ inline nlohmann::json parallel_json(const models::MoeLm& m) {
   if (const dist::Communicator* c = m.comm()) {
     j["ranks"] = c->size();
     j["backend"] = c->backend();
+    if (m.parallel() != models::ParallelMode::ep) return j;
     const auto& pr = m.placement_report();
     j["ep_placement"] = pr.kind;
     if (pr.kind == "balanced") {
@@ -272,14 +275,15 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
                                           : kernels::WeightLayout::row_major;
   lo.expert_cache = expert_cache_options(o.offload);
   if (comm) {
-    lo.parallel = models::ParallelMode::ep;
+    lo.parallel = o.parallel == "es" ? models::ParallelMode::es : models::ParallelMode::ep;
     lo.comm = comm;
   }
   if (o.offload.drop_page_cache) drop_checkpoint_pages(o.model);
   auto m = models::MoeLm::load(o.model, lo);
   if (policy) m->set_policy(policy);
-  if (comm && o.ep_placement == "dynamic") m->set_dynamic_placement(true);
-  if (comm && o.ep_placement == "balanced") {
+  const bool ep = m->parallel() == models::ParallelMode::ep;
+  if (ep && o.ep_placement == "dynamic") m->set_dynamic_placement(true);
+  if (ep && o.ep_placement == "balanced") {
     const int64_t n =
         std::min<int64_t>(kPlacementCalibrationTokens, m->config().max_position_embeddings - 1);
     const auto [before, after] = m->balance_placement(n, /*seed=*/12345);

@@ -49,6 +49,45 @@ moe::MoeWeights dense_as_moe(const io::HfFfnWeights& f, int64_t hidden) {
   return w;
 }
 
+// Columns [c0, c1) of a contiguous 2-D tensor, as a new contiguous tensor of its dtype.
+Tensor columns(const Tensor& t, int64_t c0, int64_t c1) {
+  DELTAMOE_ASSERT(t.dim() == 2 && t.is_contiguous() && 0 <= c0 && c0 < c1 && c1 <= t.size(1),
+                  "columns [", c0, ", ", c1, ") of ", shape_str(t.shape()));
+  const int64_t n = t.size(0), k = t.size(1), w = c1 - c0;
+  const size_t es = dtype_size(t.dtype());
+  Tensor out({n, w}, t.dtype());
+  const auto* src = static_cast<const char*>(t.raw());
+  auto* dst = static_cast<char*>(out.raw());
+  for (int64_t r = 0; r < n; ++r)
+    std::memcpy(dst + static_cast<size_t>(r * w) * es, src + static_cast<size_t>(r * k + c0) * es,
+                static_cast<size_t>(w) * es);
+  return out;
+}
+
+// Expert slicing: this rank's share [i0, i1) of every expert's intermediate dimension (and of
+// the shared expert's): gate and up rows (views), down columns (copies). The rank's block
+// computes a partial sum of the layer's output; the ranks' partials add up to it, gate
+// weights and the shared expert's sigmoid gate included, since both scale the down projection.
+moe::MoeWeights slice_experts(const moe::MoeWeights& w, int rank, int ranks) {
+  moe::MoeWeights s = w;
+  const auto cut = [&](const Tensor& gate, const Tensor& up, const Tensor& down, Tensor& g2,
+                       Tensor& u2, Tensor& d2) {
+    const int64_t inter = gate.size(0);
+    DELTAMOE_CHECK(inter >= ranks, "model", "--parallel es splits each expert's ", inter,
+                   " intermediate rows over ", ranks, " ranks: fewer rows than ranks");
+    const int64_t i0 = dist::split_begin(inter, rank, ranks),
+                  i1 = dist::split_begin(inter, rank + 1, ranks);
+    g2 = gate.slice(i0, i1);
+    u2 = up.slice(i0, i1);
+    d2 = columns(down, i0, i1);
+  };
+  for (size_t e = 0; e < w.w1.size(); ++e)
+    cut(w.w1[e], w.w3[e], w.w2[e], s.w1[e], s.w3[e], s.w2[e]);
+  if (w.has_shared())
+    cut(w.shared_w1, w.shared_w3, w.shared_w2, s.shared_w1, s.shared_w3, s.shared_w2);
+  return s;
+}
+
 }  // namespace
 
 std::unique_ptr<MoeLm> MoeLm::load(const std::string& model_dir, const LmOptions& options) {
@@ -74,6 +113,18 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
       rope_(config.head_dim, config.rope_theta) {
   DELTAMOE_CHECK(dtype_ == DType::f32 || dtype_ == DType::bf16 || dtype_ == DType::int8, "model",
                  "weights can be f32, bf16 or int8, not ", dtype_name(dtype_));
+  parallel_ = options.parallel;
+  if (parallel_ != ParallelMode::none) {
+    DELTAMOE_CHECK(options.comm, "model", "--parallel ", parallel_mode_name(parallel_),
+                   " needs a communicator");
+    DELTAMOE_CHECK(!options.expert_cache.enabled(), "model", "--parallel ",
+                   parallel_mode_name(parallel_), " and an expert cache do not combine yet");
+    comm_ = options.comm;
+  }
+  // Expert slicing: each rank's blocks hold its slice of every FFN (dense MLPs too).
+  const auto sliced = [&](const moe::MoeWeights& full) {
+    return parallel_ == ParallelMode::es ? slice_experts(full, comm_->rank(), comm_->size()) : full;
+  };
   const int64_t h = cfg_.hidden_size, d = cfg_.head_dim;
   q_rows_ = cfg_.num_attention_heads * d;
   kv_rows_ = cfg_.num_key_value_heads * d;
@@ -138,9 +189,9 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
         mw.shared_w2 = lw.shared.down;
         mw.shared_gate = lw.shared_gate;
       }
-      ly.ffn = std::make_unique<moe::MoeBlock>(mw, dtype_, layout_);
+      ly.ffn = std::make_unique<moe::MoeBlock>(sliced(mw), dtype_, layout_);
     } else {
-      ly.ffn = std::make_unique<moe::MoeBlock>(dense_as_moe(lw.dense, h), dtype_, layout_);
+      ly.ffn = std::make_unique<moe::MoeBlock>(sliced(dense_as_moe(lw.dense, h)), dtype_, layout_);
     }
     mapped_bytes_ += ly.ffn->in_place_weight_bytes();
     layers_.push_back(std::move(ly));
@@ -150,13 +201,7 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
   // mapping go, so resident memory is the weights alone, not also the file pages they were
   // read from.
   embed_ = rows && mapped_bytes_ > 0 ? w.embed : w.embed.clone();
-  parallel_ = options.parallel;
-  if (parallel_ != ParallelMode::none) {
-    DELTAMOE_CHECK(options.comm, "model", "--parallel ", parallel_mode_name(parallel_),
-                   " needs a communicator");
-    DELTAMOE_CHECK(!options.expert_cache.enabled(), "model", "--parallel ",
-                   parallel_mode_name(parallel_), " and an expert cache do not combine yet");
-    comm_ = options.comm;
+  if (parallel_ == ParallelMode::ep) {
     placement_.resize(static_cast<size_t>(cfg_.num_hidden_layers));
     for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
       if (layers_[static_cast<size_t>(l)].moe)

@@ -35,7 +35,7 @@ void MoeLm::forward(const int32_t* tokens, int64_t n, KvCache& cache, float* log
   p.counts = {n};
   p.caches = {&cache};
   std::vector<float> h;
-  if (comm_)
+  if (parallel_ == ParallelMode::ep)
     run_layers_parallel(p, h, stats);
   else
     run_layers(p, h, stats, {});
@@ -68,7 +68,7 @@ int64_t MoeLm::forward_batch(const std::vector<std::vector<int32_t>>& tokens,
   }
   p.caches = caches;
   std::vector<float> h;
-  if (comm_)
+  if (parallel_ == ParallelMode::ep)
     run_layers_parallel(p, h, stats);
   else
     run_layers(p, h, stats, queues);
@@ -301,6 +301,8 @@ void MoeLm::ffn(const Layer& ly, Pass& p, const RowSet& rs, float* h, LmStats* s
   moe::RoutingResult routing;
   ly.ffn->route(x, n, ly.moe ? *policy_ : *dense_policy_, routing);
   ly.ffn->apply(x, n, routing, y);
+  // Expert slicing: this rank's block gave a partial sum of the FFN's output.
+  if (parallel_ == ParallelMode::es) comm_->all_reduce_sum(y, n * hd);
   if (ly.moe) count_routing(routing, rs, stats);
   add_rows(h, y, n * hd);
 }

@@ -15,6 +15,8 @@ const char* parallel_mode_name(ParallelMode m) {
       return "none";
     case ParallelMode::ep:
       return "ep";
+    case ParallelMode::es:
+      return "es";
   }
   return "?";
 }

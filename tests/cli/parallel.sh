@@ -35,6 +35,10 @@ for arch in mixtral qwen2-moe qwen3-moe olmoe; do
     [ "$(jget "$tmp/g.json" "d['parallel']['ep_placement']")" = "$placement" ] || fail "$arch np $np: placement"
     [ "$(jget "$tmp/g.json" "d['generated_ids']")" = "$(jget "$tmp/g1.json" "d['generated_ids']")" ] || fail "$arch np $np: greedy tokens differ from one process"
     [ "$(jget "$tmp/g.json" "(d['parallel']['ranks'], d['parallel']['mode'], d['threads'])")" = "($np, 'ep', 1)" ] || fail "$arch np $np: parallel report"
+    # Expert slicing: the same greedy tokens.
+    run "$np" generate --model "$m" --prompt "Once upon a time" -n 12 --ignore-eos --json \
+      --parallel es >"$tmp/g.json" 2>/dev/null || fail "$arch np $np: generate --parallel es"
+    [ "$(jget "$tmp/g.json" "(d['generated_ids'], d['parallel']['mode'])")" = "($(jget "$tmp/g1.json" "d['generated_ids']"), 'es')" ] || fail "$arch np $np: es greedy tokens differ from one process"
     run "$np" perplexity --model "$m" --file "$tmp/text.txt" --context 32 --json --parallel ep \
       --ep-placement contiguous >"$tmp/p.json" 2>/dev/null
     python3 - "$tmp/p1.json" "$tmp/p.json" <<'EOF' || fail "$arch np $np: perplexity differs"
@@ -62,6 +66,14 @@ for phase in ("pp", "tg"):
     assert abs(r["bytes_over_routing_model"] - 1) < 1e-9, (phase, r)
     assert 0 < r["remote_pair_share"] < 1, (phase, r)
 assert d["pp_tokens_per_s"] > 0 and d["tg_tokens_per_s"] > 0
+EOF
+run 2 bench model --model "$tmp/uni" -p 64 -n 8 -r 1 --parallel es --json >"$tmp/b.json" 2>"$tmp/b.err" || { cat "$tmp/b.err"; fail "bench model es"; }
+python3 - "$tmp/b.json" <<'EOF' || fail "bench model np 2 es: traffic"
+import json, sys
+p = json.load(open(sys.argv[1]))["parallel"]
+assert p["mode"] == "es" and "ep_placement" not in p, p
+for phase in ("pp", "tg"):
+    assert abs(p[phase]["bytes_over_predicted"] - 1) < 1e-9, (phase, p[phase])
 EOF
 
 # The classifier: eval's predictions at np = 2 and 4 equal one process's, with a per-token

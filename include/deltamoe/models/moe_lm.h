@@ -80,8 +80,12 @@ enum class ParallelMode {
   /// rank keeps the whole KV cache) and sends them to their experts' ranks by all-to-all; the
   /// rows are all-gathered once after the last layer, for the LM head.
   ep,
+  /// Expert slicing (DeepSpeed-MoE): every rank holds a 1/P slice of every expert's
+  /// intermediate dimension (and of the shared expert's and dense MLPs'), runs the whole
+  /// model's other parts on all rows, and the FFN outputs' partial sums are all-reduced.
+  es,
 };
-/// "none" / "ep".
+/// "none" / "ep" / "es".
 const char* parallel_mode_name(ParallelMode m);
 
 struct LmOptions {
