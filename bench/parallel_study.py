@@ -30,7 +30,8 @@ CONFIGS = [("np1", 1, []),
            ("np2_balanced", 2, ["--parallel", "ep", "--ep-placement", "balanced"]),
            ("np2_dynamic", 2, ["--parallel", "ep", "--ep-placement", "dynamic"]),
            ("np2_contiguous", 2, ["--parallel", "ep", "--ep-placement", "contiguous"]),
-           ("np4_balanced", 4, ["--parallel", "ep", "--ep-placement", "balanced"])]
+           ("np4_balanced", 4, ["--parallel", "ep", "--ep-placement", "balanced"]),
+           ("np2_es", 2, ["--parallel", "es"])]
 # Networks of the scaling model: (name, bandwidth GB/s per rank, latency s per message).
 NETWORKS = [("25 GbE", 25e9 / 8 / 1e9, 5e-6), ("100 GbE", 100e9 / 8 / 1e9, 3e-6),
             ("200 Gb InfiniBand", 200e9 / 8 / 1e9, 1.5e-6)]
@@ -63,7 +64,7 @@ def run_one(binary, model, ranks, flags, prompt, gen, reps):
 
 
 def summarise(runs):
-    by = {}
+    by = {}  # configurations in the order they ran
     for r in runs:
         by.setdefault(r["config"], []).append(r)
     base = {r["round"]: r["result"] for r in runs if r["config"] == "np1"}
