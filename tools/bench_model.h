@@ -24,7 +24,7 @@ struct ModelBenchOptions {
   uint64_t seed = 1;
   OffloadCliOptions offload;      // --expert-cache and its companions
   std::string parallel = "none";  // --parallel (mpirun -np N)
-  std::string ep_placement = "balanced";
+  std::string ep_placement;       // empty: balanced under --parallel ep
   bool threads_explicit = false;  // --threads given
 };
 

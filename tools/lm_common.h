@@ -154,7 +154,8 @@ struct LmCliOptions {
   int threads = 2;
   bool threads_explicit = false;  // --threads given (else a parallel run shares the cores)
   std::string parallel = "none";
-  std::string ep_placement = "balanced";
+  std::string
+      ep_placement;  // empty: balanced under --parallel ep (given with another mode: an error)
   bool json = false;
   OffloadCliOptions offload;
 };
@@ -175,8 +176,8 @@ inline void add_parallel_option(CLI::App& app, std::string& mode, std::string& p
                  "prefill of random tokens at load), or dynamic (placed anew in every layer of "
                  "every pass by that pass's load; each rank may read any expert, so for ranks "
                  "of one machine sharing the mapped checkpoint)")
-      ->check(CLI::IsMember({"contiguous", "balanced", "dynamic"}))
-      ->capture_default_str();
+      ->check(CLI::IsMember({"contiguous", "balanced", "dynamic"}));
+  show_default(app, {"--ep-placement"}, "balanced");
 }
 
 /// Tokens of the calibration prefill of --ep-placement balanced.
@@ -264,6 +265,8 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
   DELTAMOE_CHECK(!(o.dtype == "int8" && o.weight_layout == "packed"), "cli",
                  "--weight-layout packed has no int8 form (int8 weights are row-major quantised "
                  "copies): leave --weight-layout at mapped");
+  DELTAMOE_CHECK(o.ep_placement.empty() || o.parallel == "ep", "cli", "--ep-placement ",
+                 o.ep_placement, " places experts for --parallel ep, not --parallel ", o.parallel);
   dist::Communicator* comm = parallel_comm(o.parallel);
   set_num_threads(rank_threads(o.threads, o.threads_explicit, comm != nullptr));
   std::shared_ptr<const moe::RoutingPolicy> policy;
@@ -282,8 +285,9 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
   auto m = models::MoeLm::load(o.model, lo);
   if (policy) m->set_policy(policy);
   const bool ep = m->parallel() == models::ParallelMode::ep;
-  if (ep && o.ep_placement == "dynamic") m->set_dynamic_placement(true);
-  if (ep && o.ep_placement == "balanced") {
+  const std::string placement = o.ep_placement.empty() ? "balanced" : o.ep_placement;
+  if (ep && placement == "dynamic") m->set_dynamic_placement(true);
+  if (ep && placement == "balanced") {
     const int64_t n =
         std::min<int64_t>(kPlacementCalibrationTokens, m->config().max_position_embeddings - 1);
     const auto [before, after] = m->balance_placement(n, /*seed=*/12345);

@@ -107,6 +107,8 @@ rc=0; run 2 generate --model "$m" --prompt "Hi" -n 2 --parallel ep --expert-cach
 [ ! -s "$tmp/o.txt" ] || fail "stdout not empty on error"
 rc=0; "$bin" generate --model "$m" --prompt "Hi" --parallel tp >"$tmp/o.txt" 2>"$tmp/e.txt" || rc=$?
 [ "$rc" -eq 2 ] && grep -q '^deltamoe: error: \[cli\] --parallel' "$tmp/e.txt" || { cat "$tmp/e.txt"; fail "bad --parallel"; }
+rc=0; "$bin" generate --model "$m" --prompt "Hi" --parallel es --ep-placement dynamic >"$tmp/o.txt" 2>"$tmp/e.txt" || rc=$?
+[ "$rc" -eq 1 ] && grep -q '^deltamoe: error: \[cli\] --ep-placement dynamic places experts for --parallel ep, not --parallel es' "$tmp/e.txt" || { cat "$tmp/e.txt"; fail "--ep-placement without ep"; }
 # --parallel ep without mpirun: one rank, the same tokens.
 "$bin" generate --model "$m" --prompt "Once upon a time" -n 12 --ignore-eos --json >"$tmp/g1.json" 2>/dev/null
 "$bin" generate --model "$m" --prompt "Once upon a time" -n 12 --ignore-eos --json --parallel ep >"$tmp/g.json" 2>/dev/null
