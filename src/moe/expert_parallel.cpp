@@ -140,7 +140,7 @@ void apply_expert_parallel(const MoeBlock& block, const ExpertPlacement& place,
   // The outputs go back the way the rows came: the byte counts swap roles.
   comm.all_to_all_v(out.data(), rb.data(), send_x.data(), sb.data());
 
-  std::memset(y, 0, static_cast<size_t>(rows) * hz * sizeof(float));
+  if (rows > 0) std::memset(y, 0, static_cast<size_t>(rows) * hz * sizeof(float));
   parallel_for(rows, 16, [&](int64_t b, int64_t e) {
     std::vector<int32_t> order;
     for (int64_t t = b; t < e; ++t) {
