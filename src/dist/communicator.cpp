@@ -116,4 +116,12 @@ int64_t split_begin(int64_t n, int rank, int ranks) {
   return n * rank / ranks;
 }
 
+std::vector<int64_t> split_bytes(int64_t n, int ranks, int64_t item_bytes) {
+  std::vector<int64_t> b(static_cast<size_t>(ranks));
+  for (int r = 0; r < ranks; ++r)
+    b[static_cast<size_t>(r)] =
+        (split_begin(n, r + 1, ranks) - split_begin(n, r, ranks)) * item_bytes;
+  return b;
+}
+
 }  // namespace deltamoe::dist

@@ -287,10 +287,7 @@ void expert_parallel_layer(const moe::MoeBlock& block, dist::Communicator& comm,
   moe::apply_expert_parallel(block, moe::ExpertPlacement::contiguous(block.experts(), ranks), comm,
                              u + lo * h, hi - lo, mine, y + lo * h);
   block.add_shared(u + lo * h, hi - lo, y + lo * h);
-  std::vector<int64_t> bytes(static_cast<size_t>(ranks));
-  for (int r = 0; r < ranks; ++r)
-    bytes[static_cast<size_t>(r)] =
-        (dist::split_begin(tokens, r + 1, ranks) - dist::split_begin(tokens, r, ranks)) * h * 4;
+  const std::vector<int64_t> bytes = dist::split_bytes(tokens, ranks, h * 4);
   comm.all_gather_v(y + lo * h, y, bytes.data());
 }
 

@@ -83,27 +83,20 @@ void MoeLm::set_dynamic_placement(bool on) {
 
 namespace {
 
-// The per-rank blocks, in bytes, of rows of `width` floats split at `bounds` (ranks + 1).
-std::vector<int64_t> row_bytes(const std::vector<int64_t>& bounds, int64_t width) {
-  std::vector<int64_t> b(bounds.size() - 1);
-  for (size_t r = 0; r + 1 < bounds.size(); ++r) b[r] = (bounds[r + 1] - bounds[r]) * width * 4;
-  return b;
-}
-
 // The whole pass's routing from each rank's routing of its rows (for statistics).
 moe::RoutingResult gather_routing(dist::Communicator& comm, const moe::RoutingResult& mine,
-                                  const std::vector<int64_t>& bounds) {
+                                  int64_t rows) {
   const int ranks = comm.size();
-  const int64_t m = mine.tokens(), rows = bounds.back();
+  const int64_t m = mine.tokens();
   std::vector<int32_t> k_mine(static_cast<size_t>(m)), k_all(static_cast<size_t>(rows));
   for (int64_t t = 0; t < m; ++t) k_mine[static_cast<size_t>(t)] = mine.experts_of(t);
-  std::vector<int64_t> bytes = row_bytes(bounds, 1);
+  std::vector<int64_t> bytes = dist::split_bytes(rows, ranks, 4);
   comm.all_gather_v(k_mine.data(), k_all.data(), bytes.data());
   moe::RoutingResult all;
   all.offsets.assign(1, 0);
   for (int32_t k : k_all) all.offsets.push_back(all.offsets.back() + k);
   for (int r = 0; r < ranks; ++r) {
-    const int64_t a = bounds[static_cast<size_t>(r)], b = bounds[static_cast<size_t>(r) + 1];
+    const int64_t a = dist::split_begin(rows, r, ranks), b = dist::split_begin(rows, r + 1, ranks);
     bytes[static_cast<size_t>(r)] =
         4 * (all.offsets[static_cast<size_t>(b)] - all.offsets[static_cast<size_t>(a)]);
   }
@@ -115,17 +108,6 @@ moe::RoutingResult gather_routing(dist::Communicator& comm, const moe::RoutingRe
 }
 
 }  // namespace
-
-std::vector<int64_t> MoeLm::split_rows(const Pass& p, int ranks) const {
-  // Even row counts. Splitting by each row's projection + causal-attention cost instead (later
-  // positions attend to more keys) measured no faster at np = 2 (0.81x and 0.77x one process
-  // against 0.83x, within this machine's noise; docs/experiments/parallel.md): the waits that
-  // remain are the experts' per-layer load.
-  std::vector<int64_t> bounds(static_cast<size_t>(ranks) + 1);
-  for (int r = 0; r <= ranks; ++r)
-    bounds[static_cast<size_t>(r)] = dist::split_begin(p.rows, r, ranks);
-  return bounds;
-}
 
 // Expert parallelism with the residual stream split by rows: rank r holds the pass's rows
 // [lo, hi) from the embedding to the last layer. Attention: each rank projects its rows, the
@@ -143,9 +125,12 @@ void MoeLm::run_layers_parallel(Pass& p, std::vector<float>& h, LmStats* stats) 
                    " holds a token of per-expert queues, which --parallel does not run");
   dist::Communicator& comm = *comm_;
   const int ranks = comm.size(), me = comm.rank();
-  const std::vector<int64_t> bounds = split_rows(p, ranks);
-  const int64_t rows = p.rows, lo = bounds[static_cast<size_t>(me)];
-  const int64_t hi = bounds[static_cast<size_t>(me) + 1], m = hi - lo;
+  // Even row counts. Splitting by each row's projection + causal-attention cost instead (later
+  // positions attend to more keys) measured no faster at np = 2 (0.81x and 0.77x one process
+  // against 0.83x, within this machine's noise; docs/experiments/parallel.md): the waits that
+  // remain are the experts' per-layer load.
+  const int64_t rows = p.rows, lo = dist::split_begin(rows, me, ranks);
+  const int64_t hi = dist::split_begin(rows, me + 1, ranks), m = hi - lo;
   // Each pass row's sequence and position; this rank's rows as sequences' pieces.
   std::vector<int32_t> seq_of_row(static_cast<size_t>(rows));
   std::vector<int64_t> row0, counts, start;
@@ -178,7 +163,7 @@ void MoeLm::run_layers_parallel(Pass& p, std::vector<float>& h, LmStats* stats) 
   p.kblocks.resize(caches.size());
   p.vblocks.resize(caches.size());
   std::vector<float> kv_mine(static_cast<size_t>(m * kvw)), kv_all(static_cast<size_t>(rows * kvw));
-  const std::vector<int64_t> kv_bytes = row_bytes(bounds, kvw);
+  const std::vector<int64_t> kv_bytes = dist::split_bytes(rows, ranks, kvw * 4);
   const RowSet all_rows(p, [](size_t) { return true; });
   float* x = p.x.data();
   float* y = p.y.data();
@@ -214,7 +199,7 @@ void MoeLm::run_layers_parallel(Pass& p, std::vector<float>& h, LmStats* stats) 
       ly.ffn->add_shared(x, m, y);
       if (stats) {
         const dist::UncountedScope bookkeeping(comm);
-        moe::RoutingResult whole = gather_routing(comm, mine, bounds);
+        moe::RoutingResult whole = gather_routing(comm, mine, rows);
         count_routing(whole, all_rows, stats);
       }
     } else if (m > 0) {
@@ -223,7 +208,7 @@ void MoeLm::run_layers_parallel(Pass& p, std::vector<float>& h, LmStats* stats) 
     add_rows(hm.data(), y, m * hd);
   }
   h.resize(static_cast<size_t>(rows * hd));
-  const std::vector<int64_t> h_bytes = row_bytes(bounds, hd);
+  const std::vector<int64_t> h_bytes = dist::split_bytes(rows, ranks, hd * 4);
   comm.all_gather_v(hm.data(), h.data(), h_bytes.data());
   for (size_t s = 0; s < seqs; ++s) {
     p.caches[s]->length_ += p.counts[s];

@@ -240,10 +240,7 @@ TEST(ExpertParallel, EqualsTheOneProcessBlock) {
           moe::apply_expert_parallel(block, place, c, x.data() + lo * h, hi - lo, mine,
                                      got.data() + lo * h, &st);
           block.add_shared(x.data() + lo * h, hi - lo, got.data() + lo * h);
-          std::vector<int64_t> bytes(static_cast<size_t>(p));
-          for (int r = 0; r < p; ++r)
-            bytes[static_cast<size_t>(r)] =
-                (dist::split_begin(rows, r + 1, p) - dist::split_begin(rows, r, p)) * h * 4;
+          const std::vector<int64_t> bytes = dist::split_bytes(rows, p, h * 4);
           c.all_gather_v(got.data() + lo * h, got.data(), bytes.data());
           EXPECT_LE(max_abs_diff(want.data(), got.data(), want.size()), 1e-5f);
           EXPECT_EQ(st.pairs_local + st.pairs_remote, static_cast<int64_t>(mine.expert_ids.size()));

@@ -128,5 +128,8 @@ AllToAllCost measure_all_to_all(Communicator& comm, const std::vector<int64_t>& 
 /// Block sizes of splitting `n` items over `ranks` ranks as evenly as possible, lower ranks
 /// first: rank r gets [begin(r), begin(r + 1)) with begin(r) = ⌊n·r / ranks⌋.
 int64_t split_begin(int64_t n, int rank, int ranks);
+/// The blocks of that split in bytes, `item_bytes` per item: the sizes an all_gather_v of the
+/// ranks' shares takes.
+std::vector<int64_t> split_bytes(int64_t n, int ranks, int64_t item_bytes);
 
 }  // namespace deltamoe::dist

@@ -238,9 +238,6 @@ class MoeLm {
               float* h) const;
   /// run_layers() with the rows split over the ranks (ParallelMode::ep, moe_lm_parallel.cpp).
   void run_layers_parallel(Pass& p, std::vector<float>& h, LmStats* stats) const;
-  /// Where the pass's rows split over `ranks` ranks (ranks + 1 bounds); the same on every
-  /// rank.
-  std::vector<int64_t> split_rows(const Pass& p, int ranks) const;
   void ffn(const Layer& ly, Pass& p, const RowSet& rs, float* h, LmStats* stats) const;
   /// ffn() of an MoE layer whose experts are in cache_ (moe_lm_offload.cpp).
   void ffn_offloaded(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h,
