@@ -150,6 +150,7 @@ int run_moe_bench(const MoeBenchOptions& o) {
   const double fma_peak = measure_fma_peak_gflops(o.threads);
   const double bf16_peak = measure_bf16_dot_peak_gflops(o.threads);
   const double int8_peak = dtype == DType::int8 ? measure_int8_dot_peak_gops(o.threads) : 0.0;
+  const double amx_peak = measure_amx_bf16_peak_gflops(o.threads);
   std::cerr << "  building weights (" << o.experts << " experts)...\n";
   const auto weights = moe::MoeWeights::random(kind, o.experts, o.hidden, o.inter, o.seed);
   const moe::MoeBlock layer(weights, dtype);
@@ -274,6 +275,7 @@ int run_moe_bench(const MoeBenchOptions& o) {
     }
     if (dtype == DType::bf16 && bf16_peak > 0) r["frac_of_bf16_dot_peak"] = gflops / bf16_peak;
     if (int8_peak > 0) r["frac_of_int8_dot_peak"] = gflops / int8_peak;
+    if (dtype != DType::f32 && amx_peak > 0) r["frac_of_amx_bf16_peak"] = gflops / amx_peak;
     // Errors against the f32 layer on the same input (ours when not f32, and oneDNN's).
     const Tensor ref =
         f32_layer || dnn ? (f32_layer ? *f32_layer : layer).forward(xs[0], policy) : Tensor();
@@ -325,6 +327,7 @@ int run_moe_bench(const MoeBenchOptions& o) {
               {"bf16_dot_peak_gflops", bf16_peak},
               {"results", rows}};
   if (int8_peak > 0) out["int8_dot_peak_gops"] = int8_peak;
+  if (amx_peak > 0) out["amx_bf16_peak_gflops"] = amx_peak;
   if (dnn) {
     out["onednn"] = cli::onednn_version();
     out["onednn_impl"] = dnn->impl();
@@ -340,8 +343,10 @@ int run_moe_bench(const MoeBenchOptions& o) {
       o.dtype.c_str(), o.threads);
   std::printf(
       "CPU: %s   kernel: %s   read bandwidth %.1f GB/s   FMA peak %.0f GFLOP/s   BF16 dot peak "
-      "%.0f GFLOP/s\n\n",
+      "%.0f GFLOP/s",
       cpu.model_name.c_str(), kernels::linear_impl_name(dtype), bw0, fma_peak, bf16_peak);
+  if (amx_peak > 0) std::printf("   AMX-BF16 peak %.0f GFLOP/s", amx_peak);
+  std::printf("\n\n");
   std::printf("%8s %10s %9s %12s %12s %14s %10s %12s %12s\n", "tokens", "time_ms", "GFLOP/s",
               "vs naive", "SGEMM GF/s", "frac of SGEMM", "vs torch", "BW roofline", "vs stream");
   for (const auto& r : rows) {

@@ -7,9 +7,11 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "deltamoe/core/tensor.h"
+#include "deltamoe/kernels/cpu.h"
 #include "deltamoe/kernels/cpu_features.h"
 
 namespace deltamoe::cli {
@@ -187,6 +189,14 @@ double StreamProbe::time_pass_s(size_t bytes, int threads) {
 double measure_bf16_dot_peak_gflops(int threads) {
   if (!cpu_features().avx512_bf16) return 0.0;
   return best_rate(threads, 12.0 * 64.0, [](int64_t it) { return bf16_loop(it); });
+}
+
+double measure_amx_bf16_peak_gflops(int threads) {
+  if (std::string(kernels::linear_impl_name(DType::bf16)) != "amx_bf16") return 0.0;
+  // Fewer iterations than best_rate's: one is 4 x 16 cycles or more.
+  return best_rate(threads, 4.0 * 16 * 16 * 32 * 2,
+                   [](int64_t it) { return kernels::amx_bf16_peak_loop(it / 16); }) /
+         16.0;
 }
 
 double measure_fma_peak_gflops(int threads) {

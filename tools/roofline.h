@@ -35,6 +35,9 @@ class StreamProbe {
 /// Peak of `vdpbf16ps` in GFLOP/s (64 flops per instruction) on `threads` threads, from a
 /// register-only loop; 0 when the CPU has no AVX-512 BF16.
 double measure_bf16_dot_peak_gflops(int threads);
+/// Peak of AMX-BF16 `tdpbf16ps` in GFLOP/s (16 x 16 x 32 multiply-adds per instruction) on
+/// `threads` threads, from a register-only loop; 0 when linear_st does not use AMX here.
+double measure_amx_bf16_peak_gflops(int threads);
 /// Peak of f32 FMA in GFLOP/s from a register-only loop: zmm (32 flops per instruction) on
 /// AVX-512 CPUs, ymm (16) on AVX2 + FMA ones; 0 without either.
 double measure_fma_peak_gflops(int threads);

@@ -34,7 +34,8 @@ float round_bf16(float v) {
 
 std::vector<LinearImpl> supported_impls(DType dtype) {
   std::vector<LinearImpl> out;
-  for (LinearImpl impl : {LinearImpl::portable, LinearImpl::avx2, LinearImpl::avx512})
+  for (LinearImpl impl :
+       {LinearImpl::portable, LinearImpl::avx2, LinearImpl::avx512, LinearImpl::amx})
     if (linear_impl_supported(impl, dtype)) out.push_back(impl);
   return out;
 }
@@ -147,6 +148,48 @@ TEST(Linear, MatchesNaiveEveryImplF32AndBf16) {
                        seed++);
       }
     }
+  }
+}
+
+// AMX-BF16 tiles (K a multiple of 32 and m >= kAmxRows, packed or row-major; other products take
+// the avx512 or avx2 kernels, covered above): row counts around the 16-row tiles, the 32-row blocks
+// and the 256-row x blocks, partial panels and column ranges, accumulation.
+TEST(Linear, AmxTilesMatchNaive) {
+  if (!linear_impl_supported(LinearImpl::amx, DType::bf16)) GTEST_SKIP() << "no AMX-BF16 here";
+  const std::vector<Shape3> shapes = {{16, 32, 32},   {17, 40, 64}, {31, 96, 32},  {32, 64, 128},
+                                      {33, 70, 1024}, {48, 33, 96}, {150, 65, 64}, {300, 100, 256}};
+  uint32_t seed = 500;
+  for (const Shape3& s : shapes) {
+    check_linear(LinearImpl::amx, DType::bf16, s, s.k, s.n, 0, s.n, false, seed++);
+    check_linear(LinearImpl::amx, DType::bf16, s, s.k + 3, s.n + 5, 0, s.n, true, seed++);
+    if (s.n > kPanel)
+      check_linear(LinearImpl::amx, DType::bf16, s, s.k, s.n, kPanel, std::min(s.n, 2 * kPanel + 7),
+                   true, seed++);
+    // Row-major weights (W's rows as A tiles): ranges starting anywhere, blocks past the last
+    // row of W.
+    check_linear(LinearImpl::amx, DType::bf16, s, s.k, s.n, 0, s.n, false, seed++,
+                 WeightLayout::row_major);
+    check_linear(LinearImpl::amx, DType::bf16, s, s.k + 3, s.n + 5, 5, s.n, true, seed++,
+                 WeightLayout::row_major);
+  }
+}
+
+// Each AMX output depends only on its own row of x: the first rows of a batch come out
+// bitwise the same in a smaller batch (from kAmxRows rows), so results do not depend on how
+// many tokens an expert receives.
+TEST(Linear, AmxRowsBitwiseIndependentOfBatch) {
+  if (!linear_impl_supported(LinearImpl::amx, DType::bf16)) GTEST_SKIP() << "no AMX-BF16 here";
+  const int64_t n = 70, k = 256, m = 300;
+  const PackedLinear p(Tensor::from(random_vec(static_cast<size_t>(n * k), 31), {n, k}),
+                       DType::bf16);
+  const std::vector<float> x = random_vec(static_cast<size_t>(m * k), 32);
+  std::vector<float> all(static_cast<size_t>(m * n));
+  linear_st_impl(LinearImpl::amx, x.data(), m, k, p, 0, n, all.data(), n, false);
+  for (int64_t rows : {kAmxRows, kAmxRows + 1, int64_t{100}}) {
+    std::vector<float> part(static_cast<size_t>(rows * n));
+    linear_st_impl(LinearImpl::amx, x.data(), rows, k, p, 0, n, part.data(), n, false);
+    for (int64_t i = 0; i < rows * n; ++i)
+      ASSERT_EQ(part[i], all[i]) << rows << " rows, cell " << i;
   }
 }
 
@@ -366,7 +409,9 @@ TEST(Linear, ImplNameMatchesCpu) {
   } else {
     EXPECT_TRUE(f32 == "avx2" || f32 == "portable") << f32;
   }
-  if (cpu_features().avx512_bf16) {
+  if (linear_impl_supported(LinearImpl::amx, DType::bf16)) {
+    EXPECT_EQ(bf, "amx_bf16");
+  } else if (cpu_features().avx512_bf16) {
     EXPECT_EQ(bf, "avx512_bf16");
   }
 }

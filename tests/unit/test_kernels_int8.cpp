@@ -55,7 +55,8 @@ std::vector<double> quantised_row(const float* v, int64_t k, bool weights) {
 
 std::vector<LinearImpl> int8_impls() {
   std::vector<LinearImpl> out;
-  for (LinearImpl impl : {LinearImpl::portable, LinearImpl::avx2, LinearImpl::avx512})
+  for (LinearImpl impl :
+       {LinearImpl::portable, LinearImpl::avx2, LinearImpl::avx512, LinearImpl::amx})
     if (linear_impl_supported(impl, DType::int8)) out.push_back(impl);
   return out;
 }
@@ -83,10 +84,22 @@ double check_case(LinearImpl impl, const Case& s, uint32_t seed) {
   std::vector<float> y = y0;
   linear_st_impl(impl, x.data(), s.m, s.ldx, p, s.nb, s.ne, y.data(), s.ldy, s.accumulate);
   double max_q = 0.0, max_f = 0.0;
+  // AMX (from kBlasRowsInt8 rows, K a multiple of 32) multiplies bf16 tiles: the dequantised
+  // weights rounded to bf16, by x rounded to bf16 (not quantised).
+  const bool amx = amx_rows_apply(impl, p, s.m);
+  const auto bf16 = [](double v) {
+    return static_cast<double>(bf16_to_f32(f32_to_bf16(static_cast<float>(v))));
+  };
   std::vector<std::vector<double>> wq;
-  for (int64_t j = 0; j < s.n; ++j) wq.push_back(quantised_row(w.data() + j * s.k, s.k, true));
+  for (int64_t j = 0; j < s.n; ++j) {
+    wq.push_back(quantised_row(w.data() + j * s.k, s.k, true));
+    if (amx)
+      for (double& v : wq.back()) v = bf16(v);
+  }
   for (int64_t r = 0; r < s.m; ++r) {
-    const std::vector<double> xq = quantised_row(x.data() + r * s.ldx, s.k, false);
+    std::vector<double> xq = quantised_row(x.data() + r * s.ldx, s.k, false);
+    if (amx)
+      for (int64_t c = 0; c < s.k; ++c) xq[static_cast<size_t>(c)] = bf16(x[r * s.ldx + c]);
     for (int64_t j = 0; j < s.ldy; ++j) {
       const float got = y[r * s.ldy + j];
       if (j < s.nb || j >= s.ne) {
@@ -116,14 +129,21 @@ TEST(LinearInt8, MatchesNaiveQuantisedProductEveryImplAndPath) {
   // m below and from kBlasRowsInt8 (dot kernel, OpenBLAS path); k not a multiple of 32, one
   // block, many; partial column ranges, ldx / ldy beyond the width, accumulation.
   static_assert(kBlasRowsInt8 == 32, "the cases below straddle 32 rows");
-  const std::vector<Case> cases = {
-      {1, 32, 32, 32, 32, 0, 32, false},      {1, 70, 33, 40, 70, 0, 70, true},
-      {2, 9, 5, 5, 9, 3, 9, false},           {3, 100, 64, 64, 100, 0, 100, false},
-      {4, 17, 300, 310, 20, 1, 17, true},     {5, 64, 257, 257, 64, 8, 40, false},
-      {7, 31, 1, 1, 31, 0, 31, false},        {16, 48, 1024, 1024, 48, 0, 48, false},
-      {31, 40, 96, 96, 40, 0, 40, true},      {32, 40, 96, 96, 40, 0, 40, false},
-      {40, 300, 129, 130, 300, 0, 300, true}, {150, 65, 20, 20, 65, 1, 64, false},
-      {33, 520, 64, 64, 520, 256, 520, false}};
+  const std::vector<Case> cases = {{1, 32, 32, 32, 32, 0, 32, false},
+                                   {1, 70, 33, 40, 70, 0, 70, true},
+                                   {2, 9, 5, 5, 9, 3, 9, false},
+                                   {3, 100, 64, 64, 100, 0, 100, false},
+                                   {4, 17, 300, 310, 20, 1, 17, true},
+                                   {5, 64, 257, 257, 64, 8, 40, false},
+                                   {7, 31, 1, 1, 31, 0, 31, false},
+                                   {16, 48, 1024, 1024, 48, 0, 48, false},
+                                   {31, 40, 96, 96, 40, 0, 40, true},
+                                   {32, 40, 96, 96, 40, 0, 40, false},
+                                   {40, 300, 129, 130, 300, 0, 300, true},
+                                   {150, 65, 20, 20, 65, 1, 64, false},
+                                   {33, 520, 64, 64, 520, 256, 520, false},
+                                   {300, 70, 1024, 1024, 75, 0, 70, true},
+                                   {48, 33, 256, 260, 33, 0, 33, false}};
   uint32_t seed = 100;
   for (LinearImpl impl : int8_impls()) {
     for (const Case& c : cases) {

@@ -164,8 +164,13 @@ std::string linear_row_major_impl_name(DType dtype);
 /// Name of the element-wise ops' implementation on this CPU ("avx512" or "portable").
 const char* ops_impl_name();
 
-/// Which implementation linear_st uses for a dtype on this CPU ("avx512", "avx512_bf16",
-/// "avx2_int8", "avx2", "portable").
+/// The AMX-BF16 peak probe of `bench moe-layer`: `iters` x 4 register-only tdpbf16ps (65536
+/// flops per iteration) on the calling thread; returns a value of the result tile (0). Only
+/// where linear_impl_name(DType::bf16) is "amx_bf16" (else the tile instructions fault).
+double amx_bf16_peak_loop(int64_t iters);
+
+/// Which implementation linear_st uses for a dtype on this CPU ("amx_bf16", "avx512",
+/// "avx512_bf16", "avx2_int8+amx_bf16", "avx2_int8", "avx2", "portable").
 const char* linear_impl_name(DType dtype);
 
 }  // namespace deltamoe::kernels

@@ -13,13 +13,16 @@ struct CpuFeatures {
   bool avx512bw = false;
   bool avx512vl = false;
   bool avx512_bf16 = false;
-  // Reported for `deltamoe info` (no kernel uses them yet): AVX-512 VNNI, AVX-VNNI and the
-  // AMX tile extensions, as CPUID says (Linux also needs a per-process permission for AMX).
+  // AVX-512 VNNI, AVX-VNNI and the AMX tile extensions, as CPUID says.
   bool avx512_vnni = false;
   bool avx_vnni = false;
   bool amx_tile = false;
   bool amx_bf16 = false;
   bool amx_int8 = false;
+  /// Linux granted this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM for
+  /// XTILEDATA, requested once at detection when CPUID has amx_tile). Without it the first
+  /// tile instruction would kill the process, so AMX kernels need this as well.
+  bool amx_permitted = false;
   std::string model_name;  // from /proc/cpuinfo when available
   /// The cap set by DELTAMOE_ISA ("portable", "avx2", "avx512"), empty when none.
   std::string isa_cap;

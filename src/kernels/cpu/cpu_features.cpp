@@ -1,6 +1,8 @@
 #include "deltamoe/kernels/cpu_features.h"
 
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -31,6 +33,12 @@ CpuFeatures detect() {
     f.amx_int8 = (d >> 25) & 1;
   }
   if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx_vnni = (a >> 4) & 1;
+  if (f.amx_tile) {
+    // Linux (5.16+) hands out the 8 KiB tile state only on request, per process.
+    constexpr long kArchReqXcompPerm = 0x1023;
+    constexpr long kXfeatureXtiledata = 18;
+    f.amx_permitted = syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }
   std::ifstream in("/proc/cpuinfo");
   std::string line;
   while (std::getline(in, line)) {
@@ -62,7 +70,7 @@ CpuFeatures capped(CpuFeatures f) {
   }
   f.isa_cap = cap;
   if (cap.empty()) return f;
-  f.amx_tile = f.amx_bf16 = f.amx_int8 = false;
+  f.amx_tile = f.amx_bf16 = f.amx_int8 = f.amx_permitted = false;
   if (cap == "avx512") return f;
   f.avx512f = f.avx512bw = f.avx512vl = f.avx512_bf16 = f.avx512_vnni = false;
   if (cap == "avx2") return f;

@@ -113,11 +113,18 @@ bool linear_impl_supported(LinearImpl impl, DType dtype) {
       if (dtype == DType::int8) return false;
       // The kernels are compiled for F+BW+VL(+BF16), so require what the compiler may use.
       return f.avx512f && f.avx512bw && f.avx512vl && (dtype != DType::bf16 || f.avx512_bf16);
+    case LinearImpl::amx:
+      // bf16 tiles (AMX has no f32 multiply; int8 weights are dequantised to bf16 for them);
+      // smaller products take the AVX-512 BF16 kernel (bf16) or the AVX2 int8 dot kernel.
+      if (dtype == DType::f32 || !(f.amx_tile && f.amx_bf16 && f.amx_permitted)) return false;
+      return linear_impl_supported(LinearImpl::avx512, DType::bf16) &&
+             (dtype == DType::bf16 || linear_impl_supported(LinearImpl::avx2, dtype));
   }
   return false;
 }
 
 LinearImpl best_linear_impl(DType dtype) {
+  if (linear_impl_supported(LinearImpl::amx, dtype)) return LinearImpl::amx;
   if (linear_impl_supported(LinearImpl::avx512, dtype)) return LinearImpl::avx512;
   if (linear_impl_supported(LinearImpl::avx2, dtype)) return LinearImpl::avx2;
   return LinearImpl::portable;
@@ -131,6 +138,8 @@ const char* linear_impl_name(LinearImpl impl, DType dtype) {
       return dtype == DType::int8 ? "avx2_int8" : "avx2";
     case LinearImpl::avx512:
       return dtype == DType::bf16 ? "avx512_bf16" : "avx512";
+    case LinearImpl::amx:
+      return dtype == DType::int8 ? "avx2_int8+amx_bf16" : "amx_bf16";
   }
   return "unknown";
 }
@@ -172,6 +181,9 @@ void run_impl(LinearImpl impl, const LinearArgs& a) {
       return;
     case LinearImpl::avx512:
       bf ? linear_bf16_avx512(a) : linear_f32_avx512(a);
+      return;
+    case LinearImpl::amx:
+      bf ? linear_bf16_amx(a) : linear_f32_avx512(a);
       return;
   }
 }
@@ -219,7 +231,9 @@ void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float
   const int64_t col_chunks = std::min<int64_t>(threads, panels);
   // Row-major weights never split rows: a row chunk could cross blas_rows() and take the
   // other kernel, and results must not depend on the thread count.
-  const int64_t row_chunks = w.layout() == WeightLayout::row_major
+  // AMX takes rows from kAmxRows on, with other sums than the avx512 kernel below: no row
+  // split either.
+  const int64_t row_chunks = w.layout() == WeightLayout::row_major || impl == LinearImpl::amx
                                  ? 1
                                  : std::clamp<int64_t>((threads + col_chunks - 1) / col_chunks, 1,
                                                        std::max<int64_t>(1, m / 3));

@@ -107,9 +107,15 @@ DM_AVX2 void linear_f32_avx2(const LinearArgs& a) {
           const float* x = a.x + (rb + r0) * a.ldx + k0;
           float* y = a.y + (rb + r0) * a.ldy + n0;
           switch (std::min<int64_t>(kMr, rows - r0)) {
-            case 1: micro_f32<1>(x, a.ldx, wp + k0 * kPanel, kc, y, a.ldy, cols, load_c); break;
-            case 2: micro_f32<2>(x, a.ldx, wp + k0 * kPanel, kc, y, a.ldy, cols, load_c); break;
-            default: micro_f32<3>(x, a.ldx, wp + k0 * kPanel, kc, y, a.ldy, cols, load_c); break;
+            case 1:
+              micro_f32<1>(x, a.ldx, wp + k0 * kPanel, kc, y, a.ldy, cols, load_c);
+              break;
+            case 2:
+              micro_f32<2>(x, a.ldx, wp + k0 * kPanel, kc, y, a.ldy, cols, load_c);
+              break;
+            default:
+              micro_f32<3>(x, a.ldx, wp + k0 * kPanel, kc, y, a.ldy, cols, load_c);
+              break;
           }
         }
       }

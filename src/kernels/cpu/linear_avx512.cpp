@@ -28,7 +28,7 @@ namespace deltamoe::kernels {
 
 namespace {
 
-constexpr int kMr = 12;         // rows per microkernel call
+constexpr int kMr = 12;  // rows per microkernel call
 // Blocking, measured on Zen 4 (docs/kernels.md): slicing K finely to keep the weight sliver
 // in L1 lost more to re-loading the accumulators than it gained (L2 feeds 2 zmm per k
 // easily), so K is sliced only past 512 (f32: 64 KiB sliver in L2).
@@ -40,7 +40,9 @@ constexpr int kMr = 12;         // rows per microkernel call
 constexpr int64_t kMc = DM_TUNE_MC;  // rows per block: x block (768 KiB at K=1024) in L2
 constexpr int64_t kKc = DM_TUNE_KC;  // k per slice (f32); bf16 uses kKc k-pairs
 
-constexpr int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+constexpr int64_t round_up(int64_t v, int64_t m) {
+  return (v + m - 1) / m * m;
+}
 
 struct Masks {
   __mmask16 lo, hi;
@@ -157,7 +159,8 @@ DM_AVX512 DM_INLINE void micro_bf16(const uint32_t* xb, int64_t ldxb, const uint
       for (int s = 0; s < S; ++s) {
         if constexpr (kPrefetchKBf16 > 0) {
           _mm_prefetch(reinterpret_cast<const char*>(w + 64 * (kPrefetchKBf16 + s)), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(w + 64 * (kPrefetchKBf16 + s) + 32), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w + 64 * (kPrefetchKBf16 + s) + 32),
+                       _MM_HINT_T0);
         }
         const __m512bh w0 = (__m512bh)_mm512_load_si512(w + 64 * s);
         const __m512bh w1 = (__m512bh)_mm512_load_si512(w + 64 * s + 32);
@@ -235,10 +238,10 @@ void for_row_blocks(int64_t rows, F&& f) {
   }
 }
 
-// Converts rows x[0:rows, 0:k] to bf16 pairs (round to nearest even), row stride ldxb words;
-// the odd tail element and the padding up to ldxb are zero.
-DM_AVX512 void convert_rows_bf16(const float* x, int64_t rows, int64_t ldx, int64_t k,
-                                 uint32_t* xb, int64_t ldxb) {
+}  // namespace
+
+DM_AVX512 void convert_rows_bf16_avx512(const float* x, int64_t rows, int64_t ldx, int64_t k,
+                                        uint32_t* xb, int64_t ldxb) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* src = x + r * ldx;
     uint32_t* dst = xb + r * ldxb;
@@ -254,8 +257,6 @@ DM_AVX512 void convert_rows_bf16(const float* x, int64_t rows, int64_t ldx, int6
     }
   }
 }
-
-}  // namespace
 
 DM_AVX512 void linear_f32_avx512(const LinearArgs& a) {
   const int64_t k_dim = a.w->in_features();
@@ -303,7 +304,7 @@ DM_AVX512 void linear_bf16_avx512(const LinearArgs& a) {
       thread_scratch(static_cast<size_t>(std::min(kMc, a.m) * ldxb) * sizeof(uint32_t)));
   for (int64_t rb = 0; rb < a.m; rb += kMc) {
     const int64_t rows = std::min(kMc, a.m - rb);
-    convert_rows_bf16(a.x + rb * a.ldx, rows, a.ldx, k_dim, xb, ldxb);
+    convert_rows_bf16_avx512(a.x + rb * a.ldx, rows, a.ldx, k_dim, xb, ldxb);
     const int64_t kc_max = rows <= kMr ? k2 : kKc;
     for (int64_t n0 = a.n_begin; n0 < a.n_end; n0 += kPanel) {
       const Masks mk = column_masks(a.n_end - n0);

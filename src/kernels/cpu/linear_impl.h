@@ -26,8 +26,9 @@ namespace deltamoe::kernels {
 /// independent of the matrix shape).
 inline constexpr int64_t kPanel = 32;
 
-/// Implementations of linear_st. For bf16, `avx512` means AVX-512 BF16 (vdpbf16ps).
-enum class LinearImpl { portable, avx2, avx512 };
+/// Implementations of linear_st. For bf16, `avx512` means AVX-512 BF16 (vdpbf16ps); `amx`
+/// (bf16 only) is AMX-BF16 tiles from kAmxRows rows, the avx512 kernel below.
+enum class LinearImpl { portable, avx2, avx512, amx };
 
 /// Arguments of one single-threaded linear call (see linear_st in cpu.h).
 struct LinearArgs {
@@ -57,6 +58,21 @@ void linear_f32_avx2(const LinearArgs& a);
 void linear_bf16_avx2(const LinearArgs& a);
 void linear_f32_avx512(const LinearArgs& a);
 void linear_bf16_avx512(const LinearArgs& a);
+/// AMX-BF16 (tdpbf16ps) on the packed bf16 layout, whose panels are already B tiles (each
+/// k-pair row of a panel is 32 columns x 2 bf16 = two 64-byte tile rows). Takes m >= kAmxRows
+/// and K a multiple of 32; other calls go to linear_bf16_avx512. Needs amx_usable().
+void linear_bf16_amx(const LinearArgs& a);
+/// AMX-BF16 for row-major weights (bf16 in place, or int8 dequantised to bf16 32 rows at a
+/// time; x rounded to bf16): for m >= kAmxRows and K a multiple of 32 (amx_rows_apply).
+/// Needs amx_usable().
+void linear_rows_amx(const LinearArgs& a);
+/// Rows from which the amx implementation uses tiles (measured, docs/kernels.md).
+inline constexpr int64_t kAmxRows = 16;
+/// Converts rows x[0:rows, 0:k] to bf16 pairs (round to nearest even), row stride ldxb words
+/// (a multiple of 16; xb 64-byte aligned); the odd tail element and the padding up to ldxb
+/// are zero. Needs AVX-512 BF16.
+void convert_rows_bf16_avx512(const float* x, int64_t rows, int64_t ldx, int64_t k, uint32_t* xb,
+                              int64_t ldxb);
 
 /// Rows from which row-major products go through OpenBLAS rather than our dot kernels
 /// (measured: bench/micro_kernels --table, docs/kernels.md). bf16 needs more rows to pay
@@ -71,6 +87,13 @@ inline int64_t blas_rows(DType dtype) {
 /// (its result for a cell depends on the product's width), so that results do not depend on
 /// how callers split the columns among threads (PackedLinear::column_align).
 inline constexpr int64_t kBlasCols = 256;
+/// Whether linear_rows_amx takes a row-major product of m rows (the amx implementation
+/// selected, bf16 or int8 weights, K a multiple of 32, m >= kAmxRows). Each output depends
+/// only on its own row of x and of W, so results do not depend on how columns are split.
+inline bool amx_rows_apply(LinearImpl impl, const PackedLinear& w, int64_t m) {
+  return impl == LinearImpl::amx && (w.dtype() == DType::bf16 || w.dtype() == DType::int8) &&
+         w.in_features() % 32 == 0 && m >= kAmxRows;
+}
 
 /// linear_st on row-major weights through `impl` (portable: plain loops; otherwise the AVX2
 /// dot kernels below blas_rows() rows and OpenBLAS from there).

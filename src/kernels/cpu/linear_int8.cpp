@@ -156,6 +156,10 @@ void int8_blas(const LinearArgs& a, const int8_t* xq, const float* xd, float* xf
 }  // namespace
 
 void linear_rows_int8(LinearImpl impl, const LinearArgs& a) {
+  if (amx_rows_apply(impl, *a.w, a.m)) {
+    linear_rows_amx(a);
+    return;
+  }
   const Int8Weights w = int8_weights(*a.w);
   const int64_t k = a.w->in_features();
   // As linear_rows: inside a parallel region OpenBLAS must already be single-threaded.

@@ -111,6 +111,15 @@ std::string linear_row_major_impl_name(DType dtype) {
   if (best_linear_impl(dtype) == LinearImpl::portable)
     return dtype == DType::int8 ? "portable (plain integer loops)" : "portable (plain loops)";
   const std::string rows = std::to_string(blas_rows(dtype));
+  if (best_linear_impl(dtype) == LinearImpl::amx) {
+    const std::string amx = std::to_string(kAmxRows);
+    if (dtype == DType::int8)
+      return "avx2 int8 dot kernel (x quantised per 32) below " + amx +
+             " rows, AMX-BF16 tiles on weights dequantised to bf16 from " + amx +
+             " (K a multiple of 32)";
+    return "avx2 dot kernel below " + amx + " rows, AMX-BF16 tiles from " + amx +
+           " (K a multiple of 32; else OpenBLAS sgemm from " + rows + ")";
+  }
   if (dtype == DType::int8)
     return "avx2 int8 dot kernel (x quantised per 32) below " + rows +
            " rows, dequantised tiles + OpenBLAS sgemm from " + rows;
@@ -143,6 +152,10 @@ void rows_portable(const LinearArgs& a, const float* x, int64_t ldx) {
 void linear_rows(LinearImpl impl, const LinearArgs& a) {
   if (a.w->dtype() == DType::int8) {
     linear_rows_int8(impl, a);
+    return;
+  }
+  if (amx_rows_apply(impl, *a.w, a.m)) {
+    linear_rows_amx(a);
     return;
   }
   const int64_t k = a.w->in_features(), cols = a.n_end - a.n_begin;

@@ -25,7 +25,7 @@ DM_AVX512 DM_INLINE __m512 exp_ps(__m512 x) {
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2 high bits
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);      // ln2 low bits
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);     // ln2 low bits
   __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
@@ -64,8 +64,8 @@ DM_AVX512 DM_INLINE void cdf_pdf(__m512 x, __m512& cdf, __m512& pdf) {
   const __m512 ax = _mm512_abs_ps(x);
   const __m512 a = _mm512_mul_ps(ax, _mm512_set1_ps(0.70710678118654752f));  // |x|/√2
   const __m512 e = exp_ps(_mm512_mul_ps(_mm512_mul_ps(a, a), _mm512_set1_ps(-1.0f)));
-  const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f),
-                                 _mm512_fmadd_ps(a, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
+  const __m512 t = _mm512_div_ps(
+      _mm512_set1_ps(1.0f), _mm512_fmadd_ps(a, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
   __m512 q = _mm512_set1_ps(1.061405429f);
   q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-1.453152027f));
   q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(1.421413741f));
@@ -76,8 +76,8 @@ DM_AVX512 DM_INLINE void cdf_pdf(__m512 x, __m512& cdf, __m512& pdf) {
   // Φ(x) = ½(1 + sign(x)·erf(|x|/√2))
   const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
   const __m512 half_erf = _mm512_mul_ps(erf_abs, _mm512_set1_ps(0.5f));
-  cdf = _mm512_mask_sub_ps(_mm512_add_ps(_mm512_set1_ps(0.5f), half_erf), neg,
-                           _mm512_set1_ps(0.5f), half_erf);
+  cdf = _mm512_mask_sub_ps(_mm512_add_ps(_mm512_set1_ps(0.5f), half_erf), neg, _mm512_set1_ps(0.5f),
+                           half_erf);
   pdf = _mm512_mul_ps(e, _mm512_set1_ps(0.39894228040143268f));
 }
 
@@ -100,8 +100,12 @@ struct GeluTanhOp {
   }
 };
 
-DM_AVX512 void exp_avx512(const float* x, float* y, int64_t n) { map1(x, y, n, ExpOp{}); }
-DM_AVX512 void silu_avx512(const float* x, float* y, int64_t n) { map1(x, y, n, SiluOp{}); }
+DM_AVX512 void exp_avx512(const float* x, float* y, int64_t n) {
+  map1(x, y, n, ExpOp{});
+}
+DM_AVX512 void silu_avx512(const float* x, float* y, int64_t n) {
+  map1(x, y, n, SiluOp{});
+}
 DM_AVX512 void gelu_tanh_avx512(const float* x, float* y, int64_t n) {
   map1(x, y, n, GeluTanhOp{});
 }
@@ -127,7 +131,8 @@ DM_AVX512 void axpy_avx512(float alpha, const float* x, float* y, int64_t n) {
   if (i < n) {
     const __mmask16 m = tail(n - i);
     _mm512_mask_storeu_ps(
-        y + i, m, _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+        y + i, m,
+        _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
   }
 }
 
@@ -191,9 +196,9 @@ DM_AVX512 void gelu_grad_acc_avx512(const float* x, const float* dy, float* dx, 
     __m512 cdf, pdf;
     cdf_pdf(v, cdf, pdf);
     const __m512 d = _mm512_fmadd_ps(v, pdf, cdf);
-    _mm512_mask_storeu_ps(dx + i, m,
-                          _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, dy + i), d,
-                                          _mm512_maskz_loadu_ps(m, dx + i)));
+    _mm512_mask_storeu_ps(
+        dx + i, m,
+        _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, dy + i), d, _mm512_maskz_loadu_ps(m, dx + i)));
   }
 }
 
