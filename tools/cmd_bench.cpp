@@ -160,19 +160,30 @@ int run_moe_bench(const MoeBenchOptions& o) {
   const moe::TopKRouting policy(o.top_k, true);
   std::mt19937_64 rng(o.seed + 1);
   // oneDNN's matmuls over experts, on our routing (route() is timed with it).
-  std::unique_ptr<cli::OnednnMoe> dnn;
+  // Two ways to call it: weights as PyTorch stores them with one run-time-sized primitive,
+  // and weights prepacked into oneDNN's own layout with one primitive per row count (its
+  // fastest kernels, e.g. AMX, need that); the second when this CPU and dtype allow it.
+  std::unique_ptr<cli::OnednnMoe> dnn, dnn_packed;
   if (o.onednn) {
     dnn = std::make_unique<cli::OnednnMoe>(weights, dtype);
     std::cerr << "  oneDNN: " << cli::onednn_version() << ", " << dnn->impl() << "\n";
+    try {
+      dnn_packed = std::make_unique<cli::OnednnMoe>(weights, dtype, true);
+      std::cerr << "  oneDNN prepacked: " << dnn_packed->impl() << "\n";
+    } catch (const Error& e) {
+      std::cerr << "  oneDNN prepacked: not run (" << e.what() << ")\n";
+    }
   }
   moe::RoutingResult dnn_routing;
   std::vector<float> dnn_y;
-  const auto run_dnn = [&](const Tensor& x) {
+  const auto run_with = [&](cli::OnednnMoe& d, const Tensor& x) {
     const int64_t t = x.size(0);
     dnn_y.resize(static_cast<size_t>(t * o.hidden));
     layer.route(x.data<float>(), t, policy, dnn_routing);
-    dnn->forward(x.data<float>(), t, dnn_routing, dnn_y.data());
+    d.forward(x.data<float>(), t, dnn_routing, dnn_y.data());
   };
+  const auto run_dnn = [&](const Tensor& x) { run_with(*dnn, x); };
+  const auto run_packed = [&](const Tensor& x) { run_with(*dnn_packed, x); };
 
   CacheFlusher flush;
   json rows = json::array();
@@ -192,11 +203,14 @@ int run_moe_bench(const MoeBenchOptions& o) {
     const double decode_bytes =
         static_cast<double>(o.top_k) * static_cast<double>(layer.expert_weight_bytes()) +
         4.0 * static_cast<double>(o.experts * o.hidden);
-    double layer_s = 0, stream_s = 0, dnn_s = 0;
+    double layer_s = 0, stream_s = 0, dnn_s = 0, packed_s = 0;
+    // The prepacked variant's primitives for every row count of this pool, created untimed.
+    if (dnn_packed)
+      for (const Tensor& x : xs) run_packed(x);
     if (t == 1) {
       // Each decode step alternates with a plain read of the same bytes from fresh memory,
       // both after a cache flush, so the two medians see the same machine conditions.
-      std::vector<double> lt, st, dt;
+      std::vector<double> lt, st, dt, pt;
       layer.forward(xs[next++ % pool], policy, &stats);
       if (dnn) run_dnn(xs[0]);
       double timed = 0;
@@ -214,6 +228,12 @@ int run_moe_bench(const MoeBenchOptions& o) {
           run_dnn(xs[(next - 1) % pool]);
           dt.push_back(now_s() - t1);
         }
+        if (dnn_packed) {
+          flush();
+          const double t1 = now_s();
+          run_packed(xs[(next - 1) % pool]);
+          pt.push_back(now_s() - t1);
+        }
         if (lt.size() >= 1000) break;
       }
       std::sort(lt.begin(), lt.end());
@@ -224,10 +244,16 @@ int run_moe_bench(const MoeBenchOptions& o) {
         std::sort(dt.begin(), dt.end());
         dnn_s = dt[dt.size() / 2];
       }
+      if (dnn_packed) {
+        std::sort(pt.begin(), pt.end());
+        packed_s = pt[pt.size() / 2];
+      }
     } else {
       layer_s =
           time_median([&] { layer.forward(xs[next++ % pool], policy, &stats); }, 5, o.min_seconds);
       if (dnn) dnn_s = time_median([&] { run_dnn(xs[next++ % pool]); }, 5, o.min_seconds);
+      if (dnn_packed)
+        packed_s = time_median([&] { run_packed(xs[next++ % pool]); }, 5, o.min_seconds);
     }
     const double routed = static_cast<double>(t * o.top_k);
     const double flops = layer.expert_flops(t * o.top_k) + 2.0 * t * o.hidden * o.experts;
@@ -293,6 +319,14 @@ int run_moe_bench(const MoeBenchOptions& o) {
       r["onednn_max_rel_error_vs_f32"] = mx;
       r["onednn_mean_rel_error_vs_f32"] = mean;
     }
+    if (dnn_packed) {
+      run_packed(xs[0]);
+      const auto [mx, mean] = rel_errors(dnn_y.data(), ref.data<float>(), ref.numel());
+      r["onednn_prepacked_time_ms"] = packed_s * 1e3;
+      r["speedup_vs_onednn_prepacked"] = packed_s / layer_s;
+      r["onednn_prepacked_max_rel_error_vs_f32"] = mx;
+      r["onednn_prepacked_mean_rel_error_vs_f32"] = mean;
+    }
     if (t == 1) {
       const double bytes = decode_bytes;
       r["active_weight_bytes"] = bytes;
@@ -331,6 +365,7 @@ int run_moe_bench(const MoeBenchOptions& o) {
   if (dnn) {
     out["onednn"] = cli::onednn_version();
     out["onednn_impl"] = dnn->impl();
+    if (dnn_packed) out["onednn_prepacked_impl"] = dnn_packed->impl();
   }
   if (o.json_out) {
     std::cout << out.dump(2) << "\n";
@@ -367,6 +402,10 @@ int run_moe_bench(const MoeBenchOptions& o) {
     if (r.contains("onednn_time_ms"))
       std::printf("   oneDNN %.3f ms (ours %.2fx)", r["onednn_time_ms"].get<double>(),
                   r["speedup_vs_onednn"].get<double>());
+    if (r.contains("onednn_prepacked_time_ms"))
+      std::printf("   oneDNN prepacked %.3f ms (ours %.2fx)",
+                  r["onednn_prepacked_time_ms"].get<double>(),
+                  r["speedup_vs_onednn_prepacked"].get<double>());
     if (r.contains("max_rel_error_vs_f32"))
       std::printf("   error vs f32: max %.2e, mean %.2e", r["max_rel_error_vs_f32"].get<double>(),
                   r["mean_rel_error_vs_f32"].get<double>());

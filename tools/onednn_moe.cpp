@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -101,10 +103,15 @@ struct OnednnMoe::Impl {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   dnnl::stream strm{eng};
   DType dtype = DType::f32;
+  bool prepacked = false;
   int64_t experts = 0, hidden = 0, inter = 0;
   std::vector<Weight> w1, w3, w2;
   dnnl::matmul up, down;
   std::string up_impl, down_impl;
+  // Prepacked: the weights' layout oneDNN chose (`any`) per (k, n), and one primitive per
+  // (row count, k, n), created on first use (oneDNN's fast kernels take no run-time sizes).
+  std::map<std::pair<int64_t, int64_t>, memory::desc> packed_desc;
+  std::map<std::tuple<int64_t, int64_t, int64_t>, dnnl::matmul> by_rows;
   // Scratch reused across calls.
   std::vector<int32_t> order, count, next, token_of;
   std::vector<float> xg, h1, h3, act, ye, scales;
@@ -127,9 +134,46 @@ struct OnednnMoe::Impl {
     }
   }
 
+  dnnl::primitive_attr attr() const {
+    dnnl::primitive_attr a;
+    if (dtype == DType::int8) a.set_output_scales(1 << 1, {DNNL_RUNTIME_F32_VAL});
+    return a;
+  }
+
+  // Prepacked: the layout oneDNN wants for [k, n] weights (asked for 64 rows) and the weight
+  // reordered into it; records the implementation in impl_name.
+  void pack(Weight& w, int64_t k, int64_t n, std::string& impl_name) {
+    const Dt t = dnnl_type(dtype);
+    auto it = packed_desc.find({k, n});
+    if (it == packed_desc.end()) {
+      const memory::desc src({64, k}, t, memory::format_tag::ab);
+      const memory::desc wts({k, n}, t, memory::format_tag::any);
+      const memory::desc dst({64, n}, Dt::f32, memory::format_tag::ab);
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wts, dst), attr(), eng);
+      impl_name = pd.impl_info_str();
+      it = packed_desc.emplace(std::make_pair(k, n), pd.weights_desc()).first;
+    }
+    memory packed(it->second, eng);
+    dnnl::reorder(w.mem, packed).execute(strm, w.mem, packed);
+    strm.wait();
+    w.mem = packed;
+  }
+
+  const dnnl::matmul& rows_primitive(int64_t m, int64_t k, int64_t n) {
+    auto it = by_rows.find({m, k, n});
+    if (it != by_rows.end()) return it->second;
+    const Dt t = dnnl_type(dtype);
+    const memory::desc src({m, k}, t, memory::format_tag::ab);
+    const memory::desc dst({m, n}, Dt::f32, memory::format_tag::ab);
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, packed_desc.at({k, n}), dst),
+                                          attr(), eng);
+    return by_rows.emplace(std::make_tuple(m, k, n), dnnl::matmul(pd)).first->second;
+  }
+
   // dst[m, n] = src[m, k] · Wᵀ; int8: scaled by sx · row scale of W.
-  void run(const dnnl::matmul& p, const Weight& w, const void* src, int64_t m, int64_t k, int64_t n,
-           float sx, float* dst) {
+  void run(const dnnl::matmul& p_runtime, const Weight& w, const void* src, int64_t m, int64_t k,
+           int64_t n, float sx, float* dst) {
+    const dnnl::matmul& p = prepacked ? rows_primitive(m, k, n) : p_runtime;
     const Dt t = dnnl_type(dtype);
     memory s({{m, k}, t, memory::format_tag::ab}, eng, const_cast<void*>(src));
     memory d({{m, n}, Dt::f32, memory::format_tag::ab}, eng, dst);
@@ -159,7 +203,8 @@ std::string onednn_version() {
          (v->cpu_runtime == DNNL_RUNTIME_OMP ? "OpenMP" : "other") + ")";
 }
 
-OnednnMoe::OnednnMoe(const moe::MoeWeights& w, DType dtype) : impl_(std::make_unique<Impl>()) {
+OnednnMoe::OnednnMoe(const moe::MoeWeights& w, DType dtype, bool prepacked)
+    : impl_(std::make_unique<Impl>()) {
   DELTAMOE_CHECK(w.kind == moe::ExpertKind::swiglu, "onednn", "only SwiGLU experts");
   DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::int8, "onednn",
                  "dtype must be f32, bf16 or int8, not ", dtype_name(dtype));
@@ -174,6 +219,17 @@ OnednnMoe::OnednnMoe(const moe::MoeWeights& w, DType dtype) : impl_(std::make_un
     m.w1.push_back(make_weight(w.w1[static_cast<size_t>(e)], dtype, m.eng));
     m.w3.push_back(make_weight(w.w3[static_cast<size_t>(e)], dtype, m.eng));
     m.w2.push_back(make_weight(w.w2[static_cast<size_t>(e)], dtype, m.eng));
+  }
+  m.prepacked = prepacked;
+  if (!prepacked) return;
+  try {
+    for (int64_t e = 0; e < m.experts; ++e) {
+      m.pack(m.w1[static_cast<size_t>(e)], m.hidden, m.inter, m.up_impl);
+      m.pack(m.w3[static_cast<size_t>(e)], m.hidden, m.inter, m.up_impl);
+      m.pack(m.w2[static_cast<size_t>(e)], m.inter, m.hidden, m.down_impl);
+    }
+  } catch (const dnnl::error& err) {
+    fail("onednn", "cannot prepack ", dtype_name(dtype), " weights on this CPU (", err.what(), ")");
   }
 }
 
@@ -245,7 +301,7 @@ std::string onednn_version() {
   return "not built";
 }
 
-OnednnMoe::OnednnMoe(const moe::MoeWeights&, DType) {
+OnednnMoe::OnednnMoe(const moe::MoeWeights&, DType, bool) {
   fail("onednn",
        "this build has no oneDNN (install Debian's libdnnl-dev, or run "
        "scripts/install-deps.sh, and reconfigure)");

@@ -29,7 +29,11 @@ class OnednnMoe {
   /// s8 activations with one scale per expert batch, f32 results: what oneDNN 2.x's int8
   /// matmul takes; coarser than our per-32 blocks). Throws Error("onednn") when oneDNN was not
   /// built, for GELU experts, or when oneDNN has no implementation for the dtype on this CPU.
-  OnednnMoe(const moe::MoeWeights& w, DType dtype);
+  /// prepacked: weights reordered once into the layout oneDNN chooses (`format_tag::any`) and
+  /// one primitive per expert row count, created on first use (oneDNN's blocked AMX / AVX-512
+  /// kernels take no run-time sizes; creation is not timed once every row count was seen);
+  /// otherwise weights as PyTorch stores them and one primitive with a run-time row count.
+  OnednnMoe(const moe::MoeWeights& w, DType dtype, bool prepacked = false);
   ~OnednnMoe();
   OnednnMoe(const OnednnMoe&) = delete;
   OnednnMoe& operator=(const OnednnMoe&) = delete;

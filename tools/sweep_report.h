@@ -33,8 +33,8 @@ struct LoadStats {
 LoadStats load_stats(const std::vector<int64_t>& tokens_per_expert);
 
 struct McNemar {
-  int64_t b = 0;  // first right, second wrong
-  int64_t c = 0;  // first wrong, second right
+  int64_t b = 0;         // first right, second wrong
+  int64_t c = 0;         // first wrong, second right
   double p_value = 1.0;  // chi² with continuity correction, 1 d.o.f.
 };
 /// Paired test on per-sample correctness (1/0) of two classifiers on the same samples.
@@ -55,8 +55,8 @@ struct ReportInputs {
   int threads;
   double seconds;
   bool plots;
-  int jobs = 1;            // trainings run concurrently (child processes, 1 thread each)
-  std::string recipe;      // optimiser, schedule and batch, as the report states them
+  int jobs = 1;        // trainings run concurrently (child processes, 1 thread each)
+  std::string recipe;  // optimiser, schedule and batch, as the report states them
 };
 
 /// Writes `dir`/delta-moe.md (tables, plots, verdict) and returns the verdict as JSON.

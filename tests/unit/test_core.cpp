@@ -43,7 +43,9 @@ TEST(Tensor, WrongElementTypeThrows) {
   EXPECT_NO_THROW((void)t.data<uint16_t>());
 }
 
-TEST(Tensor, NegativeShapeThrows) { EXPECT_THROW(Tensor({2, -1}), Error); }
+TEST(Tensor, NegativeShapeThrows) {
+  EXPECT_THROW(Tensor({2, -1}), Error);
+}
 
 TEST(DType, Bf16RoundsToNearestEven) {
   EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.0f)), 1.0f);

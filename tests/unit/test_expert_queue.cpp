@@ -3,12 +3,12 @@
 // batching, bounded admission with nothing lost, drain, adaptive B (Clipper's AIMD).
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <atomic>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <thread>
-#include <unistd.h>
 
 #include <filesystem>
 
@@ -42,7 +42,8 @@ std::shared_ptr<const serve::ServeModel> small_model() {
 // 4 GELU experts, LayerNorm, with `routing`. Router weights are scaled up so that routing
 // decisions are far from ties (a trained router is confident; an untrained one is near
 // uniform, where f32 rounding differences between two code paths could flip a choice).
-std::string write_checkpoint(const std::string& name, const moe::PolicySpec& routing, bool residual = false) {
+std::string write_checkpoint(const std::string& name, const moe::PolicySpec& routing,
+                             bool residual = false) {
   models::MoeClassifierConfig c;
   c.hidden = 32;
   c.inter = 48;
@@ -56,7 +57,8 @@ std::string write_checkpoint(const std::string& name, const moe::PolicySpec& rou
     for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] *= 8.0f;
   }
   const auto path = (std::filesystem::temp_directory_path() /
-                     (name + "_" + std::to_string(::getpid()) + ".safetensors")).string();
+                     (name + "_" + std::to_string(::getpid()) + ".safetensors"))
+                        .string();
   m.save(path);
   return path;
 }
@@ -111,12 +113,14 @@ class ClockedModel final : public serve::ServeModel {
     clock_->advance_us(stem_us.load());
     m_->stem(x, n, h);
   }
-  void gate(int64_t l, const float* h, int64_t n, float* u, float* logits) const override { m_->gate(l, h, n, u, logits); }
+  void gate(int64_t l, const float* h, int64_t n, float* u, float* logits) const override {
+    m_->gate(l, h, n, u, logits);
+  }
   void expert(int64_t l, int64_t e, const float* rows, int64_t m, float* out) const override {
     m_->expert(l, e, rows, m, out);
   }
-  void combine(int64_t l, const float* h, const float* const* outs, const int32_t* ids, const float* w, int64_t k,
-               float* h_out) const override {
+  void combine(int64_t l, const float* h, const float* const* outs, const int32_t* ids,
+               const float* w, int64_t k, float* h_out) const override {
     m_->combine(l, h, outs, ids, w, k, h_out);
   }
   void head(const float* h, int64_t n, float* probs) const override { m_->head(h, n, probs); }
@@ -240,13 +244,17 @@ TEST(ExpertQueue, GroupedLayerFlushRunsTheWholeLayerInOneStep) {
 TEST(ExpertQueue, BatchedMatchesUnbatched) {
   moe::PolicySpec topk;
   const std::string ckpt = write_checkpoint("eq_batched", topk, /*residual=*/true);
-  struct Case { std::shared_ptr<const serve::ServeModel> model; const char* spec; };
+  struct Case {
+    std::shared_ptr<const serve::ServeModel> model;
+    const char* spec;
+  };
   const auto random = serve::make_random_model();
   const auto trained = serve::load_serve_model(ckpt);
   remove_checkpoint(ckpt);
   ASSERT_EQ(trained->layers(), 2);
-  for (const Case& cs : {Case{random, "top-k:2"}, Case{random, "top-p:0.6"}, Case{trained, "top-k:2"},
-                         Case{trained, "top-p:0.6"}, Case{trained, "threshold"}}) {
+  for (const Case& cs :
+       {Case{random, "top-k:2"}, Case{random, "top-p:0.6"}, Case{trained, "top-k:2"},
+        Case{trained, "top-p:0.6"}, Case{trained, "threshold"}}) {
     const auto& model = cs.model;
     const char* spec = cs.spec;
     const int64_t n = 96, layers = model->layers();
@@ -257,11 +265,19 @@ TEST(ExpertQueue, BatchedMatchesUnbatched) {
     serve::reference_forward(*model, {policy}, x.data(), n, ref.data(), &ref_routing);
     ASSERT_EQ(static_cast<int64_t>(ref_routing.size()), layers);
     // split = 1: every flush is shared with whichever workers are idle at that moment.
-    struct Setup { BatchingMode mode; int64_t b; int64_t t; int workers; int64_t split = 16; };
-    for (const Setup& s : {Setup{BatchingMode::per_expert, 1, 0, 2}, Setup{BatchingMode::per_expert, 16, 0, 2},
-                           Setup{BatchingMode::per_expert, 64, -1, 2}, Setup{BatchingMode::whole_model, 32, 200, 1},
-                           Setup{BatchingMode::whole_model, 96, -1, 0}, Setup{BatchingMode::per_expert, 64, -1, 2, 1},
-                           Setup{BatchingMode::whole_model, 96, -1, 3, 1}}) {
+    struct Setup {
+      BatchingMode mode;
+      int64_t b;
+      int64_t t;
+      int workers;
+      int64_t split = 16;
+    };
+    for (const Setup& s :
+         {Setup{BatchingMode::per_expert, 1, 0, 2}, Setup{BatchingMode::per_expert, 16, 0, 2},
+          Setup{BatchingMode::per_expert, 64, -1, 2}, Setup{BatchingMode::whole_model, 32, 200, 1},
+          Setup{BatchingMode::whole_model, 96, -1, 0},
+          Setup{BatchingMode::per_expert, 64, -1, 2, 1},
+          Setup{BatchingMode::whole_model, 96, -1, 3, 1}}) {
       QueueConfig c;
       c.mode = s.mode;
       c.max_batch = s.b;
@@ -277,7 +293,8 @@ TEST(ExpertQueue, BatchedMatchesUnbatched) {
         starts.push_back(i);
         ASSERT_TRUE(rt.submit(x.data() + i * 784, len, [&col, i](RequestResult&& r) {
           std::lock_guard<std::mutex> lk(col.mu);
-          for (size_t j = 0; j < r.results.size(); ++j) r.results[j].latency_us = i + static_cast<int64_t>(j);
+          for (size_t j = 0; j < r.results.size(); ++j)
+            r.results[j].latency_us = i + static_cast<int64_t>(j);
           col.results.push_back(std::move(r));
         }));
         i += len;
@@ -291,12 +308,14 @@ TEST(ExpertQueue, BatchedMatchesUnbatched) {
           const int64_t i = sr.latency_us;  // the sample index, stored above
           ASSERT_EQ(sr.probs.size(), 10u);
           for (int64_t c2 = 0; c2 < 10; ++c2)
-            max_diff = std::max(max_diff, static_cast<double>(std::abs(sr.probs[c2] - ref[i * 10 + c2])));
+            max_diff =
+                std::max(max_diff, static_cast<double>(std::abs(sr.probs[c2] - ref[i * 10 + c2])));
           ASSERT_EQ(static_cast<int64_t>(sr.experts.size()), layers);
           for (int64_t l = 0; l < layers; ++l) {
             const auto& rr = ref_routing[static_cast<size_t>(l)];
             const int32_t b = rr.offsets[i], e = rr.offsets[i + 1];
-            EXPECT_EQ(sr.experts[l], std::vector<int32_t>(rr.expert_ids.begin() + b, rr.expert_ids.begin() + e))
+            EXPECT_EQ(sr.experts[l],
+                      std::vector<int32_t>(rr.expert_ids.begin() + b, rr.expert_ids.begin() + e))
                 << spec << " sample " << i << " layer " << l;
           }
           ++checked;
@@ -315,8 +334,9 @@ TEST(ExpertQueue, BatchedMatchesUnbatched) {
       EXPECT_GE(runs, flushes + splits);
       EXPECT_GE(samples, static_cast<uint64_t>(n));
       std::printf("%s %s %s B=%lld split=%lld: max |p - p_ref| = %.3g (%llu split flushes)\n",
-                  model->name().c_str(), spec, batching_mode_name(s.mode), static_cast<long long>(s.b),
-                  static_cast<long long>(s.split), max_diff, static_cast<unsigned long long>(splits));
+                  model->name().c_str(), spec, batching_mode_name(s.mode),
+                  static_cast<long long>(s.b), static_cast<long long>(s.split), max_diff,
+                  static_cast<unsigned long long>(splits));
       EXPECT_LE(max_diff, 1e-6) << spec << " mode " << batching_mode_name(s.mode) << " B=" << s.b;
     }
   }
@@ -326,15 +346,18 @@ TEST(ExpertQueue, BatchedMatchesUnbatched) {
 // a checkpoint: same predictions and the same experts per sample, for the trained routing
 // and for overrides, including null experts and per-layer adapted thresholds.
 TEST(ExpertQueue, TrainedCheckpointMatchesEvaluate) {
-  struct Case { moe::PolicySpec trained; std::vector<std::string> overrides; };
+  struct Case {
+    moe::PolicySpec trained;
+    std::vector<std::string> overrides;
+  };
   moe::PolicySpec topk, nulls, thr;
   nulls.kind = "null-experts";
   nulls.k = 2;
   nulls.nulls = 4;
   thr.kind = "threshold";
   thr.thresholds = {0.2f, 0.3f, 0.25f, 0.35f};
-  for (const Case& cs : {Case{topk, {"", "top-k:1", "top-p:0.5", "threshold"}}, Case{nulls, {"", "null-experts:3:4"}},
-                         Case{thr, {""}}}) {
+  for (const Case& cs : {Case{topk, {"", "top-k:1", "top-p:0.5", "threshold"}},
+                         Case{nulls, {"", "null-experts:3:4"}}, Case{thr, {""}}}) {
     const std::string ckpt = write_checkpoint("eq_eval", cs.trained);
     auto model = serve::load_serve_model(ckpt);
     auto ref = models::MoeClassifier::load(ckpt);
@@ -342,7 +365,8 @@ TEST(ExpertQueue, TrainedCheckpointMatchesEvaluate) {
     const int64_t n = 48;
     const auto x = random_images(n, 11);
     Tensor xt({n, 784});
-    for (int64_t i = 0; i < n * 784; ++i) xt.data<float>()[i] = x[static_cast<size_t>(i)] * (1.0f / 255.0f);
+    for (int64_t i = 0; i < n * 784; ++i)
+      xt.data<float>()[i] = x[static_cast<size_t>(i)] * (1.0f / 255.0f);
     const std::vector<int32_t> labels(static_cast<size_t>(n), 0);
     for (const std::string& spec : cs.overrides) {
       std::vector<std::shared_ptr<const RoutingPolicy>> policies = model->default_policies();
@@ -373,14 +397,15 @@ TEST(ExpertQueue, TrainedCheckpointMatchesEvaluate) {
       for (int64_t i = 0; i < n; ++i) {
         const auto& sr = res.results[static_cast<size_t>(i)];
         diff_class += sr.predicted != ev.predicted[static_cast<size_t>(i)];
-        diff_experts += std::abs(sr.mean_experts() - ev.experts_used[static_cast<size_t>(i)]) > 1e-6;
+        diff_experts +=
+            std::abs(sr.mean_experts() - ev.experts_used[static_cast<size_t>(i)]) > 1e-6;
         k_sum += sr.mean_experts();
       }
       EXPECT_EQ(diff_class, 0) << cs.trained.kind << " / " << spec;
       EXPECT_EQ(diff_experts, 0) << cs.trained.kind << " / " << spec;
       EXPECT_NEAR(k_sum / n, ev.avg_experts, 1e-9) << cs.trained.kind << " / " << spec;
-      std::printf("checkpoint %s, routing '%s': mean experts %.3f (eval %.3f)\n", cs.trained.kind.c_str(),
-                  spec.c_str(), k_sum / n, ev.avg_experts);
+      std::printf("checkpoint %s, routing '%s': mean experts %.3f (eval %.3f)\n",
+                  cs.trained.kind.c_str(), spec.c_str(), k_sum / n, ev.avg_experts);
     }
   }
 }
@@ -392,8 +417,8 @@ TEST(ExpertQueue, TopPUsesAVaryingNumberOfExperts) {
   const auto x = random_images(n, 5);
   std::vector<float> probs(static_cast<size_t>(n * 10));
   std::vector<RoutingResult> rs;
-  serve::reference_forward(*model, {std::shared_ptr<const RoutingPolicy>(std::move(policy))}, x.data(), n,
-                           probs.data(), &rs);
+  serve::reference_forward(*model, {std::shared_ptr<const RoutingPolicy>(std::move(policy))},
+                           x.data(), n, probs.data(), &rs);
   const RoutingResult& r = rs[0];
   int32_t lo = 99, hi = 0;
   for (int64_t t = 0; t < n; ++t) {
@@ -414,7 +439,7 @@ TEST(ExpertQueue, AdmissionIsBoundedAndNothingIsLost) {
   EXPECT_TRUE(rt.submit(x.data(), 4, col.cb()));
   EXPECT_FALSE(rt.reject_if_full());  // 4 of 8: a front end goes on to parse and submit
   EXPECT_TRUE(rt.submit(x.data(), 3, col.cb()));
-  EXPECT_FALSE(rt.reject_if_full());  // 7 of 8: one more sample fits
+  EXPECT_FALSE(rt.reject_if_full());               // 7 of 8: one more sample fits
   EXPECT_FALSE(rt.submit(x.data(), 2, col.cb()));  // 7 + 2 > 8
   EXPECT_TRUE(rt.submit(x.data(), 1, col.cb()));
   EXPECT_FALSE(rt.submit(x.data(), 1, col.cb()));

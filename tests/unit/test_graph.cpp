@@ -134,16 +134,19 @@ TEST(GraphGrad, AddMulTiled) {
 }
 
 TEST(GraphGrad, Reductions) {
-  check_grad({rand_tensor({3, 4}, 9)}, [](Graph& g, const std::vector<Var>& v) { return g.sum(v[0]); });
-  check_grad({rand_tensor({3, 4}, 9)}, [](Graph& g, const std::vector<Var>& v) { return g.mean(v[0]); });
+  check_grad({rand_tensor({3, 4}, 9)},
+             [](Graph& g, const std::vector<Var>& v) { return g.sum(v[0]); });
+  check_grad({rand_tensor({3, 4}, 9)},
+             [](Graph& g, const std::vector<Var>& v) { return g.mean(v[0]); });
   check_grad({rand_tensor({3, 4}, 9)},
              [](Graph& g, const std::vector<Var>& v) { return g.mean_cols(v[0]); });
   check_grad({rand_tensor({6, 4}, 9)},
              [](Graph& g, const std::vector<Var>& v) { return g.mean_groups(v[0], 3); });
   check_grad({rand_tensor({5}, 10, 0.5f, 2.0f)},
              [](Graph& g, const std::vector<Var>& v) { return g.cv_squared(v[0]); });
-  check_grad({rand_tensor({4}, 11)},
-             [](Graph& g, const std::vector<Var>& v) { return g.dot_const(v[0], {1.0f, -2.0f, 0.5f, 3.0f}); });
+  check_grad({rand_tensor({4}, 11)}, [](Graph& g, const std::vector<Var>& v) {
+    return g.dot_const(v[0], {1.0f, -2.0f, 0.5f, 3.0f});
+  });
 }
 
 TEST(GraphGrad, SoftmaxFamily) {
@@ -151,8 +154,9 @@ TEST(GraphGrad, SoftmaxFamily) {
              [](Graph& g, const std::vector<Var>& v) { return g.softmax(v[0]); });
   check_grad({rand_tensor({3, 5}, 13, -2.0f, 2.0f)},
              [](Graph& g, const std::vector<Var>& v) { return g.log_softmax(v[0]); });
-  check_grad({rand_tensor({4, 5}, 14, -2.0f, 2.0f)},
-             [](Graph& g, const std::vector<Var>& v) { return g.cross_entropy(v[0], {0, 4, 2, 2}); });
+  check_grad({rand_tensor({4, 5}, 14, -2.0f, 2.0f)}, [](Graph& g, const std::vector<Var>& v) {
+    return g.cross_entropy(v[0], {0, 4, 2, 2});
+  });
   check_grad({rand_tensor({4, 5}, 14, -2.0f, 2.0f)}, [](Graph& g, const std::vector<Var>& v) {
     return g.cross_entropy(v[0], {0, 4, 2, 2}, 0.1f);
   });
@@ -173,11 +177,13 @@ TEST(GraphGrad, CrossEntropyLabelSmoothingValue) {
   const std::vector<float> lv = {1.0f, 2.0f, 3.0f, 0.5f, -1.0f, 0.0f};
   const std::vector<int32_t> labels = {2, 0};
   Graph g(false);
-  const float ce = g.scalar(g.cross_entropy(g.input(Tensor::from(lv, {2, 3})), labels, static_cast<float>(eps)));
+  const float ce =
+      g.scalar(g.cross_entropy(g.input(Tensor::from(lv, {2, 3})), labels, static_cast<float>(eps)));
   double want = 0.0;
   for (int r = 0; r < 2; ++r) {
     double z = 0.0;
-    for (int c = 0; c < 3; ++c) z += std::exp(static_cast<double>(lv[static_cast<size_t>(r * 3 + c)]));
+    for (int c = 0; c < 3; ++c)
+      z += std::exp(static_cast<double>(lv[static_cast<size_t>(r * 3 + c)]));
     for (int c = 0; c < 3; ++c) {
       const double q = (c == labels[static_cast<size_t>(r)] ? 1.0 - eps : 0.0) + eps / 3.0;
       want -= q * (lv[static_cast<size_t>(r * 3 + c)] - std::log(z));
@@ -187,13 +193,15 @@ TEST(GraphGrad, CrossEntropyLabelSmoothingValue) {
 }
 
 TEST(GraphGrad, LayerNorm) {
-  check_grad({rand_tensor({3, 6}, 15, -2.0f, 2.0f), rand_tensor({6}, 16, 0.5f, 1.5f), rand_tensor({6}, 17)},
+  check_grad({rand_tensor({3, 6}, 15, -2.0f, 2.0f), rand_tensor({6}, 16, 0.5f, 1.5f),
+              rand_tensor({6}, 17)},
              [](Graph& g, const std::vector<Var>& v) { return g.layer_norm(v[0], v[1], v[2]); });
 }
 
 TEST(GraphGrad, GatherRows) {
-  check_grad({rand_tensor({4, 3}, 18)},
-             [](Graph& g, const std::vector<Var>& v) { return g.gather_rows(v[0], {2, 0, 2, 3}); });
+  check_grad({rand_tensor({4, 3}, 18)}, [](Graph& g, const std::vector<Var>& v) {
+    return g.gather_rows(v[0], {2, 0, 2, 3});
+  });
 }
 
 TEST(GraphGrad, GateWeights) {
@@ -226,9 +234,10 @@ TEST(GraphGrad, ScatterAddRows) {
              [&](Graph& g, const std::vector<Var>& v) {
                return g.scatter_add_rows(v[0], v[1], v[2], rows, widx, 3);
              });
-  check_grad({rand_tensor({3, 4}, 25), rand_tensor({3}, 26)}, [&](Graph& g, const std::vector<Var>& v) {
-    return g.scatter_add_rows({}, v[0], v[1], rows, widx, 2);
-  });
+  check_grad({rand_tensor({3, 4}, 25), rand_tensor({3}, 26)},
+             [&](Graph& g, const std::vector<Var>& v) {
+               return g.scatter_add_rows({}, v[0], v[1], rows, widx, 2);
+             });
 }
 
 TEST(GraphGrad, ScatterCols) {

@@ -64,9 +64,9 @@ TEST(GraphExport, LinearReluMeanExactStructure) {
   ASSERT_GE(dw, 0);
   ASSERT_GE(db, 0);
   EXPECT_EQ(m.nodes[seed].size, 4u);
-  EXPECT_EQ(ins(m, drelu), (std::set<int32_t>{seed}));          // mean's VJP reads dy only
+  EXPECT_EQ(ins(m, drelu), (std::set<int32_t>{seed}));     // mean's VJP reads dy only
   EXPECT_EQ(ins(m, dlin), (std::set<int32_t>{3, drelu}));  // relu reads its input h
-  EXPECT_EQ(ins(m, dw), (std::set<int32_t>{0, dlin}));          // dW = dyᵀ·x
+  EXPECT_EQ(ins(m, dw), (std::set<int32_t>{0, dlin}));     // dW = dyᵀ·x
   EXPECT_EQ(ins(m, db), (std::set<int32_t>{dlin}));
   EXPECT_EQ(m.nodes[dw].size, 12u * 4);
   EXPECT_EQ(m.nodes[db].size, 3u * 4);
@@ -148,10 +148,13 @@ TEST(GraphExport, TinyMoeClassifierMatchesRealBackward) {
   for (int32_t i = 0; i < g.size(); ++i) {
     const graph::Node& n = g.node(Var{i});
     uint64_t want = static_cast<uint64_t>(n.value.numel()) * 4;
-    if (n.op != graph::Op::param && n.saved.defined()) want += static_cast<uint64_t>(n.saved.numel()) * 4;
+    if (n.op != graph::Op::param && n.saved.defined())
+      want += static_cast<uint64_t>(n.saved.numel()) * 4;
     EXPECT_EQ(m.nodes[i].size, want) << m.nodes[i].name;
-    if (n.op == graph::Op::param) ++tape_params;
-    else largest = std::max(largest, want);
+    if (n.op == graph::Op::param)
+      ++tape_params;
+    else
+      largest = std::max(largest, want);
   }
   int64_t persistent = 0, params = 0, outputs = 0;
   for (int32_t v = 0; v < m.size(); ++v) {
@@ -185,7 +188,8 @@ TEST(GraphExport, TinyMoeClassifierMatchesRealBackward) {
     }
   }
   int64_t bases = 0;
-  for (int32_t v = static_cast<int32_t>(g.size()); v < m.size(); ++v) bases += m.nodes[v].view_of < 0;
+  for (int32_t v = static_cast<int32_t>(g.size()); v < m.size(); ++v)
+    bases += m.nodes[v].view_of < 0;
   EXPECT_EQ(bases, grads);
 
   const auto sim = sched::simulate(m, sched::program_order(m));

@@ -151,13 +151,14 @@ TEST(Linear, MatchesNaiveEveryImplF32AndBf16) {
   }
 }
 
-// AMX-BF16 tiles (K a multiple of 32 and m >= kAmxRows, packed or row-major; other products take
+// AMX-BF16 tiles (K a multiple of 32 and m >= amx_rows(), packed or row-major; other products take
 // the avx512 or avx2 kernels, covered above): row counts around the 16-row tiles, the 32-row blocks
 // and the 256-row x blocks, partial panels and column ranges, accumulation.
 TEST(Linear, AmxTilesMatchNaive) {
   if (!linear_impl_supported(LinearImpl::amx, DType::bf16)) GTEST_SKIP() << "no AMX-BF16 here";
-  const std::vector<Shape3> shapes = {{16, 32, 32},   {17, 40, 64}, {31, 96, 32},  {32, 64, 128},
-                                      {33, 70, 1024}, {48, 33, 96}, {150, 65, 64}, {300, 100, 256}};
+  const std::vector<Shape3> shapes = {{1, 32, 32},  {2, 70, 64},   {5, 33, 1024},  {16, 32, 32},
+                                      {17, 40, 64}, {31, 96, 32},  {32, 64, 128},  {33, 70, 1024},
+                                      {48, 33, 96}, {150, 65, 64}, {300, 100, 256}};
   uint32_t seed = 500;
   for (const Shape3& s : shapes) {
     check_linear(LinearImpl::amx, DType::bf16, s, s.k, s.n, 0, s.n, false, seed++);
@@ -175,7 +176,7 @@ TEST(Linear, AmxTilesMatchNaive) {
 }
 
 // Each AMX output depends only on its own row of x: the first rows of a batch come out
-// bitwise the same in a smaller batch (from kAmxRows rows), so results do not depend on how
+// bitwise the same in a smaller batch (from amx_rows() rows), so results do not depend on how
 // many tokens an expert receives.
 TEST(Linear, AmxRowsBitwiseIndependentOfBatch) {
   if (!linear_impl_supported(LinearImpl::amx, DType::bf16)) GTEST_SKIP() << "no AMX-BF16 here";
@@ -185,7 +186,7 @@ TEST(Linear, AmxRowsBitwiseIndependentOfBatch) {
   const std::vector<float> x = random_vec(static_cast<size_t>(m * k), 32);
   std::vector<float> all(static_cast<size_t>(m * n));
   linear_st_impl(LinearImpl::amx, x.data(), m, k, p, 0, n, all.data(), n, false);
-  for (int64_t rows : {kAmxRows, kAmxRows + 1, int64_t{100}}) {
+  for (int64_t rows : {int64_t{1}, int64_t{2}, int64_t{17}, int64_t{100}}) {
     std::vector<float> part(static_cast<size_t>(rows * n));
     linear_st_impl(LinearImpl::amx, x.data(), rows, k, p, 0, n, part.data(), n, false);
     for (int64_t i = 0; i < rows * n; ++i)

@@ -143,7 +143,9 @@ TEST(LinearInt8, MatchesNaiveQuantisedProductEveryImplAndPath) {
                                    {150, 65, 20, 20, 65, 1, 64, false},
                                    {33, 520, 64, 64, 520, 256, 520, false},
                                    {300, 70, 1024, 1024, 75, 0, 70, true},
-                                   {48, 33, 256, 260, 33, 0, 33, false}};
+                                   {48, 33, 256, 260, 33, 0, 33, false},
+                                   {4, 40, 64, 64, 40, 0, 40, true},
+                                   {8, 33, 1024, 1024, 33, 3, 33, false}};
   uint32_t seed = 100;
   for (LinearImpl impl : int8_impls()) {
     for (const Case& c : cases) {

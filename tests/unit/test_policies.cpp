@@ -46,8 +46,8 @@ std::vector<float> synthetic_logits(std::mt19937_64& rng, int64_t tokens, int64_
 
 TEST(TopP, ExactSets) {
   // Rows: [0.5 0.3 0.15 0.05], [0.1 0.2 0.3 0.4], [0.25 0.25 0.25 0.25]
-  const std::vector<float> p = {0.5f, 0.3f, 0.15f, 0.05f, 0.1f, 0.2f, 0.3f, 0.4f,
-                                0.25f, 0.25f, 0.25f, 0.25f};
+  const std::vector<float> p = {0.5f, 0.3f, 0.15f, 0.05f, 0.1f,  0.2f,
+                                0.3f, 0.4f, 0.25f, 0.25f, 0.25f, 0.25f};
   RoutingResult r;
   TopPRouting(0.5, true).route(p.data(), p.data(), 3, 4, r);
   EXPECT_EQ(experts_of(r, 0), V({0}));
@@ -62,7 +62,7 @@ TEST(TopP, ExactSets) {
   EXPECT_EQ(experts_of(r, 1), V({3, 2, 1}));
   TopPRouting(1.0, false).route(p.data(), p.data(), 3, 4, r);
   for (int t = 0; t < 3; ++t) EXPECT_EQ(r.experts_of(t), 4);
-  EXPECT_NEAR(r.weights[0], 0.5f, 1e-7);  // not renormalised
+  EXPECT_NEAR(r.weights[0], 0.5f, 1e-7);                          // not renormalised
   TopPRouting(1.0, false, 2).route(p.data(), p.data(), 3, 4, r);  // cap
   for (int t = 0; t < 3; ++t) EXPECT_EQ(r.experts_of(t), 2);
   TopPRouting(0.6, true).route(p.data(), p.data(), 3, 4, r);
@@ -107,8 +107,8 @@ TEST(TopP, ControllerReachesTargetK) {
 }
 
 TEST(Threshold, ExactSets) {
-  const std::vector<float> p = {0.4f, 0.35f, 0.2f, 0.05f, 0.26f, 0.25f, 0.25f, 0.24f,
-                                0.1f, 0.1f, 0.1f, 0.7f};
+  const std::vector<float> p = {0.4f,  0.35f, 0.2f, 0.05f, 0.26f, 0.25f,
+                                0.25f, 0.24f, 0.1f, 0.1f,  0.1f,  0.7f};
   RoutingResult r;
   ThresholdRouting pol({0.3f, 0.3f, 0.3f, 0.3f}, true);
   pol.route(p.data(), p.data(), 3, 4, r);
@@ -149,8 +149,8 @@ TEST(Threshold, EmaQuantileHitsTargetK) {
 
 TEST(NullExperts, ExactSets) {
   // E = 3 real, M = 2 null, k = 2. Columns 3 and 4 are null.
-  const std::vector<float> z = {3, 0, 0, 2, 1,   // expert 0 + null 3 → K = 1
-                                0, 0, 0, 3, 2,   // both null → forced best real (0, tie) → K = 1
+  const std::vector<float> z = {3, 0, 0, 2, 1,  // expert 0 + null 3 → K = 1
+                                0, 0, 0, 3, 2,  // both null → forced best real (0, tie) → K = 1
                                 1, 2, 3, 0, 0};  // experts 2, 1 → K = 2
   const auto p = softmax_rows(z, 5);
   NullExpertsRouting pol(2, 2, true);

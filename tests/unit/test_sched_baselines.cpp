@@ -12,14 +12,18 @@ using namespace deltamoe::sched;
 
 namespace {
 
-Graph from_nodes(const std::string& nodes, const std::string& outputs = "[]", const std::string& persistent = "[]") {
-  return parse_memgraph(R"({"format": "memgraph-v1", "name": "t", "nodes": [)" + nodes + R"(], "outputs": )" +
-                        outputs + R"(, "persistent": )" + persistent + "}");
+Graph from_nodes(const std::string& nodes, const std::string& outputs = "[]",
+                 const std::string& persistent = "[]") {
+  return parse_memgraph(R"({"format": "memgraph-v1", "name": "t", "nodes": [)" + nodes +
+                        R"(], "outputs": )" + outputs + R"(, "persistent": )" + persistent + "}");
 }
 
 std::map<std::string, Order> all_baselines(const Graph& g) {
-  return {{"program", program_order(g)}, {"bfs", bfs_order(g)}, {"dfs", dfs_order(g)},
-          {"lpmf", lpmf_order(g)}, {"xla", xla_list_order(g)}};
+  return {{"program", program_order(g)},
+          {"bfs", bfs_order(g)},
+          {"dfs", dfs_order(g)},
+          {"lpmf", lpmf_order(g)},
+          {"xla", xla_list_order(g)}};
 }
 
 // The XLA list-scheduler counterexample of hlo_memory_scheduler.cc's comment:
@@ -129,7 +133,8 @@ TEST(Baselines, HandleLargeGraphs) {
       nd.op = "input";
       continue;
     }
-    for (int k = 0; k < 2; ++k) nd.inputs.push_back(std::max(0, i - 1 - static_cast<int32_t>(rnd() % 300)));
+    for (int k = 0; k < 2; ++k)
+      nd.inputs.push_back(std::max(0, i - 1 - static_cast<int32_t>(rnd() % 300)));
   }
   g.finalize();
   for (const auto& [name, o] : all_baselines(g)) EXPECT_TRUE(test::is_topological(g, o)) << name;

@@ -178,8 +178,10 @@ Graph random_graph(std::mt19937& rng, int32_t n, bool sparse_sizes = false) {
   g.is_output.assign(n, 0);
   g.is_persistent.assign(n, 0);
   for (int32_t v = 0; v < n; ++v) {
-    if (g.nodes[v].op == "param") g.is_persistent[v] = 1;
-    else if (pct(rng) < 3) g.is_persistent[v] = 1;
+    if (g.nodes[v].op == "param")
+      g.is_persistent[v] = 1;
+    else if (pct(rng) < 3)
+      g.is_persistent[v] = 1;
     if (pct(rng) < 15) g.is_output[v] = 1;
   }
   g.finalize();

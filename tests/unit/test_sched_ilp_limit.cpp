@@ -86,7 +86,8 @@ TEST(SchedIlpLimit, DriverWithIlpHonoursTheLimit) {
     ASSERT_TRUE(test::is_topological(g, r.order)) << algo;
     EXPECT_EQ(r.peak, simulate(g, r.order).peak) << algo;
     EXPECT_LE(r.lower_bound.bytes, r.peak) << algo;
-    for (const auto& [name, peak] : r.baseline_peaks) EXPECT_LE(r.peak, peak) << algo << " vs " << name;
+    for (const auto& [name, peak] : r.baseline_peaks)
+      EXPECT_LE(r.peak, peak) << algo << " vs " << name;
     if (std::string(algo) == "ilp") {
       EXPECT_NE(r.notes.find("ilp: time limit"), std::string::npos) << r.notes;
     }

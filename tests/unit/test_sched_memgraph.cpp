@@ -16,8 +16,8 @@ namespace {
 
 std::string doc(const std::string& nodes, const std::string& outputs = "[]",
                 const std::string& persistent = "[]") {
-  return R"({"format": "memgraph-v1", "name": "t", "nodes": [)" + nodes + R"(], "outputs": )" + outputs +
-         R"(, "persistent": )" + persistent + "}";
+  return R"({"format": "memgraph-v1", "name": "t", "nodes": [)" + nodes + R"(], "outputs": )" +
+         outputs + R"(, "persistent": )" + persistent + "}";
 }
 
 // Expects parse to fail with a message containing every fragment.
@@ -30,12 +30,15 @@ void expect_error(const std::string& text, std::vector<std::string> fragments) {
     EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
     EXPECT_NE(msg.find("[memgraph]"), std::string::npos) << msg;
     EXPECT_NE(msg.find("bad.json"), std::string::npos) << msg;
-    for (const auto& f : fragments) EXPECT_NE(msg.find(f), std::string::npos) << "'" << f << "' not in: " << msg;
+    for (const auto& f : fragments)
+      EXPECT_NE(msg.find(f), std::string::npos) << "'" << f << "' not in: " << msg;
   }
 }
 
 std::string tmp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("deltamoe_test_" + std::to_string(::getpid()) + "_" + name)).string();
+  return (std::filesystem::temp_directory_path() /
+          ("deltamoe_test_" + std::to_string(::getpid()) + "_" + name))
+      .string();
 }
 
 }  // namespace
@@ -110,15 +113,22 @@ TEST(MemgraphParse, ErrorsNameTheFileAndTheNode) {
   expect_error(R"({"format": "memgraph-v1", "nodes": {}})", {"\"nodes\" must be an array"});
   expect_error(doc(R"({"id": 0, "op": "input", "inputs": []})"), {"node id 0", "missing \"size\""});
   expect_error(doc(R"({"op": "input", "inputs": [], "size": 1})"), {"node #0", "missing \"id\""});
-  expect_error(doc(R"({"id": 0, "op": "input", "inputs": 3, "size": 1})"), {"node id 0", "\"inputs\" must be an array"});
-  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": "1"})"), {"node id 0 size", "integer"});
-  expect_error(doc(R"({"id": 0, "name": 5, "op": "input", "inputs": [], "size": 1})"), {"\"name\" must be a string"});
+  expect_error(doc(R"({"id": 0, "op": "input", "inputs": 3, "size": 1})"),
+               {"node id 0", "\"inputs\" must be an array"});
+  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": "1"})"),
+               {"node id 0 size", "integer"});
+  expect_error(doc(R"({"id": 0, "name": 5, "op": "input", "inputs": [], "size": 1})"),
+               {"\"name\" must be a string"});
   expect_error(doc(R"({"id": "a", "op": "input", "inputs": [], "size": 1})"), {"node #0 id"});
   expect_error(doc(R"({"id": -1, "op": "input", "inputs": [], "size": 1})"), {"negative"});
-  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": -5})"), {"node id 0 size", "negative"});
-  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": 1.5})"), {"node id 0 size", "integer"});
-  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": 1e30})"), {"does not fit in uint64"});
-  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": 1, "workspace": -2})"), {"workspace", "negative"});
+  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": -5})"),
+               {"node id 0 size", "negative"});
+  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": 1.5})"),
+               {"node id 0 size", "integer"});
+  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": 1e30})"),
+               {"does not fit in uint64"});
+  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": 1, "workspace": -2})"),
+               {"workspace", "negative"});
   expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": 18446744073709551615},
                        {"id": 1, "op": "input", "inputs": [], "size": 1})"),
                {"node id 1", "overflows"});
@@ -147,8 +157,10 @@ TEST(MemgraphParse, ErrorsNameTheFileAndTheNode) {
   expect_error(doc(R"({"id": 0, "op": "v", "inputs": [], "size": 0, "view_of": 1},
                        {"id": 1, "op": "v", "inputs": [], "size": 0, "view_of": 0})"),
                {"view cycle through ids"});
-  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": 1})", "[3]"), {"\"outputs\" entry", "unknown id 3"});
-  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": 1})", "[]", "{}"), {"\"persistent\" must be an array"});
+  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": 1})", "[3]"),
+               {"\"outputs\" entry", "unknown id 3"});
+  expect_error(doc(R"({"id": 0, "op": "input", "inputs": [], "size": 1})", "[]", "{}"),
+               {"\"persistent\" must be an array"});
 }
 
 TEST(MemgraphParse, TruncatedOrCorruptGzipIsAnError) {
@@ -161,7 +173,8 @@ TEST(MemgraphParse, TruncatedOrCorruptGzipIsAnError) {
     data.assign(std::istreambuf_iterator<char>(in), {});
   }
   for (size_t cut : {size_t{2}, size_t{10}, data.size() / 2, data.size() - 4, data.size() - 1}) {
-    std::ofstream(gz, std::ios::binary | std::ios::trunc).write(data.data(), static_cast<std::streamsize>(cut));
+    std::ofstream(gz, std::ios::binary | std::ios::trunc)
+        .write(data.data(), static_cast<std::streamsize>(cut));
     try {
       read_memgraph(gz);
       ADD_FAILURE() << "truncated gzip at " << cut << " accepted";
@@ -171,7 +184,8 @@ TEST(MemgraphParse, TruncatedOrCorruptGzipIsAnError) {
   }
   std::string bad = data;
   bad[bad.size() / 2] ^= 0x55;
-  std::ofstream(gz, std::ios::binary | std::ios::trunc).write(bad.data(), static_cast<std::streamsize>(bad.size()));
+  std::ofstream(gz, std::ios::binary | std::ios::trunc)
+      .write(bad.data(), static_cast<std::streamsize>(bad.size()));
   EXPECT_THROW(read_memgraph(gz), Error);
   std::filesystem::remove(gz);
   EXPECT_THROW(read_memgraph(gz), Error);  // missing file
@@ -208,7 +222,8 @@ TEST(MemgraphOrder, CheckOrderNamesTheOffendingNode) {
     }
     return std::string();
   };
-  EXPECT_NE(msg({1, 0}).find("node id 20 ('b') runs before its input id 10"), std::string::npos) << msg({1, 0});
+  EXPECT_NE(msg({1, 0}).find("node id 20 ('b') runs before its input id 10"), std::string::npos)
+      << msg({1, 0});
   EXPECT_NE(msg({0}).find("1 entries"), std::string::npos);
   EXPECT_NE(msg({0, 0}).find("appears twice"), std::string::npos);
   EXPECT_NE(msg({0, 5}).find("is not a node"), std::string::npos);

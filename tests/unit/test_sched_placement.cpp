@@ -41,7 +41,8 @@ std::vector<Block> blocks_of(const Graph& g, const Order& order, const Placement
   }
   for (int32_t v = 0; v < n; ++v)
     if (g.nodes[v].workspace)
-      out.push_back({pos[v], pos[v], pl.workspace_offsets[v], g.nodes[v].workspace, "workspace " + std::to_string(v)});
+      out.push_back({pos[v], pos[v], pl.workspace_offsets[v], g.nodes[v].workspace,
+                     "workspace " + std::to_string(v)});
   return out;
 }
 
@@ -112,7 +113,8 @@ TEST(Placement, LargeGraphIsFast) {
       g.nodes[i].op = "input";
       continue;
     }
-    g.nodes[i].inputs = {std::max(0, i - 1 - static_cast<int32_t>(rnd() % 50)), std::max(0, i - 1 - static_cast<int32_t>(rnd() % 200))};
+    g.nodes[i].inputs = {std::max(0, i - 1 - static_cast<int32_t>(rnd() % 50)),
+                         std::max(0, i - 1 - static_cast<int32_t>(rnd() % 200))};
   }
   for (int32_t i = n - 100; i < n; ++i) g.is_output.resize(n), g.is_output[i] = 1;
   g.finalize();
@@ -143,7 +145,8 @@ TEST(Fusion, IncrementalPeakEqualsResimulationOfTheFusedGraph) {
       ASSERT_TRUE(can_fuse(g, c.producer, c.consumer));
       const Graph f = fuse_pair(g, c.producer, c.consumer);
       const uint64_t ref = simulate(f, fused_order(order, c.producer)).peak;
-      ASSERT_EQ(c.fused_peak, ref) << "seed " << seed << " pair " << c.producer << "->" << c.consumer;
+      ASSERT_EQ(c.fused_peak, ref)
+          << "seed " << seed << " pair " << c.producer << "->" << c.consumer;
       EXPECT_EQ(c.peak_delta, static_cast<int64_t>(ref) - static_cast<int64_t>(rep.peak));
       EXPECT_EQ(c.traffic_saved_bytes, 2 * g.nodes[c.producer].size);
       raised += c.peak_delta > 0;

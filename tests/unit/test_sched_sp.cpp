@@ -6,9 +6,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <ctime>
-#include <cstdint>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -157,9 +157,12 @@ uint64_t live_after(const Model& m, uint32_t mask) {
     bool all_read = true;
     for (int32_t r : m.readers[b]) all_read = all_read && ((mask >> r) & 1);
     bool is_live;
-    if (m.held[b]) is_live = ran || m.free_input[b];
-    else if (!m.readers[b].empty()) is_live = (ran || m.free_input[b]) && !all_read;
-    else is_live = m.free_input[b] && !ran;
+    if (m.held[b])
+      is_live = ran || m.free_input[b];
+    else if (!m.readers[b].empty())
+      is_live = (ran || m.free_input[b]) && !all_read;
+    else
+      is_live = m.free_input[b] && !ran;
     if (is_live) live += m.bytes[b];
   }
   return live;
@@ -192,7 +195,8 @@ struct Part {
   std::vector<int32_t> elems, sources, sinks;
 };
 
-Part random_sp(int32_t k, std::mt19937& rng, std::vector<std::vector<int32_t>>* edges, int32_t* next_id) {
+Part random_sp(int32_t k, std::mt19937& rng, std::vector<std::vector<int32_t>>* edges,
+               int32_t* next_id) {
   Part p;
   if (k == 1) {
     const int32_t v = (*next_id)++;
@@ -220,7 +224,8 @@ Part random_sp(int32_t k, std::mt19937& rng, std::vector<std::vector<int32_t>>* 
   return p;
 }
 
-std::vector<uint64_t> closure(const std::vector<std::vector<int32_t>>& preds, const std::vector<int32_t>& topo) {
+std::vector<uint64_t> closure(const std::vector<std::vector<int32_t>>& preds,
+                              const std::vector<int32_t>& topo) {
   // below[v]: bitmask of the elements that precede v (at most 64 elements).
   std::vector<uint64_t> below(preds.size(), 0);
   for (int32_t v : topo)
@@ -228,7 +233,8 @@ std::vector<uint64_t> closure(const std::vector<std::vector<int32_t>>& preds, co
   return below;
 }
 
-std::vector<int32_t> random_topo(const std::vector<std::vector<int32_t>>& preds, std::mt19937& rng) {
+std::vector<int32_t> random_topo(const std::vector<std::vector<int32_t>>& preds,
+                                 std::mt19937& rng) {
   const int32_t n = static_cast<int32_t>(preds.size());
   std::vector<int32_t> indeg(n, 0), order;
   std::vector<std::vector<int32_t>> succ(n);
@@ -438,43 +444,45 @@ void for_each_random_sp_graph(F&& fn) {
 TEST(SchedSp, OptimalOnRandomSpGraphsAgainstBruteForce) {
   int exact = 0, total = 0, inexact_optimal = 0;
   double inexact_gap = 0;
-  for_each_random_sp_graph([&](int trial, int32_t n, bool tree, const ds::Graph& g, const Model& m) {
-    const sp::SpDetail d = sp::analyze(g);
-    ASSERT_TRUE(d.structure_sp) << "trial " << trial;
-    ASSERT_TRUE(d.summary.is_series_parallel);
-    ASSERT_DOUBLE_EQ(d.summary.sp_fraction, 1.0);
-    ASSERT_TRUE(valid_order(m, d.order)) << "trial " << trial;
-    const uint64_t peak = sim_peak(m, d.order);
-    const uint64_t opt = brute_force_optimum(m);
-    ASSERT_EQ(peak, d.peak) << "trial " << trial;
-    ASSERT_LE(d.lower_bound, opt) << "trial " << trial;  // the bound is a proven bound
-    ASSERT_GE(peak, opt);
-    ++total;
-    if (tree) {  // unique last readers: always exact
-      ASSERT_TRUE(d.exact) << "trial " << trial;
-    }
-    const std::optional<ds::Order> o = ds::sp_optimal_order(g);
-    ASSERT_EQ(o.has_value(), d.exact);
-    const ds::SpAnalysis an = ds::analyze_sp(g);
-    ASSERT_EQ(an.proven_optimal, d.exact);
-    ASSERT_EQ(an.lower_bound, d.lower_bound);
-    if (d.exact) {
-      ++exact;
-      ASSERT_EQ(d.lower_bound, peak) << "trial " << trial;
-      ASSERT_EQ(peak, opt) << "trial " << trial << " n=" << n;
-      ASSERT_EQ(sim_peak(m, *o), opt);
-    } else {
-      inexact_optimal += peak == opt;
-      inexact_gap += static_cast<double>(peak) / std::max<uint64_t>(opt, 1) - 1;
-    }
-  });
+  for_each_random_sp_graph(
+      [&](int trial, int32_t n, bool tree, const ds::Graph& g, const Model& m) {
+        const sp::SpDetail d = sp::analyze(g);
+        ASSERT_TRUE(d.structure_sp) << "trial " << trial;
+        ASSERT_TRUE(d.summary.is_series_parallel);
+        ASSERT_DOUBLE_EQ(d.summary.sp_fraction, 1.0);
+        ASSERT_TRUE(valid_order(m, d.order)) << "trial " << trial;
+        const uint64_t peak = sim_peak(m, d.order);
+        const uint64_t opt = brute_force_optimum(m);
+        ASSERT_EQ(peak, d.peak) << "trial " << trial;
+        ASSERT_LE(d.lower_bound, opt) << "trial " << trial;  // the bound is a proven bound
+        ASSERT_GE(peak, opt);
+        ++total;
+        if (tree) {  // unique last readers: always exact
+          ASSERT_TRUE(d.exact) << "trial " << trial;
+        }
+        const std::optional<ds::Order> o = ds::sp_optimal_order(g);
+        ASSERT_EQ(o.has_value(), d.exact);
+        const ds::SpAnalysis an = ds::analyze_sp(g);
+        ASSERT_EQ(an.proven_optimal, d.exact);
+        ASSERT_EQ(an.lower_bound, d.lower_bound);
+        if (d.exact) {
+          ++exact;
+          ASSERT_EQ(d.lower_bound, peak) << "trial " << trial;
+          ASSERT_EQ(peak, opt) << "trial " << trial << " n=" << n;
+          ASSERT_EQ(sim_peak(m, *o), opt);
+        } else {
+          inexact_optimal += peak == opt;
+          inexact_gap += static_cast<double>(peak) / std::max<uint64_t>(opt, 1) - 1;
+        }
+      });
   // Most random graphs are in the exact class; the rest have a buffer freed by whichever of
   // two parallel readers runs last in a shape the mapping does not cover.
   EXPECT_GT(exact, total / 2);
   RecordProperty("exact_share_percent", std::to_string(100 * exact / total));
-  std::printf("exact SP model on %d of %d random SP graphs; the others: %d optimal anyway, "
-              "mean gap %.2f%%\n", exact, total, inexact_optimal,
-              100.0 * inexact_gap / std::max(1, total - exact));
+  std::printf(
+      "exact SP model on %d of %d random SP graphs; the others: %d optimal anyway, "
+      "mean gap %.2f%%\n",
+      exact, total, inexact_optimal, 100.0 * inexact_gap / std::max(1, total - exact));
 }
 
 // The driver-level claim (docs/sched.md, "What is claimed"): `schedule --algo auto` returns a
@@ -497,8 +505,10 @@ TEST(SchedSp, AutoIsProvenOptimalOnEveryRandomSpGraph) {
     (r.sp.proven_optimal ? by_sp : by_other)++;
   });
   EXPECT_GT(by_other, 0);  // the fallback path was exercised
-  std::printf("auto: 4000 of 4000 random SP graphs proven optimal (%d with the SP order proven "
-              "by the SP pipeline, %d by the driver's other bounds and exact methods)\n", by_sp, by_other);
+  std::printf(
+      "auto: 4000 of 4000 random SP graphs proven optimal (%d with the SP order proven "
+      "by the SP pipeline, %d by the driver's other bounds and exact methods)\n",
+      by_sp, by_other);
 }
 
 // Larger SP graphs (20..26 nodes, beyond brute force): the driver (ILP off, so its proof is
@@ -523,8 +533,8 @@ TEST(SchedSp, AutoAgreesWithTheIlpOnLargerSpGraphs) {
     ASSERT_EQ(sim_peak(m, a.order), a.peak);
     const auto t_ilp = std::chrono::steady_clock::now();
     const ds::ExactResult b = ds::ilp_schedule(g, 4.0, nullptr);
-    std::printf("trial %d n=%d auto %s ilp %s %.2f s\n", trial, n, a.proven_optimal ? "proven" : "-",
-                b.proven_optimal ? "proven" : "-",
+    std::printf("trial %d n=%d auto %s ilp %s %.2f s\n", trial, n,
+                a.proven_optimal ? "proven" : "-", b.proven_optimal ? "proven" : "-",
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t_ilp).count());
     // Killed at its deadline before CBC found an incumbent (possible on a loaded machine):
     // nothing to compare for this trial. Whether the ILP finishes is not what is tested.
@@ -549,8 +559,10 @@ TEST(SchedSp, AutoAgreesWithTheIlpOnLargerSpGraphs) {
   // CBC proves most of these within 4 s (8 of 12 on the reference machine); a loose floor
   // keeps the comparison meaningful without depending on the machine's speed.
   EXPECT_GE(both, 3);
-  std::printf("SP graphs n=20..26: auto proven on %d of %d, ILP proven on %d of them too, "
-              "all agreeing\n", auto_proven, trials, both);
+  std::printf(
+      "SP graphs n=20..26: auto proven on %d of %d, ILP proven on %d of them too, "
+      "all agreeing\n",
+      auto_proven, trials, both);
 }
 
 TEST(SchedSp, ShuffledProgramOrderGivesTheSameOptimum) {
@@ -688,7 +700,8 @@ TEST(SchedSp, TenThousandNodeGraphsComplete) {
 // Not a test: prints how long analyze() takes on 10^5-node graphs (run with
 // --gtest_also_run_disabled_tests --gtest_filter='*Measure*'). No timing is asserted.
 TEST(SchedSp, DISABLED_Measure100k) {
-  const char* names[] = {"chain_skip", "wide_fan", "nested_diamonds", "fwd_bwd_chain", "ladder_not_sp"};
+  const char* names[] = {"chain_skip", "wide_fan", "nested_diamonds", "fwd_bwd_chain",
+                         "ladder_not_sp"};
   for (int kind = 0; kind < 5; ++kind) {
     Spec s;
     if (kind < 3) {
@@ -719,10 +732,11 @@ TEST(SchedSp, DISABLED_Measure100k) {
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const Model m = model_of(g);
     ASSERT_TRUE(valid_order(m, d.order));
-    std::printf("{\"graph\": \"%s\", \"nodes\": %d, \"sp\": %d, \"exact\": %d, \"seconds\": %.3f, "
-                "\"cpu_seconds\": %.3f, \"peak_bytes\": %llu}\n",
-                names[kind], g.size(), d.structure_sp ? 1 : 0, d.exact ? 1 : 0, sec, cpu,
-                static_cast<unsigned long long>(sim_peak(m, d.order)));
+    std::printf(
+        "{\"graph\": \"%s\", \"nodes\": %d, \"sp\": %d, \"exact\": %d, \"seconds\": %.3f, "
+        "\"cpu_seconds\": %.3f, \"peak_bytes\": %llu}\n",
+        names[kind], g.size(), d.structure_sp ? 1 : 0, d.exact ? 1 : 0, sec, cpu,
+        static_cast<unsigned long long>(sim_peak(m, d.order)));
   }
 }
 

@@ -109,8 +109,10 @@ bool linear_impl_supported(LinearImpl impl, DType dtype) {
     case LinearImpl::avx2:
       return f.avx2 && f.fma && (dtype != DType::int8 || f.f16c);
     case LinearImpl::avx512:
-      // No AVX-512 (VNNI) int8 kernel yet: int8 runs the AVX2 one there.
-      if (dtype == DType::int8) return false;
+      // int8: the AVX-512 VNNI dot kernel (the AVX2 one's quantiser and prefill path).
+      if (dtype == DType::int8)
+        return f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni &&
+               linear_impl_supported(LinearImpl::avx2, dtype);
       // The kernels are compiled for F+BW+VL(+BF16), so require what the compiler may use.
       return f.avx512f && f.avx512bw && f.avx512vl && (dtype != DType::bf16 || f.avx512_bf16);
     case LinearImpl::amx:
@@ -118,7 +120,7 @@ bool linear_impl_supported(LinearImpl impl, DType dtype) {
       // smaller products take the AVX-512 BF16 kernel (bf16) or the AVX2 int8 dot kernel.
       if (dtype == DType::f32 || !(f.amx_tile && f.amx_bf16 && f.amx_permitted)) return false;
       return linear_impl_supported(LinearImpl::avx512, DType::bf16) &&
-             (dtype == DType::bf16 || linear_impl_supported(LinearImpl::avx2, dtype));
+             linear_impl_supported(LinearImpl::avx512, dtype);
   }
   return false;
 }
@@ -137,9 +139,11 @@ const char* linear_impl_name(LinearImpl impl, DType dtype) {
     case LinearImpl::avx2:
       return dtype == DType::int8 ? "avx2_int8" : "avx2";
     case LinearImpl::avx512:
-      return dtype == DType::bf16 ? "avx512_bf16" : "avx512";
+      return dtype == DType::bf16   ? "avx512_bf16"
+             : dtype == DType::int8 ? "avx512_vnni_int8"
+                                    : "avx512";
     case LinearImpl::amx:
-      return dtype == DType::int8 ? "avx2_int8+amx_bf16" : "amx_bf16";
+      return dtype == DType::int8 ? "avx512_vnni_int8+amx_bf16" : "amx_bf16";
   }
   return "unknown";
 }
@@ -231,7 +235,7 @@ void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float
   const int64_t col_chunks = std::min<int64_t>(threads, panels);
   // Row-major weights never split rows: a row chunk could cross blas_rows() and take the
   // other kernel, and results must not depend on the thread count.
-  // AMX takes rows from kAmxRows on, with other sums than the avx512 kernel below: no row
+  // AMX takes rows from amx_rows() on, with other sums than the kernels below: no row
   // split either.
   const int64_t row_chunks = w.layout() == WeightLayout::row_major || impl == LinearImpl::amx
                                  ? 1

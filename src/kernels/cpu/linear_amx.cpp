@@ -14,7 +14,7 @@
 // tdpbf16ps treats bf16 denormal inputs as zero and flushes denormal results (it ignores
 // MXCSR); products are exact in f32 and summed in f32, as in the avx512 kernel, in another
 // order. Each output depends only on its own row of x, so results do not depend on the row
-// count above kAmxRows (rows below it take the avx512 kernel).
+// count (from kAmxRowsBf16 rows; below, the avx512 kernel).
 //
 // Row-major weights (linear_rows_amx: a mapped bf16 checkpoint in place, or int8 weights)
 // swap the roles: yᵀ = W · xᵀ, with W's rows as A tiles (16 rows x 32 bf16, read in place with
@@ -280,7 +280,7 @@ DM_AMX void linear_rows_amx(const LinearArgs& a) {
 DM_AMX void linear_bf16_amx(const LinearArgs& a) {
   const int64_t k_dim = a.w->in_features();
   const int64_t k2 = (k_dim + 1) / 2;
-  if (a.m < kAmxRows || k2 % kPairsPerTile != 0) {
+  if (a.m < kAmxRowsBf16 || k2 % kPairsPerTile != 0) {
     linear_bf16_avx512(a);
     return;
   }

@@ -27,7 +27,7 @@ namespace deltamoe::kernels {
 inline constexpr int64_t kPanel = 32;
 
 /// Implementations of linear_st. For bf16, `avx512` means AVX-512 BF16 (vdpbf16ps); `amx`
-/// (bf16 only) is AMX-BF16 tiles from kAmxRows rows, the avx512 kernel below.
+/// (bf16 and int8) is AMX-BF16 tiles from amx_rows() rows, the avx512 / avx2 kernels below.
 enum class LinearImpl { portable, avx2, avx512, amx };
 
 /// Arguments of one single-threaded linear call (see linear_st in cpu.h).
@@ -59,15 +59,13 @@ void linear_bf16_avx2(const LinearArgs& a);
 void linear_f32_avx512(const LinearArgs& a);
 void linear_bf16_avx512(const LinearArgs& a);
 /// AMX-BF16 (tdpbf16ps) on the packed bf16 layout, whose panels are already B tiles (each
-/// k-pair row of a panel is 32 columns x 2 bf16 = two 64-byte tile rows). Takes m >= kAmxRows
+/// k-pair row of a panel is 32 columns x 2 bf16 = two 64-byte tile rows). Takes m >= kAmxRowsBf16
 /// and K a multiple of 32; other calls go to linear_bf16_avx512. Needs amx_usable().
 void linear_bf16_amx(const LinearArgs& a);
 /// AMX-BF16 for row-major weights (bf16 in place, or int8 dequantised to bf16 32 rows at a
-/// time; x rounded to bf16): for m >= kAmxRows and K a multiple of 32 (amx_rows_apply).
+/// time; x rounded to bf16): for m >= amx_rows() and K a multiple of 32 (amx_rows_apply).
 /// Needs amx_usable().
 void linear_rows_amx(const LinearArgs& a);
-/// Rows from which the amx implementation uses tiles (measured, docs/kernels.md).
-inline constexpr int64_t kAmxRows = 16;
 /// Converts rows x[0:rows, 0:k] to bf16 pairs (round to nearest even), row stride ldxb words
 /// (a multiple of 16; xb 64-byte aligned); the odd tail element and the padding up to ldxb
 /// are zero. Needs AVX-512 BF16.
@@ -87,12 +85,21 @@ inline int64_t blas_rows(DType dtype) {
 /// (its result for a cell depends on the product's width), so that results do not depend on
 /// how callers split the columns among threads (PackedLinear::column_align).
 inline constexpr int64_t kBlasCols = 256;
+/// Rows from which the amx implementation uses tiles (measured in the MoE layer, bench
+/// moe-layer, docs/kernels.md): bf16 from one row (padded to a 16-row tile, AMX still streams
+/// the weights faster than the AVX-512 BF16 kernel), int8 from kAmxRowsInt8 (below, the
+/// integer dot kernel beats dequantising the weights to bf16).
+inline constexpr int64_t kAmxRowsBf16 = 1;
+inline constexpr int64_t kAmxRowsInt8 = 4;
+inline int64_t amx_rows(DType dtype) {
+  return dtype == DType::int8 ? kAmxRowsInt8 : kAmxRowsBf16;
+}
 /// Whether linear_rows_amx takes a row-major product of m rows (the amx implementation
-/// selected, bf16 or int8 weights, K a multiple of 32, m >= kAmxRows). Each output depends
+/// selected, bf16 or int8 weights, K a multiple of 32, m >= amx_rows()). Each output depends
 /// only on its own row of x and of W, so results do not depend on how columns are split.
 inline bool amx_rows_apply(LinearImpl impl, const PackedLinear& w, int64_t m) {
   return impl == LinearImpl::amx && (w.dtype() == DType::bf16 || w.dtype() == DType::int8) &&
-         w.in_features() % 32 == 0 && m >= kAmxRows;
+         w.in_features() % 32 == 0 && m >= amx_rows(w.dtype());
 }
 
 /// linear_st on row-major weights through `impl` (portable: plain loops; otherwise the AVX2
@@ -155,6 +162,14 @@ void linear_rows_int8(LinearImpl impl, const LinearArgs& a);
 /// AVX2 integer dot kernel: y[r, n] (+)= for rows r < a.m, columns [a.n_begin, a.n_end) from
 /// the quantised x (xq row stride KP, xd row stride KB).
 void linear_int8_avx2(const LinearArgs& a, const int8_t* xq, const float* xd);
+/// Scratch bytes linear_int8_vnni needs for m rows of K inputs (|q_x| and sign masks).
+inline size_t int8_vnni_scratch_bytes(int64_t m, int64_t k) {
+  const int64_t kp = (k + kQBlock - 1) / kQBlock * kQBlock;
+  return static_cast<size_t>(m * kp + 63) / 64 * 64 + static_cast<size_t>(m * ((kp + 63) / 64)) * 8;
+}
+/// The same products with AVX-512 VNNI (vpdpbusd; the same integer block sums, f32 sums in
+/// another order); scratch: int8_vnni_scratch_bytes(a.m, K) bytes, 64-byte aligned.
+void linear_int8_vnni(const LinearArgs& a, const int8_t* xq, const float* xd, void* scratch);
 
 /// Per-thread scratch of at least `bytes` bytes, 64-byte aligned, reused across calls
 /// (the packed copy of x). Valid until the next call on the same thread.

@@ -169,7 +169,10 @@ void linear_rows_int8(LinearImpl impl, const LinearArgs& a) {
   const size_t q_bytes = static_cast<size_t>(a.m * w.kp + 63) / 64 * 64;
   const size_t d_bytes = static_cast<size_t>(a.m * w.kb * 4 + 63) / 64 * 64;
   const size_t f_bytes = blas ? static_cast<size_t>(a.m + kBlasCols) * k * 4 : 0;
-  char* scratch = static_cast<char*>(thread_scratch(q_bytes + d_bytes + f_bytes));
+  // The VNNI kernel is AVX-512's: avx2 (a cap, or a test of that path) keeps the AVX2 one.
+  const bool vnni = !blas && impl != LinearImpl::portable && impl != LinearImpl::avx2;
+  const size_t v_bytes = vnni ? (int8_vnni_scratch_bytes(a.m, k) + 63) / 64 * 64 : 0;
+  char* scratch = static_cast<char*>(thread_scratch(q_bytes + d_bytes + f_bytes + v_bytes));
   auto* xq = reinterpret_cast<int8_t*>(scratch);
   auto* xd = reinterpret_cast<float*>(scratch + q_bytes);
   if (impl == LinearImpl::portable) {
@@ -182,6 +185,8 @@ void linear_rows_int8(LinearImpl impl, const LinearArgs& a) {
     int8_blas(a, xq, xd, xf, xf + a.m * k, in_parallel);
   } else if (impl == LinearImpl::portable) {
     int8_portable(a, xq, xd);
+  } else if (vnni) {
+    linear_int8_vnni(a, xq, xd, scratch + q_bytes + d_bytes);
   } else {
     linear_int8_avx2(a, xq, xd);
   }

@@ -112,16 +112,17 @@ std::string linear_row_major_impl_name(DType dtype) {
     return dtype == DType::int8 ? "portable (plain integer loops)" : "portable (plain loops)";
   const std::string rows = std::to_string(blas_rows(dtype));
   if (best_linear_impl(dtype) == LinearImpl::amx) {
-    const std::string amx = std::to_string(kAmxRows);
+    const std::string amx = std::to_string(amx_rows(dtype));
     if (dtype == DType::int8)
-      return "avx2 int8 dot kernel (x quantised per 32) below " + amx +
+      return "avx512 vnni int8 dot kernel (x quantised per 32) below " + amx +
              " rows, AMX-BF16 tiles on weights dequantised to bf16 from " + amx +
              " (K a multiple of 32)";
     return "avx2 dot kernel below " + amx + " rows, AMX-BF16 tiles from " + amx +
            " (K a multiple of 32; else OpenBLAS sgemm from " + rows + ")";
   }
   if (dtype == DType::int8)
-    return "avx2 int8 dot kernel (x quantised per 32) below " + rows +
+    return std::string(best_linear_impl(dtype) == LinearImpl::avx512 ? "avx512 vnni" : "avx2") +
+           " int8 dot kernel (x quantised per 32) below " + rows +
            " rows, dequantised tiles + OpenBLAS sgemm from " + rows;
   return "avx2 dot kernel below " + rows + " rows, OpenBLAS sgemm from " + rows;
 }
