@@ -59,7 +59,7 @@ DM_VNNI void dot_rows(const int8_t* wq, const uint16_t* wd, int64_t kb, const ui
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j)
       _mm_prefetch(reinterpret_cast<const char*>(wq + b0 * kQBlock + kPrefetchBytes + 64 * j),
-                   _MM_HINT_T0);
+                   _MM_HINT_T1);
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wd + b0)));
     __m512 dc[M];
 #pragma GCC unroll 4
