@@ -90,7 +90,7 @@ inline constexpr int64_t kBlasCols = 256;
 /// the weights faster than the AVX-512 BF16 kernel), int8 from kAmxRowsInt8 (below, the
 /// integer dot kernel beats dequantising the weights to bf16).
 inline constexpr int64_t kAmxRowsBf16 = 1;
-inline constexpr int64_t kAmxRowsInt8 = 4;
+inline constexpr int64_t kAmxRowsInt8 = 8;
 inline int64_t amx_rows(DType dtype) {
   return dtype == DType::int8 ? kAmxRowsInt8 : kAmxRowsBf16;
 }
