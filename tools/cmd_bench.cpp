@@ -485,7 +485,9 @@ CommandRegistrar reg(
       app.add_flag("--onednn", o->onednn,
                    "Also time oneDNN's matmuls in a loop over experts (same routing, inputs and "
                    "dtype; int8: oneDNN's per-row weight and per-batch activation scales), "
-                   "alternated with ours; needs a build with libdnnl-dev");
+                   "twice: weights as stored with a run-time row count, and weights prepacked "
+                   "into oneDNN's layout with one primitive per row count (its AMX / AVX-512 "
+                   "kernels); alternated with ours; needs a build with libdnnl-dev");
       app.add_flag("--skip-naive", o->skip_naive,
                    "Do not time the naive loop (it is slow at 512 tokens)");
       app.add_flag("--json", o->json_out, "Print one JSON object on stdout (logs go to stderr)");
