@@ -31,7 +31,8 @@ json features_json(const deltamoe::CpuFeatures& f) {
           {"avx_vnni", f.avx_vnni},
           {"amx_tile", f.amx_tile},
           {"amx_bf16", f.amx_bf16},
-          {"amx_int8", f.amx_int8}};
+          {"amx_int8", f.amx_int8},
+          {"amx_permitted_by_os", f.amx_permitted}};
 }
 
 std::string features_line(const json& j) {

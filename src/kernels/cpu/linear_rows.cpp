@@ -117,8 +117,9 @@ std::string linear_row_major_impl_name(DType dtype) {
       return "avx512 vnni int8 dot kernel (x quantised per 32) below " + amx +
              " rows, AMX-BF16 tiles on weights dequantised to bf16 from " + amx +
              " (K a multiple of 32)";
-    return "avx2 dot kernel below " + amx + " rows, AMX-BF16 tiles from " + amx +
-           " (K a multiple of 32; else OpenBLAS sgemm from " + rows + ")";
+    return "AMX-BF16 tiles from " + amx + (amx == "1" ? " row" : " rows") +
+           " (K a multiple of 32; otherwise the avx2 dot kernel below " + rows +
+           " rows, OpenBLAS sgemm from " + rows + ")";
   }
   if (dtype == DType::int8)
     return std::string(best_linear_impl(dtype) == LinearImpl::avx512 ? "avx512 vnni" : "avx2") +
