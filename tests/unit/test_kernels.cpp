@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
@@ -129,6 +130,19 @@ TEST(Linear, PackAllEqualsSeparatePacking) {
       linear_st(x.data(), 3, k, alone, 0, n, yb.data(), n);
       EXPECT_EQ(ya, yb) << "matrix " << i;
     }
+  }
+}
+
+// bf16 weights packed into bf16 panels take a direct path (32-bit pairs copied, no f32 round
+// trip): the same bytes as packing their f32 upcast, odd K and partial panels included.
+TEST(Linear, PackingBf16WeightsEqualsPackingTheirF32Upcast) {
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{70, 33}, {32, 64}, {5, 17}, {64, 1}}) {
+    const Tensor wb =
+        Tensor::from(random_vec(static_cast<size_t>(n * k), 77), {n, k}).to(DType::bf16);
+    const PackedLinear direct(wb, DType::bf16), via_f32(wb.to(DType::f32), DType::bf16);
+    ASSERT_EQ(direct.weight_bytes(), via_f32.weight_bytes());
+    EXPECT_EQ(std::memcmp(direct.data(), via_f32.data(), direct.weight_bytes()), 0)
+        << n << " x " << k;
   }
 }
 

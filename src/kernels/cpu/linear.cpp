@@ -56,6 +56,33 @@ size_t PackedLinear::plan(const Tensor& w, DType dtype) {
 }
 
 void PackedLinear::pack_into(const Tensor& w, void* out) const {
+  if (dtype_ == DType::bf16 && w.dtype() == DType::bf16 && w.is_contiguous()) {
+    // bf16 into bf16 panels: each (k even, k odd) pair of a row is one 32-bit word of the
+    // source, copied as is with sequential writes; no f32 temporary (whose fresh pages the
+    // kernel must zero: most of the time of loading a bf16 model with packed weights).
+    const int64_t k2 = (k_ + 1) / 2;
+    const auto* src = static_cast<const uint16_t*>(w.raw());
+    auto* dst = static_cast<uint32_t*>(out);
+    const int64_t panels = (n_ + kPanel - 1) / kPanel;
+    for (int64_t p = 0; p < panels; ++p) {
+      uint32_t* panel = dst + p * k2 * kPanel;
+      const int64_t cols = std::min(kPanel, n_ - p * kPanel);
+      const uint16_t* rows[kPanel];
+      for (int64_t c = 0; c < cols; ++c) rows[c] = src + (p * kPanel + c) * k_;
+      for (int64_t j = 0; j < k2; ++j) {
+        uint32_t* out_j = panel + j * kPanel;
+        for (int64_t c = 0; c < cols; ++c) {
+          if (2 * j + 1 < k_) {
+            std::memcpy(out_j + c, rows[c] + 2 * j, 4);
+          } else {
+            out_j[c] = rows[c][2 * j];  // odd K: the high half (k = K) is 0
+          }
+        }
+        for (int64_t c = cols; c < kPanel; ++c) out_j[c] = 0;
+      }
+    }
+    return;
+  }
   const Tensor wf = (w.dtype() == DType::f32 && w.is_contiguous()) ? w : w.to(DType::f32);
   const float* src = wf.data<float>();
   if (dtype_ == DType::f32) {
