@@ -14,7 +14,7 @@
 // tdpbf16ps treats bf16 denormal inputs as zero and flushes denormal results (it ignores
 // MXCSR); products are exact in f32 and summed in f32, as in the avx512 kernel, in another
 // order. Each output depends only on its own row of x, so results do not depend on the row
-// count (from kAmxRowsBf16 rows; below, the avx512 kernel).
+// count. K must be a multiple of 32; other shapes take the avx512 kernel.
 //
 // Row-major weights (linear_rows_amx: a mapped bf16 checkpoint in place, or int8 weights)
 // swap the roles: yᵀ = W · xᵀ, with W's rows as A tiles (16 rows x 32 bf16, read in place with
