@@ -22,17 +22,24 @@ std::vector<float> to_floats(const Tensor& t) {
   return t.defined() ? t.to_vector() : std::vector<float>{};
 }
 
-// [q; k; v] as one [rows, H] f32 tensor, so one packed GEMM yields all three projections.
+// [q; k; v] as one [rows, H] tensor, so one packed GEMM yields all three projections: in the
+// parts' own dtype when they share one and are contiguous (bf16 stays bf16: no f32 temporary
+// to pack from), f32 otherwise.
 Tensor concat_rows(const std::vector<Tensor>& parts) {
   int64_t rows = 0;
   const int64_t cols = parts[0].size(1);
-  for (const Tensor& p : parts) rows += p.size(0);
-  Tensor out({rows, cols}, DType::f32);
-  float* dst = out.data<float>();
+  bool keep = true;
   for (const Tensor& p : parts) {
-    const Tensor f = p.dtype() == DType::f32 && p.is_contiguous() ? p : p.to(DType::f32);
-    std::memcpy(dst, f.data<float>(), f.nbytes());
-    dst += f.numel();
+    rows += p.size(0);
+    keep = keep && p.dtype() == parts[0].dtype() && p.is_contiguous();
+  }
+  const DType dt = keep ? parts[0].dtype() : DType::f32;
+  Tensor out({rows, cols}, dt);
+  auto* dst = static_cast<char*>(out.raw());
+  for (const Tensor& p : parts) {
+    const Tensor f = keep ? p : p.to(DType::f32);
+    std::memcpy(dst, f.raw(), f.nbytes());
+    dst += f.nbytes();
   }
   return out;
 }

@@ -90,22 +90,25 @@ int64_t interleave_block_for(DType dtype) {
   return interleave_block(probe.panel());
 }
 
-// [w1; w3] as one f32 matrix whose rows alternate in interleave blocks of q (see above).
+// [w1; w3] as one matrix whose rows alternate in interleave blocks of q (see above): in the
+// weights' own dtype when both have the same one and are contiguous (bf16 stays bf16, so
+// packing needs no f32 temporary), f32 otherwise. f32 views of a mapped checkpoint are read
+// in place.
 Tensor interleave_swiglu(const Tensor& w1_in, const Tensor& w3_in, int64_t q) {
   const int64_t i = w1_in.size(0), h = w1_in.size(1);
-  Tensor w13({2 * i, h}, DType::f32);
-  // f32 views (of a mapped checkpoint) are read in place; only other dtypes are converted.
-  const auto as_f32 = [](const Tensor& t) {
-    return t.dtype() == DType::f32 && t.is_contiguous() ? t : t.to(DType::f32);
-  };
-  const Tensor w1 = as_f32(w1_in), w3 = as_f32(w3_in);
-  float* dst = w13.data<float>();
-  const float* s1 = w1.data<float>();
-  const float* s3 = w3.data<float>();
+  const bool keep =
+      w1_in.dtype() == w3_in.dtype() && w1_in.is_contiguous() && w3_in.is_contiguous();
+  const DType dt = keep ? w1_in.dtype() : DType::f32;
+  const Tensor w1 = keep ? w1_in : w1_in.to(DType::f32), w3 = keep ? w3_in : w3_in.to(DType::f32);
+  Tensor w13({2 * i, h}, dt);
+  const size_t row_bytes = static_cast<size_t>(h) * dtype_size(dt);
+  auto* dst = static_cast<char*>(w13.raw());
+  const auto* s1 = static_cast<const char*>(w1.raw());
+  const auto* s3 = static_cast<const char*>(w3.raw());
   for (int64_t j = 0; j < i; j += q) {
     const int64_t rows = std::min(q, i - j);
-    std::memcpy(dst + (2 * j) * h, s1 + j * h, static_cast<size_t>(rows * h) * 4);
-    std::memcpy(dst + (2 * j + rows) * h, s3 + j * h, static_cast<size_t>(rows * h) * 4);
+    std::memcpy(dst + 2 * j * row_bytes, s1 + j * row_bytes, rows * row_bytes);
+    std::memcpy(dst + (2 * j + rows) * row_bytes, s3 + j * row_bytes, rows * row_bytes);
   }
   return w13;
 }
