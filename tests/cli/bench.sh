@@ -26,6 +26,17 @@ if d['kernel'] != 'portable':
 for r in d['results']:
     assert 0 < r['mean_rel_error_vs_f32'] < 0.05 and 0 < r['max_rel_error_vs_f32'] < 0.1, r
 " "$out" || { echo "bench moe-layer --dtype int8: bad error fields"; exit 1; }
+# On an AMX CPU the bf16 layer runs tiles and the AMX peak is measured in the same run.
+if [ "$("$bin" info --json | python3 -c "import json,sys; print(json.load(sys.stdin)['kernels']['linear_packed_bf16'])")" = amx_bf16 ]; then
+  out=$("$bin" bench moe-layer --tokens 1,40 --hidden 64 --inter 32 --experts 4 --top-k 2 \
+        --dtype bf16 --min-seconds 0 --skip-naive --json 2>/dev/null)
+  python3 -c "
+import json, sys
+d = json.loads(sys.argv[1])
+assert d['kernel'] == 'amx_bf16' and d['amx_bf16_peak_gflops'] > d['fma_peak_gflops'], d
+assert all(r['frac_of_amx_bf16_peak'] > 0 for r in d['results'])
+" "$out" || { echo "bench moe-layer --dtype bf16 on AMX: bad AMX fields"; exit 1; }
+fi
 # oneDNN baseline (when built): same routing, so in f32 it gives our layer's output; in int8
 # its coarser scales give an error of the same order as ours, not zero.
 if "$bin" info --json | python3 -c "import json,sys; sys.exit(0 if json.load(sys.stdin)['build']['onednn'] != 'not built' else 1)"; then
@@ -44,6 +55,10 @@ for r in d['results']:
     assert r['onednn_time_ms'] > 0 and r['speedup_vs_onednn'] > 0, r
     assert r['onednn_mean_rel_error_vs_f32'] < bound, (dt, r)
     assert dt == 'f32' or r['onednn_mean_rel_error_vs_f32'] > 0, (dt, r)
+    # The prepacked variant (weights in oneDNN's own layout), where this CPU allows it.
+    if 'onednn_prepacked_time_ms' in r:
+        assert r['onednn_prepacked_time_ms'] > 0 and r['speedup_vs_onednn_prepacked'] > 0, r
+        assert r['onednn_prepacked_mean_rel_error_vs_f32'] < bound, (dt, r)
 " "$out" "$d" || { echo "bench moe-layer --onednn --dtype $d: bad oneDNN fields"; exit 1; }
   done
 else
