@@ -58,6 +58,23 @@ TileConfig make_config() {
   return c;
 }
 
+// All 8 tiles as 16 rows x 64 bytes, on this thread (released by _tile_release()).
+DM_AMX void configure_tiles() {
+  static const TileConfig config = make_config();
+  _tile_loadconfig(&config);
+}
+
+constexpr int64_t round_up(int64_t v, int64_t m) {
+  return (v + m - 1) / m * m;
+}
+
+// Bytes per k step (whole cache lines) that spread `bytes` of the next weight block over the
+// k steps of the current one (`row_blocks` 32-row blocks of x, k2 pairs each); 0 when none.
+int64_t prefetch_step(int64_t bytes, int64_t row_blocks, int64_t k2) {
+  if (bytes <= 0) return 0;
+  return round_up(bytes / (row_blocks * (k2 / kPairsPerTile)), 64);
+}
+
 // Writes a 16 x 16 f32 tile (row stride 16) into y rows [0, rows), columns [0, cols).
 DM_AMX void write_tile(const float* c, int64_t rows, int64_t cols, float* y, int64_t ldy,
                        bool accumulate) {
@@ -204,8 +221,8 @@ DM_AMX void linear_rows_amx(const LinearArgs& a) {
   const bool int8 = a.w->dtype() == DType::int8;
   const int64_t ldxb = k2 + 16;
   const int64_t mc = std::min(kMcAmx, a.m);
-  const int64_t mc_pad = (mc + 2 * kTileRows - 1) / (2 * kTileRows) * (2 * kTileRows);
-  const size_t xb_words = static_cast<size_t>(mc * ldxb + 15) / 16 * 16;
+  const int64_t mc_pad = round_up(mc, 2 * kTileRows);
+  const size_t xb_words = static_cast<size_t>(round_up(mc * ldxb, 16));
   const size_t xt_words = static_cast<size_t>(mc_pad * k2);
   const size_t wbuf_halves = static_cast<size_t>(2 * kTileRows * k);
   auto* xb = static_cast<uint32_t*>(
@@ -215,11 +232,11 @@ DM_AMX void linear_rows_amx(const LinearArgs& a) {
   auto* cbuf = reinterpret_cast<float*>(wbuf + wbuf_halves);
   const char* base = static_cast<const char*>(a.w->data());
   const int64_t kb = k / kQBlock;
-  static const TileConfig config = make_config();
-  _tile_loadconfig(&config);
+  configure_tiles();
   for (int64_t rb = 0; rb < a.m; rb += kMcAmx) {
     const int64_t rows = std::min(kMcAmx, a.m - rb);
-    const int64_t rows_pad = (rows + kTileRows - 1) / kTileRows * kTileRows;
+    const int64_t rows_pad = round_up(rows, kTileRows);
+    const int64_t row_blocks = round_up(rows_pad, 2 * kTileRows) / (2 * kTileRows);
     convert_rows_bf16_avx512(a.x + rb * a.ldx, rows, a.ldx, k, xb, ldxb);
     transpose_x(xb, ldxb, rows, k2, xt);
     for (int64_t n0 = a.n_begin; n0 < a.n_end; n0 += 2 * kTileRows) {
@@ -241,19 +258,16 @@ DM_AMX void linear_rows_amx(const LinearArgs& a) {
       } else {
         wa = reinterpret_cast<const uint16_t*>(base) + n0 * k;
         // The next 32 rows go to L2 while these compute (as for packed panels).
-        if (n0 + 2 * kTileRows < a.n_end) {
-          const int64_t bytes =
-              std::min<int64_t>(2 * kTileRows, a.n_end - n0 - 2 * kTileRows) * k * 2;
-          const int64_t steps = (rows_pad + 2 * kTileRows - 1) / (2 * kTileRows) * (k2 / 16);
-          pf_step = (bytes / steps + 63) / 64 * 64;
-          pf = reinterpret_cast<const char*>(wa + 2 * kTileRows * k);
-        }
+        pf_step = prefetch_step(
+            std::min<int64_t>(2 * kTileRows, a.n_end - n0 - 2 * kTileRows) * k * 2, row_blocks, k2);
+        pf = reinterpret_cast<const char*>(wa + 2 * kTileRows * k);
       }
       const bool two_n = cols > kTileRows;
       for (int64_t r0 = 0; r0 < rows_pad; r0 += 2 * kTileRows) {
         const bool two_r = rows_pad - r0 > kTileRows;
         const uint32_t* xr = xt + (r0 / kTileRows) * k2 * kTileRows;
-        const char* pfb = pf ? pf + (r0 / (2 * kTileRows)) * (k2 / 16) * pf_step : nullptr;
+        const char* pfb =
+            pf ? pf + (r0 / (2 * kTileRows)) * (k2 / kPairsPerTile) * pf_step : nullptr;
         if (two_n && two_r) {
           rows_block<true, true>(wa, k * 2, xr, k2, cbuf, pfb, pf_step);
         } else if (two_n) {
@@ -286,17 +300,16 @@ DM_AMX void linear_bf16_amx(const LinearArgs& a) {
   }
   // +16 words: a row stride that is a multiple of 4 KiB would put all rows in one L1 set.
   const int64_t ldxb = k2 + 16;
-  const int64_t mc = std::min(kMcAmx, a.m);
-  const int64_t mc_pad = (mc + 2 * kTileRows - 1) / (2 * kTileRows) * (2 * kTileRows);
+  const int64_t mc_pad = round_up(std::min(kMcAmx, a.m), 2 * kTileRows);
   const size_t x_words = static_cast<size_t>(mc_pad * ldxb);
   auto* xb = static_cast<uint32_t*>(thread_scratch(x_words * 4 + 4 * 256 * sizeof(float)));
   float* cbuf = reinterpret_cast<float*>(xb + x_words);
   const uint16_t* w_all = static_cast<const uint16_t*>(a.w->data());
-  static const TileConfig config = make_config();
-  _tile_loadconfig(&config);
+  configure_tiles();
   for (int64_t rb = 0; rb < a.m; rb += kMcAmx) {
     const int64_t rows = std::min(kMcAmx, a.m - rb);
-    const int64_t rows_pad = (rows + kTileRows - 1) / kTileRows * kTileRows;
+    const int64_t rows_pad = round_up(rows, kTileRows);
+    const int64_t row_blocks = round_up(rows_pad, 2 * kTileRows) / (2 * kTileRows);
     convert_rows_bf16_avx512(a.x + rb * a.ldx, rows, a.ldx, k_dim, xb, ldxb);
     // Padding rows are zero so that their (discarded) outputs stay finite.
     std::memset(xb + rows * ldxb, 0, static_cast<size_t>((rows_pad - rows) * ldxb) * 4);
@@ -305,11 +318,9 @@ DM_AMX void linear_bf16_amx(const LinearArgs& a) {
       const uint16_t* wp = w_all + (n0 / kPanel) * k2 * kPanel * 2;
       // The next panel is fetched into L2 while this one computes (from DRAM, tile loads
       // stall): its bytes are spread over this panel's row blocks and k steps.
-      const bool last = n0 + kPanel >= a.n_end;
       const int64_t panel_bytes = k2 * kPanel * 4;
-      const int64_t blocks = (rows_pad + 2 * kTileRows - 1) / (2 * kTileRows);
-      const int64_t steps = blocks * (k2 / kPairsPerTile);
-      const int64_t pf_step = last ? 0 : (panel_bytes / steps + 63) / 64 * 64;
+      const int64_t pf_step =
+          prefetch_step(n0 + kPanel < a.n_end ? panel_bytes : 0, row_blocks, k2);
       const char* pf = reinterpret_cast<const char*>(wp) + panel_bytes;
       for (int64_t r0 = 0; r0 < rows_pad; r0 += 2 * kTileRows) {
         const bool two = rows_pad - r0 > kTileRows;
@@ -333,8 +344,7 @@ DM_AMX void linear_bf16_amx(const LinearArgs& a) {
 }
 
 DM_AMX double amx_bf16_peak_loop(int64_t iters) {
-  static const TileConfig config = make_config();
-  _tile_loadconfig(&config);
+  configure_tiles();
   // Zero tiles: tdpbf16ps runs at the same rate on any values.
   _tile_zero(0);
   _tile_zero(1);
