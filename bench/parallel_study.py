@@ -31,7 +31,9 @@ CONFIGS = [("np1", 1, []),
            ("np2_dynamic", 2, ["--parallel", "ep", "--ep-placement", "dynamic"]),
            ("np2_contiguous", 2, ["--parallel", "ep", "--ep-placement", "contiguous"]),
            ("np4_balanced", 4, ["--parallel", "ep", "--ep-placement", "balanced"]),
-           ("np2_es", 2, ["--parallel", "es"])]
+           ("np2_es", 2, ["--parallel", "es"]),
+           ("np2_tp", 2, ["--parallel", "tp"]),
+           ("np4_tp", 4, ["--parallel", "tp"])]
 # Networks of the scaling model: (name, bandwidth GB/s per rank, latency s per message).
 NETWORKS = [("25 GbE", 25e9 / 8 / 1e9, 5e-6), ("100 GbE", 100e9 / 8 / 1e9, 3e-6),
             ("200 Gb InfiniBand", 200e9 / 8 / 1e9, 1.5e-6)]

@@ -235,10 +235,16 @@ nlohmann::json comm_report(const models::MoeLm& m, const Contender::Comm& t, dou
   double predicted = k * remote_share * (8 * h + 4) + fixed;
   const double measured = rows > 0 ? sums[0] / rows : 0.0;
   double from_routing = rows > 0 ? sums[2] * (8 * h + 4) / rows + fixed : 0.0;
-  if (m.parallel() == models::ParallelMode::es) {
+  if (m.parallel() == models::ParallelMode::es || m.parallel() == models::ParallelMode::tp) {
     // Expert slicing: every layer's FFN all-reduces the token's H floats (a ring: each rank
-    // sends 2·(P − 1)/P of them), whatever the routing.
-    predicted = from_routing = static_cast<double>(cfg.num_hidden_layers) / ml * 8 * h * (p - 1);
+    // sends 2·(P − 1)/P of them), whatever the routing. Tensor slicing adds the attention
+    // output's all-reduce in every layer and, with q/k norms over all heads (OLMoE), the
+    // token's two sums of squares (doubles).
+    const double per_layer =
+        m.parallel() == models::ParallelMode::tp
+            ? 2 * 8 * h * (p - 1) + (cfg.qk_norm == io::HfConfig::QkNorm::full ? 32 * (p - 1) : 0)
+            : 8 * h * (p - 1);
+    predicted = from_routing = static_cast<double>(cfg.num_hidden_layers) / ml * per_layer;
     remote_share = 0;
   }
   return {{"tokens", t.tokens},

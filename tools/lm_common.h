@@ -166,9 +166,10 @@ inline void add_parallel_option(CLI::App& app, std::string& mode, std::string& p
                  "How the ranks of `mpirun -np N deltamoe ...` share the model: none (one "
                  "process), ep (expert parallelism: each rank holds 1/N of every MoE layer's "
                  "experts; token rows travel by all-to-all), es (expert slicing: each rank "
-                 "holds 1/N of every expert's intermediate dimension; outputs all-reduced). "
-                 "Only rank 0 prints")
-      ->check(CLI::IsMember({"none", "ep", "es"}))
+                 "holds 1/N of every expert's intermediate dimension; outputs all-reduced), tp "
+                 "(tensor slicing: es plus 1/N of the attention heads per rank, with their KV "
+                 "cache and output-projection columns; outputs all-reduced). Only rank 0 prints")
+      ->check(CLI::IsMember({"none", "ep", "es", "tp"}))
       ->capture_default_str();
   app.add_option("--ep-placement", placement,
                  "Which rank runs which experts under --parallel ep: contiguous (blocks of "
@@ -278,7 +279,9 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
                                           : kernels::WeightLayout::row_major;
   lo.expert_cache = expert_cache_options(o.offload);
   if (comm) {
-    lo.parallel = o.parallel == "es" ? models::ParallelMode::es : models::ParallelMode::ep;
+    lo.parallel = o.parallel == "es"   ? models::ParallelMode::es
+                  : o.parallel == "tp" ? models::ParallelMode::tp
+                                       : models::ParallelMode::ep;
     lo.comm = comm;
   }
   if (o.offload.drop_page_cache) drop_checkpoint_pages(o.model);

@@ -130,11 +130,27 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
   }
   // Expert slicing: each rank's blocks hold its slice of every FFN (dense MLPs too).
   const auto sliced = [&](const moe::MoeWeights& full) {
-    return parallel_ == ParallelMode::es ? slice_experts(full, comm_->rank(), comm_->size()) : full;
+    return sliced_ffn() ? slice_experts(full, comm_->rank(), comm_->size()) : full;
   };
   const int64_t h = cfg_.hidden_size, d = cfg_.head_dim;
-  q_rows_ = cfg_.num_attention_heads * d;
-  kv_rows_ = cfg_.num_key_value_heads * d;
+  heads_ = cfg_.num_attention_heads;
+  kv_heads_ = cfg_.num_key_value_heads;
+  if (parallel_ == ParallelMode::tp) {
+    const int64_t ranks = comm_->size(), rank = comm_->rank();
+    DELTAMOE_CHECK(heads_ % ranks == 0 && (kv_heads_ % ranks == 0 || ranks % kv_heads_ == 0),
+                   "model", "--parallel tp splits attention heads over ", ranks, " ranks: needs ",
+                   heads_, " query heads divisible by ", ranks, " and ", kv_heads_,
+                   " KV heads a multiple or a divisor of ", ranks);
+    // Query heads in equal contiguous blocks; the KV heads those read (GQA: query head i reads
+    // KV head i / group): a block of KV heads, or one KV head that several ranks share.
+    const int64_t group = cfg_.num_attention_heads / cfg_.num_key_value_heads;
+    heads_ = cfg_.num_attention_heads / ranks;
+    head0_ = rank * heads_;
+    kv_head0_ = head0_ / group;
+    kv_heads_ = (head0_ + heads_ - 1) / group + 1 - kv_head0_;
+  }
+  q_rows_ = heads_ * d;
+  kv_rows_ = kv_heads_ * d;
   const bool rows = layout_ == kernels::WeightLayout::row_major;
   // A matrix as the kernels take it: in place (row-major, the file's dtype), a converted
   // row-major copy, or a packed copy. Counts the bytes left in the mapping.
@@ -159,27 +175,40 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
     Layer ly;
     ly.input_norm = lw.input_norm.to(DType::f32);
     ly.post_norm = lw.post_attn_norm.to(DType::f32);
+    // This rank's heads: rows of q, k, v (views), columns of o (a copy) under tp.
+    const bool all_heads = parallel_ != ParallelMode::tp;
+    const int64_t q0 = head0_ * d, q1 = q0 + q_rows_, k0 = kv_head0_ * d, k1 = k0 + kv_rows_;
+    const Tensor q = all_heads ? lw.q : lw.q.slice(q0, q1);
+    const Tensor k = all_heads ? lw.k : lw.k.slice(k0, k1);
+    const Tensor v = all_heads ? lw.v : lw.v.slice(k0, k1);
+    const Tensor o = all_heads ? lw.o : columns(lw.o, q0, q1);
+    const auto part = [&](const Tensor& t, int64_t b, int64_t e) {
+      std::vector<float> f = to_floats(t);
+      return all_heads || f.empty() ? f : std::vector<float>(f.begin() + b, f.begin() + e);
+    };
     if (rows) {
       // One allocation for whatever has to be converted (no 2 MiB rounding per matrix).
-      auto att = kernels::PackedLinear::row_major_all({lw.q, lw.k, lw.v, lw.o}, dtype_);
+      auto att = kernels::PackedLinear::row_major_all({q, k, v, o}, dtype_);
       for (const auto& p : att) mapped_bytes_ += p.in_place() ? p.weight_bytes() : 0;
       ly.o = std::move(att[3]);
       att.pop_back();
       ly.qkv = std::move(att);
     } else {
-      ly.qkv.push_back(kernels::PackedLinear(concat_rows({lw.q, lw.k, lw.v}), dtype_));
-      ly.o = kernels::PackedLinear(lw.o, dtype_);
+      ly.qkv.push_back(kernels::PackedLinear(concat_rows({q, k, v}), dtype_));
+      ly.o = kernels::PackedLinear(o, dtype_);
     }
     if (lw.q_bias.defined()) {
-      ly.qkv_bias = to_floats(lw.q_bias);
+      ly.qkv_bias = part(lw.q_bias, q0, q1);
       for (const Tensor* b : {&lw.k_bias, &lw.v_bias}) {
-        const auto v = to_floats(*b);
-        ly.qkv_bias.insert(ly.qkv_bias.end(), v.begin(), v.end());
+        const auto kv = part(*b, k0, k1);
+        ly.qkv_bias.insert(ly.qkv_bias.end(), kv.begin(), kv.end());
       }
     }
     ly.o_bias = to_floats(lw.o_bias);
-    ly.q_norm = to_floats(lw.q_norm);
-    ly.k_norm = to_floats(lw.k_norm);
+    // Per-head norms ([d]) apply to any head; OLMoE's norms over all heads are sliced.
+    const bool full_norm = cfg_.qk_norm == io::HfConfig::QkNorm::full;
+    ly.q_norm = full_norm ? part(lw.q_norm, q0, q1) : to_floats(lw.q_norm);
+    ly.k_norm = full_norm ? part(lw.k_norm, k0, k1) : to_floats(lw.k_norm);
     ly.moe = lw.moe;
     if (lw.moe) {
       moe::MoeWeights mw;

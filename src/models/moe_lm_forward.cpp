@@ -216,8 +216,8 @@ void MoeLm::attention(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, flo
 }
 
 void MoeLm::project_qkv(const Layer& ly, const float* h, int64_t n, float* x, float* qkv) const {
-  const int64_t hd = cfg_.hidden_size, d = cfg_.head_dim, heads = cfg_.num_attention_heads;
-  const int64_t kvh = cfg_.num_key_value_heads, qkv_n = q_rows_ + 2 * kv_rows_;
+  const int64_t hd = cfg_.hidden_size, d = cfg_.head_dim, heads = heads_;
+  const int64_t kvh = kv_heads_, qkv_n = q_rows_ + 2 * kv_rows_;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   parallel_for(n, 8, [&](int64_t b, int64_t e) {
     kernels::rms_norm_rows_st(h + b * hd, ly.input_norm.data<float>(), x + b * hd, e - b, hd, hd,
@@ -227,6 +227,10 @@ void MoeLm::project_qkv(const Layer& ly, const float* h, int64_t n, float* x, fl
     kernels::linear(x, n, hd, ly.qkv[j], qkv + col, qkv_n);
     col += ly.qkv[j].out_features();
   }
+  // Under tp the norms over all heads need every rank's share: a collective between the
+  // bias and the clipping.
+  const bool full_sliced =
+      cfg_.qk_norm == io::HfConfig::QkNorm::full && parallel_ == ParallelMode::tp;
   parallel_for(n, 4, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       float* row = qkv + r * qkv_n;
@@ -237,21 +241,53 @@ void MoeLm::project_qkv(const Layer& ly, const float* h, int64_t n, float* x, fl
       if (cfg_.qk_norm == io::HfConfig::QkNorm::per_head) {
         kernels::rms_norm_rows_st(q, ly.q_norm.data(), q, heads, d, d, eps);
         kernels::rms_norm_rows_st(k, ly.k_norm.data(), k, kvh, d, d, eps);
-      } else if (cfg_.qk_norm == io::HfConfig::QkNorm::full) {
+      } else if (cfg_.qk_norm == io::HfConfig::QkNorm::full && !full_sliced) {
         kernels::rms_norm_rows_st(q, ly.q_norm.data(), q, 1, q_rows_, q_rows_, eps);
         kernels::rms_norm_rows_st(k, ly.k_norm.data(), k, 1, kv_rows_, kv_rows_, eps);
       }
-      if (cfg_.clip_qkv) {  // OLMoE clamps after the q/k norms
-        const float lim = static_cast<float>(*cfg_.clip_qkv);
-        for (int64_t c = 0; c < qkv_n; ++c) row[c] = std::clamp(row[c], -lim, lim);
-      }
     }
   });
+  if (full_sliced) qk_norm_full_sliced(ly, qkv, n);
+  if (cfg_.clip_qkv) {  // OLMoE clamps after the q/k norms
+    const float lim = static_cast<float>(*cfg_.clip_qkv);
+    parallel_for(n, 4, [&](int64_t b, int64_t e) {
+      for (int64_t c = b * qkv_n; c < e * qkv_n; ++c) qkv[c] = std::clamp(qkv[c], -lim, lim);
+    });
+  }
+}
+
+void MoeLm::qk_norm_full_sliced(const Layer& ly, float* qkv, int64_t n) const {
+  const int64_t qkv_n = q_rows_ + 2 * kv_rows_;
+  // Per row: this rank's sums of squares of q and of k, then the whole model's.
+  std::vector<double> ss(static_cast<size_t>(2 * n), 0.0);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = qkv + r * qkv_n;
+    for (int64_t c = 0; c < q_rows_; ++c) ss[2 * r] += static_cast<double>(row[c]) * row[c];
+    for (int64_t c = 0; c < kv_rows_; ++c)
+      ss[2 * r + 1] += static_cast<double>(row[q_rows_ + c]) * row[q_rows_ + c];
+  }
+  comm_->all_reduce_sum(ss.data(), 2 * n);
+  // A KV head shared by several ranks (more ranks than KV heads) was counted once by each.
+  const double kv_copies = static_cast<double>(comm_->size() * kv_heads_) /
+                           static_cast<double>(cfg_.num_key_value_heads);
+  const double q_all = static_cast<double>(cfg_.num_attention_heads * cfg_.head_dim);
+  const double k_all = static_cast<double>(cfg_.num_key_value_heads * cfg_.head_dim);
+  const auto eps = static_cast<float>(cfg_.rms_norm_eps);
+  // As kernels::rms_norm_rows_st computes it, with the whole model's mean square.
+  for (int64_t r = 0; r < n; ++r) {
+    float* row = qkv + r * qkv_n;
+    const float sq = 1.0f / std::sqrt(static_cast<float>(ss[2 * r] / q_all) + eps);
+    const float sk = 1.0f / std::sqrt(static_cast<float>(ss[2 * r + 1] / kv_copies / k_all) + eps);
+    for (int64_t c = 0; c < q_rows_; ++c)
+      row[c] = ly.q_norm[static_cast<size_t>(c)] * (row[c] * sq);
+    for (int64_t c = 0; c < kv_rows_; ++c)
+      row[q_rows_ + c] = ly.k_norm[static_cast<size_t>(c)] * (row[q_rows_ + c] * sk);
+  }
 }
 
 void MoeLm::rope_row(float* qkv_row, int64_t pos) const {
-  kernels::rope_st(qkv_row, cfg_.num_attention_heads, rope_, pos);
-  kernels::rope_st(qkv_row + q_rows_, cfg_.num_key_value_heads, rope_, pos);
+  kernels::rope_st(qkv_row, heads_, rope_, pos);
+  kernels::rope_st(qkv_row + q_rows_, kv_heads_, rope_, pos);
 }
 
 void MoeLm::store_kv(KvCache& c, int64_t l, int64_t pos, const float* kv) const {
@@ -263,8 +299,8 @@ void MoeLm::store_kv(KvCache& c, int64_t l, int64_t pos, const float* kv) const 
 
 void MoeLm::attend(const Layer& ly, int64_t l, Pass& p, const SeqRows& sr, const float* qkv,
                    float* h) const {
-  const int64_t hd = cfg_.hidden_size, d = cfg_.head_dim, heads = cfg_.num_attention_heads;
-  const int64_t kvh = cfg_.num_key_value_heads, qkv_n = q_rows_ + 2 * kv_rows_;
+  const int64_t hd = cfg_.hidden_size, d = cfg_.head_dim, heads = heads_;
+  const int64_t kvh = kv_heads_, qkv_n = q_rows_ + 2 * kv_rows_;
   const size_t seqs = sr.counts.size();
   int64_t n = 0;
   for (int64_t c : sr.counts) n += c;
@@ -285,7 +321,15 @@ void MoeLm::attend(const Layer& ly, int64_t l, Pass& p, const SeqRows& sr, const
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   kernels::causal_attention_batch(qkv, qkv_n, kv, kv_rows_, p.att.data(), q_rows_, sr.row0,
                                   sr.counts, sr.start, heads, kvh, d, scale);
-  kernels::linear(p.att.data(), n, q_rows_, ly.o, h, hd, /*accumulate=*/true);
+  if (parallel_ == ParallelMode::tp) {
+    // This rank's heads give a partial sum of the output projection.
+    float* y = p.y.data();
+    kernels::linear(p.att.data(), n, q_rows_, ly.o, y, hd);
+    comm_->all_reduce_sum(y, n * hd);
+    add_rows(h, y, n * hd);
+  } else {
+    kernels::linear(p.att.data(), n, q_rows_, ly.o, h, hd, /*accumulate=*/true);
+  }
   if (!ly.o_bias.empty())
     for (int64_t r = 0; r < n; ++r)
       for (int64_t c = 0; c < hd; ++c) h[r * hd + c] += ly.o_bias[static_cast<size_t>(c)];
@@ -302,7 +346,7 @@ void MoeLm::ffn(const Layer& ly, Pass& p, const RowSet& rs, float* h, LmStats* s
   ly.ffn->route(x, n, ly.moe ? *policy_ : *dense_policy_, routing);
   ly.ffn->apply(x, n, routing, y);
   // Expert slicing: this rank's block gave a partial sum of the FFN's output.
-  if (parallel_ == ParallelMode::es) comm_->all_reduce_sum(y, n * hd);
+  if (sliced_ffn()) comm_->all_reduce_sum(y, n * hd);
   if (ly.moe) count_routing(routing, rs, stats);
   add_rows(h, y, n * hd);
 }

@@ -17,6 +17,8 @@ const char* parallel_mode_name(ParallelMode m) {
       return "ep";
     case ParallelMode::es:
       return "es";
+    case ParallelMode::tp:
+      return "tp";
   }
   return "?";
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `mpirun -np N deltamoe ... --parallel ep` end to end on this one machine: generate's greedy
+# `mpirun -np N deltamoe ... --parallel ep|es|tp` end to end on this one machine: generate's greedy
 # tokens and perplexity equal the one-process run for all four architectures at np = 2 and 4,
 # only rank 0 prints (one JSON object), bench model's traffic matches its model, errors are
 # clear, and a rank that dies ends the job within 10 s instead of hanging it.
@@ -39,6 +39,10 @@ for arch in mixtral qwen2-moe qwen3-moe olmoe; do
     run "$np" generate --model "$m" --prompt "Once upon a time" -n 12 --ignore-eos --json \
       --parallel es >"$tmp/g.json" 2>/dev/null || fail "$arch np $np: generate --parallel es"
     [ "$(jget "$tmp/g.json" "(d['generated_ids'], d['parallel']['mode'])")" = "($(jget "$tmp/g1.json" "d['generated_ids']"), 'es')" ] || fail "$arch np $np: es greedy tokens differ from one process"
+    # Tensor slicing (attention heads too; at np 4 each KV head serves two ranks): the same tokens.
+    run "$np" generate --model "$m" --prompt "Once upon a time" -n 12 --ignore-eos --json \
+      --parallel tp >"$tmp/g.json" 2>"$tmp/g.err" || { cat "$tmp/g.err"; fail "$arch np $np: generate --parallel tp"; }
+    [ "$(jget "$tmp/g.json" "(d['generated_ids'], d['parallel']['mode'])")" = "($(jget "$tmp/g1.json" "d['generated_ids']"), 'tp')" ] || fail "$arch np $np: tp greedy tokens differ from one process"
     run "$np" perplexity --model "$m" --file "$tmp/text.txt" --context 32 --json --parallel ep \
       --ep-placement contiguous >"$tmp/p.json" 2>/dev/null
     python3 - "$tmp/p1.json" "$tmp/p.json" <<'EOF' || fail "$arch np $np: perplexity differs"
@@ -67,14 +71,20 @@ for phase in ("pp", "tg"):
     assert 0 < r["remote_pair_share"] < 1, (phase, r)
 assert d["pp_tokens_per_s"] > 0 and d["tg_tokens_per_s"] > 0
 EOF
-run 2 bench model --model "$tmp/uni" -p 64 -n 8 -r 1 --parallel es --json >"$tmp/b.json" 2>"$tmp/b.err" || { cat "$tmp/b.err"; fail "bench model es"; }
-python3 - "$tmp/b.json" <<'EOF' || fail "bench model np 2 es: traffic"
+for mode in es tp; do
+  run 2 bench model --model "$tmp/uni" -p 64 -n 8 -r 1 --parallel "$mode" --json >"$tmp/b.json" 2>"$tmp/b.err" || { cat "$tmp/b.err"; fail "bench model $mode"; }
+  python3 - "$tmp/b.json" "$mode" <<'EOF' || fail "bench model np 2 $mode: traffic"
 import json, sys
 p = json.load(open(sys.argv[1]))["parallel"]
-assert p["mode"] == "es" and "ep_placement" not in p, p
+assert p["mode"] == sys.argv[2] and "ep_placement" not in p, p
 for phase in ("pp", "tg"):
     assert abs(p[phase]["bytes_over_predicted"] - 1) < 1e-9, (phase, p[phase])
 EOF
+done
+# Heads that do not split: 4 query heads over 3 ranks.
+rc=0; run 3 generate --model "$m" --prompt "Hi" -n 2 --parallel tp >"$tmp/o.txt" 2>"$tmp/e.txt" || rc=$?
+[ "$rc" -ne 0 ] && grep -q 'deltamoe: error: \[model\] --parallel tp splits attention heads over 3 ranks: needs 4 query heads divisible by 3' "$tmp/e.txt" || { cat "$tmp/e.txt"; fail "--parallel tp on 3 ranks"; }
+[ ! -s "$tmp/o.txt" ] || fail "stdout not empty on error (tp)"
 
 # The classifier: eval's predictions at np = 2 and 4 equal one process's, with a per-token
 # budget (threshold routing: 0 to E experts per token).
@@ -105,7 +115,7 @@ rc=0; run 2 bench moe-layer --tokens 1 --parallel ep >"$tmp/o.txt" 2>"$tmp/e.txt
 rc=0; run 2 generate --model "$m" --prompt "Hi" -n 2 --parallel ep --expert-cache 50% >"$tmp/o.txt" 2>"$tmp/e.txt" || rc=$?
 [ "$rc" -ne 0 ] && grep -q 'deltamoe: error: \[model\] --parallel ep and an expert cache' "$tmp/e.txt" || { cat "$tmp/e.txt"; fail "--parallel with --expert-cache"; }
 [ ! -s "$tmp/o.txt" ] || fail "stdout not empty on error"
-rc=0; "$bin" generate --model "$m" --prompt "Hi" --parallel tp >"$tmp/o.txt" 2>"$tmp/e.txt" || rc=$?
+rc=0; "$bin" generate --model "$m" --prompt "Hi" --parallel xp >"$tmp/o.txt" 2>"$tmp/e.txt" || rc=$?
 [ "$rc" -eq 2 ] && grep -q '^deltamoe: error: \[cli\] --parallel' "$tmp/e.txt" || { cat "$tmp/e.txt"; fail "bad --parallel"; }
 rc=0; "$bin" generate --model "$m" --prompt "Hi" --parallel es --ep-placement dynamic >"$tmp/o.txt" 2>"$tmp/e.txt" || rc=$?
 [ "$rc" -eq 1 ] && grep -q '^deltamoe: error: \[cli\] --ep-placement dynamic places experts for --parallel ep, not --parallel es' "$tmp/e.txt" || { cat "$tmp/e.txt"; fail "--ep-placement without ep"; }

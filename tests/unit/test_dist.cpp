@@ -355,19 +355,31 @@ TEST_P(DistLm, ExpertParallelEqualsOneProcess) {
   }
 }
 
-// Expert slicing: every expert's intermediate dimension split over the ranks, partial sums
-// all-reduced. Summation order changes, so logits agree to 1e-5, not bit for bit; greedy
-// tokens are the same.
-TEST_P(DistLm, ExpertSlicingEqualsOneProcess) {
+// Expert slicing (es) and tensor slicing (tp: attention heads and their KV cache too) against
+// one process, both weight layouts: logits of a prompt within 1e-5 (summation order changes,
+// so not bit for bit), the same greedy tokens, a batched step of a prefill chunk beside a
+// decode token, with the default routing and a per-token budget (top-p).
+namespace {
+void expect_sliced_equals_one_process(const std::string& arch, models::ParallelMode mode) {
   dist::Communicator& c = comm();
-  const std::string dir = std::string(DELTAMOE_SOURCE_DIR) + "/tests/golden/llm/" + GetParam();
+  const std::string dir = std::string(DELTAMOE_SOURCE_DIR) + "/tests/golden/llm/" + arch;
   for (const auto layout : {kernels::WeightLayout::row_major, kernels::WeightLayout::packed}) {
     SCOPED_TRACE(layout == kernels::WeightLayout::packed ? "packed" : "row-major");
     const auto ref = models::MoeLm::load(dir, {DType::f32, layout});
     models::LmOptions po{DType::f32, layout};
-    po.parallel = models::ParallelMode::es;
+    po.parallel = mode;
     po.comm = &c;
+    const int64_t heads = ref->config().num_attention_heads,
+                  kv_heads = ref->config().num_key_value_heads, d = ref->config().head_dim;
+    const bool tp = mode == models::ParallelMode::tp;
+    if (tp && (heads % c.size() != 0 || (kv_heads % c.size() != 0 && c.size() % kv_heads != 0))) {
+      EXPECT_THROW(models::MoeLm::load(dir, po), Error);
+      continue;
+    }
     const auto par = models::MoeLm::load(dir, po);
+    // Under tp each rank caches its KV heads only (one shared head when ranks outnumber them).
+    EXPECT_EQ(par->make_kv_pool(16, 0)->row(),
+              (tp ? std::max<int64_t>(1, kv_heads / c.size()) : kv_heads) * d);
     const int64_t v = ref->vocab_size();
     std::vector<int32_t> prompt;
     for (int i = 0; i < 11; ++i) prompt.push_back(static_cast<int32_t>((i * 53 + 3) % v));
@@ -379,8 +391,27 @@ TEST_P(DistLm, ExpertSlicingEqualsOneProcess) {
       }
       models::KvCache rc, pc;
       expect_same_run(*ref, *par, prompt, 5, rc, pc);
+      models::KvCache rc2, pc2;
+      const std::vector<std::vector<int32_t>> step = {{prompt[0], prompt[1], 7, 9}, {3}};
+      std::vector<float> bw(2 * static_cast<size_t>(v)), bg(bw.size());
+      ref->forward_batch(step, {&rc2, &rc}, bw.data());
+      par->forward_batch(step, {&pc2, &pc}, bg.data());
+      EXPECT_LE(max_abs_diff(bw.data(), bg.data(), bw.size()), 1e-5f);
     }
   }
+}
+}  // namespace
+
+// Expert slicing: every expert's intermediate dimension split over the ranks, partial sums
+// all-reduced.
+TEST_P(DistLm, ExpertSlicingEqualsOneProcess) {
+  expect_sliced_equals_one_process(GetParam(), models::ParallelMode::es);
+}
+
+// Tensor slicing: attention heads split too; at 4 ranks each of the golden models' 2 KV heads
+// serves two ranks, and OLMoE's q/k norms over all heads all-reduce their sums of squares.
+TEST_P(DistLm, TensorSlicingEqualsOneProcess) {
+  expect_sliced_equals_one_process(GetParam(), models::ParallelMode::tp);
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, DistLm,

@@ -84,8 +84,16 @@ enum class ParallelMode {
   /// intermediate dimension (and of the shared expert's and dense MLPs'), runs the whole
   /// model's other parts on all rows, and the FFN outputs' partial sums are all-reduced.
   es,
+  /// Tensor slicing (Megatron-style) of attention on top of expert slicing: every rank holds
+  /// 1/P of the query heads, the key/value heads they read (shared by several ranks when P
+  /// exceeds the KV heads) and the matching columns of the output projection, keeps only
+  /// those KV heads in its cache, and the attention outputs' partial sums are all-reduced
+  /// (OLMoE's q/k norms over all heads all-reduce their sums of squares). FFNs as `es`;
+  /// embeddings, norms, routers and the LM head held by every rank. Needs the query heads
+  /// divisible by P and the KV heads a multiple or a divisor of P.
+  tp,
 };
-/// "none" / "ep" / "es".
+/// "none" / "ep" / "es" / "tp".
 const char* parallel_mode_name(ParallelMode m);
 
 struct LmOptions {
@@ -253,10 +261,19 @@ class MoeLm {
   /// Throws Error("model") when the pool is out of blocks or has another model's shape.
   void reserve(KvCache& cache, int64_t tokens) const;
 
+  /// Whether FFN outputs are partial sums over the ranks (es, tp).
+  bool sliced_ffn() const { return parallel_ == ParallelMode::es || parallel_ == ParallelMode::tp; }
+  /// q/k norms over all heads (OLMoE) when the heads are split over ranks (tp): the rows'
+  /// sums of squares all-reduced, then q/k scaled by the global RMS.
+  void qk_norm_full_sliced(const Layer& ly, float* qkv, int64_t n) const;
+
   io::HfConfig cfg_;
   DType dtype_;
   kernels::WeightLayout layout_;
   size_t mapped_bytes_ = 0;
+  // This rank's attention heads (all of them unless tp): query heads [head0_, head0_ + heads_),
+  // KV heads [kv_head0_, kv_head0_ + kv_heads_); q_rows_ = heads_·d, kv_rows_ = kv_heads_·d.
+  int64_t heads_ = 0, kv_heads_ = 0, head0_ = 0, kv_head0_ = 0;
   int64_t q_rows_ = 0, kv_rows_ = 0;
   Tensor embed_;       // [V, H] in the file's dtype (row-major: a view; packed: a copy), rows
                        // converted on lookup
