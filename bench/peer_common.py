@@ -2,6 +2,7 @@
 logging, one-line errors, the machine (lscpu, load), the Hugging Face model directory, and the
 deltamoe side (`deltamoe bench model --json`), which is reported as missing when the binary
 lacks the subcommand."""
+import glob
 import json
 import os
 import re
@@ -54,6 +55,12 @@ def add_run_options(parser):
     parser.add_argument("--retries", type=int, default=2,
                         help="with --wait-quiet: repeats of a disturbed run (default: 2)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for one run (default: 1800)")
+    parser.add_argument("--fresh-page-cache", action="store_true",
+                        help="before the rounds, drop every weight file of both sides from the page cache "
+                             "(posix_fadvise DONTNEED) and read it back once, sequentially: both then start from "
+                             "the state a first read from disk leaves (large folios, mapped by 2 MiB pages where "
+                             "the kernel can), instead of whatever history left them in; decode speed depends on "
+                             "it (docs/benchmarks.md, \"Page-cache state\") (default: off)")
 
 
 def tokens_per_s_summary(runs, pp, tg):
@@ -85,6 +92,34 @@ def report_header(benchmark, args, cfg, load, results, errors, dm_ok):
                          "deltamoe_version": subprocess.run([args.deltamoe, "--version"], capture_output=True,
                                                             text=True).stdout.strip() if dm_ok else None},
             "deltamoe_available": dm_ok, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def refresh_page_cache(paths):
+    """Drops each file's pages from the page cache and reads the file back sequentially (16 MiB
+    reads), so every file starts from the same state: the one a first read from disk leaves.
+    Returns [{"path", "bytes", "read_s"}]."""
+    out = []
+    for path in paths:
+        t0 = time.time()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            total = 0
+            while True:
+                chunk = os.read(fd, 16 << 20)
+                if not chunk:
+                    break
+                total += len(chunk)
+        finally:
+            os.close(fd)
+        out.append({"path": path, "bytes": total, "read_s": round(time.time() - t0, 2)})
+        log(f"page cache refreshed: {path} ({total / 1e9:.2f} GB in {out[-1]['read_s']} s)")
+    return out
+
+
+def model_weight_files(model_dir):
+    """The safetensors files of a Hugging Face model directory."""
+    return sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
 
 
 def summarize(runs, key):

@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peer_common import (add_run_options, deltamoe_column, report_header, tokens_per_s_summary, DEFAULT_MODEL, deltamoe_status, die, emit, hf_config, log,  # noqa: E402
+from peer_common import (add_run_options, deltamoe_column, model_weight_files, refresh_page_cache, report_header, tokens_per_s_summary, DEFAULT_MODEL, deltamoe_status, die, emit, hf_config, log,  # noqa: E402
                          measured, median, run_deltamoe)
 
 
@@ -125,6 +125,7 @@ def main():
     dm_ok, dm_why = deltamoe_status(args.deltamoe)
     if not dm_ok:
         log(f"deltamoe side skipped: {dm_why}")
+    page_cache = refresh_page_cache(model_weight_files(args.model)) if args.fresh_page_cache else None
     pp, tg = f"pp{args.n_prompt}", f"tg{args.n_gen}"
     runs = {d: {"transformers": [], "deltamoe": []} for d in dtypes}
     load, errors = [], []
@@ -173,6 +174,7 @@ def main():
                           "order": "alternating transformers, deltamoe per dtype per round",
                           "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")
                                   if k in os.environ}}
+    report["page_cache_refreshed"] = page_cache
     emit(report, args.json)
 
 

@@ -38,7 +38,7 @@ import tarfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peer_common import (add_run_options, deltamoe_column, report_header, tokens_per_s_summary, DEFAULT_MODEL, PEER_DIR, deltamoe_status, die, emit, hf_config,  # noqa: E402
+from peer_common import (add_run_options, deltamoe_column, model_weight_files, refresh_page_cache, report_header, tokens_per_s_summary, DEFAULT_MODEL, PEER_DIR, deltamoe_status, die, emit, hf_config,  # noqa: E402
                          log, measured, model_fingerprint, ratio, run_deltamoe, summarize)
 
 DEFAULT_SRC = os.path.join(PEER_DIR, "llama.cpp-src")
@@ -315,7 +315,7 @@ def cmd_verify(args):
 
 def run_llama_bench(args, gguf_file):
     cmd = [binary(args.build_dir, "llama-bench"), "-m", gguf_file, "-p", str(args.n_prompt), "-n", str(args.n_gen),
-           "-t", str(args.threads), "-r", str(args.reps), "-o", "json"]
+           "-t", str(args.threads), "-r", str(args.reps), "-o", "json", *args.llama_bench_args.split()]
     log("run: " + " ".join(cmd))
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -337,6 +337,8 @@ def cmd_bench(args):
     cfg = hf_config(args.model)
     dtypes = args.dtypes.split(",")
     ggufs = {d: ensure_gguf(args, d) for d in dtypes}
+    page_cache = refresh_page_cache(list(ggufs.values()) + model_weight_files(args.model)) \
+        if args.fresh_page_cache else None
     dm_ok, dm_why = deltamoe_status(args.deltamoe)
     if not dm_ok:
         log(f"deltamoe side skipped: {dm_why}")
@@ -351,8 +353,8 @@ def cmd_bench(args):
                 res, rec = measured(f"llama_cpp {d} round {rnd}", lambda: run_llama_bench(args, ggufs[d]), **q)
                 runs[d]["llama_cpp"].append(res)
                 load += rec
-                log(f"round {rnd + 1}/{args.rounds} {d}: llama.cpp {pp} {res['pp_tokens_per_s']:.1f} "
-                    f"{tg} {res['tg_tokens_per_s']:.2f} t/s")
+                log(f"round {rnd + 1}/{args.rounds} {d}: llama.cpp {pp} {res.get('pp_tokens_per_s')} "
+                    f"{tg} {res.get('tg_tokens_per_s')} t/s")
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 errors.append(str(e))
                 log(str(e))
@@ -386,8 +388,10 @@ def cmd_bench(args):
     report = report_header("peer_llamacpp", args, cfg, load, results, errors, dm_ok)
     report["settings"] = {"n_prompt": args.n_prompt, "n_gen": args.n_gen, "threads": args.threads,
                           "rounds": args.rounds, "llama_bench_reps_per_run": args.reps,
+                          "llama_bench_args": args.llama_bench_args,
                           "order": "alternating llama.cpp, deltamoe per dtype per round"}
     report["versions"]["llama_cpp"] = build_info(args.build_dir)
+    report["page_cache_refreshed"] = page_cache
     emit(report, args.json)
 
 
@@ -538,6 +542,9 @@ def main():
     be.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (tg)")
     be.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are over these")
     be.add_argument("--reps", type=int, default=1, help="llama-bench -r within one run")
+    be.add_argument("--llama-bench-args", default="",
+                    help="extra arguments for llama-bench, e.g. --llama-bench-args='--repack 0' (its AMX q8_0 "
+                         "buffer dies with SIGILL on some VMs, docs/benchmarks.md)")
     add_run_options(be)
 
     ml = sub.add_parser("moe-layer", parents=[common], help="one MoE layer: ggml's graph beside deltamoe bench moe-layer",

@@ -58,16 +58,6 @@ double time_median(F&& fn, int min_reps, double min_seconds, int warmup = 1) {
 
 // Evicts the last-level cache (reads a buffer several times its size) so that a decode step
 // finds its experts' weights in DRAM, as the next layer of a real model would.
-// Bytes that evict the last-level cache: twice its size as the OS reports it, at least 96 MiB.
-// (A VM on a large server may report a shared L3 of hundreds of MiB; a smaller flush leaves
-// the last decode steps' weights there and flatters every decode figure.)
-size_t llc_flush_bytes() {
-  const long l3 = ::sysconf(_SC_LEVEL3_CACHE_SIZE);
-  const size_t twice = l3 > 0 ? 2 * static_cast<size_t>(l3) : 0;
-  return std::clamp<size_t>((twice + (size_t{1} << 21) - 1) >> 21 << 21, size_t{96} << 20,
-                            size_t{2} << 30);
-}
-
 class CacheFlusher {
  public:
   CacheFlusher() : buf_(llc_flush_bytes()) {}
@@ -157,8 +147,8 @@ int run_moe_bench(const MoeBenchOptions& o) {
             << " K=" << o.top_k << " dtype=" << o.dtype << " threads=" << o.threads << " on "
             << cpu.model_name << "\n";
   std::cerr << "  measuring machine ceilings...\n";
-  // 512 MiB on 2 MiB pages, like the weights; also the same-bytes stream of the decode rows.
-  StreamProbe probe(std::max(size_t{512} << 20, llc_flush_bytes()));
+  // 2 MiB pages, like the weights, beyond the L3; also the same-bytes stream of the decode rows.
+  StreamProbe probe;
   const double bw0 = probe.best_pass_gbps(o.threads);
   const double fma_peak = measure_fma_peak_gflops(o.threads);
   const double bf16_peak = measure_bf16_dot_peak_gflops(o.threads);

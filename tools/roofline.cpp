@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "deltamoe/core/tensor.h"
 #include "deltamoe/kernels/cpu.h"
 #include "deltamoe/kernels/cpu_features.h"
@@ -162,6 +164,15 @@ double timed_parallel_sum_s(const float* p, size_t n, int threads) {
   return dt;
 }
 }  // namespace
+
+size_t llc_flush_bytes() {
+  const long l3 = ::sysconf(_SC_LEVEL3_CACHE_SIZE);
+  const size_t twice = l3 > 0 ? 2 * static_cast<size_t>(l3) : 0;
+  return std::clamp<size_t>((twice + (size_t{1} << 21) - 1) >> 21 << 21, size_t{96} << 20,
+                            size_t{2} << 30);
+}
+
+StreamProbe::StreamProbe() : StreamProbe(std::max(size_t{512} << 20, llc_flush_bytes())) {}
 
 StreamProbe::StreamProbe(size_t buffer_bytes)
     : storage_(buffer_bytes),

@@ -9,13 +9,21 @@
 
 namespace deltamoe::cli {
 
+/// Bytes that evict the last-level cache: twice its size as the OS reports it, rounded up to
+/// 2 MiB, between 96 MiB and 2 GiB. (A VM on a large server may report a shared L3 of hundreds
+/// of MiB; a smaller buffer leaves part of it in that cache and flatters a bandwidth figure.)
+size_t llc_flush_bytes();
+
 /// Times single read passes of a given size over fresh (not cached) memory, for comparing a
 /// memory-bound step with a plain stream of the same bytes measured right beside it.
 /// Not thread-safe; one per benchmark.
 class StreamProbe {
  public:
   /// Allocates and touches `buffer_bytes` (should be many times the last-level cache).
-  explicit StreamProbe(size_t buffer_bytes = size_t{512} << 20);
+  explicit StreamProbe(size_t buffer_bytes);
+  /// The DRAM probe: a buffer of max(512 MiB, llc_flush_bytes()), so that a pass over it
+  /// cannot be served from the last-level cache.
+  StreamProbe();
   StreamProbe(const StreamProbe&) = delete;
   StreamProbe& operator=(const StreamProbe&) = delete;
   /// Seconds to read the next `bytes` of the buffer (wrapping around) on `threads` threads,
