@@ -33,7 +33,11 @@ CONFIGS = [("np1", 1, []),
            ("np4_balanced", 4, ["--parallel", "ep", "--ep-placement", "balanced"]),
            ("np2_es", 2, ["--parallel", "es"]),
            ("np2_tp", 2, ["--parallel", "tp"]),
-           ("np4_tp", 4, ["--parallel", "tp"])]
+           ("np4_tp", 4, ["--parallel", "tp"]),
+           ("np2_auto", 2, ["--parallel", "auto"]),
+           ("np4_auto", 4, ["--parallel", "auto"]),
+           ("np4_auto_top1", 4, ["--parallel", "auto", "--routing", "top-k:1"]),
+           ("np4_tp_top1", 4, ["--parallel", "tp", "--routing", "top-k:1"])]
 # Networks of the scaling model: (name, bandwidth GB/s per rank, latency s per message).
 NETWORKS = [("25 GbE", 25e9 / 8 / 1e9, 5e-6), ("100 GbE", 100e9 / 8 / 1e9, 3e-6),
             ("200 Gb InfiniBand", 200e9 / 8 / 1e9, 1.5e-6)]
@@ -88,7 +92,13 @@ def summarise(runs):
             for phase in ("pp", "tg"):
                 s[f"{phase}_bytes_per_token_per_moe_layer"] = statistics.median(
                     p[phase]["bytes_per_token_per_moe_layer"] for p in par)
-                s[f"{phase}_bytes_over_predicted"] = statistics.median(p[phase]["bytes_over_predicted"] for p in par)
+                # --parallel auto has no single traffic model: its per-layer choices instead.
+                if all("bytes_over_predicted" in p[phase] for p in par):
+                    s[f"{phase}_bytes_over_predicted"] = statistics.median(
+                        p[phase]["bytes_over_predicted"] for p in par)
+                if "ffn_choices" in par[0][phase]:
+                    s[f"{phase}_ffn_ep_layers"] = [p[phase]["ffn_choices"]["ep_layers"] for p in par]
+                    s[f"{phase}_ffn_es_layers"] = [p[phase]["ffn_choices"]["es_layers"] for p in par]
                 s[f"{phase}_comm_time_share"] = statistics.median(p[phase]["comm_time_share"] for p in par)
             s["a2a_latency_us"] = statistics.median(p["all_to_all_probe"]["latency_us"] for p in par)
             s["a2a_bandwidth_gbps"] = statistics.median(p["all_to_all_probe"]["bandwidth_gbps"] for p in par)

@@ -247,6 +247,15 @@ nlohmann::json comm_report(const models::MoeLm& m, const Contender::Comm& t, dou
     predicted = from_routing = static_cast<double>(cfg.num_hidden_layers) / ml * per_layer;
     remote_share = 0;
   }
+  if (m.parallel() == models::ParallelMode::automatic) {
+    // Per-layer choices that may change between passes: no single traffic model; the
+    // choices and their modelled costs are reported instead (ffn_choices).
+    return {{"tokens", t.tokens},
+            {"bytes_per_token_per_moe_layer", measured},
+            {"remote_pair_share", pairs > 0 ? sums[2] / pairs : 0.0},
+            {"comm_time_share", t.wall_s > 0 ? sums[3] / p / t.wall_s : 0.0},
+            {"comm_time_share_per_rank", share}};
+  }
   return {{"tokens", t.tokens},
           {"bytes_per_token_per_moe_layer", measured},
           {"predicted_bytes_per_token_per_moe_layer", predicted},
@@ -270,6 +279,10 @@ nlohmann::json parallel_report(const Contender& c, const ModelBenchOptions& o) {
       {"points", pts}, {"latency_us", 1e6 * a2a.latency_s}, {"bandwidth_gbps", a2a.bandwidth_gbps}};
   if (o.prompt > 0) j["pp"] = comm_report(*c.m, c.pp_comm, static_cast<double>(o.prompt));
   if (o.gen > 0) j["tg"] = comm_report(*c.m, c.tg_comm, static_cast<double>(o.decode_batch));
+  if (c.m->parallel() == models::ParallelMode::automatic) {
+    if (o.prompt > 0) j["pp"]["ffn_choices"] = ffn_choices_json(*c.m, o.prompt);
+    if (o.gen > 0) j["tg"]["ffn_choices"] = ffn_choices_json(*c.m, o.decode_batch);
+  }
   return j;
 }
 

@@ -168,8 +168,10 @@ inline void add_parallel_option(CLI::App& app, std::string& mode, std::string& p
                  "experts; token rows travel by all-to-all), es (expert slicing: each rank "
                  "holds 1/N of every expert's intermediate dimension; outputs all-reduced), tp "
                  "(tensor slicing: es plus 1/N of the attention heads per rank, with their KV "
-                 "cache and output-projection columns; outputs all-reduced). Only rank 0 prints")
-      ->check(CLI::IsMember({"none", "ep", "es", "tp"}))
+                 "cache and output-projection columns; outputs all-reduced), auto (attention as "
+                 "tp; each MoE layer's FFN as es or ep, chosen per layer and per pass's token "
+                 "count by a cost model of collectives measured at load). Only rank 0 prints")
+      ->check(CLI::IsMember({"none", "ep", "es", "tp", "auto"}))
       ->capture_default_str();
   app.add_option("--ep-placement", placement,
                  "Which rank runs which experts under --parallel ep: contiguous (blocks of "
@@ -204,6 +206,34 @@ inline dist::Communicator* parallel_comm(const std::string& mode) {
   dist::Communicator& c = dist::world();
   silence_rank(c.rank());
   return &c;
+}
+
+/// --parallel auto's choice for every MoE layer on a pass of `rows` token rows, with the
+/// modelled communication of each layout and the measured collective costs it used.
+inline nlohmann::json ffn_choices_json(const models::MoeLm& m, int64_t rows) {
+  nlohmann::json layers = nlohmann::json::array();
+  int64_t ep = 0;
+  for (int64_t l = 0; l < m.layers(); ++l) {
+    if (!m.config().is_moe_layer(l)) continue;
+    const auto c = m.ffn_choice(l, rows);
+    ep += c.layout == models::FfnLayout::ep;
+    layers.push_back({{"layer", l},
+                      {"layout", c.layout == models::FfnLayout::ep ? "ep" : "es"},
+                      {"experts_per_token", c.experts_per_token},
+                      {"es_comm_ms", 1e3 * c.es_seconds},
+                      {"ep_comm_ms", 1e3 * c.ep_seconds},
+                      {"forced", c.forced}});
+  }
+  const auto curve = [](const dist::CollectiveCost& k) {
+    return nlohmann::json{{"latency_us", 1e6 * k.latency_s}, {"bandwidth_gbps", k.bandwidth_gbps}};
+  };
+  return {{"rows", rows},
+          {"ep_layers", ep},
+          {"es_layers", static_cast<int64_t>(layers.size()) - ep},
+          {"layers", layers},
+          {"all_reduce", curve(m.all_reduce_cost())},
+          {"all_to_all", curve(m.all_to_all_cost())},
+          {"all_gather", curve(m.all_gather_cost())}};
 }
 
 /// The "parallel" object of a --json report: layout, ranks, this rank's experts.
@@ -279,9 +309,10 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
                                           : kernels::WeightLayout::row_major;
   lo.expert_cache = expert_cache_options(o.offload);
   if (comm) {
-    lo.parallel = o.parallel == "es"   ? models::ParallelMode::es
-                  : o.parallel == "tp" ? models::ParallelMode::tp
-                                       : models::ParallelMode::ep;
+    lo.parallel = o.parallel == "es"     ? models::ParallelMode::es
+                  : o.parallel == "tp"   ? models::ParallelMode::tp
+                  : o.parallel == "auto" ? models::ParallelMode::automatic
+                                         : models::ParallelMode::ep;
     lo.comm = comm;
   }
   if (o.offload.drop_page_cache) drop_checkpoint_pages(o.model);

@@ -69,45 +69,73 @@ std::unique_ptr<Communicator> make_self() {
   return std::make_unique<SelfCommunicator>();
 }
 
-AllToAllCost measure_all_to_all(Communicator& comm, const std::vector<int64_t>& bytes_per_peer,
-                                int reps) {
-  DELTAMOE_CHECK(reps >= 1, "dist", "an all-to-all probe needs at least one repetition");
+double CollectiveCost::moved_bytes(Collective kind, double b, int ranks) {
+  const double p = ranks;
+  return kind == Collective::all_reduce ? 2 * b * (p - 1) / p : b * (p - 1);
+}
+
+double CollectiveCost::seconds(double b, int ranks) const {
+  if (ranks <= 1) return 0.0;
+  const double moved = moved_bytes(kind, b, ranks);
+  return latency_s + (bandwidth_gbps > 0 ? moved / (bandwidth_gbps * 1e9) : 0.0);
+}
+
+CollectiveCost measure_collective(Communicator& comm, Collective kind,
+                                  const std::vector<int64_t>& bytes, int reps) {
+  DELTAMOE_CHECK(reps >= 1, "dist", "a collective probe needs at least one repetition");
   const UncountedScope probe(comm);
   const int p = comm.size();
-  AllToAllCost cost;
-  for (int64_t b : bytes_per_peer) {
-    DELTAMOE_CHECK(b >= 0, "dist", "all-to-all probe of ", b, " bytes");
+  CollectiveCost cost;
+  cost.kind = kind;
+  for (int64_t b : bytes) {
+    DELTAMOE_CHECK(b >= 0, "dist", "collective probe of ", b, " bytes");
     std::vector<char> send(static_cast<size_t>(b * p), 1), recv(send.size());
     const std::vector<int64_t> sizes(static_cast<size_t>(p), b);
-    comm.all_to_all_v(send.data(), sizes.data(), recv.data(), sizes.data());  // warm-up
+    std::vector<float> buf(static_cast<size_t>(b / 4), 1.0f);
+    const auto call = [&] {
+      switch (kind) {
+        case Collective::all_to_all:
+          comm.all_to_all_v(send.data(), sizes.data(), recv.data(), sizes.data());
+          break;
+        case Collective::all_reduce:
+          comm.all_reduce_sum(buf.data(), static_cast<int64_t>(buf.size()));
+          break;
+        case Collective::all_gather:
+          comm.all_gather_v(send.data(), recv.data(), sizes.data());
+          break;
+      }
+    };
+    call();  // warm-up
     comm.barrier();
     const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i)
-      comm.all_to_all_v(send.data(), sizes.data(), recv.data(), sizes.data());
+    for (int i = 0; i < reps; ++i) call();
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
     comm.all_reduce_max(&s, 1);
     cost.points.push_back({b, s});
   }
-  // t = α + β·x, x = bytes each rank sends: β from the two largest sizes (bandwidth-bound),
-  // α from the smallest (latency-bound). A least-squares fit would let the large sizes'
-  // noise swamp α.
   auto pts = cost.points;
   std::sort(pts.begin(), pts.end(), [](const AllToAllPoint& a, const AllToAllPoint& b) {
     return a.bytes_per_peer < b.bytes_per_peer;
   });
   if (pts.size() >= 2) {
+    const auto moved = [&](const AllToAllPoint& pt) {
+      return CollectiveCost::moved_bytes(kind, static_cast<double>(pt.bytes_per_peer), p);
+    };
     const auto& hi = pts.back();
     const auto& mid = pts[pts.size() - 2];
-    const double dx = static_cast<double>(hi.bytes_per_peer - mid.bytes_per_peer) * (p - 1);
+    const double dx = moved(hi) - moved(mid);
     const double beta = dx > 0 ? (hi.seconds - mid.seconds) / dx : 0.0;
     if (beta > 0) {
       cost.bandwidth_gbps = 1e-9 / beta;
-      cost.latency_s =
-          std::max(0.0, pts.front().seconds -
-                            beta * static_cast<double>(pts.front().bytes_per_peer) * (p - 1));
+      cost.latency_s = std::max(0.0, pts.front().seconds - beta * moved(pts.front()));
     }
   }
   return cost;
+}
+
+AllToAllCost measure_all_to_all(Communicator& comm, const std::vector<int64_t>& bytes_per_peer,
+                                int reps) {
+  return measure_collective(comm, Collective::all_to_all, bytes_per_peer, reps);
 }
 
 int64_t split_begin(int64_t n, int rank, int ranks) {

@@ -24,7 +24,8 @@ Data load_data(const std::string& dir) {
   return d;
 }
 
-void save_tensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors) {
+void save_tensors(const std::string& path,
+                  const std::vector<std::pair<std::string, Tensor>>& tensors) {
   io::write_safetensors(path, tensors, {{"format", "deltamoe-moe-classifier-v1"}});
 }
 

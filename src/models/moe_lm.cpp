@@ -128,6 +128,9 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
                    parallel_mode_name(parallel_), " and an expert cache do not combine yet");
     comm_ = options.comm;
   }
+  DELTAMOE_CHECK(!options.force_ffn_layout || parallel_ == ParallelMode::automatic, "model",
+                 "a forced FFN layout needs --parallel auto, not ", parallel_mode_name(parallel_));
+  force_ffn_layout_ = options.force_ffn_layout;
   // Expert slicing: each rank's blocks hold its slice of every FFN (dense MLPs too).
   const auto sliced = [&](const moe::MoeWeights& full) {
     return sliced_ffn() ? slice_experts(full, comm_->rank(), comm_->size()) : full;
@@ -135,11 +138,12 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
   const int64_t h = cfg_.hidden_size, d = cfg_.head_dim;
   heads_ = cfg_.num_attention_heads;
   kv_heads_ = cfg_.num_key_value_heads;
-  if (parallel_ == ParallelMode::tp) {
+  if (sliced_heads()) {
     const int64_t ranks = comm_->size(), rank = comm_->rank();
     DELTAMOE_CHECK(heads_ % ranks == 0 && (kv_heads_ % ranks == 0 || ranks % kv_heads_ == 0),
-                   "model", "--parallel tp splits attention heads over ", ranks, " ranks: needs ",
-                   heads_, " query heads divisible by ", ranks, " and ", kv_heads_,
+                   "model", "--parallel ", parallel_mode_name(parallel_),
+                   " splits attention heads over ", ranks, " ranks: needs ", heads_,
+                   " query heads divisible by ", ranks, " and ", kv_heads_,
                    " KV heads a multiple or a divisor of ", ranks);
     // Query heads in equal contiguous blocks; the KV heads those read (GQA: query head i reads
     // KV head i / group): a block of KV heads, or one KV head that several ranks share.
@@ -176,7 +180,7 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
     ly.input_norm = lw.input_norm.to(DType::f32);
     ly.post_norm = lw.post_attn_norm.to(DType::f32);
     // This rank's heads: rows of q, k, v (views), columns of o (a copy) under tp.
-    const bool all_heads = parallel_ != ParallelMode::tp;
+    const bool all_heads = !sliced_heads();
     const int64_t q0 = head0_ * d, q1 = q0 + q_rows_, k0 = kv_head0_ * d, k1 = k0 + kv_rows_;
     const Tensor q = all_heads ? lw.q : lw.q.slice(q0, q1);
     const Tensor k = all_heads ? lw.k : lw.k.slice(k0, k1);
@@ -226,6 +230,12 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
         mw.shared_gate = lw.shared_gate;
       }
       ly.ffn = std::make_unique<moe::MoeBlock>(sliced(mw), dtype_, layout_);
+      if (parallel_ == ParallelMode::automatic) {
+        ly.ffn_whole = std::make_unique<moe::MoeBlock>(mw, dtype_, layout_);
+        // The slices' views are part of the whole experts' mapped bytes, counted below.
+        mapped_bytes_ += ly.ffn_whole->in_place_weight_bytes();
+        mapped_bytes_ -= ly.ffn->in_place_weight_bytes();
+      }
     } else {
       ly.ffn = std::make_unique<moe::MoeBlock>(sliced(dense_as_moe(lw.dense, h)), dtype_, layout_);
     }
@@ -237,7 +247,17 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
   // mapping go, so resident memory is the weights alone, not also the file pages they were
   // read from.
   embed_ = rows && mapped_bytes_ > 0 ? w.embed : w.embed.clone();
-  if (parallel_ == ParallelMode::ep) {
+  if (parallel_ == ParallelMode::automatic) {
+    // The cost model's inputs, on this run's communicator: sizes from a decode row to a
+    // 512-token prefill of the reference model.
+    const std::vector<int64_t> sizes = {4 << 10, 64 << 10, 1 << 20, 4 << 20};
+    ar_cost_ = dist::measure_collective(*comm_, dist::Collective::all_reduce, sizes, 5);
+    a2a_cost_ = dist::measure_collective(*comm_, dist::Collective::all_to_all, sizes, 5);
+    ag_cost_ = dist::measure_collective(*comm_, dist::Collective::all_gather, sizes, 5);
+    k_seen_.assign(static_cast<size_t>(cfg_.num_hidden_layers),
+                   static_cast<double>(cfg_.num_experts_per_tok));
+  }
+  if (parallel_ == ParallelMode::ep || parallel_ == ParallelMode::automatic) {
     placement_.resize(static_cast<size_t>(cfg_.num_hidden_layers));
     for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
       if (layers_[static_cast<size_t>(l)].moe)

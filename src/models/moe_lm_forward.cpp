@@ -186,7 +186,7 @@ void MoeLm::run_layers(Pass& p, std::vector<float>& h, LmStats* stats,
       ffn_offloaded(ly, l, p, ffs, hb, stats);
 
     else
-      ffn(ly, p, ffs, hb, stats);
+      ffn(ly, l, p, ffs, hb, stats);
     if (!ffs.all) ffs.scatter(p, p.hc.data(), h.data(), hd);
   }
   for (size_t s = 0; s < seqs; ++s)
@@ -229,8 +229,7 @@ void MoeLm::project_qkv(const Layer& ly, const float* h, int64_t n, float* x, fl
   }
   // Under tp the norms over all heads need every rank's share: a collective between the
   // bias and the clipping.
-  const bool full_sliced =
-      cfg_.qk_norm == io::HfConfig::QkNorm::full && parallel_ == ParallelMode::tp;
+  const bool full_sliced = cfg_.qk_norm == io::HfConfig::QkNorm::full && sliced_heads();
   parallel_for(n, 4, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       float* row = qkv + r * qkv_n;
@@ -321,7 +320,7 @@ void MoeLm::attend(const Layer& ly, int64_t l, Pass& p, const SeqRows& sr, const
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   kernels::causal_attention_batch(qkv, qkv_n, kv, kv_rows_, p.att.data(), q_rows_, sr.row0,
                                   sr.counts, sr.start, heads, kvh, d, scale);
-  if (parallel_ == ParallelMode::tp) {
+  if (sliced_heads()) {
     // This rank's heads give a partial sum of the output projection.
     float* y = p.y.data();
     kernels::linear(p.att.data(), n, q_rows_, ly.o, y, hd);
@@ -335,7 +334,8 @@ void MoeLm::attend(const Layer& ly, int64_t l, Pass& p, const SeqRows& sr, const
       for (int64_t c = 0; c < hd; ++c) h[r * hd + c] += ly.o_bias[static_cast<size_t>(c)];
 }
 
-void MoeLm::ffn(const Layer& ly, Pass& p, const RowSet& rs, float* h, LmStats* stats) const {
+void MoeLm::ffn(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h,
+                LmStats* stats) const {
   const int64_t hd = cfg_.hidden_size, n = rs.rows;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   float* x = p.x.data();
@@ -344,9 +344,18 @@ void MoeLm::ffn(const Layer& ly, Pass& p, const RowSet& rs, float* h, LmStats* s
   norm_rows(h, ly.post_norm.data<float>(), x, n, hd, eps);
   moe::RoutingResult routing;
   ly.ffn->route(x, n, ly.moe ? *policy_ : *dense_policy_, routing);
-  ly.ffn->apply(x, n, routing, y);
-  // Expert slicing: this rank's block gave a partial sum of the FFN's output.
-  if (sliced_ffn()) comm_->all_reduce_sum(y, n * hd);
+  if (ly.ffn_whole && ffn_choice(l, n).layout == FfnLayout::ep) {
+    ffn_expert_parallel(ly, l, x, n, routing, y);
+  } else {
+    ly.ffn->apply(x, n, routing, y);
+    // Expert slicing: this rank's block gave a partial sum of the FFN's output.
+    if (sliced_ffn()) comm_->all_reduce_sum(y, n * hd);
+  }
+  if (ly.ffn_whole && n > 0) {
+    // The experts per token this layer has seen (a running mean over passes), for the choice.
+    double& k = k_seen_[static_cast<size_t>(l)];
+    k = 0.5 * k + 0.5 * static_cast<double>(routing.expert_ids.size()) / static_cast<double>(n);
+  }
   if (ly.moe) count_routing(routing, rs, stats);
   add_rows(h, y, n * hd);
 }

@@ -19,6 +19,8 @@ const char* parallel_mode_name(ParallelMode m) {
       return "es";
     case ParallelMode::tp:
       return "tp";
+    case ParallelMode::automatic:
+      return "auto";
   }
   return "?";
 }
@@ -29,8 +31,8 @@ void MoeLm::reset_parallel_stats() const {
 }
 
 const moe::ExpertPlacement& MoeLm::placement(int64_t layer) const {
-  DELTAMOE_CHECK(parallel_ == ParallelMode::ep && layer >= 0 && layer < layers() &&
-                     layers_[static_cast<size_t>(layer)].moe,
+  DELTAMOE_CHECK((parallel_ == ParallelMode::ep || parallel_ == ParallelMode::automatic) &&
+                     layer >= 0 && layer < layers() && layers_[static_cast<size_t>(layer)].moe,
                  "model", "layer ", layer,
                  " has no expert placement (not an MoE layer of an "
                  "expert-parallel model)");
@@ -220,6 +222,62 @@ void MoeLm::run_layers_parallel(Pass& p, std::vector<float>& h, LmStats* stats) 
     kernels::rms_norm_rows_st(h.data() + b * hd, final_norm_.data<float>(), h.data() + b * hd,
                               e - b, hd, hd, eps);
   });
+}
+
+}  // namespace deltamoe::models
+
+namespace deltamoe::models {
+
+MoeLm::FfnChoice MoeLm::ffn_choice(int64_t layer, int64_t rows) const {
+  DELTAMOE_CHECK(parallel_ == ParallelMode::automatic && layer >= 0 && layer < layers() &&
+                     layers_[static_cast<size_t>(layer)].moe,
+                 "model", "layer ", layer,
+                 " has no FFN choice (not an MoE layer of a model run with --parallel auto)");
+  const int ranks = comm_->size();
+  const double p = ranks, h = static_cast<double>(cfg_.hidden_size);
+  const double n = static_cast<double>(rows);
+  FfnChoice c;
+  c.experts_per_token = k_seen_[static_cast<size_t>(layer)];
+  // es: one all-reduce of the layer's [rows, H] output.
+  c.es_seconds = ar_cost_.seconds(4 * h * n, ranks);
+  // ep: a rank's rows/P rows, each with k experts of which (P − 1)/P live elsewhere, out and
+  // back (per peer: 1/P of those), then [rows/P, H] all-gathered. Two all-to-alls of counts
+  // and ids ride along (latency only).
+  const double pairs_per_peer = n / p * c.experts_per_token / p;
+  c.ep_seconds = a2a_cost_.seconds(pairs_per_peer * (4 * h + 4), ranks) +
+                 a2a_cost_.seconds(pairs_per_peer * 4 * h, ranks) +
+                 2 * a2a_cost_.seconds(8, ranks) + ag_cost_.seconds(4 * h * n / p, ranks);
+  if (force_ffn_layout_) {
+    c.layout = *force_ffn_layout_;
+    c.forced = true;
+  } else {
+    c.layout = c.ep_seconds < c.es_seconds ? FfnLayout::ep : FfnLayout::es;
+  }
+  return c;
+}
+
+void MoeLm::ffn_expert_parallel(const Layer& ly, int64_t l, const float* x, int64_t n,
+                                const moe::RoutingResult& routing, float* y) const {
+  dist::Communicator& comm = *comm_;
+  const int ranks = comm.size(), me = comm.rank();
+  const int64_t hd = cfg_.hidden_size;
+  const int64_t lo = dist::split_begin(n, me, ranks), hi = dist::split_begin(n, me + 1, ranks);
+  // This rank's rows' routing: a slice of the CSR every rank computed for all rows.
+  moe::RoutingResult mine;
+  mine.clear();
+  const int32_t j0 = routing.offsets[static_cast<size_t>(lo)];
+  for (int64_t r = lo; r < hi; ++r)
+    mine.offsets.push_back(routing.offsets[static_cast<size_t>(r + 1)] - j0);
+  mine.expert_ids.assign(routing.expert_ids.begin() + j0,
+                         routing.expert_ids.begin() + routing.offsets[static_cast<size_t>(hi)]);
+  mine.weights.assign(routing.weights.begin() + j0,
+                      routing.weights.begin() + routing.offsets[static_cast<size_t>(hi)]);
+  std::vector<float> ym(static_cast<size_t>((hi - lo) * hd));
+  moe::apply_expert_parallel(*ly.ffn_whole, placement_[static_cast<size_t>(l)], comm, x + lo * hd,
+                             hi - lo, mine, ym.data(), &ep_stats_);
+  ly.ffn_whole->add_shared(x + lo * hd, hi - lo, ym.data());
+  const std::vector<int64_t> bytes = dist::split_bytes(n, ranks, hd * 4);
+  comm.all_gather_v(ym.data(), y, bytes.data());
 }
 
 }  // namespace deltamoe::models

@@ -39,10 +39,13 @@ for arch in mixtral qwen2-moe qwen3-moe olmoe; do
     run "$np" generate --model "$m" --prompt "Once upon a time" -n 12 --ignore-eos --json \
       --parallel es >"$tmp/g.json" 2>/dev/null || fail "$arch np $np: generate --parallel es"
     [ "$(jget "$tmp/g.json" "(d['generated_ids'], d['parallel']['mode'])")" = "($(jget "$tmp/g1.json" "d['generated_ids']"), 'es')" ] || fail "$arch np $np: es greedy tokens differ from one process"
-    # Tensor slicing (attention heads too; at np 4 each KV head serves two ranks): the same tokens.
-    run "$np" generate --model "$m" --prompt "Once upon a time" -n 12 --ignore-eos --json \
-      --parallel tp >"$tmp/g.json" 2>"$tmp/g.err" || { cat "$tmp/g.err"; fail "$arch np $np: generate --parallel tp"; }
-    [ "$(jget "$tmp/g.json" "(d['generated_ids'], d['parallel']['mode'])")" = "($(jget "$tmp/g1.json" "d['generated_ids']"), 'tp')" ] || fail "$arch np $np: tp greedy tokens differ from one process"
+    # Tensor slicing (attention heads too; at np 4 each KV head serves two ranks) and the
+    # per-layer choice: the same tokens.
+    for mode in tp auto; do
+      run "$np" generate --model "$m" --prompt "Once upon a time" -n 12 --ignore-eos --json \
+        --parallel "$mode" >"$tmp/g.json" 2>"$tmp/g.err" || { cat "$tmp/g.err"; fail "$arch np $np: generate --parallel $mode"; }
+      [ "$(jget "$tmp/g.json" "(d['generated_ids'], d['parallel']['mode'])")" = "($(jget "$tmp/g1.json" "d['generated_ids']"), '$mode')" ] || fail "$arch np $np: $mode greedy tokens differ from one process"
+    done
     run "$np" perplexity --model "$m" --file "$tmp/text.txt" --context 32 --json --parallel ep \
       --ep-placement contiguous >"$tmp/p.json" 2>/dev/null
     python3 - "$tmp/p1.json" "$tmp/p.json" <<'EOF' || fail "$arch np $np: perplexity differs"
@@ -81,6 +84,21 @@ for phase in ("pp", "tg"):
     assert abs(p[phase]["bytes_over_predicted"] - 1) < 1e-9, (phase, p[phase])
 EOF
 done
+# --parallel auto reports each MoE layer's choice for the pp and tg row counts, with the
+# modelled costs of both layouts and the measured collective curves behind them.
+run 2 bench model --model "$tmp/uni" -p 64 -n 8 -r 1 --parallel auto --json >"$tmp/b.json" 2>"$tmp/b.err" || { cat "$tmp/b.err"; fail "bench model auto"; }
+python3 - "$tmp/b.json" <<'EOF' || fail "bench model np 2 auto: choices"
+import json, sys
+p = json.load(open(sys.argv[1]))["parallel"]
+assert p["mode"] == "auto", p
+for phase, rows in (("pp", 64), ("tg", 1)):
+    c = p[phase]["ffn_choices"]
+    assert c["rows"] == rows and c["ep_layers"] + c["es_layers"] == len(c["layers"]) == 2, c
+    for l in c["layers"]:
+        cheaper = "ep" if l["ep_comm_ms"] < l["es_comm_ms"] else "es"
+        assert l["layout"] == cheaper and not l["forced"] and l["es_comm_ms"] > 0, l
+    assert c["all_reduce"]["latency_us"] >= 0 and c["all_to_all"]["latency_us"] >= 0, c
+EOF
 # Heads that do not split: 4 query heads over 3 ranks.
 rc=0; run 3 generate --model "$m" --prompt "Hi" -n 2 --parallel tp >"$tmp/o.txt" 2>"$tmp/e.txt" || rc=$?
 [ "$rc" -ne 0 ] && grep -q 'deltamoe: error: \[model\] --parallel tp splits attention heads over 3 ranks: needs 4 query heads divisible by 3' "$tmp/e.txt" || { cat "$tmp/e.txt"; fail "--parallel tp on 3 ranks"; }

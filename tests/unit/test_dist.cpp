@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -360,7 +361,8 @@ TEST_P(DistLm, ExpertParallelEqualsOneProcess) {
 // so not bit for bit), the same greedy tokens, a batched step of a prefill chunk beside a
 // decode token, with the default routing and a per-token budget (top-p).
 namespace {
-void expect_sliced_equals_one_process(const std::string& arch, models::ParallelMode mode) {
+void expect_sliced_equals_one_process(const std::string& arch, models::ParallelMode mode,
+                                      std::optional<models::FfnLayout> force = std::nullopt) {
   dist::Communicator& c = comm();
   const std::string dir = std::string(DELTAMOE_SOURCE_DIR) + "/tests/golden/llm/" + arch;
   for (const auto layout : {kernels::WeightLayout::row_major, kernels::WeightLayout::packed}) {
@@ -369,9 +371,10 @@ void expect_sliced_equals_one_process(const std::string& arch, models::ParallelM
     models::LmOptions po{DType::f32, layout};
     po.parallel = mode;
     po.comm = &c;
+    po.force_ffn_layout = force;
     const int64_t heads = ref->config().num_attention_heads,
                   kv_heads = ref->config().num_key_value_heads, d = ref->config().head_dim;
-    const bool tp = mode == models::ParallelMode::tp;
+    const bool tp = mode == models::ParallelMode::tp || mode == models::ParallelMode::automatic;
     if (tp && (heads % c.size() != 0 || (kv_heads % c.size() != 0 && c.size() % kv_heads != 0))) {
       EXPECT_THROW(models::MoeLm::load(dir, po), Error);
       continue;
@@ -414,8 +417,76 @@ TEST_P(DistLm, TensorSlicingEqualsOneProcess) {
   expect_sliced_equals_one_process(GetParam(), models::ParallelMode::tp);
 }
 
+// --parallel auto: attention as tp, each MoE layer's FFN as es or ep. Every MoE layer forced
+// to each layout, and the cost model's own choice, all equal one process.
+TEST_P(DistLm, AutomaticEqualsOneProcessInEitherLayout) {
+  for (const auto force : {std::optional<models::FfnLayout>(models::FfnLayout::es),
+                           std::optional<models::FfnLayout>(models::FfnLayout::ep),
+                           std::optional<models::FfnLayout>()}) {
+    SCOPED_TRACE(!force ? "cost model" : *force == models::FfnLayout::ep ? "ep" : "es");
+    expect_sliced_equals_one_process(GetParam(), models::ParallelMode::automatic, force);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Architectures, DistLm,
                          ::testing::Values("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"));
+
+// The per-layer choice is the cheaper of the two layouts' modelled communication, from the
+// collective costs measured at load, at the layer's experts per token; forcing overrides it.
+TEST(DistLm, FfnChoiceIsTheCheaperModelledLayout) {
+  dist::Communicator& c = comm();
+  const std::string dir = std::string(DELTAMOE_SOURCE_DIR) + "/tests/golden/llm/mixtral";
+  models::LmOptions po{DType::f32};
+  po.parallel = models::ParallelMode::automatic;
+  po.comm = &c;
+  const auto m = models::MoeLm::load(dir, po);
+  const double h = static_cast<double>(m->config().hidden_size), p = c.size();
+  for (int64_t rows : {int64_t{1}, int64_t{64}, int64_t{4096}}) {
+    const auto ch = m->ffn_choice(0, rows);
+    EXPECT_EQ(ch.experts_per_token, static_cast<double>(m->config().num_experts_per_tok));
+    EXPECT_DOUBLE_EQ(ch.es_seconds, m->all_reduce_cost().seconds(4 * h * rows, c.size()));
+    const double per_peer = rows / p * ch.experts_per_token / p;
+    EXPECT_DOUBLE_EQ(ch.ep_seconds, m->all_to_all_cost().seconds(per_peer * (4 * h + 4), c.size()) +
+                                        m->all_to_all_cost().seconds(per_peer * 4 * h, c.size()) +
+                                        2 * m->all_to_all_cost().seconds(8, c.size()) +
+                                        m->all_gather_cost().seconds(4 * h * rows / p, c.size()));
+    EXPECT_EQ(ch.layout,
+              ch.ep_seconds < ch.es_seconds ? models::FfnLayout::ep : models::FfnLayout::es);
+    EXPECT_FALSE(ch.forced);
+    if (c.size() == 1) {
+      EXPECT_EQ(ch.es_seconds + ch.ep_seconds, 0.0);
+    }
+  }
+  EXPECT_THROW(m->ffn_choice(-1, 1), Error);
+  po.force_ffn_layout = models::FfnLayout::ep;
+  const auto forced = models::MoeLm::load(dir, po);
+  EXPECT_EQ(forced->ffn_choice(0, 1).layout, models::FfnLayout::ep);
+  EXPECT_TRUE(forced->ffn_choice(0, 1).forced);
+  // Only --parallel auto chooses.
+  po.parallel = models::ParallelMode::tp;
+  EXPECT_THROW(models::MoeLm::load(dir, po), Error);
+  po.force_ffn_layout.reset();
+  EXPECT_THROW(models::MoeLm::load(dir, po)->ffn_choice(0, 1), Error);
+}
+
+// Collective cost curves: positive times, a fit that predicts more time for more bytes, and
+// nothing to pay on one rank.
+TEST(Dist, CollectiveCostsAreMeasuredAndFitted) {
+  dist::Communicator& c = comm();
+  for (const auto kind :
+       {dist::Collective::all_to_all, dist::Collective::all_reduce, dist::Collective::all_gather}) {
+    const auto cost = dist::measure_collective(c, kind, {4096, 1 << 16, 1 << 20}, 3);
+    ASSERT_EQ(cost.points.size(), 3u);
+    for (const auto& pt : cost.points) EXPECT_GT(pt.seconds, 0.0);
+    if (c.size() == 1) {
+      EXPECT_EQ(cost.seconds(1 << 20, 1), 0.0);
+    } else if (cost.bandwidth_gbps > 0) {
+      EXPECT_GT(cost.seconds(1 << 22, c.size()), cost.seconds(1 << 12, c.size()));
+    }
+  }
+  EXPECT_DOUBLE_EQ(dist::CollectiveCost::moved_bytes(dist::Collective::all_reduce, 400, 4), 600);
+  EXPECT_DOUBLE_EQ(dist::CollectiveCost::moved_bytes(dist::Collective::all_gather, 400, 4), 1200);
+}
 
 TEST(DistLm, RefusesWhatDoesNotCombine) {
   dist::Communicator& c = comm();

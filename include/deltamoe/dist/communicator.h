@@ -108,20 +108,38 @@ std::unique_ptr<Communicator> make_self();
 /// (does nothing) otherwise. Call after printing the error.
 void abort_world(int code) noexcept;
 
-/// One point of an all-to-all's cost curve: every rank sends `bytes_per_peer` bytes to each
-/// other rank; `seconds` is the slowest rank's mean time per call.
+/// The collectives whose cost curves can be measured (measure_collective).
+enum class Collective { all_to_all, all_reduce, all_gather };
+
+/// One point of a collective's cost curve: `bytes_per_peer` is, per collective, the bytes each
+/// rank sends to each other rank (all_to_all), the buffer each rank reduces (all_reduce, f32),
+/// or each rank's share (all_gather); `seconds` is the slowest rank's mean time per call.
 struct AllToAllPoint {
   int64_t bytes_per_peer = 0;
   double seconds = 0;
 };
-/// Times all_to_all_v at each size of `bytes_per_peer` (`reps` calls each, after one warm-up;
-/// left out of stats()) and fits t = latency + bytes_per_peer · (P − 1) / bandwidth: the
-/// bandwidth from the two largest sizes, the latency from the smallest. Collective.
-struct AllToAllCost {
+/// A fitted cost curve t = latency + moved / bandwidth, with `moved` the bytes one rank sends
+/// in the collective: b·(P − 1) for all_to_all and all_gather, 2·b·(P − 1)/P for a ring
+/// all_reduce of b bytes.
+struct CollectiveCost {
+  Collective kind = Collective::all_to_all;
   std::vector<AllToAllPoint> points;
   double latency_s = 0;       // fitted α
   double bandwidth_gbps = 0;  // fitted: GB/s each rank sends (0 when the sizes cannot tell)
+  /// Bytes one rank sends for size b (as in AllToAllPoint) on `ranks` ranks.
+  static double moved_bytes(Collective kind, double b, int ranks);
+  /// Predicted seconds of one call of size b (as in AllToAllPoint) on `ranks` ranks; 0 on one
+  /// rank.
+  double seconds(double b, int ranks) const;
 };
+using AllToAllCost = CollectiveCost;
+/// Times `kind` at each size of `bytes` (`reps` calls each, after one warm-up; left out of
+/// stats()) and fits t = latency + moved / bandwidth: the bandwidth from the two largest
+/// sizes, the latency from the smallest (a least-squares fit would let the large sizes'
+/// noise swamp it). all_reduce sizes are rounded down to whole floats. Collective.
+CollectiveCost measure_collective(Communicator& comm, Collective kind,
+                                  const std::vector<int64_t>& bytes, int reps);
+/// measure_collective of all_to_all_v with `bytes_per_peer` to every other rank.
 AllToAllCost measure_all_to_all(Communicator& comm, const std::vector<int64_t>& bytes_per_peer,
                                 int reps);
 

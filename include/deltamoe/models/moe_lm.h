@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -92,9 +93,19 @@ enum class ParallelMode {
   /// embeddings, norms, routers and the LM head held by every rank. Needs the query heads
   /// divisible by P and the KV heads a multiple or a divisor of P.
   tp,
+  /// Attention as tp; each MoE layer's FFN chosen per layer and per pass's row count between
+  /// expert slicing (as tp: partial sums all-reduced) and expert parallelism (each rank routes
+  /// 1/P of the rows and sends them to their experts' ranks by all-to-all, contiguous expert
+  /// blocks; the outputs all-gathered) by a cost model of the run's own communicator
+  /// (MoeLm::ffn_choice). Every rank holds both: its slice of every expert and its whole
+  /// experts (views of the mapping when the dtype matches, copies otherwise).
+  automatic,
 };
-/// "none" / "ep" / "es" / "tp".
+/// "none" / "ep" / "es" / "tp" / "auto".
 const char* parallel_mode_name(ParallelMode m);
+
+/// How one MoE layer's FFN runs under ParallelMode::automatic.
+enum class FfnLayout { es, ep };
 
 struct LmOptions {
   LmOptions() = default;
@@ -117,6 +128,9 @@ struct LmOptions {
   /// expert cache or per-expert queues that hold tokens.
   ParallelMode parallel = ParallelMode::none;
   dist::Communicator* comm = nullptr;  // not owned; must outlive the model; set with `parallel`
+  /// ParallelMode::automatic: run every MoE layer in this layout instead of the cost model's
+  /// choice (for tests and comparisons).
+  std::optional<FfnLayout> force_ffn_layout;
 };
 
 class MoeLm {
@@ -142,6 +156,25 @@ class MoeLm {
   /// forward passes since its reset_stats().
   ExpertCache* expert_cache() const { return cache_.get(); }
   ParallelMode parallel() const { return parallel_; }
+  /// ParallelMode::automatic's choice for MoE layer `layer` on a pass of `rows` token rows,
+  /// with the model's predicted seconds of each layout's communication: es all-reduces
+  /// [rows, H] f32; ep sends each routed pair of a rank's rows/P rows whose expert is
+  /// elsewhere (H f32 + a 4-byte id) out and its output back by all-to-all and all-gathers
+  /// [rows/P, H] per rank, at the layer's experts per token seen so far (the policy's k before
+  /// the first pass). Both do the same expert work, evenly split on average (ep's load
+  /// imbalance is not modelled). Costs from the collectives measured on the communicator at
+  /// load (dist::measure_collective). Throws Error("model") under another mode.
+  struct FfnChoice {
+    FfnLayout layout = FfnLayout::es;
+    double experts_per_token = 0;
+    double es_seconds = 0, ep_seconds = 0;
+    bool forced = false;
+  };
+  FfnChoice ffn_choice(int64_t layer, int64_t rows) const;
+  /// The collective costs measured at load (ParallelMode::automatic; else empty curves).
+  const dist::CollectiveCost& all_reduce_cost() const { return ar_cost_; }
+  const dist::CollectiveCost& all_to_all_cost() const { return a2a_cost_; }
+  const dist::CollectiveCost& all_gather_cost() const { return ag_cost_; }
   /// The communicator of a parallel layout, else null.
   dist::Communicator* comm() const { return comm_; }
   /// Expert-parallel counters of this rank since the last reset (ParallelMode::ep).
@@ -216,6 +249,8 @@ class MoeLm {
     std::vector<float> qkv_bias, o_bias;
     std::vector<float> q_norm, k_norm;
     std::unique_ptr<moe::MoeBlock> ffn;  // MoE block, or a one-expert block for dense MLPs
+    // ParallelMode::automatic, MoE layers: the whole experts (ffn holds this rank's slices).
+    std::unique_ptr<moe::MoeBlock> ffn_whole;
     bool moe = true;
   };
   struct Pass;    // one forward call's sequences and scratch (moe_lm.cpp)
@@ -246,7 +281,11 @@ class MoeLm {
               float* h) const;
   /// run_layers() with the rows split over the ranks (ParallelMode::ep, moe_lm_parallel.cpp).
   void run_layers_parallel(Pass& p, std::vector<float>& h, LmStats* stats) const;
-  void ffn(const Layer& ly, Pass& p, const RowSet& rs, float* h, LmStats* stats) const;
+  void ffn(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h, LmStats* stats) const;
+  /// ffn() of an MoE layer run by expert parallelism under ParallelMode::automatic: this
+  /// rank's share of the rows to their experts and back, the outputs all-gathered into y.
+  void ffn_expert_parallel(const Layer& ly, int64_t l, const float* x, int64_t n,
+                           const moe::RoutingResult& routing, float* y) const;
   /// ffn() of an MoE layer whose experts are in cache_ (moe_lm_offload.cpp).
   void ffn_offloaded(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h,
                      LmStats* stats) const;
@@ -261,8 +300,15 @@ class MoeLm {
   /// Throws Error("model") when the pool is out of blocks or has another model's shape.
   void reserve(KvCache& cache, int64_t tokens) const;
 
-  /// Whether FFN outputs are partial sums over the ranks (es, tp).
-  bool sliced_ffn() const { return parallel_ == ParallelMode::es || parallel_ == ParallelMode::tp; }
+  /// Whether the FFN blocks hold slices of the experts (es, tp, automatic).
+  bool sliced_ffn() const {
+    return parallel_ == ParallelMode::es || parallel_ == ParallelMode::tp ||
+           parallel_ == ParallelMode::automatic;
+  }
+  /// Whether the attention heads are split over the ranks (tp, automatic).
+  bool sliced_heads() const {
+    return parallel_ == ParallelMode::tp || parallel_ == ParallelMode::automatic;
+  }
   /// q/k norms over all heads (OLMoE) when the heads are split over ranks (tp): the rows'
   /// sums of squares all-reduced, then q/k scaled by the global RMS.
   void qk_norm_full_sliced(const Layer& ly, float* qkv, int64_t n) const;
@@ -291,6 +337,11 @@ class MoeLm {
   std::vector<moe::ExpertPlacement> placement_;  // per layer (ParallelMode::ep, MoE layers)
   PlacementReport placement_report_;
   bool dynamic_placement_ = false;
+  // ParallelMode::automatic: measured collective costs, forced layout, and the experts per
+  // token seen at each layer (running mean; forward() runs on one thread at a time).
+  dist::CollectiveCost ar_cost_, a2a_cost_, ag_cost_;
+  std::optional<FfnLayout> force_ffn_layout_;
+  mutable std::vector<double> k_seen_;
 };
 
 /// Picks the next token from logits[V]: argmax when temperature ≤ 0 (lowest id on ties),
