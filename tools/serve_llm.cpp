@@ -22,6 +22,7 @@ void LlmServeOptions::add(CLI::App& app) {
       ->check(CLI::IsMember({"mapped", "packed"}))
       ->capture_default_str();
   add_offload_options(app, offload, "Language models: ");
+  add_parallel_option(app, parallel, ep_placement);
   app.add_option("--kv-cache-mb", kv_cache_mb,
                  "Language models: KV-cache memory in MiB, shared by all sequences in blocks")
       ->check(CLI::Range(1.0, 1048576.0))
@@ -95,8 +96,19 @@ int run_llm_server(const std::string& model_dir, const std::string& routing,
   lo.offload = o.offload;
   lo.routing = routing;
   lo.threads = o.threads;
+  lo.parallel = o.parallel;
+  lo.ep_placement = o.ep_placement;
+  DELTAMOE_CHECK(o.parallel == "none" || !o.queues.holds(), "serve",
+                 "--mode per-expert holds tokens at MoE layers between steps, which --parallel "
+                 "does not run: use one or the other");
   const auto t0 = std::chrono::steady_clock::now();
   std::shared_ptr<const models::MoeLm> model = load_lm(lo);
+  dist::Communicator* comm = model->comm();
+  if (comm && comm->size() > 1 && comm->rank() != 0) {
+    // Only rank 0 listens; the others run each of its engine's steps until it stops.
+    serve::follow_llm_steps(*model, *comm);
+    return 0;
+  }
   serve::LlmEngineConfig ec;
   ec.kv_block_tokens = o.kv_block;
   ec.kv_cache_bytes = static_cast<size_t>(o.kv_cache_mb * 1024.0 * 1024.0);
@@ -104,6 +116,7 @@ int run_llm_server(const std::string& model_dir, const std::string& routing,
   ec.max_running = o.max_running;
   ec.max_waiting = o.max_waiting;
   ec.expert_queues = o.queues;
+  if (comm && comm->size() > 1) ec.mirror = comm;
   auto engine = std::make_shared<serve::LlmEngine>(model, tok, ec);
   serve::LlmServerConfig sc;
   sc.host = http.host;
@@ -137,8 +150,11 @@ int run_llm_server(const std::string& model_dir, const std::string& routing,
             << (o.queues.holds() ? "per-expert queues B=" + std::to_string(o.queues.min_rows) +
                                        " T=" + std::to_string(o.queues.max_wait_s * 1e3) + "ms"
                                  : std::string("continuous batching"))
-            << "; chat template " << (chat ? "yes" : "none") << "; listening on http://" << sc.host
-            << ":" << server.port() << std::endl;
+            << "; chat template " << (chat ? "yes" : "none")
+            << (comm ? "; --parallel " + o.parallel + " over " + std::to_string(comm->size()) +
+                           " ranks"
+                     : std::string())
+            << "; listening on http://" << sc.host << ":" << server.port() << std::endl;
   if (!http.port_file.empty())
     write_file_atomic(http.port_file, std::to_string(server.port()) + "\n");
   int sig = 0;

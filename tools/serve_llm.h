@@ -27,6 +27,8 @@ struct LlmServeOptions {
   std::string model_name;          // empty: the directory's name
   models::ExpertQueueRule queues;  // from the shared --mode / --queue-size / --queue-timeout-us
   OffloadCliOptions offload;       // --expert-cache and its companions
+  std::string parallel = "none";   // --parallel under mpirun: only rank 0 listens
+  std::string ep_placement;        // --ep-placement
 
   /// Sets `queues` from serve's shared flags: --mode continuous (the default for language
   /// models) or per-expert, which needs --queue-size B and --queue-timeout-us T ≥ 0 given

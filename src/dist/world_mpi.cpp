@@ -1,12 +1,15 @@
 // dist/ on Open MPI: MPI_COMM_WORLD behind the Communicator interface. MPI is initialised on
-// the first world() call (MPI_THREAD_FUNNELED: only the thread that drives the model calls
-// MPI; OpenMP workers never do) and finalised at exit. Errors come back as return codes
+// the first world() call (MPI_THREAD_SERIALIZED: one thread at a time calls MPI, the one that
+// drives the model: the main thread, or `serve`'s engine thread once the main thread waits for
+// signals; OpenMP workers never do) and finalised at exit. Errors come back as return codes
 // (MPI_ERRORS_RETURN) and are thrown as Error("dist"); the CLI then calls abort_world().
 #include <mpi.h>
 
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cstdlib>
+#include <thread>
 #include <vector>
 
 #include "deltamoe/core/error.h"
@@ -95,6 +98,21 @@ class MpiCommunicator final : public Communicator {
     check_mpi(MPI_Bcast(data, to_int(bytes, "broadcast"), MPI_BYTE, root, MPI_COMM_WORLD),
               "MPI_Bcast");
   }
+  void broadcast_waiting(void* data, int64_t bytes, int root) override {
+    DELTAMOE_CHECK(root >= 0 && root < size_, "dist", "broadcast from rank ", root, " of ", size_);
+    const Timer t(stats_, rank_ == root ? bytes * (size_ - 1) : 0);
+    MPI_Request req = MPI_REQUEST_NULL;
+    check_mpi(MPI_Ibcast(data, to_int(bytes, "broadcast"), MPI_BYTE, root, MPI_COMM_WORLD, &req),
+              "MPI_Ibcast");
+    // Blocking MPI calls poll without pause (a core at 100% for as long as they wait).
+    auto pause = std::chrono::microseconds(20);
+    for (int done = 0;;) {
+      check_mpi(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+      if (done) return;
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::microseconds(500));
+    }
+  }
   void barrier() override {
     const Timer t(stats_, 0);
     check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
@@ -149,10 +167,11 @@ Communicator& world() {
   static const std::unique_ptr<Communicator> comm = []() -> std::unique_ptr<Communicator> {
     if (launched_ranks() == 1) return make_self();
     int provided = 0;
-    check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided),
+              "MPI_Init_thread");
     std::atexit(finalize_at_exit);
-    DELTAMOE_CHECK(provided >= MPI_THREAD_FUNNELED, "dist",
-                   "this MPI does not support MPI_THREAD_FUNNELED (got level ", provided, ")");
+    DELTAMOE_CHECK(provided >= MPI_THREAD_SERIALIZED, "dist",
+                   "this MPI does not support MPI_THREAD_SERIALIZED (got level ", provided, ")");
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     g_world_up = true;
     return std::make_unique<MpiCommunicator>();

@@ -34,6 +34,20 @@ double seconds(Mono::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
+// Messages of the step mirror (LlmEngineConfig::mirror), int64 words from rank 0: the KV
+// pool's shape once, then one per step, then the end.
+constexpr int64_t kStepHello = 1, kStepRun = 2, kStepStop = 3;
+
+// Rank 0 sends `words` (a count, then the words) to every rank; the others pass anything and
+// get rank 0's. The count is waited for asleep: the other ranks wait for it between requests.
+std::vector<int64_t> broadcast_words(dist::Communicator& comm, std::vector<int64_t> words) {
+  int64_t n = static_cast<int64_t>(words.size());
+  comm.broadcast_waiting(&n, 8, 0);
+  words.resize(static_cast<size_t>(n));
+  comm.broadcast(words.data(), 8 * n, 0);
+  return words;
+}
+
 struct Seq {
   int64_t id = 0;
   std::vector<int32_t> ids;  // prompt, then generated tokens
@@ -206,6 +220,11 @@ LlmEngine::LlmEngine(std::shared_ptr<const models::MoeLm> model,
   impl_->st.expert_tokens.assign(static_cast<size_t>(impl_->experts), 0);
   impl_->st.expert_step_rows.assign(static_cast<size_t>(impl_->experts), 0);
   impl_->st.expert_queue_rows.assign(static_cast<size_t>(impl_->experts), 0);
+  if (config_.mirror) {
+    DELTAMOE_CHECK(!config_.expert_queues.holds(), "engine",
+                   "per-expert queues that hold tokens do not run over several ranks");
+    broadcast_words(*config_.mirror, {kStepHello, config_.kv_block_tokens, blocks});
+  }
   impl_->thread = std::thread([this] { impl_->loop(); });
 }
 
@@ -301,7 +320,10 @@ void LlmEngine::Impl::loop() {
     {
       std::unique_lock<std::mutex> lk(mu);
       cv.wait(lk, [&] { return stopping || !waiting.empty() || !running.empty(); });
-      if (stopping && waiting.empty() && running.empty()) return;
+      if (stopping && waiting.empty() && running.empty()) {
+        if (eng.config_.mirror) broadcast_words(*eng.config_.mirror, {kStepStop});
+        return;
+      }
     }
     // Cancelled requests leave the batch first.
     for (auto it = running.begin(); it != running.end();) {
@@ -373,6 +395,19 @@ void LlmEngine::Impl::run_step() {
   models::LmStats ls;
   const auto t0 = Mono::now();
   int64_t finished = 0;
+  if (dist::Communicator* comm = eng.config_.mirror) {
+    // The other ranks run this step too: live sequences (the others' caches go), then each
+    // step sequence's id, cache position and tokens.
+    std::vector<int64_t> msg = {kStepRun, static_cast<int64_t>(running.size())};
+    for (const auto& s : running) msg.push_back(s->id);
+    msg.push_back(static_cast<int64_t>(step.size()));
+    for (size_t i = 0; i < step.size(); ++i) {
+      msg.insert(msg.end(),
+                 {step[i]->id, step[i]->cache.length(), static_cast<int64_t>(tokens[i].size())});
+      msg.insert(msg.end(), tokens[i].begin(), tokens[i].end());
+    }
+    broadcast_words(*comm, msg);
+  }
   try {
     finished =
         eng.model_->forward_batch(tokens, caches, logits.data(), &ls, eng.config_.expert_queues);
@@ -380,6 +415,9 @@ void LlmEngine::Impl::run_step() {
     // Nothing in a step is the client's fault (requests were checked at submit): every
     // sequence of it ends with the reason rather than leaving the server stuck.
     std::cerr << "engine: step failed: " << e.what() << "\n";
+    // Over several ranks a step that failed here may have run elsewhere: the ranks' next
+    // collectives would not match, so the whole job ends (as a failing command does).
+    if (eng.config_.mirror) dist::abort_world(1);
     for (Seq* s : step) {
       finish(*s, "error", e.what());
       running.erase(std::find_if(running.begin(), running.end(),
@@ -460,6 +498,49 @@ void LlmEngine::Impl::run_step() {
                                           done.end();
                                  }),
                   running.end());
+}
+
+void follow_llm_steps(const models::MoeLm& model, dist::Communicator& comm) {
+  std::vector<int64_t> msg = broadcast_words(comm, {});
+  DELTAMOE_CHECK(msg.size() == 3 && msg[0] == kStepHello, "engine", "rank ", comm.rank(),
+                 ": expected the KV pool's shape from rank 0");
+  const auto pool = model.make_kv_pool(msg[1], msg[2]);
+  std::unordered_map<int64_t, std::unique_ptr<models::KvCache>> caches;
+  std::vector<float> logits;
+  for (;;) {
+    msg = broadcast_words(comm, {});
+    DELTAMOE_CHECK(!msg.empty() && (msg[0] == kStepRun || msg[0] == kStepStop), "engine", "rank ",
+                   comm.rank(), ": unknown step message");
+    if (msg[0] == kStepStop) return;
+    size_t at = 1;
+    const auto word = [&] {
+      DELTAMOE_CHECK(at < msg.size(), "engine", "rank ", comm.rank(), ": truncated step message");
+      return msg[at++];
+    };
+    // Sequences rank 0 no longer runs (finished, cancelled, preempted) give their blocks back.
+    std::unordered_map<int64_t, bool> alive;
+    for (int64_t i = 0, n = word(); i < n; ++i) alive[word()] = true;
+    for (auto it = caches.begin(); it != caches.end();)
+      it = alive.count(it->first) ? std::next(it) : caches.erase(it);
+    const int64_t seqs = word();
+    std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(seqs));
+    std::vector<models::KvCache*> step(static_cast<size_t>(seqs));
+    for (int64_t i = 0; i < seqs; ++i) {
+      const int64_t id = word(), start = word(), n = word();
+      auto& c = caches[id];
+      if (!c) c = std::make_unique<models::KvCache>(pool);
+      if (start == 0) c->clear();  // a preempted sequence starts over
+      DELTAMOE_CHECK(c->length() == start, "engine", "rank ", comm.rank(), ": sequence ", id,
+                     " continues at position ", start, " but its cache holds ", c->length());
+      for (int64_t j = 0; j < n; ++j)
+        tokens[static_cast<size_t>(i)].push_back(static_cast<int32_t>(word()));
+      step[static_cast<size_t>(i)] = c.get();
+    }
+    logits.resize(static_cast<size_t>(seqs * model.vocab_size()));
+    // With stats, as rank 0 asks for them: gathering them is collective under --parallel ep.
+    models::LmStats ls;
+    model.forward_batch(tokens, step, logits.data(), &ls);
+  }
 }
 
 }  // namespace deltamoe::serve

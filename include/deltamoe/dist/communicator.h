@@ -59,6 +59,12 @@ class Communicator {
   virtual void all_reduce_max(double* data, int64_t n) = 0;
   /// Rank `root`'s `bytes` bytes at data, copied to every rank's data.
   virtual void broadcast(void* data, int64_t bytes, int root) = 0;
+  /// broadcast() for ranks that may wait long for the root (a server's other ranks between
+  /// requests): a waiting rank sleeps between polls (20 µs growing to 500 µs) instead of
+  /// spinning on a core, at the price of up to that much latency when the data comes.
+  virtual void broadcast_waiting(void* data, int64_t bytes, int root) {
+    broadcast(data, bytes, root);
+  }
   virtual void barrier() = 0;
 
   const CommStats& stats() const { return stats_; }

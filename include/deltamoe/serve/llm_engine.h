@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "deltamoe/dist/communicator.h"
 #include "deltamoe/io/tokenizer.h"
 #include "deltamoe/models/moe_lm.h"
 #include "deltamoe/serve/expert_queue.h"
@@ -42,6 +43,11 @@ struct LlmEngineConfig {
   /// Per-expert queues across steps (B rows or T seconds, models::ExpertQueueRule); the
   /// default never holds a token (plain continuous batching).
   models::ExpertQueueRule expert_queues;
+  /// serve --parallel, on rank 0 of a model loaded with a parallel layout: every step is
+  /// broadcast on this communicator before it runs, so that the other ranks run the same
+  /// forward_batch calls (follow_llm_steps). Not owned; outlives the engine. Its collectives
+  /// are then called from the engine thread (MPI_THREAD_SERIALIZED).
+  dist::Communicator* mirror = nullptr;
 };
 
 /// Sampling and stopping of one request.
@@ -138,6 +144,14 @@ class LlmEngine {
   int64_t context_ = 0;
   std::unique_ptr<Impl> impl_;
 };
+
+/// The other ranks' side of LlmEngineConfig::mirror: receives the KV pool's shape, then each
+/// step rank 0's engine runs (its sequences' ids, cache positions and tokens, and which
+/// sequences are still alive), keeps one KV cache per live sequence and runs the same
+/// forward_batch on `model` (the same parallel layout and communicator), until rank 0's
+/// engine stops. Throws Error("engine") when a step does not continue a sequence's cache.
+/// Call on every rank but 0, on the thread that may call MPI.
+void follow_llm_steps(const models::MoeLm& model, dist::Communicator& comm);
 
 /// Length of the longest suffix of `text` that is a proper prefix of one of `stops`: the bytes
 /// a stream must hold back because a stop string may be starting there.
