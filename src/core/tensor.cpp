@@ -43,6 +43,16 @@ Storage::~Storage() {
   if (owned_) std::free(data_);
 }
 
+size_t Storage::release_pages(const void* begin, size_t bytes) const {
+  if (!file_mapped_ || bytes == 0) return 0;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto b = reinterpret_cast<uintptr_t>(begin);
+  const uintptr_t first = (b + page - 1) / page * page, last = (b + bytes) / page * page;
+  if (last <= first) return 0;
+  if (::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED) != 0) return 0;
+  return last - first;
+}
+
 std::string shape_str(const Shape& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) {

@@ -293,6 +293,15 @@ TEST(Dist, ReleasedMappedPagesAreReadAgain) {
     EXPECT_EQ(kernels::PackedLinear::row_major(f.get("w"), DType::bf16).release_pages(), 0u);
     kernels::linear(x.data(), 1, k, in_memory, after.data(), n);
     EXPECT_EQ(before, after);
+    // The storage-level call that expert and tensor slicing use on matrices whose columns they
+    // copied: a part of the mapping, whole pages only; the values read again from the file.
+    const Tensor view = f.get("w");
+    const size_t part = view.storage()->release_pages(view.raw(), view.nbytes() / 2);
+    EXPECT_GE(part, static_cast<size_t>(n * k * 2) - 2 * 4096);
+    EXPECT_LE(part, static_cast<size_t>(n * k * 2));
+    EXPECT_EQ(view.to_vector(), w.to_vector());
+    EXPECT_EQ(w.storage()->release_pages(w.raw(), w.nbytes()), 0u);  // not a mapping
+    EXPECT_EQ(view.storage()->release_pages(view.raw(), 100), 0u);    // no whole page
   }
   std::filesystem::remove(path);
 }

@@ -40,6 +40,12 @@ class Storage {
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   bool file_mapped() const { return file_mapped_; }
+  /// Drops this process's pages of [begin, begin + bytes) (inside this storage) when the
+  /// storage is a file mapping: whole pages inside the range only (a neighbour's bytes on a
+  /// shared page stay), read again from the file when touched. Returns the bytes dropped (0
+  /// for memory that is not a file mapping: dropping it would zero it). Resident memory falls;
+  /// the page cache is untouched.
+  size_t release_pages(const void* begin, size_t bytes) const;
 
  private:
   void* data_ = nullptr;

@@ -209,15 +209,9 @@ void linear_rows(LinearImpl impl, const LinearArgs& a) {
 }
 
 size_t PackedLinear::release_pages() const {
-  // Only a file's read-only mapping: dropping anonymous memory would zero it.
-  if (!in_place_ || !data_ || !data_->file_mapped() || bytes_ == 0) return 0;
-  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto begin = reinterpret_cast<uintptr_t>(data());
-  const uintptr_t first = (begin + page - 1) / page * page, last = (begin + bytes_) / page * page;
-  if (last <= first) return 0;
-  // Whole pages inside this matrix only: a neighbour's bytes on a shared page stay mapped.
-  if (::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED) != 0) return 0;
-  return last - first;
+  // Only a file's read-only mapping (Storage::release_pages checks): never a copy.
+  if (!in_place_ || !data_) return 0;
+  return data_->release_pages(data(), bytes_);
 }
 
 }  // namespace deltamoe::kernels
