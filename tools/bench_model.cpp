@@ -247,24 +247,20 @@ nlohmann::json comm_report(const models::MoeLm& m, const Contender::Comm& t, dou
     predicted = from_routing = static_cast<double>(cfg.num_hidden_layers) / ml * per_layer;
     remote_share = 0;
   }
-  if (m.parallel() == models::ParallelMode::automatic) {
-    // Per-layer choices that may change between passes: no single traffic model; the
-    // choices and their modelled costs are reported instead (ffn_choices).
-    return {{"tokens", t.tokens},
-            {"bytes_per_token_per_moe_layer", measured},
-            {"remote_pair_share", pairs > 0 ? sums[2] / pairs : 0.0},
-            {"comm_time_share", t.wall_s > 0 ? sums[3] / p / t.wall_s : 0.0},
-            {"comm_time_share_per_rank", share}};
+  nlohmann::json r = {{"tokens", t.tokens},
+                      {"bytes_per_token_per_moe_layer", measured},
+                      {"remote_pair_share", pairs > 0 ? sums[2] / pairs : 0.0},
+                      {"comm_time_share", t.wall_s > 0 ? sums[3] / p / t.wall_s : 0.0},
+                      {"comm_time_share_per_rank", share}};
+  // --parallel auto's per-layer choices may change between passes: no single traffic model;
+  // the choices and their modelled costs are reported instead (ffn_choices).
+  if (m.parallel() != models::ParallelMode::automatic) {
+    r["predicted_bytes_per_token_per_moe_layer"] = predicted;
+    r["bytes_over_predicted"] = predicted > 0 ? measured / predicted : 0.0;
+    r["bytes_over_routing_model"] = from_routing > 0 ? measured / from_routing : 0.0;
+    r["predicted_remote_pair_share"] = remote_share;
   }
-  return {{"tokens", t.tokens},
-          {"bytes_per_token_per_moe_layer", measured},
-          {"predicted_bytes_per_token_per_moe_layer", predicted},
-          {"bytes_over_predicted", predicted > 0 ? measured / predicted : 0.0},
-          {"bytes_over_routing_model", from_routing > 0 ? measured / from_routing : 0.0},
-          {"remote_pair_share", pairs > 0 ? sums[2] / pairs : 0.0},
-          {"predicted_remote_pair_share", remote_share},
-          {"comm_time_share", t.wall_s > 0 ? sums[3] / p / t.wall_s : 0.0},
-          {"comm_time_share_per_rank", share}};
+  return r;
 }
 
 nlohmann::json parallel_report(const Contender& c, const ModelBenchOptions& o) {

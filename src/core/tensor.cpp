@@ -157,6 +157,10 @@ void Tensor::check_type(size_t elem_size, int tag) const {
     fail("tensor", "data<T>() with the wrong element type for a ", dtype_name(dtype_), " tensor");
 }
 
+size_t Tensor::release_pages() const {
+  return defined() && storage_ ? storage_->release_pages(raw(), nbytes()) : 0;
+}
+
 Tensor Tensor::slice(int64_t begin, int64_t end) const {
   DELTAMOE_CHECK(dim() >= 1, "tensor", "slice of a scalar");
   DELTAMOE_CHECK(0 <= begin && begin <= end && end <= shape_[0], "tensor", "slice [", begin, ", ",

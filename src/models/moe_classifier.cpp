@@ -268,31 +268,6 @@ Tensor MoeClassifier::patchify(const Tensor& x) const {
   return out;
 }
 
-namespace {
-
-// y[tokens, H] = the MoE block on u with the experts split over the ranks: this rank's slice
-// of the rows goes through the all-to-all, the slices are all-gathered.
-void expert_parallel_layer(const moe::MoeBlock& block, dist::Communicator& comm, const float* u,
-                           int64_t tokens, const moe::RoutingResult& rr, const float* weights,
-                           float* y) {
-  const int ranks = comm.size(), me = comm.rank();
-  const int64_t h = block.hidden();
-  const int64_t lo = dist::split_begin(tokens, me, ranks),
-                hi = dist::split_begin(tokens, me + 1, ranks);
-  moe::RoutingResult mine;
-  const int32_t a = rr.offsets[static_cast<size_t>(lo)], b = rr.offsets[static_cast<size_t>(hi)];
-  for (int64_t t = lo; t <= hi; ++t) mine.offsets.push_back(rr.offsets[static_cast<size_t>(t)] - a);
-  mine.expert_ids.assign(rr.expert_ids.begin() + a, rr.expert_ids.begin() + b);
-  mine.weights.assign(weights + a, weights + b);
-  moe::apply_expert_parallel(block, moe::ExpertPlacement::contiguous(block.experts(), ranks), comm,
-                             u + lo * h, hi - lo, mine, y + lo * h);
-  block.add_shared(u + lo * h, hi - lo, y + lo * h);
-  const std::vector<int64_t> bytes = dist::split_bytes(tokens, ranks, h * 4);
-  comm.all_gather_v(y + lo * h, y, bytes.data());
-}
-
-}  // namespace
-
 Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
                              const ForwardOptions& opt, LayerRouting& lr, std::vector<Var>& aux) {
   const auto& c = config_;
@@ -357,8 +332,11 @@ Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
     Tensor yv({tokens, c.hidden});
     const moe::MoeBlock& block = opt.packed->blocks[static_cast<size_t>(l)];
     if (opt.comm && opt.comm->size() > 1)
-      expert_parallel_layer(block, *opt.comm, uv.data<float>(), tokens, rr,
-                            g.value(w).data<float>(), yv.data<float>());
+      // Experts split over the ranks: each rank's slice of the rows through the all-to-all,
+      // the slices all-gathered.
+      moe::apply_expert_parallel_replicated(
+          block, moe::ExpertPlacement::contiguous(block.experts(), opt.comm->size()), *opt.comm,
+          uv.data<float>(), tokens, rr, yv.data<float>(), nullptr, g.value(w).data<float>());
     else
       block.apply(uv.data<float>(), tokens, rr, yv.data<float>(), g.value(w).data<float>());
     y = g.input(yv);

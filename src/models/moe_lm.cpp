@@ -71,11 +71,6 @@ Tensor columns(const Tensor& t, int64_t c0, int64_t c1) {
   return out;
 }
 
-// Drops this process's pages of a view of a file mapping (nothing for memory of its own).
-void release_view_pages(const Tensor& t) {
-  if (t.defined() && t.storage()) t.storage()->release_pages(t.raw(), t.nbytes());
-}
-
 // Expert slicing: this rank's share [i0, i1) of every expert's intermediate dimension (and of
 // the shared expert's): gate and up rows (views), down columns (copies). The rank's block
 // computes a partial sum of the layer's output; the ranks' partials add up to it, gate
@@ -93,7 +88,7 @@ moe::MoeWeights slice_experts(const moe::MoeWeights& w, int rank, int ranks, boo
     u2 = up.slice(i0, i1);
     d2 = columns(down, i0, i1);
     // Copying the columns read every page of the mapped matrix; only the copy is used.
-    if (release) release_view_pages(down);
+    if (release) down.release_pages();
   };
   for (size_t e = 0; e < w.w1.size(); ++e)
     cut(w.w1[e], w.w3[e], w.w2[e], s.w1[e], s.w3[e], s.w2[e]);
@@ -205,7 +200,7 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
       auto att = kernels::PackedLinear::row_major_all({q, k, v, o}, dtype_);
       for (const auto& p : att) mapped_bytes_ += p.in_place() ? p.weight_bytes() : 0;
       ly.o = std::move(att[3]);
-      if (!all_heads) release_view_pages(lw.o);  // its columns were copied
+      if (!all_heads) lw.o.release_pages();  // its columns were copied
       att.pop_back();
       ly.qkv = std::move(att);
     } else {

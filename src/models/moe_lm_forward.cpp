@@ -228,8 +228,12 @@ void MoeLm::project_qkv(const Layer& ly, const float* h, int64_t n, float* x, fl
     col += ly.qkv[j].out_features();
   }
   // Under tp the norms over all heads need every rank's share: a collective between the
-  // bias and the clipping.
+  // bias and the clipping, which then comes after it.
   const bool full_sliced = cfg_.qk_norm == io::HfConfig::QkNorm::full && sliced_heads();
+  const auto clip = [&](float* row) {  // OLMoE clamps after the q/k norms
+    const float lim = static_cast<float>(*cfg_.clip_qkv);
+    for (int64_t c = 0; c < qkv_n; ++c) row[c] = std::clamp(row[c], -lim, lim);
+  };
   parallel_for(n, 4, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       float* row = qkv + r * qkv_n;
@@ -244,14 +248,15 @@ void MoeLm::project_qkv(const Layer& ly, const float* h, int64_t n, float* x, fl
         kernels::rms_norm_rows_st(q, ly.q_norm.data(), q, 1, q_rows_, q_rows_, eps);
         kernels::rms_norm_rows_st(k, ly.k_norm.data(), k, 1, kv_rows_, kv_rows_, eps);
       }
+      if (cfg_.clip_qkv && !full_sliced) clip(row);
     }
   });
-  if (full_sliced) qk_norm_full_sliced(ly, qkv, n);
-  if (cfg_.clip_qkv) {  // OLMoE clamps after the q/k norms
-    const float lim = static_cast<float>(*cfg_.clip_qkv);
-    parallel_for(n, 4, [&](int64_t b, int64_t e) {
-      for (int64_t c = b * qkv_n; c < e * qkv_n; ++c) qkv[c] = std::clamp(qkv[c], -lim, lim);
-    });
+  if (full_sliced) {
+    qk_norm_full_sliced(ly, qkv, n);
+    if (cfg_.clip_qkv)
+      parallel_for(n, 4, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) clip(qkv + r * qkv_n);
+      });
   }
 }
 
@@ -345,7 +350,8 @@ void MoeLm::ffn(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h,
   moe::RoutingResult routing;
   ly.ffn->route(x, n, ly.moe ? *policy_ : *dense_policy_, routing);
   if (ly.ffn_whole && ffn_choice(l, n).layout == FfnLayout::ep) {
-    ffn_expert_parallel(ly, l, x, n, routing, y);
+    moe::apply_expert_parallel_replicated(*ly.ffn_whole, placement_[static_cast<size_t>(l)], *comm_,
+                                          x, n, routing, y, &ep_stats_);
   } else {
     ly.ffn->apply(x, n, routing, y);
     // Expert slicing: this rank's block gave a partial sum of the FFN's output.

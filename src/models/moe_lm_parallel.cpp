@@ -224,10 +224,6 @@ void MoeLm::run_layers_parallel(Pass& p, std::vector<float>& h, LmStats* stats) 
   });
 }
 
-}  // namespace deltamoe::models
-
-namespace deltamoe::models {
-
 MoeLm::FfnChoice MoeLm::ffn_choice(int64_t layer, int64_t rows) const {
   DELTAMOE_CHECK(parallel_ == ParallelMode::automatic && layer >= 0 && layer < layers() &&
                      layers_[static_cast<size_t>(layer)].moe,
@@ -254,30 +250,6 @@ MoeLm::FfnChoice MoeLm::ffn_choice(int64_t layer, int64_t rows) const {
     c.layout = c.ep_seconds < c.es_seconds ? FfnLayout::ep : FfnLayout::es;
   }
   return c;
-}
-
-void MoeLm::ffn_expert_parallel(const Layer& ly, int64_t l, const float* x, int64_t n,
-                                const moe::RoutingResult& routing, float* y) const {
-  dist::Communicator& comm = *comm_;
-  const int ranks = comm.size(), me = comm.rank();
-  const int64_t hd = cfg_.hidden_size;
-  const int64_t lo = dist::split_begin(n, me, ranks), hi = dist::split_begin(n, me + 1, ranks);
-  // This rank's rows' routing: a slice of the CSR every rank computed for all rows.
-  moe::RoutingResult mine;
-  mine.clear();
-  const int32_t j0 = routing.offsets[static_cast<size_t>(lo)];
-  for (int64_t r = lo; r < hi; ++r)
-    mine.offsets.push_back(routing.offsets[static_cast<size_t>(r + 1)] - j0);
-  mine.expert_ids.assign(routing.expert_ids.begin() + j0,
-                         routing.expert_ids.begin() + routing.offsets[static_cast<size_t>(hi)]);
-  mine.weights.assign(routing.weights.begin() + j0,
-                      routing.weights.begin() + routing.offsets[static_cast<size_t>(hi)]);
-  std::vector<float> ym(static_cast<size_t>((hi - lo) * hd));
-  moe::apply_expert_parallel(*ly.ffn_whole, placement_[static_cast<size_t>(l)], comm, x + lo * hd,
-                             hi - lo, mine, ym.data(), &ep_stats_);
-  ly.ffn_whole->add_shared(x + lo * hd, hi - lo, ym.data());
-  const std::vector<int64_t> bytes = dist::split_bytes(n, ranks, hd * 4);
-  comm.all_gather_v(ym.data(), y, bytes.data());
 }
 
 }  // namespace deltamoe::models

@@ -161,4 +161,27 @@ void apply_expert_parallel(const MoeBlock& block, const ExpertPlacement& place,
   }
 }
 
+void apply_expert_parallel_replicated(const MoeBlock& block, const ExpertPlacement& placement,
+                                      dist::Communicator& comm, const float* x, int64_t tokens,
+                                      const RoutingResult& routing, float* y,
+                                      ExpertParallelStats* stats, const float* weights) {
+  const int ranks = comm.size(), me = comm.rank();
+  const int64_t h = block.hidden();
+  const int64_t lo = dist::split_begin(tokens, me, ranks);
+  const int64_t hi = dist::split_begin(tokens, me + 1, ranks);
+  // This rank's rows' routing: a slice of the CSR every rank holds for all rows.
+  RoutingResult mine;
+  const int32_t a = routing.offsets[static_cast<size_t>(lo)];
+  const int32_t b = routing.offsets[static_cast<size_t>(hi)];
+  for (int64_t t = lo; t <= hi; ++t)
+    mine.offsets.push_back(routing.offsets[static_cast<size_t>(t)] - a);
+  mine.expert_ids.assign(routing.expert_ids.begin() + a, routing.expert_ids.begin() + b);
+  const float* w = weights ? weights : routing.weights.data();
+  mine.weights.assign(w + a, w + b);
+  apply_expert_parallel(block, placement, comm, x + lo * h, hi - lo, mine, y + lo * h, stats);
+  block.add_shared(x + lo * h, hi - lo, y + lo * h);
+  const std::vector<int64_t> bytes = dist::split_bytes(tokens, ranks, h * 4);
+  comm.all_gather_v(y + lo * h, y, bytes.data());
+}
+
 }  // namespace deltamoe::moe

@@ -10,6 +10,7 @@
 #include <random>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "deltamoe/core/error.h"
 
@@ -518,8 +519,8 @@ void follow_llm_steps(const models::MoeLm& model, dist::Communicator& comm) {
       return msg[at++];
     };
     // Sequences rank 0 no longer runs (finished, cancelled, preempted) give their blocks back.
-    std::unordered_map<int64_t, bool> alive;
-    for (int64_t i = 0, n = word(); i < n; ++i) alive[word()] = true;
+    std::unordered_set<int64_t> alive;
+    for (int64_t i = 0, n = word(); i < n; ++i) alive.insert(word());
     for (auto it = caches.begin(); it != caches.end();)
       it = alive.count(it->first) ? std::next(it) : caches.erase(it);
     const int64_t seqs = word();

@@ -98,6 +98,10 @@ class Tensor {
 
   /// View of rows [begin, end) along dimension 0.
   Tensor slice(int64_t begin, int64_t end) const;
+  /// Storage::release_pages over this tensor's bytes: drops this process's pages of a view of
+  /// a file mapping (e.g. once a copy was made from it); nothing for memory of its own.
+  /// Returns the bytes dropped.
+  size_t release_pages() const;
   /// View with a new shape; the tensor must be contiguous. One extent may be -1.
   Tensor reshape(Shape shape) const;
   /// View with dimensions a and b swapped (not contiguous afterwards).

@@ -282,10 +282,6 @@ class MoeLm {
   /// run_layers() with the rows split over the ranks (ParallelMode::ep, moe_lm_parallel.cpp).
   void run_layers_parallel(Pass& p, std::vector<float>& h, LmStats* stats) const;
   void ffn(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h, LmStats* stats) const;
-  /// ffn() of an MoE layer run by expert parallelism under ParallelMode::automatic: this
-  /// rank's share of the rows to their experts and back, the outputs all-gathered into y.
-  void ffn_expert_parallel(const Layer& ly, int64_t l, const float* x, int64_t n,
-                           const moe::RoutingResult& routing, float* y) const;
   /// ffn() of an MoE layer whose experts are in cache_ (moe_lm_offload.cpp).
   void ffn_offloaded(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h,
                      LmStats* stats) const;

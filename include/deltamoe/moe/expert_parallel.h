@@ -70,4 +70,15 @@ void apply_expert_parallel(const MoeBlock& block, const ExpertPlacement& placeme
                            const RoutingResult& routing, float* y,
                            ExpertParallelStats* stats = nullptr, const float* weights = nullptr);
 
+/// The same for rows every rank holds alike (x[tokens, H] and `routing` equal on all ranks,
+/// as between the all-reduces of sliced attention or a replicated classifier layer): rank r
+/// sends its share [split_begin(tokens, r), split_begin(tokens, r + 1)) of the rows through
+/// apply_expert_parallel, adds the shared expert to it, and the shares are all-gathered, so
+/// every rank ends with the whole y[tokens, H] (overwritten). Collective.
+void apply_expert_parallel_replicated(const MoeBlock& block, const ExpertPlacement& placement,
+                                      dist::Communicator& comm, const float* x, int64_t tokens,
+                                      const RoutingResult& routing, float* y,
+                                      ExpertParallelStats* stats = nullptr,
+                                      const float* weights = nullptr);
+
 }  // namespace deltamoe::moe

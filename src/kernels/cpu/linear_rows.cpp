@@ -89,7 +89,7 @@ std::vector<PackedLinear> PackedLinear::row_major_all(const std::vector<Tensor>&
       }
       // The source was read once for the copy: a file mapping's pages of it go (resident
       // memory is the copies, not also what they were converted from).
-      if (ws[i].storage()) ws[i].storage()->release_pages(ws[i].raw(), ws[i].nbytes());
+      ws[i].release_pages();
       PackedLinear& p = out[i];
       p.layout_ = WeightLayout::row_major;
       p.panel_ = 1;
