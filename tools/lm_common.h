@@ -245,6 +245,17 @@ inline nlohmann::json parallel_json(const models::MoeLm& m) {
     if (m.parallel() != models::ParallelMode::ep) return j;
     const auto& pr = m.placement_report();
     j["ep_placement"] = pr.kind;
+    // This rank's share: the experts it holds (converted, packed or mapped) and their bytes
+    // with the parts every rank holds.
+    int64_t held = 0, all = 0;
+    for (int64_t l = 0; l < m.layers(); ++l) {
+      if (!m.config().is_moe_layer(l)) continue;
+      held += m.held_experts(l);
+      all += m.config().num_experts;
+    }
+    j["held_experts"] = held;
+    j["experts"] = all;
+    j["held_weight_bytes"] = m.held_weight_bytes();
     if (pr.kind == "balanced") {
       j["calibration_tokens"] = pr.calibration_tokens;
       j["calibration_load_imbalance_contiguous"] = pr.imbalance_contiguous;

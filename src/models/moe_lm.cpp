@@ -205,6 +205,7 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
       ly.qkv = std::move(att);
     } else {
       ly.qkv.push_back(kernels::PackedLinear(concat_rows({q, k, v}), dtype_));
+      for (const Tensor* t : {&q, &k, &v}) t->release_pages();  // copied
       ly.o = kernels::PackedLinear(o, dtype_);
     }
     if (lw.q_bias.defined()) {
@@ -235,7 +236,15 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
         mw.shared_w2 = lw.shared.down;
         mw.shared_gate = lw.shared_gate;
       }
-      ly.ffn = std::make_unique<moe::MoeBlock>(sliced(mw), dtype_, layout_);
+      // Expert parallelism: this rank prepares the experts of its contiguous block only
+      // (balance_placement() may trade some later).
+      std::vector<bool> held;
+      if (parallel_ == ParallelMode::ep) {
+        held = held_mask(moe::ExpertPlacement::contiguous(cfg_.num_experts, comm_->size()));
+        expert_sources_.resize(static_cast<size_t>(cfg_.num_hidden_layers));
+        expert_sources_[static_cast<size_t>(l)] = mw;
+      }
+      ly.ffn = std::make_unique<moe::MoeBlock>(sliced(mw), dtype_, layout_, held);
       if (parallel_ == ParallelMode::automatic) {
         ly.ffn_whole = std::make_unique<moe::MoeBlock>(mw, dtype_, layout_);
         // The slices' views are part of the whole experts' mapped bytes, counted below.
@@ -253,6 +262,7 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
   // mapping go, so resident memory is the weights alone, not also the file pages they were
   // read from.
   embed_ = rows && mapped_bytes_ > 0 ? w.embed : w.embed.clone();
+  if (embed_.storage() != w.embed.storage()) w.embed.release_pages();  // copied
   if (parallel_ == ParallelMode::automatic) {
     // The cost model's inputs, on this run's communicator: sizes from a decode row to a
     // 512-token prefill of the reference model.
@@ -324,6 +334,14 @@ size_t MoeLm::weight_bytes() const {
     b += ly.o.weight_bytes() + ly.ffn->dense_weight_bytes() +
          static_cast<size_t>(ly.ffn->experts()) * ly.ffn->expert_weight_bytes();
   }
+  return b;
+}
+
+size_t MoeLm::held_weight_bytes() const {
+  size_t b = weight_bytes();
+  for (const Layer& ly : layers_)
+    b -= static_cast<size_t>(ly.ffn->experts() - ly.ffn->held_experts()) *
+         ly.ffn->expert_weight_bytes();
   return b;
 }
 

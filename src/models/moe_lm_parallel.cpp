@@ -39,6 +39,20 @@ const moe::ExpertPlacement& MoeLm::placement(int64_t layer) const {
   return placement_[static_cast<size_t>(layer)];
 }
 
+int64_t MoeLm::held_experts(int64_t layer) const {
+  DELTAMOE_CHECK(layer >= 0 && layer < layers() && layers_[static_cast<size_t>(layer)].moe, "model",
+                 "layer ", layer, " is not an MoE layer");
+  const Layer& ly = layers_[static_cast<size_t>(layer)];
+  return (ly.ffn_whole ? ly.ffn_whole : ly.ffn)->held_experts();
+}
+
+std::vector<bool> MoeLm::held_mask(const moe::ExpertPlacement& place) const {
+  std::vector<bool> held(static_cast<size_t>(place.experts()));
+  for (int64_t e = 0; e < place.experts(); ++e)
+    held[static_cast<size_t>(e)] = place.owner(e) == comm_->rank();
+  return held;
+}
+
 std::pair<double, double> MoeLm::balance_placement(int64_t tokens, uint64_t seed) {
   DELTAMOE_CHECK(parallel_ == ParallelMode::ep, "model",
                  "balancing the expert placement needs --parallel ep");
@@ -66,11 +80,10 @@ std::pair<double, double> MoeLm::balance_placement(int64_t tokens, uint64_t seed
     place = moe::ExpertPlacement::balanced(load, comm_->size());
     after += place.imbalance(load);
     n += 1;
-    // The calibration read the contiguous block's experts: drop those now held elsewhere, so
-    // that this rank's resident memory is its own experts (mapped weights).
-    for (int64_t e = 0; e < cfg_.num_experts; ++e)
-      if (place.owner(e) != comm_->rank())
-        released += layers_[static_cast<size_t>(l)].ffn->release_expert_pages(e);
+    // The rank prepared its contiguous block: let go of those experts now held elsewhere and
+    // prepare those gained, so that its memory is its own experts.
+    released += layers_[static_cast<size_t>(l)].ffn->set_held(
+        expert_sources_[static_cast<size_t>(l)], held_mask(place));
   }
   reset_parallel_stats();
   placement_report_ = {"balanced", tokens, n > 0 ? before / n : 1.0, n > 0 ? after / n : 1.0,
@@ -81,6 +94,13 @@ std::pair<double, double> MoeLm::balance_placement(int64_t tokens, uint64_t seed
 void MoeLm::set_dynamic_placement(bool on) {
   DELTAMOE_CHECK(!on || parallel_ == ParallelMode::ep, "model",
                  "a dynamic expert placement needs --parallel ep");
+  // Any rank may run any expert from now on.
+  if (on)
+    for (int64_t l = 0; l < layers(); ++l)
+      if (layers_[static_cast<size_t>(l)].moe)
+        layers_[static_cast<size_t>(l)].ffn->set_held(
+            expert_sources_[static_cast<size_t>(l)],
+            std::vector<bool>(static_cast<size_t>(cfg_.num_experts), true));
   dynamic_placement_ = on;
   placement_report_ = {on ? "dynamic" : "contiguous", 0, 0, 0};
 }

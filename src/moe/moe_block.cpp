@@ -12,6 +12,7 @@
 #include <cstring>
 #include <memory>
 
+#include <malloc.h>
 #include <omp.h>
 
 #include "deltamoe/core/parallel.h"
@@ -151,7 +152,8 @@ inline void cpu_relax() {
 
 }  // namespace
 
-MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype, kernels::WeightLayout layout)
+MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype, kernels::WeightLayout layout,
+                   const std::vector<bool>& held)
     : kind_(weights.kind),
       dtype_(dtype),
       // int8 weights exist in the row-major layout only (a quantised copy).
@@ -163,62 +165,138 @@ MoeBlock::MoeBlock(const MoeWeights& weights, DType dtype, kernels::WeightLayout
   hidden_ = weights.hidden();
   inter_ = weights.inter();
   router_outputs_ = weights.router.size(0);
+  DELTAMOE_CHECK(held.empty() || static_cast<int64_t>(held.size()) == experts_, "moe",
+                 "a held-experts mask of ", held.size(), " entries for ", experts_, " experts");
   router_ = std::make_unique<kernels::PackedLinear>(weights.router, DType::f32);
-  // All experts' matrices of one kind in one allocation (PackedLinear::pack_all): no
-  // per-matrix rounding to 2 MiB pages. Built in slices of experts to bound the f32
-  // temporaries of the interleaved [w1; w3].
-  constexpr int64_t kSlice = 8;
   for (int64_t e = 0; e < experts_ && kind_ != ExpertKind::swiglu; ++e) {
     if (!weights.b1.empty()) b1_.push_back(weights.b1[e].to(DType::f32));
     if (!weights.b2.empty()) b2_.push_back(weights.b2[e].to(DType::f32));
   }
-  if (layout_ == kernels::WeightLayout::row_major) {
+  const bool rows = layout_ == kernels::WeightLayout::row_major;
+  w13_.resize(static_cast<size_t>(experts_));
+  w2_.resize(static_cast<size_t>(experts_));
+  if (rows && kind_ == ExpertKind::swiglu) w3_.resize(static_cast<size_t>(experts_));
+  std::vector<int64_t> ids;
+  for (int64_t e = 0; e < experts_; ++e)
+    if (held.empty() || held[static_cast<size_t>(e)]) ids.push_back(e);
+  build_experts(weights, ids);
+  if (!weights.has_shared()) return;
+  shared_inter_ = weights.shared_w1.size(0);
+  if (weights.shared_gate.defined()) shared_gate_ = weights.shared_gate.to_vector();
+  if (rows) {
     using kernels::PackedLinear;
-    const auto rows = [&](const std::vector<Tensor>& ws, std::vector<PackedLinear>& out) {
-      out = PackedLinear::row_major_all(ws, dtype);
-    };
-    rows(weights.w1, w13_);
-    if (kind_ == ExpertKind::swiglu) rows(weights.w3, w3_);
-    rows(weights.w2, w2_);
-    if (weights.has_shared()) {
-      shared_inter_ = weights.shared_w1.size(0);
-      shared13_ = PackedLinear::row_major(weights.shared_w1, dtype);
-      shared3_ = PackedLinear::row_major(weights.shared_w3, dtype);
-      shared2_ = PackedLinear::row_major(weights.shared_w2, dtype);
-      if (weights.shared_gate.defined()) shared_gate_ = weights.shared_gate.to_vector();
-    }
-    return;
-  }
-  const int64_t q = interleave_block_for(dtype);
-  for (int64_t e0 = 0; e0 < experts_; e0 += kSlice) {
-    const int64_t n = std::min(kSlice, experts_ - e0);
-    std::vector<Tensor> w13_src(static_cast<size_t>(n));
-    parallel_for(n, 1, [&](int64_t b, int64_t e) {
-      for (int64_t j = b; j < e; ++j)
-        w13_src[static_cast<size_t>(j)] =
-            kind_ == ExpertKind::swiglu
-                ? interleave_swiglu(weights.w1[e0 + j], weights.w3[e0 + j], q)
-                : weights.w1[e0 + j];
-    });
-    for (auto& p : kernels::PackedLinear::pack_all(w13_src, dtype)) w13_.push_back(std::move(p));
-  }
-  w2_ = kernels::PackedLinear::pack_all(weights.w2, dtype);
-  for (const auto& p : w13_)
-    DELTAMOE_ASSERT(kind_ != ExpertKind::swiglu || q % p.panel() == 0, "interleave block ", q,
-                    " vs panel ", p.panel());
-  if (weights.has_shared()) {
-    shared_inter_ = weights.shared_w1.size(0);
+    shared13_ = PackedLinear::row_major(weights.shared_w1, dtype);
+    shared3_ = PackedLinear::row_major(weights.shared_w3, dtype);
+    shared2_ = PackedLinear::row_major(weights.shared_w2, dtype);
+  } else {
+    const int64_t q = interleave_block_for(dtype);
     shared13_ =
         kernels::PackedLinear(interleave_swiglu(weights.shared_w1, weights.shared_w3, q), dtype);
+    weights.shared_w1.release_pages();
+    weights.shared_w3.release_pages();
     shared2_ = kernels::PackedLinear(weights.shared_w2, dtype);
-    if (weights.shared_gate.defined()) shared_gate_ = weights.shared_gate.to_vector();
   }
 }
 
+void MoeBlock::build_experts(const MoeWeights& weights, const std::vector<int64_t>& ids) {
+  using kernels::PackedLinear;
+  if (ids.empty()) return;
+  const auto pick = [&](const std::vector<Tensor>& ws) {
+    std::vector<Tensor> out;
+    for (int64_t e : ids) out.push_back(ws[static_cast<size_t>(e)]);
+    return out;
+  };
+  const auto place = [&](std::vector<PackedLinear> built, std::vector<PackedLinear>& slots) {
+    DELTAMOE_ASSERT(built.size() == ids.size(), "built ", built.size(), " of ", ids.size());
+    for (size_t j = 0; j < ids.size(); ++j)
+      slots[static_cast<size_t>(ids[j])] = std::move(built[j]);
+  };
+  if (layout_ == kernels::WeightLayout::row_major) {
+    // One allocation per kind for whatever has to be converted (no 2 MiB rounding per matrix).
+    place(PackedLinear::row_major_all(pick(weights.w1), dtype_), w13_);
+    if (kind_ == ExpertKind::swiglu)
+      place(PackedLinear::row_major_all(pick(weights.w3), dtype_), w3_);
+    place(PackedLinear::row_major_all(pick(weights.w2), dtype_), w2_);
+  } else {
+    // All the experts' matrices of one kind in one allocation (PackedLinear::pack_all): no
+    // per-matrix rounding to 2 MiB pages. Built in slices of experts to bound the f32
+    // temporaries of the interleaved [w1; w3].
+    constexpr size_t kSlice = 8;
+    const int64_t q = interleave_block_for(dtype_);
+    std::vector<PackedLinear> w13;
+    for (size_t j0 = 0; j0 < ids.size(); j0 += kSlice) {
+      const size_t n = std::min(kSlice, ids.size() - j0);
+      std::vector<Tensor> src(n);
+      parallel_for(static_cast<int64_t>(n), 1, [&](int64_t b, int64_t e) {
+        for (int64_t j = b; j < e; ++j) {
+          const auto x = static_cast<size_t>(ids[j0 + static_cast<size_t>(j)]);
+          if (kind_ != ExpertKind::swiglu) {
+            src[static_cast<size_t>(j)] = weights.w1[x];
+            continue;
+          }
+          src[static_cast<size_t>(j)] = interleave_swiglu(weights.w1[x], weights.w3[x], q);
+          weights.w1[x].release_pages();  // read once (PackedLinear's rule for its sources)
+          weights.w3[x].release_pages();
+        }
+      });
+      for (auto& p : PackedLinear::pack_all(src, dtype_)) w13.push_back(std::move(p));
+    }
+    for (const auto& p : w13)
+      DELTAMOE_ASSERT(kind_ != ExpertKind::swiglu || q % p.panel() == 0, "interleave block ", q,
+                      " vs panel ", p.panel());
+    place(std::move(w13), w13_);
+    place(PackedLinear::pack_all(pick(weights.w2), dtype_), w2_);
+  }
+  if (ref_ < 0 || ids.front() < ref_) ref_ = ids.front();
+}
+
+bool MoeBlock::holds(int64_t e) const {
+  DELTAMOE_ASSERT(e >= 0 && e < experts_, "expert ", e, " of ", experts_);
+  return w2_[static_cast<size_t>(e)].out_features() > 0;
+}
+
+int64_t MoeBlock::held_experts() const {
+  int64_t n = 0;
+  for (int64_t e = 0; e < experts_; ++e) n += holds(e) ? 1 : 0;
+  return n;
+}
+
+size_t MoeBlock::set_held(const MoeWeights& weights, const std::vector<bool>& held) {
+  DELTAMOE_CHECK(static_cast<int64_t>(held.size()) == experts_ && weights.experts() == experts_ &&
+                     weights.hidden() == hidden_ && weights.inter() == inter_ &&
+                     weights.kind == kind_,
+                 "moe", "set_held: ", held.size(), " held flags and weights of ", weights.experts(),
+                 " experts for a block of ", experts_);
+  std::vector<int64_t> gained;
+  size_t let_go = 0;
+  for (int64_t e = 0; e < experts_; ++e) {
+    const auto x = static_cast<size_t>(e);
+    if (held[x] && !holds(e)) gained.push_back(e);
+    if (held[x] || !holds(e)) continue;
+    for (auto* group : {&w13_, &w3_, &w2_}) {
+      if (group->empty()) continue;
+      kernels::PackedLinear& p = (*group)[x];
+      let_go += p.in_place() ? p.release_pages() : p.weight_bytes();
+      p = kernels::PackedLinear();
+    }
+  }
+  if (gained.empty() && let_go == 0) return 0;
+  build_experts(weights, gained);
+  // The kept experts' copies share allocations with those let go: gather every held copy
+  // into one new allocation per kind, and the old ones go with their last user.
+  for (auto* group : {&w13_, &w3_, &w2_})
+    if (!group->empty()) *group = kernels::PackedLinear::copy_all(*group);
+  ref_ = -1;
+  for (int64_t e = 0; e < experts_ && ref_ < 0; ++e)
+    if (holds(e)) ref_ = e;
+  malloc_trim(0);
+  return let_go;
+}
+
 size_t MoeBlock::expert_weight_bytes() const {
-  return w13_.empty() ? 0
-                      : w13_[0].weight_bytes() + (w3_.empty() ? 0 : w3_[0].weight_bytes()) +
-                            w2_[0].weight_bytes();
+  if (ref_ < 0) return 0;
+  const auto r = static_cast<size_t>(ref_);
+  return w13_[r].weight_bytes() + (w3_.empty() ? 0 : w3_[r].weight_bytes()) + w2_[r].weight_bytes();
 }
 
 size_t MoeBlock::in_place_weight_bytes() const {
@@ -279,7 +357,7 @@ void MoeBlock::route(const float* x, int64_t t_count, const RoutingPolicy& polic
 }
 
 void MoeBlock::expert_st(int64_t e, const float* rows, int64_t m, float* out) const {
-  DELTAMOE_ASSERT(e >= 0 && e < experts_, "expert ", e, " of ", experts_);
+  DELTAMOE_ASSERT(holds(e), "expert ", e, " is not held by this block");
   if (m == 0) return;
   const int64_t h = hidden_, i = inter_;
   thread_local std::vector<float> tmp, act;
@@ -364,14 +442,6 @@ void MoeBlock::run_rows(const float* x, int64_t rows, const int32_t* experts, fl
   apply_routed(x, rows, r, out, nullptr, nullptr);
 }
 
-size_t MoeBlock::release_expert_pages(int64_t e) const {
-  DELTAMOE_ASSERT(e >= 0 && e < experts_, "expert ", e, " of ", experts_);
-  size_t n =
-      w13_[static_cast<size_t>(e)].release_pages() + w2_[static_cast<size_t>(e)].release_pages();
-  if (!w3_.empty()) n += w3_[static_cast<size_t>(e)].release_pages();
-  return n;
-}
-
 void MoeBlock::add_shared(const float* x, int64_t tokens, float* y) const {
   if (shared_inter_ > 0 && tokens > 0) run_shared(x, tokens, y);
 }
@@ -422,6 +492,7 @@ void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResul
   const int64_t routed = static_cast<int64_t>(routing.expert_ids.size());
   for (int32_t e : routing.expert_ids) {
     DELTAMOE_ASSERT(e >= 0 && e < experts_, "routing chose expert ", e, " of ", experts_);
+    DELTAMOE_ASSERT(external || holds(e), "routing chose expert ", e, ", not held here");
     ++counts[static_cast<size_t>(e)];
   }
   std::vector<int64_t> offsets(static_cast<size_t>(experts_) + 1, 0);
@@ -439,6 +510,7 @@ void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResul
   if (tokens_per_expert) *tokens_per_expert = counts;
 
   if (routed > 0) {
+    DELTAMOE_ASSERT(ref_ >= 0, "a block that holds no expert was given routed rows");
     const bool swiglu = kind_ == ExpertKind::swiglu;
     Workspace& ws = thread_workspace();
     // Gathering one row per token is only worth it when an expert has several rows; for a
@@ -462,10 +534,11 @@ void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResul
     const int64_t n13 = swiglu && !pair ? 2 * i : i;
     int64_t max_rows = 0;
     for (int64_t c : counts) max_rows = std::max(max_rows, c);
-    const int64_t panel13 = w13_[0].column_align(max_rows);
+    const int64_t panel13 = w13_[static_cast<size_t>(ref_)].column_align(max_rows);
     const int64_t q = swiglu && !pair ? interleave_block(panel13) : panel13;
     const int64_t align13 = swiglu && !pair ? 2 * q : q;
-    const int64_t bytes13 = static_cast<int64_t>(w13_[0].weight_bytes()) * (pair ? 2 : 1);
+    const int64_t bytes13 =
+        static_cast<int64_t>(w13_[static_cast<size_t>(ref_)].weight_bytes()) * (pair ? 2 : 1);
     const auto tasks_a = make_tasks(counts, n13, align13, threads, bytes13 / n13);
     int64_t max_block = 0;
     for (const auto& tk : tasks_a)
@@ -474,8 +547,9 @@ void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResul
     // one counter. A down task waits only for its own expert's up tasks (a per-expert
     // countdown), not for a barrier after all of them, so at decode each thread streams
     // weights without pausing between the two phases.
-    const auto tasks_b = make_tasks(counts, h, w2_[0].column_align(max_rows), threads,
-                                    static_cast<int64_t>(w2_[0].weight_bytes()) / h);
+    const kernels::PackedLinear& ref2 = w2_[static_cast<size_t>(ref_)];
+    const auto tasks_b = make_tasks(counts, h, ref2.column_align(max_rows), threads,
+                                    static_cast<int64_t>(ref2.weight_bytes()) / h);
     const size_t n_a = tasks_a.size(), n_all = n_a + tasks_b.size();
     std::unique_ptr<std::atomic<int32_t>[]> pending_up(
         new std::atomic<int32_t>[static_cast<size_t>(experts_)]);

@@ -146,6 +146,52 @@ TEST(Moe, Bf16WeightsMatchReferenceOnRoundedWeights) {
   EXPECT_LE(max_abs_diff(layer.forward(x, policy), ref), 2e-2f * max_abs(ref));
 }
 
+// A block holding some experts only (expert parallelism: a rank's share) runs those exactly as
+// the block holding all, in every dtype and layout; set_held() trades experts (those gained
+// prepared from the weights, those let go freed) with the same results, and a block holding
+// none still knows the experts' shape.
+TEST(Moe, HeldExpertsRunAsInTheWholeBlock) {
+  set_num_threads(2);
+  for (const auto kind : {ExpertKind::swiglu, ExpertKind::gelu_mlp}) {
+    const auto w = MoeWeights::random(kind, 6, 64, 48, 21, 0, kind != ExpertKind::swiglu);
+    for (const auto dtype : {DType::f32, DType::bf16, DType::int8}) {
+      for (const auto layout : {kernels::WeightLayout::packed, kernels::WeightLayout::row_major}) {
+        SCOPED_TRACE(std::string(dtype_name(dtype)) +
+                     (layout == kernels::WeightLayout::packed ? " packed" : " row-major"));
+        const MoeBlock whole(w, dtype, layout);
+        MoeBlock part(w, dtype, layout, {true, false, true, false, false, true});
+        EXPECT_EQ(part.held_experts(), 3);
+        EXPECT_EQ(part.expert_weight_bytes(), whole.expert_weight_bytes());
+        const Tensor x = random_input(10, 64, 3);
+        const auto same_rows = [&](const std::vector<int32_t>& experts) {
+          std::vector<float> a(experts.size() * 64), b(a.size());
+          whole.run_rows(x.data<float>(), static_cast<int64_t>(experts.size()), experts.data(),
+                         a.data());
+          part.run_rows(x.data<float>(), static_cast<int64_t>(experts.size()), experts.data(),
+                        b.data());
+          EXPECT_EQ(a, b);
+        };
+        same_rows({0, 2, 5, 5, 0, 2, 2, 0, 5, 5});
+        EXPECT_TRUE(part.holds(2));
+        EXPECT_FALSE(part.holds(1));
+        // One expert's copies (f32 row-major: views of tensors in memory, nothing to free).
+        const size_t copy = dtype == DType::f32 && layout == kernels::WeightLayout::row_major
+                                ? 0
+                                : whole.expert_weight_bytes();
+        EXPECT_EQ(part.set_held(w, {false, true, true, false, true, true}), copy);
+        EXPECT_EQ(part.held_experts(), 4);
+        EXPECT_FALSE(part.holds(0));
+        same_rows({1, 2, 4, 5, 5, 4, 2, 1, 1, 4});
+        EXPECT_EQ(part.set_held(w, {false, false, false, false, false, false}), 4 * copy);
+        EXPECT_EQ(part.held_experts(), 0);
+        EXPECT_EQ(part.expert_weight_bytes(), 0u);
+        EXPECT_THROW(part.set_held(w, {true}), Error);
+        EXPECT_THROW(MoeBlock(w, dtype, layout, {true, false}), Error);
+      }
+    }
+  }
+}
+
 // int8 weights: the layer (row-major int8 copies whatever layout is asked) stays within the
 // quantisation error of the f32 reference, with few rows per expert (integer dot kernel) and
 // many (≥ 32 rows: dequantised OpenBLAS path), and reads about a quarter of f32's bytes.

@@ -44,7 +44,8 @@ class PackedLinear {
  public:
   PackedLinear() = default;
   /// Packs `w` (any dtype, shape [N, K]) into `dtype` (f32 or bf16; int8 has no packed form).
-  /// Throws Error("kernels") on bad shapes or dtype.
+  /// A file mapping's pages of `w` are released once read (Tensor::release_pages: resident
+  /// memory is the copy, not also its source). Throws Error("kernels") on bad shapes or dtype.
   PackedLinear(const Tensor& w, DType dtype);
   /// Packs several weights into ONE allocation, each result a view of its part (sharing the
   /// storage). Large allocations sit on 2 MiB pages rounded up to whole pages, so packing the
@@ -58,8 +59,13 @@ class PackedLinear {
   static PackedLinear row_major(const Tensor& w, DType dtype);
   /// row_major() of several matrices, with every converted copy in ONE allocation (as
   /// pack_all: no rounding of each 1 MiB matrix to whole 2 MiB pages). In-place views stay
-  /// views.
+  /// views; a converted matrix's mapped source pages are released, as by the constructor.
   static std::vector<PackedLinear> row_major_all(const std::vector<Tensor>& ws, DType dtype);
+  /// Copies of several prepared matrices in ONE allocation (as pack_all), each equal to its
+  /// source; in-place views and empty matrices come back as they are. Gathers matrices
+  /// prepared at different times into one allocation, so that the memory of those dropped
+  /// from the set goes when they do.
+  static std::vector<PackedLinear> copy_all(const std::vector<PackedLinear>& ps);
   /// Whether row_major(w, dtype) would use w in place (no copy).
   static bool can_view(const Tensor& w, DType dtype);
 

@@ -180,6 +180,11 @@ class MoeLm {
   /// Expert-parallel counters of this rank since the last reset (ParallelMode::ep).
   const moe::ExpertParallelStats& expert_parallel_stats() const { return ep_stats_; }
   void reset_parallel_stats() const;
+  /// How many of MoE layer `layer`'s routed experts this process holds prepared (converted,
+  /// packed or viewed in place): all of them, except under ParallelMode::ep, where a rank
+  /// holds only those its placement gives it (dynamic placement: all). Throws Error("model")
+  /// for a layer that is not an MoE layer.
+  int64_t held_experts(int64_t layer) const;
   /// Which rank holds which experts of layer `layer` (ParallelMode::ep; contiguous blocks
   /// until balance_placement()).
   const moe::ExpertPlacement& placement(int64_t layer) const;
@@ -188,19 +193,22 @@ class MoeLm {
   /// `seed` (the same on every rank). Collective; ParallelMode::ep only. Returns the busiest
   /// rank's load over the mean rank's on the calibration routing, averaged over MoE layers:
   /// {contiguous, balanced}. Experts used in place from the mapping that the calibration
-  /// read but another rank now holds are released (MoeBlock::release_expert_pages).
+  /// read but another rank now holds are let go (mapped pages released, converted copies
+  /// freed), and the experts it gained are prepared from the checkpoint (MoeBlock::set_held).
   std::pair<double, double> balance_placement(int64_t tokens, uint64_t seed);
   /// Dynamic placement: each MoE layer of each pass places its experts by that pass's own
   /// load (the ranks' expert counts all-reduced, ExpertPlacement::balanced without equal
   /// counts), so every rank may run any expert: for ranks that share one machine's mapping
   /// of the checkpoint, whose pages are shared, not for ranks whose memory holds 1/P of it.
+  /// Turning it on prepares every expert on every rank (their conversions too, if any).
   void set_dynamic_placement(bool on);
   /// How the placement was chosen: "contiguous", "balanced" with its calibration, "dynamic".
   struct PlacementReport {
     std::string kind = "contiguous";
     int64_t calibration_tokens = 0;
     double imbalance_contiguous = 0, imbalance_balanced = 0;  // see balance_placement()
-    size_t released_bytes = 0;  // mapped expert pages of other ranks dropped after calibration
+    // memory of the experts other ranks hold after calibration, let go (mapped pages, copies)
+    size_t released_bytes = 0;
   };
   const PlacementReport& placement_report() const { return placement_report_; }
 
@@ -239,6 +247,9 @@ class MoeLm {
   std::shared_ptr<KvBlockPool> make_kv_pool(int64_t block_tokens, int64_t max_blocks) const;
   /// Bytes of all packed weights.
   size_t weight_bytes() const;
+  /// Bytes of the weights this process holds: weight_bytes() without the experts it does not
+  /// hold (ParallelMode::ep: other ranks' experts; held_experts()).
+  size_t held_weight_bytes() const;
 
  private:
   struct Layer {
@@ -297,6 +308,8 @@ class MoeLm {
   void reserve(KvCache& cache, int64_t tokens) const;
 
   /// Whether the FFN blocks hold slices of the experts (es, tp, automatic).
+  /// ParallelMode::ep: which experts of `place` this rank holds (MoeBlock's held flags).
+  std::vector<bool> held_mask(const moe::ExpertPlacement& place) const;
   bool sliced_ffn() const {
     return parallel_ == ParallelMode::es || parallel_ == ParallelMode::tp ||
            parallel_ == ParallelMode::automatic;
@@ -313,6 +326,10 @@ class MoeLm {
   DType dtype_;
   kernels::WeightLayout layout_;
   size_t mapped_bytes_ = 0;
+  // ParallelMode::ep: each MoE layer's expert tensors as loaded (views of the mapped
+  // checkpoint; empty for dense layers), from which a changed placement prepares the experts
+  // a rank gains.
+  std::vector<moe::MoeWeights> expert_sources_;
   // This rank's attention heads (all of them unless tp): query heads [head0_, head0_ + heads_),
   // KV heads [kv_head0_, kv_head0_ + kv_heads_); q_rows_ = heads_·d, kv_rows_ = kv_heads_·d.
   int64_t heads_ = 0, kv_heads_ = 0, head0_ = 0, kv_head0_ = 0;

@@ -87,9 +87,13 @@ class MoeBlock {
   /// row-major layout, a quantised copy, and layout() says so). `layout` packed copies
   /// them into our panel layout (the [w1; w3] pair fused into one matrix); row_major uses
   /// each matrix as it is, without a copy where it already has `dtype` (a mapped checkpoint
-  /// stays mapped; the tensors' storage is kept alive). Throws Error("moe").
+  /// stays mapped; the tensors' storage is kept alive). `held`: which routed experts the
+  /// block holds (experts() entries; empty = all); the others are neither converted, packed
+  /// nor viewed, and no routing may choose them (expert parallelism: another rank's
+  /// experts). Throws Error("moe").
   MoeBlock(const MoeWeights& weights, DType dtype,
-           kernels::WeightLayout layout = kernels::WeightLayout::packed);
+           kernels::WeightLayout layout = kernels::WeightLayout::packed,
+           const std::vector<bool>& held = {});
 
   /// y[T, H] = MoE(x[T, H]) with `policy` (route + apply); fills `stats` when not null.
   Tensor forward(const Tensor& x, const RoutingPolicy& policy, MoeStats* stats = nullptr) const;
@@ -133,10 +137,17 @@ class MoeBlock {
   ExpertKind kind() const { return kind_; }
   DType dtype() const { return dtype_; }
   kernels::WeightLayout layout() const { return layout_; }
-  /// PackedLinear::release_pages() of routed expert e's matrices (in place only: a mapped
-  /// checkpoint's pages this process no longer needs, e.g. experts another rank holds).
-  /// Returns the bytes released.
-  size_t release_expert_pages(int64_t e) const;
+  /// Whether routed expert e's matrices are held (see the constructor's `held`).
+  bool holds(int64_t e) const;
+  /// How many routed experts are held.
+  int64_t held_experts() const;
+  /// Holds exactly the routed experts with held[e] (experts() entries): those newly held are
+  /// prepared from `weights` (the block's own source, still alive: a mapped checkpoint's
+  /// tensors), the others let go: a copy's memory is freed, an in-place view's mapped pages
+  /// released. The held copies end up in one new allocation per kind of matrix (no memory of
+  /// an expert let go stays behind a kept one). Returns the bytes let go. Not thread-safe
+  /// with a concurrent use of the block. Throws Error("moe") on a mismatched `weights`.
+  size_t set_held(const MoeWeights& weights, const std::vector<bool>& held);
   /// Bytes of one routed expert's packed weights (for roofline estimates).
   size_t expert_weight_bytes() const;
   /// Bytes of weight matrices used in place (row-major layout, source dtype = dtype()).
@@ -154,6 +165,10 @@ class MoeBlock {
                     const float* weights, std::vector<int64_t>* tokens_per_expert,
                     const ExpertMatrices* external = nullptr) const;
 
+  // Prepares routed experts `ids` (ascending, not held yet) from `weights` into their slots
+  // of w13_ / w3_ / w2_, each kind in one new allocation.
+  void build_experts(const MoeWeights& weights, const std::vector<int64_t>& ids);
+
   ExpertKind kind_;
   DType dtype_;
   kernels::WeightLayout layout_;
@@ -166,6 +181,8 @@ class MoeBlock {
   std::vector<kernels::PackedLinear> w13_;
   std::vector<kernels::PackedLinear> w3_;  // row-major swiglu only: [I, H]
   std::vector<kernels::PackedLinear> w2_;  // [H, I]
+  // A held expert (-1: none), whose matrices give every expert's shape, bytes and alignment.
+  int64_t ref_ = -1;
   std::vector<Tensor> b1_, b2_;
   // Shared expert: like w13_ / w3_ (shared3_ row-major only), down [H, Is]; gate [1, H] f32.
   kernels::PackedLinear shared13_, shared3_, shared2_;

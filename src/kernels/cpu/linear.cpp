@@ -106,6 +106,8 @@ void PackedLinear::pack_into(const Tensor& w, void* out) const {
 PackedLinear::PackedLinear(const Tensor& w, DType dtype) {
   data_ = std::make_shared<Storage>(plan(w, dtype));
   pack_into(w, data_->data());
+  // Read once for the copy: a file mapping's pages of it go (as in row_major_all).
+  w.release_pages();
 }
 
 std::vector<PackedLinear> PackedLinear::pack_all(const std::vector<Tensor>& ws, DType dtype) {
@@ -121,6 +123,30 @@ std::vector<PackedLinear> PackedLinear::pack_all(const std::vector<Tensor>& ws, 
     for (int64_t i = b; i < e; ++i) {
       out[i].data_ = storage;
       out[i].pack_into(ws[i], static_cast<char*>(storage->data()) + out[i].offset_);
+      ws[i].release_pages();
+    }
+  });
+  return out;
+}
+
+std::vector<PackedLinear> PackedLinear::copy_all(const std::vector<PackedLinear>& ps) {
+  std::vector<PackedLinear> out(ps);
+  std::vector<size_t> offset(ps.size(), 0);
+  size_t total = 0;
+  const auto copied = [](const PackedLinear& p) { return p.data_ && !p.in_place_; };
+  for (size_t i = 0; i < ps.size(); ++i) {
+    if (!copied(ps[i])) continue;
+    offset[i] = total;
+    total += (ps[i].bytes_ + kAlignment - 1) / kAlignment * kAlignment;
+  }
+  if (total == 0) return out;
+  auto storage = std::make_shared<Storage>(total);
+  parallel_for(static_cast<int64_t>(ps.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      if (!copied(ps[i])) continue;
+      std::memcpy(static_cast<char*>(storage->data()) + offset[i], ps[i].data(), ps[i].bytes_);
+      out[i].data_ = storage;
+      out[i].offset_ = offset[i];
     }
   });
   return out;
