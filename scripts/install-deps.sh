@@ -18,6 +18,7 @@ PKGS=(
   libpcre2-dev libutf8proc-dev libsentencepiece-dev  # tokenizers: regexes, NFC, tokenizer.model
   fortunes fortunes-min    # English text for the tokenizer tests (/usr/share/games/fortunes)
   python3 python3-matplotlib  # sweep's plots (python/plot_delta_moe.py)
+  python3-dev pybind11-dev    # the Python package deltamoe_sched (build/python)
   python3-venv             # tests/cli/serve_openai_client.sh: the openai client in a throwaway venv
   chromium                 # tests/cli/chat_page.sh: drives the chat page in headless Chromium
 )

@@ -68,6 +68,11 @@ json info_json() {
     {"http_server", deltamoe::serve::http_frontend_available() ? "libmicrohttpd" : "not built"},
     {"onednn", deltamoe::cli::onednn_version()},
     {"mpi", deltamoe::dist::mpi_library_version()},
+#ifdef DELTAMOE_PYTHON_DIR
+    {"python_package", std::string("deltamoe_sched in ") + DELTAMOE_PYTHON_DIR},
+#else
+    {"python_package", "not built"},
+#endif
     {"cuda", "not part of this version"},
     {"openblas", std::string(openblas_get_config())},
     {"openblas_core", std::string(openblas_get_corename())}
@@ -120,6 +125,7 @@ deltamoe::cli::CommandRegistrar reg(
                   << "http server: " << b["http_server"].get<std::string>() << "\n"
                   << "onednn (bench baseline): " << b["onednn"].get<std::string>() << "\n"
                   << "mpi (--parallel): " << b["mpi"].get<std::string>() << "\n"
+                  << "python package: " << b["python_package"].get<std::string>() << "\n"
                   << "sanitizers: " << b["sanitizers"].get<std::string>() << "\n";
         return 0;
       };

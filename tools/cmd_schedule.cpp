@@ -68,30 +68,6 @@ ordered_json fusion_json(const Graph& g, const FusionReport& rep) {
           {"top_by_traffic", pairs}};
 }
 
-ordered_json result_json(const std::string& path, const Graph& g, const ScheduleResult& r) {
-  ordered_json j;
-  j["file"] = path;
-  j["name"] = g.name;
-  j["nodes"] = g.size();
-  j["algorithm"] = r.algorithm;
-  j["peak_bytes"] = r.peak;
-  j["lower_bound_bytes"] = r.lower_bound.bytes;
-  j["lower_bound_kind"] = r.lower_bound.kind;
-  j["gap"] = std::isfinite(r.gap) ? ordered_json(r.gap) : ordered_json(nullptr);
-  j["proven_optimal"] = r.proven_optimal;
-  j["is_series_parallel"] = r.sp.is_series_parallel;
-  j["sp_fraction"] = r.sp.sp_fraction;
-  j["arena_bytes"] = r.placement.arena_bytes;
-  j["fragmentation"] = r.placement.fragmentation;
-  j["seconds"] = r.seconds;
-  ordered_json ph = ordered_json::object();
-  for (const auto& [name, s] : r.phase_seconds) ph[name + "_s"] = s;
-  j["phase_seconds"] = ph;
-  for (const auto& [name, peak] : r.baseline_peaks) j[name + "_peak_bytes"] = peak;
-  j["notes"] = r.notes;
-  return j;
-}
-
 void print_human(std::ostream& os, const std::string& path, const Graph& g, const ScheduleResult& r,
                  const FusionReport* fus) {
   os << path << (g.name.empty() ? "" : "  (" + g.name + ")") << ": " << g.size() << " nodes\n";
@@ -213,7 +189,7 @@ deltamoe::cli::CommandRegistrar reg(
               deltamoe::cli::write_file_atomic(o->order_out, text);
             }
             if (o->json) {
-              ordered_json j = result_json(path, g, r);
+              ordered_json j = schedule_report_json(g, r, false, path);
               if (fus) j["fusion"] = fusion_json(g, *fus);
               all.push_back(std::move(j));
             } else {

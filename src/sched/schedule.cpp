@@ -48,8 +48,9 @@ struct Candidate {
 ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
   const auto t0 = Clock::now();
   const std::string& algo = opt.algo;
-  DELTAMOE_CHECK(algo == "auto" || algo == "sp" || algo == "ilp" || algo == "exact" || is_baseline(algo),
-                 "sched", "unknown algorithm '", algo, "' (auto|sp|ilp|exact|lpmf|bfs|dfs|xla|program)");
+  DELTAMOE_CHECK(
+      algo == "auto" || algo == "sp" || algo == "ilp" || algo == "exact" || is_baseline(algo),
+      "sched", "unknown algorithm '", algo, "' (auto|sp|ilp|exact|lpmf|bfs|dfs|xla|program)");
   DELTAMOE_CHECK(opt.time_limit_s >= 0 && std::isfinite(opt.time_limit_s), "sched",
                  "time limit must be a finite number of seconds >= 0, got ", opt.time_limit_s);
   ScheduleResult r;
@@ -88,11 +89,11 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
 
   // The best baseline is the incumbent; a method is credited only when strictly better.
   Candidate best = floor;
-  bool sp_exact = false;         // sp_optimal_order ran on an SP graph
-  uint64_t sp_peak = 0;          // ... and its order's peak
-  bool search_proven = false;    // an exact method proved its order optimal
-  uint64_t search_peak = 0;      // ... and its order's peak
-  std::string search_kind;       // "ilp" or "exact"
+  bool sp_exact = false;       // sp_optimal_order ran on an SP graph
+  uint64_t sp_peak = 0;        // ... and its order's peak
+  bool search_proven = false;  // an exact method proved its order optimal
+  uint64_t search_peak = 0;    // ... and its order's peak
+  std::string search_kind;     // "ilp" or "exact"
   auto consider = [&](const std::string& name, Order order) -> bool {
     const uint64_t peak = simulate(g, order).peak;  // validates the order too
     if (name == "sp") sp_peak = peak;
@@ -120,7 +121,8 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
     early_order = best.order;
     const double took = since(tp);
     phase("placement-estimate");
-    search_end = std::min(search_end, opt.time_limit_s * kSearchShare - kPlacementReserve * took - 0.005);
+    search_end =
+        std::min(search_end, opt.time_limit_s * kSearchShare - kPlacementReserve * took - 0.005);
   };
   // Seconds left for search (a share of what remains until search_end).
   auto budget = [&](double share) {
@@ -177,8 +179,8 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
     }
     if (!sp_exact) {
       if (r.sp.is_series_parallel)
-        notes << "series-parallel, but the SP order is not proven optimal (SP bound " << r.sp.lower_bound
-              << " bytes); ";
+        notes << "series-parallel, but the SP order is not proven optimal (SP bound "
+              << r.sp.lower_bound << " bytes); ";
       else
         notes << "not series-parallel (SP fraction " << r.sp.sp_fraction << "); ";
       // Cheap (the analysis above already built it) and much better than every baseline on
@@ -234,8 +236,8 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
   // best started as the best baseline, so nothing returned is worse than it (a specific
   // baseline asked for is returned as is).
   if (sp_exact && sp_peak > best.peak) {
-    notes << "; the SP-optimal order (" << sp_peak << " bytes) lost to " << best.name << " (" << best.peak
-          << " bytes): the SP mapping is inexact here";
+    notes << "; the SP-optimal order (" << sp_peak << " bytes) lost to " << best.name << " ("
+          << best.peak << " bytes): the SP mapping is inexact here";
     sp_exact = false;
   }
   if (search_proven && search_peak != best.peak) search_proven = false;
@@ -256,8 +258,9 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
   DELTAMOE_ASSERT(r.lower_bound.bytes <= r.peak, "lower bound ", r.lower_bound.bytes, " (",
                   r.lower_bound.kind, ") above the peak ", r.peak, " of ", r.algorithm);
   r.proven_optimal = r.peak == r.lower_bound.bytes;
-  r.gap = r.lower_bound.bytes ? static_cast<double>(r.peak) / static_cast<double>(r.lower_bound.bytes) - 1.0
-                              : (r.peak ? INFINITY : 0.0);
+  r.gap = r.lower_bound.bytes
+              ? static_cast<double>(r.peak) / static_cast<double>(r.lower_bound.bytes) - 1.0
+              : (r.peak ? INFINITY : 0.0);
   if (algo != "auto") phase(algo.c_str());
   if (early && early_order == r.order) {
     r.placement = std::move(*early);
@@ -270,6 +273,37 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
   r.notes = s;
   r.seconds = since(t0);
   return r;
+}
+
+nlohmann::ordered_json schedule_report_json(const Graph& g, const ScheduleResult& r,
+                                            bool with_order, const std::string& file) {
+  using nlohmann::ordered_json;
+  ordered_json j;
+  if (!file.empty()) j["file"] = file;
+  j["name"] = g.name;
+  j["nodes"] = g.size();
+  j["algorithm"] = r.algorithm;
+  j["peak_bytes"] = r.peak;
+  j["lower_bound_bytes"] = r.lower_bound.bytes;
+  j["lower_bound_kind"] = r.lower_bound.kind;
+  j["gap"] = std::isfinite(r.gap) ? ordered_json(r.gap) : ordered_json(nullptr);
+  j["proven_optimal"] = r.proven_optimal;
+  j["is_series_parallel"] = r.sp.is_series_parallel;
+  j["sp_fraction"] = r.sp.sp_fraction;
+  j["arena_bytes"] = r.placement.arena_bytes;
+  j["fragmentation"] = r.placement.fragmentation;
+  j["seconds"] = r.seconds;
+  ordered_json ph = ordered_json::object();
+  for (const auto& [name, s] : r.phase_seconds) ph[name + "_s"] = s;
+  j["phase_seconds"] = ph;
+  for (const auto& [name, peak] : r.baseline_peaks) j[name + "_peak_bytes"] = peak;
+  j["notes"] = r.notes;
+  if (with_order) {
+    ordered_json ids = ordered_json::array();
+    for (int32_t v : r.order) ids.push_back(g.nodes[static_cast<size_t>(v)].id);
+    j["order"] = std::move(ids);
+  }
+  return j;
 }
 
 }  // namespace deltamoe::sched

@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "deltamoe/sched/memgraph.h"
 
 namespace deltamoe::sched {
@@ -90,9 +92,9 @@ struct Placement {
                                   // kNotPlaced for persistent buffers, 0 for empty ones
   std::vector<uint64_t> workspace_offsets;  // per node; kNotPlaced when workspace is 0
   uint64_t arena_bytes = 0;
-  uint64_t peak_bytes = 0;        // the simulator's peak of the same order (workspace included)
-  double fragmentation = 0.0;     // arena / peak − 1 (0 when the peak is 0)
-  std::string method;             // "greedy-by-size" or "online-best-fit"
+  uint64_t peak_bytes = 0;     // the simulator's peak of the same order (workspace included)
+  double fragmentation = 0.0;  // arena / peak − 1 (0 when the peak is 0)
+  std::string method;          // "greedy-by-size" or "online-best-fit"
 };
 enum class PlacementMethod {
   kAuto,          // greedy-by-size unless lifetimes overlap too much (> 5e6 overlapping pairs)
@@ -119,10 +121,10 @@ struct ScheduleResult {
   Order order;
   uint64_t peak = 0;
   LowerBound lower_bound;
-  double gap = 0.0;             // peak / lower_bound − 1
+  double gap = 0.0;  // peak / lower_bound − 1
   bool proven_optimal = false;
-  std::string algorithm;        // what produced the order
-  std::string notes;            // what auto did, in words
+  std::string algorithm;  // what produced the order
+  std::string notes;      // what auto did, in words
   SpAnalysis sp;
   Placement placement;
   double seconds = 0.0;
@@ -140,5 +142,13 @@ struct ScheduleResult {
 /// Error("sched") for an unknown algorithm or a negative limit, and for `ilp` when CBC is not
 /// built; in auto mode a failing method is noted and skipped.
 ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt);
+
+/// The report of one schedule() as `deltamoe schedule --json` prints it per graph ("file"
+/// first when `file` is not empty; name, nodes, algorithm, peak_bytes, lower bound, gap,
+/// proven_optimal, SP analysis, arena, seconds, phase_seconds, each baseline's peak, notes);
+/// with `with_order` also "order", the node ids (as in the file) in the order found. Pure;
+/// thread-safe.
+nlohmann::ordered_json schedule_report_json(const Graph& g, const ScheduleResult& r,
+                                            bool with_order = false, const std::string& file = "");
 
 }  // namespace deltamoe::sched
