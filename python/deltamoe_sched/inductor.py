@@ -100,7 +100,7 @@ def _method(graph_outputs, algo, time_limit, use_ilp, report):
     return deltamoe
 
 
-def enable(algo="auto", time_limit=10.0, use_ilp=True):
+def enable(algo="auto", time_limit=2.0, use_ilp=True):
     """Turns on Inductor's peak-memory reordering with deltamoe's scheduler among its methods
     (for graphs compiled from now on; Inductor's compile caches are off meanwhile). `algo`, `time_limit` (seconds per graph), `use_ilp`:
     as deltamoe_sched.order. Raises RuntimeError when PyTorch lacks the hook."""

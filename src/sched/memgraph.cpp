@@ -25,6 +25,11 @@ namespace {
 using nlohmann::json;
 constexpr const char* kComp = "memgraph";
 constexpr uint64_t kMaxDecompressed = uint64_t{4} << 30;  // refuse gzip bombs beyond 4 GiB
+// ...and well before that, a file that inflates far beyond what memgraph JSON does: the
+// exported graphs compress 8-10x, gen-graph's 6-9x, indented JSON a few times more; a bomb
+// (runs of one byte) ~1000x. Small files may inflate to kMinInflateCap whatever their ratio.
+constexpr uint64_t kMaxInflateRatio = 100;
+constexpr uint64_t kMinInflateCap = uint64_t{64} << 20;
 
 std::string node_ref(const Graph& g, int32_t v) {
   std::string s = "node id " + std::to_string(g.nodes[v].id);
@@ -111,7 +116,8 @@ void Graph::finalize(const std::string& source) {
     if (nd.view_of != -1) {
       DELTAMOE_CHECK(nd.view_of >= 0 && nd.view_of < n, kComp, src, ": ", node_ref(*this, v),
                      ": view_of index ", nd.view_of, " is out of range");
-      DELTAMOE_CHECK(nd.view_of != v, kComp, src, ": ", node_ref(*this, v), ": is a view of itself");
+      DELTAMOE_CHECK(nd.view_of != v, kComp, src, ": ", node_ref(*this, v),
+                     ": is a view of itself");
       DELTAMOE_CHECK(nd.size == 0, kComp, src, ": ", node_ref(*this, v), ": a view (view_of id ",
                      nodes[nd.view_of].id, ") must have size 0, has ", nd.size);
       if (std::find(nd.inputs.begin(), nd.inputs.end(), nd.view_of) == nd.inputs.end())
@@ -123,7 +129,8 @@ void Graph::finalize(const std::string& source) {
       if (nd.inputs.size() <= 64) {
         size_t k = 0;
         for (size_t i = 0; i < nd.inputs.size(); ++i) {
-          if (std::find(nd.inputs.begin(), nd.inputs.begin() + k, nd.inputs[i]) == nd.inputs.begin() + k)
+          if (std::find(nd.inputs.begin(), nd.inputs.begin() + k, nd.inputs[i]) ==
+              nd.inputs.begin() + k)
             nd.inputs[k++] = nd.inputs[i];
         }
         nd.inputs.resize(k);
@@ -133,7 +140,8 @@ void Graph::finalize(const std::string& source) {
         std::vector<char> taken(sorted.size(), 0);
         size_t k = 0;
         for (size_t i = 0; i < nd.inputs.size(); ++i) {
-          const size_t pos = std::lower_bound(sorted.begin(), sorted.end(), nd.inputs[i]) - sorted.begin();
+          const size_t pos =
+              std::lower_bound(sorted.begin(), sorted.end(), nd.inputs[i]) - sorted.begin();
           if (taken[pos]) continue;
           taken[pos] = 1;
           nd.inputs[k++] = nd.inputs[i];
@@ -182,7 +190,8 @@ void Graph::finalize(const std::string& source) {
       const uint64_t ws = nodes[v].workspace;
       DELTAMOE_CHECK(total <= std::numeric_limits<uint64_t>::max() - add &&
                          total + add <= std::numeric_limits<uint64_t>::max() - ws,
-                     kComp, src, ": ", node_ref(*this, v), ": total of sizes and workspaces overflows uint64");
+                     kComp, src, ": ", node_ref(*this, v),
+                     ": total of sizes and workspaces overflows uint64");
       total += add + ws;
     }
   }
@@ -242,8 +251,8 @@ namespace {
 int64_t read_id(const json& j, const std::string& src, const std::string& where) {
   if (j.is_number_unsigned()) {
     const uint64_t u = j.get<uint64_t>();
-    DELTAMOE_CHECK(u <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), kComp, src, ": ",
-                   where, " ", u, " is too large");
+    DELTAMOE_CHECK(u <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), kComp, src,
+                   ": ", where, " ", u, " is too large");
     return static_cast<int64_t>(u);
   }
   if (j.is_number_integer()) {
@@ -261,13 +270,15 @@ uint64_t read_bytes(const json& j, const std::string& src, const std::string& wh
   if (j.is_number_float()) {
     const double d = j.get<double>();
     if (d < 0) fail(kComp, src, ": ", where, " is negative (", j.dump(), ")");
-    if (d >= 18446744073709551615.0) fail(kComp, src, ": ", where, " ", j.dump(), " does not fit in uint64");
+    if (d >= 18446744073709551615.0)
+      fail(kComp, src, ": ", where, " ", j.dump(), " does not fit in uint64");
     fail(kComp, src, ": ", where, " must be an integer number of bytes, got ", j.dump());
   }
   type_error(src, where, "a non-negative integer", j);
 }
 
-const json& require(const json& obj, const char* key, const std::string& src, const std::string& where) {
+const json& require(const json& obj, const char* key, const std::string& src,
+                    const std::string& where) {
   auto it = obj.find(key);
   if (it == obj.end()) fail(kComp, src, ": ", where, " is missing \"", key, "\"");
   return *it;
@@ -311,7 +322,8 @@ Graph parse_memgraph(const std::string& json_text, const std::string& source) {
     nd.id = read_id(require(jv, "id", src, where), src, where + " id");
     const std::string at = "node id " + std::to_string(nd.id);
     auto [it, fresh] = index.emplace(nd.id, i);
-    DELTAMOE_CHECK(fresh, kComp, src, ": duplicate id ", nd.id, " (nodes #", it->second, " and #", i, ")");
+    DELTAMOE_CHECK(fresh, kComp, src, ": duplicate id ", nd.id, " (nodes #", it->second, " and #",
+                   i, ")");
     if (auto f = jv.find("name"); f != jv.end()) {
       if (!f->is_string()) type_error(src, at + " \"name\"", "a string", *f);
       nd.name = f->get<std::string>();
@@ -348,7 +360,9 @@ Graph parse_memgraph(const std::string& json_text, const std::string& source) {
     if (it == doc.end() || it->is_null()) continue;
     if (!it->is_array()) type_error(src, std::string("\"") + key + "\"", "an array", *it);
     auto& flags = key[0] == 'o' ? g.is_output : g.is_persistent;
-    for (const json& x : *it) flags[lookup(read_id(x, src, std::string(key) + " entry"), std::string("\"") + key + "\" entry")] = 1;
+    for (const json& x : *it)
+      flags[lookup(read_id(x, src, std::string(key) + " entry"),
+                   std::string("\"") + key + "\" entry")] = 1;
   }
   g.finalize(src);
   return g;
@@ -370,6 +384,9 @@ std::string gunzip(const std::string& data, const std::string& src) {
   DELTAMOE_CHECK(inflateInit2(&zs, 16 + MAX_WBITS) == Z_OK, kComp, src, ": zlib init failed");
   std::string out;
   std::vector<char> buf(1 << 16);
+  const uint64_t cap =
+      std::min(kMaxDecompressed,
+               std::max(kMinInflateCap, kMaxInflateRatio * static_cast<uint64_t>(data.size())));
   zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
   zs.avail_in = static_cast<uInt>(data.size());
   DELTAMOE_CHECK(data.size() <= std::numeric_limits<uInt>::max(), kComp, src, ": file too large");
@@ -384,9 +401,10 @@ std::string gunzip(const std::string& data, const std::string& src) {
       fail(kComp, src, ": corrupt gzip data (", msg, ")");
     }
     out.append(buf.data(), buf.size() - zs.avail_out);
-    if (out.size() > kMaxDecompressed) {
+    if (out.size() > cap) {
       inflateEnd(&zs);
-      fail(kComp, src, ": gzip data expands beyond 4 GiB");
+      fail(kComp, src, ": gzip data of ", data.size(), " bytes expands beyond ", cap,
+           " bytes (over ", kMaxInflateRatio, "x, more than memgraph JSON compresses, or 4 GiB)");
     }
     if (rc == Z_STREAM_END) {
       // Concatenated gzip members are legal; anything else after the end is not.
@@ -411,8 +429,8 @@ std::string gunzip(const std::string& data, const std::string& src) {
 
 std::string gzip(const std::string& data, const std::string& path) {
   z_stream zs{};
-  DELTAMOE_CHECK(deflateInit2(&zs, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK, kComp,
-                 path, ": zlib init failed");
+  DELTAMOE_CHECK(deflateInit2(&zs, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK,
+                 kComp, path, ": zlib init failed");
   std::string out;
   out.resize(deflateBound(&zs, data.size()));
   zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
@@ -510,7 +528,8 @@ void check_order(const Graph& g, const Order& order) {
   for (int32_t t = 0; t < n; ++t) {
     const int32_t v = order[t];
     DELTAMOE_CHECK(v >= 0 && v < n, kComp, "order position ", t, ": index ", v, " is not a node");
-    DELTAMOE_CHECK(pos[v] == -1, kComp, "order position ", t, ": ", node_ref(g, v), " appears twice");
+    DELTAMOE_CHECK(pos[v] == -1, kComp, "order position ", t, ": ", node_ref(g, v),
+                   " appears twice");
     pos[v] = t;
   }
   for (int32_t t = 0; t < n; ++t) {
@@ -562,7 +581,9 @@ SimResult run_model(const Graph& g, const Order& order, std::vector<uint64_t>* p
 
 }  // namespace
 
-SimResult simulate(const Graph& g, const Order& order) { return run_model(g, order, nullptr); }
+SimResult simulate(const Graph& g, const Order& order) {
+  return run_model(g, order, nullptr);
+}
 
 std::vector<uint64_t> memory_profile(const Graph& g, const Order& order) {
   std::vector<uint64_t> profile(order.size(), 0);

@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <zlib.h>
+
 #include "deltamoe/core/error.h"
 #include "deltamoe/sched/memgraph.h"
 #include "unit/sched_test_util.h"
@@ -189,6 +191,32 @@ TEST(MemgraphParse, TruncatedOrCorruptGzipIsAnError) {
   EXPECT_THROW(read_memgraph(gz), Error);
   std::filesystem::remove(gz);
   EXPECT_THROW(read_memgraph(gz), Error);  // missing file
+}
+
+// A gzip bomb (a valid graph followed by 80 MiB of spaces, ~1000x compressed) is refused by
+// its inflation ratio as soon as it passes the cap, long before 4 GiB; a real graph of the
+// same kind inflates ~10x and reads.
+TEST(MemgraphParse, GzipInflatingFarBeyondJsonIsRefused) {
+  const std::string path = tmp_path("bomb.json.gz");
+  const std::string text =
+      R"({"format": "memgraph-v1", "nodes": [{"id": 0, "op": "input", "inputs": [], "size": 1}])" +
+      std::string(size_t{80} << 20, ' ') + "}";
+  gzFile f = gzopen(path.c_str(), "wb9");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(gzwrite(f, text.data(), static_cast<unsigned>(text.size())),
+            static_cast<int>(text.size()));
+  gzclose(f);
+  EXPECT_LT(std::filesystem::file_size(path), text.size() / 500);
+  try {
+    read_memgraph(path);
+    ADD_FAILURE() << "a gzip bomb was read";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expands beyond"), std::string::npos) << e.what();
+  }
+  const Graph g = test::random_graph(2000, 7);
+  write_memgraph(g, path);
+  EXPECT_EQ(read_memgraph(path).size(), g.size());
+  std::filesystem::remove(path);
 }
 
 TEST(MemgraphFinalize, NormalisesHandBuiltGraphs) {
