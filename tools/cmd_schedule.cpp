@@ -96,6 +96,8 @@ void print_human(std::ostream& os, const std::string& path, const Graph& g, cons
   row("arena", ar.str());
   std::ostringstream sec;
   sec << std::fixed << std::setprecision(3) << r.seconds << " s";
+  if (const std::string passed = r.time_limit_passed_in(); !passed.empty())
+    sec << "  (past the " << r.time_limit_s << " s limit, during " << passed << ")";
   row("time", sec.str());
   for (const auto& [name, peak] : r.baseline_peaks) {
     std::ostringstream v;
@@ -177,6 +179,7 @@ deltamoe::cli::CommandRegistrar reg(
             gopt.time_limit_s = std::max(0.0, o->time_limit - read_s);
             ScheduleResult r = schedule(g, gopt);
             r.phase_seconds.insert(r.phase_seconds.begin(), {"read", read_s});
+            r.time_limit_s = o->time_limit;  // the limit covers reading too
             std::optional<FusionReport> fus;
             if (o->fusion) fus = fusion_report(g, r.order);
             if (!o->order_out.empty()) {

@@ -9,6 +9,7 @@
 
 #include "deltamoe/core/error.h"
 #include "deltamoe/sched/schedule.h"
+#include "deltamoe/sched/sp.h"
 
 namespace deltamoe::sched {
 
@@ -80,7 +81,21 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
   const LowerBound cheap_bound = must_live_lower_bound(g);  // holds for every order
   r.lower_bound = cheap_bound;
   phase("bound");
-  r.sp = analyze_sp(g);
+  // Under auto the SP analysis stops at the time limit (it is superlinear: 100 s on a
+  // 10^6-node layered graph); the SP methods are then skipped. Asked for by name, it runs.
+  bool sp_stopped = false;
+  try {
+    std::optional<sp::Deadline> deadline;
+    if (algo == "auto")
+      deadline.emplace(
+          t0 + std::chrono::duration_cast<Clock::duration>(
+                   std::chrono::duration<double>(std::max(opt.time_limit_s, opt.sp_min_seconds))));
+    r.sp = analyze_sp(g);
+  } catch (const sp::TimeUp&) {
+    sp_stopped = true;
+    r.sp = {};
+    r.sp.notes = "stopped at the time limit";
+  }
   phase("sp-analysis");
   // The SP pipeline's bound (exact SP optimum or the best of its relaxations) is proven for
   // every order of g, and on SP-like graphs often well above the must-live bound.
@@ -168,6 +183,7 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
         notes << what << " failed (" << e.what() << "); ";
       }
     };
+    if (sp_stopped) notes << "SP analysis stopped at the time limit: no SP methods; ";
     if (r.sp.is_series_parallel) {
       guarded("sp", [&] {
         if (auto o = sp_optimal_order(g)) {
@@ -181,13 +197,15 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
       if (r.sp.is_series_parallel)
         notes << "series-parallel, but the SP order is not proven optimal (SP bound "
               << r.sp.lower_bound << " bytes); ";
-      else
+      else if (!sp_stopped)
         notes << "not series-parallel (SP fraction " << r.sp.sp_fraction << "); ";
       // Cheap (the analysis above already built it) and much better than every baseline on
       // SP-like graphs, so it runs even with no search budget.
-      guarded("sp-ized", [&] {
-        if (consider("sp-ized", sp_ized_order(g))) notes << "SP-ized order beats the baselines; ";
-      });
+      if (!sp_stopped) {
+        guarded("sp-ized", [&] {
+          if (consider("sp-ized", sp_ized_order(g))) notes << "SP-ized order beats the baselines; ";
+        });
+      }
       phase("sp-ized");
       const bool ilp_ok = opt.use_ilp && n <= 300 && ilp_available();
       // The cheap bounds may already prove the best order so far optimal: no search then.
@@ -272,7 +290,17 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
   while (!s.empty() && (s.back() == ' ' || s.back() == ';')) s.pop_back();
   r.notes = s;
   r.seconds = since(t0);
+  r.time_limit_s = opt.time_limit_s;
   return r;
+}
+
+std::string ScheduleResult::time_limit_passed_in() const {
+  double t = 0;
+  for (const auto& [name, s] : phase_seconds) {
+    t += s;
+    if (t > time_limit_s) return name;
+  }
+  return "";
 }
 
 nlohmann::ordered_json schedule_report_json(const Graph& g, const ScheduleResult& r,
@@ -293,6 +321,9 @@ nlohmann::ordered_json schedule_report_json(const Graph& g, const ScheduleResult
   j["arena_bytes"] = r.placement.arena_bytes;
   j["fragmentation"] = r.placement.fragmentation;
   j["seconds"] = r.seconds;
+  j["time_limit_s"] = r.time_limit_s;
+  const std::string passed = r.time_limit_passed_in();
+  j["time_limit_passed_in"] = passed.empty() ? ordered_json(nullptr) : ordered_json(passed);
   ordered_json ph = ordered_json::object();
   for (const auto& [name, s] : r.phase_seconds) ph[name + "_s"] = s;
   j["phase_seconds"] = ph;

@@ -19,6 +19,24 @@
 
 namespace deltamoe::sched::sp {
 
+namespace {
+thread_local std::optional<std::chrono::steady_clock::time_point> tl_deadline;
+thread_local uint32_t tl_polls = 0;
+}  // namespace
+
+Deadline::Deadline(std::chrono::steady_clock::time_point at) : previous_(tl_deadline) {
+  tl_deadline = at;
+}
+
+Deadline::~Deadline() {
+  tl_deadline = previous_;
+}
+
+void poll_deadline() {
+  if (!tl_deadline || (++tl_polls & 63) != 0) return;
+  if (std::chrono::steady_clock::now() > *tl_deadline) throw TimeUp{};
+}
+
 int32_t SpTree::leaf(int32_t item) {
   nodes.push_back({Kind::kLeaf, item, -1, -1});
   return static_cast<int32_t>(nodes.size()) - 1;
@@ -65,8 +83,14 @@ struct UnionFind {
 class Reducer {
  public:
   Reducer(int32_t n_junctions, int32_t src, int32_t snk, SpTree* tree, size_t edge_hint)
-      : in_(n_junctions), out_(n_junctions), indeg_(n_junctions, 0), outdeg_(n_junctions, 0),
-        src_(src), snk_(snk), nj_(n_junctions), tree_(tree) {
+      : in_(n_junctions),
+        out_(n_junctions),
+        indeg_(n_junctions, 0),
+        outdeg_(n_junctions, 0),
+        src_(src),
+        snk_(snk),
+        nj_(n_junctions),
+        tree_(tree) {
     edges_.reserve(edge_hint);
     parallel_.reserve(edge_hint);
   }
@@ -202,6 +226,7 @@ std::vector<std::vector<int32_t>> transitive_reduction(const Dag& dag, size_t me
   for (int64_t c0 = 0; c0 < n; c0 += chunk) {
     const int64_t c1 = std::min<int64_t>(n, c0 + chunk);
     for (int64_t u = c1 - 1; u >= 0; --u) {
+      poll_deadline();
       uint64_t* acc = &reach[static_cast<size_t>(u) * words];
       std::memset(acc, 0, words * sizeof(uint64_t));
       const auto& su = s[u];
@@ -238,7 +263,8 @@ Recognition recognize(const Dag& dag, bool reduced) {
     rec.is_sp = true;
     return rec;
   }
-  const std::vector<std::vector<int32_t>> tr = reduced ? sorted_unique(dag) : transitive_reduction(dag);
+  const std::vector<std::vector<int32_t>> tr =
+      reduced ? sorted_unique(dag) : transitive_reduction(dag);
 
   // Endpoints: in(v) = 2v, out(v) = 2v+1, source 2n, sink 2n+1.
   const int32_t src_end = 2 * n, snk_end = 2 * n + 1;
@@ -286,7 +312,8 @@ Recognition recognize(const Dag& dag, bool reduced) {
   for (int32_t u = 0; u < n; ++u) n_edges += tr[u].size();
   rec.tree.nodes.reserve(3 * static_cast<size_t>(n));
   Reducer red(nj, junction[src_end], junction[snk_end], &rec.tree, n_edges);
-  for (int32_t v = 0; v < n; ++v) red.add_edge(junction[2 * v], junction[2 * v + 1], rec.tree.leaf(v));
+  for (int32_t v = 0; v < n; ++v)
+    red.add_edge(junction[2 * v], junction[2 * v + 1], rec.tree.leaf(v));
   for (int32_t u = 0; u < n; ++u)
     for (int32_t v : tr[u])
       if (!complete[uf.find(2 * u + 1)]) red.add_edge(junction[2 * u + 1], junction[2 * v], -1);
@@ -295,9 +322,9 @@ Recognition recognize(const Dag& dag, bool reduced) {
   const std::vector<int32_t> alive = red.alive_edges();
   rec.piece_size.assign(n, n);
   if (all_complete && alive.size() == 1) {
-    DELTAMOE_ASSERT(red.edge(alive[0]).from == junction[src_end] &&
-                        red.edge(alive[0]).to == junction[snk_end],
-                    "SP reduction ended on a non-terminal edge");
+    DELTAMOE_ASSERT(
+        red.edge(alive[0]).from == junction[src_end] && red.edge(alive[0]).to == junction[snk_end],
+        "SP reduction ended on a non-terminal edge");
     rec.is_sp = true;
     rec.tree.root = red.edge(alive[0]).tree;
     return rec;
@@ -322,6 +349,7 @@ Recognition recognize(const Dag& dag, bool reduced) {
     if (indeg[j] == 0) queue.push_back(j);
   int32_t max_level = 0;
   for (size_t qi = 0; qi < queue.size(); ++qi) {
+    poll_deadline();
     const int32_t j = queue[qi];
     for (int32_t e : out_edges[j]) {
       const int32_t y = red.edge(e).to;

@@ -57,7 +57,7 @@ std::vector<int32_t> sp_sequence(const SpTree& tree, const std::vector<ItemCost>
   };
   std::vector<BlockSet> pool;
   std::vector<int32_t> module(tree.nodes.size(), -1);  // tree node -> pool index
-  auto merge_into = [&](int32_t a, int32_t b) {       // returns the surviving pool index
+  auto merge_into = [&](int32_t a, int32_t b) {        // returns the surviving pool index
     if (pool[a].size() < pool[b].size()) std::swap(a, b);
     pool[a].merge(pool[b]);
     BlockSet().swap(pool[b]);
@@ -67,6 +67,7 @@ std::vector<int32_t> sp_sequence(const SpTree& tree, const std::vector<ItemCost>
   // Iterative post-order.
   std::vector<std::pair<int32_t, bool>> st{{tree.root, false}};
   while (!st.empty()) {
+    poll_deadline();
     auto [x, expanded] = st.back();
     st.pop_back();
     const auto& nd = tree.nodes[x];

@@ -29,6 +29,38 @@ TEST(ScheduleDriver, AutoWithNoBudgetStillTakesTheSpIzedOrder) {
   EXPECT_GT(beat, 0);
 }
 
+// The result says which phase a call ran past its limit in: none within a generous limit,
+// the first phase under a zero limit (the fixed phases are never cut short), and the phase a
+// caller's own time pushes it past (schedule --time-limit covers reading the file).
+TEST(ScheduleDriver, SaysWhichPhaseRanPastTheTimeLimit) {
+  const Graph g = test::random_graph(300, 11);
+  ScheduleOptions opt;
+  opt.algo = "lpmf";  // no search: milliseconds against the limit
+  opt.time_limit_s = 60;
+  ScheduleResult r = schedule(g, opt);
+  EXPECT_EQ(r.time_limit_s, 60);
+  EXPECT_EQ(r.time_limit_passed_in(), "");
+  EXPECT_TRUE(schedule_report_json(g, r)["time_limit_passed_in"].is_null());
+  opt.algo = "auto";
+  opt.time_limit_s = 0;
+  opt.sp_min_seconds = 0;  // the analysis starts past its deadline: it stops at once
+  const Graph g2 = test::random_graph(300, 12);  // not analysed yet (analyses are cached)
+  r = schedule(g2, opt);
+  ASSERT_FALSE(r.phase_seconds.empty());
+  EXPECT_EQ(r.time_limit_passed_in(), r.phase_seconds.front().first);
+  EXPECT_EQ(schedule_report_json(g2, r)["time_limit_passed_in"], r.phase_seconds.front().first);
+  // Under auto the SP analysis stops at the limit instead of running on: its methods are
+  // skipped and the best baseline comes back, as valid as ever.
+  EXPECT_EQ(r.sp.notes, "stopped at the time limit");
+  EXPECT_NE(r.notes.find("SP analysis stopped at the time limit"), std::string::npos) << r.notes;
+  EXPECT_EQ(r.peak, simulate(g2, r.order).peak);
+  opt.algo = "sp";  // asked for by name, it runs whatever the limit
+  EXPECT_NE(schedule(g2, opt).sp.notes, "stopped at the time limit");
+  r.phase_seconds.insert(r.phase_seconds.begin(), {"read", 5.0});
+  r.time_limit_s = 1.0;
+  EXPECT_EQ(r.time_limit_passed_in(), "read");
+}
+
 TEST(ScheduleDriver, BoundIsTheStrongestProvenOneAndNeverAboveTheOptimum) {
   for (uint64_t seed = 1; seed <= 80; ++seed) {
     const Graph g = test::random_graph(3 + static_cast<int32_t>(seed % 9), seed + 9300);

@@ -116,6 +116,10 @@ struct ScheduleOptions {
   std::string algo = "auto";   // auto|sp|ilp|exact|lpmf|bfs|dfs|xla|program
   double time_limit_s = 10.0;  // seconds for the whole call, search included
   bool use_ilp = true;         // auto may use the ILP
+  /// auto: the SP analysis stops at max(time_limit_s, this) seconds (then no SP methods);
+  /// the floor keeps the SP-ized order, the best cheap order on SP-like graphs, for small
+  /// graphs under a tiny or zero limit.
+  double sp_min_seconds = 0.25;
 };
 struct ScheduleResult {
   Order order;
@@ -133,6 +137,13 @@ struct ScheduleResult {
   std::vector<std::pair<std::string, double>> phase_seconds;
   /// Peak of each baseline order, in the order program, bfs, dfs, lpmf, xla.
   std::vector<std::pair<std::string, uint64_t>> baseline_peaks;
+  /// The limit the phases are held to (ScheduleOptions::time_limit_s; a caller that adds a
+  /// phase of its own, like reading the file, may set its whole limit here).
+  double time_limit_s = 0.0;
+  /// The phase during which the limit passed (walking phase_seconds), empty when the call
+  /// ended within it: the fixed phases before any search (baselines, bounds, SP analysis)
+  /// are not cut short, so on very large graphs they alone can pass a small limit.
+  std::string time_limit_passed_in() const;
 };
 /// Runs every baseline, then the chosen algorithm (see docs/sched.md for what auto does);
 /// the result is never worse than the best baseline, except that a baseline asked for by

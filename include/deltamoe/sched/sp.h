@@ -24,6 +24,7 @@
 // bounded memory).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -33,6 +34,26 @@
 #include "deltamoe/sched/schedule.h"
 
 namespace deltamoe::sched::sp {
+
+/// Thrown by the analysis's long loops (transitive reduction, recognition, sequencing) once
+/// this thread's Deadline has passed; schedule() catches it and goes on without the SP
+/// methods. Not an Error: it reports no fault in the input.
+struct TimeUp {};
+/// A deadline (steady clock) for the SP analysis on the constructing thread, for the scope's
+/// lifetime; nests (the previous one comes back on destruction).
+class Deadline {
+ public:
+  explicit Deadline(std::chrono::steady_clock::time_point at);
+  ~Deadline();
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
+
+ private:
+  std::optional<std::chrono::steady_clock::time_point> previous_;
+};
+/// Throws TimeUp when this thread has a Deadline and it has passed (reads the clock on every
+/// 64th call, so it is cheap inside loops).
+void poll_deadline();
 
 /// A binary decomposition tree over items 0..n_items-1 (the leaves).
 /// Series(a, b): everything of a before everything of b. Parallel(a, b): no constraint.
@@ -64,8 +85,8 @@ std::vector<std::vector<int32_t>> transitive_reduction(const Dag& dag,
                                                        size_t memory_bytes = size_t{32} << 20);
 
 struct Recognition {
-  bool is_sp = false;        // the poset of the DAG is vertex series-parallel (N-free)
-  SpTree tree;               // decomposition: of the DAG when is_sp, else of the SP-ized DAG
+  bool is_sp = false;  // the poset of the DAG is vertex series-parallel (N-free)
+  SpTree tree;         // decomposition: of the DAG when is_sp, else of the SP-ized DAG
   /// Per vertex, the size (vertex count) of the maximal SP piece it lies in after the SP
   /// reductions stop (== n for every vertex when is_sp).
   std::vector<int32_t> piece_size;
@@ -104,11 +125,11 @@ struct SpDetail {
   SpAnalysis summary;
   int32_t structure_nodes = 0;  // nodes kept as events (the rest are glued)
   int32_t glued_nodes = 0;
-  int32_t or_buffers = 0;       // buffers whose readers have several maximal elements
-  bool structure_sp = false;    // the poset of the kept nodes is SP
-  bool exact = false;           // `order` is proven optimal (peak == lower_bound)
-  Order order;                  // the best order found (always valid for the graph)
-  uint64_t peak = 0;            // peak of `order` in the memory model (== simulate())
+  int32_t or_buffers = 0;     // buffers whose readers have several maximal elements
+  bool structure_sp = false;  // the poset of the kept nodes is SP
+  bool exact = false;         // `order` is proven optimal (peak == lower_bound)
+  Order order;                // the best order found (always valid for the graph)
+  uint64_t peak = 0;          // peak of `order` in the memory model (== simulate())
   /// Proven lower bound on the optimum peak (0 when the structure is not SP): the exact
   /// optimum when the release items keep the poset SP, else the best optimum of the
   /// relaxations that free each multi-reader buffer at one chosen last reader.
