@@ -176,7 +176,9 @@ deltamoe::cli::CommandRegistrar reg(
             const double read_s =
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t_read).count();
             ScheduleOptions gopt = opt;
-            gopt.time_limit_s = std::max(0.0, o->time_limit - read_s);
+            // What is left, but never 0 for a positive limit: 0 means "no search, the fixed
+            // phases in full", while a limit that reading used up should stop them early.
+            gopt.time_limit_s = o->time_limit > 0 ? std::max(1e-6, o->time_limit - read_s) : 0.0;
             ScheduleResult r = schedule(g, gopt);
             r.phase_seconds.insert(r.phase_seconds.begin(), {"read", read_s});
             r.time_limit_s = o->time_limit;  // the limit covers reading too

@@ -42,8 +42,8 @@ TEST(ScheduleDriver, SaysWhichPhaseRanPastTheTimeLimit) {
   EXPECT_EQ(r.time_limit_passed_in(), "");
   EXPECT_TRUE(schedule_report_json(g, r)["time_limit_passed_in"].is_null());
   opt.algo = "auto";
-  opt.time_limit_s = 0;
-  opt.sp_min_seconds = 0;  // the analysis starts past its deadline: it stops at once
+  opt.time_limit_s = 1e-9;  // 0 would mean "no search", with the fixed phases in full
+  opt.sp_min_seconds = 0;   // the analysis starts past its deadline: it stops at once
   const Graph g2 = test::random_graph(300, 12);  // not analysed yet (analyses are cached)
   r = schedule(g2, opt);
   ASSERT_FALSE(r.phase_seconds.empty());
@@ -52,10 +52,19 @@ TEST(ScheduleDriver, SaysWhichPhaseRanPastTheTimeLimit) {
   // Under auto the SP analysis stops at the limit instead of running on: its methods are
   // skipped and the best baseline comes back, as valid as ever.
   EXPECT_EQ(r.sp.notes, "stopped at the time limit");
+  ASSERT_EQ(r.baseline_peaks.size(), 1u);  // the program order; the others skipped, and said
+  EXPECT_EQ(r.baseline_peaks[0].first, "program");
+  EXPECT_NE(r.notes.find("baselines bfs, dfs, lpmf, xla skipped"), std::string::npos) << r.notes;
   EXPECT_NE(r.notes.find("SP analysis stopped at the time limit"), std::string::npos) << r.notes;
   EXPECT_EQ(r.peak, simulate(g2, r.order).peak);
   opt.algo = "sp";  // asked for by name, it runs whatever the limit
   EXPECT_NE(schedule(g2, opt).sp.notes, "stopped at the time limit");
+  opt.algo = "auto";
+  opt.time_limit_s = 0;  // no search: every baseline and the whole SP analysis
+  const Graph g3 = test::random_graph(300, 13);
+  const ScheduleResult full = schedule(g3, opt);
+  EXPECT_EQ(full.baseline_peaks.size(), 5u);
+  EXPECT_NE(full.sp.notes, "stopped at the time limit");
   r.phase_seconds.insert(r.phase_seconds.begin(), {"read", 5.0});
   r.time_limit_s = 1.0;
   EXPECT_EQ(r.time_limit_passed_in(), "read");

@@ -116,9 +116,10 @@ struct ScheduleOptions {
   std::string algo = "auto";   // auto|sp|ilp|exact|lpmf|bfs|dfs|xla|program
   double time_limit_s = 10.0;  // seconds for the whole call, search included
   bool use_ilp = true;         // auto may use the ILP
-  /// auto: the SP analysis stops at max(time_limit_s, this) seconds (then no SP methods);
-  /// the floor keeps the SP-ized order, the best cheap order on SP-like graphs, for small
-  /// graphs under a tiny or zero limit.
+  /// auto with time_limit_s > 0: the baselines after the program order and the SP analysis
+  /// stop at max(time_limit_s, this) seconds (then no SP methods); the floor keeps every
+  /// baseline and the SP-ized order, the best cheap order on SP-like graphs, for small graphs
+  /// under a tiny limit. A limit of 0 means no search: those phases then run in full.
   double sp_min_seconds = 0.25;
 };
 struct ScheduleResult {
@@ -135,7 +136,8 @@ struct ScheduleResult {
   /// Wall seconds of each phase that ran, in order ("baselines", "bounds", "sp", "ilp",
   /// "exact", "local", "placement"...).
   std::vector<std::pair<std::string, double>> phase_seconds;
-  /// Peak of each baseline order, in the order program, bfs, dfs, lpmf, xla.
+  /// Peak of each baseline order, in the order program, bfs, dfs, lpmf, xla (under auto
+  /// those after program only while the time limit allows; `notes` names any skipped).
   std::vector<std::pair<std::string, uint64_t>> baseline_peaks;
   /// The limit the phases are held to (ScheduleOptions::time_limit_s; a caller that adds a
   /// phase of its own, like reading the file, may set its whole limit here).
