@@ -170,18 +170,14 @@ deltamoe::cli::CommandRegistrar reg(
         std::vector<std::string> failures;
         for (const std::string& path : o->graphs) {
           try {
-            // --time-limit covers reading the file too: schedule() gets what is left.
+            // --time-limit covers reading the file too (ScheduleOptions::read_s).
             const auto t_read = std::chrono::steady_clock::now();
             const Graph g = read_memgraph(path);
             const double read_s =
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t_read).count();
             ScheduleOptions gopt = opt;
-            // What is left, but never 0 for a positive limit: 0 means "no search, the fixed
-            // phases in full", while a limit that reading used up should stop them early.
-            gopt.time_limit_s = o->time_limit > 0 ? std::max(1e-6, o->time_limit - read_s) : 0.0;
+            gopt.read_s = read_s;
             ScheduleResult r = schedule(g, gopt);
-            r.phase_seconds.insert(r.phase_seconds.begin(), {"read", read_s});
-            r.time_limit_s = o->time_limit;  // the limit covers reading too
             std::optional<FusionReport> fus;
             if (o->fusion) fus = fusion_report(g, r.order);
             if (!o->order_out.empty()) {

@@ -9,6 +9,7 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 namespace deltamoe {
@@ -45,12 +46,20 @@ Storage::~Storage() {
 
 size_t Storage::release_pages(const void* begin, size_t bytes) const {
   if (!file_mapped_ || bytes == 0) return 0;
+  const auto* b0 = static_cast<const char*>(begin);
+  DELTAMOE_ASSERT(b0 >= static_cast<const char*>(data_) &&
+                      b0 + bytes <= static_cast<const char*>(data_) + bytes_,
+                  "release_pages: ", bytes, " bytes outside the storage's ", bytes_);
+#if defined(__linux__)
   const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   const auto b = reinterpret_cast<uintptr_t>(begin);
   const uintptr_t first = (b + page - 1) / page * page, last = (b + bytes) / page * page;
   if (last <= first) return 0;
   if (::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED) != 0) return 0;
   return last - first;
+#else
+  return 0;
+#endif
 }
 
 std::string shape_str(const Shape& shape) {

@@ -179,6 +179,8 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
       std::make_shared<moe::TopKRouting>(cfg_.num_experts_per_tok, cfg_.norm_topk_prob);
   policy_ = default_policy_;
   dense_policy_ = std::make_shared<moe::TopKRouting>(1, true);
+  if (parallel_ == ParallelMode::ep)
+    expert_sources_.resize(static_cast<size_t>(cfg_.num_hidden_layers));
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
     const io::HfLayerWeights& lw = w.layers[static_cast<size_t>(l)];
     Layer ly;
@@ -241,7 +243,6 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
       std::vector<bool> held;
       if (parallel_ == ParallelMode::ep) {
         held = held_mask(moe::ExpertPlacement::contiguous(cfg_.num_experts, comm_->size()));
-        expert_sources_.resize(static_cast<size_t>(cfg_.num_hidden_layers));
         expert_sources_[static_cast<size_t>(l)] = mw;
       }
       ly.ffn = std::make_unique<moe::MoeBlock>(sliced(mw), dtype_, layout_, held);

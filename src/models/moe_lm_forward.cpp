@@ -77,7 +77,7 @@ int64_t MoeLm::forward_batch(const std::vector<std::vector<int32_t>>& tokens,
   std::vector<size_t> done;
   for (size_t s = 0; s < tokens.size(); ++s)
     if (!p.stopped[s]) done.push_back(s);
-  if (done.empty()) return 0;
+  if (done.empty() || logits == nullptr) return static_cast<int64_t>(done.size());
   std::vector<float> last(done.size() * static_cast<size_t>(hd));
   for (size_t j = 0; j < done.size(); ++j)
     std::memcpy(last.data() + j * static_cast<size_t>(hd),

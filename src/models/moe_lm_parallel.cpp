@@ -1,4 +1,5 @@
 // The MoE decoder over several ranks (ParallelMode in models/moe_lm.h).
+#include <malloc.h>
 #include <algorithm>
 #include <cstring>
 #include <random>
@@ -85,6 +86,7 @@ std::pair<double, double> MoeLm::balance_placement(int64_t tokens, uint64_t seed
     released += layers_[static_cast<size_t>(l)].ffn->set_held(
         expert_sources_[static_cast<size_t>(l)], held_mask(place));
   }
+  malloc_trim(0);  // the conversions' heap temporaries (as after load)
   reset_parallel_stats();
   placement_report_ = {"balanced", tokens, n > 0 ? before / n : 1.0, n > 0 ? after / n : 1.0,
                        released};
@@ -101,6 +103,7 @@ void MoeLm::set_dynamic_placement(bool on) {
         layers_[static_cast<size_t>(l)].ffn->set_held(
             expert_sources_[static_cast<size_t>(l)],
             std::vector<bool>(static_cast<size_t>(cfg_.num_experts), true));
+  if (on) malloc_trim(0);
   dynamic_placement_ = on;
   placement_report_ = {on ? "dynamic" : "contiguous", 0, 0, 0};
 }

@@ -12,7 +12,6 @@
 #include <cstring>
 #include <memory>
 
-#include <malloc.h>
 #include <omp.h>
 
 #include "deltamoe/core/parallel.h"
@@ -269,10 +268,12 @@ size_t MoeBlock::set_held(const MoeWeights& weights, const std::vector<bool>& he
                  " experts for a block of ", experts_);
   std::vector<int64_t> gained;
   size_t let_go = 0;
+  bool dropped = false;
   for (int64_t e = 0; e < experts_; ++e) {
     const auto x = static_cast<size_t>(e);
     if (held[x] && !holds(e)) gained.push_back(e);
     if (held[x] || !holds(e)) continue;
+    dropped = true;
     for (auto* group : {&w13_, &w3_, &w2_}) {
       if (group->empty()) continue;
       kernels::PackedLinear& p = (*group)[x];
@@ -280,7 +281,7 @@ size_t MoeBlock::set_held(const MoeWeights& weights, const std::vector<bool>& he
       p = kernels::PackedLinear();
     }
   }
-  if (gained.empty() && let_go == 0) return 0;
+  if (gained.empty() && !dropped) return 0;
   build_experts(weights, gained);
   // The kept experts' copies share allocations with those let go: gather every held copy
   // into one new allocation per kind, and the old ones go with their last user.
@@ -289,7 +290,6 @@ size_t MoeBlock::set_held(const MoeWeights& weights, const std::vector<bool>& he
   ref_ = -1;
   for (int64_t e = 0; e < experts_ && ref_ < 0; ++e)
     if (holds(e)) ref_ = e;
-  malloc_trim(0);
   return let_go;
 }
 

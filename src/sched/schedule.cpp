@@ -54,7 +54,11 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
       "sched", "unknown algorithm '", algo, "' (auto|sp|ilp|exact|lpmf|bfs|dfs|xla|program)");
   DELTAMOE_CHECK(opt.time_limit_s >= 0 && std::isfinite(opt.time_limit_s), "sched",
                  "time limit must be a finite number of seconds >= 0, got ", opt.time_limit_s);
+  DELTAMOE_CHECK(opt.read_s >= 0 && std::isfinite(opt.read_s), "sched",
+                 "reading time must be a finite number of seconds >= 0, got ", opt.read_s);
+  const double limit = std::max(0.0, opt.time_limit_s - opt.read_s);  // what this call has
   ScheduleResult r;
+  if (opt.read_s > 0) r.phase_seconds.emplace_back("read", opt.read_s);
   std::ostringstream notes;
   const int32_t n = g.size();
 
@@ -69,7 +73,7 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
   // baseline runs only while time is left (about 0.5 s each at 10^6 nodes), and the SP
   // analysis stops at it.
   const bool cut_fixed = algo == "auto" && opt.time_limit_s > 0;
-  const double fixed_limit = std::max(opt.time_limit_s, opt.sp_min_seconds);
+  const double fixed_limit = std::max(limit, opt.sp_min_seconds);
   std::vector<Candidate> baselines;
   std::string skipped;
   baselines.push_back({"program", program_order(g), 0});
@@ -138,7 +142,7 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
   // phases above already ran, search stops at `search_end` seconds after t0. Before the first
   // search the current best order is placed (its time is the estimate for the final placement,
   // and when search does not improve the order that placement is the final one).
-  double search_end = opt.time_limit_s * kSearchShare;
+  double search_end = limit * kSearchShare;
   std::optional<Placement> early;
   Order early_order;
   auto reserve_placement = [&] {
@@ -148,8 +152,7 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
     early_order = best.order;
     const double took = since(tp);
     phase("placement-estimate");
-    search_end =
-        std::min(search_end, opt.time_limit_s * kSearchShare - kPlacementReserve * took - 0.005);
+    search_end = std::min(search_end, limit * kSearchShare - kPlacementReserve * took - 0.005);
   };
   // Seconds left for search (a share of what remains until search_end).
   auto budget = [&](double share) {

@@ -507,7 +507,6 @@ void follow_llm_steps(const models::MoeLm& model, dist::Communicator& comm) {
                  ": expected the KV pool's shape from rank 0");
   const auto pool = model.make_kv_pool(msg[1], msg[2]);
   std::unordered_map<int64_t, std::unique_ptr<models::KvCache>> caches;
-  std::vector<float> logits;
   for (;;) {
     msg = broadcast_words(comm, {});
     DELTAMOE_CHECK(!msg.empty() && (msg[0] == kStepRun || msg[0] == kStepStop), "engine", "rank ",
@@ -537,10 +536,10 @@ void follow_llm_steps(const models::MoeLm& model, dist::Communicator& comm) {
         tokens[static_cast<size_t>(i)].push_back(static_cast<int32_t>(word()));
       step[static_cast<size_t>(i)] = c.get();
     }
-    logits.resize(static_cast<size_t>(seqs * model.vocab_size()));
     // With stats, as rank 0 asks for them: gathering them is collective under --parallel ep.
+    // No LM head: only rank 0 samples (the head has no collective in any layout).
     models::LmStats ls;
-    model.forward_batch(tokens, step, logits.data(), &ls);
+    model.forward_batch(tokens, step, nullptr, &ls);
   }
 }
 

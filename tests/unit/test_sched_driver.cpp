@@ -42,8 +42,9 @@ TEST(ScheduleDriver, SaysWhichPhaseRanPastTheTimeLimit) {
   EXPECT_EQ(r.time_limit_passed_in(), "");
   EXPECT_TRUE(schedule_report_json(g, r)["time_limit_passed_in"].is_null());
   opt.algo = "auto";
-  opt.time_limit_s = 1e-9;  // 0 would mean "no search", with the fixed phases in full
-  opt.sp_min_seconds = 0;   // the analysis starts past its deadline: it stops at once
+  opt.time_limit_s = 1;  // reading took it all (0 would mean "no search")
+  opt.read_s = 2;
+  opt.sp_min_seconds = 0;  // the analysis starts past its deadline: it stops at once
   const Graph g2 = test::random_graph(300, 12);  // not analysed yet (analyses are cached)
   r = schedule(g2, opt);
   ASSERT_FALSE(r.phase_seconds.empty());

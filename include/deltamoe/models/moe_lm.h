@@ -234,7 +234,8 @@ class MoeLm {
   /// MoE layer: its cache then holds it (KvCache::held()), its length is unchanged and its
   /// logits row is left as it was. A cache holding a token must be given that token again
   /// (Error("model") otherwise); it resumes where it stopped. Returns the number of sequences
-  /// that finished their tokens (all of them unless some were held).
+  /// that finished their tokens (all of them unless some were held). `logits` null: no LM
+  /// head (a rank that only mirrors rank 0's steps needs the KV caches, not the logits).
   int64_t forward_batch(const std::vector<std::vector<int32_t>>& tokens,
                         const std::vector<KvCache*>& caches, float* logits,
                         LmStats* stats = nullptr, const ExpertQueueRule& queues = {}) const;

@@ -116,10 +116,14 @@ struct ScheduleOptions {
   std::string algo = "auto";   // auto|sp|ilp|exact|lpmf|bfs|dfs|xla|program
   double time_limit_s = 10.0;  // seconds for the whole call, search included
   bool use_ilp = true;         // auto may use the ILP
+  /// Seconds the caller spent reading the graph, counted in time_limit_s: the call gets what
+  /// is left, and the result's phase_seconds starts with ("read", read_s) when it is > 0.
+  double read_s = 0.0;
   /// auto with time_limit_s > 0: the baselines after the program order and the SP analysis
-  /// stop at max(time_limit_s, this) seconds (then no SP methods); the floor keeps every
-  /// baseline and the SP-ized order, the best cheap order on SP-like graphs, for small graphs
-  /// under a tiny limit. A limit of 0 means no search: those phases then run in full.
+  /// stop at max(what is left of the limit, this) seconds (then no SP methods); the floor
+  /// keeps every baseline and the SP-ized order, the best cheap order on SP-like graphs, for
+  /// small graphs under a tiny limit. A limit of 0 means no search: those phases then run in
+  /// full.
   double sp_min_seconds = 0.25;
 };
 struct ScheduleResult {
@@ -139,8 +143,7 @@ struct ScheduleResult {
   /// Peak of each baseline order, in the order program, bfs, dfs, lpmf, xla (under auto
   /// those after program only while the time limit allows; `notes` names any skipped).
   std::vector<std::pair<std::string, uint64_t>> baseline_peaks;
-  /// The limit the phases are held to (ScheduleOptions::time_limit_s; a caller that adds a
-  /// phase of its own, like reading the file, may set its whole limit here).
+  /// The limit the phases are held to (ScheduleOptions::time_limit_s, reading included).
   double time_limit_s = 0.0;
   /// The phase during which the limit passed (walking phase_seconds), empty when the call
   /// ended within it: the fixed phases before any search (baselines, bounds, SP analysis)

@@ -11,8 +11,6 @@
 #include <string>
 
 #include <omp.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "deltamoe/core/parallel.h"
 
