@@ -240,17 +240,23 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
       }
       // Expert parallelism: this rank prepares the experts of its contiguous block only
       // (balance_placement() may trade some later).
+      // --parallel auto's ep layout runs the same contiguous blocks (its placement is never
+      // rebalanced): its whole experts are this rank's block, beside its slices of all.
       std::vector<bool> held;
-      if (parallel_ == ParallelMode::ep) {
+      if (parallel_ == ParallelMode::ep || parallel_ == ParallelMode::automatic)
         held = held_mask(moe::ExpertPlacement::contiguous(cfg_.num_experts, comm_->size()));
-        expert_sources_[static_cast<size_t>(l)] = mw;
-      }
-      ly.ffn = std::make_unique<moe::MoeBlock>(sliced(mw), dtype_, layout_, held);
+      if (parallel_ == ParallelMode::ep) expert_sources_[static_cast<size_t>(l)] = mw;
+      ly.ffn = std::make_unique<moe::MoeBlock>(
+          sliced(mw), dtype_, layout_, parallel_ == ParallelMode::ep ? held : std::vector<bool>());
       if (parallel_ == ParallelMode::automatic) {
-        ly.ffn_whole = std::make_unique<moe::MoeBlock>(mw, dtype_, layout_);
-        // The slices' views are part of the whole experts' mapped bytes, counted below.
+        ly.ffn_whole = std::make_unique<moe::MoeBlock>(mw, dtype_, layout_, held);
+        // The held experts' slices are views inside their whole matrices: counted once (about:
+        // the slices' bytes split evenly over the experts).
+        const auto mine = moe::ExpertPlacement::contiguous(cfg_.num_experts, comm_->size())
+                              .experts_of(comm_->rank());
         mapped_bytes_ += ly.ffn_whole->in_place_weight_bytes();
-        mapped_bytes_ -= ly.ffn->in_place_weight_bytes();
+        mapped_bytes_ -=
+            ly.ffn->in_place_weight_bytes() * mine.size() / static_cast<size_t>(cfg_.num_experts);
       }
     } else {
       ly.ffn = std::make_unique<moe::MoeBlock>(sliced(dense_as_moe(lw.dense, h)), dtype_, layout_);

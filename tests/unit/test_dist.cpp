@@ -448,6 +448,15 @@ void expect_sliced_equals_one_process(const std::string& arch, models::ParallelM
       continue;
     }
     const auto par = models::MoeLm::load(dir, po);
+    // Under auto a rank holds whole only its contiguous block of experts (ep's placement).
+    for (int64_t l = 0; l < ref->layers(); ++l) {
+      if (!ref->config().is_moe_layer(l)) continue;
+      EXPECT_EQ(par->held_experts(l),
+                mode == models::ParallelMode::automatic
+                    ? dist::split_begin(ref->config().num_experts, c.rank() + 1, c.size()) -
+                          dist::split_begin(ref->config().num_experts, c.rank(), c.size())
+                    : ref->config().num_experts);
+    }
     // Under tp each rank caches its KV heads only (one shared head when ranks outnumber them).
     EXPECT_EQ(par->make_kv_pool(16, 0)->row(),
               (tp ? std::max<int64_t>(1, kv_heads / c.size()) : kv_heads) * d);
