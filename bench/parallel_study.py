@@ -143,16 +143,17 @@ def scaling(summary, runs, cfg):
     out = {"check": [], "grid": []}
     # Check: np = 2 and 4 here, one core per rank (a rank has half this machine's compute at
     # np = 2 and a quarter at np = 4, time-sliced), the probe's shared-memory latency and bandwidth.
-    for name, ranks in (("np2_balanced", 2), ("np4_balanced", 4)):
+    for name, ranks, layout in (("np2_balanced", 2, "ep"), ("np4_balanced", 4, "ep"),
+                                ("np2_es", 2, "es"), ("np2_tp", 2, "tp"), ("np4_tp", 4, "tp")):
         if name not in summary:
             continue
         s = summary[name]
-        comp, comm = layer_model(cfg, 512, ranks, "ep", pp_s * 2, att, s["a2a_bandwidth_gbps"],
+        comp, comm = layer_model(cfg, 512, ranks, layout, pp_s * 2, att, s["a2a_bandwidth_gbps"],
                                  s["a2a_latency_us"] * 1e-6, k)
         comp *= max(1.0, ranks / 2.0)  # more ranks than the 2 cores: time-sliced
         pred_tps = 512 / (layers * (comp + comm))
         meas = s["pp_tokens_per_s_median"]
-        out["check"].append({"config": name, "predicted_pp_tokens_per_s": pred_tps,
+        out["check"].append({"config": name, "layout": layout, "predicted_pp_tokens_per_s": pred_tps,
                              "measured_pp_tokens_per_s": meas, "measured_over_predicted": meas / pred_tps,
                              "predicted_comm_ms_per_layer": 1e3 * comm,
                              "measured_comm_ms_per_layer": 1e3 * s["pp_comm_time_share"] * 512 / meas / layers})
