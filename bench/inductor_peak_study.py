@@ -35,6 +35,8 @@ import torch
 import torch._inductor.config as inductor_config
 import torch.nn.functional as F
 
+import peer_common  # noqa: E402  (bench/, beside this script)
+
 # The built package first (PYTHONPATH=build/python): python/ holds its sources without the
 # compiled _core, and export_graph puts python/ at the front of sys.path.
 import deltamoe_sched.inductor as dsi  # noqa: E402
@@ -224,10 +226,7 @@ def main():
                 log(json.dumps(result["summary"][-1]))
     text = json.dumps(result, indent=1)
     if a.out:
-        tmp = a.out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, a.out)
+        peer_common.write_json_atomic(a.out, text)
     print(text)
 
 

@@ -35,6 +35,15 @@ def emit(obj, as_json):
         print(json.dumps(obj, indent=2, sort_keys=True))
 
 
+def write_json_atomic(path, text):
+    """Writes `text` (and a newline) to `path` through a temporary file and a rename, so a
+    reader never sees half a result."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text + "\n")
+    os.replace(tmp, path)
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None

@@ -13,6 +13,7 @@
 #include "deltamoe/io/output.h"
 #include "deltamoe/sched/fusion.h"
 #include "deltamoe/sched/schedule.h"
+#include "deltamoe/sched/swap.h"
 
 namespace {
 
@@ -66,6 +67,36 @@ ordered_json fusion_json(const Graph& g, const FusionReport& rep) {
           {"traffic_saved_bytes_all", saved_all},
           {"traffic_saved_bytes_not_raising_peak", saved_safe},
           {"top_by_traffic", pairs}};
+}
+
+void print_swap_human(std::ostream& os, const SwapPlan& p, const SwapOptions& opt) {
+  const double pct = p.order_peak_bytes ? 100.0 * static_cast<double>(p.budget_bytes) /
+                                              static_cast<double>(p.order_peak_bytes)
+                                        : 0.0;
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(1);
+  s << "  swap plan         budget " << deltamoe::format_bytes(p.budget_bytes) << " (" << pct
+    << " % of the peak)";
+  if (!p.feasible) {
+    s << ": no plan fits; the least budget is " << deltamoe::format_bytes(p.min_budget_bytes)
+      << "\n";
+  } else if (p.method == "none") {
+    s << ": fits without swapping\n";
+  } else {
+    s << ", " << p.swaps.size() << " swaps, " << deltamoe::format_bytes(p.bytes_moved())
+      << " moved (" << deltamoe::format_bytes(p.bytes_to_host) << " out, "
+      << deltamoe::format_bytes(p.bytes_from_host) << " back), " << std::setprecision(2)
+      << static_cast<double>(p.bytes_moved()) / (opt.bandwidth_gb_s * 1e6) << " ms at "
+      << opt.bandwidth_gb_s << " GB/s, by " << p.method
+      << (p.proven_optimal ? " (proven optimal)" : "") << "; peak "
+      << deltamoe::format_bytes(p.peak_bytes) << "\n";
+    if (p.ilp_ran)
+      s << "                    greedy " << deltamoe::format_bytes(p.greedy_bytes_moved) << ", ILP "
+        << (p.ilp_has_plan ? deltamoe::format_bytes(p.ilp_bytes_moved) : std::string("none"))
+        << " (bound " << deltamoe::format_bytes(p.ilp_lower_bound_bytes) << "): " << p.ilp_status
+        << "\n";
+  }
+  os << s.str();
 }
 
 void print_human(std::ostream& os, const std::string& path, const Graph& g, const ScheduleResult& r,
@@ -138,6 +169,8 @@ deltamoe::cli::CommandRegistrar reg(
         double time_limit = 10.0;
         bool no_ilp = false, json = false, fusion = false;
         std::string order_out;
+        std::string swap_budget;
+        SwapOptions swap;
       };
       auto o = std::make_shared<Opts>();
       app.add_option("graphs", o->graphs, "memgraph-v1 files (.json or .json.gz)")->required();
@@ -155,7 +188,35 @@ deltamoe::cli::CommandRegistrar reg(
                      "Write the order as JSON {\"order\": [node ids]} (one graph only)");
       app.add_flag("--fusion-report", o->fusion,
                    "Score producer->consumer fusions: peak change and traffic saved");
+      app.add_option("--swap-budget", o->swap_budget,
+                     "Plan swaps to host memory so the order fits SIZE (4GiB, 500MB) or PCT of\n"
+                     "its peak (80%): fewest bytes moved (docs/sched.md, \"Swap plans\")");
+      app.add_option("--swap-overlap-steps", o->swap.overlap_steps,
+                     "Steps a transfer overlaps on each side of a swapped gap")
+          ->check(CLI::Range(0, 1000000))
+          ->capture_default_str();
+      app.add_flag("--swap-outputs-to-host", o->swap.outputs_to_host,
+                   "Outputs may end on the host after their last use");
+      app.add_option("--swap-method", o->swap.method,
+                     "auto: greedy, then the exact ILP (CBC, when built) within\n"
+                     "--swap-time-limit; greedy; ilp")
+          ->check(CLI::IsMember({"auto", "greedy", "ilp"}))
+          ->capture_default_str();
+      app.add_option("--swap-time-limit", o->swap.time_limit_s,
+                     "Seconds for the swap ILP per graph")
+          ->check(CLI::Range(0.0, 1e9))
+          ->capture_default_str();
+      app.add_option("--swap-bandwidth", o->swap.bandwidth_gb_s,
+                     "Host<->device GB/s, to state the plan's transfer time")
+          ->check(CLI::Range(1e-6, 1e9))
+          ->capture_default_str();
       return [o]() -> int {
+        std::optional<deltamoe::ByteBudget> swap_budget;
+        if (!o->swap_budget.empty())
+          swap_budget = deltamoe::parse_byte_budget(o->swap_budget, "schedule", "--swap-budget");
+        DELTAMOE_CHECK(o->swap.method != "ilp" || ilp_available(), "schedule",
+                       "--swap-method ilp: ILP solver not built (install coinor-libcbc-dev and "
+                       "reconfigure)");
         DELTAMOE_CHECK(o->order_out.empty() || o->graphs.size() == 1, "schedule",
                        "--order-out takes exactly one graph, got ", o->graphs.size());
         ScheduleOptions opt;
@@ -180,6 +241,25 @@ deltamoe::cli::CommandRegistrar reg(
             ScheduleResult r = schedule(g, gopt);
             std::optional<FusionReport> fus;
             if (o->fusion) fus = fusion_report(g, r.order);
+            std::optional<SwapPlan> plan;
+            if (swap_budget) {
+              SwapOptions so = o->swap;
+              so.budget_bytes =
+                  swap_budget->bytes
+                      ? swap_budget->bytes
+                      : std::max<uint64_t>(
+                            1, static_cast<uint64_t>(std::floor(swap_budget->fraction *
+                                                                static_cast<double>(r.peak))));
+              plan = plan_swaps(g, r.order, so);
+              // No plan within the budget: the graph fails, saying the least budget that works.
+              if (plan && !plan->feasible)
+                throw deltamoe::Error("sched", path + ": no swap plan of this order fits " +
+                                                   deltamoe::format_bytes(plan->budget_bytes) +
+                                                   "; the least budget is " +
+                                                   deltamoe::format_bytes(plan->min_budget_bytes) +
+                                                   " (" + std::to_string(plan->min_budget_bytes) +
+                                                   " B)");
+            }
             if (!o->order_out.empty()) {
               std::string text = "{\"order\": [";
               for (size_t i = 0; i < r.order.size(); ++i) {
@@ -192,9 +272,15 @@ deltamoe::cli::CommandRegistrar reg(
             if (o->json) {
               ordered_json j = schedule_report_json(g, r, false, path);
               if (fus) j["fusion"] = fusion_json(g, *fus);
+              if (plan) {
+                SwapOptions so = o->swap;
+                so.budget_bytes = plan->budget_bytes;
+                j["swap"] = swap_report_json(g, r.order, *plan, so);
+              }
               all.push_back(std::move(j));
             } else {
               print_human(std::cout, path, g, r, fus ? &*fus : nullptr);
+              if (plan) print_swap_human(std::cout, *plan, o->swap);
             }
           } catch (const deltamoe::Error& e) {
             if (o->graphs.size() == 1) throw;

@@ -18,7 +18,7 @@ import os
 
 from . import _core
 
-__all__ = ["order", "peak", "ilp_available", "SchedError"]
+__all__ = ["order", "peak", "swap_plan", "ilp_available", "SchedError"]
 
 SchedError = _core.SchedError  # a ValueError: "[memgraph] ..." / "[sched] ..."
 ALGORITHMS = ("auto", "sp", "ilp", "exact", "lpmf", "bfs", "dfs", "xla", "program")
@@ -60,6 +60,30 @@ def peak(graph, order_ids):
     Raises SchedError when the order is not a topological order of every node once."""
     src, is_path = _source(graph)
     return _core.peak(src, is_path, [int(i) for i in order_ids])
+
+
+def swap_plan(graph, order_ids, budget, overlap_steps=1, outputs_to_host=False, method="auto",
+              time_limit=10.0, bandwidth_gb_s=25.0):
+    """Which buffers to move to host memory and back so that `order_ids` fits `budget`.
+
+    budget: bytes (int), or a float in (0, 1] taken as that share of the order's peak.
+    The model and the options are those of `deltamoe schedule --swap-budget` (docs/sched.md,
+    "Swap plans"); method is "auto" (greedy, then the exact ILP when CBC is built), "greedy"
+    or "ilp". Returns the CLI's "swap" report as a dict: feasible, min_budget_bytes,
+    bytes_moved, peak_bytes, the greedy's and the ILP's results, and "swaps" (buffer ids,
+    evict_after / fetch_before node ids, the order positions off the device).
+    """
+    src, is_path = _source(graph)
+    ids = [int(i) for i in order_ids]
+    if isinstance(budget, float):
+        if not 0.0 < budget <= 1.0:
+            raise SchedError(f"[sched] swap budget share {budget} is not in (0, 1]")
+        budget = max(1, int(budget * _core.peak(src, is_path, ids)))
+    if int(budget) <= 0:
+        raise SchedError(f"[sched] swap budget {budget} is not a positive number of bytes")
+    return json.loads(_core.swap_plan(src, is_path, ids, int(budget), int(overlap_steps),
+                                      bool(outputs_to_host), str(method), float(time_limit),
+                                      float(bandwidth_gb_s)))
 
 
 def ilp_available():

@@ -13,6 +13,7 @@
 #include "deltamoe/core/error.h"
 #include "deltamoe/sched/memgraph.h"
 #include "deltamoe/sched/schedule.h"
+#include "deltamoe/sched/swap.h"
 
 namespace py = pybind11;
 using namespace deltamoe::sched;
@@ -34,9 +35,8 @@ std::string schedule_json(const std::string& source, bool is_path, const std::st
   return schedule_report_json(g, schedule(g, opt), /*with_order=*/true).dump();
 }
 
-// The simulator's peak (bytes) of an order given as node ids; checks the order first.
-uint64_t peak_of(const std::string& source, bool is_path, const std::vector<int64_t>& ids) {
-  const Graph g = load(source, is_path);
+// Dense order of node ids (checked).
+Order dense_order(const Graph& g, const std::vector<int64_t>& ids) {
   std::unordered_map<int64_t, int32_t> dense;
   for (int32_t v = 0; v < g.size(); ++v) dense[g.nodes[static_cast<size_t>(v)].id] = v;
   Order order;
@@ -47,7 +47,29 @@ uint64_t peak_of(const std::string& source, bool is_path, const std::vector<int6
     order.push_back(it->second);
   }
   check_order(g, order);
-  return simulate(g, order).peak;
+  return order;
+}
+
+// The simulator's peak (bytes) of an order given as node ids; checks the order first.
+uint64_t peak_of(const std::string& source, bool is_path, const std::vector<int64_t>& ids) {
+  const Graph g = load(source, is_path);
+  return simulate(g, dense_order(g, ids)).peak;
+}
+
+// plan_swaps() of an order given as node ids; the report as JSON text ("swap" of the CLI).
+std::string swaps_json(const std::string& source, bool is_path, const std::vector<int64_t>& ids,
+                       uint64_t budget_bytes, int32_t overlap_steps, bool outputs_to_host,
+                       const std::string& method, double time_limit_s, double bandwidth_gb_s) {
+  const Graph g = load(source, is_path);
+  const Order order = dense_order(g, ids);
+  SwapOptions opt;
+  opt.budget_bytes = budget_bytes;
+  opt.overlap_steps = overlap_steps;
+  opt.outputs_to_host = outputs_to_host;
+  opt.method = method;
+  opt.time_limit_s = time_limit_s;
+  opt.bandwidth_gb_s = bandwidth_gb_s;
+  return swap_report_json(g, order, plan_swaps(g, order, opt), opt).dump();
 }
 
 }  // namespace
@@ -63,5 +85,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("peak", &peak_of, py::arg("source"), py::arg("is_path"), py::arg("order"),
         py::call_guard<py::gil_scoped_release>(),
         "Peak bytes of an order (node ids) under the memgraph-v1 memory model.");
+  m.def("swap_plan", &swaps_json, py::arg("source"), py::arg("is_path"), py::arg("order"),
+        py::arg("budget_bytes"), py::arg("overlap_steps"), py::arg("outputs_to_host"),
+        py::arg("method"), py::arg("time_limit_s"), py::arg("bandwidth_gb_s"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Swap plan of an order (node ids) under a budget; the report as JSON text.");
   m.def("ilp_available", &ilp_available, "Whether the exact ILP (COIN-OR CBC) was built in.");
 }

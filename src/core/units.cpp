@@ -36,6 +36,27 @@ uint64_t parse_byte_size(const std::string& text, std::string_view component,
   fail(component, flag, " '", text, "' is not a positive size (e.g. 4GiB, 500MB, 1000000)");
 }
 
+ByteBudget parse_byte_budget(const std::string& text, std::string_view component,
+                             std::string_view flag) {
+  ByteBudget b;
+  if (!text.empty() && text.back() == '%') {
+    const std::string num = text.substr(0, text.size() - 1);
+    size_t pos = 0;
+    double v = -1.0;
+    try {
+      v = std::stod(num, &pos);
+    } catch (const std::exception&) {
+      pos = 0;
+    }
+    DELTAMOE_CHECK(pos == num.size() && pos > 0 && v > 0.0 && v <= 100.0, component, flag, " '",
+                   text, "' is not a percentage in (0, 100]");
+    b.fraction = v / 100.0;
+    return b;
+  }
+  b.bytes = parse_byte_size(text, component, flag);
+  return b;
+}
+
 std::string format_bytes(uint64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
   double v = static_cast<double>(bytes);

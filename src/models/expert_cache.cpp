@@ -95,22 +95,10 @@ ExpertCachePolicy parse_expert_cache_policy(const std::string& name) {
 }
 
 ExpertCacheOptions parse_expert_cache_budget(const std::string& text) {
+  const ByteBudget b = parse_byte_budget(text, kComp, "--expert-cache");
   ExpertCacheOptions o;
-  if (!text.empty() && text.back() == '%') {
-    const std::string num = text.substr(0, text.size() - 1);
-    size_t pos = 0;
-    double v = -1.0;
-    try {
-      v = std::stod(num, &pos);
-    } catch (const std::exception&) {
-      pos = 0;
-    }
-    DELTAMOE_CHECK(pos == num.size() && pos > 0 && v > 0.0 && v <= 100.0, kComp, "--expert-cache '",
-                   text, "' is not a percentage in (0, 100]");
-    o.fraction = v / 100.0;
-    return o;
-  }
-  o.budget_bytes = parse_byte_size(text, kComp, "--expert-cache");
+  o.budget_bytes = b.bytes;
+  o.fraction = b.fraction;
   return o;
 }
 

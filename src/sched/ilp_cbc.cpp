@@ -20,33 +20,26 @@
 // the ILP skipped when it could not be built in a fraction of the limit; the model is handed to
 // CBC in one Cbc_loadProblem; the solve runs in a forked child killed at the deadline, because
 // CBC's root LP and MIP-start completion never check the clock.
-#include <coin/Cbc_C_Interface.h>
-#include <poll.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <csignal>
-#include <cstring>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <numeric>
 #include <string>
 
 #include "deltamoe/core/error.h"
 #include "deltamoe/sched/schedule.h"
+#include "sched/cbc_run.h"
 #include "sched/exact_model.h"
 
 namespace deltamoe::sched {
 namespace {
 
+using detail::Clock;
 using detail::Model;
+using detail::seconds_text;
 constexpr double kInf = std::numeric_limits<double>::max();
 // The model is built (and copied into CBC) at several million nonzeros per second on the
 // reference machine (docs/sched.md, "ILP and the time limit"); allowing 1e6 per second of the
@@ -71,7 +64,7 @@ struct IlpSize {
   int64_t binaries = 0;    // D columns
   int64_t continuous = 0;  // L columns (+ P)
   int64_t rows = 0;
-  int64_t nonzeros = 0;    // upper bound
+  int64_t nonzeros = 0;  // upper bound
 };
 
 class IlpBuilder {
@@ -242,7 +235,8 @@ class IlpBuilder {
     std::vector<double> val(col_lb_.size(), 0.0);
     val[pcol_] = static_cast<double>(peak) / unit_;
     for (int32_t v = 0; v < m_.n; ++v)
-      for (int32_t t = asap_[v]; t < alap_[v]; ++t) val[dcol_[v][t - asap_[v]]] = t >= pos[v] ? 1 : 0;
+      for (int32_t t = asap_[v]; t < alap_[v]; ++t)
+        val[dcol_[v][t - asap_[v]]] = t >= pos[v] ? 1 : 0;
     for (const auto& lc : lcols_) {
       const auto& b = m_.buffers[lc.buf];
       const bool alloc = b.alloc < 0 || pos[b.alloc] <= lc.t;
@@ -318,158 +312,18 @@ class IlpBuilder {
   std::vector<double> row_val_, row_lb_, row_ub_;
 };
 
-// CbcMain keeps global state: one solve at a time.
-std::mutex g_cbc_mutex;
-
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-std::string seconds_text(double s) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.3g", s);
-  return buf;
-}
-
-struct CbcDeleter {
-  void operator()(Cbc_Model* m) const { Cbc_deleteModel(m); }
-};
-using CbcPtr = std::unique_ptr<Cbc_Model, CbcDeleter>;
-
 // The largest model (constraint nonzeros) the ILP builds within `seconds`: beyond it, the
 // build alone would eat a large share of the limit (or the memory).
 int64_t ilp_max_nonzeros(double seconds) {
-  return std::min<int64_t>(kIlpMaxNonzeros, static_cast<int64_t>(kIlpNonzerosPerSecond * std::min(seconds, 1e6)) + 2000);
-}
-
-// What one CBC solve returns (read from the solving process).
-struct SolveOutcome {
-  bool killed = false;         // the deadline passed before CBC answered
-  std::string phase;           // when killed: where CBC was, as far as is known
-  bool optimal = false;
-  bool seconds_limit = false;  // CBC stopped at its own time limit
-  double bound = 0, objective = 0;
-  int nodes = 0;
-  std::vector<int32_t> order;  // the best solution's order (empty if none)
-};
-
-std::chrono::steady_clock::duration seconds_duration(double s) {
-  return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
-}
-
-SolveOutcome read_cbc(Cbc_Model* cbc, const IlpBuilder& ilp) {
-  SolveOutcome o;
-  o.optimal = Cbc_isProvenOptimal(cbc) != 0;
-  o.seconds_limit = Cbc_isSecondsLimitReached(cbc) != 0;
-  o.bound = Cbc_getBestPossibleObjValue(cbc);
-  o.objective = Cbc_getObjValue(cbc);
-  o.nodes = Cbc_getNodeCount(cbc);
-  // Cbc_bestSolution is null when preprocessing alone solved the model; the column solution
-  // is then the optimum.
-  const double* sol = Cbc_bestSolution(cbc);
-  if (!sol && o.optimal) sol = Cbc_getColSolution(cbc);
-  if (sol) o.order = ilp.extract(sol);
-  return o;
-}
-
-// Solves in-process (CbcMain keeps global state: one solve at a time).
-SolveOutcome solve_here(Cbc_Model* cbc, const IlpBuilder& ilp) {
-  std::lock_guard<std::mutex> lock(g_cbc_mutex);
-  Cbc_solve(cbc);
-  return read_cbc(cbc, ilp);
-}
-
-bool write_all(int fd, const void* p, size_t n) {
-  const char* c = static_cast<const char*>(p);
-  while (n) {
-    const ssize_t k = ::write(fd, c, n);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) return false;
-    c += k;
-    n -= static_cast<size_t>(k);
-  }
-  return true;
-}
-
-// CBC's root LP, preprocessing and MIP-start completion never look at the clock, and on models
-// of a few ten thousand rows they take minutes. So the solve runs in a forked child process
-// that sends its outcome back through a pipe; at `deadline` the parent kills it and answers
-// without it. (glibc's fork makes malloc usable in the child; the child only solves and
-// writes, then _exit()s.) If fork fails, the solve runs here under CBC's own limit.
-SolveOutcome solve_with_deadline(Cbc_Model* cbc, const IlpBuilder& ilp, Clock::time_point deadline) {
-  int fds[2];
-  if (::pipe(fds) != 0) return solve_here(cbc, ilp);
-  const pid_t pid = ::fork();
-  if (pid < 0) {
-    ::close(fds[0]);
-    ::close(fds[1]);
-    return solve_here(cbc, ilp);
-  }
-  if (pid == 0) {  // child
-    ::close(fds[0]);
-    Cbc_solve(cbc);
-    const SolveOutcome o = read_cbc(cbc, ilp);
-    const uint8_t flags = static_cast<uint8_t>((o.optimal ? 1 : 0) | (o.seconds_limit ? 2 : 0));
-    const uint64_t count = o.order.size();
-    const bool ok = write_all(fds[1], &flags, 1) && write_all(fds[1], &o.bound, sizeof o.bound) &&
-                    write_all(fds[1], &o.objective, sizeof o.objective) &&
-                    write_all(fds[1], &o.nodes, sizeof o.nodes) && write_all(fds[1], &count, sizeof count) &&
-                    write_all(fds[1], o.order.data(), count * sizeof(int32_t));
-    ::_exit(ok ? 0 : 1);
-  }
-  ::close(fds[1]);
-  std::vector<char> data;
-  bool eof = false;
-  char buf[65536];
-  while (!eof) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) break;
-    pollfd p{fds[0], POLLIN, 0};
-    const int pr = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1000)));
-    if (pr < 0 && errno == EINTR) continue;
-    if (pr < 0) break;
-    if (pr == 0) continue;
-    const ssize_t k = ::read(fds[0], buf, sizeof buf);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) {
-      eof = true;
-      break;
-    }
-    data.insert(data.end(), buf, buf + k);
-  }
-  ::close(fds[0]);
-  if (!eof) ::kill(pid, SIGKILL);
-  int wstatus = 0;
-  while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
-  }
-  SolveOutcome o;
-  const size_t head = 1 + 2 * sizeof(double) + sizeof(int) + sizeof(uint64_t);
-  if (!eof || data.size() < head) {
-    o.killed = true;
-    o.phase = eof ? "a solver crash" : "its root LP, preprocessing or MIP-start completion";
-    return o;
-  }
-  const char* c = data.data();
-  const uint8_t flags = static_cast<uint8_t>(*c++);
-  o.optimal = flags & 1;
-  o.seconds_limit = flags & 2;
-  std::memcpy(&o.bound, c, sizeof o.bound);
-  c += sizeof o.bound;
-  std::memcpy(&o.objective, c, sizeof o.objective);
-  c += sizeof o.objective;
-  std::memcpy(&o.nodes, c, sizeof o.nodes);
-  c += sizeof o.nodes;
-  uint64_t count = 0;
-  std::memcpy(&count, c, sizeof count);
-  c += sizeof count;
-  DELTAMOE_ASSERT(data.size() == head + count * sizeof(int32_t), "short answer from the CBC process");
-  o.order.resize(count);
-  std::memcpy(o.order.data(), c, count * sizeof(int32_t));
-  return o;
+  return std::min<int64_t>(
+      kIlpMaxNonzeros, static_cast<int64_t>(kIlpNonzerosPerSecond * std::min(seconds, 1e6)) + 2000);
 }
 
 }  // namespace
 
-bool ilp_available() { return true; }
+bool ilp_available() {
+  return true;
+}
 
 ExactResult ilp_schedule(const Graph& g, double time_limit_s, const Order* warm_start) {
   const auto t0 = Clock::now();
@@ -506,34 +360,26 @@ ExactResult ilp_schedule(const Graph& g, double time_limit_s, const Order* warm_
                     std::to_string(size.nonzeros) + " nonzeros > limit " + std::to_string(max_nz) +
                     " for " + seconds_text(limit) + " s");
   ilp.build();
-  CbcPtr cbc(Cbc_newModel());
+  detail::CbcPtr cbc(Cbc_newModel());
   ilp.load(cbc.get());
   if (warm_start) ilp.mip_start(cbc.get(), *warm_start, warm_peak);
-  const double build_s = since(t0);
-  const std::string sizes = std::to_string(size.binaries) + " binaries, " + std::to_string(size.nonzeros) +
-                            " nonzeros (bound), " +
-                            std::to_string(Cbc_getNumCols(cbc.get())) + " columns, " +
-                            std::to_string(Cbc_getNumRows(cbc.get())) + " rows, built in " +
-                            seconds_text(build_s) + " s";
+  const double build_s = detail::seconds_since(t0);
+  const std::string sizes =
+      std::to_string(size.binaries) + " binaries, " + std::to_string(size.nonzeros) +
+      " nonzeros (bound), " + std::to_string(Cbc_getNumCols(cbc.get())) + " columns, " +
+      std::to_string(Cbc_getNumRows(cbc.get())) + " rows, built in " + seconds_text(build_s) + " s";
   const double left = limit - build_s;
   if (left < 0.05) return fallback("time limit (before the solve; " + sizes + ")");
   Cbc_setObjSense(cbc.get(), 1);
-  Cbc_setLogLevel(cbc.get(), 0);
-  Cbc_setParameter(cbc.get(), "log", "0");
-  Cbc_setParameter(cbc.get(), "slog", "0");
-  // Wall-clock seconds (CBC counts CPU seconds by default). CBC checks its limit only between
-  // branch-and-bound steps, so it gets most of what is left and the hard deadline below the rest.
-  Cbc_setParameter(cbc.get(), "timeMode", "elapsed");
-  const double cbc_s = std::max(0.02, 0.85 * left - 0.02);
-  Cbc_setMaximumSeconds(cbc.get(), cbc_s);
-  Cbc_setParameter(cbc.get(), "sec", seconds_text(cbc_s).c_str());
+  detail::cbc_set_limits(cbc.get(), left);
   Cbc_setAllowableGap(cbc.get(), 0.5);  // the objective is an integer number of units
   Cbc_setAllowableFractionGap(cbc.get(), 0.0);
-  const SolveOutcome out = solve_with_deadline(cbc.get(), ilp, t0 + seconds_duration(limit));
+  const detail::CbcOutcome out =
+      detail::cbc_solve_until(cbc.get(), t0 + detail::seconds_duration(limit));
   Order best;
   uint64_t best_peak = UINT64_MAX;
-  if (!out.order.empty()) {
-    best = out.order;
+  if (!out.solution.empty()) {
+    best = ilp.extract(out.solution.data());
     bool valid = static_cast<int32_t>(best.size()) == m.n;
     std::vector<int32_t> pos(m.n, -1);
     for (int32_t t = 0; t < m.n && valid; ++t) {
@@ -555,8 +401,8 @@ ExactResult ilp_schedule(const Graph& g, double time_limit_s, const Order* warm_
       r.proven_optimal = m.initial == best_peak;
     }
     r.lower_bound = best.empty() ? m.initial : std::min(m.initial, best_peak);
-    r.status = "time limit (CBC stopped at the deadline before its own time check, in " + out.phase + "; " +
-               sizes + ", " + seconds_text(since(t0)) + " s)";
+    r.status = "time limit (CBC stopped at the deadline before its own time check, in " +
+               out.phase + "; " + sizes + ", " + seconds_text(detail::seconds_since(t0)) + " s)";
     return r;
   }
   const bool optimal = out.optimal;
@@ -565,16 +411,20 @@ ExactResult ilp_schedule(const Graph& g, double time_limit_s, const Order* warm_
   if (std::isfinite(bound) && bound > 0 && bound < 1e29)
     lb = std::max(lb, static_cast<uint64_t>(std::ceil(bound - 1e-6)) * unit);
   if (optimal && !best.empty())
-    lb = std::max(lb, std::min(best_peak, static_cast<uint64_t>(std::llround(out.objective)) * unit));
+    lb = std::max(lb,
+                  std::min(best_peak, static_cast<uint64_t>(std::llround(out.objective)) * unit));
   if (!best.empty()) {
     r.order = best;
     lb = std::min(lb, best_peak);
     r.proven_optimal = lb == best_peak;
   }
   r.lower_bound = lb;
-  const bool timed_out = out.seconds_limit || (!optimal && since(t0) >= limit);
-  r.status = std::string(optimal ? "optimal" : timed_out ? "time limit" : "stopped") + " (CBC, " + sizes +
-             ", " + std::to_string(out.nodes) + " nodes, " + seconds_text(since(t0)) + " s)";
+  const bool timed_out = out.seconds_limit || (!optimal && detail::seconds_since(t0) >= limit);
+  r.status = std::string(optimal     ? "optimal"
+                         : timed_out ? "time limit"
+                                     : "stopped") +
+             " (CBC, " + sizes + ", " + std::to_string(out.nodes) + " nodes, " +
+             seconds_text(detail::seconds_since(t0)) + " s)";
   return r;
 }
 

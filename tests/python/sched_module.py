@@ -97,6 +97,44 @@ def main():
     if proven == 0:
         fail("auto proved no small graph optimal")
 
+    # Swap plans, checked by memgraph_sim.check_swaps (the plan's rules written separately):
+    # within the budget, the bytes moved as reported; the ILP's never above the greedy's.
+    planned = 0
+    for trial in range(40):
+        g = random_graph(rng, rng.randint(5, 12))
+        o = deltamoe_sched.order(g, time_limit=2)["order"]
+        to_host = trial % 2 == 0
+        first = deltamoe_sched.swap_plan(g, o, 0.5, overlap_steps=trial % 3,
+                                         outputs_to_host=to_host, method="greedy")
+        least, top = max(1, first["min_budget_bytes"]), first["order_peak_bytes"]
+        for budget in (0.5, least, (least + top) // 2, max(1, least - 1)):
+            p = deltamoe_sched.swap_plan(g, o, budget, overlap_steps=trial % 3,
+                                         outputs_to_host=to_host, method="greedy")
+            if budget == least and not p["feasible"]:
+                fail(f"swap trial {trial}: the least budget {least} has no plan")
+            if not p["feasible"]:
+                if p["min_budget_bytes"] <= p["budget_bytes"] or p["swaps"]:
+                    fail(f"swap trial {trial}: infeasible but least budget "
+                         f"{p['min_budget_bytes']} <= {p['budget_bytes']}")
+                continue
+            peak, out, back = memgraph_sim.check_swaps(g, o, p)
+            if peak > p["budget_bytes"] or peak != p["peak_bytes"]:
+                fail(f"swap trial {trial}: checked peak {peak}, reported {p['peak_bytes']}, "
+                     f"budget {p['budget_bytes']}")
+            if out + back != p["bytes_moved"]:
+                fail(f"swap trial {trial}: checked bytes {out} + {back}, reported "
+                     f"{p['bytes_moved']}")
+            planned += bool(p["swaps"])
+            if deltamoe_sched.ilp_available():
+                q = deltamoe_sched.swap_plan(g, o, p["budget_bytes"], overlap_steps=trial % 3,
+                                             outputs_to_host=to_host, method="ilp")
+                if q["bytes_moved"] > p["bytes_moved"] or \
+                        memgraph_sim.check_swaps(g, o, q)[0] > q["budget_bytes"]:
+                    fail(f"swap trial {trial}: ILP plan {q['bytes_moved']} worse than the "
+                         f"greedy's {p['bytes_moved']} or over the budget")
+    if planned < 10:
+        fail(f"only {planned} swap plans moved anything")
+
     # The same graph as dict, text, path (.json and .json.gz) and PathLike.
     g = random_graph(rng, 8)
     want = deltamoe_sched.order(g)
@@ -118,6 +156,9 @@ def main():
             (lambda: deltamoe_sched.order(missing), "missing.json"),
             (lambda: deltamoe_sched.peak(g, list(reversed(want["order"]))), "[memgraph]"),
             (lambda: deltamoe_sched.peak(g, [12345]), "12345"),
+            (lambda: deltamoe_sched.swap_plan(g, want["order"], 1.5), "[sched]"),
+            (lambda: deltamoe_sched.swap_plan(g, want["order"], 0), "[sched]"),
+            (lambda: deltamoe_sched.swap_plan(g, want["order"], 100, method="best"), "[sched]"),
             (lambda: deltamoe_sched.order('{"format": "memgraph-v1", "nodes": [{"id": 0, '
                                           '"op": "a", "inputs": [0], "size": 1}]}'),
              "[memgraph]"),
@@ -136,7 +177,8 @@ def main():
     except TypeError:
         pass
     print(f"sched_module: 40 random graphs x 7 algorithms match the simulator and the "
-          f"enumerated optimum (auto proved {proven} optimal); inputs and errors OK")
+          f"enumerated optimum (auto proved {proven} optimal); {planned} swap plans pass "
+          f"check_swaps; inputs and errors OK")
 
 
 if __name__ == "__main__":
