@@ -18,9 +18,9 @@ std::vector<int32_t> vjp_reads(const Node& n, size_t k) {
   const auto& in = n.inputs;
   switch (n.op) {
     case Op::linear:
-      if (k == 0) return {in[1]};   // dx = dy·W
-      if (k == 1) return {in[0]};   // dW = dyᵀ·x
-      return {};                    // db = Σ rows dy
+      if (k == 0) return {in[1]};  // dx = dy·W
+      if (k == 1) return {in[0]};  // dW = dyᵀ·x
+      return {};                   // db = Σ rows dy
     case Op::relu:
     case Op::gelu:
     case Op::silu:
@@ -40,11 +40,11 @@ std::vector<int32_t> vjp_reads(const Node& n, size_t k) {
       return {in[1 - k]};
     case Op::softmax:
     case Op::log_softmax:
-    case Op::cross_entropy:   // saved softmax probabilities
-    case Op::gate_weights:    // w and the saved denominators
-    case Op::dot_const:       // the saved constant vector
+    case Op::cross_entropy:  // saved softmax probabilities
+    case Op::gate_weights:   // w and the saved denominators
+    case Op::dot_const:      // the saved constant vector
       return {kSelf};
-    case Op::layer_norm:      // x, the saved mean/rstd, and γ for dx
+    case Op::layer_norm:  // x, the saved mean/rstd, and γ for dx
       if (k == 0) return {in[0], in[1], kSelf};
       return {in[0], kSelf};
     case Op::scatter_add_rows:
@@ -53,8 +53,15 @@ std::vector<int32_t> vjp_reads(const Node& n, size_t k) {
       return {in[1]};              // dw = dy rows · vals
     case Op::cv_squared:
       return {in[0]};
-    case Op::noisy_load:      // saved z and std
+    case Op::noisy_load:  // saved z and std
       return {kSelf, in[2]};
+    case Op::rms_norm:  // x (its rstd is recomputed); dx also w
+      if (k == 0) return {in[0], in[1]};
+      return {in[0]};
+    case Op::rope:  // a rotation: dx is dy rotated back
+      return {};
+    case Op::causal_attention:  // q, k and v (the probabilities are recomputed)
+      return {in[0], in[1], in[2]};
     case Op::input:
     case Op::param:
       return {};
@@ -138,16 +145,15 @@ Exported build(const Graph& g, Var loss, const ExportOptions& opt) {
   if (g.node(loss).requires_grad) contribute(loss.id, {}, "grad_seed");
   for (int32_t id = loss.id; id >= 0; --id) {
     const Node& n = g.node(Var{id});
-    if (!n.requires_grad || grad_last[id] < 0 || n.op == Op::param || n.op == Op::input)
-      continue;
+    if (!n.requires_grad || grad_last[id] < 0 || n.op == Op::param || n.op == Op::input) continue;
     for (size_t k = 0; k < n.inputs.size(); ++k) {
       const int32_t x = n.inputs[k];
       if (x < 0 || !g.node(Var{x}).requires_grad) continue;
       std::vector<int32_t> reads;
       for (int32_t r : vjp_reads(n, k)) reads.push_back(r == kSelf ? fwd[id] : fwd[r]);
       reads.push_back(grad_last[id]);
-      contribute(x, std::move(reads), std::string("vjp.") + op_name(n.op) + ".in" +
-                                          std::to_string(k));
+      contribute(x, std::move(reads),
+                 std::string("vjp.") + op_name(n.op) + ".in" + std::to_string(k));
     }
   }
   for (int32_t i = 0; i < n_tape; ++i)
@@ -169,7 +175,8 @@ uint64_t tape_resident_bytes(const Graph& g, Var loss) {
   const Exported ex = build(g, loss, {});
   uint64_t total = 0;
   for (int32_t v = 0; v < ex.graph.size(); ++v)
-    if (!ex.graph.is_persistent[static_cast<size_t>(v)] && !ex.is_param_grad[static_cast<size_t>(v)])
+    if (!ex.graph.is_persistent[static_cast<size_t>(v)] &&
+        !ex.is_param_grad[static_cast<size_t>(v)])
       total += ex.graph.nodes[static_cast<size_t>(v)].size;
   return total;
 }

@@ -19,32 +19,64 @@ namespace deltamoe::graph {
 
 const char* op_name(Op op) {
   switch (op) {
-    case Op::input: return "input";
-    case Op::param: return "param";
-    case Op::linear: return "linear";
-    case Op::relu: return "relu";
-    case Op::gelu: return "gelu";
-    case Op::silu: return "silu";
-    case Op::softplus: return "softplus";
-    case Op::add: return "add";
-    case Op::mul: return "mul";
-    case Op::scale: return "scale";
-    case Op::add_rows_tiled: return "add_rows_tiled";
-    case Op::sum: return "sum";
-    case Op::mean: return "mean";
-    case Op::mean_cols: return "mean_cols";
-    case Op::mean_groups: return "mean_groups";
-    case Op::softmax: return "softmax";
-    case Op::log_softmax: return "log_softmax";
-    case Op::cross_entropy: return "cross_entropy";
-    case Op::layer_norm: return "layer_norm";
-    case Op::gather_rows: return "gather_rows";
-    case Op::gate_weights: return "gate_weights";
-    case Op::scatter_add_rows: return "scatter_add_rows";
-    case Op::dot_const: return "dot_const";
-    case Op::cv_squared: return "cv_squared";
-    case Op::scatter_cols: return "scatter_cols";
-    case Op::noisy_load: return "noisy_load";
+    case Op::input:
+      return "input";
+    case Op::param:
+      return "param";
+    case Op::linear:
+      return "linear";
+    case Op::relu:
+      return "relu";
+    case Op::gelu:
+      return "gelu";
+    case Op::silu:
+      return "silu";
+    case Op::softplus:
+      return "softplus";
+    case Op::add:
+      return "add";
+    case Op::mul:
+      return "mul";
+    case Op::scale:
+      return "scale";
+    case Op::add_rows_tiled:
+      return "add_rows_tiled";
+    case Op::sum:
+      return "sum";
+    case Op::mean:
+      return "mean";
+    case Op::mean_cols:
+      return "mean_cols";
+    case Op::mean_groups:
+      return "mean_groups";
+    case Op::softmax:
+      return "softmax";
+    case Op::log_softmax:
+      return "log_softmax";
+    case Op::cross_entropy:
+      return "cross_entropy";
+    case Op::layer_norm:
+      return "layer_norm";
+    case Op::gather_rows:
+      return "gather_rows";
+    case Op::gate_weights:
+      return "gate_weights";
+    case Op::scatter_add_rows:
+      return "scatter_add_rows";
+    case Op::dot_const:
+      return "dot_const";
+    case Op::cv_squared:
+      return "cv_squared";
+    case Op::scatter_cols:
+      return "scatter_cols";
+    case Op::noisy_load:
+      return "noisy_load";
+    case Op::rms_norm:
+      return "rms_norm";
+    case Op::rope:
+      return "rope";
+    case Op::causal_attention:
+      return "causal_attention";
   }
   return "?";
 }
@@ -63,21 +95,32 @@ constexpr int64_t kGrain = 16384;
 
 Tensor uninit_tensor(const Shape& shape) {
   const int64_t n = shape_numel(shape);
-  const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
+  const size_t bytes =
+      (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, bytes);
   DELTAMOE_CHECK(p != nullptr, "graph", "out of memory allocating ", shape_str(shape));
   std::shared_ptr<const void> keep(p, [](const void* q) { std::free(const_cast<void*>(q)); });
   return Tensor::wrap(p, shape, DType::f32, std::move(keep));
 }
 
-void gelu_forward(const float* x, float* y, int64_t n) { kernels::gelu_st(x, y, n); }
+void gelu_forward(const float* x, float* y, int64_t n) {
+  kernels::gelu_st(x, y, n);
+}
 void gelu_backward(const float* x, const float* dy, float* dx, int64_t n) {
   kernels::gelu_grad_acc_st(x, dy, dx, n);
 }
-float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-float softplus_fwd(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
-float normal_cdf(float x) { return 0.5f * std::erfc(-x * 0.70710678118654752f); }
-float normal_pdf(float x) { return 0.39894228040143268f * std::exp(-0.5f * x * x); }
+float sigmoid(float x) {
+  return 1.0f / (1.0f + std::exp(-x));
+}
+float softplus_fwd(float x) {
+  return x > 20.0f ? x : std::log1p(std::exp(x));
+}
+float normal_cdf(float x) {
+  return 0.5f * std::erfc(-x * 0.70710678118654752f);
+}
+float normal_pdf(float x) {
+  return 0.39894228040143268f * std::exp(-0.5f * x * x);
+}
 
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
@@ -142,9 +185,8 @@ Var Graph::param(const Tensor& value, const Tensor& grad) {
 Var Graph::linear(Var x, Var w, Var b) {
   const Tensor& xv = value(x);
   const Tensor& wv = value(w);
-  DELTAMOE_CHECK(xv.dim() == 2 && wv.dim() == 2 && xv.size(1) == wv.size(1), "graph",
-                 "linear: x ", shape_str(xv.shape()), " and w ", shape_str(wv.shape()),
-                 " do not agree");
+  DELTAMOE_CHECK(xv.dim() == 2 && wv.dim() == 2 && xv.size(1) == wv.size(1), "graph", "linear: x ",
+                 shape_str(xv.shape()), " and w ", shape_str(wv.shape()), " do not agree");
   const int64_t rows = xv.size(0), in = xv.size(1), out = wv.size(0);
   Tensor y = uninit_tensor({rows, out});
   gemm(false, true, rows, out, in, 1.0f, xv.data<float>(), in, wv.data<float>(), in, 0.0f,
@@ -154,8 +196,8 @@ Var Graph::linear(Var x, Var w, Var b) {
   n.inputs = {x.id, w.id};
   if (b.valid()) {
     const Tensor& bv = value(b);
-    DELTAMOE_CHECK(bv.numel() == out, "graph", "linear: bias ", shape_str(bv.shape()),
-                   " for ", out, " outputs");
+    DELTAMOE_CHECK(bv.numel() == out, "graph", "linear: bias ", shape_str(bv.shape()), " for ", out,
+                   " outputs");
     const float* __restrict bp = bv.data<float>();
     float* __restrict yp = y.data<float>();
     for (int64_t r = 0; r < rows; ++r)
@@ -253,9 +295,10 @@ Var Graph::scale(Var a, float s) {
 Var Graph::add_rows_tiled(Var a, Var b) {
   const Tensor& av = value(a);
   const Tensor& bv = value(b);
-  DELTAMOE_CHECK(av.dim() == 2 && bv.dim() == 2 && av.size(1) == bv.size(1) &&
-                     bv.size(0) > 0 && av.size(0) % bv.size(0) == 0,
-                 "graph", "add_rows_tiled: a ", shape_str(av.shape()), " b ", shape_str(bv.shape()));
+  DELTAMOE_CHECK(av.dim() == 2 && bv.dim() == 2 && av.size(1) == bv.size(1) && bv.size(0) > 0 &&
+                     av.size(0) % bv.size(0) == 0,
+                 "graph", "add_rows_tiled: a ", shape_str(av.shape()), " b ",
+                 shape_str(bv.shape()));
   const int64_t rows = av.size(0), d = av.size(1), g = bv.size(0);
   Tensor y = uninit_tensor(av.shape());
   const float *ap = av.data<float>(), *bp = bv.data<float>();
@@ -304,7 +347,8 @@ Var Graph::mean_cols(Var a) {
     for (int64_t c = 0; c < d; ++c) acc[static_cast<size_t>(c)] += ap[r * d + c];
   Tensor y({d});
   for (int64_t c = 0; c < d; ++c)
-    y.data<float>()[c] = static_cast<float>(acc[static_cast<size_t>(c)] / static_cast<double>(rows));
+    y.data<float>()[c] =
+        static_cast<float>(acc[static_cast<size_t>(c)] / static_cast<double>(rows));
   Node n;
   n.op = Op::mean_cols;
   n.inputs = {a.id};
@@ -314,8 +358,8 @@ Var Graph::mean_cols(Var a) {
 
 Var Graph::mean_groups(Var a, int64_t group) {
   const Tensor& av = value(a);
-  DELTAMOE_CHECK(av.dim() == 2 && group > 0 && av.size(0) % group == 0, "graph", "mean_groups: ",
-                 shape_str(av.shape()), " in groups of ", group);
+  DELTAMOE_CHECK(av.dim() == 2 && group > 0 && av.size(0) % group == 0, "graph",
+                 "mean_groups: ", shape_str(av.shape()), " in groups of ", group);
   const int64_t rows = av.size(0) / group, d = av.size(1);
   Tensor y({rows, d});
   const float* ap = av.data<float>();
@@ -372,9 +416,9 @@ Var Graph::log_softmax(Var a) {
 
 Var Graph::cross_entropy(Var logits, const std::vector<int32_t>& labels, float smoothing) {
   const Tensor& lv = value(logits);
-  DELTAMOE_CHECK(lv.dim() == 2 && lv.size(0) == static_cast<int64_t>(labels.size()) && lv.size(0) > 0,
-                 "graph", "cross_entropy: logits ", shape_str(lv.shape()), " with ", labels.size(),
-                 " labels");
+  DELTAMOE_CHECK(
+      lv.dim() == 2 && lv.size(0) == static_cast<int64_t>(labels.size()) && lv.size(0) > 0, "graph",
+      "cross_entropy: logits ", shape_str(lv.shape()), " with ", labels.size(), " labels");
   const int64_t rows = lv.size(0), d = lv.size(1);
   // Saved: the softmax, which is what the VJP needs.
   Tensor probs(lv.shape());
@@ -414,14 +458,15 @@ Var Graph::cross_entropy(Var logits, const std::vector<int32_t>& labels, float s
 
 Var Graph::layer_norm(Var x, Var gamma, Var beta, float eps) {
   const Tensor& xv = value(x);
-  DELTAMOE_CHECK(xv.dim() == 2 && value(gamma).numel() == xv.size(1) &&
-                     value(beta).numel() == xv.size(1),
-                 "graph", "layer_norm: x ", shape_str(xv.shape()), " gamma ",
-                 shape_str(value(gamma).shape()), " beta ", shape_str(value(beta).shape()));
+  DELTAMOE_CHECK(
+      xv.dim() == 2 && value(gamma).numel() == xv.size(1) && value(beta).numel() == xv.size(1),
+      "graph", "layer_norm: x ", shape_str(xv.shape()), " gamma ", shape_str(value(gamma).shape()),
+      " beta ", shape_str(value(beta).shape()));
   const int64_t rows = xv.size(0), d = xv.size(1);
   Tensor y = uninit_tensor(xv.shape());
   Tensor stats({rows, 2});  // mean, rstd
-  const float *xp = xv.data<float>(), *g = value(gamma).data<float>(), *b = value(beta).data<float>();
+  const float *xp = xv.data<float>(), *g = value(gamma).data<float>(),
+              *b = value(beta).data<float>();
   float* yp = y.data<float>();
   float* sp = stats.data<float>();
   kernels::layer_norm_rows_st(xp, g, b, yp, sp, rows, d, eps);
@@ -454,8 +499,9 @@ Var Graph::gather_rows(Var x, const std::vector<int32_t>& rows) {
   return push(std::move(n));
 }
 
-Var Graph::gate_weights(Var p, const std::vector<int32_t>& offsets, const std::vector<int32_t>& cols,
-                        bool renormalize, const std::vector<int32_t>& extra_offsets,
+Var Graph::gate_weights(Var p, const std::vector<int32_t>& offsets,
+                        const std::vector<int32_t>& cols, bool renormalize,
+                        const std::vector<int32_t>& extra_offsets,
                         const std::vector<int32_t>& extra_cols) {
   const Tensor& pv = value(p);
   DELTAMOE_CHECK(pv.dim() == 2 && static_cast<int64_t>(offsets.size()) == pv.size(0) + 1 &&
@@ -507,8 +553,8 @@ Var Graph::scatter_add_rows(Var base, Var vals, Var w, const std::vector<int32_t
   const Tensor& wv = value(w);
   const int64_t m = static_cast<int64_t>(rows.size());
   DELTAMOE_CHECK(vv.dim() == 2 && vv.size(0) == m && w_index.size() == rows.size(), "graph",
-                 "scatter_add_rows: vals ", shape_str(vv.shape()), " with ", rows.size(), " rows and ",
-                 w_index.size(), " weights");
+                 "scatter_add_rows: vals ", shape_str(vv.shape()), " with ", rows.size(),
+                 " rows and ", w_index.size(), " weights");
   const int64_t d = vv.size(1);
   Tensor y;
   if (base.valid()) {
@@ -543,7 +589,8 @@ Var Graph::dot_const(Var a, const std::vector<float>& c) {
   DELTAMOE_CHECK(av.numel() == static_cast<int64_t>(c.size()), "graph", "dot_const: ", av.numel(),
                  " elements vs ", c.size(), " constants");
   double s = 0.0;
-  for (int64_t i = 0; i < av.numel(); ++i) s += static_cast<double>(av.data<float>()[i]) * c[static_cast<size_t>(i)];
+  for (int64_t i = 0; i < av.numel(); ++i)
+    s += static_cast<double>(av.data<float>()[i]) * c[static_cast<size_t>(i)];
   Node n;
   n.op = Op::dot_const;
   n.inputs = {a.id};
@@ -572,8 +619,8 @@ Var Graph::cv_squared(Var a) {
 
 Var Graph::scatter_cols(Var w, const std::vector<int32_t>& cols, int64_t count) {
   const Tensor& wv = value(w);
-  DELTAMOE_CHECK(wv.numel() == static_cast<int64_t>(cols.size()), "graph", "scatter_cols: ",
-                 wv.numel(), " weights vs ", cols.size(), " columns");
+  DELTAMOE_CHECK(wv.numel() == static_cast<int64_t>(cols.size()), "graph",
+                 "scatter_cols: ", wv.numel(), " weights vs ", cols.size(), " columns");
   Tensor y({count});
   for (size_t j = 0; j < cols.size(); ++j) {
     DELTAMOE_CHECK(cols[j] >= 0 && cols[j] < count, "graph", "scatter_cols: column ", cols[j]);

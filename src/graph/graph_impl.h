@@ -3,7 +3,10 @@
 
 #include <cstdint>
 
+#include <vector>
+
 #include "deltamoe/core/tensor.h"
+#include "deltamoe/graph/graph.h"
 
 namespace deltamoe::graph {
 
@@ -27,6 +30,10 @@ float sigmoid(float x);
 float softplus_fwd(float x);
 float normal_cdf(float x);
 float normal_pdf(float x);
+/// True when tape node i exists and needs a gradient (an input of a VJP that flows into it).
+inline bool wants(const std::vector<Node>& nodes, int32_t i) {
+  return i >= 0 && nodes[static_cast<size_t>(i)].requires_grad;
+}
 /// Row-major C = alpha·op(A)·op(B) + beta·C through OpenBLAS; empty shapes are no-ops.
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);

@@ -30,11 +30,6 @@ void Graph::backward(Var loss) {
   }
 }
 
-namespace {
-bool wants(const std::vector<Node>& nodes, int32_t i) {
-  return i >= 0 && nodes[static_cast<size_t>(i)].requires_grad;
-}
-}  // namespace
 
 void Graph::vjp(int32_t id) {
   // Copies of the handles (Tensor is a shared view): grad_of() may grow nothing, but keeps
@@ -48,6 +43,12 @@ void Graph::vjp(int32_t id) {
   switch (n.op) {
     case Op::input:
     case Op::param:
+      return;
+
+    case Op::rms_norm:
+    case Op::rope:
+    case Op::causal_attention:
+      vjp_decoder(id);
       return;
 
     case Op::linear: {
@@ -87,14 +88,20 @@ void Graph::vjp(int32_t id) {
         for (int64_t i = b; i < e; ++i) {
           float d = 0.0f;
           switch (op) {
-            case Op::relu: d = x[i] > 0.0f ? 1.0f : 0.0f; break;
+            case Op::relu:
+              d = x[i] > 0.0f ? 1.0f : 0.0f;
+              break;
             case Op::silu: {
               const float sg = sigmoid(x[i]);
               d = sg * (1.0f + x[i] * (1.0f - sg));
               break;
             }
-            case Op::softplus: d = sigmoid(x[i]); break;
-            default: d = s; break;
+            case Op::softplus:
+              d = sigmoid(x[i]);
+              break;
+            default:
+              d = s;
+              break;
           }
           dx[i] += g[i] * d;
         }

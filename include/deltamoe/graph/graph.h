@@ -31,9 +31,35 @@ struct Var {
 };
 
 enum class Op : int32_t {
-  input, param, linear, relu, gelu, silu, softplus, add, mul, scale, add_rows_tiled,
-  sum, mean, mean_cols, mean_groups, softmax, log_softmax, cross_entropy, layer_norm,
-  gather_rows, gate_weights, scatter_add_rows, dot_const, cv_squared, scatter_cols, noisy_load,
+  input,
+  param,
+  linear,
+  relu,
+  gelu,
+  silu,
+  softplus,
+  add,
+  mul,
+  scale,
+  add_rows_tiled,
+  sum,
+  mean,
+  mean_cols,
+  mean_groups,
+  softmax,
+  log_softmax,
+  cross_entropy,
+  layer_norm,
+  gather_rows,
+  gate_weights,
+  scatter_add_rows,
+  dot_const,
+  cv_squared,
+  scatter_cols,
+  noisy_load,
+  rms_norm,
+  rope,
+  causal_attention,
 };
 
 /// Name of an op ("linear", ...).
@@ -43,13 +69,13 @@ struct Node {
   Op op = Op::input;
   std::vector<int32_t> inputs;
   Tensor value;
-  Tensor grad;            // allocated lazily during backward (params: aliases the param's)
+  Tensor grad;  // allocated lazily during backward (params: aliases the param's)
   bool requires_grad = false;
   // Op attributes (meaning per op; see the op's builder below).
   std::vector<int32_t> ia, ib, ic, id;
   float fa = 0.0f;
   int64_t na = 0;
-  Tensor saved;           // per-op saved intermediates (layer norm: mean and rstd)
+  Tensor saved;  // per-op saved intermediates (layer norm: mean and rstd)
 };
 
 class Graph {
@@ -100,6 +126,20 @@ class Graph {
   /// Row-wise layer norm of x[N,d] with gamma[d], beta[d]: (x−μ)/√(σ²+eps)·γ + β.
   Var layer_norm(Var x, Var gamma, Var beta, float eps = 1e-5f);
 
+  // ---- decoder (language model) ops; graph_decoder.cpp ----
+  /// Row-wise RMSNorm of x[N,d] with weight w[d]: x / √(mean(x²) + eps) · w, computed as the
+  /// inference path does (kernels::rms_norm_rows_st). Gradient flows into x and w.
+  Var rms_norm(Var x, Var w, float eps);
+  /// Rotary position embedding (Hugging Face half-rotation layout, kernels::rope_st) of
+  /// x[B·T, H·head_dim]: B sequences of T = seq_len rows, row r at position r mod T, every
+  /// head rotated by position·θ^(−2i/head_dim). head_dim even, dividing x's width.
+  Var rope(Var x, int64_t head_dim, int64_t seq_len, double theta);
+  /// Causal grouped-query attention within each of B sequences of T = seq_len rows:
+  /// q[B·T, heads·d], k and v [B·T, kv_heads·d] → [B·T, heads·d], head h attending with kv
+  /// head h / (heads / kv_heads), scale 1/√d (forward: kernels::causal_attention). The
+  /// backward recomputes the attention probabilities instead of keeping B·heads·T² floats.
+  Var causal_attention(Var q, Var k, Var v, int64_t heads, int64_t kv_heads, int64_t seq_len);
+
   // ---- MoE dispatch / combine ----
   /// y[j,:] = x[rows[j],:] → [rows.size(), d] (dispatch: the tokens routed to one expert).
   Var gather_rows(Var x, const std::vector<int32_t>& rows);
@@ -117,7 +157,8 @@ class Graph {
   /// instead of copying it (base's value then reads as the result); only for a base that no
   /// other op reads, such as the running sum of an MoE combine (saves E copies per layer).
   Var scatter_add_rows(Var base, Var vals, Var w, const std::vector<int32_t>& rows,
-                       const std::vector<int32_t>& w_index, int64_t n_rows, bool reuse_base = false);
+                       const std::vector<int32_t>& w_index, int64_t n_rows,
+                       bool reuse_base = false);
   /// Σ_i a[i]·c[i] → [1], with c a constant vector of a's size (Switch loss: Σ_e f_e·P_e).
   Var dot_const(Var a, const std::vector<float>& c);
   /// Squared coefficient of variation of a vector: var(a)/(mean(a)² + 1e-10) → [1]
@@ -148,6 +189,7 @@ class Graph {
   Node& mut(Var v);
   Tensor& grad_of(int32_t id);  // allocates zeros on first use
   void vjp(int32_t id);
+  void vjp_decoder(int32_t id);  // the VJPs of the decoder ops (graph_decoder.cpp)
 
   bool grad_enabled_;
   std::vector<Node> nodes_;
