@@ -8,6 +8,7 @@
 
 #include "graph/graph_impl.h"
 #include "models/data_shim.h"
+#include "models/graph_moe.h"
 
 namespace deltamoe::models {
 
@@ -341,40 +342,18 @@ Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
       block.apply(uv.data<float>(), tokens, rr, yv.data<float>(), g.value(w).data<float>());
     y = g.input(yv);
   } else {
-    // Dispatch: the (token, entry) pairs of each expert, in token order.
-    std::vector<std::vector<int32_t>> rows(static_cast<size_t>(e_count)),
-        widx(static_cast<size_t>(e_count));
-    for (int64_t t = 0; t < tokens; ++t)
-      for (int32_t j = rr.offsets[t]; j < rr.offsets[t + 1]; ++j) {
-        rows[static_cast<size_t>(rr.expert_ids[j])].push_back(static_cast<int32_t>(t));
-        widx[static_cast<size_t>(rr.expert_ids[j])].push_back(j);
-      }
-    for (int64_t e = 0; e < e_count; ++e) {
-      if (rows[static_cast<size_t>(e)].empty()) continue;
-      Var xe = g.gather_rows(u, rows[static_cast<size_t>(e)]);
+    y = detail::combine_experts(g, u, w, rr, tokens, e_count, [&](int64_t e, Var xe) {
       Var a = g.linear(xe, params_.bind(g, ep(l, e, "fc1.weight")),
                        params_.bind(g, ep(l, e, "fc1.bias")));
       a = c.activation == "gelu" ? g.gelu(a) : g.relu(a);
-      Var o = g.linear(a, params_.bind(g, ep(l, e, "fc2.weight")),
-                       params_.bind(g, ep(l, e, "fc2.bias")));
-      // y is the running sum, read by nothing else: accumulate in place.
-      y = g.scatter_add_rows(y, o, w, rows[static_cast<size_t>(e)], widx[static_cast<size_t>(e)],
-                             tokens,
-                             /*reuse_base=*/true);
-    }
+      return g.linear(a, params_.bind(g, ep(l, e, "fc2.weight")),
+                      params_.bind(g, ep(l, e, "fc2.bias")));
+    });
   }
 
   if (g.grad_enabled()) {
-    if (opt.balance_alpha > 0) {
-      // Switch: f_c = share of all assignments (nulls included) to output c, constant.
-      std::vector<float> f(static_cast<size_t>(outs), 0.0f);
-      for (int32_t id : rr.expert_ids) f[static_cast<size_t>(id)] += 1.0f;
-      for (int32_t id : lr.null_cols) f[static_cast<size_t>(id)] += 1.0f;
-      const float total = static_cast<float>(rr.expert_ids.size() + lr.null_cols.size());
-      for (float& v : f) v /= total;
-      aux.push_back(g.scale(g.dot_const(g.mean_cols(p), f),
-                            static_cast<float>(opt.balance_alpha * static_cast<double>(outs))));
-    }
+    if (opt.balance_alpha > 0)
+      aux.push_back(detail::switch_balance_loss(g, p, rr, lr.null_cols, outs, opt.balance_alpha));
     if (opt.entropy_beta > 0) {
       // mean_t H(p_t) = −(1/T)·Σ p·log p
       Var ent = g.sum(g.mul(p, g.log_softmax(z)));

@@ -13,15 +13,14 @@
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/models/expert_cache.h"
 #include "deltamoe/models/moe_lm.h"
+#include "llm_golden.h"
 
 using namespace deltamoe;
 using namespace deltamoe::models;
+using deltamoe::test::golden_dir;
+using deltamoe::test::ids_of;
 
 namespace {
-
-std::string golden_dir(const std::string& c) {
-  return std::string(DELTAMOE_SOURCE_DIR) + "/tests/golden/llm/" + c;
-}
 
 // Greedy decode of `steps` tokens after `prompt`, logits of every step appended to `all`.
 std::vector<int32_t> decode(const MoeLm& m, const std::vector<int32_t>& prompt, int steps,

@@ -12,21 +12,14 @@
 #include "deltamoe/io/safetensors.h"
 #include "deltamoe/models/moe_lm.h"
 #include "deltamoe/moe/policies.h"
+#include "llm_golden.h"
 
 using namespace deltamoe;
 using namespace deltamoe::models;
+using deltamoe::test::golden_dir;
+using deltamoe::test::ids_of;
 
 namespace {
-
-std::string golden_dir(const std::string& c) {
-  return std::string(DELTAMOE_SOURCE_DIR) + "/tests/golden/llm/" + c;
-}
-
-std::vector<int32_t> ids_of(const Tensor& t) {
-  std::vector<int32_t> v(static_cast<size_t>(t.numel()));
-  std::copy(t.data<int32_t>(), t.data<int32_t>() + t.numel(), v.begin());
-  return v;
-}
 
 float max_abs_diff(const float* a, const float* b, int64_t n) {
   float m = 0.0f;

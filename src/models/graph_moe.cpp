@@ -1,0 +1,41 @@
+#include "models/graph_moe.h"
+
+namespace deltamoe::models::detail {
+
+graph::Var combine_experts(graph::Graph& g, graph::Var u, graph::Var w,
+                           const moe::RoutingResult& rr, int64_t tokens, int64_t experts,
+                           const std::function<graph::Var(int64_t, graph::Var)>& expert) {
+  // Dispatch: the (token, entry) pairs of each expert, in token order.
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(experts)),
+      entries(static_cast<size_t>(experts));
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int32_t j = rr.offsets[t]; j < rr.offsets[t + 1]; ++j) {
+      rows[static_cast<size_t>(rr.expert_ids[j])].push_back(static_cast<int32_t>(t));
+      entries[static_cast<size_t>(rr.expert_ids[j])].push_back(j);
+    }
+  graph::Var y;
+  for (int64_t e = 0; e < experts; ++e) {
+    const auto& r = rows[static_cast<size_t>(e)];
+    if (r.empty()) continue;
+    const graph::Var o = expert(e, g.gather_rows(u, r));
+    // y is the running sum, read by nothing else: accumulate in place.
+    y = g.scatter_add_rows(y, o, w, r, entries[static_cast<size_t>(e)], tokens,
+                           /*reuse_base=*/true);
+  }
+  return y;
+}
+
+graph::Var switch_balance_loss(graph::Graph& g, graph::Var p, const moe::RoutingResult& rr,
+                               const std::vector<int32_t>& null_cols, int64_t outputs,
+                               double alpha) {
+  std::vector<float> f(static_cast<size_t>(outputs), 0.0f);
+  for (int32_t id : rr.expert_ids) f[static_cast<size_t>(id)] += 1.0f;
+  for (int32_t id : null_cols) f[static_cast<size_t>(id)] += 1.0f;
+  const float total = static_cast<float>(rr.expert_ids.size() + null_cols.size());
+  if (total > 0)
+    for (float& v : f) v /= total;
+  return g.scale(g.dot_const(g.mean_cols(p), f),
+                 static_cast<float>(alpha * static_cast<double>(outputs)));
+}
+
+}  // namespace deltamoe::models::detail

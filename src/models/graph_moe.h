@@ -1,0 +1,30 @@
+// The MoE block on a graph::Graph tape, shared by the models trained through it (the
+// classifier, the language model): dispatch the routed rows of each expert, run the expert on
+// them, combine with the gate weights; and the Switch balance loss. Internal to models/.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "deltamoe/graph/graph.h"
+#include "deltamoe/moe/routing.h"
+
+namespace deltamoe::models::detail {
+
+/// y[t] = Σ over t's routing entries j of w[j] · expert(e_j, u rows routed to e_j)[t's row]:
+/// each expert with rows sees them gathered in token order, and the sum is accumulated in
+/// place (no copy per expert). `w` holds one gate weight per routing entry (gate_weights).
+/// Returns an undefined Var when no token is routed anywhere.
+graph::Var combine_experts(
+    graph::Graph& g, graph::Var u, graph::Var w, const moe::RoutingResult& routing, int64_t tokens,
+    int64_t experts, const std::function<graph::Var(int64_t expert, graph::Var rows)>& expert);
+
+/// Switch Transformer's balance loss, alpha · outputs · Σ_c f_c · mean_t p[t, c], with f_c the
+/// share of all assignments (null experts' too, `null_cols`) that went to router output c, a
+/// constant; `p` is the router's softmax [tokens, outputs].
+graph::Var switch_balance_loss(graph::Graph& g, graph::Var p, const moe::RoutingResult& routing,
+                               const std::vector<int32_t>& null_cols, int64_t outputs,
+                               double alpha);
+
+}  // namespace deltamoe::models::detail
