@@ -137,9 +137,6 @@ void parse_normalizers(const Parser& p, const json& j, HfTokenizer& t) {
       });
 }
 
-const char* const kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
-
 int prepend_scheme(const Parser& p, const json& j, const std::string& where) {
   int scheme = 0;  // "always" is the reference's default
   if (auto it = j.find("prepend_scheme"); it != j.end() && !it->is_null()) {
@@ -173,7 +170,7 @@ void parse_pre_tokenizers(const Parser& p, const json& j, HfTokenizer& t) {
           out.kind = PreKind::byte_level;
           out.add_prefix_space = p.flag(n, "add_prefix_space", true, where);
           out.use_regex = p.flag(n, "use_regex", true, where);
-          if (!gpt2) gpt2 = std::make_shared<text::Regex>(kGpt2Pattern, false);
+          if (!gpt2) gpt2 = std::make_shared<text::Regex>(text::kGpt2Pattern, false);
           out.re = gpt2;
         } else if (type == "Split") {
           out.kind = PreKind::split;

@@ -66,6 +66,10 @@ class Regex {
   std::unique_ptr<Impl> impl_;
 };
 
+/// The split regex of GPT-2's byte-level pre-tokenizer (ByteLevel with use_regex).
+inline constexpr const char* kGpt2Pattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
 /// GPT-2's byte-level alphabet: the UTF-8 string of the character standing for each byte.
 const std::array<std::string, 256>& byte_to_unicode();
 /// The byte a GPT-2 alphabet character stands for, or -1 when `cp` is not in the alphabet.
