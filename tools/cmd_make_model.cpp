@@ -18,6 +18,7 @@
 #include "deltamoe/core/units.h"
 #include "deltamoe/io/chat_template.h"
 #include "deltamoe/io/hf_model.h"
+#include "deltamoe/io/output.h"
 #include "deltamoe/io/safetensors.h"
 #include "deltamoe/io/tokenizer.h"
 
@@ -178,73 +179,6 @@ bool write_tokenizer_files(const std::string& dir, const HfConfig& cfg) {
   return true;
 }
 
-// The output directory: built under a hidden temporary directory beside it and renamed into
-// place at the end, so a failed or interrupted run never leaves a half-written model at
-// --out (only, after a kill, the hidden temporary).
-class OutputDir {
- public:
-  OutputDir(const std::string& out, bool force) : out_(fs::absolute(out).lexically_normal()) {
-    if (out_.filename().empty()) out_ = out_.parent_path();
-    std::error_code ec;
-    if (fs::exists(out_, ec)) {
-      if (!fs::is_directory(out_))
-        fail(kComponent, out_.string(), ": exists and is not a directory");
-      if (!fs::is_empty(out_) && !force)
-        fail(kComponent, out_.string(), ": exists and is not empty (use --force to replace it)");
-    }
-    fs::create_directories(out_.parent_path(), ec);
-    if (ec) fail(kComponent, out_.parent_path().string(), ": cannot create: ", ec.message());
-    tmp_ = out_.parent_path() /
-           ("." + out_.filename().string() + ".tmp." + std::to_string(::getpid()));
-    fs::remove_all(tmp_, ec);
-    if (!fs::create_directory(tmp_, ec) || ec)
-      fail(kComponent, out_.parent_path().string(), ": not writable: cannot create '",
-           tmp_.filename().string(), "': ", ec ? ec.message() : "exists");
-  }
-  ~OutputDir() {
-    std::error_code ec;
-    if (!committed_) fs::remove_all(tmp_, ec);
-  }
-  OutputDir(const OutputDir&) = delete;
-  OutputDir& operator=(const OutputDir&) = delete;
-
-  std::string file(const std::string& name) const { return (tmp_ / name).string(); }
-  const fs::path& out() const { return out_; }
-
-  void check_space(uint64_t bytes) const {
-    struct statvfs st {};
-    if (::statvfs(tmp_.c_str(), &st) != 0) return;
-    const uint64_t free_bytes = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
-    if (free_bytes < bytes + (16u << 20))
-      fail(kComponent, out_.parent_path().string(), ": the model needs ", bytes / 1e9, " GB, only ",
-           free_bytes / 1e9, " GB free");
-  }
-
-  void commit() {
-    std::error_code ec;
-    if (fs::exists(out_)) {  // empty, or --force: move the old one aside, then drop it
-      const fs::path old = tmp_.string() + ".old";
-      fs::rename(out_, old, ec);
-      if (ec) fail(kComponent, out_.string(), ": cannot replace: ", ec.message());
-      fs::rename(tmp_, out_, ec);
-      if (ec) {
-        fs::rename(old, out_);
-        fail(kComponent, out_.string(), ": cannot rename the new model into place: ", ec.message());
-      }
-      fs::remove_all(old, ec);
-    } else {
-      fs::rename(tmp_, out_, ec);
-      if (ec)
-        fail(kComponent, out_.string(), ": cannot rename the new model into place: ", ec.message());
-    }
-    committed_ = true;
-  }
-
- private:
-  fs::path out_, tmp_;
-  bool committed_ = false;
-};
-
 uint64_t spec_bytes(const SafetensorsTensorSpec& s) {
   return static_cast<uint64_t>(deltamoe::shape_numel(s.shape)) * deltamoe::dtype_size(s.dtype);
 }
@@ -306,7 +240,7 @@ int run(const Opts& o_in) {
     largest = std::max(largest, spec_bytes(s));
   }
 
-  OutputDir dir(o.out, o.force);
+  deltamoe::io::OutputDir dir(o.out, o.force, kComponent);
   dir.check_space(total);
   const auto shards = plan_shards(specs, max_shard);
   Progress progress(total, !o.quiet && total > (256u << 20));

@@ -5,6 +5,7 @@
 #include "deltamoe/io/output.h"
 
 #include <fcntl.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -154,6 +155,61 @@ void check_writable_dir(const std::string& dir, const std::string& component) {
   DELTAMOE_CHECK(!ec, component, dir, ": cannot create: ", ec.message());
   DELTAMOE_CHECK(fs::is_directory(dir, ec), component, dir, ": not a directory");
   detail::AtomicFile probe((fs::path(dir) / ".deltamoe-write-check").string(), component);
+}
+
+namespace fs = std::filesystem;
+
+OutputDir::OutputDir(const std::string& out, bool force, std::string component)
+    : out_(fs::absolute(out).lexically_normal()), component_(std::move(component)) {
+  if (out_.filename().empty()) out_ = out_.parent_path();
+  std::error_code ec;
+  if (fs::exists(out_, ec)) {
+    if (!fs::is_directory(out_)) fail(component_, out_.string(), ": exists and is not a directory");
+    if (!fs::is_empty(out_) && !force)
+      fail(component_, out_.string(), ": exists and is not empty (use --force to replace it)");
+  }
+  fs::create_directories(out_.parent_path(), ec);
+  if (ec) fail(component_, out_.parent_path().string(), ": cannot create: ", ec.message());
+  tmp_ =
+      out_.parent_path() / ("." + out_.filename().string() + ".tmp." + std::to_string(::getpid()));
+  fs::remove_all(tmp_, ec);
+  if (!fs::create_directory(tmp_, ec) || ec)
+    fail(component_, out_.parent_path().string(), ": not writable: cannot create '",
+         tmp_.filename().string(), "': ", ec ? ec.message() : "exists");
+}
+
+OutputDir::~OutputDir() {
+  std::error_code ec;
+  if (!committed_) fs::remove_all(tmp_, ec);
+}
+
+void OutputDir::check_space(uint64_t bytes) const {
+  struct statvfs st {};
+  if (::statvfs(tmp_.c_str(), &st) != 0) return;
+  const uint64_t free_bytes = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+  if (free_bytes < bytes + (16u << 20))
+    fail(component_, out_.parent_path().string(), ": the model needs ", bytes / 1e9, " GB, only ",
+         free_bytes / 1e9, " GB free");
+}
+
+void OutputDir::commit() {
+  std::error_code ec;
+  if (fs::exists(out_)) {  // empty, or --force: move the old one aside, then drop it
+    const fs::path old = tmp_.string() + ".old";
+    fs::rename(out_, old, ec);
+    if (ec) fail(component_, out_.string(), ": cannot replace: ", ec.message());
+    fs::rename(tmp_, out_, ec);
+    if (ec) {
+      fs::rename(old, out_);
+      fail(component_, out_.string(), ": cannot rename the new model into place: ", ec.message());
+    }
+    fs::remove_all(old, ec);
+  } else {
+    fs::rename(tmp_, out_, ec);
+    if (ec)
+      fail(component_, out_.string(), ": cannot rename the new model into place: ", ec.message());
+  }
+  committed_ = true;
 }
 
 }  // namespace deltamoe::io

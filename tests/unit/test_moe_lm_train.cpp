@@ -27,26 +27,7 @@ namespace {
 
 // A tiny Mixtral config (vocab 16, hidden 8, 2 layers, 2+1 heads of 4, 4 experts top-2).
 io::HfConfig tiny_config(bool tied) {
-  io::HfConfig c;
-  c.arch = io::HfArch::mixtral;
-  c.architecture = "MixtralForCausalLM";
-  c.model_type = "mixtral";
-  c.vocab_size = 16;
-  c.hidden_size = 8;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 4;
-  c.num_experts = 4;
-  c.num_experts_per_tok = 2;
-  c.moe_intermediate_size = 6;
-  c.intermediate_size = 6;
-  c.rms_norm_eps = 1e-5;
-  c.rope_theta = 10000.0;
-  c.max_position_embeddings = 64;
-  c.tie_word_embeddings = tied;
-  c.dtype = "float32";
-  return io::HfConfig::parse(io::hf_config_to_json(c), "tiny");
+  return test::tiny_mixtral(16, 8, 2, 1, 6, tied);
 }
 
 }  // namespace

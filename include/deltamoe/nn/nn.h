@@ -68,6 +68,12 @@ class Adam {
   /// for this step (schedules).
   void step(float lr_scale = 1.0f);
   int64_t steps() const { return t_; }
+  /// The first and second moment estimates, one per parameter in the set's order, and the
+  /// step count: the state a checkpoint saves and a resumed run restores (the tensors are
+  /// the optimizer's own; write into them to restore).
+  std::vector<Tensor>& first_moments() { return m_; }
+  std::vector<Tensor>& second_moments() { return v_; }
+  void set_steps(int64_t steps) { t_ = steps; }
   const AdamOptions& options() const { return opt_; }
 
  private:

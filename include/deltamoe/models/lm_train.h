@@ -1,0 +1,83 @@
+// Training and evaluating a TrainableMoeLm on token streams, and writing it as a Hugging Face
+// model directory that `generate`, `serve` and transformers load (issue 15, item 3).
+//
+// Thread-safety: one trainer thread; the ops parallelise internally.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "deltamoe/io/tokenizer.h"
+#include "deltamoe/models/moe_lm_train.h"
+#include "deltamoe/nn/nn.h"
+
+namespace deltamoe::models {
+
+/// The ids of `docs` in order, each document followed by `separator` (<|endoftext|>).
+std::vector<int32_t> token_stream(const io::Tokenizer& tokenizer,
+                                  const std::vector<std::string>& docs, int32_t separator);
+
+struct LmTrainOptions {
+  int64_t steps = 300;          // optimizer steps
+  int64_t batch = 8;            // sequences per step
+  int64_t seq_len = 64;         // tokens per sequence
+  float lr = 3e-3f;             // Adam's rate after warmup; cosine decay to 10% of it at the end
+  int64_t warmup = 20;          // linear warmup steps
+  double balance_alpha = 0.01;  // Switch balance loss weight per MoE layer
+  uint64_t seed = 1;            // which windows of the stream each step reads
+  int64_t start_step = 0;       // resuming: steps already done (the schedule and windows continue)
+  bool progress = true;         // a line on stderr every ~5% of the steps
+  /// Called after every `checkpoint_every` steps (0: never) with the steps done so far.
+  int64_t checkpoint_every = 0;
+  std::function<void(int64_t steps_done)> on_checkpoint;
+};
+
+/// Next-token loss of a stream.
+struct LmEval {
+  double loss = 0.0;          // mean cross-entropy, nats per predicted token
+  double perplexity = 0.0;    // exp(loss)
+  double mean_experts = 0.0;  // routed experts per token, mean over MoE layers
+  double tokens_per_s = 0.0;  // forward throughput
+  int64_t tokens = 0;         // predicted tokens
+};
+
+struct LmTrainSummary {
+  int64_t steps = 0, tokens = 0;  // this call's
+  double seconds = 0.0, tokens_per_s = 0.0;
+  double final_loss = 0.0;    // mean training loss over the last 10% of the steps
+  double mean_experts = 0.0;  // over the last 10% of the steps
+  std::vector<std::pair<int64_t, double>> loss_curve;  // (step, training loss), every step
+};
+
+/// Trains `model` with `adam` on random windows of `train` (seq_len tokens each; the window
+/// of sequence b at step s is drawn from seed, s, b, so a resumed run reads what an
+/// uninterrupted one would). Throws Error("lm-train") when the stream is shorter than a window.
+LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector<int32_t>& train,
+                        const LmTrainOptions& options);
+
+/// The loss of `stream` cut into consecutive windows of `seq_len` (a last partial window is
+/// dropped), `batch` windows per forward, at most `max_tokens` tokens (0: all). Grad-free.
+LmEval evaluate_lm(TrainableMoeLm& model, const std::vector<int32_t>& stream, int64_t seq_len,
+                   int64_t batch, int64_t max_tokens = 0);
+
+/// Writes `model` into the directory `dir` (which must exist; use io::OutputDir for an
+/// atomic result): config.json (transformers 4.x Mixtral form, plus "deltamoe_routing", the
+/// --routing it was trained with, and "deltamoe_target_k" when > 0), model.safetensors (f32),
+/// tokenizer.json (`tokenizer_json`) and tokenizer_config.json (eos and bos:
+/// `separator_token`).
+void save_lm(const TrainableMoeLm& model, const std::string& routing, double target_k,
+             const std::string& tokenizer_json, const std::string& separator_token,
+             const std::string& dir);
+
+/// Writes the optimizer's moment estimates and step count and `steps_done` to `path`
+/// (safetensors, atomically): with the model directory, what `train-lm --resume` needs.
+void save_train_state(const TrainableMoeLm& model, nn::Adam& adam, int64_t steps_done,
+                      const std::string& path);
+/// Restores what save_train_state wrote into `adam`; returns the steps done. Throws
+/// Error("lm-train") naming the file when a moment is missing or has another shape.
+int64_t load_train_state(const TrainableMoeLm& model, nn::Adam& adam, const std::string& path);
+
+}  // namespace deltamoe::models

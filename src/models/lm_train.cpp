@@ -1,0 +1,224 @@
+// Training loop, evaluation and saving of TrainableMoeLm (see lm_train.h).
+#include "deltamoe/models/lm_train.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "deltamoe/core/error.h"
+#include "deltamoe/io/hf_model.h"
+#include "deltamoe/io/safetensors.h"
+#include "deltamoe/nn/nn.h"
+
+namespace deltamoe::models {
+
+namespace {
+
+constexpr const char* kComp = "lm-train";
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double mean_experts_of(const LmTrainForward& f) {
+  if (f.routing.empty()) return 0.0;
+  double s = 0.0;
+  for (const auto& r : f.routing) s += r.mean_experts();
+  return s / static_cast<double>(f.routing.size());
+}
+
+// Warmup, then cosine from 1 to 0.1.
+float lr_scale(int64_t step, int64_t steps, int64_t warmup) {
+  if (warmup > 0 && step < warmup) return static_cast<float>(step + 1) / static_cast<float>(warmup);
+  const double span = static_cast<double>(std::max<int64_t>(1, steps - warmup));
+  const double t = std::clamp(static_cast<double>(step - warmup) / span, 0.0, 1.0);
+  return static_cast<float>(0.1 + 0.9 * 0.5 * (1.0 + std::cos(M_PI * t)));
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary);
+  f << text;
+  f.close();
+  DELTAMOE_CHECK(f.good(), kComp, path, ": cannot write");
+}
+
+}  // namespace
+
+std::vector<int32_t> token_stream(const io::Tokenizer& tok, const std::vector<std::string>& docs,
+                                  int32_t separator) {
+  std::vector<int32_t> out;
+  for (const std::string& d : docs) {
+    const std::vector<int32_t> ids = tok.encode(d, /*add_special_tokens=*/false);
+    out.insert(out.end(), ids.begin(), ids.end());
+    out.push_back(separator);
+  }
+  return out;
+}
+
+LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector<int32_t>& train,
+                        const LmTrainOptions& o) {
+  DELTAMOE_CHECK(o.seq_len >= 2 && o.batch >= 1 && o.steps >= 0, kComp, "bad shape: batch ",
+                 o.batch, ", seq_len ", o.seq_len);
+  const int64_t n = static_cast<int64_t>(train.size());
+  DELTAMOE_CHECK(n > o.seq_len, kComp, "the training stream has ", n,
+                 " tokens, fewer than one window of ", o.seq_len + 1);
+  LmTrainSummary s;
+  const auto t0 = Clock::now();
+  const int64_t report = std::max<int64_t>(1, o.steps / 20);
+  double recent_loss = 0.0, recent_k = 0.0;
+  int64_t recent = 0;
+  std::vector<int32_t> tokens(static_cast<size_t>(o.batch * o.seq_len));
+  for (int64_t step = o.start_step; step < o.steps; ++step) {
+    for (int64_t b = 0; b < o.batch; ++b) {
+      std::mt19937_64 rng(o.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step) * 1000003u +
+                          static_cast<uint64_t>(b));
+      const int64_t at = std::uniform_int_distribution<int64_t>(0, n - o.seq_len)(rng);
+      std::copy(train.begin() + at, train.begin() + at + o.seq_len, tokens.begin() + b * o.seq_len);
+    }
+    graph::Graph g(true);
+    LmTrainForwardOptions fo;
+    fo.balance_alpha = o.balance_alpha;
+    const LmTrainForward fwd = model.forward(g, tokens, o.seq_len, fo);
+    const graph::Var loss = model.loss(g, fwd, tokens, o.seq_len);
+    g.backward(loss);
+    adam.step(lr_scale(step, o.steps, o.warmup));
+    const double l = g.scalar(loss), k = mean_experts_of(fwd);
+    DELTAMOE_CHECK(std::isfinite(l), kComp, "the loss is ", l, " at step ", step + 1,
+                   " (diverged: lower --lr)");
+    s.loss_curve.emplace_back(step + 1, l);
+    ++s.steps;
+    s.tokens += o.batch * o.seq_len;
+    if (step >= o.steps - std::max<int64_t>(1, o.steps / 10)) {
+      recent_loss += l;
+      recent_k += k;
+      ++recent;
+    }
+    if (o.progress && ((step + 1) % report == 0 || step + 1 == o.steps)) {
+      const double el = since(t0);
+      std::fprintf(stderr, "step %lld/%lld  loss %.4f  experts/token %.3f  %.0f tokens/s  %.0f s\n",
+                   static_cast<long long>(step + 1), static_cast<long long>(o.steps), l, k,
+                   static_cast<double>(s.tokens) / std::max(el, 1e-9), el);
+    }
+    if (o.checkpoint_every > 0 && o.on_checkpoint && (step + 1) % o.checkpoint_every == 0 &&
+        step + 1 < o.steps)
+      o.on_checkpoint(step + 1);
+  }
+  s.seconds = since(t0);
+  s.tokens_per_s = static_cast<double>(s.tokens) / std::max(s.seconds, 1e-9);
+  if (recent > 0) {
+    s.final_loss = recent_loss / static_cast<double>(recent);
+    s.mean_experts = recent_k / static_cast<double>(recent);
+  }
+  return s;
+}
+
+LmEval evaluate_lm(TrainableMoeLm& model, const std::vector<int32_t>& stream, int64_t seq_len,
+                   int64_t batch, int64_t max_tokens) {
+  DELTAMOE_CHECK(seq_len >= 2 && batch >= 1, kComp, "bad shape: batch ", batch, ", seq_len ",
+                 seq_len);
+  int64_t windows = static_cast<int64_t>(stream.size()) / seq_len;
+  if (max_tokens > 0) windows = std::min(windows, std::max<int64_t>(1, max_tokens / seq_len));
+  DELTAMOE_CHECK(windows > 0, kComp, "the evaluation stream has ", stream.size(),
+                 " tokens, fewer than one window of ", seq_len);
+  LmEval e;
+  double nats = 0.0, k = 0.0;
+  int64_t forwards = 0;
+  const auto t0 = Clock::now();
+  for (int64_t w0 = 0; w0 < windows; w0 += batch) {
+    const int64_t nb = std::min(batch, windows - w0);
+    const std::vector<int32_t> tokens(stream.begin() + w0 * seq_len,
+                                      stream.begin() + (w0 + nb) * seq_len);
+    graph::Graph g(false);
+    const LmTrainForward fwd = model.forward(g, tokens, seq_len);
+    const graph::Var loss = model.loss(g, fwd, tokens, seq_len);
+    const int64_t predicted = nb * (seq_len - 1);
+    nats += static_cast<double>(g.scalar(loss)) * static_cast<double>(predicted);
+    e.tokens += predicted;
+    k += mean_experts_of(fwd);
+    ++forwards;
+  }
+  const double el = since(t0);
+  e.loss = nats / static_cast<double>(e.tokens);
+  e.perplexity = std::exp(e.loss);
+  e.mean_experts = k / static_cast<double>(forwards);
+  e.tokens_per_s = static_cast<double>(windows * seq_len) / std::max(el, 1e-9);
+  return e;
+}
+
+void save_lm(const TrainableMoeLm& model, const std::string& routing, double target_k,
+             const std::string& tokenizer_json, const std::string& separator_token,
+             const std::string& dir) {
+  nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(io::hf_config_to_json(model.config()));
+  cfg["deltamoe_routing"] = routing;
+  if (target_k > 0) cfg["deltamoe_target_k"] = target_k;
+  write_text(dir + "/config.json", cfg.dump(2) + "\n");
+  const std::vector<io::SafetensorsTensorSpec> specs =
+      io::hf_tensor_specs(model.config(), DType::f32, io::HfExpertLayout::per_expert);
+  io::SafetensorsWriter w(dir + "/model.safetensors", specs, {{"format", "pt"}});
+  for (size_t i : w.order()) w.append(model.params().get(specs[i].name));
+  w.commit();
+  write_text(dir + "/tokenizer.json", tokenizer_json + "\n");
+  nlohmann::ordered_json tc;
+  tc["bos_token"] = separator_token;
+  tc["eos_token"] = separator_token;
+  tc["model_max_length"] = model.config().max_position_embeddings;
+  tc["tokenizer_class"] = "PreTrainedTokenizerFast";
+  write_text(dir + "/tokenizer_config.json", tc.dump(2) + "\n");
+}
+
+void save_train_state(const TrainableMoeLm& model, nn::Adam& adam, int64_t steps_done,
+                      const std::string& path) {
+  const auto& params = model.params().params();
+  std::vector<io::SafetensorsTensorSpec> specs;
+  for (const auto& p : params) {
+    specs.push_back({"adam.m." + p.name, DType::f32, p.value.shape()});
+    specs.push_back({"adam.v." + p.name, DType::f32, p.value.shape()});
+  }
+  io::SafetensorsWriter w(
+      path, specs,
+      {{"steps_done", std::to_string(steps_done)}, {"adam_steps", std::to_string(adam.steps())}});
+  for (size_t i : w.order())
+    w.append(i % 2 == 0 ? adam.first_moments()[i / 2] : adam.second_moments()[i / 2]);
+  w.commit();
+}
+
+int64_t load_train_state(const TrainableMoeLm& model, nn::Adam& adam, const std::string& path) {
+  const io::SafetensorsFile f = io::SafetensorsFile::open(path);
+  const auto& params = model.params().params();
+  for (size_t i = 0; i < params.size(); ++i) {
+    for (int which = 0; which < 2; ++which) {
+      const std::string name = (which ? "adam.v." : "adam.m.") + params[i].name;
+      DELTAMOE_CHECK(f.has(name), kComp, path, ": no ", name, " (not a state of this model)");
+      const Tensor t = f.get(name);
+      DELTAMOE_CHECK(t.shape() == params[i].value.shape() && t.dtype() == DType::f32, kComp, path,
+                     ": ", name, " has shape ", shape_str(t.shape()), ", expected ",
+                     shape_str(params[i].value.shape()));
+      Tensor& dst = which ? adam.second_moments()[i] : adam.first_moments()[i];
+      std::copy(t.data<float>(), t.data<float>() + t.numel(), dst.data<float>());
+    }
+  }
+  auto number = [&](const char* key) {
+    const auto it = f.metadata().find(key);
+    DELTAMOE_CHECK(it != f.metadata().end(), kComp, path, ": no ", key, " in its metadata");
+    size_t used = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(it->second, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    DELTAMOE_CHECK(used == it->second.size() && used > 0 && v >= 0, kComp, path, ": ", key, " '",
+                   it->second, "' is not a step count");
+    return static_cast<int64_t>(v);
+  };
+  adam.set_steps(number("adam_steps"));
+  return number("steps_done");
+}
+
+}  // namespace deltamoe::models

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# deltamoe train-lm on a small text: a Hugging Face directory that `generate` loads, the --json
+# report, checkpoints and --resume (a resumed run ends where an uninterrupted one does), and
+# one-line errors found before any training. No timing assertions.
+set -euo pipefail
+bin="$1"
+src="$2"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+source "$src/tests/cli/error_lib.bash"
+
+for i in $(seq 1 200); do
+  printf 'The cat number %d sat on the mat.\nThe dog ate the hat of cat %d.\n\n' "$i" "$((i * 7 % 13))"
+done >"$tmp/corpus.txt"
+small=(--data "$tmp/corpus.txt" --vocab 320 --hidden 32 --heads 4 --kv-heads 2 --experts 4 --inter 32
+       --seq-len 16 --batch 4 --threads 1 --no-progress)
+"$bin" train-lm "${small[@]}" --steps 12 --out "$tmp/a" --json >"$tmp/a.json"
+for key in out data routing parameters vocab_size train_tokens validation_tokens steps train_loss \
+           train_experts_per_token train_tokens_per_s validation_loss validation_perplexity \
+           validation_experts_per_token time_s; do
+  grep -q "\"$key\": " "$tmp/a.json" || fail "no $key"
+done
+for f in config.json model.safetensors tokenizer.json tokenizer_config.json; do
+  [ -s "$tmp/a/$f" ] || fail "no $f"
+done
+[ -z "$(ls -A "$tmp" | grep '^\.' || true)" ] || fail "temporary directory left: $(ls -A "$tmp")"
+grep -q '"deltamoe_routing": "top-k:2"' "$tmp/a/config.json" || fail "routing not recorded"
+"$bin" generate --model "$tmp/a" --prompt "The cat" -n 5 >/dev/null 2>"$tmp/g.txt" || { cat "$tmp/g.txt"; fail "generate"; }
+
+# Top-p with a target: trained and recorded.
+"$bin" train-lm "${small[@]}" --steps 4 --routing top-p --target-k 1.5 --out "$tmp/p" --json >"$tmp/p.json"
+grep -q '"routing": "top-p' "$tmp/p.json" || fail "top-p not used"
+grep -q '"deltamoe_target_k": 1.5' "$tmp/p/config.json" || fail "target-k not recorded"
+
+# 12 steps at once, or 6 (checkpoint) then --resume to 12: the same weights.
+"$bin" train-lm "${small[@]}" --steps 12 --checkpoint-every 6 --out "$tmp/b" >/dev/null
+"$bin" train-lm "${small[@]}" --steps 6 --checkpoint-every 6 --out "$tmp/c" >/dev/null
+"$bin" train-lm "${small[@]}" --steps 12 --checkpoint-every 6 --resume --out "$tmp/c" >/dev/null
+cmp "$tmp/b/model.safetensors" "$tmp/c/model.safetensors" || fail "resumed weights differ"
+
+# Errors before any training: one line each, nothing on stdout.
+expect_one_line_error 1 "not empty" "$bin" train-lm "${small[@]}" --out "$tmp/a"
+expect_one_line_error 1 "heads" "$bin" train-lm --data "$tmp/corpus.txt" --hidden 30 --heads 4 --out "$tmp/x"
+expect_one_line_error 1 "resume" "$bin" train-lm "${small[@]}" --resume --out "$tmp/a"
+expect_one_line_error 1 "cannot read" "$bin" train-lm --data "$tmp/missing.txt" --out "$tmp/x"
+expect_one_line_error 2 "routing" "$bin" train-lm "${small[@]}" --routing magic --out "$tmp/x"
+[ ! -e "$tmp/x" ] || fail "output left after an error"
+echo "train-lm: ok"
