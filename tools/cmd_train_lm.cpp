@@ -184,10 +184,10 @@ deltamoe::cli::CommandRegistrar reg(
           while (!tok_json.empty() && tok_json.back() == '\n') tok_json.pop_back();
           const std::string cfg_text = read_file(o->out + "/config.json");
           cfg = io::HfConfig::parse(cfg_text, o->out + "/config.json");
-          if (rc.routing.empty()) {
-            const auto cj = nlohmann::json::parse(cfg_text);
-            rc.routing = cj.value("deltamoe_routing", std::string());
-            rc.target_k = cj.value("deltamoe_target_k", 0.0);
+          if (rc.routing.empty() && !cfg.deltamoe_routing_json.empty()) {
+            const auto r = nlohmann::json::parse(cfg.deltamoe_routing_json);
+            rc.routing = r.value("spec", std::string());
+            rc.target_k = r.value("target_k", 0.0);
           }
           lm = std::make_unique<models::TrainableMoeLm>(
               cfg, io::load_hf_weights(cfg, io::HfCheckpoint::open(o->out)));
@@ -203,7 +203,8 @@ deltamoe::cli::CommandRegistrar reg(
           lm = std::make_unique<models::TrainableMoeLm>(cfg, o->seed);
         }
         if (rc.routing.empty()) rc.routing = "top-k:" + std::to_string(cfg.num_experts_per_tok);
-        lm->set_policy(moe::make_policy(rc.spec(cfg.num_experts), cfg.num_experts));
+        const moe::PolicySpec spec = rc.spec(cfg.num_experts);
+        lm->set_policy(moe::make_policy(spec, cfg.num_experts));
         const int32_t sep = tok->token_id(kSeparator);
         const std::vector<int32_t> train = models::token_stream(*tok, split.train, sep);
         const std::vector<int32_t> val = models::token_stream(*tok, split.validation, sep);
@@ -224,7 +225,7 @@ deltamoe::cli::CommandRegistrar reg(
                        " has ", to.start_step, " steps done, --steps is ", to.steps);
         auto save = [&](int64_t steps_done, bool with_state) {
           io::OutputDir dir(o->out, /*force=*/true, kComp);
-          models::save_lm(*lm, rc.routing, rc.target_k, tok_json, kSeparator, dir.file(""));
+          models::save_lm(*lm, rc.routing, spec, tok_json, kSeparator, dir.file(""));
           if (with_state) models::save_train_state(*lm, adam, steps_done, dir.file(kStateFile));
           dir.commit();
         };

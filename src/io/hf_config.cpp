@@ -392,6 +392,10 @@ HfConfig HfConfig::parse(const std::string& json_text, const std::string& path_f
   parse_special_tokens(f, c);
   parse_dtype(f, c);
   c.router_aux_loss_coef = f.opt_double("router_aux_loss_coef", -1e30, 1e30).value_or(0.0);
+  if (const auto it = j.find("deltamoe_routing"); it != j.end() && !it->is_null()) {
+    DELTAMOE_CHECK(it->is_object(), "hf", path_for_errors, ": deltamoe_routing is not an object");
+    c.deltamoe_routing_json = it->dump();
+  }
   check_consistency(f, c);
   return c;
 }

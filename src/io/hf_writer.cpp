@@ -45,6 +45,8 @@ std::string hf_config_to_json(const HfConfig& c) {
   j["use_cache"] = true;
   j["output_router_logits"] = false;
   j["router_aux_loss_coef"] = c.router_aux_loss_coef;
+  if (!c.deltamoe_routing_json.empty())
+    j["deltamoe_routing"] = decltype(j)::parse(c.deltamoe_routing_json);
   j["num_experts_per_tok"] = c.num_experts_per_tok;
   switch (c.arch) {
     case HfArch::mixtral:

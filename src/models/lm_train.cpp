@@ -14,6 +14,7 @@
 #include "deltamoe/io/hf_model.h"
 #include "deltamoe/io/safetensors.h"
 #include "deltamoe/nn/nn.h"
+#include "models/policy_json.h"
 
 namespace deltamoe::models {
 
@@ -151,13 +152,18 @@ LmEval evaluate_lm(TrainableMoeLm& model, const std::vector<int32_t>& stream, in
   return e;
 }
 
-void save_lm(const TrainableMoeLm& model, const std::string& routing, double target_k,
+void save_lm(const TrainableMoeLm& model, const std::string& routing, const moe::PolicySpec& spec,
              const std::string& tokenizer_json, const std::string& separator_token,
              const std::string& dir) {
-  nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(io::hf_config_to_json(model.config()));
-  cfg["deltamoe_routing"] = routing;
-  if (target_k > 0) cfg["deltamoe_target_k"] = target_k;
-  write_text(dir + "/config.json", cfg.dump(2) + "\n");
+  io::HfConfig cfg = model.config();
+  moe::PolicySpec trained = moe::current_spec(spec, model.policy());
+  trained.target_k = 0;  // inference routes with the adapted parameters, no controller
+  cfg.deltamoe_routing_json = nlohmann::json{
+      {"spec", routing},
+      {"target_k", spec.target_k},
+      {"trained",
+       policy_to_json(trained)}}.dump();
+  write_text(dir + "/config.json", io::hf_config_to_json(cfg));
   const std::vector<io::SafetensorsTensorSpec> specs =
       io::hf_tensor_specs(model.config(), DType::f32, io::HfExpertLayout::per_expert);
   io::SafetensorsWriter w(dir + "/model.safetensors", specs, {{"format", "pt"}});

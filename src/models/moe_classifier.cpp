@@ -9,6 +9,7 @@
 #include "graph/graph_impl.h"
 #include "models/data_shim.h"
 #include "models/graph_moe.h"
+#include "models/policy_json.h"
 
 namespace deltamoe::models {
 
@@ -41,31 +42,6 @@ void MoeClassifierConfig::validate() const {
   DELTAMOE_CHECK(layer_routing.empty() || static_cast<int64_t>(layer_routing.size()) == layers,
                  "model", "layer_routing has ", layer_routing.size(), " entries for ", layers,
                  " layers");
-}
-
-nlohmann::json policy_to_json(const moe::PolicySpec& s) {
-  nlohmann::json j = {{"kind", s.kind},
-                      {"k", s.k},
-                      {"p", s.p},
-                      {"target_k", s.target_k},
-                      {"nulls", s.nulls},
-                      {"null_bias", s.null_bias},
-                      {"renormalize", s.renormalize}};
-  j["thresholds"] = s.thresholds;
-  return j;
-}
-
-moe::PolicySpec policy_from_json(const nlohmann::json& j) {
-  moe::PolicySpec s;
-  s.kind = j.value("kind", s.kind);
-  s.k = j.value("k", s.k);
-  s.p = j.value("p", s.p);
-  s.target_k = j.value("target_k", s.target_k);
-  s.nulls = j.value("nulls", s.nulls);
-  s.null_bias = j.value("null_bias", s.null_bias);
-  s.renormalize = j.value("renormalize", s.renormalize);
-  if (j.contains("thresholds")) s.thresholds = j["thresholds"].get<std::vector<float>>();
-  return s;
 }
 
 nlohmann::json MoeClassifierConfig::to_json() const {

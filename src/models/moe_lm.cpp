@@ -9,6 +9,7 @@
 
 #include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
+#include "models/policy_json.h"
 
 namespace deltamoe::models {
 
@@ -175,8 +176,16 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
       cfg_.max_position_embeddings > 0 ? cfg_.max_position_embeddings : kMaxRopePositions,
       kMaxRopePositions);
   rope_.ensure(max_positions_);
-  default_policy_ =
-      std::make_shared<moe::TopKRouting>(cfg_.num_experts_per_tok, cfg_.norm_topk_prob);
+  if (!cfg_.deltamoe_routing_json.empty()) {
+    // A model trained by train-lm routes as it was trained (its policy's final parameters).
+    const auto r = nlohmann::json::parse(cfg_.deltamoe_routing_json);
+    DELTAMOE_CHECK(r.contains("trained") && r["trained"].is_object(), "hf",
+                   "config.json: deltamoe_routing has no \"trained\" policy");
+    default_policy_ = moe::make_policy(policy_from_json(r["trained"]), cfg_.num_experts);
+  } else {
+    default_policy_ =
+        std::make_shared<moe::TopKRouting>(cfg_.num_experts_per_tok, cfg_.norm_topk_prob);
+  }
   policy_ = default_policy_;
   dense_policy_ = std::make_shared<moe::TopKRouting>(1, true);
   if (parallel_ == ParallelMode::ep)

@@ -25,13 +25,16 @@ for f in config.json model.safetensors tokenizer.json tokenizer_config.json; do
   [ -s "$tmp/a/$f" ] || fail "no $f"
 done
 [ -z "$(ls -A "$tmp" | grep '^\.' || true)" ] || fail "temporary directory left: $(ls -A "$tmp")"
-grep -q '"deltamoe_routing": "top-k:2"' "$tmp/a/config.json" || fail "routing not recorded"
+grep -q '"spec": "top-k:2"' "$tmp/a/config.json" || fail "routing not recorded"
 "$bin" generate --model "$tmp/a" --prompt "The cat" -n 5 >/dev/null 2>"$tmp/g.txt" || { cat "$tmp/g.txt"; fail "generate"; }
 
 # Top-p with a target: trained and recorded.
 "$bin" train-lm "${small[@]}" --steps 4 --routing top-p --target-k 1.5 --out "$tmp/p" --json >"$tmp/p.json"
 grep -q '"routing": "top-p' "$tmp/p.json" || fail "top-p not used"
-grep -q '"deltamoe_target_k": 1.5' "$tmp/p/config.json" || fail "target-k not recorded"
+grep -q '"target_k": 1.5' "$tmp/p/config.json" || fail "target-k not recorded"
+# generate routes as trained (top-p at the controller's final P), not with the config's top-k.
+"$bin" generate --model "$tmp/p" --prompt "The cat" -n 3 >/dev/null 2>"$tmp/gp.txt" || { cat "$tmp/gp.txt"; fail "generate top-p"; }
+grep -q "routing top-p" "$tmp/gp.txt" || { cat "$tmp/gp.txt"; fail "generate does not route top-p"; }
 
 # 12 steps at once, or 6 (checkpoint) then --resume to 12: the same weights.
 "$bin" train-lm "${small[@]}" --steps 12 --checkpoint-every 6 --out "$tmp/b" >/dev/null

@@ -119,7 +119,8 @@ TEST(LmTrain, ResumedRunEqualsUninterrupted) {
   bool saved = false;
   first.checkpoint_every = 3;
   first.on_checkpoint = [&](int64_t done) {
-    save_lm(b, "top-k:2", 0.0, io::make_synthetic_tokenizer_json(300), "<s>", dir);
+    save_lm(b, "top-k:2", moe::parse_policy_spec("top-k:2", 4),
+            io::make_synthetic_tokenizer_json(300), "<s>", dir);
     save_train_state(b, adam_b, done, dir + "/state.safetensors");
     saved = true;
     throw Error("test", "stop here");  // the run is interrupted right after its checkpoint

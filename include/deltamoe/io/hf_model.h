@@ -65,6 +65,9 @@ struct HfConfig {
   std::string dtype;                   // "float32" | "bfloat16" | "float16" (torch_dtype or dtype)
   std::optional<double> clip_qkv;      // OLMoE: clamp q/k/v projections to ±clip_qkv
   double router_aux_loss_coef = 0.0;   // training only; kept for round trips
+  /// deltamoe's own config field "deltamoe_routing" (a JSON object, kept as its text; empty
+  /// when absent): how a model trained by `train-lm` routes (docs/llm-training.md).
+  std::string deltamoe_routing_json;
   int config_generation = 4;  // 4: top-level rope_theta/torch_dtype; 5: rope_parameters/dtype
 
   /// Whether decoder layer `layer` (0-based) routes to experts (false: dense MLP). Qwen:

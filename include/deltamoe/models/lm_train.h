@@ -12,6 +12,7 @@
 
 #include "deltamoe/io/tokenizer.h"
 #include "deltamoe/models/moe_lm_train.h"
+#include "deltamoe/moe/policies.h"
 #include "deltamoe/nn/nn.h"
 
 namespace deltamoe::models {
@@ -64,11 +65,12 @@ LmEval evaluate_lm(TrainableMoeLm& model, const std::vector<int32_t>& stream, in
                    int64_t batch, int64_t max_tokens = 0);
 
 /// Writes `model` into the directory `dir` (which must exist; use io::OutputDir for an
-/// atomic result): config.json (transformers 4.x Mixtral form, plus "deltamoe_routing", the
-/// --routing it was trained with, and "deltamoe_target_k" when > 0), model.safetensors (f32),
-/// tokenizer.json (`tokenizer_json`) and tokenizer_config.json (eos and bos:
-/// `separator_token`).
-void save_lm(const TrainableMoeLm& model, const std::string& routing, double target_k,
+/// atomic result): config.json (transformers 4.x Mixtral form, plus deltamoe's own
+/// "deltamoe_routing": {"spec": `routing` as given to train-lm, "target_k", "trained": the
+/// policy with its adapted parameters as of now, which `generate` and `serve` route with}),
+/// model.safetensors (f32), tokenizer.json (`tokenizer_json`) and tokenizer_config.json (eos
+/// and bos: `separator_token`). `spec` is what the model's policy was made from.
+void save_lm(const TrainableMoeLm& model, const std::string& routing, const moe::PolicySpec& spec,
              const std::string& tokenizer_json, const std::string& separator_token,
              const std::string& dir);
 
