@@ -3,7 +3,7 @@
 # language model (Mixtral layout: 2 layers, 8 experts) on Debian's fortunes twice with the same
 # seed and steps: fixed top-2 routing (the baseline), and delta-MoE top-p routing whose
 # controller targets 1.5 experts per token. Prints each one's validation perplexity, experts
-# per token and tokens/s, and text generated from the same prompt. About 8 minutes on 2 cores
+# per token and tokens/s, and text generated from the same prompt. About 5 minutes on 2 cores
 # (STEPS=1500 per model; docs/llm-training.md).
 # DEMO_CLASSIFIER=1 also runs the Fashion-MNIST classifier demo: a delta-MoE classifier with
 # per-expert thresholds and a top-2 baseline, evaluated on the 10,000 test images (EPOCHS=5).
