@@ -181,7 +181,13 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
     const auto r = nlohmann::json::parse(cfg_.deltamoe_routing_json);
     DELTAMOE_CHECK(r.contains("trained") && r["trained"].is_object(), "hf",
                    "config.json: deltamoe_routing has no \"trained\" policy");
-    default_policy_ = moe::make_policy(policy_from_json(r["trained"]), cfg_.num_experts);
+    moe::PolicySpec spec;
+    try {
+      spec = policy_from_json(r["trained"]);
+    } catch (const nlohmann::json::exception& e) {
+      fail("hf", "config.json: deltamoe_routing.trained: ", e.what());
+    }
+    default_policy_ = moe::make_policy(spec, cfg_.num_experts);
   } else {
     default_policy_ =
         std::make_shared<moe::TopKRouting>(cfg_.num_experts_per_tok, cfg_.norm_topk_prob);

@@ -49,4 +49,8 @@ expect_one_line_error 1 "resume" "$bin" train-lm "${small[@]}" --resume --out "$
 expect_one_line_error 1 "cannot read" "$bin" train-lm --data "$tmp/missing.txt" --out "$tmp/x"
 expect_one_line_error 2 "routing" "$bin" train-lm "${small[@]}" --routing magic --out "$tmp/x"
 [ ! -e "$tmp/x" ] || fail "output left after an error"
+# A malformed deltamoe_routing in config.json: one line naming it.
+cp -r "$tmp/a" "$tmp/bad"
+sed -i 's/"kind": "top-k"/"kind": 7/' "$tmp/bad/config.json"
+expect_one_line_error 1 "deltamoe_routing" "$bin" generate --model "$tmp/bad" --prompt "The" -n 2
 echo "train-lm: ok"
