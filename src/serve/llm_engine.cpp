@@ -129,6 +129,12 @@ struct LlmEngine::Impl {
         s.moe_rows ? static_cast<double>(s.routed) / static_cast<double>(s.moe_rows) : 0.0;
     if (s.generated() > 0) ev.ttft_s = seconds(s.first_token - s.submitted);
     s.cache.clear();
+    // Counted before the final event goes out: a client that sees its request finished must
+    // find it in the stats (counting after the callback raced with tests and /metrics).
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      ++st.requests_finished;
+    }
     try {
       s.cb(ev);
     } catch (const std::exception& e) {
@@ -136,7 +142,6 @@ struct LlmEngine::Impl {
     }
     std::lock_guard<std::mutex> lk(mu);
     live.erase(s.id);
-    ++st.requests_finished;
     idle_cv.notify_all();
   }
 
