@@ -7,6 +7,9 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <string>
+
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -72,6 +75,7 @@ LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector
   LmTrainSummary s;
   const auto t0 = Clock::now();
   const int64_t report = std::max<int64_t>(1, o.steps / 20);
+  const bool tty = o.progress && isatty(STDERR_FILENO);
   double recent_loss = 0.0, recent_k = 0.0;
   int64_t recent = 0;
   std::vector<int32_t> tokens(static_cast<size_t>(o.batch * o.seq_len));
@@ -100,11 +104,22 @@ LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector
       recent_k += k;
       ++recent;
     }
-    if (o.progress && ((step + 1) % report == 0 || step + 1 == o.steps)) {
-      const double el = since(t0);
-      std::fprintf(stderr, "step %lld/%lld  loss %.4f  experts/token %.3f  %.0f tokens/s  %.0f s\n",
-                   static_cast<long long>(step + 1), static_cast<long long>(o.steps), l, k,
-                   static_cast<double>(s.tokens) / std::max(el, 1e-9), el);
+    // A bar rewritten in place on a terminal; a line every 5% of the steps otherwise (logs).
+    const bool last = step + 1 == o.steps;
+    if (o.progress && (tty || (step + 1) % report == 0 || last)) {
+      const double el = since(t0), tps = static_cast<double>(s.tokens) / std::max(el, 1e-9);
+      const double eta = static_cast<double>(o.steps - step - 1) *
+                         static_cast<double>(o.batch * o.seq_len) / std::max(tps, 1e-9);
+      const int width = 24,
+                done = static_cast<int>(width * (step + 1) / std::max<int64_t>(1, o.steps));
+      std::fprintf(stderr,
+                   "%s[%s%s] step %lld/%lld  loss %.4f  experts/token %.3f  %.0f tokens/s  %.0f s, "
+                   "ETA %.0f s%s",
+                   tty ? "\r" : "", std::string(static_cast<size_t>(done), '#').c_str(),
+                   std::string(static_cast<size_t>(width - done), '.').c_str(),
+                   static_cast<long long>(step + 1), static_cast<long long>(o.steps), l, k, tps, el,
+                   eta, tty && !last ? "   " : "\n");
+      std::fflush(stderr);
     }
     if (o.checkpoint_every > 0 && o.on_checkpoint && (step + 1) % o.checkpoint_every == 0 &&
         step + 1 < o.steps)
