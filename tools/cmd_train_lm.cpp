@@ -151,7 +151,17 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_flag("--json", o->json, "Print one JSON object on stdout");
       app.add_flag("--no-progress", o->no_progress, "No progress lines on stderr");
       cli::show_default(app, {"--target-k"}, "none");
-      app.parse_complete_callback([&app, o] { o->routing.check(app); });
+      app.parse_complete_callback([&app, o] {
+        o->routing.check(app);
+        // A resumed run keeps the model it resumes: shape flags would be silently ignored.
+        if (o->resume)
+          for (const char* f : {"--vocab", "--layers", "--hidden", "--heads", "--kv-heads",
+                                "--experts", "--top-k", "--inter", "--tie-embeddings"})
+            if (app.count(f))
+              throw CLI::ValidationError(f,
+                                         "cannot change with --resume (the run in --out keeps "
+                                         "its config and tokenizer)");
+      });
       return [o]() -> int {
         set_num_threads(o->threads);
         cli::keep_freed_memory();

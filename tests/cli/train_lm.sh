@@ -39,13 +39,15 @@ grep -q "routing top-p" "$tmp/gp.txt" || { cat "$tmp/gp.txt"; fail "generate doe
 # 12 steps at once, or 6 (checkpoint) then --resume to 12: the same weights.
 "$bin" train-lm "${small[@]}" --steps 12 --checkpoint-every 6 --out "$tmp/b" >/dev/null
 "$bin" train-lm "${small[@]}" --steps 6 --checkpoint-every 6 --out "$tmp/c" >/dev/null
-"$bin" train-lm "${small[@]}" --steps 12 --checkpoint-every 6 --resume --out "$tmp/c" >/dev/null
+resume=(--data "$tmp/corpus.txt" --seq-len 16 --batch 4 --threads 1 --no-progress)
+"$bin" train-lm "${resume[@]}" --steps 12 --checkpoint-every 6 --resume --out "$tmp/c" >/dev/null
 cmp "$tmp/b/model.safetensors" "$tmp/c/model.safetensors" || fail "resumed weights differ"
 
 # Errors before any training: one line each, nothing on stdout.
 expect_one_line_error 1 "not empty" "$bin" train-lm "${small[@]}" --out "$tmp/a"
 expect_one_line_error 1 "heads" "$bin" train-lm --data "$tmp/corpus.txt" --hidden 30 --heads 4 --out "$tmp/x"
-expect_one_line_error 1 "resume" "$bin" train-lm "${small[@]}" --resume --out "$tmp/a"
+expect_one_line_error 1 "resume" "$bin" train-lm --data "$tmp/corpus.txt" --resume --out "$tmp/a"
+expect_one_line_error 2 "hidden" "$bin" train-lm --data "$tmp/corpus.txt" --hidden 64 --resume --out "$tmp/c"
 expect_one_line_error 1 "cannot read" "$bin" train-lm --data "$tmp/missing.txt" --out "$tmp/x"
 expect_one_line_error 2 "routing" "$bin" train-lm "${small[@]}" --routing magic --out "$tmp/x"
 [ ! -e "$tmp/x" ] || fail "output left after an error"
