@@ -244,12 +244,8 @@ deltamoe::cli::CommandRegistrar reg(
             std::optional<SwapPlan> plan;
             if (swap_budget) {
               SwapOptions so = o->swap;
-              so.budget_bytes =
-                  swap_budget->bytes
-                      ? swap_budget->bytes
-                      : std::max<uint64_t>(
-                            1, static_cast<uint64_t>(std::floor(swap_budget->fraction *
-                                                                static_cast<double>(r.peak))));
+              so.budget_bytes = swap_budget->bytes;
+              so.budget_fraction = swap_budget->fraction;
               plan = plan_swaps(g, r.order, so);
               // No plan within the budget: the graph fails, saying the least budget that works.
               if (plan && !plan->feasible)
@@ -272,11 +268,7 @@ deltamoe::cli::CommandRegistrar reg(
             if (o->json) {
               ordered_json j = schedule_report_json(g, r, false, path);
               if (fus) j["fusion"] = fusion_json(g, *fus);
-              if (plan) {
-                SwapOptions so = o->swap;
-                so.budget_bytes = plan->budget_bytes;
-                j["swap"] = swap_report_json(g, r.order, *plan, so);
-              }
+              if (plan) j["swap"] = swap_report_json(g, r.order, *plan, o->swap);
               all.push_back(std::move(j));
             } else {
               print_human(std::cout, path, g, r, fus ? &*fus : nullptr);

@@ -78,10 +78,12 @@ def swap_plan(graph, order_ids, budget, overlap_steps=1, outputs_to_host=False, 
     if isinstance(budget, float):
         if not 0.0 < budget <= 1.0:
             raise SchedError(f"[sched] swap budget share {budget} is not in (0, 1]")
-        budget = max(1, int(budget * _core.peak(src, is_path, ids)))
-    if int(budget) <= 0:
-        raise SchedError(f"[sched] swap budget {budget} is not a positive number of bytes")
-    return json.loads(_core.swap_plan(src, is_path, ids, int(budget), int(overlap_steps),
+        budget_bytes, share = 0, budget
+    else:
+        if int(budget) <= 0:
+            raise SchedError(f"[sched] swap budget {budget} is not a positive number of bytes")
+        budget_bytes, share = int(budget), 0.0
+    return json.loads(_core.swap_plan(src, is_path, ids, budget_bytes, share, int(overlap_steps),
                                       bool(outputs_to_host), str(method), float(time_limit),
                                       float(bandwidth_gb_s)))
 

@@ -58,12 +58,14 @@ uint64_t peak_of(const std::string& source, bool is_path, const std::vector<int6
 
 // plan_swaps() of an order given as node ids; the report as JSON text ("swap" of the CLI).
 std::string swaps_json(const std::string& source, bool is_path, const std::vector<int64_t>& ids,
-                       uint64_t budget_bytes, int32_t overlap_steps, bool outputs_to_host,
-                       const std::string& method, double time_limit_s, double bandwidth_gb_s) {
+                       uint64_t budget_bytes, double budget_fraction, int32_t overlap_steps,
+                       bool outputs_to_host, const std::string& method, double time_limit_s,
+                       double bandwidth_gb_s) {
   const Graph g = load(source, is_path);
   const Order order = dense_order(g, ids);
   SwapOptions opt;
   opt.budget_bytes = budget_bytes;
+  opt.budget_fraction = budget_fraction;
   opt.overlap_steps = overlap_steps;
   opt.outputs_to_host = outputs_to_host;
   opt.method = method;
@@ -86,9 +88,10 @@ PYBIND11_MODULE(_core, m) {
         py::call_guard<py::gil_scoped_release>(),
         "Peak bytes of an order (node ids) under the memgraph-v1 memory model.");
   m.def("swap_plan", &swaps_json, py::arg("source"), py::arg("is_path"), py::arg("order"),
-        py::arg("budget_bytes"), py::arg("overlap_steps"), py::arg("outputs_to_host"),
-        py::arg("method"), py::arg("time_limit_s"), py::arg("bandwidth_gb_s"),
-        py::call_guard<py::gil_scoped_release>(),
-        "Swap plan of an order (node ids) under a budget; the report as JSON text.");
+        py::arg("budget_bytes"), py::arg("budget_fraction"), py::arg("overlap_steps"),
+        py::arg("outputs_to_host"), py::arg("method"), py::arg("time_limit_s"),
+        py::arg("bandwidth_gb_s"), py::call_guard<py::gil_scoped_release>(),
+        "Swap plan of an order (node ids) under a budget (bytes, or when 0 a share of the "
+        "order's peak); the report as JSON text.");
   m.def("ilp_available", &ilp_available, "Whether the exact ILP (COIN-OR CBC) was built in.");
 }

@@ -585,9 +585,10 @@ SimResult simulate(const Graph& g, const Order& order) {
   return run_model(g, order, nullptr);
 }
 
-std::vector<uint64_t> memory_profile(const Graph& g, const Order& order) {
+std::vector<uint64_t> memory_profile(const Graph& g, const Order& order, SimResult* sim) {
   std::vector<uint64_t> profile(order.size(), 0);
-  run_model(g, order, &profile);
+  const SimResult r = run_model(g, order, &profile);
+  if (sim) *sim = r;
   return profile;
 }
 

@@ -288,9 +288,10 @@ uint64_t swap_cost(const SwapProblem& p, const std::vector<char>& chosen) {
 std::vector<uint64_t> swapped_profile(const Graph& g, const Order& order,
                                       const std::vector<Swap>& swaps, int32_t overlap_steps,
                                       bool outputs_to_host, uint64_t* initial) {
-  std::vector<uint64_t> need = memory_profile(g, order);  // validates the order
+  SimResult sim;
+  std::vector<uint64_t> need = memory_profile(g, order, &sim);  // validates the order
   const int32_t n = g.size();
-  uint64_t init = simulate(g, order).initial_live;
+  uint64_t init = sim.initial_live;
   std::vector<int32_t> pos(static_cast<size_t>(n));
   for (int32_t t = 0; t < n; ++t) pos[order[t]] = t;
   std::vector<std::vector<std::pair<int32_t, int32_t>>> seen(static_cast<size_t>(n));
@@ -343,22 +344,30 @@ SwapPlan plan_swaps(const Graph& g, const Order& order, const SwapOptions& opt) 
   const auto t0 = std::chrono::steady_clock::now();
   DELTAMOE_CHECK(opt.overlap_steps >= 0, kComp, "swap overlap steps must be >= 0, got ",
                  opt.overlap_steps);
-  DELTAMOE_CHECK(opt.budget_bytes > 0, kComp, "swap budget must be > 0 bytes");
+  DELTAMOE_CHECK(opt.budget_bytes > 0 || (opt.budget_fraction > 0 && opt.budget_fraction <= 1),
+                 kComp, "swap budget must be > 0 bytes or a share in (0, 1] of the peak, got ",
+                 opt.budget_bytes, " bytes, share ", opt.budget_fraction);
   DELTAMOE_CHECK(opt.method == "auto" || opt.method == "greedy" || opt.method == "ilp", kComp,
                  "swap method '", opt.method, "' is not one of auto, greedy, ilp");
   DELTAMOE_CHECK(
       opt.method != "ilp" || ilp_available(), kComp,
       "swap method ilp: ILP solver not built (install coinor-libcbc-dev and reconfigure)");
   DELTAMOE_CHECK(opt.time_limit_s >= 0, kComp, "swap time limit must be >= 0 s");
-  const std::vector<uint64_t> profile = memory_profile(g, order);
+  SimResult sim;
+  const std::vector<uint64_t> profile = memory_profile(g, order, &sim);
   const int32_t n = g.size();
   SwapPlan plan;
-  plan.budget_bytes = opt.budget_bytes;
   // Axis a = position + 1: a = 0 is the initial live set.
   std::vector<uint64_t> need(static_cast<size_t>(n) + 1);
-  need[0] = simulate(g, order).initial_live;
+  need[0] = sim.initial_live;
   for (int32_t t = 0; t < n; ++t) need[t + 1] = profile[t];
-  plan.order_peak_bytes = *std::max_element(need.begin(), need.end());
+  plan.order_peak_bytes = sim.peak;
+  const uint64_t budget =
+      opt.budget_bytes > 0
+          ? opt.budget_bytes
+          : std::max<uint64_t>(1, static_cast<uint64_t>(std::floor(opt.budget_fraction *
+                                                                   static_cast<double>(sim.peak))));
+  plan.budget_bytes = budget;
   std::vector<detail::SwapGap> gaps = all_gaps(g, order, opt.overlap_steps, opt.outputs_to_host);
   // The least budget: every step minus everything that could be off the device then.
   std::vector<int64_t> diff(need.size() + 1, 0);
@@ -375,9 +384,9 @@ SwapPlan plan_swaps(const Graph& g, const Order& order, const SwapOptions& opt) 
   detail::SwapProblem prob;
   std::vector<int32_t> over;  // axis positions over the budget
   for (size_t a = 0; a < need.size(); ++a)
-    if (need[a] > opt.budget_bytes) {
+    if (need[a] > budget) {
       over.push_back(static_cast<int32_t>(a));
-      prob.excess.push_back(need[a] - opt.budget_bytes);
+      prob.excess.push_back(need[a] - budget);
     }
   plan.steps_over_budget = static_cast<int64_t>(over.size());
   auto finish = [&]() -> SwapPlan& {
@@ -390,7 +399,7 @@ SwapPlan plan_swaps(const Graph& g, const Order& order, const SwapOptions& opt) 
     plan.peak_bytes = plan.order_peak_bytes;
     return finish();
   }
-  if (plan.min_budget_bytes > opt.budget_bytes) return finish();
+  if (plan.min_budget_bytes > budget) return finish();
   plan.feasible = true;
   for (auto& gp : gaps) {
     gp.lo = static_cast<int32_t>(std::lower_bound(over.begin(), over.end(), gp.off_first + 1) -
@@ -443,7 +452,7 @@ SwapPlan plan_swaps(const Graph& g, const Order& order, const SwapOptions& opt) 
       swapped_profile(g, order, plan.swaps, opt.overlap_steps, opt.outputs_to_host, &init);
   plan.peak_bytes =
       std::max(init, after.empty() ? 0 : *std::max_element(after.begin(), after.end()));
-  DELTAMOE_ASSERT(plan.peak_bytes <= opt.budget_bytes, "swap plan exceeds its budget");
+  DELTAMOE_ASSERT(plan.peak_bytes <= budget, "swap plan exceeds its budget");
   return finish();
 }
 

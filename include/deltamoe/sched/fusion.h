@@ -27,8 +27,8 @@ struct FusionCandidate {
 };
 
 struct FusionReport {
-  uint64_t peak = 0;                         // peak of the unfused order
-  std::vector<FusionCandidate> candidates;   // in order of the producer's dense index
+  uint64_t peak = 0;                        // peak of the unfused order
+  std::vector<FusionCandidate> candidates;  // in order of the producer's dense index
 };
 
 /// Scores every candidate pair over `order` in O((n + E) log n) total: the fused peak is

@@ -13,7 +13,7 @@
 namespace deltamoe::sched {
 
 struct Node {
-  int64_t id = 0;              // id as in the file
+  int64_t id = 0;  // id as in the file
   std::string name;
   std::string op;
   std::vector<int32_t> inputs;  // dense indices, duplicates removed, in first-seen order
@@ -79,11 +79,11 @@ using Order = std::vector<int32_t>;
 Order program_order(const Graph& g);
 
 struct SimResult {
-  uint64_t peak = 0;             // bytes, the memory model's peak (persistent excluded)
-  int32_t peak_step = -1;        // position in the order where the peak happens (-1: initial)
-  uint64_t initial_live = 0;     // freeable inputs live before the first step
-  uint64_t persistent_bytes = 0; // reported separately, never in peak
-  uint64_t final_live = 0;       // live after the last step (outputs + unread inputs...)
+  uint64_t peak = 0;              // bytes, the memory model's peak (persistent excluded)
+  int32_t peak_step = -1;         // position in the order where the peak happens (-1: initial)
+  uint64_t initial_live = 0;      // freeable inputs live before the first step
+  uint64_t persistent_bytes = 0;  // reported separately, never in peak
+  uint64_t final_live = 0;        // live after the last step (outputs + unread inputs...)
 };
 
 /// Runs the memory model of GRAPH_FORMAT.md over `order` exactly. Throws Error("memgraph")
@@ -91,8 +91,9 @@ struct SimResult {
 SimResult simulate(const Graph& g, const Order& order);
 
 /// The need of every step of `order` (live + own + workspace, bytes; same rules as
-/// simulate()): profile[t] is the memory while order[t] runs. Validates the order.
-std::vector<uint64_t> memory_profile(const Graph& g, const Order& order);
+/// simulate()): profile[t] is the memory while order[t] runs. Validates the order. `sim`,
+/// when given, receives simulate()'s result of the same walk.
+std::vector<uint64_t> memory_profile(const Graph& g, const Order& order, SimResult* sim = nullptr);
 
 /// Checks that `order` is a permutation of all nodes with every node after its inputs;
 /// throws Error("memgraph") naming the first offending node otherwise.

@@ -29,7 +29,8 @@
 namespace deltamoe::sched {
 
 struct SwapOptions {
-  uint64_t budget_bytes = 0;     // device memory the plan must keep every step within
+  uint64_t budget_bytes = 0;     // device memory the plan keeps every step within, or
+  double budget_fraction = 0.0;  // (when budget_bytes is 0) that share (0, 1] of the peak
   int32_t overlap_steps = 1;     // k above: steps a transfer overlaps on each side (>= 0)
   bool outputs_to_host = false;  // an output may end on the host after its last use
   std::string method = "auto";   // auto (greedy, then the ILP when built) | greedy | ilp
@@ -73,7 +74,9 @@ struct SwapPlan {
 
 /// Plans swaps for `order` under `opt.budget_bytes`. When no plan fits, returns feasible ==
 /// false with min_budget_bytes and no swaps; when the order already fits, method "none".
-/// Throws Error("sched") for a bad option (negative overlap, zero budget, unknown method, or
+/// The budget is budget_bytes, or floor(budget_fraction × the order's peak) (at least 1 byte).
+/// Throws Error("sched") for a bad option (negative overlap, no budget or a fraction outside
+/// (0, 1], unknown method, or
 /// "ilp" when CBC is not built) and Error("memgraph") when `order` is not valid.
 SwapPlan plan_swaps(const Graph& g, const Order& order, const SwapOptions& opt);
 
