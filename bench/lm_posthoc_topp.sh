@@ -9,28 +9,7 @@ set -euo pipefail
 bin="$1"; shift
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-python3 - "$tmp/val.txt" <<'PY'
-import os, sys
-d = "/usr/share/games/fortunes"
-docs = []
-for name in sorted(os.listdir(d)):
-    p = os.path.join(d, name)
-    if os.path.islink(p) or not os.path.isfile(p) or "." in name:
-        continue
-    cur = []
-    for line in open(p, "rb").read().decode("utf-8", "replace").split("\n"):
-        if line == "%":
-            doc = "".join(cur).strip("\r\n")
-            if doc:
-                docs.append(doc)
-            cur = []
-        else:
-            cur.append(line + "\n")
-    doc = "".join(cur).strip("\r\n")
-    if doc:
-        docs.append(doc)
-open(sys.argv[1], "w").write("\n\n".join(x for i, x in enumerate(docs) if i % 10 == 8) + "\n")
-PY
+python3 "$(dirname "$0")/../python/fortunes.py" validation "$tmp/val.txt"
 for m in "$@"; do
   for r in "" top-p:0.3 top-p:0.4 top-p:0.5 top-p:0.6 top-p:0.7 top-k:1; do
     "$bin" perplexity --model "$m" --file "$tmp/val.txt" --context 64 ${r:+--routing "$r"} --json 2>/dev/null |

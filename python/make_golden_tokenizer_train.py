@@ -19,9 +19,10 @@ import sys
 
 from tokenizers import Tokenizer
 
+from fortunes import split  # python/, beside this script
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "tests", "golden", "tokenizer_train")
-FORTUNES = "/usr/share/games/fortunes"
 HARD = [
     "Hello, world! The quick brown fox.",
     "  Multiple   spaces\n\nand newlines\t tabs  ",
@@ -41,36 +42,13 @@ def fnv1a(ids):
     return h
 
 
-def documents():
-    """The fortune documents in train-tokenizer's reading order (io::load_fortunes)."""
-    docs = []
-    for name in sorted(os.listdir(FORTUNES)):
-        path = os.path.join(FORTUNES, name)
-        if os.path.islink(path) or not os.path.isfile(path) or "." in name:
-            continue
-        cur = []
-        with open(path, "rb") as f:
-            for line in f.read().decode("utf-8", errors="replace").split("\n"):
-                if line == "%":
-                    d = "".join(cur).strip("\r\n")
-                    if d:
-                        docs.append(d)
-                    cur = []
-                else:
-                    cur.append(line + "\n")
-        d = "".join(cur).strip("\r\n")
-        if d:
-            docs.append(d)
-    return docs
-
-
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "build/deltamoe"
     os.makedirs(OUT, exist_ok=True)
     tok_path = os.path.join(OUT, "tokenizer.json")
     subprocess.run([binary, "train-tokenizer", "--vocab", "1024", "--out", tok_path], check=True)
     tok = Tokenizer.from_file(tok_path)
-    validation = [d for i, d in enumerate(documents()) if i % 10 == 8]
+    validation = split("validation")
     golden = {
         "tokenizers_version": md.version("tokenizers"),
         "vocab": 1024,

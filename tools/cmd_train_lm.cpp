@@ -192,8 +192,7 @@ deltamoe::cli::CommandRegistrar reg(
         if (o->resume) {
           tok_json = read_file(o->out + "/tokenizer.json");
           while (!tok_json.empty() && tok_json.back() == '\n') tok_json.pop_back();
-          const std::string cfg_text = read_file(o->out + "/config.json");
-          cfg = io::HfConfig::parse(cfg_text, o->out + "/config.json");
+          cfg = io::HfConfig::load(o->out);
           if (rc.routing.empty() && !cfg.deltamoe_routing_json.empty()) {
             const auto r = nlohmann::json::parse(cfg.deltamoe_routing_json);
             rc.routing = r.value("spec", std::string());
