@@ -1,11 +1,6 @@
 // `deltamoe sweep`: the delta-MoE experiments E1-E3 (see docs/experiments/delta-moe.md).
 // Trains every configuration for each seed, evaluates on the test set, writes CSVs, calls
 // python/plot_delta_moe.py for the PNGs and writes the report with tables and a verdict.
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -24,6 +19,7 @@
 #include "deltamoe/io/output.h"
 #include "deltamoe/models/moe_classifier.h"
 #include "models/data_shim.h"
+#include "sweep_jobs.h"
 #include "sweep_report.h"
 #include "train_common.h"
 
@@ -32,6 +28,7 @@ namespace {
 using namespace deltamoe;
 using namespace deltamoe::cli::sweep;
 using Clock = std::chrono::steady_clock;
+using cli::sweep::sig;
 
 struct SweepOptions {
   bool quick = false;
@@ -87,13 +84,6 @@ struct Run {
   bool balance = true;
   int seed = 1;
 };
-
-std::string fmt(double v, int prec = 4) {
-  std::ostringstream os;
-  os.precision(prec);
-  os << v;
-  return os.str();
-}
 
 models::MoeClassifierConfig config_for(const Run& r) {
   models::MoeClassifierConfig c;
@@ -157,7 +147,7 @@ std::vector<std::string> train_args(const Run& r, const SweepOptions& o) {
   // take the defaults that config_for also takes (and adapt toward --target-k).
   std::string routing = r.method;
   if (r.method == "top-k") routing += ":" + std::to_string(c.routing.k);
-  if (r.method == "top-p") routing += ":" + fmt(c.routing.p, 17);
+  if (r.method == "top-p") routing += ":" + sig(c.routing.p, 17);
   // One flag and its value per line.
   // clang-format off
   std::vector<std::string> a = {
@@ -166,16 +156,16 @@ std::vector<std::string> train_args(const Run& r, const SweepOptions& o) {
       "--layers", std::to_string(c.layers),
       "--epochs", std::to_string(t.epochs),
       "--batch", std::to_string(t.batch),
-      "--lr", fmt(t.lr, 9),
+      "--lr", sig(t.lr, 9),
       "--warmup", std::to_string(t.warmup_steps),
       "--seed", std::to_string(t.seed),
-      "--balance-alpha", fmt(t.balance_alpha, 17),
-      "--entropy-beta", fmt(t.entropy_beta, 17),
+      "--balance-alpha", sig(t.balance_alpha, 17),
+      "--entropy-beta", sig(t.entropy_beta, 17),
       "--max-train", std::to_string(t.max_train),
       "--val-size", std::to_string(t.val_size),
       "--augment-shift", std::to_string(t.augment_shift),
-      "--dropout", fmt(t.dropout, 17),
-      "--label-smoothing", fmt(t.label_smoothing, 9),
+      "--dropout", sig(t.dropout, 17),
+      "--label-smoothing", sig(t.label_smoothing, 9),
       "--threads", "1",
       "--data-dir", o.data_dir,
       "--out", model_path(r, o),
@@ -185,7 +175,7 @@ std::vector<std::string> train_args(const Run& r, const SweepOptions& o) {
   };
   // clang-format on
   if (t.augment_flip) a.push_back("--augment-flip");
-  if (r.method != "top-k") a.insert(a.end(), {"--target-k", fmt(c.routing.target_k, 17)});
+  if (r.method != "top-k") a.insert(a.end(), {"--target-k", sig(c.routing.target_k, 17)});
   return a;
 }
 
@@ -196,8 +186,7 @@ double run_cost(const Run& r) {
 }
 
 // Trains every run whose model is not in the work directory yet, `o.jobs` at a time, each in
-// a child process `deltamoe train ... --threads 1` of this same binary (processes rather than
-// threads: OpenBLAS, malloc arenas and page faults of one training never touch the other's).
+// a child process `deltamoe train ... --threads 1` of this same binary (run_child_jobs).
 // Returns the training CSV row of each run trained, by "name,seed".
 std::map<std::string, std::vector<std::string>> train_parallel(const std::vector<Run>& runs,
                                                                const SweepOptions& o) {
@@ -211,84 +200,48 @@ std::map<std::string, std::vector<std::string>> train_parallel(const std::vector
   }
   std::stable_sort(todo.begin(), todo.end(),
                    [](const Run& a, const Run& b) { return run_cost(a) > run_cost(b); });
-  std::vector<char> exe(4096, 0);
-  const ssize_t len = readlink("/proc/self/exe", exe.data(), exe.size() - 1);
-  DELTAMOE_CHECK(len > 0, "sweep", "cannot find this binary (/proc/self/exe) to start trainings");
-  struct Child {
-    Run run;
-    Clock::time_point start;
-  };
-  std::map<pid_t, Child> live;
-  size_t next = 0, done = 0;
-  auto start_one = [&](const Run& r) {
+  std::vector<ChildJob> jobs;
+  for (const Run& r : todo) {
     const std::string base = o.work_dir + "/" + r.name + "_s" + std::to_string(r.seed);
-    std::vector<std::string> args = train_args(r, o);
-    args.insert(args.begin(), std::string(exe.data()));
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, (base + ".train.json").c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, (base + ".train.log").c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    pid_t pid = 0;
-    const int rc = posix_spawn(&pid, exe.data(), &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    DELTAMOE_CHECK(rc == 0, "sweep", "cannot start a training process for ", r.name, " (error ", rc,
-                   ")");
-    live[pid] = Child{r, Clock::now()};
-  };
-  const auto t0 = Clock::now();
-  while (next < todo.size() || !live.empty()) {
-    while (next < todo.size() && static_cast<int>(live.size()) < std::max(1, o.jobs))
-      start_one(todo[next++]);
-    int status = 0;
-    const pid_t pid = waitpid(-1, &status, 0);
-    if (pid < 0) fail("sweep", "waitpid failed while trainings were running");
-    auto it = live.find(pid);
-    if (it == live.end()) continue;
-    const Child c = it->second;
-    live.erase(it);
-    ++done;
-    const std::string base = o.work_dir + "/" + c.run.name + "_s" + std::to_string(c.run.seed);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      // Stop the other trainings this sweep started (by pid) before reporting the failure.
-      for (const auto& [other, ch] : live) {
-        kill(other, SIGTERM);
-        waitpid(other, nullptr, 0);
-      }
-      fail("sweep", "training ", c.run.name, " seed ", c.run.seed, " failed; its log is ", base,
-           ".train.log");
-    }
-    const double secs = std::chrono::duration<double>(Clock::now() - c.start).count();
-    nlohmann::json j;
-    try {
-      std::ifstream f(base + ".train.json");
-      j = nlohmann::json::parse(f);
-    } catch (const nlohmann::json::exception& e) {
-      fail("sweep", base, ".train.json: ", e.what());
-    }
-    const auto& last = j.at("epochs").back();
-    const double val = j.at("val_accuracy").get<double>(),
-                 k = j.at("train_avg_experts").get<double>();
-    std::fprintf(stderr,
-                 "[sweep] trained %s seed %d in %.1f s: val %.2f%%, train K %.3f (%zu/%zu, %.0f s "
-                 "elapsed)\n",
-                 c.run.name.c_str(), c.run.seed, secs, 100.0 * val, k, done, todo.size(),
-                 std::chrono::duration<double>(Clock::now() - t0).count());
-    rows[c.run.name + "," + std::to_string(c.run.seed)] = {
-        c.run.name,
-        c.run.method,
-        fmt(c.run.budget),
-        c.run.balance ? "1" : "0",
-        std::to_string(c.run.seed),
-        fmt(val),
-        fmt(k),
-        fmt(secs),
-        fmt(last.at("samples_per_s").get<double>())};
+    jobs.push_back({train_args(r, o), base + ".train.json", base + ".train.log",
+                    "training " + r.name + " seed " + std::to_string(r.seed)});
   }
+  const auto t0 = Clock::now();
+  size_t done = 0;
+  run_child_jobs(
+      jobs, o.jobs,
+      [&](size_t i, double secs) {
+        const Run& run = todo[i];
+        ++done;
+        const std::string base = o.work_dir + "/" + run.name + "_s" + std::to_string(run.seed);
+        nlohmann::json j;
+        try {
+          std::ifstream f(base + ".train.json");
+          j = nlohmann::json::parse(f);
+        } catch (const nlohmann::json::exception& e) {
+          fail("sweep", base, ".train.json: ", e.what());
+        }
+        const auto& last = j.at("epochs").back();
+        const double val = j.at("val_accuracy").get<double>(),
+                     k = j.at("train_avg_experts").get<double>();
+        std::fprintf(
+            stderr,
+            "[sweep] trained %s seed %d in %.1f s: val %.2f%%, train K %.3f (%zu/%zu, %.0f s "
+            "elapsed)\n",
+            run.name.c_str(), run.seed, secs, 100.0 * val, k, done, todo.size(),
+            std::chrono::duration<double>(Clock::now() - t0).count());
+        rows[run.name + "," + std::to_string(run.seed)] = {
+            run.name,
+            run.method,
+            sig(run.budget),
+            run.balance ? "1" : "0",
+            std::to_string(run.seed),
+            sig(val),
+            sig(k),
+            sig(secs),
+            sig(last.at("samples_per_s").get<double>())};
+      },
+      "sweep");
   return rows;
 }
 
@@ -312,9 +265,9 @@ models::MoeClassifier get_model(const Run& r, const SweepOptions& o, const model
   std::fprintf(stderr, "[sweep] trained %s seed %d in %.1f s: val %.2f%%, train K %.3f\n",
                r.name.c_str(), r.seed, secs, 100.0 * s.epochs.back().val_accuracy,
                s.epochs.back().avg_experts);
-  train_csv.row({r.name, r.method, fmt(r.budget), r.balance ? "1" : "0", std::to_string(r.seed),
-                 fmt(s.epochs.back().val_accuracy), fmt(s.epochs.back().avg_experts), fmt(secs),
-                 fmt(s.epochs.back().samples_per_s)});
+  train_csv.row({r.name, r.method, sig(r.budget), r.balance ? "1" : "0", std::to_string(r.seed),
+                 sig(s.epochs.back().val_accuracy), sig(s.epochs.back().avg_experts), sig(secs),
+                 sig(s.epochs.back().samples_per_s)});
   m.save(path);
   return m;
 }
@@ -372,7 +325,7 @@ int run_sweep(const SweepOptions& in) {
                seed};
   };
   auto delta_run = [](const std::string& meth, double kt, int seed) {
-    return Run{meth + "_K" + fmt(kt), meth, kt, true, seed};
+    return Run{meth + "_K" + sig(kt), meth, kt, true, seed};
   };
   if (o.jobs > 1) {
     std::vector<Run> runs;
@@ -405,11 +358,11 @@ int run_sweep(const SweepOptions& in) {
             const auto& ld = native.load[static_cast<size_t>(l)];
             const LoadStats st = load_stats(ld);
             e2_sum.row({std::to_string(seed), std::to_string(k), bal ? "1" : "0", std::to_string(l),
-                        fmt(st.max_over_mean), fmt(st.cv), fmt(native.accuracy)});
+                        sig(st.max_over_mean), sig(st.cv), sig(native.accuracy)});
             for (int64_t e = 0; e < experts; ++e)
               e2_load.row({std::to_string(seed), std::to_string(k), bal ? "1" : "0",
                            std::to_string(l), std::to_string(e),
-                           fmt(st.share[static_cast<size_t>(e)])});
+                           sig(st.share[static_cast<size_t>(e)])});
           }
         if (in_e1 && seed == 1)
           for (size_t c = 0; c < native.class_expert.size(); ++c)
@@ -426,8 +379,8 @@ int run_sweep(const SweepOptions& in) {
             s.k = ke;
             m.set_policy(s);
             const auto r1 = models::evaluate(m, d.test.images, ty);
-            e1.row({std::to_string(seed), std::to_string(k), std::to_string(ke), fmt(r1.accuracy),
-                    fmt(r1.avg_experts), fmt(r1.expert_flops_per_sample)});
+            e1.row({std::to_string(seed), std::to_string(k), std::to_string(ke), sig(r1.accuracy),
+                    sig(r1.avg_experts), sig(r1.expert_flops_per_sample)});
           }
         m.reset_policies();
         correct_topk[k] = correct_vector(native, ty);
@@ -456,11 +409,11 @@ int run_sweep(const SweepOptions& in) {
         std::vector<std::vector<int32_t>> ks = native.token_k;
         std::mt19937_64 rng(static_cast<uint64_t>(1000 + seed));
         for (auto& layer : ks) std::shuffle(layer.begin(), layer.end(), rng);
-        shuffled = fmt(models::evaluate(m, d.test.images, ty, 1000, &ks).accuracy);
+        shuffled = sig(models::evaluate(m, d.test.images, ty, 1000, &ks).accuracy);
         const auto mn = mcnemar(correct_topk.at(2), correct_vector(native, ty));
         mb = std::to_string(mn.b);
         mc = std::to_string(mn.c);
-        mp = fmt(mn.p_value);
+        mp = sig(mn.p_value);
         // K by class and the K histogram.
         std::vector<double> ksum(10, 0), kcnt(10, 0), kcor(10, 0);
         for (size_t i = 0; i < ty.size(); ++i) {
@@ -469,8 +422,8 @@ int run_sweep(const SweepOptions& in) {
           kcor[static_cast<size_t>(ty[i])] += native.predicted[i] == ty[i];
         }
         for (int c = 0; c < 10; ++c)
-          e3_class.row({std::to_string(seed), r.method, fmt(r.budget), std::to_string(c),
-                        fmt(ksum[c] / kcnt[c]), fmt(kcor[c] / kcnt[c])});
+          e3_class.row({std::to_string(seed), r.method, sig(r.budget), std::to_string(c),
+                        sig(ksum[c] / kcnt[c]), sig(kcor[c] / kcnt[c])});
         std::vector<double> hist(static_cast<size_t>(experts) + 1, 0);
         double tot = 0;
         for (const auto& layer : native.token_k)
@@ -479,11 +432,11 @@ int run_sweep(const SweepOptions& in) {
             tot += 1;
           }
         for (int64_t k = 1; k <= experts; ++k)
-          e3_hist.row({std::to_string(seed), r.method, fmt(r.budget), std::to_string(k),
-                       fmt(hist[static_cast<size_t>(k)] / tot)});
+          e3_hist.row({std::to_string(seed), r.method, sig(r.budget), std::to_string(k),
+                       sig(hist[static_cast<size_t>(k)] / tot)});
       }
-      e3.row({std::to_string(seed), r.method, fmt(r.budget), fmt(native.accuracy),
-              fmt(native.avg_experts), fmt(native.expert_flops_per_sample), fmt(sps), shuffled, mb,
+      e3.row({std::to_string(seed), r.method, sig(r.budget), sig(native.accuracy),
+              sig(native.avg_experts), sig(native.expert_flops_per_sample), sig(sps), shuffled, mb,
               mc, mp});
       std::fprintf(stderr, "[sweep] seed %d %-16s acc %.2f%% K %.3f %.0f samples/s %s\n", seed,
                    r.name.c_str(), 100.0 * native.accuracy, native.avg_experts, sps,
@@ -504,26 +457,7 @@ int run_sweep(const SweepOptions& in) {
 
   bool plots = false;
   if (!o.no_plots) {
-    // The first python3 that has matplotlib: the one on PATH, else Debian's, where
-    // scripts/install-deps.sh puts python3-matplotlib (a PATH python3 may be another install,
-    // a pyenv or a venv, without it).
-    std::string python;
-    for (const char* cand : {"python3", "/usr/bin/python3"})
-      if (std::system((std::string(cand) + " -c 'import matplotlib' >/dev/null 2>&1").c_str()) ==
-          0) {
-        python = cand;
-        break;
-      }
-    if (python.empty()) {
-      std::fprintf(stderr,
-                   "[sweep] plots skipped: no python3 with matplotlib (scripts/install-deps.sh "
-                   "installs Debian's python3-matplotlib)\n");
-    } else {
-      const std::string cmd = python + " " + std::string(DELTAMOE_SOURCE_DIR) +
-                              "/python/plot_delta_moe.py --dir '" + dir + "'";
-      plots = std::system(cmd.c_str()) == 0;
-      if (!plots) std::fprintf(stderr, "[sweep] plotting failed: %s\n", cmd.c_str());
-    }
+    plots = run_plot_script("plot_delta_moe.py", dir, "sweep");
   }
   ReportInputs ri{o.quick, o.seeds, o.epochs, o.max_train,   o.threads,
                   secs,    plots,   o.jobs,   recipe_text(o)};

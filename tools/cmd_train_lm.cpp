@@ -29,12 +29,13 @@ constexpr const char* kStateFile = "trainer_state.safetensors";
 
 struct Opts {
   cli::RoutingCli routing;
-  std::string data, out;
+  std::string data, out, tokenizer, teacher;
   int64_t vocab = 2048, layers = 2, hidden = 128, heads = 4, kv_heads = 2, experts = 8, top_k = 2,
-          inter = 256, seq_len = 64, batch = 16, steps = 300, warmup = 20, checkpoint_every = 0;
+          inter = 256, shared_inter = 0, seq_len = 64, batch = 16, steps = 300, warmup = 20,
+          checkpoint_every = 0;
   int64_t eval_tokens = 0;
   float lr = 3e-3f;
-  double balance_alpha = 0.01;
+  double balance_alpha = 0.01, distill_weight = 0.5;
   uint64_t seed = 1;
   int threads = 2;
   bool tie = false, force = false, resume = false, json = false, no_progress = false;
@@ -50,9 +51,23 @@ std::string read_file(const std::string& path) {
 
 io::HfConfig make_config(const Opts& o, int32_t vocab) {
   io::HfConfig c;
-  c.arch = io::HfArch::mixtral;
-  c.architecture = "MixtralForCausalLM";
-  c.model_type = "mixtral";
+  if (o.shared_inter > 0) {
+    // PR-MoE's residual design as Hugging Face's Qwen2-MoE: a shared expert beside the routed
+    // ones (with Qwen2-MoE's sigmoid gate and q/k/v biases). Routed weights: p as it is
+    // (norm_topk_prob false, Qwen2-MoE's default; with top-1, renormalised weights are 1 and
+    // the router learns from the balance loss alone), unless --routing top-k:K asks for
+    // renormalised ones, which the config then records so that transformers agrees.
+    c.arch = io::HfArch::qwen2_moe;
+    c.architecture = "Qwen2MoeForCausalLM";
+    c.model_type = "qwen2_moe";
+    c.attention_bias = true;
+    c.shared_expert_intermediate_size = o.shared_inter;
+    c.norm_topk_prob = o.routing.routing.rfind("top-k:", 0) == 0;
+  } else {
+    c.arch = io::HfArch::mixtral;
+    c.architecture = "MixtralForCausalLM";
+    c.model_type = "mixtral";
+  }
   c.vocab_size = vocab;
   c.hidden_size = o.hidden;
   c.num_hidden_layers = o.layers;
@@ -86,8 +101,25 @@ deltamoe::cli::CommandRegistrar reg(
                      "files of " +
                          std::string(io::kFortunesDir));
       const auto range = [](int64_t lo, int64_t hi) { return CLI::Range(lo, hi); };
-      app.add_option("--vocab", o->vocab, "Tokenizer vocabulary (trained on the training split)")
-          ->check(range(300, 1 << 20))
+      auto* vocab = app.add_option("--vocab", o->vocab,
+                                   "Tokenizer vocabulary (trained on the training split)")
+                        ->check(range(300, 1 << 20))
+                        ->capture_default_str();
+      app.add_option("--tokenizer", o->tokenizer,
+                     "Use this tokenizer.json (it must have <|endoftext|>) instead of training one "
+                     "(models compared token by token need the same tokenizer)")
+          ->check(CLI::ExistingFile)
+          ->excludes(vocab);
+      app.add_option("--teacher", o->teacher,
+                     "Distil this trained model directory (Mixture-of-Students): the student "
+                     "also learns its next-token distribution, and takes its tokenizer")
+          ->check(CLI::ExistingDirectory)
+          ->excludes(vocab)
+          ->excludes("--tokenizer");
+      app.add_option("--distill-weight", o->distill_weight,
+                     "With --teacher: loss = (1 - W) cross-entropy + W cross-entropy against "
+                     "the teacher's distribution")
+          ->check(cli::finite_in(0.0, 1.0))
           ->capture_default_str();
       app.add_option("--layers", o->layers, "Decoder layers")
           ->check(range(1, 64))
@@ -111,6 +143,11 @@ deltamoe::cli::CommandRegistrar reg(
           ->capture_default_str();
       app.add_option("--inter", o->inter, "Expert intermediate size")
           ->check(range(1, 1 << 16))
+          ->capture_default_str();
+      app.add_option("--shared-inter", o->shared_inter,
+                     "Intermediate size of a shared expert beside the routed ones (PR-MoE's "
+                     "residual design; writes Qwen2MoeForCausalLM, 0: none, Mixtral)")
+          ->check(range(0, 1 << 16))
           ->capture_default_str();
       app.add_flag("--tie-embeddings", o->tie, "tie_word_embeddings (no lm_head.weight)");
       app.add_option("--seq-len", o->seq_len, "Tokens per training sequence")
@@ -153,10 +190,13 @@ deltamoe::cli::CommandRegistrar reg(
       cli::show_default(app, {"--target-k"}, "none");
       app.parse_complete_callback([&app, o] {
         o->routing.check(app);
+        if (app.count("--distill-weight") && o->teacher.empty())
+          throw CLI::ValidationError("--distill-weight", "needs --teacher");
         // A resumed run keeps the model it resumes: shape flags would be silently ignored.
         if (o->resume)
-          for (const char* f : {"--vocab", "--layers", "--hidden", "--heads", "--kv-heads",
-                                "--experts", "--top-k", "--inter", "--tie-embeddings"})
+          for (const char* f :
+               {"--vocab", "--tokenizer", "--layers", "--hidden", "--heads", "--kv-heads",
+                "--experts", "--top-k", "--inter", "--shared-inter", "--tie-embeddings"})
             if (app.count(f))
               throw CLI::ValidationError(f,
                                          "cannot change with --resume (the run in --out keeps "
@@ -200,6 +240,9 @@ deltamoe::cli::CommandRegistrar reg(
           }
           lm = std::make_unique<models::TrainableMoeLm>(
               cfg, io::load_hf_weights(cfg, io::HfCheckpoint::open(o->out)));
+        } else if (!o->tokenizer.empty() || !o->teacher.empty()) {
+          tok_json = read_file(o->teacher.empty() ? o->tokenizer : o->teacher + "/tokenizer.json");
+          while (!tok_json.empty() && tok_json.back() == '\n') tok_json.pop_back();
         } else {
           io::BpeTrainOptions bo;
           bo.vocab_size = static_cast<int32_t>(o->vocab);
@@ -211,10 +254,15 @@ deltamoe::cli::CommandRegistrar reg(
           cfg = make_config(*o, tok->vocab_size());
           lm = std::make_unique<models::TrainableMoeLm>(cfg, o->seed);
         }
-        if (rc.routing.empty()) rc.routing = "top-k:" + std::to_string(cfg.num_experts_per_tok);
+        if (rc.routing.empty())
+          rc.routing = (cfg.norm_topk_prob ? "top-k:" : "top-k-raw:") +
+                       std::to_string(cfg.num_experts_per_tok);
         const moe::PolicySpec spec = rc.spec(cfg.num_experts);
         lm->set_policy(moe::make_policy(spec, cfg.num_experts));
         const int32_t sep = tok->token_id(kSeparator);
+        DELTAMOE_CHECK(sep >= 0, kComp, o->tokenizer.empty() ? o->out : o->tokenizer,
+                       ": the tokenizer has no ", kSeparator,
+                       " token (documents are separated by it)");
         const std::vector<int32_t> train = models::token_stream(*tok, split.train, sep);
         const std::vector<int32_t> val = models::token_stream(*tok, split.validation, sep);
         nn::AdamOptions ao;
@@ -229,6 +277,18 @@ deltamoe::cli::CommandRegistrar reg(
         to.balance_alpha = o->balance_alpha;
         to.seed = o->seed;
         to.progress = !o->no_progress;
+        std::unique_ptr<models::TrainableMoeLm> teacher;
+        if (!o->teacher.empty()) {
+          teacher = models::load_trainable_lm(o->teacher);
+          to.teacher = teacher.get();
+          to.distill_weight = o->distill_weight;
+          if (to.progress)
+            std::fprintf(stderr,
+                         "train-lm: distilling %s (%s, %lld layers, routing %s), weight %g\n",
+                         o->teacher.c_str(), teacher->config().architecture.c_str(),
+                         static_cast<long long>(teacher->config().num_hidden_layers),
+                         teacher->policy().name().c_str(), o->distill_weight);
+        }
         if (o->resume) to.start_step = models::load_train_state(*lm, adam, state_path);
         DELTAMOE_CHECK(to.start_step < to.steps || !o->resume, kComp, "--resume: ", state_path,
                        " has ", to.start_step, " steps done, --steps is ", to.steps);

@@ -14,6 +14,23 @@
 
 namespace deltamoe::cli::sweep {
 
+std::string sig(double v, int prec) {
+  if (std::isnan(v)) return "–";
+  std::ostringstream os;
+  os.precision(prec);
+  os << v;
+  return os.str();
+}
+
+std::string fixed(double v, int decimals) {
+  if (std::isnan(v)) return "–";
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(decimals);
+  os << v;
+  return os.str();
+}
+
 void Csv::row(std::vector<std::string> cells) {
   DELTAMOE_ASSERT(cells.size() == header_.size(), "csv row of ", cells.size(), " cells for ",
                   header_.size(), " columns");
@@ -94,23 +111,45 @@ MeanCi mean_ci(const std::vector<double>& v) {
   return r;
 }
 
+double interpolate(const std::vector<std::pair<double, double>>& c, double x) {
+  if (c.empty()) return std::nan("");
+  if (x <= c.front().first) return c.front().second;
+  if (x >= c.back().first) return c.back().second;
+  for (size_t i = 1; i < c.size(); ++i)
+    if (x <= c[i].first) {
+      const double t = (x - c[i - 1].first) / (c[i].first - c[i - 1].first);
+      return c[i - 1].second + t * (c[i].second - c[i - 1].second);
+    }
+  return c.back().second;
+}
+
+PairedT paired_t(const std::vector<double>& a, const std::vector<double>& b) {
+  DELTAMOE_CHECK(a.size() == b.size() && a.size() >= 2, "sweep", "paired test on ", a.size(),
+                 " vs ", b.size(), " units");
+  PairedT r;
+  r.n = static_cast<int64_t>(a.size());
+  const double n = static_cast<double>(a.size());
+  for (size_t i = 0; i < a.size(); ++i) r.mean += a[i] - b[i];
+  r.mean /= n;
+  double ss = 0;
+  for (size_t i = 0; i < a.size(); ++i) ss += (a[i] - b[i] - r.mean) * (a[i] - b[i] - r.mean);
+  const double se = std::sqrt(ss / (n - 1.0) / n);
+  r.half = 1.96 * se;
+  if (se > 0)
+    r.p_value = std::erfc(std::abs(r.mean / se) / std::sqrt(2.0));
+  else
+    r.p_value = r.mean == 0 ? 1.0 : 0.0;
+  return r;
+}
+
 namespace {
 
 double num(const std::string& s) {
   return s.empty() ? std::nan("") : std::stod(s);
 }
 
-std::string f(double v, int prec) {
-  if (std::isnan(v)) return "–";
-  std::ostringstream os;
-  os.setf(std::ios::fixed);
-  os.precision(prec);
-  os << v;
-  return os.str();
-}
-
 std::string pct(const MeanCi& m) {
-  return f(100 * m.mean, 2) + " ± " + f(100 * m.half, 2);
+  return fixed(100 * m.mean, 2) + " ± " + fixed(100 * m.half, 2);
 }
 
 struct Config {
@@ -132,7 +171,7 @@ nlohmann::json write_report(const std::string& dir, const ReportInputs& in, cons
      << " seeds, " << in.epochs << " epochs on "
      << (in.max_train > 0 ? std::to_string(in.max_train) : std::string("55000"))
      << " training images, " << in.threads << " thread(s) for evaluation and timing, " << in.jobs
-     << " training(s) at a time, " << f(in.seconds / 60.0, 1)
+     << " training(s) at a time, " << fixed(in.seconds / 60.0, 1)
      << " min). Test set: the 10 000 Fashion-MNIST test images; validation: the last 5 000 "
         "training images. Intervals are 95% t-intervals over seeds; McNemar's test pairs each "
         "model with the fixed top-2 model of the same seed (p pooled over seeds by summing the "
@@ -180,17 +219,7 @@ nlohmann::json write_report(const std::string& dir, const ReportInputs& in, cons
   for (const auto& [cfg, a] : agg)
     if (cfg.method == "top-k") curve.emplace_back(mean_ci(a.fl).mean, mean_ci(a.acc).mean);
   std::sort(curve.begin(), curve.end());
-  auto interp = [&](double x) {
-    if (curve.empty()) return std::nan("");
-    if (x <= curve.front().first) return curve.front().second;
-    if (x >= curve.back().first) return curve.back().second;
-    for (size_t i = 1; i < curve.size(); ++i)
-      if (x <= curve[i].first) {
-        const double t = (x - curve[i - 1].first) / (curve[i].first - curve[i - 1].first);
-        return curve[i - 1].second + t * (curve[i].second - curve[i - 1].second);
-      }
-    return curve.back().second;
-  };
+  auto interp = [&](double x) { return interpolate(curve, x); };
 
   // ---------------- verdict
   const MeanCi top2 = agg.count({"top-k", 2}) ? mean_ci(agg[{"top-k", 2}].acc) : MeanCi{};
@@ -213,9 +242,9 @@ nlohmann::json write_report(const std::string& dir, const ReportInputs& in, cons
       ++target_hits;
       if (ratio.mean > best_ratio) {
         best_ratio = ratio.mean;
-        best_desc = cfg.method + " K*=" + f(cfg.budget, 2) + " (avg K " + f(k, 3) + ", accuracy " +
-                    f(100 * acc.mean, 2) + "% vs top-2 " + f(100 * top2.mean, 2) + "%, " +
-                    f(ratio.mean, 2) + "x top-2 samples/s)";
+        best_desc = cfg.method + " K*=" + fixed(cfg.budget, 2) + " (avg K " + fixed(k, 3) +
+                    ", accuracy " + fixed(100 * acc.mean, 2) + "% vs top-2 " +
+                    fixed(100 * top2.mean, 2) + "%, " + fixed(ratio.mean, 2) + "x top-2 samples/s)";
       }
     }
     if (!a.sh.empty()) {
@@ -277,7 +306,7 @@ nlohmann::json write_report(const std::string& dir, const ReportInputs& in, cons
     md << "\n";
     for (auto& [kt, row] : t) {
       md << "| " << kt << " |";
-      for (int k : kes) md << " " << f(100 * mean_ci(row[k]).mean, 2) << " |";
+      for (int k : kes) md << " " << fixed(100 * mean_ci(row[k]).mean, 2) << " |";
       md << "\n";
     }
     if (in.plots) md << "\n![E1 heatmap](delta-moe-e1.png)\n";
@@ -301,9 +330,9 @@ nlohmann::json write_report(const std::string& dir, const ReportInputs& in, cons
        << "| k | balance loss | max/mean | CV | accuracy (%) |\n|---|---|---|---|---|\n";
     for (auto& [key, v] : t)
       md << "| " << key.first << " | " << (key.second ? "α = 0.01" : "none") << " | "
-         << f(mean_ci(v[0]).mean, 2) << " ± " << f(mean_ci(v[0]).half, 2) << " | "
-         << f(mean_ci(v[1]).mean, 2) << " ± " << f(mean_ci(v[1]).half, 2) << " | "
-         << f(100 * mean_ci(v[2]).mean, 2) << " |\n";
+         << fixed(mean_ci(v[0]).mean, 2) << " ± " << fixed(mean_ci(v[0]).half, 2) << " | "
+         << fixed(mean_ci(v[1]).mean, 2) << " ± " << fixed(mean_ci(v[1]).half, 2) << " | "
+         << fixed(100 * mean_ci(v[2]).mean, 2) << " |\n";
     if (in.plots)
       md << "\n![E2 load](delta-moe-e2-load.png)\n\n![E2 class x "
             "expert](delta-moe-e2-class-expert.png)\n";
@@ -323,13 +352,15 @@ nlohmann::json write_report(const std::string& dir, const ReportInputs& in, cons
   for (auto& [cfg, a] : agg) {
     const MeanCi acc = mean_ci(a.acc);
     const double fl = mean_ci(a.fl).mean;
-    md << "| " << cfg.method << " | " << f(cfg.budget, 2) << " | " << pct(acc) << " | "
-       << f(mean_ci(a.k).mean, 3) << " | " << f(fl / 1e6, 3) << " | " << f(mean_ci(a.sps).mean, 0)
-       << " | " << f(mean_ci(a.ratio).mean, 2) << " | " << f(100 * mean_ci(a.dacc).mean, 2) << " ± "
-       << f(100 * mean_ci(a.dacc).half, 2) << " | "
-       << (cfg.method == "top-k" ? std::string("–") : f(mcnemar_counts(a.b, a.c).p_value, 3))
-       << " | " << (cfg.method == "top-k" ? std::string("–") : f(100 * (acc.mean - interp(fl)), 2))
-       << " | " << (a.sh.empty() ? std::string("–") : f(100 * mean_ci(a.sh).mean, 2)) << " |\n";
+    md << "| " << cfg.method << " | " << fixed(cfg.budget, 2) << " | " << pct(acc) << " | "
+       << fixed(mean_ci(a.k).mean, 3) << " | " << fixed(fl / 1e6, 3) << " | "
+       << fixed(mean_ci(a.sps).mean, 0) << " | " << fixed(mean_ci(a.ratio).mean, 2) << " | "
+       << fixed(100 * mean_ci(a.dacc).mean, 2) << " ± " << fixed(100 * mean_ci(a.dacc).half, 2)
+       << " | "
+       << (cfg.method == "top-k" ? std::string("–") : fixed(mcnemar_counts(a.b, a.c).p_value, 3))
+       << " | "
+       << (cfg.method == "top-k" ? std::string("–") : fixed(100 * (acc.mean - interp(fl)), 2))
+       << " | " << (a.sh.empty() ? std::string("–") : fixed(100 * mean_ci(a.sh).mean, 2)) << " |\n";
   }
   if (in.plots)
     md << "\n![E3 accuracy vs FLOPs](delta-moe-e3-flops.png)\n\n"
@@ -359,8 +390,8 @@ nlohmann::json write_report(const std::string& dir, const ReportInputs& in, cons
     for (int c = 0; c < 10; ++c) {
       md << "| " << names[c] << " |";
       for (auto& [m, rows] : t)
-        md << " " << f(mean_ci(rows[c].first).mean, 3) << " | "
-           << f(100 * mean_ci(rows[c].second).mean, 1) << " |";
+        md << " " << fixed(mean_ci(rows[c].first).mean, 3) << " | "
+           << fixed(100 * mean_ci(rows[c].second).mean, 1) << " |";
       md << "\n";
     }
     if (in.plots) md << "\n![K by class](delta-moe-e3-k-by-class.png)\n";
@@ -373,13 +404,13 @@ nlohmann::json write_report(const std::string& dir, const ReportInputs& in, cons
     double tot = 0;
     for (const auto& r : train.rows()) tot += num(r[s_t]);
     md << "\n## Runs\n\n"
-       << train.rows().size() << " models trained in this invocation (" << f(tot / 60.0, 1)
+       << train.rows().size() << " models trained in this invocation (" << fixed(tot / 60.0, 1)
        << " min of training summed over runs, " << in.jobs
        << " at a time; models found in the work directory are reused and "
           "not listed). Per-run validation accuracy and time are in `delta-moe-train.csv`";
     if (!train.rows().empty())
-      md << " (e.g. " << train.rows()[0][s_n] << ": val " << f(100 * num(train.rows()[0][s_v]), 2)
-         << "%)";
+      md << " (e.g. " << train.rows()[0][s_n] << ": val "
+         << fixed(100 * num(train.rows()[0][s_v]), 2) << "%)";
     md << ".\n\nCSV files: `delta-moe-e1.csv`, `delta-moe-e2-summary.csv`, "
           "`delta-moe-e2-load.csv`, "
           "`delta-moe-e2-class-expert.csv`, `delta-moe-e3.csv`, `delta-moe-e3-k-by-class.csv`, "

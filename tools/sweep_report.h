@@ -4,11 +4,18 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 namespace deltamoe::cli::sweep {
+
+/// `v` with `prec` significant digits (shortest form, as CSV cells and flags take it); "–"
+/// for NaN.
+std::string sig(double v, int prec = 4);
+/// `v` with `decimals` digits after the point (report tables); "–" for NaN.
+std::string fixed(double v, int decimals);
 
 /// A table of strings with a header; written atomically as CSV.
 class Csv {
@@ -47,6 +54,20 @@ struct MeanCi {
   int n = 0;
 };
 MeanCi mean_ci(const std::vector<double>& v);
+
+/// Paired comparison of two measurements on the same units (e.g. per-window mean losses of
+/// two models on the same validation windows): mean of first − second, the half-width of its
+/// 95% interval and the two-sided p-value of the paired t-test (normal approximation, for the
+/// hundreds of units the sweeps pair; p = 1 when every difference is 0).
+struct PairedT {
+  double mean = 0, half = 0, p_value = 1.0;
+  int64_t n = 0;
+};
+PairedT paired_t(const std::vector<double>& first, const std::vector<double>& second);
+
+/// y at `x` on the piecewise-linear curve of (x, y) points sorted by x; the end values
+/// outside it; NaN for an empty curve.
+double interpolate(const std::vector<std::pair<double, double>>& curve, double x);
 
 struct ReportInputs {
   bool quick;

@@ -25,6 +25,7 @@ std::vector<int32_t> vjp_reads(const Node& n, size_t k) {
     case Op::gelu:
     case Op::silu:
     case Op::softplus:
+    case Op::sigmoid:
       return {in[0]};
     case Op::scale:
     case Op::add:

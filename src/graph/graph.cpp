@@ -33,6 +33,8 @@ const char* op_name(Op op) {
       return "silu";
     case Op::softplus:
       return "softplus";
+    case Op::sigmoid:
+      return "sigmoid";
     case Op::add:
       return "add";
     case Op::mul:
@@ -240,7 +242,14 @@ Var Graph::silu(Var x) {
   Node n;
   n.op = Op::silu;
   n.inputs = {x.id};
-  n.value = map_unary(value(x), [](float v) { return v * sigmoid(v); });
+  n.value = map_unary(value(x), [](float v) { return v * deltamoe::graph::sigmoid(v); });
+  return push(std::move(n));
+}
+Var Graph::sigmoid(Var x) {
+  Node n;
+  n.op = Op::sigmoid;
+  n.inputs = {x.id};
+  n.value = map_unary(value(x), [](float v) { return deltamoe::graph::sigmoid(v); });
   return push(std::move(n));
 }
 Var Graph::softplus(Var x) {

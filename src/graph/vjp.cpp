@@ -30,7 +30,6 @@ void Graph::backward(Var loss) {
   }
 }
 
-
 void Graph::vjp(int32_t id) {
   // Copies of the handles (Tensor is a shared view): grad_of() may grow nothing, but keeps
   // the code free of references into nodes_ across calls.
@@ -78,6 +77,7 @@ void Graph::vjp(int32_t id) {
     case Op::relu:
     case Op::silu:
     case Op::softplus:
+    case Op::sigmoid:
     case Op::scale: {
       if (!wants(nodes_, in[0])) return;
       const float* x = val(0).data<float>();
@@ -92,13 +92,18 @@ void Graph::vjp(int32_t id) {
               d = x[i] > 0.0f ? 1.0f : 0.0f;
               break;
             case Op::silu: {
-              const float sg = sigmoid(x[i]);
+              const float sg = deltamoe::graph::sigmoid(x[i]);
               d = sg * (1.0f + x[i] * (1.0f - sg));
               break;
             }
             case Op::softplus:
-              d = sigmoid(x[i]);
+              d = deltamoe::graph::sigmoid(x[i]);
               break;
+            case Op::sigmoid: {
+              const float sg = deltamoe::graph::sigmoid(x[i]);
+              d = sg * (1.0f - sg);
+              break;
+            }
             default:
               d = s;
               break;

@@ -30,11 +30,16 @@ double since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// Mean over the MoE layers (a dense layer's routing is empty).
 double mean_experts_of(const LmTrainForward& f) {
-  if (f.routing.empty()) return 0.0;
   double s = 0.0;
-  for (const auto& r : f.routing) s += r.mean_experts();
-  return s / static_cast<double>(f.routing.size());
+  int moe_layers = 0;
+  for (const auto& r : f.routing)
+    if (r.tokens() > 0) {
+      s += r.mean_experts();
+      ++moe_layers;
+    }
+  return moe_layers > 0 ? s / moe_layers : 0.0;
 }
 
 // Warmup, then cosine from 1 to 0.1.
@@ -72,6 +77,9 @@ LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector
   const int64_t n = static_cast<int64_t>(train.size());
   DELTAMOE_CHECK(n > o.seq_len, kComp, "the training stream has ", n,
                  " tokens, fewer than one window of ", o.seq_len + 1);
+  DELTAMOE_CHECK(!o.teacher || o.teacher->config().vocab_size == model.config().vocab_size, kComp,
+                 "the teacher's vocabulary (", o.teacher ? o.teacher->config().vocab_size : 0,
+                 ") is not the student's (", model.config().vocab_size, ")");
   LmTrainSummary s;
   const auto t0 = Clock::now();
   const int64_t report = std::max<int64_t>(1, o.steps / 20);
@@ -90,7 +98,10 @@ LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector
     LmTrainForwardOptions fo;
     fo.balance_alpha = o.balance_alpha;
     const LmTrainForward fwd = model.forward(g, tokens, o.seq_len, fo);
-    const graph::Var loss = model.loss(g, fwd, tokens, o.seq_len);
+    std::vector<float> soft;
+    if (o.teacher) soft = o.teacher->teacher_distribution(tokens, o.seq_len);
+    const graph::Var loss =
+        model.loss(g, fwd, tokens, o.seq_len, o.teacher ? &soft : nullptr, o.distill_weight);
     g.backward(loss);
     adam.step(lr_scale(step, o.steps, o.warmup));
     const double l = g.scalar(loss), k = mean_experts_of(fwd);
@@ -135,34 +146,78 @@ LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector
 }
 
 LmEval evaluate_lm(TrainableMoeLm& model, const std::vector<int32_t>& stream, int64_t seq_len,
-                   int64_t batch, int64_t max_tokens) {
+                   int64_t batch, int64_t max_tokens, LmEvalDetail* detail,
+                   const std::vector<std::vector<int32_t>>* forced_ks) {
   DELTAMOE_CHECK(seq_len >= 2 && batch >= 1, kComp, "bad shape: batch ", batch, ", seq_len ",
                  seq_len);
   int64_t windows = static_cast<int64_t>(stream.size()) / seq_len;
   if (max_tokens > 0) windows = std::min(windows, std::max<int64_t>(1, max_tokens / seq_len));
   DELTAMOE_CHECK(windows > 0, kComp, "the evaluation stream has ", stream.size(),
                  " tokens, fewer than one window of ", seq_len);
+  const int64_t layers = model.config().num_hidden_layers, E = model.config().num_experts;
+  if (forced_ks) {
+    DELTAMOE_CHECK(static_cast<int64_t>(forced_ks->size()) == layers, kComp, "forced_ks has ",
+                   forced_ks->size(), " layers, the model ", layers);
+    for (const auto& ks : *forced_ks)
+      DELTAMOE_CHECK(static_cast<int64_t>(ks.size()) >= windows * seq_len, kComp, "forced_ks has ",
+                     ks.size(), " tokens for ", windows * seq_len);
+  }
+  if (detail) {
+    *detail = LmEvalDetail{};
+    detail->token_k.assign(static_cast<size_t>(layers), {});
+    detail->load.assign(static_cast<size_t>(layers), std::vector<int64_t>(static_cast<size_t>(E)));
+  }
   LmEval e;
   double nats = 0.0, k = 0.0;
-  int64_t forwards = 0;
+  std::vector<std::vector<int32_t>> forced_batch;
   const auto t0 = Clock::now();
   for (int64_t w0 = 0; w0 < windows; w0 += batch) {
     const int64_t nb = std::min(batch, windows - w0);
     const std::vector<int32_t> tokens(stream.begin() + w0 * seq_len,
                                       stream.begin() + (w0 + nb) * seq_len);
     graph::Graph g(false);
-    const LmTrainForward fwd = model.forward(g, tokens, seq_len);
+    LmTrainForwardOptions fo;
+    if (forced_ks) {
+      forced_batch.resize(static_cast<size_t>(layers));
+      for (int64_t l = 0; l < layers; ++l) {
+        const auto& src = (*forced_ks)[static_cast<size_t>(l)];
+        forced_batch[static_cast<size_t>(l)].assign(src.begin() + w0 * seq_len,
+                                                    src.begin() + (w0 + nb) * seq_len);
+      }
+      fo.forced_ks = &forced_batch;
+    }
+    const LmTrainForward fwd = model.forward(g, tokens, seq_len, fo);
     const graph::Var loss = model.loss(g, fwd, tokens, seq_len);
     const int64_t predicted = nb * (seq_len - 1);
     nats += static_cast<double>(g.scalar(loss)) * static_cast<double>(predicted);
     e.tokens += predicted;
-    k += mean_experts_of(fwd);
-    ++forwards;
+    k += mean_experts_of(fwd) * static_cast<double>(nb * seq_len);  // a last batch may be short
+    if (detail) {
+      // Log-softmax of each predicting row at its label, in double.
+      const Tensor& logits = g.value(fwd.logits);
+      const int64_t V = logits.shape()[1];
+      for (int64_t i = 0; i < nb * seq_len; ++i) {
+        if (i % seq_len == seq_len - 1) continue;
+        const float* row = logits.data<float>() + i * V;
+        const float mx = *std::max_element(row, row + V);
+        double sum = 0.0;
+        for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v] - mx));
+        const double lse = static_cast<double>(mx) + std::log(sum);
+        detail->token_loss.push_back(
+            static_cast<float>(lse - static_cast<double>(row[tokens[static_cast<size_t>(i + 1)]])));
+      }
+      for (int64_t l = 0; l < layers; ++l) {
+        const moe::RoutingResult& rr = fwd.routing[static_cast<size_t>(l)];
+        auto& tk = detail->token_k[static_cast<size_t>(l)];
+        for (int64_t t = 0; t < rr.tokens(); ++t) tk.push_back(rr.experts_of(t));
+        for (int32_t id : rr.expert_ids) ++detail->load[static_cast<size_t>(l)][id];
+      }
+    }
   }
   const double el = since(t0);
   e.loss = nats / static_cast<double>(e.tokens);
   e.perplexity = std::exp(e.loss);
-  e.mean_experts = k / static_cast<double>(forwards);
+  e.mean_experts = k / static_cast<double>(windows * seq_len);
   e.tokens_per_s = static_cast<double>(windows * seq_len) / std::max(el, 1e-9);
   return e;
 }
@@ -191,6 +246,18 @@ void save_lm(const TrainableMoeLm& model, const std::string& routing, const moe:
   tc["model_max_length"] = model.config().max_position_embeddings;
   tc["tokenizer_class"] = "PreTrainedTokenizerFast";
   write_text(dir + "/tokenizer_config.json", tc.dump(2) + "\n");
+}
+
+std::unique_ptr<TrainableMoeLm> load_trainable_lm(const std::string& dir) {
+  const io::HfConfig cfg = io::HfConfig::load(dir);
+  auto lm =
+      std::make_unique<TrainableMoeLm>(cfg, io::load_hf_weights(cfg, io::HfCheckpoint::open(dir)));
+  if (!cfg.deltamoe_routing_json.empty()) {
+    const auto j = nlohmann::json::parse(cfg.deltamoe_routing_json);
+    if (j.contains("trained"))
+      lm->set_policy(moe::make_policy(policy_from_json(j.at("trained")), cfg.num_experts));
+  }
+  return lm;
 }
 
 void save_train_state(const TrainableMoeLm& model, nn::Adam& adam, int64_t steps_done,

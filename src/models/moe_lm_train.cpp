@@ -1,6 +1,8 @@
 // TrainableMoeLm: the Mixtral forward on a graph::Graph tape (see moe_lm_train.h).
 #include "deltamoe/models/moe_lm_train.h"
 
+#include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "deltamoe/core/error.h"
@@ -27,19 +29,32 @@ void copy_into(Tensor& dst, const Tensor& src, const std::string& name) {
 
 void TrainableMoeLm::check_config() const {
   const io::HfConfig& c = cfg_;
-  DELTAMOE_CHECK(c.arch == io::HfArch::mixtral, kComp, "only MixtralForCausalLM is trainable, got ",
+  const bool qwen2 = c.arch == io::HfArch::qwen2_moe;
+  DELTAMOE_CHECK(c.arch == io::HfArch::mixtral || qwen2, kComp,
+                 "only MixtralForCausalLM and Qwen2MoeForCausalLM are trainable, got ",
                  c.architecture);
-  DELTAMOE_CHECK(!c.attention_bias && !c.o_proj_bias && c.qk_norm == io::HfConfig::QkNorm::none &&
-                     c.shared_expert_intermediate_size == 0 && !c.clip_qkv,
+  DELTAMOE_CHECK(!c.o_proj_bias && c.qk_norm == io::HfConfig::QkNorm::none && !c.clip_qkv &&
+                     (qwen2 || (!c.attention_bias && c.shared_expert_intermediate_size == 0)),
                  kComp,
-                 "config has attention biases, q/k norms, a shared expert or clip_qkv, "
-                 "which the trainable Mixtral does not have");
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-    DELTAMOE_CHECK(c.is_moe_layer(l), kComp, "layer ", l, " is dense; every layer must be MoE");
+                 "config has an o_proj bias, q/k norms or clip_qkv (or a Mixtral with attention "
+                 "biases or a shared expert), which the trainable model does not have");
+  if (!qwen2)
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+      DELTAMOE_CHECK(c.is_moe_layer(l), kComp, "layer ", l,
+                     " is dense; every Mixtral layer is MoE");
 }
 
 std::string TrainableMoeLm::layer_prefix(int64_t l) const {
   return "model.layers." + std::to_string(l) + ".";
+}
+
+TrainableMoeLm::Names TrainableMoeLm::names(int64_t l) const {
+  // The names io::hf_tensor_specs gives (per-expert layout): Mixtral's block_sparse_moe with
+  // w1 / w3 / w2, or the mlp. prefix with gate_proj / up_proj / down_proj.
+  const bool mixtral = cfg_.arch == io::HfArch::mixtral;
+  return Names{layer_prefix(l) + (mixtral ? "block_sparse_moe." : "mlp."),
+               mixtral ? "w1.weight" : "gate_proj.weight", mixtral ? "w3.weight" : "up_proj.weight",
+               mixtral ? "w2.weight" : "down_proj.weight"};
 }
 
 void TrainableMoeLm::add_params() {
@@ -57,6 +72,8 @@ TrainableMoeLm::TrainableMoeLm(const io::HfConfig& config, uint64_t seed) : cfg_
   for (auto& p : params_.params()) {
     if (p.name.find("norm") != std::string::npos)
       p.value.fill(1.0f);
+    else if (p.name.size() > 5 && p.name.compare(p.name.size() - 5, 5, ".bias") == 0)
+      p.value.fill(0.0f);
     else
       nn::init_normal(p.value, 0.02f, rng);
   }
@@ -71,24 +88,40 @@ TrainableMoeLm::TrainableMoeLm(const io::HfConfig& config, const io::HfModelWeig
                  w.layers.size(), " layers of weights for ", cfg_.num_hidden_layers);
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
     const io::HfLayerWeights& ly = w.layers[static_cast<size_t>(l)];
-    const std::string p = layer_prefix(l), a = p + "self_attn.", m = p + "block_sparse_moe.";
-    const std::pair<const char*, const Tensor*> dense[] = {
-        {"input_layernorm.weight", &ly.input_norm},
-        {"post_attention_layernorm.weight", &ly.post_attn_norm},
-        {"self_attn.q_proj.weight", &ly.q},
-        {"self_attn.k_proj.weight", &ly.k},
-        {"self_attn.v_proj.weight", &ly.v},
-        {"self_attn.o_proj.weight", &ly.o},
-        {"block_sparse_moe.gate.weight", &ly.router}};
-    for (const auto& [name, t] : dense) copy_into(params_.get(p + name), *t, p + name);
+    const std::string p = layer_prefix(l);
+    auto copy = [&](const std::string& name, const Tensor& t) {
+      copy_into(params_.get(p + name), t, p + name);
+    };
+    copy("input_layernorm.weight", ly.input_norm);
+    copy("post_attention_layernorm.weight", ly.post_attn_norm);
+    copy("self_attn.q_proj.weight", ly.q);
+    copy("self_attn.k_proj.weight", ly.k);
+    copy("self_attn.v_proj.weight", ly.v);
+    copy("self_attn.o_proj.weight", ly.o);
+    if (cfg_.attention_bias) {
+      copy("self_attn.q_proj.bias", ly.q_bias);
+      copy("self_attn.k_proj.bias", ly.k_bias);
+      copy("self_attn.v_proj.bias", ly.v_bias);
+    }
+    const Names nm = names(l);
+    auto copy_ffn = [&](const std::string& prefix, const io::HfFfnWeights& f) {
+      copy_into(params_.get(prefix + nm.gate), f.gate, prefix + nm.gate);
+      copy_into(params_.get(prefix + nm.up), f.up, prefix + nm.up);
+      copy_into(params_.get(prefix + nm.down), f.down, prefix + nm.down);
+    };
+    if (!cfg_.is_moe_layer(l)) {
+      copy_ffn(p + "mlp.", ly.dense);
+      continue;
+    }
+    copy_into(params_.get(nm.moe + "gate.weight"), ly.router, nm.moe + "gate.weight");
     DELTAMOE_CHECK(static_cast<int64_t>(ly.experts.size()) == cfg_.num_experts, kComp, "layer ", l,
                    " has ", ly.experts.size(), " experts, config ", cfg_.num_experts);
-    for (int64_t e = 0; e < cfg_.num_experts; ++e) {
-      const io::HfFfnWeights& f = ly.experts[static_cast<size_t>(e)];
-      const std::string x = m + "experts." + std::to_string(e) + ".";
-      copy_into(params_.get(x + "w1.weight"), f.gate, x + "w1");
-      copy_into(params_.get(x + "w3.weight"), f.up, x + "w3");
-      copy_into(params_.get(x + "w2.weight"), f.down, x + "w2");
+    for (int64_t e = 0; e < cfg_.num_experts; ++e)
+      copy_ffn(nm.moe + "experts." + std::to_string(e) + ".", ly.experts[static_cast<size_t>(e)]);
+    if (cfg_.shared_expert_intermediate_size > 0) {
+      copy_ffn(nm.moe + "shared_expert.", ly.shared);
+      copy_into(params_.get(nm.moe + "shared_expert_gate.weight"), ly.shared_gate,
+                nm.moe + "shared_expert_gate.weight");
     }
   }
   copy_into(params_.get("model.norm.weight"), w.final_norm, "model.norm");
@@ -119,33 +152,61 @@ LmTrainForward TrainableMoeLm::forward(graph::Graph& g, const std::vector<int32_
   Var x = g.gather_rows(embed, tokens);
   std::vector<Var> aux;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const std::string p = layer_prefix(l), a = p + "self_attn.", m = p + "block_sparse_moe.";
+    const std::string p = layer_prefix(l), a = p + "self_attn.";
+    const Names nm = names(l);
+    auto proj = [&](const Var& in, const std::string& name) {
+      return g.linear(in, params_.bind(g, a + name + ".weight"),
+                      c.attention_bias ? params_.bind(g, a + name + ".bias") : Var{});
+    };
+    auto swiglu = [&](const Var& in, const std::string& prefix) {
+      const Var gate = g.silu(g.linear(in, params_.bind(g, prefix + nm.gate)));
+      const Var up = g.linear(in, params_.bind(g, prefix + nm.up));
+      return g.linear(g.mul(gate, up), params_.bind(g, prefix + nm.down));
+    };
     const Var h = g.rms_norm(x, params_.bind(g, p + "input_layernorm.weight"), eps);
-    const Var q =
-        g.rope(g.linear(h, params_.bind(g, a + "q_proj.weight")), hd, seq_len, c.rope_theta);
-    const Var k =
-        g.rope(g.linear(h, params_.bind(g, a + "k_proj.weight")), hd, seq_len, c.rope_theta);
-    const Var v = g.linear(h, params_.bind(g, a + "v_proj.weight"));
+    const Var q = g.rope(proj(h, "q_proj"), hd, seq_len, c.rope_theta);
+    const Var k = g.rope(proj(h, "k_proj"), hd, seq_len, c.rope_theta);
+    const Var v = proj(h, "v_proj");
     const Var att =
         g.causal_attention(q, k, v, c.num_attention_heads, c.num_key_value_heads, seq_len);
     x = g.add(x, g.linear(att, params_.bind(g, a + "o_proj.weight")));
 
     const Var u = g.rms_norm(x, params_.bind(g, p + "post_attention_layernorm.weight"), eps);
-    const Var z = g.linear(u, params_.bind(g, m + "gate.weight"));
+    if (!c.is_moe_layer(l)) {
+      x = g.add(x, swiglu(u, p + "mlp."));
+      out.routing.emplace_back();  // a dense layer routes nothing
+      continue;
+    }
+    const Var z = g.linear(u, params_.bind(g, nm.moe + "gate.weight"));
     const Var prob = g.softmax(z);
     moe::RoutingResult rr;
-    policy_->route(g.value(z).data<float>(), g.value(prob).data<float>(), n, E, rr);
-    if (g.grad_enabled())
+    if (opt.forced_ks) {
+      DELTAMOE_CHECK(static_cast<int64_t>(opt.forced_ks->size()) == c.num_hidden_layers &&
+                         static_cast<int64_t>((*opt.forced_ks)[l].size()) == n,
+                     kComp, "forced experts per token: need ", c.num_hidden_layers, " layers of ",
+                     n, " entries");
+      moe::PerTokenKRouting forced(policy_->renormalize());
+      forced.set_ks((*opt.forced_ks)[static_cast<size_t>(l)]);
+      forced.route(g.value(z).data<float>(), g.value(prob).data<float>(), n, E, rr);
+    } else {
+      policy_->route(g.value(z).data<float>(), g.value(prob).data<float>(), n, E, rr);
+    }
+    if (g.grad_enabled() && !opt.forced_ks)
       if (auto* ad = dynamic_cast<moe::AdaptivePolicy*>(policy_.get()))
         ad->observe(g.value(prob).data<float>(), n, E, E, rr);
     const Var w = g.gate_weights(prob, rr.offsets, rr.expert_ids, policy_->renormalize());
     const Var y = detail::combine_experts(g, u, w, rr, n, E, [&](int64_t e, Var xe) {
-      const std::string ex = m + "experts." + std::to_string(e) + ".";
-      const Var gate = g.silu(g.linear(xe, params_.bind(g, ex + "w1.weight")));
-      const Var up = g.linear(xe, params_.bind(g, ex + "w3.weight"));
-      return g.linear(g.mul(gate, up), params_.bind(g, ex + "w2.weight"));
+      return swiglu(xe, nm.moe + "experts." + std::to_string(e) + ".");
     });
     if (y.valid()) x = g.add(x, y);
+    if (c.shared_expert_intermediate_size > 0) {
+      // Qwen2-MoE's shared expert, every token, scaled by sigmoid(shared_expert_gate · u).
+      const Var s = swiglu(u, nm.moe + "shared_expert.");
+      const Var sg = g.sigmoid(g.linear(u, params_.bind(g, nm.moe + "shared_expert_gate.weight")));
+      std::vector<int32_t> rows(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) rows[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+      x = g.scatter_add_rows(x, s, sg, rows, rows, n);
+    }
     if (g.grad_enabled() && opt.balance_alpha > 0)
       aux.push_back(detail::switch_balance_loss(g, prob, rr, {}, E, opt.balance_alpha));
     out.routing.push_back(std::move(rr));
@@ -156,20 +217,60 @@ LmTrainForward TrainableMoeLm::forward(graph::Graph& g, const std::vector<int32_
   return out;
 }
 
+namespace {
+
+// Rows of the logits that predict a next token: every position but each sequence's last.
+std::vector<int32_t> predicting_rows(int64_t n, int64_t seq_len) {
+  std::vector<int32_t> rows;
+  for (int64_t i = 0; i < n; ++i)
+    if (i % seq_len != seq_len - 1) rows.push_back(static_cast<int32_t>(i));
+  return rows;
+}
+
+}  // namespace
+
 Var TrainableMoeLm::loss(graph::Graph& g, const LmTrainForward& fwd,
-                         const std::vector<int32_t>& tokens, int64_t seq_len) {
+                         const std::vector<int32_t>& tokens, int64_t seq_len,
+                         const std::vector<float>* teacher_probs, double distill_weight) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   DELTAMOE_CHECK(seq_len > 1 && n % seq_len == 0, kComp,
                  "next-token loss needs sequences of at least 2 tokens, got ", seq_len);
-  std::vector<int32_t> rows, labels;
-  for (int64_t i = 0; i < n; ++i)
-    if (i % seq_len != seq_len - 1) {
-      rows.push_back(static_cast<int32_t>(i));
-      labels.push_back(tokens[static_cast<size_t>(i + 1)]);
-    }
-  Var l = g.cross_entropy(g.gather_rows(fwd.logits, rows), labels);
+  const std::vector<int32_t> rows = predicting_rows(n, seq_len);
+  std::vector<int32_t> labels;
+  for (int32_t r : rows) labels.push_back(tokens[static_cast<size_t>(r + 1)]);
+  const Var logits = g.gather_rows(fwd.logits, rows);
+  Var l = g.cross_entropy(logits, labels);
+  if (teacher_probs && distill_weight > 0) {
+    DELTAMOE_CHECK(teacher_probs->size() == rows.size() * static_cast<size_t>(cfg_.vocab_size),
+                   kComp, "teacher distribution of ", teacher_probs->size(), " values for ",
+                   rows.size(), " positions of vocabulary ", cfg_.vocab_size);
+    const Var kd = g.scale(g.dot_const(g.log_softmax(logits), *teacher_probs),
+                           -1.0f / static_cast<float>(rows.size()));
+    l = g.add(g.scale(l, static_cast<float>(1.0 - distill_weight)),
+              g.scale(kd, static_cast<float>(distill_weight)));
+  }
   if (fwd.aux_loss.valid()) l = g.add(l, fwd.aux_loss);
   return l;
+}
+
+std::vector<float> TrainableMoeLm::teacher_distribution(const std::vector<int32_t>& tokens,
+                                                        int64_t seq_len) {
+  graph::Graph g(false);
+  const LmTrainForward fwd = forward(g, tokens, seq_len);
+  const Tensor& logits = g.value(fwd.logits);
+  const int64_t V = cfg_.vocab_size;
+  const std::vector<int32_t> rows = predicting_rows(static_cast<int64_t>(tokens.size()), seq_len);
+  std::vector<float> q(rows.size() * static_cast<size_t>(V));
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const float* z = logits.data<float>() + static_cast<int64_t>(rows[r]) * V;
+    const float mx = *std::max_element(z, z + V);
+    double sum = 0.0;
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(z[v] - mx));
+    for (int64_t v = 0; v < V; ++v)
+      q[r * static_cast<size_t>(V) + static_cast<size_t>(v)] =
+          static_cast<float>(std::exp(static_cast<double>(z[v] - mx)) / sum);
+  }
+  return q;
 }
 
 }  // namespace deltamoe::models

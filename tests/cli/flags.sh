@@ -43,7 +43,7 @@ done
 # --help shows every default: each numeric option of every subcommand has "=VALUE" (a value,
 # or a word such as "preset" or "none" where the stored default is a sentinel).
 for c in "bench moe-layer" "bench model" eval export-graph gen-graph generate info loadgen \
-         make-model perplexity schedule serve sweep tokenize train; do
+         make-model perplexity schedule serve sweep sweep-lm tokenize train train-lm train-tokenizer; do
   # shellcheck disable=SC2086
   missing=$("$bin" $c --help | grep -E '^ +-' | grep -E ' (INT|FLOAT|UINT)\b' | grep -v REQUIRED | grep -v '=' || true)
   [ -z "$missing" ] || fail "$c --help shows no default for: $missing"

@@ -43,6 +43,23 @@ resume=(--data "$tmp/corpus.txt" --seq-len 16 --batch 4 --threads 1 --no-progres
 "$bin" train-lm "${resume[@]}" --steps 12 --checkpoint-every 6 --resume --out "$tmp/c" >/dev/null
 cmp "$tmp/b/model.safetensors" "$tmp/c/model.safetensors" || fail "resumed weights differ"
 
+# --tokenizer: a given tokenizer.json is used (and written) as is, no BPE trained.
+tok=(--data "$tmp/corpus.txt" --hidden 32 --heads 4 --kv-heads 2 --experts 4 --inter 32 --seq-len 16
+     --batch 4 --threads 1 --no-progress)
+"$bin" train-lm "${tok[@]}" --steps 2 --tokenizer "$tmp/a/tokenizer.json" --out "$tmp/t" >/dev/null
+cmp "$tmp/a/tokenizer.json" "$tmp/t/tokenizer.json" || fail "--tokenizer not used as is"
+printf '{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}}\n' >"$tmp/nosep.json"
+expect_one_line_error 1 "endoftext" "$bin" train-lm "${tok[@]}" --tokenizer "$tmp/nosep.json" --out "$tmp/x"
+expect_one_line_error 2 "vocab" "$bin" train-lm "${small[@]}" --tokenizer "$tmp/a/tokenizer.json" --out "$tmp/x"
+
+# --teacher: a 1-layer student distilled from the 2-layer model a, with a's tokenizer.
+"$bin" train-lm "${tok[@]}" --layers 1 --steps 3 --teacher "$tmp/a" --out "$tmp/s" >/dev/null 2>"$tmp/s.err" ||
+  { cat "$tmp/s.err"; fail "--teacher"; }
+cmp "$tmp/a/tokenizer.json" "$tmp/s/tokenizer.json" || fail "the student does not take the teacher's tokenizer"
+grep -q '"num_hidden_layers": 1' "$tmp/s/config.json" || fail "student layers"
+expect_one_line_error 2 "vocab" "$bin" train-lm "${small[@]}" --teacher "$tmp/a" --out "$tmp/x"
+expect_one_line_error 2 "teacher" "$bin" train-lm "${tok[@]}" --distill-weight 0.3 --out "$tmp/x"
+
 # Errors before any training: one line each, nothing on stdout.
 expect_one_line_error 1 "not empty" "$bin" train-lm "${small[@]}" --out "$tmp/a"
 expect_one_line_error 1 "heads" "$bin" train-lm --data "$tmp/corpus.txt" --hidden 30 --heads 4 --out "$tmp/x"

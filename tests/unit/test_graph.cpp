@@ -31,6 +31,7 @@ TEST(GraphGrad, Activations) {
   check_grad({x.clone()}, [](Graph& g, const std::vector<Var>& v) { return g.gelu(v[0]); });
   check_grad({x.clone()}, [](Graph& g, const std::vector<Var>& v) { return g.silu(v[0]); });
   check_grad({x.clone()}, [](Graph& g, const std::vector<Var>& v) { return g.softplus(v[0]); });
+  check_grad({x.clone()}, [](Graph& g, const std::vector<Var>& v) { return g.sigmoid(v[0]); });
   check_grad({x.clone()}, [](Graph& g, const std::vector<Var>& v) { return g.scale(v[0], -2.5f); });
 }
 

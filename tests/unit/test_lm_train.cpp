@@ -3,8 +3,10 @@
 // inference path; training lowers the loss; a resumed run equals an uninterrupted one.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <random>
 #include <string>
 
 #include "deltamoe/core/error.h"
@@ -23,7 +25,7 @@ using namespace deltamoe::models;
 
 namespace {
 
-const std::string kDir = std::string(DELTAMOE_SOURCE_DIR) + "/tests/golden/train_lm";
+const std::string kGolden = std::string(DELTAMOE_SOURCE_DIR) + "/tests/golden";
 
 io::HfConfig tiny(int64_t vocab) {
   return test::tiny_mixtral(vocab, 16, 2, 1, 16);
@@ -40,33 +42,38 @@ std::vector<int32_t> patterned_stream(int64_t n, int32_t vocab) {
 
 }  // namespace
 
+// Mixtral top-2 (train_lm) and PR-MoE residual as Qwen2-MoE (train_lm_residual: a shared
+// expert with its gate, q/k/v biases, raw top-1 weights).
 TEST(LmTrain, CheckpointLoadsInTransformersWithTheSameLogits) {
   set_num_threads(2);
-  const io::HfConfig cfg = io::HfConfig::load(kDir);
-  TrainableMoeLm lm(cfg, io::load_hf_weights(cfg, io::HfCheckpoint::open(kDir)));
-  const auto inf = MoeLm::load(kDir, {DType::f32});
-  const auto tok = io::Tokenizer::load(kDir);
-  const auto golden = io::SafetensorsFile::open(kDir + "/golden.safetensors");
-  const char* prompts[] = {"The meaning of life is", "A fortune cookie says:\nYou will",
-                           "Q: Why?\nA:"};
-  for (int i = 0; i < 3; ++i) {
-    SCOPED_TRACE(prompts[i]);
-    const auto ids = test::ids_of(golden.get("prompt." + std::to_string(i)));
-    EXPECT_EQ(tok->encode(prompts[i]), ids);  // transformers' tokenizer gave these ids
-    const int64_t T = static_cast<int64_t>(ids.size()), V = cfg.vocab_size;
-    const Tensor want = golden.get("logits." + std::to_string(i));
-    graph::Graph g(false);
-    const float* got = g.value(lm.forward(g, ids, T).logits).data<float>();
-    std::vector<float> ref(static_cast<size_t>(T * V));
-    KvCache cache;
-    inf->forward(ids.data(), T, cache, ref.data(), true);
-    float d_hf = 0, d_inf = 0;
-    for (int64_t j = 0; j < T * V; ++j) {
-      d_hf = std::max(d_hf, std::fabs(got[j] - want.data<float>()[j]));
-      d_inf = std::max(d_inf, std::fabs(ref[static_cast<size_t>(j)] - want.data<float>()[j]));
+  for (const std::string& dir : {kGolden + "/train_lm", kGolden + "/train_lm_residual"}) {
+    SCOPED_TRACE(dir);
+    const io::HfConfig cfg = io::HfConfig::load(dir);
+    TrainableMoeLm lm(cfg, io::load_hf_weights(cfg, io::HfCheckpoint::open(dir)));
+    const auto inf = MoeLm::load(dir, {DType::f32});
+    const auto tok = io::Tokenizer::load(dir);
+    const auto golden = io::SafetensorsFile::open(dir + "/golden.safetensors");
+    const char* prompts[] = {"The meaning of life is", "A fortune cookie says:\nYou will",
+                             "Q: Why?\nA:"};
+    for (int i = 0; i < 3; ++i) {
+      SCOPED_TRACE(prompts[i]);
+      const auto ids = test::ids_of(golden.get("prompt." + std::to_string(i)));
+      EXPECT_EQ(tok->encode(prompts[i]), ids);  // transformers' tokenizer gave these ids
+      const int64_t T = static_cast<int64_t>(ids.size()), V = cfg.vocab_size;
+      const Tensor want = golden.get("logits." + std::to_string(i));
+      graph::Graph g(false);
+      const float* got = g.value(lm.forward(g, ids, T).logits).data<float>();
+      std::vector<float> ref(static_cast<size_t>(T * V));
+      KvCache cache;
+      inf->forward(ids.data(), T, cache, ref.data(), true);
+      float d_hf = 0, d_inf = 0;
+      for (int64_t j = 0; j < T * V; ++j) {
+        d_hf = std::max(d_hf, std::fabs(got[j] - want.data<float>()[j]));
+        d_inf = std::max(d_inf, std::fabs(ref[static_cast<size_t>(j)] - want.data<float>()[j]));
+      }
+      EXPECT_LT(d_hf, 1e-4f);
+      EXPECT_LT(d_inf, 1e-4f);
     }
-    EXPECT_LT(d_hf, 1e-4f);
-    EXPECT_LT(d_inf, 1e-4f);
   }
 }
 
@@ -157,4 +164,141 @@ TEST(LmTrain, TokenStreamAndErrors) {
   o.progress = false;
   EXPECT_THROW(train_lm(lm, adam, std::vector<int32_t>(10, 1), o), Error);  // shorter than a window
   EXPECT_THROW(evaluate_lm(lm, std::vector<int32_t>(10, 1), 16, 4), Error);
+}
+
+// evaluate_lm's per-token detail (what `sweep-lm` pairs and buckets): the per-token losses,
+// recomputed from the logits, average to the loss the graph computes; the per-token expert
+// counts and the load agree with the policy; forcing every token to k experts is top-k.
+TEST(LmTrain, EvaluationDetailAndForcedExperts) {
+  set_num_threads(1);
+  TrainableMoeLm lm(tiny(40), 5);
+  const auto stream = patterned_stream(1000, 40);
+  const int64_t T = 16, windows = 1000 / T, L = 2, E = 4;
+  // A peaked router (as after training), so that top-p gives tokens different budgets.
+  for (int64_t l = 0; l < L; ++l) {
+    Tensor& w =
+        lm.params().get("model.layers." + std::to_string(l) + ".block_sparse_moe.gate.weight");
+    for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] *= 100.0f;
+  }
+  lm.set_policy(moe::make_policy("top-p:0.6", E));
+  LmEvalDetail d;
+  const LmEval e = evaluate_lm(lm, stream, T, 8, 0, &d);
+  ASSERT_EQ(static_cast<int64_t>(d.token_loss.size()), windows * (T - 1));
+  double sum = 0;
+  for (float l : d.token_loss) sum += l;
+  EXPECT_NEAR(sum / static_cast<double>(d.token_loss.size()), e.loss, 1e-5);
+  ASSERT_EQ(static_cast<int64_t>(d.token_k.size()), L);
+  ASSERT_EQ(static_cast<int64_t>(d.load.size()), L);
+  double k_mean = 0;
+  bool varies = false;
+  for (int64_t l = 0; l < L; ++l) {
+    ASSERT_EQ(static_cast<int64_t>(d.token_k[l].size()), windows * T);
+    int64_t routed = 0, loaded = 0;
+    for (int32_t k : d.token_k[l]) {
+      EXPECT_GE(k, 1);
+      EXPECT_LE(k, E);
+      routed += k;
+      varies |= k != d.token_k[l][0];
+    }
+    for (int64_t c : d.load[l]) loaded += c;
+    EXPECT_EQ(routed, loaded);
+    k_mean += static_cast<double>(routed) / static_cast<double>(windows * T * L);
+  }
+  EXPECT_TRUE(varies);
+  EXPECT_NEAR(k_mean, e.mean_experts, 1e-9);
+
+  // Forced: every token at k = 1 and 3 equals the top-k policy's evaluation.
+  for (int32_t k : {1, 3}) {
+    const std::vector<std::vector<int32_t>> ks(L, std::vector<int32_t>(windows * T, k));
+    const LmEval forced = evaluate_lm(lm, stream, T, 8, 0, nullptr, &ks);
+    lm.set_policy(moe::make_policy("top-k:" + std::to_string(k), E));
+    const LmEval topk = evaluate_lm(lm, stream, T, 8);
+    lm.set_policy(moe::make_policy("top-p:0.6", E));
+    EXPECT_NEAR(forced.loss, topk.loss, 1e-6);
+    EXPECT_DOUBLE_EQ(forced.mean_experts, k);
+  }
+  // The model's own per-token K replayed through forced_ks reproduces its loss.
+  const LmEval replay = evaluate_lm(lm, stream, T, 8, 0, nullptr, &d.token_k);
+  EXPECT_NEAR(replay.loss, e.loss, 1e-6);
+  const std::vector<std::vector<int32_t>> short_ks(L, std::vector<int32_t>(T, 1));
+  EXPECT_THROW(evaluate_lm(lm, stream, T, 8, 0, nullptr, &short_ks), Error);
+}
+
+// Mixture-of-Students' loss: against a teacher with the student's own weights, the
+// distillation term is the student's entropy and its gradient vanishes (softmax − teacher =
+// 0); against another teacher, the gradient of the mixed loss matches finite differences;
+// distilling a trained teacher into a 1-layer student brings the student's distribution
+// toward the teacher's.
+TEST(LmTrain, DistillationLoss) {
+  set_num_threads(1);
+  const std::vector<int32_t> tokens = {1, 5, 9, 3, 2, 7, 7, 0, 15, 4, 6, 8, 3, 3, 1, 2};
+  const int64_t T = 8;
+  io::HfConfig cfg = tiny(16);
+  TrainableMoeLm student(cfg, 3), same(cfg, 3), other(cfg, 4);
+  std::mt19937_64 rng(5);
+  for (auto* m : {&student, &same, &other})
+    for (auto& p : m->params().params())
+      if (p.name.find("norm") == std::string::npos) nn::init_normal(p.value, 0.3f, rng);
+  for (size_t i = 0; i < student.params().params().size(); ++i)
+    same.params().params()[i].value = student.params().params()[i].value.clone();
+  // Self-distillation, weight 1: loss = mean entropy of the student's softmax; gradient 0.
+  {
+    const std::vector<float> q = same.teacher_distribution(tokens, T);
+    double entropy = 0;
+    for (float p : q) entropy -= p > 0 ? p * std::log(static_cast<double>(p)) : 0.0;
+    entropy /= static_cast<double>(tokens.size() - tokens.size() / T);
+    student.params().zero_grad();
+    graph::Graph g(true);
+    const auto fwd = student.forward(g, tokens, T);
+    const graph::Var l = student.loss(g, fwd, tokens, T, &q, 1.0);
+    g.backward(l);
+    EXPECT_NEAR(g.scalar(l), entropy, 1e-4);
+    float worst = 0;
+    for (const auto& p : student.params().params())
+      for (int64_t i = 0; i < p.grad.numel(); ++i)
+        worst = std::max(worst, std::fabs(p.grad.data<float>()[i]));
+    EXPECT_LT(worst, 1e-4f);
+  }
+  // Another teacher, weight 0.3: analytic gradient against central differences.
+  const std::vector<float> q = other.teacher_distribution(tokens, T);
+  auto loss_at = [&](bool backward) {
+    graph::Graph g(backward);
+    const auto fwd = student.forward(g, tokens, T);
+    const graph::Var l = student.loss(g, fwd, tokens, T, &q, 0.3);
+    if (backward) g.backward(l);
+    return static_cast<double>(g.scalar(l));
+  };
+  student.params().zero_grad();
+  loss_at(true);
+  int checked = 0;
+  for (auto& p : student.params().params()) {
+    const std::string& name = p.name;
+    // Parameters after the last routing decision: a ±ε there cannot flip an expert choice
+    // (the gradient through the rest of the model is checked in test_moe_lm_train.cpp).
+    if (name != "lm_head.weight" && name != "model.norm.weight") continue;
+    {
+      for (int64_t j = 0; j < p.value.numel(); j += std::max<int64_t>(1, p.value.numel() / 6)) {
+        float* v = p.value.data<float>() + j;
+        const float orig = *v, eps = 1e-2f;
+        *v = orig + eps;
+        const double lp = loss_at(false);
+        *v = orig - eps;
+        const double lm = loss_at(false);
+        *v = orig;
+        const double num = (lp - lm) / (2 * eps), ana = p.grad.data<float>()[j];
+        EXPECT_NEAR(ana, num, 2e-2 * std::max(1.0, std::fabs(num)) + 2e-4)
+            << name << "[" << j << "]";
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GE(checked, 10);
+  EXPECT_THROW(
+      {
+        graph::Graph g(false);
+        const auto fwd = student.forward(g, tokens, T);
+        const std::vector<float> short_q(10, 0.1f);
+        student.loss(g, fwd, tokens, T, &short_q, 0.5);
+      },
+      Error);
 }

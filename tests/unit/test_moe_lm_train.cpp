@@ -30,40 +30,58 @@ io::HfConfig tiny_config(bool tied) {
   return test::tiny_mixtral(16, 8, 2, 1, 6, tied);
 }
 
+// The same with Qwen2-MoE's parts: q/k/v biases, a shared expert (intermediate 5) with its
+// sigmoid gate in the MoE layer 1, layer 0 dense (mlp_only_layers), raw top-2 weights.
+io::HfConfig tiny_qwen2_config() {
+  io::HfConfig c = tiny_config(false);
+  c.arch = io::HfArch::qwen2_moe;
+  c.architecture = "Qwen2MoeForCausalLM";
+  c.model_type = "qwen2_moe";
+  c.attention_bias = true;
+  c.shared_expert_intermediate_size = 5;
+  c.mlp_only_layers = {0};
+  c.norm_topk_prob = false;
+  return io::HfConfig::parse(io::hf_config_to_json(c), "test");
+}
+
 }  // namespace
 
 // Logits of every position equal transformers' (1e-3, as the inference path is held to) and
-// the inference path's (MoeLm, all_logits) on the same checkpoint.
+// the inference path's (MoeLm, all_logits) on the same checkpoint: Mixtral, and Qwen2-MoE
+// (q/k/v biases, a shared expert with its gate, a dense layer, tied embeddings).
 TEST(LmTrainForward, MatchesTransformersAndTheInferencePath) {
   set_num_threads(2);
-  const std::string dir = golden_dir("mixtral");
-  const io::HfConfig cfg = io::HfConfig::load(dir);
-  const io::HfCheckpoint ck = io::HfCheckpoint::open(dir);
-  TrainableMoeLm lm(cfg, io::load_hf_weights(cfg, ck));
-  const auto inf = MoeLm::load(dir, {DType::f32});
-  const auto golden = io::SafetensorsFile::open(dir + "/golden.safetensors");
-  const int64_t V = cfg.vocab_size;
-  for (int i = 0; i < 3; ++i) {
-    SCOPED_TRACE("prompt " + std::to_string(i));
-    const auto prompt = ids_of(golden.get("prompt." + std::to_string(i)));
-    const int64_t T = static_cast<int64_t>(prompt.size());
-    graph::Graph g(false);
-    const auto fwd = lm.forward(g, prompt, T);
-    const float* got = g.value(fwd.logits).data<float>();
-    const Tensor want = golden.get("logits." + std::to_string(i)).to(DType::f32);
-    ASSERT_EQ(want.numel(), T * V);
-    std::vector<float> ref(static_cast<size_t>(T * V));
-    KvCache cache;
-    inf->forward(prompt.data(), T, cache, ref.data(), /*all_logits=*/true);
-    float d_hf = 0, d_inf = 0, scale = 0;
-    for (int64_t j = 0; j < T * V; ++j) {
-      d_hf = std::max(d_hf, std::fabs(got[j] - want.data<float>()[j]));
-      d_inf = std::max(d_inf, std::fabs(got[j] - ref[static_cast<size_t>(j)]));
-      scale = std::max(scale, std::fabs(want.data<float>()[j]));
+  for (const char* family : {"mixtral", "qwen2_moe"}) {
+    SCOPED_TRACE(family);
+    const std::string dir = golden_dir(family);
+    const io::HfConfig cfg = io::HfConfig::load(dir);
+    const io::HfCheckpoint ck = io::HfCheckpoint::open(dir);
+    TrainableMoeLm lm(cfg, io::load_hf_weights(cfg, ck));
+    const auto inf = MoeLm::load(dir, {DType::f32});
+    const auto golden = io::SafetensorsFile::open(dir + "/golden.safetensors");
+    const int64_t V = cfg.vocab_size;
+    for (int i = 0; i < 3; ++i) {
+      SCOPED_TRACE("prompt " + std::to_string(i));
+      const auto prompt = ids_of(golden.get("prompt." + std::to_string(i)));
+      const int64_t T = static_cast<int64_t>(prompt.size());
+      graph::Graph g(false);
+      const auto fwd = lm.forward(g, prompt, T);
+      const float* got = g.value(fwd.logits).data<float>();
+      const Tensor want = golden.get("logits." + std::to_string(i)).to(DType::f32);
+      ASSERT_EQ(want.numel(), T * V);
+      std::vector<float> ref(static_cast<size_t>(T * V));
+      KvCache cache;
+      inf->forward(prompt.data(), T, cache, ref.data(), /*all_logits=*/true);
+      float d_hf = 0, d_inf = 0, scale = 0;
+      for (int64_t j = 0; j < T * V; ++j) {
+        d_hf = std::max(d_hf, std::fabs(got[j] - want.data<float>()[j]));
+        d_inf = std::max(d_inf, std::fabs(got[j] - ref[static_cast<size_t>(j)]));
+        scale = std::max(scale, std::fabs(want.data<float>()[j]));
+      }
+      EXPECT_GT(scale, 0.1f);
+      EXPECT_LT(d_hf, 1e-3f);
+      EXPECT_LT(d_inf, 1e-4f);
     }
-    EXPECT_GT(scale, 0.1f);
-    EXPECT_LT(d_hf, 1e-3f);
-    EXPECT_LT(d_inf, 1e-4f);
   }
 }
 
@@ -88,9 +106,10 @@ TEST(LmTrainForward, SequencesInABatchAreIndependent) {
 // every kind of parameter, tied and untied heads, with the balance loss on. The routing is
 // the same at ±eps for the sampled elements (a flip would be a discontinuity; checked).
 TEST(LmTrainForward, LossGradientMatchesFiniteDifferences) {
-  for (bool tied : {false, true}) {
-    SCOPED_TRACE(tied ? "tied" : "untied");
-    TrainableMoeLm lm(tiny_config(tied), 11);
+  for (int variant = 0; variant < 3; ++variant) {
+    const bool tied = variant == 1, qwen2 = variant == 2;
+    SCOPED_TRACE(qwen2 ? "qwen2-moe" : tied ? "tied" : "untied");
+    TrainableMoeLm lm(qwen2 ? tiny_qwen2_config() : tiny_config(tied), 11);
     // Larger weights than the 0.02 init so that the loss moves measurably.
     std::mt19937_64 rng(3);
     for (auto& p : lm.params().params())
@@ -113,6 +132,9 @@ TEST(LmTrainForward, LossGradientMatchesFiniteDifferences) {
     for (auto& p : lm.params().params()) {
       const bool pick = p.name.find("embed") != std::string::npos ||
                         p.name.find("layers.1.") != std::string::npos ||
+                        p.name.find(".bias") != std::string::npos ||
+                        p.name.find("shared_expert") != std::string::npos ||
+                        p.name.find("layers.0.mlp.") != std::string::npos ||
                         p.name.find("lm_head") != std::string::npos ||
                         p.name == "model.norm.weight";
       if (!pick) continue;

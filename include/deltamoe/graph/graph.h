@@ -60,6 +60,7 @@ enum class Op : int32_t {
   rms_norm,
   rope,
   causal_attention,
+  sigmoid,  // appended: op ids stay stable
 };
 
 /// Name of an op ("linear", ...).
@@ -99,6 +100,8 @@ class Graph {
   Var silu(Var x);
   /// log(1 + eˣ), computed stably.
   Var softplus(Var x);
+  /// 1 / (1 + e⁻ˣ) (Qwen2-MoE's shared-expert gate).
+  Var sigmoid(Var x);
   /// Element-wise a + b (same shape).
   Var add(Var a, Var b);
   /// Element-wise a · b (same shape).

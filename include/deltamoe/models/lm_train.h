@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +32,10 @@ struct LmTrainOptions {
   uint64_t seed = 1;            // which windows of the stream each step reads
   int64_t start_step = 0;       // resuming: steps already done (the schedule and windows continue)
   bool progress = true;         // a line on stderr every ~5% of the steps
+  /// Mixture-of-Students: a teacher (same vocabulary; not owned) whose next-token
+  /// distribution the student also learns, with weight `distill_weight` (TrainableMoeLm::loss).
+  TrainableMoeLm* teacher = nullptr;
+  double distill_weight = 0.5;
   /// Called after every `checkpoint_every` steps (0: never) with the steps done so far.
   int64_t checkpoint_every = 0;
   std::function<void(int64_t steps_done)> on_checkpoint;
@@ -59,10 +64,26 @@ struct LmTrainSummary {
 LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector<int32_t>& train,
                         const LmTrainOptions& options);
 
+/// Per-token detail of an evaluation, for paired tests between models on the same tokens and
+/// for the study of which tokens take how many experts (`deltamoe sweep-lm`).
+struct LmEvalDetail {
+  /// Nats of each predicted token: entry w·(seq_len − 1) + i is position i of window w
+  /// predicting the token at position i + 1.
+  std::vector<float> token_loss;
+  /// [layer][w·seq_len + i]: real experts the token at position i of window w was routed to.
+  std::vector<std::vector<int32_t>> token_k;
+  /// [layer][expert]: tokens routed to each expert.
+  std::vector<std::vector<int64_t>> load;
+};
+
 /// The loss of `stream` cut into consecutive windows of `seq_len` (a last partial window is
 /// dropped), `batch` windows per forward, at most `max_tokens` tokens (0: all). Grad-free.
+/// With `detail`, also fills it (which costs a log-softmax per token: time without it).
+/// With `forced_ks` ([layer][w·seq_len + i], at least as long as the evaluated windows),
+/// routes each token to its top forced_ks experts (LmTrainForwardOptions::forced_ks).
 LmEval evaluate_lm(TrainableMoeLm& model, const std::vector<int32_t>& stream, int64_t seq_len,
-                   int64_t batch, int64_t max_tokens = 0);
+                   int64_t batch, int64_t max_tokens = 0, LmEvalDetail* detail = nullptr,
+                   const std::vector<std::vector<int32_t>>* forced_ks = nullptr);
 
 /// Writes `model` into the directory `dir` (which must exist; use io::OutputDir for an
 /// atomic result): config.json (transformers 4.x Mixtral form, plus deltamoe's own
@@ -73,6 +94,12 @@ LmEval evaluate_lm(TrainableMoeLm& model, const std::vector<int32_t>& stream, in
 void save_lm(const TrainableMoeLm& model, const std::string& routing, const moe::PolicySpec& spec,
              const std::string& tokenizer_json, const std::string& separator_token,
              const std::string& dir);
+
+/// The model in the Hugging Face directory `dir` (any float dtype, copied to f32), routing
+/// as trained: the policy of config.json's deltamoe_routing "trained" when present (no
+/// controller), else the config's top-k. Throws Error("hf") / Error("lm-train") naming what
+/// is missing or unsupported.
+std::unique_ptr<TrainableMoeLm> load_trainable_lm(const std::string& dir);
 
 /// Writes the optimizer's moment estimates and step count and `steps_done` to `path`
 /// (safetensors, atomically): with the model directory, what `train-lm --resume` needs.

@@ -5,6 +5,8 @@
 // token embedding; per layer RMSNorm, q/k/v projections, RoPE, causal grouped-query attention,
 // o projection, residual, RMSNorm, router, routed SwiGLU experts (w1 gate, w3 up, w2 down),
 // residual; final RMSNorm and the LM head (tied to the embedding when the config says so).
+// Qwen2MoeForCausalLM trains too (its mlp.* names, q/k/v biases, a shared expert added to the
+// routed ones with a sigmoid gate, and dense layers): PR-MoE's residual design in an HF family.
 // Every op is the inference path's kernel (kernels/llm.h) or its exact formula, so a model
 // trained here computes what `deltamoe generate` computes on the same weights, and the
 // parameters are named and shaped as io::hf_tensor_specs lists them for a checkpoint.
@@ -29,21 +31,27 @@ namespace deltamoe::models {
 struct LmTrainForwardOptions {
   /// Weight of the Switch balance loss per MoE layer (Mixtral's router_aux_loss_coef); 0: none.
   double balance_alpha = 0.0;
+  /// The shuffled-K control of the delta-MoE study: when set, token t of layer l routes to
+  /// its top (*forced_ks)[l][t] experts (one entry per layer, each as long as the tokens)
+  /// instead of the model's policy, weights renormalised as the policy says. Not owned.
+  const std::vector<std::vector<int32_t>>* forced_ks = nullptr;
 };
 
 /// What one forward pass built on the tape.
 struct LmTrainForward {
   graph::Var logits;    // [B·T, vocab]
   graph::Var aux_loss;  // sum of the layers' auxiliary losses; undefined when there are none
-  std::vector<moe::RoutingResult> routing;  // per layer, one entry list per token
+  std::vector<moe::RoutingResult> routing;  // per layer (a dense layer's is empty: no offsets)
 };
 
 class TrainableMoeLm {
  public:
   /// Random weights: every matrix and the embedding normal(0, 0.02) (transformers'
-  /// initializer_range), norms 1, drawn from `seed` in parameter order. Throws Error("lm-train")
-  /// for a config this class cannot train (only MixtralForCausalLM: no attention biases, no
-  /// q/k norms, every layer MoE, no shared expert, no clip_qkv).
+  /// initializer_range), norms 1, biases 0, drawn from `seed` in parameter order. Throws
+  /// Error("lm-train") for a config this class cannot train: MixtralForCausalLM (every layer
+  /// MoE) and Qwen2MoeForCausalLM (q/k/v biases, a shared expert with its sigmoid gate, dense
+  /// layers by decoder_sparse_step / mlp_only_layers: DeepSpeed's PR-MoE residual) train; no
+  /// q/k norms, o_proj bias or clip_qkv.
   TrainableMoeLm(const io::HfConfig& config, uint64_t seed);
   /// The weights of a checkpoint (any float dtype), copied to f32 parameters.
   TrainableMoeLm(const io::HfConfig& config, const io::HfModelWeights& weights);
@@ -52,6 +60,8 @@ class TrainableMoeLm {
   /// norm_topk_prob says). Null-expert policies are refused (their router needs extra outputs).
   void set_policy(std::shared_ptr<moe::RoutingPolicy> policy);
   const moe::RoutingPolicy& policy() const { return *policy_; }
+  /// The policy object itself, to set it back later with set_policy.
+  std::shared_ptr<moe::RoutingPolicy> shared_policy() const { return policy_; }
 
   /// Builds the forward of B = tokens.size() / seq_len sequences of `seq_len` tokens each
   /// (row b·T + i is token i of sequence b) on `g`. Token ids must be in [0, vocab).
@@ -59,17 +69,31 @@ class TrainableMoeLm {
                          const LmTrainForwardOptions& opt = {});
   /// Mean next-token cross-entropy over every position but each sequence's last (position i
   /// predicts token i + 1), plus `fwd.aux_loss` when defined: the training loss, a scalar.
+  /// Distillation (Mixture-of-Students): with `teacher_probs` (a teacher's next-token
+  /// distribution on those same positions, row-major [positions, vocab]; see
+  /// teacher_distribution), the loss is (1 − w)·CE + w·H(teacher, this) + aux, w =
+  /// `distill_weight`, H the mean cross-entropy of this model's softmax against the teacher's.
   graph::Var loss(graph::Graph& g, const LmTrainForward& fwd, const std::vector<int32_t>& tokens,
-                  int64_t seq_len);
+                  int64_t seq_len, const std::vector<float>* teacher_probs = nullptr,
+                  double distill_weight = 0.0);
+  /// This model's next-token distribution (softmax of the logits) at every position but each
+  /// sequence's last, as loss() takes it for distillation: [B·(T − 1), vocab] row-major.
+  /// Grad-free; uses the model's policy.
+  std::vector<float> teacher_distribution(const std::vector<int32_t>& tokens, int64_t seq_len);
 
   const io::HfConfig& config() const { return cfg_; }
   nn::ParameterSet& params() { return params_; }
   const nn::ParameterSet& params() const { return params_; }
 
  private:
+  // Parameter names of layer l's MoE block (prefix ending in ".") and of its SwiGLU FFNs.
+  struct Names {
+    std::string moe, gate, up, down;
+  };
   void check_config() const;
   void add_params();
   std::string layer_prefix(int64_t l) const;
+  Names names(int64_t l) const;
 
   io::HfConfig cfg_;
   nn::ParameterSet params_;
