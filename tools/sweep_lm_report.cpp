@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 #include <sstream>
@@ -422,6 +423,16 @@ nlohmann::json write_report(const std::string& dir, const Study& s) {
        << fixed(100 * rel, 1) << "% perplexity at "
        << fixed(residual_json["tokens_per_s_vs_top2"].get<double>(), 2) << "x the tokens/s.\n";
   }
+  md << "\nCSV files: `delta-moe-lm-train.csv`, `delta-moe-lm-e1.csv`, "
+        "`delta-moe-lm-e2-load.csv`, `delta-moe-lm-e2-summary.csv`, `delta-moe-lm-e2-tokens.csv`, "
+        "`delta-moe-lm-e3.csv`, `delta-moe-lm-e3-k-hist.csv`, `delta-moe-lm-posthoc.csv`. Plots: "
+        "`python3 python/plot_delta_moe_lm.py --dir "
+     << dir << "`.\n";
+  // Hand-written notes (caveats, follow-up runs) kept beside the CSVs survive a re-run.
+  std::ifstream notes(dir + "/delta-moe-lm-notes.md");
+  if (notes)
+    md << "\n"
+       << std::string(std::istreambuf_iterator<char>(notes), std::istreambuf_iterator<char>());
   write_file_atomic(dir + "/delta-moe-lm.md", md.str());
   return nlohmann::json{{"target_met", target_met},
                         {"closest", best},

@@ -57,8 +57,10 @@ ph = sorted((float(r["p"]), float(r["experts_per_token"])) for r in rd("posthoc"
 assert all(a[1] <= b[1] + 1e-9 for a, b in zip(ph, ph[1:])), ph
 assert len(rd("train")) == 13
 PY
-# A re-run trains nothing.
+# A re-run trains nothing, and keeps hand-written notes in the report.
+printf '## Notes\n\nnotes-marker-42\n' >"$tmp/out/delta-moe-lm-notes.md"
 "$bin" sweep-lm "${args[@]}" --no-plots >/dev/null 2>"$tmp/b.err" || { cat "$tmp/b.err"; fail "re-run"; }
+grep -q "notes-marker-42" "$tmp/out/delta-moe-lm.md" || fail "notes not in the report"
 grep -q "0 models to train (11 cached)" "$tmp/b.err" && grep -q "0 models to train (2 cached)" "$tmp/b.err" ||
   { cat "$tmp/b.err"; fail "models not reused"; }
 
