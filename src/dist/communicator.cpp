@@ -113,22 +113,35 @@ CollectiveCost measure_collective(Communicator& comm, Collective kind,
     comm.all_reduce_max(&s, 1);
     cost.points.push_back({b, s});
   }
-  auto pts = cost.points;
+  return fit_collective_cost(kind, cost.points, p);
+}
+
+CollectiveCost fit_collective_cost(Collective kind, std::vector<AllToAllPoint> points, int ranks) {
+  CollectiveCost cost;
+  cost.kind = kind;
+  cost.points = points;
+  auto& pts = points;
   std::sort(pts.begin(), pts.end(), [](const AllToAllPoint& a, const AllToAllPoint& b) {
     return a.bytes_per_peer < b.bytes_per_peer;
   });
+  const auto moved = [&](const AllToAllPoint& pt) {
+    return CollectiveCost::moved_bytes(kind, static_cast<double>(pt.bytes_per_peer), ranks);
+  };
+  if (pts.empty() || ranks <= 1) return cost;
+  const auto& hi = pts.back();
+  double beta = 0.0;
   if (pts.size() >= 2) {
-    const auto moved = [&](const AllToAllPoint& pt) {
-      return CollectiveCost::moved_bytes(kind, static_cast<double>(pt.bytes_per_peer), p);
-    };
-    const auto& hi = pts.back();
     const auto& mid = pts[pts.size() - 2];
     const double dx = moved(hi) - moved(mid);
-    const double beta = dx > 0 ? (hi.seconds - mid.seconds) / dx : 0.0;
-    if (beta > 0) {
-      cost.bandwidth_gbps = 1e-9 / beta;
-      cost.latency_s = std::max(0.0, pts.front().seconds - beta * moved(pts.front()));
-    }
+    beta = dx > 0 ? (hi.seconds - mid.seconds) / dx : 0.0;
+  }
+  // A noisy probe (the larger size no slower): the largest point alone, through the origin.
+  if (beta <= 0 && moved(hi) > 0 && hi.seconds > 0) beta = hi.seconds / moved(hi);
+  if (beta > 0) {
+    cost.bandwidth_gbps = 1e-9 / beta;
+    cost.latency_s = std::max(0.0, pts.front().seconds - beta * moved(pts.front()));
+  } else {
+    cost.latency_s = pts.front().seconds;
   }
   return cost;
 }

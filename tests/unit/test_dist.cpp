@@ -565,6 +565,28 @@ TEST(Dist, CollectiveCostsAreMeasuredAndFitted) {
   EXPECT_DOUBLE_EQ(dist::CollectiveCost::moved_bytes(dist::Collective::all_gather, 400, 4), 1200);
 }
 
+// The fit on synthetic points: an exact line is recovered; a noisy probe whose largest size
+// was no slower than the next still gives a positive cost that grows with the bytes (a free
+// collective made `--parallel auto` choose by noise; cli_parallel caught it under load).
+TEST(Dist, CollectiveCostFit) {
+  using dist::AllToAllPoint;
+  const auto kind = dist::Collective::all_reduce;
+  const int P = 2;  // moved = b for a ring all_reduce on 2 ranks
+  auto t = [](double b) { return 20e-6 + b / 5e9; };
+  const auto exact = dist::fit_collective_cost(
+      kind, {{1 << 20, t(1 << 20)}, {4096, t(4096)}, {1 << 16, t(1 << 16)}}, P);
+  EXPECT_NEAR(exact.bandwidth_gbps, 5.0, 1e-6);
+  EXPECT_NEAR(exact.latency_s, 20e-6, 1e-12);
+  EXPECT_NEAR(exact.seconds(1 << 18, P), t(1 << 18), 1e-12);
+  const auto noisy =
+      dist::fit_collective_cost(kind, {{4096, 30e-6}, {1 << 16, 300e-6}, {1 << 20, 250e-6}}, P);
+  EXPECT_GT(noisy.bandwidth_gbps, 0.0);
+  EXPECT_GT(noisy.seconds(4096, P), 0.0);
+  EXPECT_GT(noisy.seconds(1 << 22, P), noisy.seconds(1 << 12, P));
+  EXPECT_EQ(noisy.points.size(), 3u);
+  EXPECT_EQ(dist::fit_collective_cost(kind, {{4096, 1e-5}}, 1).seconds(4096, 1), 0.0);
+}
+
 TEST(DistLm, RefusesWhatDoesNotCombine) {
   dist::Communicator& c = comm();
   const std::string dir = std::string(DELTAMOE_SOURCE_DIR) + "/tests/golden/llm/mixtral";

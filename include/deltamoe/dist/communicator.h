@@ -139,6 +139,12 @@ struct CollectiveCost {
   double seconds(double b, int ranks) const;
 };
 using AllToAllCost = CollectiveCost;
+/// Fits t = latency + moved / bandwidth to measured `points` of `kind` on `ranks` ranks: the
+/// bandwidth from the two largest sizes, the latency from the smallest (a least-squares fit
+/// would let the large sizes' noise swamp it). When noise makes the larger size no slower than
+/// the next (a slope ≤ 0), the bandwidth comes from the largest point alone (its time over its
+/// bytes), so that the model never predicts a free collective from a noisy probe. Pure.
+CollectiveCost fit_collective_cost(Collective kind, std::vector<AllToAllPoint> points, int ranks);
 /// Times `kind` at each size of `bytes` (`reps` calls each, after one warm-up; left out of
 /// stats()) and fits t = latency + moved / bandwidth: the bandwidth from the two largest
 /// sizes, the latency from the smallest (a least-squares fit would let the large sizes'
