@@ -288,15 +288,24 @@ void evaluate_seed(int seed, const std::vector<Run>& runs, const Options& o,
                   const std::vector<std::vector<int32_t>>* forced = nullptr) {
     return models::evaluate_lm(*m.lm, val, T, B, max_tok, d, forced);
   };
+  // ---- every model at its trained routing, with per-token detail (E1's diagonal, E2, E3).
+  std::vector<models::LmEvalDetail> details(ms.size());
+  std::vector<models::LmEval> native(ms.size());
+  for (size_t i = 0; i < ms.size(); ++i) native[i] = eval(ms[i], &details[i]);
   // ---- E1: fixed top-k models at every k.
-  for (Model& m : ms) {
+  for (size_t i = 0; i < ms.size(); ++i) {
+    Model& m = ms[i];
     if (m.run.method != "top-k") continue;
+    const int kt = static_cast<int>(m.run.budget);
     for (int ke = 1; ke <= kExperts; ++ke) {
-      m.use("top-k:" + std::to_string(ke));
-      const models::LmEval e = eval(m);
-      st.e1.push_back({seed, static_cast<int>(m.run.budget), ke, e.perplexity, e.mean_experts});
+      models::LmEval e = native[i];  // its own k: evaluated above
+      if (ke != kt) {
+        m.use("top-k:" + std::to_string(ke));
+        e = eval(m);
+        m.use_trained();
+      }
+      st.e1.push_back({seed, kt, ke, e.perplexity, e.mean_experts});
     }
-    m.use_trained();
     std::fprintf(stderr, "[sweep-lm] seed %d E1 %s done\n", seed, m.run.name.c_str());
   }
   // ---- post-hoc top-p on the top-2 model.
@@ -318,9 +327,6 @@ void evaluate_seed(int seed, const std::vector<Run>& runs, const Options& o,
       best[i] =
           std::max(best[i], models::evaluate_lm(*ms[i].lm, val, T, B, timing_tokens).tokens_per_s);
   // ---- E2 and E3 at the trained routing, with the controls.
-  std::vector<models::LmEvalDetail> details(ms.size());
-  std::vector<models::LmEval> native(ms.size());
-  for (size_t i = 0; i < ms.size(); ++i) native[i] = eval(ms[i], &details[i]);
   size_t top2 = ms.size();
   for (size_t i = 0; i < ms.size(); ++i)
     if (ms[i].run.method == "top-k" && ms[i].run.budget == 2) top2 = i;

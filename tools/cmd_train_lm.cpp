@@ -232,14 +232,13 @@ deltamoe::cli::CommandRegistrar reg(
         if (o->resume) {
           tok_json = read_file(o->out + "/tokenizer.json");
           while (!tok_json.empty() && tok_json.back() == '\n') tok_json.pop_back();
-          cfg = io::HfConfig::load(o->out);
+          lm = models::load_trainable_lm(o->out);
+          cfg = lm->config();
           if (rc.routing.empty() && !cfg.deltamoe_routing_json.empty()) {
             const auto r = nlohmann::json::parse(cfg.deltamoe_routing_json);
             rc.routing = r.value("spec", std::string());
             rc.target_k = r.value("target_k", 0.0);
           }
-          lm = std::make_unique<models::TrainableMoeLm>(
-              cfg, io::load_hf_weights(cfg, io::HfCheckpoint::open(o->out)));
         } else if (!o->tokenizer.empty() || !o->teacher.empty()) {
           tok_json = read_file(o->teacher.empty() ? o->tokenizer : o->teacher + "/tokenizer.json");
           while (!tok_json.empty() && tok_json.back() == '\n') tok_json.pop_back();

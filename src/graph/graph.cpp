@@ -423,7 +423,8 @@ Var Graph::log_softmax(Var a) {
   return push(std::move(n));
 }
 
-Var Graph::cross_entropy(Var logits, const std::vector<int32_t>& labels, float smoothing) {
+Var Graph::cross_entropy(Var logits, const std::vector<int32_t>& labels, float smoothing,
+                         std::vector<float>* row_losses) {
   const Tensor& lv = value(logits);
   DELTAMOE_CHECK(
       lv.dim() == 2 && lv.size(0) == static_cast<int64_t>(labels.size()) && lv.size(0) > 0, "graph",
@@ -452,6 +453,7 @@ Var Graph::cross_entropy(Var logits, const std::vector<int32_t>& labels, float s
       row = (1.0 - smoothing) * row + smoothing * mean_nll;
     }
     loss += row;
+    if (row_losses) row_losses->push_back(static_cast<float>(row));
   }
   Node n;
   DELTAMOE_CHECK(smoothing >= 0.0f && smoothing < 1.0f, "graph", "cross_entropy: label smoothing ",

@@ -187,32 +187,19 @@ LmEval evaluate_lm(TrainableMoeLm& model, const std::vector<int32_t>& stream, in
       fo.forced_ks = &forced_batch;
     }
     const LmTrainForward fwd = model.forward(g, tokens, seq_len, fo);
-    const graph::Var loss = model.loss(g, fwd, tokens, seq_len);
+    const graph::Var loss =
+        model.loss(g, fwd, tokens, seq_len, nullptr, 0.0, detail ? &detail->token_loss : nullptr);
     const int64_t predicted = nb * (seq_len - 1);
     nats += static_cast<double>(g.scalar(loss)) * static_cast<double>(predicted);
     e.tokens += predicted;
     k += mean_experts_of(fwd) * static_cast<double>(nb * seq_len);  // a last batch may be short
-    if (detail) {
-      // Log-softmax of each predicting row at its label, in double.
-      const Tensor& logits = g.value(fwd.logits);
-      const int64_t V = logits.shape()[1];
-      for (int64_t i = 0; i < nb * seq_len; ++i) {
-        if (i % seq_len == seq_len - 1) continue;
-        const float* row = logits.data<float>() + i * V;
-        const float mx = *std::max_element(row, row + V);
-        double sum = 0.0;
-        for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v] - mx));
-        const double lse = static_cast<double>(mx) + std::log(sum);
-        detail->token_loss.push_back(
-            static_cast<float>(lse - static_cast<double>(row[tokens[static_cast<size_t>(i + 1)]])));
-      }
+    if (detail)
       for (int64_t l = 0; l < layers; ++l) {
         const moe::RoutingResult& rr = fwd.routing[static_cast<size_t>(l)];
         auto& tk = detail->token_k[static_cast<size_t>(l)];
         for (int64_t t = 0; t < rr.tokens(); ++t) tk.push_back(rr.experts_of(t));
         for (int32_t id : rr.expert_ids) ++detail->load[static_cast<size_t>(l)][id];
       }
-    }
   }
   const double el = since(t0);
   e.loss = nats / static_cast<double>(e.tokens);

@@ -2,10 +2,10 @@
 #include "deltamoe/models/moe_lm_train.h"
 
 #include <algorithm>
-#include <cmath>
 #include <utility>
 
 #include "deltamoe/core/error.h"
+#include "deltamoe/kernels/cpu.h"
 #include "deltamoe/moe/policies.h"
 #include "models/graph_moe.h"
 
@@ -231,7 +231,8 @@ std::vector<int32_t> predicting_rows(int64_t n, int64_t seq_len) {
 
 Var TrainableMoeLm::loss(graph::Graph& g, const LmTrainForward& fwd,
                          const std::vector<int32_t>& tokens, int64_t seq_len,
-                         const std::vector<float>* teacher_probs, double distill_weight) {
+                         const std::vector<float>* teacher_probs, double distill_weight,
+                         std::vector<float>* token_nats) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   DELTAMOE_CHECK(seq_len > 1 && n % seq_len == 0, kComp,
                  "next-token loss needs sequences of at least 2 tokens, got ", seq_len);
@@ -239,7 +240,7 @@ Var TrainableMoeLm::loss(graph::Graph& g, const LmTrainForward& fwd,
   std::vector<int32_t> labels;
   for (int32_t r : rows) labels.push_back(tokens[static_cast<size_t>(r + 1)]);
   const Var logits = g.gather_rows(fwd.logits, rows);
-  Var l = g.cross_entropy(logits, labels);
+  Var l = g.cross_entropy(logits, labels, 0.0f, token_nats);
   if (teacher_probs && distill_weight > 0) {
     DELTAMOE_CHECK(teacher_probs->size() == rows.size() * static_cast<size_t>(cfg_.vocab_size),
                    kComp, "teacher distribution of ", teacher_probs->size(), " values for ",
@@ -261,15 +262,10 @@ std::vector<float> TrainableMoeLm::teacher_distribution(const std::vector<int32_
   const int64_t V = cfg_.vocab_size;
   const std::vector<int32_t> rows = predicting_rows(static_cast<int64_t>(tokens.size()), seq_len);
   std::vector<float> q(rows.size() * static_cast<size_t>(V));
-  for (size_t r = 0; r < rows.size(); ++r) {
-    const float* z = logits.data<float>() + static_cast<int64_t>(rows[r]) * V;
-    const float mx = *std::max_element(z, z + V);
-    double sum = 0.0;
-    for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(z[v] - mx));
-    for (int64_t v = 0; v < V; ++v)
-      q[r * static_cast<size_t>(V) + static_cast<size_t>(v)] =
-          static_cast<float>(std::exp(static_cast<double>(z[v] - mx)) / sum);
-  }
+  for (size_t r = 0; r < rows.size(); ++r)
+    std::copy_n(logits.data<float>() + static_cast<int64_t>(rows[r]) * V, V,
+                q.data() + r * static_cast<size_t>(V));
+  kernels::softmax_rows_st(q.data(), q.data(), static_cast<int64_t>(rows.size()), V);
   return q;
 }
 

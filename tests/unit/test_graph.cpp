@@ -111,10 +111,14 @@ TEST(GraphGrad, SoftmaxFamily) {
 TEST(GraphGrad, CrossEntropyValue) {
   Graph g(false);
   Var l = g.input(Tensor::from({1.0f, 2.0f, 3.0f, 0.0f, 0.0f, 0.0f}, {2, 3}));
-  const float ce = g.scalar(g.cross_entropy(l, {2, 0}));
+  std::vector<float> rows;
+  const float ce = g.scalar(g.cross_entropy(l, {2, 0}, 0.0f, &rows));
   const double e1 = -std::log(std::exp(3.0) / (std::exp(1.0) + std::exp(2.0) + std::exp(3.0)));
   const double e2 = std::log(3.0);
   EXPECT_NEAR(ce, (e1 + e2) / 2, 1e-6);
+  ASSERT_EQ(rows.size(), 2u);  // the per-row losses, on request
+  EXPECT_NEAR(rows[0], e1, 1e-6);
+  EXPECT_NEAR(rows[1], e2, 1e-6);
 }
 
 TEST(GraphGrad, CrossEntropyLabelSmoothingValue) {

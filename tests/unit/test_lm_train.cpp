@@ -166,9 +166,10 @@ TEST(LmTrain, TokenStreamAndErrors) {
   EXPECT_THROW(evaluate_lm(lm, std::vector<int32_t>(10, 1), 16, 4), Error);
 }
 
-// evaluate_lm's per-token detail (what `sweep-lm` pairs and buckets): the per-token losses,
-// recomputed from the logits, average to the loss the graph computes; the per-token expert
-// counts and the load agree with the policy; forcing every token to k experts is top-k.
+// evaluate_lm's per-token detail (what `sweep-lm` pairs and buckets): the per-token losses
+// (from the cross-entropy's rows) average to the loss and come one per predicted token; the
+// per-token expert counts and the load agree with the policy; forcing every token to k experts is
+// top-k.
 TEST(LmTrain, EvaluationDetailAndForcedExperts) {
   set_num_threads(1);
   TrainableMoeLm lm(tiny(40), 5);

@@ -124,8 +124,10 @@ class Graph {
   Var log_softmax(Var a);
   /// Mean over rows of −log softmax(logits)[i, labels[i]] → [1]. labels in [0, d).
   /// With label smoothing ε > 0 the target is (1 − ε)·onehot + ε/d (PyTorch's
-  /// label_smoothing): −(1 − ε)·log p_y − (ε/d)·Σ_c log p_c per row.
-  Var cross_entropy(Var logits, const std::vector<int32_t>& labels, float smoothing = 0.0f);
+  /// label_smoothing): −(1 − ε)·log p_y − (ε/d)·Σ_c log p_c per row. With `row_losses`,
+  /// also appends each row's loss (nats) to it, so per-sample losses cost nothing extra.
+  Var cross_entropy(Var logits, const std::vector<int32_t>& labels, float smoothing = 0.0f,
+                    std::vector<float>* row_losses = nullptr);
   /// Row-wise layer norm of x[N,d] with gamma[d], beta[d]: (x−μ)/√(σ²+eps)·γ + β.
   Var layer_norm(Var x, Var gamma, Var beta, float eps = 1e-5f);
 

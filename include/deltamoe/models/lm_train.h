@@ -78,7 +78,7 @@ struct LmEvalDetail {
 
 /// The loss of `stream` cut into consecutive windows of `seq_len` (a last partial window is
 /// dropped), `batch` windows per forward, at most `max_tokens` tokens (0: all). Grad-free.
-/// With `detail`, also fills it (which costs a log-softmax per token: time without it).
+/// With `detail`, also fills it (per-token losses straight from the loss; counting experts).
 /// With `forced_ks` ([layer][w·seq_len + i], at least as long as the evaluated windows),
 /// routes each token to its top forced_ks experts (LmTrainForwardOptions::forced_ks).
 LmEval evaluate_lm(TrainableMoeLm& model, const std::vector<int32_t>& stream, int64_t seq_len,

@@ -73,9 +73,10 @@ class TrainableMoeLm {
   /// distribution on those same positions, row-major [positions, vocab]; see
   /// teacher_distribution), the loss is (1 − w)·CE + w·H(teacher, this) + aux, w =
   /// `distill_weight`, H the mean cross-entropy of this model's softmax against the teacher's.
+  /// With `token_nats`, appends each predicted token's cross-entropy (nats) in row order.
   graph::Var loss(graph::Graph& g, const LmTrainForward& fwd, const std::vector<int32_t>& tokens,
                   int64_t seq_len, const std::vector<float>* teacher_probs = nullptr,
-                  double distill_weight = 0.0);
+                  double distill_weight = 0.0, std::vector<float>* token_nats = nullptr);
   /// This model's next-token distribution (softmax of the logits) at every position but each
   /// sequence's last, as loss() takes it for distillation: [B·(T − 1), vocab] row-major.
   /// Grad-free; uses the model's policy.
