@@ -116,11 +116,11 @@ def plot_e3(d):
         post[float(r["p"])]["k"].append(float(r["experts_per_token"]))
         post[float(r["p"])]["ppl"].append(float(r["perplexity"]))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    markers = {"top-k": "o", "top-p": "s", "threshold": "^"}
+    markers = {"top-k": "o", "top-p": "s", "threshold": "^", "null-experts": "D"}
     for ai, (xcol, xlabel) in enumerate([("experts_per_token", "measured experts per token"),
                                          ("tokens_per_s", "measured tokens/s (1 thread)")]):
         ax = axes[ai]
-        for method in ("top-k", "top-p", "threshold"):
+        for method in ("top-k", "top-p", "threshold", "null-experts"):
             keys = sorted(k for k in pts if k[0] == method)
             if not keys:
                 continue

@@ -515,7 +515,7 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
   json out = {{"model", o.model},
               {"arch", io::hf_arch_name(m0.config().arch)},
               {"dtype", dtype},
-              {"routing", m0.policy().name()},
+              {"routing", m0.routing_name()},
               {"threads", threads},
               {"cpu", cpu_features().model_name},
               {"repetitions", o.repetitions}};

@@ -46,9 +46,9 @@ int run_generate(const GenerateOptions& o) {
   const auto t_load = Clock::now();
   auto m = load_lm(o.lm);
   std::cerr << "generate: loaded " << o.lm.model << " (" << io::hf_arch_name(m->config().arch)
-            << ", " << m->layers() << " layers, " << m->config().num_experts << " experts, "
+            << ", " << m->layers() << " layers, " << experts_text(m->config()) << ", "
             << static_cast<double>(m->weight_bytes()) / 1e9 << " GB packed " << o.lm.dtype
-            << ") in " << seconds_since(t_load) << " s; routing " << m->policy().name() << "\n";
+            << ") in " << seconds_since(t_load) << " s; routing " << m->routing_name() << "\n";
   std::mt19937_64 rng(o.seed);
   models::KvCache cache;
   models::LmStats prompt_stats, gen_stats;
@@ -82,7 +82,7 @@ int run_generate(const GenerateOptions& o) {
   if (o.lm.json) {
     json j = {{"model", o.lm.model},
               {"dtype", o.lm.dtype},
-              {"routing", m->policy().name()},
+              {"routing", m->routing_name()},
               {"prompt_ids", prompt},
               {"generated_ids", out},
               {"text", text},
@@ -107,7 +107,7 @@ int run_generate(const GenerateOptions& o) {
       "generate: prompt %zu tokens in %.1f ms (%.1f tokens/s), generated %zu tokens in %.1f ms "
       "(%.1f tokens/s), %.2f experts per token (routing %s)\n",
       prompt.size(), 1e3 * prompt_s, pp_tps, out.size(), 1e3 * gen_s, tg_tps, all.mean_experts(),
-      m->policy().name().c_str());
+      m->routing_name().c_str());
   if (const models::ExpertCache* c = m->expert_cache())
     std::cerr << "generate: "
               << expert_cache_line(
@@ -199,7 +199,7 @@ int run_perplexity(const PerplexityOptions& o) {
     json j = {{"model", o.lm.model},
               {"file", o.file},
               {"dtype", o.lm.dtype},
-              {"routing", m->policy().name()},
+              {"routing", m->routing_name()},
               {"context", ctx},
               {"tokens", ids.size()},
               {"scored_tokens", scored},
@@ -215,7 +215,7 @@ int run_perplexity(const PerplexityOptions& o) {
     std::printf(
         "perplexity %.4f over %lld tokens (context %lld), %.2f experts per token, routing %s\n",
         ppl, static_cast<long long>(scored), static_cast<long long>(ctx), stats.mean_experts(),
-        m->policy().name().c_str());
+        m->routing_name().c_str());
   }
   return 0;
 }

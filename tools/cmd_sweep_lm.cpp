@@ -73,7 +73,8 @@ std::string run_dir(const Run& r, const Options& o) {
 // train-lm arguments of a run (1 thread; the sweep evaluates, so train-lm evaluates little).
 std::vector<std::string> train_args(const Run& r, const Options& o) {
   const bool student = r.method == "student" || r.method == "student-kd";
-  const bool fixed_k = r.method == "top-k" || r.method == "residual" || student;
+  const bool fixed_k =
+      r.method == "top-k" || r.method == "residual" || r.method == "pyramid" || student;
   const int64_t k = fixed_k ? static_cast<int64_t>(r.budget) : 2;
   const std::string routing = r.method == "residual" ? "top-k-raw:" + std::to_string(k)
                               : fixed_k              ? "top-k:" + std::to_string(k)
@@ -106,6 +107,12 @@ std::vector<std::string> train_args(const Run& r, const Options& o) {
   if (is_delta(r.method)) a.insert(a.end(), {"--target-k", sig(r.budget, 17)});
   // PR-MoE's residual: a shared expert as wide as a routed one, beside raw top-1 weights.
   if (r.method == "residual") a.insert(a.end(), {"--shared-inter", std::to_string(o.inter)});
+  if (r.method == "pyramid") {
+    // DeepSpeed's pyramid: half the experts in the first half of the layers.
+    const auto it = std::find(a.begin(), a.end(), "--experts");
+    *it = "--layer-experts";
+    *(it + 1) = pyramid_experts(o.layers, kExperts);
+  }
   if (!o.data.empty()) a.insert(a.end(), {"--data", o.data});
   return a;
 }
@@ -180,18 +187,18 @@ void train_all(const std::vector<Run>& runs, const Options& o, Study& st) {
 struct Model {
   Run run;
   std::unique_ptr<models::TrainableMoeLm> lm;
-  std::shared_ptr<moe::RoutingPolicy> trained_policy;
-  void use_trained() { lm->set_policy(trained_policy); }
+  std::vector<std::shared_ptr<moe::RoutingPolicy>> trained_policies;  // per layer
+  void use_trained() { lm->set_layer_policies(trained_policies); }
   void use(const std::string& spec) {
-    lm->set_policy(moe::make_policy(spec, lm->config().num_experts));
+    lm->set_policy(moe::parse_policy_spec(spec, lm->config().num_experts));
   }
 };
 
 Model load_model(const Run& r, const Options& o) {
-  Model m{r, models::load_trainable_lm(run_dir(r, o)), nullptr};
+  Model m{r, models::load_trainable_lm(run_dir(r, o)), {}};
   DELTAMOE_CHECK(!m.lm->config().deltamoe_routing_json.empty(), kComp, run_dir(r, o),
                  "/config.json has no deltamoe_routing (not written by train-lm)");
-  m.trained_policy = m.lm->shared_policy();
+  m.trained_policies = m.lm->layer_policies();
   return m;
 }
 
@@ -284,9 +291,13 @@ void evaluate_seed(int seed, const std::vector<Run>& runs, const Options& o,
   for (const Run& r : runs)
     if (r.seed == seed) ms.push_back(load_model(r, o));
   const int64_t T = o.seq_len, B = o.batch, max_tok = o.eval_tokens;
+  // Evaluations use all the sweep's cores (--jobs); timings alone run on --threads.
   auto eval = [&](Model& m, models::LmEvalDetail* d = nullptr,
                   const std::vector<std::vector<int32_t>>* forced = nullptr) {
-    return models::evaluate_lm(*m.lm, val, T, B, max_tok, d, forced);
+    set_num_threads(std::max(o.jobs, o.threads));
+    const models::LmEval e = models::evaluate_lm(*m.lm, val, T, B, max_tok, d, forced);
+    set_num_threads(o.threads);
+    return e;
   };
   // ---- every model at its trained routing, with per-token detail (E1's diagonal, E2, E3).
   std::vector<models::LmEvalDetail> details(ms.size());
@@ -438,7 +449,10 @@ int run_sweep_lm(const Options& in) {
       runs.push_back({"top-k_k" + std::to_string(k), "top-k", static_cast<double>(k), seed});
     for (const std::string meth : {"top-p", "threshold"})
       for (double kt : {1.25, 1.5, 2.0}) runs.push_back({meth + "_K" + sig(kt), meth, kt, seed});
+    // AdaMoE's null experts, the third delta policy, at the target budget.
+    runs.push_back({"null-experts_K1.5", "null-experts", 1.5, seed});
     runs.push_back({"residual_k1", "residual", 1.0, seed});
+    if (o.layers > 1) runs.push_back({"pyramid_k2", "pyramid", 2.0, seed});
   }
   Study st;
   st.quick = o.quick;
@@ -510,7 +524,8 @@ deltamoe::cli::CommandRegistrar reg(
           ->check(CLI::Range(1, 256))
           ->capture_default_str();
       app.add_option("--threads", o->threads,
-                     "threads of the evaluation and timing (1 keeps timings stable)")
+                     "threads of the timing (1 keeps timings stable); evaluations use "
+                     "max(--jobs, --threads)")
           ->check(CLI::Range(1, 1024))
           ->capture_default_str();
       app.add_option("--batch", o->batch, "sequences per training step")

@@ -1,6 +1,7 @@
 // `deltamoe train-lm`: train a small Mixtral-style MoE language model on real text (Debian's
 // fortunes by default) with any routing policy, and write it as a Hugging Face model directory
 // that `generate`, `serve` and transformers load (issue 15).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -33,9 +34,10 @@ struct Opts {
   int64_t vocab = 2048, layers = 2, hidden = 128, heads = 4, kv_heads = 2, experts = 8, top_k = 2,
           inter = 256, shared_inter = 0, seq_len = 64, batch = 16, steps = 300, warmup = 20,
           checkpoint_every = 0;
+  std::vector<int64_t> layer_experts;  // pyramid MoE: experts of each layer (empty: --experts)
   int64_t eval_tokens = 0;
   float lr = 3e-3f;
-  double balance_alpha = 0.01, distill_weight = 0.5;
+  double balance_alpha = 0.01, budget_beta = 0.0, distill_weight = 0.5;
   uint64_t seed = 1;
   int threads = 2;
   bool tie = false, force = false, resume = false, json = false, no_progress = false;
@@ -75,7 +77,16 @@ io::HfConfig make_config(const Opts& o, int32_t vocab) {
   c.num_key_value_heads = o.kv_heads;
   c.head_dim = o.hidden / o.heads;
   c.num_experts = o.experts;
+  if (!o.layer_experts.empty()) {
+    c.layer_experts = o.layer_experts;
+    c.num_experts = *std::max_element(o.layer_experts.begin(), o.layer_experts.end());
+  }
   c.num_experts_per_tok = o.top_k;
+  if (o.routing.kind() == "null-experts") {
+    // AdaMoE's null experts are router outputs: M more rows in every router.
+    const moe::PolicySpec s = o.routing.spec(c.num_experts);
+    c.null_experts = s.nulls > 0 ? s.nulls : c.num_experts;
+  }
   c.moe_intermediate_size = o.inter;
   c.intermediate_size = o.inter;
   c.rms_norm_eps = 1e-5;
@@ -133,9 +144,16 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_option("--kv-heads", o->kv_heads, "Key/value heads")
           ->check(range(1, 256))
           ->capture_default_str();
-      app.add_option("--experts", o->experts, "Experts per MoE layer")
+      auto* experts = app.add_option("--experts", o->experts, "Experts per MoE layer")
+                          ->check(range(1, 4096))
+                          ->capture_default_str();
+      app.add_option("--layer-experts", o->layer_experts,
+                     "Experts of each layer, comma-separated, one per layer (DeepSpeed's pyramid "
+                     "MoE, e.g. 4,8: more experts in later layers; config field "
+                     "deltamoe_layer_experts, runs in deltamoe only)")
+          ->delimiter(',')
           ->check(range(1, 4096))
-          ->capture_default_str();
+          ->excludes(experts);
       app.add_option("--top-k", o->top_k,
                      "The config's experts per token (num_experts_per_tok; the routing unless "
                      "--routing says otherwise)")
@@ -168,6 +186,11 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_option("--balance-alpha", o->balance_alpha, "Switch load-balancing loss weight")
           ->check(cli::finite_in(0.0, 1e6))
           ->capture_default_str();
+      app.add_option("--budget-beta", o->budget_beta,
+                     "Budget loss weight: the router's mean entropy per MoE layer (top-p's "
+                     "dynamic loss, Huang et al. 2024: confident routers need fewer experts)")
+          ->check(cli::finite_in(0.0, 1e6))
+          ->capture_default_str();
       app.add_option("--eval-tokens", o->eval_tokens, "Validation tokens to evaluate (0: all)")
           ->check(range(0, int64_t{1} << 40))
           ->capture_default_str();
@@ -194,9 +217,9 @@ deltamoe::cli::CommandRegistrar reg(
           throw CLI::ValidationError("--distill-weight", "needs --teacher");
         // A resumed run keeps the model it resumes: shape flags would be silently ignored.
         if (o->resume)
-          for (const char* f :
-               {"--vocab", "--tokenizer", "--layers", "--hidden", "--heads", "--kv-heads",
-                "--experts", "--top-k", "--inter", "--shared-inter", "--tie-embeddings"})
+          for (const char* f : {"--vocab", "--tokenizer", "--layers", "--hidden", "--heads",
+                                "--kv-heads", "--experts", "--layer-experts", "--top-k", "--inter",
+                                "--shared-inter", "--tie-embeddings"})
             if (app.count(f))
               throw CLI::ValidationError(f,
                                          "cannot change with --resume (the run in --out keeps "
@@ -216,8 +239,17 @@ deltamoe::cli::CommandRegistrar reg(
                        ": heads must divide hidden and be a multiple of kv heads");
         DELTAMOE_CHECK((o->hidden / o->heads) % 2 == 0, kComp, "head dim ", o->hidden / o->heads,
                        " must be even (RoPE)");
-        DELTAMOE_CHECK(o->top_k <= o->experts, kComp, "--top-k ", o->top_k, " > --experts ",
-                       o->experts);
+        if (!o->layer_experts.empty()) {
+          DELTAMOE_CHECK(static_cast<int64_t>(o->layer_experts.size()) == o->layers, kComp,
+                         "--layer-experts lists ", o->layer_experts.size(), " layers, --layers is ",
+                         o->layers);
+          const int64_t fewest =
+              *std::min_element(o->layer_experts.begin(), o->layer_experts.end());
+          DELTAMOE_CHECK(o->top_k <= fewest, kComp, "--top-k ", o->top_k,
+                         " > the fewest --layer-experts ", fewest);
+        }
+        DELTAMOE_CHECK(o->top_k <= o->experts || !o->layer_experts.empty(), kComp, "--top-k ",
+                       o->top_k, " > --experts ", o->experts);
         // Everything that can fail on the output is checked before any training.
         { io::OutputDir probe(o->out, o->force || o->resume, kComp); }
 
@@ -257,7 +289,7 @@ deltamoe::cli::CommandRegistrar reg(
           rc.routing = (cfg.norm_topk_prob ? "top-k:" : "top-k-raw:") +
                        std::to_string(cfg.num_experts_per_tok);
         const moe::PolicySpec spec = rc.spec(cfg.num_experts);
-        lm->set_policy(moe::make_policy(spec, cfg.num_experts));
+        lm->set_policy(spec);  // one policy (and controller) per MoE layer
         const int32_t sep = tok->token_id(kSeparator);
         DELTAMOE_CHECK(sep >= 0, kComp, o->tokenizer.empty() ? o->out : o->tokenizer,
                        ": the tokenizer has no ", kSeparator,
@@ -274,6 +306,7 @@ deltamoe::cli::CommandRegistrar reg(
         to.lr = o->lr;
         to.warmup = o->warmup;
         to.balance_alpha = o->balance_alpha;
+        to.budget_beta = o->budget_beta;
         to.seed = o->seed;
         to.progress = !o->no_progress;
         std::unique_ptr<models::TrainableMoeLm> teacher;
@@ -286,7 +319,7 @@ deltamoe::cli::CommandRegistrar reg(
                          "train-lm: distilling %s (%s, %lld layers, routing %s), weight %g\n",
                          o->teacher.c_str(), teacher->config().architecture.c_str(),
                          static_cast<long long>(teacher->config().num_hidden_layers),
-                         teacher->policy().name().c_str(), o->distill_weight);
+                         teacher->routing_name().c_str(), o->distill_weight);
         }
         if (o->resume) to.start_step = models::load_train_state(*lm, adam, state_path);
         DELTAMOE_CHECK(to.start_step < to.steps || !o->resume, kComp, "--resume: ", state_path,
@@ -310,7 +343,7 @@ deltamoe::cli::CommandRegistrar reg(
               "train-lm: %lld parameters, vocab %d, %zu training tokens, %zu validation "
               "tokens, routing %s, %lld steps of %lld x %lld tokens%s\n",
               static_cast<long long>(lm->params().numel()), tok->vocab_size(), train.size(),
-              val.size(), lm->policy().name().c_str(), static_cast<long long>(o->steps),
+              val.size(), lm->routing_name().c_str(), static_cast<long long>(o->steps),
               static_cast<long long>(o->batch), static_cast<long long>(o->seq_len),
               o->resume ? (" (resuming after step " + std::to_string(to.start_step) + ")").c_str()
                         : "");
@@ -329,7 +362,7 @@ deltamoe::cli::CommandRegistrar reg(
         if (o->json) {
           nlohmann::ordered_json j{{"out", o->out},
                                    {"data", split.source},
-                                   {"routing", lm->policy().name()},
+                                   {"routing", lm->routing_name()},
                                    {"parameters", lm->params().numel()},
                                    {"vocab_size", tok->vocab_size()},
                                    {"train_tokens", train.size()},

@@ -36,6 +36,14 @@ struct OffloadCliOptions {
 
 /// Adds --expert-cache, --expert-policy, --no-prefetch, --substitute, --io-threads and
 /// --drop-page-cache (`prefix` starts their help, e.g. "Language models: ").
+/// "8 experts", or per layer for a pyramid model: "4,8 experts".
+inline std::string experts_text(const io::HfConfig& c) {
+  if (c.layer_experts.empty()) return std::to_string(c.num_experts) + " experts";
+  std::string s;
+  for (int64_t e : c.layer_experts) s += (s.empty() ? "" : ",") + std::to_string(e);
+  return s + " experts";
+}
+
 inline void add_offload_options(CLI::App& app, OffloadCliOptions& o,
                                 const std::string& prefix = "") {
   app.add_option("--expert-cache", o.expert_cache,

@@ -143,10 +143,10 @@ int run_llm_server(const std::string& model_dir, const std::string& routing,
   server.start();
   const auto st = engine->stats();
   std::cerr << "serve: " << sc.model_name << " (" << io::hf_arch_name(model->config().arch) << ", "
-            << model->layers() << " layers, " << model->config().num_experts << " experts, "
-            << o.dtype << ", routing " << model->policy().name() << ") loaded in "
-            << seconds_since(t0) << " s; KV cache " << st.kv_blocks_total << " blocks of "
-            << o.kv_block << " positions (" << st.kv_blocks_total * o.kv_block << " in all); "
+            << model->layers() << " layers, " << experts_text(model->config()) << ", " << o.dtype
+            << ", routing " << model->routing_name() << ") loaded in " << seconds_since(t0)
+            << " s; KV cache " << st.kv_blocks_total << " blocks of " << o.kv_block
+            << " positions (" << st.kv_blocks_total * o.kv_block << " in all); "
             << (o.queues.holds() ? "per-expert queues B=" + std::to_string(o.queues.min_rows) +
                                        " T=" + std::to_string(o.queues.max_wait_s * 1e3) + "ms"
                                  : std::string("continuous batching"))

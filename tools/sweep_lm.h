@@ -13,7 +13,16 @@ namespace deltamoe::cli::sweep_lm {
 /// Whether `method` is a delta policy (per-token expert budgets), not fixed top-k or the
 /// PR-MoE residual (a shared expert plus fixed top-1).
 inline bool is_delta(const std::string& method) {
-  return method == "top-p" || method == "threshold";
+  return method == "top-p" || method == "threshold" || method == "null-experts";
+}
+
+/// DeepSpeed's pyramid as `train-lm --layer-experts` takes it ("4,8", "4,4,8,8"): half the
+/// experts in the first half of the layers, all of them in the rest.
+inline std::string pyramid_experts(int64_t layers, int64_t experts) {
+  std::string t;
+  for (int64_t l = 0; l < layers; ++l)
+    t += (l ? "," : "") + std::to_string(2 * l < layers ? experts / 2 : experts);
+  return t;
 }
 
 /// One trained model of the sweep.

@@ -430,28 +430,38 @@ Var Graph::cross_entropy(Var logits, const std::vector<int32_t>& labels, float s
       lv.dim() == 2 && lv.size(0) == static_cast<int64_t>(labels.size()) && lv.size(0) > 0, "graph",
       "cross_entropy: logits ", shape_str(lv.shape()), " with ", labels.size(), " labels");
   const int64_t rows = lv.size(0), d = lv.size(1);
-  // Saved: the softmax, which is what the VJP needs.
-  Tensor probs(lv.shape());
-  const float* lp = lv.data<float>();
-  float* pp = probs.data<float>();
-  double loss = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t y = labels[static_cast<size_t>(r)];
     DELTAMOE_CHECK(y >= 0 && y < d, "graph", "cross_entropy: label ", y, " outside [0, ", d, ")");
-    const float* x = lp + r * d;
-    float m = -std::numeric_limits<float>::infinity();
-    for (int64_t c = 0; c < d; ++c) m = std::max(m, x[c]);
-    float s = 0.0f;
-    for (int64_t c = 0; c < d; ++c) s += (pp[r * d + c] = std::exp(x[c] - m));
-    for (int64_t c = 0; c < d; ++c) pp[r * d + c] /= s;
-    const float lse = m + std::log(s);
-    double row = static_cast<double>(lse - x[y]);
-    if (smoothing > 0.0f) {
-      double mean_nll = 0.0;  // mean over classes of −log p_c
-      for (int64_t c = 0; c < d; ++c) mean_nll += static_cast<double>(lse - x[c]);
-      mean_nll /= static_cast<double>(d);
-      row = (1.0 - smoothing) * row + smoothing * mean_nll;
+  }
+  // Saved: the softmax, which is what the VJP needs. Rows in parallel with the vectorised
+  // softmax (a language model's head makes this thousands of rows of a vocabulary each).
+  Tensor probs = uninit_tensor(lv.shape());
+  const float* lp = lv.data<float>();
+  float* pp = probs.data<float>();
+  std::vector<double> row_loss(static_cast<size_t>(rows));
+  parallel_for(rows, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* x = lp + r * d;
+      float* p = pp + r * d;
+      kernels::softmax_rows_st(x, p, 1, d);
+      // log Σ_c exp(x_c) = max − log p_max: the largest logit's probability is ≥ 1/d, so its
+      // log is exact to float rounding, with no second pass of exponentials.
+      int64_t top = 0;
+      for (int64_t c = 1; c < d; ++c)
+        if (x[c] > x[top]) top = c;
+      const double lse = static_cast<double>(x[top]) - std::log(static_cast<double>(p[top]));
+      double row = lse - static_cast<double>(x[labels[static_cast<size_t>(r)]]);
+      if (smoothing > 0.0f) {
+        double mean_x = 0.0;  // mean over classes of −log p_c is lse − mean x_c
+        for (int64_t c = 0; c < d; ++c) mean_x += static_cast<double>(x[c]);
+        row = (1.0 - smoothing) * row + smoothing * (lse - mean_x / static_cast<double>(d));
+      }
+      row_loss[static_cast<size_t>(r)] = row;
     }
+  });
+  double loss = 0.0;
+  for (const double row : row_loss) {
     loss += row;
     if (row_losses) row_losses->push_back(static_cast<float>(row));
   }

@@ -215,10 +215,12 @@ void Graph::vjp(int32_t id) {
       float* dx = grad_of(in[0]).data<float>();
       // d/dx of −Σ_c q_c log p_c with target q = (1 − ε)·onehot + ε/d: p − q.
       const float eps = n.fa, uniform = eps / static_cast<float>(d);
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < d; ++c) dx[r * d + c] += s * (p[r * d + c] - uniform);
-        dx[r * d + n.ia[static_cast<size_t>(r)]] -= s * (1.0f - eps);
-      }
+      parallel_for(rows, 8, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          for (int64_t c = 0; c < d; ++c) dx[r * d + c] += s * (p[r * d + c] - uniform);
+          dx[r * d + n.ia[static_cast<size_t>(r)]] -= s * (1.0f - eps);
+        }
+      });
       return;
     }
 

@@ -249,8 +249,9 @@ HfLayerWeights load_layer(const HfConfig& c, const HfCheckpoint& ck, int64_t lay
   const std::string m = c.arch == HfArch::mixtral && ck.has(p + "block_sparse_moe.gate.weight")
                             ? p + "block_sparse_moe."
                             : p + "mlp.";
-  w.router = ck.expect(m + "gate.weight", {c.num_experts, H});
-  w.experts = load_experts(ck, m + "experts.", c.num_experts, c.moe_intermediate_size, H);
+  const int64_t E = c.experts_in_layer(layer);
+  w.router = ck.expect(m + "gate.weight", {c.router_outputs(layer), H});
+  w.experts = load_experts(ck, m + "experts.", E, c.moe_intermediate_size, H);
   if (c.shared_expert_intermediate_size > 0) {
     w.shared = load_ffn(ck, m + "shared_expert.", c.shared_expert_intermediate_size, H);
     w.shared_gate = ck.expect(m + "shared_expert_gate.weight", {1, H});

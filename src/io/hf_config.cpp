@@ -288,6 +288,21 @@ void check_consistency(const Fields& f, const HfConfig& c) {
   if (c.num_experts_per_tok > c.num_experts)
     f.bad("num_experts_per_tok ", c.num_experts_per_tok, " exceeds the number of experts ",
           c.num_experts);
+  if (!c.layer_experts.empty()) {
+    if (static_cast<int64_t>(c.layer_experts.size()) != c.num_hidden_layers)
+      f.bad("deltamoe_layer_experts has ", c.layer_experts.size(), " entries for ",
+            c.num_hidden_layers, " layers");
+    int64_t largest = 0;
+    for (size_t l = 0; l < c.layer_experts.size(); ++l) {
+      largest = std::max(largest, c.layer_experts[l]);
+      if (c.layer_experts[l] < c.num_experts_per_tok)
+        f.bad("deltamoe_layer_experts gives layer ", l, " ", c.layer_experts[l],
+              " experts, fewer than num_experts_per_tok ", c.num_experts_per_tok);
+    }
+    if (largest != c.num_experts)
+      f.bad("the largest of deltamoe_layer_experts (", largest, ") must equal the expert count ",
+            c.num_experts);
+  }
   for (const int64_t l : c.mlp_only_layers)
     if (l < 0 || l >= c.num_hidden_layers)
       f.bad("mlp_only_layers names layer ", l, " of a ", c.num_hidden_layers, "-layer model");
@@ -303,6 +318,10 @@ const char* hf_arch_name(HfArch arch) {
   for (const auto& a : kArchs)
     if (a.arch == arch) return a.architecture;
   return "?";
+}
+
+int64_t HfConfig::experts_in_layer(int64_t layer) const {
+  return layer_experts.empty() ? num_experts : layer_experts.at(static_cast<size_t>(layer));
 }
 
 bool HfConfig::is_moe_layer(int64_t layer) const {
@@ -396,6 +415,12 @@ HfConfig HfConfig::parse(const std::string& json_text, const std::string& path_f
     DELTAMOE_CHECK(it->is_object(), "hf", path_for_errors, ": deltamoe_routing is not an object");
     c.deltamoe_routing_json = it->dump();
   }
+  if (const json* m = f.find("deltamoe_layer_experts"); m && !m->is_null()) {
+    if (!m->is_array()) f.bad("field 'deltamoe_layer_experts' must be a list of expert counts");
+    for (const json& x : *m)
+      c.layer_experts.push_back(f.as_int(x, "deltamoe_layer_experts", 1, kMaxExperts));
+  }
+  c.null_experts = f.int_or("deltamoe_null_experts", 0, kMaxExperts, 0);
   check_consistency(f, c);
   return c;
 }

@@ -47,6 +47,8 @@ std::string hf_config_to_json(const HfConfig& c) {
   j["router_aux_loss_coef"] = c.router_aux_loss_coef;
   if (!c.deltamoe_routing_json.empty())
     j["deltamoe_routing"] = decltype(j)::parse(c.deltamoe_routing_json);
+  if (!c.layer_experts.empty()) j["deltamoe_layer_experts"] = c.layer_experts;
+  if (c.null_experts > 0) j["deltamoe_null_experts"] = c.null_experts;
   j["num_experts_per_tok"] = c.num_experts_per_tok;
   switch (c.arch) {
     case HfArch::mixtral:
@@ -126,8 +128,8 @@ std::vector<SafetensorsTensorSpec> hf_tensor_specs(const HfConfig& c, DType dtyp
     const bool stacked = layout == HfExpertLayout::stacked;
     const bool classic_mixtral = c.arch == HfArch::mixtral && !stacked;
     const std::string m = p + (classic_mixtral ? "block_sparse_moe." : "mlp.");
-    const int64_t E = c.num_experts, I = c.moe_intermediate_size;
-    add(m + "gate.weight", {E, H});
+    const int64_t E = c.experts_in_layer(l), I = c.moe_intermediate_size;
+    add(m + "gate.weight", {c.router_outputs(l), H});
     if (stacked) {
       add(m + "experts.gate_up_proj", {E, 2 * I, H});
       add(m + "experts.down_proj", {E, H, I});

@@ -1,5 +1,7 @@
 #include "models/graph_moe.h"
 
+#include <algorithm>
+
 namespace deltamoe::models::detail {
 
 graph::Var combine_experts(graph::Graph& g, graph::Var u, graph::Var w,
@@ -36,6 +38,12 @@ graph::Var switch_balance_loss(graph::Graph& g, graph::Var p, const moe::Routing
     for (float& v : f) v /= total;
   return g.scale(g.dot_const(g.mean_cols(p), f),
                  static_cast<float>(alpha * static_cast<double>(outputs)));
+}
+
+graph::Var router_entropy_loss(graph::Graph& g, graph::Var p, graph::Var log_p, double beta) {
+  const int64_t tokens = g.value(p).shape()[0];
+  return g.scale(g.sum(g.mul(p, log_p)),
+                 static_cast<float>(-beta / static_cast<double>(std::max<int64_t>(1, tokens))));
 }
 
 }  // namespace deltamoe::models::detail

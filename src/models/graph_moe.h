@@ -27,4 +27,11 @@ graph::Var switch_balance_loss(graph::Graph& g, graph::Var p, const moe::Routing
                                const std::vector<int32_t>& null_cols, int64_t outputs,
                                double alpha);
 
+/// The budget loss of dynamic routing (Huang et al. 2024, "Harder Tasks Need More Experts":
+/// their "dynamic loss"): beta · the mean over tokens of the router distribution's entropy,
+/// −Σ_c p[t, c] log p[t, c]. A peaked distribution reaches top-p's mass with fewer experts, so
+/// the loss buys a smaller per-token budget with the router's confidence; `log_p` is the
+/// router's log-softmax and `p` its softmax, both [tokens, outputs].
+graph::Var router_entropy_loss(graph::Graph& g, graph::Var p, graph::Var log_p, double beta);
+
 }  // namespace deltamoe::models::detail

@@ -97,6 +97,7 @@ LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector
     graph::Graph g(true);
     LmTrainForwardOptions fo;
     fo.balance_alpha = o.balance_alpha;
+    fo.budget_beta = o.budget_beta;
     const LmTrainForward fwd = model.forward(g, tokens, o.seq_len, fo);
     std::vector<float> soft;
     if (o.teacher) soft = o.teacher->teacher_distribution(tokens, o.seq_len);
@@ -154,7 +155,7 @@ LmEval evaluate_lm(TrainableMoeLm& model, const std::vector<int32_t>& stream, in
   if (max_tokens > 0) windows = std::min(windows, std::max<int64_t>(1, max_tokens / seq_len));
   DELTAMOE_CHECK(windows > 0, kComp, "the evaluation stream has ", stream.size(),
                  " tokens, fewer than one window of ", seq_len);
-  const int64_t layers = model.config().num_hidden_layers, E = model.config().num_experts;
+  const int64_t layers = model.config().num_hidden_layers;
   if (forced_ks) {
     DELTAMOE_CHECK(static_cast<int64_t>(forced_ks->size()) == layers, kComp, "forced_ks has ",
                    forced_ks->size(), " layers, the model ", layers);
@@ -165,7 +166,10 @@ LmEval evaluate_lm(TrainableMoeLm& model, const std::vector<int32_t>& stream, in
   if (detail) {
     *detail = LmEvalDetail{};
     detail->token_k.assign(static_cast<size_t>(layers), {});
-    detail->load.assign(static_cast<size_t>(layers), std::vector<int64_t>(static_cast<size_t>(E)));
+    detail->load.resize(static_cast<size_t>(layers));
+    for (int64_t l = 0; l < layers; ++l)
+      detail->load[static_cast<size_t>(l)].assign(
+          static_cast<size_t>(model.config().experts_in_layer(l)), 0);
   }
   LmEval e;
   double nats = 0.0, k = 0.0;
@@ -213,13 +217,9 @@ void save_lm(const TrainableMoeLm& model, const std::string& routing, const moe:
              const std::string& tokenizer_json, const std::string& separator_token,
              const std::string& dir) {
   io::HfConfig cfg = model.config();
-  moe::PolicySpec trained = moe::current_spec(spec, model.policy());
-  trained.target_k = 0;  // inference routes with the adapted parameters, no controller
-  cfg.deltamoe_routing_json = nlohmann::json{
-      {"spec", routing},
-      {"target_k", spec.target_k},
-      {"trained",
-       policy_to_json(trained)}}.dump();
+  std::vector<const moe::RoutingPolicy*> layers;
+  for (const auto& p : model.layer_policies()) layers.push_back(p.get());
+  cfg.deltamoe_routing_json = trained_routing_json(routing, spec, layers).dump();
   write_text(dir + "/config.json", io::hf_config_to_json(cfg));
   const std::vector<io::SafetensorsTensorSpec> specs =
       io::hf_tensor_specs(model.config(), DType::f32, io::HfExpertLayout::per_expert);
@@ -239,11 +239,8 @@ std::unique_ptr<TrainableMoeLm> load_trainable_lm(const std::string& dir) {
   const io::HfConfig cfg = io::HfConfig::load(dir);
   auto lm =
       std::make_unique<TrainableMoeLm>(cfg, io::load_hf_weights(cfg, io::HfCheckpoint::open(dir)));
-  if (!cfg.deltamoe_routing_json.empty()) {
-    const auto j = nlohmann::json::parse(cfg.deltamoe_routing_json);
-    if (j.contains("trained"))
-      lm->set_policy(moe::make_policy(policy_from_json(j.at("trained")), cfg.num_experts));
-  }
+  if (auto policies = trained_layer_policies(cfg); !policies.empty())
+    lm->set_layer_policies(std::move(policies));
   return lm;
 }
 

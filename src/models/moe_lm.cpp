@@ -176,24 +176,33 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
       cfg_.max_position_embeddings > 0 ? cfg_.max_position_embeddings : kMaxRopePositions,
       kMaxRopePositions);
   rope_.ensure(max_positions_);
-  if (!cfg_.deltamoe_routing_json.empty()) {
-    // A model trained by train-lm routes as it was trained (its policy's final parameters).
-    const auto r = nlohmann::json::parse(cfg_.deltamoe_routing_json);
-    DELTAMOE_CHECK(r.contains("trained") && r["trained"].is_object(), "hf",
-                   "config.json: deltamoe_routing has no \"trained\" policy");
-    moe::PolicySpec spec;
-    try {
-      spec = policy_from_json(r["trained"]);
-    } catch (const nlohmann::json::exception& e) {
-      fail("hf", "config.json: deltamoe_routing.trained: ", e.what());
-    }
-    default_policy_ = moe::make_policy(spec, cfg_.num_experts);
-  } else {
-    default_policy_ =
-        std::make_shared<moe::TopKRouting>(cfg_.num_experts_per_tok, cfg_.norm_topk_prob);
-  }
-  policy_ = default_policy_;
+  // A model trained by train-lm routes as it was trained (each layer's final parameters).
   dense_policy_ = std::make_shared<moe::TopKRouting>(1, true);
+  auto trained = trained_layer_policies(cfg_);
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    std::shared_ptr<const moe::RoutingPolicy> p = dense_policy_;
+    if (cfg_.is_moe_layer(l))
+      p = !trained.empty() ? std::shared_ptr<const moe::RoutingPolicy>(
+                                 std::move(trained[static_cast<size_t>(l)]))
+          : cfg_.null_experts > 0
+              ? std::shared_ptr<const moe::RoutingPolicy>(std::make_shared<moe::NullExpertsRouting>(
+                    cfg_.num_experts_per_tok, cfg_.null_experts, cfg_.norm_topk_prob))
+              : std::make_shared<moe::TopKRouting>(cfg_.num_experts_per_tok, cfg_.norm_topk_prob);
+    DELTAMOE_CHECK(p->extra_logits() == (cfg_.is_moe_layer(l) ? cfg_.null_experts : 0), "hf",
+                   "config.json: the routing of layer ", l, " (", p->name(), ") needs ",
+                   p->extra_logits(), " null experts, deltamoe_null_experts is ",
+                   cfg_.null_experts);
+    default_policies_.push_back(std::move(p));
+  }
+  policies_ = default_policies_;
+  // Expert placement and the expert cache assume one expert count for every layer.
+  DELTAMOE_CHECK((cfg_.layer_experts.empty() && cfg_.null_experts == 0) ||
+                     (parallel_ != ParallelMode::ep && parallel_ != ParallelMode::automatic &&
+                      !options.expert_cache.enabled()),
+                 "model",
+                 "per-layer expert counts (deltamoe_layer_experts) and null experts "
+                 "(deltamoe_null_experts) run with --parallel none or tp and without "
+                 "--expert-cache");
   if (parallel_ == ParallelMode::ep)
     expert_sources_.resize(static_cast<size_t>(cfg_.num_hidden_layers));
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
@@ -310,13 +319,34 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
 
 void MoeLm::set_policy(std::shared_ptr<const moe::RoutingPolicy> policy) {
   if (!policy) {
-    policy_ = default_policy_;
+    policies_ = default_policies_;
     return;
   }
-  DELTAMOE_CHECK(
-      policy->extra_logits() == 0, "model", "routing ", policy->name(),
-      " needs null-expert router outputs, which a Hugging Face checkpoint does not have");
-  policy_ = std::move(policy);
+  DELTAMOE_CHECK(policy->extra_logits() == cfg_.null_experts, "model", "routing ", policy->name(),
+                 " needs ", policy->extra_logits(), " null-expert router outputs, the model has ",
+                 cfg_.null_experts, " (deltamoe_null_experts)");
+  for (int64_t l = 0; l < layers(); ++l)
+    if (layers_[static_cast<size_t>(l)].moe) policies_[static_cast<size_t>(l)] = policy;
+}
+
+std::shared_ptr<const moe::RoutingPolicy> MoeLm::default_policy() const {
+  for (int64_t l = 0; l < layers(); ++l)
+    if (layers_[static_cast<size_t>(l)].moe) return default_policies_[static_cast<size_t>(l)];
+  return dense_policy_;
+}
+
+const moe::RoutingPolicy& MoeLm::policy() const {
+  for (int64_t l = 0; l < layers(); ++l)
+    if (layers_[static_cast<size_t>(l)].moe) return *policies_[static_cast<size_t>(l)];
+  return *dense_policy_;
+}
+
+std::string MoeLm::routing_name() const {
+  std::vector<const moe::RoutingPolicy*> moe_layers;
+  for (int64_t l = 0; l < layers(); ++l)
+    if (layers_[static_cast<size_t>(l)].moe)
+      moe_layers.push_back(policies_[static_cast<size_t>(l)].get());
+  return moe_layers.empty() ? dense_policy_->name() : moe::routing_name(moe_layers);
 }
 
 std::shared_ptr<KvBlockPool> MoeLm::make_kv_pool(int64_t block_tokens, int64_t max_blocks) const {

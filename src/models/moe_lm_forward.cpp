@@ -348,7 +348,7 @@ void MoeLm::ffn(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, float* h,
   // x = RMSNorm(h); h += MoE(x) (or the dense MLP).
   norm_rows(h, ly.post_norm.data<float>(), x, n, hd, eps);
   moe::RoutingResult routing;
-  ly.ffn->route(x, n, ly.moe ? *policy_ : *dense_policy_, routing);
+  ly.ffn->route(x, n, policy_of(l), routing);
   if (ly.ffn_whole && ffn_choice(l, n).layout == FfnLayout::ep) {
     moe::apply_expert_parallel_replicated(*ly.ffn_whole, placement_[static_cast<size_t>(l)], *comm_,
                                           x, n, routing, y, &ep_stats_);
@@ -412,7 +412,7 @@ void MoeLm::ffn_queued(const Layer& ly, int64_t l, Pass& p, const RowSet& rs, fl
     std::vector<float> xf(fresh.size() * static_cast<size_t>(hd));
     for (size_t j = 0; j < fresh.size(); ++j)
       std::memcpy(xf.data() + j * hd, x + fresh[j] * hd, static_cast<size_t>(hd) * 4);
-    ly.ffn->route(xf.data(), static_cast<int64_t>(fresh.size()), *policy_, routing);
+    ly.ffn->route(xf.data(), static_cast<int64_t>(fresh.size()), policy_of(l), routing);
   }
   // Every pair of the layer's rows: expert, gate weight, whether it ran, its output row.
   std::vector<int64_t> pair0(static_cast<size_t>(n) + 1, 0);

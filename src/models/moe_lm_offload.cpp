@@ -106,7 +106,7 @@ void MoeLm::ffn_offloaded(const Layer& ly, int64_t l, Pass& p, const RowSet& rs,
   norm_rows(h, ly.post_norm.data<float>(), x, n, hd, eps);
   moe::RoutingResult routing;
   std::vector<float> probs;  // the router policy's statistics only
-  ly.ffn->route(x, n, *policy_, routing,
+  ly.ffn->route(x, n, policy_of(l), routing,
                 opts.policy == ExpertCachePolicy::router ? &probs : nullptr);
   std::vector<int32_t> needed = distinct(routing.expert_ids);
 

@@ -211,7 +211,7 @@ void MoeLm::run_layers_parallel(Pass& p, std::vector<float>& h, LmStats* stats) 
     norm_rows(hm.data(), ly.post_norm.data<float>(), x, m, hd, eps);
     moe::RoutingResult mine;
     mine.clear();
-    if (m > 0) ly.ffn->route(x, m, ly.moe ? *policy_ : *dense_policy_, mine);
+    if (m > 0) ly.ffn->route(x, m, policy_of(l), mine);
     if (ly.moe) {
       const moe::ExpertPlacement* place = &placement_[static_cast<size_t>(l)];
       moe::ExpertPlacement by_load;

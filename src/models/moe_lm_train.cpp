@@ -60,9 +60,12 @@ TrainableMoeLm::Names TrainableMoeLm::names(int64_t l) const {
 void TrainableMoeLm::add_params() {
   for (const auto& spec : io::hf_tensor_specs(cfg_, DType::f32, io::HfExpertLayout::per_expert))
     params_.add(spec.name, spec.shape);
-  policy_ = moe::make_policy(std::string(cfg_.norm_topk_prob ? "top-k:" : "top-k-raw:") +
-                                 std::to_string(cfg_.num_experts_per_tok),
-                             cfg_.num_experts);
+  moe::PolicySpec top_k;  // or null-experts top-k when the router has null outputs
+  top_k.kind = cfg_.null_experts > 0 ? "null-experts" : "top-k";
+  top_k.k = cfg_.num_experts_per_tok;
+  top_k.nulls = cfg_.null_experts;
+  top_k.renormalize = cfg_.norm_topk_prob;
+  set_policy(top_k);
 }
 
 TrainableMoeLm::TrainableMoeLm(const io::HfConfig& config, uint64_t seed) : cfg_(config) {
@@ -114,9 +117,10 @@ TrainableMoeLm::TrainableMoeLm(const io::HfConfig& config, const io::HfModelWeig
       continue;
     }
     copy_into(params_.get(nm.moe + "gate.weight"), ly.router, nm.moe + "gate.weight");
-    DELTAMOE_CHECK(static_cast<int64_t>(ly.experts.size()) == cfg_.num_experts, kComp, "layer ", l,
-                   " has ", ly.experts.size(), " experts, config ", cfg_.num_experts);
-    for (int64_t e = 0; e < cfg_.num_experts; ++e)
+    const int64_t E = cfg_.experts_in_layer(l);
+    DELTAMOE_CHECK(static_cast<int64_t>(ly.experts.size()) == E, kComp, "layer ", l, " has ",
+                   ly.experts.size(), " experts, config ", E);
+    for (int64_t e = 0; e < E; ++e)
       copy_ffn(nm.moe + "experts." + std::to_string(e) + ".", ly.experts[static_cast<size_t>(e)]);
     if (cfg_.shared_expert_intermediate_size > 0) {
       copy_ffn(nm.moe + "shared_expert.", ly.shared);
@@ -128,12 +132,67 @@ TrainableMoeLm::TrainableMoeLm(const io::HfConfig& config, const io::HfModelWeig
   if (!cfg_.tie_word_embeddings) copy_into(params_.get("lm_head.weight"), w.lm_head, "lm_head");
 }
 
-void TrainableMoeLm::set_policy(std::shared_ptr<moe::RoutingPolicy> policy) {
+namespace {
+
+void check_policy(const moe::RoutingPolicy* policy, int64_t null_experts) {
   DELTAMOE_CHECK(policy != nullptr, kComp, "no routing policy");
-  DELTAMOE_CHECK(policy->extra_logits() == 0, kComp, "routing ", policy->name(),
-                 " needs router outputs beyond the experts (null experts), which a Mixtral "
-                 "router does not have");
-  policy_ = std::move(policy);
+  DELTAMOE_CHECK(policy->extra_logits() == null_experts, kComp, "routing ", policy->name(),
+                 " needs ", policy->extra_logits(),
+                 " null-expert router outputs, the model's router has ", null_experts,
+                 " (config deltamoe_null_experts; train-lm --routing null-experts:K:M)");
+}
+
+}  // namespace
+
+void TrainableMoeLm::set_policy(std::shared_ptr<moe::RoutingPolicy> policy) {
+  check_policy(policy.get(), cfg_.null_experts);
+  std::vector<std::shared_ptr<moe::RoutingPolicy>> all(static_cast<size_t>(cfg_.num_hidden_layers));
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
+    if (cfg_.is_moe_layer(l)) all[static_cast<size_t>(l)] = policy;
+  policies_ = std::move(all);
+}
+
+void TrainableMoeLm::set_policy(const moe::PolicySpec& spec) {
+  std::vector<std::shared_ptr<moe::RoutingPolicy>> all(static_cast<size_t>(cfg_.num_hidden_layers));
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
+    if (cfg_.is_moe_layer(l)) {
+      const int64_t E = cfg_.experts_in_layer(l);
+      moe::PolicySpec s = spec;
+      if (s.kind == "null-experts" && s.nulls <= 0 && cfg_.null_experts > 0)
+        s.nulls = cfg_.null_experts;  // as many as the router has
+      // One threshold for all experts (the CLI's threshold:THETA) applies to a layer of any
+      // size (pyramid MoE); per-expert thresholds must match the layer.
+      if (s.kind == "threshold" && !s.thresholds.empty() &&
+          static_cast<int64_t>(s.thresholds.size()) != E &&
+          std::all_of(s.thresholds.begin(), s.thresholds.end(),
+                      [&](float t) { return t == s.thresholds[0]; }))
+        s.thresholds.assign(static_cast<size_t>(E), s.thresholds[0]);
+      all[static_cast<size_t>(l)] = moe::make_policy(s, E);
+    }
+  set_layer_policies(std::move(all));
+}
+
+void TrainableMoeLm::set_layer_policies(std::vector<std::shared_ptr<moe::RoutingPolicy>> policies) {
+  DELTAMOE_CHECK(static_cast<int64_t>(policies.size()) == cfg_.num_hidden_layers, kComp,
+                 policies.size(), " layer policies for ", cfg_.num_hidden_layers, " layers");
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
+    if (cfg_.is_moe_layer(l))
+      check_policy(policies[static_cast<size_t>(l)].get(), cfg_.null_experts);
+    else
+      policies[static_cast<size_t>(l)].reset();
+  policies_ = std::move(policies);
+}
+
+std::string TrainableMoeLm::routing_name() const {
+  std::vector<const moe::RoutingPolicy*> all;
+  for (const auto& p : policies_) all.push_back(p.get());
+  return moe::routing_name(all);
+}
+
+const moe::RoutingPolicy& TrainableMoeLm::policy() const {
+  for (const auto& p : policies_)
+    if (p) return *p;
+  fail(kComp, "the model has no MoE layer, so no routing policy");
 }
 
 LmTrainForward TrainableMoeLm::forward(graph::Graph& g, const std::vector<int32_t>& tokens,
@@ -146,7 +205,7 @@ LmTrainForward TrainableMoeLm::forward(graph::Graph& g, const std::vector<int32_
     DELTAMOE_CHECK(tokens[i] >= 0 && tokens[i] < c.vocab_size, kComp, "token ", tokens[i],
                    " at position ", i, " is outside the vocabulary [0, ", c.vocab_size, ")");
   const float eps = static_cast<float>(c.rms_norm_eps);
-  const int64_t hd = c.head_dim, E = c.num_experts;
+  const int64_t hd = c.head_dim;
   LmTrainForward out;
   const Var embed = params_.bind(g, "model.embed_tokens.weight");
   Var x = g.gather_rows(embed, tokens);
@@ -177,24 +236,42 @@ LmTrainForward TrainableMoeLm::forward(graph::Graph& g, const std::vector<int32_
       out.routing.emplace_back();  // a dense layer routes nothing
       continue;
     }
+    const int64_t E = c.experts_in_layer(l), outs = c.router_outputs(l);
+    moe::RoutingPolicy& policy = *policies_[static_cast<size_t>(l)];
     const Var z = g.linear(u, params_.bind(g, nm.moe + "gate.weight"));
-    const Var prob = g.softmax(z);
+    const Var prob = g.softmax(z);  // over the experts and the null experts
+    const float* zp = g.value(z).data<float>();
+    const float* pp = g.value(prob).data<float>();
     moe::RoutingResult rr;
+    std::vector<int32_t> null_offsets, null_cols;  // the null experts each token chose
     if (opt.forced_ks) {
       DELTAMOE_CHECK(static_cast<int64_t>(opt.forced_ks->size()) == c.num_hidden_layers &&
                          static_cast<int64_t>((*opt.forced_ks)[l].size()) == n,
                      kComp, "forced experts per token: need ", c.num_hidden_layers, " layers of ",
                      n, " entries");
-      moe::PerTokenKRouting forced(policy_->renormalize());
+      // Top-k over the real experts' columns.
+      std::vector<float> zr, pr;
+      if (outs != E) {
+        zr.resize(static_cast<size_t>(n * E));
+        pr.resize(static_cast<size_t>(n * E));
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t e = 0; e < E; ++e) {
+            zr[static_cast<size_t>(t * E + e)] = zp[t * outs + e];
+            pr[static_cast<size_t>(t * E + e)] = pp[t * outs + e];
+          }
+      }
+      moe::PerTokenKRouting forced(policy.renormalize());
       forced.set_ks((*opt.forced_ks)[static_cast<size_t>(l)]);
-      forced.route(g.value(z).data<float>(), g.value(prob).data<float>(), n, E, rr);
+      forced.route(outs != E ? zr.data() : zp, outs != E ? pr.data() : pp, n, E, rr);
+    } else if (auto* ne = dynamic_cast<moe::NullExpertsRouting*>(&policy)) {
+      ne->route_with_nulls(zp, pp, n, E, rr, null_offsets, null_cols);
     } else {
-      policy_->route(g.value(z).data<float>(), g.value(prob).data<float>(), n, E, rr);
+      policy.route(zp, pp, n, E, rr);
     }
     if (g.grad_enabled() && !opt.forced_ks)
-      if (auto* ad = dynamic_cast<moe::AdaptivePolicy*>(policy_.get()))
-        ad->observe(g.value(prob).data<float>(), n, E, E, rr);
-    const Var w = g.gate_weights(prob, rr.offsets, rr.expert_ids, policy_->renormalize());
+      if (auto* ad = dynamic_cast<moe::AdaptivePolicy*>(&policy)) ad->observe(pp, n, E, outs, rr);
+    const Var w = g.gate_weights(prob, rr.offsets, rr.expert_ids, policy.renormalize(),
+                                 null_offsets, null_cols);
     const Var y = detail::combine_experts(g, u, w, rr, n, E, [&](int64_t e, Var xe) {
       return swiglu(xe, nm.moe + "experts." + std::to_string(e) + ".");
     });
@@ -207,8 +284,12 @@ LmTrainForward TrainableMoeLm::forward(graph::Graph& g, const std::vector<int32_
       for (int64_t i = 0; i < n; ++i) rows[static_cast<size_t>(i)] = static_cast<int32_t>(i);
       x = g.scatter_add_rows(x, s, sg, rows, rows, n);
     }
-    if (g.grad_enabled() && opt.balance_alpha > 0)
-      aux.push_back(detail::switch_balance_loss(g, prob, rr, {}, E, opt.balance_alpha));
+    // The auxiliary losses are part of the loss whenever asked for (training asks; evaluation
+    // does not), so that a grad-free forward computes the same loss as a recorded one.
+    if (opt.balance_alpha > 0)
+      aux.push_back(detail::switch_balance_loss(g, prob, rr, null_cols, outs, opt.balance_alpha));
+    if (opt.budget_beta > 0)
+      aux.push_back(detail::router_entropy_loss(g, prob, g.log_softmax(z), opt.budget_beta));
     out.routing.push_back(std::move(rr));
   }
   const Var hf = g.rms_norm(x, params_.bind(g, "model.norm.weight"), eps);

@@ -400,4 +400,16 @@ std::unique_ptr<RoutingPolicy> make_policy(const std::string& spec, int64_t expe
   }
 }
 
+std::string routing_name(const std::vector<const RoutingPolicy*>& layers) {
+  std::vector<std::string> names;
+  for (const RoutingPolicy* p : layers)
+    if (p) names.push_back(p->name());
+  if (names.empty()) return "";
+  if (std::all_of(names.begin(), names.end(), [&](const std::string& n) { return n == names[0]; }))
+    return names[0];
+  std::string out = names[0];
+  for (size_t i = 1; i < names.size(); ++i) out += " | " + names[i];
+  return out;
+}
+
 }  // namespace deltamoe::moe

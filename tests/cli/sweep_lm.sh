@@ -36,11 +36,14 @@ d = sys.argv[1]
 rd = lambda n: list(csv.DictReader(open(f"{d}/delta-moe-lm-{n}.csv")))
 e1 = {(r["k_train"], r["k_eval"]): float(r["perplexity"]) for r in rd("e1")}
 e3 = {(r["method"], r["budget"]): r for r in rd("e3")}
-assert len(e3) == 13, len(e3)
+assert len(e3) == 15, len(e3)
+# The pyramid (4,8 experts) has fewer parameters than top-2 (8,8) at the same k.
+assert int(e3[("pyramid", "2")]["params"]) < int(e3[("top-k", "2")]["params"]), e3[("pyramid", "2")]
+assert abs(float(e3[("pyramid", "2")]["experts_per_token"]) - 2) < 1e-9
 assert abs(float(e3[("top-k", "2")]["perplexity"]) - e1[("2", "2")]) < 1e-3 * e1[("2", "2")]
 assert all(float(e3[("top-k", k)]["experts_per_token"]) == float(k) for k in "1234")
 for (m, b), r in e3.items():
-    assert (r["shuffled_perplexity"] != "") == (m in ("top-p", "threshold")), (m, b)
+    assert (r["shuffled_perplexity"] != "") == (m in ("top-p", "threshold", "null-experts")), (m, b)
 # PR-MoE residual: a shared expert as wide as a routed one beside top-1 has top-2's active FFN
 # parameters, and more parameters than top-2 (the shared expert, its gate, q/k/v biases).
 res, t2 = e3[("residual", "1")], e3[("top-k", "2")]
@@ -55,13 +58,13 @@ for r in rd("e3-k-hist"):
 assert all(abs(v - 1) < 1e-3 for v in h.values()), h
 ph = sorted((float(r["p"]), float(r["experts_per_token"])) for r in rd("posthoc"))
 assert all(a[1] <= b[1] + 1e-9 for a, b in zip(ph, ph[1:])), ph
-assert len(rd("train")) == 13
+assert len(rd("train")) == 15
 PY
 # A re-run trains nothing, and keeps hand-written notes in the report.
 printf '## Notes\n\nnotes-marker-42\n' >"$tmp/out/delta-moe-lm-notes.md"
 "$bin" sweep-lm "${args[@]}" --no-plots >/dev/null 2>"$tmp/b.err" || { cat "$tmp/b.err"; fail "re-run"; }
 grep -q "notes-marker-42" "$tmp/out/delta-moe-lm.md" || fail "notes not in the report"
-grep -q "0 models to train (11 cached)" "$tmp/b.err" && grep -q "0 models to train (2 cached)" "$tmp/b.err" ||
+grep -q "0 models to train (13 cached)" "$tmp/b.err" && grep -q "0 models to train (2 cached)" "$tmp/b.err" ||
   { cat "$tmp/b.err"; fail "models not reused"; }
 
 expect_one_line_error 1 "multiple of 8" "$bin" sweep-lm --hidden 12 --out-dir "$tmp/x" --work-dir "$tmp/w"

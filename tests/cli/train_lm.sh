@@ -52,6 +52,27 @@ printf '{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}}\n' >
 expect_one_line_error 1 "endoftext" "$bin" train-lm "${tok[@]}" --tokenizer "$tmp/nosep.json" --out "$tmp/x"
 expect_one_line_error 2 "vocab" "$bin" train-lm "${small[@]}" --tokenizer "$tmp/a/tokenizer.json" --out "$tmp/x"
 
+# Pyramid MoE (--layer-experts): per-layer expert counts in config.json, loaded by generate.
+pyr=(--data "$tmp/corpus.txt" --hidden 32 --heads 4 --kv-heads 2 --inter 32 --seq-len 16 --batch 4
+     --threads 1 --no-progress --tokenizer "$tmp/a/tokenizer.json")
+"$bin" train-lm "${pyr[@]}" --steps 2 --layer-experts 2,4 --routing top-p --target-k 1.5 \
+  --out "$tmp/pyr" >/dev/null 2>"$tmp/pyr.err" || { cat "$tmp/pyr.err"; fail "--layer-experts"; }
+tr -d ' \n' <"$tmp/pyr/config.json" | grep -q '"deltamoe_layer_experts":\[2,4\]' || fail "layer experts not recorded"
+grep -q '"trained_layers"' "$tmp/pyr/config.json" || fail "per-layer routing not recorded"
+"$bin" generate --model "$tmp/pyr" --prompt "The cat" -n 3 >/dev/null 2>"$tmp/gy.txt" || { cat "$tmp/gy.txt"; fail "generate pyramid"; }
+expect_one_line_error 1 "--layer-experts lists 3 layers" "$bin" train-lm "${pyr[@]}" --layer-experts 2,4,4 --out "$tmp/x"
+expect_one_line_error 2 "excludes" "$bin" train-lm "${pyr[@]}" --experts 4 --layer-experts 2,4 --out "$tmp/x"
+expect_one_line_error 1 "fewest" "$bin" train-lm "${pyr[@]}" --layer-experts 1,4 --out "$tmp/x"
+
+# Null experts (AdaMoE): M extra router outputs, recorded in config.json; generate routes with
+# them and refuses a routing without them.
+"$bin" train-lm "${pyr[@]}" --experts 4 --steps 2 --routing null-experts:2:3 --target-k 1.5 \
+  --out "$tmp/nul" >/dev/null 2>"$tmp/nul.err" || { cat "$tmp/nul.err"; fail "null experts"; }
+grep -q '"deltamoe_null_experts": 3' "$tmp/nul/config.json" || fail "null experts not recorded"
+"$bin" generate --model "$tmp/nul" --prompt "The cat" -n 3 >/dev/null 2>"$tmp/gn.txt" || { cat "$tmp/gn.txt"; fail "generate null experts"; }
+grep -q "routing null-experts" "$tmp/gn.txt" || { cat "$tmp/gn.txt"; fail "generate does not route with null experts"; }
+expect_one_line_error 1 "null-expert router outputs" "$bin" generate --model "$tmp/nul" --routing top-k:2 --prompt "The" -n 2
+
 # --teacher: a 1-layer student distilled from the 2-layer model a, with a's tokenizer.
 "$bin" train-lm "${tok[@]}" --layers 1 --steps 3 --teacher "$tmp/a" --out "$tmp/s" >/dev/null 2>"$tmp/s.err" ||
   { cat "$tmp/s.err"; fail "--teacher"; }

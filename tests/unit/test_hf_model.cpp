@@ -264,6 +264,33 @@ TEST(HfConfig, Errors) {
                "must equal hidden_size 32 for OLMoE");
   EXPECT_ERROR(with("mixtral", [](json& j) { j["torch_dtype"] = "float64"; })(),
                "dtype 'float64' is not supported");
+  // Pyramid MoE's per-layer expert counts (deltamoe's own field).
+  const auto layers2 = [](json& j, json counts) {
+    j["num_hidden_layers"] = 2;
+    j["deltamoe_layer_experts"] = std::move(counts);
+  };
+  EXPECT_ERROR(with("mixtral",
+                    [&](json& j) {
+                      layers2(j, {4, 8, 8});
+                    })(),
+               "[hf] /m/config.json: deltamoe_layer_experts has 3 entries for 2 layers");
+  EXPECT_ERROR(with("mixtral",
+                    [&](json& j) {
+                      layers2(j, {4, 6});
+                    })(),
+               "the largest of deltamoe_layer_experts (6) must equal the expert count 8");
+  EXPECT_ERROR(with("mixtral",
+                    [&](json& j) {
+                      layers2(j, {1, 8});
+                    })(),
+               "deltamoe_layer_experts gives layer 0 1 experts, fewer than num_experts_per_tok 2");
+  EXPECT_ERROR(with("mixtral",
+                    [&](json& j) {
+                      layers2(j, {0, 8});
+                    })(),
+               "field 'deltamoe_layer_experts' = 0 is out of range");
+  EXPECT_ERROR(with("mixtral", [&](json& j) { layers2(j, 8); })(),
+               "field 'deltamoe_layer_experts' must be a list of expert counts");
   EXPECT_ERROR(HfConfig::parse("{\"vocab_size\": 1,", "/m/config.json"),
                "[hf] /m/config.json: not valid JSON: ");
   EXPECT_ERROR(HfConfig::parse("[1, 2]", "/m/config.json"),

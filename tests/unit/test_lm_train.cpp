@@ -40,6 +40,17 @@ std::vector<int32_t> patterned_stream(int64_t n, int32_t vocab) {
   return s;
 }
 
+// Options of the short runs below: `steps` steps of 8 windows of 16 tokens, no progress.
+LmTrainOptions short_run(int64_t steps) {
+  LmTrainOptions o;
+  o.steps = steps;
+  o.batch = 8;
+  o.seq_len = 16;
+  o.warmup = 4;
+  o.progress = false;
+  return o;
+}
+
 }  // namespace
 
 // Mixtral top-2 (train_lm) and PR-MoE residual as Qwen2-MoE (train_lm_residual: a shared
@@ -302,4 +313,146 @@ TEST(LmTrain, DistillationLoss) {
         student.loss(g, fwd, tokens, T, &short_q, 0.5);
       },
       Error);
+}
+
+// Pyramid MoE (2 experts in layer 0, 4 in layer 1: deltamoe_layer_experts) trained with top-p
+// and one controller per layer: each layer's p adapts to its own router, the saved config
+// keeps both (trained_layers) and the per-layer counts, and the inference path and a reloaded
+// trainable model compute the trained model's logits.
+TEST(LmTrain, PyramidWithPerLayerControllersSavesAndLoads) {
+  set_num_threads(1);
+  io::HfConfig c = tiny(40);
+  c.layer_experts = {2, 4};
+  c = io::HfConfig::parse(io::hf_config_to_json(c), "pyramid");
+  ASSERT_EQ(c.layer_experts, (std::vector<int64_t>{2, 4}));
+  EXPECT_EQ(c.experts_in_layer(0), 2);
+  EXPECT_EQ(c.experts_in_layer(1), 4);
+  int64_t routers = 0, experts = 0;
+  for (const auto& s : io::hf_tensor_specs(c, DType::f32, io::HfExpertLayout::per_expert)) {
+    if (s.name.find("block_sparse_moe.gate.weight") != std::string::npos) {
+      const bool first = s.name.find("layers.0.") != std::string::npos;
+      EXPECT_EQ(s.shape, (Shape{first ? 2 : 4, 16})) << s.name;
+      ++routers;
+    }
+    experts += s.name.find(".w1.weight") != std::string::npos;
+  }
+  EXPECT_EQ(routers, 2);
+  EXPECT_EQ(experts, 6);
+
+  TrainableMoeLm lm(c, 5);
+  moe::PolicySpec spec = moe::parse_policy_spec("top-p:0.5", 4);
+  spec.target_k = 1.5;
+  lm.set_policy(spec);
+  ASSERT_NE(lm.layer_policies()[0], lm.layer_policies()[1]);  // one controller per layer
+  const auto stream = patterned_stream(3000, 40);
+  nn::Adam adam(lm.params(), {});
+  LmTrainOptions o = short_run(300);
+  train_lm(lm, adam, stream, o);
+  const double p0 = dynamic_cast<const moe::TopPRouting&>(*lm.layer_policy(0)).p();
+  const double p1 = dynamic_cast<const moe::TopPRouting&>(*lm.layer_policy(1)).p();
+  // Layer 0 (2 experts) needs a higher p than layer 1 (4) for the same K: a shared
+  // controller gives both one p (measured: 0.58 and 0.40).
+  EXPECT_GT(p0, p1 + 0.05);
+  LmEvalDetail detail;
+  evaluate_lm(lm, stream, 16, 8, 0, &detail);
+  ASSERT_EQ(detail.load.size(), 2u);
+  EXPECT_EQ(detail.load[0].size(), 2u);
+  EXPECT_EQ(detail.load[1].size(), 4u);
+  for (size_t l = 0; l < 2; ++l) {
+    double k = 0;
+    for (int32_t x : detail.token_k[l]) k += x;
+    k /= static_cast<double>(detail.token_k[l].size());
+    EXPECT_NEAR(k, 1.5, 0.2) << "layer " << l;  // each layer's own controller reaches K*
+  }
+
+  const std::string dir = testing::TempDir() + "/lm_pyramid";
+  std::filesystem::create_directories(dir);
+  save_lm(lm, "top-p:0.5", spec, io::make_synthetic_tokenizer_json(300), "<s>", dir);
+  const io::HfConfig saved = io::HfConfig::load(dir);
+  EXPECT_EQ(saved.layer_experts, c.layer_experts);
+  const auto inf = MoeLm::load(dir, {DType::f32});
+  const auto back = load_trainable_lm(dir);
+  EXPECT_EQ(inf->routing_name(), back->routing_name());
+  EXPECT_NE(inf->routing_name().find(" | "), std::string::npos) << inf->routing_name();
+  EXPECT_DOUBLE_EQ(dynamic_cast<const moe::TopPRouting&>(inf->policy_of(1)).p(), p1);
+  const std::vector<int32_t> ids(stream.begin(), stream.begin() + 16);
+  graph::Graph g(false), gb(false);
+  const float* want = g.value(lm.forward(g, ids, 16).logits).data<float>();
+  const float* again = gb.value(back->forward(gb, ids, 16).logits).data<float>();
+  std::vector<float> got(16 * 40);
+  KvCache cache;
+  inf->forward(ids.data(), 16, cache, got.data(), true);
+  float d_inf = 0, d_back = 0;
+  for (size_t j = 0; j < got.size(); ++j) {
+    d_inf = std::max(d_inf, std::fabs(got[j] - want[j]));
+    d_back = std::max(d_back, std::fabs(again[j] - want[j]));
+  }
+  EXPECT_LT(d_inf, 1e-4f);
+  EXPECT_EQ(d_back, 0.0f);
+}
+
+// The budget loss (router entropy, top-p's dynamic loss) makes routers confident: the same
+// top-p:0.6 model trained with it routes fewer experts per token than without it.
+TEST(LmTrain, BudgetLossLowersTopPExperts) {
+  set_num_threads(1);
+  const auto stream = patterned_stream(3000, 40);
+  double k[2];
+  for (int with = 0; with < 2; ++with) {
+    TrainableMoeLm lm(tiny(40), 7);
+    lm.set_policy(moe::parse_policy_spec("top-p:0.6", 4));
+    nn::Adam adam(lm.params(), {});
+    LmTrainOptions o = short_run(80);
+    o.budget_beta = with ? 0.1 : 0.0;
+    train_lm(lm, adam, stream, o);
+    k[with] = evaluate_lm(lm, stream, 16, 8).mean_experts;
+  }
+  EXPECT_LT(k[1], k[0] - 0.2);  // measured: 2.97 without, 2.12 with
+}
+
+// AdaMoE null experts in the language model: the router has E + M outputs
+// (deltamoe_null_experts), null-experts:K:M with a target holds the real experts per token
+// between 1 and K, and the saved model computes the same logits in the inference path.
+TEST(LmTrain, NullExpertsTrainSaveAndLoad) {
+  set_num_threads(1);
+  io::HfConfig c = tiny(40);
+  c.null_experts = 4;
+  c = io::HfConfig::parse(io::hf_config_to_json(c), "nulls");
+  ASSERT_EQ(c.null_experts, 4);
+  EXPECT_EQ(c.router_outputs(1), 8);
+  TrainableMoeLm lm(c, 5);
+  EXPECT_EQ(lm.params().get("model.layers.0.block_sparse_moe.gate.weight").shape(), (Shape{8, 16}));
+  EXPECT_EQ(lm.policy().extra_logits(), 4);  // the default: null-experts top-k
+  EXPECT_THROW(lm.set_policy(moe::make_policy("top-k:2", 4)), Error);  // router has nulls
+  moe::PolicySpec spec = moe::parse_policy_spec("null-experts:3:4", 4);
+  spec.target_k = 1.5;
+  lm.set_policy(spec);
+  const auto stream = patterned_stream(3000, 40);
+  nn::Adam adam(lm.params(), {});
+  LmTrainOptions o = short_run(200);
+  const LmEval before = evaluate_lm(lm, stream, 16, 8);
+  train_lm(lm, adam, stream, o);
+  const LmEval after = evaluate_lm(lm, stream, 16, 8);
+  EXPECT_LT(after.loss, before.loss - 1.0);
+  EXPECT_NEAR(after.mean_experts, 1.5, 0.3);  // real experts only; nulls cost nothing
+
+  const std::string dir = testing::TempDir() + "/lm_nulls";
+  std::filesystem::create_directories(dir);
+  save_lm(lm, "null-experts:3:4", spec, io::make_synthetic_tokenizer_json(300), "<s>", dir);
+  EXPECT_EQ(io::HfConfig::load(dir).null_experts, 4);
+  const auto inf = MoeLm::load(dir, {DType::f32});
+  // The controller's adapted null bias is what the model routes with.
+  const float bias = dynamic_cast<const moe::NullExpertsRouting&>(lm.policy()).null_bias();
+  EXPECT_NE(bias, 0.0f);
+  EXPECT_EQ(dynamic_cast<const moe::NullExpertsRouting&>(inf->policy_of(1)).null_bias(),
+            dynamic_cast<const moe::NullExpertsRouting&>(*lm.layer_policy(1)).null_bias());
+  EXPECT_THROW(inf->set_policy(moe::make_policy("top-k:2", 4)), Error);
+  const std::vector<int32_t> ids(stream.begin(), stream.begin() + 16);
+  graph::Graph g(false);
+  const float* want = g.value(lm.forward(g, ids, 16).logits).data<float>();
+  std::vector<float> got(16 * 40);
+  KvCache cache;
+  inf->forward(ids.data(), 16, cache, got.data(), true);
+  float d = 0;
+  for (size_t j = 0; j < got.size(); ++j) d = std::max(d, std::fabs(got[j] - want[j]));
+  EXPECT_LT(d, 1e-4f);
 }

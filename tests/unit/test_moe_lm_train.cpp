@@ -103,20 +103,24 @@ TEST(LmTrainForward, SequencesInABatchAreIndependent) {
 }
 
 // d loss / d parameter by backward() against central differences, for sampled elements of
-// every kind of parameter, tied and untied heads, with the balance loss on. The routing is
+// every kind of parameter, tied and untied heads, null experts, with the balance and budget
+// losses on. The routing is
 // the same at ±eps for the sampled elements (a flip would be a discontinuity; checked).
 TEST(LmTrainForward, LossGradientMatchesFiniteDifferences) {
-  for (int variant = 0; variant < 3; ++variant) {
-    const bool tied = variant == 1, qwen2 = variant == 2;
-    SCOPED_TRACE(qwen2 ? "qwen2-moe" : tied ? "tied" : "untied");
-    TrainableMoeLm lm(qwen2 ? tiny_qwen2_config() : tiny_config(tied), 11);
+  for (int variant = 0; variant < 4; ++variant) {
+    const bool tied = variant == 1, qwen2 = variant == 2, nulls = variant == 3;
+    SCOPED_TRACE(qwen2 ? "qwen2-moe" : tied ? "tied" : nulls ? "null experts" : "untied");
+    io::HfConfig cfg = qwen2 ? tiny_qwen2_config() : tiny_config(tied);
+    if (nulls) cfg.null_experts = 2;  // router [4 + 2, H]; null-experts:2:2, renormalised
+    TrainableMoeLm lm(cfg, 11);
     // Larger weights than the 0.02 init so that the loss moves measurably.
     std::mt19937_64 rng(3);
     for (auto& p : lm.params().params())
       if (p.name.find("norm") == std::string::npos) nn::init_normal(p.value, 0.4f, rng);
     const std::vector<int32_t> tokens = {1, 5, 9, 3, 2, 7, 7, 0, 15, 4, 6, 8};
     LmTrainForwardOptions opt;
-    opt.balance_alpha = 0.01;
+    opt.balance_alpha = 0.05;
+    opt.budget_beta = 0.5;  // the router-entropy budget loss, large enough to matter
     auto loss_at = [&](bool backward, std::vector<moe::RoutingResult>* routing) {
       graph::Graph g(backward);
       const auto fwd = lm.forward(g, tokens, 4, opt);

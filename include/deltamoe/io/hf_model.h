@@ -68,11 +68,28 @@ struct HfConfig {
   /// deltamoe's own config field "deltamoe_routing" (a JSON object, kept as its text; empty
   /// when absent): how a model trained by `train-lm` routes (docs/llm-training.md).
   std::string deltamoe_routing_json;
+  /// deltamoe's own config field "deltamoe_layer_experts" (empty when absent): the expert
+  /// count of each layer, for DeepSpeed's pyramid MoE (more experts in later layers). One
+  /// entry per layer, each in [num_experts_per_tok, num_experts] with the largest equal to
+  /// num_experts; a dense layer's entry is ignored. Hugging Face has no per-layer count
+  /// (transformers builds num_experts everywhere), so such a checkpoint runs in deltamoe only;
+  /// HF's nearest forms are mlp_only_layers (0 experts) and Qwen2-MoE's shared expert.
+  std::vector<int64_t> layer_experts;
+  /// deltamoe's own config field "deltamoe_null_experts" (0 when absent): AdaMoE null experts,
+  /// M extra router outputs per MoE layer that select "no expert" (the router is
+  /// [experts + M, hidden]; routing must be null-experts:K:M). A model trained with
+  /// `train-lm --routing null-experts:K:M`; transformers cannot load it (router shape).
+  int64_t null_experts = 0;
   int config_generation = 4;  // 4: top-level rope_theta/torch_dtype; 5: rope_parameters/dtype
 
   /// Whether decoder layer `layer` (0-based) routes to experts (false: dense MLP). Qwen:
   /// not in mlp_only_layers and (layer + 1) % decoder_sparse_step == 0; others: always.
   bool is_moe_layer(int64_t layer) const;
+  /// The number of routed experts of MoE layer `layer`: layer_experts[layer] when given,
+  /// else num_experts.
+  int64_t experts_in_layer(int64_t layer) const;
+  /// Rows of MoE layer `layer`'s router: experts_in_layer(layer) + null_experts.
+  int64_t router_outputs(int64_t layer) const { return experts_in_layer(layer) + null_experts; }
 
   /// Parses config.json text. Throws Error("hf") naming `path_for_errors` and the field on
   /// anything unsupported or inconsistent: an architecture other than the four (the message

@@ -29,6 +29,7 @@ struct LmTrainOptions {
   float lr = 3e-3f;             // Adam's rate after warmup; cosine decay to 10% of it at the end
   int64_t warmup = 20;          // linear warmup steps
   double balance_alpha = 0.01;  // Switch balance loss weight per MoE layer
+  double budget_beta = 0.0;     // budget (router entropy) loss weight per MoE layer
   uint64_t seed = 1;            // which windows of the stream each step reads
   int64_t start_step = 0;       // resuming: steps already done (the schedule and windows continue)
   bool progress = true;         // a line on stderr every ~5% of the steps

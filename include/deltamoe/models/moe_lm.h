@@ -212,11 +212,21 @@ class MoeLm {
   };
   const PlacementReport& placement_report() const { return placement_report_; }
 
-  /// The model's own routing (top-k, renormalised when norm_topk_prob).
-  std::shared_ptr<const moe::RoutingPolicy> default_policy() const { return default_policy_; }
-  /// Routing for every MoE layer from now on (null: back to the default).
+  /// The model's own routing of its first MoE layer: top-k, renormalised when
+  /// norm_topk_prob, or for a model trained by train-lm its trained policy (config.json's
+  /// deltamoe_routing, which may give every layer its own parameters).
+  std::shared_ptr<const moe::RoutingPolicy> default_policy() const;
+  /// Routing for every MoE layer from now on (null: back to each layer's default).
   void set_policy(std::shared_ptr<const moe::RoutingPolicy> policy);
-  const moe::RoutingPolicy& policy() const { return *policy_; }
+  /// The routing of the first MoE layer.
+  const moe::RoutingPolicy& policy() const;
+  /// The routing of layer l (a dense layer's is top-1 over its single "expert").
+  const moe::RoutingPolicy& policy_of(int64_t l) const {
+    return *policies_.at(static_cast<size_t>(l));
+  }
+  /// The routing's name for logs and JSON: the policy's name, or the layers' names joined by
+  /// " | " when layers route differently.
+  std::string routing_name() const;
 
   /// Runs `n` tokens of one sequence at positions cache.length() .. + n − 1 and appends them
   /// to the cache. Writes logits [n, V] of every token when all_logits, else [1, V] of the
@@ -342,7 +352,9 @@ class MoeLm {
   std::vector<Layer> layers_;
   kernels::RopeTable rope_;  // filled at load for positions [0, max_positions_)
   int64_t max_positions_ = 0;
-  std::shared_ptr<const moe::RoutingPolicy> default_policy_, policy_, dense_policy_;
+  // Per layer (a dense layer holds dense_policy_).
+  std::vector<std::shared_ptr<const moe::RoutingPolicy>> default_policies_, policies_;
+  std::shared_ptr<const moe::RoutingPolicy> dense_policy_;
   std::unique_ptr<ExpertCache> cache_;
   std::vector<int64_t> moe_ordinal_;  // per layer: index among MoE layers, −1 for dense
   ParallelMode parallel_ = ParallelMode::none;

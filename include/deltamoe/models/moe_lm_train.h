@@ -22,6 +22,7 @@
 
 #include "deltamoe/graph/graph.h"
 #include "deltamoe/io/hf_model.h"
+#include "deltamoe/moe/policies.h"
 #include "deltamoe/moe/routing.h"
 #include "deltamoe/nn/nn.h"
 
@@ -31,6 +32,10 @@ namespace deltamoe::models {
 struct LmTrainForwardOptions {
   /// Weight of the Switch balance loss per MoE layer (Mixtral's router_aux_loss_coef); 0: none.
   double balance_alpha = 0.0;
+  /// Weight of the budget loss per MoE layer: the mean entropy of the router's distribution
+  /// (the "dynamic loss" of top-p routing, Huang et al. 2024), which makes routers confident
+  /// so that top-p needs fewer experts; 0: none.
+  double budget_beta = 0.0;
   /// The shuffled-K control of the delta-MoE study: when set, token t of layer l routes to
   /// its top (*forced_ks)[l][t] experts (one entry per layer, each as long as the tokens)
   /// instead of the model's policy, weights renormalised as the policy says. Not owned.
@@ -56,12 +61,36 @@ class TrainableMoeLm {
   /// The weights of a checkpoint (any float dtype), copied to f32 parameters.
   TrainableMoeLm(const io::HfConfig& config, const io::HfModelWeights& weights);
 
-  /// The routing of every MoE layer (default: the config's top-k, renormalised as its
-  /// norm_topk_prob says). Null-expert policies are refused (their router needs extra outputs).
+  /// Routing is per MoE layer: each layer has its own policy object, so an adaptive policy
+  /// (top-p's controller, threshold's quantiles) adapts to its layer's router alone, and a
+  /// layer's policy is built for that layer's expert count (pyramid MoE). Default: the
+  /// config's top-k, renormalised as its norm_topk_prob says.
+  ///
+  /// Sets one shared policy object for every MoE layer (its adaptive state, if any, then sees
+  /// every layer). A policy's null experts (extra_logits()) must be the config's null_experts
+  /// (the router's extra outputs): null-experts:K:M needs a model built with M, others none.
   void set_policy(std::shared_ptr<moe::RoutingPolicy> policy);
-  const moe::RoutingPolicy& policy() const { return *policy_; }
-  /// The policy object itself, to set it back later with set_policy.
-  std::shared_ptr<moe::RoutingPolicy> shared_policy() const { return policy_; }
+  /// Builds one policy per MoE layer from `spec` (moe::make_policy with the layer's expert
+  /// count; a null-experts spec without M takes the config's null_experts). Throws Error("routing")
+  /// / Error("lm-train") as make_policy and set_policy do.
+  void set_policy(const moe::PolicySpec& spec);
+  /// Sets the policy of each layer: `policies[l]` for MoE layer l (entries of dense layers are
+  /// ignored and may be null). Throws Error("lm-train") for a wrong count or a null entry of an
+  /// MoE layer.
+  void set_layer_policies(std::vector<std::shared_ptr<moe::RoutingPolicy>> policies);
+  /// The first MoE layer's policy (for names and single-policy use).
+  const moe::RoutingPolicy& policy() const;
+  /// Layer l's policy; null for a dense layer.
+  const moe::RoutingPolicy* layer_policy(int64_t l) const {
+    return policies_.at(static_cast<size_t>(l)).get();
+  }
+  /// The routing's name: the policy's, or each MoE layer's joined by " | " when they differ.
+  std::string routing_name() const;
+  /// The policy objects of all layers (null for dense ones), to set back later with
+  /// set_layer_policies.
+  const std::vector<std::shared_ptr<moe::RoutingPolicy>>& layer_policies() const {
+    return policies_;
+  }
 
   /// Builds the forward of B = tokens.size() / seq_len sequences of `seq_len` tokens each
   /// (row b·T + i is token i of sequence b) on `g`. Token ids must be in [0, vocab).
@@ -98,7 +127,7 @@ class TrainableMoeLm {
 
   io::HfConfig cfg_;
   nn::ParameterSet params_;
-  std::shared_ptr<moe::RoutingPolicy> policy_;
+  std::vector<std::shared_ptr<moe::RoutingPolicy>> policies_;  // per layer; null when dense
 };
 
 }  // namespace deltamoe::models

@@ -164,6 +164,10 @@ std::unique_ptr<RoutingPolicy> make_policy(const PolicySpec& spec, int64_t exper
 PolicySpec parse_policy_spec(const std::string& spec, int64_t experts);
 /// make_policy(parse_policy_spec(spec, experts), experts), errors naming the spec.
 std::unique_ptr<RoutingPolicy> make_policy(const std::string& spec, int64_t experts);
+/// The name of a model's routing whose layers route with `layers` (null entries, dense
+/// layers, skipped): the one name when all agree, else the names joined by " | ". "" when
+/// there is none.
+std::string routing_name(const std::vector<const RoutingPolicy*>& layers);
 /// The spec with the policy's current adapted parameters (p, thresholds) written back.
 PolicySpec current_spec(const PolicySpec& spec, const RoutingPolicy& policy);
 
