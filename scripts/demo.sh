@@ -29,7 +29,8 @@ echo "MoE language models trained on Debian's fortunes ($steps steps each), in $
 printf '%-44s %12s %16s %18s\n' "routing" "val. ppl" "experts/token" "eval tokens/s"
 for r in top2 topp; do
   f="$dir/lm-$r.json"
-  printf '%-44s %12.2f %16.3f %18.0f\n' "$(sed -n 's/^  "routing": "\(.*\)",$/\1/p' "$f")" \
+  if [ "$r" = top2 ]; then label="fixed top-2"; else label="top-p, target 1.5 (P per layer as trained)"; fi
+  printf '%-44s %12.2f %16.3f %18.0f\n' "$label" \
     "$(json_num "$f" validation_perplexity)" "$(json_num "$f" validation_experts_per_token)" \
     "$(json_num "$f" validation_tokens_per_s)"
 done

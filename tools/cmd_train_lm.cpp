@@ -38,6 +38,7 @@ struct Opts {
   int64_t eval_tokens = 0;
   float lr = 3e-3f;
   double balance_alpha = 0.01, budget_beta = 0.0, distill_weight = 0.5;
+  int64_t distill_steps = 0;
   uint64_t seed = 1;
   int threads = 2;
   bool tie = false, force = false, resume = false, json = false, no_progress = false;
@@ -132,6 +133,11 @@ deltamoe::cli::CommandRegistrar reg(
                      "the teacher's distribution")
           ->check(cli::finite_in(0.0, 1.0))
           ->capture_default_str();
+      app.add_option("--distill-steps", o->distill_steps,
+                     "With --teacher: distil during the first N steps only, then learn from the "
+                     "data alone (DeepSpeed's staged KD; 0: every step)")
+          ->check(CLI::Range(int64_t{0}, int64_t{1} << 40))
+          ->capture_default_str();
       app.add_option("--layers", o->layers, "Decoder layers")
           ->check(range(1, 64))
           ->capture_default_str();
@@ -213,8 +219,8 @@ deltamoe::cli::CommandRegistrar reg(
       cli::show_default(app, {"--target-k"}, "none");
       app.parse_complete_callback([&app, o] {
         o->routing.check(app);
-        if (app.count("--distill-weight") && o->teacher.empty())
-          throw CLI::ValidationError("--distill-weight", "needs --teacher");
+        for (const char* f : {"--distill-weight", "--distill-steps"})
+          if (app.count(f) && o->teacher.empty()) throw CLI::ValidationError(f, "needs --teacher");
         // A resumed run keeps the model it resumes: shape flags would be silently ignored.
         if (o->resume)
           for (const char* f : {"--vocab", "--tokenizer", "--layers", "--hidden", "--heads",
@@ -314,6 +320,7 @@ deltamoe::cli::CommandRegistrar reg(
           teacher = models::load_trainable_lm(o->teacher);
           to.teacher = teacher.get();
           to.distill_weight = o->distill_weight;
+          to.distill_steps = o->distill_steps;
           if (to.progress)
             std::fprintf(stderr,
                          "train-lm: distilling %s (%s, %lld layers, routing %s), weight %g\n",

@@ -100,9 +100,10 @@ LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector
     fo.budget_beta = o.budget_beta;
     const LmTrainForward fwd = model.forward(g, tokens, o.seq_len, fo);
     std::vector<float> soft;
-    if (o.teacher) soft = o.teacher->teacher_distribution(tokens, o.seq_len);
+    const bool distil = o.teacher && (o.distill_steps <= 0 || step < o.distill_steps);
+    if (distil) soft = o.teacher->teacher_distribution(tokens, o.seq_len);
     const graph::Var loss =
-        model.loss(g, fwd, tokens, o.seq_len, o.teacher ? &soft : nullptr, o.distill_weight);
+        model.loss(g, fwd, tokens, o.seq_len, distil ? &soft : nullptr, o.distill_weight);
     g.backward(loss);
     adam.step(lr_scale(step, o.steps, o.warmup));
     const double l = g.scalar(loss), k = mean_experts_of(fwd);

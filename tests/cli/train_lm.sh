@@ -80,6 +80,7 @@ cmp "$tmp/a/tokenizer.json" "$tmp/s/tokenizer.json" || fail "the student does no
 grep -q '"num_hidden_layers": 1' "$tmp/s/config.json" || fail "student layers"
 expect_one_line_error 2 "vocab" "$bin" train-lm "${small[@]}" --teacher "$tmp/a" --out "$tmp/x"
 expect_one_line_error 2 "teacher" "$bin" train-lm "${tok[@]}" --distill-weight 0.3 --out "$tmp/x"
+expect_one_line_error 2 "teacher" "$bin" train-lm "${tok[@]}" --distill-steps 3 --out "$tmp/x"
 
 # Errors before any training: one line each, nothing on stdout.
 expect_one_line_error 1 "not empty" "$bin" train-lm "${small[@]}" --out "$tmp/a"

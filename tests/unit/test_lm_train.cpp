@@ -456,3 +456,36 @@ TEST(LmTrain, NullExpertsTrainSaveAndLoad) {
   for (size_t j = 0; j < got.size(); ++j) d = std::max(d, std::fabs(got[j] - want[j]));
   EXPECT_LT(d, 1e-4f);
 }
+
+// Staged distillation: distilling for the first 2 of 4 steps equals distilling a 4-step
+// schedule for 2 steps, stopping, and resuming the last 2 without the teacher (bit for bit),
+// and differs from distilling every step.
+TEST(LmTrain, StagedDistillationStopsUsingTheTeacher) {
+  set_num_threads(1);
+  const auto stream = patterned_stream(2000, 40);
+  TrainableMoeLm teacher(tiny(40), 2);
+  LmTrainOptions o = short_run(4);
+  o.teacher = &teacher;
+  auto weights = [](const TrainableMoeLm& m) {
+    std::vector<float> w;
+    for (const auto& p : m.params().params())
+      w.insert(w.end(), p.value.data<float>(), p.value.data<float>() + p.value.numel());
+    return w;
+  };
+  TrainableMoeLm staged(tiny(40), 9), all(tiny(40), 9), split(tiny(40), 9);
+  nn::Adam a_staged(staged.params(), {}), a_all(all.params(), {}), a_split(split.params(), {});
+  LmTrainOptions os = o;
+  os.distill_steps = 2;
+  train_lm(staged, a_staged, stream, os);
+  train_lm(all, a_all, stream, o);
+  LmTrainOptions first = o;
+  first.checkpoint_every = 2;
+  first.on_checkpoint = [](int64_t) { throw Error("test", "stop"); };
+  EXPECT_THROW(train_lm(split, a_split, stream, first), Error);
+  LmTrainOptions rest = o;
+  rest.teacher = nullptr;
+  rest.start_step = 2;
+  train_lm(split, a_split, stream, rest);
+  EXPECT_EQ(weights(staged), weights(split));
+  EXPECT_NE(weights(staged), weights(all));
+}

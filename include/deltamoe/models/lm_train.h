@@ -37,6 +37,10 @@ struct LmTrainOptions {
   /// distribution the student also learns, with weight `distill_weight` (TrainableMoeLm::loss).
   TrainableMoeLm* teacher = nullptr;
   double distill_weight = 0.5;
+  /// Staged distillation (DeepSpeed-MoE's staged KD): learn from the teacher during the first
+  /// `distill_steps` steps only, from the data alone after them (the teacher is not run);
+  /// 0: every step.
+  int64_t distill_steps = 0;
   /// Called after every `checkpoint_every` steps (0: never) with the steps done so far.
   int64_t checkpoint_every = 0;
   std::function<void(int64_t steps_done)> on_checkpoint;
