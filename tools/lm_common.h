@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -319,9 +320,16 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
                  o.ep_placement, " places experts for --parallel ep, not --parallel ", o.parallel);
   dist::Communicator* comm = parallel_comm(o.parallel);
   set_num_threads(rank_threads(o.threads, o.threads_explicit, comm != nullptr));
-  std::shared_ptr<const moe::RoutingPolicy> policy;
-  if (!o.routing.empty())
-    policy = moe::make_policy(o.routing, io::HfConfig::load(o.model).num_experts);
+  // Checked against every MoE layer's expert count before the weights are read; each layer
+  // then gets its own policy (a pyramid model's layers differ in size).
+  std::optional<moe::PolicySpec> spec;
+  if (!o.routing.empty()) {
+    const io::HfConfig cfg = io::HfConfig::load(o.model);
+    spec = moe::parse_policy_spec(o.routing, cfg.num_experts);
+    for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+      if (cfg.is_moe_layer(l))
+        (void)moe::make_layer_policy(*spec, cfg.experts_in_layer(l), cfg.null_experts);
+  }
   models::LmOptions lo;
   lo.dtype = parse_dtype(o.dtype);
   lo.layout = o.weight_layout == "packed" ? kernels::WeightLayout::packed
@@ -336,7 +344,7 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
   }
   if (o.offload.drop_page_cache) drop_checkpoint_pages(o.model);
   auto m = models::MoeLm::load(o.model, lo);
-  if (policy) m->set_policy(policy);
+  if (spec) m->set_policy(*spec);
   const bool ep = m->parallel() == models::ParallelMode::ep;
   const std::string placement = o.ep_placement.empty() ? "balanced" : o.ep_placement;
   if (ep && placement == "dynamic") m->set_dynamic_placement(true);

@@ -329,6 +329,20 @@ void MoeLm::set_policy(std::shared_ptr<const moe::RoutingPolicy> policy) {
     if (layers_[static_cast<size_t>(l)].moe) policies_[static_cast<size_t>(l)] = policy;
 }
 
+void MoeLm::set_policy(const moe::PolicySpec& spec) {
+  std::vector<std::shared_ptr<const moe::RoutingPolicy>> built = policies_;
+  for (int64_t l = 0; l < layers(); ++l) {
+    if (!layers_[static_cast<size_t>(l)].moe) continue;
+    std::shared_ptr<const moe::RoutingPolicy> p =
+        moe::make_layer_policy(spec, cfg_.experts_in_layer(l), cfg_.null_experts);
+    DELTAMOE_CHECK(p->extra_logits() == cfg_.null_experts, "model", "routing ", p->name(),
+                   " needs ", p->extra_logits(), " null-expert router outputs, the model has ",
+                   cfg_.null_experts, " (deltamoe_null_experts)");
+    built[static_cast<size_t>(l)] = std::move(p);
+  }
+  policies_ = std::move(built);
+}
+
 std::shared_ptr<const moe::RoutingPolicy> MoeLm::default_policy() const {
   for (int64_t l = 0; l < layers(); ++l)
     if (layers_[static_cast<size_t>(l)].moe) return default_policies_[static_cast<size_t>(l)];

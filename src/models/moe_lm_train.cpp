@@ -155,20 +155,9 @@ void TrainableMoeLm::set_policy(std::shared_ptr<moe::RoutingPolicy> policy) {
 void TrainableMoeLm::set_policy(const moe::PolicySpec& spec) {
   std::vector<std::shared_ptr<moe::RoutingPolicy>> all(static_cast<size_t>(cfg_.num_hidden_layers));
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
-    if (cfg_.is_moe_layer(l)) {
-      const int64_t E = cfg_.experts_in_layer(l);
-      moe::PolicySpec s = spec;
-      if (s.kind == "null-experts" && s.nulls <= 0 && cfg_.null_experts > 0)
-        s.nulls = cfg_.null_experts;  // as many as the router has
-      // One threshold for all experts (the CLI's threshold:THETA) applies to a layer of any
-      // size (pyramid MoE); per-expert thresholds must match the layer.
-      if (s.kind == "threshold" && !s.thresholds.empty() &&
-          static_cast<int64_t>(s.thresholds.size()) != E &&
-          std::all_of(s.thresholds.begin(), s.thresholds.end(),
-                      [&](float t) { return t == s.thresholds[0]; }))
-        s.thresholds.assign(static_cast<size_t>(E), s.thresholds[0]);
-      all[static_cast<size_t>(l)] = moe::make_policy(s, E);
-    }
+    if (cfg_.is_moe_layer(l))
+      all[static_cast<size_t>(l)] =
+          moe::make_layer_policy(spec, cfg_.experts_in_layer(l), cfg_.null_experts);
   set_layer_policies(std::move(all));
 }
 

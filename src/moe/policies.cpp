@@ -400,6 +400,15 @@ std::unique_ptr<RoutingPolicy> make_policy(const std::string& spec, int64_t expe
   }
 }
 
+std::unique_ptr<RoutingPolicy> make_layer_policy(PolicySpec spec, int64_t experts, int64_t nulls) {
+  auto& th = spec.thresholds;
+  if (spec.kind == "threshold" && !th.empty() && static_cast<int64_t>(th.size()) != experts &&
+      std::all_of(th.begin(), th.end(), [&](float t) { return t == th[0]; }))
+    th.assign(static_cast<size_t>(experts), th[0]);
+  if (spec.kind == "null-experts" && spec.nulls <= 0 && nulls > 0) spec.nulls = nulls;
+  return make_policy(spec, experts);
+}
+
 std::string routing_name(const std::vector<const RoutingPolicy*>& layers) {
   std::vector<std::string> names;
   for (const RoutingPolicy* p : layers)

@@ -60,6 +60,8 @@ pyr=(--data "$tmp/corpus.txt" --hidden 32 --heads 4 --kv-heads 2 --inter 32 --se
 tr -d ' \n' <"$tmp/pyr/config.json" | grep -q '"deltamoe_layer_experts":\[2,4\]' || fail "layer experts not recorded"
 grep -q '"trained_layers"' "$tmp/pyr/config.json" || fail "per-layer routing not recorded"
 "$bin" generate --model "$tmp/pyr" --prompt "The cat" -n 3 >/dev/null 2>"$tmp/gy.txt" || { cat "$tmp/gy.txt"; fail "generate pyramid"; }
+"$bin" generate --model "$tmp/pyr" --routing threshold:0.3 --prompt "The cat" -n 3 >/dev/null 2>"$tmp/gy.txt" ||
+  { cat "$tmp/gy.txt"; fail "generate pyramid with a threshold routing"; }
 expect_one_line_error 1 "--layer-experts lists 3 layers" "$bin" train-lm "${pyr[@]}" --layer-experts 2,4,4 --out "$tmp/x"
 expect_one_line_error 2 "excludes" "$bin" train-lm "${pyr[@]}" --experts 4 --layer-experts 2,4 --out "$tmp/x"
 expect_one_line_error 1 "fewest" "$bin" train-lm "${pyr[@]}" --layer-experts 1,4 --out "$tmp/x"

@@ -375,6 +375,20 @@ TEST(LmTrain, PyramidWithPerLayerControllersSavesAndLoads) {
   EXPECT_EQ(inf->routing_name(), back->routing_name());
   EXPECT_NE(inf->routing_name().find(" | "), std::string::npos) << inf->routing_name();
   EXPECT_DOUBLE_EQ(dynamic_cast<const moe::TopPRouting&>(inf->policy_of(1)).p(), p1);
+  {
+    // A spec given at run time is built per layer: one threshold for 2 and for 4 experts.
+    const auto other = MoeLm::load(dir, {DType::f32});
+    other->set_policy(moe::parse_policy_spec("threshold:0.3", 4));
+    EXPECT_EQ(dynamic_cast<const moe::ThresholdRouting&>(other->policy_of(0)).thresholds(),
+              std::vector<float>(2, 0.3f));
+    EXPECT_EQ(dynamic_cast<const moe::ThresholdRouting&>(other->policy_of(1)).thresholds(),
+              std::vector<float>(4, 0.3f));
+    std::vector<float> l(40);
+    KvCache kv;
+    const int32_t t = 1;
+    other->forward(&t, 1, kv, l.data(), false);
+    EXPECT_TRUE(std::isfinite(l[0]));
+  }
   const std::vector<int32_t> ids(stream.begin(), stream.begin() + 16);
   graph::Graph g(false), gb(false);
   const float* want = g.value(lm.forward(g, ids, 16).logits).data<float>();

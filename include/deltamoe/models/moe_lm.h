@@ -30,6 +30,7 @@
 #include "deltamoe/models/kv_cache.h"
 #include "deltamoe/moe/expert_parallel.h"
 #include "deltamoe/moe/moe_block.h"
+#include "deltamoe/moe/policies.h"
 #include "deltamoe/moe/routing.h"
 
 namespace deltamoe::models {
@@ -218,6 +219,10 @@ class MoeLm {
   std::shared_ptr<const moe::RoutingPolicy> default_policy() const;
   /// Routing for every MoE layer from now on (null: back to each layer's default).
   void set_policy(std::shared_ptr<const moe::RoutingPolicy> policy);
+  /// Routing for every MoE layer from now on, one policy per layer built from `spec` for the
+  /// layer's expert count (moe::make_layer_policy: what a pyramid model needs). Throws
+  /// Error("routing") for a bad spec, Error("model") for null experts the router lacks.
+  void set_policy(const moe::PolicySpec& spec);
   /// The routing of the first MoE layer.
   const moe::RoutingPolicy& policy() const;
   /// The routing of layer l (a dense layer's is top-1 over its single "expert").

@@ -156,6 +156,11 @@ struct PolicySpec {
 /// Builds the policy for `experts` real experts; throws Error("routing") for an unknown kind
 /// or bad parameters. Adaptive state (controller on when target_k > 0) starts from the spec.
 std::unique_ptr<RoutingPolicy> make_policy(const PolicySpec& spec, int64_t experts);
+/// make_policy for one MoE layer of `experts` experts whose router has `nulls` null-expert
+/// outputs, as models with per-layer expert counts (pyramid MoE) need: one threshold for all
+/// experts (threshold:THETA) applies to a layer of any size, and a null-experts spec without M
+/// takes `nulls`. Per-expert thresholds must match the layer. Throws as make_policy.
+std::unique_ptr<RoutingPolicy> make_layer_policy(PolicySpec spec, int64_t experts, int64_t nulls);
 /// Parses a routing spec as the CLI and the servers take it: "top-k:K" (renormalised,
 /// Mixtral), "top-k-raw:K" (weights p as is), "top-p:P" (smallest set with Σp ≥ P,
 /// renormalised; delta-MoE), "threshold:θ" or "threshold" (expert e on when p_e ≥ θ, θ = 1/E
