@@ -22,7 +22,8 @@ struct Data {
 /// Fashion-MNIST from `dir`; Error naming the path and the Debian package when missing.
 Data load_data(const std::string& dir);
 /// Writes f32 tensors atomically as safetensors.
-void save_tensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors);
+void save_tensors(const std::string& path,
+                  const std::vector<std::pair<std::string, Tensor>>& tensors);
 /// Reads every tensor of a safetensors file (f32, owned copies).
 std::map<std::string, Tensor> load_tensors(const std::string& path);
 

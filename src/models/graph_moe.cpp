@@ -1,5 +1,7 @@
 #include "models/graph_moe.h"
 
+#include "deltamoe/moe/policies.h"
+
 #include <algorithm>
 
 namespace deltamoe::models::detail {
@@ -38,6 +40,24 @@ graph::Var switch_balance_loss(graph::Graph& g, graph::Var p, const moe::Routing
     for (float& v : f) v /= total;
   return g.scale(g.dot_const(g.mean_cols(p), f),
                  static_cast<float>(alpha * static_cast<double>(outputs)));
+}
+
+void route_forced(const std::vector<int32_t>& ks, bool renormalize, const float* zp,
+                  const float* pp, int64_t tokens, int64_t experts, int64_t outputs,
+                  moe::RoutingResult& out) {
+  moe::PerTokenKRouting forced(renormalize);
+  forced.set_ks(ks);
+  if (outputs == experts) {
+    forced.route(zp, pp, tokens, experts, out);
+    return;
+  }
+  std::vector<float> zr(static_cast<size_t>(tokens * experts)), pr(zr.size());
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t e = 0; e < experts; ++e) {
+      zr[static_cast<size_t>(t * experts + e)] = zp[t * outputs + e];
+      pr[static_cast<size_t>(t * experts + e)] = pp[t * outputs + e];
+    }
+  forced.route(zr.data(), pr.data(), tokens, experts, out);
 }
 
 graph::Var router_entropy_loss(graph::Graph& g, graph::Var p, graph::Var log_p, double beta) {

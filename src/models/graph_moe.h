@@ -27,6 +27,14 @@ graph::Var switch_balance_loss(graph::Graph& g, graph::Var p, const moe::Routing
                                const std::vector<int32_t>& null_cols, int64_t outputs,
                                double alpha);
 
+/// The shuffled-K control's routing of one layer: token t takes its top ks[t] real experts
+/// (moe::PerTokenKRouting, weights renormalised when `renormalize`). `zp` and `pp` are the
+/// router's logits and softmax [tokens, outputs]; outputs > experts for a null-expert router,
+/// whose null columns the forced budgets ignore.
+void route_forced(const std::vector<int32_t>& ks, bool renormalize, const float* zp,
+                  const float* pp, int64_t tokens, int64_t experts, int64_t outputs,
+                  moe::RoutingResult& out);
+
 /// The budget loss of dynamic routing (Huang et al. 2024, "Harder Tasks Need More Experts":
 /// their "dynamic loss"): beta · the mean over tokens of the router distribution's entropy,
 /// −Σ_c p[t, c] log p[t, c]. A peaked distribution reaches top-p's mass with fewer experts, so

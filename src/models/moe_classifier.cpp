@@ -271,19 +271,8 @@ Var MoeClassifier::moe_layer(graph::Graph& g, int64_t l, Var h, int64_t tokens,
   const float* pp = g.value(p).data<float>();
   moe::RoutingPolicy& pol = *policies_[static_cast<size_t>(l)];
   if (opt.forced_k && !opt.forced_k->empty()) {
-    forced_policy_.set_ks((*opt.forced_k)[static_cast<size_t>(l)]);
-    if (outs == e_count) {
-      forced_policy_.route(zp, pp, tokens, e_count, lr.routing);
-    } else {
-      // Null-expert router: forced budgets choose among the real experts only.
-      std::vector<float> zr(static_cast<size_t>(tokens * e_count)), pr(zr.size());
-      for (int64_t t = 0; t < tokens; ++t)
-        for (int64_t e = 0; e < e_count; ++e) {
-          zr[static_cast<size_t>(t * e_count + e)] = zp[t * outs + e];
-          pr[static_cast<size_t>(t * e_count + e)] = pp[t * outs + e];
-        }
-      forced_policy_.route(zr.data(), pr.data(), tokens, e_count, lr.routing);
-    }
+    detail::route_forced((*opt.forced_k)[static_cast<size_t>(l)], true, zp, pp, tokens, e_count,
+                         outs, lr.routing);
     lr.null_offsets.clear();
     lr.null_cols.clear();
   } else if (auto* ne = dynamic_cast<moe::NullExpertsRouting*>(&pol)) {

@@ -238,20 +238,8 @@ LmTrainForward TrainableMoeLm::forward(graph::Graph& g, const std::vector<int32_
                          static_cast<int64_t>((*opt.forced_ks)[l].size()) == n,
                      kComp, "forced experts per token: need ", c.num_hidden_layers, " layers of ",
                      n, " entries");
-      // Top-k over the real experts' columns.
-      std::vector<float> zr, pr;
-      if (outs != E) {
-        zr.resize(static_cast<size_t>(n * E));
-        pr.resize(static_cast<size_t>(n * E));
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t e = 0; e < E; ++e) {
-            zr[static_cast<size_t>(t * E + e)] = zp[t * outs + e];
-            pr[static_cast<size_t>(t * E + e)] = pp[t * outs + e];
-          }
-      }
-      moe::PerTokenKRouting forced(policy.renormalize());
-      forced.set_ks((*opt.forced_ks)[static_cast<size_t>(l)]);
-      forced.route(outs != E ? zr.data() : zp, outs != E ? pr.data() : pp, n, E, rr);
+      detail::route_forced((*opt.forced_ks)[static_cast<size_t>(l)], policy.renormalize(), zp, pp,
+                           n, E, outs, rr);
     } else if (auto* ne = dynamic_cast<moe::NullExpertsRouting*>(&policy)) {
       ne->route_with_nulls(zp, pp, n, E, rr, null_offsets, null_cols);
     } else {

@@ -161,7 +161,6 @@ class MoeClassifier {
   MoeClassifierConfig config_;
   nn::ParameterSet params_;
   std::vector<std::unique_ptr<moe::RoutingPolicy>> policies_;
-  moe::PerTokenKRouting forced_policy_{true};
 };
 
 // ---------------------------------------------------------------- training and evaluation
