@@ -13,6 +13,7 @@
 
 #include "deltamoe/kernels/cpu_features.h"
 #include "lm_common.h"
+#include "proc_memory.h"
 #include "roofline.h"
 
 namespace deltamoe::cli {
@@ -20,16 +21,6 @@ namespace {
 
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
-
-// VmRSS or VmHWM of this process in bytes (0 when /proc is not there).
-size_t proc_status_bytes(const std::string& key) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind(key + ":", 0) == 0)
-      return static_cast<size_t>(std::stoull(line.substr(key.size() + 1))) * 1024;
-  return 0;
-}
 
 // Bytes this process has caused to be read from storage (/proc/self/io read_bytes): page
 // faults on a mapping and O_DIRECT reads alike; 0 where the kernel does not count them.

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "bench_model.h"
+#include "bench_train_step.h"
 #include "command.h"
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/kernels/cpu.h"
@@ -23,6 +24,7 @@
 #include "deltamoe/moe/moe_block.h"
 #include "onednn_moe.h"
 #include "roofline.h"
+#include "train_common.h"
 
 namespace deltamoe::cli {
 namespace {
@@ -436,10 +438,36 @@ CommandRegistrar reg(
     [](CLI::App& app) -> Action {
       auto o = std::make_shared<MoeBenchOptions>();
       auto mo = std::make_shared<ModelBenchOptions>();
+      auto to = std::make_shared<TrainStepBenchOptions>();
       auto what = std::make_shared<std::string>("moe-layer");
-      app.add_option("what", *what, "What to benchmark: moe-layer or model")
-          ->check(CLI::IsMember({"moe-layer", "model"}))
+      app.add_option("what", *what, "What to benchmark: moe-layer, model or train-step")
+          ->check(CLI::IsMember({"moe-layer", "model", "train-step"}))
           ->capture_default_str();
+      app.add_option("--kind", to->kind, "train-step: lm or classifier (patch stem)")
+          ->check(CLI::IsMember({"lm", "classifier"}))
+          ->capture_default_str();
+      auto mp = std::make_shared<MemoryPlanCli>();
+      mp->mode = "all";
+      mp->add(app, /*bench=*/true, "train-step: ");
+      app.add_option("--steps", to->steps, "train-step: steps per run (the first is recorded)")
+          ->check(CLI::Range(int64_t{2}, int64_t{100000}))
+          ->capture_default_str();
+      app.add_option("--rounds", to->rounds, "train-step: rounds of the three modes (all)")
+          ->check(CLI::Range(1, 100))
+          ->capture_default_str();
+      app.add_option("--vocab", to->vocab, "train-step: vocabulary (lm)")
+          ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
+          ->capture_default_str();
+      app.add_option("--layers", to->layers, "train-step: decoder / MoE layers")
+          ->check(CLI::Range(int64_t{1}, int64_t{256}))
+          ->capture_default_str();
+      app.add_option("--seq-len", to->seq_len, "train-step: tokens per sequence (lm)")
+          ->check(CLI::Range(int64_t{2}, int64_t{1} << 16))
+          ->capture_default_str();
+      app.add_option("--batch", to->batch,
+                     "train-step: sequences (lm, default 16) or images (classifier, default 256) "
+                     "per step")
+          ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
       app.add_option("--model", mo->model, "model: Hugging Face model directory");
       app.add_option("-p,--n-prompt", mo->prompt, "model: prompt tokens of the pp test (0 = skip)")
           ->check(CLI::Range(int64_t{0}, int64_t{1} << 20))
@@ -456,7 +484,8 @@ CommandRegistrar reg(
           ->check(CLI::Range(1, 1000))
           ->capture_default_str();
       app.add_option("--routing", mo->routing,
-                     "model: routing of every MoE layer (default: the model's own)");
+                     "model: routing of every MoE layer (default: the model's own); "
+                     "train-step: the routing trained with (default top-k:<--top-k>)");
       app.add_option("--weight-layout", mo->weight_layouts,
                      "model: mapped (matrices used in place from the mapped checkpoint) or "
                      "packed (copied into our panel layout at load); two, comma-separated, "
@@ -496,7 +525,22 @@ CommandRegistrar reg(
       app.add_flag("--skip-naive", o->skip_naive,
                    "Do not time the naive loop (it is slow at 512 tokens)");
       app.add_flag("--json", o->json_out, "Print one JSON object on stdout (logs go to stderr)");
-      return [o, mo, what] {
+      return [o, mo, to, mp, what, &app] {
+        if (*what == "train-step") {
+          // Shape flags shared with moe-layer: train-step has its own defaults unless given.
+          TrainStepBenchOptions t = *to;
+          t.memory_plan = mp->mode;
+          t.slack = mp->slack;
+          if (app.count("--hidden")) t.hidden = o->hidden;
+          if (app.count("--inter")) t.inter = o->inter;
+          if (app.count("--experts")) t.experts = o->experts;
+          if (app.count("--top-k")) t.top_k = o->top_k;
+          if (app.count("--threads")) t.threads = o->threads;
+          if (app.count("--seed")) t.seed = o->seed;
+          t.routing = mo->routing;
+          t.json = o->json_out;
+          return run_train_step_bench(t);
+        }
         if (*what == "model") {
           mo->seed = o->seed;
           return run_model_bench(*mo, o->dtype, o->threads, o->json_out);

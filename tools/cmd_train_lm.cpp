@@ -19,6 +19,7 @@
 #include "deltamoe/io/tokenizer_train.h"
 #include "deltamoe/models/lm_train.h"
 #include "deltamoe/moe/policies.h"
+#include "lm_train_config.h"
 #include "train_common.h"
 
 namespace {
@@ -42,6 +43,7 @@ struct Opts {
   uint64_t seed = 1;
   int threads = 2;
   bool tie = false, force = false, resume = false, json = false, no_progress = false;
+  cli::MemoryPlanCli memory_plan;
 };
 
 std::string read_file(const std::string& path) {
@@ -53,52 +55,34 @@ std::string read_file(const std::string& path) {
 }
 
 io::HfConfig make_config(const Opts& o, int32_t vocab) {
-  io::HfConfig c;
-  if (o.shared_inter > 0) {
-    // PR-MoE's residual design as Hugging Face's Qwen2-MoE: a shared expert beside the routed
-    // ones (with Qwen2-MoE's sigmoid gate and q/k/v biases). Routed weights: p as it is
-    // (norm_topk_prob false, Qwen2-MoE's default; with top-1, renormalised weights are 1 and
-    // the router learns from the balance loss alone), unless --routing top-k:K asks for
-    // renormalised ones, which the config then records so that transformers agrees.
-    c.arch = io::HfArch::qwen2_moe;
-    c.architecture = "Qwen2MoeForCausalLM";
-    c.model_type = "qwen2_moe";
-    c.attention_bias = true;
-    c.shared_expert_intermediate_size = o.shared_inter;
-    c.norm_topk_prob = o.routing.routing.rfind("top-k:", 0) == 0;
-  } else {
-    c.arch = io::HfArch::mixtral;
-    c.architecture = "MixtralForCausalLM";
-    c.model_type = "mixtral";
-  }
-  c.vocab_size = vocab;
-  c.hidden_size = o.hidden;
-  c.num_hidden_layers = o.layers;
-  c.num_attention_heads = o.heads;
-  c.num_key_value_heads = o.kv_heads;
-  c.head_dim = o.hidden / o.heads;
-  c.num_experts = o.experts;
-  if (!o.layer_experts.empty()) {
-    c.layer_experts = o.layer_experts;
-    c.num_experts = *std::max_element(o.layer_experts.begin(), o.layer_experts.end());
-  }
-  c.num_experts_per_tok = o.top_k;
+  cli::LmShape s;
+  s.layers = o.layers;
+  s.hidden = o.hidden;
+  s.heads = o.heads;
+  s.kv_heads = o.kv_heads;
+  s.experts = o.experts;
+  s.layer_experts = o.layer_experts;
+  s.top_k = o.top_k;
+  s.inter = o.inter;
+  s.seq_len = o.seq_len;
+  s.tie = o.tie;
+  s.balance_alpha = o.balance_alpha;
+  // PR-MoE's residual design as Hugging Face's Qwen2-MoE: a shared expert beside the routed
+  // ones (with Qwen2-MoE's sigmoid gate and q/k/v biases). Routed weights: p as it is
+  // (norm_topk_prob false, Qwen2-MoE's default; with top-1, renormalised weights are 1 and
+  // the router learns from the balance loss alone), unless --routing top-k:K asks for
+  // renormalised ones, which the config then records so that transformers agrees.
+  s.shared_inter = o.shared_inter;
+  s.norm_topk_prob = o.routing.routing.rfind("top-k:", 0) == 0;
   if (o.routing.kind() == "null-experts") {
     // AdaMoE's null experts are router outputs: M more rows in every router.
-    const moe::PolicySpec s = o.routing.spec(c.num_experts);
-    c.null_experts = s.nulls > 0 ? s.nulls : c.num_experts;
+    const int64_t e = o.layer_experts.empty()
+                          ? o.experts
+                          : *std::max_element(o.layer_experts.begin(), o.layer_experts.end());
+    const moe::PolicySpec spec = o.routing.spec(e);
+    s.null_experts = spec.nulls > 0 ? spec.nulls : e;
   }
-  c.moe_intermediate_size = o.inter;
-  c.intermediate_size = o.inter;
-  c.rms_norm_eps = 1e-5;
-  c.rope_theta = 10000.0;
-  c.max_position_embeddings = std::max<int64_t>(o.seq_len, 256);
-  c.tie_word_embeddings = o.tie;
-  c.bos_token_id = 0;
-  c.eos_token_ids = {0};
-  c.dtype = "float32";
-  c.router_aux_loss_coef = o.balance_alpha;
-  return io::HfConfig::parse(io::hf_config_to_json(c), kComp);
+  return cli::lm_train_config(s, vocab, kComp);
 }
 
 deltamoe::cli::CommandRegistrar reg(
@@ -214,6 +198,7 @@ deltamoe::cli::CommandRegistrar reg(
                    "routing; --steps is the total)");
       app.add_option("--out", o->out, "Output model directory")->required();
       app.add_flag("--force", o->force, "Replace --out if it exists and is not empty");
+      o->memory_plan.add(app);
       app.add_flag("--json", o->json, "Print one JSON object on stdout");
       app.add_flag("--no-progress", o->no_progress, "No progress lines on stderr");
       cli::show_default(app, {"--target-k"}, "none");
@@ -315,6 +300,8 @@ deltamoe::cli::CommandRegistrar reg(
         to.budget_beta = o->budget_beta;
         to.seed = o->seed;
         to.progress = !o->no_progress;
+        to.memory_plan = o->memory_plan.arena();
+        to.memory_plan_slack = o->memory_plan.slack;
         std::unique_ptr<models::TrainableMoeLm> teacher;
         if (!o->teacher.empty()) {
           teacher = models::load_trainable_lm(o->teacher);
@@ -384,6 +371,7 @@ deltamoe::cli::CommandRegistrar reg(
                                    {"validation_experts_per_token", ev.mean_experts},
                                    {"validation_tokens_per_s", ev.tokens_per_s},
                                    {"time_s", total_s}};
+          if (s.memory_plan.steps > 0) j["memory_plan"] = cli::memory_plan_json(s.memory_plan);
           std::cout << j.dump(2) << "\n";
         }
         return 0;

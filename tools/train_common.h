@@ -177,6 +177,36 @@ struct RoutingCli {
   }
 };
 
+/// --memory-plan heap|arena and --memory-plan-slack (train, train-lm; bench train-step adds
+/// "all" and "release"): training steps on the heap, or inside one arena laid out by sched/.
+struct MemoryPlanCli {
+  std::string mode = "heap";
+  double slack = 0.1;
+  bool arena() const { return mode == "arena"; }
+  /// `bench`: bench train-step's modes; `prefix` starts the help ("train-step: ").
+  void add(CLI::App& app, bool bench = false, const std::string& prefix = "") {
+    app.add_option(
+           "--memory-plan", mode,
+           prefix + (bench ? "all (heap, release and arena runs alternated, each its "
+                             "own process), or one of them: heap (the tape holds every "
+                             "tensor to the step's end), release (the backward frees "
+                             "each after its last reader), arena (one planned arena)"
+                           : "heap (every tensor of a step its own allocation, held to the "
+                             "step's end) or arena (from the second step on, one arena laid "
+                             "out by the memory scheduler: buffers reused after their last "
+                             "reader; same results bit for bit)"))
+        ->check(bench ? CLI::IsMember({"all", "heap", "release", "arena"})
+                      : CLI::IsMember({"heap", "arena"}))
+        ->capture_default_str();
+    app.add_option("--memory-plan-slack", slack,
+                   prefix +
+                       "room in the plan for routing-dependent buffers (expert batches), as a "
+                       "fraction of the size seen; larger ones go to the heap and the plan grows")
+        ->check(CLI::Range(0.0, 10.0))
+        ->capture_default_str();
+  }
+};
+
 struct TrainCliOptions {
   RoutingCli routing;
   // model
@@ -206,6 +236,7 @@ struct TrainCliOptions {
   // output
   std::string out;
   bool json = false, no_progress = false, no_test = false;
+  MemoryPlanCli memory_plan;
 };
 
 /// The model and its routing, the seed, threads and data: what every command that builds a
@@ -288,6 +319,7 @@ inline void add_train_options(CLI::App& app, TrainCliOptions& o) {
   app.add_option("--label-smoothing", o.label_smoothing, "cross-entropy label smoothing ε")
       ->check(finite_in(0.0, 1.0, false, /*hi_open=*/true))
       ->capture_default_str();
+  o.memory_plan.add(app);
 }
 
 inline moe::PolicySpec make_spec(const TrainCliOptions& o) {
@@ -325,7 +357,22 @@ inline models::TrainOptions make_train_options(const TrainCliOptions& o) {
   t.warmup_steps = o.warmup;
   t.dropout = o.dropout;
   t.label_smoothing = o.label_smoothing;
+  t.memory_plan = o.memory_plan.arena();
+  t.memory_plan_slack = o.memory_plan.slack;
   return t;
+}
+
+/// The statistics of a StepMemoryPlanner as JSON (train, train-lm).
+inline nlohmann::json memory_plan_json(const graph::StepPlanStats& st) {
+  return {{"steps", st.steps},
+          {"planned_steps", st.planned_steps},
+          {"plans", st.plans},
+          {"overflows", st.overflows},
+          {"diverged_steps", st.diverged_steps},
+          {"arena_bytes", st.arena_bytes},
+          {"recorded_peak_bytes", st.recorded_peak_bytes},
+          {"tape_resident_bytes", st.tape_resident_bytes},
+          {"plan_seconds", st.plan_seconds}};
 }
 
 inline nlohmann::json summary_json(models::MoeClassifier& model, const models::TrainSummary& s) {
@@ -334,6 +381,7 @@ inline nlohmann::json summary_json(models::MoeClassifier& model, const models::T
   j["policy"] = model.policy(0).name();
   j["parameters"] = model.params().numel();
   j["train_seconds"] = s.seconds;
+  if (s.memory_plan.steps > 0) j["memory_plan"] = memory_plan_json(s.memory_plan);
   j["epochs"] = nlohmann::json::array();
   for (const auto& e : s.epochs)
     j["epochs"].push_back({{"epoch", e.epoch},

@@ -4,10 +4,13 @@
 
 namespace deltamoe {
 
-Arena::Arena(size_t capacity) { reserve(capacity); }
+Arena::Arena(size_t capacity) {
+  reserve(capacity);
+}
 
 void Arena::reserve(size_t capacity) {
   if (storage_ && capacity <= capacity_) return;
+  storage_.reset();  // the old block goes first (unless views still hold it): no 2x peak
   storage_ = std::make_shared<Storage>(capacity);
   capacity_ = capacity;
 }
@@ -16,8 +19,8 @@ size_t Arena::allocate(size_t bytes, size_t align) {
   DELTAMOE_CHECK(align != 0 && (align & (align - 1)) == 0 && align <= kAlignment, "arena",
                  "alignment ", align, " is not a power of two up to ", kAlignment);
   const size_t start = (used_ + align - 1) & ~(align - 1);
-  DELTAMOE_CHECK(start <= capacity_ && bytes <= capacity_ - start, "arena", "allocation of ",
-                 bytes, " bytes at offset ", start, " exceeds capacity ", capacity_);
+  DELTAMOE_CHECK(start <= capacity_ && bytes <= capacity_ - start, "arena", "allocation of ", bytes,
+                 " bytes at offset ", start, " exceeds capacity ", capacity_);
   used_ = start + bytes;
   if (used_ > high_water_) high_water_ = used_;
   return start;

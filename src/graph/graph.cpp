@@ -151,8 +151,25 @@ Var Graph::push(Node n) {
     for (int32_t i : n.inputs)
       if (i >= 0) n.requires_grad = n.requires_grad || nodes_[static_cast<size_t>(i)].requires_grad;
   }
+  if (allocator_) allocator_->pushed(static_cast<int32_t>(nodes_.size()), n.op, n.inputs);
   nodes_.push_back(std::move(n));
   return Var{static_cast<int32_t>(nodes_.size() - 1)};
+}
+
+Tensor Graph::alloc(Op op, const std::vector<int32_t>& inputs, BufferRole role, const Shape& shape,
+                    bool zero) {
+  if (allocator_) {
+    Tensor t =
+        allocator_->allocate(static_cast<int32_t>(nodes_.size()), op, inputs, role, shape, zero);
+    if (t.defined()) return t;
+  }
+  return zero ? Tensor(shape) : uninit_tensor(shape);
+}
+
+Tensor Graph::alloc_scalar(Op op, const std::vector<int32_t>& inputs, float v) {
+  Tensor t = alloc(op, inputs, BufferRole::value, {1});
+  t.data<float>()[0] = v;
+  return t;
 }
 
 float Graph::scalar(Var v) const {
@@ -190,12 +207,14 @@ Var Graph::linear(Var x, Var w, Var b) {
   DELTAMOE_CHECK(xv.dim() == 2 && wv.dim() == 2 && xv.size(1) == wv.size(1), "graph", "linear: x ",
                  shape_str(xv.shape()), " and w ", shape_str(wv.shape()), " do not agree");
   const int64_t rows = xv.size(0), in = xv.size(1), out = wv.size(0);
-  Tensor y = uninit_tensor({rows, out});
+  std::vector<int32_t> ins = {x.id, w.id};
+  if (b.valid()) ins.push_back(b.id);
+  Tensor y = alloc(Op::linear, ins, BufferRole::value, {rows, out});
   gemm(false, true, rows, out, in, 1.0f, xv.data<float>(), in, wv.data<float>(), in, 0.0f,
        y.data<float>(), out);
   Node n;
   n.op = Op::linear;
-  n.inputs = {x.id, w.id};
+  n.inputs = std::move(ins);
   if (b.valid()) {
     const Tensor& bv = value(b);
     DELTAMOE_CHECK(bv.numel() == out, "graph", "linear: bias ", shape_str(bv.shape()), " for ", out,
@@ -204,15 +223,13 @@ Var Graph::linear(Var x, Var w, Var b) {
     float* __restrict yp = y.data<float>();
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < out; ++c) yp[r * out + c] += bp[c];
-    n.inputs.push_back(b.id);
   }
   n.value = std::move(y);
   return push(std::move(n));
 }
 
 template <typename F>
-static Tensor map_unary(const Tensor& x, F f) {
-  Tensor y = uninit_tensor(x.shape());
+static Tensor map_unary(const Tensor& x, Tensor y, F f) {
   const float* xp = x.data<float>();
   float* yp = y.data<float>();
   for_range(x.numel(), [&](int64_t b, int64_t e) {
@@ -225,7 +242,8 @@ Var Graph::relu(Var x) {
   Node n;
   n.op = Op::relu;
   n.inputs = {x.id};
-  n.value = map_unary(value(x), [](float v) { return v > 0.0f ? v : 0.0f; });
+  n.value = map_unary(value(x), alloc(n.op, n.inputs, BufferRole::value, value(x).shape()),
+                      [](float v) { return v > 0.0f ? v : 0.0f; });
   return push(std::move(n));
 }
 Var Graph::gelu(Var x) {
@@ -233,7 +251,7 @@ Var Graph::gelu(Var x) {
   n.op = Op::gelu;
   n.inputs = {x.id};
   const Tensor& xv = value(x);
-  Tensor y = uninit_tensor(xv.shape());
+  Tensor y = alloc(n.op, n.inputs, BufferRole::value, xv.shape());
   gelu_forward(xv.data<float>(), y.data<float>(), xv.numel());
   n.value = std::move(y);
   return push(std::move(n));
@@ -242,21 +260,24 @@ Var Graph::silu(Var x) {
   Node n;
   n.op = Op::silu;
   n.inputs = {x.id};
-  n.value = map_unary(value(x), [](float v) { return v * deltamoe::graph::sigmoid(v); });
+  n.value = map_unary(value(x), alloc(n.op, n.inputs, BufferRole::value, value(x).shape()),
+                      [](float v) { return v * deltamoe::graph::sigmoid(v); });
   return push(std::move(n));
 }
 Var Graph::sigmoid(Var x) {
   Node n;
   n.op = Op::sigmoid;
   n.inputs = {x.id};
-  n.value = map_unary(value(x), [](float v) { return deltamoe::graph::sigmoid(v); });
+  n.value = map_unary(value(x), alloc(n.op, n.inputs, BufferRole::value, value(x).shape()),
+                      [](float v) { return deltamoe::graph::sigmoid(v); });
   return push(std::move(n));
 }
 Var Graph::softplus(Var x) {
   Node n;
   n.op = Op::softplus;
   n.inputs = {x.id};
-  n.value = map_unary(value(x), softplus_fwd);
+  n.value =
+      map_unary(value(x), alloc(n.op, n.inputs, BufferRole::value, value(x).shape()), softplus_fwd);
   return push(std::move(n));
 }
 
@@ -265,7 +286,7 @@ Var Graph::add(Var a, Var b) {
   const Tensor& bv = value(b);
   DELTAMOE_CHECK(av.shape() == bv.shape(), "graph", "add: shapes ", shape_str(av.shape()), " and ",
                  shape_str(bv.shape()));
-  Tensor y = uninit_tensor(av.shape());
+  Tensor y = alloc(Op::add, {a.id, b.id}, BufferRole::value, av.shape());
   const float *ap = av.data<float>(), *bp = bv.data<float>();
   float* yp = y.data<float>();
   for (int64_t i = 0; i < y.numel(); ++i) yp[i] = ap[i] + bp[i];
@@ -281,7 +302,7 @@ Var Graph::mul(Var a, Var b) {
   const Tensor& bv = value(b);
   DELTAMOE_CHECK(av.shape() == bv.shape(), "graph", "mul: shapes ", shape_str(av.shape()), " and ",
                  shape_str(bv.shape()));
-  Tensor y = uninit_tensor(av.shape());
+  Tensor y = alloc(Op::mul, {a.id, b.id}, BufferRole::value, av.shape());
   const float *ap = av.data<float>(), *bp = bv.data<float>();
   float* yp = y.data<float>();
   for (int64_t i = 0; i < y.numel(); ++i) yp[i] = ap[i] * bp[i];
@@ -297,7 +318,8 @@ Var Graph::scale(Var a, float s) {
   n.op = Op::scale;
   n.inputs = {a.id};
   n.fa = s;
-  n.value = map_unary(value(a), [s](float v) { return s * v; });
+  n.value = map_unary(value(a), alloc(n.op, n.inputs, BufferRole::value, value(a).shape()),
+                      [s](float v) { return s * v; });
   return push(std::move(n));
 }
 
@@ -309,7 +331,7 @@ Var Graph::add_rows_tiled(Var a, Var b) {
                  "graph", "add_rows_tiled: a ", shape_str(av.shape()), " b ",
                  shape_str(bv.shape()));
   const int64_t rows = av.size(0), d = av.size(1), g = bv.size(0);
-  Tensor y = uninit_tensor(av.shape());
+  Tensor y = alloc(Op::add_rows_tiled, {a.id, b.id}, BufferRole::value, av.shape());
   const float *ap = av.data<float>(), *bp = bv.data<float>();
   float* yp = y.data<float>();
   for (int64_t r = 0; r < rows; ++r)
@@ -329,7 +351,7 @@ Var Graph::sum(Var a) {
   Node n;
   n.op = Op::sum;
   n.inputs = {a.id};
-  n.value = Tensor::from({static_cast<float>(s)}, {1});
+  n.value = alloc_scalar(Op::sum, {a.id}, static_cast<float>(s));
   return push(std::move(n));
 }
 
@@ -342,7 +364,7 @@ Var Graph::mean(Var a) {
   Node n;
   n.op = Op::mean;
   n.inputs = {a.id};
-  n.value = Tensor::from({static_cast<float>(s / static_cast<double>(av.numel()))}, {1});
+  n.value = alloc_scalar(Op::mean, {a.id}, static_cast<float>(s / static_cast<double>(av.numel())));
   return push(std::move(n));
 }
 
@@ -354,7 +376,7 @@ Var Graph::mean_cols(Var a) {
   const float* ap = av.data<float>();
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < d; ++c) acc[static_cast<size_t>(c)] += ap[r * d + c];
-  Tensor y({d});
+  Tensor y = alloc(Op::mean_cols, {a.id}, BufferRole::value, {d});
   for (int64_t c = 0; c < d; ++c)
     y.data<float>()[c] =
         static_cast<float>(acc[static_cast<size_t>(c)] / static_cast<double>(rows));
@@ -370,7 +392,7 @@ Var Graph::mean_groups(Var a, int64_t group) {
   DELTAMOE_CHECK(av.dim() == 2 && group > 0 && av.size(0) % group == 0, "graph",
                  "mean_groups: ", shape_str(av.shape()), " in groups of ", group);
   const int64_t rows = av.size(0) / group, d = av.size(1);
-  Tensor y({rows, d});
+  Tensor y = alloc(Op::mean_groups, {a.id}, BufferRole::value, {rows, d}, true);
   const float* ap = av.data<float>();
   float* yp = y.data<float>();
   const float inv = 1.0f / static_cast<float>(group);
@@ -389,7 +411,7 @@ Var Graph::softmax(Var a) {
   const Tensor& av = value(a);
   DELTAMOE_CHECK(av.dim() == 2, "graph", "softmax of ", shape_str(av.shape()));
   const int64_t rows = av.size(0), d = av.size(1);
-  Tensor y = uninit_tensor(av.shape());
+  Tensor y = alloc(Op::softmax, {a.id}, BufferRole::value, av.shape());
   const float* ap = av.data<float>();
   float* yp = y.data<float>();
   kernels::softmax_rows_st(ap, yp, rows, d);  // the tested, vectorised kernel
@@ -404,7 +426,7 @@ Var Graph::log_softmax(Var a) {
   const Tensor& av = value(a);
   DELTAMOE_CHECK(av.dim() == 2, "graph", "log_softmax of ", shape_str(av.shape()));
   const int64_t rows = av.size(0), d = av.size(1);
-  Tensor y = uninit_tensor(av.shape());
+  Tensor y = alloc(Op::log_softmax, {a.id}, BufferRole::value, av.shape());
   const float* ap = av.data<float>();
   float* yp = y.data<float>();
   for (int64_t r = 0; r < rows; ++r) {
@@ -436,7 +458,7 @@ Var Graph::cross_entropy(Var logits, const std::vector<int32_t>& labels, float s
   }
   // Saved: the softmax, which is what the VJP needs. Rows in parallel with the vectorised
   // softmax (a language model's head makes this thousands of rows of a vocabulary each).
-  Tensor probs = uninit_tensor(lv.shape());
+  Tensor probs = alloc(Op::cross_entropy, {logits.id}, BufferRole::saved, lv.shape());
   const float* lp = lv.data<float>();
   float* pp = probs.data<float>();
   std::vector<double> row_loss(static_cast<size_t>(rows));
@@ -473,7 +495,8 @@ Var Graph::cross_entropy(Var logits, const std::vector<int32_t>& labels, float s
   n.ia = labels;
   n.fa = smoothing;
   n.saved = std::move(probs);
-  n.value = Tensor::from({static_cast<float>(loss / static_cast<double>(rows))}, {1});
+  n.value = alloc_scalar(Op::cross_entropy, {logits.id},
+                         static_cast<float>(loss / static_cast<double>(rows)));
   return push(std::move(n));
 }
 
@@ -484,8 +507,9 @@ Var Graph::layer_norm(Var x, Var gamma, Var beta, float eps) {
       "graph", "layer_norm: x ", shape_str(xv.shape()), " gamma ", shape_str(value(gamma).shape()),
       " beta ", shape_str(value(beta).shape()));
   const int64_t rows = xv.size(0), d = xv.size(1);
-  Tensor y = uninit_tensor(xv.shape());
-  Tensor stats({rows, 2});  // mean, rstd
+  const std::vector<int32_t> ins = {x.id, gamma.id, beta.id};
+  Tensor y = alloc(Op::layer_norm, ins, BufferRole::value, xv.shape());
+  Tensor stats = alloc(Op::layer_norm, ins, BufferRole::saved, {rows, 2});  // mean, rstd
   const float *xp = xv.data<float>(), *g = value(gamma).data<float>(),
               *b = value(beta).data<float>();
   float* yp = y.data<float>();
@@ -493,7 +517,7 @@ Var Graph::layer_norm(Var x, Var gamma, Var beta, float eps) {
   kernels::layer_norm_rows_st(xp, g, b, yp, sp, rows, d, eps);
   Node n;
   n.op = Op::layer_norm;
-  n.inputs = {x.id, gamma.id, beta.id};
+  n.inputs = ins;
   n.saved = std::move(stats);
   n.fa = eps;
   n.value = std::move(y);
@@ -504,7 +528,7 @@ Var Graph::gather_rows(Var x, const std::vector<int32_t>& rows) {
   const Tensor& xv = value(x);
   DELTAMOE_CHECK(xv.dim() == 2, "graph", "gather_rows of ", shape_str(xv.shape()));
   const int64_t n_in = xv.size(0), d = xv.size(1), m = static_cast<int64_t>(rows.size());
-  Tensor y = uninit_tensor({m, d});
+  Tensor y = alloc(Op::gather_rows, {x.id}, BufferRole::value, {m, d});
   const float* xp = xv.data<float>();
   float* yp = y.data<float>();
   for (int64_t j = 0; j < m; ++j) {
@@ -535,8 +559,11 @@ Var Graph::gate_weights(Var p, const std::vector<int32_t>& offsets,
                  "graph", "gate_weights: extra_offsets/extra_cols do not match the tokens");
   const int64_t tokens = pv.size(0), c_all = pv.size(1);
   const float* pp = pv.data<float>();
-  Tensor w({static_cast<int64_t>(cols.size())});
-  Tensor denom({tokens});  // saved: the renormalisation sum per token (1 when not renormalising)
+  Tensor w =
+      alloc(Op::gate_weights, {p.id}, BufferRole::value, {static_cast<int64_t>(cols.size())});
+  Tensor denom =
+      alloc(Op::gate_weights, {p.id}, BufferRole::saved,
+            {tokens});  // saved: the renormalisation sum per token (1 when not renormalising)
   float* wp = w.data<float>();
   for (int64_t t = 0; t < tokens; ++t) {
     float s = 0.0f;
@@ -582,9 +609,14 @@ Var Graph::scatter_add_rows(Var base, Var vals, Var w, const std::vector<int32_t
     const Tensor& bv = value(base);
     DELTAMOE_CHECK(bv.dim() == 2 && bv.size(0) == n_rows && bv.size(1) == d, "graph",
                    "scatter_add_rows: base ", shape_str(bv.shape()), " vs [", n_rows, ", ", d, "]");
-    y = reuse_base ? bv : bv.clone();
+    if (reuse_base) {
+      y = bv;
+    } else {
+      y = alloc(Op::scatter_add_rows, {base.id, vals.id, w.id}, BufferRole::value, bv.shape());
+      std::copy(bv.data<float>(), bv.data<float>() + bv.numel(), y.data<float>());
+    }
   } else {
-    y = Tensor({n_rows, d});
+    y = alloc(Op::scatter_add_rows, {base.id, vals.id, w.id}, BufferRole::value, {n_rows, d}, true);
   }
   const float *vp = vv.data<float>(), *wp = wv.data<float>();
   float* yp = y.data<float>();
@@ -615,8 +647,9 @@ Var Graph::dot_const(Var a, const std::vector<float>& c) {
   Node n;
   n.op = Op::dot_const;
   n.inputs = {a.id};
-  n.saved = Tensor::from(c, {static_cast<int64_t>(c.size())});
-  n.value = Tensor::from({static_cast<float>(s)}, {1});
+  n.saved = alloc(Op::dot_const, {a.id}, BufferRole::saved, {static_cast<int64_t>(c.size())});
+  std::copy(c.begin(), c.end(), n.saved.data<float>());
+  n.value = alloc_scalar(Op::dot_const, {a.id}, static_cast<float>(s));
   return push(std::move(n));
 }
 
@@ -634,7 +667,7 @@ Var Graph::cv_squared(Var a) {
   Node n;
   n.op = Op::cv_squared;
   n.inputs = {a.id};
-  n.value = Tensor::from({static_cast<float>(var / (mu * mu + 1e-10))}, {1});
+  n.value = alloc_scalar(Op::cv_squared, {a.id}, static_cast<float>(var / (mu * mu + 1e-10)));
   return push(std::move(n));
 }
 
@@ -642,7 +675,7 @@ Var Graph::scatter_cols(Var w, const std::vector<int32_t>& cols, int64_t count) 
   const Tensor& wv = value(w);
   DELTAMOE_CHECK(wv.numel() == static_cast<int64_t>(cols.size()), "graph",
                  "scatter_cols: ", wv.numel(), " weights vs ", cols.size(), " columns");
-  Tensor y({count});
+  Tensor y = alloc(Op::scatter_cols, {w.id}, BufferRole::value, {count}, true);
   for (size_t j = 0; j < cols.size(); ++j) {
     DELTAMOE_CHECK(cols[j] >= 0 && cols[j] < count, "graph", "scatter_cols: column ", cols[j]);
     y.data<float>()[cols[j]] += wv.data<float>()[j];
@@ -665,8 +698,9 @@ Var Graph::noisy_load(Var clean, Var noisy, Var std_dev, int64_t k) {
                  shape_str(nv.shape()), " std ", shape_str(sv.shape()), " k ", k);
   const int64_t tokens = cv.size(0), c_all = cv.size(1);
   // saved: z[t,c] = (clean − thr)/std, the argument of Φ, needed by the VJP.
-  Tensor z(cv.shape());
-  Tensor load({c_all});
+  const std::vector<int32_t> ins = {clean.id, noisy.id, std_dev.id};
+  Tensor z = alloc(Op::noisy_load, ins, BufferRole::saved, cv.shape());
+  Tensor load = alloc(Op::noisy_load, ins, BufferRole::value, {c_all}, true);
   std::vector<float> row(static_cast<size_t>(c_all));
   for (int64_t t = 0; t < tokens; ++t) {
     const float* nr = nv.data<float>() + t * c_all;
@@ -684,7 +718,7 @@ Var Graph::noisy_load(Var clean, Var noisy, Var std_dev, int64_t k) {
   }
   Node n;
   n.op = Op::noisy_load;
-  n.inputs = {clean.id, noisy.id, std_dev.id};
+  n.inputs = ins;
   n.na = k;
   n.saved = std::move(z);
   n.value = std::move(load);

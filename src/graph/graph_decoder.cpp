@@ -30,7 +30,7 @@ Var Graph::rms_norm(Var x, Var w, float eps) {
                  shape_str(xv.shape()), " w ", shape_str(value(w).shape()));
   DELTAMOE_CHECK(eps > 0.0f, "graph", "rms_norm: eps must be > 0, got ", eps);
   const int64_t rows = xv.size(0), d = xv.size(1);
-  Tensor y = uninit_tensor(xv.shape());
+  Tensor y = alloc(Op::rms_norm, {x.id, w.id}, BufferRole::value, xv.shape());
   kernels::rms_norm_rows_st(xv.data<float>(), value(w).data<float>(), y.data<float>(), rows, d, d,
                             eps);
   Node n;
@@ -52,7 +52,7 @@ Var Graph::rope(Var x, int64_t head_dim, int64_t seq_len, double theta) {
   const int64_t rows = xv.size(0), width = xv.size(1), heads = width / head_dim;
   kernels::RopeTable table(head_dim, theta);
   table.ensure(seq_len);
-  Tensor y = uninit_tensor(xv.shape());
+  Tensor y = alloc(Op::rope, {x.id}, BufferRole::value, xv.shape());
   const float* xp = xv.data<float>();
   float* yp = y.data<float>();
   std::copy(xp, xp + rows * width, yp);
@@ -84,7 +84,7 @@ Var Graph::causal_attention(Var q, Var k, Var v, int64_t heads, int64_t kv_heads
                  " heads of ", d);
   DELTAMOE_CHECK(seq_len > 0 && rows % seq_len == 0, "graph", "causal_attention: ", rows,
                  " rows are not whole sequences of ", seq_len);
-  Tensor y = uninit_tensor(qv.shape());
+  Tensor y = alloc(Op::causal_attention, {q.id, k.id, v.id}, BufferRole::value, qv.shape());
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   const int64_t ldq = heads * d, ldkv = kv_heads * d;
   for (int64_t s = 0; s < rows / seq_len; ++s) {

@@ -11,22 +11,50 @@ namespace deltamoe::graph {
 
 Tensor& Graph::grad_of(int32_t id) {
   Node& n = nodes_[static_cast<size_t>(id)];
-  if (!n.grad.defined()) n.grad = Tensor(n.value.shape());
+  if (!n.grad.defined()) {
+    if (allocator_)
+      n.grad = allocator_->allocate(id, n.op, n.inputs, BufferRole::grad, n.value.shape(), true);
+    if (!n.grad.defined()) n.grad = Tensor(n.value.shape());
+  }
   return n.grad;
 }
 
-void Graph::backward(Var loss) {
+void Graph::backward(Var loss, const BackwardRelease* release) {
   DELTAMOE_CHECK(grad_enabled_, "graph", "backward() on a graph built without gradients");
   DELTAMOE_CHECK(value(loss).numel() == 1, "graph", "backward() needs a scalar loss, got ",
                  shape_str(value(loss).shape()));
   for (Node& n : nodes_)
     if (n.op != Op::param) n.grad = Tensor();
   if (!node(loss).requires_grad) return;  // nothing trainable reaches the loss
+  if (allocator_) allocator_->begin_backward(*this, loss);
   grad_of(loss.id).data<float>()[0] += 1.0f;
+  DELTAMOE_CHECK(!release || (release->values_after.size() == nodes_.size() &&
+                              release->grads_after.size() == nodes_.size()),
+                 "graph", "backward(): a release plan for ",
+                 release ? release->values_after.size() : 0, " tape nodes, the tape has ",
+                 nodes_.size());
+  // A dropped buffer keeps its shape (gradients are sized from values, the memory planner
+  // reads sizes) over no memory: a read of it would fault rather than see stale data.
+  auto placeholder = [](const Tensor& t) {
+    return t.defined() ? Tensor::wrap(nullptr, t.shape(), t.dtype()) : Tensor();
+  };
+  auto drop_values = [&](const std::vector<int32_t>& ids) {
+    for (const int32_t x : ids) {
+      Node& d = nodes_[static_cast<size_t>(x)];
+      d.value = placeholder(d.value);
+      d.saved = placeholder(d.saved);
+    }
+  };
+  if (release) drop_values(release->values_at_start);
   for (int32_t id = loss.id; id >= 0; --id) {
     const Node& n = nodes_[static_cast<size_t>(id)];
     if (!n.requires_grad || !n.grad.defined() || n.op == Op::param || n.op == Op::input) continue;
     vjp(id);
+    if (release) {
+      drop_values(release->values_after[static_cast<size_t>(id)]);
+      for (const int32_t x : release->grads_after[static_cast<size_t>(id)])
+        nodes_[static_cast<size_t>(x)].grad = Tensor();
+    }
   }
 }
 

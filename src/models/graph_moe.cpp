@@ -19,8 +19,9 @@ graph::Var combine_experts(graph::Graph& g, graph::Var u, graph::Var w,
     }
   graph::Var y;
   for (int64_t e = 0; e < experts; ++e) {
+    // An expert that got no tokens still runs (on zero rows; it adds nothing), so that every
+    // step of a training run records the same tape and one memory plan fits them all.
     const auto& r = rows[static_cast<size_t>(e)];
-    if (r.empty()) continue;
     const graph::Var o = expert(e, g.gather_rows(u, r));
     // y is the running sum, read by nothing else: accumulate in place.
     y = g.scatter_add_rows(y, o, w, r, entries[static_cast<size_t>(e)], tokens,

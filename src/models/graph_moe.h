@@ -15,7 +15,8 @@ namespace deltamoe::models::detail {
 /// y[t] = Σ over t's routing entries j of w[j] · expert(e_j, u rows routed to e_j)[t's row]:
 /// each expert with rows sees them gathered in token order, and the sum is accumulated in
 /// place (no copy per expert). `w` holds one gate weight per routing entry (gate_weights).
-/// Returns an undefined Var when no token is routed anywhere.
+/// Every expert runs, one that got no tokens on zero rows, so that the tape's structure does
+/// not depend on the routing (one memory plan fits every step: graph/memory_plan.h).
 graph::Var combine_experts(
     graph::Graph& g, graph::Var u, graph::Var w, const moe::RoutingResult& routing, int64_t tokens,
     int64_t experts, const std::function<graph::Var(int64_t expert, graph::Var rows)>& expert);

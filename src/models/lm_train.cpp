@@ -87,6 +87,12 @@ LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector
   double recent_loss = 0.0, recent_k = 0.0;
   int64_t recent = 0;
   std::vector<int32_t> tokens(static_cast<size_t>(o.batch * o.seq_len));
+  std::unique_ptr<graph::StepMemoryPlanner> planner;
+  if (o.memory_plan) {
+    graph::MemoryPlanOptions po;
+    po.slack = o.memory_plan_slack;
+    planner = std::make_unique<graph::StepMemoryPlanner>(po);
+  }
   for (int64_t step = o.start_step; step < o.steps; ++step) {
     for (int64_t b = 0; b < o.batch; ++b) {
       std::mt19937_64 rng(o.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step) * 1000003u +
@@ -95,6 +101,7 @@ LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector
       std::copy(train.begin() + at, train.begin() + at + o.seq_len, tokens.begin() + b * o.seq_len);
     }
     graph::Graph g(true);
+    if (planner) planner->begin(g);
     LmTrainForwardOptions fo;
     fo.balance_alpha = o.balance_alpha;
     fo.budget_beta = o.budget_beta;
@@ -104,7 +111,10 @@ LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector
     if (distil) soft = o.teacher->teacher_distribution(tokens, o.seq_len);
     const graph::Var loss =
         model.loss(g, fwd, tokens, o.seq_len, distil ? &soft : nullptr, o.distill_weight);
-    g.backward(loss);
+    if (planner)
+      planner->backward(g, loss, {});
+    else
+      g.backward(loss);
     adam.step(lr_scale(step, o.steps, o.warmup));
     const double l = g.scalar(loss), k = mean_experts_of(fwd);
     DELTAMOE_CHECK(std::isfinite(l), kComp, "the loss is ", l, " at step ", step + 1,
@@ -137,6 +147,10 @@ LmTrainSummary train_lm(TrainableMoeLm& model, nn::Adam& adam, const std::vector
     if (o.checkpoint_every > 0 && o.on_checkpoint && (step + 1) % o.checkpoint_every == 0 &&
         step + 1 < o.steps)
       o.on_checkpoint(step + 1);
+  }
+  if (planner) {
+    s.memory_plan = planner->stats();
+    if (o.progress) std::fprintf(stderr, "%s\n", planner->summary().c_str());
   }
   s.seconds = since(t0);
   s.tokens_per_s = static_cast<double>(s.tokens) / std::max(s.seconds, 1e-9);

@@ -104,6 +104,12 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
   fo.dropout = opt.dropout;
 
   TrainSummary summary;
+  std::unique_ptr<graph::StepMemoryPlanner> planner;
+  if (opt.memory_plan) {
+    graph::MemoryPlanOptions po;
+    po.slack = opt.memory_plan_slack;
+    planner = std::make_unique<graph::StepMemoryPlanner>(po);
+  }
   const auto t_all = Clock::now();
   int64_t step = 0;
   for (int epoch = 1; epoch <= opt.epochs; ++epoch) {
@@ -131,10 +137,14 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
         yb[static_cast<size_t>(i - b)] =
             train_y[static_cast<size_t>(order[static_cast<size_t>(i)])];
       graph::Graph g(true);
+      if (planner) planner->begin(g);
       ForwardOut out = model.forward(g, xb, fo);
       graph::Var loss = g.cross_entropy(out.logits, yb, opt.label_smoothing);
       if (out.aux_loss.valid()) loss = g.add(loss, out.aux_loss);
-      g.backward(loss);
+      if (planner)
+        planner->backward(g, loss, {out.logits});  // accuracy below reads the logits
+      else
+        g.backward(loss);
       float lr_scale =
           opt.cosine ? 0.5f * (1.0f + std::cos(static_cast<float>(M_PI) * static_cast<float>(step) /
                                                static_cast<float>(total_steps)))
@@ -179,6 +189,10 @@ TrainSummary train(MoeClassifier& model, const Tensor& train_x, const std::vecto
     summary.epochs.push_back(es);
   }
   summary.seconds = std::chrono::duration<double>(Clock::now() - t_all).count();
+  if (planner) {
+    summary.memory_plan = planner->stats();
+    if (opt.progress) std::fprintf(stderr, "%s\n", planner->summary().c_str());
+  }
   model.freeze_policies();
   return summary;
 }

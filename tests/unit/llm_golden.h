@@ -47,4 +47,17 @@ inline io::HfConfig tiny_mixtral(int64_t vocab, int64_t hidden, int64_t heads, i
   return io::HfConfig::parse(io::hf_config_to_json(c), "tiny");
 }
 
+/// `c` with Qwen2-MoE's parts: q/k/v biases, a shared expert of `shared_inter` with its
+/// sigmoid gate in MoE layer 1, layer 0 dense (mlp_only_layers), raw top-k weights.
+inline io::HfConfig as_qwen2_moe(io::HfConfig c, int64_t shared_inter) {
+  c.arch = io::HfArch::qwen2_moe;
+  c.architecture = "Qwen2MoeForCausalLM";
+  c.model_type = "qwen2_moe";
+  c.attention_bias = true;
+  c.shared_expert_intermediate_size = shared_inter;
+  c.mlp_only_layers = {0};
+  c.norm_topk_prob = false;
+  return io::HfConfig::parse(io::hf_config_to_json(c), "tiny");
+}
+
 }  // namespace deltamoe::test

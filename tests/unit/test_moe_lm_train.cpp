@@ -33,15 +33,7 @@ io::HfConfig tiny_config(bool tied) {
 // The same with Qwen2-MoE's parts: q/k/v biases, a shared expert (intermediate 5) with its
 // sigmoid gate in the MoE layer 1, layer 0 dense (mlp_only_layers), raw top-2 weights.
 io::HfConfig tiny_qwen2_config() {
-  io::HfConfig c = tiny_config(false);
-  c.arch = io::HfArch::qwen2_moe;
-  c.architecture = "Qwen2MoeForCausalLM";
-  c.model_type = "qwen2_moe";
-  c.attention_bias = true;
-  c.shared_expert_intermediate_size = 5;
-  c.mlp_only_layers = {0};
-  c.norm_topk_prob = false;
-  return io::HfConfig::parse(io::hf_config_to_json(c), "test");
+  return test::as_qwen2_moe(tiny_config(false), 5);
 }
 
 }  // namespace

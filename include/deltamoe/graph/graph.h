@@ -79,6 +79,43 @@ struct Node {
   Tensor saved;  // per-op saved intermediates (layer norm: mean and rstd)
 };
 
+class Graph;
+
+/// Buffers backward() may drop as it goes, so that a step on the heap holds what a plan would
+/// (graph/memory_plan.h computes them from the step's memgraph): the values (and saved
+/// intermediates) of `values_at_start` before the first VJP; after the VJP of tape node t has
+/// run, the values of values_after[t] and the gradients of grads_after[t]. A dropped
+/// tensor reads as undefined afterwards.
+struct BackwardRelease {
+  std::vector<int32_t> values_at_start;
+  std::vector<std::vector<int32_t>> values_after, grads_after;  // per tape id
+};
+
+/// Which buffer of a tape node an allocation is for: its value, its per-op saved
+/// intermediates, or its gradient.
+enum class BufferRole : int32_t { value, saved, grad };
+
+/// Where a tape puts the tensors it creates. Without one (the default) every value, saved
+/// intermediate and gradient is its own heap allocation, held until the Graph is destroyed.
+/// A planned allocator (graph/memory_plan.h) hands out views of one arena at offsets laid
+/// out ahead of time, so buffers whose last reader has run are reused. Not owned by the
+/// Graph; called from the thread that builds the tape.
+class TapeAllocator {
+ public:
+  virtual ~TapeAllocator() = default;
+  /// Memory for `role` of tape node `id` (a node with `op` reading `inputs`, tape ids; for a
+  /// gradient, the node the gradient is of), an f32 tensor of `shape`, zero-filled when
+  /// `zero`, otherwise of undefined contents. Returns an undefined Tensor to have the graph
+  /// allocate it from the heap instead. Called before the op reads its inputs.
+  virtual Tensor allocate(int32_t id, Op op, const std::vector<int32_t>& inputs, BufferRole role,
+                          const Shape& shape, bool zero) = 0;
+  /// Tape node `id` (`op` reading `inputs`) was pushed, after its buffers were allocated.
+  /// Leaves (input, param) and ops that reuse an input's buffer allocate nothing.
+  virtual void pushed(int32_t id, Op op, const std::vector<int32_t>& inputs) = 0;
+  /// backward() is about to run the VJPs of the tape `g` from `loss`.
+  virtual void begin_backward(const Graph& g, Var loss) = 0;
+};
+
 class Graph {
  public:
   /// `grad_enabled` false builds an inference tape: no node requires grad, backward() fails.
@@ -179,7 +216,8 @@ class Graph {
 
   // ---- execution ----
   /// Reverse pass from scalar `loss` ([1]): seeds d loss = 1 and runs every node's VJP.
-  void backward(Var loss);
+  /// With `release`, drops buffers after their last reader as it says.
+  void backward(Var loss, const BackwardRelease* release = nullptr);
   /// The node's value (a view; valid while the graph lives or longer: storage is shared).
   const Tensor& value(Var v) const { return node(v).value; }
   /// Gradient of the last backward() w.r.t. v (undefined tensor if none flowed).
@@ -188,6 +226,9 @@ class Graph {
   const Node& node(Var v) const;
   int64_t size() const { return static_cast<int64_t>(nodes_.size()); }
   bool grad_enabled() const { return grad_enabled_; }
+  /// Routes every later allocation of the tape (values, saved intermediates, gradients)
+  /// through `a` (not owned; nullptr = the heap). Set it before the first op.
+  void set_allocator(TapeAllocator* a) { allocator_ = a; }
 
  private:
   Var push(Node n);
@@ -195,8 +236,15 @@ class Graph {
   Tensor& grad_of(int32_t id);  // allocates zeros on first use
   void vjp(int32_t id);
   void vjp_decoder(int32_t id);  // the VJPs of the decoder ops (graph_decoder.cpp)
+  /// A buffer of the node about to be pushed (tape id size()): through allocator_ when set,
+  /// else the heap. `zero` fills it with zeros.
+  Tensor alloc(Op op, const std::vector<int32_t>& inputs, BufferRole role, const Shape& shape,
+               bool zero = false);
+  /// A [1] value of the node about to be pushed, holding `v`.
+  Tensor alloc_scalar(Op op, const std::vector<int32_t>& inputs, float v);
 
   bool grad_enabled_;
+  TapeAllocator* allocator_ = nullptr;
   std::vector<Node> nodes_;
 };
 

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "deltamoe/graph/memory_plan.h"
 #include "deltamoe/io/tokenizer.h"
 #include "deltamoe/models/moe_lm_train.h"
 #include "deltamoe/moe/policies.h"
@@ -44,6 +45,11 @@ struct LmTrainOptions {
   /// Called after every `checkpoint_every` steps (0: never) with the steps done so far.
   int64_t checkpoint_every = 0;
   std::function<void(int64_t steps_done)> on_checkpoint;
+  /// Planned execution (graph/memory_plan.h): from the second step on, every tensor of the
+  /// step lives in one arena laid out by sched/ (the same results, bit for bit); the slack is
+  /// the room given to routing-dependent buffers.
+  bool memory_plan = false;
+  double memory_plan_slack = 0.1;
 };
 
 /// Next-token loss of a stream.
@@ -61,6 +67,7 @@ struct LmTrainSummary {
   double final_loss = 0.0;    // mean training loss over the last 10% of the steps
   double mean_experts = 0.0;  // over the last 10% of the steps
   std::vector<std::pair<int64_t, double>> loss_curve;  // (step, training loss), every step
+  graph::StepPlanStats memory_plan;                    // with LmTrainOptions::memory_plan
 };
 
 /// Trains `model` with `adam` on random windows of `train` (seq_len tokens each; the window

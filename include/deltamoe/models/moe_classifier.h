@@ -32,6 +32,7 @@
 #include "deltamoe/core/tensor.h"
 #include "deltamoe/dist/communicator.h"
 #include "deltamoe/graph/graph.h"
+#include "deltamoe/graph/memory_plan.h"
 #include "deltamoe/kernels/cpu.h"
 #include "deltamoe/moe/moe_block.h"
 #include "deltamoe/moe/policies.h"
@@ -187,6 +188,11 @@ struct TrainOptions {
   int64_t warmup_steps = 0;      // linear learning-rate warm-up over the first steps
   double dropout = 0.0;          // see ForwardOptions::dropout
   float label_smoothing = 0.0f;  // cross-entropy target (1 − ε)·onehot + ε/classes
+  /// Planned execution (graph/memory_plan.h): from the second step on, every tensor of the
+  /// step lives in one arena laid out by sched/ (the same results, bit for bit); the slack is
+  /// the room given to routing-dependent buffers.
+  bool memory_plan = false;
+  double memory_plan_slack = 0.1;
 };
 
 struct EpochStats {
@@ -199,6 +205,7 @@ struct TrainSummary {
   std::vector<EpochStats> epochs;
   std::vector<float> step_losses;  // total loss of every step (determinism checks)
   double seconds = 0;
+  graph::StepPlanStats memory_plan;  // with TrainOptions::memory_plan
 };
 
 struct EvalResult {

@@ -1,0 +1,28 @@
+// This process's memory as the kernel counts it (/proc/self/status), for the benchmarks.
+#pragma once
+
+#include <cstddef>
+#include <fstream>
+#include <string>
+
+namespace deltamoe::cli {
+
+/// VmRSS, VmHWM or another "kB" line of /proc/self/status, in bytes (0 when absent).
+inline size_t proc_status_bytes(const std::string& key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(key + ":", 0) == 0)
+      return static_cast<size_t>(std::stoull(line.substr(key.size() + 1))) * 1024;
+  return 0;
+}
+
+/// Resets VmHWM to the current VmRSS ("5" into /proc/self/clear_refs); false where refused.
+inline bool reset_high_water() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.flush();
+  return f.good();
+}
+
+}  // namespace deltamoe::cli
