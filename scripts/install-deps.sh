@@ -11,6 +11,7 @@ PKGS=(
   libbenchmark-dev         # micro benchmarks
   libdnnl-dev              # oneDNN: the library baseline of bench moe-layer --onednn
   coinor-libcbc-dev        # exact ILP scheduler
+  libboost-dev             # Boost.Graph max flow (header-only): the scheduler's step-cut bound
   libmicrohttpd-dev        # HTTP server (event-driven: deltamoe serve)
   libcpp-httplib-dev       # HTTP client (deltamoe loadgen --url, tests)
   libopenmpi-dev openmpi-bin  # MPI: mpirun -np N deltamoe ... --parallel ep (dist/)

@@ -222,6 +222,25 @@ ScheduleResult schedule(const Graph& g, const ScheduleOptions& opt) {
         });
       }
       phase("sp-ized");
+      // The step-cut bound (a min cut at each of the best order's neediest steps) often meets
+      // that order's peak, which proves it optimal before any search.
+      if (best.peak > r.lower_bound.bytes && budget(1.0) > 0) {
+        guarded("step-cut bound", [&] {
+          const LowerBound sc =
+              step_cut_lower_bound(g, best.order, r.lower_bound, best.peak, budget(0.4));
+          if (sc.bytes > r.lower_bound.bytes) r.lower_bound = sc;
+        });
+        phase("step-cut");
+      }
+      // Cut repair: rearrange the order around a peak step as that step's minimum cut says.
+      if (best.peak > r.lower_bound.bytes && budget(1.0) > 0) {
+        guarded("cut repair", [&] {
+          const uint64_t before = best.peak;
+          if (consider("cut-repair", step_cut_improve(g, best.order, budget(0.3))))
+            notes << "cut repair improved " << before << " -> " << best.peak << " bytes; ";
+        });
+        phase("cut-repair");
+      }
       const bool ilp_ok = opt.use_ilp && n <= 300 && ilp_available();
       // The cheap bounds may already prove the best order so far optimal: no search then.
       const bool proven_already = best.peak == r.lower_bound.bytes;

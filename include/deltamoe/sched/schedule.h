@@ -46,6 +46,32 @@ LowerBound simple_lower_bound(const Graph& g);
 /// simple_lower_bound(). Uses ancestor and descendant bitsets (n²/4 bytes), so graphs above
 /// `max_nodes` get simple_lower_bound() instead. Kind "must-live" when it is stronger.
 LowerBound must_live_lower_bound(const Graph& g, int32_t max_nodes = 12000);
+/// The least memory live at node v's step over every order: the minimum, over the sets of
+/// nodes that can have run before v (ancestors in, v and descendants out, closed under
+/// dependencies), of the buffers live then, plus own(v) and workspace(v); one minimum s-t cut
+/// (Boost's Boykov-Kolmogorov max flow; step_cut.cpp). At least the must-live bound at v.
+/// With `before`, fills it (per node) with a set of nodes that reaches the minimum.
+uint64_t step_cut_bound(const Graph& g, int32_t v, std::vector<char>* before = nullptr);
+/// Lowers `start`'s peak (never raises it) by cut repair: at a step at the peak whose
+/// step-cut bound is below it, the order is rearranged as the cut's set first, then the node,
+/// then the rest; kept when the peak or its number of steps falls. Repeats until no peak step
+/// improves or `time_limit_s` seconds have passed.
+Order step_cut_improve(const Graph& g, const Order& start, double time_limit_s);
+/// The least memory at the last step of any order: the minimum, over the nodes without users
+/// (one of them runs last, after every other node), of every output's bytes, the buffers that
+/// node still reads, its own and its workspace.
+uint64_t last_step_bound(const Graph& g);
+/// The least memory at the step of whichever output's producer runs last among them: the
+/// minimum, over the producers with no other producer below them, of the step-cut bound at
+/// that producer with every other producer (and its ancestors) run before it. 0 when there
+/// are no outputs or `time_limit_s` passes first.
+uint64_t last_output_bound(const Graph& g, double time_limit_s);
+/// max(start, last_step_bound(), last_output_bound(), step_cut_bound(v)) over the steps of `order`
+/// whose need there (memory_profile) is above the bound so far, neediest first (no other step can
+/// raise it: a step's cut is at most its need in any order); stops once the bound reaches `stop_at`
+/// or after `time_limit_s` seconds. Kind "step-cut" when it raised the bound.
+LowerBound step_cut_lower_bound(const Graph& g, const Order& order, LowerBound start,
+                                uint64_t stop_at, double time_limit_s);
 
 // ------------------------------------------------------------- series-parallel (sp.cpp)
 struct SpAnalysis {
