@@ -15,14 +15,23 @@ jget() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval
 for i in $(seq 1 200); do
   printf 'The cat number %d sat on the mat.\nThe dog ate the hat of cat %d.\n\n' "$i" "$((i * 7 % 13))"
 done >"$tmp/corpus.txt"
-small=(--data "$tmp/corpus.txt" --vocab 320 --hidden 32 --heads 4 --kv-heads 2 --experts 4 --inter 32
-       --seq-len 16 --batch 4 --threads 1 --no-progress --steps 10)
+base=(--data "$tmp/corpus.txt" --vocab 320 --hidden 32 --heads 4 --kv-heads 2 --inter 32
+      --seq-len 16 --batch 4 --threads 1 --no-progress --steps 10)
+small=("${base[@]}" --experts 4)
 "$bin" train-lm "${small[@]}" --out "$tmp/heap" --json >"$tmp/heap.json"
 "$bin" train-lm "${small[@]}" --out "$tmp/arena" --memory-plan arena --json >"$tmp/arena.json"
 cmp "$tmp/heap/model.safetensors" "$tmp/arena/model.safetensors" || fail "train-lm weights differ"
 [ "$(jget "$tmp/arena.json" "d['memory_plan']['steps'] == 10 and d['memory_plan']['plans'] >= 1")" = True ] \
   || fail "train-lm memory_plan report: $(cat "$tmp/arena.json")"
 [ "$(jget "$tmp/heap.json" "'memory_plan' in d")" = False ] || fail "heap run reports a plan"
+# Pyramid experts per layer, and null experts with a target K (adaptive, per-layer policies).
+for variant in "--layer-experts 4,8" "--experts 4 --routing null-experts --target-k 1.5"; do
+  # shellcheck disable=SC2086
+  "$bin" train-lm "${base[@]}" $variant --out "$tmp/vh" --force >/dev/null
+  # shellcheck disable=SC2086
+  "$bin" train-lm "${base[@]}" $variant --out "$tmp/va" --force --memory-plan arena >/dev/null
+  cmp "$tmp/vh/model.safetensors" "$tmp/va/model.safetensors" || fail "weights differ: $variant"
+done
 
 # The classifier: synthetic-free, so only where Fashion-MNIST is installed.
 if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] ||
@@ -33,6 +42,11 @@ if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] ||
   "$bin" train "${cls[@]}" --out "$tmp/c-arena.safetensors" --memory-plan arena --json \
     >"$tmp/c.json" 2>/dev/null
   cmp "$tmp/c-heap.safetensors" "$tmp/c-arena.safetensors" || fail "train weights differ"
+  nulls=(--stem patch --routing null-experts --target-k 1.2)
+  "$bin" train "${cls[@]}" "${nulls[@]}" --out "$tmp/n-heap.safetensors" >/dev/null 2>&1
+  "$bin" train "${cls[@]}" "${nulls[@]}" --out "$tmp/n-arena.safetensors" --memory-plan arena \
+    >/dev/null 2>&1
+  cmp "$tmp/n-heap.safetensors" "$tmp/n-arena.safetensors" || fail "null-experts weights differ"
   [ "$(jget "$tmp/c.json" "d['memory_plan']['planned_steps'] >= 1")" = True ] || fail "train report"
 fi
 
