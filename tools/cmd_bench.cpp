@@ -434,7 +434,8 @@ int run_moe_bench(const MoeBenchOptions& o) {
 CommandRegistrar reg(
     "bench",
     "Benchmarks (moe-layer: the MoE layer vs naive, SGEMM and rooflines; model: a language model's "
-    "pp/tg tokens/s as llama-bench, decode roofline, resident memory)",
+    "pp/tg tokens/s as llama-bench, decode roofline, resident memory; train-step: a training "
+    "step's memory on the heap, freed at last use, and inside a planned arena)",
     [](CLI::App& app) -> Action {
       auto o = std::make_shared<MoeBenchOptions>();
       auto mo = std::make_shared<ModelBenchOptions>();
