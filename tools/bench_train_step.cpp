@@ -100,8 +100,8 @@ json measure(const TrainStepBenchOptions& o, nn::ParameterSet& params, const Ste
     if (arena) {
       planner.backward(g, loss, keep);
     } else if (o.memory_plan == "release") {
-      const graph::MemoryPlan p = graph::plan_step_memory(g, loss, keep);
-      g.backward(loss, &p.release);
+      const graph::BackwardRelease release = graph::plan_backward_release(g, loss, keep);
+      g.backward(loss, &release);
     } else {
       g.backward(loss);
     }

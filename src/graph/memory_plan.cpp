@@ -130,7 +130,30 @@ BackwardRelease backward_release(const detail::Exported& ex, int32_t n_tape) {
   return r;
 }
 
+/// The tape's exact sizes for a plan (each value and saved intermediate rounded to 64 bytes,
+/// as the planner lays them out); the loss and `keep` kept.
+detail::PlanSizes exact_sizes(const Graph& g, Var loss, const std::vector<Var>& keep) {
+  const size_t n = static_cast<size_t>(g.size());
+  detail::PlanSizes e;
+  e.fwd.assign(n, 0);
+  e.grad.assign(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    const Node& nd = g.node(Var{static_cast<int32_t>(i)});
+    if (nd.op == Op::input || nd.op == Op::param) continue;
+    e.grad[i] = round64(nd.value.nbytes());
+    e.fwd[i] = e.grad[i] + (nd.saved.defined() ? round64(nd.saved.nbytes()) : 0);
+  }
+  e.keep = keep;
+  e.keep.push_back(loss);  // every caller reads the loss after backward()
+  return e;
+}
+
 }  // namespace
+
+BackwardRelease plan_backward_release(const Graph& g, Var loss, const std::vector<Var>& keep) {
+  const detail::PlanSizes exact = exact_sizes(g, loss, keep);
+  return backward_release(detail::build(g, loss, {}, &exact), static_cast<int32_t>(g.size()));
+}
 
 MemoryPlan plan_step_memory(const Graph& g, Var loss, const std::vector<Var>& keep,
                             const MemoryPlan* grow_from, const MemoryPlanOptions& opt) {
@@ -141,10 +164,8 @@ MemoryPlan plan_step_memory(const Graph& g, Var loss, const std::vector<Var>& ke
   MemoryPlan plan;
   plan.loss_id = loss.id;
   plan.nodes.resize(static_cast<size_t>(n));
-  detail::PlanSizes exact, sized;
-  exact.fwd.assign(static_cast<size_t>(n), 0);
-  exact.grad = exact.fwd;
-  std::vector<uint64_t> value(static_cast<size_t>(n), 0);  // exact, rounded to 64
+  const detail::PlanSizes exact = exact_sizes(g, loss, keep);
+  detail::PlanSizes sized;
   for (int32_t i = 0; i < n; ++i) {
     const Node& nd = g.node(Var{i});
     PlannedNode& p = plan.nodes[static_cast<size_t>(i)];
@@ -155,11 +176,8 @@ MemoryPlan plan_step_memory(const Graph& g, Var loss, const std::vector<Var>& ke
     if (!fixed_size(nd.op))
       for (const int32_t x : nd.inputs)
         if (x >= 0 && plan.nodes[static_cast<size_t>(x)].dynamic) p.dynamic = true;
-    const uint64_t v = round64(nd.value.nbytes());
-    const uint64_t s = nd.saved.defined() ? round64(nd.saved.nbytes()) : 0;
-    value[static_cast<size_t>(i)] = v;
-    exact.fwd[static_cast<size_t>(i)] = v + s;
-    exact.grad[static_cast<size_t>(i)] = v;
+    const uint64_t v = exact.grad[static_cast<size_t>(i)];  // the value, rounded
+    const uint64_t s = exact.fwd[static_cast<size_t>(i)] - v;
     const double slack = p.dynamic ? opt.slack : 0.0;
     p.value_bytes = with_slack(v, slack);
     p.saved_bytes = s > 0 ? with_slack(s, slack) : 0;
@@ -169,8 +187,8 @@ MemoryPlan plan_step_memory(const Graph& g, Var loss, const std::vector<Var>& ke
   for (PlannedGroup& pg : plan.groups) {
     uint64_t total = 0, largest = 0;
     for (const int32_t m : pg.members) {
-      total += value[static_cast<size_t>(m)];
-      largest = std::max(largest, value[static_cast<size_t>(m)]);
+      total += exact.grad[static_cast<size_t>(m)];
+      largest = std::max(largest, exact.grad[static_cast<size_t>(m)]);
     }
     pg.capacity = with_slack(total, opt.slack);
     for (const int32_t m : pg.members) {
@@ -205,9 +223,7 @@ MemoryPlan plan_step_memory(const Graph& g, Var loss, const std::vector<Var>& ke
     for (size_t k = 1; k < pg.members.size(); ++k)
       sized.view_of[static_cast<size_t>(pg.members[k])] = pg.members[0];
   }
-  sized.keep = keep;
-  sized.keep.push_back(loss);  // every caller reads the loss after backward()
-  exact.keep = sized.keep;
+  sized.keep = exact.keep;
 
   const detail::Exported ex = detail::build(g, loss, {}, &sized);
   const sched::Graph& mg = ex.graph;
@@ -310,11 +326,12 @@ Tensor PlannedAllocator::allocate(int32_t id, Op op, const std::vector<int32_t>&
     if (zero && bytes > 0) std::memset(t.raw(), 0, bytes);
     return t;
   }
-  if (diverged_at_ < 0 && !matches(id, op, inputs)) diverge(id, inputs);
+  if (diverged_at_ < 0 && id != matched_ && !matches(id, op, inputs)) diverge(id, inputs);
   if (diverged_at_ >= 0) {
     check_inputs(id, inputs);
     return {};
   }
+  matched_ = id;
   const PlannedNode& p = plan_.nodes[static_cast<size_t>(id)];
   const uint64_t bytes = static_cast<uint64_t>(shape_numel(shape)) * sizeof(float);
   if (p.group >= 0 && role == BufferRole::value) {
@@ -346,7 +363,7 @@ Tensor PlannedAllocator::allocate(int32_t id, Op op, const std::vector<int32_t>&
 }
 
 void PlannedAllocator::pushed(int32_t id, Op op, const std::vector<int32_t>& inputs) {
-  if (diverged_at_ < 0 && !matches(id, op, inputs)) diverge(id, inputs);
+  if (diverged_at_ < 0 && id != matched_ && !matches(id, op, inputs)) diverge(id, inputs);
   if (diverged_at_ >= 0) {
     check_inputs(id, inputs);
     return;

@@ -308,18 +308,18 @@ Order step_cut_improve(const Graph& g, const Order& start, double time_limit_s) 
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
   Order order = start;
-  auto score = [&](const Order& o) {
-    const std::vector<uint64_t> need = memory_profile(g, o);
+  // (peak, steps at the peak) of a profile: lower is better.
+  auto score = [](const std::vector<uint64_t>& need) {
     const uint64_t peak = need.empty() ? 0 : *std::max_element(need.begin(), need.end());
     int64_t at_peak = 0;
     for (const uint64_t x : need) at_peak += x == peak;
     return std::make_pair(peak, at_peak);
   };
-  auto best = score(order);
+  std::vector<uint64_t> need = memory_profile(g, order);
+  auto best = score(need);
   std::vector<char> before;
   for (bool moved = true; moved;) {
     moved = false;
-    const std::vector<uint64_t> need = memory_profile(g, order);
     for (size_t t = 0; t < order.size(); ++t) {
       if (need[t] != best.first) continue;
       if (std::chrono::duration<double>(Clock::now() - t0).count() > time_limit_s) return order;
@@ -334,10 +334,12 @@ Order step_cut_improve(const Graph& g, const Order& start, double time_limit_s) 
       cand.push_back(v);
       for (const int32_t x : order)
         if (!before[static_cast<size_t>(x)] && x != v) cand.push_back(x);
-      const auto s2 = score(cand);
+      std::vector<uint64_t> cand_need = memory_profile(g, cand);
+      const auto s2 = score(cand_need);
       if (s2 < best) {
         best = s2;
         order = std::move(cand);
+        need = std::move(cand_need);
         moved = true;
         break;
       }

@@ -242,6 +242,10 @@ TEST(MemoryPlan, ABackwardThatFreesAsPlannedGivesTheSameGradients) {
     if (m == &b) {
       const graph::MemoryPlan p = graph::plan_step_memory(g, loss, {out.logits});
       EXPECT_FALSE(p.release.values_at_start.empty() && p.release.values_after.empty());
+      const graph::BackwardRelease alone = graph::plan_backward_release(g, loss, {out.logits});
+      EXPECT_EQ(alone.values_at_start, p.release.values_at_start);
+      EXPECT_EQ(alone.values_after, p.release.values_after);
+      EXPECT_EQ(alone.grads_after, p.release.grads_after);
       g.backward(loss, &p.release);
       int64_t dropped = 0, alive = 0;
       for (int32_t i = 0; i < g.size(); ++i) {

@@ -99,6 +99,11 @@ MemoryPlan plan_step_memory(const Graph& g, Var loss, const std::vector<Var>& ke
                             const MemoryPlan* grow_from = nullptr,
                             const MemoryPlanOptions& opt = {});
 
+/// Only the release schedule of plan_step_memory (MemoryPlan::release): what backward() may drop
+/// after each VJP so that a step on the heap holds what the memory model does. Cheaper: one
+/// memgraph, no slots, no placement.
+BackwardRelease plan_backward_release(const Graph& g, Var loss, const std::vector<Var>& keep);
+
 /// Hands out a plan's slots as views of `arena` (its capacity must be >= plan.arena_bytes).
 /// One per step: attach it to the step's Graph (Graph::set_allocator) before the first op.
 /// Both must outlive the Graph's use of the memory. Not thread-safe (one tape, one thread).
@@ -130,6 +135,7 @@ class PlannedAllocator : public TapeAllocator {
   uint64_t overflow_bytes_ = 0;
   int32_t diverged_at_ = -1;
   int64_t frozen_at_ = -1;            // execution position after which nothing goes into the arena
+  int32_t matched_ = -1;              // the last tape id checked against the plan (op, inputs)
   std::vector<uint64_t> group_used_;  // per group: bytes handed out this step
 };
 
@@ -140,8 +146,8 @@ struct StepPlanStats {
   int64_t plans = 0;          // plans made (the first, then after overflows / divergence)
   int64_t overflows = 0;      // buffers that went to the heap, over all steps
   int64_t diverged_steps = 0;
-  uint64_t arena_bytes = 0;  // the current arena's capacity
-  uint64_t planned_peak_bytes = 0;
+  uint64_t arena_bytes = 0;          // the arena's capacity (the largest plan's, once made)
+  uint64_t planned_peak_bytes = 0;   // the current plan's arena (MemoryPlan::arena_bytes)
   uint64_t recorded_peak_bytes = 0;  // of the step the current plan came from
   uint64_t tape_resident_bytes = 0;  // ditto, when nothing is freed
   double plan_seconds = 0.0;         // total time spent planning
