@@ -212,9 +212,10 @@ TEST(Linear, AmxRowsBitwiseIndependentOfBatch) {
 // kernels (m < blas_rows()) and the OpenBLAS path, on odd shapes, strides and column ranges,
 // including ranges that start anywhere (no panel alignment).
 TEST(Linear, RowMajorMatchesNaiveEveryImpl) {
-  const std::vector<Shape3> shapes = {{1, 32, 16},   {2, 70, 33},   {3, 100, 64},  {4, 9, 8},
-                                      {5, 31, 5},    {31, 96, 129}, {32, 40, 260}, {1, 512, 300},
-                                      {13, 33, 257}, {150, 65, 20}};
+  const std::vector<Shape3> shapes = {{1, 32, 16},     {2, 70, 33},   {3, 100, 64},  {4, 9, 8},
+                                      {5, 31, 5},      {31, 96, 129}, {32, 40, 260}, {1, 512, 300},
+                                      {13, 33, 257},   {150, 65, 20}, {16, 33, 2},   {17, 31, 66},
+                                      {64, 513, 1030}, {250, 70, 36}};
   uint32_t seed = 1000;
   for (DType dtype : {DType::f32, DType::bf16})
     for (LinearImpl impl : supported_impls(dtype))
@@ -229,13 +230,17 @@ TEST(Linear, RowMajorMatchesNaiveEveryImpl) {
 }
 
 // Row-major dot kernels: a row's result is bitwise the same alone or batched with others (up
-// to the OpenBLAS threshold), so a decode step does not depend on the batch it runs in.
+// to where the dot kernels hand over), so a decode step does not depend on the batch it runs in.
 TEST(Linear, RowMajorRowsBitwiseIndependentOfBatch) {
   const int64_t n = 37, k = 300;
   const Tensor w = Tensor::from(random_vec(static_cast<size_t>(n * k), 21), {n, k});
   for (DType dtype : {DType::f32, DType::bf16}) {
     const PackedLinear p = PackedLinear::row_major(w, dtype);
-    const int64_t m = blas_rows(dtype) - 1;
+    // Up to where the dot kernels hand over (to the AVX-512 panels or to OpenBLAS).
+    const int64_t m =
+        (rows_avx512_apply(best_linear_impl(dtype), p, pack_rows(dtype)) ? pack_rows(dtype)
+                                                                         : blas_rows(dtype)) -
+        1;
     const std::vector<float> x = random_vec(static_cast<size_t>(m * k), 22);
     std::vector<float> batch(static_cast<size_t>(m * n)), one(static_cast<size_t>(n));
     linear_st(x.data(), m, k, p, 0, n, batch.data(), n);
@@ -245,6 +250,33 @@ TEST(Linear, RowMajorRowsBitwiseIndependentOfBatch) {
         ASSERT_EQ(batch[r * n + j], one[j]) << dtype_name(dtype) << " row " << r << " col " << j;
     }
   }
+}
+
+// Row-major panels packed on the fly (linear_rows_avx512, from kPackRows* rows): a row's result
+// is bitwise the same whatever batch it is in (16 rows or several row blocks) and whichever
+// column range is asked for, so prefill results do not depend on the batch or the thread split.
+TEST(Linear, RowMajorPackedPanelsIndependentOfBatchAndColumns) {
+  const int64_t n = 100, k = 1030, big = 400;
+  const Tensor w = Tensor::from(random_vec(static_cast<size_t>(n * k), 23), {n, k});
+  const std::vector<float> x = random_vec(static_cast<size_t>(big * k), 24);
+  int checked = 0;
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    const PackedLinear p = PackedLinear::row_major(w, dtype);
+    if (!rows_avx512_apply(best_linear_impl(dtype), p, pack_rows(dtype))) continue;
+    const int64_t small = pack_rows(dtype);
+    std::vector<float> all(static_cast<size_t>(big * n)), part(static_cast<size_t>(small * n));
+    linear_st(x.data(), big, k, p, 0, n, all.data(), n);
+    // The last `small` rows alone, in two column ranges that do not start on a panel.
+    const float* xs = x.data() + (big - small) * k;
+    linear_st(xs, small, k, p, 0, 37, part.data(), n);
+    linear_st(xs, small, k, p, 37, n, part.data(), n);
+    for (int64_t r = 0; r < small; ++r)
+      for (int64_t j = 0; j < n; ++j)
+        ASSERT_EQ(all[(big - small + r) * n + j], part[r * n + j])
+            << dtype_name(dtype) << " row " << r << " col " << j;
+    ++checked;
+  }
+  if (checked == 0) GTEST_SKIP() << "no AVX-512 row-major kernel on this CPU";
 }
 
 // row_major_all: views stay views; converted matrices share one allocation and compute the
@@ -290,7 +322,7 @@ TEST(Linear, RowMajorMisalignedViewsMatchNaive) {
         const Tensor w = all.slice(shift, shift + n * k).reshape({n, k});
         const PackedLinear p = PackedLinear::row_major(w, dtype);
         ASSERT_TRUE(p.in_place());
-        for (int64_t m : {1, 3}) {
+        for (int64_t m : {1, 3, 17}) {
           const std::vector<float> x = random_vec(static_cast<size_t>(m * k), 91);
           std::vector<float> y(static_cast<size_t>(m * n));
           linear_st(x.data(), m, k, p, 0, n, y.data(), n);

@@ -321,4 +321,140 @@ DM_AVX512 void linear_bf16_avx512(const LinearArgs& a) {
   }
 }
 
+// ---------------------------------------------------------------- row-major weights
+
+// GCC 12's AVX-512 shuffle intrinsics initialise their "undefined" pass-through operands from
+// themselves, which -Wmaybe-uninitialized reports once inlined (as in ops_avx512.cpp).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace {
+
+// In-register transpose of a 16 x 16 block of 32-bit elements: on return r[j] holds what was
+// column j. Lane shuffles only, so the bits (f32 or bf16 pairs) pass through unchanged.
+DM_AVX512 DM_INLINE void transpose16(__m512 r[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // Per 128-bit lane j: columns 4j..4j+3 of each group of four rows.
+#pragma GCC unroll 4
+  for (int g = 0; g < 16; g += 4) {
+    const __m512d a = _mm512_castps_pd(t[g]), b = _mm512_castps_pd(t[g + 1]);
+    const __m512d c = _mm512_castps_pd(t[g + 2]), d = _mm512_castps_pd(t[g + 3]);
+    r[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  // Now r[4q + i] lane j = column 4j + i of rows 4q..4q+3; gather the lanes.
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+    t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);
+    t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+    t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+  }
+}
+
+// One panel of the packed layout from row-major weights, as 32-bit words (an f32, or a bf16
+// k-pair): dst[l * 32 + c] = word l of W row c, for c < rows (zero up to 32) and l < len.
+// src: row 0's first byte (any alignment), rows ld_bytes apart; dst 64-byte aligned.
+DM_AVX512 void pack_panel_words(const char* src, int64_t ld_bytes, int64_t rows, int64_t len,
+                                uint32_t* dst) {
+  for (int64_t l0 = 0; l0 < len; l0 += 16) {
+    const int64_t n = std::min<int64_t>(16, len - l0);
+    const __mmask16 lm = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
+    for (int64_t h = 0; h < 32; h += 16) {
+      if (h >= rows) {
+        for (int64_t i = 0; i < n; ++i)
+          _mm512_store_si512(dst + (l0 + i) * 32 + h, _mm512_setzero_si512());
+        continue;
+      }
+      __m512 r[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i)
+        r[i] = h + i < rows ? _mm512_castsi512_ps(
+                                  _mm512_maskz_loadu_epi32(lm, src + (h + i) * ld_bytes + l0 * 4))
+                            : _mm512_setzero_ps();
+      transpose16(r);
+      for (int64_t i = 0; i < n; ++i)
+        _mm512_store_ps(reinterpret_cast<float*>(dst + (l0 + i) * 32 + h), r[i]);
+    }
+  }
+}
+
+}  // namespace
+
+DM_AVX512 void linear_rows_avx512(const LinearArgs& a) {
+  const bool bf16 = a.w->dtype() == DType::bf16;
+  const int64_t k_dim = a.w->in_features();
+  DELTAMOE_ASSERT(!bf16 || k_dim % 2 == 0, "linear_rows_avx512: odd K for bf16");
+  const int64_t len = bf16 ? k_dim / 2 : k_dim;  // 32-bit words per weight row
+  // x block: f32 rows (f32) or bf16 pairs (bf16), a row stride off multiples of 4 KiB (see
+  // linear_f32_avx512); then one packed panel, 32 x len words.
+  const int64_t ldw = round_up(len, 16) + 16;
+  const int64_t rows_max = std::min(kMc, a.m);
+  const size_t x_words = static_cast<size_t>(rows_max * ldw);
+  const size_t panel_words = static_cast<size_t>(round_up(len, 16) * kPanel);
+  auto* xs = static_cast<uint32_t*>(thread_scratch((x_words + panel_words) * sizeof(uint32_t)));
+  uint32_t* panel = xs + x_words;
+  const char* w_bytes = static_cast<const char*>(a.w->data());
+  const int64_t row_bytes = len * 4;
+  // Near-equal row blocks (not kMc + a remainder): every block then has >= kPackRows*/2 rows,
+  // so every microkernel call gets >= 6 rows and one accumulator set, and each output is the
+  // same sequential sum over k whatever the batch it is in.
+  const int64_t blocks = (a.m + kMc - 1) / kMc;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t rb = a.m * b / blocks, rows = a.m * (b + 1) / blocks - rb;
+    const float* xr = a.x + rb * a.ldx;
+    if (bf16) {
+      convert_rows_bf16_avx512(xr, rows, a.ldx, k_dim, xs, ldw);
+    } else {
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(xs + r * ldw, xr + r * a.ldx, static_cast<size_t>(k_dim) * sizeof(float));
+    }
+    const int64_t kc_max = rows <= kMr ? len : kKc;
+    const int64_t calls = (len + kc_max - 1) / kc_max * ((rows + kMr - 1) / kMr);
+    for (int64_t n0 = a.n_begin; n0 < a.n_end; n0 += kPanel) {
+      const int64_t cols = std::min(kPanel, a.n_end - n0);
+      pack_panel_words(w_bytes + n0 * row_bytes, row_bytes, cols, len, panel);
+      const Masks mk = column_masks(cols);
+      // The next panel's rows are one contiguous block: read it into L2 a share per
+      // microkernel call, so that packing it does not wait on memory (the weights of a
+      // prefill are read once, from DRAM).
+      const char* pf = w_bytes + (n0 + cols) * row_bytes;
+      const char* pf_end = w_bytes + std::min(a.n_end, n0 + cols + kPanel) * row_bytes;
+      const int64_t pf_step = ((pf_end - pf) / 64 + calls - 1) / calls * 64;
+      for (int64_t k0 = 0; k0 < len; k0 += kc_max) {
+        const int64_t kc = std::min(kc_max, len - k0);
+        const bool load_c = a.accumulate || k0 > 0;
+        for_row_blocks(rows, [&](int64_t r0, int64_t mr) {
+          for (const char* e = std::min(pf + pf_step, pf_end); pf < e; pf += 64)
+            _mm_prefetch(pf, _MM_HINT_T1);
+          float* y = a.y + (rb + r0) * a.ldy + n0;
+          if (bf16) {
+            kMicroBf16[mr - 1](xs + r0 * ldw + k0, ldw,
+                               reinterpret_cast<const uint16_t*>(panel + k0 * kPanel), kc, y, a.ldy,
+                               mk, load_c);
+          } else {
+            kMicroF32[mr - 1](reinterpret_cast<const float*>(xs) + r0 * ldw + k0, ldw,
+                              reinterpret_cast<const float*>(panel) + k0 * kPanel, kc, y, a.ldy, mk,
+                              load_c);
+          }
+        });
+      }
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
+
 }  // namespace deltamoe::kernels

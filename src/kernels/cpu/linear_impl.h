@@ -102,6 +102,30 @@ inline bool amx_rows_apply(LinearImpl impl, const PackedLinear& w, int64_t m) {
          w.in_features() % 32 == 0 && m >= amx_rows(w.dtype());
 }
 
+/// Rows from which row-major f32 / bf16 products take the AVX-512 microkernels of the packed
+/// layout, on panels transposed from the weights as they go (linear_rows_avx512), where the
+/// CPU has AVX-512 (bf16: AVX-512 BF16) and no AMX tiles take the product. Below, the dot
+/// kernels. Measured against OpenBLAS on Zen 4 (bench/micro_kernels --table, docs/kernels.md).
+inline constexpr int64_t kPackRowsF32 = 16;
+inline constexpr int64_t kPackRowsBf16 = 16;
+inline int64_t pack_rows(DType dtype) {
+  return dtype == DType::bf16 ? kPackRowsBf16 : kPackRowsF32;
+}
+/// Whether linear_rows_avx512 takes a row-major product of m rows: the avx512 implementation
+/// (or amx where its tiles do not apply, bf16 only), f32 or bf16 weights (bf16 with K even, so
+/// that each k-pair is one 32-bit word of a weight row), m >= kPackRows*. Each output is one
+/// sequential sum over k slices of fixed width for any m from kPackRows*, so results do not
+/// depend on how rows or columns are split.
+inline bool rows_avx512_apply(LinearImpl impl, const PackedLinear& w, int64_t m) {
+  if (w.dtype() == DType::f32) return impl == LinearImpl::avx512 && m >= pack_rows(w.dtype());
+  return w.dtype() == DType::bf16 && (impl == LinearImpl::avx512 || impl == LinearImpl::amx) &&
+         w.in_features() % 2 == 0 && m >= pack_rows(w.dtype());
+}
+/// Row-major f32 / bf16 weights through the AVX-512 (BF16) microkernels: each 32-column panel
+/// of W is transposed into the packed layout in per-thread scratch (in-register 16 x 16
+/// transposes), then used by every row block; x is copied (f32) or rounded to bf16 pairs
+/// (bf16) once per block of rows. Needs AVX-512 (bf16: AVX-512 BF16); see rows_avx512_apply.
+void linear_rows_avx512(const LinearArgs& a);
 /// linear_st on row-major weights through `impl` (portable: plain loops; otherwise the AVX2
 /// dot kernels below blas_rows() rows and OpenBLAS from there).
 void linear_rows(LinearImpl impl, const LinearArgs& a);
