@@ -364,26 +364,40 @@ DM_AVX512 DM_INLINE void transpose16(__m512 r[16]) {
   }
 }
 
+#ifndef DM_TUNE_PACK_PF
+#define DM_TUNE_PACK_PF 128
+#endif
+// Words each weight row is read ahead of its transposition (0 = no software prefetch).
+constexpr int64_t kPackPrefetchWords = DM_TUNE_PACK_PF;
+
 // One panel of the packed layout from row-major weights, as 32-bit words (an f32, or a bf16
 // k-pair): dst[l * 32 + c] = word l of W row c, for c < rows (zero up to 32) and l < len.
 // src: row 0's first byte (any alignment), rows ld_bytes apart; dst 64-byte aligned.
 DM_AVX512 void pack_panel_words(const char* src, int64_t ld_bytes, int64_t rows, int64_t len,
                                 uint32_t* dst) {
-  for (int64_t l0 = 0; l0 < len; l0 += 16) {
-    const int64_t n = std::min<int64_t>(16, len - l0);
-    const __mmask16 lm = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
-    for (int64_t h = 0; h < 32; h += 16) {
-      if (h >= rows) {
-        for (int64_t i = 0; i < n; ++i)
-          _mm512_store_si512(dst + (l0 + i) * 32 + h, _mm512_setzero_si512());
-        continue;
-      }
+  // One half-panel (16 rows) at a time: 16 sequential streams through the weights, each read
+  // ahead by software prefetch (32 interleaved streams defeat the hardware prefetchers).
+  for (int64_t h = 0; h < 32; h += 16) {
+    if (h >= rows) {
+      for (int64_t l = 0; l < len; ++l)
+        _mm512_store_si512(dst + l * 32 + h, _mm512_setzero_si512());
+      continue;
+    }
+    for (int64_t l0 = 0; l0 < len; l0 += 16) {
+      const int64_t n = std::min<int64_t>(16, len - l0);
+      const __mmask16 lm = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
       __m512 r[16];
 #pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i)
-        r[i] = h + i < rows ? _mm512_castsi512_ps(
-                                  _mm512_maskz_loadu_epi32(lm, src + (h + i) * ld_bytes + l0 * 4))
-                            : _mm512_setzero_ps();
+      for (int i = 0; i < 16; ++i) {
+        const char* row = src + (h + i) * ld_bytes;
+        if (h + i < rows) {
+          if (l0 + kPackPrefetchWords < len)
+            _mm_prefetch(row + (l0 + kPackPrefetchWords) * 4, _MM_HINT_T0);
+          r[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(lm, row + l0 * 4));
+        } else {
+          r[i] = _mm512_setzero_ps();
+        }
+      }
       transpose16(r);
       for (int64_t i = 0; i < n; ++i)
         _mm512_store_ps(reinterpret_cast<float*>(dst + (l0 + i) * 32 + h), r[i]);
