@@ -258,6 +258,50 @@ DM_AVX512 void convert_rows_bf16_avx512(const float* x, int64_t rows, int64_t ld
   }
 }
 
+namespace {
+
+// The loops over panels, k slices and microkernel row blocks for one block of `rows` rows of
+// x starting at row rb: x as f32 rows (kBf16 false) or bf16 pairs, `ldx` elements apart,
+// `len` words per row (f32: K; bf16: K/2 rounded up). Shared by the packed-layout drivers and
+// the row-major one. panel(n0, cols) returns the packed panel of columns [n0, n0 + cols) as
+// 32-bit words; after_call() runs after every microkernel call.
+// k per slice for a row block of `rows` rows: a small block reuses the weights only across
+// its own rows, so it takes K whole.
+constexpr int64_t slice_len(int64_t rows, int64_t len) {
+  return rows <= kMr ? len : kKc;
+}
+
+template <bool kBf16, typename Panel, typename AfterCall>
+DM_AVX512 DM_INLINE void run_panels(const LinearArgs& a, int64_t rb, int64_t rows, const void* x,
+                                    int64_t ldx, int64_t len, Panel&& panel,
+                                    AfterCall&& after_call) {
+  const int64_t kc_max = slice_len(rows, len);
+  for (int64_t n0 = a.n_begin; n0 < a.n_end; n0 += kPanel) {
+    const int64_t cols = std::min(kPanel, a.n_end - n0);
+    const Masks mk = column_masks(cols);
+    const uint32_t* wp = panel(n0, cols);
+    for (int64_t k0 = 0; k0 < len; k0 += kc_max) {
+      const int64_t kc = std::min(kc_max, len - k0);
+      const bool load_c = a.accumulate || k0 > 0;
+      for_row_blocks(rows, [&](int64_t r0, int64_t mr) {
+        float* y = a.y + (rb + r0) * a.ldy + n0;
+        if constexpr (kBf16) {
+          kMicroBf16[mr - 1](static_cast<const uint32_t*>(x) + r0 * ldx + k0, ldx,
+                             reinterpret_cast<const uint16_t*>(wp + k0 * kPanel), kc, y, a.ldy, mk,
+                             load_c);
+        } else {
+          kMicroF32[mr - 1](static_cast<const float*>(x) + r0 * ldx + k0, ldx,
+                            reinterpret_cast<const float*>(wp + k0 * kPanel), kc, y, a.ldy, mk,
+                            load_c);
+        }
+        after_call();
+      });
+    }
+  }
+}
+
+}  // namespace
+
 DM_AVX512 void linear_f32_avx512(const LinearArgs& a) {
   const int64_t k_dim = a.w->in_features();
   const float* w_all = static_cast<const float*>(a.w->data());
@@ -277,20 +321,12 @@ DM_AVX512 void linear_f32_avx512(const LinearArgs& a) {
         std::memcpy(xs + r * ldp, xb + r * a.ldx, static_cast<size_t>(k_dim) * sizeof(float));
       xb = xs;
     }
-    // One row block: weights are not reused across row blocks, so no K slicing.
-    const int64_t kc_max = rows <= kMr ? k_dim : kKc;
-    for (int64_t n0 = a.n_begin; n0 < a.n_end; n0 += kPanel) {
-      const Masks mk = column_masks(a.n_end - n0);
-      const float* wp = w_all + (n0 / kPanel) * k_dim * kPanel;
-      for (int64_t k0 = 0; k0 < k_dim; k0 += kc_max) {
-        const int64_t kc = std::min(kc_max, k_dim - k0);
-        const bool load_c = a.accumulate || k0 > 0;
-        for_row_blocks(rows, [&](int64_t r0, int64_t mr) {
-          kMicroF32[mr - 1](xb + r0 * ldp + k0, ldp, wp + k0 * kPanel, kc,
-                            a.y + (rb + r0) * a.ldy + n0, a.ldy, mk, load_c);
-        });
-      }
-    }
+    run_panels<false>(
+        a, rb, rows, xb, ldp, k_dim,
+        [&](int64_t n0, int64_t) {
+          return reinterpret_cast<const uint32_t*>(w_all + (n0 / kPanel) * k_dim * kPanel);
+        },
+        [] {});
   }
 }
 
@@ -305,19 +341,12 @@ DM_AVX512 void linear_bf16_avx512(const LinearArgs& a) {
   for (int64_t rb = 0; rb < a.m; rb += kMc) {
     const int64_t rows = std::min(kMc, a.m - rb);
     convert_rows_bf16_avx512(a.x + rb * a.ldx, rows, a.ldx, k_dim, xb, ldxb);
-    const int64_t kc_max = rows <= kMr ? k2 : kKc;
-    for (int64_t n0 = a.n_begin; n0 < a.n_end; n0 += kPanel) {
-      const Masks mk = column_masks(a.n_end - n0);
-      const uint16_t* wp = w_all + (n0 / kPanel) * k2 * kPanel * 2;
-      for (int64_t k0 = 0; k0 < k2; k0 += kc_max) {
-        const int64_t kc = std::min(kc_max, k2 - k0);
-        const bool load_c = a.accumulate || k0 > 0;
-        for_row_blocks(rows, [&](int64_t r0, int64_t mr) {
-          kMicroBf16[mr - 1](xb + r0 * ldxb + k0, ldxb, wp + k0 * kPanel * 2, kc,
-                             a.y + (rb + r0) * a.ldy + n0, a.ldy, mk, load_c);
-        });
-      }
-    }
+    run_panels<true>(
+        a, rb, rows, xb, ldxb, k2,
+        [&](int64_t n0, int64_t) {
+          return reinterpret_cast<const uint32_t*>(w_all + (n0 / kPanel) * k2 * kPanel * 2);
+        },
+        [] {});
   }
 }
 
@@ -435,36 +464,30 @@ DM_AVX512 void linear_rows_avx512(const LinearArgs& a) {
       for (int64_t r = 0; r < rows; ++r)
         std::memcpy(xs + r * ldw, xr + r * a.ldx, static_cast<size_t>(k_dim) * sizeof(float));
     }
-    const int64_t kc_max = rows <= kMr ? len : kKc;
+    // Microkernel calls per panel.
+    const int64_t kc_max = slice_len(rows, len);
     const int64_t calls = (len + kc_max - 1) / kc_max * ((rows + kMr - 1) / kMr);
-    for (int64_t n0 = a.n_begin; n0 < a.n_end; n0 += kPanel) {
-      const int64_t cols = std::min(kPanel, a.n_end - n0);
+    // The next panel's rows are one contiguous block: read it into L2 a share per
+    // microkernel call, so that packing it waits less on memory (the weights of a prefill
+    // are read once, from DRAM).
+    const char* pf = nullptr;
+    const char* pf_end = nullptr;
+    int64_t pf_step = 0;
+    auto pack = [&](int64_t n0, int64_t cols) {
       pack_panel_words(w_bytes + n0 * row_bytes, row_bytes, cols, len, panel);
-      const Masks mk = column_masks(cols);
-      // The next panel's rows are one contiguous block: read it into L2 a share per
-      // microkernel call, so that packing it does not wait on memory (the weights of a
-      // prefill are read once, from DRAM).
-      const char* pf = w_bytes + (n0 + cols) * row_bytes;
-      const char* pf_end = w_bytes + std::min(a.n_end, n0 + cols + kPanel) * row_bytes;
-      const int64_t pf_step = ((pf_end - pf) / 64 + calls - 1) / calls * 64;
-      for (int64_t k0 = 0; k0 < len; k0 += kc_max) {
-        const int64_t kc = std::min(kc_max, len - k0);
-        const bool load_c = a.accumulate || k0 > 0;
-        for_row_blocks(rows, [&](int64_t r0, int64_t mr) {
-          for (const char* e = std::min(pf + pf_step, pf_end); pf < e; pf += 64)
-            _mm_prefetch(pf, _MM_HINT_T1);
-          float* y = a.y + (rb + r0) * a.ldy + n0;
-          if (bf16) {
-            kMicroBf16[mr - 1](xs + r0 * ldw + k0, ldw,
-                               reinterpret_cast<const uint16_t*>(panel + k0 * kPanel), kc, y, a.ldy,
-                               mk, load_c);
-          } else {
-            kMicroF32[mr - 1](reinterpret_cast<const float*>(xs) + r0 * ldw + k0, ldw,
-                              reinterpret_cast<const float*>(panel) + k0 * kPanel, kc, y, a.ldy, mk,
-                              load_c);
-          }
-        });
-      }
+      pf = w_bytes + (n0 + cols) * row_bytes;
+      pf_end = w_bytes + std::min(a.n_end, n0 + cols + kPanel) * row_bytes;
+      pf_step = ((pf_end - pf) / 64 + calls - 1) / calls * 64;
+      return static_cast<const uint32_t*>(panel);
+    };
+    auto prefetch = [&] {
+      for (const char* e = std::min(pf + pf_step, pf_end); pf < e; pf += 64)
+        _mm_prefetch(pf, _MM_HINT_T1);
+    };
+    if (bf16) {
+      run_panels<true>(a, rb, rows, xs, ldw, len, pack, prefetch);
+    } else {
+      run_panels<false>(a, rb, rows, xs, ldw, len, pack, prefetch);
     }
   }
 }
