@@ -135,12 +135,16 @@ void swiglu_pair(const float* x, int64_t m, int64_t ldx, const kernels::PackedLi
                  const kernels::PackedLinear& w3, int64_t nb, int64_t ne, float* tmp, float* act,
                  int64_t ld) {
   const int64_t width = ne - nb;
-  kernels::linear_st(x, m, ldx, w1, nb, ne, tmp - nb, 2 * width);
-  kernels::linear_st(x, m, ldx, w3, nb, ne, tmp + width - nb, 2 * width);
+  kernels::linear_st_pair(x, m, ldx, w1, w3, nb, ne, tmp - nb, tmp + width - nb, 2 * width);
   for (int64_t r = 0; r < m; ++r) {
     const float* row = tmp + r * 2 * width;
     kernels::swiglu_st(row, row + width, act + r * ld + nb, width);
   }
+}
+
+// A row stride of at least n floats that is not a multiple of 512 floats (2 KiB).
+int64_t padded_stride(int64_t n) {
+  return n % 512 == 0 ? n + 16 : n;
 }
 
 inline void cpu_relax() {
@@ -516,16 +520,20 @@ void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResul
     // Gathering one row per token is only worth it when an expert has several rows; for a
     // single token every expert reads x directly.
     const bool gather = t_count > 1;
-    float* const xs = gather ? ws.get(0, static_cast<size_t>(routed * h)) : nullptr;
-    float* const act = ws.get(1, static_cast<size_t>(routed * i));
+    // Row strides of the gathered rows and the activations: off multiples of 2 KiB, so that
+    // the row-major kernels read them in place rather than copying them to such a stride.
+    const int64_t ldxs = padded_stride(h), lda = padded_stride(i);
+    float* const xs = gather ? ws.get(0, static_cast<size_t>(routed * ldxs)) : nullptr;
+    float* const act = ws.get(1, static_cast<size_t>(routed * lda));
     float* const out = ws.get(2, static_cast<size_t>(routed * h));
     if (gather) {
       parallel_for(routed, 64, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r)
-          std::memcpy(xs + r * h, xp + token_of_row[r] * h, static_cast<size_t>(h) * 4);
+          std::memcpy(xs + r * ldxs, xp + token_of_row[r] * h, static_cast<size_t>(h) * 4);
       });
     }
-    auto rows_of = [&](int64_t e) { return gather ? xs + offsets[e] * h : xp; };
+    auto rows_of = [&](int64_t e) { return gather ? xs + offsets[e] * ldxs : xp; };
+    const int64_t ldx_rows = gather ? ldxs : h;
 
     // Tasks: up projection (+ activation) and down projection per (expert, column block).
     // Row-major swiglu computes w1 and w3 over the same column range of I (pair = 2);
@@ -560,21 +568,21 @@ void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResul
     auto run_up = [&](const Task& tk, float* tmp) {
       const int64_t e = tk.expert, m = counts[e];
       const float* xe = rows_of(e);
-      float* ae = act + offsets[e] * i;
+      float* ae = act + offsets[e] * lda;
       const int64_t width = tk.n_end - tk.n_begin;
       if (pair) {
-        swiglu_pair(xe, m, h, w13(e), w3(e), tk.n_begin, tk.n_end, tmp, ae, i);
+        swiglu_pair(xe, m, ldx_rows, w13(e), w3(e), tk.n_begin, tk.n_end, tmp, ae, lda);
         return;
       }
       if (swiglu) {
-        kernels::linear_st(xe, m, h, w13(e), tk.n_begin, tk.n_end, tmp - tk.n_begin, width);
-        swiglu_interleaved(tmp, m, width, tk.n_begin, q, i, ae, i);
+        kernels::linear_st(xe, m, ldx_rows, w13(e), tk.n_begin, tk.n_end, tmp - tk.n_begin, width);
+        swiglu_interleaved(tmp, m, width, tk.n_begin, q, i, ae, lda);
         return;
       }
-      kernels::linear_st(xe, m, h, w13(e), tk.n_begin, tk.n_end, ae, i);
+      kernels::linear_st(xe, m, ldx_rows, w13(e), tk.n_begin, tk.n_end, ae, lda);
       const float* bias = b1_.empty() ? nullptr : b1_[e].data<float>();
       for (int64_t r = 0; r < m; ++r) {
-        float* row = ae + r * i + tk.n_begin;
+        float* row = ae + r * lda + tk.n_begin;
         if (bias)
           for (int64_t c = 0; c < width; ++c) row[c] += bias[tk.n_begin + c];
         if (kind_ == ExpertKind::gelu_mlp) {
@@ -587,7 +595,7 @@ void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResul
     auto run_down = [&](const Task& tk) {
       const int64_t e = tk.expert, m = counts[e];
       float* oe = out + offsets[e] * h;
-      kernels::linear_st(act + offsets[e] * i, m, i, w2(e), tk.n_begin, tk.n_end, oe, h);
+      kernels::linear_st(act + offsets[e] * lda, m, lda, w2(e), tk.n_begin, tk.n_end, oe, h);
       if (!b2_.empty()) {
         const float* bias = b2_[e].data<float>();
         for (int64_t r = 0; r < m; ++r)

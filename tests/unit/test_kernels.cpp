@@ -279,6 +279,52 @@ TEST(Linear, RowMajorPackedPanelsIndependentOfBatchAndColumns) {
   if (checked == 0) GTEST_SKIP() << "no AVX-512 row-major kernel on this CPU";
 }
 
+// linear_st_pair equals two linear_st calls bitwise, for every layout and dtype, with x read
+// in place (f32 rows at a stride off 2 KiB multiples) or copied (a 2 KiB stride), over one
+// and several row blocks; and it matches the naive product.
+TEST(Linear, PairEqualsTwoCalls) {
+  for (const int64_t k : {int64_t{512}, int64_t{70}}) {
+    const int64_t n = 72;
+    const Tensor wa = Tensor::from(random_vec(static_cast<size_t>(n * k), 31), {n, k});
+    const Tensor wb = Tensor::from(random_vec(static_cast<size_t>(n * k), 32), {n, k});
+    for (const int64_t m : {int64_t{1}, int64_t{5}, int64_t{16}, int64_t{40}, int64_t{200}}) {
+      const int64_t ldx = k == 512 ? 512 : k + 3;
+      const std::vector<float> x = random_vec(static_cast<size_t>(m * ldx), 33);
+      std::vector<float> dense(static_cast<size_t>(m * k));
+      for (int64_t r = 0; r < m; ++r) std::copy_n(x.data() + r * ldx, k, dense.data() + r * k);
+      std::vector<float> ref_a(static_cast<size_t>(m * n)), ref_b(ref_a.size());
+      linear_naive(dense.data(), m, k, wa.data<float>(), n, ref_a.data());
+      linear_naive(dense.data(), m, k, wb.data<float>(), n, ref_b.data());
+      for (DType dtype : {DType::f32, DType::bf16})
+        for (bool rows : {false, true}) {
+          const PackedLinear pa =
+              rows ? PackedLinear::row_major(wa, dtype) : PackedLinear(wa, dtype);
+          const PackedLinear pb =
+              rows ? PackedLinear::row_major(wb, dtype) : PackedLinear(wb, dtype);
+          std::vector<float> ya(static_cast<size_t>(m * n)), yb(ya.size()), za(ya.size()),
+              zb(ya.size());
+          linear_st_pair(x.data(), m, ldx, pa, pb, 0, n, ya.data(), yb.data(), n);
+          linear_st(x.data(), m, ldx, pa, 0, n, za.data(), n);
+          linear_st(x.data(), m, ldx, pb, 0, n, zb.data(), n);
+          const std::string what = std::string(dtype_name(dtype)) + (rows ? " rows" : " packed") +
+                                   " m=" + std::to_string(m) + " k=" + std::to_string(k);
+          EXPECT_EQ(ya, za) << what;
+          EXPECT_EQ(yb, zb) << what;
+          const float tol = dtype == DType::bf16 ? 0.3f : 1e-3f;
+          for (size_t j = 0; j < ya.size(); ++j) {
+            ASSERT_NEAR(ya[j], ref_a[j], tol) << what << " a " << j;
+            ASSERT_NEAR(yb[j], ref_b[j], tol) << what << " b " << j;
+          }
+        }
+    }
+  }
+  const Tensor w = Tensor::from(random_vec(64 * 32, 34), {64, 32});
+  const Tensor w2 = Tensor::from(random_vec(32 * 32, 35), {32, 32});
+  const PackedLinear p(w, DType::f32), q(w2, DType::f32);
+  std::vector<float> x(4 * 32), y(4 * 64), y2(y.size());
+  EXPECT_THROW(linear_st_pair(x.data(), 4, 32, p, q, 0, 32, y.data(), y2.data(), 64), Error);
+}
+
 // row_major_all: views stay views; converted matrices share one allocation and compute the
 // same as row_major() alone.
 TEST(Linear, RowMajorAllSharesOneAllocationForCopies) {

@@ -127,6 +127,15 @@ class PackedLinear {
 void linear_st(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, int64_t n_begin,
                int64_t n_end, float* y, int64_t ldy, bool accumulate = false);
 
+/// Two products of one x over the same columns: ya = x · waᵀ and yb = x · wbᵀ (row stride ldy,
+/// as linear_st without accumulate), bitwise equal to the two linear_st calls. wa and wb must
+/// have the same shape, dtype and layout. Where a kernel prepares x before use (row-major
+/// weights on AVX-512: copied to a padded stride or rounded to bf16), it does so once for both
+/// (the gate and up projections of a SwiGLU expert). Thread-safety as linear_st.
+void linear_st_pair(const float* x, int64_t m, int64_t ldx, const PackedLinear& wa,
+                    const PackedLinear& wb, int64_t n_begin, int64_t n_end, float* ya, float* yb,
+                    int64_t ldy);
+
 /// y[m, N] = x[m, K] · Wᵀ (+ y if accumulate), on up to num_threads() threads: split over
 /// output panels (each thread streams only its share of the weights), and over rows only when
 /// there are fewer panels than threads. Small products (< 1 MFLOP) run on the calling thread.

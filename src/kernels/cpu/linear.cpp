@@ -224,6 +224,16 @@ void check_linear_args(const float* x, int64_t m, int64_t ldx, const PackedLinea
 }
 
 void run_impl(LinearImpl impl, const LinearArgs& a) {
+  if (a.w2 && !(a.w->layout() == WeightLayout::row_major && rows_avx512_apply(impl, *a.w, a.m))) {
+    LinearArgs one = a, two = a;
+    one.w2 = two.w2 = nullptr;
+    one.y2 = two.y2 = nullptr;
+    two.w = a.w2;
+    two.y = a.y2;
+    run_impl(impl, one);
+    run_impl(impl, two);
+    return;
+  }
   if (a.w->layout() == WeightLayout::row_major) {
     linear_rows(impl, a);
     return;
@@ -261,6 +271,21 @@ void linear_st(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, in
   if (m == 0 || n_begin == n_end) return;
   run_impl(best_linear_impl(w.dtype()),
            LinearArgs{x, m, ldx, &w, n_begin, n_end, y, ldy, accumulate});
+}
+
+void linear_st_pair(const float* x, int64_t m, int64_t ldx, const PackedLinear& wa,
+                    const PackedLinear& wb, int64_t n_begin, int64_t n_end, float* ya, float* yb,
+                    int64_t ldy) {
+  check_linear_args(x, m, ldx, wa, n_begin, n_end, ya, ldy);
+  check_linear_args(x, m, ldx, wb, n_begin, n_end, yb, ldy);
+  DELTAMOE_CHECK(wa.out_features() == wb.out_features() && wa.in_features() == wb.in_features() &&
+                     wa.dtype() == wb.dtype() && wa.layout() == wb.layout(),
+                 "kernels", "linear pair: weights differ in shape, dtype or layout");
+  if (m == 0 || n_begin == n_end) return;
+  LinearArgs a{x, m, ldx, &wa, n_begin, n_end, ya, ldy, false};
+  a.w2 = &wb;
+  a.y2 = yb;
+  run_impl(best_linear_impl(wa.dtype()), a);
 }
 
 void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float* y, int64_t ldy,

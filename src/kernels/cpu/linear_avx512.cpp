@@ -442,14 +442,15 @@ DM_AVX512 void linear_rows_avx512(const LinearArgs& a) {
   DELTAMOE_ASSERT(!bf16 || k_dim % 2 == 0, "linear_rows_avx512: odd K for bf16");
   const int64_t len = bf16 ? k_dim / 2 : k_dim;  // 32-bit words per weight row
   // x block: f32 rows (f32) or bf16 pairs (bf16), a row stride off multiples of 4 KiB (see
-  // linear_f32_avx512); then one packed panel, 32 x len words.
-  const int64_t ldw = round_up(len, 16) + 16;
+  // linear_f32_avx512); then one packed panel, 32 x len words. f32 rows whose stride is not a
+  // multiple of 2 KiB are read in place (callers that pad their rows save the copy).
+  const bool copy_x = bf16 || a.ldx % 512 == 0;
+  const int64_t ldw = copy_x ? round_up(len, 16) + 16 : a.ldx;
   const int64_t rows_max = std::min(kMc, a.m);
-  const size_t x_words = static_cast<size_t>(rows_max * ldw);
+  const size_t x_words = copy_x ? static_cast<size_t>(rows_max * ldw) : 0;
   const size_t panel_words = static_cast<size_t>(round_up(len, 16) * kPanel);
   auto* xs = static_cast<uint32_t*>(thread_scratch((x_words + panel_words) * sizeof(uint32_t)));
   uint32_t* panel = xs + x_words;
-  const char* w_bytes = static_cast<const char*>(a.w->data());
   const int64_t row_bytes = len * 4;
   // Near-equal row blocks (not kMc + a remainder): every block then has >= kPackRows*/2 rows,
   // so every microkernel call gets >= 6 rows and one accumulator set, and each output is the
@@ -458,36 +459,49 @@ DM_AVX512 void linear_rows_avx512(const LinearArgs& a) {
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t rb = a.m * b / blocks, rows = a.m * (b + 1) / blocks - rb;
     const float* xr = a.x + rb * a.ldx;
+    const void* xb = xs;
     if (bf16) {
       convert_rows_bf16_avx512(xr, rows, a.ldx, k_dim, xs, ldw);
-    } else {
+    } else if (copy_x) {
       for (int64_t r = 0; r < rows; ++r)
         std::memcpy(xs + r * ldw, xr + r * a.ldx, static_cast<size_t>(k_dim) * sizeof(float));
+    } else {
+      xb = xr;
     }
     // Microkernel calls per panel.
     const int64_t kc_max = slice_len(rows, len);
     const int64_t calls = (len + kc_max - 1) / kc_max * ((rows + kMr - 1) / kMr);
-    // The next panel's rows are one contiguous block: read it into L2 a share per
-    // microkernel call, so that packing it waits less on memory (the weights of a prefill
-    // are read once, from DRAM).
-    const char* pf = nullptr;
-    const char* pf_end = nullptr;
-    int64_t pf_step = 0;
-    auto pack = [&](int64_t n0, int64_t cols) {
-      pack_panel_words(w_bytes + n0 * row_bytes, row_bytes, cols, len, panel);
-      pf = w_bytes + (n0 + cols) * row_bytes;
-      pf_end = w_bytes + std::min(a.n_end, n0 + cols + kPanel) * row_bytes;
-      pf_step = ((pf_end - pf) / 64 + calls - 1) / calls * 64;
-      return static_cast<const uint32_t*>(panel);
-    };
-    auto prefetch = [&] {
-      for (const char* e = std::min(pf + pf_step, pf_end); pf < e; pf += 64)
-        _mm_prefetch(pf, _MM_HINT_T1);
-    };
-    if (bf16) {
-      run_panels<true>(a, rb, rows, xs, ldw, len, pack, prefetch);
-    } else {
-      run_panels<false>(a, rb, rows, xs, ldw, len, pack, prefetch);
+    // One weight (and output) after the other over this x block: the second of a pair
+    // (linear_st_pair) reuses the prepared rows.
+    for (int which = 0; which < (a.w2 ? 2 : 1); ++which) {
+      LinearArgs one = a;
+      if (which == 1) {
+        one.w = a.w2;
+        one.y = a.y2;
+      }
+      const char* w_bytes = static_cast<const char*>(one.w->data());
+      // The next panel's rows are one contiguous block: read it into L2 a share per
+      // microkernel call, so that packing it waits less on memory (the weights of a prefill
+      // are read once, from DRAM).
+      const char* pf = nullptr;
+      const char* pf_end = nullptr;
+      int64_t pf_step = 0;
+      auto pack = [&](int64_t n0, int64_t cols) {
+        pack_panel_words(w_bytes + n0 * row_bytes, row_bytes, cols, len, panel);
+        pf = w_bytes + (n0 + cols) * row_bytes;
+        pf_end = w_bytes + std::min(one.n_end, n0 + cols + kPanel) * row_bytes;
+        pf_step = ((pf_end - pf) / 64 + calls - 1) / calls * 64;
+        return static_cast<const uint32_t*>(panel);
+      };
+      auto prefetch = [&] {
+        for (const char* e = std::min(pf + pf_step, pf_end); pf < e; pf += 64)
+          _mm_prefetch(pf, _MM_HINT_T1);
+      };
+      if (bf16) {
+        run_panels<true>(one, rb, rows, xb, ldw, len, pack, prefetch);
+      } else {
+        run_panels<false>(one, rb, rows, xb, ldw, len, pack, prefetch);
+      }
     }
   }
 }

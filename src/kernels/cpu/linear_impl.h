@@ -39,6 +39,11 @@ struct LinearArgs {
   float* y;
   int64_t ldy;
   bool accumulate;
+  // linear_st_pair: a second weight of the same shape and kind applied to the same x and
+  // columns, into y2 (stride ldy). Only linear_rows_avx512 takes it; run_impl splits the call
+  // for every other kernel.
+  const PackedLinear* w2 = nullptr;
+  float* y2 = nullptr;
 };
 
 /// Whether this CPU (after DELTAMOE_DISABLE_AVX512) can run `impl` for `dtype`.
