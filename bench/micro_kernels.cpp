@@ -17,6 +17,7 @@
 
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/kernels/cpu.h"
+#include "kernels/cpu/attention_impl.h"
 #include "kernels/cpu/linear_impl.h"
 
 namespace dk = deltamoe::kernels;
@@ -186,6 +187,44 @@ BENCHMARK(BM_rows_bf16)->Apply(linear_args);
 BENCHMARK(BM_rows_int8)->Apply(linear_args);
 BENCHMARK(BM_sgemm)->Apply(linear_args);
 BENCHMARK(BM_sgemm_nn)->Apply(linear_args);
+
+// One causal attention item, single-threaded: the last 64 query rows of a `keys`-token prompt
+// against its cache (KV blocks of 64 positions, 8 KV heads of d, the reference model's layout).
+// Args: kernel (0 = OpenBLAS, 1 = AVX-512), keys, d. gflops counts the causal products
+// (2·d per visible query-key pair, scores and output).
+void BM_attend(benchmark::State& state) {
+  const bool avx512 = state.range(0) == 1;
+  const int64_t keys = state.range(1), d = state.range(2), rows = 64, bt = 64, ld = 8 * d;
+  if (avx512 && !dk::attend_avx512_supported(d)) {
+    state.SkipWithError("no AVX-512 here");
+    return;
+  }
+  const auto q = random_vec(static_cast<size_t>(keys * 16 * d), 1);
+  const auto k = random_vec(static_cast<size_t>(keys * ld), 2);
+  const auto v = random_vec(static_cast<size_t>(keys * ld), 3);
+  std::vector<const float*> kb, vb;
+  for (int64_t p = 0; p < keys; p += bt) {
+    kb.push_back(k.data() + p * ld);
+    vb.push_back(v.data() + p * ld);
+  }
+  std::vector<float> out(static_cast<size_t>(keys * 16 * d)), scratch;
+  const auto fn = avx512 ? &dk::attend_avx512 : &dk::attend_blas;
+  deltamoe::BlasThreadsGuard one(1);
+  for (auto _ : state) {
+    fn(q.data(), 16 * d, kb.data(), vb.data(), bt, ld, out.data(), 16 * d, keys - rows, keys, 0, d,
+       0.125f, scratch);
+    benchmark::ClobberMemory();
+  }
+  double pairs = 0;
+  for (int64_t r = keys - rows; r < keys; ++r) pairs += static_cast<double>(r + 1);
+  state.counters["gflops"] =
+      benchmark::Counter(4.0 * d * pairs * static_cast<double>(state.iterations()) * 1e-9,
+                         benchmark::Counter::kIsRate);
+  state.SetLabel(avx512 ? "avx512" : "openblas");
+}
+BENCHMARK(BM_attend)
+    ->ArgNames({"avx512", "keys", "d"})
+    ->ArgsProduct({{0, 1}, {64, 128, 512, 2048}, {64, 128}});
 
 // Element-wise ops on one row block of an expert's activations.
 void BM_swiglu(benchmark::State& state) {

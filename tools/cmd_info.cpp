@@ -12,6 +12,7 @@
 #include "deltamoe/dist/communicator.h"
 #include "deltamoe/kernels/cpu.h"
 #include "deltamoe/kernels/cpu_features.h"
+#include "deltamoe/kernels/llm.h"
 #include "deltamoe/serve/http_frontend.h"
 #include "onednn_moe.h"
 
@@ -83,7 +84,7 @@ json info_json() {
                   {"linear_row_major_bf16", dk::linear_row_major_impl_name(DType::bf16)},
                   {"linear_int8", dk::linear_row_major_impl_name(DType::int8)},
                   {"elementwise_ops", dk::ops_impl_name()},
-                  {"attention", "OpenBLAS sgemm per (sequence, head, 64-row block)"}};
+                  {"attention", dk::attention_impl_name()}};
   return {{"build", build},
           {"cpu", used.model_name},
           {"cpu_features_detected", features_json(detected)},

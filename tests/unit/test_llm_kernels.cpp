@@ -3,11 +3,13 @@
 
 #include <cmath>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/kernels/llm.h"
+#include "kernels/cpu/attention_impl.h"
 
 using namespace deltamoe;
 using namespace deltamoe::kernels;
@@ -92,13 +94,18 @@ TEST(LlmKernels, RopeRotatesHalvesAndKeepsNorms) {
   EXPECT_THROW(RopeTable(15, 1e4), Error);
 }
 
-TEST(LlmKernels, CausalGqaAttentionMatchesNaive) {
+// Head sizes: 24 takes the OpenBLAS kernel everywhere; multiples of 16 take the AVX-512 one
+// where the CPU has it (48: 3 output vectors, 80: 64 + 16 columns, 128: two passes of 64).
+class CausalAttention : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(CausalAttention, GqaMatchesNaive) {
+  const int64_t d = GetParam();
   for (int threads : {1, 2}) {
     set_num_threads(threads);
-    const int64_t heads = 6, kvh = 2, d = 24;
+    const int64_t heads = 6, kvh = 2;
     // Sequences: a long prefill (several 64-row blocks), a chunk after a cached prefix, one
-    // decode token with a long cache.
-    const std::vector<int64_t> n = {150, 9, 1}, start = {0, 20, 70};
+    // decode token with a long cache, 2 and 65 rows (padded row groups, chunk boundaries).
+    const std::vector<int64_t> n = {150, 9, 1, 2, 65}, start = {0, 20, 70, 5, 100};
     std::vector<std::vector<float>> qs, ks, vs;
     std::vector<int64_t> row0;
     int64_t rows = 0;
@@ -133,10 +140,50 @@ TEST(LlmKernels, CausalGqaAttentionMatchesNaive) {
         double err = 0;
         for (size_t i = 0; i < ref.size(); ++i)
           err = std::max(err, std::abs(ref[i] - out[static_cast<size_t>(row0[s] * heads * d) + i]));
-        EXPECT_LE(err, 2e-5) << "sequence " << s << ", " << threads << " threads, block " << bt;
+        EXPECT_LE(err, 2e-5) << "sequence " << s << ", " << threads << " threads, block " << bt
+                             << ", d " << d;
       }
     }
   }
+  set_num_threads(0);
+}
+
+INSTANTIATE_TEST_SUITE_P(HeadSizes, CausalAttention, ::testing::Values(24, 48, 80, 128));
+
+TEST(LlmKernels, CausalAttentionRejectsBadHeads) {
   EXPECT_THROW(causal_attention(nullptr, 0, nullptr, nullptr, 0, nullptr, 0, 1, 0, 6, 4, 8, 1.0f),
                Error);
+}
+
+// The AVX-512 kernel and the OpenBLAS one on the same items: rows at the end of a long prompt
+// (key chunks skipped for early row groups) and rows that are not a multiple of 6.
+TEST(LlmKernels, AttendKernelsAgree) {
+  const int64_t d = 64, ld = 3 * d, keys = 300, bt = 64;
+  if (!attend_avx512_supported(d)) GTEST_SKIP() << "no AVX-512 here";
+  const auto q = randn(static_cast<size_t>(keys * ld), 41);
+  const auto k = randn(static_cast<size_t>(keys * ld), 42);
+  const auto v = randn(static_cast<size_t>(keys * ld), 43);
+  std::vector<const float*> kb, vb;
+  for (int64_t p = 0; p < keys; p += bt) {
+    kb.push_back(k.data() + p * ld + d);  // the second of three heads
+    vb.push_back(v.data() + p * ld + d);
+  }
+  std::vector<float> scratch;
+  for (const auto& [r0, r1] :
+       std::vector<std::pair<int64_t, int64_t>>{{0, 64}, {192, 250}, {3, 5}}) {
+    std::vector<float> a(static_cast<size_t>(keys * ld), 5.0f), b = a;
+    attend_blas(q.data(), ld, kb.data(), vb.data(), bt, ld, a.data(), ld, r0, r1, 0, d, 0.125f,
+                scratch);
+    attend_avx512(q.data(), ld, kb.data(), vb.data(), bt, ld, b.data(), ld, r0, r1, 0, d, 0.125f,
+                  scratch);
+    for (int64_t r = 0; r < keys; ++r)
+      for (int64_t c = 0; c < ld; ++c) {
+        const size_t i = static_cast<size_t>(r * ld + c);
+        if (r >= r0 && r < r1 && c < d) {
+          ASSERT_NEAR(a[i], b[i], 1e-5) << "row " << r << " col " << c;
+        } else {
+          ASSERT_EQ(b[i], 5.0f) << "wrote outside the item: row " << r << " col " << c;
+        }
+      }
+  }
 }

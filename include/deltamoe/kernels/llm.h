@@ -41,12 +41,16 @@ class RopeTable {
 /// (x1·cos − x2·sin, x2·cos + x1·sin)).
 void rope_st(float* x, int64_t heads, const RopeTable& table, int64_t pos);
 
+/// What causal attention runs on this CPU, in words (for `deltamoe info`).
+const char* attention_impl_name();
+
 /// Causal grouped-query attention of one sequence's `n` new query rows against its cache.
 ///   q[n, heads·d] (row stride ldq), rows at positions start .. start+n−1;
 ///   k, v [start+n, kv_heads·d] (row stride ldkv): the cache with the new rows appended;
 ///   out[n, heads·d] (row stride ldo) = softmax(q·kᵀ·scale, causal) · v per head, head h
 ///   reading kv head h / (heads / kv_heads).
-/// Uses up to num_threads() threads over (head, row block); OpenBLAS single-threaded inside.
+/// Uses up to num_threads() threads over (head, row block); each item through the AVX-512
+/// kernel where the CPU has it and d is a multiple of 16, else OpenBLAS (single-threaded).
 void causal_attention(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv,
                       float* out, int64_t ldo, int64_t n, int64_t start, int64_t heads,
                       int64_t kv_heads, int64_t d, float scale);

@@ -9,6 +9,7 @@
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/kernels/cpu.h"
 #include "deltamoe/kernels/llm.h"
+#include "kernels/cpu/attention_impl.h"
 
 namespace deltamoe::kernels {
 
@@ -63,14 +64,9 @@ void rope_st(float* x, int64_t heads, const RopeTable& table, int64_t pos) {
   }
 }
 
-namespace {
-
-// One (sequence, head) pair, query rows [r0, r1): scores against keys [0, start + r1) with
-// the causal mask, softmax, then · V. k[b], v[b] point at block b's rows, already offset to
-// the head's columns.
-void attend(const float* q, int64_t ldq, const float* const* k, const float* const* v, int64_t bt,
-            int64_t ldkv, float* out, int64_t ldo, int64_t r0, int64_t r1, int64_t start, int64_t d,
-            float scale, std::vector<float>& scores) {
+void attend_blas(const float* q, int64_t ldq, const float* const* k, const float* const* v,
+                 int64_t bt, int64_t ldkv, float* out, int64_t ldo, int64_t r0, int64_t r1,
+                 int64_t start, int64_t d, float scale, std::vector<float>& scores) {
   const int64_t rows = r1 - r0, keys = start + r1, nblocks = (keys + bt - 1) / bt;
   scores.resize(static_cast<size_t>(rows * keys));
   float* s = scores.data();
@@ -108,8 +104,6 @@ void attend(const float* q, int64_t ldq, const float* const* k, const float* con
   }
 }
 
-}  // namespace
-
 void causal_attention(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv,
                       float* out, int64_t ldo, int64_t n, int64_t start, int64_t heads,
                       int64_t kv_heads, int64_t d, float scale) {
@@ -146,6 +140,7 @@ void causal_attention_batch(const float* q, int64_t ldq, const std::vector<KvBlo
     return start[a.s] + a.r1 > start[b.s] + b.r1;
   });
   BlasThreadsGuard blas(1);
+  const AttendFn attend = best_attend(d);
   const int threads =
       static_cast<int>(std::min<int64_t>(num_threads(), static_cast<int64_t>(items.size())));
 #pragma omp parallel num_threads(std::max(1, threads))

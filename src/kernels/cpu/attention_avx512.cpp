@@ -1,0 +1,217 @@
+// AVX-512 causal attention for several query rows of one (sequence, head) item (see
+// attention_impl.h). Why not OpenBLAS: the products are small (64 query rows x at most a few
+// thousand keys x d = 64 or 128), so sgemm's packing and edge kernels take a large share, and
+// it cannot skip the key blocks that the causal mask hides from a group of rows.
+//
+// Scores: keys are transposed 16 at a time in registers, a chunk of 64 keys at a time (d x 64
+// floats, 1/64 of the score FLOPs), then a microkernel keeps 6 rows x 64 keys in 24 zmm
+// accumulators: per k it loads 4 key vectors and broadcasts 6 query elements (FMA-bound, as the
+// linear microkernels). Output: 6 rows x 64 columns of V in 24 accumulators, per key 4 loads of the
+// V row as the cache holds it and 6 broadcast probabilities. Rows are padded to a multiple of 6 by
+// repeating the last one (its results are dropped), so one instantiation serves all.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "deltamoe/kernels/cpu.h"
+#include "deltamoe/kernels/cpu_features.h"
+#include "deltamoe/kernels/llm.h"
+#include "kernels/cpu/attention_impl.h"
+#include "kernels/cpu/avx512_util.h"
+
+#define DM_AVX512 __attribute__((target("avx512f")))
+
+// GCC 12's AVX-512 shuffle intrinsics initialise their "undefined" pass-through operands from
+// themselves, which -Wmaybe-uninitialized reports once inlined (as in linear_avx512.cpp).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace deltamoe::kernels {
+
+namespace {
+
+constexpr int kRows = 6;        // query rows per microkernel call
+constexpr int64_t kChunk = 64;  // keys per score chunk (4 zmm)
+
+int64_t round_up(int64_t v, int64_t m) {
+  return (v + m - 1) / m * m;
+}
+
+// Keys [c0, c0 + 64) transposed: kt[c·64 + j] = K[c0 + j][c], zero for keys past `keys`.
+DM_AVX512 void transpose_chunk(const float* const* k, int64_t bt, int64_t ldkv, int64_t c0,
+                               int64_t keys, int64_t d, float* kt) {
+  for (int64_t g = 0; g < kChunk; g += 16) {
+    const float* rows[16];
+    for (int i = 0; i < 16; ++i) {
+      const int64_t p = c0 + g + i;
+      rows[i] = p < keys ? k[p / bt] + (p % bt) * ldkv : nullptr;
+    }
+    for (int64_t c = 0; c < d; c += 16) {
+      __m512 r[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i)
+        r[i] = rows[i] ? _mm512_loadu_ps(rows[i] + c) : _mm512_setzero_ps();
+      transpose16(r);
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) _mm512_storeu_ps(kt + (c + i) * kChunk + g, r[i]);
+    }
+  }
+}
+
+// s[i][0:64] = scale · q[i][0:d] · K chunkᵀ for 6 rows.
+DM_AVX512 void scores6(const float* const q[kRows], const float* kt, int64_t d, float scale,
+                       float* const s[kRows]) {
+  __m512 acc[kRows][4];
+#pragma GCC unroll 6
+  for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < d; ++c) {
+    const float* kc = kt + c * kChunk;
+    const __m512 k0 = _mm512_loadu_ps(kc), k1 = _mm512_loadu_ps(kc + 16);
+    const __m512 k2 = _mm512_loadu_ps(kc + 32), k3 = _mm512_loadu_ps(kc + 48);
+#pragma GCC unroll 6
+    for (int i = 0; i < kRows; ++i) {
+      const __m512 b = _mm512_set1_ps(q[i][c]);
+      acc[i][0] = _mm512_fmadd_ps(b, k0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(b, k1, acc[i][1]);
+      acc[i][2] = _mm512_fmadd_ps(b, k2, acc[i][2]);
+      acc[i][3] = _mm512_fmadd_ps(b, k3, acc[i][3]);
+    }
+  }
+  const __m512 sc = _mm512_set1_ps(scale);
+#pragma GCC unroll 6
+  for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(s[i] + 16 * v, _mm512_mul_ps(acc[i][v], sc));
+}
+
+// out[i][dc : dc + 16·NV] (+)= Σ_{j0 <= j < j1} p[i][j] · V[j][dc : dc + 16·NV] for 6 rows
+// (+ with `accumulate`).
+template <int NV>
+DM_AVX512 void values6(const float* const p[kRows], const float* const* v, int64_t bt, int64_t ldkv,
+                       int64_t j0, int64_t j1, int64_t dc, float* const out[kRows],
+                       bool accumulate) {
+  __m512 acc[kRows][NV];
+#pragma GCC unroll 6
+  for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u)
+      acc[i][u] = accumulate ? _mm512_loadu_ps(out[i] + dc + 16 * u) : _mm512_setzero_ps();
+  for (int64_t j = j0; j < j1;) {
+    const int64_t b = j / bt;
+    const float* vr = v[b] + (j - b * bt) * ldkv + dc;
+    for (const int64_t end = std::min(j1, (b + 1) * bt); j < end; ++j, vr += ldkv) {
+      __m512 vv[NV];
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) vv[u] = _mm512_loadu_ps(vr + 16 * u);
+#pragma GCC unroll 6
+      for (int i = 0; i < kRows; ++i) {
+        const __m512 w = _mm512_set1_ps(p[i][j]);
+#pragma GCC unroll 4
+        for (int u = 0; u < NV; ++u) acc[i][u] = _mm512_fmadd_ps(w, vv[u], acc[i][u]);
+      }
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(out[i] + dc + 16 * u, acc[i][u]);
+}
+
+}  // namespace
+
+bool attend_avx512_supported(int64_t d) {
+  return cpu_features().avx512f && d > 0 && d % 16 == 0;
+}
+
+const char* attention_impl_name() {
+  return cpu_features().avx512f
+             ? "avx512 microkernels per (sequence, head, 64-row block) for head sizes that are "
+               "multiples of 16 (else OpenBLAS sgemm); one query row: dot products"
+             : "OpenBLAS sgemm per (sequence, head, 64-row block); one query row: dot products";
+}
+
+AttendFn best_attend(int64_t d) {
+  return attend_avx512_supported(d) ? &attend_avx512 : &attend_blas;
+}
+
+DM_AVX512 void attend_avx512(const float* q, int64_t ldq, const float* const* k,
+                             const float* const* v, int64_t bt, int64_t ldkv, float* out,
+                             int64_t ldo, int64_t r0, int64_t r1, int64_t start, int64_t d,
+                             float scale, std::vector<float>& scratch) {
+  const int64_t rows = r1 - r0;
+  if (rows <= 1) {
+    attend_blas(q, ldq, k, v, bt, ldkv, out, ldo, r0, r1, start, d, scale, scratch);
+    return;
+  }
+  const int64_t keys = start + r1, ls = round_up(keys, kChunk), prow = round_up(rows, kRows);
+  // Scratch: one chunk of transposed keys, scores (prow rows of ls), one dropped output row.
+  const size_t kt_floats = static_cast<size_t>(kChunk * d);
+  scratch.resize(kt_floats + static_cast<size_t>(prow * ls + d));
+  float* const kt = scratch.data();
+  float* const s = kt + kt_floats;
+  float* const dropped = s + prow * ls;
+  // Keys a row sees: up to and including its own position; a group of rows, its last row's.
+  const auto visible = [&](int64_t ri) { return start + r0 + std::min(ri, rows - 1) + 1; };
+  const auto group_keys = [&](int64_t g) { return visible(g + kRows - 1); };
+  const auto q_rows = [&](int64_t g, const float* qr[kRows]) {
+    for (int i = 0; i < kRows; ++i) qr[i] = q + (r0 + std::min(g + i, rows - 1)) * ldq;
+  };
+  // Scores, key chunk by key chunk: one chunk of transposed keys (d x 64) stays in L1 while
+  // every row group that sees it passes over it.
+  for (int64_t c0 = 0; c0 < keys; c0 += kChunk) {
+    transpose_chunk(k, bt, ldkv, c0, keys, d, kt);
+    for (int64_t g = 0; g < rows; g += kRows) {
+      if (group_keys(g) <= c0) continue;
+      const float* qr[kRows];
+      float* sr[kRows];
+      q_rows(g, qr);
+      for (int i = 0; i < kRows; ++i) sr[i] = s + (g + i) * ls + c0;
+      scores6(qr, kt, d, scale, sr);
+    }
+  }
+  for (int64_t ri = 0; ri < rows; ++ri) {
+    float* sr = s + ri * ls;
+    const int64_t vis = visible(ri);
+    softmax_rows_st(sr, sr, 1, vis);
+    std::fill(sr + vis, sr + group_keys(ri / kRows * kRows), 0.0f);
+  }
+  // Output, block of keys by block of keys: the block's V rows stay in L1/L2 while every row
+  // group that sees them adds their share to its rows (written by the first block).
+  constexpr int64_t kValueKeys = 128;
+  for (int64_t j0 = 0; j0 < keys; j0 += kValueKeys) {
+    for (int64_t g = 0; g < rows; g += kRows) {
+      const int64_t j1 = std::min(group_keys(g), j0 + kValueKeys);
+      if (j1 <= j0) continue;
+      const float* pr[kRows];
+      for (int i = 0; i < kRows; ++i) pr[i] = s + std::min(g + i, rows - 1) * ls;
+      for (int64_t dc = 0; dc < d; dc += 64) {
+        // values6 works on columns [dc, dc + 64) of each row: a padded row's are the d
+        // floats of `dropped`.
+        float* o[kRows];
+        for (int i = 0; i < kRows; ++i)
+          o[i] = g + i < rows ? out + (r0 + g + i) * ldo : dropped - dc;
+        const bool acc = j0 > 0;
+        switch (std::min<int64_t>(4, (d - dc) / 16)) {
+          case 4:
+            values6<4>(pr, v, bt, ldkv, j0, j1, dc, o, acc);
+            break;
+          case 3:
+            values6<3>(pr, v, bt, ldkv, j0, j1, dc, o, acc);
+            break;
+          case 2:
+            values6<2>(pr, v, bt, ldkv, j0, j1, dc, o, acc);
+            break;
+          default:
+            values6<1>(pr, v, bt, ldkv, j0, j1, dc, o, acc);
+            break;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace deltamoe::kernels
+
+#pragma GCC diagnostic pop
