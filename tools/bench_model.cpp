@@ -115,6 +115,27 @@ void tally_comm(const models::MoeLm& m, Contender::Comm& t, double tokens, doubl
   t.pairs_remote += static_cast<double>(m.expert_parallel_stats().pairs_remote);
 }
 
+// " @ d<depth>" as llama-bench writes a test at a depth; empty at depth 0.
+std::string depth_tag(const ModelBenchOptions& o) {
+  return o.depth > 0 ? " @ d" + std::to_string(o.depth) : "";
+}
+
+// "pp512", "tg128 @ d2048": a test's name as llama-bench prints it.
+std::string test_label(const char* kind, int64_t tokens, const ModelBenchOptions& o) {
+  return kind + std::to_string(tokens) + depth_tag(o);
+}
+
+// -d: `o.depth` random tokens into an empty cache, untimed, so that the test after it runs
+// at that context (llama-bench's -d).
+void prefill_depth(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng,
+                   models::KvCache& cache, std::vector<float>& logits) {
+  if (o.depth == 0) return;
+  std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(c.m->vocab_size() - 1));
+  std::vector<int32_t> toks(static_cast<size_t>(o.depth));
+  for (auto& t : toks) t = pick(rng);
+  c.m->forward(toks.data(), o.depth, cache, logits.data(), false);
+}
+
 void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng, bool timed,
                   std::vector<float>& logits) {
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(c.m->vocab_size() - 1));
@@ -124,6 +145,7 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
     for (auto& t : toks) t = pick(rng);
     models::KvCache& cache = c.pp_cache;
     cache.clear();
+    prefill_depth(c, o, rng, cache, logits);
     c.m->reset_parallel_stats();
     const auto t0 = Clock::now();
     c.m->forward(toks.data(), o.prompt, cache, logits.data(), false);
@@ -132,7 +154,7 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
       c.pp.tps.push_back(static_cast<double>(o.prompt) / s);
       tally_comm(*c.m, c.pp_comm, static_cast<double>(o.prompt), s);
     }
-    std::cerr << "  " << c.layout << " pp" << o.prompt << tag << ": "
+    std::cerr << "  " << c.layout << " pp" << o.prompt << depth_tag(o) << tag << ": "
               << static_cast<double>(o.prompt) / s << " tokens/s\n";
   }
   if (o.gen > 0) {
@@ -142,6 +164,7 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
     std::vector<models::KvCache*> ptrs;
     for (auto& kc : caches) {
       kc.clear();
+      prefill_depth(c, o, rng, kc, logits);
       ptrs.push_back(&kc);
     }
     std::vector<std::vector<int32_t>> step(b, std::vector<int32_t>(1));
@@ -176,8 +199,8 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
     }
     const models::KvCache& cache = caches[0];
     c.kv_bytes = cache.bytes();
-    std::cerr << "  " << c.layout << " tg" << o.gen << (b > 1 ? " x" + std::to_string(b) : "")
-              << tag << ": " << tps << " tokens/s\n";
+    std::cerr << "  " << c.layout << " tg" << o.gen << depth_tag(o)
+              << (b > 1 ? " x" + std::to_string(b) : "") << tag << ": " << tps << " tokens/s\n";
   }
 }
 
@@ -297,9 +320,10 @@ json report(const Contender& c, const ModelBenchOptions& o, double gbps) {
   if (o.gen > 0) {
     const double experts = c.tg_stats.mean_experts();
     const auto& cfg = c.m->config();
-    const double kv_read = static_cast<double>(cfg.num_hidden_layers) * 2.0 *
-                           static_cast<double>(cfg.num_key_value_heads * cfg.head_dim) * 4.0 *
-                           (static_cast<double>(o.gen) + 1.0) / 2.0;
+    const double kv_read =
+        static_cast<double>(cfg.num_hidden_layers) * 2.0 *
+        static_cast<double>(cfg.num_key_value_heads * cfg.head_dim) * 4.0 *
+        (static_cast<double>(o.depth) + (static_cast<double>(o.gen) + 1.0) / 2.0);
     // One step reads the weights once for all its sequences: the distinct experts of each
     // MoE layer, everything else once; KV per sequence.
     const double batch = static_cast<double>(o.decode_batch);
@@ -373,20 +397,20 @@ void print_contender(const json& r, const ModelBenchOptions& o) {
       layout.c_str(), r["weight_bytes"].get<double>() / 1e9,
       r["mapped_weight_bytes"].get<double>() / 1e9, r["load_time_ms"].get<double>() / 1e3);
   if (o.prompt > 0)
-    std::printf("  [%s] pp%-5lld %9.2f ± %.2f tokens/s\n", layout.c_str(),
-                static_cast<long long>(o.prompt), r["pp_tokens_per_s"].get<double>(),
+    std::printf("  [%s] %-14s %9.2f ± %.2f tokens/s\n", layout.c_str(),
+                test_label("pp", o.prompt, o).c_str(), r["pp_tokens_per_s"].get<double>(),
                 r["pp_tokens_per_s_stddev"].get<double>());
   if (o.gen > 0 && r.contains("decode_frac_of_roofline"))
     std::printf(
-        "  [%s] tg%-5lld %9.2f ± %.2f tokens/s   (%.0f%% of the %.1f tokens/s bandwidth roofline "
-        "at %.1f GB/s; %.2f experts per token)\n",
-        layout.c_str(), static_cast<long long>(o.gen), r["tg_tokens_per_s"].get<double>(),
+        "  [%s] %-14s %9.2f ± %.2f tokens/s   (%.0f%% of the %.1f tokens/s bandwidth "
+        "roofline at %.1f GB/s; %.2f experts per token)\n",
+        layout.c_str(), test_label("tg", o.gen, o).c_str(), r["tg_tokens_per_s"].get<double>(),
         r["tg_tokens_per_s_stddev"].get<double>(), 100 * r["decode_frac_of_roofline"].get<double>(),
         r["decode_roofline_tokens_per_s"].get<double>(), r["read_bandwidth_gbps"].get<double>(),
         r["mean_experts_per_token"].get<double>());
   else if (o.gen > 0)
-    std::printf("  [%s] tg%-5lld %9.2f ± %.2f tokens/s   (%.2f experts per token)\n",
-                layout.c_str(), static_cast<long long>(o.gen), r["tg_tokens_per_s"].get<double>(),
+    std::printf("  [%s] %-14s %9.2f ± %.2f tokens/s   (%.2f experts per token)\n", layout.c_str(),
+                test_label("tg", o.gen, o).c_str(), r["tg_tokens_per_s"].get<double>(),
                 r["tg_tokens_per_s_stddev"].get<double>(),
                 r["mean_experts_per_token"].get<double>());
   if (r.contains("expert_cache")) {
@@ -476,8 +500,9 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
   threads = num_threads();  // a rank's share of the cores under mpirun
   const models::MoeLm& m0 = *runs[0].m;
   const int64_t ctx = std::min<int64_t>(m0.config().max_position_embeddings, 65536);
-  DELTAMOE_CHECK(o.prompt <= ctx && o.gen <= ctx, "bench", "-p ", o.prompt, " / -n ", o.gen,
-                 " exceed the model's context of ", ctx, " tokens");
+  DELTAMOE_CHECK(o.depth + o.prompt <= ctx && o.depth + o.gen <= ctx, "bench", "-d ", o.depth,
+                 " + -p ", o.prompt, " / -n ", o.gen, " exceed the model's context of ", ctx,
+                 " tokens");
   std::cerr << "bench model: " << o.model << " (" << io::hf_arch_name(m0.config().arch) << ", "
             << dtype << ", " << threads << " threads)";
   for (const auto& c : runs)
@@ -519,7 +544,8 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
               {"routing", m0.routing_name()},
               {"threads", threads},
               {"cpu", cpu_features().model_name},
-              {"repetitions", o.repetitions}};
+              {"repetitions", o.repetitions},
+              {"depth", o.depth}};
   std::vector<json> reports;
   for (const auto& c : runs) reports.push_back(report(c, o, gbps));
   for (size_t i = 0; i < runs.size(); ++i)

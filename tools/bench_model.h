@@ -17,6 +17,7 @@ struct ModelBenchOptions {
   std::vector<std::string> weight_layouts = {"mapped"};
   int64_t prompt = 512;  // -p: tokens of the prompt-processing test (0 = skip)
   int64_t gen = 128;     // -n: tokens of the generation test (0 = skip)
+  int64_t depth = 0;     // -d: tokens in the KV cache before each test (prefilled, untimed)
   int repetitions = 3;   // -r
   /// -b: sequences decoding together in the tg test (one forward_batch per step, as a
   /// continuous-batching server runs them); tokens/s counts all of them.

@@ -473,6 +473,11 @@ CommandRegistrar reg(
       app.add_option("-p,--n-prompt", mo->prompt, "model: prompt tokens of the pp test (0 = skip)")
           ->check(CLI::Range(int64_t{0}, int64_t{1} << 20))
           ->capture_default_str();
+      app.add_option("-d,--n-depth", mo->depth,
+                     "model: tokens already in the KV cache when each pp / tg test starts "
+                     "(prefilled untimed, as llama-bench -d)")
+          ->check(CLI::Range(int64_t{0}, int64_t{1} << 20))
+          ->capture_default_str();
       app.add_option("-b,--decode-batch", mo->decode_batch,
                      "model: sequences decoding together in the tg test (one batched step each "
                      "token; tokens/s counts all)")

@@ -57,6 +57,12 @@ expect_error "$bin" generate --model "$m" --prompt "Hello" --weight-layout strid
 "$bin" bench model --model "$m" -p 16 -n 4 -r 1 --dtype int8 --json >"$tmp/bi8.json" 2>/dev/null
 "$bin" bench model --model "$m" -p 16 -n 4 -r 1 --json >"$tmp/bf32.json" 2>/dev/null
 [ "$(python3 -c "import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(a['dtype'] == 'int8' and a['weight_layout'] == 'int8_copies' and a['mapped_weight_bytes'] == 0 and a['weight_bytes'] < 0.4 * b['weight_bytes'] and a['tg_tokens_per_s'] > 0)" "$tmp/bi8.json" "$tmp/bf32.json")" = True ] || fail "bench model int8"
+# -d: the tests run after that many cached tokens (the KV cache holds them), and a depth past
+# the model's context is refused before any test runs.
+"$bin" bench model --model "$m" -p 8 -n 4 -d 100 -r 1 --json >"$tmp/bd.json" 2>/dev/null
+[ "$(python3 -c "import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(a['depth'] == 100 and b['depth'] == 0 and a['kv_cache_bytes'] > b['kv_cache_bytes'] and a['tg_tokens_per_s'] > 0 and a['pp_tokens_per_s'] > 0)" "$tmp/bd.json" "$tmp/bf32.json")" = True ] || fail "bench model -d"
+expect_error "$bin" bench model --model "$m" -p 8 -n 4 -d 1000000 -r 1
+grep -q "context" "$tmp/err.txt" || fail "bench model -d past the context: error does not say context"
 expect_error "$bin" generate --model "$m" --prompt "Hello" --dtype int8 --weight-layout packed
 grep -q "int8" "$tmp/err.txt" || fail "int8 + packed error does not say int8"
 

@@ -156,7 +156,8 @@ TEST(LlmKernels, CausalAttentionRejectsBadHeads) {
 }
 
 // The AVX-512 kernel and the OpenBLAS one on the same items: rows at the end of a long prompt
-// (key chunks skipped for early row groups) and rows that are not a multiple of 6.
+// (key chunks skipped for early row groups), rows that are not a multiple of 6, and single
+// rows (decode: the vector dot-product path).
 TEST(LlmKernels, AttendKernelsAgree) {
   const int64_t d = 64, ld = 3 * d, keys = 300, bt = 64;
   if (!attend_avx512_supported(d)) GTEST_SKIP() << "no AVX-512 here";
@@ -170,7 +171,7 @@ TEST(LlmKernels, AttendKernelsAgree) {
   }
   std::vector<float> scratch;
   for (const auto& [r0, r1] :
-       std::vector<std::pair<int64_t, int64_t>>{{0, 64}, {192, 250}, {3, 5}}) {
+       std::vector<std::pair<int64_t, int64_t>>{{0, 64}, {192, 250}, {3, 5}, {299, 300}, {0, 1}}) {
     std::vector<float> a(static_cast<size_t>(keys * ld), 5.0f), b = a;
     attend_blas(q.data(), ld, kb.data(), vb.data(), bt, ld, a.data(), ld, r0, r1, 0, d, 0.125f,
                 scratch);

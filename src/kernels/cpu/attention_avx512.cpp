@@ -119,6 +119,66 @@ DM_AVX512 void values6(const float* const p[kRows], const float* const* v, int64
     for (int u = 0; u < NV; ++u) _mm512_storeu_ps(out[i] + dc + 16 * u, acc[i][u]);
 }
 
+// One query row (decode): s[j] = scale · q · K[j] for j < keys, each a vector FMA chain over d
+// reduced once (independent keys overlap in the core), softmax, then out = Σ_j s[j] · V[j]
+// with the output row in registers, 64 columns at a time.
+template <int NV>
+DM_AVX512 void value_row(const float* p, const float* const* v, int64_t bt, int64_t ldkv,
+                         int64_t keys, int64_t dc, float* out) {
+  __m512 acc[NV];
+#pragma GCC unroll 4
+  for (int u = 0; u < NV; ++u) acc[u] = _mm512_setzero_ps();
+  for (int64_t j = 0, b = 0; j < keys; ++b) {
+    const float* vr = v[b] + dc;
+    for (const int64_t end = std::min(keys, j + bt); j < end; ++j, vr += ldkv) {
+      const __m512 w = _mm512_set1_ps(p[j]);
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u)
+        acc[u] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + 16 * u), acc[u]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int u = 0; u < NV; ++u) _mm512_storeu_ps(out + dc + 16 * u, acc[u]);
+}
+
+DM_AVX512 void attend_row(const float* q, const float* const* k, const float* const* v, int64_t bt,
+                          int64_t ldkv, float* out, int64_t keys, int64_t d, float scale,
+                          std::vector<float>& scratch) {
+  scratch.resize(static_cast<size_t>(keys));
+  float* const s = scratch.data();
+  for (int64_t j = 0, b = 0; j < keys; ++b) {
+    const float* kr = k[b];
+    for (const int64_t end = std::min(keys, j + bt); j < end; ++j, kr += ldkv) {
+      // Two chains: at d = 64 one chain of 4 FMAs would be latency-bound.
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+      int64_t c = 0;
+      for (; c + 32 <= d; c += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + c), _mm512_loadu_ps(kr + c), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + c + 16), _mm512_loadu_ps(kr + c + 16), a1);
+      }
+      if (c < d) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + c), _mm512_loadu_ps(kr + c), a0);
+      s[j] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * scale;
+    }
+  }
+  softmax_rows_st(s, s, 1, keys);
+  for (int64_t dc = 0; dc < d; dc += 64) {
+    switch (std::min<int64_t>(4, (d - dc) / 16)) {
+      case 4:
+        value_row<4>(s, v, bt, ldkv, keys, dc, out);
+        break;
+      case 3:
+        value_row<3>(s, v, bt, ldkv, keys, dc, out);
+        break;
+      case 2:
+        value_row<2>(s, v, bt, ldkv, keys, dc, out);
+        break;
+      default:
+        value_row<1>(s, v, bt, ldkv, keys, dc, out);
+        break;
+    }
+  }
+}
+
 }  // namespace
 
 bool attend_avx512_supported(int64_t d) {
@@ -141,8 +201,9 @@ DM_AVX512 void attend_avx512(const float* q, int64_t ldq, const float* const* k,
                              int64_t ldo, int64_t r0, int64_t r1, int64_t start, int64_t d,
                              float scale, std::vector<float>& scratch) {
   const int64_t rows = r1 - r0;
-  if (rows <= 1) {
-    attend_blas(q, ldq, k, v, bt, ldkv, out, ldo, r0, r1, start, d, scale, scratch);
+  if (rows <= 0) return;
+  if (rows == 1) {
+    attend_row(q + r0 * ldq, k, v, bt, ldkv, out + r0 * ldo, start + r1, d, scale, scratch);
     return;
   }
   const int64_t keys = start + r1, ls = round_up(keys, kChunk), prow = round_up(rows, kRows);
