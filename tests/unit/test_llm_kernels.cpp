@@ -155,6 +155,32 @@ TEST(LlmKernels, CausalAttentionRejectsBadHeads) {
                Error);
 }
 
+// Decode under GQA: one call for the query heads of a KV head (groups of 1 to 7: the one-row
+// path, padded row groups, two row groups) equals each head through the OpenBLAS kernel.
+TEST(LlmKernels, GroupedDecodeMatchesPerHead) {
+  const int64_t d = 64, keys = 200, bt = 64, kv_ld = 2 * d;
+  if (!attend_avx512_supported(d)) GTEST_SKIP() << "no AVX-512 here";
+  const auto k = randn(static_cast<size_t>(keys * kv_ld), 51);
+  const auto v = randn(static_cast<size_t>(keys * kv_ld), 52);
+  std::vector<const float*> kb, vb;
+  for (int64_t p = 0; p < keys; p += bt) {
+    kb.push_back(k.data() + p * kv_ld + d);  // KV head 1
+    vb.push_back(v.data() + p * kv_ld + d);
+  }
+  std::vector<float> scratch;
+  for (int64_t group : {1, 2, 4, 7}) {
+    const auto q = randn(static_cast<size_t>(group * d), 53 + static_cast<uint32_t>(group));
+    std::vector<float> got(static_cast<size_t>((group + 1) * d), 5.0f), want(got.size(), 5.0f);
+    attend_group_avx512(q.data(), group, kb.data(), vb.data(), bt, kv_ld, got.data(), keys, d,
+                        0.125f, scratch);
+    for (int64_t h = 0; h < group; ++h)
+      attend_blas(q.data() + h * d, d, kb.data(), vb.data(), bt, kv_ld, want.data() + h * d, d, 0,
+                  1, keys - 1, d, 0.125f, scratch);
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_NEAR(got[i], want[i], 1e-5) << "group " << group << " element " << i;
+  }
+}
+
 // The AVX-512 kernel and the OpenBLAS one on the same items: rows at the end of a long prompt
 // (key chunks skipped for early row groups), rows that are not a multiple of 6, and single
 // rows (decode: the vector dot-product path).

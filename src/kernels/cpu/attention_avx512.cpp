@@ -33,6 +33,18 @@ namespace {
 constexpr int kRows = 6;        // query rows per microkernel call
 constexpr int64_t kChunk = 64;  // keys per score chunk (4 zmm)
 
+// A cached key's or value's row of one head is d floats every ldkv: a strided walk the
+// hardware prefetchers follow poorly, so decode reads kRowAhead rows ahead. Past the end of a
+// block the address is another block's or none (a prefetch never faults).
+#ifndef DM_TUNE_ROW_AHEAD
+#define DM_TUNE_ROW_AHEAD 16
+#endif
+constexpr int64_t kRowAhead = DM_TUNE_ROW_AHEAD;
+DM_AVX512 inline void prefetch_row(const float* p, int64_t n) {
+  for (int64_t c = 0; c < n; c += 16)
+    _mm_prefetch(reinterpret_cast<const char*>(p + c), _MM_HINT_T0);
+}
+
 int64_t round_up(int64_t v, int64_t m) {
   return (v + m - 1) / m * m;
 }
@@ -42,11 +54,15 @@ DM_AVX512 void transpose_chunk(const float* const* k, int64_t bt, int64_t ldkv, 
                                int64_t keys, int64_t d, float* kt) {
   for (int64_t g = 0; g < kChunk; g += 16) {
     const float* rows[16];
+    const float* ahead[16];  // the same keys of the next chunk, read into cache meanwhile
     for (int i = 0; i < 16; ++i) {
-      const int64_t p = c0 + g + i;
+      const int64_t p = c0 + g + i, pn = p + kChunk;
       rows[i] = p < keys ? k[p / bt] + (p % bt) * ldkv : nullptr;
+      ahead[i] = pn < keys ? k[pn / bt] + (pn % bt) * ldkv : nullptr;
     }
     for (int64_t c = 0; c < d; c += 16) {
+      for (int i = 0; i < 16; ++i)
+        if (ahead[i]) _mm_prefetch(reinterpret_cast<const char*>(ahead[i] + c), _MM_HINT_T0);
       __m512 r[16];
 #pragma GCC unroll 16
       for (int i = 0; i < 16; ++i)
@@ -102,6 +118,7 @@ DM_AVX512 void values6(const float* const p[kRows], const float* const* v, int64
     const int64_t b = j / bt;
     const float* vr = v[b] + (j - b * bt) * ldkv + dc;
     for (const int64_t end = std::min(j1, (b + 1) * bt); j < end; ++j, vr += ldkv) {
+      prefetch_row(vr + kRowAhead * ldkv, 16 * NV);
       __m512 vv[NV];
 #pragma GCC unroll 4
       for (int u = 0; u < NV; ++u) vv[u] = _mm512_loadu_ps(vr + 16 * u);
@@ -131,6 +148,7 @@ DM_AVX512 void value_row(const float* p, const float* const* v, int64_t bt, int6
   for (int64_t j = 0, b = 0; j < keys; ++b) {
     const float* vr = v[b] + dc;
     for (const int64_t end = std::min(keys, j + bt); j < end; ++j, vr += ldkv) {
+      prefetch_row(vr + kRowAhead * ldkv, 16 * NV);
       const __m512 w = _mm512_set1_ps(p[j]);
 #pragma GCC unroll 4
       for (int u = 0; u < NV; ++u)
@@ -149,6 +167,7 @@ DM_AVX512 void attend_row(const float* q, const float* const* k, const float* co
   for (int64_t j = 0, b = 0; j < keys; ++b) {
     const float* kr = k[b];
     for (const int64_t end = std::min(keys, j + bt); j < end; ++j, kr += ldkv) {
+      prefetch_row(kr + kRowAhead * ldkv, d);
       // Two chains: at d = 64 one chain of 4 FMAs would be latency-bound.
       __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
       int64_t c = 0;
@@ -196,17 +215,17 @@ AttendFn best_attend(int64_t d) {
   return attend_avx512_supported(d) ? &attend_avx512 : &attend_blas;
 }
 
-DM_AVX512 void attend_avx512(const float* q, int64_t ldq, const float* const* k,
-                             const float* const* v, int64_t bt, int64_t ldkv, float* out,
-                             int64_t ldo, int64_t r0, int64_t r1, int64_t start, int64_t d,
-                             float scale, std::vector<float>& scratch) {
-  const int64_t rows = r1 - r0;
-  if (rows <= 0) return;
-  if (rows == 1) {
-    attend_row(q + r0 * ldq, k, v, bt, ldkv, out + r0 * ldo, start + r1, d, scale, scratch);
-    return;
-  }
-  const int64_t keys = start + r1, ls = round_up(keys, kChunk), prow = round_up(rows, kRows);
+namespace {
+
+// `rows` query rows (row i at q + i·ldq, its output at out + i·ldo), the first seeing keys0
+// keys; with `causal` row i sees keys0 + i (consecutive positions of one head), without it
+// every row sees keys0 (the query heads of one KV head at one position: decode under GQA).
+DM_AVX512 void attend_rows(const float* q, int64_t ldq, const float* const* k,
+                           const float* const* v, int64_t bt, int64_t ldkv, float* out, int64_t ldo,
+                           int64_t rows, int64_t keys0, bool causal, int64_t d, float scale,
+                           std::vector<float>& scratch) {
+  const int64_t keys = keys0 + (causal ? rows - 1 : 0), ls = round_up(keys, kChunk),
+                prow = round_up(rows, kRows);
   // Scratch: one chunk of transposed keys, scores (prow rows of ls), one dropped output row.
   const size_t kt_floats = static_cast<size_t>(kChunk * d);
   scratch.resize(kt_floats + static_cast<size_t>(prow * ls + d));
@@ -214,10 +233,10 @@ DM_AVX512 void attend_avx512(const float* q, int64_t ldq, const float* const* k,
   float* const s = kt + kt_floats;
   float* const dropped = s + prow * ls;
   // Keys a row sees: up to and including its own position; a group of rows, its last row's.
-  const auto visible = [&](int64_t ri) { return start + r0 + std::min(ri, rows - 1) + 1; };
+  const auto visible = [&](int64_t ri) { return keys0 + (causal ? std::min(ri, rows - 1) : 0); };
   const auto group_keys = [&](int64_t g) { return visible(g + kRows - 1); };
   const auto q_rows = [&](int64_t g, const float* qr[kRows]) {
-    for (int i = 0; i < kRows; ++i) qr[i] = q + (r0 + std::min(g + i, rows - 1)) * ldq;
+    for (int i = 0; i < kRows; ++i) qr[i] = q + std::min(g + i, rows - 1) * ldq;
   };
   // Scores, key chunk by key chunk: one chunk of transposed keys (d x 64) stays in L1 while
   // every row group that sees it passes over it.
@@ -251,8 +270,7 @@ DM_AVX512 void attend_avx512(const float* q, int64_t ldq, const float* const* k,
         // values6 works on columns [dc, dc + 64) of each row: a padded row's are the d
         // floats of `dropped`.
         float* o[kRows];
-        for (int i = 0; i < kRows; ++i)
-          o[i] = g + i < rows ? out + (r0 + g + i) * ldo : dropped - dc;
+        for (int i = 0; i < kRows; ++i) o[i] = g + i < rows ? out + (g + i) * ldo : dropped - dc;
         const bool acc = j0 > 0;
         switch (std::min<int64_t>(4, (d - dc) / 16)) {
           case 4:
@@ -271,6 +289,33 @@ DM_AVX512 void attend_avx512(const float* q, int64_t ldq, const float* const* k,
       }
     }
   }
+}
+
+}  // namespace
+
+DM_AVX512 void attend_avx512(const float* q, int64_t ldq, const float* const* k,
+                             const float* const* v, int64_t bt, int64_t ldkv, float* out,
+                             int64_t ldo, int64_t r0, int64_t r1, int64_t start, int64_t d,
+                             float scale, std::vector<float>& scratch) {
+  const int64_t rows = r1 - r0;
+  if (rows <= 0) return;
+  if (rows == 1) {
+    attend_row(q + r0 * ldq, k, v, bt, ldkv, out + r0 * ldo, start + r1, d, scale, scratch);
+    return;
+  }
+  attend_rows(q + r0 * ldq, ldq, k, v, bt, ldkv, out + r0 * ldo, ldo, rows, start + r0 + 1, true, d,
+              scale, scratch);
+}
+
+DM_AVX512 void attend_group_avx512(const float* q, int64_t group, const float* const* k,
+                                   const float* const* v, int64_t bt, int64_t ldkv, float* out,
+                                   int64_t keys, int64_t d, float scale,
+                                   std::vector<float>& scratch) {
+  if (group == 1) {
+    attend_row(q, k, v, bt, ldkv, out, keys, d, scale, scratch);
+    return;
+  }
+  attend_rows(q, d, k, v, bt, ldkv, out, d, group, keys, false, d, scale, scratch);
 }
 
 }  // namespace deltamoe::kernels

@@ -31,6 +31,14 @@ void attend_avx512(const float* q, int64_t ldq, const float* const* k, const flo
                    int64_t block_tokens, int64_t ldkv, float* out, int64_t ldo, int64_t r0,
                    int64_t r1, int64_t start, int64_t d, float scale, std::vector<float>& scratch);
 
+/// Decode under grouped-query attention: the `group` query heads of one KV head at one
+/// position, each seeing `keys` keys; head i's query at q + i·d, its output at out + i·d. K and
+/// V are read once for the group (a group of one: the single-row path of attend_avx512).
+/// Needs attend_avx512_supported(d).
+void attend_group_avx512(const float* q, int64_t group, const float* const* k,
+                         const float* const* v, int64_t block_tokens, int64_t ldkv, float* out,
+                         int64_t keys, int64_t d, float scale, std::vector<float>& scratch);
+
 /// Whether attend_avx512 runs here for head size d (AVX-512F usable and d a multiple of 16).
 bool attend_avx512_supported(int64_t d);
 

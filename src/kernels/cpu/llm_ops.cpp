@@ -126,15 +126,25 @@ void causal_attention_batch(const float* q, int64_t ldq, const std::vector<KvBlo
   // Work items: (sequence, head, block of query rows). Blocks of 64 rows keep the score
   // matrix in cache and give a long prompt enough items for every thread; causal rows near
   // the end see more keys, so items are handed out dynamically.
+  // A decode row (one new token) under the AVX-512 kernel is one item per KV head: its query
+  // heads read the head's keys and values once, together.
   struct Item {
     int64_t s, h, r0, r1;
+    int64_t heads;  // query heads from h: 1, or the KV head's group (decode)
   };
   std::vector<Item> items;
   constexpr int64_t kBlock = 64;
-  for (size_t s = 0; s < seqs; ++s)
+  const bool grouped_decode = group > 1 && attend_avx512_supported(d);
+  for (size_t s = 0; s < seqs; ++s) {
+    const int64_t si = static_cast<int64_t>(s);
+    if (grouped_decode && n[s] == 1) {
+      for (int64_t h = 0; h < heads; h += group) items.push_back({si, h, 0, 1, group});
+      continue;
+    }
     for (int64_t h = 0; h < heads; ++h)
       for (int64_t r = 0; r < n[s]; r += kBlock)
-        items.push_back({static_cast<int64_t>(s), h, r, std::min(n[s], r + kBlock)});
+        items.push_back({si, h, r, std::min(n[s], r + kBlock), 1});
+  }
   // Longest first (most keys), so the dynamic schedule ends evenly.
   std::stable_sort(items.begin(), items.end(), [&](const Item& a, const Item& b) {
     return start[a.s] + a.r1 > start[b.s] + b.r1;
@@ -160,8 +170,14 @@ void causal_attention_batch(const float* q, int64_t ldq, const std::vector<KvBlo
         kb[static_cast<size_t>(b)] = c.k[b] + col;
         vb[static_cast<size_t>(b)] = c.v[b] + col;
       }
-      attend(q + row0[s] * ldq + it.h * d, ldq, kb.data(), vb.data(), c.block_tokens, ldkv,
-             out + row0[s] * ldo + it.h * d, ldo, it.r0, it.r1, start[s], d, scale, scores);
+      if (it.heads > 1) {
+        attend_group_avx512(q + row0[s] * ldq + it.h * d, it.heads, kb.data(), vb.data(),
+                            c.block_tokens, ldkv, out + row0[s] * ldo + it.h * d, start[s] + 1, d,
+                            scale, scores);
+      } else {
+        attend(q + row0[s] * ldq + it.h * d, ldq, kb.data(), vb.data(), c.block_tokens, ldkv,
+               out + row0[s] * ldo + it.h * d, ldo, it.r0, it.r1, start[s], d, scale, scores);
+      }
     }
   }
 }
