@@ -294,11 +294,15 @@ void MoeLm::rope_row(float* qkv_row, int64_t pos) const {
   kernels::rope_st(qkv_row + q_rows_, kv_heads_, rope_, pos);
 }
 
+// A block holds, per layer, K then V, each [kv head][block_tokens][head_dim] (kv_cache.h):
+// one head's keys are one sequential stream for attention.
 void MoeLm::store_kv(KvCache& c, int64_t l, int64_t pos, const float* kv) const {
-  const int64_t bt = c.pool_->block_tokens(), side = bt * kv_rows_;
-  float* kc = c.base_[static_cast<size_t>(pos / bt)] + 2 * l * side + (pos % bt) * kv_rows_;
-  std::memcpy(kc, kv, static_cast<size_t>(kv_rows_) * 4);
-  std::memcpy(kc + side, kv + kv_rows_, static_cast<size_t>(kv_rows_) * 4);
+  const int64_t bt = c.pool_->block_tokens(), side = bt * kv_rows_, d = cfg_.head_dim;
+  float* kc = c.base_[static_cast<size_t>(pos / bt)] + 2 * l * side + (pos % bt) * d;
+  for (int64_t g = 0; g < kv_heads_; ++g) {
+    std::memcpy(kc + g * bt * d, kv + g * d, static_cast<size_t>(d) * 4);
+    std::memcpy(kc + side + g * bt * d, kv + kv_rows_ + g * d, static_cast<size_t>(d) * 4);
+  }
 }
 
 void MoeLm::attend(const Layer& ly, int64_t l, Pass& p, const SeqRows& sr, const float* qkv,
@@ -320,11 +324,11 @@ void MoeLm::attend(const Layer& ly, int64_t l, Pass& p, const SeqRows& sr, const
       kb[b] = c.base_[b] + 2 * l * side;
       vb[b] = kb[b] + side;
     }
-    kv[j] = {kb.data(), vb.data(), bt};
+    kv[j] = {kb.data(), vb.data(), bt, bt * d};
   }
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  kernels::causal_attention_batch(qkv, qkv_n, kv, kv_rows_, p.att.data(), q_rows_, sr.row0,
-                                  sr.counts, sr.start, heads, kvh, d, scale);
+  kernels::causal_attention_batch(qkv, qkv_n, kv, d, p.att.data(), q_rows_, sr.row0, sr.counts,
+                                  sr.start, heads, kvh, d, scale);
   if (sliced_heads()) {
     // This rank's heads give a partial sum of the output projection.
     float* y = p.y.data();

@@ -56,12 +56,17 @@ void causal_attention(const float* q, int64_t ldq, const float* k, const float* 
                       int64_t kv_heads, int64_t d, float scale);
 
 /// One sequence's cached keys and values of one layer, in blocks (a paged KV cache): positions
-/// [b·block_tokens, (b+1)·block_tokens) are rows of k[b] and v[b] (row stride ldkv of the
-/// call). A contiguous cache is one block as long as the sequence.
+/// [b·block_tokens, (b+1)·block_tokens) are in k[b] and v[b]; KV head g's columns of position
+/// p start at k[p / block_tokens] + (p % block_tokens)·ldkv + g·head_stride (ldkv of the call).
+/// head_stride 0 means head_dim: every head's columns side by side in one row of ldkv floats.
+/// A cache that keeps each head's rows together (head_stride = block_tokens·head_dim, ldkv =
+/// head_dim) lets one head's keys be read as one sequential stream. A contiguous cache is one
+/// block as long as the sequence.
 struct KvBlocks {
   const float* const* k = nullptr;
   const float* const* v = nullptr;
   int64_t block_tokens = 0;
+  int64_t head_stride = 0;
 };
 
 /// The same for several sequences at once (a decode batch or mixed prefill): sequence s has

@@ -32,7 +32,8 @@ class KvBlockPool {
   /// Blocks that hold `tokens` positions.
   int64_t blocks_for(int64_t tokens) const { return (tokens + block_tokens_ - 1) / block_tokens_; }
 
-  /// Takes a block: its id and memory ([layers][K, V][block_tokens, row] f32), or id −1 when
+  /// Takes a block: its id and memory ([layers][K, V][kv head][block_tokens][head_dim] f32,
+  /// so that each head's positions are contiguous for attention), or id −1 when
   /// max_blocks are in use.
   std::pair<int32_t, float*> acquire();
   /// Gives a block back.

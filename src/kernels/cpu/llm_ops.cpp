@@ -163,7 +163,7 @@ void causal_attention_batch(const float* q, int64_t ldq, const std::vector<KvBlo
       const size_t s = static_cast<size_t>(it.s);
       const KvBlocks& c = kv[s];
       const int64_t nblocks = (start[s] + it.r1 + c.block_tokens - 1) / c.block_tokens;
-      const int64_t col = (it.h / group) * d;
+      const int64_t col = (it.h / group) * (c.head_stride > 0 ? c.head_stride : d);
       kb.resize(static_cast<size_t>(nblocks));
       vb.resize(static_cast<size_t>(nblocks));
       for (int64_t b = 0; b < nblocks; ++b) {
