@@ -9,6 +9,9 @@
 // linear microkernels). Output: 6 rows x 64 columns of V in 24 accumulators, per key 4 loads of the
 // V row as the cache holds it and 6 broadcast probabilities. Rows are padded to a multiple of 6 by
 // repeating the last one (its results are dropped), so one instantiation serves all.
+//
+// Decode: the query heads of one KV head go through the same kernel as rows that all see the
+// same keys (K and V read once per group); a lone query row takes a vector dot product per key.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -33,9 +36,10 @@ namespace {
 constexpr int kRows = 6;        // query rows per microkernel call
 constexpr int64_t kChunk = 64;  // keys per score chunk (4 zmm)
 
-// A cached key's or value's row of one head is d floats every ldkv: a strided walk the
-// hardware prefetchers follow poorly, so decode reads kRowAhead rows ahead. Past the end of a
-// block the address is another block's or none (a prefetch never faults).
+// Rows of cached keys and values are read kRowAhead positions ahead: in the model's cache one
+// head's positions are contiguous within a block, but each block is its own allocation (and a
+// token-major cache has them ldkv apart), which the hardware prefetchers pick up late. Past the
+// end of a block the address is another block's or none (a prefetch never faults).
 #ifndef DM_TUNE_ROW_AHEAD
 #define DM_TUNE_ROW_AHEAD 16
 #endif
