@@ -474,6 +474,10 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
                     bool json_out) {
   DELTAMOE_CHECK(!o.model.empty(), "bench", "bench model needs --model DIR");
   DELTAMOE_CHECK(o.prompt > 0 || o.gen > 0, "bench", "nothing to measure: -p and -n are both 0");
+  // The untimed prefill of -d would count in the cache's hit rate and bytes read per token.
+  DELTAMOE_CHECK(o.depth == 0 || o.offload.expert_cache.empty(), "bench",
+                 "-d with --expert-cache is not supported: the prefill to that depth would count "
+                 "in the cache's statistics");
   DELTAMOE_CHECK(!o.weight_layouts.empty() && o.weight_layouts.size() <= 2, "bench",
                  "--weight-layout takes one layout or two to compare, got ",
                  o.weight_layouts.size());

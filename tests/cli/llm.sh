@@ -63,6 +63,7 @@ expect_error "$bin" generate --model "$m" --prompt "Hello" --weight-layout strid
 [ "$(python3 -c "import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(a['depth'] == 100 and b['depth'] == 0 and a['kv_cache_bytes'] > b['kv_cache_bytes'] and a['tg_tokens_per_s'] > 0 and a['pp_tokens_per_s'] > 0)" "$tmp/bd.json" "$tmp/bf32.json")" = True ] || fail "bench model -d"
 expect_error "$bin" bench model --model "$m" -p 8 -n 4 -d 1000000 -r 1
 grep -q "context" "$tmp/err.txt" || fail "bench model -d past the context: error does not say context"
+expect_error "$bin" bench model --model "$m" -p 8 -n 4 -d 8 -r 1 --expert-cache 50%
 expect_error "$bin" generate --model "$m" --prompt "Hello" --dtype int8 --weight-layout packed
 grep -q "int8" "$tmp/err.txt" || fail "int8 + packed error does not say int8"
 
