@@ -27,7 +27,9 @@
 // GCC 12's AVX-512 shuffle intrinsics initialise their "undefined" pass-through operands from
 // themselves, which -Wmaybe-uninitialized reports once inlined (as in linear_avx512.cpp).
 #pragma GCC diagnostic push
+#if !defined(__clang__)  // a GCC-only warning (clang would warn about the unknown name)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace deltamoe::kernels {
 

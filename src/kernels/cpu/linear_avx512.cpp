@@ -356,7 +356,9 @@ DM_AVX512 void linear_bf16_avx512(const LinearArgs& a) {
 // GCC 12's AVX-512 shuffle intrinsics initialise their "undefined" pass-through operands from
 // themselves, which -Wmaybe-uninitialized reports once inlined (as in ops_avx512.cpp).
 #pragma GCC diagnostic push
+#if !defined(__clang__)  // a GCC-only warning (clang would warn about the unknown name)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace {
 
