@@ -142,11 +142,6 @@ void swiglu_pair(const float* x, int64_t m, int64_t ldx, const kernels::PackedLi
   }
 }
 
-// A row stride of at least n floats that is not a multiple of 512 floats (2 KiB).
-int64_t padded_stride(int64_t n) {
-  return n % 512 == 0 ? n + 16 : n;
-}
-
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
@@ -520,9 +515,9 @@ void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResul
     // Gathering one row per token is only worth it when an expert has several rows; for a
     // single token every expert reads x directly.
     const bool gather = t_count > 1;
-    // Row strides of the gathered rows and the activations: off multiples of 2 KiB, so that
-    // the row-major kernels read them in place rather than copying them to such a stride.
-    const int64_t ldxs = padded_stride(h), lda = padded_stride(i);
+    // Row strides of the gathered rows and the activations that the row-major kernels read
+    // in place rather than copying them to such a stride.
+    const int64_t ldxs = kernels::padded_row_stride(h), lda = kernels::padded_row_stride(i);
     float* const xs = gather ? ws.get(0, static_cast<size_t>(routed * ldxs)) : nullptr;
     float* const act = ws.get(1, static_cast<size_t>(routed * lda));
     float* const out = ws.get(2, static_cast<size_t>(routed * h));

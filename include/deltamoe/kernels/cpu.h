@@ -136,6 +136,14 @@ void linear_st_pair(const float* x, int64_t m, int64_t ldx, const PackedLinear& 
                     const PackedLinear& wb, int64_t n_begin, int64_t n_end, float* ya, float* yb,
                     int64_t ldy);
 
+/// A row stride (floats) of at least n that the row-major AVX-512 kernels read x at in place:
+/// not a multiple of 512 floats (2 KiB), where up to 12 rows read together would share L1 sets
+/// (x at any other stride is copied to such a one first). Callers that lay out many rows for
+/// linear_st (the MoE block's gathered tokens and activations) use it.
+inline int64_t padded_row_stride(int64_t n) {
+  return n % 512 == 0 ? n + 16 : n;
+}
+
 /// y[m, N] = x[m, K] · Wᵀ (+ y if accumulate), on up to num_threads() threads: split over
 /// output panels (each thread streams only its share of the weights), and over rows only when
 /// there are fewer panels than threads. Small products (< 1 MFLOP) run on the calling thread.

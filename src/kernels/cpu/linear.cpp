@@ -224,7 +224,7 @@ void check_linear_args(const float* x, int64_t m, int64_t ldx, const PackedLinea
 }
 
 void run_impl(LinearImpl impl, const LinearArgs& a) {
-  if (a.w2 && !(a.w->layout() == WeightLayout::row_major && rows_avx512_apply(impl, *a.w, a.m))) {
+  if (a.w2 && !rows_avx512_takes(impl, *a.w, a.m)) {
     LinearArgs one = a, two = a;
     one.w2 = two.w2 = nullptr;
     one.y2 = two.y2 = nullptr;

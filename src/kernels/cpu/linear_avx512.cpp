@@ -261,17 +261,17 @@ DM_AVX512 void convert_rows_bf16_avx512(const float* x, int64_t rows, int64_t ld
 
 namespace {
 
-// The loops over panels, k slices and microkernel row blocks for one block of `rows` rows of
-// x starting at row rb: x as f32 rows (kBf16 false) or bf16 pairs, `ldx` elements apart,
-// `len` words per row (f32: K; bf16: K/2 rounded up). Shared by the packed-layout drivers and
-// the row-major one. panel(n0, cols) returns the packed panel of columns [n0, n0 + cols) as
-// 32-bit words; after_call() runs after every microkernel call.
 // k per slice for a row block of `rows` rows: a small block reuses the weights only across
 // its own rows, so it takes K whole.
 constexpr int64_t slice_len(int64_t rows, int64_t len) {
   return rows <= kMr ? len : kKc;
 }
 
+// The loops over panels, k slices and microkernel row blocks for one block of `rows` rows of
+// x starting at row rb: x as f32 rows (kBf16 false) or bf16 pairs, `ldx` elements apart,
+// `len` words per row (f32: K; bf16: K/2 rounded up). Shared by the packed-layout drivers and
+// the row-major one. panel(n0, cols) returns the packed panel of columns [n0, n0 + cols) as
+// 32-bit words; after_call() runs after every microkernel call.
 template <bool kBf16, typename Panel, typename AfterCall>
 DM_AVX512 DM_INLINE void run_panels(const LinearArgs& a, int64_t rb, int64_t rows, const void* x,
                                     int64_t ldx, int64_t len, Panel&& panel,
@@ -413,7 +413,7 @@ DM_AVX512 void linear_rows_avx512(const LinearArgs& a) {
   // x block: f32 rows (f32) or bf16 pairs (bf16), a row stride off multiples of 4 KiB (see
   // linear_f32_avx512); then one packed panel, 32 x len words. f32 rows whose stride is not a
   // multiple of 2 KiB are read in place (callers that pad their rows save the copy).
-  const bool copy_x = bf16 || a.ldx % 512 == 0;
+  const bool copy_x = bf16 || padded_row_stride(a.ldx) != a.ldx;
   const int64_t ldw = copy_x ? round_up(len, 16) + 16 : a.ldx;
   const int64_t rows_max = std::min(kMc, a.m);
   const size_t x_words = copy_x ? static_cast<size_t>(rows_max * ldw) : 0;

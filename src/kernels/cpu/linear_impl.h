@@ -126,6 +126,13 @@ inline bool rows_avx512_apply(LinearImpl impl, const PackedLinear& w, int64_t m)
   return w.dtype() == DType::bf16 && (impl == LinearImpl::avx512 || impl == LinearImpl::amx) &&
          w.in_features() % 2 == 0 && m >= pack_rows(w.dtype());
 }
+/// Whether linear_rows sends a row-major product to linear_rows_avx512: not int8, not taken
+/// by AMX tiles first, and rows_avx512_apply. The only kernel that runs both weights of a
+/// linear_st_pair over one prepared x; run_impl splits a pair for every other one.
+inline bool rows_avx512_takes(LinearImpl impl, const PackedLinear& w, int64_t m) {
+  return w.layout() == WeightLayout::row_major && w.dtype() != DType::int8 &&
+         !amx_rows_apply(impl, w, m) && rows_avx512_apply(impl, w, m);
+}
 /// Row-major f32 / bf16 weights through the AVX-512 (BF16) microkernels: each 32-column panel
 /// of W is transposed into the packed layout in per-thread scratch (in-register 16 x 16
 /// transposes), then used by every row block; x is copied (f32) or rounded to bf16 pairs

@@ -163,6 +163,8 @@ void rows_portable(const LinearArgs& a, const float* x, int64_t ldx) {
 }  // namespace
 
 void linear_rows(LinearImpl impl, const LinearArgs& a) {
+  DELTAMOE_ASSERT(!a.w2 || rows_avx512_takes(impl, *a.w, a.m),
+                  "linear_rows: a pair reached a kernel that runs one weight");
   if (a.w->dtype() == DType::int8) {
     linear_rows_int8(impl, a);
     return;
@@ -171,7 +173,7 @@ void linear_rows(LinearImpl impl, const LinearArgs& a) {
     linear_rows_amx(a);
     return;
   }
-  if (rows_avx512_apply(impl, *a.w, a.m)) {
+  if (rows_avx512_takes(impl, *a.w, a.m)) {
     linear_rows_avx512(a);
     return;
   }
