@@ -64,12 +64,15 @@ def add_run_options(parser):
     parser.add_argument("--retries", type=int, default=2,
                         help="with --wait-quiet: repeats of a disturbed run (default: 2)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for one run (default: 1800)")
-    parser.add_argument("--fresh-page-cache", action="store_true",
+    parser.add_argument("--fresh-page-cache", nargs="?", const="read", choices=["read", "drop"],
                         help="before the rounds, drop every weight file of both sides from the page cache "
-                             "(posix_fadvise DONTNEED) and read it back once, sequentially: both then start from "
-                             "the state a first read from disk leaves (large folios, mapped by 2 MiB pages where "
-                             "the kernel can), instead of whatever history left them in; decode speed depends on "
-                             "it (docs/benchmarks.md, \"Page-cache state\") (default: off)")
+                             "(posix_fadvise DONTNEED); 'read' (the default when given without a value) then "
+                             "reads each back once, sequentially: both start from the state a first read from "
+                             "disk leaves (2 MiB folios, mapped by 2 MiB pages where the kernel can), instead of "
+                             "whatever history left them in; 'drop' leaves them out, so each engine's first load "
+                             "reads its file through its own mapping (deltamoe asks for 2 MiB pages, llama.cpp "
+                             "does not). Decode speed depends on it (docs/benchmarks.md, \"Page-cache state\") "
+                             "(default: off)")
 
 
 def tokens_per_s_summary(runs, pp, tg):
@@ -103,10 +106,10 @@ def report_header(benchmark, args, cfg, load, results, errors, dm_ok):
             "deltamoe_available": dm_ok, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def refresh_page_cache(paths):
-    """Drops each file's pages from the page cache and reads the file back sequentially (16 MiB
-    reads), so every file starts from the same state: the one a first read from disk leaves.
-    Returns [{"path", "bytes", "read_s"}]."""
+def refresh_page_cache(paths, mode="read"):
+    """Drops each file's pages from the page cache and, with mode "read", reads the file back
+    sequentially (16 MiB reads), so every file starts from the same state: the one a first read
+    from disk leaves. Returns [{"path", "bytes", "read_s", "mode"}]."""
     out = []
     for path in paths:
         t0 = time.time()
@@ -114,15 +117,16 @@ def refresh_page_cache(paths):
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             total = 0
-            while True:
+            while mode == "read":
                 chunk = os.read(fd, 16 << 20)
                 if not chunk:
                     break
                 total += len(chunk)
         finally:
             os.close(fd)
-        out.append({"path": path, "bytes": total, "read_s": round(time.time() - t0, 2)})
-        log(f"page cache refreshed: {path} ({total / 1e9:.2f} GB in {out[-1]['read_s']} s)")
+        out.append({"path": path, "bytes": total, "read_s": round(time.time() - t0, 2), "mode": mode})
+        log(f"page cache {'refreshed' if mode == 'read' else 'dropped'}: {path} "
+            f"({total / 1e9:.2f} GB read in {out[-1]['read_s']} s)")
     return out
 
 

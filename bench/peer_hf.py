@@ -125,7 +125,8 @@ def main():
     dm_ok, dm_why = deltamoe_status(args.deltamoe)
     if not dm_ok:
         log(f"deltamoe side skipped: {dm_why}")
-    page_cache = refresh_page_cache(model_weight_files(args.model)) if args.fresh_page_cache else None
+    page_cache = refresh_page_cache(model_weight_files(args.model), args.fresh_page_cache) \
+        if args.fresh_page_cache else None
     pp, tg = f"pp{args.n_prompt}", f"tg{args.n_gen}"
     runs = {d: {"transformers": [], "deltamoe": []} for d in dtypes}
     load, errors = [], []

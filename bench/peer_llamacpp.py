@@ -337,8 +337,8 @@ def cmd_bench(args):
     cfg = hf_config(args.model)
     dtypes = args.dtypes.split(",")
     ggufs = {d: ensure_gguf(args, d) for d in dtypes}
-    page_cache = refresh_page_cache(list(ggufs.values()) + model_weight_files(args.model)) \
-        if args.fresh_page_cache else None
+    page_cache = refresh_page_cache(list(ggufs.values()) + model_weight_files(args.model),
+                                    args.fresh_page_cache) if args.fresh_page_cache else None
     dm_ok, dm_why = deltamoe_status(args.deltamoe)
     if not dm_ok:
         log(f"deltamoe side skipped: {dm_why}")

@@ -27,9 +27,7 @@ Storage::Storage(size_t bytes) : bytes_(bytes), owned_(true) {
   const size_t rounded = ((bytes + align - 1) / align) * align;
   data_ = std::aligned_alloc(align, rounded == 0 ? align : rounded);
   if (data_ == nullptr) fail("tensor", "out of memory allocating ", bytes, " bytes");
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (align == kHuge) (void)madvise(data_, rounded, MADV_HUGEPAGE);  // a hint; failure is harmless
-#endif
+  if (align == kHuge) advise_huge_pages(data_, rounded);
   std::memset(data_, 0, rounded == 0 ? align : rounded);
 }
 
@@ -42,6 +40,18 @@ Storage::Storage(void* data, size_t bytes, std::shared_ptr<const void> keep_aliv
 
 Storage::~Storage() {
   if (owned_) std::free(data_);
+}
+
+void advise_huge_pages(void* addr, size_t bytes) noexcept {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const auto b = reinterpret_cast<uintptr_t>(addr);
+  const uintptr_t first = (b + kHuge - 1) / kHuge * kHuge, last = (b + bytes) / kHuge * kHuge;
+  if (last > first) (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)addr;
+  (void)bytes;
+#endif
 }
 
 size_t Storage::release_pages(const void* begin, size_t bytes) const {

@@ -100,6 +100,12 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   const int map_err = errno;
   ::close(fd);  // the mapping keeps the file open by itself
   if (addr == MAP_FAILED) bad("cannot mmap ", file_size, " bytes: ", std::strerror(map_err));
+  // Weights read in place at decode stream from this mapping: on 4 KiB pages a read-only
+  // scan of it ran at 19 GB/s against 26 GB/s on 2 MiB pages (one core, Zen 4), a TLB walk
+  // and a prefetcher restart every 4 KiB. The kernel maps the file on 2 MiB pages when its
+  // page-cache folios are that large, which this hint makes them when they are read from
+  // disk (docs/llm.md, "Huge pages").
+  advise_huge_pages(addr, file_size);
 
   SafetensorsFile f;
   f.path_ = path;

@@ -55,6 +55,13 @@ class Storage {
   std::shared_ptr<const void> keep_alive_;
 };
 
+/// Asks the kernel to back [addr, addr + bytes) with 2 MiB pages (madvise MADV_HUGEPAGE,
+/// the whole 2 MiB pages inside the range). For a file mapping this makes page faults read
+/// the file into 2 MiB page-cache folios and map them with one page-table entry each, where
+/// the file system allows (ext4 and xfs on Linux 6.x); pages already cached in smaller
+/// folios stay as they are. A hint: failure (no THP, THP "never") is ignored. Thread-safe.
+void advise_huge_pages(void* addr, size_t bytes) noexcept;
+
 using Shape = std::vector<int64_t>;
 
 /// Returns "[2, 3, 4]".
