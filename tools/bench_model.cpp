@@ -81,7 +81,20 @@ struct Contender {
   uint64_t storage_bytes = 0;   // read from storage during the timed repetitions
   double disk_gbps_before = 0;  // expert cache: the files' read bandwidth before timing
   double timed_tokens = 0;      // token rows of the timed repetitions
+  // The timed tg tests in chunks, each with the read bandwidth measured right beside it
+  // (the faster of the probe passes before and after it): the same-run roofline follows a
+  // machine whose bandwidth drifts within seconds.
+  struct Chunk {
+    double tokens = 0, secs = 0, gbps = 0;
+  };
+  std::vector<Chunk> tg_chunks;
 };
+
+// Probe passes that bracket the chunks of a timed tg test: 128 MiB each (4-5 ms at 30 GB/s,
+// outside the timed steps), rotating over a 256 MiB buffer so that none is still cached.
+constexpr size_t kBracketPassBytes = size_t{128} << 20, kBracketBufferBytes = size_t{256} << 20;
+// Chunks per tg test (at least 8 tokens each).
+constexpr int64_t kBracketChunks = 8;
 
 // Adds one sequence's decode routing (`steps` tokens, each step's MoE layers in order) to
 // c's locality counters.
@@ -137,7 +150,7 @@ void prefill_depth(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rn
 }
 
 void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng, bool timed,
-                  std::vector<float>& logits) {
+                  std::vector<float>& logits, StreamProbe* probe) {
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(c.m->vocab_size() - 1));
   const char* tag = timed ? "" : " warm-up";
   if (o.prompt > 0) {
@@ -173,15 +186,33 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
     st.record_routing = true;
     for (auto& s : step) s[0] = pick(rng);
     c.m->reset_parallel_stats();
-    const auto t0 = Clock::now();
-    for (int64_t i = 0; i < o.gen; ++i) {
-      if (b == 1)
-        c.m->forward(step[0].data(), 1, caches[0], logits.data(), false, &st);
-      else
-        c.m->forward_batch(step, ptrs, batch_logits.data(), &st);
-      for (auto& s : step) s[0] = pick(rng);
+    if (!timed) probe = nullptr;
+    const int threads = num_threads();
+    const auto pass_gbps = [&] {
+      return static_cast<double>(kBracketPassBytes) /
+             probe->time_pass_s(kBracketPassBytes, threads) / 1e9;
+    };
+    const int64_t chunk = probe ? std::max<int64_t>(8, o.gen / kBracketChunks) : o.gen;
+    double s = 0, before = probe ? pass_gbps() : 0.0;
+    for (int64_t i0 = 0; i0 < o.gen; i0 += chunk) {
+      const int64_t i1 = std::min(o.gen, i0 + chunk);
+      const auto t0 = Clock::now();
+      for (int64_t i = i0; i < i1; ++i) {
+        if (b == 1)
+          c.m->forward(step[0].data(), 1, caches[0], logits.data(), false, &st);
+        else
+          c.m->forward_batch(step, ptrs, batch_logits.data(), &st);
+        for (auto& sv : step) sv[0] = pick(rng);
+      }
+      const double dt = seconds_since(t0);
+      s += dt;
+      if (probe) {
+        const double after = pass_gbps();
+        c.tg_chunks.push_back(
+            {static_cast<double>((i1 - i0) * o.decode_batch), dt, std::max(before, after)});
+        before = after;
+      }
     }
-    const double s = seconds_since(t0);
     const double tps = static_cast<double>(o.gen) * static_cast<double>(b) / s;
     if (timed) {
       c.tg.tps.push_back(tps);
@@ -360,6 +391,18 @@ json report(const Contender& c, const ModelBenchOptions& o, double gbps) {
       out["decode_roofline_tokens_per_s"] = roofline;
       out["decode_frac_of_roofline"] = c.tg.mean() / roofline;
     }
+    if (!c.tg_chunks.empty()) {
+      // Each chunk against the bandwidth read beside it: the time its bytes take at that
+      // rate over the time it took (time-weighted, so the slow chunks count as they did).
+      double roof_s = 0, secs = 0, gb_s = 0;
+      for (const auto& k : c.tg_chunks) {
+        roof_s += k.tokens * bytes / (k.gbps * 1e9);
+        secs += k.secs;
+        gb_s += k.gbps * k.secs;
+      }
+      out["read_bandwidth_gbps_beside_tg"] = gb_s / secs;
+      out["decode_frac_of_roofline_beside"] = roof_s / secs;
+    }
     out["kv_cache_bytes"] = c.kv_bytes;
   }
   if (c.m->comm()) out["parallel"] = parallel_report(c, o);
@@ -400,6 +443,11 @@ void print_contender(const json& r, const ModelBenchOptions& o) {
     std::printf("  [%s] %-14s %9.2f ± %.2f tokens/s\n", layout.c_str(),
                 test_label("pp", o.prompt, o).c_str(), r["pp_tokens_per_s"].get<double>(),
                 r["pp_tokens_per_s_stddev"].get<double>());
+  if (o.gen > 0 && r.contains("decode_frac_of_roofline_beside"))
+    std::printf("  [%s] decode at %.0f%% of the roofline of the %.1f GB/s read beside it\n",
+                r["weight_layout"].get<std::string>().c_str(),
+                100 * r["decode_frac_of_roofline_beside"].get<double>(),
+                r["read_bandwidth_gbps_beside_tg"].get<double>());
   if (o.gen > 0 && r.contains("decode_frac_of_roofline"))
     std::printf(
         "  [%s] %-14s %9.2f ± %.2f tokens/s   (%.0f%% of the %.1f tokens/s bandwidth "
@@ -517,6 +565,11 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
   std::vector<float> logits(static_cast<size_t>(m0.vocab_size()));
   // Every contender sees the same prompts and tokens: one generator per contender, same seed.
   std::vector<std::mt19937_64> rngs(runs.size(), std::mt19937_64(o.seed));
+  // The probe beside the tg chunks (none with an expert cache, whose decode the disk
+  // bounds). Its pages are resident from here on: the memory figures below subtract them.
+  const size_t hwm_before_probe = proc_status_bytes("VmHWM");
+  std::unique_ptr<StreamProbe> bracket;
+  if (o.gen > 0 && !m0.expert_cache()) bracket = std::make_unique<StreamProbe>(kBracketBufferBytes);
   // Repetitions alternate between the contenders (A B A B), so that a machine whose speed
   // drifts during the run treats both alike.
   for (int rep = -1; rep < o.repetitions; ++rep) {  // rep -1: warm-up
@@ -528,14 +581,19 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
         c.m->expert_cache()->reset_stats();
       }
       const uint64_t io0 = storage_read_bytes();
-      measure_once(c, o, rngs[i], rep >= 0, logits);
+      measure_once(c, o, rngs[i], rep >= 0, logits, bracket.get());
       if (rep >= 0) {
         c.storage_bytes += storage_read_bytes() - io0;
         c.timed_tokens += static_cast<double>(o.prompt + o.gen * o.decode_batch);
       }
     }
   }
-  const size_t rss = proc_status_bytes("VmRSS"), hwm = proc_status_bytes("VmHWM");
+  const size_t hwm_with_probe = proc_status_bytes("VmHWM");
+  const size_t probe_bytes = bracket ? kBracketBufferBytes : 0;
+  bracket.reset();
+  const size_t rss = proc_status_bytes("VmRSS");
+  const size_t hwm =
+      std::max(hwm_before_probe, hwm_with_probe - std::min(hwm_with_probe, probe_bytes));
   // Mapped weights on 4 KiB pages stream ~25% slower at decode than on 2 MiB pages (a
   // page-table walk and a prefetcher restart per 4 KiB); which one a run gets depends on how
   // the page cache holds the file, so the report says it.
