@@ -86,6 +86,9 @@ def deltamoe_column(dm_runs, peer, pp, tg):
     dm = tokens_per_s_summary(dm_runs, pp, tg)
     if dm_runs:
         dm["raw_first_run"] = dm_runs[0]["raw"]
+        raws = [r["raw"] for r in dm_runs if r.get("raw")]
+        for key in ("decode_frac_of_roofline_beside", "read_bandwidth_gbps_beside_tg"):
+            dm[key] = summarize(raws, key)
     return dm, {k: ratio((dm[k] or {}).get("median"), (peer[k] or {}).get("median")) for k in (pp, tg)}
 
 
