@@ -188,6 +188,21 @@ BENCHMARK(BM_rows_int8)->Apply(linear_args);
 BENCHMARK(BM_sgemm)->Apply(linear_args);
 BENCHMARK(BM_sgemm_nn)->Apply(linear_args);
 
+// Random keys and values of `keys` positions (rows of ld floats) and the pointers to their
+// blocks of bt positions, as the model's paged cache hands them to the attention kernels.
+struct KvItem {
+  std::vector<float> k, v;
+  std::vector<const float*> kb, vb;
+  KvItem(int64_t keys, int64_t bt, int64_t ld)
+      : k(random_vec(static_cast<size_t>(keys * ld), 2)),
+        v(random_vec(static_cast<size_t>(keys * ld), 3)) {
+    for (int64_t p = 0; p < keys; p += bt) {
+      kb.push_back(k.data() + p * ld);
+      vb.push_back(v.data() + p * ld);
+    }
+  }
+};
+
 // One causal attention item, single-threaded: the last 64 query rows of a `keys`-token prompt
 // against its cache (KV blocks of 64 positions, 8 KV heads of d, the reference model's layout).
 // Args: kernel (0 = OpenBLAS, 1 = AVX-512), keys, d. gflops counts the causal products
@@ -200,13 +215,9 @@ void BM_attend(benchmark::State& state) {
     return;
   }
   const auto q = random_vec(static_cast<size_t>(keys * 16 * d), 1);
-  const auto k = random_vec(static_cast<size_t>(keys * ld), 2);
-  const auto v = random_vec(static_cast<size_t>(keys * ld), 3);
-  std::vector<const float*> kb, vb;
-  for (int64_t p = 0; p < keys; p += bt) {
-    kb.push_back(k.data() + p * ld);
-    vb.push_back(v.data() + p * ld);
-  }
+  const KvItem kv(keys, bt, ld);
+  const auto& kb = kv.kb;
+  const auto& vb = kv.vb;
   std::vector<float> out(static_cast<size_t>(keys * 16 * d)), scratch;
   const auto fn = avx512 ? &dk::attend_avx512 : &dk::attend_blas;
   deltamoe::BlasThreadsGuard one(1);
@@ -225,6 +236,36 @@ void BM_attend(benchmark::State& state) {
 BENCHMARK(BM_attend)
     ->ArgNames({"avx512", "keys", "d"})
     ->ArgsProduct({{0, 1}, {64, 128, 512, 2048}, {64, 128}});
+
+// Decode under GQA: the `group` query heads of one KV head at one position against `keys`
+// cached keys (KV blocks of 64 positions, 8 KV heads of d = 64, the reference model's layout),
+// single-threaded. Args: kernel (0 = the 6-row tiled kernel, 1 = what attend_group_avx512
+// picks: per-key dot products for groups of 1-4), group, keys. gbytes: K and V bytes read.
+void BM_attend_decode(benchmark::State& state) {
+  const bool best = state.range(0) == 1;
+  const int64_t group = state.range(1), keys = state.range(2), d = 64, bt = 64, ld = 8 * d;
+  if (!dk::attend_avx512_supported(d)) {
+    state.SkipWithError("no AVX-512 here");
+    return;
+  }
+  const auto q = random_vec(static_cast<size_t>(group * d), 1);
+  const KvItem kv(keys, bt, ld);
+  const auto& kb = kv.kb;
+  const auto& vb = kv.vb;
+  std::vector<float> out(static_cast<size_t>(group * d)), scratch;
+  const auto fn = best ? &dk::attend_group_avx512 : &dk::attend_group_tiled_avx512;
+  for (auto _ : state) {
+    fn(q.data(), group, kb.data(), vb.data(), bt, ld, out.data(), keys, d, 0.125f, scratch);
+    benchmark::ClobberMemory();
+  }
+  state.counters["gbytes"] = benchmark::Counter(
+      8.0 * static_cast<double>(keys * d) * static_cast<double>(state.iterations()) * 1e-9,
+      benchmark::Counter::kIsRate);
+  state.SetLabel(best ? "dot products" : "tiled");
+}
+BENCHMARK(BM_attend_decode)
+    ->ArgNames({"best", "group", "keys"})
+    ->ArgsProduct({{0, 1}, {1, 2, 4}, {16, 64, 512, 2048}});
 
 // Element-wise ops on one row block of an expert's activations.
 void BM_swiglu(benchmark::State& state) {

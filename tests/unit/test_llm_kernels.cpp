@@ -155,29 +155,33 @@ TEST(LlmKernels, CausalAttentionRejectsBadHeads) {
                Error);
 }
 
-// Decode under GQA: one call for the query heads of a KV head (groups of 1 to 7: the one-row
-// path, padded row groups, two row groups) equals each head through the OpenBLAS kernel.
+// Decode under GQA: one call for the query heads of a KV head (groups of 1 to 4: the dot-product
+// path; 5 and 7: the 6-row kernel, padded row groups) equals each head through the OpenBLAS
+// kernel.
 TEST(LlmKernels, GroupedDecodeMatchesPerHead) {
-  const int64_t d = 64, keys = 200, bt = 64, kv_ld = 2 * d;
-  if (!attend_avx512_supported(d)) GTEST_SKIP() << "no AVX-512 here";
-  const auto k = randn(static_cast<size_t>(keys * kv_ld), 51);
-  const auto v = randn(static_cast<size_t>(keys * kv_ld), 52);
-  std::vector<const float*> kb, vb;
-  for (int64_t p = 0; p < keys; p += bt) {
-    kb.push_back(k.data() + p * kv_ld + d);  // KV head 1
-    vb.push_back(v.data() + p * kv_ld + d);
-  }
+  const int64_t keys = 200, bt = 64;
+  if (!attend_avx512_supported(64)) GTEST_SKIP() << "no AVX-512 here";
   std::vector<float> scratch;
-  for (int64_t group : {1, 2, 4, 7}) {
-    const auto q = randn(static_cast<size_t>(group * d), 53 + static_cast<uint32_t>(group));
-    std::vector<float> got(static_cast<size_t>((group + 1) * d), 5.0f), want(got.size(), 5.0f);
-    attend_group_avx512(q.data(), group, kb.data(), vb.data(), bt, kv_ld, got.data(), keys, d,
-                        0.125f, scratch);
-    for (int64_t h = 0; h < group; ++h)
-      attend_blas(q.data() + h * d, d, kb.data(), vb.data(), bt, kv_ld, want.data() + h * d, d, 0,
-                  1, keys - 1, d, 0.125f, scratch);
-    for (size_t i = 0; i < got.size(); ++i)
-      ASSERT_NEAR(got[i], want[i], 1e-5) << "group " << group << " element " << i;
+  for (int64_t d : {64, 80}) {  // 80: a 16-column tail after the 32-column steps
+    const int64_t kv_ld = 2 * d;
+    const auto k = randn(static_cast<size_t>(keys * kv_ld), 51);
+    const auto v = randn(static_cast<size_t>(keys * kv_ld), 52);
+    std::vector<const float*> kb, vb;
+    for (int64_t p = 0; p < keys; p += bt) {
+      kb.push_back(k.data() + p * kv_ld + d);  // KV head 1
+      vb.push_back(v.data() + p * kv_ld + d);
+    }
+    for (int64_t group : {1, 2, 3, 4, 5, 7}) {
+      const auto q = randn(static_cast<size_t>(group * d), 53 + static_cast<uint32_t>(group));
+      std::vector<float> got(static_cast<size_t>((group + 1) * d), 5.0f), want(got.size(), 5.0f);
+      attend_group_avx512(q.data(), group, kb.data(), vb.data(), bt, kv_ld, got.data(), keys, d,
+                          0.125f, scratch);
+      for (int64_t h = 0; h < group; ++h)
+        attend_blas(q.data() + h * d, d, kb.data(), vb.data(), bt, kv_ld, want.data() + h * d, d, 0,
+                    1, keys - 1, d, 0.125f, scratch);
+      for (size_t i = 0; i < got.size(); ++i)
+        ASSERT_NEAR(got[i], want[i], 1e-5) << "d " << d << ", group " << group << ", element " << i;
+    }
   }
 }
 

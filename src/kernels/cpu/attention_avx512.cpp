@@ -10,8 +10,9 @@
 // V row as the cache holds it and 6 broadcast probabilities. Rows are padded to a multiple of 6 by
 // repeating the last one (its results are dropped), so one instantiation serves all.
 //
-// Decode: the query heads of one KV head go through the same kernel as rows that all see the
-// same keys (K and V read once per group); a lone query row takes a vector dot product per key.
+// Decode: a lone query row, or the 2-4 query heads of one KV head, take vector dot products per
+// key (each K and V row read once for all of them, no transposition); larger groups go
+// through the 6-row kernel as rows that all see the same keys.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -108,15 +109,14 @@ DM_AVX512 void scores6(const float* const q[kRows], const float* kt, int64_t d, 
     for (int v = 0; v < 4; ++v) _mm512_storeu_ps(s[i] + 16 * v, _mm512_mul_ps(acc[i][v], sc));
 }
 
-// out[i][dc : dc + 16·NV] (+)= Σ_{j0 <= j < j1} p[i][j] · V[j][dc : dc + 16·NV] for 6 rows
-// (+ with `accumulate`).
-template <int NV>
-DM_AVX512 void values6(const float* const p[kRows], const float* const* v, int64_t bt, int64_t ldkv,
-                       int64_t j0, int64_t j1, int64_t dc, float* const out[kRows],
-                       bool accumulate) {
-  __m512 acc[kRows][NV];
+// out[i][dc : dc + 16·NV] (+)= Σ_{j0 <= j < j1} p[i][j] · V[j][dc : dc + 16·NV] for R rows
+// (+ with `accumulate`): per key one load of the V row's 16·NV columns, R broadcasts.
+template <int R, int NV>
+DM_AVX512 void values(const float* const p[R], const float* const* v, int64_t bt, int64_t ldkv,
+                      int64_t j0, int64_t j1, int64_t dc, float* const out[R], bool accumulate) {
+  __m512 acc[R][NV];
 #pragma GCC unroll 6
-  for (int i = 0; i < kRows; ++i)
+  for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
     for (int u = 0; u < NV; ++u)
       acc[i][u] = accumulate ? _mm512_loadu_ps(out[i] + dc + 16 * u) : _mm512_setzero_ps();
@@ -129,7 +129,7 @@ DM_AVX512 void values6(const float* const p[kRows], const float* const* v, int64
 #pragma GCC unroll 4
       for (int u = 0; u < NV; ++u) vv[u] = _mm512_loadu_ps(vr + 16 * u);
 #pragma GCC unroll 6
-      for (int i = 0; i < kRows; ++i) {
+      for (int i = 0; i < R; ++i) {
         const __m512 w = _mm512_set1_ps(p[i][j]);
 #pragma GCC unroll 4
         for (int u = 0; u < NV; ++u) acc[i][u] = _mm512_fmadd_ps(w, vv[u], acc[i][u]);
@@ -137,71 +137,83 @@ DM_AVX512 void values6(const float* const p[kRows], const float* const* v, int64
     }
   }
 #pragma GCC unroll 6
-  for (int i = 0; i < kRows; ++i)
+  for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
     for (int u = 0; u < NV; ++u) _mm512_storeu_ps(out[i] + dc + 16 * u, acc[i][u]);
 }
 
-// One query row (decode): s[j] = scale · q · K[j] for j < keys, each a vector FMA chain over d
-// reduced once (independent keys overlap in the core), softmax, then out = Σ_j s[j] · V[j]
-// with the output row in registers, 64 columns at a time.
-template <int NV>
-DM_AVX512 void value_row(const float* p, const float* const* v, int64_t bt, int64_t ldkv,
-                         int64_t keys, int64_t dc, float* out) {
-  __m512 acc[NV];
-#pragma GCC unroll 4
-  for (int u = 0; u < NV; ++u) acc[u] = _mm512_setzero_ps();
-  for (int64_t j = 0, b = 0; j < keys; ++b) {
-    const float* vr = v[b] + dc;
-    for (const int64_t end = std::min(keys, j + bt); j < end; ++j, vr += ldkv) {
-      prefetch_row(vr + kRowAhead * ldkv, 16 * NV);
-      const __m512 w = _mm512_set1_ps(p[j]);
-#pragma GCC unroll 4
-      for (int u = 0; u < NV; ++u)
-        acc[u] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + 16 * u), acc[u]);
+// values<R, NV> over all d columns, 64 at a time (out[i]: d floats each).
+template <int R>
+DM_AVX512 void values_cols(const float* const p[R], const float* const* v, int64_t bt, int64_t ldkv,
+                           int64_t j0, int64_t j1, int64_t d, float* const out[R],
+                           bool accumulate) {
+  for (int64_t dc = 0; dc < d; dc += 64) {
+    switch (std::min<int64_t>(4, (d - dc) / 16)) {
+      case 4:
+        values<R, 4>(p, v, bt, ldkv, j0, j1, dc, out, accumulate);
+        break;
+      case 3:
+        values<R, 3>(p, v, bt, ldkv, j0, j1, dc, out, accumulate);
+        break;
+      case 2:
+        values<R, 2>(p, v, bt, ldkv, j0, j1, dc, out, accumulate);
+        break;
+      default:
+        values<R, 1>(p, v, bt, ldkv, j0, j1, dc, out, accumulate);
+        break;
     }
   }
-#pragma GCC unroll 4
-  for (int u = 0; u < NV; ++u) _mm512_storeu_ps(out + dc + 16 * u, acc[u]);
 }
 
-DM_AVX512 void attend_row(const float* q, const float* const* k, const float* const* v, int64_t bt,
-                          int64_t ldkv, float* out, int64_t keys, int64_t d, float scale,
-                          std::vector<float>& scratch) {
-  scratch.resize(static_cast<size_t>(keys));
+// Decode, R query rows that all see `keys` keys (one row, or the query heads of one KV head):
+// s[r·keys + j] = scale · q_r · K[j], per key one read of the K row feeding R vector FMA
+// chains, each reduced once (independent keys overlap in the core); softmax; then
+// out_r = Σ_j s[r][j] · V[j] with the output rows in registers. No transposition: at a few
+// keys (short contexts) the transposing kernel's fixed costs dominate, and K and V are read
+// once for the R rows either way.
+template <int R>
+DM_AVX512 void attend_few_rows(const float* q, int64_t ldq, const float* const* k,
+                               const float* const* v, int64_t bt, int64_t ldkv, float* out,
+                               int64_t ldo, int64_t keys, int64_t d, float scale,
+                               std::vector<float>& scratch) {
+  scratch.resize(static_cast<size_t>(R * keys));
   float* const s = scratch.data();
   for (int64_t j = 0, b = 0; j < keys; ++b) {
     const float* kr = k[b];
     for (const int64_t end = std::min(keys, j + bt); j < end; ++j, kr += ldkv) {
       prefetch_row(kr + kRowAhead * ldkv, d);
-      // Two chains: at d = 64 one chain of 4 FMAs would be latency-bound.
-      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+      // Two chains per row: at d = 64 one chain of 4 FMAs would be latency-bound.
+      __m512 a0[R], a1[R];
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
       int64_t c = 0;
       for (; c + 32 <= d; c += 32) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + c), _mm512_loadu_ps(kr + c), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + c + 16), _mm512_loadu_ps(kr + c + 16), a1);
+        const __m512 k0 = _mm512_loadu_ps(kr + c), k1 = _mm512_loadu_ps(kr + c + 16);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+          a0[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * ldq + c), k0, a0[r]);
+          a1[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * ldq + c + 16), k1, a1[r]);
+        }
       }
-      if (c < d) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + c), _mm512_loadu_ps(kr + c), a0);
-      s[j] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * scale;
+      if (c < d) {
+        const __m512 k0 = _mm512_loadu_ps(kr + c);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r)
+          a0[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * ldq + c), k0, a0[r]);
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r)
+        s[r * keys + j] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r])) * scale;
     }
   }
-  softmax_rows_st(s, s, 1, keys);
-  for (int64_t dc = 0; dc < d; dc += 64) {
-    switch (std::min<int64_t>(4, (d - dc) / 16)) {
-      case 4:
-        value_row<4>(s, v, bt, ldkv, keys, dc, out);
-        break;
-      case 3:
-        value_row<3>(s, v, bt, ldkv, keys, dc, out);
-        break;
-      case 2:
-        value_row<2>(s, v, bt, ldkv, keys, dc, out);
-        break;
-      default:
-        value_row<1>(s, v, bt, ldkv, keys, dc, out);
-        break;
-    }
+  softmax_rows_st(s, s, R, keys);
+  const float* p[R];
+  float* o[R];
+  for (int r = 0; r < R; ++r) {
+    p[r] = s + r * keys;
+    o[r] = out + r * ldo;
   }
+  values_cols<R>(p, v, bt, ldkv, 0, keys, d, o, false);
 }
 
 }  // namespace
@@ -272,27 +284,10 @@ DM_AVX512 void attend_rows(const float* q, int64_t ldq, const float* const* k,
       if (j1 <= j0) continue;
       const float* pr[kRows];
       for (int i = 0; i < kRows; ++i) pr[i] = s + std::min(g + i, rows - 1) * ls;
-      for (int64_t dc = 0; dc < d; dc += 64) {
-        // values6 works on columns [dc, dc + 64) of each row: a padded row's are the d
-        // floats of `dropped`.
-        float* o[kRows];
-        for (int i = 0; i < kRows; ++i) o[i] = g + i < rows ? out + (g + i) * ldo : dropped - dc;
-        const bool acc = j0 > 0;
-        switch (std::min<int64_t>(4, (d - dc) / 16)) {
-          case 4:
-            values6<4>(pr, v, bt, ldkv, j0, j1, dc, o, acc);
-            break;
-          case 3:
-            values6<3>(pr, v, bt, ldkv, j0, j1, dc, o, acc);
-            break;
-          case 2:
-            values6<2>(pr, v, bt, ldkv, j0, j1, dc, o, acc);
-            break;
-          default:
-            values6<1>(pr, v, bt, ldkv, j0, j1, dc, o, acc);
-            break;
-        }
-      }
+      // A padded row's output goes to `dropped` (d floats).
+      float* o[kRows];
+      for (int i = 0; i < kRows; ++i) o[i] = g + i < rows ? out + (g + i) * ldo : dropped;
+      values_cols<kRows>(pr, v, bt, ldkv, j0, j1, d, o, j0 > 0);
     }
   }
 }
@@ -306,7 +301,8 @@ DM_AVX512 void attend_avx512(const float* q, int64_t ldq, const float* const* k,
   const int64_t rows = r1 - r0;
   if (rows <= 0) return;
   if (rows == 1) {
-    attend_row(q + r0 * ldq, k, v, bt, ldkv, out + r0 * ldo, start + r1, d, scale, scratch);
+    attend_few_rows<1>(q + r0 * ldq, ldq, k, v, bt, ldkv, out + r0 * ldo, ldo, start + r1, d, scale,
+                       scratch);
     return;
   }
   attend_rows(q + r0 * ldq, ldq, k, v, bt, ldkv, out + r0 * ldo, ldo, rows, start + r0 + 1, true, d,
@@ -317,10 +313,25 @@ DM_AVX512 void attend_group_avx512(const float* q, int64_t group, const float* c
                                    const float* const* v, int64_t bt, int64_t ldkv, float* out,
                                    int64_t keys, int64_t d, float scale,
                                    std::vector<float>& scratch) {
-  if (group == 1) {
-    attend_row(q, k, v, bt, ldkv, out, keys, d, scale, scratch);
-    return;
+  switch (group) {
+    case 1:
+      return attend_few_rows<1>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
+    case 2:
+      return attend_few_rows<2>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
+    case 3:
+      return attend_few_rows<3>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
+    case 4:
+      return attend_few_rows<4>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
+    default:
+      break;
   }
+  attend_group_tiled_avx512(q, group, k, v, bt, ldkv, out, keys, d, scale, scratch);
+}
+
+DM_AVX512 void attend_group_tiled_avx512(const float* q, int64_t group, const float* const* k,
+                                         const float* const* v, int64_t bt, int64_t ldkv,
+                                         float* out, int64_t keys, int64_t d, float scale,
+                                         std::vector<float>& scratch) {
   attend_rows(q, d, k, v, bt, ldkv, out, d, group, keys, false, d, scale, scratch);
 }
 

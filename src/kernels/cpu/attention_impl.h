@@ -33,11 +33,18 @@ void attend_avx512(const float* q, int64_t ldq, const float* const* k, const flo
 
 /// Decode under grouped-query attention: the `group` query heads of one KV head at one
 /// position, each seeing `keys` keys; head i's query at q + i·d, its output at out + i·d. K and
-/// V are read once for the group (a group of one: the single-row path of attend_avx512).
-/// Needs attend_avx512_supported(d).
+/// V are read once for the group: groups of 1-4 by per-key dot products (the single-row path of
+/// attend_avx512), larger ones by its 6-row kernel. Needs attend_avx512_supported(d).
 void attend_group_avx512(const float* q, int64_t group, const float* const* k,
                          const float* const* v, int64_t block_tokens, int64_t ldkv, float* out,
                          int64_t keys, int64_t d, float scale, std::vector<float>& scratch);
+
+/// attend_group_avx512 through the 6-row kernel whatever the group size (what groups of 1-4
+/// took before the dot-product path; for tests and benchmarks).
+void attend_group_tiled_avx512(const float* q, int64_t group, const float* const* k,
+                               const float* const* v, int64_t block_tokens, int64_t ldkv,
+                               float* out, int64_t keys, int64_t d, float scale,
+                               std::vector<float>& scratch);
 
 /// Whether attend_avx512 runs here for head size d (AVX-512F usable and d a multiple of 16).
 bool attend_avx512_supported(int64_t d);
