@@ -121,7 +121,7 @@ std::string linear_row_major_impl_name(DType dtype) {
              " rows, AMX-BF16 tiles on weights dequantised to bf16 from " + amx +
              " (K a multiple of 32)";
     return "AMX-BF16 tiles from " + amx + (amx == "1" ? " row" : " rows") +
-           " (K a multiple of 32; otherwise the avx2 dot kernel below " +
+           " (K a multiple of 32; otherwise the avx512_bf16 dot kernel below " +
            std::to_string(pack_rows(dtype)) + " rows, avx512_bf16 panels packed on the fly from " +
            std::to_string(pack_rows(dtype)) + " (K even))";
   }
@@ -132,9 +132,11 @@ std::string linear_row_major_impl_name(DType dtype) {
   if (best_linear_impl(dtype) == LinearImpl::avx512) {
     const std::string pack = std::to_string(pack_rows(dtype));
     if (dtype == DType::bf16)
-      return "avx2 dot kernel below " + pack + " rows, avx512_bf16 panels packed on the fly from " +
-             pack + " (K even; odd K: OpenBLAS sgemm from " + rows + ")";
-    return "avx2 dot kernel below " + pack + " rows, avx512 panels packed on the fly from " + pack;
+      return "avx512_bf16 dot kernel below " + pack +
+             " rows, avx512_bf16 panels packed on the fly from " + pack +
+             " (K even; odd K: OpenBLAS sgemm from " + rows + ")";
+    return "avx512 dot kernel below " + pack + " rows, avx512 panels packed on the fly from " +
+           pack;
   }
   return "avx2 dot kernel below " + rows + " rows, OpenBLAS sgemm from " + rows;
 }
@@ -220,6 +222,8 @@ void linear_rows(LinearImpl impl, const LinearArgs& a) {
   }
   if (impl == LinearImpl::portable) {
     bf16 ? rows_portable<true>(a, x, ldx) : rows_portable<false>(a, x, ldx);
+  } else if (impl == LinearImpl::avx512 || impl == LinearImpl::amx) {
+    linear_rows_dot_avx512(a, x, ldx);
   } else {
     linear_rows_avx2(a, x, ldx);
   }
