@@ -186,6 +186,11 @@ void linear_rows(LinearImpl impl, const LinearArgs& a) {
   const bool in_parallel = omp_in_parallel() != 0;
   const bool blas = impl != LinearImpl::portable && a.m >= blas_rows(a.w->dtype()) &&
                     (!in_parallel || blas_threads() == 1);
+  // The AVX-512 dot kernels round x to bf16 themselves (vectorised, into their own buffer).
+  if (!blas && (impl == LinearImpl::avx512 || impl == LinearImpl::amx)) {
+    linear_rows_dot_avx512(a, a.x, a.ldx);
+    return;
+  }
   // Scratch: x rounded to bf16 (all bf16 paths compute the same products), then, for the
   // OpenBLAS path, the weights' column range widened to f32.
   const size_t x_floats = bf16 ? static_cast<size_t>((a.m * k + 15) / 16 * 16) : 0;
@@ -222,8 +227,6 @@ void linear_rows(LinearImpl impl, const LinearArgs& a) {
   }
   if (impl == LinearImpl::portable) {
     bf16 ? rows_portable<true>(a, x, ldx) : rows_portable<false>(a, x, ldx);
-  } else if (impl == LinearImpl::avx512 || impl == LinearImpl::amx) {
-    linear_rows_dot_avx512(a, x, ldx);
   } else {
     linear_rows_avx2(a, x, ldx);
   }

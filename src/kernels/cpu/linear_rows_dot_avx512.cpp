@@ -5,10 +5,10 @@
 // Why: decode streams every weight once, and at 45-55 GB/s over two cores (what this VM's
 // memory gives at times) the AVX2 kernel's instructions became the limit in bf16: per 64 bytes
 // of W it issues 4 widening loads, 4 shifts and 4 FMAs per row. Here f32 takes 4 zmm FMAs per
-// 256 bytes, and bf16 on AVX-512 BF16 CPUs 1 `vdpbf16ps` per 64 bytes against x converted to
-// bf16 once per call (x is already rounded to bf16 on every bf16 path, so the products are the
-// same; each instruction adds two products per lane). Tails (K not a multiple of the step) use
-// masked loads, whose masked-out lanes are zeros and never fault.
+// 256 bytes, and bf16 on AVX-512 BF16 CPUs 1 `vdpbf16ps` per 64 bytes against x rounded to
+// bf16 once per call with `vcvtneps2bf16`, as the prefill panels round it (every bf16 path
+// multiplies bf16 x by bf16 W; each instruction adds two products per lane). Tails (K not a
+// multiple of the step) use masked loads, whose masked-out lanes are zeros and never fault.
 //
 // Every row's sum is formed the same way whatever the number of rows, so a row's result does
 // not depend on the rows batched with it (bitwise), as in the AVX2 kernel.
@@ -102,6 +102,19 @@ DM_AVX512BF16 DM_INLINE void dot_bf16(const uint16_t* xb, const uint16_t* w, int
         _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
 }
 
+// out[0, n) = x[0, n) rounded to bf16 (round to nearest even, as the prefill panels round x).
+DM_AVX512BF16 void to_bf16(const float* x, int64_t n, uint16_t* out) {
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c),
+                        (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + c)));
+  if (c < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - c)) - 1);
+    _mm256_mask_storeu_epi16(out + c, m,
+                             (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + c)));
+  }
+}
+
 template <int M>
 DM_INLINE void store_rows(const LinearArgs& a, int64_t r0, int64_t n, const float* s) {
   for (int r = 0; r < M; ++r) {
@@ -158,11 +171,9 @@ void linear_rows_dot_avx512(const LinearArgs& a, const float* x, int64_t ldx) {
     });
     return;
   }
-  // x is already rounded to bf16 (linear_rows): its upper halves are exact.
   thread_local std::vector<uint16_t> xb;
   xb.resize(static_cast<size_t>(a.m * k));
-  for (int64_t r = 0; r < a.m; ++r)
-    for (int64_t c = 0; c < k; ++c) xb[r * k + c] = f32_to_bf16(x[r * ldx + c]);
+  for (int64_t r = 0; r < a.m; ++r) to_bf16(x + r * ldx, k, xb.data() + r * k);
   over_blocks(a, k * 2, [&](int64_t rows, int64_t r0, int64_t c0, int64_t c1) {
     if (rows == 3) block_bf16<3>(a, xb.data(), r0, c0, c1);
     if (rows == 2) block_bf16<2>(a, xb.data(), r0, c0, c1);
