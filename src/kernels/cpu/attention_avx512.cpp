@@ -165,6 +165,18 @@ DM_AVX512 void values_cols(const float* const p[R], const float* const* v, int64
   }
 }
 
+// Lane i of the result: the sum of the 16 lanes of v_i (i < 4), by one reduction tree.
+DM_AVX512 inline __m128 sum4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+  // Per 128-bit block: [v0, v1 partial sums, interleaved], then [v0, v1, v2, v3] partial sums.
+  const __m512 c = _mm512_add_ps(_mm512_unpacklo_ps(v0, v1), _mm512_unpackhi_ps(v0, v1));
+  const __m512 e = _mm512_add_ps(_mm512_unpacklo_ps(v2, v3), _mm512_unpackhi_ps(v2, v3));
+  __m512 y = _mm512_add_ps(_mm512_shuffle_ps(c, e, 0x44), _mm512_shuffle_ps(c, e, 0xEE));
+  // Sum the four blocks into block 0.
+  y = _mm512_add_ps(y, _mm512_shuffle_f32x4(y, y, 0x4E));
+  y = _mm512_add_ps(y, _mm512_shuffle_f32x4(y, y, 0xB1));
+  return _mm512_castps512_ps128(y);
+}
+
 // Decode, R query rows that all see `keys` keys (one row, or the query heads of one KV head):
 // s[r·keys + j] = scale · q_r · K[j], per key one read of the K row feeding R vector FMA
 // chains, each reduced once (independent keys overlap in the core); softmax; then
@@ -178,9 +190,37 @@ DM_AVX512 void attend_few_rows(const float* q, int64_t ldq, const float* const* 
                                std::vector<float>& scratch) {
   scratch.resize(static_cast<size_t>(R * keys));
   float* const s = scratch.data();
+  const __m128 scale4 = _mm_set1_ps(scale);
   for (int64_t j = 0, b = 0; j < keys; ++b) {
     const float* kr = k[b];
-    for (const int64_t end = std::min(keys, j + bt); j < end; ++j, kr += ldkv) {
+    const int64_t end = std::min(keys, j + bt);
+    // Four keys at a time: 4R independent FMA chains, and one reduction tree for the four
+    // sums of a row (a horizontal sum per key cost more than the key's FMAs at d = 64).
+    for (; j + 4 <= end; j += 4, kr += 4 * ldkv) {
+      __m512 acc[R][4];
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) prefetch_row(kr + (kRowAhead + i) * ldkv, d);
+      for (int64_t c = 0; c < d; c += 16) {
+        __m512 kv[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) kv[i] = _mm512_loadu_ps(kr + i * ldkv + c);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+          const __m512 qv = _mm512_loadu_ps(q + r * ldq + c);
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_fmadd_ps(qv, kv[i], acc[r][i]);
+        }
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r)
+        _mm_storeu_ps(s + r * keys + j,
+                      _mm_mul_ps(sum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]), scale4));
+    }
+    for (; j < end; ++j, kr += ldkv) {
       prefetch_row(kr + kRowAhead * ldkv, d);
       // Two chains per row: at d = 64 one chain of 4 FMAs would be latency-bound.
       __m512 a0[R], a1[R];
