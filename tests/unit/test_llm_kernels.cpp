@@ -159,30 +159,32 @@ TEST(LlmKernels, CausalAttentionRejectsBadHeads) {
 // path; 5 and 7: the 6-row kernel, padded row groups) equals each head through the OpenBLAS
 // kernel.
 TEST(LlmKernels, GroupedDecodeMatchesPerHead) {
-  const int64_t keys = 200, bt = 64;
+  const int64_t keys = 203;  // not a multiple of 4: the one-key tail after the four-key steps
   if (!attend_avx512_supported(64)) GTEST_SKIP() << "no AVX-512 here";
   std::vector<float> scratch;
-  for (int64_t d : {64, 80}) {  // 80: a 16-column tail after the 32-column steps
-    const int64_t kv_ld = 2 * d;
-    const auto k = randn(static_cast<size_t>(keys * kv_ld), 51);
-    const auto v = randn(static_cast<size_t>(keys * kv_ld), 52);
-    std::vector<const float*> kb, vb;
-    for (int64_t p = 0; p < keys; p += bt) {
-      kb.push_back(k.data() + p * kv_ld + d);  // KV head 1
-      vb.push_back(v.data() + p * kv_ld + d);
+  for (int64_t bt : {64, 7})      // 7: every block ends in a tail
+    for (int64_t d : {64, 80}) {  // 80: a 16-column tail after the 32-column steps
+      const int64_t kv_ld = 2 * d;
+      const auto k = randn(static_cast<size_t>(keys * kv_ld), 51);
+      const auto v = randn(static_cast<size_t>(keys * kv_ld), 52);
+      std::vector<const float*> kb, vb;
+      for (int64_t p = 0; p < keys; p += bt) {
+        kb.push_back(k.data() + p * kv_ld + d);  // KV head 1
+        vb.push_back(v.data() + p * kv_ld + d);
+      }
+      for (int64_t group : {1, 2, 3, 4, 5, 7}) {
+        const auto q = randn(static_cast<size_t>(group * d), 53 + static_cast<uint32_t>(group));
+        std::vector<float> got(static_cast<size_t>((group + 1) * d), 5.0f), want(got.size(), 5.0f);
+        attend_group_avx512(q.data(), group, kb.data(), vb.data(), bt, kv_ld, got.data(), keys, d,
+                            0.125f, scratch);
+        for (int64_t h = 0; h < group; ++h)
+          attend_blas(q.data() + h * d, d, kb.data(), vb.data(), bt, kv_ld, want.data() + h * d, d,
+                      0, 1, keys - 1, d, 0.125f, scratch);
+        for (size_t i = 0; i < got.size(); ++i)
+          ASSERT_NEAR(got[i], want[i], 1e-5)
+              << "block " << bt << ", d " << d << ", group " << group << ", element " << i;
+      }
     }
-    for (int64_t group : {1, 2, 3, 4, 5, 7}) {
-      const auto q = randn(static_cast<size_t>(group * d), 53 + static_cast<uint32_t>(group));
-      std::vector<float> got(static_cast<size_t>((group + 1) * d), 5.0f), want(got.size(), 5.0f);
-      attend_group_avx512(q.data(), group, kb.data(), vb.data(), bt, kv_ld, got.data(), keys, d,
-                          0.125f, scratch);
-      for (int64_t h = 0; h < group; ++h)
-        attend_blas(q.data() + h * d, d, kb.data(), vb.data(), bt, kv_ld, want.data() + h * d, d, 0,
-                    1, keys - 1, d, 0.125f, scratch);
-      for (size_t i = 0; i < got.size(); ++i)
-        ASSERT_NEAR(got[i], want[i], 1e-5) << "d " << d << ", group " << group << ", element " << i;
-    }
-  }
 }
 
 // The AVX-512 kernel and the OpenBLAS one on the same items: rows at the end of a long prompt
