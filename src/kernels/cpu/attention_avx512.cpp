@@ -25,15 +25,9 @@
 
 #define DM_AVX512 __attribute__((target("avx512f")))
 
-// GCC 12's AVX-512 shuffle intrinsics initialise their "undefined" pass-through operands from
-// themselves, which -Wmaybe-uninitialized reports once inlined (as in linear_avx512.cpp).
-#pragma GCC diagnostic push
-#if !defined(__clang__)  // a GCC-only warning (clang would warn about the unknown name)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+DM_AVX512_WARNINGS_PUSH  // see avx512_util.h
 
 namespace deltamoe::kernels {
-
 namespace {
 
 constexpr int kRows = 6;        // query rows per microkernel call
@@ -377,4 +371,4 @@ DM_AVX512 void attend_group_tiled_avx512(const float* q, int64_t group, const fl
 
 }  // namespace deltamoe::kernels
 
-#pragma GCC diagnostic pop
+DM_AVX512_WARNINGS_POP

@@ -353,15 +353,9 @@ DM_AVX512 void linear_bf16_avx512(const LinearArgs& a) {
 
 // ---------------------------------------------------------------- row-major weights
 
-// GCC 12's AVX-512 shuffle intrinsics initialise their "undefined" pass-through operands from
-// themselves, which -Wmaybe-uninitialized reports once inlined (as in ops_avx512.cpp).
-#pragma GCC diagnostic push
-#if !defined(__clang__)  // a GCC-only warning (clang would warn about the unknown name)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+DM_AVX512_WARNINGS_PUSH  // see avx512_util.h
 
 namespace {
-
 #ifndef DM_TUNE_PACK_PF
 #define DM_TUNE_PACK_PF 128
 #endif
@@ -475,6 +469,6 @@ DM_AVX512 void linear_rows_avx512(const LinearArgs& a) {
   }
 }
 
-#pragma GCC diagnostic pop
+DM_AVX512_WARNINGS_POP
 
 }  // namespace deltamoe::kernels

@@ -145,9 +145,9 @@ void linear_rows(LinearImpl impl, const LinearArgs& a);
 /// of x rounded to bf16).
 void linear_rows_avx2(const LinearArgs& a, const float* x, int64_t ldx);
 /// AVX-512 dot kernels for the same (f32: AVX-512 F/BW/VL; bf16: also AVX-512 BF16, `vdpbf16ps`
-/// against x rounded to bf16 here, `vcvtneps2bf16` as the prefill panels do): what impl
-/// avx512 and amx run below their GEMM thresholds. x: the f32 rows as given (stride ldx).
-void linear_rows_dot_avx512(const LinearArgs& a, const float* x, int64_t ldx);
+/// against a.x rounded to bf16 pairs by convert_rows_bf16_avx512 into thread_scratch): what
+/// impl avx512 and amx run below their GEMM thresholds.
+void linear_rows_dot_avx512(const LinearArgs& a);
 
 // ---- int8 weights (linear_int8.cpp, linear_int8_avx2.cpp)
 

@@ -186,9 +186,9 @@ void linear_rows(LinearImpl impl, const LinearArgs& a) {
   const bool in_parallel = omp_in_parallel() != 0;
   const bool blas = impl != LinearImpl::portable && a.m >= blas_rows(a.w->dtype()) &&
                     (!in_parallel || blas_threads() == 1);
-  // The AVX-512 dot kernels round x to bf16 themselves (vectorised, into their own buffer).
+  // The AVX-512 dot kernels round x to bf16 pairs themselves (vectorised).
   if (!blas && (impl == LinearImpl::avx512 || impl == LinearImpl::amx)) {
-    linear_rows_dot_avx512(a, a.x, a.ldx);
+    linear_rows_dot_avx512(a);
     return;
   }
   // Scratch: x rounded to bf16 (all bf16 paths compute the same products), then, for the

@@ -6,7 +6,7 @@
 // memory gives at times) the AVX2 kernel's instructions became the limit in bf16: per 64 bytes
 // of W it issues 4 widening loads, 4 shifts and 4 FMAs per row. Here f32 takes 4 zmm FMAs per
 // 256 bytes, and bf16 on AVX-512 BF16 CPUs 1 `vdpbf16ps` per 64 bytes against x rounded to
-// bf16 once per call with `vcvtneps2bf16`, as the prefill panels round it (every bf16 path
+// bf16 once per call (convert_rows_bf16_avx512, as the prefill panels round it; every bf16 path
 // multiplies bf16 x by bf16 W; each instruction adds two products per lane). Tails (K not a
 // multiple of the step) use masked loads, whose masked-out lanes are zeros and never fault.
 //
@@ -15,23 +15,17 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <vector>
 
+#include "kernels/cpu/avx512_util.h"
 #include "kernels/cpu/linear_impl.h"
 
 #define DM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 #define DM_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define DM_INLINE __attribute__((always_inline)) inline
 
-// GCC 12's AVX-512 reduction intrinsics initialise their "undefined" pass-through operands from
-// themselves, which -Wmaybe-uninitialized reports once inlined (as in linear_avx512.cpp).
-#pragma GCC diagnostic push
-#if !defined(__clang__)  // a GCC-only warning (clang would warn about the unknown name)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+DM_AVX512_WARNINGS_PUSH  // see avx512_util.h
 
 namespace deltamoe::kernels {
-
 namespace {
 
 constexpr int kU = 4;  // accumulators per row: independent FMA chains that hide the latency
@@ -68,9 +62,10 @@ DM_AVX512 DM_INLINE void dot_f32(const float* x, int64_t ldx, const float* w, in
         _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
 }
 
-// s[r] = xb[r, :] · W[n, :] for M rows of bf16 x (row stride k) against a bf16 W row.
+// s[r] = xb[r, :] · W[n, :] for M rows of bf16 x (row stride ldxb halves) against a bf16 W row.
 template <int M>
-DM_AVX512BF16 DM_INLINE void dot_bf16(const uint16_t* xb, const uint16_t* w, int64_t k, float* s) {
+DM_AVX512BF16 DM_INLINE void dot_bf16(const uint16_t* xb, int64_t ldxb, const uint16_t* w,
+                                      int64_t k, float* s) {
   __m512 acc[M][kU];
 #pragma GCC unroll 3
   for (int r = 0; r < M; ++r)
@@ -84,8 +79,8 @@ DM_AVX512BF16 DM_INLINE void dot_bf16(const uint16_t* xb, const uint16_t* w, int
       const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + kk + 32 * u);
 #pragma GCC unroll 3
       for (int r = 0; r < M; ++r)
-        acc[r][u] =
-            _mm512_dpbf16_ps(acc[r][u], (__m512bh)_mm512_loadu_si512(xb + r * k + kk + 32 * u), wv);
+        acc[r][u] = _mm512_dpbf16_ps(acc[r][u],
+                                     (__m512bh)_mm512_loadu_si512(xb + r * ldxb + kk + 32 * u), wv);
     }
   }
   for (int64_t kk = kmain; kk < k; kk += 32) {
@@ -93,26 +88,13 @@ DM_AVX512BF16 DM_INLINE void dot_bf16(const uint16_t* xb, const uint16_t* w, int
     const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w + kk);
 #pragma GCC unroll 3
     for (int r = 0; r < M; ++r)
-      acc[r][0] =
-          _mm512_dpbf16_ps(acc[r][0], (__m512bh)_mm512_maskz_loadu_epi16(m, xb + r * k + kk), wv);
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0],
+                                   (__m512bh)_mm512_maskz_loadu_epi16(m, xb + r * ldxb + kk), wv);
   }
 #pragma GCC unroll 3
   for (int r = 0; r < M; ++r)
     s[r] = _mm512_reduce_add_ps(
         _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
-}
-
-// out[0, n) = x[0, n) rounded to bf16 (round to nearest even, as the prefill panels round x).
-DM_AVX512BF16 void to_bf16(const float* x, int64_t n, uint16_t* out) {
-  int64_t c = 0;
-  for (; c + 16 <= n; c += 16)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c),
-                        (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + c)));
-  if (c < n) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (n - c)) - 1);
-    _mm256_mask_storeu_epi16(out + c, m,
-                             (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + c)));
-  }
 }
 
 template <int M>
@@ -137,13 +119,13 @@ DM_AVX512 void block_f32(const LinearArgs& a, const float* x, int64_t ldx, int64
 }
 
 template <int M>
-DM_AVX512BF16 void block_bf16(const LinearArgs& a, const uint16_t* xb, int64_t r0, int64_t c0,
-                              int64_t c1) {
+DM_AVX512BF16 void block_bf16(const LinearArgs& a, const uint16_t* xb, int64_t ldxb, int64_t r0,
+                              int64_t c0, int64_t c1) {
   const int64_t k = a.w->in_features();
   const uint16_t* w = static_cast<const uint16_t*>(a.w->data());
   float s[M];
   for (int64_t n = c0; n < c1; ++n) {
-    dot_bf16<M>(xb + r0 * k, w + n * k, k, s);
+    dot_bf16<M>(xb + r0 * ldxb, ldxb, w + n * k, k, s);
     store_rows<M>(a, r0, n, s);
   }
 }
@@ -161,26 +143,28 @@ void over_blocks(const LinearArgs& a, int64_t row_bytes, Run&& run) {
 
 }  // namespace
 
-void linear_rows_dot_avx512(const LinearArgs& a, const float* x, int64_t ldx) {
+void linear_rows_dot_avx512(const LinearArgs& a) {
   const int64_t k = a.w->in_features();
   if (a.w->dtype() != DType::bf16) {
     over_blocks(a, k * 4, [&](int64_t rows, int64_t r0, int64_t c0, int64_t c1) {
-      if (rows == 3) block_f32<3>(a, x, ldx, r0, c0, c1);
-      if (rows == 2) block_f32<2>(a, x, ldx, r0, c0, c1);
-      if (rows == 1) block_f32<1>(a, x, ldx, r0, c0, c1);
+      if (rows == 3) block_f32<3>(a, a.x, a.ldx, r0, c0, c1);
+      if (rows == 2) block_f32<2>(a, a.x, a.ldx, r0, c0, c1);
+      if (rows == 1) block_f32<1>(a, a.x, a.ldx, r0, c0, c1);
     });
     return;
   }
-  thread_local std::vector<uint16_t> xb;
-  xb.resize(static_cast<size_t>(a.m * k));
-  for (int64_t r = 0; r < a.m; ++r) to_bf16(x + r * ldx, k, xb.data() + r * k);
+  // x rounded to bf16 pairs, as the prefill panels and the AMX tiles take it.
+  const int64_t ldw = (k + 31) / 32 * 16;  // words per row, a multiple of 16
+  auto* xw = static_cast<uint32_t*>(thread_scratch(static_cast<size_t>(a.m * ldw) * 4));
+  convert_rows_bf16_avx512(a.x, a.m, a.ldx, k, xw, ldw);
+  const auto* xb = reinterpret_cast<const uint16_t*>(xw);
   over_blocks(a, k * 2, [&](int64_t rows, int64_t r0, int64_t c0, int64_t c1) {
-    if (rows == 3) block_bf16<3>(a, xb.data(), r0, c0, c1);
-    if (rows == 2) block_bf16<2>(a, xb.data(), r0, c0, c1);
-    if (rows == 1) block_bf16<1>(a, xb.data(), r0, c0, c1);
+    if (rows == 3) block_bf16<3>(a, xb, 2 * ldw, r0, c0, c1);
+    if (rows == 2) block_bf16<2>(a, xb, 2 * ldw, r0, c0, c1);
+    if (rows == 1) block_bf16<1>(a, xb, 2 * ldw, r0, c0, c1);
   });
 }
 
 }  // namespace deltamoe::kernels
 
-#pragma GCC diagnostic pop
+DM_AVX512_WARNINGS_POP

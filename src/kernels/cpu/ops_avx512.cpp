@@ -2,23 +2,20 @@
 // x = n·ln2 + r, |r| <= ln2/2, a degree-7 Taylor polynomial for e^r (truncation error
 // < 6e-9 relative, below f32 rounding) and vscalefps for 2^n, which also gives inf on
 // overflow and 0/subnormals on underflow without special cases.
-// GCC 12's AVX-512 intrinsics initialise their "undefined" operands from themselves, which
-// -Wmaybe-uninitialized reports once inlined into a target("avx512f") function.
-#if !defined(__clang__)  // a GCC-only warning (clang would warn about the unknown name)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 
 #include <immintrin.h>
 
 #include <cmath>
 
+#include "kernels/cpu/avx512_util.h"
 #include "kernels/cpu/ops_impl.h"
 
 #define DM_AVX512 __attribute__((target("avx512f")))
 #define DM_INLINE __attribute__((always_inline)) inline
 
-namespace deltamoe::kernels::ops {
+DM_AVX512_WARNINGS_PUSH  // see avx512_util.h
 
+namespace deltamoe::kernels::ops {
 namespace {
 
 DM_AVX512 DM_INLINE __m512 exp_ps(__m512 x) {
@@ -205,3 +202,5 @@ DM_AVX512 void gelu_grad_acc_avx512(const float* x, const float* dy, float* dx, 
 }
 
 }  // namespace deltamoe::kernels::ops
+
+DM_AVX512_WARNINGS_POP
