@@ -223,10 +223,7 @@ void MoeLm::project_qkv(const Layer& ly, const float* h, int64_t n, float* x, fl
     kernels::rms_norm_rows_st(h + b * hd, ly.input_norm.data<float>(), x + b * hd, e - b, hd, hd,
                               eps);
   });
-  for (int64_t j = 0, col = 0; j < static_cast<int64_t>(ly.qkv.size()); ++j) {
-    kernels::linear(x, n, hd, ly.qkv[j], qkv + col, qkv_n);
-    col += ly.qkv[j].out_features();
-  }
+  kernels::linear_concat(x, n, hd, ly.qkv.data(), ly.qkv.size(), qkv, qkv_n);
   // Under tp the norms over all heads need every rank's share: a collective between the
   // bias and the clipping, which then comes after it.
   const bool full_sliced = cfg_.qk_norm == io::HfConfig::QkNorm::full && sliced_heads();

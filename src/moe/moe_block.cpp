@@ -2,9 +2,9 @@
 //
 // Work is split into tasks of (expert, block of output columns) so that both the prefill
 // shapes (many rows per expert) and decode (one row, k experts) keep every core busy: at
-// decode the cost is streaming the k active experts' weights, and splitting each expert's
-// columns lets all threads stream at once. Tasks are handed out dynamically since experts
-// receive very different row counts.
+// decode the cost is streaming the k active experts' weights, each task one long sequential
+// read (whole experts when there are enough for the threads). Tasks are handed out
+// dynamically since experts receive very different row counts.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -53,11 +53,12 @@ struct Task {
 
 // Splits each active expert's `n` output columns into column blocks (multiples of `align`)
 // so that there are enough tasks to balance `threads` threads. When every expert has only a
-// few rows (decode), a task costs about the bytes of weights it streams, and the threads
-// finish together only if the last tasks are short: blocks then hold at most
-// `max_block_bytes` of weights (`bytes_per_col` per output column).
+// few rows (decode), a task costs about the bytes of weights it streams and long tasks stream
+// faster (each is one sequential read the prefetchers follow): about two tasks per thread,
+// whole experts where there are enough of them (1.7% more tokens/s at decode than blocks of
+// at most 1 MiB, chunks of one run alternated; the up tasks of an expert are two matrices).
 std::vector<Task> make_tasks(const std::vector<int64_t>& counts, int64_t n, int64_t align,
-                             int threads, int64_t bytes_per_col) {
+                             int threads) {
   int64_t active = 0, max_rows = 0;
   for (int64_t c : counts) {
     active += c > 0;
@@ -65,11 +66,9 @@ std::vector<Task> make_tasks(const std::vector<int64_t>& counts, int64_t n, int6
   }
   std::vector<Task> tasks;
   if (active == 0) return tasks;
-  constexpr int64_t kMaxBlockBytes = 1 << 20;
-  int64_t want_per_expert = std::max<int64_t>(1, (8 * threads + active - 1) / active);
-  if (max_rows <= 16 && threads > 1)
-    want_per_expert =
-        std::max(want_per_expert, (n * bytes_per_col + kMaxBlockBytes - 1) / kMaxBlockBytes);
+  const int64_t per_thread = max_rows <= 16 ? 2 : 8;
+  const int64_t want_per_expert =
+      std::max<int64_t>(1, (per_thread * threads + active - 1) / active);
   int64_t block = (n + want_per_expert - 1) / want_per_expert;
   block = std::max(align, ((block + align - 1) / align) * align);
   for (size_t e = 0; e < counts.size(); ++e) {
@@ -540,9 +539,7 @@ void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResul
     const int64_t panel13 = w13_[static_cast<size_t>(ref_)].column_align(max_rows);
     const int64_t q = swiglu && !pair ? interleave_block(panel13) : panel13;
     const int64_t align13 = swiglu && !pair ? 2 * q : q;
-    const int64_t bytes13 =
-        static_cast<int64_t>(w13_[static_cast<size_t>(ref_)].weight_bytes()) * (pair ? 2 : 1);
-    const auto tasks_a = make_tasks(counts, n13, align13, threads, bytes13 / n13);
+    const auto tasks_a = make_tasks(counts, n13, align13, threads);
     int64_t max_block = 0;
     for (const auto& tk : tasks_a)
       max_block = std::max(max_block, (tk.n_end - tk.n_begin) * counts[tk.expert]);
@@ -551,8 +548,7 @@ void MoeBlock::apply_routed(const float* xp, int64_t t_count, const RoutingResul
     // countdown), not for a barrier after all of them, so at decode each thread streams
     // weights without pausing between the two phases.
     const kernels::PackedLinear& ref2 = w2_[static_cast<size_t>(ref_)];
-    const auto tasks_b = make_tasks(counts, h, ref2.column_align(max_rows), threads,
-                                    static_cast<int64_t>(ref2.weight_bytes()) / h);
+    const auto tasks_b = make_tasks(counts, h, ref2.column_align(max_rows), threads);
     const size_t n_a = tasks_a.size(), n_all = n_a + tasks_b.size();
     std::unique_ptr<std::atomic<int32_t>[]> pending_up(
         new std::atomic<int32_t>[static_cast<size_t>(experts_)]);

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
+
 #include <cmath>
 #include <cstdint>
 
@@ -107,4 +109,33 @@ TEST(Parallel, ParallelForCoversRangeOnceAndRethrows) {
   });
   for (int h : hits) EXPECT_EQ(h, 1);
   EXPECT_THROW(parallel_for(100, 1, [](int64_t, int64_t) { fail("x", "boom"); }), Error);
+}
+
+TEST(Parallel, StealingRunsEveryItemOnceAndRethrows) {
+  for (int threads : {1, 2, 3, 5}) {
+    set_num_threads(threads);
+    for (int64_t n : {1, 2, 3, 7, 64, 1001}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      // Uneven item costs, so that threads run out of their own shares and take others'.
+      parallel_for_stealing(n, [&](int64_t i) {
+        volatile double s = 0;
+        for (int64_t r = 0; r < (i % 7) * 2000; ++r) s = s + 1.0;
+        hits[static_cast<size_t>(i)].fetch_add(1);
+      });
+      for (int64_t i = 0; i < n; ++i)
+        ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "n=" << n << " threads=" << threads;
+    }
+    // Inside another parallel region the nested one has one thread, which takes every share.
+    std::vector<int> nested(50, 0);
+    parallel_for(2, 1, [&](int64_t b, int64_t) {
+      if (b == 0) parallel_for_stealing(50, [&](int64_t i) { nested[static_cast<size_t>(i)]++; });
+    });
+    for (int h : nested) EXPECT_EQ(h, 1);
+    EXPECT_THROW(parallel_for_stealing(100,
+                                       [](int64_t i) {
+                                         if (i == 57) fail("x", "boom");
+                                       }),
+                 Error);
+  }
+  set_num_threads(0);
 }

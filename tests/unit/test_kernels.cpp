@@ -473,6 +473,56 @@ TEST(Linear, ThreadCountDoesNotChangeResults) {
   }
 }
 
+TEST(Linear, StreamedFewRowsAndConcatEqualSingleThreaded) {
+  // A few rows (decode) go out in weight blocks taken by parallel_for_stealing, and
+  // linear_concat puts several matrices into one region: every column as linear_st makes it.
+  const int64_t k = 1000;
+  const std::vector<int64_t> ns = {1500, 520, 700};
+  int64_t total = 0;
+  for (int64_t n : ns) total += n;
+  for (int64_t m : {1, 2, 5, 8}) {
+    const auto x = random_vec(static_cast<size_t>(m * k), 81);
+    for (auto [dtype, layout] : {std::pair{DType::f32, WeightLayout::packed},
+                                 {DType::bf16, WeightLayout::packed},
+                                 {DType::f32, WeightLayout::row_major},
+                                 {DType::bf16, WeightLayout::row_major}}) {
+      std::vector<PackedLinear> ws;
+      std::vector<std::vector<float>> wf;
+      for (size_t j = 0; j < ns.size(); ++j) {
+        wf.push_back(random_vec(static_cast<size_t>(ns[j] * k), 82 + static_cast<uint32_t>(j)));
+        const Tensor wt = Tensor::from(wf.back(), {ns[j], k});
+        ws.push_back(layout == WeightLayout::packed ? PackedLinear(wt, dtype)
+                                                    : PackedLinear::row_major(wt, dtype));
+      }
+      // Reference: each matrix single-threaded into its columns, on top of y0 (accumulate).
+      const auto y0 = random_vec(static_cast<size_t>(m * total), 85);
+      std::vector<float> ref = y0;
+      for (size_t j = 0, col = 0; j < ns.size(); col += static_cast<size_t>(ns[j]), ++j)
+        linear_st(x.data(), m, k, ws[j], 0, ns[j], ref.data() + col, total, true);
+      if (dtype == DType::f32) {  // and the product itself, against the naive loop
+        std::vector<float> naive(static_cast<size_t>(m * ns[0]));
+        linear_naive(x.data(), m, k, wf[0].data(), ns[0], naive.data());
+        for (int64_t r = 0; r < m; ++r)
+          for (int64_t c = 0; c < ns[0]; ++c)
+            ASSERT_NEAR(ref[r * total + c] - y0[r * total + c], naive[r * ns[0] + c], 1e-3f);
+      }
+      for (int threads : {2, 3}) {
+        set_num_threads(threads);
+        std::vector<float> y = y0;
+        linear_concat(x.data(), m, k, ws.data(), ws.size(), y.data(), total, true);
+        for (size_t i = 0; i < y.size(); ++i)
+          ASSERT_EQ(y[i], ref[i]) << "concat m=" << m << " threads=" << threads << " at " << i;
+        std::vector<float> one(static_cast<size_t>(m * ns[0])), one_ref(one.size());
+        linear(x.data(), m, k, ws[0], one.data(), ns[0]);
+        linear_st(x.data(), m, k, ws[0], 0, ns[0], one_ref.data(), ns[0]);
+        for (size_t i = 0; i < one.size(); ++i)
+          ASSERT_EQ(one[i], one_ref[i]) << "linear m=" << m << " threads=" << threads;
+      }
+      set_num_threads(0);
+    }
+  }
+}
+
 TEST(Linear, LinearNaiveIsAProduct) {
   const float x[] = {1, 2, 3, 4, 5, 6};  // [2, 3]
   const float w[] = {1, 0, 0, 0, 1, 1};  // [2, 3]

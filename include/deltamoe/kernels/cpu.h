@@ -146,10 +146,21 @@ inline int64_t padded_row_stride(int64_t n) {
 
 /// y[m, N] = x[m, K] · Wᵀ (+ y if accumulate), on up to num_threads() threads: split over
 /// output panels (each thread streams only its share of the weights), and over rows only when
-/// there are fewer panels than threads. Small products (< 1 MFLOP) run on the calling thread.
+/// there are fewer panels than threads. With up to 8 rows the panels go out in blocks of about
+/// 128 KiB of weights, each thread taking its own share in order and then blocks left over by
+/// slower threads. Small products (< 1 MFLOP) run on the calling thread.
 /// Results do not depend on the thread count (each output is computed by one microkernel).
 void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float* y, int64_t ldy,
             bool accumulate = false);
+
+/// The products of one x with `count` matrices side by side: for j < count, y's columns
+/// [o_j, o_j + N_j) = x · ws[j]ᵀ (+ y if accumulate) with o_j = N_0 + ... + N_{j-1} (ldy ≥ Σ N_j
+/// when m > 1); each column as linear() computes it. With a few rows (decode) all the
+/// matrices' weights are one stream split over the threads in one parallel region (a layer's
+/// q, k and v projections), else one linear() per matrix. ws: `count` matrices, not owned.
+/// Throws Error("kernels") as linear().
+void linear_concat(const float* x, int64_t m, int64_t ldx, const PackedLinear* ws, size_t count,
+                   float* y, int64_t ldy, bool accumulate = false);
 
 /// Naive triple loop y = x · Wᵀ with W[N,K] f32 (the test reference; slow).
 void linear_naive(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y);
