@@ -46,6 +46,17 @@ DM_AVX512 inline void prefetch_row(const float* p, int64_t n) {
     _mm_prefetch(reinterpret_cast<const char*>(p + c), _MM_HINT_T0);
 }
 
+// The row kRowAhead positions after row `r` of block `b` (of `blocks`), in the next block when
+// it is past this one's end (a block's rows of one head are 16 KiB at 64 positions, so a
+// prefetch that stopped at the block's end left the first rows of every block to miss), or
+// null past the last block.
+inline const float* row_ahead(const float* const* blocks, int64_t b, int64_t r, int64_t bt,
+                              int64_t ldkv, int64_t nblocks) {
+  const int64_t a = r + kRowAhead;
+  if (a < bt) return blocks[b] + a * ldkv;
+  return b + 1 < nblocks ? blocks[b + 1] + (a - bt) * ldkv : nullptr;
+}
+
 int64_t round_up(int64_t v, int64_t m) {
   return (v + m - 1) / m * m;
 }
@@ -114,11 +125,13 @@ DM_AVX512 void values(const float* const p[R], const float* const* v, int64_t bt
 #pragma GCC unroll 4
     for (int u = 0; u < NV; ++u)
       acc[i][u] = accumulate ? _mm512_loadu_ps(out[i] + dc + 16 * u) : _mm512_setzero_ps();
+  const int64_t nblocks = (j1 + bt - 1) / bt;
   for (int64_t j = j0; j < j1;) {
     const int64_t b = j / bt;
     const float* vr = v[b] + (j - b * bt) * ldkv + dc;
     for (const int64_t end = std::min(j1, (b + 1) * bt); j < end; ++j, vr += ldkv) {
-      prefetch_row(vr + kRowAhead * ldkv, 16 * NV);
+      if (const float* ahead = row_ahead(v, b, j - b * bt, bt, ldkv, nblocks))
+        prefetch_row(ahead + dc, 16 * NV);
       __m512 vv[NV];
 #pragma GCC unroll 4
       for (int u = 0; u < NV; ++u) vv[u] = _mm512_loadu_ps(vr + 16 * u);
@@ -185,6 +198,7 @@ DM_AVX512 void attend_few_rows(const float* q, int64_t ldq, const float* const* 
   scratch.resize(static_cast<size_t>(R * keys));
   float* const s = scratch.data();
   const __m128 scale4 = _mm_set1_ps(scale);
+  const int64_t nblocks = (keys + bt - 1) / bt;
   for (int64_t j = 0, b = 0; j < keys; ++b) {
     const float* kr = k[b];
     const int64_t end = std::min(keys, j + bt);
@@ -197,7 +211,9 @@ DM_AVX512 void attend_few_rows(const float* q, int64_t ldq, const float* const* 
 #pragma GCC unroll 4
         for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_setzero_ps();
 #pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) prefetch_row(kr + (kRowAhead + i) * ldkv, d);
+      for (int i = 0; i < 4; ++i)
+        if (const float* ahead = row_ahead(k, b, j + i - b * bt, bt, ldkv, nblocks))
+          prefetch_row(ahead, d);
       for (int64_t c = 0; c < d; c += 16) {
         __m512 kv[4];
 #pragma GCC unroll 4
@@ -215,7 +231,8 @@ DM_AVX512 void attend_few_rows(const float* q, int64_t ldq, const float* const* 
                       _mm_mul_ps(sum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]), scale4));
     }
     for (; j < end; ++j, kr += ldkv) {
-      prefetch_row(kr + kRowAhead * ldkv, d);
+      if (const float* ahead = row_ahead(k, b, j - b * bt, bt, ldkv, nblocks))
+        prefetch_row(ahead, d);
       // Two chains per row: at d = 64 one chain of 4 FMAs would be latency-bound.
       __m512 a0[R], a1[R];
 #pragma GCC unroll 4
