@@ -397,8 +397,9 @@ void MoeBlock::run_shared(const float* x, int64_t t_count, float* y) const {
   float* act = ws.get(4, static_cast<size_t>(t_count * (is + h)));
   float* out = act + t_count * is;
   if (layout_ == kernels::WeightLayout::row_major) {
-    kernels::linear(x, t_count, h, shared13_, tmp, 2 * is);
-    kernels::linear(x, t_count, h, shared3_, tmp + is, 2 * is);
+    // Gate and up side by side in one parallel region (copies share the weights).
+    const kernels::PackedLinear up[2] = {shared13_, shared3_};
+    kernels::linear_concat(x, t_count, h, up, 2, tmp, 2 * is);
     parallel_for(t_count, 8, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t)
         kernels::swiglu_st(tmp + t * 2 * is, tmp + t * 2 * is + is, act + t * is, is);
