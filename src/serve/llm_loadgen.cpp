@@ -257,12 +257,18 @@ LlmLoadResult run_llm_http_load(const std::string& url, const LlmLoadConfig& c) 
         rec.met_slo = ttft <= c.slo_ttft_ms && tpot <= c.slo_tpot_ms;
         if (rec.met_slo) ++r.met_slo;
       }
-      if (!c.closed_loop) r.requests[k] = rec;
+      if (c.closed_loop)
+        r.requests.push_back(rec);
+      else
+        r.requests[k] = rec;
     }
   };
   std::vector<std::thread> threads;
   for (int i = 0; i < c.concurrency; ++i) threads.emplace_back(sender);
   for (auto& t : threads) t.join();
+  // Closed loop records requests as they end; the timeline lists them by send time.
+  std::stable_sort(r.requests.begin(), r.requests.end(),
+                   [](const auto& a, const auto& b) { return a.scheduled_s < b.scheduled_s; });
   r.wall_s = std::chrono::duration<double>(Mono::now() - start).count();
   if (c.then_duration_s > 0) {
     // The last request of the second phase that missed an SLO: recovery ends with it.

@@ -112,6 +112,11 @@ out=$(timeout 300 "$bin" loadgen --openai --url "http://127.0.0.1:$port" --rate 
 [ "$(jget "'recovery_s' in d and d['then_rate_rps'] == 10" <<<"$out")" = True ] || { echo "loadgen phases: $out"; exit 1; }
 [ "$(head -1 "$tmp/tl.csv")" = "scheduled_s,done_s,status,ttft_ms,tpot_ms,met_slo" ] || { echo "timeline header"; exit 1; }
 [ "$(($(wc -l <"$tmp/tl.csv") - 1))" = "$(jget "d['sent'] + d['not_sent']" <<<"$out")" ] || { echo "timeline rows"; exit 1; }
+# Closed loop too (requests recorded as they end, listed by send time).
+out=$(timeout 300 "$bin" loadgen --openai --url "http://127.0.0.1:$port" --closed-loop --concurrency 2 \
+      --duration 0.5 --prompt-tokens 4 --output-tokens 4 --timeline-out "$tmp/tlc.csv" --json)
+[ "$(($(wc -l <"$tmp/tlc.csv") - 1))" = "$(jget "d['sent']" <<<"$out")" ] && [ "$(jget "d['sent'] > 0" <<<"$out")" = True ] || { echo "closed-loop timeline rows: $out"; exit 1; }
+python3 -c "import csv,sys; t=[float(r['scheduled_s']) for r in csv.DictReader(open(sys.argv[1]))]; sys.exit(t != sorted(t))" "$tmp/tlc.csv" || { echo "closed-loop timeline order"; exit 1; }
 
 # SIGTERM with a stream in progress: the stream finishes ([DONE]) and the server exits 0.
 exec 4<>"/dev/tcp/127.0.0.1/$port"
