@@ -95,6 +95,9 @@ def main():
     ap.add_argument("--out", default="docs/experiments/llm-serving")
     ap.add_argument("--prompt-tokens", default="32:64")
     ap.add_argument("--output-tokens", default="32")
+    ap.add_argument("--prompt-ids", default="10:249",
+                    help="prompt token ids MIN:MAX (loadgen --prompt-ids; the default is byte "
+                         "tokens in make-model's tokenizer)")
     ap.add_argument("--duration", type=float, default=40)
     ap.add_argument("--rates", default="0.1,0.25,0.5,0.75,1.0")
     ap.add_argument("--streams", default="1,2,4,8,16")
@@ -120,6 +123,7 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     parts = a.parts.split(",")
     lengths = ["--prompt-tokens", a.prompt_tokens, "--output-tokens", a.output_tokens,
+               "--prompt-ids", a.prompt_ids,
                "--slo-ttft-ms", str(a.slo_ttft_ms), "--slo-tpot-ms", str(a.slo_tpot_ms)]
     rows = []
 

@@ -185,6 +185,12 @@ deltamoe::cli::CommandRegistrar reg(
       app.add_option("--output-tokens", *output_tokens,
                      "--openai: generated tokens per request, N or MIN:MAX (uniform; ignore_eos)")
           ->capture_default_str();
+      auto prompt_ids = std::make_shared<std::string>("10:249");
+      app.add_option("--prompt-ids", *prompt_ids,
+                     "--openai: prompt token ids drawn uniformly from MIN:MAX (the default fits "
+                     "any vocabulary of 250+ ids; in byte-fallback tokenizers it is mostly byte "
+                     "tokens, whose answers may stream no text until a run of byte tokens ends)")
+          ->capture_default_str();
       app.add_flag("!--no-stream", llm->stream, "--openai: unstreamed responses");
       app.add_option("--temperature", llm->temperature, "--openai: sampling temperature")
           ->check(CLI::Range(0.0, 2.0))
@@ -253,7 +259,8 @@ deltamoe::cli::CommandRegistrar reg(
                      "Write every answered request's latency (ms), one per line");
       opts->add(app);
       return [opts, lc, url, in_process, json, latencies_out, images_idx, model_curve, stall_probe,
-              openai, llm, prompt_tokens, output_tokens, rate_opt, grace_opt, timeline_out]() {
+              openai, llm, prompt_tokens, output_tokens, prompt_ids, rate_opt, grace_opt,
+              timeline_out]() {
         if (*openai) {
           DELTAMOE_CHECK(!*in_process, "loadgen", "--openai runs over HTTP: drop --in-process");
           auto c = *llm;
@@ -265,6 +272,9 @@ deltamoe::cli::CommandRegistrar reg(
           c.seed = lc->seed;
           std::tie(c.prompt_min, c.prompt_max) = token_range("--prompt-tokens", *prompt_tokens);
           std::tie(c.output_min, c.output_max) = token_range("--output-tokens", *output_tokens);
+          const auto [id_lo, id_hi] = token_range("--prompt-ids", *prompt_ids);
+          c.vocab_lo = static_cast<int32_t>(id_lo);
+          c.vocab_hi = static_cast<int32_t>(id_hi + 1);
           return run_openai_load(*url, c, *json, *latencies_out, *timeline_out);
         }
         if (*stall_probe) {

@@ -193,8 +193,11 @@ LlmLoadResult run_llm_http_load(const std::string& url, const LlmLoadConfig& c) 
           tokens = j["usage"].value("completion_tokens", int64_t{-1});
           if (j.contains("deltamoe")) experts = j["deltamoe"].value("mean_experts_per_token", 0.0);
         }
+        // The first token: the first chunk with a choice, text or not (a server that holds a
+        // token's text back until it is final, as byte-fallback runs need, still sends the
+        // token's chunk; vLLM's benchmark times the first chunk the same way).
         if (j.contains("choices") && j["choices"].is_array() && !j["choices"].empty() &&
-            j["choices"][0].value("text", std::string()).size() > 0 && first == Mono::time_point{})
+            first == Mono::time_point{})
           first = Mono::now();
       };
       httplib::Request req;

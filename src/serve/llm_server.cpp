@@ -44,7 +44,10 @@ struct Pending {
                 completion_response_json(chat, id, created, model, result_of(ev, text)));
       return;
     }
-    if (!ev.text.empty()) {
+    // One chunk per generated token, as vLLM sends them, also when the token's text is still
+    // held back (part of a character, a byte-fallback run, a possible stop string): the client
+    // sees each token arrive (its first-token time) and the text once it is final.
+    if (!ev.text.empty() || (ev.token >= 0 && !ev.finished)) {
       ex->write(completion_chunk_event(chat, id, created, model, ev.text, first, nullptr));
       first = false;
     }

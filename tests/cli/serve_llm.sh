@@ -62,6 +62,11 @@ for line in sys.stdin:
 print(t)")
 [ "$streamed" = "$text" ] || { echo "streamed '$streamed' != '$text'"; exit 1; }
 grep -q '"completion_tokens":12' <<<"$r" || { echo "no usage chunk: $r"; exit 1; }
+# One chunk per generated token (text held back or not), then the finish chunk: 12 + 1.
+chunks=$(grep '^data: {' <<<"$r" | sed 's/^data: //' | python3 -c "
+import json,sys
+print(sum(1 for line in sys.stdin if json.loads(line)['choices']))")
+[ "$chunks" = 13 ] || { echo "stream chunks with a choice: $chunks, want 13: $r"; exit 1; }
 
 # Chat, through the model's chat template.
 r=$(http POST /v1/chat/completions '{"messages":[{"role":"user","content":"Hello"}],"max_tokens":5,"temperature":0}')
@@ -112,6 +117,14 @@ out=$(timeout 300 "$bin" loadgen --openai --url "http://127.0.0.1:$port" --rate 
 [ "$(jget "'recovery_s' in d and d['then_rate_rps'] == 10" <<<"$out")" = True ] || { echo "loadgen phases: $out"; exit 1; }
 [ "$(head -1 "$tmp/tl.csv")" = "scheduled_s,done_s,status,ttft_ms,tpot_ms,met_slo" ] || { echo "timeline header"; exit 1; }
 [ "$(($(wc -l <"$tmp/tl.csv") - 1))" = "$(jget "d['sent'] + d['not_sent']" <<<"$out")" ] || { echo "timeline rows"; exit 1; }
+# --prompt-ids: prompts from other ids (all valid here: vocab 400); a bad range is refused at once.
+out=$(timeout 300 "$bin" loadgen --openai --url "http://127.0.0.1:$port" --rate 10 --duration 0.5 \
+      --prompt-ids 300:399 --prompt-tokens 4 --output-tokens 2 --json)
+[ "$(jget "d['ok'] == d['sent'] > 0" <<<"$out")" = True ] || { echo "loadgen --prompt-ids: $out"; exit 1; }
+if err=$("$bin" loadgen --openai --url "http://127.0.0.1:$port" --prompt-ids 9:3 --duration 1 --rate 1 2>&1); then
+  echo "loadgen accepted --prompt-ids 9:3"; exit 1
+fi
+grep -q -- "--prompt-ids" <<<"$err" || { echo "loadgen --prompt-ids error: $err"; exit 1; }
 # Closed loop too (requests recorded as they end, listed by send time).
 out=$(timeout 300 "$bin" loadgen --openai --url "http://127.0.0.1:$port" --closed-loop --concurrency 2 \
       --duration 0.5 --prompt-tokens 4 --output-tokens 4 --timeline-out "$tmp/tlc.csv" --json)

@@ -1,8 +1,9 @@
 // Load generator for LLM traffic against an OpenAI-compatible server (ours, or any other on
 // loopback): open-loop Poisson arrivals (or closed loop), prompt and output lengths drawn
 // from uniform ranges, streaming. Latencies count from each request's SCHEDULED send time
-// (no coordinated omission): TTFT (to the first streamed token), TPOT ((end − first token) /
-// (tokens − 1)), end-to-end; goodput is the requests per second that met both SLOs.
+// (no coordinated omission): TTFT (to the first streamed chunk with a choice, text or not), TPOT
+// ((end − first token) / (tokens − 1)), end-to-end; goodput is the requests per second that met
+// both SLOs.
 //
 // Prompts are token ids (exact lengths whatever the tokenizer) sent to /v1/completions with
 // "ignore_eos": true so that every request generates exactly its drawn output length, as
