@@ -270,8 +270,9 @@ LlmLoadResult run_llm_http_load(const std::string& url, const LlmLoadConfig& c) 
   for (int i = 0; i < c.concurrency; ++i) threads.emplace_back(sender);
   for (auto& t : threads) t.join();
   // Closed loop records requests as they end; the timeline lists them by send time.
-  std::stable_sort(r.requests.begin(), r.requests.end(),
-                   [](const auto& a, const auto& b) { return a.scheduled_s < b.scheduled_s; });
+  if (c.closed_loop)
+    std::stable_sort(r.requests.begin(), r.requests.end(),
+                     [](const auto& a, const auto& b) { return a.scheduled_s < b.scheduled_s; });
   r.wall_s = std::chrono::duration<double>(Mono::now() - start).count();
   if (c.then_duration_s > 0) {
     // The last request of the second phase that missed an SLO: recovery ends with it.

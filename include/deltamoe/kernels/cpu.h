@@ -147,7 +147,7 @@ inline int64_t padded_row_stride(int64_t n) {
 /// y[m, N] = x[m, K] · Wᵀ (+ y if accumulate), on up to num_threads() threads: split over
 /// output panels (each thread streams only its share of the weights), and over rows only when
 /// there are fewer panels than threads. With up to 8 rows the panels go out in blocks of about
-/// 128 KiB of weights, each thread taking its own share in order and then blocks left over by
+/// 512 KiB of weights, each thread taking its own share in order and then blocks left over by
 /// slower threads. Small products (< 1 MFLOP) run on the calling thread.
 /// Results do not depend on the thread count (each output is computed by one microkernel).
 void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float* y, int64_t ldy,

@@ -304,7 +304,7 @@ constexpr int64_t kStreamBlockBytes = int64_t{512} << 10;
 // split left one waiting for the other at every matrix). Columns are computed as linear_st
 // computes them, so results do not depend on the blocks.
 void linear_stream(const float* x, int64_t m, int64_t ldx, const PackedLinear* ws, size_t count,
-                   float* const* ys, int64_t ldy, bool accumulate) {
+                   float* y, int64_t ldy, bool accumulate) {
   struct Block {
     const PackedLinear* w;
     int64_t n_begin, n_end;
@@ -312,14 +312,14 @@ void linear_stream(const float* x, int64_t m, int64_t ldx, const PackedLinear* w
   };
   std::vector<Block> blocks;
   bool row_major = false;
-  for (size_t j = 0; j < count; ++j) {
+  for (size_t j = 0; j < count; y += ws[j].out_features(), ++j) {
     const PackedLinear& w = ws[j];
     const int64_t n = w.out_features(), unit = w.column_align(m);
     if (n == 0) continue;
     row_major = row_major || w.layout() == WeightLayout::row_major;
     const int64_t col_bytes = std::max<int64_t>(1, static_cast<int64_t>(w.weight_bytes()) / n);
     const int64_t cols = std::max<int64_t>(1, kStreamBlockBytes / col_bytes / unit) * unit;
-    for (int64_t b = 0; b < n; b += cols) blocks.push_back({&w, b, std::min(n, b + cols), ys[j]});
+    for (int64_t b = 0; b < n; b += cols) blocks.push_back({&w, b, std::min(n, b + cols), y});
   }
   std::optional<BlasThreadsGuard> blas;
   if (row_major) blas.emplace(1);
@@ -337,33 +337,11 @@ bool streams(int64_t m, const PackedLinear* ws, size_t count) {
   return num_threads() > 1 && m >= 1 && m <= kStreamRows && flops >= 1e6;
 }
 
-}  // namespace
-
-void linear_concat(const float* x, int64_t m, int64_t ldx, const PackedLinear* ws, size_t count,
-                   float* y, int64_t ldy, bool accumulate) {
-  std::vector<float*> ys(count);
-  for (size_t j = 0, col = 0; j < count; ++j) {
-    ys[j] = y + col;
-    check_linear_args(x, m, ldx, ws[j], 0, ws[j].out_features(), ys[j], ldy);
-    col += static_cast<size_t>(ws[j].out_features());
-  }
-  if (m == 0) return;
-  if (streams(m, ws, count)) {
-    linear_stream(x, m, ldx, ws, count, ys.data(), ldy, accumulate);
-    return;
-  }
-  for (size_t j = 0; j < count; ++j) linear(x, m, ldx, ws[j], ys[j], ldy, accumulate);
-}
-
-void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float* y, int64_t ldy,
-            bool accumulate) {
+// y = x · Wᵀ split statically over the threads (panels, then rows): the product of many rows,
+// or of one thread. Arguments already checked.
+void linear_split(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float* y,
+                  int64_t ldy, bool accumulate) {
   const int64_t n = w.out_features(), k = w.in_features();
-  check_linear_args(x, m, ldx, w, 0, n, y, ldy);
-  if (m == 0) return;
-  if (streams(m, &w, 1)) {
-    linear_stream(x, m, ldx, &w, 1, &y, ldy, accumulate);
-    return;
-  }
   const LinearImpl impl = best_linear_impl(w.dtype());
   const int64_t unit = w.column_align(m);
   const int64_t panels = (n + unit - 1) / unit;
@@ -401,6 +379,26 @@ void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float
                LinearArgs{x + rb * ldx, re - rb, ldx, &w, nb, ne, y + rb * ldy, ldy, accumulate});
     }
   });
+}
+
+}  // namespace
+
+void linear_concat(const float* x, int64_t m, int64_t ldx, const PackedLinear* ws, size_t count,
+                   float* y, int64_t ldy, bool accumulate) {
+  for (size_t j = 0, col = 0; j < count; col += static_cast<size_t>(ws[j].out_features()), ++j)
+    check_linear_args(x, m, ldx, ws[j], 0, ws[j].out_features(), y + col, ldy);
+  if (m == 0) return;
+  if (streams(m, ws, count)) {
+    linear_stream(x, m, ldx, ws, count, y, ldy, accumulate);
+    return;
+  }
+  for (size_t j = 0; j < count; y += ws[j].out_features(), ++j)
+    linear_split(x, m, ldx, ws[j], y, ldy, accumulate);
+}
+
+void linear(const float* x, int64_t m, int64_t ldx, const PackedLinear& w, float* y, int64_t ldy,
+            bool accumulate) {
+  linear_concat(x, m, ldx, &w, 1, y, ldy, accumulate);
 }
 
 void linear_naive(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y) {
