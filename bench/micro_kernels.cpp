@@ -116,7 +116,7 @@ void BM_sgemm_nn(benchmark::State& state) {
   deltamoe::set_num_threads(0);
 }
 
-// Decode (m = 1) from DRAM: cycles through enough 1024x1024 matrices (≥ 96 MiB) that they
+// Decode (m rows) from DRAM: cycles through enough 1024x1024 matrices (≥ 96 MiB) that they
 // cannot stay in the 32 MiB L3. Args: threads (0 = linear_st).
 void run_gemv_dram(benchmark::State& state, deltamoe::DType dtype, bool row_major = false) {
   // At least 96 MiB of weights whatever the dtype (3x the 32 MiB L3).
@@ -124,26 +124,27 @@ void run_gemv_dram(benchmark::State& state, deltamoe::DType dtype, bool row_majo
   const int64_t mats = (int64_t{96} << 20) / (n * k * static_cast<int64_t>(dtype_size(dtype))) + 1;
   const int threads = static_cast<int>(state.range(0));
   deltamoe::set_num_threads(threads == 0 ? 1 : threads);
-  const auto x = random_vec(static_cast<size_t>(k), 1);
+  const int64_t m = state.range(1);
+  const auto x = random_vec(static_cast<size_t>(m * k), 1);
   const auto w = random_vec(static_cast<size_t>(n * k), 2);
   std::vector<dk::PackedLinear> packed;
   for (int64_t i = 0; i < mats; ++i)
     packed.push_back(row_major
                          ? dk::PackedLinear::row_major(deltamoe::Tensor::from(w, {n, k}), dtype)
                          : dk::PackedLinear(deltamoe::Tensor::from(w, {n, k}), dtype));
-  std::vector<float> y(static_cast<size_t>(n));
+  std::vector<float> y(static_cast<size_t>(m * n));
   size_t i = 0;
   for (auto _ : state) {
     const dk::PackedLinear& p = packed[i++ % packed.size()];
     if (threads == 0) {
-      dk::linear_st(x.data(), 1, k, p, 0, n, y.data(), n);
+      dk::linear_st(x.data(), m, k, p, 0, n, y.data(), n);
     } else {
-      dk::linear(x.data(), 1, k, p, y.data(), n);
+      dk::linear(x.data(), m, k, p, y.data(), n);
     }
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
-  set_counters(state, 1, n, k, static_cast<double>(packed[0].weight_bytes()));
+  set_counters(state, m, n, k, static_cast<double>(packed[0].weight_bytes()));
   state.SetLabel(dk::linear_impl_name(dtype));
   deltamoe::set_num_threads(0);
 }
@@ -162,11 +163,20 @@ void BM_gemv_dram_rows_bf16(benchmark::State& state) {
 void BM_gemv_dram_rows_int8(benchmark::State& state) {
   run_gemv_dram(state, deltamoe::DType::int8, true);
 }
-BENCHMARK(BM_gemv_dram_f32)->ArgName("threads")->Arg(0)->Arg(2)->UseRealTime();
-BENCHMARK(BM_gemv_dram_bf16)->ArgName("threads")->Arg(0)->Arg(2)->UseRealTime();
-BENCHMARK(BM_gemv_dram_rows_f32)->ArgName("threads")->Arg(0)->Arg(2)->UseRealTime();
-BENCHMARK(BM_gemv_dram_rows_bf16)->ArgName("threads")->Arg(0)->Arg(2)->UseRealTime();
-BENCHMARK(BM_gemv_dram_rows_int8)->ArgName("threads")->Arg(0)->Arg(2)->UseRealTime();
+// Args: threads (0 = linear_st), rows of x (1 = decode; a few = a decode batch's rows per
+// expert; 15 / 16 and 31 / 32: the two sides of the handover from the dot kernels to the packed
+// panels in f32 and in bf16).
+void gemv_dram_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"threads", "m"});
+  for (int64_t m : {1, 4, 8, 15, 16, 31, 32})
+    for (int threads : {0, 2}) b->Args({threads, m});
+  b->UseRealTime();
+}
+BENCHMARK(BM_gemv_dram_f32)->Apply(gemv_dram_args);
+BENCHMARK(BM_gemv_dram_bf16)->Apply(gemv_dram_args);
+BENCHMARK(BM_gemv_dram_rows_f32)->Apply(gemv_dram_args);
+BENCHMARK(BM_gemv_dram_rows_bf16)->Apply(gemv_dram_args);
+BENCHMARK(BM_gemv_dram_rows_int8)->Apply(gemv_dram_args);
 
 void linear_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"m", "n", "k", "threads"});

@@ -231,23 +231,28 @@ TEST(Linear, RowMajorMatchesNaiveEveryImpl) {
 
 // Row-major dot kernels: a row's result is bitwise the same alone or batched with others (up
 // to where the dot kernels hand over), so a decode step does not depend on the batch it runs in.
+// K = 512: f32 rows at a stride of a multiple of 2 KiB, which the AVX-512 tiles copy to a
+// padded one first.
 TEST(Linear, RowMajorRowsBitwiseIndependentOfBatch) {
-  const int64_t n = 37, k = 300;
-  const Tensor w = Tensor::from(random_vec(static_cast<size_t>(n * k), 21), {n, k});
-  for (DType dtype : {DType::f32, DType::bf16}) {
-    const PackedLinear p = PackedLinear::row_major(w, dtype);
-    // Up to where the dot kernels hand over (to the AVX-512 panels or to OpenBLAS).
-    const int64_t m =
-        (rows_avx512_apply(best_linear_impl(dtype), p, pack_rows(dtype)) ? pack_rows(dtype)
-                                                                         : blas_rows(dtype)) -
-        1;
-    const std::vector<float> x = random_vec(static_cast<size_t>(m * k), 22);
-    std::vector<float> batch(static_cast<size_t>(m * n)), one(static_cast<size_t>(n));
-    linear_st(x.data(), m, k, p, 0, n, batch.data(), n);
-    for (int64_t r = 0; r < m; ++r) {
-      linear_st(x.data() + r * k, 1, k, p, 0, n, one.data(), n);
-      for (int64_t j = 0; j < n; ++j)
-        ASSERT_EQ(batch[r * n + j], one[j]) << dtype_name(dtype) << " row " << r << " col " << j;
+  const int64_t n = 37;
+  for (int64_t k : {300, 512}) {
+    const Tensor w = Tensor::from(random_vec(static_cast<size_t>(n * k), 21), {n, k});
+    for (DType dtype : {DType::f32, DType::bf16}) {
+      const PackedLinear p = PackedLinear::row_major(w, dtype);
+      // Up to where the dot kernels hand over (to the AVX-512 panels or to OpenBLAS).
+      const int64_t m =
+          (rows_avx512_apply(best_linear_impl(dtype), p, pack_rows(dtype)) ? pack_rows(dtype)
+                                                                           : blas_rows(dtype)) -
+          1;
+      const std::vector<float> x = random_vec(static_cast<size_t>(m * k), 22);
+      std::vector<float> batch(static_cast<size_t>(m * n)), one(static_cast<size_t>(n));
+      linear_st(x.data(), m, k, p, 0, n, batch.data(), n);
+      for (int64_t r = 0; r < m; ++r) {
+        linear_st(x.data() + r * k, 1, k, p, 0, n, one.data(), n);
+        for (int64_t j = 0; j < n; ++j)
+          ASSERT_EQ(batch[r * n + j], one[j])
+              << dtype_name(dtype) << " K " << k << " row " << r << " col " << j;
+      }
     }
   }
 }

@@ -1,20 +1,29 @@
 // AVX-512 dot-product kernels for y = x · Wᵀ with W in row-major [N, K] layout and a few rows of
-// x (decode): the AVX-512 counterpart of linear_rows_avx2.cpp, same blocking (up to 3 rows of x
-// against a column block of W that stays in L2, one W row at a time as one sequential stream).
+// x (decode, and a decode batch's few rows per expert): tiles of up to 4 rows of x against up
+// to 4 adjacent W rows, over column blocks of W that stay in L2 while the row groups pass.
 //
-// Why: decode streams every weight once, and at 45-55 GB/s over two cores (what this VM's
-// memory gives at times) the AVX2 kernel's instructions became the limit in bf16: per 64 bytes
-// of W it issues 4 widening loads, 4 shifts and 4 FMAs per row. Here f32 takes 4 zmm FMAs per
-// 256 bytes, and bf16 on AVX-512 BF16 CPUs 1 `vdpbf16ps` per 64 bytes against x rounded to
-// bf16 once per call (convert_rows_bf16_avx512, as the prefill panels round it; every bf16 path
-// multiplies bf16 x by bf16 W; each instruction adds two products per lane). Tails (K not a
-// multiple of the step) use masked loads, whose masked-out lanes are zeros and never fault.
+// Why tiles: decode streams every weight once. One W row per pass (this file's first kernel)
+// loads R + 1 vectors for R FMAs; with the 2-15 rows per expert of a batched decode step the
+// core then could not overlap its FMAs with the memory reads (f32 at 16 sequences: 0.42 of the
+// read roofline). A tile of R rows x C columns loads C + R vectors for R x C FMAs, and its first
+// row group reads the next tile's rows ahead into L2: C streams one weight row long each are too
+// short for the hardware prefetchers, which follow one long stream well. So one row of x (the
+// single-sequence decode) keeps one column per pass, a single stream, and no software prefetch.
+// f32 takes one zmm FMA per 64 bytes of W per row of x, and bf16 on AVX-512 BF16 CPUs one
+// `vdpbf16ps` against x rounded to bf16 once per call (convert_rows_bf16_avx512, as the prefill
+// panels round it; every bf16 path multiplies bf16 x by bf16 W). Tails (K not a multiple of the
+// step) use masked loads, whose masked-out lanes are zeros and never fault.
 //
-// Every row's sum is formed the same way whatever the number of rows, so a row's result does
-// not depend on the rows batched with it (bitwise), as in the AVX2 kernel.
+// Every (row, column) sum runs the same accumulator chains over k whatever the tile: two chains
+// over alternate 16-float steps in f32 (one chain is bound by the FMA latency at one row), one in
+// bf16. So a row's result does not depend on the rows batched with it (bitwise), nor a column's
+// on the columns beside it, as in the AVX2 kernel.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
+#include <cstring>
+#include <utility>
 
 #include "kernels/cpu/avx512_util.h"
 #include "kernels/cpu/linear_impl.h"
@@ -28,116 +37,144 @@ DM_AVX512_WARNINGS_PUSH  // see avx512_util.h
 namespace deltamoe::kernels {
 namespace {
 
-constexpr int kU = 4;  // accumulators per row: independent FMA chains that hide the latency
+// One vector of k for each weight dtype: f32 (16 per zmm) or bf16 pairs (32 per zmm, products
+// summed in pairs by vdpbf16ps).
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  static constexpr int64_t kStep = 16;
+  static constexpr int kChains = 2;
+  DM_AVX512 static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  DM_AVX512 static __m512 load_tail(const float* p, int64_t n) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+  }
+  DM_AVX512 static __m512 madd(__m512 acc, __m512 x, __m512 w) {
+    return _mm512_fmadd_ps(x, w, acc);
+  }
+};
+template <>
+struct Vec<uint16_t> {
+  static constexpr int64_t kStep = 32;
+  static constexpr int kChains = 1;
+  DM_AVX512 static __m512 load(const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_loadu_si512(p));
+  }
+  DM_AVX512 static __m512 load_tail(const uint16_t* p, int64_t n) {
+    return _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(static_cast<__mmask32>((1u << n) - 1), p));
+  }
+  DM_AVX512BF16 static __m512 madd(__m512 acc, __m512 x, __m512 w) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)w);
+  }
+};
 
-// s[r] = x[r, :] · W[n, :] in f32 for M rows.
-template <int M>
-DM_AVX512 DM_INLINE void dot_f32(const float* x, int64_t ldx, const float* w, int64_t k, float* s) {
-  __m512 acc[M][kU];
-#pragma GCC unroll 3
-  for (int r = 0; r < M; ++r)
+constexpr int kTileRows = 4;
+// Columns per tile: R x C x chains accumulators stay within 24 of the 32 zmm.
+template <typename T>
+constexpr int kTileCols = Vec<T>::kChains == 1 ? 4 : 3;
+
+// y[r, c] (+)= x[r, :] · W[c, :] for r < R, c < C; W rows k apart, y rows ldy apart. pf: when
+// not null, C x k elements to read into L2 as the tile goes, a share per step. One template
+// for both dtypes, so the f32 tiles carry the BF16 target too; they contain no BF16
+// instruction and run on AVX-512 CPUs without it.
+template <typename T, int R, int C>
+DM_AVX512BF16 void tile(const T* x, int64_t ldx, const T* w, int64_t k, float* y, int64_t ldy,
+                        bool accumulate, const char* pf) {
+  using V = Vec<T>;
+  constexpr int U = V::kChains;
+  constexpr int64_t vs = V::kStep, step = vs * U;
+  __m512 acc[R][C][U];
 #pragma GCC unroll 4
-    for (int u = 0; u < kU; ++u) acc[r][u] = _mm512_setzero_ps();
-  constexpr int64_t step = 16 * kU;
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c)
+#pragma GCC unroll 2
+      for (int u = 0; u < U; ++u) acc[r][c][u] = _mm512_setzero_ps();
   const int64_t kmain = k / step * step;
   for (int64_t kk = 0; kk < kmain; kk += step) {
+    if (pf != nullptr) {
+#pragma GCC unroll 8
+      for (int j = 0; j < C * U; ++j)
+        _mm_prefetch(pf + kk * static_cast<int64_t>(sizeof(T)) * C + 64 * j, _MM_HINT_T1);
+    }
+#pragma GCC unroll 2
+    for (int u = 0; u < U; ++u) {
+      __m512 wv[C];
 #pragma GCC unroll 4
-    for (int u = 0; u < kU; ++u) {
-      const __m512 wv = _mm512_loadu_ps(w + kk + 16 * u);
-#pragma GCC unroll 3
-      for (int r = 0; r < M; ++r)
-        acc[r][u] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * ldx + kk + 16 * u), wv, acc[r][u]);
+      for (int c = 0; c < C; ++c) wv[c] = V::load(w + c * k + kk + vs * u);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const __m512 xv = V::load(x + r * ldx + kk + vs * u);
+#pragma GCC unroll 4
+        for (int c = 0; c < C; ++c) acc[r][c][u] = V::madd(acc[r][c][u], xv, wv[c]);
+      }
     }
   }
-  for (int64_t kk = kmain; kk < k; kk += 16) {
-    const __mmask16 m = k - kk >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - kk)) - 1);
-    const __m512 wv = _mm512_maskz_loadu_ps(m, w + kk);
-#pragma GCC unroll 3
-    for (int r = 0; r < M; ++r)
-      acc[r][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + r * ldx + kk), wv, acc[r][0]);
-  }
-#pragma GCC unroll 3
-  for (int r = 0; r < M; ++r)
-    s[r] = _mm512_reduce_add_ps(
-        _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
-}
-
-// s[r] = xb[r, :] · W[n, :] for M rows of bf16 x (row stride ldxb halves) against a bf16 W row.
-template <int M>
-DM_AVX512BF16 DM_INLINE void dot_bf16(const uint16_t* xb, int64_t ldxb, const uint16_t* w,
-                                      int64_t k, float* s) {
-  __m512 acc[M][kU];
-#pragma GCC unroll 3
-  for (int r = 0; r < M; ++r)
+  // The rest of k in steps of one vector (the last one masked), into the first chain.
+  for (int64_t kk = kmain; kk < k; kk += vs) {
+    const int64_t n = std::min<int64_t>(vs, k - kk);
+    __m512 wv[C];
 #pragma GCC unroll 4
-    for (int u = 0; u < kU; ++u) acc[r][u] = _mm512_setzero_ps();
-  constexpr int64_t step = 32 * kU;
-  const int64_t kmain = k / step * step;
-  for (int64_t kk = 0; kk < kmain; kk += step) {
+    for (int c = 0; c < C; ++c) wv[c] = V::load_tail(w + c * k + kk, n);
 #pragma GCC unroll 4
-    for (int u = 0; u < kU; ++u) {
-      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + kk + 32 * u);
-#pragma GCC unroll 3
-      for (int r = 0; r < M; ++r)
-        acc[r][u] = _mm512_dpbf16_ps(acc[r][u],
-                                     (__m512bh)_mm512_loadu_si512(xb + r * ldxb + kk + 32 * u), wv);
+    for (int r = 0; r < R; ++r) {
+      const __m512 xv = V::load_tail(x + r * ldx + kk, n);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][c][0] = V::madd(acc[r][c][0], xv, wv[c]);
     }
   }
-  for (int64_t kk = kmain; kk < k; kk += 32) {
-    const __mmask32 m = k - kk >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << (k - kk)) - 1);
-    const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w + kk);
-#pragma GCC unroll 3
-    for (int r = 0; r < M; ++r)
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0],
-                                   (__m512bh)_mm512_maskz_loadu_epi16(m, xb + r * ldxb + kk), wv);
-  }
-#pragma GCC unroll 3
-  for (int r = 0; r < M; ++r)
-    s[r] = _mm512_reduce_add_ps(
-        _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      __m512 t = acc[r][c][0];
+      if constexpr (U == 2) t = _mm512_add_ps(t, acc[r][c][1]);
+      const float s = _mm512_reduce_add_ps(t);
+      float& out = y[r * ldy + c];
+      out = accumulate ? out + s : s;
+    }
 }
 
-template <int M>
-DM_INLINE void store_rows(const LinearArgs& a, int64_t r0, int64_t n, const float* s) {
-  for (int r = 0; r < M; ++r) {
-    float& out = a.y[(r0 + r) * a.ldy + n];
-    out = a.accumulate ? out + s[r] : s[r];
-  }
-}
+template <typename T>
+using TileFn = void (*)(const T*, int64_t, const T*, int64_t, float*, int64_t, bool, const char*);
+template <typename T>
+using TileTable = std::array<TileFn<T>, kTileRows * kTileCols<T>>;
 
-// Rows r0 .. r0 + M - 1 of y over columns [c0, c1).
-template <int M>
-DM_AVX512 void block_f32(const LinearArgs& a, const float* x, int64_t ldx, int64_t r0, int64_t c0,
-                         int64_t c1) {
+// Entry (R - 1) * C_max + (C - 1) is the R x C tile.
+template <typename T, int... I>
+constexpr TileTable<T> tile_table(std::integer_sequence<int, I...>) {
+  return {tile<T, I / kTileCols<T> + 1, I % kTileCols<T> + 1>...};
+}
+template <typename T>
+constexpr TileTable<T> kTiles =
+    tile_table<T>(std::make_integer_sequence<int, kTileRows * kTileCols<T>>{});
+
+// Column blocks of about 128 KiB of weights stay in L2 while each group of up to kTileRows rows
+// of x (in L1; near-equal groups, so 5 rows run as 3 + 2, not 4 + 1) passes over them. The
+// first group reads W from memory and fetches the next tile's rows (one contiguous block, two
+// tiles ahead) as it goes; one row takes one column at a time, a single stream.
+template <typename T>
+void over_tiles(const LinearArgs& a, const T* x, int64_t ldx) {
+  constexpr int64_t cmax = kTileCols<T>, ahead = 2;
   const int64_t k = a.w->in_features();
-  const float* w = static_cast<const float*>(a.w->data());
-  float s[M];
-  for (int64_t n = c0; n < c1; ++n) {
-    dot_f32<M>(x + r0 * ldx, ldx, w + n * k, k, s);
-    store_rows<M>(a, r0, n, s);
-  }
-}
-
-template <int M>
-DM_AVX512BF16 void block_bf16(const LinearArgs& a, const uint16_t* xb, int64_t ldxb, int64_t r0,
-                              int64_t c0, int64_t c1) {
-  const int64_t k = a.w->in_features();
-  const uint16_t* w = static_cast<const uint16_t*>(a.w->data());
-  float s[M];
-  for (int64_t n = c0; n < c1; ++n) {
-    dot_bf16<M>(xb + r0 * ldxb, ldxb, w + n * k, k, s);
-    store_rows<M>(a, r0, n, s);
-  }
-}
-
-// Column blocks of about 128 KiB of weights stay in L2 while each group of up to 3 rows of x
-// (in L1) passes over them; `run(M, r0, c0, c1)` does one group.
-template <typename Run>
-void over_blocks(const LinearArgs& a, int64_t row_bytes, Run&& run) {
+  const T* w = static_cast<const T*>(a.w->data());
+  const int64_t row_bytes = k * static_cast<int64_t>(sizeof(T));
   const int64_t block = std::max<int64_t>(8, (int64_t{128} << 10) / row_bytes / 8 * 8);
+  const int64_t groups = (a.m + kTileRows - 1) / kTileRows;
   for (int64_t c0 = a.n_begin; c0 < a.n_end; c0 += block) {
     const int64_t c1 = std::min(a.n_end, c0 + block);
-    for (int64_t r0 = 0; r0 < a.m; r0 += 3) run(std::min<int64_t>(3, a.m - r0), r0, c0, c1);
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t r0 = a.m * g / groups, rows = a.m * (g + 1) / groups - r0;
+      const int64_t tc = rows == 1 ? 1 : cmax;
+      for (int64_t n = c0; n < c1; n += tc) {
+        const int64_t cols = std::min(tc, c1 - n);
+        const char* pf = g == 0 && rows > 1
+                             ? reinterpret_cast<const char*>(w + (n + cols * ahead) * k)
+                             : nullptr;
+        kTiles<T>[static_cast<size_t>((rows - 1) * cmax + cols - 1)](
+            x + r0 * ldx, ldx, w + n * k, k, a.y + r0 * a.ldy + n, a.ldy, a.accumulate, pf);
+      }
+    }
   }
 }
 
@@ -146,23 +183,24 @@ void over_blocks(const LinearArgs& a, int64_t row_bytes, Run&& run) {
 void linear_rows_dot_avx512(const LinearArgs& a) {
   const int64_t k = a.w->in_features();
   if (a.w->dtype() != DType::bf16) {
-    over_blocks(a, k * 4, [&](int64_t rows, int64_t r0, int64_t c0, int64_t c1) {
-      if (rows == 3) block_f32<3>(a, a.x, a.ldx, r0, c0, c1);
-      if (rows == 2) block_f32<2>(a, a.x, a.ldx, r0, c0, c1);
-      if (rows == 1) block_f32<1>(a, a.x, a.ldx, r0, c0, c1);
-    });
+    // Several rows at a stride of a multiple of 2 KiB would share L1 sets with each other and
+    // with the weight rows (4 KiB apart at K = 1024): copied to a padded stride first.
+    const int64_t ldp = padded_row_stride(a.ldx);
+    if (a.m == 1 || ldp == a.ldx) {
+      over_tiles<float>(a, a.x, a.ldx);
+      return;
+    }
+    auto* xp = static_cast<float*>(thread_scratch(static_cast<size_t>(a.m * ldp) * 4));
+    for (int64_t r = 0; r < a.m; ++r)
+      std::memcpy(xp + r * ldp, a.x + r * a.ldx, static_cast<size_t>(k) * 4);
+    over_tiles<float>(a, xp, ldp);
     return;
   }
   // x rounded to bf16 pairs, as the prefill panels and the AMX tiles take it.
   const int64_t ldw = (k + 31) / 32 * 16;  // words per row, a multiple of 16
   auto* xw = static_cast<uint32_t*>(thread_scratch(static_cast<size_t>(a.m * ldw) * 4));
   convert_rows_bf16_avx512(a.x, a.m, a.ldx, k, xw, ldw);
-  const auto* xb = reinterpret_cast<const uint16_t*>(xw);
-  over_blocks(a, k * 2, [&](int64_t rows, int64_t r0, int64_t c0, int64_t c1) {
-    if (rows == 3) block_bf16<3>(a, xb, 2 * ldw, r0, c0, c1);
-    if (rows == 2) block_bf16<2>(a, xb, 2 * ldw, r0, c0, c1);
-    if (rows == 1) block_bf16<1>(a, xb, 2 * ldw, r0, c0, c1);
-  });
+  over_tiles<uint16_t>(a, reinterpret_cast<const uint16_t*>(xw), 2 * ldw);
 }
 
 }  // namespace deltamoe::kernels
