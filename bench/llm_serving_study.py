@@ -224,7 +224,12 @@ def main():
 
 
 def plot(rows, out):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        # The CSV is the result; the plots are a convenience.
+        print("matplotlib not found: plots skipped (the CSV has every figure)", file=sys.stderr)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     sc = [r for r in rows if r["part"] == "scaling"]
