@@ -270,7 +270,13 @@ def summarise(res):
 
 
 def plot(rows, out):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        # The CSV and the JSON are the result; --replot redraws from the JSON later.
+        print("matplotlib not found: plots skipped (any Python with it redraws them: --replot JSON)",
+              file=sys.stderr)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     for model in sorted({r["model"] for r in rows}):
