@@ -6,9 +6,9 @@
 
 // GCC 12's AVX-512 intrinsics initialise their "undefined" pass-through operands from
 // themselves, which -Wmaybe-uninitialized (or -Wuninitialized, where the caller is a template
-// instantiated through a function-pointer table) reports once inlined into a
-// target("avx512f") function. Files of such kernels put their code between these two; clang has no
-// such warning (and would warn about the unknown name).
+// instantiated through a function-pointer table) reports once inlined into a target("avx512f")
+// function. Files of such kernels put their code between these two; clang has no such warning
+// (and would warn about the unknown name).
 #if defined(__clang__)
 #define DM_AVX512_WARNINGS_PUSH _Pragma("GCC diagnostic push")
 #else

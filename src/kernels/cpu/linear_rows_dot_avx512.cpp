@@ -78,8 +78,8 @@ constexpr int kTileCols = Vec<T>::kChains == 1 ? 4 : 3;
 // for both dtypes, so the f32 tiles carry the BF16 target too; they contain no BF16
 // instruction and run on AVX-512 CPUs without it.
 template <typename T, int R, int C>
-DM_AVX512BF16 void tile(const T* x, int64_t ldx, const T* w, int64_t k, float* y, int64_t ldy,
-                        bool accumulate, const char* pf) {
+DM_AVX512BF16 DM_INLINE void tile(const T* x, int64_t ldx, const T* w, int64_t k, float* y,
+                                  int64_t ldy, bool accumulate, const char* pf) {
   using V = Vec<T>;
   constexpr int U = V::kChains;
   constexpr int64_t vs = V::kStep, step = vs * U;
@@ -135,15 +135,29 @@ DM_AVX512BF16 void tile(const T* x, int64_t ldx, const T* w, int64_t k, float* y
     }
 }
 
-template <typename T>
-using TileFn = void (*)(const T*, int64_t, const T*, int64_t, float*, int64_t, bool, const char*);
-template <typename T>
-using TileTable = std::array<TileFn<T>, kTileRows * kTileCols<T>>;
+// `count` R x C tiles side by side (columns C apart), each prefetching the W rows `ahead`
+// tiles further when `prefetch` is set. One call per run of tiles, not per tile: at one row a
+// tile is one W row.
+template <typename T, int R, int C>
+DM_AVX512BF16 void tiles(const T* x, int64_t ldx, const T* w, int64_t k, int64_t count, float* y,
+                         int64_t ldy, bool accumulate, bool prefetch) {
+  constexpr int64_t ahead = 2;
+  for (int64_t t = 0; t < count; ++t, w += C * k, y += C) {
+    const char* pf = prefetch ? reinterpret_cast<const char*>(w + ahead * C * k) : nullptr;
+    tile<T, R, C>(x, ldx, w, k, y, ldy, accumulate, pf);
+  }
+}
 
-// Entry (R - 1) * C_max + (C - 1) is the R x C tile.
+template <typename T>
+using TilesFn = void (*)(const T*, int64_t, const T*, int64_t, int64_t, float*, int64_t, bool,
+                         bool);
+template <typename T>
+using TileTable = std::array<TilesFn<T>, kTileRows * kTileCols<T>>;
+
+// Entry (R - 1) * C_max + (C - 1) runs R x C tiles.
 template <typename T, int... I>
 constexpr TileTable<T> tile_table(std::integer_sequence<int, I...>) {
-  return {tile<T, I / kTileCols<T> + 1, I % kTileCols<T> + 1>...};
+  return {tiles<T, I / kTileCols<T> + 1, I % kTileCols<T> + 1>...};
 }
 template <typename T>
 constexpr TileTable<T> kTiles =
@@ -155,7 +169,7 @@ constexpr TileTable<T> kTiles =
 // tiles ahead) as it goes; one row takes one column at a time, a single stream.
 template <typename T>
 void over_tiles(const LinearArgs& a, const T* x, int64_t ldx) {
-  constexpr int64_t cmax = kTileCols<T>, ahead = 2;
+  constexpr int64_t cmax = kTileCols<T>;
   const int64_t k = a.w->in_features();
   const T* w = static_cast<const T*>(a.w->data());
   const int64_t row_bytes = k * static_cast<int64_t>(sizeof(T));
@@ -165,15 +179,15 @@ void over_tiles(const LinearArgs& a, const T* x, int64_t ldx) {
     const int64_t c1 = std::min(a.n_end, c0 + block);
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t r0 = a.m * g / groups, rows = a.m * (g + 1) / groups - r0;
-      const int64_t tc = rows == 1 ? 1 : cmax;
-      for (int64_t n = c0; n < c1; n += tc) {
-        const int64_t cols = std::min(tc, c1 - n);
-        const char* pf = g == 0 && rows > 1
-                             ? reinterpret_cast<const char*>(w + (n + cols * ahead) * k)
-                             : nullptr;
-        kTiles<T>[static_cast<size_t>((rows - 1) * cmax + cols - 1)](
-            x + r0 * ldx, ldx, w + n * k, k, a.y + r0 * a.ldy + n, a.ldy, a.accumulate, pf);
-      }
+      const int64_t tc = rows == 1 ? 1 : cmax, full = (c1 - c0) / tc, rest = (c1 - c0) % tc;
+      const bool prefetch = g == 0 && rows > 1;
+      const auto run = [&](int64_t n, int64_t cols, int64_t count) {
+        kTiles<T>[static_cast<size_t>((rows - 1) * cmax + cols - 1)](x + r0 * ldx, ldx, w + n * k,
+                                                                     k, count, a.y + r0 * a.ldy + n,
+                                                                     a.ldy, a.accumulate, prefetch);
+      };
+      if (full > 0) run(c0, tc, full);
+      if (rest > 0) run(c0 + full * tc, rest, 1);
     }
   }
 }
