@@ -145,7 +145,10 @@ TEST(LinearInt8, MatchesNaiveQuantisedProductEveryImplAndPath) {
                                    {300, 70, 1024, 1024, 75, 0, 70, true},
                                    {48, 33, 256, 260, 33, 0, 33, false},
                                    {4, 40, 64, 64, 40, 0, 40, true},
-                                   {8, 33, 1024, 1024, 33, 3, 33, false}};
+                                   {8, 33, 1024, 1024, 33, 3, 33, false},
+                                   {3, 20, 600, 600, 20, 0, 20, true},
+                                   {6, 19, 1400, 1401, 19, 2, 19, false},
+                                   {1, 24, 1400, 1400, 24, 0, 24, false}};
   uint32_t seed = 100;
   for (LinearImpl impl : int8_impls()) {
     for (const Case& c : cases) {
@@ -219,25 +222,74 @@ TEST(LinearInt8, Avx2QuantiserAndDequantiserMatchPortable) {
       EXPECT_TRUE(da[i] == db[i] || (std::isnan(da[i]) && std::isnan(db[i])))
           << "k=" << k << " " << i;
   }
-  const int64_t n = 5, k = 70, kb = 3, kp = 96;
-  const PackedLinear p =
-      PackedLinear::row_major(Tensor::from(random_vec(n * k, 8), {n, k}), DType::int8);
-  const auto* q = static_cast<const int8_t*>(p.data());
-  const auto* d = reinterpret_cast<const uint16_t*>(static_cast<const char*>(p.data()) +
-                                                    int8_scales_offset(n, k));
-  std::vector<float> w(static_cast<size_t>(n * k));
-  dequantize_rows_int8_avx2(q, d, n, k, w.data());
+  // k = 70: one partial group of 3 blocks; 600: a full group and 3 blocks; 1400: 2 and 12.
+  for (int64_t k : {70, 600, 1400}) {
+    const int64_t n = 5, kb = (k + 31) / 32, kp = kb * 32;
+    const PackedLinear p = PackedLinear::row_major(
+        Tensor::from(random_vec(static_cast<size_t>(n * k), 8), {n, k}), DType::int8);
+    const auto* q = static_cast<const int8_t*>(p.data());
+    const auto* d = reinterpret_cast<const uint16_t*>(static_cast<const char*>(p.data()) +
+                                                      int8_scales_offset(n, k));
+    std::vector<float> w(static_cast<size_t>(n * k));
+    dequantize_rows_int8_avx2(q, d, n, k, w.data());
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < k; ++c)
+        ASSERT_EQ(w[static_cast<size_t>(r * k + c)],
+                  f16_to_f32(d[r * kb + c / 32]) *
+                      static_cast<float>(q[r * kp + int8_quant_offset(c, kb)]))
+            << "k=" << k << " [" << r << ", " << c << "]";
+  }
+}
+
+// The stored order of an int8 row (linear_impl.h), written out by hand: in a group of w blocks,
+// byte j of 4-byte step s of block b is at 4·w·s + 4·b + j; the helpers and the quantiser agree.
+TEST(LinearInt8, StoredQuantOrder) {
+  for (int64_t kb : {1, 3, 15, 16, 17, 19, 32, 44}) {
+    const int64_t kp = kb * 32;
+    std::vector<int8_t> natural(static_cast<size_t>(kp));
+    for (int64_t c = 0; c < kp; ++c) natural[static_cast<size_t>(c)] = static_cast<int8_t>(c * 7);
+    std::vector<int8_t> stored(natural.size(), 0), back(natural.size(), 0);
+    int8_to_stored_order(natural.data(), kb, stored.data());
+    std::vector<bool> hit(natural.size(), false);
+    for (int64_t c = 0; c < kp; ++c) {
+      const int64_t g0 = c / 512 * 16, w = std::min<int64_t>(16, kb - g0);
+      const int64_t b = c / 32 - g0, t = c % 32;
+      const int64_t off = g0 * 32 + 4 * w * (t / 4) + 4 * b + t % 4;
+      ASSERT_EQ(int8_quant_offset(c, kb), off) << "kb=" << kb << " c=" << c;
+      ASSERT_EQ(stored[static_cast<size_t>(off)], natural[static_cast<size_t>(c)]);
+      ASSERT_FALSE(hit[static_cast<size_t>(off)]) << "two inputs at one byte";
+      hit[static_cast<size_t>(off)] = true;
+    }
+    for (int64_t g0 = 0; g0 < kb; g0 += 16)
+      int8_group_to_natural(stored.data() + g0 * 32, std::min<int64_t>(16, kb - g0),
+                            back.data() + g0 * 32);
+    EXPECT_EQ(back, natural) << "kb=" << kb;
+  }
+  // The weight quantiser stores block b's quants (as quantize_weight_block_int8 gives them) at
+  // those offsets.
+  const int64_t n = 2, k = 600, kb = 19, kp = kb * 32;
+  const std::vector<float> w = random_vec(static_cast<size_t>(n * k), 21);
+  std::vector<int8_t> q(static_cast<size_t>(n * kp));
+  std::vector<uint16_t> d(static_cast<size_t>(n * kb));
+  quantize_weight_rows_int8(LinearImpl::portable, w.data(), n, k, q.data(), d.data());
   for (int64_t r = 0; r < n; ++r)
-    for (int64_t c = 0; c < k; ++c)
-      ASSERT_EQ(w[static_cast<size_t>(r * k + c)],
-                f16_to_f32(d[r * kb + c / 32]) * static_cast<float>(q[r * kp + c]));
+    for (int64_t b = 0; b < kb; ++b) {
+      int8_t qb[32];
+      uint16_t db = 0;
+      quantize_weight_block_int8(w.data() + r * k + b * 32, std::min<int64_t>(32, k - b * 32), r,
+                                 b * 32, qb, &db);
+      EXPECT_EQ(db, d[static_cast<size_t>(r * kb + b)]);
+      for (int64_t t = 0; t < 32; ++t)
+        ASSERT_EQ(q[static_cast<size_t>(r * kp + int8_quant_offset(b * 32 + t, kb))], qb[t])
+            << "row " << r << " block " << b << " input " << t;
+    }
 }
 
 // The AVX2 weight quantiser (load time) writes the portable one's bytes, and refuses the same
 // weights with the same message.
 TEST(LinearInt8, Avx2WeightQuantiserMatchesPortable) {
   if (!linear_impl_supported(LinearImpl::avx2, DType::int8)) GTEST_SKIP() << "no AVX2 int8 here";
-  for (int64_t k : {1, 31, 32, 33, 100, 256}) {
+  for (int64_t k : {1, 31, 32, 33, 100, 256, 600}) {
     const int64_t n = 4, kb = (k + 31) / 32, kp = kb * 32;
     std::vector<float> w = random_vec(static_cast<size_t>(n * k), static_cast<uint32_t>(k + 50));
     for (int64_t c = 0; c < std::min<int64_t>(k, 32); ++c) w[static_cast<size_t>(k + c)] = 0.0f;

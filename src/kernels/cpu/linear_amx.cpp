@@ -146,6 +146,7 @@ DM_AMX void transpose_x(const uint32_t* xb, int64_t ldxb, int64_t rows, int64_t 
 // stride kb) to bf16 rows of k (k a multiple of 32) in dst, rows up to 32 zero-filled.
 DM_AMX void dequantize_rows_bf16(const int8_t* q, const uint16_t* d, int64_t kp, int64_t kb,
                                  int64_t rows, int64_t k, uint16_t* dst) {
+  alignas(64) int8_t natural[kQGroup * kQBlock];
   for (int64_t n = 0; n < 2 * kTileRows; ++n) {
     uint16_t* out = dst + n * k;
     if (n >= rows) {
@@ -153,8 +154,11 @@ DM_AMX void dequantize_rows_bf16(const int8_t* q, const uint16_t* d, int64_t kp,
       continue;
     }
     for (int64_t b = 0; b < k / kQBlock; ++b) {
+      if (b % kQGroup == 0)  // the group's quants in natural order (layout in linear_impl.h)
+        int8_group_to_natural(q + n * kp + b * kQBlock, std::min(kQGroup, kb - b), natural);
       const __m512 s = _mm512_set1_ps(_cvtsh_ss(d[n * kb + b]));
-      const __m256i q8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + n * kp + b * 32));
+      const __m256i q8 =
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(natural + (b % kQGroup) * kQBlock));
       // (The maskz forms: GCC 12 warns about the unmasked ones' undefined pass-through.)
       const __m512 lo = _mm512_mul_ps(
           s, _mm512_maskz_cvtepi32_ps(

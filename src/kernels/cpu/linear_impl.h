@@ -9,9 +9,15 @@
 //
 // int8 weights (DType::int8; always WeightLayout::row_major, a quantised copy), K blocks of
 // kQBlock = 32 inputs, KB = ceil(K/32), KP = 32 * KB:
-//   quants: int8  q[n * KP + k]            (k ≥ K is 0), symmetric in [-127, 127]
+//   quants: int8  row n at q[n * KP], (k ≥ K is 0), symmetric in [-127, 127], stored in groups
+//           of kQGroup = 16 blocks (the last group of a row may have fewer, w blocks): within a
+//           group, the quants of input 4j..4j+3 of each block follow each other block by block,
+//           i.e. input t of block b of the group sits at byte 4·w·(t/4) + 4·b + t%4 of the
+//           group (int8_quant_offset). A 64-byte load then holds 4 inputs of each of 16 blocks,
+//           and vpdpbusd sums whole blocks in its 16 int32 lanes without a reduction.
 //   scales: f16   d[n * KB + b], starting at byte int8_scales_offset(N, K)
-//   W[n, k] ≈ d[n * KB + k/32] * q[n * KP + k]     (1.0625 bytes per weight, as GGML's q8_0)
+//   W[n, k] ≈ d[n * KB + k/32] * q[n * KP + int8_quant_offset(k, KB)]
+//           (1.0625 bytes per weight, as GGML's q8_0)
 // x is quantised the same way per row (f32 scales) and products are summed as integers within
 // a block: y[r, n] = Σ_b d_w[n, b] · d_x[r, b] · Σ_{k in b} q_w · q_x.
 #pragma once
@@ -162,6 +168,34 @@ inline size_t int8_scales_offset(int64_t n, int64_t k) {
       static_cast<size_t>(n) * static_cast<size_t>((k + kQBlock - 1) / kQBlock * kQBlock);
   return (quants + 63) / 64 * 64;
 }
+/// Blocks per group of the stored quant order of an int8 row (see the layout at the top).
+inline constexpr int64_t kQGroup = 16;
+/// Byte offset of input c's quant (c < 32 · kb) in a stored int8 row of kb blocks.
+inline int64_t int8_quant_offset(int64_t c, int64_t kb) {
+  const int64_t g0 = c / (kQGroup * kQBlock) * kQGroup;  // the group's first block
+  const int64_t width = kb - g0 < kQGroup ? kb - g0 : kQGroup;
+  const int64_t b = c / kQBlock - g0, t = c % kQBlock;
+  return g0 * kQBlock + (t / 4) * 4 * width + 4 * b + t % 4;
+}
+/// Puts one row of kb blocks of quants from natural order (`in`) into the stored order (`out`,
+/// not overlapping `in`); 4-byte copies, which the compiler may vectorise.
+inline void int8_to_stored_order(const int8_t* in, int64_t kb, int8_t* out) {
+  for (int64_t g0 = 0; g0 < kb; g0 += kQGroup) {
+    const int64_t width = kb - g0 < kQGroup ? kb - g0 : kQGroup;
+    const int8_t* src = in + g0 * kQBlock;
+    int8_t* dst = out + g0 * kQBlock;
+    for (int64_t j = 0; j < kQBlock / 4; ++j)
+      for (int64_t b = 0; b < width; ++b)
+        __builtin_memcpy(dst + 4 * (j * width + b), src + b * kQBlock + 4 * j, 4);
+  }
+}
+/// The inverse for one group of `width` blocks: stored bytes (`in`) to 32 · width quants in
+/// natural order (`out`, not overlapping).
+inline void int8_group_to_natural(const int8_t* in, int64_t width, int8_t* out) {
+  for (int64_t b = 0; b < width; ++b)
+    for (int64_t j = 0; j < kQBlock / 4; ++j)
+      __builtin_memcpy(out + b * kQBlock + 4 * j, in + 4 * (j * width + b), 4);
+}
 /// Bytes of an int8 matrix of N rows and K inputs (quants + scales).
 inline size_t int8_weight_bytes(int64_t n, int64_t k) {
   return int8_scales_offset(n, k) +
@@ -202,15 +236,17 @@ void dequantize_rows_int8_avx2(const int8_t* q, const uint16_t* d, int64_t rows,
 /// dequantised x goes through OpenBLAS (the same products, summed in another order).
 void linear_rows_int8(LinearImpl impl, const LinearArgs& a);
 /// AVX2 integer dot kernel: y[r, n] (+)= for rows r < a.m, columns [a.n_begin, a.n_end) from
-/// the quantised x (xq row stride KP, xd row stride KB).
-void linear_int8_avx2(const LinearArgs& a, const int8_t* xq, const float* xd);
-/// Scratch bytes linear_int8_vnni needs for m rows of K inputs (|q_x| and sign masks).
-inline size_t int8_vnni_scratch_bytes(int64_t m, int64_t k) {
+/// the quantised x (xq natural order, row stride KP; xd row stride KB); scratch:
+/// int8_dot_scratch_bytes(a.m, K) bytes, 64-byte aligned.
+void linear_int8_avx2(const LinearArgs& a, const int8_t* xq, const float* xd, void* scratch);
+/// Scratch bytes the integer dot kernels need for m rows of K inputs (x's quants in the
+/// weights' stored order).
+inline size_t int8_dot_scratch_bytes(int64_t m, int64_t k) {
   const int64_t kp = (k + kQBlock - 1) / kQBlock * kQBlock;
-  return static_cast<size_t>(m * kp + 63) / 64 * 64 + static_cast<size_t>(m * ((kp + 63) / 64)) * 8;
+  return static_cast<size_t>(m * kp + 63) / 64 * 64;
 }
 /// The same products with AVX-512 VNNI (vpdpbusd; the same integer block sums, f32 sums in
-/// another order); scratch: int8_vnni_scratch_bytes(a.m, K) bytes, 64-byte aligned.
+/// another order); scratch: int8_dot_scratch_bytes(a.m, K) bytes, 64-byte aligned.
 void linear_int8_vnni(const LinearArgs& a, const int8_t* xq, const float* xd, void* scratch);
 
 /// Per-thread scratch of at least `bytes` bytes, 64-byte aligned, reused across calls

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include <omp.h>
 
@@ -42,14 +43,18 @@ void quantize_weight_block_int8(const float* w, int64_t len, int64_t row, int64_
 void quantize_weight_rows_int8(LinearImpl impl, const float* w, int64_t rows, int64_t k, int8_t* q,
                                uint16_t* d, int64_t row0) {
   const int64_t kb = (k + kQBlock - 1) / kQBlock, kp = kb * kQBlock;
+  // Each row is quantised in natural order, then put in the stored order (linear_impl.h).
+  std::vector<int8_t> natural(static_cast<size_t>(kp));
   for (int64_t n = 0; n < rows; ++n) {
     if (impl != LinearImpl::portable) {
-      quantize_weight_row_int8_avx2(w + n * k, k, row0 + n, q + n * kp, d + n * kb);
-      continue;
+      quantize_weight_row_int8_avx2(w + n * k, k, row0 + n, natural.data(), d + n * kb);
+    } else {
+      for (int64_t b = 0; b < kb; ++b)
+        quantize_weight_block_int8(w + n * k + b * kQBlock, std::min(kQBlock, k - b * kQBlock),
+                                   row0 + n, b * kQBlock, natural.data() + b * kQBlock,
+                                   d + n * kb + b);
     }
-    for (int64_t b = 0; b < kb; ++b)
-      quantize_weight_block_int8(w + n * k + b * kQBlock, std::min(kQBlock, k - b * kQBlock),
-                                 row0 + n, b * kQBlock, q + n * kp + b * kQBlock, d + n * kb + b);
+    int8_to_stored_order(natural.data(), kb, q + n * kp);
   }
 }
 
@@ -116,11 +121,15 @@ Int8Weights int8_weights(const PackedLinear& w) {
 // The reference integer kernel (any CPU): exact integer sums per block, f32 across blocks.
 void int8_portable(const LinearArgs& a, const int8_t* xq, const float* xd) {
   const Int8Weights w = int8_weights(*a.w);
-  for (int64_t r = 0; r < a.m; ++r)
-    for (int64_t n = a.n_begin; n < a.n_end; ++n) {
+  std::vector<int8_t> natural(static_cast<size_t>(w.kp));
+  for (int64_t n = a.n_begin; n < a.n_end; ++n) {
+    for (int64_t g0 = 0; g0 < w.kb; g0 += kQGroup)
+      int8_group_to_natural(w.q + n * w.kp + g0 * kQBlock, std::min(kQGroup, w.kb - g0),
+                            natural.data() + g0 * kQBlock);
+    for (int64_t r = 0; r < a.m; ++r) {
       float s = 0.0f;
       for (int64_t b = 0; b < w.kb; ++b) {
-        const int8_t* wb = w.q + n * w.kp + b * kQBlock;
+        const int8_t* wb = natural.data() + b * kQBlock;
         const int8_t* xb = xq + r * w.kp + b * kQBlock;
         int32_t isum = 0;
         for (int64_t c = 0; c < kQBlock; ++c) isum += int32_t{wb[c]} * int32_t{xb[c]};
@@ -129,6 +138,7 @@ void int8_portable(const LinearArgs& a, const int8_t* xq, const float* xd) {
       float& out = a.y[r * a.ldy + n];
       out = a.accumulate ? out + s : s;
     }
+  }
 }
 
 // Many rows (AVX2 CPUs only): x dequantised (so this path multiplies the same values as the
@@ -164,14 +174,17 @@ void linear_rows_int8(LinearImpl impl, const LinearArgs& a) {
   const int64_t k = a.w->in_features();
   // As linear_rows: inside a parallel region OpenBLAS must already be single-threaded.
   const bool in_parallel = omp_in_parallel() != 0;
+  // The VNNI kernel beats dequantise + OpenBLAS at every row count (Zen 4, 1024 x 1024, 2
+  // threads: 3.6x at 32 rows, 2.1x at 512; bench/micro_kernels BM_rows_int8), the AVX2 one only
+  // below kBlasRowsInt8.
   const bool blas =
-      impl != LinearImpl::portable && a.m >= kBlasRowsInt8 && (!in_parallel || blas_threads() == 1);
+      impl == LinearImpl::avx2 && a.m >= kBlasRowsInt8 && (!in_parallel || blas_threads() == 1);
   const size_t q_bytes = static_cast<size_t>(a.m * w.kp + 63) / 64 * 64;
   const size_t d_bytes = static_cast<size_t>(a.m * w.kb * 4 + 63) / 64 * 64;
   const size_t f_bytes = blas ? static_cast<size_t>(a.m + kBlasCols) * k * 4 : 0;
   // The VNNI kernel is AVX-512's: avx2 (a cap, or a test of that path) keeps the AVX2 one.
   const bool vnni = !blas && impl != LinearImpl::portable && impl != LinearImpl::avx2;
-  const size_t v_bytes = vnni ? (int8_vnni_scratch_bytes(a.m, k) + 63) / 64 * 64 : 0;
+  const size_t v_bytes = !blas && impl != LinearImpl::portable ? int8_dot_scratch_bytes(a.m, k) : 0;
   char* scratch = static_cast<char*>(thread_scratch(q_bytes + d_bytes + f_bytes + v_bytes));
   auto* xq = reinterpret_cast<int8_t*>(scratch);
   auto* xd = reinterpret_cast<float*>(scratch + q_bytes);
@@ -188,7 +201,7 @@ void linear_rows_int8(LinearImpl impl, const LinearArgs& a) {
   } else if (vnni) {
     linear_int8_vnni(a, xq, xd, scratch + q_bytes + d_bytes);
   } else {
-    linear_int8_avx2(a, xq, xd);
+    linear_int8_avx2(a, xq, xd, scratch + q_bytes + d_bytes);
   }
 }
 

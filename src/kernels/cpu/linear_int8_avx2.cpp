@@ -1,11 +1,13 @@
 // AVX2 integer dot kernel for int8 weights (layout in linear_impl.h) and int8-quantised x.
 //
-// Per block of 32 inputs: vpmaddubsw needs one unsigned operand, so it multiplies |x| by w with
-// x's sign moved onto w (vpsignb twice; |q| ≤ 127 keeps the pair sums within int16), vpmaddwd
-// adds the pairs into 8 int32 lanes, which are converted to f32 and multiply-added with the
-// block's scale d_w · d_x. One weight row is read once for up to 4 x rows (it stays in L1 for
-// the rows after), and, as the f32 dot kernels, one output at a time, so a column range is one
-// sequential stream: decode is bound by reading 1.0625 bytes per weight.
+// vpmaddubsw needs one unsigned operand, so it multiplies |x| by w with x's sign moved onto w
+// (vpsignb twice; |q| ≤ 127 keeps the pair sums within int16) and vpmaddwd adds the pairs into
+// int32 lanes. In the weights' stored order (groups of 16 blocks, 4 inputs of each block after
+// each other) each 32-byte step gives one lane per block, so a group's 8 steps sum whole blocks
+// in int32 lanes before one conversion and multiply-add with the blocks' scales d_w · d_x (x is
+// put in the same order once per call). One weight row is read once for up to 4 x rows (it stays
+// in L1 for the rows after), and, as the f32 dot kernels, one output at a time, so a column
+// range is one sequential stream: decode is bound by reading 1.0625 bytes per weight.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -33,68 +35,88 @@ DM_AVX2 DM_INLINE float hsum(__m256 v) {
 // past the end of the matrix is harmless (prefetches do not fault).
 constexpr int64_t kPrefetchBytes = 2048;
 
-// 8 int32 partial sums of the 32-element block product w · x.
+// Per int32 lane, the sum of the 4 byte products w · x of that lane.
 DM_AVX2 DM_INLINE __m256i block_dot(__m256i w, __m256i x) {
   const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
   return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
 }
 
-// s[r] = row n of W · x row r, for M rows, 8 blocks (256 inputs) per step. The 8 blocks'
-// combined scales d_w · d_x are formed as one vector per row and stored, so each block's
-// scale is a broadcast load. Two accumulators per row (even and odd blocks, the loop fully
-// unrolled so they stay in registers) hide the multiply-add latency. Every row is summed in the
-// same order whatever M is, so a row's result does not depend on the rows batched with it.
-template <int M>
-DM_AVX2 void dot_rows(const int8_t* wq, const uint16_t* wd, int64_t kb, const int8_t* xq,
-                      const float* xd, int64_t kp, float* s) {
-  __m256 acc0[M], acc1[M];
+// One group of `width` blocks (kQGroup, or fewer at the end of a row; stored order, so a
+// 32-byte load holds 4 inputs of each of 8 blocks): the integer block sums of M rows of x
+// (same order) accumulate in int32 lanes (lo: blocks 0-7, hi: 8-15) over the group's 8 steps,
+// then are converted and multiply-added with the combined scales d_w · d_x, lo then hi.
+template <int M, bool Full>
+DM_AVX2 DM_INLINE void dot_group(const int8_t* wg, const uint16_t* dg, int64_t width,
+                                 const int8_t* xg, const float* xdg, int64_t kp, int64_t kb,
+                                 __m256 acc[M]) {
+  __m256i lo[M], hi[M];
 #pragma GCC unroll 4
-  for (int r = 0; r < M; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
-  alignas(32) float dc[M][8];
-  const int64_t kb8 = kb / 8 * 8;
-  for (int64_t b0 = 0; b0 < kb8; b0 += 8) {
-    // The 4 cache lines kPrefetchBytes ahead (see kPrefetchBytes).
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j)
-      _mm_prefetch(reinterpret_cast<const char*>(wq + b0 * kQBlock + kPrefetchBytes + 64 * j),
-                   _MM_HINT_T0);
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wd + b0)));
-#pragma GCC unroll 4
-    for (int r = 0; r < M; ++r)
-      _mm256_store_ps(dc[r], _mm256_mul_ps(dw, _mm256_loadu_ps(xd + r * kb + b0)));
+  for (int r = 0; r < M; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
+  // Partial groups: masked loads of the first min(width, 8) and width - 8 dwords of a step.
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i mlo = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(width)), lane);
+  const __m256i mhi = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(width) - 8), lane);
+  const int64_t step = Full ? 64 : 4 * width;
 #pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) {
-      const int64_t off = (b0 + i) * kQBlock;
-      const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(wq + off));
-#pragma GCC unroll 4
-      for (int r = 0; r < M; ++r) {
-        const __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + r * kp + off));
-        const __m256 p = _mm256_cvtepi32_ps(block_dot(w, x));
-        if (i % 2 == 0) {
-          acc0[r] = _mm256_fmadd_ps(p, _mm256_broadcast_ss(&dc[r][i]), acc0[r]);
-        } else {
-          acc1[r] = _mm256_fmadd_ps(p, _mm256_broadcast_ss(&dc[r][i]), acc1[r]);
-        }
-      }
-    }
-  }
-  for (int64_t b = kb8; b < kb; ++b) {
-    const float dw = f16_to_f32(wd[b]);
-    const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(wq + b * kQBlock));
+  for (int v = 0; v < 8; ++v) {
+    const auto* wv = reinterpret_cast<const int*>(wg + step * v);
+    const __m256i wlo = Full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wv))
+                             : _mm256_maskload_epi32(wv, mlo);
+    const __m256i whi = Full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wv + 8))
+                             : _mm256_maskload_epi32(wv + 8, mhi);
 #pragma GCC unroll 4
     for (int r = 0; r < M; ++r) {
-      const __m256i x =
-          _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + r * kp + b * kQBlock));
-      acc0[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_dot(w, x)),
-                                _mm256_set1_ps(dw * xd[r * kb + b]), acc0[r]);
+      const auto* xv = reinterpret_cast<const int*>(xg + r * kp + step * v);
+      const __m256i xlo = Full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv))
+                               : _mm256_maskload_epi32(xv, mlo);
+      const __m256i xhi = Full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + 8))
+                               : _mm256_maskload_epi32(xv + 8, mhi);
+      lo[r] = _mm256_add_epi32(lo[r], block_dot(wlo, xlo));
+      hi[r] = _mm256_add_epi32(hi[r], block_dot(whi, xhi));
+    }
+  }
+  // The f16 scales through a zero-padded copy (a 16-wide load could pass the matrix's end).
+  alignas(32) uint16_t d16[kQGroup] = {};
+  __builtin_memcpy(d16, dg, static_cast<size_t>(width) * 2);
+  const __m256 dlo = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16)));
+  const __m256 dhi = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8)));
+#pragma GCC unroll 4
+  for (int r = 0; r < M; ++r) {
+    const float* xd = xdg + r * kb;
+    const __m256 xlo = Full ? _mm256_loadu_ps(xd) : _mm256_maskload_ps(xd, mlo);
+    const __m256 xhi = Full ? _mm256_loadu_ps(xd + 8) : _mm256_maskload_ps(xd + 8, mhi);
+    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo[r]), _mm256_mul_ps(dlo, xlo), acc[r]);
+    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi[r]), _mm256_mul_ps(dhi, xhi), acc[r]);
+  }
+}
+
+// s[r] = row n of W · x row r (x in the stored order), for M rows, a group of 16 blocks (512
+// inputs) per step. Every row is summed in the same order whatever M is, so a row's result
+// does not depend on the rows batched with it.
+template <int M>
+DM_AVX2 void dot_rows(const int8_t* wq, const uint16_t* wd, int64_t kb, const int8_t* xs,
+                      const float* xd, int64_t kp, float* s) {
+  __m256 acc[M];
+#pragma GCC unroll 4
+  for (int r = 0; r < M; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t g0 = 0; g0 < kb; g0 += kQGroup) {
+    const int8_t* wg = wq + g0 * kQBlock;
+    // The 8 cache lines kPrefetchBytes ahead (see kPrefetchBytes).
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j)
+      _mm_prefetch(reinterpret_cast<const char*>(wg + kPrefetchBytes + 64 * j), _MM_HINT_T0);
+    if (kb - g0 >= kQGroup) {
+      dot_group<M, true>(wg, wd + g0, kQGroup, xs + g0 * kQBlock, xd + g0, kp, kb, acc);
+    } else {
+      dot_group<M, false>(wg, wd + g0, kb - g0, xs + g0 * kQBlock, xd + g0, kp, kb, acc);
     }
   }
 #pragma GCC unroll 4
-  for (int r = 0; r < M; ++r) s[r] = hsum(_mm256_add_ps(acc0[r], acc1[r]));
+  for (int r = 0; r < M; ++r) s[r] = hsum(acc[r]);
 }
 
 template <int M>
-DM_AVX2 void rows_block(const LinearArgs& a, const int8_t* xq, const float* xd, int64_t r0,
+DM_AVX2 void rows_block(const LinearArgs& a, const int8_t* xs, const float* xd, int64_t r0,
                         int64_t c0, int64_t c1) {
   const int64_t k = a.w->in_features(), n_rows = a.w->out_features();
   const int64_t kb = (k + kQBlock - 1) / kQBlock, kp = kb * kQBlock;
@@ -103,7 +125,7 @@ DM_AVX2 void rows_block(const LinearArgs& a, const int8_t* xq, const float* xd, 
   const auto* d = reinterpret_cast<const uint16_t*>(base + int8_scales_offset(n_rows, k));
   float s[M];
   for (int64_t n = c0; n < c1; ++n) {
-    dot_rows<M>(q + n * kp, d + n * kb, kb, xq + r0 * kp, xd + r0 * kb, kp, s);
+    dot_rows<M>(q + n * kp, d + n * kb, kb, xs + r0 * kp, xd + r0 * kb, kp, s);
 #pragma GCC unroll 4
     for (int r = 0; r < M; ++r) {
       float& out = a.y[(r0 + r) * a.ldy + n];
@@ -193,45 +215,55 @@ DM_AVX2 void quantize_weight_row_int8_avx2(const float* w, int64_t k, int64_t ro
 DM_AVX2 void dequantize_rows_int8_avx2(const int8_t* q, const uint16_t* d, int64_t rows, int64_t k,
                                        float* dst) {
   const int64_t kb = (k + kQBlock - 1) / kQBlock, kp = kb * kQBlock, kfull = k / kQBlock;
+  alignas(64) int8_t natural[kQGroup * kQBlock];
   for (int64_t n = 0; n < rows; ++n) {
-    const int8_t* qr = q + n * kp;
     float* out = dst + n * k;
-    for (int64_t b = 0; b < kfull; ++b) {
-      const __m256 s = _mm256_set1_ps(f16_to_f32(d[n * kb + b]));
-      for (int j = 0; j < 4; ++j) {
-        const __m128i q8 =
-            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(qr + b * kQBlock + 8 * j));
-        _mm256_storeu_ps(out + b * kQBlock + 8 * j,
-                         _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8))));
+    for (int64_t g0 = 0; g0 < kb; g0 += kQGroup) {
+      const int64_t width = std::min(kQGroup, kb - g0);
+      int8_group_to_natural(q + n * kp + g0 * kQBlock, width, natural);
+      for (int64_t b = g0; b < g0 + width; ++b) {
+        const int8_t* qb = natural + (b - g0) * kQBlock;
+        if (b == kfull) {  // the partial last block
+          const float s = f16_to_f32(d[n * kb + b]);
+          for (int64_t c = kfull * kQBlock; c < k; ++c)
+            out[c] = s * static_cast<float>(qb[c - kfull * kQBlock]);
+          continue;
+        }
+        const __m256 s = _mm256_set1_ps(f16_to_f32(d[n * kb + b]));
+        for (int j = 0; j < 4; ++j) {
+          const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(qb + 8 * j));
+          _mm256_storeu_ps(out + b * kQBlock + 8 * j,
+                           _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8))));
+        }
       }
-    }
-    if (kfull < kb) {
-      const float s = f16_to_f32(d[n * kb + kfull]);
-      for (int64_t c = kfull * kQBlock; c < k; ++c) out[c] = s * static_cast<float>(qr[c]);
     }
   }
 }
 
-void linear_int8_avx2(const LinearArgs& a, const int8_t* xq, const float* xd) {
+void linear_int8_avx2(const LinearArgs& a, const int8_t* xq, const float* xd, void* scratch) {
+  const int64_t kb = (a.w->in_features() + kQBlock - 1) / kQBlock, kp = kb * kQBlock;
+  // x's quants in the weights' stored order.
+  auto* xs = static_cast<int8_t*>(scratch);
+  for (int64_t r = 0; r < a.m; ++r) int8_to_stored_order(xq + r * kp, kb, xs + r * kp);
   // Column blocks of about 128 KiB of weights stay in L2 while each group of 4 rows of x passes
   // over them.
-  const int64_t row_bytes = (a.w->in_features() + kQBlock - 1) / kQBlock * (kQBlock + 2);
+  const int64_t row_bytes = kb * (kQBlock + 2);
   const int64_t block = std::max<int64_t>(8, (int64_t{128} << 10) / row_bytes / 8 * 8);
   for (int64_t c0 = a.n_begin; c0 < a.n_end; c0 += block) {
     const int64_t c1 = std::min(a.n_end, c0 + block);
     for (int64_t r0 = 0; r0 < a.m; r0 += 4) {
       switch (std::min<int64_t>(4, a.m - r0)) {
         case 4:
-          rows_block<4>(a, xq, xd, r0, c0, c1);
+          rows_block<4>(a, xs, xd, r0, c0, c1);
           break;
         case 3:
-          rows_block<3>(a, xq, xd, r0, c0, c1);
+          rows_block<3>(a, xs, xd, r0, c0, c1);
           break;
         case 2:
-          rows_block<2>(a, xq, xd, r0, c0, c1);
+          rows_block<2>(a, xs, xd, r0, c0, c1);
           break;
         default:
-          rows_block<1>(a, xq, xd, r0, c0, c1);
+          rows_block<1>(a, xs, xd, r0, c0, c1);
           break;
       }
     }

@@ -126,9 +126,10 @@ std::string linear_row_major_impl_name(DType dtype) {
            std::to_string(pack_rows(dtype)) + " (K even))";
   }
   if (dtype == DType::int8)
-    return std::string(best_linear_impl(dtype) == LinearImpl::avx512 ? "avx512 vnni" : "avx2") +
-           " int8 dot kernel (x quantised per 32) below " + rows +
-           " rows, dequantised tiles + OpenBLAS sgemm from " + rows;
+    return best_linear_impl(dtype) == LinearImpl::avx512
+               ? "avx512 vnni int8 dot kernel (x quantised per 32) at every row count"
+               : "avx2 int8 dot kernel (x quantised per 32) below " + rows +
+                     " rows, dequantised tiles + OpenBLAS sgemm from " + rows;
   if (best_linear_impl(dtype) == LinearImpl::avx512) {
     const std::string pack = std::to_string(pack_rows(dtype));
     if (dtype == DType::bf16)
