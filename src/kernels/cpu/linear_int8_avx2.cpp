@@ -31,9 +31,12 @@ DM_AVX2 DM_INLINE float hsum(__m256 v) {
 // Software prefetch distance in the weight stream. The integer kernel does more work per byte
 // than the f32 / bf16 dot kernels, and the hardware prefetchers alone left it at 15 GB/s (1
 // thread) / 23 GB/s (2 threads) from DRAM where bf16 reads 16 / 29; 1.5-3 KiB ahead gave 21-24
-// / 28-38 (BM_gemv_dram_rows_int8, Zen 3; 2 KiB is two rows of a K = 1024 matrix). A prefetch
-// past the end of the matrix is harmless (prefetches do not fault).
-constexpr int64_t kPrefetchBytes = 2048;
+// / 28-38 (BM_gemv_dram_rows_int8, Zen 3; 2 KiB is two rows of a K = 1024 matrix). With the
+// weights in groups (session 24) 4 KiB did better than 1 or 2 KiB on Zen 4 with the AVX2 path
+// forced (one row, one thread: 44-51 µs per 1024 x 1024 against 50-62 at 1 KiB, 43-55 at 2;
+// the old per-block kernel 42-43 there). A prefetch past the end of the matrix is harmless
+// (prefetches do not fault).
+constexpr int64_t kPrefetchBytes = 4096;
 
 // Per int32 lane, the sum of the 4 byte products w · x of that lane.
 DM_AVX2 DM_INLINE __m256i block_dot(__m256i w, __m256i x) {
@@ -59,6 +62,10 @@ DM_AVX2 DM_INLINE void dot_group(const int8_t* wg, const uint16_t* dg, int64_t w
   const int64_t step = Full ? 64 : 4 * width;
 #pragma GCC unroll 8
   for (int v = 0; v < 8; ++v) {
+    if (v % 2 == 0)  // 2 of the 8 cache lines kPrefetchBytes ahead per 2 steps
+      for (int j = 0; j < 2; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(wg + kPrefetchBytes + 64 * (v + j)),
+                     _MM_HINT_T0);
     const auto* wv = reinterpret_cast<const int*>(wg + step * v);
     const __m256i wlo = Full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wv))
                              : _mm256_maskload_epi32(wv, mlo);
@@ -75,11 +82,13 @@ DM_AVX2 DM_INLINE void dot_group(const int8_t* wg, const uint16_t* dg, int64_t w
       hi[r] = _mm256_add_epi32(hi[r], block_dot(whi, xhi));
     }
   }
-  // The f16 scales through a zero-padded copy (a 16-wide load could pass the matrix's end).
+  // The f16 scales; a partial group's through a zero-padded copy (a 16-wide load could pass the
+  // matrix's end).
   alignas(32) uint16_t d16[kQGroup] = {};
-  __builtin_memcpy(d16, dg, static_cast<size_t>(width) * 2);
-  const __m256 dlo = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16)));
-  const __m256 dhi = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8)));
+  if (!Full) __builtin_memcpy(d16, dg, static_cast<size_t>(width) * 2);
+  const uint16_t* ds = Full ? dg : d16;
+  const __m256 dlo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ds)));
+  const __m256 dhi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ds + 8)));
 #pragma GCC unroll 4
   for (int r = 0; r < M; ++r) {
     const float* xd = xdg + r * kb;
@@ -101,10 +110,6 @@ DM_AVX2 void dot_rows(const int8_t* wq, const uint16_t* wd, int64_t kb, const in
   for (int r = 0; r < M; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t g0 = 0; g0 < kb; g0 += kQGroup) {
     const int8_t* wg = wq + g0 * kQBlock;
-    // The 8 cache lines kPrefetchBytes ahead (see kPrefetchBytes).
-#pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j)
-      _mm_prefetch(reinterpret_cast<const char*>(wg + kPrefetchBytes + 64 * j), _MM_HINT_T0);
     if (kb - g0 >= kQGroup) {
       dot_group<M, true>(wg, wd + g0, kQGroup, xs + g0 * kQBlock, xd + g0, kp, kb, acc);
     } else {
