@@ -318,6 +318,18 @@ TEST(LinearInt8, Avx2WeightQuantiserMatchesPortable) {
   EXPECT_EQ(msg[0], msg[1]);
 }
 
+// A bf16 tensor (a bf16 checkpoint) is widened a chunk of rows at a time: the same bytes as
+// quantising its f32 copy.
+TEST(LinearInt8, Bf16WeightsQuantiseAsTheirF32Copy) {
+  const int64_t n = 130, k = 600;
+  const Tensor w32 = Tensor::from(random_vec(static_cast<size_t>(n * k), 31), {n, k});
+  const Tensor w16 = w32.to(DType::bf16);
+  std::vector<char> a(int8_weight_bytes(n, k), 1), b(a.size(), 2);
+  quantize_weights_int8(w16, a.data());
+  quantize_weights_int8(w16.to(DType::f32), b.data());
+  EXPECT_EQ(a, b);
+}
+
 TEST(LinearInt8, RefusesWhatItCannotRepresent) {
   std::vector<float> w(64, 0.5f);
   w[37] = std::numeric_limits<float>::quiet_NaN();

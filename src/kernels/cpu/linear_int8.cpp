@@ -61,7 +61,12 @@ void quantize_weight_rows_int8(LinearImpl impl, const float* w, int64_t rows, in
 void quantize_weights_int8(const Tensor& w, void* dst) {
   DELTAMOE_CHECK(w.defined() && w.dim() == 2 && w.size(0) > 0 && w.size(1) > 0, "kernels",
                  "int8: weight must be a non-empty 2-D [N, K]");
-  const Tensor wf = (w.dtype() == DType::f32 && w.is_contiguous()) ? w : w.to(DType::f32);
+  // bf16 (a bf16 checkpoint) is widened a chunk of rows at a time on the thread that quantises
+  // it: converting whole tensors first took 12-23 s for the reference model and a transient f32
+  // copy of each tensor.
+  const bool bf16_rows = w.dtype() == DType::bf16 && w.is_contiguous();
+  const Tensor wf =
+      (w.dtype() == DType::f32 && w.is_contiguous()) || bf16_rows ? w : w.to(DType::f32);
   const int64_t n_rows = w.size(0), k = w.size(1);
   const int64_t kb = (k + kQBlock - 1) / kQBlock, kp = kb * kQBlock;
   auto* q = static_cast<int8_t*>(dst);
@@ -70,7 +75,17 @@ void quantize_weights_int8(const Tensor& w, void* dst) {
   // Rows on all threads (a single large matrix, the LM head say, would otherwise load on one;
   // inside row_major_all's parallel loop this runs on the calling thread).
   parallel_for(n_rows, 64, [&](int64_t b, int64_t e) {
-    quantize_weight_rows_int8(impl, wf.data<float>() + b * k, e - b, k, q + b * kp, d + b * kb, b);
+    const float* rows = nullptr;
+    std::vector<float> widened;
+    if (bf16_rows) {
+      widened.resize(static_cast<size_t>((e - b) * k));
+      const uint16_t* src = wf.data<uint16_t>() + b * k;
+      for (size_t i = 0; i < widened.size(); ++i) widened[i] = bf16_to_f32(src[i]);
+      rows = widened.data();
+    } else {
+      rows = wf.data<float>() + b * k;
+    }
+    quantize_weight_rows_int8(impl, rows, e - b, k, q + b * kp, d + b * kb, b);
   });
 }
 
