@@ -53,9 +53,11 @@ struct Series {
 
 namespace {
 
-// One model under test: a weight layout, loaded once, measured over the repetitions.
+// One model under test: a weight layout and KV dtype, loaded once, measured over the
+// repetitions.
 struct Contender {
   std::string layout;
+  std::string label;  // the layout, or kv_<dtype> when two KV dtypes are compared
   std::unique_ptr<models::MoeLm> m;
   double load_s = 0;
   Series pp, tg;
@@ -167,7 +169,7 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
       c.pp.tps.push_back(static_cast<double>(o.prompt) / s);
       tally_comm(*c.m, c.pp_comm, static_cast<double>(o.prompt), s);
     }
-    std::cerr << "  " << c.layout << " pp" << o.prompt << depth_tag(o) << tag << ": "
+    std::cerr << "  " << c.label << " pp" << o.prompt << depth_tag(o) << tag << ": "
               << static_cast<double>(o.prompt) / s << " tokens/s\n";
   }
   if (o.gen > 0) {
@@ -230,7 +232,7 @@ void measure_once(Contender& c, const ModelBenchOptions& o, std::mt19937_64& rng
     }
     const models::KvCache& cache = caches[0];
     c.kv_bytes = cache.bytes();
-    std::cerr << "  " << c.layout << " tg" << o.gen << depth_tag(o)
+    std::cerr << "  " << c.label << " tg" << o.gen << depth_tag(o)
               << (b > 1 ? " x" + std::to_string(b) : "") << tag << ": " << tps << " tokens/s\n";
   }
 }
@@ -340,6 +342,8 @@ nlohmann::json parallel_report(const Contender& c, const ModelBenchOptions& o) {
 // The figures of one contender (the whole report when there is one).
 json report(const Contender& c, const ModelBenchOptions& o, double gbps) {
   json out = {{"weight_layout", c.layout},
+              {"label", c.label},
+              {"kv_dtype", std::string(dtype_name(c.m->kv_dtype()))},
               {"weight_bytes", c.m->weight_bytes()},
               {"mapped_weight_bytes", c.m->mapped_weight_bytes()},
               {"load_time_ms", 1e3 * c.load_s}};
@@ -353,7 +357,8 @@ json report(const Contender& c, const ModelBenchOptions& o, double gbps) {
     const auto& cfg = c.m->config();
     const double kv_read =
         static_cast<double>(cfg.num_hidden_layers) * 2.0 *
-        static_cast<double>(cfg.num_key_value_heads * cfg.head_dim) * 4.0 *
+        static_cast<double>(cfg.num_key_value_heads * cfg.head_dim) *
+        static_cast<double>(dtype_size(c.m->kv_dtype())) *
         (static_cast<double>(o.depth) + (static_cast<double>(o.gen) + 1.0) / 2.0);
     // One step reads the weights once for all its sequences: the distinct experts of each
     // MoE layer, everything else once; KV per sequence.
@@ -434,7 +439,7 @@ json report(const Contender& c, const ModelBenchOptions& o, double gbps) {
 }
 
 void print_contender(const json& r, const ModelBenchOptions& o) {
-  const std::string layout = r["weight_layout"].get<std::string>();
+  const std::string layout = r["label"].get<std::string>();
   std::printf(
       "  [%s] %.2f GB of weights, %.2f GB used in place from the mapping, loaded in %.2f s\n",
       layout.c_str(), r["weight_bytes"].get<double>() / 1e9,
@@ -445,7 +450,7 @@ void print_contender(const json& r, const ModelBenchOptions& o) {
                 r["pp_tokens_per_s_stddev"].get<double>());
   if (o.gen > 0 && r.contains("decode_frac_of_roofline_beside"))
     std::printf("  [%s] decode at %.0f%% of the roofline of the %.1f GB/s read beside it\n",
-                r["weight_layout"].get<std::string>().c_str(),
+                r["label"].get<std::string>().c_str(),
                 100 * r["decode_frac_of_roofline_beside"].get<double>(),
                 r["read_bandwidth_gbps_beside_tg"].get<double>());
   if (o.gen > 0 && r.contains("decode_frac_of_roofline"))
@@ -529,14 +534,22 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
   DELTAMOE_CHECK(!o.weight_layouts.empty() && o.weight_layouts.size() <= 2, "bench",
                  "--weight-layout takes one layout or two to compare, got ",
                  o.weight_layouts.size());
+  DELTAMOE_CHECK(!o.kv_dtypes.empty() && o.kv_dtypes.size() <= 2, "bench",
+                 "--kv-dtype takes one dtype or two to compare, got ", o.kv_dtypes.size());
+  DELTAMOE_CHECK(o.weight_layouts.size() == 1 || o.kv_dtypes.size() == 1, "bench",
+                 "compare two weight layouts or two KV dtypes in one run, not both");
+  std::vector<std::pair<std::string, std::string>> setups;  // (layout, KV dtype)
+  for (const std::string& layout : o.weight_layouts)
+    for (const std::string& kv : o.kv_dtypes) setups.emplace_back(layout, kv);
   std::vector<Contender> runs;
-  for (const std::string& layout : o.weight_layouts) {
+  for (const auto& [layout, kv] : setups) {
     LmCliOptions lo;
     lo.model = o.model;
     lo.dtype = dtype;
     lo.routing = o.routing;
     lo.threads = threads;
     lo.weight_layout = layout;
+    lo.kv_dtype = kv;
     lo.offload = o.offload;
     lo.parallel = o.parallel;
     lo.ep_placement = o.ep_placement;
@@ -544,6 +557,7 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
     Contender c;
     // int8 has one layout, quantised row-major copies (load_lm refuses packed): say so.
     c.layout = dtype == "int8" ? "int8_copies" : layout;
+    c.label = o.kv_dtypes.size() > 1 ? "kv_" + kv : c.layout;
     const auto t_load = Clock::now();
     c.m = load_lm(lo);
     c.load_s = seconds_since(t_load);
@@ -558,7 +572,7 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
   std::cerr << "bench model: " << o.model << " (" << io::hf_arch_name(m0.config().arch) << ", "
             << dtype << ", " << threads << " threads)";
   for (const auto& c : runs)
-    std::cerr << "; " << c.layout << ": " << static_cast<double>(c.m->weight_bytes()) / 1e9
+    std::cerr << "; " << c.label << ": " << static_cast<double>(c.m->weight_bytes()) / 1e9
               << " GB, " << static_cast<double>(c.m->mapped_weight_bytes()) / 1e9
               << " GB in place, loaded in " << c.load_s << " s";
   std::cerr << "\n";
@@ -644,9 +658,9 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
     out["rss_over_weights_and_kv"] =
         static_cast<double>(rss) / static_cast<double>(m0.weight_bytes() + runs[0].kv_bytes);
   } else {
-    // Two layouts in one process: resident memory is that of both, so no per-layout ratio.
+    // Two models in one process: resident memory is that of both, so no per-model ratio.
     out["layouts"] = reports;
-    const std::string key = runs[0].layout + "_over_" + runs[1].layout;
+    const std::string key = runs[0].label + "_over_" + runs[1].label;
     if (o.prompt > 0) out["pp_ratio_" + key] = runs[0].pp.mean() / runs[1].pp.mean();
     if (o.gen > 0) out["tg_ratio_" + key] = runs[0].tg.mean() / runs[1].tg.mean();
   }
@@ -668,10 +682,10 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int th
                   static_cast<double>(huge_mapped) / 1e9, static_cast<double>(mapped) / 1e9);
   } else {
     if (o.prompt > 0)
-      std::printf("  pp %s / %s = %.3f\n", runs[0].layout.c_str(), runs[1].layout.c_str(),
+      std::printf("  pp %s / %s = %.3f\n", runs[0].label.c_str(), runs[1].label.c_str(),
                   runs[0].pp.mean() / runs[1].pp.mean());
     if (o.gen > 0)
-      std::printf("  tg %s / %s = %.3f\n", runs[0].layout.c_str(), runs[1].layout.c_str(),
+      std::printf("  tg %s / %s = %.3f\n", runs[0].label.c_str(), runs[1].label.c_str(),
                   runs[0].tg.mean() / runs[1].tg.mean());
   }
   return 0;

@@ -15,6 +15,8 @@ struct ModelBenchOptions {
   std::string routing;  // empty: the model's own
   // mapped | packed (LmCliOptions::weight_layout); two to compare them in one process.
   std::vector<std::string> weight_layouts = {"mapped"};
+  // f32 | f16 (LmCliOptions::kv_dtype); two to compare them in one process.
+  std::vector<std::string> kv_dtypes = {"f32"};
   int64_t prompt = 512;  // -p: tokens of the prompt-processing test (0 = skip)
   int64_t gen = 128;     // -n: tokens of the generation test (0 = skip)
   int64_t depth = 0;     // -d: tokens in the KV cache before each test (prefilled, untimed)

@@ -159,7 +159,8 @@ struct LmCliOptions {
   std::string model;
   std::string dtype = "f32";
   std::string weight_layout = "mapped";
-  std::string routing;  // empty: the model's own
+  std::string kv_dtype = "f32";  // f32 | f16 (models::LmOptions::kv_dtype)
+  std::string routing;           // empty: the model's own
   int threads = 2;
   bool threads_explicit = false;  // --threads given (else a parallel run shares the cores)
   std::string parallel = "none";
@@ -277,6 +278,18 @@ inline nlohmann::json parallel_json(const models::MoeLm& m) {
   return j;
 }
 
+/// Adds --kv-dtype (generate, perplexity, bench model, serve).
+inline void add_kv_dtype_option(CLI::App& app, std::string& kv_dtype,
+                                const std::string& prefix = "") {
+  app.add_option("--kv-dtype", kv_dtype,
+                 prefix +
+                     "What the KV cache stores: f32 (exact) or f16 (half the memory per "
+                     "position and half the bytes each decode step reads from the cache; "
+                     "keys and values rounded to f16)")
+      ->check(CLI::IsMember({"f32", "f16"}))
+      ->capture_default_str();
+}
+
 inline void add_lm_options(CLI::App& app, LmCliOptions& o) {
   app.add_option("--model", o.model,
                  "Hugging Face model directory (config.json, *.safetensors, tokenizer)")
@@ -292,6 +305,7 @@ inline void add_lm_options(CLI::App& app, LmCliOptions& o) {
                  "into the panel layout of our packed kernels at load")
       ->check(CLI::IsMember({"mapped", "packed"}))
       ->capture_default_str();
+  add_kv_dtype_option(app, o.kv_dtype);
   app.add_option("--routing", o.routing,
                  "Routing of every MoE layer: top-k:K, top-k-raw:K, top-p:P, threshold[:THETA] "
                  "(default: the model's own top-k)");
@@ -335,6 +349,7 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
   lo.layout = o.weight_layout == "packed" ? kernels::WeightLayout::packed
                                           : kernels::WeightLayout::row_major;
   lo.expert_cache = expert_cache_options(o.offload);
+  lo.kv_dtype = parse_dtype(o.kv_dtype);
   if (comm) {
     lo.parallel = o.parallel == "es"     ? models::ParallelMode::es
                   : o.parallel == "tp"   ? models::ParallelMode::tp

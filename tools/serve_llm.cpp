@@ -21,6 +21,7 @@ void LlmServeOptions::add(CLI::App& app) {
                  "Language models: mapped (weights used in place from the checkpoint) or packed")
       ->check(CLI::IsMember({"mapped", "packed"}))
       ->capture_default_str();
+  add_kv_dtype_option(app, kv_dtype, "Language models: ");
   add_offload_options(app, offload, "Language models: ");
   add_parallel_option(app, parallel, ep_placement);
   app.add_option("--kv-cache-mb", kv_cache_mb,
@@ -93,6 +94,7 @@ int run_llm_server(const std::string& model_dir, const std::string& routing,
   lo.model = model_dir;
   lo.dtype = o.dtype;
   lo.weight_layout = o.weight_layout;
+  lo.kv_dtype = o.kv_dtype;
   lo.offload = o.offload;
   lo.routing = routing;
   lo.threads = o.threads;

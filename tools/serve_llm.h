@@ -18,6 +18,7 @@ namespace deltamoe::cli {
 struct LlmServeOptions {
   std::string dtype = "f32";
   std::string weight_layout = "mapped";
+  std::string kv_dtype = "f32";
   int threads = 2;  // set from serve's shared --threads
   double kv_cache_mb = 1024;
   int64_t kv_block = 32;

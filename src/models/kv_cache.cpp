@@ -8,8 +8,15 @@
 
 namespace deltamoe::models {
 
-KvBlockPool::KvBlockPool(int64_t layers, int64_t row, int64_t block_tokens, int64_t max_blocks)
-    : layers_(layers), row_(row), block_tokens_(block_tokens), max_blocks_(max_blocks) {
+KvBlockPool::KvBlockPool(int64_t layers, int64_t row, int64_t block_tokens, int64_t max_blocks,
+                         DType dtype)
+    : layers_(layers),
+      row_(row),
+      block_tokens_(block_tokens),
+      max_blocks_(max_blocks),
+      dtype_(dtype) {
+  DELTAMOE_CHECK(dtype == DType::f32 || dtype == DType::f16, "kv",
+                 "the KV cache holds f32 or f16, not ", dtype_name(dtype));
   DELTAMOE_CHECK(layers > 0 && row > 0, "kv", "a KV pool needs layers and a row size, got ", layers,
                  " layers of ", row, " floats");
   DELTAMOE_CHECK(block_tokens > 0, "kv", "block size must be at least 1 position, got ",
@@ -18,7 +25,7 @@ KvBlockPool::KvBlockPool(int64_t layers, int64_t row, int64_t block_tokens, int6
 }
 
 size_t KvBlockPool::block_bytes() const {
-  return static_cast<size_t>(layers_ * 2 * block_tokens_ * row_) * sizeof(float);
+  return static_cast<size_t>(layers_ * 2 * block_tokens_ * row_) * dtype_size(dtype_);
 }
 
 int64_t KvBlockPool::used_blocks() const {
@@ -31,7 +38,7 @@ int64_t KvBlockPool::free_blocks() const {
   return max_blocks_ ? max_blocks_ - used_ : std::numeric_limits<int64_t>::max();
 }
 
-std::pair<int32_t, float*> KvBlockPool::acquire() {
+std::pair<int32_t, void*> KvBlockPool::acquire() {
   std::lock_guard<std::mutex> lk(mu_);
   if (max_blocks_ && used_ >= max_blocks_) return {-1, nullptr};
   ++used_;
@@ -41,7 +48,7 @@ std::pair<int32_t, float*> KvBlockPool::acquire() {
     return {id, storage_[static_cast<size_t>(id)].get()};
   }
   // Not zeroed: every position is written before attention reads it.
-  storage_.emplace_back(new float[block_bytes() / sizeof(float)]);
+  storage_.emplace_back(new float[(block_bytes() + sizeof(float) - 1) / sizeof(float)]);
   return {static_cast<int32_t>(storage_.size() - 1), storage_.back().get()};
 }
 

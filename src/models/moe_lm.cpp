@@ -123,6 +123,9 @@ MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOp
       rope_(config.head_dim, config.rope_theta) {
   DELTAMOE_CHECK(dtype_ == DType::f32 || dtype_ == DType::bf16 || dtype_ == DType::int8, "model",
                  "weights can be f32, bf16 or int8, not ", dtype_name(dtype_));
+  DELTAMOE_CHECK(options.kv_dtype == DType::f32 || options.kv_dtype == DType::f16, "model",
+                 "the KV cache can be f32 or f16, not ", dtype_name(options.kv_dtype));
+  kv_dtype_ = options.kv_dtype;
   parallel_ = options.parallel;
   if (parallel_ != ParallelMode::none) {
     DELTAMOE_CHECK(options.comm, "model", "--parallel ", parallel_mode_name(parallel_),
@@ -364,15 +367,16 @@ std::string MoeLm::routing_name() const {
 }
 
 std::shared_ptr<KvBlockPool> MoeLm::make_kv_pool(int64_t block_tokens, int64_t max_blocks) const {
-  return std::make_shared<KvBlockPool>(layers(), kv_rows_, block_tokens, max_blocks);
+  return std::make_shared<KvBlockPool>(layers(), kv_rows_, block_tokens, max_blocks, kv_dtype_);
 }
 
 void MoeLm::reserve(KvCache& c, int64_t tokens) const {
   if (!c.pool_) c.pool_ = make_kv_pool(kDefaultKvBlockTokens, 0);
   KvBlockPool& pool = *c.pool_;
-  DELTAMOE_CHECK(pool.layers() == layers() && pool.row() == kv_rows_, "model",
-                 "KV cache belongs to another model (", pool.layers(), " layers of ", pool.row(),
-                 " floats per position; this model has ", layers(), " of ", kv_rows_, ")");
+  DELTAMOE_CHECK(pool.layers() == layers() && pool.row() == kv_rows_ && pool.dtype() == kv_dtype_,
+                 "model", "KV cache belongs to another model (", pool.layers(), " layers of ",
+                 pool.row(), " ", dtype_name(pool.dtype()), " values per position; this model has ",
+                 layers(), " of ", kv_rows_, " ", dtype_name(kv_dtype_), ")");
   for (int64_t need = c.blocks_needed(tokens); need > 0; --need) {
     const auto [id, mem] = pool.acquire();
     DELTAMOE_CHECK(id >= 0, "model", "KV cache full: all ", pool.max_blocks(), " blocks of ",

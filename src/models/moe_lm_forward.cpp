@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
@@ -156,6 +157,8 @@ void MoeLm::run_layers(Pass& p, std::vector<float>& h, LmStats* stats,
   p.att.resize(static_cast<size_t>(p.rows * q_rows_));
   p.kblocks.resize(seqs);
   p.vblocks.resize(seqs);
+  p.kblocks16.resize(seqs);
+  p.vblocks16.resize(seqs);
 
   const bool any_held =
       std::any_of(p.resume.begin(), p.resume.end(), [](int64_t r) { return r >= 0; });
@@ -295,7 +298,18 @@ void MoeLm::rope_row(float* qkv_row, int64_t pos) const {
 // one head's keys are one sequential stream for attention.
 void MoeLm::store_kv(KvCache& c, int64_t l, int64_t pos, const float* kv) const {
   const int64_t bt = c.pool_->block_tokens(), side = bt * kv_rows_, d = cfg_.head_dim;
-  float* kc = c.base_[static_cast<size_t>(pos / bt)] + 2 * l * side + (pos % bt) * d;
+  const int64_t off = 2 * l * side + (pos % bt) * d;
+  void* block = c.base_[static_cast<size_t>(pos / bt)];
+  if (kv_dtype_ == DType::f16) {
+    uint16_t* kc = static_cast<uint16_t*>(block) + off;
+    for (int64_t g = 0; g < kv_heads_; ++g)
+      for (int64_t i = 0; i < d; ++i) {
+        kc[g * bt * d + i] = f32_to_f16(kv[g * d + i]);
+        kc[side + g * bt * d + i] = f32_to_f16(kv[kv_rows_ + g * d + i]);
+      }
+    return;
+  }
+  float* kc = static_cast<float*>(block) + off;
   for (int64_t g = 0; g < kv_heads_; ++g) {
     std::memcpy(kc + g * bt * d, kv + g * d, static_cast<size_t>(d) * 4);
     std::memcpy(kc + side + g * bt * d, kv + kv_rows_ + g * d, static_cast<size_t>(d) * 4);
@@ -313,15 +327,24 @@ void MoeLm::attend(const Layer& ly, int64_t l, Pass& p, const SeqRows& sr, const
   for (size_t j = 0; j < seqs; ++j) {
     const KvCache& c = *sr.caches[j];
     const int64_t bt = c.pool_->block_tokens(), side = bt * kv_rows_;
-    auto& kb = p.kblocks[j];
-    auto& vb = p.vblocks[j];
-    kb.resize(c.base_.size());
-    vb.resize(c.base_.size());
-    for (size_t b = 0; b < c.base_.size(); ++b) {
-      kb[b] = c.base_[b] + 2 * l * side;
-      vb[b] = kb[b] + side;
+    // Layer l's keys and values in every block (T: the cache's element type).
+    const auto blocks = [&](auto& kb, auto& vb) {
+      using T = std::remove_const_t<
+          std::remove_pointer_t<typename std::decay_t<decltype(kb)>::value_type>>;
+      kb.resize(c.base_.size());
+      vb.resize(c.base_.size());
+      for (size_t b = 0; b < c.base_.size(); ++b) {
+        kb[b] = static_cast<const T*>(c.base_[b]) + 2 * l * side;
+        vb[b] = kb[b] + side;
+      }
+    };
+    if (kv_dtype_ == DType::f16) {
+      blocks(p.kblocks16[j], p.vblocks16[j]);
+      kv[j] = {nullptr, nullptr, bt, bt * d, p.kblocks16[j].data(), p.vblocks16[j].data()};
+    } else {
+      blocks(p.kblocks[j], p.vblocks[j]);
+      kv[j] = {p.kblocks[j].data(), p.vblocks[j].data(), bt, bt * d};
     }
-    kv[j] = {kb.data(), vb.data(), bt, bt * d};
   }
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   kernels::causal_attention_batch(qkv, qkv_n, kv, d, p.att.data(), q_rows_, sr.row0, sr.counts,

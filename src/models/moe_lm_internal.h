@@ -21,6 +21,7 @@ struct MoeLm::Pass {
   // Scratch, sized for all rows.
   std::vector<float> x, qkv, att, y, hc;
   std::vector<std::vector<const float*>> kblocks, vblocks;
+  std::vector<std::vector<const uint16_t*>> kblocks16, vblocks16;  // an f16 cache's
   // Expert cache: the experts prefetched for MoE layer `predicted_layer` (ordinal).
   std::vector<int32_t> predicted;
   int64_t predicted_layer = -1;

@@ -189,6 +189,8 @@ void MoeLm::run_layers_parallel(Pass& p, std::vector<float>& h, LmStats* stats) 
   p.att.resize(static_cast<size_t>(m * q_rows_));
   p.kblocks.resize(caches.size());
   p.vblocks.resize(caches.size());
+  p.kblocks16.resize(caches.size());
+  p.vblocks16.resize(caches.size());
   std::vector<float> kv_mine(static_cast<size_t>(m * kvw)), kv_all(static_cast<size_t>(rows * kvw));
   const std::vector<int64_t> kv_bytes = dist::split_bytes(rows, ranks, kvw * 4);
   const RowSet all_rows(p, [](size_t) { return true; });

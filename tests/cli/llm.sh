@@ -111,6 +111,12 @@ done
 "$bin" bench model --model "$m" -p 16 -n 4 -r 1 --weight-layout mapped,packed --json >"$tmp/bench2.json" 2>/dev/null
 [ "$(jget "$tmp/bench2.json" "[l['weight_layout'] for l in d['layouts']] == ['mapped', 'packed'] and d['tg_ratio_mapped_over_packed'] > 0 and d['pp_ratio_mapped_over_packed'] > 0")" = True ] || fail "bench: two layouts"
 expect_error "$bin" bench model --model "$m" -p 16 -n 4 --weight-layout mapped,packed,mapped
+# Two KV dtypes side by side: the f16 cache holds half the bytes.
+"$bin" bench model --model "$m" -p 16 -n 4 -r 1 --kv-dtype f32,f16 --json >"$tmp/bench4.json" 2>/dev/null
+[ "$(jget "$tmp/bench4.json" "[(l['label'], l['kv_dtype']) for l in d['layouts']] == [('kv_f32', 'f32'), ('kv_f16', 'f16')] and d['tg_ratio_kv_f32_over_kv_f16'] > 0 and d['layouts'][0]['kv_cache_bytes'] == 2 * d['layouts'][1]['kv_cache_bytes']")" = True ] || fail "bench: two KV dtypes"
+expect_error "$bin" bench model --model "$m" -p 16 -n 4 --kv-dtype f32,f16 --weight-layout mapped,packed
+expect_error "$bin" bench model --model "$m" -p 16 -n 4 --kv-dtype bf16
+"$bin" generate --model "$m" --prompt "hello" -n 3 --kv-dtype f16 >/dev/null 2>&1 || fail "generate --kv-dtype f16"
 # Batched decode (-b): several sequences per step; the roofline counts the distinct experts a
 # step reads (between top-k and all experts).
 "$bin" bench model --model "$m" -p 0 -n 4 -r 1 -b 6 --json >"$tmp/bench3.json" 2>/dev/null

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "deltamoe/core/dtype.h"
 #include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/kernels/llm.h"
@@ -117,33 +118,60 @@ TEST_P(CausalAttention, GqaMatchesNaive) {
       vs.push_back(randn(static_cast<size_t>(len * kvh * d), 20 + static_cast<uint32_t>(s)));
     }
     const auto q = randn(static_cast<size_t>(rows * heads * d), 30);
-    // Contiguous (one block per sequence), then paged caches of 1, 7 and 16 positions per
-    // block: block b of sequence s points at rows [b·bt, (b+1)·bt) of the same arrays.
-    for (int64_t bt : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{16}}) {
-      std::vector<float> out(q.size(), -7.0f);
-      std::vector<std::vector<const float*>> kb(n.size()), vb(n.size());
-      std::vector<KvBlocks> kv;
-      for (size_t s = 0; s < n.size(); ++s) {
-        const int64_t len = start[s] + n[s], blk = bt ? bt : len;
-        for (int64_t p = 0; p < len; p += blk) {
-          kb[s].push_back(ks[s].data() + p * kvh * d);
-          vb[s].push_back(vs[s].data() + p * kvh * d);
-        }
-        kv.push_back({kb[s].data(), vb[s].data(), blk});
+    // The same caches in f16 (--kv-dtype f16), and the f32 values they hold.
+    std::vector<std::vector<uint16_t>> ks16, vs16;
+    std::vector<std::vector<float>> ksr, vsr;
+    for (size_t s = 0; s < n.size(); ++s) {
+      ks16.emplace_back();
+      vs16.emplace_back();
+      ksr.emplace_back();
+      vsr.emplace_back();
+      for (float x : ks[s]) {
+        ks16.back().push_back(f32_to_f16(x));
+        ksr.back().push_back(f16_to_f32(ks16.back().back()));
       }
-      causal_attention_batch(q.data(), heads * d, kv, kvh * d, out.data(), heads * d, row0, n,
-                             start, heads, kvh, d, 1.0f / std::sqrt(static_cast<float>(d)));
-      for (size_t s = 0; s < n.size(); ++s) {
-        std::vector<float> qs_(q.begin() + row0[s] * heads * d,
-                               q.begin() + (row0[s] + n[s]) * heads * d);
-        const auto ref = naive_attention(qs_, ks[s], vs[s], n[s], start[s], heads, kvh, d);
-        double err = 0;
-        for (size_t i = 0; i < ref.size(); ++i)
-          err = std::max(err, std::abs(ref[i] - out[static_cast<size_t>(row0[s] * heads * d) + i]));
-        EXPECT_LE(err, 2e-5) << "sequence " << s << ", " << threads << " threads, block " << bt
-                             << ", d " << d;
+      for (float x : vs[s]) {
+        vs16.back().push_back(f32_to_f16(x));
+        vsr.back().push_back(f16_to_f32(vs16.back().back()));
       }
     }
+    // Contiguous (one block per sequence), then paged caches of 1, 7 and 16 positions per
+    // block: block b of sequence s points at rows [b·bt, (b+1)·bt) of the same arrays.
+    for (bool f16 : {false, true})
+      for (int64_t bt : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{16}}) {
+        std::vector<float> out(q.size(), -7.0f);
+        std::vector<std::vector<const float*>> kb(n.size()), vb(n.size());
+        std::vector<std::vector<const uint16_t*>> kb16(n.size()), vb16(n.size());
+        std::vector<KvBlocks> kv;
+        for (size_t s = 0; s < n.size(); ++s) {
+          const int64_t len = start[s] + n[s], blk = bt ? bt : len;
+          for (int64_t p = 0; p < len; p += blk) {
+            kb[s].push_back(ks[s].data() + p * kvh * d);
+            vb[s].push_back(vs[s].data() + p * kvh * d);
+            kb16[s].push_back(ks16[s].data() + p * kvh * d);
+            vb16[s].push_back(vs16[s].data() + p * kvh * d);
+          }
+          if (f16) {
+            kv.push_back({nullptr, nullptr, blk, 0, kb16[s].data(), vb16[s].data()});
+          } else {
+            kv.push_back({kb[s].data(), vb[s].data(), blk});
+          }
+        }
+        causal_attention_batch(q.data(), heads * d, kv, kvh * d, out.data(), heads * d, row0, n,
+                               start, heads, kvh, d, 1.0f / std::sqrt(static_cast<float>(d)));
+        for (size_t s = 0; s < n.size(); ++s) {
+          std::vector<float> qs_(q.begin() + row0[s] * heads * d,
+                                 q.begin() + (row0[s] + n[s]) * heads * d);
+          const auto ref = naive_attention(qs_, f16 ? ksr[s] : ks[s], f16 ? vsr[s] : vs[s], n[s],
+                                           start[s], heads, kvh, d);
+          double err = 0;
+          for (size_t i = 0; i < ref.size(); ++i)
+            err =
+                std::max(err, std::abs(ref[i] - out[static_cast<size_t>(row0[s] * heads * d) + i]));
+          EXPECT_LE(err, 2e-5) << "sequence " << s << ", " << threads << " threads, block " << bt
+                               << ", d " << d << (f16 ? ", f16 cache" : "");
+        }
+      }
   }
   set_num_threads(0);
 }

@@ -363,6 +363,46 @@ TEST_P(LmGolden, Int8WithinQuantisationError) {
   EXPECT_GE(same_top1 * 10, positions * 9);
 }
 
+// --kv-dtype f16: keys and values rounded to f16 as they are written. Logits stay within the
+// rounding of transformers' f32 ones; prefill then decode equals a full prefill (both read the
+// same rounded values); blocks hold half the bytes, and a cache of the other dtype is refused.
+TEST_P(LmGolden, F16KvCacheWithinRounding) {
+  set_num_threads(2);
+  const std::string c = GetParam();
+  LmOptions o{DType::f32};
+  o.kv_dtype = DType::f16;
+  const auto m = MoeLm::load(golden_dir(c), o);
+  const auto f32 = MoeLm::load(golden_dir(c), {DType::f32});
+  EXPECT_EQ(m->kv_dtype(), DType::f16);
+  EXPECT_EQ(m->make_kv_pool(16, 0)->block_bytes() * 2, f32->make_kv_pool(16, 0)->block_bytes());
+  const auto g = io::SafetensorsFile::open(golden_dir(c) + "/golden.safetensors");
+  const int64_t v = m->vocab_size();
+  for (int i = 0; i < prompts_in(g); ++i) {
+    const auto prompt = ids_of(g.get("prompt." + std::to_string(i)));
+    const Tensor want = g.get("logits." + std::to_string(i)).to(DType::f32);
+    KvCache cache;
+    std::vector<float> got(prompt.size() * static_cast<size_t>(v));
+    m->forward(prompt.data(), static_cast<int64_t>(prompt.size()), cache, got.data(), true);
+    const float err = max_abs_diff(got.data(), want.data<float>(), want.numel()) /
+                      max_abs(want.data<float>(), want.numel());
+    std::printf("[f16 KV %s prompt %d] logits vs transformers f32: max %.2e (relative)\n",
+                c.c_str(), i, static_cast<double>(err));
+    EXPECT_GT(err, 0.0f);   // the cache really rounds
+    EXPECT_LE(err, 5e-3f);  // f16 keeps 11 significant bits
+    if (i > 0) continue;
+    const int64_t n = static_cast<int64_t>(prompt.size()), split = n / 2;
+    KvCache b;
+    std::vector<float> step(static_cast<size_t>(v));
+    m->forward(prompt.data(), split, b, step.data(), false);
+    for (int64_t t = split; t < n; ++t) {
+      m->forward(prompt.data() + t, 1, b, step.data(), false);
+      EXPECT_LE(max_abs_diff(step.data(), got.data() + t * v, v), 1e-4f) << "position " << t;
+    }
+    KvCache other(f32->make_kv_pool(16, 0));
+    EXPECT_THROW(m->forward(prompt.data(), 1, other, step.data(), false), Error);
+  }
+}
+
 // Per-token expert budgets: top-p and threshold routing run on a language model and report
 // their mean experts per token; top-k:k reports exactly k.
 TEST(LmRouting, PerTokenBudgetsReportMeanExperts) {

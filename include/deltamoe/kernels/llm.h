@@ -62,11 +62,15 @@ void causal_attention(const float* q, int64_t ldq, const float* k, const float* 
 /// A cache that keeps each head's rows together (head_stride = block_tokens·head_dim, ldkv =
 /// head_dim) lets one head's keys be read as one sequential stream. A contiguous cache is one
 /// block as long as the sequence.
+/// An f16 cache (half the bytes; `--kv-dtype f16`) sets k16 / v16 instead of k / v, with the
+/// same layout in elements.
 struct KvBlocks {
   const float* const* k = nullptr;
   const float* const* v = nullptr;
   int64_t block_tokens = 0;
   int64_t head_stride = 0;
+  const uint16_t* const* k16 = nullptr;
+  const uint16_t* const* v16 = nullptr;
 };
 
 /// The same for several sequences at once (a decode batch or mixed prefill): sequence s has

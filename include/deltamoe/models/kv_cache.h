@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "deltamoe/core/dtype.h"
+
 namespace deltamoe::models {
 
 /// Fixed-size blocks of KV rows shared by sequences (a paged KV cache, as vLLM's
@@ -17,10 +19,13 @@ namespace deltamoe::models {
 /// reuse. Thread-safe.
 class KvBlockPool {
  public:
-  /// `row`: floats per position and layer (kv_heads · head_dim); max_blocks 0: unbounded.
-  KvBlockPool(int64_t layers, int64_t row, int64_t block_tokens, int64_t max_blocks = 0);
+  /// `row`: values per position and layer (kv_heads · head_dim); max_blocks 0: unbounded;
+  /// dtype: f32, or f16 (half the bytes; attention widens the values as it reads them).
+  KvBlockPool(int64_t layers, int64_t row, int64_t block_tokens, int64_t max_blocks = 0,
+              DType dtype = DType::f32);
   int64_t layers() const { return layers_; }
   int64_t row() const { return row_; }
+  DType dtype() const { return dtype_; }
   int64_t block_tokens() const { return block_tokens_; }
   int64_t max_blocks() const { return max_blocks_; }
   /// Bytes of one block (all layers, K and V).
@@ -32,17 +37,18 @@ class KvBlockPool {
   /// Blocks that hold `tokens` positions.
   int64_t blocks_for(int64_t tokens) const { return (tokens + block_tokens_ - 1) / block_tokens_; }
 
-  /// Takes a block: its id and memory ([layers][K, V][kv head][block_tokens][head_dim] f32,
-  /// so that each head's positions are contiguous for attention), or id −1 when
+  /// Takes a block: its id and memory ([layers][K, V][kv head][block_tokens][head_dim] of
+  /// dtype(), so that each head's positions are contiguous for attention), or id −1 when
   /// max_blocks are in use.
-  std::pair<int32_t, float*> acquire();
+  std::pair<int32_t, void*> acquire();
   /// Gives a block back.
   void release(int32_t id);
 
  private:
   int64_t layers_, row_, block_tokens_, max_blocks_;
+  DType dtype_;
   mutable std::mutex mu_;
-  std::vector<std::unique_ptr<float[]>> storage_;
+  std::vector<std::unique_ptr<float[]>> storage_;  // (f32 units, so 4-byte aligned either way)
   std::vector<int32_t> free_;
   int64_t used_ = 0;
 };
@@ -98,7 +104,7 @@ class KvCache {
   friend class MoeLm;
   std::shared_ptr<KvBlockPool> pool_;
   std::vector<int32_t> ids_;
-  std::vector<float*> base_;  // block memory, by block index
+  std::vector<void*> base_;  // block memory, by block index
   int64_t length_ = 0;
   std::unique_ptr<HeldToken> held_;
 };

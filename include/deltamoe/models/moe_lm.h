@@ -132,6 +132,9 @@ struct LmOptions {
   /// ParallelMode::automatic: run every MoE layer in this layout instead of the cost model's
   /// choice (for tests and comparisons).
   std::optional<FfnLayout> force_ffn_layout;
+  /// What the KV cache stores: f32 (exact), or f16 (half the bytes a decode step reads from
+  /// the cache and half the memory per position; values rounded to f16 as written).
+  DType kv_dtype = DType::f32;
 };
 
 class MoeLm {
@@ -259,7 +262,9 @@ class MoeLm {
   /// `experts_per_token` routed experts per MoE layer, dense MLPs, the LM head (not the
   /// embedding row). For the bandwidth roofline.
   double active_weight_bytes(double experts_per_token) const;
-  /// A pool of KV blocks shaped for this model (max_blocks 0: unbounded).
+  /// What the KV cache stores (LmOptions::kv_dtype).
+  DType kv_dtype() const { return kv_dtype_; }
+  /// A pool of KV blocks shaped for this model, of kv_dtype() (max_blocks 0: unbounded).
   std::shared_ptr<KvBlockPool> make_kv_pool(int64_t block_tokens, int64_t max_blocks) const;
   /// Bytes of all packed weights.
   size_t weight_bytes() const;
@@ -350,6 +355,7 @@ class MoeLm {
   // KV heads [kv_head0_, kv_head0_ + kv_heads_); q_rows_ = heads_·d, kv_rows_ = kv_heads_·d.
   int64_t heads_ = 0, kv_heads_ = 0, head0_ = 0, kv_head0_ = 0;
   int64_t q_rows_ = 0, kv_rows_ = 0;
+  DType kv_dtype_ = DType::f32;
   Tensor embed_;       // [V, H] in the file's dtype (row-major: a view; packed: a copy), rows
                        // converted on lookup
   Tensor final_norm_;  // [H] f32

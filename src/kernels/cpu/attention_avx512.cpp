@@ -41,17 +41,28 @@ constexpr int64_t kChunk = 64;  // keys per score chunk (4 zmm)
 #define DM_TUNE_ROW_AHEAD 16
 #endif
 constexpr int64_t kRowAhead = DM_TUNE_ROW_AHEAD;
-DM_AVX512 inline void prefetch_row(const float* p, int64_t n) {
-  for (int64_t c = 0; c < n; c += 16)
+// (T: float, or uint16_t for an f16 cache.)
+template <typename T>
+DM_AVX512 inline void prefetch_row(const T* p, int64_t n) {
+  for (int64_t c = 0; c < n; c += 64 / static_cast<int64_t>(sizeof(T)))
     _mm_prefetch(reinterpret_cast<const char*>(p + c), _MM_HINT_T0);
+}
+
+// 16 cached values as f32: in place, or widened from f16.
+DM_AVX512 inline __m512 load16(const float* p) {
+  return _mm512_loadu_ps(p);
+}
+DM_AVX512 inline __m512 load16(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
 // The row kRowAhead positions after row `r` of block `b` (of `blocks`), in the next block when
 // it is past this one's end (a block's rows of one head are 16 KiB at 64 positions, so a
 // prefetch that stopped at the block's end left the first rows of every block to miss), or
 // null past the last block.
-inline const float* row_ahead(const float* const* blocks, int64_t b, int64_t r, int64_t bt,
-                              int64_t ldkv, int64_t nblocks) {
+template <typename T>
+inline const T* row_ahead(const T* const* blocks, int64_t b, int64_t r, int64_t bt, int64_t ldkv,
+                          int64_t nblocks) {
   const int64_t a = r + kRowAhead;
   if (a < bt) return blocks[b] + a * ldkv;
   return b + 1 < nblocks ? blocks[b + 1] + (a - bt) * ldkv : nullptr;
@@ -116,8 +127,8 @@ DM_AVX512 void scores6(const float* const q[kRows], const float* kt, int64_t d, 
 
 // out[i][dc : dc + 16·NV] (+)= Σ_{j0 <= j < j1} p[i][j] · V[j][dc : dc + 16·NV] for R rows
 // (+ with `accumulate`): per key one load of the V row's 16·NV columns, R broadcasts.
-template <int R, int NV>
-DM_AVX512 void values(const float* const p[R], const float* const* v, int64_t bt, int64_t ldkv,
+template <int R, int NV, typename T>
+DM_AVX512 void values(const float* const p[R], const T* const* v, int64_t bt, int64_t ldkv,
                       int64_t j0, int64_t j1, int64_t dc, float* const out[R], bool accumulate) {
   __m512 acc[R][NV];
 #pragma GCC unroll 6
@@ -128,13 +139,13 @@ DM_AVX512 void values(const float* const p[R], const float* const* v, int64_t bt
   const int64_t nblocks = (j1 + bt - 1) / bt;
   for (int64_t j = j0; j < j1;) {
     const int64_t b = j / bt;
-    const float* vr = v[b] + (j - b * bt) * ldkv + dc;
+    const T* vr = v[b] + (j - b * bt) * ldkv + dc;
     for (const int64_t end = std::min(j1, (b + 1) * bt); j < end; ++j, vr += ldkv) {
-      if (const float* ahead = row_ahead(v, b, j - b * bt, bt, ldkv, nblocks))
+      if (const T* ahead = row_ahead(v, b, j - b * bt, bt, ldkv, nblocks))
         prefetch_row(ahead + dc, 16 * NV);
       __m512 vv[NV];
 #pragma GCC unroll 4
-      for (int u = 0; u < NV; ++u) vv[u] = _mm512_loadu_ps(vr + 16 * u);
+      for (int u = 0; u < NV; ++u) vv[u] = load16(vr + 16 * u);
 #pragma GCC unroll 6
       for (int i = 0; i < R; ++i) {
         const __m512 w = _mm512_set1_ps(p[i][j]);
@@ -150,23 +161,23 @@ DM_AVX512 void values(const float* const p[R], const float* const* v, int64_t bt
 }
 
 // values<R, NV> over all d columns, 64 at a time (out[i]: d floats each).
-template <int R>
-DM_AVX512 void values_cols(const float* const p[R], const float* const* v, int64_t bt, int64_t ldkv,
+template <int R, typename T>
+DM_AVX512 void values_cols(const float* const p[R], const T* const* v, int64_t bt, int64_t ldkv,
                            int64_t j0, int64_t j1, int64_t d, float* const out[R],
                            bool accumulate) {
   for (int64_t dc = 0; dc < d; dc += 64) {
     switch (std::min<int64_t>(4, (d - dc) / 16)) {
       case 4:
-        values<R, 4>(p, v, bt, ldkv, j0, j1, dc, out, accumulate);
+        values<R, 4, T>(p, v, bt, ldkv, j0, j1, dc, out, accumulate);
         break;
       case 3:
-        values<R, 3>(p, v, bt, ldkv, j0, j1, dc, out, accumulate);
+        values<R, 3, T>(p, v, bt, ldkv, j0, j1, dc, out, accumulate);
         break;
       case 2:
-        values<R, 2>(p, v, bt, ldkv, j0, j1, dc, out, accumulate);
+        values<R, 2, T>(p, v, bt, ldkv, j0, j1, dc, out, accumulate);
         break;
       default:
-        values<R, 1>(p, v, bt, ldkv, j0, j1, dc, out, accumulate);
+        values<R, 1, T>(p, v, bt, ldkv, j0, j1, dc, out, accumulate);
         break;
     }
   }
@@ -190,17 +201,16 @@ DM_AVX512 inline __m128 sum4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
 // out_r = Σ_j s[r][j] · V[j] with the output rows in registers. No transposition: at a few
 // keys (short contexts) the transposing kernel's fixed costs dominate, and K and V are read
 // once for the R rows either way.
-template <int R>
-DM_AVX512 void attend_few_rows(const float* q, int64_t ldq, const float* const* k,
-                               const float* const* v, int64_t bt, int64_t ldkv, float* out,
-                               int64_t ldo, int64_t keys, int64_t d, float scale,
-                               std::vector<float>& scratch) {
+template <int R, typename T = float>
+DM_AVX512 void attend_few_rows(const float* q, int64_t ldq, const T* const* k, const T* const* v,
+                               int64_t bt, int64_t ldkv, float* out, int64_t ldo, int64_t keys,
+                               int64_t d, float scale, std::vector<float>& scratch) {
   scratch.resize(static_cast<size_t>(R * keys));
   float* const s = scratch.data();
   const __m128 scale4 = _mm_set1_ps(scale);
   const int64_t nblocks = (keys + bt - 1) / bt;
   for (int64_t j = 0, b = 0; j < keys; ++b) {
-    const float* kr = k[b];
+    const T* kr = k[b];
     const int64_t end = std::min(keys, j + bt);
     // Four keys at a time: 4R independent FMA chains, and one reduction tree for the four
     // sums of a row (a horizontal sum per key cost more than the key's FMAs at d = 64).
@@ -212,12 +222,12 @@ DM_AVX512 void attend_few_rows(const float* q, int64_t ldq, const float* const* 
         for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_setzero_ps();
 #pragma GCC unroll 4
       for (int i = 0; i < 4; ++i)
-        if (const float* ahead = row_ahead(k, b, j + i - b * bt, bt, ldkv, nblocks))
+        if (const T* ahead = row_ahead(k, b, j + i - b * bt, bt, ldkv, nblocks))
           prefetch_row(ahead, d);
       for (int64_t c = 0; c < d; c += 16) {
         __m512 kv[4];
 #pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) kv[i] = _mm512_loadu_ps(kr + i * ldkv + c);
+        for (int i = 0; i < 4; ++i) kv[i] = load16(kr + i * ldkv + c);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
           const __m512 qv = _mm512_loadu_ps(q + r * ldq + c);
@@ -231,15 +241,14 @@ DM_AVX512 void attend_few_rows(const float* q, int64_t ldq, const float* const* 
                       _mm_mul_ps(sum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]), scale4));
     }
     for (; j < end; ++j, kr += ldkv) {
-      if (const float* ahead = row_ahead(k, b, j - b * bt, bt, ldkv, nblocks))
-        prefetch_row(ahead, d);
+      if (const T* ahead = row_ahead(k, b, j - b * bt, bt, ldkv, nblocks)) prefetch_row(ahead, d);
       // Two chains per row: at d = 64 one chain of 4 FMAs would be latency-bound.
       __m512 a0[R], a1[R];
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
       int64_t c = 0;
       for (; c + 32 <= d; c += 32) {
-        const __m512 k0 = _mm512_loadu_ps(kr + c), k1 = _mm512_loadu_ps(kr + c + 16);
+        const __m512 k0 = load16(kr + c), k1 = load16(kr + c + 16);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
           a0[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * ldq + c), k0, a0[r]);
@@ -247,7 +256,7 @@ DM_AVX512 void attend_few_rows(const float* q, int64_t ldq, const float* const* 
         }
       }
       if (c < d) {
-        const __m512 k0 = _mm512_loadu_ps(kr + c);
+        const __m512 k0 = load16(kr + c);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r)
           a0[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * ldq + c), k0, a0[r]);
@@ -264,7 +273,7 @@ DM_AVX512 void attend_few_rows(const float* q, int64_t ldq, const float* const* 
     p[r] = s + r * keys;
     o[r] = out + r * ldo;
   }
-  values_cols<R>(p, v, bt, ldkv, 0, keys, d, o, false);
+  values_cols<R, T>(p, v, bt, ldkv, 0, keys, d, o, false);
 }
 
 }  // namespace
@@ -384,6 +393,24 @@ DM_AVX512 void attend_group_tiled_avx512(const float* q, int64_t group, const fl
                                          float* out, int64_t keys, int64_t d, float scale,
                                          std::vector<float>& scratch) {
   attend_rows(q, d, k, v, bt, ldkv, out, d, group, keys, false, d, scale, scratch);
+}
+
+DM_AVX512 void attend_group_f16_avx512(const float* q, int64_t group, const uint16_t* const* k,
+                                       const uint16_t* const* v, int64_t bt, int64_t ldkv,
+                                       float* out, int64_t keys, int64_t d, float scale,
+                                       std::vector<float>& scratch) {
+  switch (group) {
+    case 1:
+      return attend_few_rows<1, uint16_t>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
+    case 2:
+      return attend_few_rows<2, uint16_t>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
+    case 3:
+      return attend_few_rows<3, uint16_t>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
+    case 4:
+      return attend_few_rows<4, uint16_t>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
+    default:
+      DELTAMOE_ASSERT(false && "attend_group_f16_avx512: groups of 1-4 only");
+  }
 }
 
 }  // namespace deltamoe::kernels

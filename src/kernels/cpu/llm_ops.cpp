@@ -3,11 +3,14 @@
 #include <cmath>
 #include <limits>
 
+#include <immintrin.h>
 #include <omp.h>
 
+#include "deltamoe/core/dtype.h"
 #include "deltamoe/core/error.h"
 #include "deltamoe/core/parallel.h"
 #include "deltamoe/kernels/cpu.h"
+#include "deltamoe/kernels/cpu_features.h"
 #include "deltamoe/kernels/llm.h"
 #include "kernels/cpu/attention_impl.h"
 
@@ -113,6 +116,36 @@ void causal_attention(const float* q, int64_t ldq, const float* k, const float* 
                          ldo, {0}, {n}, {start}, heads, kv_heads, d, scale);
 }
 
+namespace {
+
+// Rows [0, keys) of an f16 cache (blocks of bt rows, row stride ld, d values each) as f32 rows
+// of d (F16C where the CPU has it).
+__attribute__((target("avx,f16c"))) void widen_f16_rows_f16c(const uint16_t* const* blocks,
+                                                             int64_t bt, int64_t ld, int64_t keys,
+                                                             int64_t d, float* dst) {
+  for (int64_t p = 0; p < keys; ++p) {
+    const uint16_t* src = blocks[p / bt] + (p % bt) * ld;
+    float* row = dst + p * d;
+    int64_t c = 0;
+    for (; c + 8 <= d; c += 8)
+      _mm256_storeu_ps(row + c,
+                       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + c))));
+    for (; c < d; ++c) row[c] = f16_to_f32(src[c]);
+  }
+}
+
+void widen_f16_rows(const uint16_t* const* blocks, int64_t bt, int64_t ld, int64_t keys, int64_t d,
+                    float* dst) {
+  if (cpu_features().f16c) {
+    widen_f16_rows_f16c(blocks, bt, ld, keys, d, dst);
+    return;
+  }
+  for (int64_t p = 0; p < keys; ++p)
+    for (int64_t c = 0; c < d; ++c) dst[p * d + c] = f16_to_f32(blocks[p / bt][(p % bt) * ld + c]);
+}
+
+}  // namespace
+
 void causal_attention_batch(const float* q, int64_t ldq, const std::vector<KvBlocks>& kv,
                             int64_t ldkv, float* out, int64_t ldo, const std::vector<int64_t>& row0,
                             const std::vector<int64_t>& n, const std::vector<int64_t>& start,
@@ -121,7 +154,9 @@ void causal_attention_batch(const float* q, int64_t ldq, const std::vector<KvBlo
                  " heads are not a multiple of ", kv_heads, " KV heads");
   const size_t seqs = n.size();
   DELTAMOE_ASSERT(kv.size() == seqs && row0.size() == seqs && start.size() == seqs);
-  for (const KvBlocks& c : kv) DELTAMOE_ASSERT(c.block_tokens > 0);
+  for (const KvBlocks& c : kv)
+    DELTAMOE_ASSERT(c.block_tokens > 0 && (c.k16 != nullptr) == (c.v16 != nullptr) &&
+                    (c.k16 != nullptr) != (c.k != nullptr));
   const int64_t group = heads / kv_heads;
   // Work items: (sequence, head, block of query rows). Blocks of 64 rows keep the score
   // matrix in cache and give a long prompt enough items for every thread; causal rows near
@@ -155,27 +190,52 @@ void causal_attention_batch(const float* q, int64_t ldq, const std::vector<KvBlo
       static_cast<int>(std::min<int64_t>(num_threads(), static_cast<int64_t>(items.size())));
 #pragma omp parallel num_threads(std::max(1, threads))
   {
-    std::vector<float> scores;
+    std::vector<float> scores, widened;
     std::vector<const float*> kb, vb;
+    std::vector<const uint16_t*> kb16, vb16;
 #pragma omp for schedule(dynamic, 1)
     for (size_t i = 0; i < items.size(); ++i) {
       const Item& it = items[i];
       const size_t s = static_cast<size_t>(it.s);
       const KvBlocks& c = kv[s];
-      const int64_t nblocks = (start[s] + it.r1 + c.block_tokens - 1) / c.block_tokens;
+      const int64_t keys = start[s] + it.r1;
+      const int64_t nblocks = (keys + c.block_tokens - 1) / c.block_tokens;
       const int64_t col = (it.h / group) * (c.head_stride > 0 ? c.head_stride : d);
-      kb.resize(static_cast<size_t>(nblocks));
-      vb.resize(static_cast<size_t>(nblocks));
-      for (int64_t b = 0; b < nblocks; ++b) {
-        kb[static_cast<size_t>(b)] = c.k[b] + col;
-        vb[static_cast<size_t>(b)] = c.v[b] + col;
+      int64_t bt = c.block_tokens, ld = ldkv;
+      if (c.k16 != nullptr) {
+        kb16.resize(static_cast<size_t>(nblocks));
+        vb16.resize(static_cast<size_t>(nblocks));
+        for (int64_t b = 0; b < nblocks; ++b) {
+          kb16[static_cast<size_t>(b)] = c.k16[b] + col;
+          vb16[static_cast<size_t>(b)] = c.v16[b] + col;
+        }
+        // Decode of 1-4 query heads reads the f16 rows in place (the bytes decode is bound by);
+        // anything else gets this head's keys and values widened once into scratch.
+        if (n[s] == 1 && it.heads <= 4 && attend_avx512_supported(d)) {
+          attend_group_f16_avx512(q + row0[s] * ldq + it.h * d, it.heads, kb16.data(), vb16.data(),
+                                  bt, ld, out + row0[s] * ldo + it.h * d, keys, d, scale, scores);
+          continue;
+        }
+        widened.resize(static_cast<size_t>(2 * keys * d));
+        widen_f16_rows(kb16.data(), bt, ld, keys, d, widened.data());
+        widen_f16_rows(vb16.data(), bt, ld, keys, d, widened.data() + keys * d);
+        kb.assign(1, widened.data());
+        vb.assign(1, widened.data() + keys * d);
+        bt = keys;
+        ld = d;
+      } else {
+        kb.resize(static_cast<size_t>(nblocks));
+        vb.resize(static_cast<size_t>(nblocks));
+        for (int64_t b = 0; b < nblocks; ++b) {
+          kb[static_cast<size_t>(b)] = c.k[b] + col;
+          vb[static_cast<size_t>(b)] = c.v[b] + col;
+        }
       }
       if (it.heads > 1) {
-        attend_group_avx512(q + row0[s] * ldq + it.h * d, it.heads, kb.data(), vb.data(),
-                            c.block_tokens, ldkv, out + row0[s] * ldo + it.h * d, start[s] + 1, d,
-                            scale, scores);
+        attend_group_avx512(q + row0[s] * ldq + it.h * d, it.heads, kb.data(), vb.data(), bt, ld,
+                            out + row0[s] * ldo + it.h * d, start[s] + 1, d, scale, scores);
       } else {
-        attend(q + row0[s] * ldq + it.h * d, ldq, kb.data(), vb.data(), c.block_tokens, ldkv,
+        attend(q + row0[s] * ldq + it.h * d, ldq, kb.data(), vb.data(), bt, ld,
                out + row0[s] * ldo + it.h * d, ldo, it.r0, it.r1, start[s], d, scale, scores);
       }
     }
