@@ -66,6 +66,17 @@ const Fixture& fixture() {
   return f;
 }
 
+// The same model with an f16 KV cache (--kv-dtype f16).
+const Fixture& fixture_f16_kv() {
+  static const Fixture f = [] {
+    set_num_threads(2);
+    models::LmOptions o;
+    o.kv_dtype = DType::f16;
+    return Fixture{models::MoeLm::load(tiny_model_dir(), o), io::Tokenizer::load(tiny_model_dir())};
+  }();
+  return f;
+}
+
 // Greedy tokens of one request alone: prefill, then one token at a time.
 std::vector<int32_t> alone(const models::MoeLm& m, const std::vector<int32_t>& prompt, int n) {
   models::KvCache cache;
@@ -126,8 +137,7 @@ serve::GenerationParams greedy(int64_t max_tokens) {
 }
 
 void expect_same_as_alone(const serve::LlmEngineConfig& cfg, int requests,
-                          serve::LlmEngineStats* out = nullptr) {
-  const auto& f = fixture();
+                          serve::LlmEngineStats* out = nullptr, const Fixture& f = fixture()) {
   serve::LlmEngine eng(f.model, f.tok, cfg);
   std::vector<std::unique_ptr<Collector>> cs;
   std::vector<std::vector<int32_t>> prompts;
@@ -177,6 +187,18 @@ TEST(LlmEngine, BatchedRequestsGetTheirAloneTokens) {
   cfg.kv_block_tokens = 8;
   cfg.kv_blocks = 200;
   expect_same_as_alone(cfg, 12);
+}
+
+// An f16 KV cache: the pool's blocks hold f16 (half the bytes), and batching still gives each
+// request the tokens it gets alone with that cache.
+TEST(LlmEngine, F16KvCacheRequestsGetTheirAloneTokens) {
+  serve::LlmEngineConfig cfg;
+  cfg.kv_block_tokens = 4;
+  cfg.kv_blocks = 200;
+  cfg.max_batch_tokens = 5;
+  EXPECT_EQ(fixture_f16_kv().model->make_kv_pool(4, 1)->block_bytes() * 2,
+            fixture().model->make_kv_pool(4, 1)->block_bytes());
+  expect_same_as_alone(cfg, 8, nullptr, fixture_f16_kv());
 }
 
 // A budget of 5 tokens per step: prompts go in chunks, mixed with other sequences' decode.
