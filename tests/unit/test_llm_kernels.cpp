@@ -215,6 +215,51 @@ TEST(LlmKernels, GroupedDecodeMatchesPerHead) {
     }
 }
 
+// On an f16 cache the AVX-512 kernels widen each value as they read it and then do exactly what
+// they do on f32: the same bits as the f32 kernels on the widened cache, for decode groups of
+// 1-7 (dot products; the 6-row kernel) and causal row ranges (one row; several).
+TEST(LlmKernels, F16CacheKernelsEqualF32KernelsOnWidenedValues) {
+  const int64_t d = 80, kvh = 2, keys = 203, bt = 7, ld = kvh * d;
+  if (!attend_avx512_supported(d)) GTEST_SKIP() << "no AVX-512 here";
+  const auto q = randn(static_cast<size_t>(keys * 8 * d), 61);
+  std::vector<uint16_t> k16, v16;
+  std::vector<float> kw, vw;
+  for (float x : randn(static_cast<size_t>(keys * ld), 62)) {
+    k16.push_back(f32_to_f16(x));
+    kw.push_back(f16_to_f32(k16.back()));
+  }
+  for (float x : randn(static_cast<size_t>(keys * ld), 63)) {
+    v16.push_back(f32_to_f16(x));
+    vw.push_back(f16_to_f32(v16.back()));
+  }
+  std::vector<const float*> kb, vb;
+  std::vector<const uint16_t*> kb16, vb16;
+  for (int64_t p = 0; p < keys; p += bt) {  // KV head 1
+    kb.push_back(kw.data() + p * ld + d);
+    vb.push_back(vw.data() + p * ld + d);
+    kb16.push_back(k16.data() + p * ld + d);
+    vb16.push_back(v16.data() + p * ld + d);
+  }
+  std::vector<float> scratch;
+  for (int64_t group = 1; group <= 7; ++group) {
+    std::vector<float> a(static_cast<size_t>(group * d)), b(a.size());
+    attend_group_avx512(q.data(), group, kb.data(), vb.data(), bt, ld, a.data(), keys, d, 0.125f,
+                        scratch);
+    attend_group_f16_avx512(q.data(), group, kb16.data(), vb16.data(), bt, ld, b.data(), keys, d,
+                            0.125f, scratch);
+    EXPECT_EQ(a, b) << "group " << group;
+  }
+  for (const auto& [r0, r1] :
+       std::vector<std::pair<int64_t, int64_t>>{{0, 1}, {202, 203}, {0, 64}, {150, 203}}) {
+    std::vector<float> a(static_cast<size_t>(keys * d), 0.0f), b(a.size(), 0.0f);
+    attend_avx512(q.data(), d, kb.data(), vb.data(), bt, ld, a.data(), d, r0, r1, 0, d, 0.125f,
+                  scratch);
+    attend_f16_avx512(q.data(), d, kb16.data(), vb16.data(), bt, ld, b.data(), d, r0, r1, 0, d,
+                      0.125f, scratch);
+    EXPECT_EQ(a, b) << "rows [" << r0 << ", " << r1 << ")";
+  }
+}
+
 // The AVX-512 kernel and the OpenBLAS one on the same items: rows at the end of a long prompt
 // (key chunks skipped for early row groups), rows that are not a multiple of 6, and single
 // rows (decode: the vector dot-product path).

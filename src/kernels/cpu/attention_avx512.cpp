@@ -73,11 +73,12 @@ int64_t round_up(int64_t v, int64_t m) {
 }
 
 // Keys [c0, c0 + 64) transposed: kt[c·64 + j] = K[c0 + j][c], zero for keys past `keys`.
-DM_AVX512 void transpose_chunk(const float* const* k, int64_t bt, int64_t ldkv, int64_t c0,
+template <typename T>
+DM_AVX512 void transpose_chunk(const T* const* k, int64_t bt, int64_t ldkv, int64_t c0,
                                int64_t keys, int64_t d, float* kt) {
   for (int64_t g = 0; g < kChunk; g += 16) {
-    const float* rows[16];
-    const float* ahead[16];  // the same keys of the next chunk, read into cache meanwhile
+    const T* rows[16];
+    const T* ahead[16];  // the same keys of the next chunk, read into cache meanwhile
     for (int i = 0; i < 16; ++i) {
       const int64_t p = c0 + g + i, pn = p + kChunk;
       rows[i] = p < keys ? k[p / bt] + (p % bt) * ldkv : nullptr;
@@ -88,8 +89,7 @@ DM_AVX512 void transpose_chunk(const float* const* k, int64_t bt, int64_t ldkv, 
         if (ahead[i]) _mm_prefetch(reinterpret_cast<const char*>(ahead[i] + c), _MM_HINT_T0);
       __m512 r[16];
 #pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i)
-        r[i] = rows[i] ? _mm512_loadu_ps(rows[i] + c) : _mm512_setzero_ps();
+      for (int i = 0; i < 16; ++i) r[i] = rows[i] ? load16(rows[i] + c) : _mm512_setzero_ps();
       transpose16(r);
 #pragma GCC unroll 16
       for (int i = 0; i < 16; ++i) _mm512_storeu_ps(kt + (c + i) * kChunk + g, r[i]);
@@ -298,9 +298,10 @@ namespace {
 // `rows` query rows (row i at q + i·ldq, its output at out + i·ldo), the first seeing keys0
 // keys; with `causal` row i sees keys0 + i (consecutive positions of one head), without it
 // every row sees keys0 (the query heads of one KV head at one position: decode under GQA).
-DM_AVX512 void attend_rows(const float* q, int64_t ldq, const float* const* k,
-                           const float* const* v, int64_t bt, int64_t ldkv, float* out, int64_t ldo,
-                           int64_t rows, int64_t keys0, bool causal, int64_t d, float scale,
+template <typename T>
+DM_AVX512 void attend_rows(const float* q, int64_t ldq, const T* const* k, const T* const* v,
+                           int64_t bt, int64_t ldkv, float* out, int64_t ldo, int64_t rows,
+                           int64_t keys0, bool causal, int64_t d, float scale,
                            std::vector<float>& scratch) {
   const int64_t keys = keys0 + (causal ? rows - 1 : 0), ls = round_up(keys, kChunk),
                 prow = round_up(rows, kRows);
@@ -347,7 +348,7 @@ DM_AVX512 void attend_rows(const float* q, int64_t ldq, const float* const* k,
       // A padded row's output goes to `dropped` (d floats).
       float* o[kRows];
       for (int i = 0; i < kRows; ++i) o[i] = g + i < rows ? out + (g + i) * ldo : dropped;
-      values_cols<kRows>(pr, v, bt, ldkv, j0, j1, d, o, j0 > 0);
+      values_cols<kRows, T>(pr, v, bt, ldkv, j0, j1, d, o, j0 > 0);
     }
   }
 }
@@ -409,8 +410,24 @@ DM_AVX512 void attend_group_f16_avx512(const float* q, int64_t group, const uint
     case 4:
       return attend_few_rows<4, uint16_t>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
     default:
-      DELTAMOE_ASSERT(false && "attend_group_f16_avx512: groups of 1-4 only");
+      return attend_rows<uint16_t>(q, d, k, v, bt, ldkv, out, d, group, keys, false, d, scale,
+                                   scratch);
   }
+}
+
+DM_AVX512 void attend_f16_avx512(const float* q, int64_t ldq, const uint16_t* const* k,
+                                 const uint16_t* const* v, int64_t bt, int64_t ldkv, float* out,
+                                 int64_t ldo, int64_t r0, int64_t r1, int64_t start, int64_t d,
+                                 float scale, std::vector<float>& scratch) {
+  const int64_t rows = r1 - r0;
+  if (rows <= 0) return;
+  if (rows == 1) {
+    attend_few_rows<1, uint16_t>(q + r0 * ldq, ldq, k, v, bt, ldkv, out + r0 * ldo, ldo, start + r1,
+                                 d, scale, scratch);
+    return;
+  }
+  attend_rows<uint16_t>(q + r0 * ldq, ldq, k, v, bt, ldkv, out + r0 * ldo, ldo, rows,
+                        start + r0 + 1, true, d, scale, scratch);
 }
 
 }  // namespace deltamoe::kernels

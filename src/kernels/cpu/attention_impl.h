@@ -46,12 +46,16 @@ void attend_group_tiled_avx512(const float* q, int64_t group, const float* const
                                float* out, int64_t keys, int64_t d, float scale,
                                std::vector<float>& scratch);
 
-/// attend_group_avx512 for groups of 1-4 on an f16 cache (k, v: f16 rows, widened in
-/// registers). Needs attend_avx512_supported(d).
+/// attend_group_avx512 and attend_avx512 on an f16 cache (k, v: f16 rows, widened in
+/// registers as they are read). Need attend_avx512_supported(d).
 void attend_group_f16_avx512(const float* q, int64_t group, const uint16_t* const* k,
                              const uint16_t* const* v, int64_t block_tokens, int64_t ldkv,
                              float* out, int64_t keys, int64_t d, float scale,
                              std::vector<float>& scratch);
+void attend_f16_avx512(const float* q, int64_t ldq, const uint16_t* const* k,
+                       const uint16_t* const* v, int64_t block_tokens, int64_t ldkv, float* out,
+                       int64_t ldo, int64_t r0, int64_t r1, int64_t start, int64_t d, float scale,
+                       std::vector<float>& scratch);
 
 /// Whether attend_avx512 runs here for head size d (AVX-512F usable and d a multiple of 16).
 bool attend_avx512_supported(int64_t d);

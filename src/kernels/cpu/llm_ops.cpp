@@ -209,11 +209,18 @@ void causal_attention_batch(const float* q, int64_t ldq, const std::vector<KvBlo
           kb16[static_cast<size_t>(b)] = c.k16[b] + col;
           vb16[static_cast<size_t>(b)] = c.v16[b] + col;
         }
-        // Decode of 1-4 query heads reads the f16 rows in place (the bytes decode is bound by);
-        // anything else gets this head's keys and values widened once into scratch.
-        if (n[s] == 1 && it.heads <= 4 && attend_avx512_supported(d)) {
-          attend_group_f16_avx512(q + row0[s] * ldq + it.h * d, it.heads, kb16.data(), vb16.data(),
-                                  bt, ld, out + row0[s] * ldo + it.h * d, keys, d, scale, scores);
+        // The AVX-512 kernels read the f16 rows in place, widening them in registers; OpenBLAS
+        // gets this head's keys and values widened once into scratch.
+        if (attend_avx512_supported(d)) {
+          if (it.heads > 1) {
+            attend_group_f16_avx512(q + row0[s] * ldq + it.h * d, it.heads, kb16.data(),
+                                    vb16.data(), bt, ld, out + row0[s] * ldo + it.h * d, keys, d,
+                                    scale, scores);
+          } else {
+            attend_f16_avx512(q + row0[s] * ldq + it.h * d, ldq, kb16.data(), vb16.data(), bt, ld,
+                              out + row0[s] * ldo + it.h * d, ldo, it.r0, it.r1, start[s], d, scale,
+                              scores);
+          }
           continue;
         }
         widened.resize(static_cast<size_t>(2 * keys * d));
