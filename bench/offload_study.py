@@ -318,6 +318,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=16, help="decode tokens per run (after as many warm-up)")
     ap.add_argument("--reps", type=int, default=2, help="repetitions of each configuration (A B A B)")
     ap.add_argument("--skip-skewed", action="store_true")
+    ap.add_argument("--skip-uniform", action="store_true",
+                    help="only the skewed model (all its configurations)")
     ap.add_argument("--quick", action="store_true",
                     help="only mmap, router and router --no-prefetch on the uniform model")
     ap.add_argument("--replot", metavar="JSON", help="only redraw the plots and CSV from a results file")
@@ -330,7 +332,10 @@ def main():
         return
     uniform = os.path.join(a.work, "mixtral-9g-uniform")
     skewed = os.path.join(a.work, "mixtral-9g-skewed")
-    ensure_model(a.deltamoe, uniform, ["--embed-std", "1"])
+    if a.skip_uniform and (a.skip_skewed or a.quick):
+        sys.exit("offload_study: --skip-uniform leaves nothing to run with --skip-skewed or --quick")
+    if not a.skip_uniform:
+        ensure_model(a.deltamoe, uniform, ["--embed-std", "1"])
     if not a.skip_skewed:
         ensure_model(a.deltamoe, skewed, [])
     budgets = a.budgets.split(",")
@@ -351,8 +356,10 @@ def main():
     if a.quick:
         full = [full[0], full[3], full[4]]
     try:
-        log("uniform model")
-        res["models"]["uniform"] = study_model(a.deltamoe, uniform, budgets, a.tokens, full, cg, a.reps)
+        if not a.skip_uniform:
+            log("uniform model")
+            res["models"]["uniform"] = study_model(a.deltamoe, uniform, budgets, a.tokens, full,
+                                                   cg, a.reps)
         if not a.skip_skewed and not a.quick:
             log("skewed model")
             res["models"]["skewed"] = study_model(a.deltamoe, skewed, budgets, a.tokens,

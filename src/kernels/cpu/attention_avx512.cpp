@@ -13,6 +13,10 @@
 // Decode: a lone query row, or the 2-4 query heads of one KV head, take vector dot products per
 // key (each K and V row read once for all of them, no transposition); larger groups go
 // through the 6-row kernel as rows that all see the same keys.
+//
+// An f16 cache (--kv-dtype f16): the kernels are templates on the cache's element type and read
+// it through load16, which widens 16 values with vcvtph2ps, so they compute bit for bit what
+// they compute on an f32 cache holding the widened values, reading half the bytes.
 #include <immintrin.h>
 
 #include <algorithm>
