@@ -289,8 +289,10 @@ bool attend_avx512_supported(int64_t d) {
 const char* attention_impl_name() {
   return cpu_features().avx512f
              ? "avx512 microkernels per (sequence, head, 64-row block) for head sizes that are "
-               "multiples of 16 (else OpenBLAS sgemm); one query row: dot products"
-             : "OpenBLAS sgemm per (sequence, head, 64-row block); one query row: dot products";
+               "multiples of 16 (else OpenBLAS sgemm); one query row: dot products; an f16 KV "
+               "cache widened in registers"
+             : "OpenBLAS sgemm per (sequence, head, 64-row block); one query row: dot products; "
+               "an f16 KV cache widened into scratch";
 }
 
 AttendFn best_attend(int64_t d) {
