@@ -10,6 +10,8 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include "deltamoe/core/parallel.h"
 #endif
 
 namespace deltamoe {
@@ -28,7 +30,15 @@ Storage::Storage(size_t bytes) : bytes_(bytes), owned_(true) {
   data_ = std::aligned_alloc(align, rounded == 0 ? align : rounded);
   if (data_ == nullptr) fail("tensor", "out of memory allocating ", bytes, " bytes");
   if (align == kHuge) advise_huge_pages(data_, rounded);
-  std::memset(data_, 0, rounded == 0 ? align : rounded);
+  // Zeroing touches every page first: on all threads for large buffers (a model's converted
+  // weights), whose first touch is mostly the kernel clearing pages.
+  const size_t total = rounded == 0 ? align : rounded;
+  const int64_t chunks = static_cast<int64_t>((total + kHuge - 1) / kHuge);
+  parallel_for(chunks, 16, [&](int64_t b, int64_t e) {
+    const size_t lo = static_cast<size_t>(b) * kHuge;
+    const size_t hi = std::min(total, static_cast<size_t>(e) * kHuge);
+    std::memset(static_cast<char*>(data_) + lo, 0, hi - lo);
+  });
 }
 
 Storage::Storage(void* data, size_t bytes, std::shared_ptr<const void> keep_alive, bool file_mapped)
@@ -289,19 +299,50 @@ Tensor Tensor::clone() const {
   return to(dtype_);
 }
 
+namespace {
+// The common conversions of a contiguous tensor (checkpoint dtype <-> compute dtype at load),
+// in chunks on all threads: element by element through load_as_float / store_from_float the
+// reference model's bf16 -> f32 took a minute. The same values (the same conversion functions).
+bool convert_contiguous(const void* src, DType from, void* dst, DType to, int64_t n) {
+  const auto run = [&](auto convert) {
+    parallel_for(n, int64_t{1} << 16, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) convert(i);
+    });
+    return true;
+  };
+  const auto* s16 = static_cast<const uint16_t*>(src);
+  const auto* s32 = static_cast<const float*>(src);
+  auto* d16 = static_cast<uint16_t*>(dst);
+  auto* d32 = static_cast<float*>(dst);
+  if (from == DType::bf16 && to == DType::f32)
+    return run([&](int64_t i) { d32[i] = bf16_to_f32(s16[i]); });
+  if (from == DType::f16 && to == DType::f32)
+    return run([&](int64_t i) { d32[i] = f16_to_f32(s16[i]); });
+  if (from == DType::f32 && to == DType::bf16)
+    return run([&](int64_t i) { d16[i] = f32_to_bf16(s32[i]); });
+  if (from == DType::f32 && to == DType::f16)
+    return run([&](int64_t i) { d16[i] = f32_to_f16(s32[i]); });
+  return false;
+}
+}  // namespace
+
 Tensor Tensor::to(DType dtype) const {
   Tensor out(shape_, dtype);
-  if (!storage_) return out;
+  if (storage_) convert_into(out.raw(), dtype);
+  return out;
+}
+
+void Tensor::convert_into(void* dst, DType dtype) const {
+  if (!storage_) return;
   if (dtype == dtype_ && is_contiguous()) {
-    std::memcpy(out.raw(), raw(), nbytes());
-    return out;
+    std::memcpy(dst, raw(), nbytes());
+    return;
   }
+  if (is_contiguous() && convert_contiguous(raw(), dtype_, dst, dtype, numel_)) return;
   const void* src = raw();
-  void* dst = out.raw();
   for_each_offset(shape_, strides_, [&](int64_t i, int64_t off) {
     store_from_float(dst, dtype, i, load_as_float(src, dtype_, off));
   });
-  return out;
 }
 
 std::vector<float> Tensor::to_vector() const {

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "deltamoe/core/arena.h"
 #include "deltamoe/core/dtype.h"
@@ -73,6 +74,37 @@ TEST(Tensor, ConvertsBetweenDtypes) {
   EXPECT_EQ(b.to_vector(), t.to_vector());
   Tensor i = t.to(DType::i32);
   EXPECT_EQ(i.data<int32_t>()[1], -2);
+}
+
+// Contiguous bf16 / f16 <-> f32 conversions run in chunks on all threads: every element equals
+// the conversion function's value (rounding, NaN, Inf, values past f16's range), and a strided
+// view takes the element-wise path with the same results.
+TEST(Tensor, ContiguousConversionsEqualTheElementFunctions) {
+  set_num_threads(2);
+  const int64_t n = 300001;  // several chunks of 65536 and a partial one
+  std::vector<float> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i)
+    v[static_cast<size_t>(i)] = std::sin(0.37f * i) * std::exp2f(i % 40 - 20);
+  v[5] = std::nanf("");
+  v[6] = INFINITY;
+  v[7] = -1e6f;  // beyond f16
+  const Tensor t = Tensor::from(v, {n});
+  const Tensor b = t.to(DType::bf16), h = t.to(DType::f16);
+  const Tensor bf = b.to(DType::f32), hf = h.to(DType::f32);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t bi = b.data<uint16_t>()[i], hi = h.data<uint16_t>()[i];
+    ASSERT_EQ(bi, f32_to_bf16(v[static_cast<size_t>(i)])) << i;
+    ASSERT_EQ(hi, f32_to_f16(v[static_cast<size_t>(i)])) << i;
+    const float want_b = bf16_to_f32(bi), want_h = f16_to_f32(hi);
+    ASSERT_TRUE(bf.data<float>()[i] == want_b ||
+                (std::isnan(want_b) && std::isnan(bf.data<float>()[i])));
+    ASSERT_TRUE(hf.data<float>()[i] == want_h ||
+                (std::isnan(want_h) && std::isnan(hf.data<float>()[i])));
+  }
+  const Tensor m = Tensor::from(std::vector<float>(v.begin(), v.begin() + 6000), {60, 100});
+  const Tensor tr = m.transpose(0, 1).to(DType::bf16);  // strided: element by element
+  EXPECT_EQ(tr.data<uint16_t>()[1], f32_to_bf16(v[100]));
+  set_num_threads(0);
 }
 
 TEST(Arena, HandsOutAlignedOffsetsAndChecksCapacity) {

@@ -117,6 +117,11 @@ class Tensor {
   Tensor clone() const;
   /// Converts to another dtype (new storage; same dtype still copies).
   Tensor to(DType dtype) const;
+  /// Writes the elements, in row-major order and converted to `dtype`, to `dst` (numel() ·
+  /// dtype_size(dtype) bytes, not owned, not overlapping this tensor): to() without the new
+  /// storage. Contiguous bf16 / f16 <-> f32 conversions run on all threads (when called outside
+  /// a parallel region).
+  void convert_into(void* dst, DType dtype) const;
   /// Copies element values into a vector of float (any dtype, any strides).
   std::vector<float> to_vector() const;
   /// Element at a multi-index, as float (slow; for tests and debugging).

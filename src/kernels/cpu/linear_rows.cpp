@@ -83,9 +83,8 @@ std::vector<PackedLinear> PackedLinear::row_major_all(const std::vector<Tensor>&
         quantize_weights_int8(ws[i], dst);
         bytes = int8_weight_bytes(ws[i].size(0), ws[i].size(1));
       } else {
-        const Tensor converted = ws[i].to(dtype);
-        std::memcpy(dst, converted.raw(), converted.nbytes());
-        bytes = converted.nbytes();
+        ws[i].convert_into(dst, dtype);
+        bytes = static_cast<size_t>(ws[i].numel()) * dtype_size(dtype);
       }
       // The source was read once for the copy: a file mapping's pages of it go (resident
       // memory is the copies, not also what they were converted from).
