@@ -1,5 +1,5 @@
-// AVX-512 VNNI integer dot kernel for int8 weights (layout in linear_impl.h): the decode path of
-// --dtype int8 on CPUs with vpdpbusd.
+// AVX-512 VNNI integer dot kernel for int8 weights (layout in linear_impl.h): --dtype int8 at
+// every row count on CPUs with vpdpbusd and without AMX (with AMX: below its 8 rows).
 //
 // vpdpbusd multiplies unsigned by signed bytes and adds groups of 4 into int32 lanes, exactly
 // (no int16 saturation as in vpmaddubsw). x is prepared once per call: its quants in the
