@@ -359,81 +359,77 @@ DM_AVX512 void attend_rows(const float* q, int64_t ldq, const T* const* k, const
   }
 }
 
+// One (sequence, head) item's rows [r0, r1) (see attention_impl.h), on a cache of T.
+template <typename T>
+DM_AVX512 void attend_item(const float* q, int64_t ldq, const T* const* k, const T* const* v,
+                           int64_t bt, int64_t ldkv, float* out, int64_t ldo, int64_t r0,
+                           int64_t r1, int64_t start, int64_t d, float scale,
+                           std::vector<float>& scratch) {
+  const int64_t rows = r1 - r0;
+  if (rows <= 0) return;
+  if (rows == 1) {
+    attend_few_rows<1, T>(q + r0 * ldq, ldq, k, v, bt, ldkv, out + r0 * ldo, ldo, start + r1, d,
+                          scale, scratch);
+    return;
+  }
+  attend_rows<T>(q + r0 * ldq, ldq, k, v, bt, ldkv, out + r0 * ldo, ldo, rows, start + r0 + 1, true,
+                 d, scale, scratch);
+}
+
+// Decode of the `group` query heads of one KV head (see attend_group_avx512), on a cache of T.
+template <typename T>
+DM_AVX512 void attend_group(const float* q, int64_t group, const T* const* k, const T* const* v,
+                            int64_t bt, int64_t ldkv, float* out, int64_t keys, int64_t d,
+                            float scale, std::vector<float>& scratch) {
+  switch (group) {
+    case 1:
+      return attend_few_rows<1, T>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
+    case 2:
+      return attend_few_rows<2, T>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
+    case 3:
+      return attend_few_rows<3, T>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
+    case 4:
+      return attend_few_rows<4, T>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
+    default:
+      return attend_rows<T>(q, d, k, v, bt, ldkv, out, d, group, keys, false, d, scale, scratch);
+  }
+}
+
 }  // namespace
 
 DM_AVX512 void attend_avx512(const float* q, int64_t ldq, const float* const* k,
                              const float* const* v, int64_t bt, int64_t ldkv, float* out,
                              int64_t ldo, int64_t r0, int64_t r1, int64_t start, int64_t d,
                              float scale, std::vector<float>& scratch) {
-  const int64_t rows = r1 - r0;
-  if (rows <= 0) return;
-  if (rows == 1) {
-    attend_few_rows<1>(q + r0 * ldq, ldq, k, v, bt, ldkv, out + r0 * ldo, ldo, start + r1, d, scale,
-                       scratch);
-    return;
-  }
-  attend_rows(q + r0 * ldq, ldq, k, v, bt, ldkv, out + r0 * ldo, ldo, rows, start + r0 + 1, true, d,
-              scale, scratch);
+  attend_item<float>(q, ldq, k, v, bt, ldkv, out, ldo, r0, r1, start, d, scale, scratch);
 }
 
 DM_AVX512 void attend_group_avx512(const float* q, int64_t group, const float* const* k,
                                    const float* const* v, int64_t bt, int64_t ldkv, float* out,
                                    int64_t keys, int64_t d, float scale,
                                    std::vector<float>& scratch) {
-  switch (group) {
-    case 1:
-      return attend_few_rows<1>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
-    case 2:
-      return attend_few_rows<2>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
-    case 3:
-      return attend_few_rows<3>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
-    case 4:
-      return attend_few_rows<4>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
-    default:
-      break;
-  }
-  attend_group_tiled_avx512(q, group, k, v, bt, ldkv, out, keys, d, scale, scratch);
+  attend_group<float>(q, group, k, v, bt, ldkv, out, keys, d, scale, scratch);
 }
 
 DM_AVX512 void attend_group_tiled_avx512(const float* q, int64_t group, const float* const* k,
                                          const float* const* v, int64_t bt, int64_t ldkv,
                                          float* out, int64_t keys, int64_t d, float scale,
                                          std::vector<float>& scratch) {
-  attend_rows(q, d, k, v, bt, ldkv, out, d, group, keys, false, d, scale, scratch);
+  attend_rows<float>(q, d, k, v, bt, ldkv, out, d, group, keys, false, d, scale, scratch);
 }
 
 DM_AVX512 void attend_group_f16_avx512(const float* q, int64_t group, const uint16_t* const* k,
                                        const uint16_t* const* v, int64_t bt, int64_t ldkv,
                                        float* out, int64_t keys, int64_t d, float scale,
                                        std::vector<float>& scratch) {
-  switch (group) {
-    case 1:
-      return attend_few_rows<1, uint16_t>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
-    case 2:
-      return attend_few_rows<2, uint16_t>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
-    case 3:
-      return attend_few_rows<3, uint16_t>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
-    case 4:
-      return attend_few_rows<4, uint16_t>(q, d, k, v, bt, ldkv, out, d, keys, d, scale, scratch);
-    default:
-      return attend_rows<uint16_t>(q, d, k, v, bt, ldkv, out, d, group, keys, false, d, scale,
-                                   scratch);
-  }
+  attend_group<uint16_t>(q, group, k, v, bt, ldkv, out, keys, d, scale, scratch);
 }
 
 DM_AVX512 void attend_f16_avx512(const float* q, int64_t ldq, const uint16_t* const* k,
                                  const uint16_t* const* v, int64_t bt, int64_t ldkv, float* out,
                                  int64_t ldo, int64_t r0, int64_t r1, int64_t start, int64_t d,
                                  float scale, std::vector<float>& scratch) {
-  const int64_t rows = r1 - r0;
-  if (rows <= 0) return;
-  if (rows == 1) {
-    attend_few_rows<1, uint16_t>(q + r0 * ldq, ldq, k, v, bt, ldkv, out + r0 * ldo, ldo, start + r1,
-                                 d, scale, scratch);
-    return;
-  }
-  attend_rows<uint16_t>(q + r0 * ldq, ldq, k, v, bt, ldkv, out + r0 * ldo, ldo, rows,
-                        start + r0 + 1, true, d, scale, scratch);
+  attend_item<uint16_t>(q, ldq, k, v, bt, ldkv, out, ldo, r0, r1, start, d, scale, scratch);
 }
 
 }  // namespace deltamoe::kernels

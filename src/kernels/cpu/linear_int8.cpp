@@ -61,31 +61,32 @@ void quantize_weight_rows_int8(LinearImpl impl, const float* w, int64_t rows, in
 void quantize_weights_int8(const Tensor& w, void* dst) {
   DELTAMOE_CHECK(w.defined() && w.dim() == 2 && w.size(0) > 0 && w.size(1) > 0, "kernels",
                  "int8: weight must be a non-empty 2-D [N, K]");
-  // bf16 (a bf16 checkpoint) is widened a chunk of rows at a time on the thread that quantises
-  // it: converting whole tensors first took 12-23 s for the reference model and a transient f32
-  // copy of each tensor.
-  const bool bf16_rows = w.dtype() == DType::bf16 && w.is_contiguous();
-  const Tensor wf =
-      (w.dtype() == DType::f32 && w.is_contiguous()) || bf16_rows ? w : w.to(DType::f32);
   const int64_t n_rows = w.size(0), k = w.size(1);
   const int64_t kb = (k + kQBlock - 1) / kQBlock, kp = kb * kQBlock;
   auto* q = static_cast<int8_t*>(dst);
   auto* d = reinterpret_cast<uint16_t*>(static_cast<char*>(dst) + int8_scales_offset(n_rows, k));
   const LinearImpl impl = best_linear_impl(DType::int8);
+  // An f32 tensor is read in place; any other (a bf16 checkpoint, a strided view) is widened 64
+  // rows at a time on the thread that quantises them: converting whole tensors first took 12-23
+  // s for the reference model, and a transient f32 copy of each tensor.
+  const bool in_place = w.dtype() == DType::f32 && w.is_contiguous();
+  constexpr int64_t kRows = 64;
   // Rows on all threads (a single large matrix, the LM head say, would otherwise load on one;
   // inside row_major_all's parallel loop this runs on the calling thread).
-  parallel_for(n_rows, 64, [&](int64_t b, int64_t e) {
-    const float* rows = nullptr;
+  parallel_for(n_rows, kRows, [&](int64_t b, int64_t e) {
     std::vector<float> widened;
-    if (bf16_rows) {
-      widened.resize(static_cast<size_t>((e - b) * k));
-      const uint16_t* src = wf.data<uint16_t>() + b * k;
-      for (size_t i = 0; i < widened.size(); ++i) widened[i] = bf16_to_f32(src[i]);
-      rows = widened.data();
-    } else {
-      rows = wf.data<float>() + b * k;
+    for (int64_t r0 = b; r0 < e; r0 += kRows) {
+      const int64_t r1 = std::min(e, r0 + kRows);
+      const float* rows = nullptr;
+      if (in_place) {
+        rows = w.data<float>() + r0 * k;
+      } else {
+        widened.resize(static_cast<size_t>((r1 - r0) * k));
+        w.slice(r0, r1).convert_into(widened.data(), DType::f32);
+        rows = widened.data();
+      }
+      quantize_weight_rows_int8(impl, rows, r1 - r0, k, q + r0 * kp, d + r0 * kb, r0);
     }
-    quantize_weight_rows_int8(impl, rows, e - b, k, q + b * kp, d + b * kb, b);
   });
 }
 
