@@ -523,9 +523,12 @@ json substitution_check(const models::MoeLm& m, models::ExpertCache& cache, int6
 
 }  // namespace
 
-int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int threads,
+int run_model_bench(const ModelBenchOptions& o, const std::string& dtype_flag, int threads,
                     bool json_out) {
   DELTAMOE_CHECK(!o.model.empty(), "bench", "bench model needs --model DIR");
+  const std::string dtype = dtype_flag == "auto"
+                                ? std::string(dtype_name(models::MoeLm::native_dtype(o.model)))
+                                : dtype_flag;
   DELTAMOE_CHECK(o.prompt > 0 || o.gen > 0, "bench", "nothing to measure: -p and -n are both 0");
   // The untimed prefill of -d would count in the cache's hit rate and bytes read per token.
   DELTAMOE_CHECK(o.depth == 0 || o.offload.expert_cache.empty(), "bench",

@@ -31,7 +31,7 @@ struct ModelBenchOptions {
   bool threads_explicit = false;  // --threads given
 };
 
-/// Runs the benchmark; `dtype` f32|bf16, `threads`, one JSON object on stdout when `json`.
+/// Runs the benchmark; `dtype` auto|f32|bf16|int8 (auto: models::MoeLm::native_dtype), `threads`, one JSON object on stdout when `json`.
 int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int threads, bool json);
 
 }  // namespace deltamoe::cli

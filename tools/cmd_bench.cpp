@@ -83,7 +83,7 @@ class CacheFlusher {
 struct MoeBenchOptions {
   std::vector<int64_t> tokens{1, 16, 128, 512};
   int64_t hidden = 1024, inter = 512, experts = 32, top_k = 8;
-  std::string dtype = "f32";
+  std::string dtype = "auto";  // moe-layer: auto = f32; model: the checkpoint's (native_dtype)
   std::string expert = "swiglu";
   int threads = 2;
   bool json_out = false;
@@ -515,9 +515,12 @@ CommandRegistrar reg(
       app.add_option("--experts", o->experts, "Number of experts E")->check(CLI::PositiveNumber);
       app.add_option("--top-k", o->top_k, "Experts per token K")->check(CLI::PositiveNumber);
       app.add_option("--dtype", o->dtype,
-                     "Weight dtype: f32, bf16 (f32 accumulation) or int8 (one scale per 32 "
-                     "weights; activations quantised per 32; error vs f32 reported)")
-          ->check(CLI::IsMember({"f32", "bf16", "int8"}));
+                     "Weight dtype: auto (model: the checkpoint's own, bf16 for a bf16 "
+                     "checkpoint, else f32; moe-layer: f32), f32, bf16 (f32 accumulation) or "
+                     "int8 (one scale per 32 weights; activations quantised per 32; error vs f32 "
+                     "reported)")
+          ->check(CLI::IsMember({"auto", "f32", "bf16", "int8"}))
+          ->capture_default_str();
       app.add_option("--expert", o->expert, "Expert kind: swiglu (Mixtral) or gelu (MLP)")
           ->check(CLI::IsMember({"swiglu", "gelu"}));
       app.add_option("--threads", o->threads,
@@ -562,6 +565,7 @@ CommandRegistrar reg(
                        *what,
                        " runs in one process: --parallel and mpirun are for "
                        "bench model");
+        if (o->dtype == "auto") o->dtype = "f32";  // a synthetic layer has no stored dtype
         return run_moe_bench(*o);
       };
     });

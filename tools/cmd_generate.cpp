@@ -47,7 +47,8 @@ int run_generate(const GenerateOptions& o) {
   auto m = load_lm(o.lm);
   std::cerr << "generate: loaded " << o.lm.model << " (" << io::hf_arch_name(m->config().arch)
             << ", " << m->layers() << " layers, " << experts_text(m->config()) << ", "
-            << static_cast<double>(m->weight_bytes()) / 1e9 << " GB packed " << o.lm.dtype
+            << static_cast<double>(m->weight_bytes()) / 1e9 << " GB of " << dtype_name(m->dtype())
+            << " weights"
             << ") in " << seconds_since(t_load) << " s; routing " << m->routing_name() << "\n";
   std::mt19937_64 rng(o.seed);
   models::KvCache cache;
@@ -81,7 +82,7 @@ int run_generate(const GenerateOptions& o) {
   all.routed_experts += gen_stats.routed_experts;
   if (o.lm.json) {
     json j = {{"model", o.lm.model},
-              {"dtype", o.lm.dtype},
+              {"dtype", std::string(dtype_name(m->dtype()))},
               {"routing", m->routing_name()},
               {"prompt_ids", prompt},
               {"generated_ids", out},
@@ -198,7 +199,7 @@ int run_perplexity(const PerplexityOptions& o) {
   if (o.lm.json) {
     json j = {{"model", o.lm.model},
               {"file", o.file},
-              {"dtype", o.lm.dtype},
+              {"dtype", std::string(dtype_name(m->dtype()))},
               {"routing", m->routing_name()},
               {"context", ctx},
               {"tokens", ids.size()},

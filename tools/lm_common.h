@@ -157,7 +157,7 @@ inline std::string expert_cache_line(const nlohmann::json& e) {
 
 struct LmCliOptions {
   std::string model;
-  std::string dtype = "f32";
+  std::string dtype = "auto";  // auto (models::MoeLm::native_dtype) | f32 | bf16 | int8
   std::string weight_layout = "mapped";
   std::string kv_dtype = "f32";  // f32 | f16 (models::LmOptions::kv_dtype)
   std::string routing;           // empty: the model's own
@@ -295,9 +295,11 @@ inline void add_lm_options(CLI::App& app, LmCliOptions& o) {
                  "Hugging Face model directory (config.json, *.safetensors, tokenizer)")
       ->required();
   app.add_option("--dtype", o.dtype,
-                 "Weight dtype the kernels compute with: f32, bf16, or int8 (quantised at load, "
-                 "one scale per 32 weights; activations quantised per 32 on the fly)")
-      ->check(CLI::IsMember({"f32", "bf16", "int8"}))
+                 "Weight dtype the kernels compute with: auto (the checkpoint's own: bf16 for a "
+                 "bf16 checkpoint, used in place from the file; f32 for f32 and f16 ones), f32, "
+                 "bf16, or int8 (quantised at load, one scale per 32 weights; activations "
+                 "quantised per 32 on the fly)")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "int8"}))
       ->capture_default_str();
   app.add_option("--weight-layout", o.weight_layout,
                  "mapped: weight matrices used in place from the memory-mapped checkpoint (a "
@@ -345,7 +347,7 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
         (void)moe::make_layer_policy(*spec, cfg.experts_in_layer(l), cfg.null_experts);
   }
   models::LmOptions lo;
-  lo.dtype = parse_dtype(o.dtype);
+  lo.dtype = o.dtype == "auto" ? models::MoeLm::native_dtype(o.model) : parse_dtype(o.dtype);
   lo.layout = o.weight_layout == "packed" ? kernels::WeightLayout::packed
                                           : kernels::WeightLayout::row_major;
   lo.expert_cache = expert_cache_options(o.offload);

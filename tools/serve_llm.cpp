@@ -14,8 +14,9 @@ namespace deltamoe::cli {
 
 void LlmServeOptions::add(CLI::App& app) {
   app.add_option("--dtype", dtype,
-                 "Language models: weight dtype for compute, f32, bf16 or int8 (quantised at load)")
-      ->check(CLI::IsMember({"f32", "bf16", "int8"}))
+                 "Language models: weight dtype for compute, auto (the checkpoint's: bf16 for a "
+                 "bf16 checkpoint, else f32), f32, bf16 or int8 (quantised at load)")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "int8"}))
       ->capture_default_str();
   app.add_option("--weight-layout", weight_layout,
                  "Language models: mapped (weights used in place from the checkpoint) or packed")
@@ -145,10 +146,10 @@ int run_llm_server(const std::string& model_dir, const std::string& routing,
   server.start();
   const auto st = engine->stats();
   std::cerr << "serve: " << sc.model_name << " (" << io::hf_arch_name(model->config().arch) << ", "
-            << model->layers() << " layers, " << experts_text(model->config()) << ", " << o.dtype
-            << ", routing " << model->routing_name() << ") loaded in " << seconds_since(t0)
-            << " s; KV cache " << st.kv_blocks_total << " blocks of " << o.kv_block
-            << " positions (" << st.kv_blocks_total * o.kv_block << " in all); "
+            << model->layers() << " layers, " << experts_text(model->config()) << ", "
+            << dtype_name(model->dtype()) << ", routing " << model->routing_name() << ") loaded in "
+            << seconds_since(t0) << " s; KV cache " << st.kv_blocks_total << " blocks of "
+            << o.kv_block << " positions (" << st.kv_blocks_total * o.kv_block << " in all); "
             << (o.queues.holds() ? "per-expert queues B=" + std::to_string(o.queues.min_rows) +
                                        " T=" + std::to_string(o.queues.max_wait_s * 1e3) + "ms"
                                  : std::string("continuous batching"))

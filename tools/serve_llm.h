@@ -16,7 +16,7 @@ namespace deltamoe::cli {
 
 /// Flags that only language models take (the rest of serve's vocabulary is shared).
 struct LlmServeOptions {
-  std::string dtype = "f32";
+  std::string dtype = "auto";  // auto | f32 | bf16 | int8 (LmCliOptions::dtype)
   std::string weight_layout = "mapped";
   std::string kv_dtype = "f32";
   int threads = 2;  // set from serve's shared --threads

@@ -114,6 +114,13 @@ std::unique_ptr<MoeLm> MoeLm::load(const std::string& model_dir, const LmOptions
   return m;
 }
 
+DType MoeLm::native_dtype(const std::string& model_dir) {
+  const io::HfCheckpoint ckpt = io::HfCheckpoint::open(model_dir);
+  const std::string embed = "model.embed_tokens.weight";
+  if (!ckpt.has(embed)) return DType::f32;
+  return ckpt.entry(embed).dtype == DType::bf16 ? DType::bf16 : DType::f32;
+}
+
 MoeLm::MoeLm(const io::HfConfig& config, const io::HfModelWeights& w, const LmOptions& options,
              const io::HfCheckpoint* checkpoint)
     : cfg_(config),

@@ -48,6 +48,17 @@ m="$tmp/mixtral"
 "$bin" generate --model "$m" --prompt "Hello" -n 10 --ignore-eos --weight-layout packed --json >"$tmp/pk.json" 2>/dev/null
 [ "$(jget "$tmp/a.json" "d['generated_ids']")" = "$(jget "$tmp/pk.json" "d['generated_ids']")" ] || fail "mapped and packed greedy differ"
 expect_error "$bin" generate --model "$m" --prompt "Hello" --weight-layout strided
+# --dtype auto (the default) computes in the checkpoint's own dtype: f32 here, bf16 for a bf16
+# checkpoint, whose matrices bench model then finds mapped in place (none copied to f32), with
+# the same greedy tokens as an explicit --dtype bf16.
+[ "$(jget "$tmp/a.json" "d['dtype']")" = f32 ] || fail "auto dtype of an f32 checkpoint"
+"$bin" make-model --arch mixtral --preset tiny --vocab 400 --seed 5 --dtype bf16 --out "$tmp/mb16" --quiet
+"$bin" generate --model "$tmp/mb16" --prompt "Hello" -n 6 --ignore-eos --json >"$tmp/ab16.json" 2>/dev/null
+"$bin" generate --model "$tmp/mb16" --prompt "Hello" -n 6 --ignore-eos --dtype bf16 --json >"$tmp/eb16.json" 2>/dev/null
+[ "$(jget "$tmp/ab16.json" "d['dtype']")" = bf16 ] || fail "auto dtype of a bf16 checkpoint"
+[ "$(jget "$tmp/ab16.json" "d['generated_ids']")" = "$(jget "$tmp/eb16.json" "d['generated_ids']")" ] || fail "auto and bf16 differ"
+"$bin" bench model --model "$tmp/mb16" -p 8 -n 2 -r 1 --json >"$tmp/bb16.json" 2>/dev/null
+[ "$(jget "$tmp/bb16.json" "d['dtype'] == 'bf16' and d['mapped_weight_bytes'] > 0.5 * d['weight_bytes']")" = True ] || fail "bench model auto dtype of a bf16 checkpoint"
 # int8 weights: generate runs and keeps most greedy tokens of f32 (quantisation can flip a
 # close argmax, so not all); bench model reports about a quarter of f32's weight bytes, none
 # mapped; int8 has no packed layout (a one-line error, not a silent other layout).

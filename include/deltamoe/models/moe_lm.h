@@ -143,6 +143,13 @@ class MoeLm {
   /// tensor (name, shape) before any compute, and prepares the weights in options.layout
   /// (views of the mapping where the dtype allows). Throws Error("hf"/"model").
   static std::unique_ptr<MoeLm> load(const std::string& model_dir, const LmOptions& options = {});
+  /// The compute dtype that keeps `model_dir`'s weights as stored (what `--dtype auto`
+  /// picks): bf16 for a bf16 checkpoint, so its matrices are used in place from the mapping
+  /// at half the memory of f32; f32 for f32 and f16 ones (no f16 compute path; f16 widens
+  /// exactly to f32). Read from the embedding matrix's header entry (checkpoints store their
+  /// matrices in one dtype); f32 when the checkpoint has no such tensor, for load() to report.
+  /// Maps the files' headers only. Throws Error("hf") on an unreadable directory.
+  static DType native_dtype(const std::string& model_dir);
   /// `checkpoint` (the files `weights` view) is needed only with options.expert_cache on.
   MoeLm(const io::HfConfig& config, const io::HfModelWeights& weights, const LmOptions& options,
         const io::HfCheckpoint* checkpoint = nullptr);
