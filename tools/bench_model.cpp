@@ -541,9 +541,16 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype_flag, i
                  "--kv-dtype takes one dtype or two to compare, got ", o.kv_dtypes.size());
   DELTAMOE_CHECK(o.weight_layouts.size() == 1 || o.kv_dtypes.size() == 1, "bench",
                  "compare two weight layouts or two KV dtypes in one run, not both");
+  std::vector<std::string> kv_dtypes;  // auto resolved, so that labels name what runs
+  for (const std::string& kv : o.kv_dtypes)
+    kv_dtypes.push_back(
+        kv == "auto" ? std::string(dtype_name(models::MoeLm::auto_kv_dtype(parse_dtype(dtype))))
+                     : kv);
+  DELTAMOE_CHECK(kv_dtypes.size() == 1 || kv_dtypes[0] != kv_dtypes[1], "bench", "--kv-dtype ",
+                 o.kv_dtypes[0], ",", o.kv_dtypes[1], " compares ", kv_dtypes[0], " with itself");
   std::vector<std::pair<std::string, std::string>> setups;  // (layout, KV dtype)
   for (const std::string& layout : o.weight_layouts)
-    for (const std::string& kv : o.kv_dtypes) setups.emplace_back(layout, kv);
+    for (const std::string& kv : kv_dtypes) setups.emplace_back(layout, kv);
   std::vector<Contender> runs;
   for (const auto& [layout, kv] : setups) {
     LmCliOptions lo;

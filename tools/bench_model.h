@@ -15,8 +15,8 @@ struct ModelBenchOptions {
   std::string routing;  // empty: the model's own
   // mapped | packed (LmCliOptions::weight_layout); two to compare them in one process.
   std::vector<std::string> weight_layouts = {"mapped"};
-  // f32 | f16 (LmCliOptions::kv_dtype); two to compare them in one process.
-  std::vector<std::string> kv_dtypes = {"f32"};
+  // auto | f32 | f16 (LmCliOptions::kv_dtype); two to compare them in one process.
+  std::vector<std::string> kv_dtypes = {"auto"};
   int64_t prompt = 512;  // -p: tokens of the prompt-processing test (0 = skip)
   int64_t gen = 128;     // -n: tokens of the generation test (0 = skip)
   int64_t depth = 0;     // -d: tokens in the KV cache before each test (prefilled, untimed)
@@ -31,7 +31,8 @@ struct ModelBenchOptions {
   bool threads_explicit = false;  // --threads given
 };
 
-/// Runs the benchmark; `dtype` auto|f32|bf16|int8 (auto: models::MoeLm::native_dtype), `threads`, one JSON object on stdout when `json`.
+/// Runs the benchmark; `dtype` auto|f32|bf16|int8 (auto: models::MoeLm::native_dtype), `threads`,
+/// one JSON object on stdout when `json`.
 int run_model_bench(const ModelBenchOptions& o, const std::string& dtype, int threads, bool json);
 
 }  // namespace deltamoe::cli

@@ -493,11 +493,12 @@ CommandRegistrar reg(
                      "model: routing of every MoE layer (default: the model's own); "
                      "train-step: the routing trained with (default top-k:<--top-k>)");
       app.add_option("--kv-dtype", mo->kv_dtypes,
-                     "model: what the KV cache stores, f32 or f16 (half the bytes per position); "
-                     "two, comma-separated, load the model twice and alternate their repetitions "
-                     "in one process")
+                     "model: what the KV cache stores, auto (f32 with f32 weights, f16 with bf16 "
+                     "or int8 ones), f32 or f16 (half the bytes per position); two, "
+                     "comma-separated, load the model twice and alternate their repetitions in "
+                     "one process")
           ->delimiter(',')
-          ->check(CLI::IsMember({"f32", "f16"}))
+          ->check(CLI::IsMember({"auto", "f32", "f16"}))
           ->capture_default_str();
       app.add_option("--weight-layout", mo->weight_layouts,
                      "model: mapped (matrices used in place from the mapped checkpoint) or "

@@ -159,8 +159,8 @@ struct LmCliOptions {
   std::string model;
   std::string dtype = "auto";  // auto (models::MoeLm::native_dtype) | f32 | bf16 | int8
   std::string weight_layout = "mapped";
-  std::string kv_dtype = "f32";  // f32 | f16 (models::LmOptions::kv_dtype)
-  std::string routing;           // empty: the model's own
+  std::string kv_dtype = "auto";  // auto (models::MoeLm::auto_kv_dtype) | f32 | f16
+  std::string routing;            // empty: the model's own
   int threads = 2;
   bool threads_explicit = false;  // --threads given (else a parallel run shares the cores)
   std::string parallel = "none";
@@ -283,10 +283,11 @@ inline void add_kv_dtype_option(CLI::App& app, std::string& kv_dtype,
                                 const std::string& prefix = "") {
   app.add_option("--kv-dtype", kv_dtype,
                  prefix +
-                     "What the KV cache stores: f32 (exact) or f16 (half the memory per "
-                     "position and half the bytes each decode step reads from the cache; "
-                     "keys and values rounded to f16)")
-      ->check(CLI::IsMember({"f32", "f16"}))
+                     "What the KV cache stores: auto (f32 with f32 weights, f16 with bf16 or "
+                     "int8 ones), f32 (exact) or f16 (half the memory per position and half "
+                     "the bytes each decode step reads from the cache; keys and values rounded "
+                     "to f16)")
+      ->check(CLI::IsMember({"auto", "f32", "f16"}))
       ->capture_default_str();
 }
 
@@ -351,7 +352,8 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
   lo.layout = o.weight_layout == "packed" ? kernels::WeightLayout::packed
                                           : kernels::WeightLayout::row_major;
   lo.expert_cache = expert_cache_options(o.offload);
-  lo.kv_dtype = parse_dtype(o.kv_dtype);
+  lo.kv_dtype =
+      o.kv_dtype == "auto" ? models::MoeLm::auto_kv_dtype(lo.dtype) : parse_dtype(o.kv_dtype);
   if (comm) {
     lo.parallel = o.parallel == "es"     ? models::ParallelMode::es
                   : o.parallel == "tp"   ? models::ParallelMode::tp

@@ -18,8 +18,8 @@ namespace deltamoe::cli {
 struct LlmServeOptions {
   std::string dtype = "auto";  // auto | f32 | bf16 | int8 (LmCliOptions::dtype)
   std::string weight_layout = "mapped";
-  std::string kv_dtype = "f32";
-  int threads = 2;  // set from serve's shared --threads
+  std::string kv_dtype = "auto";  // auto | f32 | f16 (LmCliOptions::kv_dtype)
+  int threads = 2;                // set from serve's shared --threads
   double kv_cache_mb = 1024;
   int64_t kv_block = 32;
   int64_t max_batch_tokens = 256;

@@ -50,7 +50,8 @@ m="$tmp/mixtral"
 expect_error "$bin" generate --model "$m" --prompt "Hello" --weight-layout strided
 # --dtype auto (the default) computes in the checkpoint's own dtype: f32 here, bf16 for a bf16
 # checkpoint, whose matrices bench model then finds mapped in place (none copied to f32), with
-# the same greedy tokens as an explicit --dtype bf16.
+# the same greedy tokens as an explicit --dtype bf16; --kv-dtype auto (the default) keeps the
+# cache in f32 beside f32 weights and in f16 beside bf16 ones.
 [ "$(jget "$tmp/a.json" "d['dtype']")" = f32 ] || fail "auto dtype of an f32 checkpoint"
 "$bin" make-model --arch mixtral --preset tiny --vocab 400 --seed 5 --dtype bf16 --out "$tmp/mb16" --quiet
 "$bin" generate --model "$tmp/mb16" --prompt "Hello" -n 6 --ignore-eos --json >"$tmp/ab16.json" 2>/dev/null
@@ -58,7 +59,8 @@ expect_error "$bin" generate --model "$m" --prompt "Hello" --weight-layout strid
 [ "$(jget "$tmp/ab16.json" "d['dtype']")" = bf16 ] || fail "auto dtype of a bf16 checkpoint"
 [ "$(jget "$tmp/ab16.json" "d['generated_ids']")" = "$(jget "$tmp/eb16.json" "d['generated_ids']")" ] || fail "auto and bf16 differ"
 "$bin" bench model --model "$tmp/mb16" -p 8 -n 2 -r 1 --json >"$tmp/bb16.json" 2>/dev/null
-[ "$(jget "$tmp/bb16.json" "d['dtype'] == 'bf16' and d['mapped_weight_bytes'] > 0.5 * d['weight_bytes']")" = True ] || fail "bench model auto dtype of a bf16 checkpoint"
+[ "$(jget "$tmp/bb16.json" "d['dtype'] == 'bf16' and d['kv_dtype'] == 'f16' and d['mapped_weight_bytes'] > 0.5 * d['weight_bytes']")" = True ] || fail "bench model auto dtype of a bf16 checkpoint"
+expect_error "$bin" bench model --model "$tmp/mb16" -p 8 -n 2 --kv-dtype auto,f16
 # int8 weights: generate runs and keeps most greedy tokens of f32 (quantisation can flip a
 # close argmax, so not all); bench model reports about a quarter of f32's weight bytes, none
 # mapped; int8 has no packed layout (a one-line error, not a silent other layout).
@@ -67,6 +69,7 @@ expect_error "$bin" generate --model "$m" --prompt "Hello" --weight-layout strid
 [ "$(python3 -c "import json,sys; a=json.load(open(sys.argv[1]))['generated_ids']; b=json.load(open(sys.argv[2]))['generated_ids']; print(a[0] == b[0])" "$tmp/a.json" "$tmp/i8.json")" = True ] || fail "int8 first greedy token differs from f32"
 "$bin" bench model --model "$m" -p 16 -n 4 -r 1 --dtype int8 --json >"$tmp/bi8.json" 2>/dev/null
 "$bin" bench model --model "$m" -p 16 -n 4 -r 1 --json >"$tmp/bf32.json" 2>/dev/null
+[ "$(jget "$tmp/bf32.json" "d['dtype'] == 'f32' and d['kv_dtype'] == 'f32'")" = True ] || fail "bench model auto dtypes of an f32 checkpoint"
 [ "$(python3 -c "import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(a['dtype'] == 'int8' and a['weight_layout'] == 'int8_copies' and a['mapped_weight_bytes'] == 0 and a['weight_bytes'] < 0.4 * b['weight_bytes'] and a['tg_tokens_per_s'] > 0)" "$tmp/bi8.json" "$tmp/bf32.json")" = True ] || fail "bench model int8"
 # -d: the tests run after that many cached tokens (the KV cache holds them), and a depth past
 # the model's context is refused before any test runs.

@@ -150,6 +150,13 @@ class MoeLm {
   /// matrices in one dtype); f32 when the checkpoint has no such tensor, for load() to report.
   /// Maps the files' headers only. Throws Error("hf") on an unreadable directory.
   static DType native_dtype(const std::string& model_dir);
+  /// The KV-cache dtype that `--kv-dtype auto` picks for weights of `weight_dtype`: f32 for f32
+  /// weights (an exact run stays exact), f16 for bf16 and int8 ones (half the cache's memory
+  /// and bytes read per decode step; transformers and vLLM keep a bf16 model's cache in bf16,
+  /// llama.cpp in f16).
+  static DType auto_kv_dtype(DType weight_dtype) {
+    return weight_dtype == DType::f32 ? DType::f32 : DType::f16;
+  }
   /// `checkpoint` (the files `weights` view) is needed only with options.expert_cache on.
   MoeLm(const io::HfConfig& config, const io::HfModelWeights& weights, const LmOptions& options,
         const io::HfCheckpoint* checkpoint = nullptr);
