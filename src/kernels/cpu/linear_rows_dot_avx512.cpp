@@ -7,7 +7,9 @@
 // core then could not overlap its FMAs with the memory reads (f32 at 16 sequences: 0.42 of the
 // read roofline). A tile of R rows x C columns loads C + R vectors for R x C FMAs, and its first
 // row group reads the next tile's rows ahead into L2: C streams one weight row long each are too
-// short for the hardware prefetchers, which follow one long stream well. So one row of x (the
+// short for the hardware prefetchers, which follow one long stream well. With more than one
+// row group (5+ rows), the later groups compute from L2 and read the next column block into L2
+// meanwhile, so memory streams while they compute (bf16 at 8 rows from DRAM: 1.4x). So one row of x (the
 // single-sequence decode) keeps one column per pass, a single stream, and no software prefetch.
 // f32 takes one zmm FMA per 64 bytes of W per row of x, and bf16 on AVX-512 BF16 CPUs one
 // `vdpbf16ps` against x rounded to bf16 once per call (convert_rows_bf16_avx512, as the prefill
@@ -135,22 +137,39 @@ DM_AVX512BF16 DM_INLINE void tile(const T* x, int64_t ldx, const T* w, int64_t k
     }
 }
 
-// `count` R x C tiles side by side (columns C apart), each prefetching the W rows `ahead`
-// tiles further when `prefetch` is set. One call per run of tiles, not per tile: at one row a
-// tile is one W row.
+// What the tiles of one run read ahead into L2, C W rows per tile that prefetches: the rows
+// `ahead` tiles further (the run's first row group, which reads W from memory), or the rows
+// of the next column block, every `every`-th tile starting at `phase` (the later groups,
+// which compute from L2 and would otherwise leave memory idle).
+struct TilePrefetch {
+  enum class Kind { none, ahead, next_block } kind = Kind::none;
+  const void* next = nullptr;  // next_block: the next column block's first W row
+  int64_t every = 1, phase = 0;
+  int64_t limit = 0;  // next_block: tiles t < limit cover the next block's rows
+};
+
+// `count` R x C tiles side by side (columns C apart) with the read-ahead `pf` says. One call
+// per run of tiles, not per tile: at one row a tile is one W row.
 template <typename T, int R, int C>
 DM_AVX512BF16 void tiles(const T* x, int64_t ldx, const T* w, int64_t k, int64_t count, float* y,
-                         int64_t ldy, bool accumulate, bool prefetch) {
+                         int64_t ldy, bool accumulate, const TilePrefetch& pf) {
   constexpr int64_t ahead = 2;
+  const T* next = static_cast<const T*>(pf.next);
   for (int64_t t = 0; t < count; ++t, w += C * k, y += C) {
-    const char* pf = prefetch ? reinterpret_cast<const char*>(w + ahead * C * k) : nullptr;
-    tile<T, R, C>(x, ldx, w, k, y, ldy, accumulate, pf);
+    const char* p = nullptr;
+    if (pf.kind == TilePrefetch::Kind::ahead) {
+      p = reinterpret_cast<const char*>(w + ahead * C * k);
+    } else if (pf.kind == TilePrefetch::Kind::next_block && t < pf.limit &&
+               t % pf.every == pf.phase) {
+      p = reinterpret_cast<const char*>(next + t * C * k);
+    }
+    tile<T, R, C>(x, ldx, w, k, y, ldy, accumulate, p);
   }
 }
 
 template <typename T>
 using TilesFn = void (*)(const T*, int64_t, const T*, int64_t, int64_t, float*, int64_t, bool,
-                         bool);
+                         const TilePrefetch&);
 template <typename T>
 using TileTable = std::array<TilesFn<T>, kTileRows * kTileCols<T>>;
 
@@ -166,7 +185,10 @@ constexpr TileTable<T> kTiles =
 // Column blocks of about 128 KiB of weights stay in L2 while each group of up to kTileRows rows
 // of x (in L1; near-equal groups, so 5 rows run as 3 + 2, not 4 + 1) passes over them. The
 // first group reads W from memory and fetches the next tile's rows (one contiguous block, two
-// tiles ahead) as it goes; one row takes one column at a time, a single stream.
+// tiles ahead) as it goes; the later groups, which compute from L2, read the next column
+// block into L2 meanwhile, a share each, so that memory keeps streaming while they compute and
+// the next block's first group finds its rows in L2. One row takes one column at a time, a
+// single stream.
 template <typename T>
 void over_tiles(const LinearArgs& a, const T* x, int64_t ldx) {
   constexpr int64_t cmax = kTileCols<T>;
@@ -180,14 +202,25 @@ void over_tiles(const LinearArgs& a, const T* x, int64_t ldx) {
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t r0 = a.m * g / groups, rows = a.m * (g + 1) / groups - r0;
       const int64_t tc = rows == 1 ? 1 : cmax, full = (c1 - c0) / tc, rest = (c1 - c0) % tc;
-      const bool prefetch = g == 0 && rows > 1;
-      const auto run = [&](int64_t n, int64_t cols, int64_t count) {
-        kTiles<T>[static_cast<size_t>((rows - 1) * cmax + cols - 1)](x + r0 * ldx, ldx, w + n * k,
-                                                                     k, count, a.y + r0 * a.ldy + n,
-                                                                     a.ldy, a.accumulate, prefetch);
+      TilePrefetch pf;
+      if (g == 0 && rows > 1) {
+        pf.kind = TilePrefetch::Kind::ahead;
+      } else if (g > 0 && c1 < a.n_end) {
+        // Tile t of this block's full tiles reads the next block's rows [t C, t C + C); the
+        // later groups take every (groups - 1)-th tile each. The next block is at most as
+        // wide as this one, so this block's tiles cover it.
+        const int64_t next_rows = std::min(block, a.n_end - c1);
+        pf = {TilePrefetch::Kind::next_block, w + c1 * k, groups - 1, g - 1,
+              (next_rows + tc - 1) / tc};
+      }
+      const auto run = [&](int64_t n, int64_t cols, int64_t count, const TilePrefetch& p) {
+        kTiles<T>[static_cast<size_t>((rows - 1) * cmax + cols - 1)](
+            x + r0 * ldx, ldx, w + n * k, k, count, a.y + r0 * a.ldy + n, a.ldy, a.accumulate, p);
       };
-      if (full > 0) run(c0, tc, full);
-      if (rest > 0) run(c0 + full * tc, rest, 1);
+      if (full > 0) run(c0, tc, full, pf);
+      if (rest > 0)
+        run(c0 + full * tc, rest, 1,
+            pf.kind == TilePrefetch::Kind::next_block ? TilePrefetch{} : pf);
     }
   }
 }
