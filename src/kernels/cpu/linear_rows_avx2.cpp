@@ -54,8 +54,10 @@ DM_AVX2 DM_INLINE float hsum(__m256 v) {
 // Zen 3 against 2-8 outputs at a time and software prefetch 4-32 KiB ahead (docs/kernels.md),
 // this was the fastest at m = 1 from DRAM. Every row's sum is formed in the same order
 // whatever M is, so a row's result does not depend on the rows batched with it (bitwise).
+// pf: when not null, a W row (of the next column block) to read into L2 as the k loop goes.
 template <int M, int U, bool kBf16>
-DM_AVX2 void dot_rows(const float* x, int64_t ldx, const void* w, int64_t k, int64_t n, float* s) {
+DM_AVX2 void dot_rows(const float* x, int64_t ldx, const void* w, int64_t k, int64_t n, float* s,
+                      const char* pf) {
   __m256 acc[M][U];
 #pragma GCC unroll 4
   for (int r = 0; r < M; ++r)
@@ -68,7 +70,12 @@ DM_AVX2 void dot_rows(const float* x, int64_t ldx, const void* w, int64_t k, int
   // reference model has every tensor at 48 mod 64). Summing the elements up to W's next
   // 32-byte boundary first, so that no load straddles two cache lines, measured 3-4% slower
   // at decode, not faster.
+  constexpr int64_t kElem = kBf16 ? 2 : 4;
   for (int64_t kk = 0; kk < kmain; kk += step) {
+    if (pf != nullptr) {
+#pragma GCC unroll 4
+      for (int64_t j = 0; j < step * kElem; j += 64) _mm_prefetch(pf + kk * kElem + j, _MM_HINT_T1);
+    }
 #pragma GCC unroll 8
     for (int u = 0; u < U; ++u) {
       const __m256 wv = load_w<kBf16>(w, base + kk + 8 * u);
@@ -92,15 +99,29 @@ DM_AVX2 void dot_rows(const float* x, int64_t ldx, const void* w, int64_t k, int
   }
 }
 
-// Rows r0 .. r0 + M - 1 of y over columns [c0, c1).
+// Rows r0 .. r0 + M - 1 of y over columns [c0, c1), the `group`-th of `groups` row groups
+// passing over this column block. The first reads W from memory; each later one computes from
+// L2 and reads a share of the next column block [c1, c1 + c1 - c0) into L2 meanwhile (every
+// (groups - 1)-th W row), so that memory keeps streaming and the next block's first group
+// finds its rows in L2 (as the AVX-512 kernel, linear_rows_dot_avx512.cpp).
 template <int M, bool kBf16>
 DM_AVX2 void rows_block(const LinearArgs& a, const float* x, int64_t ldx, int64_t r0, int64_t c0,
-                        int64_t c1) {
+                        int64_t c1, int64_t group, int64_t groups) {
   constexpr int kU = 4;
   const int64_t k = a.w->in_features();
+  const auto* w_bytes = static_cast<const char*>(a.w->data());
+  const int64_t row_bytes = k * (kBf16 ? 2 : 4);
+  // bf16 only: widening bf16 to f32 gives the later groups enough work per byte to hide the
+  // reads; in f32 they measured mixed (faster at 8-15 rows, slower at 4; Zen 4 forced to this
+  // kernel, docs/kernels.md).
+  constexpr bool kFetch = kBf16;
   float s[M];
   for (int64_t n = c0; n < c1; ++n) {
-    dot_rows<M, kU, kBf16>(x + r0 * ldx, ldx, a.w->data(), k, n, s);
+    const int64_t next = c1 + (n - c0);
+    const bool fetch =
+        kFetch && group > 0 && next < a.n_end && (n - c0) % (groups - 1) == group - 1;
+    dot_rows<M, kU, kBf16>(x + r0 * ldx, ldx, a.w->data(), k, n, s,
+                           fetch ? w_bytes + next * row_bytes : nullptr);
 #pragma GCC unroll 4
     for (int r = 0; r < M; ++r) {
       float& out = a.y[(r0 + r) * a.ldy + n];
@@ -111,22 +132,29 @@ DM_AVX2 void rows_block(const LinearArgs& a, const float* x, int64_t ldx, int64_
 
 template <bool kBf16>
 DM_AVX2 void rows_avx2(const LinearArgs& a, const float* x, int64_t ldx) {
-  // Column blocks of about 128 KiB of weights stay in L2 while each group of 3 rows of x (in
-  // L1) passes over them.
+  // Column blocks of about 128 KiB of weights stay in L2 while each group of up to 3 rows of x
+  // (in L1) passes over them.
   const int64_t row_bytes = a.w->in_features() * (kBf16 ? 2 : 4);
   const int64_t block = std::max<int64_t>(8, (int64_t{128} << 10) / row_bytes / 8 * 8);
   for (int64_t c0 = a.n_begin; c0 < a.n_end; c0 += block) {
     const int64_t c1 = std::min(a.n_end, c0 + block);
-    for (int64_t r0 = 0; r0 < a.m; r0 += 3) {
-      switch (std::min<int64_t>(3, a.m - r0)) {
+    // bf16: near-equal groups (4 rows as 2 + 2, not 3 + 1), as a one-row group computes too
+    // little to hide its share of the next block's reads. f32 keeps groups of 3 and no reads
+    // ahead (3 + 1 was faster than 2 + 2 there: the first group, which reads W from memory,
+    // does more with it).
+    const int64_t groups = (a.m + 2) / 3;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t r0 = kBf16 ? a.m * g / groups : 3 * g;
+      const int64_t r1 = kBf16 ? a.m * (g + 1) / groups : std::min(a.m, r0 + 3);
+      switch (r1 - r0) {
         case 3:
-          rows_block<3, kBf16>(a, x, ldx, r0, c0, c1);
+          rows_block<3, kBf16>(a, x, ldx, r0, c0, c1, g, groups);
           break;
         case 2:
-          rows_block<2, kBf16>(a, x, ldx, r0, c0, c1);
+          rows_block<2, kBf16>(a, x, ldx, r0, c0, c1, g, groups);
           break;
         default:
-          rows_block<1, kBf16>(a, x, ldx, r0, c0, c1);
+          rows_block<1, kBf16>(a, x, ldx, r0, c0, c1, g, groups);
           break;
       }
     }
