@@ -302,11 +302,10 @@ void MoeLm::store_kv(KvCache& c, int64_t l, int64_t pos, const float* kv) const 
   void* block = c.base_[static_cast<size_t>(pos / bt)];
   if (kv_dtype_ == DType::f16) {
     uint16_t* kc = static_cast<uint16_t*>(block) + off;
-    for (int64_t g = 0; g < kv_heads_; ++g)
-      for (int64_t i = 0; i < d; ++i) {
-        kc[g * bt * d + i] = f32_to_f16(kv[g * d + i]);
-        kc[side + g * bt * d + i] = f32_to_f16(kv[kv_rows_ + g * d + i]);
-      }
+    for (int64_t g = 0; g < kv_heads_; ++g) {
+      kernels::f32_to_f16_row(kv + g * d, kc + g * bt * d, d);
+      kernels::f32_to_f16_row(kv + kv_rows_ + g * d, kc + side + g * bt * d, d);
+    }
     return;
   }
   float* kc = static_cast<float*>(block) + off;

@@ -74,6 +74,47 @@ TEST(LlmKernels, RmsNormMatchesDefinition) {
   EXPECT_EQ(x, y);
 }
 
+// The row conversion (F16C where the CPU has it; DELTAMOE_ISA=portable runs the scalar loop)
+// gives f32_to_f16's bits: normals, the rounding ties, subnormals, the overflow edge, zeros,
+// infinities; a NaN stays a NaN. Odd lengths cover the scalar tail after the 8-wide loop.
+TEST(LlmKernels, F32ToF16RowMatchesScalar) {
+  std::vector<float> v = randn(1000, 11);
+  for (float& x : v) x *= 100.0f;
+  const float special[] = {0.0f,
+                           -0.0f,
+                           1.0f,
+                           -1.0f,
+                           65504.0f,
+                           65519.0f,
+                           65520.0f,
+                           -70000.0f,
+                           6.1035e-05f,
+                           5.96046e-08f,
+                           2.98023e-08f,
+                           2.98024e-08f,
+                           1e-10f,
+                           -3.0e-06f,
+                           1.00048828125f /* tie, even down */,
+                           1.00146484375f /* tie, odd up */,
+                           INFINITY,
+                           -INFINITY};
+  v.insert(v.end(), std::begin(special), std::end(special));
+  for (int i = 0; i < 200; ++i)
+    v.push_back(std::ldexp(1.0f + static_cast<float>(i) / 200.0f, -20 + i % 40));
+  for (const int64_t n :
+       {int64_t{1}, int64_t{7}, int64_t{8}, int64_t{13}, static_cast<int64_t>(v.size())}) {
+    std::vector<uint16_t> out(static_cast<size_t>(n), 0xFFFF);
+    f32_to_f16_row(v.data(), out.data(), n);
+    for (int64_t i = 0; i < n; ++i)
+      ASSERT_EQ(out[static_cast<size_t>(i)], f32_to_f16(v[static_cast<size_t>(i)]))
+          << "element " << i << " = " << v[static_cast<size_t>(i)] << ", n = " << n;
+  }
+  const float nan = std::nanf("");
+  uint16_t h = 0;
+  f32_to_f16_row(&nan, &h, 1);
+  EXPECT_TRUE(std::isnan(f16_to_f32(h)));
+}
+
 TEST(LlmKernels, RopeRotatesHalvesAndKeepsNorms) {
   const int64_t d = 16, heads = 3;
   RopeTable t(d, 10000.0);

@@ -41,6 +41,12 @@ class RopeTable {
 /// (x1·cos − x2·sin, x2·cos + x1·sin)).
 void rope_st(float* x, int64_t heads, const RopeTable& table, int64_t pos);
 
+/// dst[i] = src[i] rounded to f16 (IEEE binary16, round to nearest even; overflow to ±inf),
+/// for i < n: the bits of f32_to_f16 (core/dtype.h) for every non-NaN input (a NaN stays a
+/// NaN). With F16C (vcvtps2ph) where the CPU has it: the KV cache stores every new key and
+/// value this way, 2·kv_heads·head_dim per token and layer. Thread-safe (no state).
+void f32_to_f16_row(const float* src, uint16_t* dst, int64_t n);
+
 /// What causal attention runs on this CPU, in words (for `deltamoe info`).
 const char* attention_impl_name();
 

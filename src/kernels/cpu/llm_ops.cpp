@@ -16,6 +16,25 @@
 
 namespace deltamoe::kernels {
 
+namespace {
+__attribute__((target("avx,f16c"))) void f32_to_f16_row_f16c(const float* src, uint16_t* dst,
+                                                             int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) dst[i] = f32_to_f16(src[i]);
+}
+}  // namespace
+
+void f32_to_f16_row(const float* src, uint16_t* dst, int64_t n) {
+  if (cpu_features().f16c) {
+    f32_to_f16_row_f16c(src, dst, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_f16(src[i]);
+}
+
 void rms_norm_rows_st(const float* x, const float* w, float* y, int64_t rows, int64_t d, int64_t ld,
                       float eps) {
   for (int64_t r = 0; r < rows; ++r) {
