@@ -208,7 +208,8 @@ void over_tiles(const LinearArgs& a, const T* x, int64_t ldx) {
       } else if (g > 0 && c1 < a.n_end) {
         // Tile t of this block's full tiles reads the next block's rows [t C, t C + C); the
         // later groups take every (groups - 1)-th tile each. The next block is at most as
-        // wide as this one, so this block's tiles cover it.
+        // wide as this one, so these tiles cover it but for its last rows past a multiple of
+        // C (fewer than C), which its first group reads ahead itself.
         const int64_t next_rows = std::min(block, a.n_end - c1);
         pf = {TilePrefetch::Kind::next_block, w + c1 * k, groups - 1, g - 1,
               (next_rows + tc - 1) / tc};
