@@ -526,9 +526,7 @@ json substitution_check(const models::MoeLm& m, models::ExpertCache& cache, int6
 int run_model_bench(const ModelBenchOptions& o, const std::string& dtype_flag, int threads,
                     bool json_out) {
   DELTAMOE_CHECK(!o.model.empty(), "bench", "bench model needs --model DIR");
-  const std::string dtype = dtype_flag == "auto"
-                                ? std::string(dtype_name(models::MoeLm::native_dtype(o.model)))
-                                : dtype_flag;
+  const std::string dtype = resolved_dtype(dtype_flag, o.model);
   DELTAMOE_CHECK(o.prompt > 0 || o.gen > 0, "bench", "nothing to measure: -p and -n are both 0");
   // The untimed prefill of -d would count in the cache's hit rate and bytes read per token.
   DELTAMOE_CHECK(o.depth == 0 || o.offload.expert_cache.empty(), "bench",
@@ -542,10 +540,7 @@ int run_model_bench(const ModelBenchOptions& o, const std::string& dtype_flag, i
   DELTAMOE_CHECK(o.weight_layouts.size() == 1 || o.kv_dtypes.size() == 1, "bench",
                  "compare two weight layouts or two KV dtypes in one run, not both");
   std::vector<std::string> kv_dtypes;  // auto resolved, so that labels name what runs
-  for (const std::string& kv : o.kv_dtypes)
-    kv_dtypes.push_back(
-        kv == "auto" ? std::string(dtype_name(models::MoeLm::auto_kv_dtype(parse_dtype(dtype))))
-                     : kv);
+  for (const std::string& kv : o.kv_dtypes) kv_dtypes.push_back(resolved_kv_dtype(kv, dtype));
   DELTAMOE_CHECK(kv_dtypes.size() == 1 || kv_dtypes[0] != kv_dtypes[1], "bench", "--kv-dtype ",
                  o.kv_dtypes[0], ",", o.kv_dtypes[1], " compares ", kv_dtypes[0], " with itself");
   std::vector<std::pair<std::string, std::string>> setups;  // (layout, KV dtype)

@@ -327,6 +327,18 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+/// --dtype with "auto" resolved for the checkpoint in `model_dir` (models::MoeLm::native_dtype).
+inline std::string resolved_dtype(const std::string& dtype, const std::string& model_dir) {
+  return dtype == "auto" ? std::string(dtype_name(models::MoeLm::native_dtype(model_dir))) : dtype;
+}
+/// --kv-dtype with "auto" resolved for weights of the (resolved) `dtype`
+/// (models::MoeLm::auto_kv_dtype).
+inline std::string resolved_kv_dtype(const std::string& kv_dtype, const std::string& dtype) {
+  return kv_dtype == "auto"
+             ? std::string(dtype_name(models::MoeLm::auto_kv_dtype(parse_dtype(dtype))))
+             : kv_dtype;
+}
+
 /// Loads the model (and sets threads and routing) as the options say. The routing spec is
 /// checked against config.json before the weights are read.
 inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
@@ -348,12 +360,12 @@ inline std::unique_ptr<models::MoeLm> load_lm(const LmCliOptions& o) {
         (void)moe::make_layer_policy(*spec, cfg.experts_in_layer(l), cfg.null_experts);
   }
   models::LmOptions lo;
-  lo.dtype = o.dtype == "auto" ? models::MoeLm::native_dtype(o.model) : parse_dtype(o.dtype);
+  const std::string dtype = resolved_dtype(o.dtype, o.model);
+  lo.dtype = parse_dtype(dtype);
   lo.layout = o.weight_layout == "packed" ? kernels::WeightLayout::packed
                                           : kernels::WeightLayout::row_major;
   lo.expert_cache = expert_cache_options(o.offload);
-  lo.kv_dtype =
-      o.kv_dtype == "auto" ? models::MoeLm::auto_kv_dtype(lo.dtype) : parse_dtype(o.kv_dtype);
+  lo.kv_dtype = parse_dtype(resolved_kv_dtype(o.kv_dtype, dtype));
   if (comm) {
     lo.parallel = o.parallel == "es"     ? models::ParallelMode::es
                   : o.parallel == "tp"   ? models::ParallelMode::tp
