@@ -78,13 +78,17 @@ json info_json() {
     {"openblas", std::string(openblas_get_config())},
     {"openblas_core", std::string(openblas_get_corename())}
   };
-  json kernels = {{"linear_packed_f32", dk::linear_impl_name(DType::f32)},
-                  {"linear_packed_bf16", dk::linear_impl_name(DType::bf16)},
-                  {"linear_row_major_f32", dk::linear_row_major_impl_name(DType::f32)},
-                  {"linear_row_major_bf16", dk::linear_row_major_impl_name(DType::bf16)},
-                  {"linear_int8", dk::linear_row_major_impl_name(DType::int8)},
-                  {"elementwise_ops", dk::ops_impl_name()},
-                  {"attention", dk::attention_impl_name()}};
+  json kernels = {
+      {"linear_packed_f32", dk::linear_impl_name(DType::f32)},
+      {"linear_packed_bf16", dk::linear_impl_name(DType::bf16)},
+      {"linear_row_major_f32", dk::linear_row_major_impl_name(DType::f32)},
+      {"linear_row_major_bf16", dk::linear_row_major_impl_name(DType::bf16)},
+      {"linear_int8", dk::linear_row_major_impl_name(DType::int8)},
+      {"one_row_prefetch", std::string(dk::one_row_prefetch() ? "on" : "off") +
+                               " (the dot kernels read weights ahead in software at one row of x; "
+                               "default on for Intel CPUs, DELTAMOE_ONE_ROW_PREFETCH=0|1)"},
+      {"elementwise_ops", dk::ops_impl_name()},
+      {"attention", dk::attention_impl_name()}};
   return {{"build", build},
           {"cpu", used.model_name},
           {"cpu_features_detected", features_json(detected)},

@@ -31,4 +31,10 @@ done
 DELTAMOE_ISA=sse9 "$bin" info --json >"$tmp/b.json" 2>"$tmp/b.err"
 [ "$(wc -l <"$tmp/b.err")" -eq 1 ] && grep -q "DELTAMOE_ISA=sse9 ignored" "$tmp/b.err" || fail "bad cap warning"
 [ "$(jget "$tmp/b.json" "d['isa_cap'] is None")" = True ] || fail "bad cap applied"
+# The one-row read-ahead of the dot kernels: Intel's default, forced either way by the variable.
+for v in 0 1; do
+  want=$([ "$v" = 1 ] && echo on || echo off)
+  DELTAMOE_ONE_ROW_PREFETCH=$v "$bin" info --json >"$tmp/o.json"
+  [ "$(jget "$tmp/o.json" "d['kernels']['one_row_prefetch'].split()[0]")" = "$want" ] || fail "DELTAMOE_ONE_ROW_PREFETCH=$v"
+done
 echo "info: ok"

@@ -230,7 +230,8 @@ TEST(Linear, RowMajorMatchesNaiveEveryImpl) {
 }
 
 // Row-major dot kernels: a row's result is bitwise the same alone or batched with others (up
-// to where the dot kernels hand over), so a decode step does not depend on the batch it runs in.
+// to where the dot kernels hand over: to the AVX-512 panels, to OpenBLAS, or on AMX CPUs to the
+// tiles from amx_rows() rows), so a decode step does not depend on the batch it runs in.
 // K = 512: f32 rows at a stride of a multiple of 2 KiB, which the AVX-512 tiles copy to a
 // padded one first.
 TEST(Linear, RowMajorRowsBitwiseIndependentOfBatch) {
@@ -239,11 +240,13 @@ TEST(Linear, RowMajorRowsBitwiseIndependentOfBatch) {
     const Tensor w = Tensor::from(random_vec(static_cast<size_t>(n * k), 21), {n, k});
     for (DType dtype : {DType::f32, DType::bf16}) {
       const PackedLinear p = PackedLinear::row_major(w, dtype);
-      // Up to where the dot kernels hand over (to the AVX-512 panels or to OpenBLAS).
-      const int64_t m =
-          (rows_avx512_apply(best_linear_impl(dtype), p, pack_rows(dtype)) ? pack_rows(dtype)
-                                                                           : blas_rows(dtype)) -
-          1;
+      // Up to where the dot kernels hand over (to the AVX-512 panels or to OpenBLAS, or to
+      // the AMX tiles where they take the product: bf16 with K a multiple of 32).
+      const LinearImpl impl = best_linear_impl(dtype);
+      int64_t handover =
+          rows_avx512_apply(impl, p, pack_rows(dtype)) ? pack_rows(dtype) : blas_rows(dtype);
+      if (amx_rows_apply(impl, p, handover)) handover = amx_rows(dtype);
+      const int64_t m = handover - 1;
       const std::vector<float> x = random_vec(static_cast<size_t>(m * k), 22);
       std::vector<float> batch(static_cast<size_t>(m * n)), one(static_cast<size_t>(n));
       linear_st(x.data(), m, k, p, 0, n, batch.data(), n);

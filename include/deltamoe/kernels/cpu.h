@@ -195,6 +195,13 @@ void topk_st(const float* x, int64_t d, int64_t k, int32_t* idx, float* val);
 /// What linear_st does with row-major weights of `dtype` on this CPU, in words (for
 /// `deltamoe info`), e.g. "avx2 dot kernel below 16 rows, OpenBLAS sgemm from 16".
 std::string linear_row_major_impl_name(DType dtype);
+/// Whether the single-row dot kernels (AVX-512 f32 and bf16, AVX-512 VNNI int8: the decode of
+/// one sequence, one weight stream per thread) also read the weights ahead in software: on
+/// Intel CPUs (CpuFeatures::intel), where it made decode 1.02-1.04x (f32), 1.11x (bf16) and
+/// 1.08x (int8) faster, not on AMD Zen, whose prefetchers follow one stream better alone
+/// (docs/kernels.md). DELTAMOE_ONE_ROW_PREFETCH=1 or 0 overrides the choice (for comparisons;
+/// the results are the same either way). Read once; thread-safe.
+bool one_row_prefetch();
 /// Name of the element-wise ops' implementation on this CPU ("avx512" or "portable").
 const char* ops_impl_name();
 

@@ -23,6 +23,9 @@ struct CpuFeatures {
   /// XTILEDATA, requested once at detection when CPUID has amx_tile). Without it the first
   /// tile instruction would kill the process, so AMX kernels need this as well.
   bool amx_permitted = false;
+  /// CPUID vendor "GenuineIntel". Its L2 streamer does not follow a stream across 4 KiB pages,
+  /// so the single-stream decode kernels read ahead in software there (one_row_prefetch()).
+  bool intel = false;
   std::string model_name;  // from /proc/cpuinfo when available
   /// The cap set by DELTAMOE_ISA ("portable", "avx2", "avx512"), empty when none.
   std::string isa_cap;

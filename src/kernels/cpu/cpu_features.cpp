@@ -24,6 +24,9 @@ CpuFeatures detect() {
   f.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
 #endif
   unsigned a = 0, b = 0, c = 0, d = 0;
+  // Vendor string in ebx, edx, ecx: "Genu" "ineI" "ntel".
+  if (__get_cpuid(0, &a, &b, &c, &d))
+    f.intel = b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;
   // F16C from CPUID (clang's __builtin_cpu_supports does not know "f16c").
   if (__get_cpuid(1, &a, &b, &c, &d)) f.f16c = (c >> 29) & 1;
   if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {

@@ -179,6 +179,15 @@ bool linear_impl_supported(LinearImpl impl, DType dtype) {
   return false;
 }
 
+bool one_row_prefetch() {
+  static const bool on = [] {
+    const char* v = std::getenv("DELTAMOE_ONE_ROW_PREFETCH");
+    if (v != nullptr && (std::strcmp(v, "0") == 0 || std::strcmp(v, "1") == 0)) return *v == '1';
+    return cpu_features_detected().intel;
+  }();
+  return on;
+}
+
 LinearImpl best_linear_impl(DType dtype) {
   if (linear_impl_supported(LinearImpl::amx, dtype)) return LinearImpl::amx;
   if (linear_impl_supported(LinearImpl::avx512, dtype)) return LinearImpl::avx512;

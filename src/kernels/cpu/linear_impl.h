@@ -96,14 +96,18 @@ inline int64_t blas_rows(DType dtype) {
 /// (its result for a cell depends on the product's width), so that results do not depend on
 /// how callers split the columns among threads (PackedLinear::column_align).
 inline constexpr int64_t kBlasCols = 256;
-/// Rows from which the amx implementation uses tiles (measured in the MoE layer, bench
-/// moe-layer, docs/kernels.md): bf16 from one row (padded to a 16-row tile, AMX still streams
-/// the weights faster than the AVX-512 BF16 kernel), int8 from kAmxRowsInt8 (below, the
-/// integer dot kernel beats dequantising the weights to bf16).
+/// Rows from which the amx implementation uses tiles (docs/kernels.md). Packed bf16 from one row
+/// (kAmxRowsBf16; measured in the MoE layer, bench moe-layer: padded to a 16-row tile, AMX still
+/// streams the panels faster than the AVX-512 BF16 microkernel). Row-major (amx_rows()): bf16
+/// from kAmxRowsBf16RowMajor (below, the AVX-512 BF16 dot kernel streams W's rows faster than
+/// the tiles, which read 16 rows a row stride apart: the model's decode 1.25x at one sequence,
+/// 1.14x at 4, level at 16), int8 from kAmxRowsInt8 (below, the integer dot kernel beats
+/// dequantising the weights to bf16).
 inline constexpr int64_t kAmxRowsBf16 = 1;
+inline constexpr int64_t kAmxRowsBf16RowMajor = 4;
 inline constexpr int64_t kAmxRowsInt8 = 8;
 inline int64_t amx_rows(DType dtype) {
-  return dtype == DType::int8 ? kAmxRowsInt8 : kAmxRowsBf16;
+  return dtype == DType::int8 ? kAmxRowsInt8 : kAmxRowsBf16RowMajor;
 }
 /// Whether linear_rows_amx takes a row-major product of m rows (the amx implementation
 /// selected, bf16 or int8 weights, K a multiple of 32, m >= amx_rows()). Each output depends

@@ -25,10 +25,10 @@ namespace deltamoe::kernels {
 
 namespace {
 
-// Bytes ahead of the weight stream fetched by software (as in the AVX2 kernel), with several
-// rows of x only: one row is a single sequential stream, which the hardware prefetchers follow
-// better alone (Zen 4, the model's decode with old and new code alternated per chunk in one
-// process: 1.05-1.19x without it at one row, 0.97x at 16 sequences).
+// Bytes ahead of the weight stream fetched by software (as in the AVX2 kernel). With one row of
+// x, a single sequential stream, only where one_row_prefetch(): Zen 4's hardware prefetchers
+// follow it better alone (the model's decode with and without, alternated per chunk in one
+// process: 1.05-1.19x without), Intel's stop at every 4 KiB page (AMX Xeon: 1.08x with).
 constexpr int64_t kPrefetchBytes = 4096;
 
 // (The maskz / explicit forms throughout: GCC 12 warns about the unmasked intrinsics'
@@ -89,13 +89,13 @@ DM_VNNI DM_INLINE void dot_group(const int8_t* wg, const uint16_t* dg, int64_t w
 
 template <int M>
 DM_VNNI void dot_rows(const int8_t* wq, const uint16_t* wd, int64_t kb, const uint8_t* xu,
-                      const float* xd, int64_t kp, float* s) {
+                      const float* xd, int64_t kp, bool prefetch, float* s) {
   __m512 acc[M];
 #pragma GCC unroll 4
   for (int r = 0; r < M; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t g0 = 0; g0 < kb; g0 += kQGroup) {
     const int8_t* wg = wq + g0 * kQBlock;
-    if constexpr (M > 1) {
+    if (M > 1 || prefetch) {
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j)
         _mm_prefetch(reinterpret_cast<const char*>(wg + kPrefetchBytes + 64 * j), _MM_HINT_T1);
@@ -119,8 +119,9 @@ DM_VNNI void rows_block(const LinearArgs& a, const uint8_t* xu, const float* xd,
   const auto* q = reinterpret_cast<const int8_t*>(base);
   const auto* d = reinterpret_cast<const uint16_t*>(base + int8_scales_offset(n_rows, k));
   float s[M];
+  const bool prefetch = M == 1 && one_row_prefetch();
   for (int64_t n = c0; n < c1; ++n) {
-    dot_rows<M>(q + n * kp, d + n * kb, kb, xu + r0 * kp, xd + r0 * kb, kp, s);
+    dot_rows<M>(q + n * kp, d + n * kb, kb, xu + r0 * kp, xd + r0 * kb, kp, prefetch, s);
 #pragma GCC unroll 4
     for (int r = 0; r < M; ++r) {
       float& out = a.y[(r0 + r) * a.ldy + n];

@@ -119,8 +119,8 @@ std::string linear_row_major_impl_name(DType dtype) {
       return "avx512 vnni int8 dot kernel (x quantised per 32) below " + amx +
              " rows, AMX-BF16 tiles on weights dequantised to bf16 from " + amx +
              " (K a multiple of 32)";
-    return "AMX-BF16 tiles from " + amx + (amx == "1" ? " row" : " rows") +
-           " (K a multiple of 32; otherwise the avx512_bf16 dot kernel below " +
+    return "avx512_bf16 dot kernel below " + amx + " rows, AMX-BF16 tiles from " + amx +
+           " (K a multiple of 32; otherwise the dot kernel below " +
            std::to_string(pack_rows(dtype)) + " rows, avx512_bf16 panels packed on the fly from " +
            std::to_string(pack_rows(dtype)) + " (K even))";
   }

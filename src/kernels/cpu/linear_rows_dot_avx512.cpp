@@ -9,8 +9,10 @@
 // row group reads the next tile's rows ahead into L2: C streams one weight row long each are too
 // short for the hardware prefetchers, which follow one long stream well. With more than one
 // row group (5+ rows), the later groups compute from L2 and read the next column block into L2
-// meanwhile, so memory streams while they compute (bf16 at 8 rows from DRAM: 1.4x). So one row of x (the
-// single-sequence decode) keeps one column per pass, a single stream, and no software prefetch.
+// meanwhile, so memory streams while they compute (bf16 at 8 rows from DRAM: 1.4x). One row of x
+// (the single-sequence decode) keeps one column per pass, a single stream, read ahead in software
+// only where one_row_prefetch() says (Intel: its L2 streamer stops at every 4 KiB page; Zen
+// follows the stream better alone).
 // f32 takes one zmm FMA per 64 bytes of W per row of x, and bf16 on AVX-512 BF16 CPUs one
 // `vdpbf16ps` against x rounded to bf16 once per call (convert_rows_bf16_avx512, as the prefill
 // panels round it; every bf16 path multiplies bf16 x by bf16 W). Tails (K not a multiple of the
@@ -188,7 +190,7 @@ constexpr TileTable<T> kTiles =
 // tiles ahead) as it goes; the later groups, which compute from L2, read the next column
 // block into L2 meanwhile, a share each, so that memory keeps streaming while they compute and
 // the next block's first group finds its rows in L2. One row takes one column at a time, a
-// single stream.
+// single stream, which reads two W rows ahead where one_row_prefetch().
 template <typename T>
 void over_tiles(const LinearArgs& a, const T* x, int64_t ldx) {
   constexpr int64_t cmax = kTileCols<T>;
@@ -197,13 +199,14 @@ void over_tiles(const LinearArgs& a, const T* x, int64_t ldx) {
   const int64_t row_bytes = k * static_cast<int64_t>(sizeof(T));
   const int64_t block = std::max<int64_t>(8, (int64_t{128} << 10) / row_bytes / 8 * 8);
   const int64_t groups = (a.m + kTileRows - 1) / kTileRows;
+  const bool ahead_one = a.m == 1 && one_row_prefetch();
   for (int64_t c0 = a.n_begin; c0 < a.n_end; c0 += block) {
     const int64_t c1 = std::min(a.n_end, c0 + block);
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t r0 = a.m * g / groups, rows = a.m * (g + 1) / groups - r0;
       const int64_t tc = rows == 1 ? 1 : cmax, full = (c1 - c0) / tc, rest = (c1 - c0) % tc;
       TilePrefetch pf;
-      if (g == 0 && rows > 1) {
+      if (g == 0 && (rows > 1 || ahead_one)) {
         pf.kind = TilePrefetch::Kind::ahead;
       } else if (g > 0 && c1 < a.n_end) {
         // Tile t of this block's full tiles reads the next block's rows [t C, t C + C); the
