@@ -37,4 +37,6 @@ for v in 0 1; do
   DELTAMOE_ONE_ROW_PREFETCH=$v "$bin" info --json >"$tmp/o.json"
   [ "$(jget "$tmp/o.json" "d['kernels']['one_row_prefetch'].split()[0]")" = "$want" ] || fail "DELTAMOE_ONE_ROW_PREFETCH=$v"
 done
+DELTAMOE_ONE_ROW_PREFETCH=yes "$bin" info --json >"$tmp/o.json" 2>"$tmp/o.err"
+[ "$(wc -l <"$tmp/o.err")" -eq 1 ] && grep -q "DELTAMOE_ONE_ROW_PREFETCH=yes ignored" "$tmp/o.err" || fail "bad one-row prefetch warning"
 echo "info: ok"

@@ -200,7 +200,8 @@ std::string linear_row_major_impl_name(DType dtype);
 /// Intel CPUs (CpuFeatures::intel), where it made decode 1.02-1.04x (f32), 1.11x (bf16) and
 /// 1.08x (int8) faster, not on AMD Zen, whose prefetchers follow one stream better alone
 /// (docs/kernels.md). DELTAMOE_ONE_ROW_PREFETCH=1 or 0 overrides the choice (for comparisons;
-/// the results are the same either way). Read once; thread-safe.
+/// the results are the same either way; another value is ignored with a warning on stderr).
+/// Read once; thread-safe.
 bool one_row_prefetch();
 /// Name of the element-wise ops' implementation on this CPU ("avx512" or "portable").
 const char* ops_impl_name();

@@ -4,6 +4,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -182,7 +183,13 @@ bool linear_impl_supported(LinearImpl impl, DType dtype) {
 bool one_row_prefetch() {
   static const bool on = [] {
     const char* v = std::getenv("DELTAMOE_ONE_ROW_PREFETCH");
-    if (v != nullptr && (std::strcmp(v, "0") == 0 || std::strcmp(v, "1") == 0)) return *v == '1';
+    if (v != nullptr && *v != '\0') {
+      if (std::strcmp(v, "0") == 0 || std::strcmp(v, "1") == 0) return *v == '1';
+      // As DELTAMOE_ISA: a bad value is named on stderr and the default applies.
+      std::fprintf(
+          stderr,
+          "deltamoe: warning: [cpu] DELTAMOE_ONE_ROW_PREFETCH=%s ignored (expected 0 or 1)\n", v);
+    }
     return cpu_features_detected().intel;
   }();
   return on;
