@@ -9,10 +9,12 @@ ships (its LPMF / BFS / DFS methods and the program order, the lowest estimate k
 torch.compile with deltamoe's scheduler added to those methods (deltamoe_sched.inductor).
 Reported per run: Inductor's estimated peak of every method on every graph it compiled
 (forward and backward), the peak measured as the rise of the process's resident-memory
-high-water mark over one step (measured_peak: tensors of 64 KiB and up are their own
-mappings, so resident memory follows the live tensors; median of --repeats steps), compile
-time (first call), and the outputs: loss and gradients of the two compiled runs compared bit for bit and
-against eager. Compile caches are off in both compiled runs.
+high-water mark over one step alone (measured_peak: the previous step's gradients freed
+before, nothing copied inside; tensors of 64 KiB and up are their own mappings, so resident
+memory follows the live tensors; median of --repeats steps), the parameters' bytes
+(gradient_bytes, part of every reading), compile time (first call), and the outputs, from
+another step: loss and gradients of the two compiled runs compared bit for bit and against
+eager. Compile caches are off in both compiled runs.
 
     PYTHONPATH=build/python python3 bench/inductor_peak_study.py --models gpt_small,vit_tiny \\
         --out bench/results/inductor_peak.json
@@ -113,11 +115,21 @@ def run(name, ac, mode, time_limit, repeats, batch_scale):
     model, step, x, y = built
     params = list(model.parameters())
 
-    def call(fn):
+    def clear_grads():
         for p in params:
             p.grad = None
+
+    def call(fn):
+        clear_grads()
         loss = fn(x, y)
         return loss.detach().clone(), [p.grad.clone() for p in params]
+
+    def measured_step():
+        # Only the step: the previous step's gradients are freed before the reading starts
+        # and nothing is copied inside it (copies of the gradients, taken inside, would put
+        # a floor of one gradient set under every run and hide the step's own peak).
+        clear_grads()
+        return measured_peak(lambda: fn(x, y))
 
     rec = {"model": name, "ac": ac, "mode": mode}
     if mode == "eager":
@@ -137,7 +149,8 @@ def run(name, ac, mode, time_limit, repeats, batch_scale):
         call(fn)
         rec["first_call_s"] = time.perf_counter() - t0
     loss, grads = call(fn)
-    peaks = sorted(measured_peak(lambda: call(fn)) for _ in range(repeats))
+    peaks = sorted(measured_step() for _ in range(repeats))
+    rec["gradient_bytes"] = sum(p.numel() * p.element_size() for p in params)
     rec["measured_peak_bytes_runs"] = peaks
     rec["measured_peak_bytes"] = peaks[len(peaks) // 2]  # the median
     if mode == "deltamoe":
@@ -163,6 +176,7 @@ def summarise(name, ac, last_runs, outs):
             "estimated_peak_bytes_program": est_program,
             "estimated_peak_bytes_inductor_best": est_builtin,
             "estimated_peak_bytes_deltamoe": est_ours,
+            "gradient_bytes": runs["eager"]["gradient_bytes"],
             "measured_peak_bytes_eager": runs["eager"]["measured_peak_bytes"],
             "measured_peak_bytes_inductor": runs["inductor"]["measured_peak_bytes"],
             "measured_peak_bytes_deltamoe": runs["deltamoe"]["measured_peak_bytes"],
@@ -183,6 +197,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=5, help="measured steps per run (median)")
     ap.add_argument("--batch-scale", type=int, default=8,
                     help="the exported graphs' input batch times this")
+    ap.add_argument("--ac", choices=("both", "on", "off"), default="both",
+                    help="runs with activation checkpointing, without, or both")
     ap.add_argument("--out", default="bench/results/inductor_peak.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # MODEL:AC:MODE, a child run
     a = ap.parse_args()
@@ -204,7 +220,7 @@ def main():
               "command": " ".join(sys.argv), "runs": [], "summary": []}
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.models.split(","):
-            for ac in (False, True):
+            for ac in {"both": (False, True), "on": (True,), "off": (False,)}[a.ac]:
                 outs = {}
                 for mode in ("eager", "inductor", "deltamoe"):
                     log(f"{name}{' ac' if ac else ''}: {mode}")
