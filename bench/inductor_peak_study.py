@@ -46,6 +46,18 @@ import deltamoe_sched.inductor as dsi  # noqa: E402
 sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import export_graph  # noqa: E402  (the models and their activation-checkpointing recipes)
 
+# Study-only models beside export_graph's (whose graphs are the 34 of bench/graphs): more
+# windowed-attention vision transformers, the kind where Inductor's own orders left room.
+EXTRA_MODELS = {
+    "swin_v2_t": (lambda: export_graph.tv_model("swin_v2_t", num_classes=10),
+                  lambda: torch.randn(1, 3, 112, 112), "cls"),
+    "swin_s": (lambda: export_graph.tv_model("swin_s", num_classes=10),
+               lambda: torch.randn(1, 3, 112, 112), "cls"),
+}
+for _name, _spec in EXTRA_MODELS.items():
+    export_graph.MODELS.setdefault(_name, _spec)
+    export_graph.AC_UNITS.setdefault(_name, ["features.*"])
+
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
@@ -192,7 +204,8 @@ def main():
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
         os.execve(sys.executable, [sys.executable] + sys.argv, env)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="gpt_small,moe_small,vit_tiny")
+    ap.add_argument("--models", default="gpt_small,moe_small,vit_tiny",
+                    help="comma-separated: python/export_graph.py's models, or swin_v2_t, swin_s")
     ap.add_argument("--time-limit", type=float, default=2.0, help="seconds per graph (ours)")
     ap.add_argument("--repeats", type=int, default=5, help="measured steps per run (median)")
     ap.add_argument("--batch-scale", type=int, default=8,
@@ -202,6 +215,10 @@ def main():
     ap.add_argument("--out", default="bench/results/inductor_peak.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # MODEL:AC:MODE, a child run
     a = ap.parse_args()
+    unknown = [m for m in a.models.split(",") if m not in export_graph.MODELS]
+    if unknown:
+        peer_common.die(f"[inductor-peak-study] unknown model(s) {', '.join(unknown)} "
+                        f"(known: {', '.join(sorted(export_graph.MODELS))})")
     torch.set_num_threads(2)
     if a.one:
         name, ac, mode = a.one.split(":")
