@@ -12,7 +12,8 @@ Reported per run: Inductor's estimated peak of every method on every graph it co
 high-water mark over one step alone (measured_peak: the previous step's gradients freed
 before, nothing copied inside; tensors of 64 KiB and up are their own mappings, so resident
 memory follows the live tensors; median of --repeats steps), the parameters' bytes
-(gradient_bytes, part of every reading), compile time (first call), and the outputs, from
+(gradient_bytes, part of every reading), compile time (first call), the SHA-256 of each
+compiled graph's wrapper code (code_sha256: equal in both compiled runs = the same code), and the outputs, from
 another step: loss and gradients of the two compiled runs compared bit for bit and against
 eager. Compile caches are off in both compiled runs.
 
@@ -120,6 +121,22 @@ def measured_peak(fn):
         gc.enable()
 
 
+def record_code(hashes):
+    """Appends the SHA-256 of each graph's generated wrapper code to `hashes` from now on: two
+    compiles with equal hashes run the same code (and so the same allocations)."""
+    import hashlib
+
+    from torch._inductor.graph import GraphLowering
+    original = GraphLowering.codegen
+
+    def codegen(self):
+        result = original(self)
+        code = getattr(result[0], "value", result[0])
+        hashes.append(hashlib.sha256(str(code).encode()).hexdigest())
+        return result
+    GraphLowering.codegen = codegen
+
+
 def run(name, ac, mode, time_limit, repeats, batch_scale):
     built = build(name, ac, batch_scale)
     if built is None:
@@ -155,6 +172,8 @@ def run(name, ac, mode, time_limit, repeats, batch_scale):
         else:
             inductor_config.reorder_for_peak_memory = True
             inductor_config.force_disable_caches = True
+        rec["code_sha256"] = []
+        record_code(rec["code_sha256"])
         torch._dynamo.reset()
         fn = torch.compile(step)
         t0 = time.perf_counter()
@@ -195,6 +214,8 @@ def summarise(name, ac, last_runs, outs):
             "compile_s_inductor": runs["inductor"]["first_call_s"],
             "compile_s_deltamoe": runs["deltamoe"]["first_call_s"],
             "outputs_bitwise_equal_to_inductor": same,
+            "compiled_code_identical_to_inductor":
+                runs["inductor"].get("code_sha256") == runs["deltamoe"].get("code_sha256"),
             "max_abs_diff_vs_eager": vs_eager}
 
 
