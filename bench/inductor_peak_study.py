@@ -137,6 +137,26 @@ def record_code(hashes):
     GraphLowering.codegen = codegen
 
 
+def clear_grads(params):
+    for p in params:
+        p.grad = None
+
+
+def step_as(step, mode, time_limit=2.0):
+    """The training step as `mode` runs it: "eager" as is; "inductor": torch.compile with
+    Inductor's peak-memory reordering as shipped; "deltamoe": with our method added (to
+    dsi.disable()). Compile caches are off in both compiled modes."""
+    if mode == "eager":
+        return step
+    if mode == "deltamoe":
+        dsi.enable(time_limit=time_limit)
+    else:
+        inductor_config.reorder_for_peak_memory = True
+        inductor_config.force_disable_caches = True
+    torch._dynamo.reset()
+    return torch.compile(step)
+
+
 def run(name, ac, mode, time_limit, repeats, batch_scale):
     built = build(name, ac, batch_scale)
     if built is None:
@@ -144,12 +164,8 @@ def run(name, ac, mode, time_limit, repeats, batch_scale):
     model, step, x, y = built
     params = list(model.parameters())
 
-    def clear_grads():
-        for p in params:
-            p.grad = None
-
     def call(fn):
-        clear_grads()
+        clear_grads(params)
         loss = fn(x, y)
         return loss.detach().clone(), [p.grad.clone() for p in params]
 
@@ -157,28 +173,17 @@ def run(name, ac, mode, time_limit, repeats, batch_scale):
         # Only the step: the previous step's gradients are freed before the reading starts
         # and nothing is copied inside it (copies of the gradients, taken inside, would put
         # a floor of one gradient set under every run and hide the step's own peak).
-        clear_grads()
+        clear_grads(params)
         return measured_peak(lambda: fn(x, y))
 
     rec = {"model": name, "ac": ac, "mode": mode}
-    if mode == "eager":
-        fn = step
-        t0 = time.perf_counter()
-        call(fn)
-        rec["first_call_s"] = time.perf_counter() - t0
-    else:
-        if mode == "deltamoe":
-            dsi.enable(time_limit=time_limit)
-        else:
-            inductor_config.reorder_for_peak_memory = True
-            inductor_config.force_disable_caches = True
+    if mode != "eager":
         rec["code_sha256"] = []
-        record_code(rec["code_sha256"])
-        torch._dynamo.reset()
-        fn = torch.compile(step)
-        t0 = time.perf_counter()
-        call(fn)
-        rec["first_call_s"] = time.perf_counter() - t0
+        record_code(rec["code_sha256"])  # Inductor generates code at the first call
+    fn = step_as(step, mode, time_limit)
+    t0 = time.perf_counter()
+    call(fn)
+    rec["first_call_s"] = time.perf_counter() - t0
     loss, grads = call(fn)
     peaks = sorted(measured_step() for _ in range(repeats))
     rec["gradient_bytes"] = sum(p.numel() * p.element_size() for p in params)

@@ -9,8 +9,7 @@ the live bytes they add up to, where the largest value falls (the step's peak ab
 in PyTorch's own allocations: memory that oneDNN or other native code allocates itself is not
 in them, so this can read a few MB below the study's resident-memory reading), which compiled
 graph and which operator were running then, and the allocations and frees inside that
-operator. It
-tells a peak that an order can move (live tensors between operators) from one that none can
+operator. It tells a peak that an order can move (live tensors between operators) from one that none can
 (scratch memory inside one operator, which neither Inductor's memory model nor ours sees).
 
     PYTHONPATH=build/python python3 bench/inductor_peak_where.py --model resnet18 --ac \\
@@ -25,7 +24,6 @@ import sys
 import tempfile
 
 import torch
-import torch._inductor.config as inductor_config
 
 import inductor_peak_study as study  # noqa: E402  (bench/, beside this script)
 import peer_common  # noqa: E402
@@ -60,8 +58,6 @@ def where(trace):
     ops = [t for t in trace["traceEvents"] if t.get("ph") == "X" and "dur" in t]
     i_peak = max(range(len(mem)), key=lambda i: mem[i][2])
     ts_peak, _, peak = mem[i_peak]
-    graph = next((o for o in ops if o["name"].startswith("## Call CompiledFxGraph")
-                  and o["ts"] <= ts_peak <= o["ts"] + o["dur"]), None)
     # The outermost aten operator at the peak inside the graph (or the step): the one whose
     # scratch or outputs make the peak.
     atens = [o for o in ops if o["name"].startswith("aten::") and o["ts"] <= ts_peak <= o["ts"] + o["dur"]]
@@ -70,6 +66,7 @@ def where(trace):
     # the step it was, and whether autograd ran it as a forward or a backward.
     calls = sorted((o for o in ops if o["name"].startswith("## Call CompiledFxGraph")),
                    key=lambda o: o["ts"])
+    graph = next((o for o in calls if o["ts"] <= ts_peak <= o["ts"] + o["dur"]), None)
     label = None
     if graph:
         backward = any(o["name"] == "CompiledFunctionBackward" and
@@ -110,22 +107,11 @@ def main():
         peer_common.die(f"[inductor-peak-where] no activation-checkpointing recipe for {a.model}")
     model, step, x, y = built
     params = list(model.parameters())
-    if a.mode == "eager":
-        fn = step
-    else:
-        if a.mode == "deltamoe":
-            study.dsi.enable()
-        else:
-            inductor_config.reorder_for_peak_memory = True
-            inductor_config.force_disable_caches = True
-        torch._dynamo.reset()
-        fn = torch.compile(step)
+    fn = study.step_as(step, a.mode)
     for _ in range(2):  # compile, then one step as measured
-        for p in params:
-            p.grad = None
+        study.clear_grads(params)
         fn(x, y)
-    for p in params:
-        p.grad = None
+    study.clear_grads(params)
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn(x, y)
